@@ -1,0 +1,256 @@
+//! Time for every time-based part: integer nanoseconds on a monotonic clock or on a
+//! manually driven one.
+//!
+//! All internal arithmetic is on `i64` nanoseconds so that deadlines are exact and
+//! comparisons never suffer float rounding: something stamped at `t` with duration `d`
+//! is live while `now < t + d`. A `ManualClock` stores its reading in one `AtomicI64`;
+//! `set` never moves it backwards (a CAS loop), so every reader sees a monotonic sequence.
+//! Orderings: the reading is a single word and carries no other data, so `Relaxed` would
+//! suffice for the value itself; `Acquire`/`Release` are used so that a test thread that
+//! advances the clock and then signals another thread gives that thread a reading at
+//! least as new as the advance.
+
+use std::fmt;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+/// Nanoseconds in a second.
+pub const NANOS_PER_SEC: f64 = 1_000_000_000.0;
+
+/// Why a duration or instant given in float seconds was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DurationError {
+    /// NaN or infinite.
+    NotFinite(&'static str),
+    /// Below zero where only non-negative values make sense.
+    Negative(&'static str),
+    /// Zero or below where only positive values make sense.
+    NotPositive(&'static str),
+    /// Too large to represent in nanoseconds.
+    TooLarge(&'static str),
+}
+
+impl fmt::Display for DurationError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NotFinite(arg) => write!(f, "{arg} must be a finite number of seconds"),
+            Self::Negative(arg) => write!(f, "{arg} must be >= 0"),
+            Self::NotPositive(arg) => write!(f, "{arg} must be > 0"),
+            Self::TooLarge(arg) => write!(f, "{arg} is too large"),
+        }
+    }
+}
+
+impl std::error::Error for DurationError {}
+
+/// Largest duration accepted: about 292 years fits in i64 nanoseconds; leave headroom so
+/// that `now + duration` never overflows.
+const MAX_SECONDS: f64 = 1.0e9 * 4.0; // ~126 years
+
+/// Converts float seconds to nanoseconds, rounding to the nearest nanosecond.
+pub fn secs_to_nanos(secs: f64, arg: &'static str) -> Result<i64, DurationError> {
+    if !secs.is_finite() {
+        return Err(DurationError::NotFinite(arg));
+    }
+    if secs.abs() > MAX_SECONDS {
+        return Err(DurationError::TooLarge(arg));
+    }
+    Ok((secs * NANOS_PER_SEC).round() as i64)
+}
+
+/// A non-negative duration in nanoseconds.
+pub fn duration_nanos(secs: f64, arg: &'static str) -> Result<i64, DurationError> {
+    let ns = secs_to_nanos(secs, arg)?;
+    if secs < 0.0 {
+        return Err(DurationError::Negative(arg));
+    }
+    Ok(ns)
+}
+
+/// A strictly positive duration in nanoseconds (at least 1 ns).
+pub fn positive_nanos(secs: f64, arg: &'static str) -> Result<i64, DurationError> {
+    let ns = secs_to_nanos(secs, arg)?;
+    if secs <= 0.0 {
+        return Err(DurationError::NotPositive(arg));
+    }
+    Ok(ns.max(1))
+}
+
+/// Nanoseconds to float seconds.
+pub fn nanos_to_secs(ns: i64) -> f64 {
+    ns as f64 / NANOS_PER_SEC
+}
+
+/// Process-wide origin of the monotonic clock, so that readings from different components
+/// are comparable.
+fn origin() -> Instant {
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+    *ORIGIN.get_or_init(Instant::now)
+}
+
+/// Monotonic nanoseconds since the process-wide origin.
+pub fn monotonic_nanos() -> i64 {
+    origin().elapsed().as_nanos() as i64
+}
+
+/// Why a manual clock refused to move.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClockError {
+    /// `set` to an earlier time than the current reading.
+    Backwards,
+    /// `advance` by a negative amount.
+    NegativeAdvance,
+    /// A bad number of seconds.
+    Duration(DurationError),
+}
+
+impl fmt::Display for ClockError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Backwards => write!(
+                f,
+                "seconds must not be earlier than the clock's current time"
+            ),
+            Self::NegativeAdvance => {
+                write!(f, "seconds must be >= 0 (a clock never goes backwards)")
+            }
+            Self::Duration(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for ClockError {}
+
+impl From<DurationError> for ClockError {
+    fn from(e: DurationError) -> Self {
+        Self::Duration(e)
+    }
+}
+
+/// A clock moved only by hand; thread-safe.
+#[derive(Debug, Default)]
+pub struct ManualClock {
+    nanos: AtomicI64,
+}
+
+impl ManualClock {
+    pub fn new(start_nanos: i64) -> Self {
+        Self {
+            nanos: AtomicI64::new(start_nanos),
+        }
+    }
+
+    pub fn now_nanos(&self) -> i64 {
+        self.nanos.load(Ordering::Acquire)
+    }
+
+    /// Moves the clock forward by `delta` nanoseconds.
+    pub fn advance(&self, delta: i64) -> Result<i64, ClockError> {
+        if delta < 0 {
+            return Err(ClockError::NegativeAdvance);
+        }
+        Ok(self.nanos.fetch_add(delta, Ordering::AcqRel) + delta)
+    }
+
+    /// Sets the clock to `to` nanoseconds; never backwards.
+    pub fn set(&self, to: i64) -> Result<(), ClockError> {
+        let mut cur = self.nanos.load(Ordering::Acquire);
+        loop {
+            if to < cur {
+                return Err(ClockError::Backwards);
+            }
+            match self
+                .nanos
+                .compare_exchange_weak(cur, to, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return Ok(()),
+                Err(seen) => cur = seen,
+            }
+        }
+    }
+}
+
+/// The clock a component reads: the monotonic one, or a shared manual clock.
+#[derive(Debug, Clone, Default)]
+pub enum Clock {
+    #[default]
+    Monotonic,
+    Manual(Arc<ManualClock>),
+}
+
+impl Clock {
+    /// Current reading in nanoseconds.
+    #[inline]
+    pub fn now_nanos(&self) -> i64 {
+        match self {
+            Self::Monotonic => monotonic_nanos(),
+            Self::Manual(c) => c.now_nanos(),
+        }
+    }
+
+    pub fn is_manual(&self) -> bool {
+        matches!(self, Self::Manual(_))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conversion_is_exact_for_decimal_steps() {
+        assert_eq!(secs_to_nanos(0.1, "x").unwrap(), 100_000_000);
+        assert_eq!(secs_to_nanos(1.5, "x").unwrap(), 1_500_000_000);
+        let mut total = 0;
+        for _ in 0..10 {
+            total += duration_nanos(0.1, "x").unwrap();
+        }
+        assert_eq!(total, 1_000_000_000);
+    }
+
+    #[test]
+    fn bad_durations_name_the_argument() {
+        assert_eq!(
+            duration_nanos(f64::NAN, "ttl").unwrap_err().to_string(),
+            "ttl must be a finite number of seconds"
+        );
+        assert_eq!(
+            duration_nanos(-1.0, "ttl").unwrap_err().to_string(),
+            "ttl must be >= 0"
+        );
+        assert_eq!(
+            positive_nanos(0.0, "per").unwrap_err().to_string(),
+            "per must be > 0"
+        );
+        assert!(positive_nanos(1e300, "per").is_err());
+        assert_eq!(positive_nanos(1e-12, "per").unwrap(), 1);
+    }
+
+    #[test]
+    fn manual_clock_never_goes_backwards() {
+        let c = ManualClock::new(0);
+        assert_eq!(c.advance(5).unwrap(), 5);
+        assert_eq!(c.set(3), Err(ClockError::Backwards));
+        c.set(5).unwrap();
+        c.set(9).unwrap();
+        assert_eq!(c.now_nanos(), 9);
+        assert_eq!(c.advance(-1), Err(ClockError::NegativeAdvance));
+    }
+
+    #[test]
+    fn monotonic_clock_moves_forward() {
+        let a = Clock::Monotonic.now_nanos();
+        let b = Clock::Monotonic.now_nanos();
+        assert!(b >= a);
+    }
+
+    #[test]
+    fn manual_clock_is_shared() {
+        let m = Arc::new(ManualClock::new(10));
+        let c = Clock::Manual(m.clone());
+        m.advance(5).unwrap();
+        assert_eq!(c.now_nanos(), 15);
+        assert!(c.is_manual());
+    }
+}

@@ -1,0 +1,22 @@
+//! ferrule's native module: the exported surface on one screen.
+
+pub mod core;
+mod errors;
+mod py;
+
+use pyo3::prelude::*;
+
+#[pymodule(gil_used = false)]
+mod _native {
+    #[pymodule_export]
+    use crate::py::cache::{Cache, CacheStats};
+    #[pymodule_export]
+    use crate::py::clock::ManualClock;
+
+    #[pymodule_init]
+    fn init(m: &pyo3::Bound<'_, pyo3::types::PyModule>) -> pyo3::PyResult<()> {
+        use pyo3::types::PyModuleMethods;
+        m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+        crate::errors::register(m)
+    }
+}

@@ -1,0 +1,54 @@
+//! `ManualClock`: a thread-safe clock moved by hand, for deterministic tests.
+
+use std::sync::Arc;
+
+use pyo3::prelude::*;
+
+use crate::core::clock::{self, nanos_to_secs};
+use crate::py::args;
+
+/// A clock that moves only when told to. Thread-safe; never goes backwards.
+#[pyclass(frozen, module = "ferrule._native", name = "ManualClock")]
+pub struct ManualClock {
+    pub(crate) inner: Arc<clock::ManualClock>,
+}
+
+#[pymethods]
+impl ManualClock {
+    #[new]
+    #[pyo3(signature = (start = None), text_signature = "(start=0.0)")]
+    fn new(start: Option<&Bound<'_, PyAny>>) -> PyResult<Self> {
+        let start = match start {
+            Some(s) => clock::duration_nanos(args::seconds(s, "start")?, "start")?,
+            None => 0,
+        };
+        Ok(Self {
+            inner: Arc::new(clock::ManualClock::new(start)),
+        })
+    }
+
+    /// Current reading in seconds.
+    fn now(&self) -> f64 {
+        nanos_to_secs(self.inner.now_nanos())
+    }
+
+    /// Moves the clock forward; returns the new reading.
+    fn advance(&self, seconds: &Bound<'_, PyAny>) -> PyResult<f64> {
+        let secs = args::seconds(seconds, "seconds")?;
+        if secs < 0.0 {
+            return Err(clock::ClockError::NegativeAdvance.into());
+        }
+        let ns = clock::duration_nanos(secs, "seconds")?;
+        Ok(nanos_to_secs(self.inner.advance(ns)?))
+    }
+
+    /// Sets the clock to `seconds` (never backwards).
+    fn set(&self, seconds: &Bound<'_, PyAny>) -> PyResult<()> {
+        let ns = clock::secs_to_nanos(args::seconds(seconds, "seconds")?, "seconds")?;
+        Ok(self.inner.set(ns)?)
+    }
+
+    fn __repr__(&self) -> String {
+        format!("ManualClock({})", self.now())
+    }
+}
