@@ -120,9 +120,10 @@ class Cache:
 
     ``len(cache) <= max_size`` at every instant, also under concurrent writers. An entry
     set at time t with ttl d is live while ``clock.now() < t + d`` and is never returned
-    after that. With ``shards=1`` eviction is exact LRU (a hit refreshes recency); the
-    default shard count leaves every shard at least 64 entries, so small caches are exact
-    LRU too. Keys are any hashable objects with dict semantics (``1``, ``1.0`` and
+    after that. With ``shards=1`` eviction is exact LRU (a hit refreshes recency). The
+    default is one shard on GIL builds (the GIL serialises calls anyway, and one shard
+    has the best locality) and, on free-threaded builds, a count that scales with the CPUs
+    while leaving every shard at least 64 entries, so small caches are exact LRU too. Keys are any hashable objects with dict semantics (``1``, ``1.0`` and
     ``True`` are one key); an exception from a key's ``__hash__`` or ``__eq__``
     propagates. No user code (``__eq__``, a factory, a value's ``__del__``) ever runs
     under an internal lock.
@@ -166,7 +167,6 @@ class Cache:
         """
     @overload
     def get(self, key: Hashable, default: _T) -> Any | _T: ...
-
     def set(self, key: Hashable, value: Any, *, ttl: float | None = None) -> None:
         """Insert or replace; ``ttl`` overrides the cache's default for this entry.
 
@@ -192,7 +192,6 @@ class Cache:
         """
     @overload
     def pop(self, key: Hashable, default: _T) -> Any | _T: ...
-
     def get_or_set(
         self, key: Hashable, factory: Callable[[], _T], *, ttl: float | None = None
     ) -> _T:

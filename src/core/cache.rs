@@ -2,7 +2,7 @@
 //!
 //! # Structure
 //! The cache is `n` shards; a key's shard is chosen from its (mixed) hash. Each shard is
-//! one `parking_lot::Mutex` around an [`LruShard`]: an open-addressing table of slot
+//! one mutex around an [`LruShard`]: an open-addressing table of slot
 //! indices (`hashbrown::HashTable<u32>`), a slab of slots, an intrusive doubly linked
 //! recency list (head = most recent), and an intrusive indexed min-heap of the slots that
 //! have a deadline. Every operation on a shard is O(1) except heap moves, O(log n) and
@@ -30,7 +30,7 @@
 //! them may run user code too.
 
 use hashbrown::HashTable;
-use parking_lot::Mutex;
+use parking_lot::lock_api::{Mutex, RawMutex};
 
 /// Deadline of an entry without TTL.
 pub const NEVER: i64 = i64::MAX;
@@ -98,6 +98,9 @@ struct Entry<K, V> {
     expires: i64,
 }
 
+/// Aligned to a cache line so that one lookup touches one line of the slab (a slot
+/// holding a Python key, value and links is 64 bytes).
+#[repr(align(64))]
 struct Slot<K, V> {
     entry: Option<Entry<K, V>>,
     hash: u64,
@@ -203,6 +206,40 @@ impl<K, V> LruShard<K, V> {
         }
     }
 
+    /// `find` for the common case: no remembered answers and no candidate list. Returns
+    /// `None` when some comparison needs user code (the caller then takes the slow path).
+    #[inline]
+    #[allow(clippy::option_option)] // None = undecided, Some(None) = absent; private
+    fn find_quick<Q: KeyQuery<K, V>>(&self, hash: u64, q: &Q) -> Option<Option<Handle>> {
+        let slots = &self.slots;
+        let mut unknown = false;
+        let found = self.table.find(hash, |&idx| {
+            let slot = &slots[idx as usize];
+            if slot.hash != hash {
+                return false;
+            }
+            let Some(e) = slot.entry.as_ref() else {
+                return false;
+            };
+            match q.quick_eq(&e.key) {
+                Match::Equal => true,
+                Match::NotEqual => false,
+                Match::Unknown => {
+                    unknown = true;
+                    false
+                }
+            }
+        });
+        match found {
+            Some(&idx) => Some(Some(Handle {
+                idx,
+                gen: slots[idx as usize].gen,
+            })),
+            None if unknown => None,
+            None => Some(None),
+        }
+    }
+
     /// The handle of the entry for `hash` whose value satisfies `pred` (no key compare).
     pub fn handle_where(&self, hash: u64, mut pred: impl FnMut(&V) -> bool) -> Option<Handle> {
         let slots = &self.slots;
@@ -251,6 +288,7 @@ impl<K, V> LruShard<K, V> {
     }
 
     /// Marks the entry most recently used.
+    #[inline]
     pub fn touch(&mut self, h: Handle) {
         if self.head != h.idx {
             self.unlink(h.idx);
@@ -586,8 +624,11 @@ impl std::fmt::Display for CacheError {
 impl std::error::Error for CacheError {}
 
 /// The sharded cache. Keys are found through a [`KeyQuery`] and a precomputed hash.
-pub struct ShardedCache<K, V> {
-    shards: Box<[Padded<Mutex<LruShard<K, V>>>]>,
+///
+/// `R` is the shard lock; `parking_lot`'s by default. A binding may supply a cheaper one
+/// when something else already guarantees mutual exclusion (see `src/py/cache.rs`).
+pub struct ShardedCache<K, V, R: RawMutex = parking_lot::RawMutex> {
+    shards: Box<[Padded<Mutex<R, LruShard<K, V>>>]>,
     max_size: usize,
 }
 
@@ -597,7 +638,7 @@ pub enum Found<'a, K, V> {
     Missing(&'a mut LruShard<K, V>),
 }
 
-impl<K, V> ShardedCache<K, V> {
+impl<K, V, R: RawMutex> ShardedCache<K, V, R> {
     pub fn new(max_size: usize, shards: Option<usize>, cpus: usize) -> Result<Self, CacheError> {
         if max_size == 0 || max_size >= NIL as usize {
             return Err(CacheError::MaxSize);
@@ -623,26 +664,34 @@ impl<K, V> ShardedCache<K, V> {
     }
 
     #[inline]
-    fn shard(&self, hash: u64) -> &Mutex<LruShard<K, V>> {
-        // Lemire's multiply-shift range reduction on the high bits; the low bits index
-        // inside the shard's table.
-        let i = ((u128::from(hash) * self.shards.len() as u128) >> 64) as usize;
+    fn shard(&self, hash: u64) -> &Mutex<R, LruShard<K, V>> {
+        // Multiply-shift range reduction on bits 24..56: the table inside the shard uses
+        // the low bits for the position and the top 7 bits as its tag, so both keep their
+        // full entropy within a shard.
+        let mid = (hash >> 24) as u32;
+        let i = ((u64::from(mid) * self.shards.len() as u64) >> 32) as usize;
         &self.shards[i].0
     }
 
     /// Finds `hash`/`q` in its shard, resolving comparisons that need user code outside
     /// the lock, then runs `f` under the shard lock with the entry (expired or not) or
     /// with its absence.
-    pub fn with_key<Q, R>(
+    pub fn with_key<Q, T>(
         &self,
         hash: u64,
         q: &Q,
-        f: impl FnOnce(&mut LruShard<K, V>, Option<Handle>) -> R,
-    ) -> Result<R, Q::Error>
+        f: impl FnOnce(&mut LruShard<K, V>, Option<Handle>) -> T,
+    ) -> Result<T, Q::Error>
     where
         Q: KeyQuery<K, V>,
     {
         let shard = self.shard(hash);
+        {
+            let mut g = shard.lock();
+            if let Some(h) = g.find_quick(hash, q) {
+                return Ok(f(&mut g, h));
+            }
+        }
         let mut known: Vec<(Handle, bool)> = Vec::new();
         loop {
             let mut g = shard.lock();
@@ -801,7 +850,7 @@ impl<K, V> ShardedCache<K, V> {
     }
 
     /// Runs `f` on the key's shard under its lock (single-flight bookkeeping lives there).
-    pub fn with_shard<R>(&self, hash: u64, f: impl FnOnce(&mut LruShard<K, V>) -> R) -> R {
+    pub fn with_shard<T>(&self, hash: u64, f: impl FnOnce(&mut LruShard<K, V>) -> T) -> T {
         f(&mut self.shard(hash).lock())
     }
 }
@@ -917,7 +966,7 @@ mod tests {
 
     #[test]
     fn expire_and_len_reclaim() {
-        let c = ShardedCache::new(100, Some(4), 1).unwrap();
+        let c = ShardedCache::<String, u64>::new(1000, Some(4), 1).unwrap();
         for i in 0..100 {
             set(&c, &i.to_string(), i, if i % 2 == 0 { 5 } else { NEVER }, 0);
         }

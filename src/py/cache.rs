@@ -27,10 +27,21 @@ use crate::core::cache::{mix, KeyQuery, Match, ShardedCache, Stats, NEVER};
 use crate::core::clock::{nanos_to_secs, Clock};
 use crate::py::args;
 
-/// A stored key: the object and whether it compares without user code.
+/// A stored key: the object and how it compares.
 pub struct PyKey {
     obj: Py<PyAny>,
-    plain: bool,
+    kind: KeyKind,
+}
+
+/// How a key compares. `Int` keys (exact ints, bools and integral floats that fit in
+/// 64 bits) compare by value without touching the stored object, which saves a cache
+/// miss per lookup; `Plain` keys are exact builtin values whose `==` is C code; `User`
+/// keys may run `__eq__` and are only compared outside the lock.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum KeyKind {
+    Int(i64),
+    Plain,
+    User,
 }
 
 /// True for exact builtin values whose `==` runs no user code.
@@ -56,10 +67,44 @@ fn is_plain(obj: &Bound<'_, PyAny>, depth: u32) -> bool {
     false
 }
 
+fn classify(obj: &Bound<'_, PyAny>) -> KeyKind {
+    let p = obj.as_ptr();
+    // SAFETY: `p` is live; the calls read an exact int's or float's value and cannot run
+    // user code. Overflow is reported through `overflow`, not as an exception.
+    unsafe {
+        if ffi::PyLong_CheckExact(p) != 0 || ffi::PyBool_Check(p) != 0 {
+            let mut overflow = 0;
+            let v = ffi::PyLong_AsLongAndOverflow(p, &raw mut overflow);
+            return if overflow == 0 {
+                #[allow(clippy::useless_conversion)] // c_long is 32-bit on Windows
+                KeyKind::Int(i64::from(v))
+            } else {
+                KeyKind::Plain
+            };
+        }
+        if ffi::PyFloat_CheckExact(p) != 0 {
+            let f = ffi::PyFloat_AS_DOUBLE(p);
+            // Integral floats equal the int of the same value (1.0 == 1), as in a dict.
+            #[allow(clippy::float_cmp)]
+            let integral = f.trunc() == f && f.abs() < 9.0e18;
+            return if integral {
+                KeyKind::Int(f as i64)
+            } else {
+                KeyKind::Plain
+            };
+        }
+    }
+    if is_plain(obj, 0) {
+        KeyKind::Plain
+    } else {
+        KeyKind::User
+    }
+}
+
 /// A caller's key prepared for lookups: the object, its hash and its class of equality.
 pub struct Query<'a, 'py> {
     key: &'a Bound<'py, PyAny>,
-    plain: bool,
+    kind: KeyKind,
     hash: u64,
 }
 
@@ -88,7 +133,7 @@ impl<'a, 'py> Query<'a, 'py> {
         };
         Ok(Self {
             key,
-            plain: is_plain(key, 0),
+            kind: classify(key),
             hash: mix(hash as u64),
         })
     }
@@ -96,7 +141,7 @@ impl<'a, 'py> Query<'a, 'py> {
     fn stored(&self) -> PyKey {
         PyKey {
             obj: self.key.clone().unbind(),
-            plain: self.plain,
+            kind: self.kind,
         }
     }
 
@@ -132,8 +177,16 @@ impl<V: PyClone> KeyQuery<PyKey, V> for Query<'_, '_> {
         if a == b {
             return Match::Equal;
         }
-        if !(self.plain && stored.plain) {
-            return Match::Unknown;
+        match (self.kind, stored.kind) {
+            (KeyKind::Int(x), KeyKind::Int(y)) => {
+                return if x == y {
+                    Match::Equal
+                } else {
+                    Match::NotEqual
+                }
+            }
+            (KeyKind::User, _) | (_, KeyKind::User) => return Match::Unknown,
+            _ => {}
         }
         // SAFETY: both pointers are live objects; both are exact builtin values whose
         // comparison runs only C code (no user code, no GIL release, no re-entry).
@@ -157,7 +210,7 @@ impl<V: PyClone> KeyQuery<PyKey, V> for Query<'_, '_> {
     fn clone_key(&self, key: &PyKey) -> PyKey {
         PyKey {
             obj: key.obj.clone_ref(self.py()),
-            plain: key.plain,
+            kind: key.kind,
         }
     }
 
@@ -213,14 +266,76 @@ impl Flight {
     }
 }
 
+/// The shard lock.
+///
+/// On a free-threaded build it is `parking_lot`'s mutex. With the GIL it is the GIL
+/// itself: every critical section of this cache runs attached to the interpreter, from
+/// start to end, and runs no Python code (comparisons under the lock are C-only, drops
+/// are deferred until after it, user `__eq__` and factories run outside it), so no other
+/// thread can enter a critical section while one is open. That saves two atomic
+/// read-modify-writes per call on the hottest path.
+#[cfg(Py_GIL_DISABLED)]
+type ShardLock = parking_lot::RawMutex;
+#[cfg(not(Py_GIL_DISABLED))]
+type ShardLock = gil_lock::GilLock;
+
+#[cfg(not(Py_GIL_DISABLED))]
+mod gil_lock {
+    use parking_lot::lock_api::{GuardNoSend, RawMutex};
+
+    /// Mutual exclusion provided by the GIL (see `ShardLock`).
+    pub struct GilLock {
+        #[cfg(debug_assertions)]
+        held: std::sync::atomic::AtomicBool,
+    }
+
+    // SAFETY: `lock` is only ever called by a thread attached to the interpreter (every
+    // caller holds a `Python<'_>` token), and no critical section releases the GIL, so
+    // at most one thread holds the lock at a time. Debug builds check both facts.
+    unsafe impl RawMutex for GilLock {
+        #[allow(clippy::declare_interior_mutable_const)]
+        const INIT: Self = Self {
+            #[cfg(debug_assertions)]
+            held: std::sync::atomic::AtomicBool::new(false),
+        };
+        type GuardMarker = GuardNoSend;
+
+        #[inline]
+        fn lock(&self) {
+            #[cfg(debug_assertions)]
+            {
+                // SAFETY: PyGILState_Check only reads the thread state.
+                debug_assert!(
+                    unsafe { pyo3::ffi::PyGILState_Check() } == 1,
+                    "shard lock taken without the GIL"
+                );
+                let was = self.held.swap(true, std::sync::atomic::Ordering::Relaxed);
+                debug_assert!(!was, "shard lock re-entered");
+            }
+        }
+
+        #[inline]
+        fn try_lock(&self) -> bool {
+            self.lock();
+            true
+        }
+
+        #[inline]
+        unsafe fn unlock(&self) {
+            #[cfg(debug_assertions)]
+            self.held.store(false, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
 /// A dropped-after-unlock pile.
 type Grave = Vec<(PyKey, Py<PyAny>)>;
 
 /// A thread-safe, sharded LRU cache with optional TTL.
 #[pyclass(frozen, module = "ferrule._native", name = "Cache")]
 pub struct Cache {
-    inner: ShardedCache<PyKey, Py<PyAny>>,
-    flights: ShardedCache<PyKey, Arc<Flight>>,
+    inner: ShardedCache<PyKey, Py<PyAny>, ShardLock>,
+    flights: ShardedCache<PyKey, Arc<Flight>, ShardLock>,
     default_ttl: Option<i64>,
     clock: Clock,
     /// Set once any entry may carry a deadline; until then reads skip the clock.
@@ -335,6 +450,13 @@ impl Cache {
         };
         let default_ttl = args::opt_positive_nanos(ttl, "ttl")?;
         let clock = args::clock(clock)?;
+        // With the GIL every call is serialised anyway, so one shard (exact LRU, the best
+        // locality) is the fastest default; free-threaded builds shard by CPU count.
+        let shards = if cfg!(Py_GIL_DISABLED) {
+            shards
+        } else {
+            shards.or(Some(1))
+        };
         let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
         let inner = ShardedCache::new(max_size, shards, cpus)?;
         // Flights are bounded by the callers blocked in get_or_set; the cap is a backstop.

@@ -1,0 +1,131 @@
+"""Cache under real concurrency: invariants, single-flight counts, bounded memory."""
+
+from __future__ import annotations
+
+import random
+import threading
+import tracemalloc
+from collections import Counter
+
+from ferrule import Cache, ManualClock
+
+
+def test_random_operations_keep_invariants(threads: int, stress_scale: int) -> None:
+    max_size = 257
+    c = Cache(max_size, ttl=0.05, shards=4)
+    factory_calls: Counter[int] = Counter()
+    calls_lock = threading.Lock()
+    stop = threading.Event()
+    errors: list[str] = []
+    ops = 4000 * stress_scale
+
+    def watcher() -> None:
+        while not stop.is_set():
+            n = len(c)
+            if n > max_size:
+                errors.append(f"len {n} > max_size")
+
+    def worker(seed: int) -> None:
+        rng = random.Random(seed)
+        for _ in range(ops):
+            k = rng.randrange(1000)
+            r = rng.random()
+            if r < 0.4:
+                v = c.get(k)
+                if v is not None and v != k * 2 and v != -k:
+                    errors.append(f"wrong value {v} for {k}")
+            elif r < 0.7:
+                c.set(k, k * 2)
+            elif r < 0.8:
+                c.delete(k)
+            else:
+
+                def factory(k: int = k) -> int:
+                    with calls_lock:
+                        factory_calls[k] += 1
+                    return -k
+
+                v = c.get_or_set(k, factory)
+                if v != k * 2 and v != -k:
+                    errors.append(f"get_or_set gave {v} for {k}")
+
+    w = threading.Thread(target=watcher)
+    w.start()
+    ts = [threading.Thread(target=worker, args=(i,)) for i in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    stop.set()
+    w.join()
+    assert errors == []
+    assert len(c) <= max_size
+    st = c.stats()
+    assert st.size <= max_size
+    assert st.hits + st.misses > 0
+
+
+def test_single_flight_counts_under_contention(threads: int) -> None:
+    # Every thread asks for the same keys in the same order; each key's factory must run
+    # exactly once as long as no entry is evicted.
+    c = Cache(10_000)
+    calls: Counter[int] = Counter()
+    lock = threading.Lock()
+    barrier = threading.Barrier(threads)
+
+    def worker() -> None:
+        barrier.wait()
+        for k in range(500):
+
+            def factory(k: int = k) -> int:
+                with lock:
+                    calls[k] += 1
+                return k
+
+            assert c.get_or_set(k, factory) == k
+
+    ts = [threading.Thread(target=worker) for _ in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert set(calls.values()) == {1}
+    assert len(calls) == 500
+
+
+def test_churn_with_ttl_keeps_memory_bounded() -> None:
+    clock = ManualClock()
+    c = Cache(1000, ttl=1.0, clock=clock)
+    n = 1_000_000
+
+    def churn(start: int, count: int) -> None:
+        for i in range(start, start + count):
+            c[i] = str(i)
+            if i % 1000 == 0:
+                clock.advance(0.5)
+
+    churn(0, 100_000)  # warm up: every slot allocated
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    churn(100_000, n - 100_000)
+    grown = tracemalloc.get_traced_memory()[0] - base
+    tracemalloc.stop()
+    assert len(c) <= 1000
+    # 1000 live str values are ~60 KB; 900k inserts must not add anything like that per entry.
+    assert grown < 512 * 1024, grown
+    assert c.stats().expirations + c.stats().evictions >= n - 1000
+
+
+def test_rss_stays_flat_over_churn() -> None:
+    def rss_kb() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * 4
+
+    c = Cache(10_000, ttl=0.001)
+    for i in range(200_000):
+        c[i] = i
+    before = rss_kb()
+    for i in range(200_000, 1_000_000):
+        c[i] = i
+    assert len(c) <= 10_000
+    assert rss_kb() - before < 20_000  # KB; the cache itself is ~1 MB
