@@ -53,8 +53,12 @@ check: dev lint cargo-test ## every static check and the Rust tests
 free-threaded: ## the whole pytest suite on a free-threaded CPython 3.13t, GIL off
 	bash scripts/free-threaded.sh test
 
+.PHONY: wheels
+wheels: $(STAMP) ## build the GIL and cp313t wheels and smoke-test each in a clean venv
+	bash scripts/wheels.sh
+
 .PHONY: test
-test: check pytest free-threaded ## everything CI runs: lints, cargo test, pytest (GIL and free-threaded)
+test: check pytest free-threaded wheels ## everything CI runs: lints, cargo test, pytest (GIL and free-threaded), wheels
 
 .PHONY: bench
 bench: dev ## the real benchmark run (release build, peers side by side)
