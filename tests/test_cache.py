@@ -585,3 +585,22 @@ def test_cached_async_cancelled_awaiter_does_not_cancel_the_call() -> None:
         return await second
 
     assert asyncio.run(main()) == "done"
+
+
+def test_str_and_bytes_keys_never_reach_bytes_warning() -> None:
+    # hash("x") == hash(b"x"): they collide, and under `python -b` comparing them emits a
+    # BytesWarning. The cache never asks Python to compare them (that would run the
+    # warnings machinery, Python code, under a shard lock).
+    import subprocess
+    import sys
+
+    code = (
+        "import ferrule\n"
+        "c = ferrule.Cache(10, shards=1)\n"
+        "c['x'] = 1; c[b'x'] = 2; c[('a', 'x')] = 3; c[('a', b'x')] = 4\n"
+        "assert (c['x'], c[b'x'], c[('a', 'x')], c[('a', b'x')]) == (1, 2, 3, 4)\n"
+        "assert len(c) == 4\n"
+    )
+    out = subprocess.run([sys.executable, "-b", "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "BytesWarning" not in out.stderr

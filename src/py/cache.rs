@@ -67,6 +67,55 @@ fn is_plain(obj: &Bound<'_, PyAny>, depth: u32) -> bool {
     false
 }
 
+/// `==` between two exact builtin values, decided without running any Python code: same
+/// type str/bytes compare by content, numbers by value, tuples item by item; any other mix
+/// of types is unequal (as `==` says for them). `str == bytes` is never asked of Python,
+/// so `python -b` cannot emit a warning (and run the warnings machinery) under a lock.
+///
+/// # Safety
+/// `a` and `b` must be live objects that `is_plain` accepted.
+unsafe fn plain_eq(a: *mut ffi::PyObject, b: *mut ffi::PyObject, depth: u32) -> bool {
+    if a == b {
+        return true;
+    }
+    // SAFETY (whole block): the caller guarantees live exact builtin objects; the
+    // functions called only read them and run C code.
+    unsafe {
+        let numeric = |p| {
+            ffi::PyLong_CheckExact(p) != 0
+                || ffi::PyFloat_CheckExact(p) != 0
+                || ffi::PyBool_Check(p) != 0
+        };
+        let same_type = ffi::Py_TYPE(a) == ffi::Py_TYPE(b);
+        let comparable = (same_type
+            && (ffi::PyUnicode_CheckExact(a) != 0 || ffi::PyBytes_CheckExact(a) != 0))
+            || (numeric(a) && numeric(b));
+        if comparable {
+            return match ffi::PyObject_RichCompareBool(a, b, ffi::Py_EQ) {
+                1 => true,
+                0 => false,
+                _ => {
+                    // Only MemoryError is possible here; treat as unequal.
+                    ffi::PyErr_Clear();
+                    false
+                }
+            };
+        }
+        if same_type && ffi::PyTuple_CheckExact(a) != 0 && depth < 4 {
+            let n = ffi::PyTuple_GET_SIZE(a);
+            return n == ffi::PyTuple_GET_SIZE(b)
+                && (0..n).all(|i| {
+                    plain_eq(
+                        ffi::PyTuple_GET_ITEM(a, i),
+                        ffi::PyTuple_GET_ITEM(b, i),
+                        depth + 1,
+                    )
+                });
+        }
+    }
+    false
+}
+
 fn classify(obj: &Bound<'_, PyAny>) -> KeyKind {
     let p = obj.as_ptr();
     // SAFETY: `p` is live; the calls read an exact int's or float's value and cannot run
@@ -188,17 +237,11 @@ impl<V: PyClone> KeyQuery<PyKey, V> for Query<'_, '_> {
             (KeyKind::User, _) | (_, KeyKind::User) => return Match::Unknown,
             _ => {}
         }
-        // SAFETY: both pointers are live objects; both are exact builtin values whose
-        // comparison runs only C code (no user code, no GIL release, no re-entry).
-        match unsafe { ffi::PyObject_RichCompareBool(a, b, ffi::Py_EQ) } {
-            1 => Match::Equal,
-            0 => Match::NotEqual,
-            _ => {
-                // Only MemoryError is possible here; treat as unequal.
-                // SAFETY: we hold the thread state; clearing the indicator is always valid.
-                unsafe { ffi::PyErr_Clear() };
-                Match::NotEqual
-            }
+        // SAFETY: both pointers are live objects and both keys are exact builtin values.
+        if unsafe { plain_eq(b, a, 0) } {
+            Match::Equal
+        } else {
+            Match::NotEqual
         }
     }
 
