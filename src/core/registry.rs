@@ -959,6 +959,10 @@ impl<R, P> Registry<R, P> {
                 n += 1;
             }
         }
+        // The scan is O(n) anyway: drop every stale heap item too.
+        for s in 0..LEASE_SHARDS {
+            self.purge_stale(s as u64);
+        }
         n
     }
 
