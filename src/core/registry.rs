@@ -380,7 +380,12 @@ impl<R, P> Entry<R, P> {
     }
 
     pub fn has_cap(&self, cap: &str) -> bool {
-        self.caps.binary_search_by(|c| (**c).cmp(cap)).is_ok()
+        if self.caps.len() <= 8 {
+            // Lengths live in the fat pointers: most mismatches never touch the bytes.
+            self.caps.iter().any(|c| c.len() == cap.len() && **c == *cap)
+        } else {
+            self.caps.binary_search_by(|c| (**c).cmp(cap)).is_ok()
+        }
     }
 
     fn next_version(&self, version: u64) -> Self {
@@ -461,9 +466,12 @@ impl Index {
         }
     }
 
-    fn add(&self, value: &Arc<str>, id: &Arc<str>) {
+    /// Adds a row; returns the index's own copy of `value`, so that every entry with
+    /// this value shares one string (interned: queries compare hot, shared strings).
+    fn add(&self, value: &Arc<str>, id: &Arc<str>) -> Arc<str> {
         let mut set = self.rows.entry(value.clone()).or_default();
         *set.entry(id.clone()).or_insert(0) += 1;
+        set.key().clone()
     }
 
     fn remove(&self, value: &str, id: &str) {
@@ -489,10 +497,15 @@ impl Index {
         self.rows.get(value).map_or(0, |s| s.len())
     }
 
-    fn ids(&self, value: &str) -> Vec<Arc<str>> {
-        self.rows
-            .get(value)
-            .map_or_else(Vec::new, |s| s.keys().cloned().collect())
+    /// Copies the ids of one set into `buf` (bytes, not reference counts: touching
+    /// every id's count would write to as many shared cache lines).
+    fn ids_into(&self, value: &str, buf: &mut IdBuf) {
+        if let Some(s) = self.rows.get(value) {
+            buf.reserve(s.len(), s.keys().map(|k| k.len()).sum());
+            for k in s.keys() {
+                buf.push(k);
+            }
+        }
     }
 
     fn keys(&self) -> usize {
@@ -512,6 +525,34 @@ impl Index {
                 )
             })
             .collect()
+    }
+}
+
+/// Candidate ids copied out of an index set.
+#[derive(Default)]
+struct IdBuf {
+    bytes: String,
+    ends: Vec<usize>,
+}
+
+impl IdBuf {
+    fn reserve(&mut self, n: usize, bytes: usize) {
+        self.ends.reserve(n);
+        self.bytes.reserve(bytes);
+    }
+
+    fn push(&mut self, id: &str) {
+        self.bytes.push_str(id);
+        self.ends.push(self.bytes.len());
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &str> {
+        let mut start = 0;
+        self.ends.iter().map(move |&end| {
+            let s = &self.bytes[start..end];
+            start = end;
+            s
+        })
     }
 }
 
@@ -614,14 +655,43 @@ impl<R, P> Registry<R, P> {
 
     // ---- index rows ----
 
-    fn add_rows(&self, e: &Entry<R, P>) {
-        for c in e.caps.iter() {
-            self.caps.add(c, &e.id);
+    /// Adds the rows of a new registration; returns its interned capabilities, node
+    /// and health.
+    fn add_rows(
+        &self,
+        id: &Arc<str>,
+        caps: &[Arc<str>],
+        node: Option<&Arc<str>>,
+        health: &Arc<str>,
+    ) -> (Arc<[Arc<str>]>, Option<Arc<str>>, Arc<str>) {
+        let caps: Vec<Arc<str>> = caps.iter().map(|c| self.caps.add(c, id)).collect();
+        let node = node.map(|n| self.nodes.add(n, id));
+        let health = self.health.add(health, id);
+        (caps.into(), node, health)
+    }
+
+    /// Adds the rows `new` has and `old` lacks, interning the new values in `new`.
+    fn add_diff(&self, new: &mut Entry<R, P>, old: &Entry<R, P>) {
+        let id = &new.id;
+        if !Arc::ptr_eq(&new.caps, &old.caps) {
+            let caps: Vec<Arc<str>> = new
+                .caps
+                .iter()
+                .map(|c| match old.caps.iter().find(|o| **o == *c) {
+                    Some(o) => o.clone(),
+                    None => self.caps.add(c, id),
+                })
+                .collect();
+            new.caps = caps.into();
         }
-        if let Some(n) = &e.node {
-            self.nodes.add(n, &e.id);
+        if new.node != old.node {
+            if let Some(n) = &new.node {
+                new.node = Some(self.nodes.add(n, id));
+            }
         }
-        self.health.add(&e.health, &e.id);
+        if new.health != old.health {
+            new.health = self.health.add(&new.health, id);
+        }
     }
 
     fn remove_rows(&self, e: &Entry<R, P>) {
@@ -634,33 +704,21 @@ impl<R, P> Registry<R, P> {
         self.health.remove(&e.health, &e.id);
     }
 
-    /// Adds the rows `new` has and `old` lacks (or, with the roles swapped, removes them).
-    fn diff_rows(&self, new: &Entry<R, P>, old: &Entry<R, P>, add: bool) {
-        let id = &new.id;
-        if !Arc::ptr_eq(&new.caps, &old.caps) {
-            for c in new.caps.iter().filter(|c| !old.has_cap(c)) {
-                if add {
-                    self.caps.add(c, id);
-                } else {
-                    self.caps.remove(c, id);
-                }
+    /// Removes the rows `a` has and `b` lacks.
+    fn remove_diff(&self, a: &Entry<R, P>, b: &Entry<R, P>) {
+        let id = &a.id;
+        if !Arc::ptr_eq(&a.caps, &b.caps) {
+            for c in a.caps.iter().filter(|c| !b.has_cap(c)) {
+                self.caps.remove(c, id);
             }
         }
-        if new.node != old.node {
-            if let Some(n) = &new.node {
-                if add {
-                    self.nodes.add(n, id);
-                } else {
-                    self.nodes.remove(n, id);
-                }
+        if a.node != b.node {
+            if let Some(n) = &a.node {
+                self.nodes.remove(n, id);
             }
         }
-        if new.health != old.health {
-            if add {
-                self.health.add(&new.health, id);
-            } else {
-                self.health.remove(&new.health, id);
-            }
+        if a.health != b.health {
+            self.health.remove(&a.health, id);
         }
     }
 
@@ -716,20 +774,25 @@ impl<R, P> Registry<R, P> {
         if spec.ttl.is_some() {
             self.uses_ttl.store(true, Ordering::Release);
         }
+        let (caps, node, health) = self.add_rows(
+            &spec.id,
+            &normalize_caps(spec.caps),
+            spec.node.as_ref(),
+            &spec.health,
+        );
         let e = Arc::new(Entry {
             id: spec.id,
             token: spec.token,
             version: spec.token,
-            caps: normalize_caps(spec.caps),
-            node: spec.node,
-            health: spec.health,
+            caps,
+            node,
+            health,
             meta: spec.meta,
             registered_at: now,
             expires_at: spec.ttl.map_or(NEVER, |d| now.saturating_add(d)),
             lease: spec.ttl,
             reg: spec.reg,
         });
-        self.add_rows(&e);
         let read_now = self.now();
         let outcome = match self.entries.entry(e.id.clone()) {
             MapEntry::Vacant(v) => {
@@ -822,16 +885,16 @@ impl<R, P> Registry<R, P> {
             if let Some(m) = &changes.meta {
                 new.meta = m.clone();
             }
+            self.add_diff(&mut new, &cur);
             let new = Arc::new(new);
-            self.diff_rows(&new, &cur, true);
             if let Some(old) = self.swap(&cur, &new) {
-                self.diff_rows(&old, &new, false);
+                self.remove_diff(&old, &new);
                 grave.push(old);
                 self.reclaim_some(new.token, grave);
                 return Ok(new);
             }
             // Another writer got there first: take our rows back and retry.
-            self.diff_rows(&new, &cur, false);
+            self.remove_diff(&new, &cur);
             grave.push(new);
         }
     }
@@ -1029,6 +1092,8 @@ impl<R, P> Registry<R, P> {
         let mut sure = 0usize;
         let mut truncated = false;
         let mut take = |e: &Arc<Entry<R, P>>| -> bool {
+            // Runs under the entry's shard read guard: only a clone of the Arc (never a
+            // drop of the last reference) happens here.
             match self.check(e, q, now) {
                 Tri::No => false,
                 t => {
@@ -1050,9 +1115,13 @@ impl<R, P> Registry<R, P> {
         }
         match self.plan(q) {
             Some((idx, v, _)) => {
-                for id in idx.ids(v) {
-                    let Some(e) = self.raw(&id) else { continue };
-                    if take(&e) {
+                let mut buf = IdBuf::default();
+                idx.ids_into(v, &mut buf);
+                for id in buf.iter() {
+                    let Some(r) = self.entries.get(id) else {
+                        continue;
+                    };
+                    if take(r.value()) {
                         truncated = true;
                         break;
                     }
