@@ -45,6 +45,7 @@
 use std::cmp::{Ordering as CmpOrdering, Reverse};
 use std::collections::BinaryHeap;
 use std::fmt;
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -454,28 +455,45 @@ impl std::error::Error for RegistryError {}
 
 // ---- indexes --------------------------------------------------------------------------
 
-/// value -> {id: number of in-flight or published versions with this row}.
+/// value -> {id: number of in-flight or published versions with this row}, split into
+/// [`INDEX_PARTS`] parts by id hash so that writers of different ids rarely share a lock
+/// even when they share a value (every agent is "healthy"). All rows of one id live in
+/// one part, so a value's parts never list an id twice.
 struct Index {
-    rows: Map<Arc<str>, HashMap<Arc<str>, u32>>,
+    parts: Box<[Map<Arc<str>, HashMap<Arc<str>, u32>>]>,
+    hasher: DefaultHashBuilder,
 }
+
+const INDEX_PARTS: usize = 8;
 
 impl Index {
     fn new(shards: usize) -> Self {
+        let per_part = (shards / INDEX_PARTS).next_power_of_two().max(4);
         Self {
-            rows: DashMap::with_hasher_and_shard_amount(DefaultHashBuilder::default(), shards),
+            parts: (0..INDEX_PARTS)
+                .map(|_| {
+                    DashMap::with_hasher_and_shard_amount(DefaultHashBuilder::default(), per_part)
+                })
+                .collect(),
+            hasher: DefaultHashBuilder::default(),
         }
     }
 
-    /// Adds a row; returns the index's own copy of `value`, so that every entry with
-    /// this value shares one string (interned: queries compare hot, shared strings).
+    fn part(&self, id: &str) -> &Map<Arc<str>, HashMap<Arc<str>, u32>> {
+        &self.parts[(self.hasher.hash_one(id) as usize) % INDEX_PARTS]
+    }
+
+    /// Adds a row; returns the index's own copy of `value`, so that entries with this
+    /// value share its string (interned: queries compare hot, shared strings).
     fn add(&self, value: &Arc<str>, id: &Arc<str>) -> Arc<str> {
-        let mut set = self.rows.entry(value.clone()).or_default();
+        let mut set = self.part(id).entry(value.clone()).or_default();
         *set.entry(id.clone()).or_insert(0) += 1;
         set.key().clone()
     }
 
     fn remove(&self, value: &str, id: &str) {
-        let now_empty = match self.rows.get_mut(value) {
+        let part = self.part(id);
+        let now_empty = match part.get_mut(value) {
             Some(mut set) => {
                 if let Some(c) = set.get_mut(id) {
                     *c -= 1;
@@ -489,42 +507,54 @@ impl Index {
         };
         // The guard is gone; re-check under a fresh one (a writer may have added since).
         if now_empty {
-            self.rows.remove_if(value, |_, s| s.is_empty());
+            part.remove_if(value, |_, s| s.is_empty());
         }
     }
 
     fn size(&self, value: &str) -> usize {
-        self.rows.get(value).map_or(0, |s| s.len())
+        self.parts
+            .iter()
+            .map(|p| p.get(value).map_or(0, |s| s.len()))
+            .sum()
     }
 
-    /// Copies the ids of one set into `buf` (bytes, not reference counts: touching
+    /// Copies the ids of one value into `buf` (bytes, not reference counts: touching
     /// every id's count would write to as many shared cache lines).
     fn ids_into(&self, value: &str, buf: &mut IdBuf) {
-        if let Some(s) = self.rows.get(value) {
-            buf.reserve(s.len(), s.keys().map(|k| k.len()).sum());
-            for k in s.keys() {
-                buf.push(k);
+        for p in &*self.parts {
+            if let Some(s) = p.get(value) {
+                buf.reserve(s.len(), s.keys().map(|k| k.len()).sum());
+                for k in s.keys() {
+                    buf.push(k);
+                }
             }
         }
     }
 
+    /// Distinct values held.
     fn keys(&self) -> usize {
-        self.rows.len()
+        let mut seen: hashbrown::HashSet<Arc<str>> = hashbrown::HashSet::new();
+        for p in &*self.parts {
+            seen.extend(p.iter().map(|r| r.key().clone()));
+        }
+        seen.len()
     }
 
     #[cfg(test)]
     fn snapshot(
         &self,
     ) -> std::collections::BTreeMap<String, std::collections::BTreeMap<String, u32>> {
-        self.rows
-            .iter()
-            .map(|r| {
-                (
-                    r.key().to_string(),
-                    r.value().iter().map(|(k, v)| (k.to_string(), *v)).collect(),
-                )
-            })
-            .collect()
+        let mut out: std::collections::BTreeMap<String, std::collections::BTreeMap<String, u32>> =
+            std::collections::BTreeMap::new();
+        for p in &*self.parts {
+            for r in p {
+                let e = out.entry(r.key().to_string()).or_default();
+                for (k, v) in r.value() {
+                    assert!(e.insert(k.to_string(), *v).is_none(), "id in two parts");
+                }
+            }
+        }
+        out
     }
 }
 
