@@ -13,7 +13,6 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import pytest
-
 from ferrule import Registry
 
 SEED = 1234

@@ -9,7 +9,6 @@ import threading
 import types
 
 import pytest
-
 from ferrule import Agent, AlreadyRegistered, FerruleError, ManualClock, Registry
 
 
@@ -43,7 +42,10 @@ def test_register_get_lookup_and_agent_fields() -> None:
     assert reg.get("zz") is None
     with pytest.raises(KeyError):
         reg.lookup("zz")
-    assert repr(agent) == "Agent(agent_id='a1', capabilities={'code', 'search'}, node='n1', health='healthy')"
+    assert (
+        repr(agent)
+        == "Agent(agent_id='a1', capabilities={'code', 'search'}, node='n1', health='healthy')"
+    )
 
 
 def test_agent_is_immutable_and_metadata_is_a_copy() -> None:
@@ -373,7 +375,7 @@ def test_asyncio_task_owner() -> None:
 
 def test_owner_that_cannot_be_watched() -> None:
     reg = Registry()
-    with pytest.raises(TypeError, match="owner must be weak-referenceable.*not 'int'"):
+    with pytest.raises(TypeError, match=r"owner must be weak-referenceable.*not 'int'"):
         reg.register("a", owner=5)
     assert "a" not in reg
 
@@ -455,7 +457,7 @@ def test_bad_input() -> None:
     assert len(reg) == 0 and reg._index_sizes() == (0, 0, 0, 0)
     with pytest.raises(ValueError, match="max_batch must be >= 1"):
         Registry(max_batch=0)
-    with pytest.raises(TypeError, match="clock must be a ferrule.ManualClock or None"):
+    with pytest.raises(TypeError, match=r"clock must be a ferrule\.ManualClock or None"):
         Registry(clock=1)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="ttl must be > 0"):
         reg.heartbeat("a", ttl=-1)
@@ -464,7 +466,9 @@ def test_bad_input() -> None:
 def test_bad_where() -> None:
     reg = Registry()
     reg.register("a", metadata={"x": 1})
-    with pytest.raises(ValueError, match="where op must be one of eq, ne, gt, gte, lt, lte, in, not_in, not 'like'"):
+    with pytest.raises(
+        ValueError, match="where op must be one of eq, ne, gt, gte, lt, lte, in, not_in, not 'like'"
+    ):
         reg.find(where=[("x", "like", 1)])
     with pytest.raises(TypeError, match="where must be a callable or a list of"):
         reg.find(where="x == 1")  # type: ignore[arg-type]
@@ -472,7 +476,9 @@ def test_bad_where() -> None:
         reg.find(where=[("x", "eq")])  # type: ignore[list-item]
     with pytest.raises(TypeError, match="where path must be a str"):
         reg.find(where=[(1, "eq", 1)])  # type: ignore[list-item]
-    with pytest.raises(TypeError, match="where value for 'in' must be a list, tuple or set, not 'int'"):
+    with pytest.raises(
+        TypeError, match="where value for 'in' must be a list, tuple or set, not 'int'"
+    ):
         reg.find(where=[("x", "in", 1)])
     with pytest.raises(ValueError, match="limit must be >= 0"):
         reg.find(limit=-1)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
+from ferrule import AlreadyRegistered, Registry
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
-
-from ferrule import AlreadyRegistered, Registry
 
 IDS = st.sampled_from([f"a{i}" for i in range(8)])
 CAPS = st.sets(st.sampled_from(["search", "code", "plan"]), max_size=3)
@@ -147,10 +147,8 @@ class RegistryModel(RuleBasedStateMachine):
             if op in ("in", "not_in"):
                 q: Any = list(many)
                 if as_set:
-                    try:
+                    with contextlib.suppress(TypeError):
                         q = set(many)
-                    except TypeError:
-                        pass
             else:
                 q = scalar
             triples.append((path, op, q))
@@ -198,7 +196,5 @@ class RegistryModel(RuleBasedStateMachine):
         assert self.reg._index_sizes() == (0, 0, 0, 0)
 
 
-RegistryModel.TestCase.settings = settings(
-    max_examples=60, stateful_step_count=30, deadline=None
-)
+RegistryModel.TestCase.settings = settings(max_examples=60, stateful_step_count=30, deadline=None)
 test_registry_model = RegistryModel.TestCase

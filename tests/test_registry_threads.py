@@ -99,21 +99,25 @@ def test_racing_registrations_one_winner_and_losers_leave_no_watch(threads: int)
     class Owner:
         pass
 
+    def attempt(
+        reg: Registry, owners: list[Owner], wins: list[int], barrier: threading.Barrier, i: int
+    ) -> None:
+        barrier.wait()
+        try:
+            reg.register("contested", i, capabilities=[f"c{i}"], owner=owners[i])
+            wins.append(i)
+        except AlreadyRegistered:
+            pass
+
     for _ in range(20):
         reg = Registry()
         owners = [Owner() for _ in range(threads)]
         wins: list[int] = []
         barrier = threading.Barrier(threads)
-
-        def attempt(i: int) -> None:
-            barrier.wait()
-            try:
-                reg.register("contested", i, capabilities=[f"c{i}"], owner=owners[i])
-                wins.append(i)
-            except AlreadyRegistered:
-                pass
-
-        ts = [threading.Thread(target=attempt, args=(i,)) for i in range(threads)]
+        ts = [
+            threading.Thread(target=attempt, args=(reg, owners, wins, barrier, i))
+            for i in range(threads)
+        ]
         for t in ts:
             t.start()
         for t in ts:

@@ -383,7 +383,9 @@ impl<R, P> Entry<R, P> {
     pub fn has_cap(&self, cap: &str) -> bool {
         if self.caps.len() <= 8 {
             // Lengths live in the fat pointers: most mismatches never touch the bytes.
-            self.caps.iter().any(|c| c.len() == cap.len() && **c == *cap)
+            self.caps
+                .iter()
+                .any(|c| c.len() == cap.len() && **c == *cap)
         } else {
             self.caps.binary_search_by(|c| (**c).cmp(cap)).is_ok()
         }
@@ -907,7 +909,7 @@ impl<R, P> Registry<R, P> {
                 new.caps = c.clone();
             }
             if let Some(n) = &changes.node {
-                new.node = n.clone();
+                new.node.clone_from(n);
             }
             if let Some(h) = &changes.health {
                 new.health = h.clone();
@@ -1103,7 +1105,7 @@ impl<R, P> Registry<R, P> {
             .map_or_else(|| self.entries.len(), |(_, _, n)| n)
     }
 
-    fn check(&self, e: &Entry<R, P>, q: &Query<'_>, now: i64) -> Tri {
+    fn check(e: &Entry<R, P>, q: &Query<'_>, now: i64) -> Tri {
         if !e.is_live(now)
             || q.capability.is_some_and(|c| !e.has_cap(c))
             || q.node.is_some_and(|n| e.node.as_deref() != Some(n))
@@ -1124,7 +1126,7 @@ impl<R, P> Registry<R, P> {
         let mut take = |e: &Arc<Entry<R, P>>| -> bool {
             // Runs under the entry's shard read guard: only a clone of the Arc (never a
             // drop of the last reference) happens here.
-            match self.check(e, q, now) {
+            match Self::check(e, q, now) {
                 Tri::No => false,
                 t => {
                     let unsure = t == Tri::Unknown;

@@ -68,6 +68,6 @@ pub fn string<'py>(
     arg: &str,
 ) -> PyResult<Bound<'py, pyo3::types::PyString>> {
     obj.cast::<pyo3::types::PyString>()
-        .map(Clone::clone)
+        .cloned()
         .map_err(|_| wrong_type(arg, "a str", obj))
 }

@@ -24,6 +24,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 
 use parking_lot::Mutex;
+use pyo3::basic::CompareOp;
 use pyo3::exceptions::{PyKeyError, PyTypeError, PyValueError};
 use pyo3::ffi;
 use pyo3::prelude::*;
@@ -387,9 +388,9 @@ impl Agent {
         (self.e.expires_at != NEVER).then(|| nanos_to_secs(self.e.expires_at))
     }
 
-    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
+    fn __repr__(&self, py: Python<'_>) -> String {
         let caps: Vec<String> = self.e.caps.iter().map(|c| py_repr(py, c)).collect();
-        Ok(format!(
+        format!(
             "Agent(agent_id={}, capabilities={{{}}}, node={}, health={})",
             py_repr(py, &self.e.id),
             caps.join(", "),
@@ -398,7 +399,7 @@ impl Agent {
                 .as_deref()
                 .map_or_else(|| "None".to_owned(), |n| py_repr(py, n)),
             py_repr(py, &self.e.health)
-        ))
+        )
     }
 }
 
@@ -484,6 +485,17 @@ fn parse_where(obj: Option<&Bound<'_, PyAny>>) -> PyResult<Where> {
     Ok(Where::Conds(conds, values))
 }
 
+/// The items of a list or tuple value (the values `eq` and `in` also look into).
+fn elems<'py>(v: &Bound<'py, PyAny>) -> Option<Vec<Bound<'py, PyAny>>> {
+    if v.is_instance_of::<PyList>() || v.is_instance_of::<PyTuple>() {
+        v.try_iter()
+            .ok()
+            .map(|it| it.filter_map(Result::ok).collect())
+    } else {
+        None
+    }
+}
+
 /// Python's answer for one condition (used when the core could not decide).
 fn py_cond(py: Python<'_>, c: &Cond, q: &Bound<'_, PyAny>, meta: &MetaPy) -> PyResult<bool> {
     let Some(d) = meta else { return Ok(false) };
@@ -500,24 +512,14 @@ fn py_cond(py: Python<'_>, c: &Cond, q: &Bound<'_, PyAny>, meta: &MetaPy) -> PyR
     let v = cur;
     // A comparison Python refuses (TypeError and the like) is no match.
     let safe = |r: PyResult<bool>| r.unwrap_or(false);
-    fn elems<'py>(v: &Bound<'py, PyAny>) -> Option<Vec<Bound<'py, PyAny>>> {
-        if v.is_instance_of::<PyList>() || v.is_instance_of::<PyTuple>() {
-            v.try_iter()
-                .ok()
-                .map(|it| it.filter_map(Result::ok).collect())
-        } else {
-            None
-        }
-    }
-    use pyo3::basic::CompareOp as C;
-    let cmp = |op| safe(v.rich_compare(q, op).and_then(|r| r.is_truthy()));
+    let cmp = |op: CompareOp| safe(v.rich_compare(q, op).and_then(|r| r.is_truthy()));
     Ok(match c.op {
         Op::Eq => safe(v.eq(q)) || elems(&v).is_some_and(|xs| xs.iter().any(|x| safe(x.eq(q)))),
         Op::Ne => safe(v.ne(q)),
-        Op::Gt => cmp(C::Gt),
-        Op::Gte => cmp(C::Ge),
-        Op::Lt => cmp(C::Lt),
-        Op::Lte => cmp(C::Le),
+        Op::Gt => cmp(CompareOp::Gt),
+        Op::Gte => cmp(CompareOp::Ge),
+        Op::Lt => cmp(CompareOp::Lt),
+        Op::Lte => cmp(CompareOp::Le),
         Op::In => {
             safe(q.contains(&v))
                 || elems(&v).is_some_and(|xs| xs.iter().any(|x| safe(q.contains(x))))
@@ -550,6 +552,18 @@ pub struct Registry {
     threads: Mutex<VecDeque<(Arc<str>, u64)>>,
     thread_count: AtomicUsize,
 }
+
+/// The keys a `register_many` item may have.
+const ITEM_KEYS: [&str; 8] = [
+    "agent_id",
+    "value",
+    "capabilities",
+    "node",
+    "health",
+    "metadata",
+    "owner",
+    "ttl",
+];
 
 /// A registration converted and checked, not yet published.
 struct Prepared<'py> {
@@ -911,16 +925,6 @@ impl Registry {
                 .map_err(|_| wrong_type("items", "an iterable of dicts", &item))?;
             raw.push(d.clone());
         }
-        const KEYS: [&str; 8] = [
-            "agent_id",
-            "value",
-            "capabilities",
-            "node",
-            "health",
-            "metadata",
-            "owner",
-            "ttl",
-        ];
         let mut prepared = Vec::with_capacity(raw.len());
         let mut seen = std::collections::HashSet::new();
         for d in &raw {
@@ -929,7 +933,7 @@ impl Registry {
                     .cast::<PyString>()
                     .ok()
                     .and_then(|s| s.to_str().ok())
-                    .is_some_and(|s| KEYS.contains(&s));
+                    .is_some_and(|s| ITEM_KEYS.contains(&s));
                 if !ok {
                     return Err(PyTypeError::new_err(format!(
                         "register_many item has an unexpected key {}",
