@@ -637,7 +637,6 @@ pub struct Registry<R, P> {
     caps: Index,
     nodes: Index,
     health: Index,
-    counter: AtomicU64,
     leases: Box<[Mutex<LeaseShard>]>,
     /// Set once any entry may carry a deadline; until then reads skip the clock.
     uses_ttl: AtomicBool,
@@ -645,6 +644,30 @@ pub struct Registry<R, P> {
 }
 
 type Grave<R, P> = Vec<Arc<Entry<R, P>>>;
+
+/// Tokens taken from the shared counter per refill of a thread's block.
+const TOKEN_BLOCK: u64 = 1024;
+
+/// A process-wide unique, non-zero number. Each thread takes blocks of
+/// [`TOKEN_BLOCK`] from one atomic counter, so writers on different threads do not
+/// contend on its cache line for every write. Relaxed: uniqueness is all we need.
+fn next_token() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    thread_local! {
+        static BLOCK: std::cell::Cell<(u64, u64)> = const { std::cell::Cell::new((0, 0)) };
+    }
+    BLOCK.with(|b| {
+        let (cur, end) = b.get();
+        if cur < end {
+            b.set((cur + 1, end));
+            cur
+        } else {
+            let start = NEXT.fetch_add(TOKEN_BLOCK, Ordering::Relaxed);
+            b.set((start + 1, start + TOKEN_BLOCK));
+            start
+        }
+    })
+}
 
 impl<R, P> Registry<R, P> {
     pub fn new(clock: Clock, cpus: usize) -> Self {
@@ -654,7 +677,6 @@ impl<R, P> Registry<R, P> {
             caps: Index::new(shards),
             nodes: Index::new(shards),
             health: Index::new(shards),
-            counter: AtomicU64::new(1),
             leases: (0..LEASE_SHARDS).map(|_| Mutex::default()).collect(),
             uses_ttl: AtomicBool::new(false),
             clock,
@@ -676,9 +698,9 @@ impl<R, P> Registry<R, P> {
         }
     }
 
-    /// A fresh registration token / version number. Relaxed: uniqueness is all we need.
+    /// A fresh registration token / version number (unique in the process).
     pub fn next_token(&self) -> u64 {
-        self.counter.fetch_add(1, Ordering::Relaxed)
+        next_token()
     }
 
     fn lease_shard(&self, token: u64) -> &Mutex<LeaseShard> {
@@ -904,7 +926,7 @@ impl<R, P> Registry<R, P> {
                 Some(e) if e.is_live(now) => e,
                 _ => return Err(RegistryError::Missing(id.into())),
             };
-            let mut new = cur.next_version(self.next_token());
+            let mut new = cur.next_version(next_token());
             if let Some(c) = &changes.caps {
                 new.caps = c.clone();
             }
@@ -946,7 +968,7 @@ impl<R, P> Registry<R, P> {
             let Some(d) = ttl.or(cur.lease) else {
                 return true;
             };
-            let mut new = cur.next_version(self.next_token());
+            let mut new = cur.next_version(next_token());
             new.expires_at = now.saturating_add(d);
             new.lease = Some(d);
             let new = Arc::new(new);

@@ -229,15 +229,12 @@ fn metadata(py: Python<'_>, obj: Option<&Bound<'_, PyAny>>) -> PyResult<Arc<Meta
 }
 
 fn empty_meta() -> Arc<Metadata<MetaPy>> {
-    static EMPTY: std::sync::OnceLock<Arc<Metadata<MetaPy>>> = std::sync::OnceLock::new();
-    EMPTY
-        .get_or_init(|| {
-            Arc::new(Metadata {
-                tree: Value::Map(Box::new([])),
-                extra: None,
-            })
-        })
-        .clone()
+    // A fresh allocation, not a shared static: cloning one Arc from every thread would
+    // make its reference count a contended cache line.
+    Arc::new(Metadata {
+        tree: Value::Map(Box::new([])),
+        extra: None,
+    })
 }
 
 /// `capabilities`: an iterable of str (a bare str is refused: it is almost always a
@@ -276,9 +273,9 @@ fn opt_str(obj: Option<&Bound<'_, PyAny>>, arg: &str) -> PyResult<Option<Arc<str
 }
 
 fn health_arg(obj: Option<&Bound<'_, PyAny>>) -> PyResult<Arc<str>> {
-    static HEALTHY: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
     match obj.filter(|o| !o.is_none()) {
-        None => Ok(HEALTHY.get_or_init(|| Arc::from("healthy")).clone()),
+        // Fresh rather than a shared static (see `empty_meta`); the index interns it.
+        None => Ok(Arc::from("healthy")),
         Some(o) => rust_str(&args::string(o, "health")?),
     }
 }
