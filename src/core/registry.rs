@@ -656,17 +656,20 @@ fn next_token() -> u64 {
     thread_local! {
         static BLOCK: std::cell::Cell<(u64, u64)> = const { std::cell::Cell::new((0, 0)) };
     }
-    BLOCK.with(|b| {
-        let (cur, end) = b.get();
-        if cur < end {
-            b.set((cur + 1, end));
-            cur
-        } else {
-            let start = NEXT.fetch_add(TOKEN_BLOCK, Ordering::Relaxed);
-            b.set((start + 1, start + TOKEN_BLOCK));
-            start
-        }
-    })
+    BLOCK
+        .try_with(|b| {
+            let (cur, end) = b.get();
+            if cur < end {
+                b.set((cur + 1, end));
+                cur
+            } else {
+                let start = NEXT.fetch_add(TOKEN_BLOCK, Ordering::Relaxed);
+                b.set((start + 1, start + TOKEN_BLOCK));
+                start
+            }
+        })
+        // During thread teardown the block is gone: take one number directly.
+        .unwrap_or_else(|_| NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
 impl<R, P> Registry<R, P> {
