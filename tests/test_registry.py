@@ -490,3 +490,15 @@ def test_bad_where() -> None:
 
     with pytest.raises(RuntimeError, match="boom"):
         reg.find(where=boom)
+
+
+def test_lease_churn_keeps_memory_bounded() -> None:
+    clock = ManualClock()
+    reg = Registry(clock=clock)
+    for i in range(20_000):
+        reg.register(f"a{i}", capabilities=["c"], ttl=3600.0)
+        reg.unregister(f"a{i}")
+    assert len(reg) == 0
+    sizes = reg._index_sizes()
+    assert sizes[:3] == (0, 0, 0)
+    assert sizes[3] < 8 * 64 * 2  # stale deadline items are purged, not kept per churn

@@ -166,3 +166,46 @@ def test_owner_death_and_unregister_race_cleans_up_exactly_once(threads: int) ->
     gc.collect()
     assert len(reg) == 0
     assert reg._index_sizes() == (0, 0, 0, 0)
+
+
+def test_update_is_one_step_for_readers(threads: int, stress_scale: int) -> None:
+    reg = Registry()
+    states = [
+        (frozenset({"x"}), "n1", "healthy", {"v": 1}),
+        (frozenset({"y", "z"}), "n2", "degraded", {"v": 2}),
+    ]
+    for i in range(8):
+        caps, node, health, meta = states[0]
+        reg.register(f"a{i}", capabilities=caps, node=node, health=health, metadata=meta)
+    stop = threading.Event()
+    errors: list[str] = []
+
+    def writer(w: int) -> None:
+        for n in range(2000 * stress_scale):
+            caps, node, health, meta = states[(n + w) % 2]
+            reg.update(f"a{n % 8}", capabilities=caps, node=node, health=health, metadata=meta)
+
+    def reader() -> None:
+        while not stop.is_set():
+            for a in reg.find():
+                seen = (a.capabilities, a.node, a.health, dict(a.metadata))
+                if seen not in states:
+                    errors.append(repr(seen))
+
+    ws = [threading.Thread(target=writer, args=(i,)) for i in range(max(2, threads // 2))]
+    rs = [threading.Thread(target=reader) for _ in range(max(2, threads // 2))]
+    for t in ws + rs:
+        t.start()
+    for t in ws:
+        t.join()
+    stop.set()
+    for t in rs:
+        t.join()
+    assert errors == []
+    for caps, node, _, _ in states:
+        expected = {a.agent_id for a in reg.find() if a.node == node}
+        assert set(reg.ids(node=node)) == expected
+        for c in caps:
+            assert set(reg.ids(capability=c)) == {
+                a.agent_id for a in reg.find() if c in a.capabilities
+            }
