@@ -20,7 +20,7 @@
 //! no guard held.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 
 use parking_lot::Mutex;
@@ -548,6 +548,9 @@ pub struct Registry {
     /// Thread-owned registrations (id, token), swept a few per write.
     threads: Mutex<VecDeque<(Arc<str>, u64)>>,
     thread_count: AtomicUsize,
+    /// Set (before publishing) once any registration has a thread owner; until then
+    /// queries skip the per-entry owner check.
+    thread_owners: AtomicBool,
 }
 
 /// The keys a `register_many` item may have.
@@ -614,6 +617,7 @@ impl Registry {
             OwnerKind::None => Owner::None,
             OwnerKind::Thread(t) => {
                 thread = true;
+                self.thread_owners.store(true, Ordering::Release);
                 Owner::Thread(t.unbind())
             }
             OwnerKind::Future(f) => {
@@ -808,6 +812,9 @@ impl Registry {
             } else {
                 self.core.find(&q)
             };
+            // Read after the candidates: a thread-owned entry they hold was published
+            // after the flag was set.
+            let check_owners = self.thread_owners.load(Ordering::Acquire);
             let mut out = Vec::with_capacity(found.hits.len());
             for hit in found.hits {
                 if limit.is_some_and(|l| out.len() >= l) {
@@ -825,7 +832,7 @@ impl Registry {
                         continue;
                     }
                 }
-                if self.drop_if_dead(py, &hit.entry)? {
+                if check_owners && self.drop_if_dead(py, &hit.entry)? {
                     continue;
                 }
                 if let Some(f) = callable {
@@ -868,6 +875,7 @@ impl Registry {
             max_batch,
             threads: Mutex::new(VecDeque::new()),
             thread_count: AtomicUsize::new(0),
+            thread_owners: AtomicBool::new(false),
         })
     }
 
