@@ -130,6 +130,83 @@ ROWS: list[Row] = [
 ]
 
 
+# ---- registry: register, lookup, unregister on distinct ids per thread ---------------
+
+
+class _LockedRegistry:
+    """The dict + Lock + dict-of-sets registry that benches/test_registry.py measures."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.entries: dict[str, tuple[object, frozenset[str], str]] = {}
+        self.by_cap: dict[str, set[str]] = {}
+        self.by_node: dict[str, set[str]] = {}
+
+    def register(self, agent_id: str, value: object, *, capabilities: list[str], node: str) -> None:
+        caps = frozenset(capabilities)
+        with self.lock:
+            if agent_id in self.entries:
+                raise KeyError(agent_id)
+            self.entries[agent_id] = (value, caps, node)
+            for c in caps:
+                self.by_cap.setdefault(c, set()).add(agent_id)
+            self.by_node.setdefault(node, set()).add(agent_id)
+
+    def lookup(self, agent_id: str) -> object:
+        with self.lock:
+            return self.entries[agent_id][0]
+
+    def unregister(self, agent_id: str) -> bool:
+        with self.lock:
+            e = self.entries.pop(agent_id, None)
+            if e is None:
+                return False
+            for c in e[1]:
+                s = self.by_cap[c]
+                s.discard(agent_id)
+                if not s:
+                    del self.by_cap[c]
+            s = self.by_node[e[2]]
+            s.discard(agent_id)
+            if not s:
+                del self.by_node[e[2]]
+        return True
+
+
+def _registry_work(reg: ferrule.Registry | _LockedRegistry, ops: int) -> Work:
+    caps = ["search", "code"]
+
+    def work(i: int) -> None:
+        register, lookup, unregister = reg.register, reg.lookup, reg.unregister
+        ids = [f"t{i}-{n}" for n in range(64)]
+        for n in range(ops // 3):
+            aid = ids[n % 64]
+            register(aid, n, capabilities=caps, node=f"n{i}")
+            lookup(aid)
+            unregister(aid)
+
+    return work
+
+
+def registry_ferrule(ops: int) -> Work:
+    return _registry_work(ferrule.Registry(), ops)
+
+
+def registry_peer(ops: int) -> Work:
+    return _registry_work(_LockedRegistry(), ops)
+
+
+ROWS.append(
+    Row(
+        "Registry register/lookup/unregister, distinct ids",
+        150_000,
+        registry_ferrule,
+        "dict + Lock + index sets",
+        registry_peer,
+    )
+)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--repeat", type=int, default=5)

@@ -6,6 +6,7 @@ by a Rust core. Import everything from here; ``ferrule._native`` is private.
 
 from ferrule._cached import cached
 from ferrule._native import (
+    Agent,
     AlreadyRegistered,
     BackendError,
     Cache,
@@ -18,10 +19,12 @@ from ferrule._native import (
     QueueClosed,
     QueueEmpty,
     QueueFull,
+    Registry,
     __version__,
 )
 
 __all__ = [
+    "Agent",
     "AlreadyRegistered",
     "BackendError",
     "Cache",
@@ -34,6 +37,7 @@ __all__ = [
     "QueueClosed",
     "QueueEmpty",
     "QueueFull",
+    "Registry",
     "__version__",
     "cached",
 ]

@@ -3,7 +3,7 @@
 Import these names from ``ferrule``; ``ferrule._native`` is private.
 """
 
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from typing import Any, TypeVar, final, overload
 
 __version__: str
@@ -240,3 +240,208 @@ class Cache:
 
     def __iter__(self) -> Iterator[Any]:
         """Iterate over a snapshot of the live keys."""
+
+# ---------------------------------------------------------------------------------------
+# Registry
+# ---------------------------------------------------------------------------------------
+
+@final
+class Agent:
+    """One registered agent, as it was when read. Immutable and cheap to create.
+
+    >>> reg = Registry()
+    >>> reg.register("a1", "handle", capabilities=["search"], metadata={"gpu": 2})
+    >>> a = reg.get("a1")
+    >>> a.agent_id, a.value, a.capabilities, a.health, a.metadata["gpu"]
+    ('a1', 'handle', frozenset({'search'}), 'healthy', 2)
+    """
+
+    @property
+    def agent_id(self) -> str: ...
+    @property
+    def value(self) -> Any:
+        """The object registered with the agent (``lookup`` returns it)."""
+    @property
+    def capabilities(self) -> frozenset[str]: ...
+    @property
+    def node(self) -> str | None: ...
+    @property
+    def health(self) -> str: ...
+    @property
+    def metadata(self) -> Mapping[str, Any]:
+        """A read-only view (``types.MappingProxyType``) of a shallow copy of the
+        metadata given at registration or the last ``update``."""
+    @property
+    def registered_at(self) -> float:
+        """When it was registered, in the registry's clock seconds."""
+    @property
+    def expires_at(self) -> float | None:
+        """When its lease ends (clock seconds), or None without a lease."""
+
+@final
+class Registry:
+    """A concurrent agent directory: find agents by id, capability, node, health and
+    metadata, with owners and leases that remove what outlives its purpose.
+
+    Entries are immutable and live in a sharded map with sharded secondary indexes; no
+    global lock. A query takes candidates from the smallest matching index and checks
+    each against the entry itself, so a result never holds an agent that did not match
+    when it was read. ``unregister`` and ``update`` touch only that agent's index rows.
+    No Python code (a ``where`` callable, an owner check) runs under an internal lock.
+
+    >>> reg = Registry()
+    >>> reg.register("a1", "worker-1", capabilities=["search", "code"], node="n1",
+    ...              metadata={"gpu": 2, "tags": ["fast"]})
+    >>> reg.register("a2", "worker-2", capabilities=["search"], node="n2", health="degraded")
+    >>> sorted(reg.ids(capability="search"))
+    ['a1', 'a2']
+    >>> reg.ids(capability="search", health="healthy", where=[("gpu", "gte", 1)])
+    ['a1']
+    >>> reg.lookup("a2"), "a3" in reg, len(reg)
+    ('worker-2', False, 2)
+    """
+
+    def __new__(cls, *, clock: ManualClock | None = None, max_batch: int = 10000) -> Registry:
+        """``clock`` governs leases (None: monotonic time); ``max_batch`` (>= 1) bounds
+        ``register_many``."""
+
+    @property
+    def max_batch(self) -> int: ...
+    def register(
+        self,
+        agent_id: str,
+        value: Any = None,
+        *,
+        capabilities: Iterable[str] = (),
+        node: str | None = None,
+        health: str = "healthy",
+        metadata: Mapping[str, Any] | None = None,
+        owner: object | None = None,
+        ttl: float | None = None,
+    ) -> None:
+        """Register an agent. Raises :class:`AlreadyRegistered` (a ``KeyError``) if the
+        id is taken by a live entry; then nothing of this call stays behind.
+
+        ``owner``: a ``threading.Thread`` (the entry goes once the thread has finished),
+        an ``asyncio.Task``/``asyncio.Future`` or ``concurrent.futures.Future`` (removed
+        when done), or any weak-referenceable object (removed when it is collected). An
+        owner that is already finished raises ValueError. ``ttl`` (> 0 seconds) makes the
+        entry a lease that expires unless :meth:`heartbeat` renews it.
+
+        >>> import threading
+        >>> reg = Registry()
+        >>> reg.register("w", owner=threading.current_thread(), ttl=30.0)
+        >>> reg.heartbeat("w")
+        True
+        """
+
+    def register_many(self, items: Iterable[Mapping[str, Any]]) -> int:
+        """Register every item (a dict of :meth:`register`'s arguments plus
+        ``agent_id``) or none: if one fails, those already made are removed and the
+        error propagates. More than ``max_batch`` items raise ValueError.
+
+        >>> Registry().register_many([{"agent_id": "a"}, {"agent_id": "b", "node": "n1"}])
+        2
+        """
+
+    def unregister(self, agent_id: str) -> bool:
+        """Remove the agent; True if it was registered. Cost: its own index rows."""
+
+    def update(
+        self,
+        agent_id: str,
+        *,
+        capabilities: Iterable[str] = ...,
+        node: str | None = ...,
+        health: str = ...,
+        metadata: Mapping[str, Any] | None = ...,
+    ) -> None:
+        """Change the given fields as one step (readers see the old or the new entry,
+        never a mix). KeyError if the agent is not registered.
+
+        >>> reg = Registry()
+        >>> reg.register("a", capabilities=["x"])
+        >>> reg.update("a", health="degraded", capabilities=["y"])
+        >>> reg.get("a").health, reg.ids(capability="x")
+        ('degraded', [])
+        """
+
+    def get(self, agent_id: str) -> Agent | None:
+        """The agent, or None if absent, expired or orphaned."""
+
+    def lookup(self, agent_id: str) -> Any:
+        """The agent's value; KeyError if absent."""
+
+    def heartbeat(self, agent_id: str, ttl: float | None = None) -> bool:
+        """Renew the lease for ``ttl`` seconds (default: the registration's ttl) from
+        now; False if the agent is absent or already expired. With ``ttl`` on an entry
+        without a lease, the entry becomes a lease.
+
+        >>> clock = ManualClock()
+        >>> reg = Registry(clock=clock)
+        >>> reg.register("a", ttl=10.0)
+        >>> clock.advance(9.0)
+        9.0
+        >>> reg.heartbeat("a"), reg.get("a").expires_at
+        (True, 19.0)
+        """
+
+    def expire(self) -> int:
+        """Remove expired and orphaned entries now (a full scan); return how many.
+        Without it they are still never returned, and are reclaimed a few per write."""
+
+    def find(
+        self,
+        *,
+        capability: str | None = None,
+        node: str | None = None,
+        health: str | None = None,
+        where: Callable[[Agent], object] | Iterable[tuple[str, str, Any]] | None = None,
+        limit: int | None = None,
+    ) -> list[Agent]:
+        """Agents matching every given criterion (in no particular order).
+
+        ``where`` filters last: a callable on :class:`Agent`, or a list of
+        ``(path, op, value)`` triples over ``metadata`` (dotted path into nested dicts;
+        op one of ``eq ne gt gte lt lte in not_in``; ``eq`` and ``in`` also match an
+        element of a list value; a missing path never matches, and a comparison Python
+        would refuse is no match). Triples over plain values (None, bool, int, float,
+        str, lists, tuples, dicts) are evaluated in Rust with the GIL released; other
+        values fall back to Python comparisons. ``limit`` (>= 0) caps the result.
+
+        >>> reg = Registry()
+        >>> reg.register("a", metadata={"zone": "eu", "tags": ["gpu", "ssd"]})
+        >>> reg.register("b", metadata={"zone": "us", "tags": ["ssd"]})
+        >>> [a.agent_id for a in reg.find(where=[("tags", "eq", "gpu")])]
+        ['a']
+        >>> reg.count(where=[("zone", "in", ["eu", "us"])])
+        2
+        """
+
+    def count(
+        self,
+        *,
+        capability: str | None = None,
+        node: str | None = None,
+        health: str | None = None,
+        where: Callable[[Agent], object] | Iterable[tuple[str, str, Any]] | None = None,
+        limit: int | None = None,
+    ) -> int:
+        """How many agents :meth:`find` would return."""
+
+    def ids(
+        self,
+        *,
+        capability: str | None = None,
+        node: str | None = None,
+        health: str | None = None,
+        where: Callable[[Agent], object] | Iterable[tuple[str, str, Any]] | None = None,
+        limit: int | None = None,
+    ) -> list[str]:
+        """The ids of the agents :meth:`find` would return."""
+
+    def __contains__(self, key: object, /) -> bool:
+        """True if a live agent has this id (False for non-str)."""
+
+    def __len__(self) -> int:
+        """Registered agents (expired and orphaned ones are reclaimed first)."""

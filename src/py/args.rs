@@ -61,3 +61,13 @@ pub fn clock(obj: Option<&Bound<'_, PyAny>>) -> PyResult<Clock> {
         },
     }
 }
+
+/// A `str` argument (subclasses accepted).
+pub fn string<'py>(
+    obj: &Bound<'py, PyAny>,
+    arg: &str,
+) -> PyResult<Bound<'py, pyo3::types::PyString>> {
+    obj.cast::<pyo3::types::PyString>()
+        .cloned()
+        .map_err(|_| wrong_type(arg, "a str", obj))
+}

@@ -1,0 +1,147 @@
+"""Registry beside the usual hand-made registry: a dict, a Lock and dict-of-set indexes.
+
+Run: .venv/bin/python -m pytest benches/test_registry.py --benchmark-only \
+         --benchmark-columns=min,median,ops -q
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import pytest
+from ferrule import Registry
+
+SEED = 1234
+HITS = 1_500
+
+
+class DictRegistry:
+    """The pure-Python baseline: one lock around a dict and three dict-of-set indexes."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._entries: dict[str, tuple[Any, frozenset[str], str | None, str, dict[str, Any]]] = {}
+        self._by_cap: dict[str, set[str]] = {}
+        self._by_node: dict[str, set[str]] = {}
+        self._by_health: dict[str, set[str]] = {}
+
+    def register(
+        self,
+        agent_id: str,
+        value: Any = None,
+        *,
+        capabilities: Iterable[str] = (),
+        node: str | None = None,
+        health: str = "healthy",
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        caps = frozenset(capabilities)
+        entry = (value, caps, node, health, dict(metadata or {}))
+        with self._lock:
+            if agent_id in self._entries:
+                raise KeyError(agent_id)
+            self._entries[agent_id] = entry
+            for c in caps:
+                self._by_cap.setdefault(c, set()).add(agent_id)
+            if node is not None:
+                self._by_node.setdefault(node, set()).add(agent_id)
+            self._by_health.setdefault(health, set()).add(agent_id)
+
+    @staticmethod
+    def _drop(index: dict[str, set[str]], key: str, agent_id: str) -> None:
+        s = index[key]
+        s.discard(agent_id)
+        if not s:
+            del index[key]
+
+    def unregister(self, agent_id: str) -> bool:
+        with self._lock:
+            e = self._entries.pop(agent_id, None)
+            if e is None:
+                return False
+            for c in e[1]:
+                self._drop(self._by_cap, c, agent_id)
+            if e[2] is not None:
+                self._drop(self._by_node, e[2], agent_id)
+            self._drop(self._by_health, e[3], agent_id)
+        return True
+
+    def lookup(self, agent_id: str) -> Any:
+        with self._lock:
+            return self._entries[agent_id][0]
+
+    def ids(self, *, capability: str) -> list[str]:
+        with self._lock:
+            return list(self._by_cap.get(capability, ()))
+
+
+IMPLS: dict[str, Callable[[], Any]] = {"ferrule": Registry, "dict+Lock": DictRegistry}
+
+
+def filled(make: Callable[[], Any], n: int) -> Any:
+    rng = random.Random(SEED)
+    reg = make()
+    for i in range(n):
+        caps = rng.sample(["search", "code", "plan", "chat", "vision"], 2)
+        if i < HITS:
+            caps.append("rare")
+        reg.register(f"agent-{i}", i, capabilities=caps, node=f"n{i % 16}", health="healthy")
+    return reg
+
+
+@pytest.mark.parametrize("impl", list(IMPLS))
+def test_register_unregister(benchmark: Any, impl: str) -> None:
+    benchmark.group = "registry register+unregister (2 caps, node)"
+    reg = filled(IMPLS[impl], 1_000)
+    register, unregister = reg.register, reg.unregister
+    caps = ["search", "code"]
+
+    def op() -> None:
+        register("new-agent", 1, capabilities=caps, node="n1")
+        unregister("new-agent")
+
+    benchmark(op)
+    assert "new-agent" not in getattr(reg, "_entries", reg)
+
+
+@pytest.mark.parametrize("impl", list(IMPLS))
+def test_lookup(benchmark: Any, impl: str) -> None:
+    benchmark.group = "registry lookup (10k entries)"
+    reg = filled(IMPLS[impl], 10_000)
+    lookup = reg.lookup
+    rng = random.Random(SEED)
+    keys = [f"agent-{rng.randrange(10_000)}" for _ in range(1_000)]
+
+    def op() -> None:
+        for k in keys:
+            lookup(k)
+
+    benchmark(op)
+
+
+@pytest.mark.parametrize("impl", list(IMPLS))
+def test_ids_by_capability(benchmark: Any, impl: str) -> None:
+    benchmark.group = f"registry ids(capability=...) ({HITS} hits of 10k)"
+    reg = filled(IMPLS[impl], 10_000)
+    result = benchmark(reg.ids, capability="rare")
+    assert len(result) == HITS
+
+
+@pytest.mark.parametrize("size", [1_000, 50_000])
+@pytest.mark.parametrize("impl", list(IMPLS))
+def test_unregister_cost_by_size(benchmark: Any, impl: str, size: int) -> None:
+    benchmark.group = f"registry unregister ({size} entries)"
+    reg = filled(IMPLS[impl], size)
+    counter = itertools.count()
+    caps = ["search", "code"]
+
+    def setup() -> tuple[tuple[str], dict[str, Any]]:
+        aid = f"extra-{next(counter)}"
+        reg.register(aid, capabilities=caps, node="n1")
+        return (aid,), {}
+
+    benchmark.pedantic(reg.unregister, setup=setup, rounds=3_000, iterations=1)

@@ -1,0 +1,1558 @@
+//! The agent registry: a concurrent map from agent id to an immutable entry, with
+//! secondary indexes (capability, node, health), leases and metadata queries.
+//!
+//! # Structure
+//! - `entries`: a `DashMap<id, Arc<Entry>>` (sharded `RwLock`s, no global lock). An entry
+//!   is never changed in place: a write builds a new `Arc<Entry>` and swaps it in.
+//! - Three indexes, each a `DashMap<value, HashMap<id, count>>` (capability is
+//!   multi-valued). An empty set is removed, so index keys track live values only.
+//! - Lease deadlines: a few `Mutex<BinaryHeap>` shards (chosen by registration token),
+//!   one item per leased registration, for amortised reclamation on writes.
+//!
+//! # Consistency without a global lock
+//! The entry is the truth; the index is a hint. A query copies candidate ids out of the
+//! smallest matching index set, releases it, then reads each candidate's entry and checks
+//! every criterion against that entry. A result therefore never holds an agent that did
+//! not match when it was read, whatever writers do meanwhile.
+//!
+//! Each write follows one order: add the new version's index rows, publish the entry
+//! (insert, or compare-and-swap on `version`), then remove the rows of the version it
+//! replaced. So a published entry always has its rows: a reader may see a row without a
+//! matching entry (filtered out), never a matching entry without its row.
+//!
+//! Rows are counted, not flagged: every writer adds +1 for the rows of the version it
+//! tries to publish and, if it fails (id taken, version moved), takes exactly those back;
+//! the writer that replaced or removed a version (one winner per version, decided under
+//! the entry's shard lock) takes that version's rows back. Concurrent writers of one id
+//! therefore never delete each other's rows, and at rest each index holds exactly what
+//! the entries say. Updates only touch rows that differ between the two versions.
+//!
+//! # Locks
+//! No dashmap guard is held across another access to the same map (dashmap shard locks
+//! are not reentrant). Entry guards are never held while an index is touched, and index
+//! guards are never held while an entry is read. Removed entries are handed back to the
+//! caller and dropped after every guard is released, because dropping one may drop the
+//! last reference to a Python object.
+//!
+//! # Time
+//! An entry registered at t with ttl d is live while `now < t + d`. Reads check it; the
+//! lease heaps reclaim due entries a few per write ([`RECLAIM_BUDGET`]); a heartbeat
+//! moves the deadline in the entry only, and a popped heap item whose entry was renewed
+//! is pushed back at the new deadline (so each leased registration has one heap item).
+//! Heap items of registrations removed by other means are counted as stale and purged
+//! once they make up half a shard's heap.
+
+use std::cmp::{Ordering as CmpOrdering, Reverse};
+use std::collections::BinaryHeap;
+use std::fmt;
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use dashmap::mapref::entry::Entry as MapEntry;
+use dashmap::DashMap;
+use hashbrown::{DefaultHashBuilder, HashMap};
+use parking_lot::Mutex;
+
+use crate::core::clock::Clock;
+
+/// Deadline of an entry without a lease.
+pub const NEVER: i64 = i64::MAX;
+/// Due lease items reclaimed per write, at most.
+pub const RECLAIM_BUDGET: usize = 4;
+const LEASE_SHARDS: usize = 8;
+/// A lease shard is purged of stale items once it has this many and they are half of it.
+const STALE_MIN: usize = 64;
+
+type Map<K, V> = DashMap<K, V, DefaultHashBuilder>;
+
+// ---- metadata values and `where` conditions ----------------------------------------
+
+/// A metadata value in a form that can be compared without calling back into the host
+/// language. `Opaque` stands for anything else; a comparison that reaches it is
+/// [`Tri::Unknown`] and is left to the caller.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Str(Box<str>),
+    /// A list (`tuple == false`) or a tuple.
+    Seq(Box<[Value]>, bool),
+    /// A mapping with string keys, sorted by key.
+    Map(Box<[(Box<str>, Value)]>),
+    Opaque,
+}
+
+/// A three-valued answer: `Unknown` when only the host language can tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tri {
+    Yes,
+    No,
+    Unknown,
+}
+
+impl Tri {
+    fn from_bool(b: bool) -> Self {
+        if b {
+            Self::Yes
+        } else {
+            Self::No
+        }
+    }
+
+    fn not(self) -> Self {
+        match self {
+            Self::Yes => Self::No,
+            Self::No => Self::Yes,
+            Self::Unknown => Self::Unknown,
+        }
+    }
+
+    /// Logical or over a sequence of answers.
+    fn any(it: impl IntoIterator<Item = Tri>) -> Self {
+        let mut unknown = false;
+        for t in it {
+            match t {
+                Self::Yes => return Self::Yes,
+                Self::Unknown => unknown = true,
+                Self::No => {}
+            }
+        }
+        if unknown {
+            Self::Unknown
+        } else {
+            Self::No
+        }
+    }
+
+    /// Logical and over a sequence of answers.
+    fn all(it: impl IntoIterator<Item = Tri>) -> Self {
+        let mut unknown = false;
+        for t in it {
+            match t {
+                Self::No => return Self::No,
+                Self::Unknown => unknown = true,
+                Self::Yes => {}
+            }
+        }
+        if unknown {
+            Self::Unknown
+        } else {
+            Self::Yes
+        }
+    }
+}
+
+/// A `where` operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Eq,
+    Ne,
+    Gt,
+    Gte,
+    Lt,
+    Lte,
+    In,
+    NotIn,
+}
+
+impl Op {
+    pub const NAMES: &'static str = "eq, ne, gt, gte, lt, lte, in, not_in";
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "eq" => Self::Eq,
+            "ne" => Self::Ne,
+            "gt" => Self::Gt,
+            "gte" => Self::Gte,
+            "lt" => Self::Lt,
+            "lte" => Self::Lte,
+            "in" => Self::In,
+            "not_in" => Self::NotIn,
+            _ => return None,
+        })
+    }
+}
+
+/// One `(path, op, value)` condition over metadata. For `in`/`not_in`, `value` is a
+/// `Seq` of the allowed values and `hashed` says it came from a set (membership of an
+/// unhashable value in a set is an error in Python, hence no match).
+#[derive(Debug, Clone)]
+pub struct Cond {
+    pub path: Box<[Box<str>]>,
+    pub op: Op,
+    pub value: Value,
+    pub hashed: bool,
+}
+
+fn is_num(v: &Value) -> bool {
+    matches!(v, Value::Bool(_) | Value::Int(_) | Value::Float(_))
+}
+
+/// Numeric comparison with Python's semantics for bool/int/float (exact for ints).
+fn num_cmp(a: &Value, b: &Value) -> Option<CmpOrdering> {
+    fn as_int(v: &Value) -> Option<i64> {
+        match v {
+            Value::Bool(b) => Some(i64::from(*b)),
+            Value::Int(i) => Some(*i),
+            _ => None,
+        }
+    }
+    match (as_int(a), as_int(b)) {
+        (Some(x), Some(y)) => Some(x.cmp(&y)),
+        _ => {
+            let f = |v: &Value| match v {
+                Value::Float(f) => *f,
+                Value::Int(i) => *i as f64,
+                Value::Bool(b) => f64::from(u8::from(*b)),
+                _ => f64::NAN,
+            };
+            f(a).partial_cmp(&f(b))
+        }
+    }
+}
+
+/// `a == b` as Python would answer it for these values.
+pub fn value_eq(a: &Value, b: &Value) -> Tri {
+    match (a, b) {
+        (Value::Opaque, _) | (_, Value::Opaque) => Tri::Unknown,
+        _ if is_num(a) && is_num(b) => Tri::from_bool(num_cmp(a, b) == Some(CmpOrdering::Equal)),
+        (Value::Null, Value::Null) => Tri::Yes,
+        (Value::Str(x), Value::Str(y)) => Tri::from_bool(x == y),
+        (Value::Seq(x, tx), Value::Seq(y, ty)) => {
+            if tx != ty || x.len() != y.len() {
+                return Tri::No;
+            }
+            Tri::all(x.iter().zip(y.iter()).map(|(p, q)| value_eq(p, q)))
+        }
+        (Value::Map(x), Value::Map(y)) => {
+            if x.len() != y.len() {
+                return Tri::No;
+            }
+            Tri::all(
+                x.iter()
+                    .zip(y.iter())
+                    .map(|((kx, vx), (ky, vy))| if kx == ky { value_eq(vx, vy) } else { Tri::No }),
+            )
+        }
+        _ => Tri::No,
+    }
+}
+
+/// Ordering comparison; `No` where Python would raise TypeError, `Unknown` where only
+/// Python can tell (sequences, opaque values).
+fn value_order(a: &Value, b: &Value, want: impl Fn(CmpOrdering) -> bool) -> Tri {
+    match (a, b) {
+        (Value::Opaque, _) | (_, Value::Opaque) | (Value::Seq(..), Value::Seq(..)) => Tri::Unknown,
+        _ if is_num(a) && is_num(b) => Tri::from_bool(num_cmp(a, b).is_some_and(want)),
+        (Value::Str(x), Value::Str(y)) => Tri::from_bool(want((**x).cmp(&**y))),
+        _ => Tri::No,
+    }
+}
+
+fn hashable(v: &Value) -> Tri {
+    match v {
+        Value::Opaque => Tri::Unknown,
+        Value::Seq(_, false) | Value::Map(_) => Tri::No,
+        Value::Seq(items, true) => Tri::all(items.iter().map(hashable)),
+        _ => Tri::Yes,
+    }
+}
+
+/// `v in allowed`, with Python's rule that an unhashable value is never "in" a set.
+fn member(v: &Value, allowed: &Value, hashed: bool) -> Tri {
+    let Value::Seq(items, _) = allowed else {
+        return Tri::Unknown;
+    };
+    if hashed {
+        match hashable(v) {
+            Tri::No => return Tri::No,
+            Tri::Unknown => return Tri::Unknown,
+            Tri::Yes => {}
+        }
+    }
+    Tri::any(items.iter().map(|x| value_eq(v, x)))
+}
+
+fn elements(v: &Value) -> Option<&[Value]> {
+    match v {
+        Value::Seq(items, _) => Some(items),
+        _ => None,
+    }
+}
+
+/// The value at a dotted path, `Ok(None)` when missing, `Err(())` when an opaque value
+/// is in the way.
+fn at_path<'a>(root: &'a Value, path: &[Box<str>]) -> Result<Option<&'a Value>, ()> {
+    let mut cur = root;
+    for seg in path {
+        match cur {
+            Value::Map(items) => match items.binary_search_by(|(k, _)| (**k).cmp(&**seg)) {
+                Ok(i) => cur = &items[i].1,
+                Err(_) => return Ok(None),
+            },
+            Value::Opaque => return Err(()),
+            _ => return Ok(None),
+        }
+    }
+    Ok(Some(cur))
+}
+
+impl Cond {
+    /// Evaluates the condition on a metadata tree. A missing path never matches.
+    pub fn eval(&self, root: &Value) -> Tri {
+        let v = match at_path(root, &self.path) {
+            Err(()) => return Tri::Unknown,
+            Ok(None) => return Tri::No,
+            Ok(Some(v)) => v,
+        };
+        let q = &self.value;
+        match self.op {
+            Op::Eq => match value_eq(v, q) {
+                Tri::Yes => Tri::Yes,
+                first => match elements(v) {
+                    Some(items) => {
+                        Tri::any(std::iter::once(first).chain(items.iter().map(|x| value_eq(x, q))))
+                    }
+                    None => first,
+                },
+            },
+            Op::Ne => value_eq(v, q).not(),
+            Op::Gt => value_order(v, q, |o| o == CmpOrdering::Greater),
+            Op::Gte => value_order(v, q, |o| o != CmpOrdering::Less),
+            Op::Lt => value_order(v, q, |o| o == CmpOrdering::Less),
+            Op::Lte => value_order(v, q, |o| o != CmpOrdering::Greater),
+            Op::In => match member(v, q, self.hashed) {
+                Tri::Yes => Tri::Yes,
+                first => match elements(v) {
+                    Some(items) => Tri::any(
+                        std::iter::once(first)
+                            .chain(items.iter().map(|x| member(x, q, self.hashed))),
+                    ),
+                    None => first,
+                },
+            },
+            Op::NotIn => {
+                if self.hashed && hashable(v) == Tri::No {
+                    // Python raises TypeError: no match either way.
+                    return Tri::No;
+                }
+                member(v, q, self.hashed).not()
+            }
+        }
+    }
+}
+
+// ---- entries --------------------------------------------------------------------------
+
+/// Metadata of one entry version: the comparable tree and the host's own copy.
+#[derive(Debug)]
+pub struct Metadata<P> {
+    pub tree: Value,
+    pub extra: P,
+}
+
+/// One version of a registration. Immutable: writers publish a new `Arc<Entry>`.
+#[derive(Debug)]
+pub struct Entry<R, P> {
+    pub id: Arc<str>,
+    /// Identifies the registration (constant across updates and heartbeats).
+    pub token: u64,
+    /// Identifies this version (changes on every update and heartbeat).
+    pub version: u64,
+    /// Sorted and free of duplicates.
+    pub caps: Arc<[Arc<str>]>,
+    pub node: Option<Arc<str>>,
+    pub health: Arc<str>,
+    pub meta: Arc<Metadata<P>>,
+    pub registered_at: i64,
+    pub expires_at: i64,
+    /// The lease duration heartbeats renew by default.
+    pub lease: Option<i64>,
+    /// Host data fixed for the registration (value, owner watch, ...).
+    pub reg: Arc<R>,
+}
+
+impl<R, P> Entry<R, P> {
+    pub fn is_live(&self, now: i64) -> bool {
+        now < self.expires_at
+    }
+
+    pub fn has_cap(&self, cap: &str) -> bool {
+        if self.caps.len() <= 8 {
+            // Lengths live in the fat pointers: most mismatches never touch the bytes.
+            self.caps
+                .iter()
+                .any(|c| c.len() == cap.len() && **c == *cap)
+        } else {
+            self.caps.binary_search_by(|c| (**c).cmp(cap)).is_ok()
+        }
+    }
+
+    fn next_version(&self, version: u64) -> Self {
+        Self {
+            id: self.id.clone(),
+            token: self.token,
+            version,
+            caps: self.caps.clone(),
+            node: self.node.clone(),
+            health: self.health.clone(),
+            meta: self.meta.clone(),
+            registered_at: self.registered_at,
+            expires_at: self.expires_at,
+            lease: self.lease,
+            reg: self.reg.clone(),
+        }
+    }
+}
+
+/// Sorts and deduplicates capabilities.
+pub fn normalize_caps(mut caps: Vec<Arc<str>>) -> Arc<[Arc<str>]> {
+    caps.sort_unstable();
+    caps.dedup();
+    caps.into()
+}
+
+/// What a registration asks for.
+pub struct Spec<R, P> {
+    pub id: Arc<str>,
+    pub token: u64,
+    pub caps: Vec<Arc<str>>,
+    pub node: Option<Arc<str>>,
+    pub health: Arc<str>,
+    pub meta: Arc<Metadata<P>>,
+    pub ttl: Option<i64>,
+    pub reg: Arc<R>,
+}
+
+/// What an update changes; `None` leaves a field as it is.
+pub struct Changes<P> {
+    pub caps: Option<Arc<[Arc<str>]>>,
+    pub node: Option<Option<Arc<str>>>,
+    pub health: Option<Arc<str>>,
+    pub meta: Option<Arc<Metadata<P>>>,
+}
+
+/// Why a write was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegistryError {
+    /// The id is registered (and live).
+    Taken(Arc<str>),
+    /// The id is not registered (or has expired).
+    Missing(Arc<str>),
+}
+
+impl fmt::Display for RegistryError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Taken(id) => write!(f, "agent id {id:?} is already registered"),
+            Self::Missing(id) => write!(f, "agent id {id:?} is not registered"),
+        }
+    }
+}
+
+impl std::error::Error for RegistryError {}
+
+// ---- indexes --------------------------------------------------------------------------
+
+/// value -> {id: number of in-flight or published versions with this row}, split into
+/// [`INDEX_PARTS`] parts by id hash so that writers of different ids rarely share a lock
+/// even when they share a value (every agent is "healthy"). All rows of one id live in
+/// one part, so a value's parts never list an id twice.
+struct Index {
+    parts: Box<[Map<Arc<str>, HashMap<Arc<str>, u32>>]>,
+    hasher: DefaultHashBuilder,
+}
+
+const INDEX_PARTS: usize = 8;
+
+impl Index {
+    fn new(shards: usize) -> Self {
+        let per_part = (shards / INDEX_PARTS).next_power_of_two().max(4);
+        Self {
+            parts: (0..INDEX_PARTS)
+                .map(|_| {
+                    DashMap::with_hasher_and_shard_amount(DefaultHashBuilder::default(), per_part)
+                })
+                .collect(),
+            hasher: DefaultHashBuilder::default(),
+        }
+    }
+
+    fn part(&self, id: &str) -> &Map<Arc<str>, HashMap<Arc<str>, u32>> {
+        &self.parts[(self.hasher.hash_one(id) as usize) % INDEX_PARTS]
+    }
+
+    /// Adds a row; returns the index's own copy of `value`, so that entries with this
+    /// value share its string (interned: queries compare hot, shared strings).
+    fn add(&self, value: &Arc<str>, id: &Arc<str>) -> Arc<str> {
+        let mut set = self.part(id).entry(value.clone()).or_default();
+        *set.entry(id.clone()).or_insert(0) += 1;
+        set.key().clone()
+    }
+
+    fn remove(&self, value: &str, id: &str) {
+        let part = self.part(id);
+        let now_empty = match part.get_mut(value) {
+            Some(mut set) => {
+                if let Some(c) = set.get_mut(id) {
+                    *c -= 1;
+                    if *c == 0 {
+                        set.remove(id);
+                    }
+                }
+                set.is_empty()
+            }
+            None => false,
+        };
+        // The guard is gone; re-check under a fresh one (a writer may have added since).
+        if now_empty {
+            part.remove_if(value, |_, s| s.is_empty());
+        }
+    }
+
+    fn size(&self, value: &str) -> usize {
+        self.parts
+            .iter()
+            .map(|p| p.get(value).map_or(0, |s| s.len()))
+            .sum()
+    }
+
+    /// Copies the ids of one value into `buf` (bytes, not reference counts: touching
+    /// every id's count would write to as many shared cache lines).
+    fn ids_into(&self, value: &str, buf: &mut IdBuf) {
+        for p in &*self.parts {
+            if let Some(s) = p.get(value) {
+                buf.reserve(s.len(), s.keys().map(|k| k.len()).sum());
+                for k in s.keys() {
+                    buf.push(k);
+                }
+            }
+        }
+    }
+
+    /// Distinct values held.
+    fn keys(&self) -> usize {
+        let mut seen: hashbrown::HashSet<Arc<str>> = hashbrown::HashSet::new();
+        for p in &*self.parts {
+            seen.extend(p.iter().map(|r| r.key().clone()));
+        }
+        seen.len()
+    }
+
+    #[cfg(test)]
+    fn snapshot(
+        &self,
+    ) -> std::collections::BTreeMap<String, std::collections::BTreeMap<String, u32>> {
+        let mut out: std::collections::BTreeMap<String, std::collections::BTreeMap<String, u32>> =
+            std::collections::BTreeMap::new();
+        for p in &*self.parts {
+            for r in p {
+                let e = out.entry(r.key().to_string()).or_default();
+                for (k, v) in r.value() {
+                    assert!(e.insert(k.to_string(), *v).is_none(), "id in two parts");
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Candidate ids copied out of an index set.
+#[derive(Default)]
+struct IdBuf {
+    bytes: String,
+    ends: Vec<usize>,
+}
+
+impl IdBuf {
+    fn reserve(&mut self, n: usize, bytes: usize) {
+        self.ends.reserve(n);
+        self.bytes.reserve(bytes);
+    }
+
+    fn push(&mut self, id: &str) {
+        self.bytes.push_str(id);
+        self.ends.push(self.bytes.len());
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &str> {
+        let mut start = 0;
+        self.ends.iter().map(move |&end| {
+            let s = &self.bytes[start..end];
+            start = end;
+            s
+        })
+    }
+}
+
+// ---- queries --------------------------------------------------------------------------
+
+/// AND of the given criteria.
+#[derive(Default)]
+pub struct Query<'a> {
+    pub capability: Option<&'a str>,
+    pub node: Option<&'a str>,
+    pub health: Option<&'a str>,
+    pub conds: &'a [Cond],
+    /// Stop after this many sure matches.
+    pub limit: Option<usize>,
+}
+
+/// A matching entry; `unsure` when a condition could not be decided here.
+pub struct Hit<R, P> {
+    pub entry: Arc<Entry<R, P>>,
+    pub unsure: bool,
+}
+
+/// Matches and whether the scan stopped at `limit`.
+pub struct Found<R, P> {
+    pub hits: Vec<Hit<R, P>>,
+    pub truncated: bool,
+}
+
+// ---- leases ---------------------------------------------------------------------------
+
+#[derive(Default)]
+struct LeaseShard {
+    heap: BinaryHeap<Reverse<(i64, u64, Arc<str>)>>,
+    stale: usize,
+}
+
+// ---- the registry ---------------------------------------------------------------------
+
+/// Counts of what the indexes hold (for tests and reclamation checks).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IndexSizes {
+    pub capabilities: usize,
+    pub nodes: usize,
+    pub health: usize,
+    pub lease_items: usize,
+}
+
+pub struct Registry<R, P> {
+    entries: Map<Arc<str>, Arc<Entry<R, P>>>,
+    caps: Index,
+    nodes: Index,
+    health: Index,
+    leases: Box<[Mutex<LeaseShard>]>,
+    /// Set once any entry may carry a deadline; until then reads skip the clock.
+    uses_ttl: AtomicBool,
+    clock: Clock,
+}
+
+type Grave<R, P> = Vec<Arc<Entry<R, P>>>;
+
+/// Tokens taken from the shared counter per refill of a thread's block.
+const TOKEN_BLOCK: u64 = 1024;
+
+/// A process-wide unique, non-zero number. Each thread takes blocks of
+/// [`TOKEN_BLOCK`] from one atomic counter, so writers on different threads do not
+/// contend on its cache line for every write. Relaxed: uniqueness is all we need.
+fn next_token() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    thread_local! {
+        static BLOCK: std::cell::Cell<(u64, u64)> = const { std::cell::Cell::new((0, 0)) };
+    }
+    BLOCK
+        .try_with(|b| {
+            let (cur, end) = b.get();
+            if cur < end {
+                b.set((cur + 1, end));
+                cur
+            } else {
+                let start = NEXT.fetch_add(TOKEN_BLOCK, Ordering::Relaxed);
+                b.set((start + 1, start + TOKEN_BLOCK));
+                start
+            }
+        })
+        // During thread teardown the block is gone: take one number directly.
+        .unwrap_or_else(|_| NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+impl<R, P> Registry<R, P> {
+    pub fn new(clock: Clock, cpus: usize) -> Self {
+        let shards = (cpus.max(1) * 8).next_power_of_two().max(16);
+        Self {
+            entries: DashMap::with_hasher_and_shard_amount(DefaultHashBuilder::default(), shards),
+            caps: Index::new(shards),
+            nodes: Index::new(shards),
+            health: Index::new(shards),
+            leases: (0..LEASE_SHARDS).map(|_| Mutex::default()).collect(),
+            uses_ttl: AtomicBool::new(false),
+            clock,
+        }
+    }
+
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    /// The clock reading for a read; `i64::MIN` (everything live) while nothing can
+    /// expire, which saves a clock read per call.
+    #[inline]
+    pub fn now(&self) -> i64 {
+        if self.uses_ttl.load(Ordering::Acquire) {
+            self.clock.now_nanos()
+        } else {
+            i64::MIN
+        }
+    }
+
+    /// A fresh registration token / version number (unique in the process).
+    pub fn next_token(&self) -> u64 {
+        next_token()
+    }
+
+    fn lease_shard(&self, token: u64) -> &Mutex<LeaseShard> {
+        &self.leases[(token as usize) % LEASE_SHARDS]
+    }
+
+    // ---- index rows ----
+
+    /// Adds the rows of a new registration; returns its interned capabilities, node
+    /// and health.
+    fn add_rows(
+        &self,
+        id: &Arc<str>,
+        caps: &[Arc<str>],
+        node: Option<&Arc<str>>,
+        health: &Arc<str>,
+    ) -> (Arc<[Arc<str>]>, Option<Arc<str>>, Arc<str>) {
+        let caps: Vec<Arc<str>> = caps.iter().map(|c| self.caps.add(c, id)).collect();
+        let node = node.map(|n| self.nodes.add(n, id));
+        let health = self.health.add(health, id);
+        (caps.into(), node, health)
+    }
+
+    /// Adds the rows `new` has and `old` lacks, interning the new values in `new`.
+    fn add_diff(&self, new: &mut Entry<R, P>, old: &Entry<R, P>) {
+        let id = &new.id;
+        if !Arc::ptr_eq(&new.caps, &old.caps) {
+            let caps: Vec<Arc<str>> = new
+                .caps
+                .iter()
+                .map(|c| match old.caps.iter().find(|o| **o == *c) {
+                    Some(o) => o.clone(),
+                    None => self.caps.add(c, id),
+                })
+                .collect();
+            new.caps = caps.into();
+        }
+        if new.node != old.node {
+            if let Some(n) = &new.node {
+                new.node = Some(self.nodes.add(n, id));
+            }
+        }
+        if new.health != old.health {
+            new.health = self.health.add(&new.health, id);
+        }
+    }
+
+    fn remove_rows(&self, e: &Entry<R, P>) {
+        for c in e.caps.iter() {
+            self.caps.remove(c, &e.id);
+        }
+        if let Some(n) = &e.node {
+            self.nodes.remove(n, &e.id);
+        }
+        self.health.remove(&e.health, &e.id);
+    }
+
+    /// Removes the rows `a` has and `b` lacks.
+    fn remove_diff(&self, a: &Entry<R, P>, b: &Entry<R, P>) {
+        let id = &a.id;
+        if !Arc::ptr_eq(&a.caps, &b.caps) {
+            for c in a.caps.iter().filter(|c| !b.has_cap(c)) {
+                self.caps.remove(c, id);
+            }
+        }
+        if a.node != b.node {
+            if let Some(n) = &a.node {
+                self.nodes.remove(n, id);
+            }
+        }
+        if a.health != b.health {
+            self.health.remove(&a.health, id);
+        }
+    }
+
+    /// Called for every entry leaving the map by any path but the lease heap.
+    fn forget(&self, e: &Entry<R, P>) {
+        self.remove_rows(e);
+        if e.lease.is_some() {
+            let purge = {
+                let mut s = self.lease_shard(e.token).lock();
+                s.stale += 1;
+                s.stale >= STALE_MIN && 2 * s.stale >= s.heap.len()
+            };
+            if purge {
+                self.purge_stale(e.token);
+            }
+        }
+    }
+
+    /// Drops heap items whose registration is gone. The heap is taken out so that the
+    /// entry lookups run without the shard lock.
+    fn purge_stale(&self, token: u64) {
+        let shard = self.lease_shard(token);
+        let items = {
+            let mut s = shard.lock();
+            s.stale = 0;
+            std::mem::take(&mut s.heap)
+        };
+        let kept: Vec<_> = items
+            .into_vec()
+            .into_iter()
+            .filter(|Reverse((_, t, id))| self.entries.get(&**id).is_some_and(|e| e.token == *t))
+            .collect();
+        shard.lock().heap.extend(kept);
+    }
+
+    fn push_lease(&self, deadline: i64, token: u64, id: Arc<str>) {
+        self.lease_shard(token)
+            .lock()
+            .heap
+            .push(Reverse((deadline, token, id)));
+    }
+
+    // ---- writes ----
+
+    /// Registers `spec`. Replaces an expired entry with the same id (returned in
+    /// `grave`). On `Taken` nothing of the attempt stays behind.
+    pub fn register(
+        &self,
+        spec: Spec<R, P>,
+        grave: &mut Grave<R, P>,
+    ) -> Result<Arc<Entry<R, P>>, RegistryError> {
+        let now = self.clock.now_nanos();
+        if spec.ttl.is_some() {
+            self.uses_ttl.store(true, Ordering::Release);
+        }
+        let (caps, node, health) = self.add_rows(
+            &spec.id,
+            &normalize_caps(spec.caps),
+            spec.node.as_ref(),
+            &spec.health,
+        );
+        let e = Arc::new(Entry {
+            id: spec.id,
+            token: spec.token,
+            version: spec.token,
+            caps,
+            node,
+            health,
+            meta: spec.meta,
+            registered_at: now,
+            expires_at: spec.ttl.map_or(NEVER, |d| now.saturating_add(d)),
+            lease: spec.ttl,
+            reg: spec.reg,
+        });
+        let read_now = self.now();
+        let outcome = match self.entries.entry(e.id.clone()) {
+            MapEntry::Vacant(v) => {
+                v.insert(e.clone());
+                Ok(None)
+            }
+            MapEntry::Occupied(mut o) => {
+                if o.get().is_live(read_now) {
+                    Err(())
+                } else {
+                    Ok(Some(o.insert(e.clone())))
+                }
+            }
+        };
+        match outcome {
+            Ok(replaced) => {
+                if let Some(old) = replaced {
+                    self.forget(&old);
+                    grave.push(old);
+                }
+                if e.lease.is_some() {
+                    self.push_lease(e.expires_at, e.token, e.id.clone());
+                }
+                self.reclaim_some(e.token, grave);
+                Ok(e)
+            }
+            Err(()) => {
+                self.remove_rows(&e);
+                let id = e.id.clone();
+                grave.push(e);
+                Err(RegistryError::Taken(id))
+            }
+        }
+    }
+
+    /// Removes the entry; returns it (live or not) for the caller to drop.
+    pub fn unregister(&self, id: &str, grave: &mut Grave<R, P>) -> Option<Arc<Entry<R, P>>> {
+        let (_, old) = self.entries.remove(id)?;
+        self.forget(&old);
+        self.reclaim_some(old.token, grave);
+        Some(old)
+    }
+
+    /// Removes the entry only if it is still the registration `token` (owner cleanup:
+    /// a watch never removes a later registration of the same id).
+    pub fn remove_token(&self, id: &str, token: u64) -> Option<Arc<Entry<R, P>>> {
+        let (_, old) = self.entries.remove_if(id, |_, e| e.token == token)?;
+        self.forget(&old);
+        Some(old)
+    }
+
+    /// The entry as stored, live or not.
+    fn raw(&self, id: &str) -> Option<Arc<Entry<R, P>>> {
+        self.entries.get(id).map(|r| r.value().clone())
+    }
+
+    /// Publishes `new` if the entry is still at `expected`'s version; returns the
+    /// replaced entry.
+    fn swap(&self, expected: &Entry<R, P>, new: &Arc<Entry<R, P>>) -> Option<Arc<Entry<R, P>>> {
+        let mut r = self.entries.get_mut(&*expected.id)?;
+        if r.version != expected.version {
+            return None;
+        }
+        Some(std::mem::replace(r.value_mut(), new.clone()))
+    }
+
+    /// Changes the live entry's fields as one step.
+    pub fn update(
+        &self,
+        id: &str,
+        changes: &Changes<P>,
+        grave: &mut Grave<R, P>,
+    ) -> Result<Arc<Entry<R, P>>, RegistryError> {
+        loop {
+            let now = self.now();
+            let cur = match self.raw(id) {
+                Some(e) if e.is_live(now) => e,
+                _ => return Err(RegistryError::Missing(id.into())),
+            };
+            let mut new = cur.next_version(next_token());
+            if let Some(c) = &changes.caps {
+                new.caps = c.clone();
+            }
+            if let Some(n) = &changes.node {
+                new.node.clone_from(n);
+            }
+            if let Some(h) = &changes.health {
+                new.health = h.clone();
+            }
+            if let Some(m) = &changes.meta {
+                new.meta = m.clone();
+            }
+            self.add_diff(&mut new, &cur);
+            let new = Arc::new(new);
+            if let Some(old) = self.swap(&cur, &new) {
+                self.remove_diff(&old, &new);
+                grave.push(old);
+                self.reclaim_some(new.token, grave);
+                return Ok(new);
+            }
+            // Another writer got there first: take our rows back and retry.
+            self.remove_diff(&new, &cur);
+            grave.push(new);
+        }
+    }
+
+    /// Renews the lease of a live entry (with `ttl`, or its own lease duration).
+    /// True if the entry is live.
+    pub fn heartbeat(&self, id: &str, ttl: Option<i64>, grave: &mut Grave<R, P>) -> bool {
+        if ttl.is_some() {
+            self.uses_ttl.store(true, Ordering::Release);
+        }
+        loop {
+            let now = self.clock.now_nanos();
+            let cur = match self.raw(id) {
+                Some(e) if e.is_live(now) => e,
+                _ => return false,
+            };
+            let Some(d) = ttl.or(cur.lease) else {
+                return true;
+            };
+            let mut new = cur.next_version(next_token());
+            new.expires_at = now.saturating_add(d);
+            new.lease = Some(d);
+            let new = Arc::new(new);
+            if let Some(old) = self.swap(&cur, &new) {
+                if old.lease.is_none() {
+                    self.push_lease(new.expires_at, new.token, new.id.clone());
+                }
+                grave.push(old);
+                self.reclaim_some(new.token, grave);
+                return true;
+            }
+            grave.push(new);
+        }
+    }
+
+    // ---- reclamation ----
+
+    /// Pops up to `budget` due items of one lease shard and removes their entries if
+    /// they really expired; renewed ones go back at their new deadline.
+    fn reclaim_shard(
+        &self,
+        shard: usize,
+        now: i64,
+        budget: usize,
+        grave: &mut Grave<R, P>,
+    ) -> usize {
+        let lock = &self.leases[shard];
+        let mut due = Vec::new();
+        {
+            let mut s = lock.lock();
+            while due.len() < budget {
+                match s.heap.peek() {
+                    Some(Reverse((d, _, _))) if *d <= now => {
+                        if let Some(Reverse(item)) = s.heap.pop() {
+                            due.push(item);
+                        }
+                    }
+                    _ => break,
+                }
+            }
+        }
+        let mut removed = 0;
+        for (d, token, id) in due {
+            match self.raw(&id) {
+                Some(e) if e.token == token => {
+                    if e.is_live(now) {
+                        self.push_lease(e.expires_at, token, id);
+                    } else if let Some((_, old)) =
+                        self.entries.remove_if(&*id, |_, x| x.version == e.version)
+                    {
+                        self.remove_rows(&old);
+                        grave.push(old);
+                        removed += 1;
+                    } else {
+                        // Changed under us (renewed or removed): look again later.
+                        self.push_lease(d, token, id);
+                    }
+                }
+                _ => {
+                    let mut s = lock.lock();
+                    s.stale = s.stale.saturating_sub(1);
+                }
+            }
+        }
+        removed
+    }
+
+    /// Amortised reclamation on a write.
+    fn reclaim_some(&self, token: u64, grave: &mut Grave<R, P>) {
+        if self.uses_ttl.load(Ordering::Acquire) {
+            let now = self.clock.now_nanos();
+            self.reclaim_shard((token as usize) % LEASE_SHARDS, now, RECLAIM_BUDGET, grave);
+        }
+    }
+
+    /// Reclaims every due lease item (each item is popped once, so this is amortised).
+    pub fn reclaim_due(&self, grave: &mut Grave<R, P>) -> usize {
+        if !self.uses_ttl.load(Ordering::Acquire) {
+            return 0;
+        }
+        let now = self.clock.now_nanos();
+        (0..LEASE_SHARDS)
+            .map(|s| self.reclaim_shard(s, now, usize::MAX, grave))
+            .sum()
+    }
+
+    /// Removes every expired entry now (a full scan); returns how many.
+    pub fn expire(&self, grave: &mut Grave<R, P>) -> usize {
+        if !self.uses_ttl.load(Ordering::Acquire) {
+            return 0;
+        }
+        let now = self.clock.now_nanos();
+        let mut n = self.reclaim_due(grave);
+        // Entries whose lease a heartbeat shortened are due before their heap item.
+        let expired: Vec<(Arc<str>, u64)> = self
+            .entries
+            .iter()
+            .filter(|r| !r.value().is_live(now))
+            .map(|r| (r.key().clone(), r.value().version))
+            .collect();
+        for (id, version) in expired {
+            if let Some((_, old)) = self.entries.remove_if(&*id, |_, e| e.version == version) {
+                self.forget(&old);
+                grave.push(old);
+                n += 1;
+            }
+        }
+        // The scan is O(n) anyway: drop every stale heap item too.
+        for s in 0..LEASE_SHARDS {
+            self.purge_stale(s as u64);
+        }
+        n
+    }
+
+    // ---- reads ----
+
+    /// The live entry for `id`.
+    pub fn get(&self, id: &str) -> Option<Arc<Entry<R, P>>> {
+        let now = self.now();
+        self.raw(id).filter(|e| e.is_live(now))
+    }
+
+    /// Entries in the map (expired ones not yet reclaimed included).
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn index_sizes(&self) -> IndexSizes {
+        IndexSizes {
+            capabilities: self.caps.keys(),
+            nodes: self.nodes.keys(),
+            health: self.health.keys(),
+            lease_items: self.leases.iter().map(|s| s.lock().heap.len()).sum(),
+        }
+    }
+
+    /// The index set a query starts from: `None` for a full scan, else the smallest.
+    fn plan<'s, 'a>(&'s self, q: &Query<'a>) -> Option<(&'s Index, &'a str, usize)> {
+        [
+            (&self.caps, q.capability),
+            (&self.nodes, q.node),
+            (&self.health, q.health),
+        ]
+        .into_iter()
+        .filter_map(|(idx, v)| v.map(|v| (idx, v, idx.size(v))))
+        .min_by_key(|(_, _, n)| *n)
+    }
+
+    /// How many entries a query will read (to decide whether to release the GIL).
+    pub fn estimate(&self, q: &Query<'_>) -> usize {
+        self.plan(q)
+            .map_or_else(|| self.entries.len(), |(_, _, n)| n)
+    }
+
+    fn check(e: &Entry<R, P>, q: &Query<'_>, now: i64) -> Tri {
+        if !e.is_live(now)
+            || q.capability.is_some_and(|c| !e.has_cap(c))
+            || q.node.is_some_and(|n| e.node.as_deref() != Some(n))
+            || q.health.is_some_and(|h| &*e.health != h)
+        {
+            return Tri::No;
+        }
+        Tri::all(q.conds.iter().map(|c| c.eval(&e.meta.tree)))
+    }
+
+    /// Entries matching every criterion when read. Candidates come from the smallest
+    /// index set (copied out, guard released); each is then checked against its entry.
+    pub fn find(&self, q: &Query<'_>) -> Found<R, P> {
+        let now = self.now();
+        let mut hits = Vec::new();
+        let mut sure = 0usize;
+        let mut truncated = false;
+        let mut take = |e: &Arc<Entry<R, P>>| -> bool {
+            // Runs under the entry's shard read guard: only a clone of the Arc (never a
+            // drop of the last reference) happens here.
+            match Self::check(e, q, now) {
+                Tri::No => false,
+                t => {
+                    let unsure = t == Tri::Unknown;
+                    hits.push(Hit {
+                        entry: e.clone(),
+                        unsure,
+                    });
+                    sure += usize::from(!unsure);
+                    q.limit.is_some_and(|l| sure >= l)
+                }
+            }
+        };
+        if q.limit == Some(0) {
+            return Found {
+                hits,
+                truncated: true,
+            };
+        }
+        match self.plan(q) {
+            Some((idx, v, _)) => {
+                let mut buf = IdBuf::default();
+                idx.ids_into(v, &mut buf);
+                for id in buf.iter() {
+                    let Some(r) = self.entries.get(id) else {
+                        continue;
+                    };
+                    if take(r.value()) {
+                        truncated = true;
+                        break;
+                    }
+                }
+            }
+            None => {
+                for r in &self.entries {
+                    if take(r.value()) {
+                        truncated = true;
+                        break;
+                    }
+                }
+            }
+        }
+        Found { hits, truncated }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::clock::ManualClock;
+
+    type Reg = Registry<u32, ()>;
+
+    fn s(x: &str) -> Arc<str> {
+        x.into()
+    }
+
+    fn meta(tree: Value) -> Arc<Metadata<()>> {
+        Arc::new(Metadata { tree, extra: () })
+    }
+
+    fn spec(
+        r: &Reg,
+        id: &str,
+        caps: &[&str],
+        node: Option<&str>,
+        ttl: Option<i64>,
+    ) -> Spec<u32, ()> {
+        Spec {
+            id: s(id),
+            token: r.next_token(),
+            caps: caps.iter().map(|c| s(c)).collect(),
+            node: node.map(s),
+            health: s("healthy"),
+            meta: meta(Value::Map(Box::new([]))),
+            ttl,
+            reg: Arc::new(0),
+        }
+    }
+
+    fn ids(r: &Reg, q: &Query<'_>) -> Vec<String> {
+        let mut v: Vec<String> = r
+            .find(q)
+            .hits
+            .iter()
+            .map(|h| h.entry.id.to_string())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// At rest the indexes hold exactly what the entries say.
+    fn assert_consistent(r: &Reg) {
+        use std::collections::BTreeMap;
+        let mut caps: BTreeMap<String, BTreeMap<String, u32>> = BTreeMap::new();
+        let mut nodes: BTreeMap<String, BTreeMap<String, u32>> = BTreeMap::new();
+        let mut health: BTreeMap<String, BTreeMap<String, u32>> = BTreeMap::new();
+        for e in &r.entries {
+            let e = e.value();
+            for c in e.caps.iter() {
+                caps.entry(c.to_string())
+                    .or_default()
+                    .insert(e.id.to_string(), 1);
+            }
+            if let Some(n) = &e.node {
+                nodes
+                    .entry(n.to_string())
+                    .or_default()
+                    .insert(e.id.to_string(), 1);
+            }
+            health
+                .entry(e.health.to_string())
+                .or_default()
+                .insert(e.id.to_string(), 1);
+        }
+        assert_eq!(r.caps.snapshot(), caps);
+        assert_eq!(r.nodes.snapshot(), nodes);
+        assert_eq!(r.health.snapshot(), health);
+    }
+
+    #[test]
+    fn register_find_update_unregister() {
+        let r = Reg::new(Clock::Monotonic, 2);
+        let mut g = Vec::new();
+        r.register(spec(&r, "a", &["x", "y", "x"], Some("n1"), None), &mut g)
+            .unwrap();
+        r.register(spec(&r, "b", &["y"], None, None), &mut g)
+            .unwrap();
+        assert_eq!(
+            r.register(spec(&r, "a", &["z"], None, None), &mut g)
+                .unwrap_err(),
+            RegistryError::Taken(s("a"))
+        );
+        assert_consistent(&r);
+        assert_eq!(&*r.get("a").unwrap().caps, &[s("x"), s("y")]);
+        assert_eq!(
+            ids(
+                &r,
+                &Query {
+                    capability: Some("y"),
+                    ..Query::default()
+                }
+            ),
+            ["a", "b"]
+        );
+        assert_eq!(
+            ids(
+                &r,
+                &Query {
+                    capability: Some("y"),
+                    node: Some("n1"),
+                    ..Query::default()
+                }
+            ),
+            ["a"]
+        );
+        let ch = Changes {
+            caps: Some(normalize_caps(vec![s("z")])),
+            node: Some(None),
+            health: Some(s("degraded")),
+            meta: None,
+        };
+        r.update("a", &ch, &mut g).unwrap();
+        assert_consistent(&r);
+        assert_eq!(
+            ids(
+                &r,
+                &Query {
+                    capability: Some("y"),
+                    ..Query::default()
+                }
+            ),
+            ["b"]
+        );
+        assert_eq!(
+            ids(
+                &r,
+                &Query {
+                    health: Some("degraded"),
+                    ..Query::default()
+                }
+            ),
+            ["a"]
+        );
+        assert!(r.unregister("a", &mut g).is_some());
+        assert!(r.unregister("a", &mut g).is_none());
+        assert_eq!(
+            r.update("a", &ch, &mut g).unwrap_err(),
+            RegistryError::Missing(s("a"))
+        );
+        r.unregister("b", &mut g);
+        assert_consistent(&r);
+        assert_eq!(
+            r.index_sizes(),
+            IndexSizes {
+                capabilities: 0,
+                nodes: 0,
+                health: 0,
+                lease_items: 0
+            }
+        );
+    }
+
+    #[test]
+    fn remove_token_spares_a_later_registration() {
+        let r = Reg::new(Clock::Monotonic, 2);
+        let mut g = Vec::new();
+        let first = r.register(spec(&r, "a", &[], None, None), &mut g).unwrap();
+        r.unregister("a", &mut g);
+        r.register(spec(&r, "a", &[], None, None), &mut g).unwrap();
+        assert!(r.remove_token("a", first.token).is_none());
+        assert!(r.get("a").is_some());
+    }
+
+    #[test]
+    fn leases_expire_exclusively_and_heartbeats_renew() {
+        let m = Arc::new(ManualClock::new(0));
+        let r = Reg::new(Clock::Manual(m.clone()), 2);
+        let mut g = Vec::new();
+        r.register(spec(&r, "a", &["c"], None, Some(10)), &mut g)
+            .unwrap();
+        r.register(spec(&r, "b", &["c"], None, Some(10)), &mut g)
+            .unwrap();
+        m.advance(9).unwrap();
+        assert!(r.heartbeat("a", None, &mut g));
+        m.advance(1).unwrap(); // b: now == t + d -> expired
+        assert!(r.get("b").is_none());
+        assert!(!r.heartbeat("b", None, &mut g));
+        assert_eq!(
+            ids(
+                &r,
+                &Query {
+                    capability: Some("c"),
+                    ..Query::default()
+                }
+            ),
+            ["a"]
+        );
+        // An expired id can be registered again.
+        r.register(spec(&r, "b", &[], None, None), &mut g).unwrap();
+        assert_consistent(&r);
+        m.advance(100).unwrap();
+        assert_eq!(r.expire(&mut g), 1);
+        assert_eq!(r.len(), 1);
+        assert_consistent(&r);
+        assert_eq!(r.index_sizes().lease_items, 0);
+    }
+
+    #[test]
+    fn amortised_reclaim_bounds_expired_entries() {
+        let m = Arc::new(ManualClock::new(0));
+        let r = Reg::new(Clock::Manual(m.clone()), 2);
+        let mut g = Vec::new();
+        for i in 0..1000 {
+            r.register(spec(&r, &i.to_string(), &["c"], None, Some(5)), &mut g)
+                .unwrap();
+            m.advance(1).unwrap();
+        }
+        // Only ~5 are live; writes reclaimed most of the rest.
+        assert!(r.len() < 100, "len {}", r.len());
+        r.reclaim_due(&mut g);
+        // Registered at 996..=999 with ttl 5; now is 1000.
+        assert_eq!(r.len(), 4);
+        assert_consistent(&r);
+    }
+
+    #[test]
+    fn stale_lease_items_are_purged() {
+        let m = Arc::new(ManualClock::new(0));
+        let r = Reg::new(Clock::Manual(m), 2);
+        let mut g = Vec::new();
+        for i in 0..10_000 {
+            r.register(spec(&r, &i.to_string(), &[], None, Some(1_000_000)), &mut g)
+                .unwrap();
+            r.unregister(&i.to_string(), &mut g);
+        }
+        assert!(r.index_sizes().lease_items < 2 * LEASE_SHARDS * STALE_MIN);
+    }
+
+    fn map(items: Vec<(&str, Value)>) -> Value {
+        let mut v: Vec<(Box<str>, Value)> = items.into_iter().map(|(k, v)| (k.into(), v)).collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        Value::Map(v.into())
+    }
+
+    fn cond(path: &str, op: &str, value: Value) -> Cond {
+        Cond {
+            path: path.split('.').map(Into::into).collect(),
+            op: Op::parse(op).unwrap(),
+            value,
+            hashed: false,
+        }
+    }
+
+    #[test]
+    fn where_conditions() {
+        let tree = map(vec![
+            ("gpu", Value::Int(2)),
+            ("name", Value::Str("a".into())),
+            (
+                "tags",
+                Value::Seq(
+                    Box::new([Value::Str("x".into()), Value::Str("y".into())]),
+                    false,
+                ),
+            ),
+            ("inner", map(vec![("load", Value::Float(0.5))])),
+            ("odd", Value::Opaque),
+        ]);
+        let list = |xs: Vec<Value>| Value::Seq(xs.into(), false);
+        assert_eq!(cond("gpu", "eq", Value::Float(2.0)).eval(&tree), Tri::Yes);
+        assert_eq!(cond("gpu", "gte", Value::Int(2)).eval(&tree), Tri::Yes);
+        assert_eq!(cond("gpu", "gt", Value::Int(2)).eval(&tree), Tri::No);
+        assert_eq!(
+            cond("gpu", "lt", Value::Str("z".into())).eval(&tree),
+            Tri::No
+        );
+        assert_eq!(
+            cond("name", "ne", Value::Str("b".into())).eval(&tree),
+            Tri::Yes
+        );
+        assert_eq!(
+            cond("tags", "eq", Value::Str("y".into())).eval(&tree),
+            Tri::Yes
+        );
+        assert_eq!(
+            cond("tags", "in", list(vec![Value::Str("y".into())])).eval(&tree),
+            Tri::Yes
+        );
+        assert_eq!(
+            cond("name", "not_in", list(vec![Value::Str("y".into())])).eval(&tree),
+            Tri::Yes
+        );
+        assert_eq!(
+            cond("inner.load", "lte", Value::Float(0.5)).eval(&tree),
+            Tri::Yes
+        );
+        assert_eq!(
+            cond("inner.missing", "ne", Value::Null).eval(&tree),
+            Tri::No
+        );
+        assert_eq!(cond("gpu.x", "eq", Value::Null).eval(&tree), Tri::No);
+        assert_eq!(cond("odd", "eq", Value::Int(1)).eval(&tree), Tri::Unknown);
+        assert_eq!(cond("odd.x", "eq", Value::Int(1)).eval(&tree), Tri::Unknown);
+        assert_eq!(cond("gpu", "eq", Value::Bool(true)).eval(&tree), Tri::No);
+        assert_eq!(Op::parse("like"), None);
+    }
+
+    #[test]
+    fn concurrent_churn_keeps_indexes_exact() {
+        let r: Arc<Reg> = Arc::new(Reg::new(Clock::Monotonic, 4));
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let r = r.clone();
+                std::thread::spawn(move || {
+                    let mut g = Vec::new();
+                    for i in 0..5_000u64 {
+                        // Ids shared between threads, so writers of one id race.
+                        let id = format!("a{}", (i * 7 + t) % 50);
+                        match i % 4 {
+                            0 | 1 => {
+                                let caps: &[&str] = if i % 3 == 0 { &["x", "y"] } else { &["y"] };
+                                let _ = r.register(spec(&r, &id, caps, Some("n"), None), &mut g);
+                            }
+                            2 => {
+                                let ch = Changes {
+                                    caps: Some(normalize_caps(vec![s(if t % 2 == 0 {
+                                        "x"
+                                    } else {
+                                        "z"
+                                    })])),
+                                    node: Some(if i % 2 == 0 { None } else { Some(s("m")) }),
+                                    health: Some(s(if t % 2 == 0 {
+                                        "healthy"
+                                    } else {
+                                        "degraded"
+                                    })),
+                                    meta: None,
+                                };
+                                let _ = r.update(&id, &ch, &mut g);
+                            }
+                            _ => {
+                                r.unregister(&id, &mut g);
+                            }
+                        }
+                        for h in r
+                            .find(&Query {
+                                capability: Some("x"),
+                                ..Query::default()
+                            })
+                            .hits
+                        {
+                            assert!(h.entry.has_cap("x"));
+                        }
+                        g.clear();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_consistent(&r);
+    }
+}

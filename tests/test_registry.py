@@ -1,0 +1,504 @@
+"""Registry and Agent: unit tests, owners, leases, batches and bad input."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import gc
+import threading
+import types
+
+import pytest
+from ferrule import Agent, AlreadyRegistered, FerruleError, ManualClock, Registry
+
+
+def test_register_get_lookup_and_agent_fields() -> None:
+    clock = ManualClock(5.0)
+    reg = Registry(clock=clock)
+    value = object()
+    reg.register(
+        "a1",
+        value,
+        capabilities=["search", "code", "search"],
+        node="n1",
+        metadata={"gpu": 2},
+    )
+    agent = reg.get("a1")
+    assert isinstance(agent, Agent)
+    assert agent.agent_id == "a1"
+    assert agent.value is value
+    assert agent.capabilities == frozenset({"search", "code"})
+    assert agent.node == "n1"
+    assert agent.health == "healthy"
+    assert dict(agent.metadata) == {"gpu": 2}
+    assert isinstance(agent.metadata, types.MappingProxyType)
+    assert agent.registered_at == 5.0
+    assert agent.expires_at is None
+    assert reg.lookup("a1") is value
+    assert "a1" in reg
+    assert "zz" not in reg
+    assert 1 not in reg
+    assert len(reg) == 1
+    assert reg.get("zz") is None
+    with pytest.raises(KeyError):
+        reg.lookup("zz")
+    assert (
+        repr(agent)
+        == "Agent(agent_id='a1', capabilities={'code', 'search'}, node='n1', health='healthy')"
+    )
+
+
+def test_agent_is_immutable_and_metadata_is_a_copy() -> None:
+    reg = Registry()
+    meta = {"k": 1}
+    reg.register("a", metadata=meta)
+    meta["k"] = 2
+    agent = reg.get("a")
+    assert agent is not None
+    assert agent.metadata["k"] == 1
+    with pytest.raises(TypeError):
+        agent.metadata["k"] = 3  # type: ignore[index]
+    with pytest.raises(AttributeError):
+        agent.health = "x"  # type: ignore[misc]
+    assert reg.get("a") is not None and reg.get("a").metadata == {"k": 1}  # type: ignore[union-attr]
+    reg.register("b")
+    assert dict(reg.get("b").metadata) == {}  # type: ignore[union-attr]
+
+
+def test_already_registered_is_a_key_error_and_leaves_the_winner() -> None:
+    reg = Registry()
+    reg.register("a", 1, capabilities=["x"])
+    with pytest.raises(AlreadyRegistered) as ei:
+        reg.register("a", 2, capabilities=["y"], node="n")
+    assert isinstance(ei.value, KeyError)
+    assert isinstance(ei.value, FerruleError)
+    assert ei.value.args == ("agent id 'a' is already registered",)
+    assert reg.lookup("a") == 1
+    assert reg.ids(capability="y") == []
+    assert reg.ids(node="n") == []
+    assert reg._index_sizes() == (1, 0, 1, 0)
+
+
+def test_unregister_and_update() -> None:
+    reg = Registry()
+    reg.register("a", capabilities=["x", "y"], node="n1", metadata={"v": 1})
+    reg.update("a", capabilities=["y", "z"], node=None, health="degraded", metadata={"v": 2})
+    agent = reg.get("a")
+    assert agent is not None
+    assert agent.capabilities == {"y", "z"}
+    assert agent.node is None
+    assert agent.health == "degraded"
+    assert agent.metadata == {"v": 2}
+    assert reg.ids(capability="x") == []
+    assert reg.ids(capability="z") == ["a"]
+    assert reg.ids(node="n1") == []
+    assert reg.ids(health="healthy") == []
+    reg.update("a", node="n2")
+    assert reg.get("a").capabilities == {"y", "z"}  # type: ignore[union-attr]
+    assert reg.ids(node="n2") == ["a"]
+    assert reg.unregister("a") is True
+    assert reg.unregister("a") is False
+    assert reg._index_sizes() == (0, 0, 0, 0)
+    with pytest.raises(KeyError):
+        reg.update("a", health="x")
+    with pytest.raises(TypeError, match="unexpected keyword argument 'colour'"):
+        reg.register("b")
+        reg.update("b", colour="red")
+
+
+def test_find_count_ids_and_limit() -> None:
+    reg = Registry()
+    for i in range(20):
+        reg.register(
+            f"a{i}",
+            i,
+            capabilities=["even" if i % 2 == 0 else "odd", "all"],
+            node=f"n{i % 3}",
+            health="healthy" if i < 15 else "unhealthy",
+            metadata={"i": i, "tags": ["t", f"t{i % 4}"], "deep": {"load": i / 20}},
+        )
+    assert sorted(reg.ids(capability="even", node="n0")) == ["a0", "a12", "a18", "a6"]
+    assert reg.count(capability="all", health="unhealthy") == 5
+    assert reg.count() == 20
+    assert len(reg.find(capability="all", limit=3)) == 3
+    assert reg.find(capability="all", limit=0) == []
+    assert reg.count(capability="nope") == 0
+    found = reg.find(capability="odd", where=[("i", "gt", 14)])
+    assert sorted(a.agent_id for a in found) == ["a15", "a17", "a19"]
+    assert sorted(reg.ids(where=[("deep.load", "lt", 0.1)])) == ["a0", "a1"]
+    assert reg.count(where=[("tags", "eq", "t")]) == 20
+    assert reg.count(where=[("tags", "in", ["t3", "t2"])]) == 10
+    assert reg.count(where=[("i", "not_in", {1, 2, 3})]) == 17
+    assert reg.count(where=[("i", "ne", 1), ("i", "lte", 3)]) == 3
+    assert reg.count(where=[("i", "gte", 19)]) == 1
+    assert reg.count(where=[("missing", "ne", 1)]) == 0
+    assert reg.count(where=[("i.x", "eq", 1)]) == 0
+    assert reg.ids(where=lambda a: a.value == 7) == ["a7"]
+    assert len(reg.ids(capability="all", where=lambda a: a.value > 2, limit=4)) == 4
+
+
+def test_where_falls_back_to_python_for_opaque_values() -> None:
+    class Version:
+        def __init__(self, n: int) -> None:
+            self.n = n
+
+        def __eq__(self, other: object) -> bool:
+            return isinstance(other, Version) and other.n == self.n
+
+        def __hash__(self) -> int:
+            return self.n
+
+        def __gt__(self, other: Version) -> bool:
+            return self.n > other.n
+
+    reg = Registry()
+    reg.register("a", metadata={"v": Version(1), "big": 2**70, "s": {1, 2}})
+    reg.register("b", metadata={"v": Version(2), "big": 5})
+    assert reg.ids(where=[("v", "eq", Version(2))]) == ["b"]
+    assert reg.ids(where=[("v", "gt", Version(1))]) == ["b"]
+    assert reg.ids(where=[("big", "gt", 2**69)]) == ["a"]
+    assert reg.ids(where=[("s", "eq", {2, 1})]) == ["a"]
+    # Python refuses the comparison: no match rather than an error.
+    assert reg.ids(where=[("v", "lt", 3)]) == []
+
+
+def test_empty_index_sets_are_removed() -> None:
+    reg = Registry()
+    for i in range(100):
+        reg.register(str(i), capabilities=[f"c{i}", "shared"], node=f"n{i}", health=f"h{i}")
+    assert reg._index_sizes() == (101, 100, 100, 0)
+    for i in range(100):
+        reg.unregister(str(i))
+    assert reg._index_sizes() == (0, 0, 0, 0)
+
+
+# ---- register_many --------------------------------------------------------------------
+
+
+def test_register_many_is_all_or_nothing() -> None:
+    reg = Registry()
+    reg.register("taken", capabilities=["c"])
+    owner = threading.Event()  # any weak-referenceable object
+    items = [
+        {"agent_id": "m1", "capabilities": ["c"], "owner": owner},
+        {"agent_id": "m2", "ttl": 5.0},
+        {"agent_id": "taken"},
+    ]
+    with pytest.raises(AlreadyRegistered):
+        reg.register_many(items)
+    assert "m1" not in reg and "m2" not in reg
+    assert sorted(reg.ids(capability="c")) == ["taken"]
+    assert reg.register_many(items[:2]) == 2
+    assert "m1" in reg and "m2" in reg
+    with pytest.raises(AlreadyRegistered):
+        reg.register_many([{"agent_id": "d"}, {"agent_id": "d"}])
+    assert "d" not in reg
+
+
+def test_register_many_limits_the_batch_and_checks_items() -> None:
+    reg = Registry(max_batch=3)
+    assert reg.max_batch == 3
+    with pytest.raises(ValueError, match=r"items must hold at most max_batch \(3\) items"):
+        reg.register_many({"agent_id": str(i)} for i in range(4))
+    assert len(reg) == 0
+    with pytest.raises(TypeError, match="unexpected key 'colour'"):
+        reg.register_many([{"agent_id": "a", "colour": 1}])
+    with pytest.raises(TypeError, match="missing 'agent_id'"):
+        reg.register_many([{"value": 1}])
+    with pytest.raises(TypeError, match="items must be an iterable of dicts"):
+        reg.register_many([1])
+    with pytest.raises(TypeError, match="agent_id must be a str"):
+        reg.register_many([{"agent_id": "ok"}, {"agent_id": 5}])
+    assert len(reg) == 0
+    assert reg.register_many([]) == 0
+
+
+# ---- owners ---------------------------------------------------------------------------
+
+
+class Owner:
+    pass
+
+
+def test_weakref_owner_removes_on_collection() -> None:
+    reg = Registry()
+    o = Owner()
+    reg.register("a", capabilities=["c"], owner=o)
+    assert "a" in reg
+    del o
+    gc.collect()
+    assert "a" not in reg
+    assert reg._index_sizes() == (0, 0, 0, 0)
+
+
+def test_failed_registration_leaves_no_watch() -> None:
+    reg = Registry()
+    winner = Owner()
+    loser = Owner()
+    reg.register("a", "win", owner=winner)
+    with pytest.raises(AlreadyRegistered):
+        reg.register("a", "lose", owner=loser)
+    del loser
+    gc.collect()
+    assert reg.lookup("a") == "win"
+
+
+def test_earlier_owner_death_spares_a_later_registration() -> None:
+    reg = Registry()
+    first = Owner()
+    reg.register("a", 1, owner=first)
+    reg.unregister("a")
+    reg.register("a", 2)
+    del first
+    gc.collect()
+    assert reg.lookup("a") == 2
+
+
+def test_failed_future_registration_attaches_no_callback() -> None:
+    reg = Registry()
+    reg.register("a", "win")
+    fut: concurrent.futures.Future[None] = concurrent.futures.Future()
+    with pytest.raises(AlreadyRegistered):
+        reg.register("a", "lose", owner=fut)
+    fut.set_result(None)
+    assert reg.lookup("a") == "win"
+    assert fut._done_callbacks == []  # type: ignore[attr-defined]
+
+
+def test_thread_owner_is_never_returned_once_finished() -> None:
+    reg = Registry()
+    go = threading.Event()
+    t = threading.Thread(target=go.wait)
+    t.start()
+    reg.register("t", capabilities=["c"], owner=t)
+    assert reg.ids(capability="c") == ["t"]
+    go.set()
+    t.join()
+    assert reg.get("t") is None
+    assert reg.ids(capability="c") == []
+    assert len(reg) == 0
+    with pytest.raises(ValueError, match="owner thread has already finished"):
+        reg.register("t2", owner=t)
+    # A finished thread's id can be taken again.
+    reg.register("t")
+
+
+def test_thread_owners_are_swept_on_writes() -> None:
+    reg = Registry()
+    threads = [threading.Thread(target=lambda: None) for _ in range(5)]
+    for t in threads:
+        t.start()
+    done = threading.Event()
+    live = threading.Thread(target=done.wait)
+    live.start()
+    # Register while the short threads may still run; each registration is allowed
+    # only if its thread has not finished yet.
+    n = 0
+    for i, t in enumerate(threads):
+        t.join()
+        with pytest.raises(ValueError):
+            reg.register(f"dead{i}", owner=t)
+    reg.register("live", owner=live)
+    n = reg.expire()
+    assert n == 0
+    assert "live" in reg
+    done.set()
+    live.join()
+    assert reg.expire() == 1
+    assert reg._index_sizes() == (0, 0, 0, 0)
+
+
+def test_concurrent_future_owner() -> None:
+    reg = Registry()
+    fut: concurrent.futures.Future[int] = concurrent.futures.Future()
+    reg.register("f", owner=fut)
+    assert "f" in reg
+    fut.set_result(1)
+    assert "f" not in reg
+    done: concurrent.futures.Future[int] = concurrent.futures.Future()
+    done.set_result(1)
+    with pytest.raises(ValueError, match="owner future is already done"):
+        reg.register("g", owner=done)
+    assert "g" not in reg
+
+
+def test_unregister_detaches_the_asyncio_callback() -> None:
+    reg = Registry()
+    loop = asyncio.new_event_loop()
+    try:
+        fut = loop.create_future()
+        for i in range(50):
+            reg.register(f"f{i}", owner=fut)
+            reg.unregister(f"f{i}")
+        assert not fut._callbacks  # type: ignore[attr-defined]
+        reg.register("kept", owner=fut)
+        reg.update("kept", health="degraded")
+        assert len(fut._callbacks) == 1  # type: ignore[attr-defined]
+        fut.set_result(None)
+        loop.run_until_complete(asyncio.sleep(0))
+        assert "kept" not in reg
+    finally:
+        loop.close()
+
+
+def test_concurrent_future_watch_is_a_no_op_after_unregister() -> None:
+    reg = Registry()
+    fut: concurrent.futures.Future[int] = concurrent.futures.Future()
+    reg.register("f", owner=fut)
+    reg.unregister("f")
+    reg.register("f", "second")
+    fut.set_result(1)
+    assert reg.lookup("f") == "second"
+
+
+def test_asyncio_task_owner() -> None:
+    reg = Registry()
+
+    async def main() -> None:
+        gate = asyncio.Event()
+
+        async def agent() -> None:
+            await gate.wait()
+
+        task = asyncio.create_task(agent())
+        reg.register("task", owner=task)
+        assert "task" in reg
+        gate.set()
+        await task
+        await asyncio.sleep(0)  # done-callbacks run on the next loop turn
+        assert "task" not in reg
+        with pytest.raises(ValueError, match="owner future is already done"):
+            reg.register("task2", owner=task)
+
+    asyncio.run(main())
+
+
+def test_owner_that_cannot_be_watched() -> None:
+    reg = Registry()
+    with pytest.raises(TypeError, match=r"owner must be weak-referenceable.*not 'int'"):
+        reg.register("a", owner=5)
+    assert "a" not in reg
+
+
+# ---- leases ---------------------------------------------------------------------------
+
+
+def test_lease_expires_at_the_deadline_and_heartbeat_renews() -> None:
+    clock = ManualClock()
+    reg = Registry(clock=clock)
+    reg.register("a", capabilities=["c"], ttl=10.0)
+    reg.register("b", capabilities=["c"], ttl=10.0)
+    assert reg.get("a").expires_at == 10.0  # type: ignore[union-attr]
+    clock.advance(9.0)
+    assert reg.heartbeat("a") is True
+    assert reg.get("a").expires_at == 19.0  # type: ignore[union-attr]
+    clock.advance(1.0)  # b: now == t + d, expired
+    assert reg.get("b") is None
+    assert "b" not in reg
+    assert reg.heartbeat("b") is False
+    assert reg.ids(capability="c") == ["a"]
+    assert reg.count(capability="c") == 1
+    with pytest.raises(KeyError):
+        reg.lookup("b")
+    assert len(reg) == 1
+    reg.register("b")  # an expired id is free again
+    assert reg.heartbeat("a", ttl=1.0) is True
+    clock.advance(1.0)
+    assert reg.expire() == 1  # its heap item said 19: expire() scans
+    assert sorted(reg.ids()) == ["b"]
+    assert reg._index_sizes() == (0, 0, 1, 0)
+    assert reg.heartbeat("b") is True  # no lease: nothing to renew, but it is live
+    assert reg.get("b").expires_at is None  # type: ignore[union-attr]
+    assert reg.heartbeat("b", ttl=2.0) is True
+    assert reg.get("b").expires_at == 13.0  # type: ignore[union-attr]
+
+
+def test_expired_entries_are_reclaimed_by_writes() -> None:
+    clock = ManualClock()
+    reg = Registry(clock=clock)
+    for i in range(1000):
+        reg.register(str(i), capabilities=["c"], ttl=5.0)
+        clock.advance(1.0)
+    sizes = reg._index_sizes()
+    assert sizes[3] < 100  # lease items: most were reclaimed by later writes
+    assert len(reg) == 4
+    assert reg.count(capability="c") == 4
+
+
+# ---- bad input ------------------------------------------------------------------------
+
+
+def test_bad_input() -> None:
+    reg = Registry()
+    with pytest.raises(TypeError, match="agent_id must be a str, not 'int'"):
+        reg.register(1)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="agent_id must be a str, not 'NoneType'"):
+        reg.get(None)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="agent_id must be a str"):
+        reg.unregister(b"a")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="ttl must be > 0"):
+        reg.register("a", ttl=0)
+    with pytest.raises(ValueError, match="ttl must be a finite number of seconds"):
+        reg.register("a", ttl=float("nan"))
+    with pytest.raises(TypeError, match="ttl must be a number of seconds, not 'str'"):
+        reg.register("a", ttl="1")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="capabilities must be an iterable of str, not a str"):
+        reg.register("a", capabilities="abc")
+    with pytest.raises(TypeError, match="capabilities must contain only str, not 'int'"):
+        reg.register("a", capabilities=["x", 1])  # type: ignore[list-item]
+    with pytest.raises(TypeError, match="node must be a str, not 'int'"):
+        reg.register("a", node=1)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="health must be a str, not 'int'"):
+        reg.register("a", health=1)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="metadata must be a mapping or None, not 'list'"):
+        reg.register("a", metadata=[1])  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="metadata keys must be str, not 'int'"):
+        reg.register("a", metadata={1: 2})  # type: ignore[dict-item]
+    assert len(reg) == 0 and reg._index_sizes() == (0, 0, 0, 0)
+    with pytest.raises(ValueError, match="max_batch must be >= 1"):
+        Registry(max_batch=0)
+    with pytest.raises(TypeError, match=r"clock must be a ferrule\.ManualClock or None"):
+        Registry(clock=1)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="ttl must be > 0"):
+        reg.heartbeat("a", ttl=-1)
+
+
+def test_bad_where() -> None:
+    reg = Registry()
+    reg.register("a", metadata={"x": 1})
+    with pytest.raises(
+        ValueError, match="where op must be one of eq, ne, gt, gte, lt, lte, in, not_in, not 'like'"
+    ):
+        reg.find(where=[("x", "like", 1)])
+    with pytest.raises(TypeError, match="where must be a callable or a list of"):
+        reg.find(where="x == 1")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="where must be a callable or a list of"):
+        reg.find(where=[("x", "eq")])  # type: ignore[list-item]
+    with pytest.raises(TypeError, match="where path must be a str"):
+        reg.find(where=[(1, "eq", 1)])  # type: ignore[list-item]
+    with pytest.raises(
+        TypeError, match="where value for 'in' must be a list, tuple or set, not 'int'"
+    ):
+        reg.find(where=[("x", "in", 1)])
+    with pytest.raises(ValueError, match="limit must be >= 0"):
+        reg.find(limit=-1)
+    with pytest.raises(TypeError, match="capability must be a str"):
+        reg.find(capability=1)  # type: ignore[arg-type]
+
+    def boom(agent: Agent) -> bool:
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        reg.find(where=boom)
+
+
+def test_lease_churn_keeps_memory_bounded() -> None:
+    clock = ManualClock()
+    reg = Registry(clock=clock)
+    for i in range(20_000):
+        reg.register(f"a{i}", capabilities=["c"], ttl=3600.0)
+        reg.unregister(f"a{i}")
+    assert len(reg) == 0
+    sizes = reg._index_sizes()
+    assert sizes[:3] == (0, 0, 0)
+    assert sizes[3] < 8 * 64 * 2  # stale deadline items are purged, not kept per churn
