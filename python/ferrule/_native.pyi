@@ -167,7 +167,6 @@ class Cache:
         """
     @overload
     def get(self, key: Hashable, default: _T) -> Any | _T: ...
-
     def set(self, key: Hashable, value: Any, *, ttl: float | None = None) -> None:
         """Insert or replace; ``ttl`` overrides the cache's default for this entry.
 
@@ -193,7 +192,6 @@ class Cache:
         """
     @overload
     def pop(self, key: Hashable, default: _T) -> Any | _T: ...
-
     def get_or_set(
         self, key: Hashable, factory: Callable[[], _T], *, ttl: float | None = None
     ) -> _T:
@@ -387,16 +385,16 @@ class WorkQueue(Generic[_T]):
         ...     return await q.get_async()
         """
 
-    def _put_or_wait(self, item: _T, waker: Callable[[], object] | None, /) -> bool:
+    def _put_or_wait(self, item: _T, waker: Callable[[], object] | None) -> bool:
         """Internal (asyncio glue): put, or register ``waker`` and return False."""
 
-    def _get_or_wait(self, waker: Callable[[], object] | None, pending: object, /) -> _T:
+    def _get_or_wait(self, waker: Callable[[], object] | None, pending: object) -> _T:
         """Internal (asyncio glue): an item, or ``pending`` after registering ``waker``."""
 
-    def _forget_getter(self, waker: Callable[[], object], /) -> None:
+    def _forget_getter(self, waker: Callable[[], object]) -> None:
         """Internal (asyncio glue): a waiting getter gave up."""
 
-    def _forget_putter(self, waker: Callable[[], object], /) -> None:
+    def _forget_putter(self, waker: Callable[[], object]) -> None:
         """Internal (asyncio glue): a waiting putter gave up."""
 
     def close(self) -> None:
@@ -428,7 +426,7 @@ class WorkQueue(Generic[_T]):
         """Iterate by blocking ``get()`` until the queue is closed and drained."""
 
     def __next__(self) -> _T: ...
-    def __class_getitem__(cls, item: Any, /) -> GenericAlias:
+    def __class_getitem__(cls, item: Any) -> GenericAlias:
         """``WorkQueue[int]`` for annotations."""
 
 @final
@@ -488,3 +486,12 @@ class TaskCounters:
     def outstanding(self) -> int:
         """Tasks submitted and not yet finished or cancelled."""
     def snapshot(self, queued: int) -> TaskPoolStats: ...
+
+def _run_worker(queue: WorkQueue[Any], counters: TaskCounters) -> None:
+    """Internal: a ``TaskPool`` worker loop. Runs ``(future, fn, args, kwargs)`` tasks from
+    ``queue`` until it is closed and drained; a task's exception goes on its future.
+
+    >>> q: WorkQueue[Any] = WorkQueue(4)
+    >>> q.close()
+    >>> _run_worker(q, TaskCounters())
+    """

@@ -2,9 +2,11 @@
 
 Tasks go through a ``WorkQueue`` of ``max_queue`` items to at most ``max_workers``
 threads. The counters live in a native ``TaskCounters`` (atomics, no lock on the submit
-or worker path). Threads start on demand: a submit starts one when the tasks outstanding
-(submitted, not yet finished or cancelled) exceed the threads there are, so a task never
-waits for a busy worker while fewer than ``max_workers`` threads exist.
+or worker path); the worker loop is native too (``_run_worker``): it sets each task's
+result or exception on its future and never dies of a task's exception. Threads start
+on demand: a submit starts one when the tasks outstanding (submitted, not yet finished
+or cancelled) exceed the threads there are, so a task never waits for a busy worker
+while fewer than ``max_workers`` threads exist.
 
 Shutdown closes the queue: later submits fail, a submit blocked on a full queue wakes
 with ``RuntimeError``, and each worker drains what is left and exits. At interpreter
@@ -29,6 +31,7 @@ from ferrule._native import (
     TaskCounters,
     TaskPoolStats,
     WorkQueue,
+    _run_worker,
 )
 
 __all__ = ["TaskPool"]
@@ -54,27 +57,6 @@ def _close_all() -> None:
 _register = getattr(threading, "_register_atexit", None)
 if _register is not None:
     _register(_close_all)
-
-
-def _work(q: WorkQueue[_Task], counters: TaskCounters) -> None:
-    start, finish, cancel = counters.start, counters.finish, counters.cancel
-    for fut, fn, args, kwargs in q:
-        if not fut.set_running_or_notify_cancel():
-            cancel()
-            continue
-        start()
-        try:
-            result = fn(*args, **kwargs)
-        except BaseException as exc:
-            # Counted before the future completes, so a caller that saw the result
-            # also sees it counted.
-            finish(False)
-            fut.set_exception(exc)
-        else:
-            finish(True)
-            fut.set_result(result)
-            del result
-        del fut, fn, args, kwargs
 
 
 class TaskPool(Executor):
@@ -136,7 +118,9 @@ class TaskPool(Executor):
         except QueueClosed:
             counters.withdraw(False)
             if _exiting:
-                raise RuntimeError("cannot schedule new futures after interpreter shutdown") from None
+                raise RuntimeError(
+                    "cannot schedule new futures after interpreter shutdown"
+                ) from None
             raise RuntimeError("cannot schedule new futures after shutdown") from None
         except BaseException:
             counters.withdraw(False)
@@ -151,7 +135,7 @@ class TaskPool(Executor):
             if self._shutdown or n >= self._max_workers or self._counters.outstanding <= n:
                 return
             t = threading.Thread(
-                target=_work, args=(self._queue, self._counters), name=f"{self._name}_{n}"
+                target=_run_worker, args=(self._queue, self._counters), name=f"{self._name}_{n}"
             )
             t.start()
             self._threads.append(t)

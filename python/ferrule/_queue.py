@@ -33,14 +33,14 @@ async def get_async(q: WorkQueue[T]) -> T:
     """The next item; waits on the running loop while the queue is empty."""
     item = q._get_or_wait(None, _PENDING)
     if item is not _PENDING:
-        return item  # type: ignore[no-any-return]
+        return item
     loop = asyncio.get_running_loop()
     while True:
         fut: asyncio.Future[None] = loop.create_future()
         waker = partial(loop.call_soon_threadsafe, _wake, fut)
         item = q._get_or_wait(waker, _PENDING)
         if item is not _PENDING:
-            return item  # type: ignore[no-any-return]
+            return item
         try:
             await fut
         except BaseException:

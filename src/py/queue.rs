@@ -16,13 +16,12 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use pyo3::exceptions::PyStopIteration;
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyList, PyString, PyType};
+use pyo3::types::{PyDict, PyList, PyString, PyTuple, PyType};
 
-use crate::core::queue::{
-    Accepted, GetError, Overflow, PutError, Stats, Stop, WorkQueue as Core,
-};
+use crate::core::queue::{Accepted, GetError, Overflow, PutError, Stats, Stop, WorkQueue as Core};
 use crate::errors::{wrong_type, Exc};
 use crate::py::args;
 
@@ -43,6 +42,7 @@ fn empty(py: Python<'_>) -> PyErr {
 
 /// The signal check run between wait slices (re-attaches for the call).
 fn check_signals() -> PyResult<()> {
+    #[allow(clippy::redundant_closure_for_method_calls)] // the method is not lifetime-generic
     Python::attach(|py| py.check_signals())
 }
 
@@ -171,7 +171,7 @@ fn coroutine_fn<'py>(
 #[pymethods]
 impl WorkQueue {
     #[new]
-    #[pyo3(signature = (maxsize, *, overflow = None))]
+    #[pyo3(signature = (maxsize, *, overflow = None), text_signature = "(maxsize, *, overflow='block')")]
     fn new(maxsize: &Bound<'_, PyAny>, overflow: Option<&Bound<'_, PyAny>>) -> PyResult<Self> {
         let maxsize = args::int_at_least(maxsize, "maxsize", 1)? as usize;
         let overflow = match overflow {
@@ -188,12 +188,7 @@ impl WorkQueue {
 
     /// Puts `item`, waiting for room (block policy) up to `timeout` seconds.
     #[pyo3(signature = (item, timeout = None))]
-    fn put(
-        &self,
-        py: Python<'_>,
-        item: Item,
-        timeout: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<()> {
+    fn put(&self, py: Python<'_>, item: Item, timeout: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
         let timeout = args::opt_timeout(timeout, "timeout")?;
         self.do_put(py, item, timeout)
     }
@@ -245,13 +240,14 @@ impl WorkQueue {
             Some(Stop::WouldBlock) => {
                 let until = deadline(timeout);
                 let rest = py.detach(|| {
-                    self.q.put_many_until(&mut pending, until, check_signals, |ws| {
-                        Python::attach(|py| {
-                            for w in ws {
-                                self.wake_getter(py, Some(w));
-                            }
-                        });
-                    })
+                    self.q
+                        .put_many_until(&mut pending, until, check_signals, |ws| {
+                            Python::attach(|py| {
+                                for w in ws {
+                                    self.wake_getter(py, Some(w));
+                                }
+                            });
+                        })
                 });
                 accepted += rest.accepted;
                 drop(rest.dropped);
@@ -575,5 +571,61 @@ impl TaskPoolStats {
             self.submitted, self.started, self.completed, self.failed, self.rejected,
             self.cancelled, self.active, self.queued
         )
+    }
+}
+
+/// Internal: a `TaskPool` worker. Takes `(future, fn, args, kwargs)` tasks from `queue`
+/// until it is closed and drained; a task's exception goes on its future and never ends
+/// the loop. Counted before the future completes, so whoever sees a result sees it
+/// counted.
+#[pyfunction]
+pub fn _run_worker(
+    py: Python<'_>,
+    queue: &Bound<'_, WorkQueue>,
+    counters: &Bound<'_, TaskCounters>,
+) -> PyResult<()> {
+    let q = queue.get();
+    let c = counters.get();
+    loop {
+        let task = match q.do_get(py, None) {
+            Ok(t) => t,
+            Err(e) if e.is_instance(py, Exc::QueueClosed.type_object(py)?) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let task = task.bind(py);
+        let Ok(task) = task.cast::<PyTuple>() else {
+            continue;
+        };
+        let (fut, func, args, kwargs) = task.extract::<(
+            Bound<'_, PyAny>,
+            Bound<'_, PyAny>,
+            Bound<'_, PyTuple>,
+            Bound<'_, PyDict>,
+        )>()?;
+        if !fut
+            .call_method0(intern!(py, "set_running_or_notify_cancel"))?
+            .is_truthy()?
+        {
+            c.cancel();
+            continue;
+        }
+        c.start();
+        let kwargs = if kwargs.is_empty() {
+            None
+        } else {
+            Some(&kwargs)
+        };
+        // A failure to complete the future (it cannot be cancelled once running) is
+        // not the task's: ignore it rather than end the worker.
+        let _ = match func.call(args, kwargs) {
+            Ok(v) => {
+                c.finish(true);
+                fut.call_method1(intern!(py, "set_result"), (v,))
+            }
+            Err(e) => {
+                c.finish(false);
+                fut.call_method1(intern!(py, "set_exception"), (e.into_value(py),))
+            }
+        };
     }
 }
