@@ -99,7 +99,7 @@ def _noop(x: int) -> int:
 
 
 POOLS: dict[str, Callable[[], Any]] = {
-    "ferrule.TaskPool": lambda: ferrule.TaskPool(2),
+    "ferrule.TaskPool": lambda: ferrule.TaskPool(2, max_queue=2048),
     "ThreadPoolExecutor": lambda: ThreadPoolExecutor(2),
 }
 
@@ -117,3 +117,16 @@ def test_pool_submit_result(benchmark: Any, kind: str) -> None:
             return total
 
         assert benchmark(run) == TASKS * (TASKS - 1) // 2
+
+
+@pytest.mark.benchmark(group="pool: submit 1000 trivial tasks, then collect the results")
+@pytest.mark.parametrize("kind", list(POOLS))
+def test_pool_burst(benchmark: Any, kind: str) -> None:
+    with POOLS[kind]() as pool:
+        submit = pool.submit
+
+        def run() -> int:
+            futs = [submit(_noop, i) for i in range(1000)]
+            return sum(f.result() for f in futs)
+
+        assert benchmark(run) == 1000 * 999 // 2
