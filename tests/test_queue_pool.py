@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import threading
 import time
 from typing import Any
@@ -256,3 +257,24 @@ def test_bad_input() -> None:
         with pytest.raises(TypeError, match=r"^fn must be callable, not 'int'$"):
             pool.submit(5)  # type: ignore[arg-type]
         assert pool.stats().submitted == 0
+
+
+def _submit_racing_shutdown(pool: TaskPool, ready: threading.Event, out: list[Any]) -> None:
+    ready.set()
+    with contextlib.suppress(RuntimeError):
+        out.append(pool.submit(int, 7))
+
+
+def test_task_queued_just_before_shutdown_still_runs() -> None:
+    for _ in range(50):
+        pool = TaskPool(1)
+        ready = threading.Event()
+        accepted: list[cf.Future[int]] = []
+        t = threading.Thread(target=_submit_racing_shutdown, args=(pool, ready, accepted))
+        t.start()
+        ready.wait()
+        pool.shutdown(wait=False)
+        t.join()
+        if accepted:  # accepted before the close: it must run
+            assert accepted[0].result(5) == 7
+        pool.shutdown(wait=True)

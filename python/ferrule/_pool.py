@@ -92,7 +92,6 @@ class TaskPool(Executor):
         self._counters = TaskCounters()
         self._threads: list[threading.Thread] = []
         self._spawn_lock = threading.Lock()
-        self._shutdown = False
         _live.add(self)
         weakref.finalize(self, self._queue.close)
 
@@ -130,9 +129,11 @@ class TaskPool(Executor):
         return fut
 
     def _spawn(self) -> None:
+        # No shutdown check here: a task queued just before shutdown() still needs a
+        # worker, and a worker started after close drains the queue and exits.
         with self._spawn_lock:
             n = len(self._threads)
-            if self._shutdown or n >= self._max_workers or self._counters.outstanding <= n:
+            if n >= self._max_workers or self._counters.outstanding <= n:
                 return
             t = threading.Thread(
                 target=_run_worker, args=(self._queue, self._counters), name=f"{self._name}_{n}"
@@ -141,8 +142,6 @@ class TaskPool(Executor):
             self._threads.append(t)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        with self._spawn_lock:
-            self._shutdown = True
         self._queue.close()
         if cancel_futures:
             while True:
