@@ -13,6 +13,8 @@ mod _native {
     #[pymodule_export]
     use crate::py::clock::ManualClock;
     #[pymodule_export]
+    use crate::py::queue::{_run_worker, QueueStats, TaskCounters, TaskPoolStats, WorkQueue};
+    #[pymodule_export]
     use crate::py::registry::{Agent, Registry};
 
     #[pymodule_init]

@@ -19,9 +19,13 @@ from ferrule._native import (
     QueueClosed,
     QueueEmpty,
     QueueFull,
+    QueueStats,
     Registry,
+    TaskPoolStats,
+    WorkQueue,
     __version__,
 )
+from ferrule._pool import TaskPool
 
 __all__ = [
     "Agent",
@@ -37,7 +41,11 @@ __all__ = [
     "QueueClosed",
     "QueueEmpty",
     "QueueFull",
+    "QueueStats",
     "Registry",
+    "TaskPool",
+    "TaskPoolStats",
+    "WorkQueue",
     "__version__",
     "cached",
 ]
