@@ -11,6 +11,7 @@ from ferrule._native import (
     Cache,
     CacheStats,
     CircuitOpen,
+    Decision,
     Discard,
     FerruleError,
     ManualClock,
@@ -18,6 +19,7 @@ from ferrule._native import (
     QueueClosed,
     QueueEmpty,
     QueueFull,
+    RateLimiter,
     __version__,
 )
 
@@ -27,6 +29,7 @@ __all__ = [
     "Cache",
     "CacheStats",
     "CircuitOpen",
+    "Decision",
     "Discard",
     "FerruleError",
     "ManualClock",
@@ -34,6 +37,7 @@ __all__ = [
     "QueueClosed",
     "QueueEmpty",
     "QueueFull",
+    "RateLimiter",
     "__version__",
     "cached",
 ]
