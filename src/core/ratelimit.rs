@@ -33,6 +33,11 @@
 //! decision a thread makes, so the work per call is bounded and amortised, with no
 //! background thread; `sweep` runs the step over every queued key.
 //!
+//! Automatic steps remove a key only once its bucket has been full for a grace period of
+//! `max(tau, 1 s)`, so a key used every few milliseconds is not removed and re-inserted
+//! between uses (which costs an allocation and a write lock each time); memory then
+//! follows the keys active in the last `tau + max(tau, 1 s)`. `sweep` uses no grace.
+//!
 //! Removal uses `remove_if` with the predicate `tat <= now` evaluated under the shard's
 //! write lock. A CAS always runs under the read lock of the same shard, so no CAS can be
 //! in flight on a bucket while it is being removed: a grant is never recorded on a bucket
@@ -66,6 +71,8 @@ pub const RECLAIM_BUDGET: usize = 4;
 pub const RECLAIM_EVERY: u32 = 64;
 /// Number of reclamation queues (a key's queue is chosen from its hash).
 pub const QUEUES: usize = 16;
+/// Shortest time a bucket stays full before an automatic step may remove its key.
+pub const MIN_IDLE_GRACE: u64 = 1_000_000_000;
 /// Largest window `burst * T` accepted, so `now + tau` never overflows a `u64`.
 const MAX_WINDOW: u64 = 1 << 62;
 
@@ -172,6 +179,11 @@ impl Gcra {
 
     pub fn burst(&self) -> u64 {
         self.burst
+    }
+
+    /// How long a bucket stays full before automatic reclamation may remove its key.
+    pub fn idle_grace(&self) -> u64 {
+        self.tau.max(MIN_IDLE_GRACE)
     }
 
     /// Validates a request's cost.
@@ -617,7 +629,8 @@ where
         if popped.is_empty() {
             return 0;
         }
-        self.settle(q, popped)
+        let horizon = self.now().saturating_sub(self.gcra.idle_grace());
+        self.settle(q, popped, horizon)
     }
 
     /// Removes every key whose bucket is full now; returns how many.
@@ -626,16 +639,16 @@ where
         for q in 0..QUEUES {
             let keys: Vec<K> = std::mem::take(&mut *self.queues[q].lock()).into();
             if !keys.is_empty() {
-                removed += self.settle(q, keys);
+                removed += self.settle(q, keys, self.now());
             }
         }
         removed
     }
 
-    /// Removes the keys among `keys` (taken from queue `q`) whose bucket is full; pushes
-    /// the others back to `q`. No map guard is held while the queue is locked.
-    fn settle(&self, q: usize, keys: Vec<K>) -> usize {
-        let now = self.now();
+    /// Removes the keys among `keys` (taken from queue `q`) whose bucket was full at
+    /// `now` (`tat <= now`); pushes the others back to `q`. No map guard is held while the
+    /// queue is locked.
+    fn settle(&self, q: usize, keys: Vec<K>, now: u64) -> usize {
         let mut removed = 0;
         let mut keep: Vec<K> = Vec::new();
         let mut graves: Vec<(K, AtomicU64)> = Vec::new();
