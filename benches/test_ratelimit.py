@@ -19,12 +19,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import ferrule
 import pytest
 
-import ferrule
-
 sys.path.insert(0, str(Path(__file__).parent))
-import overadmission  # noqa: E402
+import overadmission
 
 RATE = overadmission.RATE
 BURST = overadmission.BURST
@@ -98,9 +97,7 @@ ONE_KEY_CASES = {
     "token-bucket": make_token_bucket,
 }
 
-MANY_KEY_CASES = {
-    k: v for k, v in ONE_KEY_CASES.items() if not k.startswith("pyrate-limiter")
-}
+MANY_KEY_CASES = {k: v for k, v in ONE_KEY_CASES.items() if not k.startswith("pyrate-limiter")}
 
 
 @pytest.mark.benchmark(group="ratelimit: try_acquire x1000, one key")

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import math
 
+from ferrule import ManualClock, RateLimiter
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
-
-from ferrule import ManualClock, RateLimiter
 
 NS = 1_000_000_000
 KEYS = st.sampled_from([None, "a", "b", b"a", 7, ("a", 7)])

@@ -9,18 +9,17 @@ limiter runs on a ManualClock, whose time does not pass by itself), then asks ag
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Hashable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ferrule._native import RateLimiter
+    from ferrule._native import RateLimiter, _Key
 
 __all__ = ["acquire_async"]
 
 
 async def acquire_async(
     limiter: RateLimiter,
-    key: Hashable,
+    key: _Key,
     cost: int,
     timeout: float | None,
     nap: float | None,

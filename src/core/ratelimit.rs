@@ -85,7 +85,10 @@ pub enum RateError {
     /// `burst * per / rate` does not fit; names `burst` or `rate` as given.
     WindowTooLarge(&'static str),
     CostNotPositive,
-    CostAboveBurst { cost: u64, burst: u64 },
+    CostAboveBurst {
+        cost: u64,
+        burst: u64,
+    },
 }
 
 impl fmt::Display for RateError {
@@ -95,7 +98,10 @@ impl fmt::Display for RateError {
             Self::RateNotPositive => write!(f, "rate must be > 0"),
             Self::BurstNotPositive => write!(f, "burst must be >= 1"),
             Self::WindowTooLarge(arg) => {
-                write!(f, "{arg} is too large: burst * per / rate must be under 146 years")
+                write!(
+                    f,
+                    "{arg} is too large: burst * per / rate must be under 146 years"
+                )
             }
             Self::CostNotPositive => write!(f, "cost must be >= 1"),
             Self::CostAboveBurst { cost, burst } => write!(
@@ -561,8 +567,7 @@ where
             let Some(new_tat) = new_tat else {
                 return d;
             };
-            match bucket.compare_exchange_weak(tat, new_tat, Ordering::AcqRel, Ordering::Acquire)
-            {
+            match bucket.compare_exchange_weak(tat, new_tat, Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => return d,
                 Err(seen) => tat = seen,
             }
@@ -661,7 +666,9 @@ where
             };
             if full {
                 // Re-checked under the write lock: no CAS can run on the bucket meanwhile.
-                if let Some(gone) = self.map.remove_if(&k, |_, b| b.load(Ordering::Acquire) <= now)
+                if let Some(gone) = self
+                    .map
+                    .remove_if(&k, |_, b| b.load(Ordering::Acquire) <= now)
                 {
                     graves.push(gone);
                     removed += 1;

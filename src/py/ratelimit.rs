@@ -204,7 +204,7 @@ impl RateLimiter {
     }
 
     /// Takes `cost` tokens from `key`'s bucket if they are there; True if it did.
-    #[pyo3(signature = (key = None, cost = None))]
+    #[pyo3(signature = (key = None, cost = None), text_signature = "(self, /, key=None, cost=1)")]
     fn try_acquire(
         &self,
         py: Python<'_>,
@@ -217,7 +217,7 @@ impl RateLimiter {
     }
 
     /// Like `try_acquire`, with the details of the decision.
-    #[pyo3(signature = (key = None, cost = None))]
+    #[pyo3(signature = (key = None, cost = None), text_signature = "(self, /, key=None, cost=1)")]
     fn check(
         &self,
         py: Python<'_>,
@@ -231,7 +231,10 @@ impl RateLimiter {
 
     /// Waits (GIL released) until `cost` tokens are granted; False on timeout, or at once
     /// when they cannot be there before it.
-    #[pyo3(signature = (key = None, cost = None, *, timeout = None))]
+    #[pyo3(
+        signature = (key = None, cost = None, *, timeout = None),
+        text_signature = "(self, /, key=None, cost=1, *, timeout=None)"
+    )]
     fn acquire(
         &self,
         py: Python<'_>,
@@ -240,8 +243,8 @@ impl RateLimiter {
         timeout: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<bool> {
         let cost = self.cost(cost)?;
-        let timeout = args::opt_duration_nanos(timeout, "timeout")?
-            .map(|t| Duration::from_nanos(t as u64));
+        let timeout =
+            args::opt_duration_nanos(timeout, "timeout")?.map(|t| Duration::from_nanos(t as u64));
         let q = query(py, key)?;
         let start = Instant::now();
         loop {
@@ -262,7 +265,10 @@ impl RateLimiter {
     }
 
     /// `await limiter.acquire_async(key, cost, timeout=...)`: `acquire` for asyncio.
-    #[pyo3(signature = (key = None, cost = None, *, timeout = None))]
+    #[pyo3(
+        signature = (key = None, cost = None, *, timeout = None),
+        text_signature = "(self, /, key=None, cost=1, *, timeout=None)"
+    )]
     fn acquire_async<'py>(
         slf: &Bound<'py, Self>,
         key: Option<&Bound<'py, PyAny>>,
