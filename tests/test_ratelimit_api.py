@@ -327,3 +327,36 @@ def test_bad_timeout() -> None:
         rl.acquire(timeout=math.nan)
     with pytest.raises(TypeError, match=r"^timeout must be a number of seconds, not 'str'$"):
         rl.acquire(timeout="1")
+
+
+def test_subclass_keys_are_keyed_by_value() -> None:
+    class S(str):
+        def __hash__(self) -> int:
+            return 42
+
+    class B(bytes):
+        pass
+
+    class I(int):  # noqa: E742
+        pass
+
+    _, rl = limiter(1)
+    assert rl.try_acquire("abc")
+    assert not rl.try_acquire(S("abc"))
+    assert rl.try_acquire(B(b"abc"))
+    assert not rl.try_acquire(b"abc")
+    assert rl.try_acquire(I(2**70))
+    assert not rl.try_acquire(2**70)
+    assert rl.try_acquire(("t", S("x")))
+    assert not rl.try_acquire(("t", "x"))
+    assert len(rl) == 4
+
+
+def test_many_distinct_keys_of_every_kind_stay_distinct() -> None:
+    _, rl = limiter(1)
+    keys: list[object] = []
+    for i in range(300):
+        keys += [i, -i - 1, str(i), str(i).encode(), (i,), (str(i), i), 2**64 + i]
+    assert all(rl.try_acquire(k) for k in keys)
+    assert len(rl) == len(keys)
+    assert not any(rl.try_acquire(k) for k in keys)

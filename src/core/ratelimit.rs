@@ -122,6 +122,16 @@ pub struct Gcra {
     tau: u64,
 }
 
+/// What one decision saw (the bucket before it, the clock, the cost) and its verdict;
+/// [`Gcra::decision`] expands it into a [`Decision`] when the caller wants the details.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    tat: u64,
+    now: u64,
+    cost: u64,
+    pub allowed: bool,
+}
+
 /// The outcome of one request, in nanoseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Decision {
@@ -204,6 +214,19 @@ impl Gcra {
         } else {
             Ok(())
         }
+    }
+
+    /// The new `tat` if `cost` tokens at `now` given `tat` are allowed (no division: the
+    /// hot path of `try_acquire`).
+    #[inline]
+    pub fn admit(&self, tat: u64, now: u64, cost: u64) -> Option<u64> {
+        let new_tat = tat.max(now) + cost * self.interval;
+        (new_tat <= now + self.tau).then_some(new_tat)
+    }
+
+    /// The full decision for what one attempt saw.
+    pub fn decision(&self, o: Outcome) -> Decision {
+        self.decide(o.tat, o.now, o.cost).0
     }
 
     /// The decision for `cost` tokens at `now` given `tat`, and the new `tat` if allowed.
@@ -335,6 +358,14 @@ fn key_hasher() -> &'static hashbrown::DefaultHashBuilder {
     H.get_or_init(hashbrown::DefaultHashBuilder::default)
 }
 
+/// Spreads a hash over all 64 bits (a finaliser from SplitMix64).
+#[inline]
+pub fn mix(h: u64) -> u64 {
+    let x = (h ^ (h >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    let x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
 /// A borrowed key with its hash: what lookups use.
 #[derive(Debug)]
 pub struct Query<'a> {
@@ -348,6 +379,14 @@ impl<'a> Query<'a> {
             hash: key_hasher().hash_one(&kind),
             kind,
         }
+    }
+
+    /// A query whose hash the caller computed. All the queries made on one limiter must
+    /// come from one hashing scheme that gives equal keys equal hashes (the binding hashes
+    /// Python keys by value; [`Query::new`] hashes structurally).
+    #[inline]
+    pub fn with_hash(kind: KeyRef<'a>, hash: u64) -> Self {
+        Self { hash, kind }
     }
 
     /// The owned key, for insertion.
@@ -498,7 +537,7 @@ where
 
     /// The decision for `cost` tokens on `key`, consuming them if allowed.
     /// `make` builds the stored key on a miss. `cost` must have passed `check_cost`.
-    pub fn acquire<Q>(&self, key: &Q, make: impl FnOnce() -> K, cost: u64) -> Decision
+    pub fn acquire<Q>(&self, key: &Q, make: impl FnOnce() -> K, cost: u64) -> Outcome
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
@@ -521,7 +560,7 @@ where
         }
     }
 
-    fn decide<Q>(&self, key: &Q, make: impl FnOnce() -> K, cost: u64) -> Decision
+    fn decide<Q>(&self, key: &Q, make: impl FnOnce() -> K, cost: u64) -> Outcome
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
@@ -537,16 +576,23 @@ where
         let (d, queued) = match self.map.entry(make()) {
             Entry::Occupied(e) => (self.cas(e.get(), cost), None),
             Entry::Vacant(v) => {
-                let (d, new_tat) = self.gcra.decide(0, self.now(), cost);
+                let now = self.now();
+                let new_tat = self.gcra.admit(0, now, cost);
+                let o = Outcome {
+                    tat: 0,
+                    now,
+                    cost,
+                    allowed: new_tat.is_some(),
+                };
                 match new_tat {
                     Some(t) => {
                         let copy = v.key().clone();
                         v.insert(AtomicU64::new(t));
-                        (d, Some(copy))
+                        (o, Some(copy))
                     }
                     // A fresh bucket refuses only a cost above burst, which callers
                     // rule out; nothing to store either way.
-                    None => (d, None),
+                    None => (o, None),
                 }
             }
         };
@@ -560,15 +606,22 @@ where
 
     /// The CAS loop on one bucket. The clock is read after each load (see module docs).
     #[inline]
-    fn cas(&self, bucket: &AtomicU64, cost: u64) -> Decision {
+    fn cas(&self, bucket: &AtomicU64, cost: u64) -> Outcome {
         let mut tat = bucket.load(Ordering::Acquire);
         loop {
-            let (d, new_tat) = self.gcra.decide(tat, self.now(), cost);
+            let now = self.now();
+            let new_tat = self.gcra.admit(tat, now, cost);
+            let outcome = Outcome {
+                tat,
+                now,
+                cost,
+                allowed: new_tat.is_some(),
+            };
             let Some(new_tat) = new_tat else {
-                return d;
+                return outcome;
             };
             match bucket.compare_exchange_weak(tat, new_tat, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => return d,
+                Ok(_) => return outcome,
                 Err(seen) => tat = seen,
             }
         }
@@ -712,16 +765,21 @@ mod tests {
         (m, Limiter::new(Gcra::new(rate, SEC, burst).unwrap(), c))
     }
 
+    /// The full decision for one request on a `u64` key.
+    fn check(l: &Limiter<u64, RandomState>, k: u64, cost: u64) -> Decision {
+        l.gcra().decision(l.acquire(&k, || k, cost))
+    }
+
     #[test]
     fn ten_per_second_is_exact() {
         let (clock, l) = limiter(10.0, None);
         for i in 0..10 {
-            let d = l.acquire(&1, || 1, 1);
+            let d = check(&l, 1, 1);
             assert!(d.allowed);
             assert_eq!(d.remaining, 9 - i);
             assert_eq!(d.reset_after, (i + 1) * 100 * MS);
         }
-        let d = l.acquire(&1, || 1, 1);
+        let d = check(&l, 1, 1);
         assert_eq!(
             d,
             Decision {
@@ -785,12 +843,12 @@ mod tests {
     fn cost_and_burst() {
         let (clock, l) = limiter(1.0, Some(5));
         assert!(l.acquire(&7, || 7, 5).allowed);
-        let d = l.acquire(&7, || 7, 2);
+        let d = check(&l, 7, 2);
         assert!(!d.allowed);
         assert_eq!(d.retry_after, 2 * SEC);
         assert_eq!(d.reset_after, 5 * SEC);
         clock.advance((2 * SEC) as i64).unwrap();
-        let d = l.acquire(&7, || 7, 2);
+        let d = check(&l, 7, 2);
         assert!(d.allowed);
         assert_eq!(d.remaining, 0);
     }

@@ -19,7 +19,9 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 
 use crate::core::clock::{self, nanos_to_secs};
-use crate::core::ratelimit::{self, Gcra, Key, KeyHashBuilder, KeyRef, Limiter, Lookup, Query};
+use crate::core::ratelimit::{
+    self, Gcra, Key, KeyHashBuilder, KeyRef, Limiter, Lookup, Outcome, Query,
+};
 use crate::py::args;
 
 /// Longest sleep between two signal checks while `acquire` waits.
@@ -72,40 +74,108 @@ fn key_type_error(py: Python<'_>, p: *mut ffi::PyObject) -> PyErr {
     ))
 }
 
-/// Converts a Python key to a borrowed Rust key.
+/// Hash tags that keep equal-looking values of different kinds apart (`"1"` vs `1`).
+const TAG_NONE: u64 = 0x243F_6A88_85A3_08D3;
+const TAG_INT: u64 = 0x1319_8A2E_0370_7344;
+const TAG_BIG: u64 = 0xA409_3822_299F_31D0;
+const TAG_STR: u64 = 0x082E_FA98_EC4E_6C89;
+const TAG_BYTES: u64 = 0x4528_21E6_38D0_1377;
+const TAG_TUPLE: u64 = 0xBE54_66CF_34E9_0C6C;
+
+/// The value hash of a str, bytes or int, ignoring any `__hash__` a subclass defines, so
+/// that it depends on the value only (str and bytes cache it on the object).
 ///
 /// # Safety
-/// `p` must be a live object that stays alive (and, for tuples, keeps its items) for
-/// `'a`. str and bytes contents are immutable, and a tuple holds strong references to its
-/// items, so every slice borrowed here is valid for `'a`.
-unsafe fn key_ref<'a>(py: Python<'_>, p: *mut ffi::PyObject, depth: u32) -> PyResult<KeyRef<'a>> {
+/// `p` must be a live object that is an instance of `base`.
+unsafe fn value_hash(
+    py: Python<'_>,
+    p: *mut ffi::PyObject,
+    base: *mut ffi::PyTypeObject,
+) -> PyResult<u64> {
+    // SAFETY: `base` is a static builtin type object; its `tp_hash` accepts any instance,
+    // which `p` is per the contract.
+    unsafe {
+        match (*base).tp_hash {
+            Some(f) => {
+                let h = f(p);
+                if h == -1 && !ffi::PyErr_Occurred().is_null() {
+                    return Err(PyErr::fetch(py));
+                }
+                Ok(h as u64)
+            }
+            None => Err(key_type_error(py, p)),
+        }
+    }
+}
+
+/// Converts a Python key to a borrowed Rust key and its hash.
+///
+/// Equal keys get equal hashes: every kind is hashed from its value alone (str and bytes
+/// by CPython's value hash, cached on the object; ints by their i64 value or, beyond
+/// i64, CPython's int hash; tuples by combining their items), with a tag per kind.
+///
+/// # Safety
+/// `p` must be a live object that stays alive for `'a`. str and bytes contents are
+/// immutable, and a tuple holds strong references to its items, so every slice borrowed
+/// here is valid for `'a`.
+unsafe fn key_ref<'a>(py: Python<'_>, p: *mut ffi::PyObject) -> PyResult<(KeyRef<'a>, u64)> {
+    // SAFETY: forwarded contract.
+    unsafe {
+        if ffi::PyTuple_Check(p) != 0 {
+            tuple_key(py, p, 0)
+        } else {
+            scalar_key(py, p)
+        }
+    }
+}
+
+/// [`key_ref`] for a str (also a subclass: hashed by value, ignoring its `__hash__`).
+///
+/// # Safety
+/// As for [`key_ref`]; `p` must be a str.
+unsafe fn str_key<'a>(py: Python<'_>, p: *mut ffi::PyObject) -> PyResult<(KeyRef<'a>, u64)> {
+    // SAFETY: `p` is a live str per the contract.
+    unsafe {
+        let mut len: ffi::Py_ssize_t = 0;
+        let data = ffi::PyUnicode_AsUTF8AndSize(p, &raw mut len);
+        if data.is_null() {
+            return Err(PyErr::fetch(py));
+        }
+        let h = value_hash(py, p, &raw mut ffi::PyUnicode_Type)?;
+        // The UTF-8 buffer is cached on the str object and lives as long as it does.
+        let bytes = std::slice::from_raw_parts(data.cast::<u8>(), len as usize);
+        let s = std::str::from_utf8_unchecked(bytes);
+        Ok((KeyRef::Str(s), ratelimit::mix(h ^ TAG_STR)))
+    }
+}
+
+/// [`key_ref`] for anything but a tuple.
+///
+/// # Safety
+/// As for [`key_ref`].
+#[inline]
+unsafe fn scalar_key<'a>(py: Python<'_>, p: *mut ffi::PyObject) -> PyResult<(KeyRef<'a>, u64)> {
     // SAFETY (whole body): `p` is live per the contract; each FFI call below is the one
     // that matches the type just checked, and errors are fetched right after.
     unsafe {
         if p == ffi::Py_None() {
-            return Ok(KeyRef::None);
+            return Ok((KeyRef::None, TAG_NONE));
         }
         if ffi::PyUnicode_Check(p) != 0 {
-            let mut len: ffi::Py_ssize_t = 0;
-            let data = ffi::PyUnicode_AsUTF8AndSize(p, &raw mut len);
-            if data.is_null() {
-                return Err(PyErr::fetch(py));
-            }
-            // The UTF-8 buffer is cached on the str object and lives as long as it does.
-            let bytes = std::slice::from_raw_parts(data.cast::<u8>(), len as usize);
-            return Ok(KeyRef::Str(std::str::from_utf8_unchecked(bytes)));
+            return str_key(py, p);
         }
         if ffi::PyLong_Check(p) != 0 {
             let mut overflow: std::os::raw::c_int = 0;
             let v = ffi::PyLong_AsLongLongAndOverflow(p, &raw mut overflow);
             if overflow != 0 {
+                let h = value_hash(py, p, &raw mut ffi::PyLong_Type)?;
                 let text = Bound::from_borrowed_ptr(py, p).str()?.to_str()?.to_owned();
-                return Ok(KeyRef::BigInt(text));
+                return Ok((KeyRef::BigInt(text), ratelimit::mix(h ^ TAG_BIG)));
             }
             if v == -1 && !ffi::PyErr_Occurred().is_null() {
                 return Err(PyErr::fetch(py));
             }
-            return Ok(KeyRef::Int(v));
+            return Ok((KeyRef::Int(v), ratelimit::mix(v as u64 ^ TAG_INT)));
         }
         if ffi::PyBytes_Check(p) != 0 {
             let data = ffi::PyBytes_AsString(p);
@@ -113,38 +183,85 @@ unsafe fn key_ref<'a>(py: Python<'_>, p: *mut ffi::PyObject, depth: u32) -> PyRe
             if data.is_null() || len < 0 {
                 return Err(PyErr::fetch(py));
             }
-            return Ok(KeyRef::Bytes(std::slice::from_raw_parts(
-                data.cast::<u8>(),
-                len as usize,
-            )));
-        }
-        if ffi::PyTuple_Check(p) != 0 {
-            if depth >= MAX_DEPTH {
-                return Err(PyTypeError::new_err(format!(
-                    "key must not nest tuples more than {MAX_DEPTH} deep"
-                )));
-            }
-            let n = ffi::PyTuple_Size(p);
-            let mut items = Vec::with_capacity(n.max(0) as usize);
-            for i in 0..n {
-                let item = ffi::PyTuple_GetItem(p, i);
-                if item.is_null() {
-                    return Err(PyErr::fetch(py));
-                }
-                items.push(key_ref(py, item, depth + 1)?);
-            }
-            return Ok(KeyRef::Tuple(items));
+            let h = value_hash(py, p, &raw mut ffi::PyBytes_Type)?;
+            let b = std::slice::from_raw_parts(data.cast::<u8>(), len as usize);
+            return Ok((KeyRef::Bytes(b), ratelimit::mix(h ^ TAG_BYTES)));
         }
         Err(key_type_error(py, p))
     }
 }
 
+/// [`key_ref`] for a tuple (kept out of line: it recurses and is the rare case).
+///
+/// # Safety
+/// As for [`key_ref`]; `p` must be a tuple.
+#[inline(never)]
+unsafe fn tuple_key<'a>(
+    py: Python<'_>,
+    p: *mut ffi::PyObject,
+    depth: u32,
+) -> PyResult<(KeyRef<'a>, u64)> {
+    if depth >= MAX_DEPTH {
+        return Err(PyTypeError::new_err(format!(
+            "key must not nest tuples more than {MAX_DEPTH} deep"
+        )));
+    }
+    // SAFETY: `p` is a live tuple per the contract; its items are live while it is, and
+    // each item is passed on under the same contract.
+    unsafe {
+        let n = ffi::PyTuple_Size(p);
+        let mut items = Vec::with_capacity(n.max(0) as usize);
+        let mut h = TAG_TUPLE ^ (n as u64);
+        for i in 0..n {
+            let item = ffi::PyTuple_GetItem(p, i);
+            if item.is_null() {
+                return Err(PyErr::fetch(py));
+            }
+            let (k, ih) = if ffi::PyTuple_Check(item) != 0 {
+                tuple_key(py, item, depth + 1)?
+            } else {
+                scalar_key(py, item)?
+            };
+            h = ratelimit::mix(h.rotate_left(5) ^ ih);
+            items.push(k);
+        }
+        Ok((KeyRef::Tuple(items), h))
+    }
+}
+
 /// The lookup form of an optional key argument (absent means `None`).
+///
+/// The exact-str case is written out here rather than called, so that it compiles into
+/// the method with the key built in place (a call returning the key enum through memory
+/// costs a store-forwarding stall per field on the hottest path).
+#[inline]
 fn query<'a>(py: Python<'_>, key: Option<&'a Bound<'_, PyAny>>) -> PyResult<Query<'a>> {
-    match key {
-        None => Ok(Query::new(KeyRef::None)),
-        // SAFETY: `k` is borrowed for `'a`, so the object outlives the returned query.
-        Some(k) => Ok(Query::new(unsafe { key_ref(py, k.as_ptr(), 0)? })),
+    let Some(k) = key else {
+        return Ok(Query::with_hash(KeyRef::None, TAG_NONE));
+    };
+    let p = k.as_ptr();
+    // SAFETY: `k` is borrowed for `'a`, so the object (and the UTF-8 buffer cached on a
+    // str, and a tuple's items) outlives the returned query; the FFI calls match the type
+    // just checked.
+    unsafe {
+        if ffi::PyUnicode_CheckExact(p) != 0 {
+            let mut len: ffi::Py_ssize_t = 0;
+            let data = ffi::PyUnicode_AsUTF8AndSize(p, &raw mut len);
+            if !data.is_null() {
+                let h = ffi::PyObject_Hash(p);
+                if h != -1 {
+                    let bytes = std::slice::from_raw_parts(data.cast::<u8>(), len as usize);
+                    let s = std::str::from_utf8_unchecked(bytes);
+                    return Ok(Query::with_hash(
+                        KeyRef::Str(s),
+                        ratelimit::mix(h as u64 ^ TAG_STR),
+                    ));
+                }
+            }
+            return Err(PyErr::fetch(py));
+        }
+        let (kind, hash) = key_ref(py, p)?;
+        Ok(Query::with_hash(kind, hash))
     }
 }
 
@@ -168,7 +285,7 @@ impl RateLimiter {
     }
 
     #[inline]
-    fn decide(&self, q: &Query<'_>, cost: u64) -> ratelimit::Decision {
+    fn decide(&self, q: &Query<'_>, cost: u64) -> Outcome {
         self.inner.acquire(q as &dyn Lookup, || q.to_key(), cost)
     }
 }
@@ -226,7 +343,7 @@ impl RateLimiter {
     ) -> PyResult<Decision> {
         let cost = self.cost(cost)?;
         let q = query(py, key)?;
-        Ok(self.decide(&q, cost).into())
+        Ok(self.inner.gcra().decision(self.decide(&q, cost)).into())
     }
 
     /// Waits (GIL released) until `cost` tokens are granted; False on timeout, or at once
@@ -248,10 +365,11 @@ impl RateLimiter {
         let q = query(py, key)?;
         let start = Instant::now();
         loop {
-            let d = self.decide(&q, cost);
-            if d.allowed {
+            let o = self.decide(&q, cost);
+            if o.allowed {
                 return Ok(true);
             }
+            let d = self.inner.gcra().decision(o);
             let wait = Duration::from_nanos(d.retry_after);
             if let Some(t) = timeout {
                 if wait > t.saturating_sub(start.elapsed()) {
