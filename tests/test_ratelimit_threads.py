@@ -74,6 +74,38 @@ def test_real_clock_never_over_admits_one_key(threads: int, stress_scale: int) -
     assert granted >= burst
 
 
+def test_grants_stay_exact_while_full_buckets_are_swept(threads: int) -> None:
+    """Every round starts with all buckets full (removable) on a frozen clock, and a
+    sweeper runs throughout: each key must still grant exactly its burst per round. A
+    removal that dropped a bucket just after a grant would let a fresh bucket grant again."""
+    clock = ManualClock()
+    rl = RateLimiter(10, burst=3, clock=clock)
+    keys = [("k", i) for i in range(64)]
+    for _ in range(5):
+        stop = threading.Event()
+
+        def sweep(stop: threading.Event) -> None:
+            while not stop.is_set():
+                rl.sweep()
+
+        sweeper = threading.Thread(target=sweep, args=(stop,))
+        sweeper.start()
+
+        def body(i: int) -> int:
+            return sum(rl.try_acquire(keys[(j + 7 * i) % 64]) for j in range(64 * 6))
+
+        try:
+            granted = sum(hammer(threads, body))
+        finally:
+            stop.set()
+            sweeper.join()
+        assert granted == 3 * 64
+        assert all(rl.peek(k) == 0 for k in keys)
+        clock.advance(1.0)
+    assert rl.sweep() == 64
+    assert len(rl) == 0
+
+
 def test_distinct_keys_with_concurrent_sweeps(threads: int) -> None:
     clock = ManualClock()
     rl = RateLimiter(10, burst=10, clock=clock)

@@ -959,6 +959,56 @@ mod tests {
     }
 
     #[test]
+    fn removal_racing_grants_never_over_admits() {
+        // Each round starts with every bucket full (removable) and the clock frozen, so a
+        // key must grant exactly `burst` in the round whatever the sweeper removes: a
+        // removal that dropped a bucket after a grant would let a fresh one grant again.
+        const KEYS: u64 = 64;
+        let (clock, l) = limiter(10.0, Some(3));
+        let l = Arc::new(l);
+        for round in 0..20 {
+            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let sweeper = {
+                let (l, stop) = (l.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    let mut removed = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        removed += l.sweep();
+                    }
+                    removed
+                })
+            };
+            let hammers: Vec<_> = (0..3)
+                .map(|t| {
+                    let l = l.clone();
+                    std::thread::spawn(move || {
+                        let mut granted = vec![0u64; KEYS as usize];
+                        for i in 0..KEYS * 6 {
+                            let k = (i + t * 7) % KEYS;
+                            granted[k as usize] += u64::from(l.acquire(&k, || k, 1).allowed);
+                        }
+                        granted
+                    })
+                })
+                .collect();
+            let mut total = vec![0u64; KEYS as usize];
+            for h in hammers {
+                for (k, g) in h.join().unwrap().into_iter().enumerate() {
+                    total[k] += g;
+                }
+            }
+            stop.store(true, Ordering::Relaxed);
+            let removed = sweeper.join().unwrap();
+            assert!(total.iter().all(|&g| g == 3), "round {round}: {total:?}");
+            if round > 0 {
+                // Keys are full at the start of a round and removable until granted.
+                assert!(removed <= KEYS as usize);
+            }
+            clock.advance((SEC) as i64).unwrap();
+        }
+    }
+
+    #[test]
     fn query_keys_find_stored_keys() {
         let (_, c) = manual();
         let l: Limiter<Key, KeyHashBuilder> = Limiter::new(Gcra::new(2.0, SEC, None).unwrap(), c);
