@@ -2,8 +2,10 @@
 //!
 //! Keys are converted to a Rust-native [`KeyRef`] that borrows the caller's str/bytes
 //! data (no allocation and no Python object kept on the hit path); only a miss copies the
-//! key into an owned [`Key`]. No Python code runs while a map guard is held: keys are
-//! converted before the lookup and the limiter calls nothing back.
+//! key into an owned [`Key`]. Keys are hashed here, by value only: str and bytes by
+//! CPython's value hash (cached on the object; a subclass's `__hash__` is never called),
+//! ints by their value, tuples by combining their items. No Python code runs while a map
+//! guard is held: keys are converted before the lookup and the limiter calls nothing back.
 //!
 //! Every decision is O(1) and runs with the GIL held (releasing it would cost more than
 //! the decision). `acquire` sleeps with the GIL released in naps of at most 50 ms and
