@@ -287,8 +287,9 @@ def test_acquire_async_checks_arguments_eagerly() -> None:
         ((1,), {"burst": -3}, ValueError, "burst must be >= 1"),
         ((1,), {"burst": 1.5}, TypeError, "burst must be an int, not 'float'"),
         ((1,), {"burst": True}, TypeError, "burst must be an int, not 'bool'"),
-        ((1,), {"burst": 2**62}, ValueError, "burst is too large"),
-        ((1e30,), {}, ValueError, "rate is too large"),
+        ((1,), {"burst": 2**62}, ValueError, "burst is out of range: burst * per / rate must"),
+        ((1e30,), {}, ValueError, "rate is out of range: burst * per / rate must"),
+        ((1e-12,), {}, ValueError, "rate is out of range: burst * per / rate must"),
         ((1,), {"clock": 3}, TypeError, "clock must be a ferrule.ManualClock or None, not 'int'"),
     ],
 )

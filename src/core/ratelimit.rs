@@ -82,7 +82,8 @@ pub enum RateError {
     RateNotFinite,
     RateNotPositive,
     BurstNotPositive,
-    /// `burst * per / rate` does not fit; names `burst` or `rate` as given.
+    /// `burst * per / rate` does not fit in 2^62 ns; names `burst` if given, else `rate`
+    /// (too large a default burst, or too small a rate).
     WindowTooLarge(&'static str),
     CostNotPositive,
     CostAboveBurst {
@@ -100,7 +101,7 @@ impl fmt::Display for RateError {
             Self::WindowTooLarge(arg) => {
                 write!(
                     f,
-                    "{arg} is too large: burst * per / rate must be under 146 years"
+                    "{arg} is out of range: burst * per / rate must be at most 146 years"
                 )
             }
             Self::CostNotPositive => write!(f, "cost must be >= 1"),
