@@ -156,9 +156,60 @@ def queue_peer(ops: int) -> Work:
     return work
 
 
+# ---- ratelimit: try_acquire on distinct keys per thread --------------------------------
+
+
+def ratelimit_ferrule(ops: int) -> Work:
+    limiter = ferrule.RateLimiter(1e9)
+    keyspace = 1_000
+
+    def work(i: int) -> None:
+        keys = [f"t{i}:{n}" for n in range(keyspace)]
+        attempt = limiter.try_acquire
+        for n in range(ops):
+            attempt(keys[n % keyspace])
+
+    return work
+
+
+def ratelimit_peer(ops: int) -> Work:
+    """A dict + Lock token bucket: the usual hand-rolled limiter, made correct by its lock.
+    (The fastest packaged peer, token-bucket, over-admits under threads; the others are
+    slower per call than this, see benches/test_ratelimit.py.)"""
+    rate, burst = 1e9, 1e9
+    lock = threading.Lock()
+    buckets: dict[str, tuple[float, float]] = {}
+    keyspace = 1_000
+
+    def attempt(key: str) -> bool:
+        now = time.monotonic()
+        with lock:
+            tokens, last = buckets.get(key, (burst, now))
+            tokens = min(burst, tokens + (now - last) * rate)
+            if tokens >= 1:
+                buckets[key] = (tokens - 1, now)
+                return True
+            buckets[key] = (tokens, now)
+            return False
+
+    def work(i: int) -> None:
+        keys = [f"t{i}:{n}" for n in range(keyspace)]
+        for n in range(ops):
+            attempt(keys[n % keyspace])
+
+    return work
+
+
 ROWS: list[Row] = [
     Row("Cache get/set, distinct keys", 200_000, cache_ferrule, _cache_peer_name(), cache_peer),
     Row("WorkQueue put+get, own queue", 200_000, queue_ferrule, "queue.Queue", queue_peer),
+    Row(
+        "RateLimiter try_acquire, distinct keys",
+        200_000,
+        ratelimit_ferrule,
+        "dict + Lock token bucket",
+        ratelimit_peer,
+    ),
 ]
 
 

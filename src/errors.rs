@@ -14,6 +14,7 @@ use pyo3::types::{PyDict, PyModule, PyTuple, PyType};
 use crate::core::cache::CacheError;
 use crate::core::clock::{ClockError, DurationError};
 use crate::core::queue::QueueError;
+use crate::core::ratelimit::RateError;
 
 pyo3::create_exception!(
     ferrule,
@@ -150,6 +151,12 @@ impl From<CacheError> for PyErr {
 
 impl From<QueueError> for PyErr {
     fn from(e: QueueError) -> Self {
+        PyValueError::new_err(e.to_string())
+    }
+}
+
+impl From<RateError> for PyErr {
+    fn from(e: RateError) -> Self {
         PyValueError::new_err(e.to_string())
     }
 }

@@ -15,6 +15,8 @@ mod _native {
     #[pymodule_export]
     use crate::py::queue::{_run_worker, QueueStats, TaskCounters, TaskPoolStats, WorkQueue};
     #[pymodule_export]
+    use crate::py::ratelimit::{Decision, RateLimiter};
+    #[pymodule_export]
     use crate::py::registry::{Agent, Registry};
 
     #[pymodule_init]

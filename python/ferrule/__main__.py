@@ -7,7 +7,7 @@ import importlib
 import ferrule
 
 # One module per part under ferrule._demos, run in this order.
-STEPS = ("cache", "queue", "registry")
+STEPS = ("cache", "ratelimit", "queue", "registry")
 
 
 def main() -> None:

@@ -700,3 +700,139 @@ def _run_worker(queue: WorkQueue[Any], counters: TaskCounters) -> None:
     >>> q.close()
     >>> _run_worker(q, TaskCounters())
     """
+
+# RateLimiter
+# ---------------------------------------------------------------------------------------
+
+_Key = None | str | int | bytes | tuple[Any, ...]
+
+@final
+class Decision:
+    """The outcome of :meth:`RateLimiter.check`. Immutable.
+
+    >>> clock = ManualClock()
+    >>> rl = RateLimiter(10, clock=clock)
+    >>> d = rl.check("user:1", cost=4)
+    >>> d.allowed, d.remaining, d.retry_after, d.reset_after
+    (True, 6, 0.0, 0.4)
+    """
+
+    @property
+    def allowed(self) -> bool:
+        """True if the tokens were granted (and taken)."""
+    @property
+    def remaining(self) -> int:
+        """Whole tokens left in the bucket after this decision."""
+    @property
+    def retry_after(self) -> float:
+        """0.0 when allowed; else seconds until ``cost`` tokens are there."""
+    @property
+    def reset_after(self) -> float:
+        """Seconds until the bucket is full again."""
+
+@final
+class RateLimiter:
+    """A keyed token-bucket rate limiter: capacity ``burst``, refilled at ``rate`` tokens
+    per ``per`` seconds, one bucket per key.
+
+    Implemented as GCRA: each key's whole state is one atomic word (its theoretical
+    arrival time in integer nanoseconds) updated by a compare-and-swap, so no lock is taken
+    on the check path and a check-then-increment race cannot happen. For any set of
+    concurrent callers, tokens granted on one key in any interval of length t never exceed
+    ``burst + rate * t / per``, and nothing is refused while the tokens are there. An
+    emission interval (``per / rate``) that is not a whole number of nanoseconds rounds up.
+
+    Keys are ``None`` (the default key), ``str``, ``int``, ``bytes`` and tuples of those,
+    compared by value (``True`` is the key ``1``, as in a dict). A key whose bucket is
+    full again carries no state and is dropped automatically, a few at a time on writes
+    (after it has been full for ``max(burst * per / rate, 1 s)``), so memory tracks the
+    active keys; :meth:`sweep` drops them all now.
+
+    >>> clock = ManualClock()
+    >>> rl = RateLimiter(10, per=1.0, clock=clock)   # 10/s, burst 10
+    >>> sum(rl.try_acquire("user:1") for _ in range(11))
+    10
+    >>> rl.check("user:1").retry_after
+    0.1
+    >>> clock.advance(0.1)
+    0.1
+    >>> rl.try_acquire("user:1")
+    True
+    """
+
+    def __new__(
+        cls,
+        rate: float,
+        per: float = 1.0,
+        *,
+        burst: int | None = None,
+        clock: ManualClock | None = None,
+    ) -> RateLimiter:
+        """``rate`` > 0 tokens per ``per`` > 0 seconds; ``burst`` >= 1 (default
+        ``max(1, ceil(rate))``); ``clock`` a :class:`ManualClock` or None (monotonic).
+        Bad values raise TypeError/ValueError naming the argument."""
+
+    @property
+    def rate(self) -> float: ...
+    @property
+    def per(self) -> float: ...
+    @property
+    def burst(self) -> int:
+        """The bucket's capacity."""
+
+    def try_acquire(self, key: _Key = None, cost: int = 1) -> bool:
+        """Take ``cost`` tokens from ``key``'s bucket if they are there; True if taken.
+        ``cost`` must be between 1 and ``burst`` (ValueError otherwise).
+
+        >>> rl = RateLimiter(2, clock=ManualClock())
+        >>> rl.try_acquire(), rl.try_acquire(), rl.try_acquire()
+        (True, True, False)
+        """
+
+    def check(self, key: _Key = None, cost: int = 1) -> Decision:
+        """Like :meth:`try_acquire`, returning the whole :class:`Decision`.
+
+        >>> rl = RateLimiter(1, burst=2, clock=ManualClock())
+        >>> rl.check("k", 2).allowed, rl.check("k").retry_after
+        (True, 1.0)
+        """
+
+    def acquire(self, key: _Key = None, cost: int = 1, *, timeout: float | None = None) -> bool:
+        """Wait until ``cost`` tokens are granted; True then. Returns False when
+        ``timeout`` seconds (real time, also with a ManualClock) pass, and at once when the
+        tokens cannot be there before the timeout. The wait releases the GIL and raises
+        KeyboardInterrupt promptly on Ctrl-C.
+
+        >>> rl = RateLimiter(100, burst=1)
+        >>> rl.acquire("k"), rl.acquire("k", timeout=1.0)   # the second waits ~10 ms
+        (True, True)
+        """
+
+    def acquire_async(
+        self, key: _Key = None, cost: int = 1, *, timeout: float | None = None
+    ) -> Coroutine[Any, Any, bool]:
+        """:meth:`acquire` for asyncio: ``await rl.acquire_async(key)``. Waiting sleeps on
+        the event loop (no thread per waiter). Bad arguments raise at the call, before the
+        first await.
+
+        >>> import asyncio
+        >>> rl = RateLimiter(100, burst=1)
+        >>> asyncio.run(rl.acquire_async("k"))
+        True
+        """
+
+    def peek(self, key: _Key = None) -> int:
+        """Whole tokens available on ``key`` now, taking none.
+
+        >>> RateLimiter(5).peek("never-seen")
+        5
+        """
+
+    def reset(self, key: _Key = None) -> None:
+        """Refill ``key``'s bucket (the key is then reclaimed like any idle key)."""
+
+    def sweep(self) -> int:
+        """Drop every key whose bucket is full again; returns how many. Releases the GIL."""
+
+    def __len__(self) -> int:
+        """The number of keys tracked."""

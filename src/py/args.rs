@@ -38,6 +38,29 @@ pub fn seconds(obj: &Bound<'_, PyAny>, arg: &str) -> PyResult<f64> {
     }
 }
 
+/// A number (int or float; bool refused).
+pub fn number(obj: &Bound<'_, PyAny>, arg: &str) -> PyResult<f64> {
+    if (obj.is_instance_of::<PyFloat>() || obj.is_instance_of::<PyInt>())
+        && !obj.is_instance_of::<PyBool>()
+    {
+        obj.extract::<f64>()
+    } else {
+        Err(wrong_type(arg, "a number", obj))
+    }
+}
+
+/// A non-negative duration in nanoseconds (zero allowed), or `None`.
+pub fn opt_duration_nanos(
+    obj: Option<&Bound<'_, PyAny>>,
+    arg: &'static str,
+) -> PyResult<Option<i64>> {
+    match obj {
+        None => Ok(None),
+        Some(o) if o.is_none() => Ok(None),
+        Some(o) => Ok(Some(clock::duration_nanos(seconds(o, arg)?, arg)?)),
+    }
+}
+
 /// A strictly positive duration in nanoseconds, or `None`.
 pub fn opt_positive_nanos(
     obj: Option<&Bound<'_, PyAny>>,

@@ -4,4 +4,5 @@ pub mod args;
 pub mod cache;
 pub mod clock;
 pub mod queue;
+pub mod ratelimit;
 pub mod registry;

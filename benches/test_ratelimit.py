@@ -1,0 +1,124 @@
+"""RateLimiter beside its peers: one attempt per key in a Python loop.
+
+Every benchmark in a group runs the same loop over the same keys, so a dict lookup in
+that loop is the floor. Each limiter allows 1000 requests per second per key with a
+burst of 1000 (the window limit for the window-based peers).
+
+    .venv/bin/python -m pytest benches/test_ratelimit.py --benchmark-only \
+        --benchmark-columns=min,median,ops -q
+
+pyrate-limiter appears only in the one-key group: its ``Limiter`` over a single bucket
+counts every name against that one bucket, so it is not a keyed limiter.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import ferrule
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+import overadmission
+
+RATE = overadmission.RATE
+BURST = overadmission.BURST
+ONE_KEY = ["user:1"] * 1_000
+rng = random.Random(20261127)
+MANY_KEYS = [f"user:{i}" for i in range(10_000)]
+rng.shuffle(MANY_KEYS)
+
+Attempt = Callable[[str], Any]
+
+
+def loop(benchmark: Any, attempt: Attempt, keys: list[str]) -> None:
+    def run() -> None:
+        for k in keys:
+            attempt(k)
+
+    benchmark(run)
+
+
+def make_dict(keys: list[str]) -> Attempt:
+    d = dict.fromkeys(keys, 0)
+    return d.get
+
+
+def make_ferrule(keys: list[str]) -> Attempt:
+    return ferrule.RateLimiter(RATE, burst=BURST).try_acquire
+
+
+def make_limits_moving(keys: list[str]) -> Attempt:
+    limits = pytest.importorskip("limits")
+    item = limits.RateLimitItemPerSecond(RATE)
+    lim = limits.strategies.MovingWindowRateLimiter(limits.storage.MemoryStorage())
+    return lambda k: lim.hit(item, k)
+
+
+def make_limits_fixed(keys: list[str]) -> Attempt:
+    limits = pytest.importorskip("limits")
+    item = limits.RateLimitItemPerSecond(RATE)
+    lim = limits.strategies.FixedWindowRateLimiter(limits.storage.MemoryStorage())
+    return lambda k: lim.hit(item, k)
+
+
+def make_pyrate_inmemory(keys: list[str]) -> Attempt:
+    pl = pytest.importorskip("pyrate_limiter")
+    lim = pl.Limiter(pl.InMemoryBucket([pl.Rate(RATE, pl.Duration.SECOND)]))
+    return lambda k: lim.try_acquire(k, blocking=False)
+
+
+def make_pyrate_gcra(keys: list[str]) -> Attempt:
+    pl = pytest.importorskip("pyrate_limiter")
+    if not hasattr(pl, "StateBucket"):
+        pytest.skip("this pyrate-limiter has no GCRA bucket")
+    rate = pl.Rate(RATE, pl.Duration.SECOND, burst=BURST)
+    lim = pl.Limiter(pl.StateBucket([rate], pl.GCRA()))
+    return lambda k: lim.try_acquire(k, blocking=False)
+
+
+def make_token_bucket(keys: list[str]) -> Attempt:
+    tb = pytest.importorskip("token_bucket")
+    lim = tb.Limiter(RATE, BURST, tb.MemoryStorage())
+    return lim.consume  # type: ignore[no-any-return]
+
+
+ONE_KEY_CASES = {
+    "dict.get (floor)": make_dict,
+    "ferrule": make_ferrule,
+    "limits MovingWindow": make_limits_moving,
+    "limits FixedWindow": make_limits_fixed,
+    "pyrate-limiter InMemoryBucket": make_pyrate_inmemory,
+    "pyrate-limiter GCRA": make_pyrate_gcra,
+    "token-bucket": make_token_bucket,
+}
+
+MANY_KEY_CASES = {k: v for k, v in ONE_KEY_CASES.items() if not k.startswith("pyrate-limiter")}
+
+
+@pytest.mark.benchmark(group="ratelimit: try_acquire x1000, one key")
+@pytest.mark.parametrize("name", list(ONE_KEY_CASES))
+def test_one_key(benchmark: Any, name: str) -> None:
+    loop(benchmark, ONE_KEY_CASES[name](ONE_KEY), ONE_KEY)
+
+
+@pytest.mark.benchmark(group="ratelimit: try_acquire x10000, 10k keys")
+@pytest.mark.parametrize("name", list(MANY_KEY_CASES))
+def test_many_keys(benchmark: Any, name: str) -> None:
+    loop(benchmark, MANY_KEY_CASES[name](MANY_KEYS), MANY_KEYS)
+
+
+def test_over_admission_report(request: pytest.FixtureRequest) -> None:
+    """8 threads on one key per limiter; prints granted vs allowed (no claim on peers)."""
+    disabled = request.config.getoption("benchmark_disable", default=False)
+    seconds = 0.05 if disabled else 0.5
+    capman = request.config.pluginmanager.getplugin("capturemanager")
+    with capman.global_and_fixture_disabled():  # type: ignore[union-attr]
+        results = overadmission.report(threads=8, seconds=seconds)
+    granted, allowed = results["ferrule.RateLimiter"]
+    # One token of slack for the float rounding of the measured elapsed time.
+    assert granted <= allowed + 1
