@@ -37,14 +37,20 @@ class Row:
     peer: Callable[[int], Work]
 
 
-def run_threads(work: Work, threads: int) -> float:
-    """Wall seconds for `threads` threads each running work(i), started together."""
+def run_threads(work: Work, threads: int) -> tuple[float, float]:
+    """(wall seconds, summed thread CPU seconds) for `threads` threads each running
+    work(i), started together."""
     barrier = threading.Barrier(threads + 1)
-    done: list[float] = []
+    cpu: list[float] = []
+    lock = threading.Lock()
 
     def body(i: int) -> None:
         barrier.wait()
+        c0 = time.thread_time()
         work(i)
+        spent = time.thread_time() - c0
+        with lock:
+            cpu.append(spent)
 
     ts = [threading.Thread(target=body, args=(i,)) for i in range(threads)]
     for t in ts:
@@ -53,15 +59,18 @@ def run_threads(work: Work, threads: int) -> float:
     t0 = time.perf_counter()
     for t in ts:
         t.join()
-    done.append(time.perf_counter() - t0)
-    return done[0]
+    return time.perf_counter() - t0, sum(cpu)
 
 
-def ratio(make: Callable[[int], Work], ops: int) -> float:
-    one = run_threads(make(ops), 1)
-    two = run_threads(make(ops), 2)
+def ratio(make: Callable[[int], Work], ops: int) -> tuple[float, float]:
+    """(throughput 2T / 1T, CPU time per operation 2T / 1T).
+
+    The second figure does not depend on how many idle cores the machine had: 1.0 means
+    the two threads did not slow each other down (no lock or cache-line contention)."""
+    wall1, cpu1 = run_threads(make(ops), 1)
+    wall2, cpu2 = run_threads(make(ops), 2)
     # Two threads did twice the operations.
-    return (2 * ops / two) / (ops / one)
+    return (2 * ops / wall2) / (ops / wall1), (cpu2 / (2 * ops)) / (cpu1 / ops)
 
 
 # ---- cache: get and set on distinct keys per thread ------------------------------------
@@ -300,11 +309,15 @@ def main(argv: list[str] | None = None) -> int:
     gil = getattr(sys, "_is_gil_enabled", lambda: True)()
     print(
         f"# {sys.version.split()[0]} Py_GIL_DISABLED={sysconfig.get_config_var('Py_GIL_DISABLED')}"
-        f" GIL enabled={gil}; ratio = throughput(2 threads) / throughput(1 thread),"
-        f" median of {repeat} (min-max)\n"
+        f" GIL enabled={gil}; 2T/1T = throughput(2 threads) / throughput(1 thread);"
+        f" CPU/op 2T/1T = thread CPU time per operation, 2 threads / 1 thread (1.00 = no"
+        f" contention); median of {repeat} (min-max)\n"
     )
-    print("| workload | ferrule 2T/1T | peer | peer 2T/1T |")
-    print("| --- | --- | --- | --- |")
+    print(
+        "| workload | ferrule 2T/1T | ferrule CPU/op 2T/1T | peer | peer 2T/1T |"
+        " peer CPU/op 2T/1T |"
+    )
+    print("| --- | --- | --- | --- | --- | --- |")
     for row in ROWS:
         if a.only and a.only not in row.name:
             continue
@@ -315,7 +328,11 @@ def main(argv: list[str] | None = None) -> int:
         def fmt(xs: list[float]) -> str:
             return f"{statistics.median(xs):.2f}x ({min(xs):.2f}-{max(xs):.2f})"
 
-        print(f"| {row.name} | {fmt(mine)} | {row.peer_name} | {fmt(theirs)} |", flush=True)
+        print(
+            f"| {row.name} | {fmt([m[0] for m in mine])} | {fmt([m[1] for m in mine])}"
+            f" | {row.peer_name} | {fmt([t[0] for t in theirs])} | {fmt([t[1] for t in theirs])} |",
+            flush=True,
+        )
     return 0
 
 
