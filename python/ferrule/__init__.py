@@ -8,8 +8,10 @@ from ferrule._cached import cached
 from ferrule._native import (
     AlreadyRegistered,
     BackendError,
+    BreakerStats,
     Cache,
     CacheStats,
+    CircuitBreaker,
     CircuitOpen,
     Discard,
     FerruleError,
@@ -20,12 +22,15 @@ from ferrule._native import (
     QueueFull,
     __version__,
 )
+from ferrule._resilience import Retry, retry
 
 __all__ = [
     "AlreadyRegistered",
     "BackendError",
+    "BreakerStats",
     "Cache",
     "CacheStats",
+    "CircuitBreaker",
     "CircuitOpen",
     "Discard",
     "FerruleError",
@@ -34,6 +39,8 @@ __all__ = [
     "QueueClosed",
     "QueueEmpty",
     "QueueFull",
+    "Retry",
     "__version__",
     "cached",
+    "retry",
 ]
