@@ -9,11 +9,11 @@ use pyo3::prelude::*;
 #[pymodule(gil_used = false)]
 mod _native {
     #[pymodule_export]
+    use crate::py::breaker::{BreakerStats, CircuitBreaker};
+    #[pymodule_export]
     use crate::py::cache::{Cache, CacheStats};
     #[pymodule_export]
     use crate::py::clock::ManualClock;
-    #[pymodule_export]
-    use crate::py::breaker::{BreakerStats, CircuitBreaker};
 
     #[pymodule_init]
     fn init(m: &pyo3::Bound<'_, pyo3::types::PyModule>) -> pyo3::PyResult<()> {

@@ -124,6 +124,15 @@ def _is_exc_class(obj: object) -> bool:
     return isinstance(obj, type) and issubclass(obj, BaseException)
 
 
+def _check_retryable(classes: tuple[type[BaseException], ...]) -> None:
+    for c in classes:
+        if not issubclass(c, Exception):
+            raise ValueError(
+                f"retry_on must name Exception subclasses, not {c.__name__} "
+                "(KeyboardInterrupt, SystemExit and cancellation are never retried)"
+            )
+
+
 class Retry:
     """A retry policy; call it on a function to decorate it, or use :meth:`call`.
 
@@ -174,6 +183,7 @@ class Retry:
         self._predicate: Callable[[BaseException], bool] | None = None
         if _is_exc_class(retry_on):
             self._catch: tuple[type[BaseException], ...] = (cast(type[BaseException], retry_on),)
+            _check_retryable(self._catch)
         elif isinstance(retry_on, tuple):
             if not retry_on:
                 raise ValueError("retry_on must not be empty")
@@ -183,6 +193,7 @@ class Retry:
                     "or a predicate"
                 )
             self._catch = retry_on
+            _check_retryable(self._catch)
         elif callable(retry_on):
             self._catch = (Exception,)
             self._predicate = cast(Callable[[BaseException], bool], retry_on)

@@ -275,12 +275,15 @@ impl Breaker {
             .is_ok()
     }
 
-    fn changed(&self, from: u64, to: State) -> Option<Transition> {
-        self.counters.0.state_changes.fetch_add(1, Ordering::Relaxed);
-        Some(Transition {
+    fn changed(&self, from: u64, to: State) -> Transition {
+        self.counters
+            .0
+            .state_changes
+            .fetch_add(1, Ordering::Relaxed);
+        Transition {
             from: State::of(from),
             to,
-        })
+        }
     }
 
     /// For an `OPEN` word `w`: the stamp of its period, or `None` if the word moved on
@@ -344,7 +347,7 @@ impl Breaker {
                     if self.cas(w, pack(HALF_OPEN, 1, gen)) {
                         c.calls.fetch_add(1, Ordering::Relaxed);
                         let permit = Permit { gen, probe: true };
-                        return Ok((permit, self.changed(w, State::HalfOpen)));
+                        return Ok((permit, Some(self.changed(w, State::HalfOpen))));
                     }
                 }
             }
@@ -373,7 +376,7 @@ impl Breaker {
                 }
                 HALF_OPEN => {
                     if self.cas(w, pack(CLOSED, 0, permit.gen.wrapping_add(1))) {
-                        return self.changed(w, State::Closed);
+                        return Some(self.changed(w, State::Closed));
                     }
                 }
                 _ => return None,
@@ -423,7 +426,7 @@ impl Breaker {
             .store(self.clock.now_nanos(), Ordering::Release);
         // Fails only if `reset` moved the word on meanwhile; then the reset stands.
         let _ = self.cas(opening, pack(OPEN, 0, gen));
-        self.changed(w, State::Open)
+        Some(self.changed(w, State::Open))
     }
 
     /// Records that the call admitted with `permit` raised an exception that does not
@@ -455,7 +458,7 @@ impl Breaker {
                     return None;
                 }
             } else if self.cas(w, pack(CLOSED, 0, gen)) {
-                return self.changed(w, State::Closed);
+                return Some(self.changed(w, State::Closed));
             }
         }
     }
@@ -474,7 +477,7 @@ impl Breaker {
             }
             let gen = gen_of(w).wrapping_add(1);
             if self.cas(w, pack(HALF_OPEN, 0, gen)) {
-                return (State::HalfOpen, self.changed(w, State::HalfOpen));
+                return (State::HalfOpen, Some(self.changed(w, State::HalfOpen)));
             }
         }
     }
@@ -550,6 +553,7 @@ mod tests {
         b.success(p)
     }
 
+    #[allow(clippy::unnecessary_wraps)] // compared with the core's Option results
     fn tr(from: State, to: State) -> Option<Transition> {
         Some(Transition { from, to })
     }
@@ -590,7 +594,10 @@ mod tests {
         assert_eq!(fail(&b), tr(State::Closed, State::Open));
         assert_eq!(b.state().0, State::Open);
         let s = b.stats();
-        assert_eq!((s.calls, s.successes, s.failures, s.state_changes), (6, 1, 5, 1));
+        assert_eq!(
+            (s.calls, s.successes, s.failures, s.state_changes),
+            (6, 1, 5, 1)
+        );
     }
 
     #[test]
@@ -628,7 +635,10 @@ mod tests {
         assert_eq!(b.failure(probe), tr(State::HalfOpen, State::Open));
         assert_eq!(b.acquire().unwrap_err().retry_after, 10 * SEC);
         clock.set(22 * SEC).unwrap();
-        assert_eq!(b.state(), (State::HalfOpen, tr(State::Open, State::HalfOpen)));
+        assert_eq!(
+            b.state(),
+            (State::HalfOpen, tr(State::Open, State::HalfOpen))
+        );
         assert_eq!(b.state(), (State::HalfOpen, None));
     }
 
@@ -691,9 +701,18 @@ mod tests {
     #[test]
     fn permit_bits_round_trip() {
         for p in [
-            Permit { gen: 0, probe: false },
-            Permit { gen: u32::MAX, probe: true },
-            Permit { gen: 7, probe: true },
+            Permit {
+                gen: 0,
+                probe: false,
+            },
+            Permit {
+                gen: u32::MAX,
+                probe: true,
+            },
+            Permit {
+                gen: 7,
+                probe: true,
+            },
         ] {
             assert_eq!(Permit::from_bits(p.to_bits()), Some(p));
         }

@@ -188,9 +188,7 @@ impl CircuitBreaker {
             None => 5,
         };
         let reset_timeout = match given(reset_timeout) {
-            Some(o) => {
-                clock::duration_nanos(args::seconds(&o, "reset_timeout")?, "reset_timeout")?
-            }
+            Some(o) => clock::duration_nanos(args::seconds(&o, "reset_timeout")?, "reset_timeout")?,
             None => clock::duration_nanos(30.0, "reset_timeout")?,
         };
         let half_open_max_calls = match given(half_open_max_calls) {
