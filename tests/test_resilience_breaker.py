@@ -327,6 +327,24 @@ def test_a_failing_callback_goes_to_the_unraisable_hook(monkeypatch: pytest.Monk
     assert [type(u.exc_value) for u in caught] == [RuntimeError, OSError]
 
 
+def test_an_instancecheck_that_raises_counts_neither_way(monkeypatch: pytest.MonkeyPatch) -> None:
+    caught: list[Any] = []
+    monkeypatch.setattr(sys, "unraisablehook", caught.append)
+
+    class Meta(type):
+        def __instancecheck__(cls, obj: object) -> bool:
+            raise RuntimeError("bad check")
+
+    class Weird(Exception, metaclass=Meta):
+        pass
+
+    cb = CircuitBreaker(1, expected=Weird)
+    fail(cb)  # Boom still propagates
+    assert cb.state == "closed"
+    assert cb.stats().ignored == 1
+    assert [type(u.exc_value) for u in caught] == [RuntimeError]
+
+
 # ---- call forms -----------------------------------------------------------------------
 
 

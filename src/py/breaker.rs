@@ -68,7 +68,9 @@ fn exception_classes<'py>(obj: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyTupl
 /// A circuit breaker: fails fast while a dependency keeps failing.
 #[pyclass(frozen, module = "ferrule._native", name = "CircuitBreaker")]
 pub struct CircuitBreaker {
-    core: Breaker,
+    /// Boxed: the core over-aligns its hot words to cache lines, and a Python object's
+    /// memory is only 16-byte aligned.
+    core: Box<Breaker>,
     expected: Py<PyTuple>,
     name: Option<Py<PyString>>,
     on_state_change: Option<Py<PyAny>>,
@@ -139,22 +141,23 @@ impl CircuitBreaker {
 
     /// Records the outcome of the call admitted with `permit`: `None` for a return,
     /// else the exception it raised.
-    fn record(
-        &self,
-        py: Python<'_>,
-        permit: Permit,
-        exc: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<()> {
-        let t = match exc {
+    fn record(&self, py: Python<'_>, permit: Permit, exc: Option<&Bound<'_, PyAny>>) {
+        let t = match exc.map(|e| e.is_instance(self.expected.bind(py))) {
             None => self.core.success(permit),
-            Some(e) if e.is_instance(self.expected.bind(py))? => self.core.failure(permit),
-            Some(_) => {
+            Some(Ok(true)) => self.core.failure(permit),
+            Some(Ok(false)) => {
                 self.core.release(permit);
+                None
+            }
+            Some(Err(err)) => {
+                // An `__instancecheck__` that raises: the call counts neither way, and
+                // the caller still gets the call's own exception.
+                self.core.release(permit);
+                err.write_unraisable(py, Some(self.expected.bind(py).as_any()));
                 None
             }
         };
         self.notify(py, t);
-        Ok(())
     }
 
     fn state_now(&self, py: Python<'_>) -> State {
@@ -232,7 +235,12 @@ impl CircuitBreaker {
             }
             None => (None, None),
         };
-        let core = Breaker::new(failure_threshold, reset_timeout, half_open_max_calls, clock)?;
+        let core = Box::new(Breaker::new(
+            failure_threshold,
+            reset_timeout,
+            half_open_max_calls,
+            clock,
+        )?);
         Ok(Self {
             core,
             expected: expected.unbind(),
@@ -259,7 +267,7 @@ impl CircuitBreaker {
                 Ok(v.unbind())
             }
             Err(e) => {
-                self.record(py, permit, Some(e.value(py).as_any()))?;
+                self.record(py, permit, Some(e.value(py).as_any()));
                 Err(e)
             }
         }
@@ -325,7 +333,8 @@ impl CircuitBreaker {
                 ));
             }
         }
-        self.record(py, permit, exc)
+        self.record(py, permit, exc);
+        Ok(())
     }
 
     /// "closed", "open" or "half_open".
