@@ -143,6 +143,14 @@ def test_call_form() -> None:
     f = Flaky(1)
     assert retry(sleep=lambda s: None).call(f, 1, k=2) == 2
     assert retry().call(int, "7") == 7
+    g = Flaky(3, KeyError)
+    with pytest.raises(KeyError):
+        retry(retry_on=lambda e: not isinstance(e, KeyError), sleep=lambda s: None).call(g)
+    assert g.calls == 1
+    h = Flaky(5)
+    with pytest.raises(ConnectionError):
+        retry(attempts=2, sleep=lambda s: None).call(h)
+    assert h.calls == 2
 
 
 # ---- delays ---------------------------------------------------------------------------

@@ -362,7 +362,28 @@ class Retry:
     def call(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run ``fn(*args, **kwargs)`` under this policy (for an ``async def`` function,
         returns the coroutine to await)."""
-        return self(fn)(*args, **kwargs)
+        if inspect.iscoroutinefunction(fn):
+            return cast(R, self._call_async(fn, args, kwargs))
+        start = self._clock() if self.deadline is not None else 0.0
+        try:
+            return fn(*args, **kwargs)
+        except self._catch as exc:
+            if not self._retryable(exc):
+                raise
+            first = exc
+        return self._again(fn, args, kwargs, start, first)
+
+    async def _call_async(
+        self, fn: Callable[..., Awaitable[R]], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> R:
+        start = self._clock() if self.deadline is not None else 0.0
+        try:
+            return await fn(*args, **kwargs)
+        except self._catch as exc:
+            if not self._retryable(exc):
+                raise
+            first = exc
+        return await self._again_async(fn, args, kwargs, start, first)
 
     def __repr__(self) -> str:
         return (

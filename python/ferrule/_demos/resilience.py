@@ -59,7 +59,9 @@ def run() -> None:
     for t in ts:
         t.join()
     wall = time.perf_counter() - t0
-    print(f"  {n} threads x one {pause * 1000:.0f} ms call through one breaker: {wall * 1000:.0f} ms")
+    print(
+        f"  {n} threads x one {pause * 1000:.0f} ms call through one breaker: {wall * 1000:.0f} ms"
+    )
 
     def nothing() -> None:
         return None
