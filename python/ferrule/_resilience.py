@@ -136,7 +136,14 @@ def _check_retryable(classes: tuple[type[BaseException], ...]) -> None:
 class Retry:
     """A retry policy; call it on a function to decorate it, or use :meth:`call`.
 
-    Made by :func:`retry`, which documents the arguments.
+    Made by :func:`retry`, which documents the arguments. Immutable once made, so one
+    policy can decorate many functions and be shared between threads.
+
+    >>> policy = retry(attempts=4, backoff=0.5, jitter=False, policy="linear")
+    >>> [policy.delay(n) for n in range(3)]
+    [0.5, 1.0, 1.5]
+    >>> policy.call(divmod, 7, 2)
+    (3, 1)
     """
 
     __slots__ = (
