@@ -308,8 +308,9 @@ class CircuitBreaker:
     one frees its slot). Only the outcome of a call admitted in the breaker's current
     period counts: a slow call that fails after the breaker opened does not re-open it.
 
-    The state is one atomic word in Rust; the protected call runs in the caller's thread
-    with no lock held, so calls through one breaker run in parallel. On each change of
+    The state is one atomic word in Rust (a lock is taken only for the instant of
+    tripping open); the protected call runs in the caller's thread with no lock held, so
+    calls through one breaker run in parallel. On each change of
     state, in the thread that made it and after it was made: ``on_state_change(old,
     new)``, then ``bus.publish(f"breaker.{name}.state", {"name", "state",
     "previous"})``. An exception from either goes to ``sys.unraisablehook``.

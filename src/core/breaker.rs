@@ -22,22 +22,26 @@
 //! across all of them to be mistaken.)
 //!
 //! # The open stamp
-//! The stamp of the current open period lives beside the word in `opened_at`. Tripping is
-//! two steps: the one caller whose CAS moves the word to the transient `OPENING` state
-//! (observed as open; calls arriving then are rejected with the full timeout) writes
-//! `opened_at`, then moves `OPENING` to `OPEN` with a `Release` CAS. So `opened_at` is
-//! written only while the word is `OPENING` and by a single writer, and a reader that
-//! sees `OPEN` with some `gen` (an `Acquire` load) before and after reading `opened_at`
-//! has read that period's stamp. If `reset` intervenes while `OPENING`, the final CAS
-//! fails and the reset wins.
+//! The stamp of the current open period lives beside the word in `opened_at`. Tripping
+//! (closed or half-open -> open) is the one step that takes a lock, `trip_lock`, held for
+//! a clock read and two atomic operations and never while user code runs: under it the
+//! tripping thread checks that the word is still the one it saw, writes `opened_at`, and
+//! publishes `OPEN` with a CAS. Only a trip makes the word `OPEN`, so while the lock
+//! holder writes the stamp the word is not `OPEN`, and nobody else writes the stamp. A
+//! reader that sees `OPEN` with some `gen` (an `Acquire` load) before and after reading
+//! `opened_at` (`Acquire`, pairing with the `Release` store) has therefore read that
+//! period's stamp: a later stamp is written only after the word has left that `OPEN`,
+//! which the second load would see.
 //!
 //! # Orderings
 //! Word updates are `AcqRel` CASes (failed CASes `Acquire`); the counters are statistics
 //! only and use `Relaxed`. Transitions are returned to the caller, which reports them
-//! (callbacks, signals) after the fact: no lock exists here to be held while it does.
+//! (callbacks, signals) after the fact, with no lock held.
 
 use std::fmt;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+use parking_lot::Mutex;
 
 use crate::core::clock::Clock;
 
@@ -47,8 +51,6 @@ pub const MAX_COUNT: u32 = (1 << 30) - 1;
 const CLOSED: u64 = 0;
 const OPEN: u64 = 1;
 const HALF_OPEN: u64 = 2;
-/// Transient: tripped, stamp being written. Observed as open.
-const OPENING: u64 = 3;
 
 const STATE_MASK: u64 = 0b11;
 const COUNT_SHIFT: u32 = 2;
@@ -211,6 +213,8 @@ struct Counters {
 pub struct Breaker {
     word: Padded<AtomicU64>,
     opened_at: AtomicI64,
+    /// Serialises trips, the only writers of `opened_at` (module docs).
+    trip_lock: Mutex<()>,
     failure_threshold: u32,
     half_open_max_calls: u32,
     reset_timeout: i64,
@@ -242,6 +246,7 @@ impl Breaker {
         Ok(Self {
             word: Padded(AtomicU64::new(pack(CLOSED, 0, 0))),
             opened_at: AtomicI64::new(0),
+            trip_lock: Mutex::new(()),
             failure_threshold,
             half_open_max_calls,
             reset_timeout: reset_timeout_nanos,
@@ -326,13 +331,6 @@ impl Breaker {
                         return Ok((permit, None));
                     }
                 }
-                OPENING => {
-                    c.rejections.fetch_add(1, Ordering::Relaxed);
-                    return Err(Rejected {
-                        retry_after: self.reset_timeout,
-                        state: State::Open,
-                    });
-                }
                 _ => {
                     let Some(t) = self.stamp_of(w) else { continue };
                     let left = self.time_left(t);
@@ -416,17 +414,19 @@ impl Breaker {
 
     /// Moves `w` to open, stamped now; `None` if the word changed first.
     fn trip(&self, w: u64) -> Option<Transition> {
-        let gen = gen_of(w).wrapping_add(1);
-        let opening = pack(OPENING, 0, gen);
-        if !self.cas(w, opening) {
+        let _guard = self.trip_lock.lock();
+        if self.load() != w {
             return None;
         }
-        // Only this thread writes the stamp while the word is OPENING (module docs).
+        // The word is not OPEN and only a trip (which needs the lock) could make it so:
+        // nobody trusts `opened_at` until the CAS below publishes it.
         self.opened_at
             .store(self.clock.now_nanos(), Ordering::Release);
-        // Fails only if `reset` moved the word on meanwhile; then the reset stands.
-        let _ = self.cas(opening, pack(OPEN, 0, gen));
-        Some(self.changed(w, State::Open))
+        if self.cas(w, pack(OPEN, 0, gen_of(w).wrapping_add(1))) {
+            Some(self.changed(w, State::Open))
+        } else {
+            None
+        }
     }
 
     /// Records that the call admitted with `permit` raised an exception that does not
@@ -502,7 +502,6 @@ impl Breaker {
                         return self.time_left(t).max(0);
                     }
                 }
-                OPENING => return self.reset_timeout,
                 _ => return 0,
             }
         }
@@ -775,5 +774,43 @@ mod tests {
         assert_eq!(s.calls + s.rejections, threads as u64 * 1000);
         assert_eq!(s.failures, s.calls);
         assert_eq!(b.state().0, State::Open);
+    }
+
+    #[test]
+    fn every_change_is_reported_once_under_trips_and_resets() {
+        let threads = 6;
+        let (b, clock) = breaker(2, 1_000, 2);
+        let b = Arc::new(b);
+        let reported = Arc::new(AtomicUsize::new(0));
+        let hs: Vec<_> = (0..threads)
+            .map(|i| {
+                let (b, reported, clock) = (b.clone(), reported.clone(), clock.clone());
+                std::thread::spawn(move || {
+                    let mut n = 0;
+                    for k in 0..2000 {
+                        let seen = |t: Option<Transition>| usize::from(t.is_some());
+                        n += match (i + k) % 7 {
+                            0 => seen(b.reset()),
+                            1 => {
+                                clock.advance(500).unwrap();
+                                seen(b.state().1)
+                            }
+                            r => match b.acquire() {
+                                Ok((p, t)) if r < 4 => seen(t) + seen(b.success(p)),
+                                Ok((p, t)) => seen(t) + seen(b.failure(p)),
+                                Err(_) => 0,
+                            },
+                        };
+                    }
+                    reported.fetch_add(n, Ordering::Relaxed);
+                })
+            })
+            .collect();
+        for h in hs {
+            h.join().unwrap();
+        }
+        let s = b.stats();
+        assert_eq!(s.state_changes, reported.load(Ordering::Relaxed) as u64);
+        assert!(s.state_changes > 0);
     }
 }

@@ -1,8 +1,8 @@
 //! `CircuitBreaker`: the Python face of `core::breaker::Breaker`.
 //!
-//! `call` runs the protected function in the caller's thread with no lock held (the core
-//! has none): admitting the call and recording its outcome are each a load and at most a
-//! CAS on the state word. Changes of state are reported after the core has made them, in
+//! `call` runs the protected function in the caller's thread with no lock held:
+//! admitting the call and recording its outcome are each a load and at most a CAS on the
+//! core's state word (its one lock is taken only to trip to open, inside the core). Changes of state are reported after the core has made them, in
 //! the thread that made them: first `on_state_change(old, new)`, then
 //! `bus.publish("breaker.<name>.state", {...})`. An exception from either is reported
 //! through `sys.unraisablehook` and does not change the call's outcome.
