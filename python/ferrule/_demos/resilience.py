@@ -10,7 +10,7 @@ from ferrule._demos import rate
 
 
 def run() -> None:
-    print("== Resilience: CircuitBreaker (lock-free state) and retry (backoff with full jitter)")
+    print("== Resilience: CircuitBreaker (one atomic state word) and retry (full jitter)")
     clock = ferrule.ManualClock()
     changes: list[str] = []
     cb = ferrule.CircuitBreaker(
