@@ -80,7 +80,8 @@ pub struct CircuitBreaker {
 }
 
 impl CircuitBreaker {
-    /// Reports a change of state; the core holds no lock, so user code may run here.
+    /// Reports a change of state. No lock is held here (the core has released its trip
+    /// lock before returning), so user code may run and may call back into the breaker.
     fn notify(&self, py: Python<'_>, t: Option<Transition>) {
         let Some(t) = t else { return };
         let (from, to) = (t.from.as_str(), t.to.as_str());
