@@ -209,6 +209,73 @@ def ratelimit_peer(ops: int) -> Work:
     return work
 
 
+# ---- resilience: cb.call of a trivial function, one breaker per thread -----------------
+
+
+def _noop() -> None:
+    return None
+
+
+def breaker_ferrule(ops: int) -> Work:
+    breakers = [ferrule.CircuitBreaker() for _ in range(2)]
+
+    def work(i: int) -> None:
+        call = breakers[i].call
+        for _ in range(ops):
+            call(_noop)
+
+    return work
+
+
+class _LockBreaker:
+    """The usual hand-rolled breaker: counters and state behind one Lock."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.state = "closed"
+        self.calls = self.failures = 0
+
+    def call(self, fn: Callable[[], object]) -> object:
+        with self.lock:
+            if self.state == "open":
+                raise RuntimeError("open")
+            self.calls += 1
+        try:
+            result = fn()
+        except Exception:
+            with self.lock:
+                self.failures += 1
+            raise
+        with self.lock:
+            self.failures = 0
+        return result
+
+
+def breaker_peer(ops: int) -> Work:
+    try:
+        import pybreaker
+
+        calls = [pybreaker.CircuitBreaker().call for _ in range(2)]
+    except ImportError:
+        calls = [_LockBreaker().call for _ in range(2)]
+
+    def work(i: int) -> None:
+        call = calls[i]
+        for _ in range(ops):
+            call(_noop)
+
+    return work
+
+
+def _breaker_peer_name() -> str:
+    try:
+        import pybreaker  # noqa: F401
+
+        return "pybreaker"
+    except ImportError:
+        return "Lock-based breaker"
+
+
 ROWS: list[Row] = [
     Row("Cache get/set, distinct keys", 200_000, cache_ferrule, _cache_peer_name(), cache_peer),
     Row("WorkQueue put+get, own queue", 200_000, queue_ferrule, "queue.Queue", queue_peer),
@@ -218,6 +285,13 @@ ROWS: list[Row] = [
         ratelimit_ferrule,
         "dict + Lock token bucket",
         ratelimit_peer,
+    ),
+    Row(
+        "CircuitBreaker.call(f), one breaker per thread",
+        200_000,
+        breaker_ferrule,
+        _breaker_peer_name(),
+        breaker_peer,
     ),
 ]
 

@@ -11,6 +11,7 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyModule, PyTuple, PyType};
 
+use crate::core::breaker::BreakerError;
 use crate::core::cache::CacheError;
 use crate::core::clock::{ClockError, DurationError};
 use crate::core::queue::QueueError;
@@ -157,6 +158,12 @@ impl From<QueueError> for PyErr {
 
 impl From<RateError> for PyErr {
     fn from(e: RateError) -> Self {
+        PyValueError::new_err(e.to_string())
+    }
+}
+
+impl From<BreakerError> for PyErr {
+    fn from(e: BreakerError) -> Self {
         PyValueError::new_err(e.to_string())
     }
 }

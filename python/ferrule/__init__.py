@@ -9,8 +9,10 @@ from ferrule._native import (
     Agent,
     AlreadyRegistered,
     BackendError,
+    BreakerStats,
     Cache,
     CacheStats,
+    CircuitBreaker,
     CircuitOpen,
     Decision,
     Discard,
@@ -28,13 +30,16 @@ from ferrule._native import (
     __version__,
 )
 from ferrule._pool import TaskPool
+from ferrule._resilience import Retry, retry
 
 __all__ = [
     "Agent",
     "AlreadyRegistered",
     "BackendError",
+    "BreakerStats",
     "Cache",
     "CacheStats",
+    "CircuitBreaker",
     "CircuitOpen",
     "Decision",
     "Discard",
@@ -47,9 +52,11 @@ __all__ = [
     "QueueStats",
     "RateLimiter",
     "Registry",
+    "Retry",
     "TaskPool",
     "TaskPoolStats",
     "WorkQueue",
     "__version__",
     "cached",
+    "retry",
 ]

@@ -4,12 +4,14 @@ Import these names from ``ferrule``; ``ferrule._native`` is private.
 """
 
 from collections.abc import Callable, Coroutine, Hashable, Iterable, Iterator, Mapping
-from types import GenericAlias
-from typing import Any, Generic, TypeVar, final, overload
+from types import GenericAlias, TracebackType
+from typing import Any, Generic, Literal, ParamSpec, Protocol, TypeVar, final, overload
 
 __version__: str
 
 _T = TypeVar("_T")
+_R = TypeVar("_R")
+_P = ParamSpec("_P")
 
 # ---------------------------------------------------------------------------------------
 # Exceptions
@@ -31,7 +33,13 @@ class QueueClosed(FerruleError):
     """Raised by ``put`` after ``close()``, and by ``get`` once closed and drained."""
 
 class CircuitOpen(FerruleError):
-    """The circuit is open; the call was not made."""
+    """The circuit is open; the call was not made.
+
+    Raised by :class:`CircuitBreaker` with ``retry_after`` set: seconds until the breaker
+    lets a probe call through (0.0 when it is half-open and its probes are in flight).
+    """
+
+    retry_after: float
 
 class PoolTimeout(FerruleError, TimeoutError):
     """No resource became available before the timeout (a ``TimeoutError``)."""
@@ -836,3 +844,190 @@ class RateLimiter:
 
     def __len__(self) -> int:
         """The number of keys tracked."""
+
+# ---------------------------------------------------------------------------------------
+# Resilience
+# ---------------------------------------------------------------------------------------
+
+class _Bus(Protocol):
+    def publish(self, signal_type: str, data: Any = ..., /) -> Any: ...
+
+@final
+class BreakerStats:
+    """Counters of a :class:`CircuitBreaker`, read without stopping it.
+
+    ``calls`` counts admitted calls (the function ran); each ends as one of
+    ``successes``, ``failures`` (an ``expected`` exception) or ``ignored`` (any other
+    exception), so ``calls == successes + failures + ignored`` once none is in flight.
+    ``rejections`` counts calls refused with :class:`CircuitOpen`.
+
+    >>> cb = CircuitBreaker(failure_threshold=1)
+    >>> cb.call(len, "abc")
+    3
+    >>> s = cb.stats()
+    >>> (s.state, s.calls, s.successes, s.failures, s.rejections)
+    ('closed', 1, 1, 0, 0)
+    """
+
+    @property
+    def state(self) -> Literal["closed", "open", "half_open"]: ...
+    @property
+    def calls(self) -> int: ...
+    @property
+    def successes(self) -> int: ...
+    @property
+    def failures(self) -> int: ...
+    @property
+    def ignored(self) -> int: ...
+    @property
+    def rejections(self) -> int: ...
+    @property
+    def state_changes(self) -> int: ...
+    @property
+    def consecutive_failures(self) -> int:
+        """The current run of expected failures while closed (0 otherwise)."""
+
+@final
+class CircuitBreaker:
+    """A circuit breaker: stops calling a dependency that keeps failing, and probes it
+    again after a while.
+
+    - closed: calls go through; ``failure_threshold`` consecutive failures (exceptions
+      that are instances of ``expected``) open the breaker. A success resets the run.
+    - open: calls raise :class:`CircuitOpen` (with ``retry_after``) without running.
+      Opened at time t, it stays open while ``now < t + reset_timeout``.
+    - half_open: then up to ``half_open_max_calls`` probe calls run at once (others are
+      rejected); the first probe to succeed closes the breaker, the first to fail
+      re-opens it.
+
+    Exceptions outside ``expected`` propagate and count neither way (a probe that raises
+    one frees its slot). Only the outcome of a call admitted in the breaker's current
+    period counts: a slow call that fails after the breaker opened does not re-open it.
+
+    The state is one atomic word in Rust (a lock is taken only for the instant of
+    tripping open); the protected call runs in the caller's thread with no lock held, so
+    calls through one breaker run in parallel. On each change of
+    state, in the thread that made it and after it was made: ``on_state_change(old,
+    new)``, then ``bus.publish(f"breaker.{name}.state", {"name", "state",
+    "previous"})``. An exception from either goes to ``sys.unraisablehook``.
+
+    Use it as ``cb.call(fn, *args, **kwargs)``, as a decorator (plain and ``async def``
+    functions), or as a context manager (``with cb:`` and ``async with cb:``; the block
+    is the protected call).
+
+    >>> clock = ManualClock()
+    >>> cb = CircuitBreaker(failure_threshold=2, reset_timeout=30.0, clock=clock)
+    >>> def down():
+    ...     raise ConnectionError("refused")
+    >>> for _ in range(2):
+    ...     try:
+    ...         cb.call(down)
+    ...     except ConnectionError:
+    ...         pass
+    >>> cb.state
+    'open'
+    >>> try:
+    ...     cb.call(down)
+    ... except CircuitOpen as e:
+    ...     print(e.retry_after)
+    30.0
+    >>> clock.advance(30.0)
+    30.0
+    >>> cb.state
+    'half_open'
+    >>> cb.call(lambda: "up"), cb.state
+    ('up', 'closed')
+    """
+
+    def __new__(
+        cls,
+        failure_threshold: int = 5,
+        reset_timeout: float = 30.0,
+        *,
+        half_open_max_calls: int = 1,
+        expected: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
+        clock: ManualClock | None = None,
+        name: str | None = None,
+        on_state_change: Callable[[str, str], object] | None = None,
+        bus: _Bus | None = None,
+    ) -> CircuitBreaker:
+        """``failure_threshold`` and ``half_open_max_calls`` >= 1; ``reset_timeout`` >= 0
+        seconds; ``expected`` an exception class or a non-empty tuple of them; ``name`` is
+        required with ``bus`` (any object with ``publish(type, data)``, e.g. a
+        ``SignalBus``)."""
+
+    def call(self, func: Callable[_P, _R], /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        """``func(*args, **kwargs)`` through the breaker: raises :class:`CircuitOpen`
+        without calling while open; otherwise returns or raises what ``func`` does.
+
+        >>> CircuitBreaker().call(max, 1, 2)
+        2
+        """
+
+    def __call__(self, func: Callable[_P, _R], /) -> Callable[_P, _R]:
+        """Decorate a function or ``async def`` function.
+
+        >>> cb = CircuitBreaker(name="payments")
+        >>> @cb
+        ... def charge(amount: int) -> str:
+        ...     return f"charged {amount}"
+        >>> charge(5)
+        'charged 5'
+        """
+
+    def __enter__(self) -> CircuitBreaker:
+        """Admit the block as one call (or raise :class:`CircuitOpen`).
+
+        >>> cb = CircuitBreaker()
+        >>> with cb:
+        ...     pass
+        """
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+        /,
+    ) -> bool:
+        """Record the block's outcome; never suppresses its exception."""
+
+    async def __aenter__(self) -> CircuitBreaker:
+        """``async with cb:`` admits the block as one call."""
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+        /,
+    ) -> bool: ...
+    def _acquire(self) -> int:
+        """Admit a call; the permit to hand to ``_record``. (Used by the decorator.)"""
+
+    def _record(self, permit: int, exc: BaseException | None = None) -> None:
+        """Record the outcome of the call admitted with ``permit``."""
+
+    @property
+    def state(self) -> Literal["closed", "open", "half_open"]:
+        """The state a call would meet now. An open breaker whose timeout has passed
+        becomes half-open when it is next called or its state is read."""
+    @property
+    def retry_after(self) -> float:
+        """Seconds until an open breaker lets a probe through; 0.0 when not open."""
+    @property
+    def name(self) -> str | None: ...
+    @property
+    def failure_threshold(self) -> int: ...
+    @property
+    def reset_timeout(self) -> float: ...
+    @property
+    def half_open_max_calls(self) -> int: ...
+    @property
+    def expected(self) -> tuple[type[BaseException], ...]: ...
+    def reset(self) -> None:
+        """Close the breaker and clear its run of failures; calls in flight from before
+        the reset no longer count."""
+
+    def stats(self) -> BreakerStats:
+        """Counters; see :class:`BreakerStats`."""

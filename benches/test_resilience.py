@@ -1,0 +1,140 @@
+"""Overhead of a protected call that succeeds: CircuitBreaker vs pybreaker, retry vs
+tenacity, with a plain call as the floor.
+
+Each round makes N calls, so the figures are per N calls; compare within a group.
+
+    .venv/bin/python -m pytest benches/test_resilience.py --benchmark-only \\
+        --benchmark-columns=min,median,ops -q
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from typing import Any
+
+import ferrule
+import pytest
+
+N = 1000
+
+
+def target(x: int = 1) -> int:
+    return x
+
+
+def loop(call: Callable[[], Any]) -> Callable[[], None]:
+    def run() -> None:
+        for _ in range(N):
+            call()
+
+    return run
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    random.seed(1234)
+
+
+# ---- circuit breaker: call(f) on a closed breaker --------------------------------------
+
+
+@pytest.mark.benchmark(group="breaker: call(f), closed")
+def test_breaker_floor_direct_call(benchmark: Any) -> None:
+    benchmark(loop(target))
+
+
+@pytest.mark.benchmark(group="breaker: call(f), closed")
+def test_breaker_ferrule_call(benchmark: Any) -> None:
+    cb = ferrule.CircuitBreaker(5, 30.0)
+    call = cb.call
+    benchmark(loop(lambda: call(target)))
+    assert cb.stats().successes >= N
+
+
+@pytest.mark.benchmark(group="breaker: call(f), closed")
+def test_breaker_ferrule_decorated(benchmark: Any) -> None:
+    f = ferrule.CircuitBreaker(5, 30.0)(target)
+    benchmark(loop(f))
+
+
+@pytest.mark.benchmark(group="breaker: call(f), closed")
+def test_breaker_pybreaker_call(benchmark: Any) -> None:
+    pybreaker = pytest.importorskip("pybreaker")
+    cb = pybreaker.CircuitBreaker(fail_max=5, reset_timeout=30)
+    call = cb.call
+    benchmark(loop(lambda: call(target)))
+
+
+@pytest.mark.benchmark(group="breaker: call(f), closed")
+def test_breaker_pybreaker_decorated(benchmark: Any) -> None:
+    pybreaker = pytest.importorskip("pybreaker")
+    f = pybreaker.CircuitBreaker(fail_max=5, reset_timeout=30)(target)
+    benchmark(loop(f))
+
+
+# ---- retry: a decorated call that succeeds at once -------------------------------------
+
+
+@pytest.mark.benchmark(group="retry: decorated f, succeeds")
+def test_retry_floor_direct_call(benchmark: Any) -> None:
+    benchmark(loop(target))
+
+
+@pytest.mark.benchmark(group="retry: decorated f, succeeds")
+def test_retry_ferrule(benchmark: Any) -> None:
+    f = ferrule.retry(attempts=3, backoff=0.1, max_backoff=10.0)(target)
+    benchmark(loop(f))
+
+
+@pytest.mark.benchmark(group="retry: decorated f, succeeds")
+def test_retry_ferrule_with_deadline(benchmark: Any) -> None:
+    f = ferrule.retry(attempts=3, backoff=0.1, max_backoff=10.0, deadline=5.0)(target)
+    benchmark(loop(f))
+
+
+@pytest.mark.benchmark(group="retry: decorated f, succeeds")
+def test_retry_tenacity(benchmark: Any) -> None:
+    tenacity = pytest.importorskip("tenacity")
+    f = tenacity.retry(
+        stop=tenacity.stop_after_attempt(3),
+        wait=tenacity.wait_random_exponential(multiplier=0.1, max=10.0),
+        reraise=True,
+    )(target)
+    benchmark(loop(f))
+
+
+# ---- the same through a breaker that is open: the cost of failing fast ----------------
+
+
+@pytest.mark.benchmark(group="breaker: call(f), open (rejected)")
+def test_open_ferrule(benchmark: Any) -> None:
+    cb = ferrule.CircuitBreaker(1, 3600.0)
+    with pytest.raises(ZeroDivisionError):
+        cb.call(lambda: 1 / 0)
+
+    def run() -> None:
+        for _ in range(N):
+            try:  # noqa: SIM105 (cheaper than contextlib.suppress, which would dominate)
+                cb.call(target)
+            except ferrule.CircuitOpen:
+                pass
+
+    benchmark(run)
+
+
+@pytest.mark.benchmark(group="breaker: call(f), open (rejected)")
+def test_open_pybreaker(benchmark: Any) -> None:
+    pybreaker = pytest.importorskip("pybreaker")
+    cb = pybreaker.CircuitBreaker(fail_max=1, reset_timeout=3600)
+    with pytest.raises(pybreaker.CircuitBreakerError):
+        cb.call(lambda: 1 / 0)
+
+    def run() -> None:
+        for _ in range(N):
+            try:  # noqa: SIM105 (cheaper than contextlib.suppress, which would dominate)
+                cb.call(target)
+            except pybreaker.CircuitBreakerError:
+                pass
+
+    benchmark(run)

@@ -1,0 +1,447 @@
+//! `CircuitBreaker`: the Python face of `core::breaker::Breaker`.
+//!
+//! `call` runs the protected function in the caller's thread with no lock held:
+//! admitting the call and recording its outcome are each a load and at most a CAS on the
+//! core's state word (its one lock is taken only to trip to open, inside the core). Changes of state are reported after the core has made them, in
+//! the thread that made them: first `on_state_change(old, new)`, then
+//! `bus.publish("breaker.<name>.state", {...})`. An exception from either is reported
+//! through `sys.unraisablehook` and does not change the call's outcome.
+//!
+//! The decorator and the context managers (sync and async) live in
+//! `ferrule._resilience`; they drive the core through `_acquire` and `_record`, carrying
+//! the permit in a context variable so that concurrent `with` blocks on one breaker in
+//! different threads or tasks each record their own outcome.
+
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyDict, PyModule, PyString, PyTuple, PyType};
+
+use crate::core::breaker::{Breaker, Permit, Rejected, State, Stats, Transition};
+use crate::core::clock::{self, nanos_to_secs};
+use crate::errors::{wrong_type, Exc};
+use crate::py::args;
+
+/// `ferrule._resilience`, where the decorator and context managers are written.
+fn layer(py: Python<'_>) -> PyResult<&Bound<'_, PyModule>> {
+    static LAYER: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
+    Ok(LAYER
+        .get_or_try_init(py, || {
+            Ok::<_, PyErr>(py.import("ferrule._resilience")?.unbind())
+        })?
+        .bind(py))
+}
+
+/// An optional argument, `None` counting as absent.
+fn given<'py>(o: Option<&Bound<'py, PyAny>>) -> Option<Bound<'py, PyAny>> {
+    o.filter(|o| !o.is_none()).cloned()
+}
+
+/// A tuple of exception classes from a class or a tuple of classes.
+fn exception_classes<'py>(obj: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyTuple>> {
+    let py = obj.py();
+    let what = "an exception class or a tuple of exception classes";
+    let base = py.get_type::<pyo3::exceptions::PyBaseException>();
+    let is_exc_class = |o: &Bound<'py, PyAny>| -> PyResult<bool> {
+        Ok(match o.cast::<PyType>() {
+            Ok(t) => t.is_subclass(&base)?,
+            Err(_) => false,
+        })
+    };
+    if let Ok(t) = obj.cast::<PyTuple>() {
+        if t.is_empty() {
+            return Err(PyValueError::new_err("expected must not be empty"));
+        }
+        for item in t.iter() {
+            if !is_exc_class(&item)? {
+                return Err(wrong_type("expected", what, &item));
+            }
+        }
+        return Ok(t.clone());
+    }
+    if is_exc_class(obj)? {
+        return PyTuple::new(py, [obj]);
+    }
+    Err(wrong_type("expected", what, obj))
+}
+
+/// A circuit breaker: fails fast while a dependency keeps failing.
+#[pyclass(frozen, module = "ferrule._native", name = "CircuitBreaker")]
+pub struct CircuitBreaker {
+    /// Boxed: the core over-aligns its hot words to cache lines, and a Python object's
+    /// memory is only 16-byte aligned.
+    core: Box<Breaker>,
+    expected: Py<PyTuple>,
+    name: Option<Py<PyString>>,
+    on_state_change: Option<Py<PyAny>>,
+    bus: Option<Py<PyAny>>,
+    /// `breaker.<name>.state`, when there is a bus.
+    topic: Option<Py<PyString>>,
+}
+
+impl CircuitBreaker {
+    /// Reports a change of state. No lock is held here (the core has released its trip
+    /// lock before returning), so user code may run and may call back into the breaker.
+    fn notify(&self, py: Python<'_>, t: Option<Transition>) {
+        let Some(t) = t else { return };
+        let (from, to) = (t.from.as_str(), t.to.as_str());
+        if let Some(cb) = &self.on_state_change {
+            if let Err(e) = cb.bind(py).call1((from, to)) {
+                e.write_unraisable(py, Some(cb.bind(py)));
+            }
+        }
+        if let (Some(bus), Some(topic)) = (&self.bus, &self.topic) {
+            let publish = || -> PyResult<()> {
+                let data = PyDict::new(py);
+                data.set_item("name", &self.name)?;
+                data.set_item("state", to)?;
+                data.set_item("previous", from)?;
+                bus.bind(py).call_method1("publish", (topic, data))?;
+                Ok(())
+            };
+            if let Err(e) = publish() {
+                e.write_unraisable(py, Some(bus.bind(py)));
+            }
+        }
+    }
+
+    fn label(&self) -> String {
+        match &self.name {
+            Some(n) => format!("circuit breaker '{n}'"),
+            None => "circuit breaker".to_owned(),
+        }
+    }
+
+    /// `CircuitOpen` with `retry_after` (seconds) set on the instance.
+    fn rejected(&self, py: Python<'_>, r: Rejected) -> PyErr {
+        let retry_after = nanos_to_secs(r.retry_after);
+        let msg = match r.state {
+            State::HalfOpen => format!(
+                "{} is half-open and its {} probe call(s) are in flight",
+                self.label(),
+                self.core.half_open_max_calls()
+            ),
+            _ => format!("{} is open; retry after {retry_after:.3} s", self.label()),
+        };
+        let err = Exc::CircuitOpen.err(py, msg);
+        if let Err(e) = err.value(py).setattr("retry_after", retry_after) {
+            return e;
+        }
+        err
+    }
+
+    fn admit(&self, py: Python<'_>) -> PyResult<Permit> {
+        match self.core.acquire() {
+            Ok((permit, t)) => {
+                self.notify(py, t);
+                Ok(permit)
+            }
+            Err(r) => Err(self.rejected(py, r)),
+        }
+    }
+
+    /// Records the outcome of the call admitted with `permit`: `None` for a return,
+    /// else the exception it raised.
+    fn record(&self, py: Python<'_>, permit: Permit, exc: Option<&Bound<'_, PyAny>>) {
+        let t = match exc.map(|e| e.is_instance(self.expected.bind(py))) {
+            None => self.core.success(permit),
+            Some(Ok(true)) => self.core.failure(permit),
+            Some(Ok(false)) => {
+                self.core.release(permit);
+                None
+            }
+            Some(Err(err)) => {
+                // An `__instancecheck__` that raises: the call counts neither way, and
+                // the caller still gets the call's own exception.
+                self.core.release(permit);
+                err.write_unraisable(py, Some(self.expected.bind(py).as_any()));
+                None
+            }
+        };
+        self.notify(py, t);
+    }
+
+    fn state_now(&self, py: Python<'_>) -> State {
+        let (s, t) = self.core.state();
+        self.notify(py, t);
+        s
+    }
+}
+
+#[pymethods]
+impl CircuitBreaker {
+    #[new]
+    #[pyo3(
+        signature = (failure_threshold = None, reset_timeout = None, *, half_open_max_calls = None,
+                     expected = None, clock = None, name = None, on_state_change = None, bus = None),
+        text_signature = "(failure_threshold=5, reset_timeout=30.0, *, half_open_max_calls=1, expected=(Exception,), clock=None, name=None, on_state_change=None, bus=None)"
+    )]
+    fn new(
+        py: Python<'_>,
+        failure_threshold: Option<&Bound<'_, PyAny>>,
+        reset_timeout: Option<&Bound<'_, PyAny>>,
+        half_open_max_calls: Option<&Bound<'_, PyAny>>,
+        expected: Option<&Bound<'_, PyAny>>,
+        clock: Option<&Bound<'_, PyAny>>,
+        name: Option<&Bound<'_, PyAny>>,
+        on_state_change: Option<&Bound<'_, PyAny>>,
+        bus: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Self> {
+        let failure_threshold = match given(failure_threshold) {
+            Some(o) => args::int(&o, "failure_threshold")?,
+            None => 5,
+        };
+        let reset_timeout = match given(reset_timeout) {
+            Some(o) => clock::duration_nanos(args::seconds(&o, "reset_timeout")?, "reset_timeout")?,
+            None => clock::duration_nanos(30.0, "reset_timeout")?,
+        };
+        let half_open_max_calls = match given(half_open_max_calls) {
+            Some(o) => args::int(&o, "half_open_max_calls")?,
+            None => 1,
+        };
+        let expected = match given(expected) {
+            Some(o) => exception_classes(&o)?,
+            None => PyTuple::new(py, [py.get_type::<pyo3::exceptions::PyException>()])?,
+        };
+        let clock = args::clock(clock)?;
+        let name = match given(name) {
+            Some(o) => match o.cast_into::<PyString>() {
+                Ok(s) if s.to_str()?.is_empty() => {
+                    return Err(PyValueError::new_err("name must not be empty"))
+                }
+                Ok(s) => Some(s.unbind()),
+                Err(e) => return Err(wrong_type("name", "a str or None", e.into_inner().as_any())),
+            },
+            None => None,
+        };
+        let on_state_change = match given(on_state_change) {
+            Some(o) if o.is_callable() => Some(o.unbind()),
+            Some(o) => return Err(wrong_type("on_state_change", "callable or None", &o)),
+            None => None,
+        };
+        let (bus, topic) = match given(bus) {
+            Some(o) => {
+                if !o.getattr("publish").is_ok_and(|p| p.is_callable()) {
+                    return Err(wrong_type(
+                        "bus",
+                        "an object with a publish(type, data) method",
+                        &o,
+                    ));
+                }
+                let Some(n) = &name else {
+                    return Err(PyValueError::new_err("name is required when bus is given"));
+                };
+                let topic = PyString::new(py, &format!("breaker.{}.state", n.bind(py)));
+                (Some(o.unbind()), Some(topic.unbind()))
+            }
+            None => (None, None),
+        };
+        let core = Box::new(Breaker::new(
+            failure_threshold,
+            reset_timeout,
+            half_open_max_calls,
+            clock,
+        )?);
+        Ok(Self {
+            core,
+            expected: expected.unbind(),
+            name,
+            on_state_change,
+            bus,
+            topic,
+        })
+    }
+
+    /// Calls `func(*args, **kwargs)` through the breaker.
+    #[pyo3(signature = (func, /, *args, **kwargs))]
+    fn call(
+        &self,
+        py: Python<'_>,
+        func: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        kwargs: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Py<PyAny>> {
+        let permit = self.admit(py)?;
+        match func.call(args, kwargs) {
+            Ok(v) => {
+                self.notify(py, self.core.success(permit));
+                Ok(v.unbind())
+            }
+            Err(e) => {
+                self.record(py, permit, Some(e.value(py).as_any()));
+                Err(e)
+            }
+        }
+    }
+
+    /// Decorates a function (sync or async) so that every call goes through the breaker.
+    fn __call__(slf: &Bound<'_, Self>, func: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        if !func.is_callable() {
+            return Err(wrong_type("func", "callable", func));
+        }
+        let py = slf.py();
+        Ok(layer(py)?.call_method1("_decorate", (slf, func))?.unbind())
+    }
+
+    fn __enter__(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
+        Ok(layer(slf.py())?.call_method1("_enter", (slf,))?.unbind())
+    }
+
+    #[pyo3(signature = (exc_type, exc, tb))]
+    fn __exit__(
+        slf: &Bound<'_, Self>,
+        exc_type: &Bound<'_, PyAny>,
+        exc: &Bound<'_, PyAny>,
+        tb: &Bound<'_, PyAny>,
+    ) -> PyResult<bool> {
+        let _ = (exc_type, tb);
+        layer(slf.py())?.call_method1("_exit", (slf, exc))?;
+        Ok(false)
+    }
+
+    fn __aenter__(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
+        Ok(layer(slf.py())?.call_method1("_aenter", (slf,))?.unbind())
+    }
+
+    #[pyo3(signature = (exc_type, exc, tb))]
+    fn __aexit__(
+        slf: &Bound<'_, Self>,
+        exc_type: &Bound<'_, PyAny>,
+        exc: &Bound<'_, PyAny>,
+        tb: &Bound<'_, PyAny>,
+    ) -> PyResult<Py<PyAny>> {
+        let _ = (exc_type, tb);
+        Ok(layer(slf.py())?
+            .call_method1("_aexit", (slf, exc))?
+            .unbind())
+    }
+
+    /// Admits a call or raises CircuitOpen; returns the permit to pass to `_record`.
+    fn _acquire(&self, py: Python<'_>) -> PyResult<u64> {
+        Ok(self.admit(py)?.to_bits())
+    }
+
+    /// Records how the call admitted with `permit` ended (`exc` None: it returned).
+    #[pyo3(signature = (permit, exc = None))]
+    fn _record(&self, py: Python<'_>, permit: u64, exc: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+        let permit = Permit::from_bits(permit)
+            .ok_or_else(|| PyValueError::new_err("permit is not a permit of this breaker"))?;
+        let exc = exc.filter(|e| !e.is_none());
+        if let Some(e) = exc {
+            if !e.is_instance_of::<pyo3::exceptions::PyBaseException>() {
+                return Err(PyTypeError::new_err(
+                    "exc must be an exception instance or None",
+                ));
+            }
+        }
+        self.record(py, permit, exc);
+        Ok(())
+    }
+
+    /// "closed", "open" or "half_open".
+    #[getter]
+    fn state(&self, py: Python<'_>) -> &'static str {
+        self.state_now(py).as_str()
+    }
+
+    /// Seconds until an open breaker lets a probe through; 0.0 when it is not open.
+    #[getter]
+    fn retry_after(&self, py: Python<'_>) -> f64 {
+        self.state_now(py);
+        nanos_to_secs(self.core.retry_after())
+    }
+
+    #[getter]
+    fn name(&self, py: Python<'_>) -> Option<Py<PyString>> {
+        self.name.as_ref().map(|n| n.clone_ref(py))
+    }
+
+    #[getter]
+    fn failure_threshold(&self) -> u32 {
+        self.core.failure_threshold()
+    }
+
+    #[getter]
+    fn reset_timeout(&self) -> f64 {
+        nanos_to_secs(self.core.reset_timeout_nanos())
+    }
+
+    #[getter]
+    fn half_open_max_calls(&self) -> u32 {
+        self.core.half_open_max_calls()
+    }
+
+    #[getter]
+    fn expected(&self, py: Python<'_>) -> Py<PyTuple> {
+        self.expected.clone_ref(py)
+    }
+
+    /// Closes the breaker and clears its run of failures.
+    fn reset(&self, py: Python<'_>) {
+        let t = self.core.reset();
+        self.notify(py, t);
+    }
+
+    fn stats(&self, py: Python<'_>) -> BreakerStats {
+        let state = self.state_now(py);
+        BreakerStats::new(state, self.core.stats())
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> String {
+        let name = self
+            .name
+            .as_ref()
+            .map_or_else(|| "None".to_owned(), |n| format!("'{}'", n.bind(py)));
+        format!(
+            "CircuitBreaker(name={name}, state='{}', failure_threshold={}, reset_timeout={:?})",
+            self.core.peek(),
+            self.core.failure_threshold(),
+            nanos_to_secs(self.core.reset_timeout_nanos())
+        )
+    }
+}
+
+/// Counters of a `CircuitBreaker`.
+#[pyclass(frozen, get_all, module = "ferrule._native", name = "BreakerStats")]
+pub struct BreakerStats {
+    state: &'static str,
+    calls: u64,
+    successes: u64,
+    failures: u64,
+    ignored: u64,
+    rejections: u64,
+    state_changes: u64,
+    consecutive_failures: u32,
+}
+
+impl BreakerStats {
+    fn new(state: State, s: Stats) -> Self {
+        Self {
+            state: state.as_str(),
+            calls: s.calls,
+            successes: s.successes,
+            failures: s.failures,
+            ignored: s.ignored,
+            rejections: s.rejections,
+            state_changes: s.state_changes,
+            consecutive_failures: s.consecutive_failures,
+        }
+    }
+}
+
+#[pymethods]
+impl BreakerStats {
+    fn __repr__(&self) -> String {
+        format!(
+            "BreakerStats(state='{}', calls={}, successes={}, failures={}, ignored={}, rejections={}, state_changes={}, consecutive_failures={})",
+            self.state,
+            self.calls,
+            self.successes,
+            self.failures,
+            self.ignored,
+            self.rejections,
+            self.state_changes,
+            self.consecutive_failures
+        )
+    }
+}

@@ -1,0 +1,814 @@
+"""CircuitBreaker: state machine, call forms, notifications, threads, bad input, model."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import sys
+import threading
+from typing import Any
+
+import ferrule
+import pytest
+from ferrule import CircuitBreaker, CircuitOpen, ManualClock
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+
+class Boom(Exception):
+    pass
+
+
+def boom() -> None:
+    raise Boom("down")
+
+
+def fail(cb: CircuitBreaker, times: int = 1, exc: type[BaseException] = Boom) -> None:
+    for _ in range(times):
+        with pytest.raises(exc):
+            cb.call(_raiser(exc))
+
+
+def _raiser(exc: type[BaseException]) -> Any:
+    def f() -> None:
+        raise exc("x")
+
+    return f
+
+
+class FakeBus:
+    def __init__(self) -> None:
+        self.published: list[tuple[str, dict[str, Any]]] = []
+
+    def publish(self, signal_type: str, data: Any = None) -> int:
+        self.published.append((signal_type, data))
+        return 1
+
+
+# ---- construction and bad input -------------------------------------------------------
+
+
+def test_defaults_and_properties() -> None:
+    cb = CircuitBreaker()
+    assert (cb.failure_threshold, cb.reset_timeout, cb.half_open_max_calls) == (5, 30.0, 1)
+    assert cb.expected == (Exception,)
+    assert cb.name is None
+    assert cb.state == "closed"
+    assert cb.retry_after == 0.0
+    assert repr(cb) == (
+        "CircuitBreaker(name=None, state='closed', failure_threshold=5, reset_timeout=30.0)"
+    )
+    cb = CircuitBreaker(2, 0.5, half_open_max_calls=3, expected=KeyError, name="db")
+    assert (cb.failure_threshold, cb.reset_timeout, cb.half_open_max_calls) == (2, 0.5, 3)
+    assert cb.expected == (KeyError,)
+    assert cb.name == "db"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "msg"),
+    [
+        ({"failure_threshold": 0}, ValueError, "failure_threshold must be >= 1"),
+        ({"failure_threshold": -3}, ValueError, "failure_threshold must be >= 1"),
+        ({"failure_threshold": 2**30}, ValueError, "failure_threshold must be <= 1073741823"),
+        ({"failure_threshold": 2**70}, ValueError, "failure_threshold is out of range"),
+        ({"failure_threshold": "5"}, TypeError, "failure_threshold must be an int, not 'str'"),
+        ({"failure_threshold": True}, TypeError, "failure_threshold must be an int, not 'bool'"),
+        ({"failure_threshold": 2.0}, TypeError, "failure_threshold must be an int, not 'float'"),
+        ({"reset_timeout": -0.1}, ValueError, "reset_timeout must be >= 0"),
+        ({"reset_timeout": float("nan")}, ValueError, "reset_timeout must be a finite number"),
+        ({"reset_timeout": "1"}, TypeError, "reset_timeout must be a number of seconds"),
+        ({"half_open_max_calls": 0}, ValueError, "half_open_max_calls must be >= 1"),
+        ({"half_open_max_calls": 1.5}, TypeError, "half_open_max_calls must be an int"),
+        ({"expected": ()}, ValueError, "expected must not be empty"),
+        ({"expected": int}, TypeError, "expected must be an exception class or a tuple"),
+        ({"expected": (ValueError, 3)}, TypeError, "expected must be an exception class"),
+        ({"expected": ValueError()}, TypeError, "expected must be an exception class"),
+        ({"clock": 1.0}, TypeError, "clock must be a ferrule.ManualClock or None"),
+        ({"name": 3}, TypeError, "name must be a str or None, not 'int'"),
+        ({"name": ""}, ValueError, "name must not be empty"),
+        ({"on_state_change": 3}, TypeError, "on_state_change must be callable or None"),
+        ({"bus": object(), "name": "x"}, TypeError, "bus must be an object with a publish"),
+        ({"bus": FakeBus()}, ValueError, "name is required when bus is given"),
+    ],
+)
+def test_bad_arguments_name_the_argument(kwargs: dict[str, Any], exc: type, msg: str) -> None:
+    with pytest.raises(exc, match="^" + msg.replace("(", r"\(").replace(")", r"\)")):
+        CircuitBreaker(**kwargs)
+
+
+def test_bad_call_arguments() -> None:
+    cb = CircuitBreaker()
+    with pytest.raises(TypeError, match=r"^func must be callable, not 'int'$"):
+        cb(3)  # type: ignore[call-overload, misc]
+    with pytest.raises(TypeError, match="'int' object is not callable"):
+        cb.call(3)  # type: ignore[call-overload, misc]
+    with pytest.raises(ValueError, match=r"^permit is not a permit of this breaker$"):
+        cb._record(1 << 40)
+    with pytest.raises(TypeError, match=r"^exc must be an exception instance or None$"):
+        cb._record(cb._acquire(), "boom")  # type: ignore[arg-type]
+    with pytest.raises(RuntimeError, match="exit without a matching enter"):
+        cb.__exit__(None, None, None)
+
+
+# ---- the state machine ----------------------------------------------------------------
+
+
+def test_trips_after_consecutive_expected_failures() -> None:
+    cb = CircuitBreaker(3, 10.0, clock=ManualClock())
+    fail(cb, 2)
+    assert cb.call(lambda: "ok") == "ok"  # a success resets the run
+    assert cb.stats().consecutive_failures == 0
+    fail(cb, 2)
+    assert cb.state == "closed"
+    assert cb.stats().consecutive_failures == 2
+    fail(cb)
+    assert cb.state == "open"
+
+
+def test_open_rejects_without_calling_until_the_deadline() -> None:
+    clock = ManualClock(100.0)
+    cb = CircuitBreaker(1, 10.0, clock=clock, name="db")
+    fail(cb)
+    called = []
+    clock.advance(4.0)
+    with pytest.raises(CircuitOpen) as info:
+        cb.call(called.append, 1)
+    assert called == []
+    assert info.value.retry_after == pytest.approx(6.0)
+    assert str(info.value) == "circuit breaker 'db' is open; retry after 6.000 s"
+    assert isinstance(info.value, ferrule.FerruleError)
+    assert cb.retry_after == pytest.approx(6.0)
+    # Opened at t=100 with d=10: open while now < 110.
+    clock.set(110.0 - 1e-9)
+    assert cb.state == "open"
+    with pytest.raises(CircuitOpen):
+        cb.call(called.append, 1)
+    clock.set(110.0)
+    assert cb.state == "half_open"
+    assert cb.retry_after == 0.0
+    assert cb.call(lambda: 7) == 7
+    assert cb.state == "closed"
+    assert called == []
+
+
+def test_half_open_limits_probes_and_a_failed_probe_reopens() -> None:
+    clock = ManualClock()
+    cb = CircuitBreaker(1, 5.0, clock=clock)
+    fail(cb)
+    clock.advance(5.0)
+    permit = cb._acquire()  # the one probe, in flight
+    with pytest.raises(CircuitOpen, match="half-open and its 1 probe call") as info:
+        cb.call(lambda: None)
+    assert info.value.retry_after == 0.0
+    clock.advance(1.0)
+    cb._record(permit, Boom())
+    assert cb.state == "open"
+    assert cb.retry_after == pytest.approx(5.0)  # stamped anew at t=6
+    clock.advance(5.0)
+    assert cb.state == "half_open"
+
+
+def test_exceptions_outside_expected_pass_through_and_do_not_count() -> None:
+    clock = ManualClock()
+    cb = CircuitBreaker(2, 1.0, expected=(Boom,), clock=clock)
+    fail(cb, 5, KeyError)
+    assert cb.state == "closed"
+    s = cb.stats()
+    assert (s.calls, s.failures, s.ignored, s.consecutive_failures) == (5, 0, 5, 0)
+    # ...and do not reset the run either.
+    fail(cb)
+    fail(cb, 1, KeyError)
+    fail(cb)
+    assert cb.state == "open"
+    # A probe that raises one frees its slot for the next probe.
+    clock.advance(1.0)
+    fail(cb, 1, KeyError)
+    assert cb.state == "half_open"
+    assert cb.call(lambda: 1) == 1
+    assert cb.state == "closed"
+
+
+def test_subclasses_of_expected_count() -> None:
+    cb = CircuitBreaker(1, expected=OSError)
+    fail(cb, 1, ConnectionRefusedError)
+    assert cb.state == "open"
+
+
+def test_base_exceptions_do_not_count_by_default() -> None:
+    cb = CircuitBreaker(1)
+    fail(cb, 1, KeyboardInterrupt)
+    fail(cb, 1, SystemExit)
+    assert cb.state == "closed"
+    assert cb.stats().ignored == 2
+
+
+def test_zero_reset_timeout_probes_at_once() -> None:
+    cb = CircuitBreaker(1, 0)
+    fail(cb)
+    assert cb.state == "half_open"
+
+
+def test_reset_closes_and_forgets_calls_in_flight() -> None:
+    cb = CircuitBreaker(2, 60.0, clock=ManualClock())
+    fail(cb, 2)
+    assert cb.state == "open"
+    cb.reset()
+    assert cb.state == "closed"
+    permit = cb._acquire()
+    fail(cb)
+    cb.reset()
+    cb._record(permit, Boom())  # admitted before the reset: does not count
+    fail(cb)
+    assert cb.state == "closed"
+    assert cb.stats().consecutive_failures == 1
+
+
+def test_a_slow_call_that_fails_after_the_trip_does_not_restamp() -> None:
+    clock = ManualClock()
+    cb = CircuitBreaker(1, 10.0, clock=clock)
+    slow = cb._acquire()
+    fail(cb)
+    clock.advance(8.0)
+    cb._record(slow, Boom())
+    assert cb.retry_after == pytest.approx(2.0)
+
+
+def test_stats_count_every_outcome() -> None:
+    clock = ManualClock()
+    cb = CircuitBreaker(2, 1.0, expected=Boom, clock=clock)
+    cb.call(int)
+    fail(cb, 1, KeyError)
+    fail(cb, 2)
+    fail(cb, 3, CircuitOpen)
+    clock.advance(1.0)
+    cb.call(int)
+    s = cb.stats()
+    assert (s.state, s.calls, s.successes, s.failures, s.ignored, s.rejections) == (
+        "closed",
+        5,
+        2,
+        2,
+        1,
+        3,
+    )
+    assert s.state_changes == 3  # closed->open->half_open->closed
+    assert repr(s).startswith("BreakerStats(state='closed', calls=5, successes=2")
+
+
+# ---- notifications --------------------------------------------------------------------
+
+
+def test_on_state_change_and_bus_see_every_transition() -> None:
+    clock = ManualClock()
+    seen: list[tuple[str, str]] = []
+    bus = FakeBus()
+    cb = CircuitBreaker(
+        1,
+        1.0,
+        clock=clock,
+        name="payments",
+        bus=bus,
+        on_state_change=lambda old, new: seen.append((old, new)),
+    )
+    fail(cb)
+    clock.advance(1.0)
+    fail(cb)
+    clock.advance(1.0)
+    cb.call(int)
+    fail(cb)
+    cb.reset()
+    transitions = [
+        ("closed", "open"),
+        ("open", "half_open"),
+        ("half_open", "open"),
+        ("open", "half_open"),
+        ("half_open", "closed"),
+        ("closed", "open"),
+        ("open", "closed"),
+    ]
+    assert seen == transitions
+    assert bus.published == [
+        ("breaker.payments.state", {"name": "payments", "state": new, "previous": old})
+        for old, new in transitions
+    ]
+
+
+def test_a_callback_may_use_the_breaker_without_deadlock() -> None:
+    states: list[str] = []
+    cb: CircuitBreaker
+
+    def on_change(old: str, new: str) -> None:
+        states.append(cb.state)
+        states.append(cb.stats().state)
+        if new == "open":
+            cb.reset()
+
+    cb = CircuitBreaker(1, 60.0, on_state_change=on_change)
+    fail(cb)
+    assert cb.state == "closed"
+    assert states == ["open", "open", "closed", "closed"]
+
+
+def test_a_failing_callback_goes_to_the_unraisable_hook(monkeypatch: pytest.MonkeyPatch) -> None:
+    caught: list[Any] = []
+    monkeypatch.setattr(sys, "unraisablehook", caught.append)
+
+    def bad(old: str, new: str) -> None:
+        raise RuntimeError("callback bug")
+
+    class BadBus:
+        def publish(self, signal_type: str, data: Any) -> None:
+            raise OSError("bus down")
+
+    cb = CircuitBreaker(1, on_state_change=bad, bus=BadBus(), name="x")
+    fail(cb)  # the call's own exception still propagates
+    assert cb.state == "open"
+    assert [type(u.exc_value) for u in caught] == [RuntimeError, OSError]
+
+
+def test_an_instancecheck_that_raises_counts_neither_way(monkeypatch: pytest.MonkeyPatch) -> None:
+    caught: list[Any] = []
+    monkeypatch.setattr(sys, "unraisablehook", caught.append)
+
+    class Meta(type):
+        def __instancecheck__(cls, obj: object) -> bool:
+            raise RuntimeError("bad check")
+
+    class Weird(Exception, metaclass=Meta):
+        pass
+
+    cb = CircuitBreaker(1, expected=Weird)
+    fail(cb)  # Boom still propagates
+    assert cb.state == "closed"
+    assert cb.stats().ignored == 1
+    assert [type(u.exc_value) for u in caught] == [RuntimeError]
+
+
+# ---- call forms -----------------------------------------------------------------------
+
+
+def test_call_passes_arguments_through() -> None:
+    cb = CircuitBreaker()
+
+    def f(a: int, /, b: int, *, c: int = 0) -> tuple[int, int, int]:
+        return (a, b, c)
+
+    assert cb.call(f, 1, 2, c=3) == (1, 2, 3)
+    assert cb.call(f, 1, b=2) == (1, 2, 0)
+
+
+def test_decorator_sync_keeps_metadata_and_counts() -> None:
+    cb = CircuitBreaker(2)
+
+    @cb
+    def fetch(key: str) -> str:
+        """Fetch a thing."""
+        if key == "bad":
+            raise Boom(key)
+        return key.upper()
+
+    assert fetch.__name__ == "fetch"
+    assert fetch.__doc__ == "Fetch a thing."
+    assert fetch("a") == "A"
+    for _ in range(2):
+        with pytest.raises(Boom):
+            fetch("bad")
+    with pytest.raises(CircuitOpen):
+        fetch("a")
+    assert cb.stats().calls == 3
+
+
+def test_decorator_works_on_methods() -> None:
+    cb = CircuitBreaker()
+
+    class Client:
+        def __init__(self) -> None:
+            self.n = 0
+
+        @cb
+        def get(self, x: int) -> int:
+            self.n += x
+            return self.n
+
+    c = Client()
+    assert c.get(2) == 2
+    assert c.get(3) == 5
+
+
+def test_decorator_async() -> None:
+    clock = ManualClock()
+    cb = CircuitBreaker(1, 1.0, clock=clock)
+
+    @cb
+    async def fetch(ok: bool) -> str:
+        await asyncio.sleep(0)
+        if not ok:
+            raise Boom("down")
+        return "up"
+
+    async def main() -> None:
+        assert await fetch(True) == "up"
+        with pytest.raises(Boom):
+            await fetch(False)
+        assert cb.state == "open"
+        with pytest.raises(CircuitOpen):
+            await fetch(True)
+        clock.advance(1.0)
+        assert await fetch(True) == "up"
+        assert cb.state == "closed"
+
+    asyncio.run(main())
+    assert asyncio.iscoroutinefunction(fetch)
+
+
+def test_cancelled_probe_frees_its_slot() -> None:
+    cb = CircuitBreaker(1, 0.0)
+    fail(cb)
+
+    @cb
+    async def hang(ev: asyncio.Event) -> None:
+        ev.set()
+        await asyncio.sleep(3600)
+
+    async def main() -> None:
+        ev = asyncio.Event()
+        task = asyncio.create_task(hang(ev))
+        await ev.wait()
+        with pytest.raises(CircuitOpen):
+            await hang(asyncio.Event())
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    assert cb.state == "half_open"
+    assert cb.call(int) == 0
+    assert cb.state == "closed"
+
+
+def test_context_manager_sync() -> None:
+    cb = CircuitBreaker(2, 60.0)
+    with cb as entered:
+        assert entered is cb
+    for _ in range(2):
+        with pytest.raises(Boom), cb:
+            raise Boom("x")
+    ran = []
+    with pytest.raises(CircuitOpen), cb:
+        ran.append(1)
+    assert ran == []
+    s = cb.stats()
+    assert (s.calls, s.successes, s.failures, s.rejections) == (3, 1, 2, 1)
+
+
+def test_nested_with_blocks_record_their_own_permits() -> None:
+    clock = ManualClock()
+    cb = CircuitBreaker(1, 1.0, clock=clock)
+    outer = CircuitBreaker(1, 1.0, clock=clock)
+    with outer, pytest.raises(Boom), cb:
+        raise Boom("inner only")
+    assert (cb.state, outer.state) == ("open", "closed")
+
+
+def test_with_blocks_in_threads_and_tasks_do_not_mix() -> None:
+    # Many concurrent blocks on one breaker, each exiting in its own context.
+    cb = CircuitBreaker(10**6)
+    barrier = threading.Barrier(4)
+
+    def worker(i: int) -> None:
+        for n in range(50):
+            if n % 10 == 0:
+                barrier.wait(timeout=10)
+            try:
+                with cb:
+                    if (n + i) % 2:
+                        raise Boom("x")
+            except Boom:
+                pass
+
+    ts = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+
+    async def task(i: int) -> None:
+        for n in range(20):
+            try:
+                async with cb:
+                    await asyncio.sleep(0)
+                    if (n + i) % 2:
+                        raise Boom("x")
+            except Boom:
+                pass
+
+    async def main() -> None:
+        await asyncio.gather(*(task(i) for i in range(5)))
+
+    asyncio.run(main())
+    s = cb.stats()
+    assert (s.calls, s.successes, s.failures) == (300, 150, 150)
+
+
+def test_async_with_rejects_while_open() -> None:
+    cb = CircuitBreaker(1, 60.0)
+
+    async def main() -> list[int]:
+        ran = []
+        with pytest.raises(Boom):
+            async with cb:
+                raise Boom("x")
+        with pytest.raises(CircuitOpen):
+            async with cb:
+                ran.append(1)
+        return ran
+
+    assert asyncio.run(main()) == []
+
+
+# ---- threads --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("probes", [1, 3])
+def test_half_open_probe_limit_under_threads(threads: int, probes: int) -> None:
+    clock = ManualClock()
+    cb = CircuitBreaker(1, 1.0, half_open_max_calls=probes, clock=clock)
+    fail(cb)
+    clock.advance(1.0)
+    release = threading.Event()
+    start = threading.Barrier(threads)
+    admitted: list[int] = []
+    rejected: list[float] = []
+    lock = threading.Lock()
+
+    def probe(i: int) -> None:
+        start.wait(timeout=10)
+        try:
+            cb.call(_wait_then_record, release, admitted, lock, i)
+        except CircuitOpen as e:
+            with lock:
+                rejected.append(e.retry_after)
+
+    ts = [threading.Thread(target=probe, args=(i,)) for i in range(threads)]
+    for t in ts:
+        t.start()
+    # Probes stay in flight until every thread has been admitted or rejected.
+    for _ in range(2000):
+        with lock:
+            if len(admitted) + len(rejected) == threads:
+                break
+        release.wait(0.005)
+    release.set()
+    for t in ts:
+        t.join()
+    assert len(admitted) == probes
+    assert rejected == [0.0] * (threads - probes)
+    assert cb.state == "closed"
+
+
+def _wait_then_record(
+    release: threading.Event, admitted: list[int], lock: threading.Lock, i: int
+) -> None:
+    with lock:
+        admitted.append(i)
+    assert release.wait(10)
+
+
+def test_protected_calls_run_in_parallel(threads: int) -> None:
+    # Every call waits inside the breaker for all the others to arrive: if the breaker
+    # serialised calls, the barrier would break instead.
+    cb = CircuitBreaker()
+    inside = threading.Barrier(threads)
+    results: list[int] = []
+
+    def work() -> None:
+        results.append(cb.call(inside.wait, 10))
+
+    ts = [threading.Thread(target=work) for _ in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert sorted(results) == list(range(threads))
+    assert cb.stats().successes == threads
+
+
+def test_stress_counts_add_up(threads: int, stress_scale: int) -> None:
+    per_thread = 2000 * stress_scale
+    errors: list[BaseException] = []
+    transitions: list[tuple[str, str]] = []
+    seen_lock = threading.Lock()
+
+    def on_change(old: str, new: str) -> None:
+        with seen_lock:
+            transitions.append((old, new))
+
+    cb = CircuitBreaker(3, 0.0, half_open_max_calls=2, expected=Boom, on_state_change=on_change)
+
+    def work(seed: int) -> None:
+        rng = random.Random(seed)
+        try:
+            for _ in range(per_thread):
+                r = rng.random()
+                try:
+                    if r < 0.4:
+                        cb.call(boom)
+                    elif r < 0.5:
+                        cb.call(_raiser(KeyError))
+                    else:
+                        cb.call(int)
+                except (Boom, KeyError, CircuitOpen):
+                    pass
+                assert cb.state in ("closed", "open", "half_open")
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    ts = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert errors == []
+    s = cb.stats()
+    assert s.calls + s.rejections == threads * per_thread
+    assert s.calls == s.successes + s.failures + s.ignored
+    assert s.state_changes == len(transitions)
+    allowed = {
+        ("closed", "open"),
+        ("open", "half_open"),
+        ("half_open", "open"),
+        ("half_open", "closed"),
+    }
+    assert set(transitions) <= allowed
+
+
+# ---- model-based test -----------------------------------------------------------------
+
+
+class Model:
+    """The contract in plain Python, on the same ManualClock readings."""
+
+    def __init__(self, threshold: int, timeout: float, probes: int) -> None:
+        self.threshold, self.timeout, self.max_probes = threshold, timeout, probes
+        self.state = "closed"
+        self.gen = 0
+        self.run = 0
+        self.probes = 0
+        self.opened_at = 0.0
+        self.stats = dict.fromkeys(
+            ("calls", "successes", "failures", "ignored", "rejections", "state_changes"), 0
+        )
+        self.transitions: list[tuple[str, str]] = []
+
+    def _move(self, new: str) -> None:
+        self.transitions.append((self.state, new))
+        self.stats["state_changes"] += 1
+        self.state = new
+        self.gen += 1
+        self.run = 0
+        self.probes = 0
+
+    def observe(self, now: float) -> str:
+        if self.state == "open" and now >= self.opened_at + self.timeout:
+            self._move("half_open")
+        return self.state
+
+    def admit(self, now: float) -> tuple[int, bool] | float:
+        """A permit, or the retry_after of the rejection."""
+        if self.state == "open":
+            if now < self.opened_at + self.timeout:
+                self.stats["rejections"] += 1
+                return self.opened_at + self.timeout - now
+            self._move("half_open")
+        if self.state == "closed":
+            self.stats["calls"] += 1
+            return (self.gen, False)
+        if self.probes < self.max_probes:
+            self.probes += 1
+            self.stats["calls"] += 1
+            return (self.gen, True)
+        self.stats["rejections"] += 1
+        return 0.0
+
+    def success(self, permit: tuple[int, bool]) -> None:
+        self.stats["successes"] += 1
+        if permit[0] != self.gen:
+            return
+        if self.state == "half_open":
+            self._move("closed")
+        else:
+            self.run = 0
+
+    def failure(self, permit: tuple[int, bool], now: float) -> None:
+        self.stats["failures"] += 1
+        if permit[0] != self.gen:
+            return
+        if self.state == "closed":
+            self.run += 1
+            if self.run < self.threshold:
+                return
+        self._move("open")
+        self.opened_at = now
+
+    def ignore(self, permit: tuple[int, bool]) -> None:
+        self.stats["ignored"] += 1
+        if permit[1] and permit[0] == self.gen and self.state == "half_open":
+            self.probes -= 1
+
+    def reset(self) -> None:
+        if self.state != "closed":
+            self._move("closed")
+        else:
+            self.gen += 1
+            self.run = 0
+
+
+class BreakerMachine(RuleBasedStateMachine):
+    @initialize(
+        threshold=st.integers(1, 3),
+        timeout=st.sampled_from([0.0, 1.0, 2.5]),
+        probes=st.integers(1, 2),
+    )
+    def setup(self, threshold: int, timeout: float, probes: int) -> None:
+        self.clock = ManualClock()
+        self.seen: list[tuple[str, str]] = []
+        self.cb = CircuitBreaker(
+            threshold,
+            timeout,
+            half_open_max_calls=probes,
+            expected=Boom,
+            clock=self.clock,
+            on_state_change=lambda old, new: self.seen.append((old, new)),
+        )
+        self.model = Model(threshold, timeout, probes)
+        self.held: list[tuple[int, tuple[int, bool]]] = []
+
+    def _admit(self) -> tuple[int, tuple[int, bool]] | None:
+        expect = self.model.admit(self.clock.now())
+        if isinstance(expect, float):
+            with pytest.raises(CircuitOpen) as info:
+                self.cb._acquire()
+            assert info.value.retry_after == pytest.approx(expect, abs=1e-9)
+            return None
+        return self.cb._acquire(), expect
+
+    @rule(outcome=st.sampled_from(["ok", "fail", "other"]))
+    def call(self, outcome: str) -> None:
+        admitted = self._admit()
+        if admitted is not None:
+            self._finish(admitted, outcome)
+
+    @rule()
+    def begin(self) -> None:
+        admitted = self._admit()
+        if admitted is not None:
+            self.held.append(admitted)
+
+    @precondition(lambda self: bool(self.held))
+    @rule(data=st.data(), outcome=st.sampled_from(["ok", "fail", "other"]))
+    def end(self, data: st.DataObject, outcome: str) -> None:
+        i = data.draw(st.integers(0, len(self.held) - 1))
+        self._finish(self.held.pop(i), outcome)
+
+    def _finish(self, admitted: tuple[int, tuple[int, bool]], outcome: str) -> None:
+        permit, mine = admitted
+        if outcome == "ok":
+            self.cb._record(permit)
+            self.model.success(mine)
+        elif outcome == "fail":
+            self.cb._record(permit, Boom())
+            self.model.failure(mine, self.clock.now())
+        else:
+            self.cb._record(permit, KeyError())
+            self.model.ignore(mine)
+
+    @rule(dt=st.sampled_from([0.5, 1.0, 2.5]))
+    def advance(self, dt: float) -> None:
+        self.clock.advance(dt)
+
+    @rule()
+    def reset(self) -> None:
+        self.cb.reset()
+        self.model.reset()
+
+    @rule()
+    def read_state(self) -> None:
+        assert self.cb.state == self.model.observe(self.clock.now())
+
+    @invariant()
+    def agrees(self) -> None:
+        if not hasattr(self, "cb"):
+            return
+        s = self.cb.stats()
+        self.model.observe(self.clock.now())
+        assert s.state == self.model.state
+        got = {k: getattr(s, k) for k in self.model.stats}
+        assert got == self.model.stats
+        expect_run = self.model.run if self.model.state == "closed" else 0
+        assert s.consecutive_failures == expect_run
+        assert self.seen == self.model.transitions
+
+
+TestBreakerModel = BreakerMachine.TestCase
+TestBreakerModel.settings = settings(max_examples=300, stateful_step_count=30, deadline=None)
