@@ -125,8 +125,40 @@ def _cache_peer_name() -> str:
         return "dict + Lock"
 
 
+# ---- queue: put+get round trips, each thread on its own queue ----------------------------
+
+
+def queue_ferrule(ops: int) -> Work:
+    queues = [ferrule.WorkQueue(1024) for _ in range(64)]
+
+    def work(i: int) -> None:
+        q = queues[i]
+        put, get = q.put, q.get
+        for n in range(ops):
+            put(n)
+            get()
+
+    return work
+
+
+def queue_peer(ops: int) -> Work:
+    import queue
+
+    queues: list[queue.Queue[int]] = [queue.Queue(1024) for _ in range(64)]
+
+    def work(i: int) -> None:
+        q = queues[i]
+        put, get = q.put, q.get
+        for n in range(ops):
+            put(n)
+            get()
+
+    return work
+
+
 ROWS: list[Row] = [
     Row("Cache get/set, distinct keys", 200_000, cache_ferrule, _cache_peer_name(), cache_peer),
+    Row("WorkQueue put+get, own queue", 200_000, queue_ferrule, "queue.Queue", queue_peer),
 ]
 
 

@@ -18,8 +18,12 @@ from ferrule._native import (
     QueueClosed,
     QueueEmpty,
     QueueFull,
+    QueueStats,
+    TaskPoolStats,
+    WorkQueue,
     __version__,
 )
+from ferrule._pool import TaskPool
 
 __all__ = [
     "AlreadyRegistered",
@@ -34,6 +38,10 @@ __all__ = [
     "QueueClosed",
     "QueueEmpty",
     "QueueFull",
+    "QueueStats",
+    "TaskPool",
+    "TaskPoolStats",
+    "WorkQueue",
     "__version__",
     "cached",
 ]

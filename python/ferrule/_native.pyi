@@ -3,8 +3,9 @@
 Import these names from ``ferrule``; ``ferrule._native`` is private.
 """
 
-from collections.abc import Callable, Hashable, Iterator
-from typing import Any, TypeVar, final, overload
+from collections.abc import Callable, Coroutine, Hashable, Iterable, Iterator
+from types import GenericAlias
+from typing import Any, Generic, TypeVar, final, overload
 
 __version__: str
 
@@ -240,3 +241,258 @@ class Cache:
 
     def __iter__(self) -> Iterator[Any]:
         """Iterate over a snapshot of the live keys."""
+
+# ---------------------------------------------------------------------------------------
+# WorkQueue and the TaskPool counters
+# ---------------------------------------------------------------------------------------
+
+@final
+class QueueStats:
+    """Counters of a :class:`WorkQueue`, read together in one critical section, so
+    ``put == got + dropped + size`` holds exactly in every snapshot.
+
+    ``put`` counts accepted items (with ``drop_newest``, an item accepted and discarded
+    at once counts in ``put`` and ``dropped``); ``rejected`` counts refused puts (the
+    ``reject`` policy, a full ``put_nowait``, a timed-out ``put``); ``high_water`` is the
+    largest length seen.
+
+    >>> q = WorkQueue(2, overflow="drop_oldest")
+    >>> q.put_many([1, 2, 3])
+    3
+    >>> s = q.stats()
+    >>> (s.put, s.got, s.dropped, s.size, s.high_water)
+    (3, 0, 1, 2, 2)
+    """
+
+    @property
+    def put(self) -> int: ...
+    @property
+    def got(self) -> int: ...
+    @property
+    def rejected(self) -> int: ...
+    @property
+    def dropped(self) -> int: ...
+    @property
+    def high_water(self) -> int: ...
+    @property
+    def size(self) -> int:
+        """Items queued when the snapshot was taken."""
+
+@final
+class WorkQueue(Generic[_T]):
+    """A bounded multi-producer, multi-consumer FIFO queue with an overflow policy.
+
+    ``overflow`` decides what a put does when ``maxsize`` items are queued: ``"block"``
+    waits for room (``put_nowait`` raises :class:`QueueFull`), ``"reject"`` raises
+    :class:`QueueFull`, ``"drop_oldest"`` evicts the oldest item to make room,
+    ``"drop_newest"`` discards the new item (the queue keeps what it has). Dropped items
+    count in ``stats().dropped``.
+
+    Waits release the GIL, honour ``timeout`` (seconds; ``None`` waits forever, ``0``
+    does not wait) and wake on the matching event; Ctrl-C interrupts them within 50 ms.
+    ``close()`` wakes every waiter: blocked putters get :class:`QueueClosed`, getters
+    drain what is left, then get :class:`QueueClosed`; iteration stops there. No item is
+    lost or duplicated: every accepted item is got exactly once or counted as dropped.
+    :class:`QueueFull` and :class:`QueueEmpty` subclass ``queue.Full`` and
+    ``queue.Empty``.
+
+    >>> q: WorkQueue[str] = WorkQueue(100)
+    >>> q.put("job-1"); q.put_nowait("job-2")
+    >>> q.get(), len(q)
+    ('job-1', 1)
+    >>> q.close()
+    >>> list(q)
+    ['job-2']
+    """
+
+    def __new__(cls, maxsize: int, *, overflow: str = "block") -> WorkQueue[_T]:
+        """``maxsize`` >= 1; ``overflow`` one of ``"block"``, ``"reject"``,
+        ``"drop_oldest"``, ``"drop_newest"``."""
+
+    def put(self, item: _T, timeout: float | None = None) -> None:
+        """Add ``item``. Block policy: wait up to ``timeout`` for room, then raise
+        :class:`QueueFull` (counted in ``rejected``). Raises :class:`QueueClosed` after
+        ``close()``.
+
+        >>> q = WorkQueue(1); q.put("a")
+        >>> q.put("b", timeout=0.01)
+        Traceback (most recent call last):
+        ...
+        ferrule.QueueFull: queue is full (put timed out)
+        """
+
+    def put_nowait(self, item: _T) -> None:
+        """Add ``item`` without waiting: :class:`QueueFull` if there is no room (unless a
+        drop policy makes it).
+
+        >>> q = WorkQueue(1, overflow="drop_oldest")
+        >>> q.put_nowait(1); q.put_nowait(2); q.get_nowait()
+        2
+        """
+
+    def get(self, timeout: float | None = None) -> _T:
+        """Remove and return the oldest item, waiting up to ``timeout`` for one
+        (:class:`QueueEmpty` then). Raises :class:`QueueClosed` once closed and drained.
+
+        >>> q = WorkQueue(4); q.put(1)
+        >>> q.get(timeout=1.0)
+        1
+        """
+
+    def get_nowait(self) -> _T:
+        """The oldest item without waiting; :class:`QueueEmpty` if there is none.
+
+        >>> WorkQueue(4).get_nowait()
+        Traceback (most recent call last):
+        ...
+        ferrule.QueueEmpty: queue is empty
+        """
+
+    def put_many(self, items: Iterable[_T], timeout: float | None = None) -> int:
+        """Add the items in order under as few lock holds as possible; returns how many
+        were accepted. It stops early, returning a partial count, when the ``reject``
+        policy refuses an item or ``timeout`` passes (the rest count as ``rejected``), or
+        when the queue is closed (:class:`QueueClosed` if nothing was accepted).
+
+        >>> q = WorkQueue(3, overflow="reject")
+        >>> q.put_many(range(5))
+        3
+        """
+
+    def get_many(self, max_items: int, timeout: float | None = None) -> list[_T]:
+        """Up to ``max_items`` (>= 1) of the oldest items, waiting up to ``timeout`` for
+        the first: ``[]`` on timeout; :class:`QueueClosed` once closed and drained.
+
+        >>> q = WorkQueue(10); q.put_many("abc")
+        3
+        >>> q.get_many(2), q.get_many(5, timeout=0)
+        (['a', 'b'], ['c'])
+        """
+
+    def put_async(self, item: _T) -> Coroutine[Any, Any, None]:
+        """Coroutine: ``put`` for asyncio. Waits on the running loop (no thread) while a
+        block-policy queue is full; other policies never wait. Cancelling it puts
+        nothing.
+
+        >>> async def produce(q: WorkQueue[int]) -> None:
+        ...     await q.put_async(1)
+        """
+
+    def get_async(self) -> Coroutine[Any, Any, _T]:
+        """Coroutine: ``get`` for asyncio. Waits on the running loop (no thread); any
+        thread's ``put`` wakes it. Cancelling it never loses an item.
+
+        >>> async def consume(q: WorkQueue[int]) -> int:
+        ...     return await q.get_async()
+        """
+
+    def _put_or_wait(self, item: _T, waker: Callable[[], object] | None) -> bool:
+        """Internal (asyncio glue): put, or register ``waker`` and return False."""
+
+    def _get_or_wait(self, waker: Callable[[], object] | None, pending: object) -> _T:
+        """Internal (asyncio glue): an item, or ``pending`` after registering ``waker``."""
+
+    def _forget_getter(self, waker: Callable[[], object]) -> None:
+        """Internal (asyncio glue): a waiting getter gave up."""
+
+    def _forget_putter(self, waker: Callable[[], object]) -> None:
+        """Internal (asyncio glue): a waiting putter gave up."""
+
+    def close(self) -> None:
+        """Close the queue (idempotent) and wake every waiter: puts raise
+        :class:`QueueClosed` from now on; gets drain what is left, then raise it."""
+
+    @property
+    def closed(self) -> bool:
+        """True once ``close()`` was called."""
+
+    def qsize(self) -> int:
+        """Items queued now."""
+
+    def __len__(self) -> int:
+        """Items queued now."""
+
+    def empty(self) -> bool: ...
+    def full(self) -> bool: ...
+    @property
+    def maxsize(self) -> int: ...
+    @property
+    def overflow(self) -> str:
+        """The overflow policy's name."""
+
+    def stats(self) -> QueueStats:
+        """Counters; see :class:`QueueStats`."""
+
+    def __iter__(self) -> WorkQueue[_T]:
+        """Iterate by blocking ``get()`` until the queue is closed and drained."""
+
+    def __next__(self) -> _T: ...
+    def __class_getitem__(cls, item: Any) -> GenericAlias:
+        """``WorkQueue[int]`` for annotations."""
+
+@final
+class TaskPoolStats:
+    """Counters of a ``TaskPool``, read from atomics:
+    ``started == completed + failed + active``. ``submitted`` counts accepted submits,
+    ``rejected`` those refused with :class:`QueueFull`, ``cancelled`` queued tasks
+    cancelled before they started, ``queued`` tasks waiting in the queue.
+
+    >>> from ferrule import TaskPool
+    >>> with TaskPool(2) as pool:
+    ...     pool.submit(pow, 2, 10).result()
+    1024
+    >>> s = pool.stats()
+    >>> (s.submitted, s.completed, s.failed, s.active, s.queued)
+    (1, 1, 0, 0, 0)
+    """
+
+    @property
+    def submitted(self) -> int: ...
+    @property
+    def started(self) -> int: ...
+    @property
+    def completed(self) -> int: ...
+    @property
+    def failed(self) -> int: ...
+    @property
+    def rejected(self) -> int: ...
+    @property
+    def cancelled(self) -> int: ...
+    @property
+    def active(self) -> int:
+        """Tasks running now."""
+    @property
+    def queued(self) -> int: ...
+
+@final
+class TaskCounters:
+    """Internal: the lock-free counters a ``TaskPool`` keeps (atomics).
+
+    >>> c = TaskCounters()
+    >>> c.submit(); c.start(); c.finish(True)
+    >>> c.snapshot(0).completed
+    1
+    """
+
+    def __new__(cls) -> TaskCounters: ...
+    def submit(self) -> None:
+        """A task is about to be queued."""
+    def withdraw(self, rejected: bool) -> None:
+        """The announced task was not queued (``rejected``: the queue was full)."""
+    def start(self) -> None: ...
+    def finish(self, ok: bool) -> None: ...
+    def cancel(self) -> None:
+        """A queued task was cancelled before it started."""
+    @property
+    def outstanding(self) -> int:
+        """Tasks submitted and not yet finished or cancelled."""
+    def snapshot(self, queued: int) -> TaskPoolStats: ...
+
+def _run_worker(queue: WorkQueue[Any], counters: TaskCounters) -> None:
+    """Internal: a ``TaskPool`` worker loop. Runs ``(future, fn, args, kwargs)`` tasks from
+    ``queue`` until it is closed and drained; a task's exception goes on its future.
+
+    >>> q: WorkQueue[Any] = WorkQueue(4)
+    >>> q.close()
+    >>> _run_worker(q, TaskCounters())
+    """

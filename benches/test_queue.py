@@ -1,0 +1,132 @@
+"""WorkQueue and TaskPool beside queue.Queue, deque + Condition and ThreadPoolExecutor.
+
+Run (release build): .venv/bin/python -m pytest benches/test_queue.py --benchmark-only
+--benchmark-columns=min,median,ops -q
+"""
+
+from __future__ import annotations
+
+import collections
+import queue
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import ferrule
+import pytest
+
+ROUND_TRIPS = 1_000
+TRANSFER = 20_000
+TASKS = 200
+MAXSIZE = 1024
+
+
+class DequeQueue:
+    """The hand-rolled peer: a bounded deque guarded by one Condition."""
+
+    def __init__(self, maxsize: int) -> None:
+        self.items: collections.deque[Any] = collections.deque()
+        self.maxsize = maxsize
+        self.cond = threading.Condition()
+
+    def put(self, item: Any) -> None:
+        with self.cond:
+            while len(self.items) >= self.maxsize:
+                self.cond.wait()
+            self.items.append(item)
+            self.cond.notify_all()
+
+    def get(self) -> Any:
+        with self.cond:
+            while not self.items:
+                self.cond.wait()
+            item = self.items.popleft()
+            self.cond.notify_all()
+            return item
+
+
+def make(kind: str) -> Any:
+    if kind == "ferrule.WorkQueue":
+        return ferrule.WorkQueue(MAXSIZE)
+    if kind == "queue.Queue":
+        return queue.Queue(MAXSIZE)
+    return DequeQueue(MAXSIZE)
+
+
+KINDS = ["ferrule.WorkQueue", "queue.Queue", "deque + Condition"]
+
+
+@pytest.mark.benchmark(group="queue: put+get round trip, one thread (x1000)")
+@pytest.mark.parametrize("kind", KINDS)
+def test_round_trip(benchmark: Any, kind: str) -> None:
+    q = make(kind)
+    put, get = q.put, q.get
+
+    def run() -> None:
+        for i in range(ROUND_TRIPS):
+            put(i)
+            get()
+
+    benchmark(run)
+    assert (len(q.items) if isinstance(q, DequeQueue) else q.qsize()) == 0
+
+
+@pytest.mark.benchmark(group="queue: producer -> consumer across two threads (x20000)")
+@pytest.mark.parametrize("kind", KINDS)
+def test_two_thread_transfer(benchmark: Any, kind: str) -> None:
+    def run() -> int:
+        q = make(kind)
+        put, get = q.put, q.get
+
+        def produce() -> None:
+            for i in range(TRANSFER):
+                put(i)
+
+        t = threading.Thread(target=produce)
+        t.start()
+        total = 0
+        for _ in range(TRANSFER):
+            total += get()
+        t.join()
+        return total
+
+    assert benchmark(run) == TRANSFER * (TRANSFER - 1) // 2
+
+
+def _noop(x: int) -> int:
+    return x
+
+
+POOLS: dict[str, Callable[[], Any]] = {
+    "ferrule.TaskPool": lambda: ferrule.TaskPool(2, max_queue=2048),
+    "ThreadPoolExecutor": lambda: ThreadPoolExecutor(2),
+}
+
+
+@pytest.mark.benchmark(group="pool: submit + result of a trivial task (x200)")
+@pytest.mark.parametrize("kind", list(POOLS))
+def test_pool_submit_result(benchmark: Any, kind: str) -> None:
+    with POOLS[kind]() as pool:
+        submit = pool.submit
+
+        def run() -> int:
+            total = 0
+            for i in range(TASKS):
+                total += submit(_noop, i).result()
+            return total
+
+        assert benchmark(run) == TASKS * (TASKS - 1) // 2
+
+
+@pytest.mark.benchmark(group="pool: submit 1000 trivial tasks, then collect the results")
+@pytest.mark.parametrize("kind", list(POOLS))
+def test_pool_burst(benchmark: Any, kind: str) -> None:
+    with POOLS[kind]() as pool:
+        submit = pool.submit
+
+        def run() -> int:
+            futs = [submit(_noop, i) for i in range(1000)]
+            return sum(f.result() for f in futs)
+
+        assert benchmark(run) == 1000 * 999 // 2

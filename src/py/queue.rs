@@ -1,0 +1,631 @@
+//! `WorkQueue` and the native counters behind `TaskPool`: the Python face of
+//! `core::queue::WorkQueue` over Python items.
+//!
+//! The first attempt of every operation runs attached to the interpreter (one short
+//! critical section); only a wait detaches, and it re-attaches at least every 50 ms to
+//! run `check_signals`, so Ctrl-C interrupts a blocked `get`/`put` promptly. The core
+//! hands back what must not be dropped or called under its lock (evicted items, the
+//! asyncio waiters to wake); the binding drops or calls them attached, lock released.
+//!
+//! Asyncio: `put_async`/`get_async` are coroutines of `ferrule._queue`. A waiting task
+//! registers a waker, `functools.partial(loop.call_soon_threadsafe, wake, future)`, with
+//! the queue in the same critical section that found it full or empty, so no wake-up is
+//! lost; the waker only tells the task to retry, so cancelling it never loses an item.
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use pyo3::exceptions::PyStopIteration;
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyDict, PyList, PyString, PyTuple, PyType};
+
+use crate::core::queue::{Accepted, GetError, Overflow, PutError, Stats, Stop, WorkQueue as Core};
+use crate::errors::{wrong_type, Exc};
+use crate::py::args;
+
+type Item = Py<PyAny>;
+type Waker = Py<PyAny>;
+
+fn closed(py: Python<'_>) -> PyErr {
+    Exc::QueueClosed.err(py, "queue is closed")
+}
+
+fn full(py: Python<'_>) -> PyErr {
+    Exc::QueueFull.err(py, "queue is full")
+}
+
+fn empty(py: Python<'_>) -> PyErr {
+    Exc::QueueEmpty.err(py, "queue is empty")
+}
+
+/// The signal check run between wait slices (re-attaches for the call).
+fn check_signals() -> PyResult<()> {
+    #[allow(clippy::redundant_closure_for_method_calls)] // the method is not lifetime-generic
+    Python::attach(|py| py.check_signals())
+}
+
+/// `now + timeout`; a deadline beyond what `Instant` can hold means no deadline.
+fn deadline(timeout: Option<Duration>) -> Option<Instant> {
+    timeout.and_then(|t| Instant::now().checked_add(t))
+}
+
+/// A bounded multi-producer, multi-consumer queue with an overflow policy.
+#[pyclass(frozen, module = "ferrule._native", name = "WorkQueue")]
+pub struct WorkQueue {
+    q: Core<Item, Waker>,
+}
+
+impl WorkQueue {
+    /// Wakes an asyncio getter; a waker that fails (its loop is closed) passes the
+    /// wake-up on.
+    fn wake_getter(&self, py: Python<'_>, mut w: Option<Waker>) {
+        while let Some(f) = w.take() {
+            if f.call0(py).is_err() {
+                w = self.q.forget_getter(|_| false);
+            }
+        }
+    }
+
+    fn wake_putter(&self, py: Python<'_>, mut w: Option<Waker>) {
+        while let Some(f) = w.take() {
+            if f.call0(py).is_err() {
+                w = self.q.forget_putter(|_| false);
+            }
+        }
+    }
+
+    /// Drops what a put evicted and wakes a getter, with the lock released.
+    fn accepted(&self, py: Python<'_>, a: Accepted<Item, Waker>) {
+        drop(a.dropped);
+        self.wake_getter(py, a.wake);
+    }
+
+    fn put_error(py: Python<'_>, e: PutError<Item, PyErr>) -> PyErr {
+        match e {
+            PutError::Full(_) | PutError::WouldBlock(_) => full(py),
+            PutError::Timeout(_) => Exc::QueueFull.err(py, "queue is full (put timed out)"),
+            PutError::Closed(_) => closed(py),
+            PutError::Interrupted(_, err) => err,
+        }
+    }
+
+    fn do_put(&self, py: Python<'_>, item: Item, timeout: Option<Duration>) -> PyResult<()> {
+        let item = match self.q.put_or_wait(item, None) {
+            Ok(a) => {
+                self.accepted(py, a);
+                return Ok(());
+            }
+            Err(PutError::WouldBlock(item)) => item,
+            Err(PutError::Full(_)) => return Err(full(py)),
+            Err(_) => return Err(closed(py)),
+        };
+        let r = if timeout == Some(Duration::ZERO) {
+            // Counts the refusal like any timed-out put; no wait, so no detach.
+            self.q.put_until(item, Some(Instant::now()), || Ok(()))
+        } else {
+            let until = deadline(timeout);
+            py.detach(|| self.q.put_until(item, until, check_signals))
+        };
+        match r {
+            Ok(a) => {
+                self.accepted(py, a);
+                Ok(())
+            }
+            Err(e) => Err(Self::put_error(py, e)),
+        }
+    }
+
+    fn do_get(&self, py: Python<'_>, timeout: Option<Duration>) -> PyResult<Item> {
+        match self.q.try_get() {
+            Ok((item, w)) => {
+                self.wake_putter(py, w);
+                return Ok(item);
+            }
+            Err(GetError::Closed) => return Err(closed(py)),
+            Err(_) => {}
+        }
+        if timeout == Some(Duration::ZERO) {
+            return Err(empty(py));
+        }
+        let until = deadline(timeout);
+        match py.detach(|| self.q.get_until(until, check_signals)) {
+            Ok((item, w)) => {
+                self.wake_putter(py, w);
+                Ok(item)
+            }
+            Err(GetError::Timeout | GetError::Empty) => {
+                Err(Exc::QueueEmpty.err(py, "queue is empty (get timed out)"))
+            }
+            Err(GetError::Closed) => Err(closed(py)),
+            Err(GetError::Interrupted(e)) => Err(e),
+        }
+    }
+
+    fn take_many<'py>(
+        &self,
+        py: Python<'py>,
+        r: (Vec<Item>, Vec<Waker>),
+    ) -> PyResult<Bound<'py, PyList>> {
+        let (items, wake) = r;
+        for w in wake {
+            self.wake_putter(py, Some(w));
+        }
+        PyList::new(py, items)
+    }
+}
+
+/// The `ferrule._queue` coroutine named `name`, looked up once.
+fn coroutine_fn<'py>(
+    py: Python<'py>,
+    cell: &'static PyOnceLock<Py<PyAny>>,
+    name: &str,
+) -> PyResult<&'py Bound<'py, PyAny>> {
+    cell.get_or_try_init(py, || -> PyResult<Py<PyAny>> {
+        Ok(py.import("ferrule._queue")?.getattr(name)?.unbind())
+    })
+    .map(|f| f.bind(py))
+}
+
+#[pymethods]
+impl WorkQueue {
+    #[new]
+    #[pyo3(signature = (maxsize, *, overflow = None), text_signature = "(maxsize, *, overflow='block')")]
+    fn new(maxsize: &Bound<'_, PyAny>, overflow: Option<&Bound<'_, PyAny>>) -> PyResult<Self> {
+        let maxsize = args::int_at_least(maxsize, "maxsize", 1)? as usize;
+        let overflow = match overflow {
+            None => Overflow::Block,
+            Some(o) => match o.cast::<PyString>() {
+                Ok(s) => Overflow::parse(s.to_str()?)?,
+                Err(_) => return Err(wrong_type("overflow", "a str", o)),
+            },
+        };
+        Ok(Self {
+            q: Core::new(maxsize, overflow)?,
+        })
+    }
+
+    /// Puts `item`, waiting for room (block policy) up to `timeout` seconds.
+    #[pyo3(signature = (item, timeout = None))]
+    fn put(&self, py: Python<'_>, item: Item, timeout: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+        let timeout = args::opt_timeout(timeout, "timeout")?;
+        self.do_put(py, item, timeout)
+    }
+
+    fn put_nowait(&self, py: Python<'_>, item: Item) -> PyResult<()> {
+        match self.q.try_put(item) {
+            Ok(a) => {
+                self.accepted(py, a);
+                Ok(())
+            }
+            Err(PutError::Closed(_)) => Err(closed(py)),
+            Err(_) => Err(full(py)),
+        }
+    }
+
+    #[pyo3(signature = (timeout = None))]
+    fn get(&self, py: Python<'_>, timeout: Option<&Bound<'_, PyAny>>) -> PyResult<Item> {
+        let timeout = args::opt_timeout(timeout, "timeout")?;
+        self.do_get(py, timeout)
+    }
+
+    fn get_nowait(&self, py: Python<'_>) -> PyResult<Item> {
+        self.do_get(py, Some(Duration::ZERO))
+    }
+
+    /// Puts the items in order; returns how many were accepted.
+    #[pyo3(signature = (items, timeout = None))]
+    fn put_many(
+        &self,
+        py: Python<'_>,
+        items: &Bound<'_, PyAny>,
+        timeout: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<usize> {
+        let timeout = args::opt_timeout(timeout, "timeout")?;
+        let Ok(iter) = items.try_iter() else {
+            return Err(wrong_type("items", "an iterable", items));
+        };
+        let mut pending = iter
+            .map(|r| r.map(Bound::unbind))
+            .collect::<PyResult<std::collections::VecDeque<Item>>>()?;
+        let waiting = timeout != Some(Duration::ZERO);
+        let first = self.q.put_many_once(&mut pending, waiting);
+        let mut accepted = first.accepted;
+        drop(first.dropped);
+        for w in first.wake {
+            self.wake_getter(py, Some(w));
+        }
+        let mut stopped: Option<Stop<PyErr>> = match first.stopped {
+            Some(Stop::WouldBlock) => {
+                let until = deadline(timeout);
+                let rest = py.detach(|| {
+                    self.q
+                        .put_many_until(&mut pending, until, check_signals, |ws| {
+                            Python::attach(|py| {
+                                for w in ws {
+                                    self.wake_getter(py, Some(w));
+                                }
+                            });
+                        })
+                });
+                accepted += rest.accepted;
+                drop(rest.dropped);
+                for w in rest.wake {
+                    self.wake_getter(py, Some(w));
+                }
+                rest.stopped
+            }
+            Some(Stop::Closed) => Some(Stop::Closed),
+            _ => None,
+        };
+        drop(pending);
+        match stopped.take() {
+            Some(Stop::Interrupted(e)) => Err(e),
+            Some(Stop::Closed) if accepted == 0 => Err(closed(py)),
+            _ => Ok(accepted),
+        }
+    }
+
+    /// Up to `max_items` items, waiting up to `timeout` for the first; `[]` on timeout.
+    #[pyo3(signature = (max_items, timeout = None))]
+    fn get_many<'py>(
+        &self,
+        py: Python<'py>,
+        max_items: &Bound<'_, PyAny>,
+        timeout: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let max = args::int_at_least(max_items, "max_items", 1)? as usize;
+        let timeout = args::opt_timeout(timeout, "timeout")?;
+        match self.q.try_get_many(max) {
+            Ok(r) if !r.0.is_empty() || timeout == Some(Duration::ZERO) => {
+                return self.take_many(py, r)
+            }
+            Ok(_) => {}
+            Err(_) => return Err(closed(py)),
+        }
+        let until = deadline(timeout);
+        match py.detach(|| self.q.get_many_until(max, until, check_signals)) {
+            Ok(r) => self.take_many(py, r),
+            Err(GetError::Timeout | GetError::Empty) => Ok(PyList::empty(py)),
+            Err(GetError::Closed) => Err(closed(py)),
+            Err(GetError::Interrupted(e)) => Err(e),
+        }
+    }
+
+    /// A coroutine: puts `item`, waiting without blocking the event loop.
+    fn put_async<'py>(slf: &Bound<'py, Self>, item: Item) -> PyResult<Bound<'py, PyAny>> {
+        static F: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+        coroutine_fn(slf.py(), &F, "put_async")?.call1((slf, item))
+    }
+
+    /// A coroutine: the next item, waiting without blocking the event loop.
+    fn get_async<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        static F: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+        coroutine_fn(slf.py(), &F, "get_async")?.call1((slf,))
+    }
+
+    /// asyncio glue: puts `item` and returns True, or (block policy, full) registers
+    /// `waker` (if not None) and returns False.
+    fn _put_or_wait(&self, py: Python<'_>, item: Item, waker: Option<Waker>) -> PyResult<bool> {
+        let waker = waker.filter(|w| !w.is_none(py));
+        match self.q.put_or_wait(item, waker) {
+            Ok(a) => {
+                self.accepted(py, a);
+                Ok(true)
+            }
+            Err(PutError::WouldBlock(_)) => Ok(false),
+            Err(PutError::Closed(_)) => Err(closed(py)),
+            Err(_) => Err(full(py)),
+        }
+    }
+
+    /// asyncio glue: an item, or `pending` after registering `waker` (if not None).
+    fn _get_or_wait(&self, py: Python<'_>, waker: Option<Waker>, pending: Item) -> PyResult<Item> {
+        let waker = waker.filter(|w| !w.is_none(py));
+        match self.q.get_or_wait(waker) {
+            Ok((item, w)) => {
+                self.wake_putter(py, w);
+                Ok(item)
+            }
+            Err(GetError::Closed) => Err(closed(py)),
+            Err(_) => Ok(pending),
+        }
+    }
+
+    /// asyncio glue: a getter's task gave up; an unused wake-up passes on.
+    fn _forget_getter(&self, py: Python<'_>, waker: &Bound<'_, PyAny>) {
+        let me = waker.as_ptr();
+        let next = self.q.forget_getter(|w| w.as_ptr() == me);
+        self.wake_getter(py, next);
+    }
+
+    /// asyncio glue: a putter's task gave up; an unused wake-up passes on.
+    fn _forget_putter(&self, py: Python<'_>, waker: &Bound<'_, PyAny>) {
+        let me = waker.as_ptr();
+        let next = self.q.forget_putter(|w| w.as_ptr() == me);
+        self.wake_putter(py, next);
+    }
+
+    /// Closes the queue and wakes every waiter.
+    fn close(&self, py: Python<'_>) {
+        for w in self.q.close() {
+            // A waker whose loop is gone has no one left to tell.
+            let _ = w.call0(py);
+        }
+    }
+
+    #[getter]
+    fn closed(&self) -> bool {
+        self.q.is_closed()
+    }
+
+    fn qsize(&self) -> usize {
+        self.q.len()
+    }
+
+    fn __len__(&self) -> usize {
+        self.q.len()
+    }
+
+    fn empty(&self) -> bool {
+        self.q.is_empty()
+    }
+
+    fn full(&self) -> bool {
+        self.q.is_full()
+    }
+
+    #[getter]
+    fn maxsize(&self) -> usize {
+        self.q.maxsize()
+    }
+
+    #[getter]
+    fn overflow(&self) -> &'static str {
+        self.q.overflow().name()
+    }
+
+    fn stats(&self) -> QueueStats {
+        QueueStats::from(self.q.stats())
+    }
+
+    fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    fn __next__(&self, py: Python<'_>) -> PyResult<Item> {
+        match self.do_get(py, None) {
+            Err(e) if e.is_instance(py, Exc::QueueClosed.type_object(py)?) => {
+                Err(PyStopIteration::new_err(()))
+            }
+            r => r,
+        }
+    }
+
+    #[classmethod]
+    fn __class_getitem__<'py>(
+        cls: &Bound<'py, PyType>,
+        item: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let alias = cls.py().import("types")?.getattr("GenericAlias")?;
+        alias.call1((cls, item))
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "WorkQueue(maxsize={}, overflow='{}', qsize={}, closed={})",
+            self.q.maxsize(),
+            self.q.overflow().name(),
+            self.q.len(),
+            if self.q.is_closed() { "True" } else { "False" }
+        )
+    }
+}
+
+/// Counters of a `WorkQueue`, read together: `put == got + dropped + size`.
+#[pyclass(frozen, get_all, module = "ferrule._native", name = "QueueStats")]
+pub struct QueueStats {
+    put: u64,
+    got: u64,
+    rejected: u64,
+    dropped: u64,
+    high_water: usize,
+    size: usize,
+}
+
+impl From<Stats> for QueueStats {
+    fn from(s: Stats) -> Self {
+        Self {
+            put: s.put,
+            got: s.got,
+            rejected: s.rejected,
+            dropped: s.dropped,
+            high_water: s.high_water,
+            size: s.size,
+        }
+    }
+}
+
+#[pymethods]
+impl QueueStats {
+    fn __repr__(&self) -> String {
+        format!(
+            "QueueStats(put={}, got={}, rejected={}, dropped={}, high_water={}, size={})",
+            self.put, self.got, self.rejected, self.dropped, self.high_water, self.size
+        )
+    }
+}
+
+/// The counters of a `TaskPool`, in atomics (no lock): the pool's Python layer reports
+/// each step of a task's life here.
+///
+/// Reading order makes `started == completed + failed + active` exact in a snapshot:
+/// a task's `start` happens before its `finish` (same worker thread, `SeqCst`), and the
+/// snapshot reads the finish counters before `started`, so it never sees a finish whose
+/// start it has not seen; `active` is derived from the values read.
+#[pyclass(frozen, module = "ferrule._native", name = "TaskCounters")]
+pub struct TaskCounters {
+    submitted: AtomicI64,
+    started: AtomicU64,
+    completed: AtomicU64,
+    failed: AtomicU64,
+    rejected: AtomicU64,
+    cancelled: AtomicU64,
+}
+
+#[pymethods]
+impl TaskCounters {
+    #[new]
+    fn new() -> Self {
+        Self {
+            submitted: AtomicI64::new(0),
+            started: AtomicU64::new(0),
+            completed: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+            cancelled: AtomicU64::new(0),
+        }
+    }
+
+    /// A task is about to be queued.
+    fn submit(&self) {
+        self.submitted.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// The task announced by `submit` was not queued: `rejected=True` for a full queue.
+    #[pyo3(signature = (rejected))]
+    fn withdraw(&self, rejected: bool) {
+        self.submitted.fetch_sub(1, Ordering::SeqCst);
+        if rejected {
+            self.rejected.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn start(&self) {
+        self.started.fetch_add(1, Ordering::SeqCst);
+    }
+
+    #[pyo3(signature = (ok))]
+    fn finish(&self, ok: bool) {
+        if ok {
+            self.completed.fetch_add(1, Ordering::SeqCst);
+        } else {
+            self.failed.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// A queued task was cancelled before it started.
+    fn cancel(&self) {
+        self.cancelled.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Tasks submitted and not yet finished or cancelled (queued, in transit, running).
+    #[getter]
+    fn outstanding(&self) -> i64 {
+        let done = self.completed.load(Ordering::SeqCst)
+            + self.failed.load(Ordering::SeqCst)
+            + self.cancelled.load(Ordering::SeqCst);
+        self.submitted.load(Ordering::SeqCst) - done as i64
+    }
+
+    /// A snapshot, with `queued` supplied by the pool's queue.
+    fn snapshot(&self, queued: usize) -> TaskPoolStats {
+        let completed = self.completed.load(Ordering::SeqCst);
+        let failed = self.failed.load(Ordering::SeqCst);
+        let cancelled = self.cancelled.load(Ordering::SeqCst);
+        let rejected = self.rejected.load(Ordering::SeqCst);
+        let started = self.started.load(Ordering::SeqCst);
+        let submitted = self.submitted.load(Ordering::SeqCst).max(0) as u64;
+        TaskPoolStats {
+            submitted,
+            started,
+            completed,
+            failed,
+            rejected,
+            cancelled,
+            active: started.saturating_sub(completed + failed),
+            queued,
+        }
+    }
+}
+
+/// Counters of a `TaskPool`: `started == completed + failed + active`.
+#[pyclass(frozen, get_all, module = "ferrule._native", name = "TaskPoolStats")]
+pub struct TaskPoolStats {
+    submitted: u64,
+    started: u64,
+    completed: u64,
+    failed: u64,
+    rejected: u64,
+    cancelled: u64,
+    active: u64,
+    queued: usize,
+}
+
+#[pymethods]
+impl TaskPoolStats {
+    fn __repr__(&self) -> String {
+        format!(
+            "TaskPoolStats(submitted={}, started={}, completed={}, failed={}, rejected={}, cancelled={}, active={}, queued={})",
+            self.submitted, self.started, self.completed, self.failed, self.rejected,
+            self.cancelled, self.active, self.queued
+        )
+    }
+}
+
+/// Internal: a `TaskPool` worker. Takes `(future, fn, args, kwargs)` tasks from `queue`
+/// until it is closed and drained; a task's exception goes on its future and never ends
+/// the loop. Counted before the future completes, so whoever sees a result sees it
+/// counted.
+#[pyfunction]
+pub fn _run_worker(
+    py: Python<'_>,
+    queue: &Bound<'_, WorkQueue>,
+    counters: &Bound<'_, TaskCounters>,
+) -> PyResult<()> {
+    let q = queue.get();
+    let c = counters.get();
+    loop {
+        let task = match q.do_get(py, None) {
+            Ok(t) => t,
+            Err(e) if e.is_instance(py, Exc::QueueClosed.type_object(py)?) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let task = task.bind(py);
+        let Ok(task) = task.cast::<PyTuple>() else {
+            continue;
+        };
+        let (fut, func, args, kwargs) = task.extract::<(
+            Bound<'_, PyAny>,
+            Bound<'_, PyAny>,
+            Bound<'_, PyTuple>,
+            Bound<'_, PyDict>,
+        )>()?;
+        if !fut
+            .call_method0(intern!(py, "set_running_or_notify_cancel"))?
+            .is_truthy()?
+        {
+            c.cancel();
+            continue;
+        }
+        c.start();
+        let kwargs = if kwargs.is_empty() {
+            None
+        } else {
+            Some(&kwargs)
+        };
+        // A failure to complete the future (it cannot be cancelled once running) is
+        // not the task's: ignore it rather than end the worker.
+        let _ = match func.call(args, kwargs) {
+            Ok(v) => {
+                c.finish(true);
+                fut.call_method1(intern!(py, "set_result"), (v,))
+            }
+            Err(e) => {
+                c.finish(false);
+                fut.call_method1(intern!(py, "set_exception"), (e.into_value(py),))
+            }
+        };
+    }
+}

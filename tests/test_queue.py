@@ -1,0 +1,491 @@
+"""WorkQueue: unit tests, bad input, GIL release, KeyboardInterrupt, asyncio."""
+
+from __future__ import annotations
+
+import _thread
+import asyncio
+import gc
+import math
+import queue
+import threading
+import time
+from typing import Any
+
+import ferrule
+import pytest
+from ferrule import FerruleError, QueueClosed, QueueEmpty, QueueFull, WorkQueue
+
+
+def test_exceptions_subclass_the_stdlib_ones() -> None:
+    assert issubclass(QueueFull, queue.Full) and issubclass(QueueFull, FerruleError)
+    assert issubclass(QueueEmpty, queue.Empty) and issubclass(QueueEmpty, FerruleError)
+    assert issubclass(QueueClosed, FerruleError)
+    q: WorkQueue[int] = WorkQueue(1)
+    with pytest.raises(queue.Empty):
+        q.get_nowait()
+    q.put(1)
+    with pytest.raises(queue.Full):
+        q.put_nowait(2)
+
+
+def test_fifo_and_introspection() -> None:
+    q: WorkQueue[int] = WorkQueue(3)
+    assert (q.maxsize, q.overflow, q.closed) == (3, "block", False)
+    assert q.empty() and not q.full() and len(q) == 0 and q.qsize() == 0
+    q.put(1)
+    q.put_nowait(2)
+    q.put(3, timeout=0.5)
+    assert q.full() and len(q) == 3
+    assert [q.get(), q.get_nowait(), q.get(timeout=0)] == [1, 2, 3]
+    assert repr(q) == "WorkQueue(maxsize=3, overflow='block', qsize=0, closed=False)"
+    s = q.stats()
+    assert (s.put, s.got, s.rejected, s.dropped, s.high_water, s.size) == (3, 3, 0, 0, 3, 0)
+    assert repr(s) == "QueueStats(put=3, got=3, rejected=0, dropped=0, high_water=3, size=0)"
+    assert WorkQueue[int] is not WorkQueue  # usable in annotations at run time
+
+
+def test_full_and_empty_messages_and_rejection_counts() -> None:
+    q: WorkQueue[str] = WorkQueue(1)
+    with pytest.raises(QueueEmpty, match=r"^queue is empty$"):
+        q.get_nowait()
+    with pytest.raises(QueueEmpty, match=r"^queue is empty$"):
+        q.get(timeout=0)
+    t0 = time.monotonic()
+    with pytest.raises(QueueEmpty, match=r"^queue is empty \(get timed out\)$"):
+        q.get(timeout=0.05)
+    assert time.monotonic() - t0 >= 0.05
+    q.put("a")
+    with pytest.raises(QueueFull, match=r"^queue is full$"):
+        q.put_nowait("b")
+    with pytest.raises(QueueFull, match=r"^queue is full \(put timed out\)$"):
+        q.put("b", timeout=0)
+    t0 = time.monotonic()
+    with pytest.raises(QueueFull, match=r"^queue is full \(put timed out\)$"):
+        q.put("b", timeout=0.05)
+    assert time.monotonic() - t0 >= 0.05
+    assert q.stats().rejected == 3
+    assert q.stats().put == 1
+
+
+@pytest.mark.parametrize(
+    ("overflow", "after", "dropped", "rejected"),
+    [
+        ("reject", [1, 2], 0, 1),
+        ("drop_oldest", [2, 3], 1, 0),
+        ("drop_newest", [1, 2], 1, 0),
+    ],
+)
+def test_overflow_policies(overflow: str, after: list[int], dropped: int, rejected: int) -> None:
+    q: WorkQueue[int] = WorkQueue(2, overflow=overflow)
+    q.put(1)
+    q.put(2)
+    if overflow == "reject":
+        with pytest.raises(QueueFull, match=r"^queue is full$"):
+            q.put(3)  # never waits
+    else:
+        q.put(3)
+    assert q.get_many(10) == after
+    s = q.stats()
+    assert (s.dropped, s.rejected) == (dropped, rejected)
+    assert s.put == s.got + s.dropped + s.size
+
+
+def test_put_many_and_get_many() -> None:
+    q: WorkQueue[int] = WorkQueue(4)
+    assert q.put_many([]) == 0
+    assert q.put_many(range(3)) == 3
+    assert q.put_many(iter([3, 4, 5]), timeout=0.01) == 1  # partial on timeout
+    assert q.stats().rejected == 2
+    assert q.get_many(2) == [0, 1]
+    assert q.get_many(10, timeout=0) == [2, 3]
+    assert q.get_many(10, timeout=0) == []
+    assert q.get_many(10, timeout=0.01) == []
+    r: WorkQueue[int] = WorkQueue(2, overflow="reject")
+    assert r.put_many([1, 2, 3, 4]) == 2  # partial on reject, no exception
+    assert r.stats().rejected == 2
+    o: WorkQueue[int] = WorkQueue(2, overflow="drop_oldest")
+    assert o.put_many(range(5)) == 5
+    assert o.get_many(5) == [3, 4]
+    assert o.stats().dropped == 3
+
+
+def test_put_many_waits_for_room_from_a_consumer() -> None:
+    q: WorkQueue[int] = WorkQueue(2)
+    got: list[int] = []
+
+    def consume() -> None:
+        while len(got) < 10:
+            got.extend(q.get_many(3, timeout=5))
+
+    t = threading.Thread(target=consume)
+    t.start()
+    assert q.put_many(range(10), timeout=5) == 10
+    t.join()
+    assert got == list(range(10))
+
+
+def test_close_semantics() -> None:
+    q: WorkQueue[int] = WorkQueue(3)
+    q.put_many([1, 2, 3])
+    q.close()
+    q.close()  # idempotent
+    assert q.closed
+    for put in (lambda: q.put(4), lambda: q.put_nowait(4), lambda: q.put_many([4])):
+        with pytest.raises(QueueClosed, match=r"^queue is closed$"):
+            put()
+    assert q.put_many([]) == 0
+    assert q.get() == 1  # getters drain first
+    assert q.get_many(1) == [2]
+    assert list(q) == [3]
+    for get in (q.get, q.get_nowait, lambda: q.get_many(1), lambda: q.get(timeout=1)):
+        with pytest.raises(QueueClosed, match=r"^queue is closed$"):
+            get()
+    s = q.stats()
+    assert (s.put, s.got, s.rejected) == (3, 3, 0)
+
+
+def test_close_wakes_blocked_putters_and_getters() -> None:
+    full: WorkQueue[int] = WorkQueue(1)
+    full.put(0)
+    empty: WorkQueue[int] = WorkQueue(1)
+    errors: list[BaseException] = []
+
+    def call(fn: Any) -> None:
+        try:
+            fn()
+        except BaseException as e:
+            errors.append(e)
+
+    ts = [
+        threading.Thread(target=call, args=(lambda: full.put(1),)),
+        threading.Thread(target=call, args=(lambda: full.put_many([1, 2]),)),
+        threading.Thread(target=call, args=(empty.get,)),
+        threading.Thread(target=call, args=(lambda: empty.get_many(5),)),
+    ]
+    for t in ts:
+        t.start()
+    time.sleep(0.05)
+    full.close()
+    empty.close()
+    for t in ts:
+        t.join(5)
+    assert [type(e) for e in errors] == [QueueClosed] * 4
+    assert full.get() == 0
+
+
+def test_iteration_ends_when_closed_and_drained() -> None:
+    q: WorkQueue[int] = WorkQueue(100)
+    q.put_many(range(5))
+
+    def closer() -> None:
+        time.sleep(0.02)
+        q.close()
+
+    threading.Thread(target=closer).start()
+    assert list(q) == [0, 1, 2, 3, 4]
+
+
+class Reentrant:
+    """An item whose finaliser calls back into the queue that drops it."""
+
+    def __init__(self, q: WorkQueue[Any], log: list[str]) -> None:
+        self.q, self.log = q, log
+
+    def __del__(self) -> None:
+        self.log.append(f"del with qsize={self.q.qsize()} stats.put={self.q.stats().put}")
+
+
+@pytest.mark.parametrize("overflow", ["drop_oldest", "drop_newest"])
+def test_dropped_items_are_released_outside_the_lock(overflow: str) -> None:
+    q: WorkQueue[Any] = WorkQueue(1, overflow=overflow)
+    log: list[str] = []
+    q.put(Reentrant(q, log))
+    q.put(Reentrant(q, log))  # one of the two is dropped; its __del__ re-enters the queue
+    gc.collect()
+    assert log == ["del with qsize=1 stats.put=2"]
+    q.put_many([Reentrant(q, log), Reentrant(q, log)])
+    gc.collect()
+    assert len(log) == 3
+
+
+# ---- bad input -----------------------------------------------------------------------
+
+
+def test_bad_constructor_arguments() -> None:
+    with pytest.raises(ValueError, match=r"^maxsize must be >= 1$"):
+        WorkQueue(0)
+    with pytest.raises(TypeError, match=r"^maxsize must be an int, not 'str'$"):
+        WorkQueue("3")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"^maxsize must be an int, not 'bool'$"):
+        WorkQueue(True)
+    with pytest.raises(
+        ValueError,
+        match=r"^overflow must be 'block', 'reject', 'drop_oldest' or 'drop_newest', not 'x'$",
+    ):
+        WorkQueue(1, overflow="x")
+    with pytest.raises(TypeError, match=r"^overflow must be a str, not 'int'$"):
+        WorkQueue(1, overflow=1)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        WorkQueue(1, "block")  # type: ignore[misc]
+
+
+def test_bad_call_arguments() -> None:
+    q: WorkQueue[int] = WorkQueue(2)
+    for call in (lambda t: q.put(1, timeout=t), q.get, lambda t: q.get_many(1, t)):
+        with pytest.raises(ValueError, match=r"^timeout must be >= 0$"):
+            call(-1)
+        with pytest.raises(ValueError, match=r"^timeout must be a finite number of seconds$"):
+            call(math.nan)
+        with pytest.raises(TypeError, match=r"^timeout must be a number of seconds, not 'str'$"):
+            call("1")
+    with pytest.raises(ValueError, match=r"^max_items must be >= 1$"):
+        q.get_many(0)
+    with pytest.raises(TypeError, match=r"^max_items must be an int, not 'float'$"):
+        q.get_many(1.5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"^items must be an iterable, not 'int'$"):
+        q.put_many(5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"^timeout must be >= 0$"):
+        q.put_many([1], timeout=-0.5)
+    assert q.stats().put == 0  # nothing was put by a refused call
+
+    def boom() -> Any:
+        yield 1
+        raise RuntimeError("from the iterable")
+
+    with pytest.raises(RuntimeError, match="from the iterable"):
+        q.put_many(boom())
+    assert q.qsize() == 0  # all or nothing when the iterable itself fails
+
+
+# ---- GIL release and KeyboardInterrupt -------------------------------------------------
+
+
+def test_blocked_get_and_put_release_the_gil() -> None:
+    q: WorkQueue[int] = WorkQueue(1)
+    got: list[int] = []
+    t = threading.Thread(target=lambda: got.append(q.get(timeout=10)))
+    t.start()
+    time.sleep(0.05)  # t is blocked in get(); this thread must still run Python
+    spins = 0
+    end = time.monotonic() + 0.05
+    while time.monotonic() < end:
+        spins += 1
+    q.put(7)
+    t.join(5)
+    assert got == [7] and spins > 100
+
+    q.put(1)
+    t = threading.Thread(target=lambda: q.put(2, timeout=10))
+    t.start()
+    time.sleep(0.05)
+    assert q.get() == 1
+    t.join(5)
+    assert q.get_nowait() == 2
+
+
+def _interrupt_after(delay: float, sent: list[float]) -> threading.Thread:
+    def fire() -> None:
+        time.sleep(delay)
+        sent.append(time.monotonic())
+        _thread.interrupt_main()
+
+    t = threading.Thread(target=fire)
+    t.start()
+    return t
+
+
+@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="main")
+@pytest.mark.parametrize("op", ["get", "put", "get_many", "put_many"])
+def test_ctrl_c_interrupts_a_blocked_call(op: str) -> None:
+    q: WorkQueue[int] = WorkQueue(1)
+    if op.startswith("put"):
+        q.put(0)
+    calls = {
+        "get": lambda: q.get(),
+        "put": lambda: q.put(1),
+        "get_many": lambda: q.get_many(5),
+        "put_many": lambda: q.put_many([1, 2]),
+    }
+    sent: list[float] = []
+    t = _interrupt_after(0.1, sent)
+    with pytest.raises(KeyboardInterrupt):
+        calls[op]()
+    latency = time.monotonic() - sent[0]
+    t.join()
+    assert latency < 0.2
+    assert q.stats().rejected == 0
+
+
+# ---- asyncio -----------------------------------------------------------------------------
+
+
+def test_async_get_and_put_with_threads() -> None:
+    q: WorkQueue[int] = WorkQueue(1)
+
+    async def main() -> list[int]:
+        def produce() -> None:
+            for i in range(50):
+                q.put(i)
+            q.close()
+
+        t = threading.Thread(target=produce)
+        t.start()
+        out = []
+        while True:
+            try:
+                out.append(await q.get_async())
+            except QueueClosed:
+                break
+        t.join()
+        return out
+
+    assert asyncio.run(main()) == list(range(50))
+
+
+def test_async_put_waits_for_room() -> None:
+    q: WorkQueue[int] = WorkQueue(2)
+
+    async def main() -> None:
+        def consume() -> None:
+            time.sleep(0.02)
+            for _ in range(20):
+                q.get(timeout=5)
+
+        t = threading.Thread(target=consume)
+        t.start()
+        for i in range(20):
+            await q.put_async(i)
+        await asyncio.get_running_loop().run_in_executor(None, t.join)
+
+    asyncio.run(main())
+    s = q.stats()
+    assert (s.put, s.got, s.rejected) == (20, 20, 0)
+
+
+def test_async_producers_and_consumers_on_one_loop() -> None:
+    q: WorkQueue[int] = WorkQueue(3)
+
+    async def main() -> list[int]:
+        async def produce(base: int) -> None:
+            for i in range(100):
+                await q.put_async(base + i)
+
+        async def consume() -> list[int]:
+            return [await q.get_async() for _ in range(100)]
+
+        results = await asyncio.gather(
+            *(consume() for _ in range(4)), *(produce(k * 1000) for k in range(4))
+        )
+        return sorted(x for r in results[:4] for x in r)  # type: ignore[union-attr]
+
+    assert asyncio.run(main()) == sorted(k * 1000 + i for k in range(4) for i in range(100))
+
+
+def test_cancelled_getter_loses_no_item() -> None:
+    q: WorkQueue[str] = WorkQueue(4)
+
+    async def main() -> str:
+        a = asyncio.ensure_future(q.get_async())
+        b = asyncio.ensure_future(q.get_async())
+        await asyncio.sleep(0.01)  # both are waiting; a registered first
+        q.put("x")  # wakes a (scheduled on the loop)...
+        a.cancel()  # ...but a is cancelled before it runs: b must get the item
+        with pytest.raises(asyncio.CancelledError):
+            await a
+        return await asyncio.wait_for(b, 5)
+
+    assert asyncio.run(main()) == "x"
+    assert q.stats().got == 1
+
+
+def test_cancelled_waiting_getter_and_putter_leave_the_queue_intact() -> None:
+    q: WorkQueue[str] = WorkQueue(1)
+
+    async def main() -> None:
+        g = asyncio.ensure_future(q.get_async())
+        await asyncio.sleep(0.01)
+        g.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await g
+        q.put("kept")
+        p = asyncio.ensure_future(q.put_async("never"))
+        await asyncio.sleep(0.01)
+        p.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await p
+
+    asyncio.run(main())
+    assert q.get_nowait() == "kept" and q.empty()
+    s = q.stats()
+    assert (s.put, s.got, s.rejected) == (1, 1, 0)
+
+
+def test_cancelled_putter_passes_its_wakeup_on() -> None:
+    q: WorkQueue[str] = WorkQueue(1)
+    q.put("first")
+
+    async def main() -> None:
+        a = asyncio.ensure_future(q.put_async("a"))
+        b = asyncio.ensure_future(q.put_async("b"))
+        await asyncio.sleep(0.01)
+        assert q.get() == "first"  # wakes a...
+        a.cancel()  # ...which gives up: b must be woken instead
+        with pytest.raises(asyncio.CancelledError):
+            await a
+        await asyncio.wait_for(b, 5)
+
+    asyncio.run(main())
+    assert q.get_nowait() == "b"
+
+
+def test_close_wakes_async_waiters() -> None:
+    q: WorkQueue[int] = WorkQueue(1)
+    full: WorkQueue[int] = WorkQueue(1)
+    full.put(0)
+
+    async def main() -> list[type[BaseException]]:
+        tasks = [asyncio.ensure_future(q.get_async()), asyncio.ensure_future(full.put_async(1))]
+        await asyncio.sleep(0.01)
+        threading.Thread(target=q.close).start()
+        threading.Thread(target=full.close).start()
+        res = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 5)
+        return [type(r) for r in res]  # type: ignore[misc]
+
+    assert asyncio.run(main()) == [QueueClosed, QueueClosed]
+
+
+def test_async_policies_never_wait() -> None:
+    q: WorkQueue[int] = WorkQueue(1, overflow="reject")
+    d: WorkQueue[int] = WorkQueue(1, overflow="drop_oldest")
+
+    async def main() -> None:
+        await q.put_async(1)
+        with pytest.raises(QueueFull, match=r"^queue is full$"):
+            await q.put_async(2)
+        await d.put_async(1)
+        await d.put_async(2)
+        assert await d.get_async() == 2
+
+    asyncio.run(main())
+
+
+def test_waker_of_a_closed_loop_passes_the_wakeup_on() -> None:
+    q: WorkQueue[int] = WorkQueue(1)
+    loop = asyncio.new_event_loop()
+    dead = loop.create_task(q.get_async())
+    loop.run_until_complete(asyncio.sleep(0.01))  # dead's getter is registered
+    loop.close()  # ...and its loop is gone: its waker raises RuntimeError
+
+    async def main() -> int:
+        g = asyncio.ensure_future(q.get_async())
+        await asyncio.sleep(0.01)
+        q.put(5)
+        return await asyncio.wait_for(g, 5)
+
+    assert asyncio.run(main()) == 5
+    del dead
+
+
+def test_public_names() -> None:
+    for name in ("WorkQueue", "QueueStats", "TaskPool", "TaskPoolStats"):
+        assert name in ferrule.__all__
