@@ -11,6 +11,7 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyModule, PyTuple, PyType};
 
+use crate::core::bus::BusError;
 use crate::core::cache::CacheError;
 use crate::core::clock::{ClockError, DurationError};
 use crate::core::queue::QueueError;
@@ -150,6 +151,12 @@ impl From<CacheError> for PyErr {
 
 impl From<QueueError> for PyErr {
     fn from(e: QueueError) -> Self {
+        PyValueError::new_err(e.to_string())
+    }
+}
+
+impl From<BusError> for PyErr {
+    fn from(e: BusError) -> Self {
         PyValueError::new_err(e.to_string())
     }
 }

@@ -9,6 +9,8 @@ use pyo3::prelude::*;
 #[pymodule(gil_used = false)]
 mod _native {
     #[pymodule_export]
+    use crate::py::bus::{_run_subscription, Signal, SignalBus, Subscription, SubscriptionStats};
+    #[pymodule_export]
     use crate::py::cache::{Cache, CacheStats};
     #[pymodule_export]
     use crate::py::clock::ManualClock;

@@ -17,7 +17,7 @@
 //! without children or subscriptions, so the trie never holds more nodes than the live
 //! patterns need.
 
-use std::collections::HashMap;
+use hashbrown::HashMap;
 use std::fmt;
 
 /// Why a pattern or a signal type was refused.
@@ -88,7 +88,8 @@ struct Node<S> {
     star: Option<u32>,
     hash: Option<u32>,
     parent: u32,
-    /// How this node hangs off its parent, for pruning.
+    /// How this node hangs off its parent, for pruning; `None` for the root and for
+    /// free slots.
     edge: Option<Seg>,
     subs: Vec<S>,
 }
@@ -113,8 +114,12 @@ impl<S> Node<S> {
 const ROOT: u32 = 0;
 
 /// A trie of patterns; each pattern's node holds its subscribers `S`.
+///
+/// Nodes live in a slab (`nodes`) addressed by `u32`; a pruned node's slot is reset to an
+/// empty node and its index goes on `free` for reuse. Every index stored in a live node
+/// (children, parent) names a live slot.
 pub struct Trie<S> {
-    nodes: Vec<Option<Node<S>>>,
+    nodes: Vec<Node<S>>,
     free: Vec<u32>,
     len: usize,
 }
@@ -128,7 +133,7 @@ impl<S: Clone + PartialEq> Default for Trie<S> {
 impl<S: Clone + PartialEq> Trie<S> {
     pub fn new() -> Self {
         Self {
-            nodes: vec![Some(Node::new(ROOT, None))],
+            nodes: vec![Node::new(ROOT, None)],
             free: Vec::new(),
             len: 0,
         }
@@ -149,11 +154,11 @@ impl<S: Clone + PartialEq> Trie<S> {
     }
 
     fn node(&self, i: u32) -> &Node<S> {
-        self.nodes[i as usize].as_ref().expect("live trie node")
+        &self.nodes[i as usize]
     }
 
     fn node_mut(&mut self, i: u32) -> &mut Node<S> {
-        self.nodes[i as usize].as_mut().expect("live trie node")
+        &mut self.nodes[i as usize]
     }
 
     fn child(&self, i: u32, seg: &Seg) -> Option<u32> {
@@ -168,10 +173,10 @@ impl<S: Clone + PartialEq> Trie<S> {
     fn add_child(&mut self, parent: u32, seg: &Seg) -> u32 {
         let node = Node::new(parent, Some(seg.clone()));
         let idx = if let Some(i) = self.free.pop() {
-            self.nodes[i as usize] = Some(node);
+            self.nodes[i as usize] = node;
             i
         } else {
-            self.nodes.push(Some(node));
+            self.nodes.push(node);
             (self.nodes.len() - 1) as u32
         };
         let p = self.node_mut(parent);
@@ -198,23 +203,21 @@ impl<S: Clone + PartialEq> Trie<S> {
         self.len += 1;
     }
 
-    /// Removes one subscriber from a pattern; prunes nodes left empty. True if found.
-    pub fn remove(&mut self, pattern: &[Seg], sub: &S) -> bool {
+    /// Removes one subscriber from a pattern and prunes the nodes left empty. Returns the
+    /// removed subscriber rather than dropping it, so that a caller holding a lock can
+    /// drop it after releasing the lock (its destructor may run arbitrary code).
+    #[must_use = "the removed subscriber should be dropped outside any lock"]
+    pub fn remove(&mut self, pattern: &[Seg], sub: &S) -> Option<S> {
         let mut cur = ROOT;
         for seg in pattern {
-            match self.child(cur, seg) {
-                Some(c) => cur = c,
-                None => return false,
-            }
+            cur = self.child(cur, seg)?;
         }
         let subs = &mut self.node_mut(cur).subs;
-        let Some(pos) = subs.iter().position(|s| s == sub) else {
-            return false;
-        };
-        subs.swap_remove(pos);
+        let pos = subs.iter().position(|s| s == sub)?;
+        let removed = subs.swap_remove(pos);
         self.len -= 1;
         while cur != ROOT && self.node(cur).is_empty() {
-            let node = self.nodes[cur as usize].take().expect("live trie node");
+            let node = std::mem::replace(self.node_mut(cur), Node::new(ROOT, None));
             self.free.push(cur);
             let parent = self.node_mut(node.parent);
             match node.edge {
@@ -227,14 +230,23 @@ impl<S: Clone + PartialEq> Trie<S> {
             }
             cur = node.parent;
         }
-        true
+        Some(removed)
+    }
+
+    /// Every subscriber, in no particular order.
+    pub fn all(&self, out: &mut Vec<S>) {
+        out.reserve(self.len);
+        for n in &self.nodes {
+            out.extend(n.subs.iter().cloned());
+        }
     }
 
     /// Every subscriber whose pattern matches the segments, each once per subscription.
     pub fn matches(&self, segs: &[&str], out: &mut Vec<S>) {
-        // States at the current position, de-duplicated.
-        let mut states: Vec<u32> = Vec::with_capacity(4);
-        let mut next: Vec<u32> = Vec::with_capacity(4);
+        // States at the current position, de-duplicated (a linear scan: a walk holds a
+        // handful of states).
+        let mut states: Vec<u32> = Vec::with_capacity(8);
+        let mut next: Vec<u32> = Vec::with_capacity(8);
         let push = |v: &mut Vec<u32>, n: u32| {
             if !v.contains(&n) {
                 v.push(n);
@@ -265,7 +277,7 @@ impl<S: Clone + PartialEq> Trie<S> {
                     push(&mut next, c);
                 }
                 // Being at a `#` node, it may swallow this segment and stay.
-                if n.edge == Some(Seg::Hash) {
+                if matches!(n.edge, Some(Seg::Hash)) {
                     push(&mut next, s);
                 }
             }
@@ -358,12 +370,12 @@ mod tests {
         t.insert(&q, 2);
         t.insert(&p, 3);
         assert_eq!(t.node_count(), 5);
-        assert!(t.remove(&p, &1));
-        assert!(!t.remove(&p, &1));
+        assert_eq!(t.remove(&p, &1), Some(1));
+        assert_eq!(t.remove(&p, &1), None);
         assert_eq!(t.node_count(), 5);
-        assert!(t.remove(&p, &3));
+        assert_eq!(t.remove(&p, &3), Some(3));
         assert_eq!(t.node_count(), 3);
-        assert!(t.remove(&q, &2));
+        assert_eq!(t.remove(&q, &2), Some(2));
         assert_eq!(t.node_count(), 1);
         assert!(t.is_empty());
     }
@@ -377,5 +389,40 @@ mod tests {
         t.insert(&parse_pattern("agent.*.error").unwrap(), 99_999);
         assert_eq!(hits(&t, "agent.42.error"), vec![42, 99_999]);
         assert_eq!(hits(&t, "agent.42.ok"), Vec::<usize>::new());
+    }
+
+    /// A subscriber's destructor must be able to run after the caller's lock is released:
+    /// `remove` hands the removed value back instead of dropping it.
+    #[test]
+    fn remove_hands_back_the_subscriber() {
+        use std::sync::Arc;
+        let mut t: Trie<Arc<u8>> = Trie::new();
+        let p = parse_pattern("a.*").unwrap();
+        let sub = Arc::new(7);
+        t.insert(&p, sub.clone());
+        let removed = t.remove(&p, &sub).unwrap();
+        // Still alive: the trie did not drop its reference.
+        assert_eq!(Arc::strong_count(&sub), 2);
+        drop(removed);
+        assert_eq!(Arc::strong_count(&sub), 1);
+    }
+
+    #[test]
+    fn freed_slots_are_reused_and_all_lists_everyone() {
+        let mut t = Trie::new();
+        let p = parse_pattern("a.b.c").unwrap();
+        let q = parse_pattern("x.#").unwrap();
+        t.insert(&p, 1);
+        assert_eq!(t.remove(&p, &1), Some(1));
+        t.insert(&q, 2);
+        t.insert(&p, 3);
+        // Three slots were freed and are reused: no growth beyond the live nodes.
+        assert_eq!(t.nodes.len(), 6);
+        assert_eq!(hits(&t, "x"), vec![2]);
+        assert_eq!(hits(&t, "a.b.c"), vec![3]);
+        let mut all = Vec::new();
+        t.all(&mut all);
+        all.sort_unstable();
+        assert_eq!(all, vec![2, 3]);
     }
 }

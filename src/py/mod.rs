@@ -1,6 +1,7 @@
 //! Thin bindings: convert arguments, call the cores in `crate::core`, map errors.
 
 pub mod args;
+pub mod bus;
 pub mod cache;
 pub mod clock;
 pub mod queue;
