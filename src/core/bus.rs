@@ -292,9 +292,9 @@ impl<T, W> Router<T, W> {
     /// each once. Holds the read lock for the walk only.
     pub fn route(&self, signal_type: &str, out: &mut Vec<Arc<Sub<T, W>>>) -> Result<(), BusError> {
         let segs = parse_type(signal_type)?;
-        let mut found: Vec<Entry<T, W>> = Vec::new();
-        self.trie.read().matches(&segs, &mut found);
-        out.extend(found.into_iter().map(|e| e.0));
+        self.trie
+            .read()
+            .for_each_match(&segs, |e| out.push(e.0.clone()));
         Ok(())
     }
 

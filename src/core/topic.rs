@@ -243,6 +243,12 @@ impl<S: Clone + PartialEq> Trie<S> {
 
     /// Every subscriber whose pattern matches the segments, each once per subscription.
     pub fn matches(&self, segs: &[&str], out: &mut Vec<S>) {
+        self.for_each_match(segs, |s| out.push(s.clone()));
+    }
+
+    /// Calls `f` on every subscriber whose pattern matches the segments, each once per
+    /// subscription.
+    pub fn for_each_match(&self, segs: &[&str], mut f: impl FnMut(&S)) {
         // States at the current position, de-duplicated (a linear scan: a walk holds a
         // handful of states).
         let mut states: Vec<u32> = Vec::with_capacity(8);
@@ -288,7 +294,7 @@ impl<S: Clone + PartialEq> Trie<S> {
             }
         }
         for &s in &states {
-            out.extend(self.node(s).subs.iter().cloned());
+            self.node(s).subs.iter().for_each(&mut f);
         }
     }
 }
