@@ -60,7 +60,22 @@ if _register is not None:
 
 
 class TaskPool(Executor):
-    """A thread pool with a bounded queue; see the stubs of ``ferrule`` for the contract."""
+    """A ``concurrent.futures.Executor`` with a worker limit and a queue limit.
+
+    At most ``max_workers`` threads run tasks; at most ``max_queue`` tasks wait. When the
+    queue is full, ``submit`` waits for room (``overflow="block"``, GIL released,
+    interruptible) or raises :class:`ferrule.QueueFull` (``overflow="reject"``). A task's
+    exception is set on its ``Future`` and counted as failed; it never ends a worker.
+    ``submit`` after ``shutdown`` raises ``RuntimeError`` like the stdlib executors.
+    ``stats()`` reads lock-free counters: ``started == completed + failed + active``.
+
+    >>> with TaskPool(4, max_queue=100, name="resize") as pool:
+    ...     futures = [pool.submit(pow, n, 2) for n in range(10)]
+    ...     [f.result() for f in futures][:4]
+    [0, 1, 4, 9]
+    >>> pool.stats().completed
+    10
+    """
 
     def __init__(
         self,
@@ -104,6 +119,7 @@ class TaskPool(Executor):
         return self._name
 
     def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
+        """Schedule ``fn(*args, **kwargs)``; returns its ``Future``."""
         if not callable(fn):
             raise TypeError(f"fn must be callable, not {type(fn).__name__!r}")
         fut: Future[T] = Future()
@@ -142,6 +158,9 @@ class TaskPool(Executor):
             self._threads.append(t)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop accepting tasks (a blocked ``submit`` wakes with ``RuntimeError``); with
+        ``cancel_futures`` cancel what is still queued; with ``wait`` join the workers
+        once they have run everything else."""
         self._queue.close()
         if cancel_futures:
             while True:

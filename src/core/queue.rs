@@ -45,9 +45,6 @@ use parking_lot::{Condvar, Mutex, MutexGuard};
 /// Longest stretch a blocked caller waits before its `check` hook runs again.
 pub const CHECK_EVERY: Duration = Duration::from_millis(50);
 
-/// Busy-wait rounds before a blocked caller parks (see `spin_while`).
-const SPIN_ROUNDS: u32 = 7;
-
 /// What a put does when the queue is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Overflow {
@@ -306,22 +303,6 @@ impl<T, W> WorkQueue<T, W> {
         s
     }
 
-    /// Before parking, a blocked caller (already detached from the interpreter) watches
-    /// the lock-free length for a moment: a hand-off between two running threads then
-    /// often completes without a futex sleep and wake-up. Bounded to [`SPIN_ROUNDS`]
-    /// rounds of exponentially more pause instructions (127 in all, about a
-    /// microsecond), as in crossbeam's `Backoff::spin`; it never yields or sleeps.
-    fn spin_while(waiting: impl Fn() -> bool) {
-        for step in 0..SPIN_ROUNDS {
-            if !waiting() {
-                return;
-            }
-            for _ in 0..(1u32 << step) {
-                std::hint::spin_loop();
-            }
-        }
-    }
-
     // ---- bookkeeping (all under the lock) ------------------------------------------
 
     fn sync_len(&self, g: &Inner<T, W>) {
@@ -419,7 +400,6 @@ impl<T, W> WorkQueue<T, W> {
         mut check: impl FnMut() -> Result<(), E>,
     ) -> Result<Accepted<T, W>, PutError<T, E>> {
         let mut pacer = Pacer::new(deadline);
-        Self::spin_while(|| self.len.load(Relaxed) >= self.maxsize && !self.closed.load(Relaxed));
         let mut g = self.inner.lock();
         let mut item = item;
         loop {
@@ -639,7 +619,6 @@ impl<T, W> WorkQueue<T, W> {
         mut check: impl FnMut() -> Result<(), E>,
     ) -> Result<MutexGuard<'_, Inner<T, W>>, GetError<E>> {
         let mut pacer = Pacer::new(deadline);
-        Self::spin_while(|| self.len.load(Relaxed) == 0 && !self.closed.load(Relaxed));
         let mut g = self.inner.lock();
         loop {
             if !g.items.is_empty() {
