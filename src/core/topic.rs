@@ -65,22 +65,32 @@ pub fn parse_pattern(pattern: &str) -> Result<Vec<Seg>, TopicError> {
         .collect()
 }
 
-/// Splits and checks a signal type (no wildcards).
-pub fn parse_type(signal_type: &str) -> Result<Vec<&str>, TopicError> {
+/// Checks a signal type (no empty segment, no wildcard) without allocating; its
+/// segments are then `signal_type.split('.')`.
+pub fn check_type(signal_type: &str) -> Result<(), TopicError> {
     if signal_type.is_empty() {
         return Err(TopicError::Empty("signal_type"));
     }
-    let segs: Vec<&str> = signal_type.split('.').collect();
-    if segs.iter().any(|s| s.is_empty()) {
-        return Err(TopicError::EmptySegment(
-            "signal_type",
-            signal_type.to_owned(),
-        ));
+    let mut wildcard = false;
+    for seg in signal_type.split('.') {
+        if seg.is_empty() {
+            return Err(TopicError::EmptySegment(
+                "signal_type",
+                signal_type.to_owned(),
+            ));
+        }
+        wildcard |= seg == "*" || seg == "#";
     }
-    if segs.iter().any(|s| *s == "*" || *s == "#") {
+    if wildcard {
         return Err(TopicError::WildcardInType(signal_type.to_owned()));
     }
-    Ok(segs)
+    Ok(())
+}
+
+/// Splits and checks a signal type (no wildcards).
+pub fn parse_type(signal_type: &str) -> Result<Vec<&str>, TopicError> {
+    check_type(signal_type)?;
+    Ok(signal_type.split('.').collect())
 }
 
 struct Node<S> {
@@ -243,12 +253,16 @@ impl<S: Clone + PartialEq> Trie<S> {
 
     /// Every subscriber whose pattern matches the segments, each once per subscription.
     pub fn matches(&self, segs: &[&str], out: &mut Vec<S>) {
-        self.for_each_match(segs, |s| out.push(s.clone()));
+        self.for_each_match(segs.iter().copied(), |s| out.push(s.clone()));
     }
 
     /// Calls `f` on every subscriber whose pattern matches the segments, each once per
     /// subscription.
-    pub fn for_each_match(&self, segs: &[&str], mut f: impl FnMut(&S)) {
+    pub fn for_each_match<'a>(
+        &self,
+        segs: impl IntoIterator<Item = &'a str>,
+        mut f: impl FnMut(&S),
+    ) {
         // States at the current position, de-duplicated (a linear scan: a walk holds a
         // handful of states).
         let mut states: Vec<u32> = Vec::with_capacity(8);
@@ -276,7 +290,7 @@ impl<S: Clone + PartialEq> Trie<S> {
             next.clear();
             for &s in &states {
                 let n = self.node(s);
-                if let Some(&c) = n.lits.get(*seg) {
+                if let Some(&c) = n.lits.get(seg) {
                     push(&mut next, c);
                 }
                 if let Some(c) = n.star {
@@ -430,5 +444,38 @@ mod tests {
         t.all(&mut all);
         all.sort_unstable();
         assert_eq!(all, vec![2, 3]);
+    }
+
+    /// Many live states at once (patterns full of `#`): still exact, checked against a
+    /// brute-force matcher.
+    #[test]
+    fn many_simultaneous_states() {
+        fn brute(p: &[&str], t: &[&str]) -> bool {
+            match p.split_first() {
+                None => t.is_empty(),
+                Some((&"#", rest)) => (0..=t.len()).any(|i| brute(rest, &t[i..])),
+                Some((h, rest)) => {
+                    !t.is_empty() && (*h == "*" || *h == t[0]) && brute(rest, &t[1..])
+                }
+            }
+        }
+        let mut pats = Vec::new();
+        for a in ["a", "*", "#"] {
+            for b in ["a", "b", "*", "#"] {
+                for c in ["a", "*", "#"] {
+                    pats.push(format!("{a}.{b}.{c}"));
+                    pats.push(format!("#.{a}.#.{b}.{c}"));
+                }
+            }
+        }
+        let refs: Vec<&str> = pats.iter().map(String::as_str).collect();
+        let t = trie(&refs);
+        for ty in ["a", "a.a", "a.b.a", "a.a.a.a.a", "b.a.b.a.a", "a.b.a.b.a.b"] {
+            let segs = parse_type(ty).unwrap();
+            let want: Vec<usize> = (0..pats.len())
+                .filter(|&i| brute(&pats[i].split('.').collect::<Vec<_>>(), &segs))
+                .collect();
+            assert_eq!(hits(&t, ty), want, "{ty}");
+        }
     }
 }
