@@ -391,7 +391,7 @@ impl SignalBus {
     /// Subscribes to the signal types matching `pattern`.
     #[pyo3(
         signature = (pattern, handler = None, *, maxsize = None, overflow = None, weak = None),
-        text_signature = "(self, pattern, handler=None, *, maxsize=1024, overflow='drop_oldest', weak=True)"
+        text_signature = "($self, pattern, handler=None, *, maxsize=1024, overflow='drop_oldest', weak=True)"
     )]
     fn subscribe<'py>(
         &self,
