@@ -3,6 +3,7 @@ cancellation, re-entrancy, asyncio, bad input."""
 
 from __future__ import annotations
 
+import _thread
 import asyncio
 import gc
 import logging
@@ -570,6 +571,39 @@ def test_del_of_an_evicted_or_discarded_signal_may_use_the_bus() -> None:
     gc.collect()
     assert log == ["evicted", "discarded"]
     assert [audit.get_nowait().data for _ in range(2)] == ["evicted", "discarded"]
+
+
+# ---- Ctrl-C ------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="main")
+@pytest.mark.parametrize("op", ["get", "iterate", "publish to a full block mailbox"])
+def test_ctrl_c_interrupts_a_blocked_call(op: str) -> None:
+    bus = SignalBus()
+    sub = bus.subscribe("t", maxsize=1, overflow="block")
+    if op.startswith("publish"):
+        bus.publish("t", 0)
+    calls: dict[str, Callable[[], object]] = {
+        "get": sub.get,
+        "iterate": lambda: next(iter(sub)),
+        "publish to a full block mailbox": lambda: bus.publish("t", 1),
+    }
+    sent: list[float] = []
+
+    def fire() -> None:
+        time.sleep(0.1)
+        sent.append(time.monotonic())
+        _thread.interrupt_main()
+
+    t = threading.Thread(target=fire)
+    t.start()
+    with pytest.raises(KeyboardInterrupt):
+        calls[op]()
+    latency = time.monotonic() - sent[0]
+    t.join()
+    assert latency < 0.2
+    assert sub.stats().rejected == 0
+    sub.cancel()
 
 
 # ---- asyncio ---------------------------------------------------------------------------
