@@ -14,8 +14,9 @@
 //!
 //! # Memory
 //! Removing the last subscription of a node prunes that node and every ancestor left
-//! without children or subscriptions, so the trie never holds more nodes than the live
-//! patterns need.
+//! without children or subscriptions, so the live nodes are exactly those the live
+//! patterns need. A pruned node's slot is emptied (its map freed) and reused by the next
+//! insertion, so the slab's length is bounded by the peak number of live nodes.
 
 use hashbrown::HashMap;
 use std::fmt;
