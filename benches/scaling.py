@@ -276,6 +276,73 @@ def _breaker_peer_name() -> str:
         return "Lock-based breaker"
 
 
+# ---- bus: each thread publishes on its own topic to its own pull subscription, drained --
+
+
+def bus_ferrule(ops: int) -> Work:
+    bus = ferrule.SignalBus()
+    subs = [bus.subscribe(f"svc.{i}.event", maxsize=1024) for i in range(64)]
+
+    def work(i: int) -> None:
+        topic = f"svc.{i}.event"
+        publish, get = bus.publish, subs[i].get_nowait
+        for n in range(ops):
+            publish(topic, n)
+            get()
+
+    return work
+
+
+def bus_peer(ops: int) -> Work:
+    import collections
+
+    try:
+        import blinker
+
+        ns = blinker.Namespace()
+
+        def connect(topic: str, sink: Callable[[int], None]) -> Callable[[int], object]:
+            sig = ns.signal(topic)
+            sig.connect(sink, weak=False)
+            return lambda n: sig.send(n)
+
+    except ImportError:
+        lock = threading.Lock()
+        handlers: dict[str, list[Callable[[int], None]]] = {}
+
+        def connect(topic: str, sink: Callable[[int], None]) -> Callable[[int], object]:
+            with lock:
+                handlers.setdefault(topic, []).append(sink)
+
+            def send(n: int) -> None:
+                with lock:
+                    hs = list(handlers.get(topic, ()))
+                for h in hs:
+                    h(n)
+
+            return send
+
+    sinks = [collections.deque[int](maxlen=1024) for _ in range(64)]
+    sends = [connect(f"svc.{i}.event", sinks[i].append) for i in range(64)]
+
+    def work(i: int) -> None:
+        send, take = sends[i], sinks[i].popleft
+        for n in range(ops):
+            send(n)
+            take()
+
+    return work
+
+
+def _bus_peer_name() -> str:
+    try:
+        import blinker  # noqa: F401
+
+        return "blinker"
+    except ImportError:
+        return "dict of lists + Lock"
+
+
 ROWS: list[Row] = [
     Row("Cache get/set, distinct keys", 200_000, cache_ferrule, _cache_peer_name(), cache_peer),
     Row("WorkQueue put+get, own queue", 200_000, queue_ferrule, "queue.Queue", queue_peer),
@@ -293,6 +360,7 @@ ROWS: list[Row] = [
         _breaker_peer_name(),
         breaker_peer,
     ),
+    Row("SignalBus publish+get, own topic", 200_000, bus_ferrule, _bus_peer_name(), bus_peer),
 ]
 
 

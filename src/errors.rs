@@ -12,6 +12,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyModule, PyTuple, PyType};
 
 use crate::core::breaker::BreakerError;
+use crate::core::bus::BusError;
 use crate::core::cache::CacheError;
 use crate::core::clock::{ClockError, DurationError};
 use crate::core::queue::QueueError;
@@ -164,6 +165,12 @@ impl From<RateError> for PyErr {
 
 impl From<BreakerError> for PyErr {
     fn from(e: BreakerError) -> Self {
+        PyValueError::new_err(e.to_string())
+    }
+}
+
+impl From<BusError> for PyErr {
+    fn from(e: BusError) -> Self {
         PyValueError::new_err(e.to_string())
     }
 }

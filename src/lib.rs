@@ -11,6 +11,8 @@ mod _native {
     #[pymodule_export]
     use crate::py::breaker::{BreakerStats, CircuitBreaker};
     #[pymodule_export]
+    use crate::py::bus::{_run_subscription, Signal, SignalBus, Subscription, SubscriptionStats};
+    #[pymodule_export]
     use crate::py::cache::{Cache, CacheStats};
     #[pymodule_export]
     use crate::py::clock::ManualClock;

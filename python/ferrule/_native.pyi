@@ -1031,3 +1031,235 @@ class CircuitBreaker:
 
     def stats(self) -> BreakerStats:
         """Counters; see :class:`BreakerStats`."""
+
+# ---------------------------------------------------------------------------------------
+# SignalBus
+# ---------------------------------------------------------------------------------------
+
+@final
+class Signal:
+    """One published signal, shared (frozen) by every subscription it reached.
+
+    >>> bus = SignalBus()
+    >>> sub = bus.subscribe("agent.*.error")
+    >>> bus.publish("agent.42.error", {"code": 7})
+    1
+    >>> sig = sub.get_nowait()
+    >>> sig.type, sig.data
+    ('agent.42.error', {'code': 7})
+    """
+
+    @property
+    def type(self) -> str:
+        """The signal type it was published under (dot-separated segments)."""
+    @property
+    def data(self) -> Any:
+        """What was published with it (``None`` by default)."""
+    @property
+    def timestamp(self) -> float:
+        """Wall-clock seconds (``time.time()``) at publication, for logs."""
+
+@final
+class SubscriptionStats:
+    """Counters of one :class:`Subscription`; once it is quiet,
+    ``accepted == delivered + dropped + queued``.
+
+    ``accepted`` counts signals its mailbox took; ``delivered`` those given to the
+    handler or returned by a get; ``dropped`` those accepted and then lost (evicted by
+    ``drop_oldest``, discarded by ``drop_newest``, or still queued at cancellation);
+    ``rejected`` those refused (``reject`` on a full mailbox, or ``block`` when the
+    publisher is the subscription's own worker); ``errors`` handler calls that raised.
+
+    >>> bus = SignalBus()
+    >>> sub = bus.subscribe("tick", maxsize=2)
+    >>> for _ in range(5):
+    ...     _ = bus.publish("tick")
+    >>> s = sub.stats()
+    >>> (s.accepted, s.delivered, s.dropped, s.queued)
+    (5, 0, 3, 2)
+    """
+
+    @property
+    def accepted(self) -> int: ...
+    @property
+    def delivered(self) -> int: ...
+    @property
+    def dropped(self) -> int: ...
+    @property
+    def rejected(self) -> int: ...
+    @property
+    def errors(self) -> int: ...
+    @property
+    def queued(self) -> int:
+        """Signals waiting in the mailbox when the snapshot was taken."""
+
+@final
+class Subscription:
+    """A subscription of a :class:`SignalBus`, made by :meth:`SignalBus.subscribe`.
+
+    It lives until ``cancel()`` (or, for a weakly held bound-method handler, until the
+    method's object is collected), whether or not the caller keeps this object: the
+    bus holds it. ``cancel()`` is idempotent, may be called from any thread (also from
+    inside its own handler), removes the subscription from routing at once, discards
+    the signals still queued (counted as dropped) and lets its worker thread exit after
+    the handler call in progress, if any. A context manager: ``with`` cancels on exit.
+
+    Without a handler it is a queue of :class:`Signal`: ``get``, ``get_nowait``,
+    iteration and ``await get_async()``; once cancelled, gets raise
+    :class:`QueueClosed` and iteration ends. Subscription objects compare equal when
+    they stand for the same subscription.
+
+    >>> bus = SignalBus()
+    >>> with bus.subscribe("job.#") as sub:
+    ...     _ = bus.publish("job.7.done", "ok")
+    ...     sub.get(timeout=1.0).data
+    'ok'
+    >>> sub.cancelled
+    True
+    """
+
+    @property
+    def pattern(self) -> str:
+        """The pattern it was subscribed with."""
+    @property
+    def active(self) -> bool:
+        """True until cancelled."""
+    @property
+    def cancelled(self) -> bool:
+        """True once cancelled."""
+    @property
+    def maxsize(self) -> int:
+        """The mailbox's bound."""
+    @property
+    def overflow(self) -> str:
+        """The mailbox's overflow policy."""
+    @property
+    def _id(self) -> int:
+        """Internal: identifies the subscription within the process."""
+    def qsize(self) -> int:
+        """Signals waiting in the mailbox now."""
+    def stats(self) -> SubscriptionStats:
+        """Counters; see :class:`SubscriptionStats`."""
+    def cancel(self) -> bool:
+        """Stop the subscription; True if this call did it, False if it was already
+        cancelled.
+
+        >>> sub = SignalBus().subscribe("a")
+        >>> sub.cancel(), sub.cancel()
+        (True, False)
+        """
+    def __enter__(self) -> Subscription: ...
+    def __exit__(self, *_exc: object) -> bool:
+        """Cancel; exceptions propagate."""
+    def get(self, timeout: float | None = None) -> Signal:
+        """The oldest queued signal, waiting up to ``timeout`` seconds (``None``: no
+        limit) with the GIL released: :class:`QueueEmpty` on timeout,
+        :class:`QueueClosed` once cancelled. ``TypeError`` on a handler subscription.
+
+        >>> bus = SignalBus(); sub = bus.subscribe("a.*")
+        >>> bus.publish("a.b", 1)
+        1
+        >>> sub.get(timeout=0.5).type
+        'a.b'
+        """
+    def get_nowait(self) -> Signal:
+        """The oldest queued signal without waiting; :class:`QueueEmpty` if none.
+
+        >>> SignalBus().subscribe("a").get_nowait()
+        Traceback (most recent call last):
+        ...
+        ferrule.QueueEmpty: no signal queued
+        """
+    def get_async(self) -> Coroutine[Any, Any, Signal]:
+        """Coroutine: ``get`` for asyncio, waiting on the running loop (no thread); a
+        publish from any thread wakes it. Cancelling it never loses a signal.
+
+        >>> async def next_signal(sub: Subscription) -> Signal:
+        ...     return await sub.get_async()
+        """
+    def _get_or_wait(self, waker: Callable[[], object] | None, pending: object) -> Signal:
+        """Internal (asyncio glue): a signal, or ``pending`` after registering ``waker``."""
+    def _forget_getter(self, waker: Callable[[], object]) -> None:
+        """Internal (asyncio glue): a waiting getter gave up."""
+    def __iter__(self) -> Subscription:
+        """Iterate by blocking ``get()`` until the subscription is cancelled."""
+    def __next__(self) -> Signal: ...
+    def __eq__(self, other: object, /) -> bool: ...
+    def __hash__(self) -> int: ...
+
+@final
+class SignalBus:
+    """Publish/subscribe with AMQP-style pattern routing and a bounded mailbox per
+    subscription.
+
+    Signal types are dot-separated names (``"agent.42.error"``). A pattern segment is
+    a literal, ``*`` (exactly one segment) or ``#`` (zero or more segments, anywhere).
+    Routing walks a segment trie in Rust, so ``publish`` costs grow with the type's
+    segments and the matching subscriptions, not with the number of subscriptions.
+
+    Each subscription has its own mailbox (``maxsize``, ``overflow``): a slow
+    subscriber loses its own signals (counted) and never slows the publisher or the
+    others, unless it chose ``overflow="block"``. Handlers run on a worker thread owned
+    by their subscription, never inside ``publish``; no internal lock is held while
+    Python code runs, so a handler may publish, subscribe or cancel on the same bus.
+
+    >>> bus = SignalBus()
+    >>> seen = []
+    >>> sub = bus.subscribe("agent.#", seen.append, weak=False)
+    >>> bus.publish("agent.42.error", {"code": 7})
+    1
+    >>> sub.cancel()
+    True
+    """
+
+    def __new__(cls) -> SignalBus: ...
+    def subscribe(
+        self,
+        pattern: str,
+        handler: Callable[[Signal], object] | None = None,
+        *,
+        maxsize: int = 1024,
+        overflow: str = "drop_oldest",
+        weak: bool = True,
+    ) -> Subscription:
+        """Subscribe to the signal types matching ``pattern``.
+
+        With ``handler``, each signal is passed to ``handler(signal)`` on the
+        subscription's own worker thread; an exception is counted
+        (``stats().errors``) and logged on the ``ferrule.bus`` logger, and the worker
+        carries on. Without one, the subscription is a queue (``get`` and friends).
+        ``overflow`` is the mailbox's policy when ``maxsize`` signals wait:
+        ``"drop_oldest"``, ``"drop_newest"``, ``"reject"`` or ``"block"`` (the
+        publisher waits for room). With ``weak=True`` a bound-method handler holds its
+        object weakly and the subscription cancels itself when the object is
+        collected; other handlers are held strongly.
+
+        ``ValueError`` for an empty pattern or segment, ``maxsize < 1`` or an unknown
+        policy; ``TypeError`` for arguments of the wrong type.
+
+        >>> bus = SignalBus()
+        >>> bus.subscribe("a..b")
+        Traceback (most recent call last):
+        ...
+        ValueError: pattern "a..b" has an empty segment
+        """
+    def publish(self, signal_type: str, data: Any = None) -> int:
+        """Publish a :class:`Signal`; returns how many subscriptions accepted it. Never
+        waits, unless a matching subscription chose ``overflow="block"`` and its mailbox
+        is full (then it waits for room, GIL released). ``ValueError`` for an empty
+        type or segment, or a ``*``/``#`` in it.
+
+        >>> bus = SignalBus()
+        >>> bus.publish("nobody.listens")
+        0
+        """
+    def subscriptions(self) -> list[Subscription]:
+        """A snapshot of the live subscriptions, for inspection."""
+
+def _run_subscription(subscription: Subscription, handler: Callable[..., Any], weak: bool) -> None:
+    """Internal: a handler subscription's worker loop (see ``ferrule._bus``); returns once
+    the subscription is cancelled.
+
+    >>> sub = SignalBus().subscribe("a"); _ = sub.cancel()
+    >>> _run_subscription(sub, print, False)
+    """

@@ -2,8 +2,10 @@
 //! and its `#[cfg(test)]` tests; `src/py/` wraps them for Python.
 
 pub mod breaker;
+pub mod bus;
 pub mod cache;
 pub mod clock;
 pub mod queue;
 pub mod ratelimit;
 pub mod registry;
+pub mod topic;

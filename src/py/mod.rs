@@ -2,6 +2,7 @@
 
 pub mod args;
 pub mod breaker;
+pub mod bus;
 pub mod cache;
 pub mod clock;
 pub mod queue;

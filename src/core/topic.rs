@@ -1,0 +1,482 @@
+//! Topic patterns and a segment trie that routes a signal type to the subscriptions whose
+//! pattern matches it.
+//!
+//! Signal types are dot-separated names (`agent.42.error`). A pattern segment is a literal,
+//! `*` (exactly one segment) or `#` (zero or more segments, anywhere in the pattern), as in
+//! AMQP topic exchanges. Empty segments and empty patterns are invalid.
+//!
+//! # Cost
+//! `matches` walks the trie with a set of (node, position) states: each state advances by
+//! the literal child for the next segment, the `*` child, and the `#` child (which may
+//! consume zero segments, or one and stay). States are de-duplicated per position, so the
+//! work is O(segments x reachable nodes) however many `#` a pattern has, and it grows with
+//! the type's segments and the matches, not with the number of subscriptions.
+//!
+//! # Memory
+//! Removing the last subscription of a node prunes that node and every ancestor left
+//! without children or subscriptions, so the live nodes are exactly those the live
+//! patterns need. A pruned node's slot is emptied (its map freed) and reused by the next
+//! insertion, so the slab's length is bounded by the peak number of live nodes.
+
+use hashbrown::HashMap;
+use std::fmt;
+
+/// Why a pattern or a signal type was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TopicError {
+    Empty(&'static str),
+    EmptySegment(&'static str, String),
+    /// Wildcards are for patterns only.
+    WildcardInType(String),
+}
+
+impl fmt::Display for TopicError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Empty(arg) => write!(f, "{arg} must not be empty"),
+            Self::EmptySegment(arg, s) => write!(f, "{arg} {s:?} has an empty segment"),
+            Self::WildcardInType(s) => write!(f, "signal_type {s:?} must not contain '*' or '#'"),
+        }
+    }
+}
+
+impl std::error::Error for TopicError {}
+
+/// One segment of a parsed pattern.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Seg {
+    Lit(Box<str>),
+    Star,
+    Hash,
+}
+
+/// Splits and checks a pattern.
+pub fn parse_pattern(pattern: &str) -> Result<Vec<Seg>, TopicError> {
+    if pattern.is_empty() {
+        return Err(TopicError::Empty("pattern"));
+    }
+    pattern
+        .split('.')
+        .map(|s| match s {
+            "" => Err(TopicError::EmptySegment("pattern", pattern.to_owned())),
+            "*" => Ok(Seg::Star),
+            "#" => Ok(Seg::Hash),
+            lit => Ok(Seg::Lit(lit.into())),
+        })
+        .collect()
+}
+
+/// Checks a signal type (no empty segment, no wildcard) without allocating; its
+/// segments are then `signal_type.split('.')`.
+pub fn check_type(signal_type: &str) -> Result<(), TopicError> {
+    if signal_type.is_empty() {
+        return Err(TopicError::Empty("signal_type"));
+    }
+    let mut wildcard = false;
+    for seg in signal_type.split('.') {
+        if seg.is_empty() {
+            return Err(TopicError::EmptySegment(
+                "signal_type",
+                signal_type.to_owned(),
+            ));
+        }
+        wildcard |= seg == "*" || seg == "#";
+    }
+    if wildcard {
+        return Err(TopicError::WildcardInType(signal_type.to_owned()));
+    }
+    Ok(())
+}
+
+/// Splits and checks a signal type (no wildcards).
+pub fn parse_type(signal_type: &str) -> Result<Vec<&str>, TopicError> {
+    check_type(signal_type)?;
+    Ok(signal_type.split('.').collect())
+}
+
+struct Node<S> {
+    lits: HashMap<Box<str>, u32>,
+    star: Option<u32>,
+    hash: Option<u32>,
+    parent: u32,
+    /// How this node hangs off its parent, for pruning; `None` for the root and for
+    /// free slots.
+    edge: Option<Seg>,
+    subs: Vec<S>,
+}
+
+impl<S> Node<S> {
+    fn new(parent: u32, edge: Option<Seg>) -> Self {
+        Self {
+            lits: HashMap::new(),
+            star: None,
+            hash: None,
+            parent,
+            edge,
+            subs: Vec::new(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.lits.is_empty() && self.star.is_none() && self.hash.is_none() && self.subs.is_empty()
+    }
+}
+
+const ROOT: u32 = 0;
+
+/// A trie of patterns; each pattern's node holds its subscribers `S`.
+///
+/// Nodes live in a slab (`nodes`) addressed by `u32`; a pruned node's slot is reset to an
+/// empty node and its index goes on `free` for reuse. Every index stored in a live node
+/// (children, parent) names a live slot.
+pub struct Trie<S> {
+    nodes: Vec<Node<S>>,
+    free: Vec<u32>,
+    len: usize,
+}
+
+impl<S: Clone + PartialEq> Default for Trie<S> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<S: Clone + PartialEq> Trie<S> {
+    pub fn new() -> Self {
+        Self {
+            nodes: vec![Node::new(ROOT, None)],
+            free: Vec::new(),
+            len: 0,
+        }
+    }
+
+    /// Number of subscriptions held.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Nodes in use (root included); for tests of pruning.
+    pub fn node_count(&self) -> usize {
+        self.nodes.len() - self.free.len()
+    }
+
+    fn node(&self, i: u32) -> &Node<S> {
+        &self.nodes[i as usize]
+    }
+
+    fn node_mut(&mut self, i: u32) -> &mut Node<S> {
+        &mut self.nodes[i as usize]
+    }
+
+    fn child(&self, i: u32, seg: &Seg) -> Option<u32> {
+        let n = self.node(i);
+        match seg {
+            Seg::Lit(s) => n.lits.get(s).copied(),
+            Seg::Star => n.star,
+            Seg::Hash => n.hash,
+        }
+    }
+
+    fn add_child(&mut self, parent: u32, seg: &Seg) -> u32 {
+        let node = Node::new(parent, Some(seg.clone()));
+        let idx = if let Some(i) = self.free.pop() {
+            self.nodes[i as usize] = node;
+            i
+        } else {
+            self.nodes.push(node);
+            (self.nodes.len() - 1) as u32
+        };
+        let p = self.node_mut(parent);
+        match seg {
+            Seg::Lit(s) => {
+                p.lits.insert(s.clone(), idx);
+            }
+            Seg::Star => p.star = Some(idx),
+            Seg::Hash => p.hash = Some(idx),
+        }
+        idx
+    }
+
+    /// Adds a subscriber under a parsed pattern.
+    pub fn insert(&mut self, pattern: &[Seg], sub: S) {
+        let mut cur = ROOT;
+        for seg in pattern {
+            cur = match self.child(cur, seg) {
+                Some(c) => c,
+                None => self.add_child(cur, seg),
+            };
+        }
+        self.node_mut(cur).subs.push(sub);
+        self.len += 1;
+    }
+
+    /// Removes one subscriber from a pattern and prunes the nodes left empty. Returns the
+    /// removed subscriber rather than dropping it, so that a caller holding a lock can
+    /// drop it after releasing the lock (its destructor may run arbitrary code).
+    #[must_use = "the removed subscriber should be dropped outside any lock"]
+    pub fn remove(&mut self, pattern: &[Seg], sub: &S) -> Option<S> {
+        let mut cur = ROOT;
+        for seg in pattern {
+            cur = self.child(cur, seg)?;
+        }
+        let subs = &mut self.node_mut(cur).subs;
+        let pos = subs.iter().position(|s| s == sub)?;
+        let removed = subs.swap_remove(pos);
+        self.len -= 1;
+        while cur != ROOT && self.node(cur).is_empty() {
+            let node = std::mem::replace(self.node_mut(cur), Node::new(ROOT, None));
+            self.free.push(cur);
+            let parent = self.node_mut(node.parent);
+            match node.edge {
+                Some(Seg::Lit(s)) => {
+                    parent.lits.remove(&s);
+                }
+                Some(Seg::Star) => parent.star = None,
+                Some(Seg::Hash) => parent.hash = None,
+                None => {}
+            }
+            cur = node.parent;
+        }
+        Some(removed)
+    }
+
+    /// Every subscriber, in no particular order.
+    pub fn all(&self, out: &mut Vec<S>) {
+        out.reserve(self.len);
+        for n in &self.nodes {
+            out.extend(n.subs.iter().cloned());
+        }
+    }
+
+    /// Every subscriber whose pattern matches the segments, each once per subscription.
+    pub fn matches(&self, segs: &[&str], out: &mut Vec<S>) {
+        self.for_each_match(segs.iter().copied(), |s| out.push(s.clone()));
+    }
+
+    /// Calls `f` on every subscriber whose pattern matches the segments, each once per
+    /// subscription.
+    pub fn for_each_match<'a>(
+        &self,
+        segs: impl IntoIterator<Item = &'a str>,
+        mut f: impl FnMut(&S),
+    ) {
+        // States at the current position, de-duplicated (a linear scan: a walk holds a
+        // handful of states).
+        let mut states: Vec<u32> = Vec::with_capacity(8);
+        let mut next: Vec<u32> = Vec::with_capacity(8);
+        let push = |v: &mut Vec<u32>, n: u32| {
+            if !v.contains(&n) {
+                v.push(n);
+            }
+        };
+        // A `#` node may match zero segments: close the state set over `#` children.
+        let close = |trie: &Self, v: &mut Vec<u32>| {
+            let mut i = 0;
+            while i < v.len() {
+                if let Some(h) = trie.node(v[i]).hash {
+                    if !v.contains(&h) {
+                        v.push(h);
+                    }
+                }
+                i += 1;
+            }
+        };
+        states.push(ROOT);
+        close(self, &mut states);
+        for seg in segs {
+            next.clear();
+            for &s in &states {
+                let n = self.node(s);
+                if let Some(&c) = n.lits.get(seg) {
+                    push(&mut next, c);
+                }
+                if let Some(c) = n.star {
+                    push(&mut next, c);
+                }
+                // Being at a `#` node, it may swallow this segment and stay.
+                if matches!(n.edge, Some(Seg::Hash)) {
+                    push(&mut next, s);
+                }
+            }
+            close(self, &mut next);
+            std::mem::swap(&mut states, &mut next);
+            if states.is_empty() {
+                return;
+            }
+        }
+        for &s in &states {
+            self.node(s).subs.iter().for_each(&mut f);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn trie(patterns: &[&str]) -> Trie<usize> {
+        let mut t = Trie::new();
+        for (i, p) in patterns.iter().enumerate() {
+            t.insert(&parse_pattern(p).unwrap(), i);
+        }
+        t
+    }
+
+    fn hits(t: &Trie<usize>, ty: &str) -> Vec<usize> {
+        let mut out = Vec::new();
+        t.matches(&parse_type(ty).unwrap(), &mut out);
+        out.sort_unstable();
+        out
+    }
+
+    #[test]
+    fn literal_star_and_hash() {
+        let pats = [
+            "a.b.c",
+            "a.*.c",
+            "a.#",
+            "#",
+            "#.c",
+            "a.#.c",
+            "*.*",
+            "a.b.#.c.#",
+            "x",
+        ];
+        let t = trie(&pats);
+        assert_eq!(hits(&t, "a.b.c"), vec![0, 1, 2, 3, 4, 5, 7]);
+        assert_eq!(hits(&t, "a"), vec![2, 3]);
+        assert_eq!(hits(&t, "a.c"), vec![2, 3, 4, 5, 6]);
+        assert_eq!(hits(&t, "a.x.y.c"), vec![2, 3, 4, 5]);
+        assert_eq!(hits(&t, "x"), vec![3, 8]);
+        assert_eq!(hits(&t, "b.c"), vec![3, 4, 6]);
+        assert_eq!(hits(&t, "a.b.z.c.q"), vec![2, 3, 7]);
+    }
+
+    #[test]
+    fn double_hash_does_not_duplicate() {
+        let t = trie(&["#.#", "a.#.#.b"]);
+        assert_eq!(hits(&t, "a.b"), vec![0, 1]);
+        assert_eq!(hits(&t, "a.x.y.b"), vec![0, 1]);
+        assert_eq!(hits(&t, "q"), vec![0]);
+    }
+
+    #[test]
+    fn bad_patterns_and_types() {
+        assert_eq!(
+            parse_pattern("").unwrap_err().to_string(),
+            "pattern must not be empty"
+        );
+        assert_eq!(
+            parse_pattern("a..b").unwrap_err().to_string(),
+            "pattern \"a..b\" has an empty segment"
+        );
+        assert!(parse_pattern(".a").is_err());
+        assert!(parse_type("a.").is_err());
+        assert_eq!(
+            parse_type("a.*").unwrap_err().to_string(),
+            "signal_type \"a.*\" must not contain '*' or '#'"
+        );
+    }
+
+    #[test]
+    fn remove_prunes_nodes() {
+        let mut t = Trie::new();
+        let p = parse_pattern("a.b.#.c").unwrap();
+        let q = parse_pattern("a.b").unwrap();
+        t.insert(&p, 1);
+        t.insert(&q, 2);
+        t.insert(&p, 3);
+        assert_eq!(t.node_count(), 5);
+        assert_eq!(t.remove(&p, &1), Some(1));
+        assert_eq!(t.remove(&p, &1), None);
+        assert_eq!(t.node_count(), 5);
+        assert_eq!(t.remove(&p, &3), Some(3));
+        assert_eq!(t.node_count(), 3);
+        assert_eq!(t.remove(&q, &2), Some(2));
+        assert_eq!(t.node_count(), 1);
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn many_subscriptions_route_by_segments() {
+        let mut t = Trie::new();
+        for i in 0..10_000 {
+            t.insert(&parse_pattern(&format!("agent.{i}.error")).unwrap(), i);
+        }
+        t.insert(&parse_pattern("agent.*.error").unwrap(), 99_999);
+        assert_eq!(hits(&t, "agent.42.error"), vec![42, 99_999]);
+        assert_eq!(hits(&t, "agent.42.ok"), Vec::<usize>::new());
+    }
+
+    /// A subscriber's destructor must be able to run after the caller's lock is released:
+    /// `remove` hands the removed value back instead of dropping it.
+    #[test]
+    fn remove_hands_back_the_subscriber() {
+        use std::sync::Arc;
+        let mut t: Trie<Arc<u8>> = Trie::new();
+        let p = parse_pattern("a.*").unwrap();
+        let sub = Arc::new(7);
+        t.insert(&p, sub.clone());
+        let removed = t.remove(&p, &sub).unwrap();
+        // Still alive: the trie did not drop its reference.
+        assert_eq!(Arc::strong_count(&sub), 2);
+        drop(removed);
+        assert_eq!(Arc::strong_count(&sub), 1);
+    }
+
+    #[test]
+    fn freed_slots_are_reused_and_all_lists_everyone() {
+        let mut t = Trie::new();
+        let p = parse_pattern("a.b.c").unwrap();
+        let q = parse_pattern("x.#").unwrap();
+        t.insert(&p, 1);
+        assert_eq!(t.remove(&p, &1), Some(1));
+        t.insert(&q, 2);
+        t.insert(&p, 3);
+        // Three slots were freed and are reused: no growth beyond the live nodes.
+        assert_eq!(t.nodes.len(), 6);
+        assert_eq!(hits(&t, "x"), vec![2]);
+        assert_eq!(hits(&t, "a.b.c"), vec![3]);
+        let mut all = Vec::new();
+        t.all(&mut all);
+        all.sort_unstable();
+        assert_eq!(all, vec![2, 3]);
+    }
+
+    /// Many live states at once (patterns full of `#`): still exact, checked against a
+    /// brute-force matcher.
+    #[test]
+    fn many_simultaneous_states() {
+        fn brute(p: &[&str], t: &[&str]) -> bool {
+            match p.split_first() {
+                None => t.is_empty(),
+                Some((&"#", rest)) => (0..=t.len()).any(|i| brute(rest, &t[i..])),
+                Some((h, rest)) => {
+                    !t.is_empty() && (*h == "*" || *h == t[0]) && brute(rest, &t[1..])
+                }
+            }
+        }
+        let mut pats = Vec::new();
+        for a in ["a", "*", "#"] {
+            for b in ["a", "b", "*", "#"] {
+                for c in ["a", "*", "#"] {
+                    pats.push(format!("{a}.{b}.{c}"));
+                    pats.push(format!("#.{a}.#.{b}.{c}"));
+                }
+            }
+        }
+        let refs: Vec<&str> = pats.iter().map(String::as_str).collect();
+        let t = trie(&refs);
+        for ty in ["a", "a.a", "a.b.a", "a.a.a.a.a", "b.a.b.a.a", "a.b.a.b.a.b"] {
+            let segs = parse_type(ty).unwrap();
+            let want: Vec<usize> = (0..pats.len())
+                .filter(|&i| brute(&pats[i].split('.').collect::<Vec<_>>(), &segs))
+                .collect();
+            assert_eq!(hits(&t, ty), want, "{ty}");
+        }
+    }
+}

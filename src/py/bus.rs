@@ -1,0 +1,562 @@
+//! `SignalBus`, `Subscription` and `Signal`: the Python face of `core::bus` over Python
+//! items.
+//!
+//! `publish` runs attached and never releases the GIL except to wait on a full `block`
+//! mailbox: the route (a read-locked trie walk) and each push are short critical
+//! sections. It builds one frozen `Signal` per publication, only when something matches,
+//! and shares it between the matching mailboxes.
+//!
+//! Locks and Python: no Python code runs and no Python object is dropped under the
+//! router's lock or a mailbox's lock. The core hands back what must be dropped or called
+//! (evicted signals, items drained at cancellation, asyncio wakers), and this layer
+//! drops or calls it after the lock is released. So a handler, a waker or a `__del__`
+//! may publish, subscribe or cancel on the same bus.
+//!
+//! Handlers: a handler subscription's worker thread (started by `ferrule._bus`) runs
+//! `_run_subscription`, which takes signals from the mailbox (waiting detached) and calls
+//! the handler attached. A handler's exception is counted and reported through
+//! `ferrule._bus._report` (the `logging` module); it never ends the loop. A publisher
+//! running on a subscription's own worker never waits for room in that subscription's
+//! `block` mailbox (it would wait for itself): the signal is rejected instead.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use pyo3::exceptions::{PyStopIteration, PyTypeError};
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyBool, PyString, PyTuple};
+
+use crate::core::bus::{thread_token, Router, Sub, SubStats};
+use crate::core::queue::{GetError, Overflow, PutError, WorkQueue};
+use crate::errors::{wrong_type, Exc};
+use crate::py::args;
+
+type Item = Py<PyAny>;
+type Waker = Py<PyAny>;
+type CoreSub = Sub<Item, Waker>;
+
+fn check_signals() -> PyResult<()> {
+    #[allow(clippy::redundant_closure_for_method_calls)] // the method is not lifetime-generic
+    Python::attach(|py| py.check_signals())
+}
+
+fn cancelled_error(py: Python<'_>) -> PyErr {
+    Exc::QueueClosed.err(py, "subscription is cancelled")
+}
+
+/// An attribute of `ferrule._bus` (or another module), looked up once.
+fn module_attr<'py>(
+    py: Python<'py>,
+    cell: &'static PyOnceLock<Py<PyAny>>,
+    module: &str,
+    name: &str,
+) -> PyResult<&'py Bound<'py, PyAny>> {
+    cell.get_or_try_init(py, || -> PyResult<Py<PyAny>> {
+        Ok(py.import(module)?.getattr(name)?.unbind())
+    })
+    .map(|f| f.bind(py))
+}
+
+/// Wakes an asyncio getter; a waker that fails (its loop is closed) passes the wake-up on.
+fn wake_getter(py: Python<'_>, mb: &WorkQueue<Item, Waker>, mut w: Option<Waker>) {
+    while let Some(f) = w.take() {
+        if f.call0(py).is_err() {
+            w = mb.forget_getter(|_| false);
+        }
+    }
+}
+
+/// Finishes a cancellation with no lock held: wakes the mailbox's waiters, then drops
+/// the drained items and the trie's reference.
+fn cancel_sub(py: Python<'_>, sub: &Arc<CoreSub>) -> bool {
+    let Some(c) = sub.cancel() else {
+        return false;
+    };
+    for w in c.wake {
+        // A waker whose loop is gone has no one left to tell.
+        let _ = w.call0(py);
+    }
+    drop(c.items);
+    drop(c.removed);
+    true
+}
+
+/// Offers `item` to one subscription's mailbox; true if accepted.
+fn offer(py: Python<'_>, sub: &CoreSub, item: Item) -> PyResult<bool> {
+    let mb = sub.mailbox();
+    let accepted = match mb.put_or_wait(item, None) {
+        Ok(a) => a,
+        // `block` policy and no room.
+        Err(PutError::WouldBlock(item)) => {
+            if sub.is_worker(thread_token()) {
+                // Waiting here would wait for this very thread: refuse (counted).
+                match mb.try_put(item) {
+                    Ok(a) => a,
+                    Err(_) => return Ok(false),
+                }
+            } else {
+                match py.detach(|| mb.put_until(item, None, check_signals)) {
+                    Ok(a) => a,
+                    Err(PutError::Interrupted(_, e)) => return Err(e),
+                    Err(_) => return Ok(false),
+                }
+            }
+        }
+        Err(_) => return Ok(false),
+    };
+    drop(accepted.dropped);
+    wake_getter(py, mb, accepted.wake);
+    Ok(true)
+}
+
+fn wall_clock() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// One published signal: its type, its data and when it was published.
+#[pyclass(frozen, module = "ferrule._native", name = "Signal")]
+pub struct Signal {
+    kind: Py<PyString>,
+    data: Py<PyAny>,
+    timestamp: f64,
+}
+
+#[pymethods]
+impl Signal {
+    /// The signal type it was published under, e.g. ``"agent.42.error"``.
+    #[getter(r#type)]
+    fn signal_type(&self, py: Python<'_>) -> Py<PyString> {
+        self.kind.clone_ref(py)
+    }
+
+    #[getter]
+    fn data(&self, py: Python<'_>) -> Py<PyAny> {
+        self.data.clone_ref(py)
+    }
+
+    /// Wall-clock seconds (``time.time()``) at publication.
+    #[getter]
+    fn timestamp(&self) -> f64 {
+        self.timestamp
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
+        Ok(format!(
+            "Signal(type={}, data={}, timestamp={})",
+            self.kind.bind(py).repr()?,
+            self.data.bind(py).repr()?,
+            self.timestamp
+        ))
+    }
+}
+
+/// Counters of one subscription: `accepted == delivered + dropped + queued` once it is
+/// quiet.
+#[pyclass(
+    frozen,
+    get_all,
+    module = "ferrule._native",
+    name = "SubscriptionStats"
+)]
+pub struct SubscriptionStats {
+    accepted: u64,
+    delivered: u64,
+    dropped: u64,
+    rejected: u64,
+    errors: u64,
+    queued: usize,
+}
+
+impl From<SubStats> for SubscriptionStats {
+    fn from(s: SubStats) -> Self {
+        Self {
+            accepted: s.accepted,
+            delivered: s.delivered,
+            dropped: s.dropped,
+            rejected: s.rejected,
+            errors: s.errors,
+            queued: s.queued,
+        }
+    }
+}
+
+#[pymethods]
+impl SubscriptionStats {
+    fn __repr__(&self) -> String {
+        format!(
+            "SubscriptionStats(accepted={}, delivered={}, dropped={}, rejected={}, errors={}, queued={})",
+            self.accepted, self.delivered, self.dropped, self.rejected, self.errors, self.queued
+        )
+    }
+}
+
+/// One subscription of a `SignalBus`.
+#[pyclass(frozen, module = "ferrule._native", name = "Subscription")]
+pub struct Subscription {
+    sub: Arc<CoreSub>,
+}
+
+impl Subscription {
+    fn pull_only(&self, what: &str) -> PyResult<()> {
+        if self.sub.has_handler() {
+            return Err(PyTypeError::new_err(format!(
+                "{what} is for subscriptions without a handler"
+            )));
+        }
+        Ok(())
+    }
+
+    fn do_get(&self, py: Python<'_>, timeout: Option<Duration>) -> PyResult<Item> {
+        let mb = self.sub.mailbox();
+        match mb.try_get() {
+            Ok((item, _)) => return Ok(item),
+            Err(GetError::Closed) => return Err(cancelled_error(py)),
+            Err(_) => {}
+        }
+        if timeout == Some(Duration::ZERO) {
+            return Err(Exc::QueueEmpty.err(py, "no signal queued"));
+        }
+        let until = timeout.and_then(|t| Instant::now().checked_add(t));
+        match py.detach(|| mb.get_until(until, check_signals)) {
+            Ok((item, _)) => Ok(item),
+            Err(GetError::Timeout | GetError::Empty) => {
+                Err(Exc::QueueEmpty.err(py, "no signal queued (get timed out)"))
+            }
+            Err(GetError::Closed) => Err(cancelled_error(py)),
+            Err(GetError::Interrupted(e)) => Err(e),
+        }
+    }
+}
+
+#[pymethods]
+impl Subscription {
+    /// The pattern it was subscribed with.
+    #[getter]
+    fn pattern(&self) -> &str {
+        self.sub.pattern()
+    }
+
+    #[getter]
+    fn active(&self) -> bool {
+        !self.sub.is_cancelled()
+    }
+
+    #[getter]
+    fn cancelled(&self) -> bool {
+        self.sub.is_cancelled()
+    }
+
+    #[getter]
+    fn maxsize(&self) -> usize {
+        self.sub.mailbox().maxsize()
+    }
+
+    #[getter]
+    fn overflow(&self) -> &'static str {
+        self.sub.mailbox().overflow().name()
+    }
+
+    /// Signals waiting in the mailbox now.
+    fn qsize(&self) -> usize {
+        self.sub.mailbox().len()
+    }
+
+    fn stats(&self) -> SubscriptionStats {
+        SubscriptionStats::from(self.sub.stats())
+    }
+
+    /// Stops the subscription (idempotent); True if this call cancelled it.
+    fn cancel(&self, py: Python<'_>) -> bool {
+        cancel_sub(py, &self.sub)
+    }
+
+    fn __enter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    #[pyo3(signature = (*_exc))]
+    fn __exit__(&self, py: Python<'_>, _exc: &Bound<'_, PyTuple>) -> bool {
+        cancel_sub(py, &self.sub);
+        false
+    }
+
+    /// The next signal, waiting up to `timeout` seconds (pull subscriptions).
+    #[pyo3(signature = (timeout = None))]
+    fn get(&self, py: Python<'_>, timeout: Option<&Bound<'_, PyAny>>) -> PyResult<Item> {
+        self.pull_only("get()")?;
+        let timeout = args::opt_timeout(timeout, "timeout")?;
+        self.do_get(py, timeout)
+    }
+
+    fn get_nowait(&self, py: Python<'_>) -> PyResult<Item> {
+        self.pull_only("get_nowait()")?;
+        self.do_get(py, Some(Duration::ZERO))
+    }
+
+    fn __iter__(slf: PyRef<'_, Self>) -> PyResult<PyRef<'_, Self>> {
+        slf.pull_only("iteration")?;
+        Ok(slf)
+    }
+
+    fn __next__(&self, py: Python<'_>) -> PyResult<Item> {
+        self.pull_only("iteration")?;
+        match self.do_get(py, None) {
+            Err(e) if e.is_instance(py, Exc::QueueClosed.type_object(py)?) => {
+                Err(PyStopIteration::new_err(()))
+            }
+            r => r,
+        }
+    }
+
+    /// A coroutine: the next signal, waiting without blocking the event loop.
+    fn get_async<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        static F: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+        slf.get().pull_only("get_async()")?;
+        module_attr(slf.py(), &F, "ferrule._queue", "get_async")?.call1((slf,))
+    }
+
+    /// asyncio glue (see `ferrule._queue`): a signal, or `pending` after registering
+    /// `waker` (if not None).
+    fn _get_or_wait(&self, py: Python<'_>, waker: Option<Waker>, pending: Item) -> PyResult<Item> {
+        let waker = waker.filter(|w| !w.is_none(py));
+        match self.sub.mailbox().get_or_wait(waker) {
+            Ok((item, _)) => Ok(item),
+            Err(GetError::Closed) => Err(cancelled_error(py)),
+            Err(_) => Ok(pending),
+        }
+    }
+
+    /// asyncio glue: a getter's task gave up; an unused wake-up passes on.
+    fn _forget_getter(&self, py: Python<'_>, waker: &Bound<'_, PyAny>) {
+        let me = waker.as_ptr();
+        let mb = self.sub.mailbox();
+        let next = mb.forget_getter(|w| w.as_ptr() == me);
+        wake_getter(py, mb, next);
+    }
+
+    /// Internal: a number that identifies the subscription within the process.
+    #[getter]
+    fn _id(&self) -> u64 {
+        self.sub.id()
+    }
+
+    fn __eq__(&self, other: &Bound<'_, PyAny>) -> bool {
+        other
+            .cast::<Subscription>()
+            .is_ok_and(|o| Arc::ptr_eq(&o.get().sub, &self.sub))
+    }
+
+    fn __hash__(&self) -> u64 {
+        self.sub.id()
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "Subscription(pattern={:?}, {}, maxsize={}, overflow='{}', {})",
+            self.sub.pattern(),
+            if self.sub.has_handler() {
+                "handler"
+            } else {
+                "pull"
+            },
+            self.sub.mailbox().maxsize(),
+            self.sub.mailbox().overflow().name(),
+            if self.sub.is_cancelled() {
+                "cancelled"
+            } else {
+                "active"
+            },
+        )
+    }
+}
+
+/// Publish/subscribe with pattern routing and a bounded mailbox per subscription.
+#[pyclass(frozen, module = "ferrule._native", name = "SignalBus")]
+pub struct SignalBus {
+    router: Arc<Router<Item, Waker>>,
+}
+
+#[pymethods]
+impl SignalBus {
+    #[new]
+    fn new() -> Self {
+        Self {
+            router: Router::new(),
+        }
+    }
+
+    /// Subscribes to the signal types matching `pattern`.
+    #[pyo3(
+        signature = (pattern, handler = None, *, maxsize = None, overflow = None, weak = None),
+        text_signature = "($self, pattern, handler=None, *, maxsize=1024, overflow='drop_oldest', weak=True)"
+    )]
+    fn subscribe<'py>(
+        &self,
+        py: Python<'py>,
+        pattern: &Bound<'py, PyAny>,
+        handler: Option<&Bound<'py, PyAny>>,
+        maxsize: Option<&Bound<'py, PyAny>>,
+        overflow: Option<&Bound<'py, PyAny>>,
+        weak: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, Subscription>> {
+        let Ok(pattern) = pattern.cast::<PyString>() else {
+            return Err(wrong_type("pattern", "a str", pattern));
+        };
+        let handler = handler.filter(|h| !h.is_none());
+        if let Some(h) = handler {
+            if !h.is_callable() {
+                return Err(wrong_type("handler", "callable or None", h));
+            }
+        }
+        let maxsize = match maxsize {
+            None => 1024,
+            Some(m) => args::int_at_least(m, "maxsize", 1)? as usize,
+        };
+        let overflow = match overflow {
+            None => Overflow::DropOldest,
+            Some(o) => match o.cast::<PyString>() {
+                Ok(s) => Overflow::parse(s.to_str()?)?,
+                Err(_) => return Err(wrong_type("overflow", "a str", o)),
+            },
+        };
+        let weak = match weak {
+            None => true,
+            Some(w) => match w.cast::<PyBool>() {
+                Ok(b) => b.is_true(),
+                Err(_) => return Err(wrong_type("weak", "a bool", w)),
+            },
+        };
+        let core =
+            self.router
+                .subscribe(pattern.to_str()?, maxsize, overflow, handler.is_some())?;
+        let sub = Bound::new(py, Subscription { sub: core.clone() })?;
+        if let Some(h) = handler {
+            static START: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+            let started = module_attr(py, &START, "ferrule._bus", "_start")
+                .and_then(|f| f.call1((&sub, h, weak)));
+            if let Err(e) = started {
+                cancel_sub(py, &core);
+                return Err(e);
+            }
+        }
+        // Not added if already cancelled (its weak handler's object died meanwhile).
+        self.router.attach(&core);
+        Ok(sub)
+    }
+
+    /// Publishes a signal; returns how many subscriptions accepted it.
+    #[pyo3(signature = (signal_type, data = None))]
+    fn publish(
+        &self,
+        py: Python<'_>,
+        signal_type: &Bound<'_, PyAny>,
+        data: Option<Py<PyAny>>,
+    ) -> PyResult<usize> {
+        let Ok(ty) = signal_type.cast::<PyString>() else {
+            return Err(wrong_type("signal_type", "a str", signal_type));
+        };
+        let mut subs: Vec<Arc<CoreSub>> = Vec::new();
+        self.router.route(ty.to_str()?, &mut subs)?;
+        if subs.is_empty() {
+            return Ok(0);
+        }
+        let signal = Py::new(
+            py,
+            Signal {
+                kind: ty.clone().unbind(),
+                data: data.unwrap_or_else(|| py.None()),
+                timestamp: wall_clock(),
+            },
+        )?
+        .into_any();
+        let mut accepted = 0;
+        for sub in &subs {
+            if offer(py, sub, signal.clone_ref(py))? {
+                accepted += 1;
+            }
+        }
+        Ok(accepted)
+    }
+
+    /// The live subscriptions (a snapshot).
+    fn subscriptions(&self) -> Vec<Subscription> {
+        self.router
+            .subscriptions()
+            .into_iter()
+            .map(|sub| Subscription { sub })
+            .collect()
+    }
+
+    fn __repr__(&self) -> String {
+        format!("SignalBus(subscriptions={})", self.router.len())
+    }
+}
+
+impl Drop for SignalBus {
+    /// A bus that goes away cancels what it still routes to, so that no worker thread
+    /// waits forever on a mailbox nobody can reach.
+    fn drop(&mut self) {
+        let subs = self.router.take_all();
+        if subs.is_empty() {
+            return;
+        }
+        Python::attach(|py| {
+            for sub in &subs {
+                cancel_sub(py, sub);
+            }
+        });
+    }
+}
+
+/// Internal: a handler subscription's worker loop (run on its own thread by
+/// `ferrule._bus`). Returns once the subscription is cancelled. With `weak`, `handler`
+/// is a `weakref.WeakMethod`: a dead one cancels the subscription.
+#[pyfunction]
+pub fn _run_subscription(
+    py: Python<'_>,
+    subscription: &Bound<'_, Subscription>,
+    handler: &Bound<'_, PyAny>,
+    weak: bool,
+) -> PyResult<()> {
+    static REPORT: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    let sub = &subscription.get().sub;
+    let mb = sub.mailbox();
+    sub.set_worker(thread_token());
+    loop {
+        let item = match mb.try_get() {
+            Ok((item, _)) => item,
+            Err(GetError::Closed) => return Ok(()),
+            Err(_) => match py.detach(|| mb.get_until(None, check_signals)) {
+                Ok((item, _)) => item,
+                Err(GetError::Closed) => return Ok(()),
+                Err(GetError::Interrupted(e)) => return Err(e),
+                Err(GetError::Timeout | GetError::Empty) => continue,
+            },
+        };
+        if sub.is_cancelled() {
+            sub.discard(1);
+            continue;
+        }
+        let target = if weak {
+            let target = handler.call0()?;
+            if target.is_none() {
+                // Its object was collected.
+                sub.discard(1);
+                cancel_sub(py, sub);
+                continue;
+            }
+            target
+        } else {
+            handler.clone()
+        };
+        if let Err(err) = target.call1((&item,)) {
+            sub.count_error();
+            // Reporting must not end the worker either.
+            let _ = module_attr(py, &REPORT, "ferrule._bus", "_report")
+                .and_then(|f| f.call1((subscription, &item, err.into_value(py))));
+        }
+    }
+}
