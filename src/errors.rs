@@ -13,6 +13,8 @@ use pyo3::types::{PyDict, PyModule, PyTuple, PyType};
 
 use crate::core::cache::CacheError;
 use crate::core::clock::{ClockError, DurationError};
+use crate::core::error_store::ErrorStoreError;
+use crate::core::metrics::MetricsError;
 
 pyo3::create_exception!(
     ferrule,
@@ -143,6 +145,18 @@ impl From<ClockError> for PyErr {
 
 impl From<CacheError> for PyErr {
     fn from(e: CacheError) -> Self {
+        PyValueError::new_err(e.to_string())
+    }
+}
+
+impl From<MetricsError> for PyErr {
+    fn from(e: MetricsError) -> Self {
+        PyValueError::new_err(e.to_string())
+    }
+}
+
+impl From<ErrorStoreError> for PyErr {
+    fn from(e: ErrorStoreError) -> Self {
         PyValueError::new_err(e.to_string())
     }
 }

@@ -12,6 +12,10 @@ mod _native {
     use crate::py::cache::{Cache, CacheStats};
     #[pymodule_export]
     use crate::py::clock::ManualClock;
+    #[pymodule_export]
+    use crate::py::error_store::{ErrorRecord, ErrorStore};
+    #[pymodule_export]
+    use crate::py::metrics::{Metrics, OpStats, Timer};
 
     #[pymodule_init]
     fn init(m: &pyo3::Bound<'_, pyo3::types::PyModule>) -> pyo3::PyResult<()> {

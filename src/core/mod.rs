@@ -3,3 +3,5 @@
 
 pub mod cache;
 pub mod clock;
+pub mod error_store;
+pub mod metrics;
