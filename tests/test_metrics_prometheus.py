@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import pytest
-
 from ferrule import ManualClock, Metrics
 
 prometheus_client = pytest.importorskip("prometheus_client")
 
+from ferrule.metrics import PrometheusCollector  # noqa: E402
 from prometheus_client import CollectorRegistry, generate_latest  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
-
-from ferrule.metrics import PrometheusCollector  # noqa: E402
 
 
 def scrape(registry: CollectorRegistry) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
