@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import math
 import random
 import statistics
@@ -180,7 +181,7 @@ def test_time_decorates_async_functions() -> None:
         return list(ok)
 
     assert asyncio.run(main()) == [1, 2]
-    assert asyncio.iscoroutinefunction(fetch)
+    assert inspect.iscoroutinefunction(fetch)
     s = m.snapshot("fetch")
     assert (s.count, s.errors) == (3, 1)
 

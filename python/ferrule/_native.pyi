@@ -348,7 +348,8 @@ class Metrics:
 
     def record(self, op: str, seconds: float, ok: bool = True) -> None:
         """Record one call of ``op`` that took ``seconds`` (>= 0, finite: else ValueError);
-        ``ok=False`` counts it as an error. ``op`` must be a str (else TypeError)."""
+        ``ok=False`` counts it as an error. ``op`` must be a str (else TypeError).
+        Durations above 10**6 s are recorded as 10**6 s."""
 
     def time(self, op: str) -> Timer:
         """A :class:`Timer` for ``op``: ``with m.time("op"): ...`` or ``@m.time("op")``.

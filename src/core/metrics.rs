@@ -19,8 +19,10 @@
 //! epoch and `CLEARING` is unset, adds with `Relaxed` RMWs, and leaves with a `Release`
 //! decrement. A recorder that finds an older epoch recycles the entry: a CAS from
 //! `(older epoch, 0 writers, not clearing)` to `(its epoch, CLEARING)` (`AcqRel`: every
-//! earlier writer's adds happen-before the clearing), zeroes the counters, then publishes
-//! `(its epoch, not clearing)` with `Release`. While older writers are still in flight the
+//! earlier writer's adds happen-before the clearing), zeroes the counters (after a
+//! `Release` fence, so that a snapshot that reads a zeroed counter sees the CAS), publishes
+//! `(its epoch, not clearing, 1 writer: itself)` with `Release`. Recorders of that epoch
+//! wait while it clears; while older writers are still in flight the
 //! recycler waits for them (spin, then yield); that only happens when a recording was
 //! delayed by more than `(SLOTS - 1) * L` between reading the clock and adding, and on a
 //! GIL build never (the GIL is held throughout a recording).
@@ -62,6 +64,9 @@ const SUB: usize = 1 << SUB_BITS;
 const MAX_EXP: u32 = 33;
 /// Buckets per histogram.
 pub const BUCKETS: usize = (MAX_EXP - SUB_BITS + 2) as usize * SUB;
+/// Longer latencies are recorded as this (10^6 s, about 11.6 days), so that a slot's sum
+/// of nanoseconds cannot overflow before ~18 000 such recordings.
+pub const MAX_RECORD_NS: u64 = 1_000_000_000_000_000;
 /// Smallest window accepted, in nanoseconds (1 ms): keeps epochs within 48 bits for
 /// centuries.
 pub const MIN_WINDOW_NS: i64 = 1_000_000;
@@ -185,6 +190,9 @@ impl Slot {
                         Ordering::Acquire,
                     ) {
                         Ok(_) => {
+                            // Orders the CAS before the zeroing for snapshot readers: one
+                            // that sees a zeroed counter then sees CLEARING or a new epoch.
+                            fence(Ordering::Release);
                             self.clear();
                             // Publish the cleared slot already holding this writer.
                             self.state
@@ -348,6 +356,7 @@ impl Metrics {
     /// Records a latency as of clock time `t`. False if `t`'s slot had already been
     /// recycled (the recording was older than the window).
     pub fn record_at(&self, op: &str, ns: u64, ok: bool, t: i64) -> bool {
+        let ns = ns.min(MAX_RECORD_NS);
         let epoch = self.epoch_at(t);
         let slot = (epoch as usize) % SLOTS;
         if let Some(series) = self.ops.get(op) {
@@ -546,6 +555,17 @@ mod tests {
         // Slot 10 (t = 10 s) shares the ring entry of slot 20, which is newer.
         assert!(!m.record_at("op", 1_000, true, 10_000_000_000));
         assert_eq!(m.snapshot("op").count, 1);
+    }
+
+    #[test]
+    fn absurd_latencies_are_capped() {
+        let (_, m) = manual(10);
+        for _ in 0..100 {
+            m.record("op", u64::MAX, true);
+        }
+        let s = m.snapshot("op");
+        assert_eq!(s.max_ns, MAX_RECORD_NS);
+        assert!((s.mean_ns - MAX_RECORD_NS as f64).abs() < 1.0);
     }
 
     #[test]
