@@ -441,6 +441,73 @@ ROWS.append(
 )
 
 
+# ---- metrics: record on a per-thread operation name -------------------------------------
+
+
+def metrics_ferrule(ops: int) -> Work:
+    m = ferrule.Metrics()
+
+    def work(i: int) -> None:
+        rec, op = m.record, f"op-{i}"
+        for n in range(ops):
+            rec(op, 1e-4 * (n % 100 + 1))
+
+    return work
+
+
+def metrics_peer(ops: int) -> Work:
+    try:
+        import prometheus_client
+
+        hs = [
+            prometheus_client.Histogram(f"scaling_op_{i}", "latency", registry=None)
+            for i in range(64)
+        ]
+
+        def observer(i: int) -> Callable[[float], None]:
+            return hs[i].observe
+
+    except ImportError:
+        locks = [threading.Lock() for _ in range(64)]
+        rows: list[list[float]] = [[] for _ in range(64)]
+
+        def observer(i: int) -> Callable[[float], None]:
+            lock, row = locks[i], rows[i]
+
+            def observe(s: float) -> None:
+                with lock:
+                    row.append(s)
+
+            return observe
+
+    def work(i: int) -> None:
+        observe = observer(i)
+        for n in range(ops):
+            observe(1e-4 * (n % 100 + 1))
+
+    return work
+
+
+def _metrics_peer_name() -> str:
+    try:
+        import prometheus_client  # noqa: F401
+
+        return "prometheus_client Histogram"
+    except ImportError:
+        return "Lock + list"
+
+
+ROWS.append(
+    Row(
+        "Metrics.record, per-thread op",
+        200_000,
+        metrics_ferrule,
+        _metrics_peer_name(),
+        metrics_peer,
+    )
+)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--repeat", type=int, default=5)

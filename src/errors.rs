@@ -15,6 +15,8 @@ use crate::core::breaker::BreakerError;
 use crate::core::bus::BusError;
 use crate::core::cache::CacheError;
 use crate::core::clock::{ClockError, DurationError};
+use crate::core::error_store::ErrorStoreError;
+use crate::core::metrics::MetricsError;
 use crate::core::queue::QueueError;
 use crate::core::ratelimit::RateError;
 
@@ -171,6 +173,18 @@ impl From<BreakerError> for PyErr {
 
 impl From<BusError> for PyErr {
     fn from(e: BusError) -> Self {
+        PyValueError::new_err(e.to_string())
+    }
+}
+
+impl From<MetricsError> for PyErr {
+    fn from(e: MetricsError) -> Self {
+        PyValueError::new_err(e.to_string())
+    }
+}
+
+impl From<ErrorStoreError> for PyErr {
+    fn from(e: ErrorStoreError) -> Self {
         PyValueError::new_err(e.to_string())
     }
 }

@@ -17,6 +17,10 @@ mod _native {
     #[pymodule_export]
     use crate::py::clock::ManualClock;
     #[pymodule_export]
+    use crate::py::error_store::{ErrorRecord, ErrorStore};
+    #[pymodule_export]
+    use crate::py::metrics::{Metrics, OpStats, Timer};
+    #[pymodule_export]
     use crate::py::queue::{_run_worker, QueueStats, TaskCounters, TaskPoolStats, WorkQueue};
     #[pymodule_export]
     use crate::py::ratelimit::{Decision, RateLimiter};

@@ -5,6 +5,8 @@ pub mod breaker;
 pub mod bus;
 pub mod cache;
 pub mod clock;
+pub mod error_store;
+pub mod metrics;
 pub mod queue;
 pub mod ratelimit;
 pub mod registry;

@@ -1,0 +1,218 @@
+"""Metrics and ErrorStore benchmarks: ferrule beside prometheus_client and plain baselines.
+
+Every benchmark runs a batch of BATCH operations per call, so the per-operation cost is
+the reported time / BATCH. Run for real (release build) with:
+
+    .venv/bin/python -m pytest benches/test_metrics.py --benchmark-only \
+        --benchmark-columns=min,median,ops -q
+
+Groups: ``metrics record`` (one latency observation by operation name), ``metrics time``
+(timing an empty block), ``errorstore record`` (storing an error for one of 1000 agents).
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Any
+
+import ferrule
+import pytest
+
+BATCH = 10_000
+OPS = ["db.query", "http.get", "cache.fill", "auth.check"]
+
+
+def latencies() -> list[float]:
+    rng = random.Random(42)
+    return [rng.lognormvariate(-6.0, 1.0) for _ in range(BATCH)]
+
+
+# ---- record ------------------------------------------------------------------------------
+
+Record = Callable[[str, float], Any]
+
+
+def _ferrule_record() -> Record:
+    return ferrule.Metrics().record
+
+
+def _prometheus_labels() -> Record:
+    prometheus_client = pytest.importorskip("prometheus_client")
+    h = prometheus_client.Histogram("op_seconds", "latency", ["op"], registry=None)
+    return lambda op, s: h.labels(op).observe(s)
+
+
+def _prometheus_observe() -> Record:
+    # One Histogram per operation, looked up in a dict: the cheapest way to use it.
+    prometheus_client = pytest.importorskip("prometheus_client")
+    hs = {
+        op: prometheus_client.Histogram(f"h_{i}", "latency", registry=None)
+        for i, op in enumerate(OPS)
+    }
+    return lambda op, s: hs[op].observe(s)
+
+
+def _locked_list() -> Record:
+    lock = threading.Lock()
+    rows: list[tuple[str, float]] = []
+
+    def record(op: str, s: float) -> None:
+        with lock:
+            rows.append((op, s))
+            if len(rows) > 100_000:  # keep memory bounded between rounds
+                rows.clear()
+
+    return record
+
+
+RECORDERS: dict[str, Callable[[], Record]] = {
+    "ferrule Metrics.record": _ferrule_record,
+    "prometheus Histogram.observe": _prometheus_observe,
+    "prometheus labels(op).observe": _prometheus_labels,
+    "Lock + list.append": _locked_list,
+}
+
+
+@pytest.mark.parametrize("impl", list(RECORDERS))
+def test_record(benchmark: Any, impl: str) -> None:
+    benchmark.group = "metrics record"
+    benchmark.extra_info["ops"] = BATCH
+    record = RECORDERS[impl]()
+    work = list(zip([OPS[i % len(OPS)] for i in range(BATCH)], latencies(), strict=True))
+
+    def run() -> None:
+        for op, s in work:
+            record(op, s)
+
+    benchmark(run)
+
+
+# ---- time() ------------------------------------------------------------------------------
+
+Timer = Callable[[], AbstractContextManager[Any]]
+
+
+def _ferrule_time() -> Timer:
+    m = ferrule.Metrics()
+    return lambda: m.time("block")
+
+
+def _prometheus_time() -> Timer:
+    prometheus_client = pytest.importorskip("prometheus_client")
+    h = prometheus_client.Histogram("block_seconds", "latency", registry=None)
+    return h.time
+
+
+class _LockedListTimer:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.rows: list[float] = []
+        self.start = 0.0
+
+    def __call__(self) -> _LockedListTimer:
+        return self
+
+    def __enter__(self) -> None:
+        self.start = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        elapsed = time.perf_counter() - self.start
+        with self.lock:
+            self.rows.append(elapsed)
+            if len(self.rows) > 100_000:
+                self.rows.clear()
+
+
+TIMERS: dict[str, Callable[[], Timer]] = {
+    "ferrule with m.time(op)": _ferrule_time,
+    "prometheus with h.time()": _prometheus_time,
+    "perf_counter + Lock + list": _LockedListTimer,
+}
+
+
+@pytest.mark.parametrize("impl", list(TIMERS))
+def test_time(benchmark: Any, impl: str) -> None:
+    benchmark.group = "metrics time"
+    benchmark.extra_info["ops"] = BATCH
+    timer = TIMERS[impl]()
+
+    def run() -> None:
+        for _ in range(BATCH):
+            with timer():
+                pass
+
+    benchmark(run)
+
+
+def test_time_decorator(benchmark: Any) -> None:
+    benchmark.group = "metrics time"
+    benchmark.extra_info["ops"] = BATCH
+    m = ferrule.Metrics()
+
+    @m.time("fn")
+    def fn() -> None:
+        pass
+
+    def run() -> None:
+        for _ in range(BATCH):
+            fn()
+
+    benchmark(run)
+    assert m.snapshot("fn").count > 0
+
+
+def test_snapshot(benchmark: Any) -> None:
+    benchmark.group = "metrics snapshot"
+    m = ferrule.Metrics()
+    for s in latencies():
+        m.record("op", s)
+    benchmark(m.snapshot, "op")
+
+
+# ---- ErrorStore ------------------------------------------------------------------------
+
+AGENTS = [f"agent-{i}" for i in range(1000)]
+
+
+class _DictLockDeque:
+    """The usual hand-rolled store: one lock, a dict of bounded deques (no ages)."""
+
+    def __init__(self, max_per_agent: int) -> None:
+        self.lock = threading.Lock()
+        self.d: dict[str, deque[tuple[object, float]]] = {}
+        self.max = max_per_agent
+
+    def record(self, agent_id: str, error: object) -> bool:
+        now = time.monotonic()
+        with self.lock:
+            q = self.d.get(agent_id)
+            if q is None:
+                q = self.d[agent_id] = deque(maxlen=self.max)
+            q.append((error, now))
+        return True
+
+
+STORES: dict[str, Callable[[], Callable[[str, object], bool]]] = {
+    "ferrule ErrorStore.record": lambda: ferrule.ErrorStore(max_per_agent=100).record,
+    "dict + Lock + deque": lambda: _DictLockDeque(100).record,
+}
+
+
+@pytest.mark.parametrize("impl", list(STORES))
+def test_error_store_record(benchmark: Any, impl: str) -> None:
+    benchmark.group = "errorstore record"
+    benchmark.extra_info["ops"] = BATCH
+    record = STORES[impl]()
+    rng = random.Random(3)
+    work = [(rng.choice(AGENTS), ValueError(i)) for i in range(BATCH)]
+
+    def run() -> None:
+        for a, e in work:
+            record(a, e)
+
+    benchmark(run)

@@ -1,0 +1,160 @@
+//! `ErrorStore` and `ErrorRecord`: the Python face of `core::error_store::ErrorStore`
+//! over Python error objects.
+//!
+//! Every method locks at most one shard at a time inside the core; whatever the core
+//! removes (evicted or expired errors) comes back in a `Grave` that is dropped here,
+//! after the locks are released, because dropping the last reference to an error may run
+//! Python code (`__del__`, weakref callbacks).
+
+use pyo3::prelude::*;
+use pyo3::types::PyString;
+
+use crate::core::clock::nanos_to_secs;
+use crate::core::error_store::{self as core, Grave};
+use crate::errors::wrong_type;
+use crate::py::args;
+
+fn agent_str<'a>(agent_id: &'a Bound<'_, PyAny>) -> PyResult<&'a Bound<'a, PyString>> {
+    agent_id
+        .cast::<PyString>()
+        .map_err(|_| wrong_type("agent_id", "a str", agent_id))
+}
+
+/// Recent errors per agent, bounded per agent, by age and by number of agents.
+#[pyclass(frozen, module = "ferrule._native", name = "ErrorStore")]
+pub struct ErrorStore {
+    inner: core::ErrorStore<Py<PyAny>>,
+}
+
+#[pymethods]
+impl ErrorStore {
+    #[new]
+    #[pyo3(
+        signature = (*, max_per_agent = None, max_age = None, max_agents = None, clock = None),
+        text_signature = "(*, max_per_agent=1000, max_age=86400.0, max_agents=100000, clock=None)"
+    )]
+    fn new(
+        max_per_agent: Option<&Bound<'_, PyAny>>,
+        max_age: Option<&Bound<'_, PyAny>>,
+        max_agents: Option<&Bound<'_, PyAny>>,
+        clock: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Self> {
+        let bound = |obj: Option<&Bound<'_, PyAny>>, arg: &str, default: i64| match obj {
+            Some(o) if !o.is_none() => args::int_at_least(o, arg, 1),
+            _ => Ok(default),
+        };
+        let max_per_agent = bound(max_per_agent, "max_per_agent", 1000)?;
+        let max_agents = bound(max_agents, "max_agents", 100_000)?;
+        let max_age = args::opt_positive_nanos(max_age, "max_age")?.unwrap_or(86_400_000_000_000);
+        let inner = core::ErrorStore::new(
+            max_per_agent as usize,
+            max_age,
+            max_agents as usize,
+            args::clock(clock)?,
+        )?;
+        Ok(Self { inner })
+    }
+
+    /// Stores `error` for `agent_id`; returns True once it is stored.
+    fn record(&self, agent_id: &Bound<'_, PyAny>, error: Py<PyAny>) -> PyResult<bool> {
+        let agent = agent_str(agent_id)?;
+        let grave = self.inner.record(agent.to_str()?, error);
+        drop(grave);
+        Ok(true)
+    }
+
+    /// Errors currently held for `agent_id` (0 when unknown).
+    fn count(&self, agent_id: &Bound<'_, PyAny>) -> PyResult<usize> {
+        let agent = agent_str(agent_id)?;
+        let mut grave = Grave::default();
+        Ok(self.inner.count(agent.to_str()?, &mut grave))
+    }
+
+    /// Up to `limit` records of `agent_id`, newest first.
+    #[pyo3(signature = (agent_id, limit = None), text_signature = "(self, agent_id, limit=100)")]
+    fn history(
+        &self,
+        py: Python<'_>,
+        agent_id: &Bound<'_, PyAny>,
+        limit: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Vec<ErrorRecord>> {
+        let agent = agent_str(agent_id)?;
+        let limit = match limit {
+            Some(l) if !l.is_none() => args::int_at_least(l, "limit", 0)? as usize,
+            _ => 100,
+        };
+        let mut grave = Grave::default();
+        let mut found: Vec<(Py<PyAny>, i64)> = Vec::new();
+        self.inner
+            .history(agent.to_str()?, limit, &mut grave, |e, t| {
+                found.push((e.clone_ref(py), t));
+            });
+        drop(grave);
+        let id = agent.clone().unbind();
+        Ok(found
+            .into_iter()
+            .map(|(error, t)| ErrorRecord {
+                agent_id: id.clone_ref(py),
+                error,
+                timestamp: nanos_to_secs(t),
+            })
+            .collect())
+    }
+
+    /// Forgets `agent_id`; True if it was held.
+    fn reset(&self, agent_id: &Bound<'_, PyAny>) -> PyResult<bool> {
+        let agent = agent_str(agent_id)?;
+        let mut grave = Grave::default();
+        Ok(self.inner.reset(agent.to_str()?, &mut grave))
+    }
+
+    /// Ids of the agents with errors held, sorted.
+    fn agents(&self) -> Vec<String> {
+        let mut grave = Grave::default();
+        self.inner.agents(&mut grave)
+    }
+
+    #[getter]
+    fn max_per_agent(&self) -> usize {
+        self.inner.max_per_agent()
+    }
+
+    #[getter]
+    fn max_age(&self) -> f64 {
+        nanos_to_secs(self.inner.max_age_ns())
+    }
+
+    #[getter]
+    fn max_agents(&self) -> usize {
+        self.inner.max_agents()
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "ErrorStore(max_per_agent={}, max_age={:?}, max_agents={})",
+            self.inner.max_per_agent(),
+            nanos_to_secs(self.inner.max_age_ns()),
+            self.inner.max_agents()
+        )
+    }
+}
+
+/// One stored error: `agent_id`, `error` and `timestamp` (the store's clock, seconds).
+#[pyclass(frozen, get_all, module = "ferrule._native", name = "ErrorRecord")]
+pub struct ErrorRecord {
+    agent_id: Py<PyString>,
+    error: Py<PyAny>,
+    timestamp: f64,
+}
+
+#[pymethods]
+impl ErrorRecord {
+    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
+        Ok(format!(
+            "ErrorRecord(agent_id={}, error={}, timestamp={:?})",
+            self.agent_id.bind(py).repr()?,
+            self.error.bind(py).repr()?,
+            self.timestamp
+        ))
+    }
+}

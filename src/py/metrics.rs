@@ -1,0 +1,204 @@
+//! `Metrics`, `OpStats` and `Timer`: the Python face of `core::metrics::Metrics`.
+//!
+//! `record` converts its arguments and calls the core with the GIL held (it is a few
+//! atomics); `snapshot` reads every slot's histogram (about 10k words) with the GIL
+//! released. `time(op)` returns a `Timer`: a context manager that measures with the
+//! metrics' clock, and a decorator (sync or async) built by `ferrule._metrics.timed`.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+
+use pyo3::exceptions::PyRuntimeError;
+use pyo3::prelude::*;
+use pyo3::types::{PyString, PyType};
+
+use crate::core::clock::{self, nanos_to_secs};
+use crate::core::metrics::{self as core, MetricsError};
+use crate::errors::wrong_type;
+use crate::py::args;
+
+/// `op` as a str.
+fn op_str<'a>(op: &'a Bound<'_, PyAny>) -> PyResult<&'a Bound<'a, PyString>> {
+    op.cast::<PyString>()
+        .map_err(|_| wrong_type("op", "a str", op))
+}
+
+/// Latency and outcome per operation name over a sliding window.
+#[pyclass(frozen, module = "ferrule._native", name = "Metrics")]
+pub struct Metrics {
+    inner: Arc<core::Metrics>,
+}
+
+#[pymethods]
+impl Metrics {
+    #[new]
+    #[pyo3(signature = (*, window = None, clock = None), text_signature = "(*, window=60.0, clock=None)")]
+    fn new(window: Option<&Bound<'_, PyAny>>, clock: Option<&Bound<'_, PyAny>>) -> PyResult<Self> {
+        let window = match window {
+            Some(w) if !w.is_none() => clock::positive_nanos(args::seconds(w, "window")?, "window")
+                .map_err(MetricsError::from)?,
+            _ => 60_000_000_000,
+        };
+        Ok(Self {
+            inner: Arc::new(core::Metrics::new(window, args::clock(clock)?)?),
+        })
+    }
+
+    /// Records one call of `op` that took `seconds`.
+    #[pyo3(signature = (op, seconds, ok = true))]
+    fn record(&self, op: &Bound<'_, PyAny>, seconds: &Bound<'_, PyAny>, ok: bool) -> PyResult<()> {
+        let op = op_str(op)?;
+        let ns = clock::duration_nanos(args::seconds(seconds, "seconds")?, "seconds")?;
+        self.inner.record(op.to_str()?, ns as u64, ok);
+        Ok(())
+    }
+
+    /// A timer for one block or, as a decorator, for every call.
+    fn time(slf: &Bound<'_, Self>, op: &Bound<'_, PyAny>) -> PyResult<Timer> {
+        let op = op_str(op)?;
+        Ok(Timer {
+            metrics: slf.clone().unbind(),
+            op: op.clone().unbind(),
+            start: AtomicI64::new(IDLE),
+        })
+    }
+
+    /// Statistics of `op` over the window.
+    fn snapshot(&self, py: Python<'_>, op: &Bound<'_, PyAny>) -> PyResult<OpStats> {
+        let op = op_str(op)?;
+        let name = op.to_str()?;
+        let inner = &self.inner;
+        let s = py.detach(|| inner.snapshot(name));
+        Ok(OpStats {
+            count: s.count,
+            errors: s.errors,
+            rate: s.rate,
+            mean: s.mean_ns / clock::NANOS_PER_SEC,
+            p50: s.p50_ns / clock::NANOS_PER_SEC,
+            p90: s.p90_ns / clock::NANOS_PER_SEC,
+            p99: s.p99_ns / clock::NANOS_PER_SEC,
+            max: nanos_to_secs(s.max_ns as i64),
+        })
+    }
+
+    /// Names with a recording in the window, sorted.
+    fn ops(&self, py: Python<'_>) -> Vec<String> {
+        let inner = &self.inner;
+        py.detach(|| inner.ops())
+    }
+
+    /// Forgets `op`, or every operation when `op` is None.
+    #[pyo3(signature = (op = None))]
+    fn reset(&self, op: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+        match op {
+            None => self.inner.reset_all(),
+            Some(o) => {
+                self.inner.reset(op_str(o)?.to_str()?);
+            }
+        }
+        Ok(())
+    }
+
+    /// The window in seconds.
+    #[getter]
+    fn window(&self) -> f64 {
+        nanos_to_secs(self.inner.window_ns())
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "Metrics(window={:?}, ops={})",
+            nanos_to_secs(self.inner.window_ns()),
+            self.inner.tracked()
+        )
+    }
+}
+
+const IDLE: i64 = i64::MIN;
+
+/// Times a block (`with`) or every call of a function (decorator) into `Metrics`.
+#[pyclass(frozen, module = "ferrule._native", name = "Timer")]
+pub struct Timer {
+    metrics: Py<Metrics>,
+    op: Py<PyString>,
+    /// Clock reading at `__enter__`, or `IDLE`.
+    start: AtomicI64,
+}
+
+#[pymethods]
+impl Timer {
+    fn __enter__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, Self>> {
+        let me = slf.get();
+        let now = me.metrics.get().inner.now_nanos();
+        me.start
+            .compare_exchange(IDLE, now, Ordering::AcqRel, Ordering::Acquire)
+            .map_err(|_| {
+                PyRuntimeError::new_err(
+                    "timer is already running: use a new time(op) for each block",
+                )
+            })?;
+        Ok(slf.clone())
+    }
+
+    fn __exit__(
+        &self,
+        py: Python<'_>,
+        exc_type: Option<&Bound<'_, PyType>>,
+        _exc: Option<&Bound<'_, PyAny>>,
+        _tb: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<bool> {
+        let start = self.start.swap(IDLE, Ordering::AcqRel);
+        if start == IDLE {
+            return Err(PyRuntimeError::new_err("timer was not started"));
+        }
+        let m = &self.metrics.get().inner;
+        let elapsed = (m.now_nanos() - start).max(0) as u64;
+        m.record(self.op.bind(py).to_str()?, elapsed, exc_type.is_none());
+        Ok(false)
+    }
+
+    /// Decorates `fn` (sync or async): every call is timed; an exception is recorded
+    /// with `ok=False` and re-raised.
+    fn __call__(&self, py: Python<'_>, func: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        if !func.is_callable() {
+            return Err(wrong_type("func", "callable", func));
+        }
+        let timed = py.import("ferrule._metrics")?.getattr("timed")?;
+        Ok(timed
+            .call1((self.metrics.clone_ref(py), self.op.clone_ref(py), func))?
+            .unbind())
+    }
+
+    /// The operation name.
+    #[getter]
+    fn op(&self, py: Python<'_>) -> Py<PyString> {
+        self.op.clone_ref(py)
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
+        Ok(format!("Timer(op={})", self.op.bind(py).repr()?))
+    }
+}
+
+/// Statistics of one operation over a `Metrics` window; durations in seconds.
+#[pyclass(frozen, get_all, module = "ferrule._native", name = "OpStats")]
+pub struct OpStats {
+    count: u64,
+    errors: u64,
+    rate: f64,
+    mean: f64,
+    p50: f64,
+    p90: f64,
+    p99: f64,
+    max: f64,
+}
+
+#[pymethods]
+impl OpStats {
+    fn __repr__(&self) -> String {
+        format!(
+            "OpStats(count={}, errors={}, rate={:?}, mean={:?}, p50={:?}, p90={:?}, p99={:?}, max={:?})",
+            self.count, self.errors, self.rate, self.mean, self.p50, self.p90, self.p99, self.max
+        )
+    }
+}
