@@ -632,6 +632,14 @@ pub struct ShardedCache<K, V, R: RawMutex = parking_lot::RawMutex> {
     max_size: usize,
 }
 
+/// The answer of [`ShardedCache::get_fast`].
+pub enum Fast<V> {
+    Hit(V),
+    Miss,
+    /// Undecided without the general path.
+    Slow,
+}
+
 /// What happened to a key on an operation that may find it.
 pub enum Found<'a, K, V> {
     Live(Handle, &'a mut LruShard<K, V>),
@@ -716,6 +724,31 @@ impl<K, V, R: RawMutex> ShardedCache<K, V, R> {
                     }
                 }
             }
+        }
+    }
+
+    /// The common case of [`get`](Self::get) in one step: a live hit or a plain miss,
+    /// decided under the lock with `quick_eq` only. Anything else (an expired entry, a
+    /// comparison that needs user code) returns [`Fast::Slow`] without counting, and the
+    /// caller takes `get`. The result is two words, returned in registers.
+    #[inline]
+    pub fn get_fast<Q: KeyQuery<K, V>>(&self, hash: u64, q: &Q, now: i64, count: bool) -> Fast<V> {
+        let mut g = self.shard(hash).lock();
+        match g.find_quick(hash, q) {
+            Some(Some(h)) if g.is_live(h, now) => {
+                if count {
+                    g.touch(h);
+                    g.stats.hits += 1;
+                }
+                Fast::Hit(q.clone_value(g.value(h)))
+            }
+            Some(None) => {
+                if count {
+                    g.stats.misses += 1;
+                }
+                Fast::Miss
+            }
+            _ => Fast::Slow,
         }
     }
 

@@ -23,7 +23,7 @@ use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyList, PyTuple};
 
-use crate::core::cache::{mix, KeyQuery, Match, ShardedCache, Stats, NEVER};
+use crate::core::cache::{mix, Fast, KeyQuery, Match, ShardedCache, Stats, NEVER};
 use crate::core::clock::{nanos_to_secs, Clock};
 use crate::py::args;
 
@@ -116,6 +116,7 @@ unsafe fn plain_eq(a: *mut ffi::PyObject, b: *mut ffi::PyObject, depth: u32) -> 
     false
 }
 
+#[inline]
 fn classify(obj: &Bound<'_, PyAny>) -> KeyKind {
     let p = obj.as_ptr();
     // SAFETY: `p` is live; the calls read an exact int's or float's value and cannot run
@@ -159,6 +160,7 @@ pub struct Query<'a, 'py> {
 
 impl<'a, 'py> Query<'a, 'py> {
     /// Hashes the key once; an unhashable key gives a TypeError naming `key`.
+    #[inline]
     pub fn new(key: &'a Bound<'py, PyAny>) -> PyResult<Self> {
         let hash = match key.hash() {
             Ok(h) => h,
@@ -408,9 +410,17 @@ impl Cache {
         }
     }
 
+    #[inline]
     fn lookup(&self, q: &Query<'_, '_>, count: bool) -> PyResult<Option<Py<PyAny>>> {
-        let mut grave: Grave = Vec::new();
-        self.inner.get(q.hash, q, self.now(), count, &mut grave)
+        let now = self.now();
+        match self.inner.get_fast(q.hash, q, now, count) {
+            Fast::Hit(v) => Ok(Some(v)),
+            Fast::Miss => Ok(None),
+            Fast::Slow => {
+                let mut grave: Grave = Vec::new();
+                self.inner.get(q.hash, q, now, count, &mut grave)
+            }
+        }
     }
 
     fn store(&self, q: &Query<'_, '_>, value: Py<PyAny>, ttl: Option<i64>) -> PyResult<()> {
