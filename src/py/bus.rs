@@ -31,31 +31,14 @@ use crate::core::bus::{thread_token, Router, Sub, SubStats};
 use crate::core::queue::{GetError, Overflow, PutError, WorkQueue};
 use crate::errors::{wrong_type, Exc};
 use crate::py::args;
+use crate::py::interp::check_signals;
 
 type Item = Py<PyAny>;
 type Waker = Py<PyAny>;
 type CoreSub = Sub<Item, Waker>;
 
-fn check_signals() -> PyResult<()> {
-    #[allow(clippy::redundant_closure_for_method_calls)] // the method is not lifetime-generic
-    Python::attach(|py| py.check_signals())
-}
-
 fn cancelled_error(py: Python<'_>) -> PyErr {
     Exc::QueueClosed.err(py, "subscription is cancelled")
-}
-
-/// An attribute of `ferrule._bus` (or another module), looked up once.
-fn module_attr<'py>(
-    py: Python<'py>,
-    cell: &'static PyOnceLock<Py<PyAny>>,
-    module: &str,
-    name: &str,
-) -> PyResult<&'py Bound<'py, PyAny>> {
-    cell.get_or_try_init(py, || -> PyResult<Py<PyAny>> {
-        Ok(py.import(module)?.getattr(name)?.unbind())
-    })
-    .map(|f| f.bind(py))
 }
 
 /// Wakes an asyncio getter; a waker that fails (its loop is closed) passes the wake-up on.
@@ -315,7 +298,8 @@ impl Subscription {
     fn get_async<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
         static F: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
         slf.get().pull_only("get_async()")?;
-        module_attr(slf.py(), &F, "ferrule._queue", "get_async")?.call1((slf,))
+        F.import(slf.py(), "ferrule._queue", "get_async")?
+            .call1((slf,))
     }
 
     /// asyncio glue (see `ferrule._queue`): a signal, or `pending` after registering
@@ -435,7 +419,8 @@ impl SignalBus {
         let sub = Bound::new(py, Subscription { sub: core.clone() })?;
         if let Some(h) = handler {
             static START: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-            let started = module_attr(py, &START, "ferrule._bus", "_start")
+            let started = START
+                .import(py, "ferrule._bus", "_start")
                 .and_then(|f| f.call1((&sub, h, weak)));
             if let Err(e) = started {
                 cancel_sub(py, &core);
@@ -555,7 +540,8 @@ pub fn _run_subscription(
         if let Err(err) = target.call1((&item,)) {
             sub.count_error();
             // Reporting must not end the worker either.
-            let _ = module_attr(py, &REPORT, "ferrule._bus", "_report")
+            let _ = REPORT
+                .import(py, "ferrule._bus", "_report")
                 .and_then(|f| f.call1((subscription, &item, err.into_value(py))));
         }
     }

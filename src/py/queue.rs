@@ -24,6 +24,7 @@ use pyo3::types::{PyDict, PyList, PyString, PyTuple, PyType};
 use crate::core::queue::{Accepted, GetError, Overflow, PutError, Stats, Stop, WorkQueue as Core};
 use crate::errors::{wrong_type, Exc};
 use crate::py::args;
+use crate::py::interp::check_signals;
 
 type Item = Py<PyAny>;
 type Waker = Py<PyAny>;
@@ -38,12 +39,6 @@ fn full(py: Python<'_>) -> PyErr {
 
 fn empty(py: Python<'_>) -> PyErr {
     Exc::QueueEmpty.err(py, "queue is empty")
-}
-
-/// The signal check run between wait slices (re-attaches for the call).
-fn check_signals() -> PyResult<()> {
-    #[allow(clippy::redundant_closure_for_method_calls)] // the method is not lifetime-generic
-    Python::attach(|py| py.check_signals())
 }
 
 /// `now + timeout`; a deadline beyond what `Instant` can hold means no deadline.
@@ -154,18 +149,6 @@ impl WorkQueue {
         }
         PyList::new(py, items)
     }
-}
-
-/// The `ferrule._queue` coroutine named `name`, looked up once.
-fn coroutine_fn<'py>(
-    py: Python<'py>,
-    cell: &'static PyOnceLock<Py<PyAny>>,
-    name: &str,
-) -> PyResult<&'py Bound<'py, PyAny>> {
-    cell.get_or_try_init(py, || -> PyResult<Py<PyAny>> {
-        Ok(py.import("ferrule._queue")?.getattr(name)?.unbind())
-    })
-    .map(|f| f.bind(py))
 }
 
 #[pymethods]
@@ -296,13 +279,15 @@ impl WorkQueue {
     /// A coroutine: puts `item`, waiting without blocking the event loop.
     fn put_async<'py>(slf: &Bound<'py, Self>, item: Item) -> PyResult<Bound<'py, PyAny>> {
         static F: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-        coroutine_fn(slf.py(), &F, "put_async")?.call1((slf, item))
+        F.import(slf.py(), "ferrule._queue", "put_async")?
+            .call1((slf, item))
     }
 
     /// A coroutine: the next item, waiting without blocking the event loop.
     fn get_async<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
         static F: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-        coroutine_fn(slf.py(), &F, "get_async")?.call1((slf,))
+        F.import(slf.py(), "ferrule._queue", "get_async")?
+            .call1((slf,))
     }
 
     /// asyncio glue: puts `item` and returns True, or (block policy, full) registers

@@ -73,21 +73,9 @@ type Grave = Vec<Arc<E>>;
 
 // ---- cached Python objects ----------------------------------------------------------
 
-fn cached<'py>(
-    py: Python<'py>,
-    cell: &'static PyOnceLock<Py<PyAny>>,
-    module: &str,
-    name: &str,
-) -> PyResult<&'py Bound<'py, PyAny>> {
-    cell.get_or_try_init(py, || {
-        Ok::<_, PyErr>(py.import(module)?.getattr(name)?.unbind())
-    })
-    .map(|o| o.bind(py))
-}
-
 fn thread_type(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
     static C: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-    cached(py, &C, "threading", "Thread")
+    C.import(py, "threading", "Thread")
 }
 
 fn future_types(py: Python<'_>) -> PyResult<Bound<'_, PyTuple>> {
@@ -96,20 +84,20 @@ fn future_types(py: Python<'_>) -> PyResult<Bound<'_, PyTuple>> {
     PyTuple::new(
         py,
         [
-            cached(py, &A, "asyncio", "Future")?,
-            cached(py, &F, "concurrent.futures", "Future")?,
+            A.import(py, "asyncio", "Future")?,
+            F.import(py, "concurrent.futures", "Future")?,
         ],
     )
 }
 
 fn weakref_ref(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
     static C: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-    cached(py, &C, "weakref", "ref")
+    C.import(py, "weakref", "ref")
 }
 
 fn mapping_proxy(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
     static C: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-    cached(py, &C, "types", "MappingProxyType")
+    C.import(py, "types", "MappingProxyType")
 }
 
 fn empty_mapping(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
