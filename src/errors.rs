@@ -13,6 +13,7 @@ use pyo3::types::{PyDict, PyModule, PyTuple, PyType};
 
 use crate::core::cache::CacheError;
 use crate::core::clock::{ClockError, DurationError};
+use crate::core::resources::ResourceError;
 
 pyo3::create_exception!(
     ferrule,
@@ -143,6 +144,12 @@ impl From<ClockError> for PyErr {
 
 impl From<CacheError> for PyErr {
     fn from(e: CacheError) -> Self {
+        PyValueError::new_err(e.to_string())
+    }
+}
+
+impl From<ResourceError> for PyErr {
+    fn from(e: ResourceError) -> Self {
         PyValueError::new_err(e.to_string())
     }
 }

@@ -12,6 +12,8 @@ mod _native {
     use crate::py::cache::{Cache, CacheStats};
     #[pymodule_export]
     use crate::py::clock::ManualClock;
+    #[pymodule_export]
+    use crate::py::resources::{Lease, Pool, PoolCheckout, PoolStats, ResourceManager, Usage};
 
     #[pymodule_init]
     fn init(m: &pyo3::Bound<'_, pyo3::types::PyModule>) -> pyo3::PyResult<()> {

@@ -61,3 +61,18 @@ pub fn clock(obj: Option<&Bound<'_, PyAny>>) -> PyResult<Clock> {
         },
     }
 }
+
+/// A `timeout=` argument: `None` (wait forever) or a finite number of seconds >= 0.
+pub fn opt_timeout(
+    obj: Option<&Bound<'_, PyAny>>,
+    arg: &'static str,
+) -> PyResult<Option<std::time::Duration>> {
+    match obj {
+        None => Ok(None),
+        Some(o) if o.is_none() => Ok(None),
+        Some(o) => {
+            let ns = clock::duration_nanos(seconds(o, arg)?, arg)?;
+            Ok(Some(std::time::Duration::from_nanos(ns as u64)))
+        }
+    }
+}
