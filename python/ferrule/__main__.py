@@ -7,7 +7,7 @@ import importlib
 import ferrule
 
 # One module per part under ferrule._demos, run in this order.
-STEPS = ("cache",)
+STEPS = ("cache", "resources")
 
 
 def main() -> None:
