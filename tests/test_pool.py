@@ -229,9 +229,11 @@ def test_timeout_raises_pool_timeout() -> None:
     pool = Pool(Factory(), max_size=1, timeout=0.05)
     with pool.acquire():
         t0 = time.monotonic()
-        with pytest.raises(PoolTimeout, match="no pool item became available within 0.05 s"):
-            with pool.acquire():
-                pass
+        with (
+            pytest.raises(PoolTimeout, match=r"no pool item became available within 0\.05 s"),
+            pool.acquire(),
+        ):
+            pass
         assert time.monotonic() - t0 >= 0.04
         with pytest.raises(TimeoutError), pool.acquire(timeout=0):
             pass
@@ -399,7 +401,7 @@ def test_async_discard_timeout_and_cancel() -> None:
                 raise Discard
         assert a.closed
         async with pool.acquire_async() as b:
-            with pytest.raises(PoolTimeout, match="within 0.02 s"):
+            with pytest.raises(PoolTimeout, match=r"within 0\.02 s"):
                 async with pool.acquire_async(timeout=0.02):
                     pass
             task = asyncio.ensure_future(pool.acquire_async(timeout=5).__aenter__())
@@ -424,8 +426,10 @@ def test_async_waiter_served_by_a_thread() -> None:
 
     async def main() -> Any:
         loop = asyncio.get_running_loop()
-        loop.call_later(0.02, lambda: threading.Thread(target=held.__exit__, args=(None, None, None)).start())
+        returner = threading.Thread(target=held.__exit__, args=(None, None, None))
+        loop.call_later(0.02, returner.start)
         async with pool.acquire_async(timeout=5) as got:
+            returner.join()
             return got
 
     assert asyncio.run(main()) is item
@@ -459,7 +463,12 @@ def test_async_close_fails_waiters() -> None:
         ((object,), {"max_size": 1, "timeout": -1}, ValueError, "timeout must be >= 0"),
         ((object,), {"max_size": 1, "max_idle": 0}, ValueError, "max_idle must be > 0"),
         ((object,), {"max_size": 1, "validate": 3}, TypeError, "validate must be callable or None"),
-        ((object,), {"max_size": 1, "clock": "x"}, TypeError, "clock must be a ferrule.ManualClock"),
+        (
+            (object,),
+            {"max_size": 1, "clock": "x"},
+            TypeError,
+            "clock must be a ferrule.ManualClock",
+        ),
     ],
 )
 def test_bad_constructor_arguments(

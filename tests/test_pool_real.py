@@ -81,9 +81,8 @@ def test_sqlite_connections_shared_by_threads(tmp_path: Path, threads: int) -> N
 
     def body(i: int) -> None:
         for n in range(per_thread):
-            with pool.acquire(timeout=30) as conn:
-                with conn:  # one transaction
-                    conn.execute("insert into hits values (?, ?)", (i, n))
+            with pool.acquire(timeout=30) as conn, conn:  # conn: one transaction
+                conn.execute("insert into hits values (?, ?)", (i, n))
 
     run_threads(threads, body)
     with pool.acquire() as conn:

@@ -333,7 +333,7 @@ def test_acquire_async_timeout_and_bad_input() -> None:
 
     async def main() -> None:
         held = await rm.acquire_async("x")
-        with pytest.raises(PoolTimeout, match="no room for 1 of 'x' within 0.05 s"):
+        with pytest.raises(PoolTimeout, match=r"no room for 1 of 'x' within 0\.05 s"):
             await rm.acquire_async("x", timeout=0.05)
         with pytest.raises(ValueError, match="amount must be >= 1"):
             await rm.acquire_async("x", 0)

@@ -75,7 +75,7 @@ class _Wakeup:
         _set(self.fut)
 
 
-async def _checkout(pool: Pool, timeout: float | None) -> Any:
+async def _checkout(pool: Pool[Any], timeout: float | None) -> Any:
     loop = asyncio.get_running_loop()
     wake = _Wakeup(loop)
     deadline = None if timeout is None else loop.time() + timeout
@@ -103,7 +103,7 @@ class AsyncCheckout:
 
     __slots__ = ("_entered", "_item", "_pool", "_timeout")
 
-    def __init__(self, pool: Pool, timeout: float | None) -> None:
+    def __init__(self, pool: Pool[Any], timeout: float | None) -> None:
         self._pool = pool
         self._timeout = timeout
         self._entered = False

@@ -170,7 +170,8 @@ impl ResourceManager {
 #[pymethods]
 impl ResourceManager {
     #[new]
-    #[pyo3(signature = (limits, *, alert_threshold = None, severe_threshold = None, bus = None, clock = None))]
+    #[pyo3(signature = (limits, *, alert_threshold = None, severe_threshold = None, bus = None, clock = None),
+           text_signature = "(limits, *, alert_threshold=0.9, severe_threshold=0.95, bus=None, clock=None)")]
     fn new(
         limits: &Bound<'_, PyAny>,
         alert_threshold: Option<&Bound<'_, PyAny>>,
@@ -229,7 +230,8 @@ impl ResourceManager {
     }
 
     /// Takes `amount` units of `name`, waiting (GIL released) up to `timeout` seconds.
-    #[pyo3(signature = (name, amount = None, *, timeout = None, ttl = None))]
+    #[pyo3(signature = (name, amount = None, *, timeout = None, ttl = None),
+           text_signature = "($self, name, amount=1, *, timeout=None, ttl=None)")]
     fn acquire(
         &self,
         py: Python<'_>,
@@ -278,7 +280,8 @@ impl ResourceManager {
     }
 
     /// Takes `amount` units of `name` if they are free now; otherwise None.
-    #[pyo3(signature = (name, amount = None, *, ttl = None))]
+    #[pyo3(signature = (name, amount = None, *, ttl = None),
+           text_signature = "($self, name, amount=1, *, ttl=None)")]
     fn try_acquire(
         &self,
         py: Python<'_>,
@@ -295,7 +298,8 @@ impl ResourceManager {
     }
 
     /// A coroutine: `acquire` for asyncio, waiting on a future rather than a thread.
-    #[pyo3(signature = (name, amount = None, *, timeout = None, ttl = None))]
+    #[pyo3(signature = (name, amount = None, *, timeout = None, ttl = None),
+           text_signature = "($self, name, amount=1, *, timeout=None, ttl=None)")]
     fn acquire_async<'py>(
         slf: &Bound<'py, Self>,
         name: &Bound<'py, PyAny>,
