@@ -96,8 +96,11 @@ impl Shared {
             }
         }
         if freed && b.wakers_n.load(Ordering::SeqCst) > 0 {
-            let wakers = std::mem::take(&mut *b.wakers.lock());
-            b.wakers_n.store(0, Ordering::SeqCst);
+            let wakers = {
+                let mut g = b.wakers.lock();
+                b.wakers_n.store(0, Ordering::SeqCst);
+                std::mem::take(&mut *g)
+            };
             for (_, cb) in wakers {
                 let cb = cb.bind(py);
                 if let Err(e) = cb.call0() {
