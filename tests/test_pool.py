@@ -4,9 +4,11 @@ idle reaping, min_size, asyncio, bad input."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import sys
 import threading
 import time
+import weakref
 from typing import Any
 
 import ferrule
@@ -487,3 +489,21 @@ def test_bad_call_arguments() -> None:
     with pytest.raises(TypeError):
         Pool(object)  # type: ignore[call-arg]
     assert ferrule.Pool is Pool
+
+
+def test_cycle_through_the_factory_is_collected() -> None:
+    def make() -> weakref.ref[Pool[Conn]]:
+        holder: dict[str, Any] = {}
+
+        def factory() -> Conn:
+            return Conn(len(holder))  # pool -> factory -> holder -> pool
+
+        pool = Pool(factory, max_size=2)
+        holder["pool"] = pool
+        with pool.acquire():
+            pass
+        return weakref.ref(pool)
+
+    gone = make()
+    gc.collect()
+    assert gone() is None

@@ -3,6 +3,7 @@ connections to an http.server started by the test on 127.0.0.1."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import sqlite3
 import threading
@@ -57,7 +58,7 @@ def run_threads(n: int, body: Any) -> None:
 
 def test_sqlite_connections_shared_by_threads(tmp_path: Path, threads: int) -> None:
     db = tmp_path / "app.db"
-    with sqlite3.connect(db) as setup:
+    with contextlib.closing(sqlite3.connect(db)) as setup:
         setup.execute("create table hits (worker int, n int)")
     counted = Counted()
 

@@ -8,6 +8,7 @@ import gc
 import sys
 import threading
 import time
+import weakref
 from typing import Any
 
 import ferrule
@@ -239,6 +240,17 @@ def test_expiry_publishes_the_pressure_change() -> None:
     assert bus.changes("x") == [("normal", "severe"), ("severe", "normal")]
 
 
+def test_collected_lease_change_is_published_by_the_next_operation() -> None:
+    bus = FakeBus()
+    rm = ResourceManager({"x": 10}, bus=bus)
+    rm.acquire("x", 10)  # severe, then collected at once: no Python runs in its destructor
+    assert bus.changes("x") == [("normal", "severe")]
+    assert rm.usage()["x"].used == 0  # the next operation publishes the change
+    assert bus.changes("x") == [("normal", "severe"), ("severe", "normal")]
+    rm.pressure("x")
+    assert len(bus.events) == 2
+
+
 def test_reentrant_subscriber_calls_back_into_the_manager() -> None:
     class ReentrantBus:
         def __init__(self) -> None:
@@ -422,3 +434,25 @@ def test_bad_call_arguments() -> None:
     with pytest.raises(TypeError, match="timeout must be a number of seconds, not 'str'"):
         rm.acquire("x", timeout="1")  # type: ignore[arg-type]
     assert rm.usage()["x"].used == 0
+
+
+def test_cycle_through_the_bus_is_collected() -> None:
+    class Subscriber:
+        def __init__(self) -> None:
+            self.rm: ResourceManager | None = None
+
+        def publish(self, signal_type: str, data: Any) -> int:
+            return 1
+
+    bus = Subscriber()
+    rm = ResourceManager({"x": 1}, bus=bus)
+    bus.rm = rm  # rm -> bus -> rm
+    lease = rm.acquire("x")
+    gone = weakref.ref(bus)
+    del bus, rm
+    gc.collect()
+    assert gone() is not None  # the lease keeps its manager, and so the bus, alive
+    lease.release()
+    del lease
+    gc.collect()
+    assert gone() is None

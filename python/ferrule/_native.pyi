@@ -274,7 +274,9 @@ class Lease:
 
     ``release()`` is idempotent: the units go back exactly once, whether by ``release``,
     by leaving the ``with`` block, by ttl expiry, or when the Lease object is collected
-    unreleased (so an abandoned lease never leaks capacity).
+    unreleased (so an abandoned lease never leaks capacity). A collected lease runs no
+    Python code: the pressure change it causes is published by the manager's next
+    operation on that budget.
 
     >>> rm = ResourceManager({"db": 2})
     >>> with rm.acquire("db") as lease:

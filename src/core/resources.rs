@@ -724,6 +724,17 @@ impl<T, W> PoolCore<T, W> {
         (items, waiters)
     }
 
+    /// Calls `f` on each idle item if the pool lock is free now (for a garbage
+    /// collector's traversal, which must not block); stops at the first error.
+    pub fn try_for_each_idle<E>(&self, mut f: impl FnMut(&T) -> Result<(), E>) -> Result<(), E> {
+        if let Some(s) = self.state.try_lock() {
+            for (item, _) in &s.idle {
+                f(item)?;
+            }
+        }
+        Ok(())
+    }
+
     pub fn count_created(&self) {
         self.created.fetch_add(1, Ordering::Relaxed);
     }

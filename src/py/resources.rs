@@ -21,6 +21,7 @@ use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyString, PyTuple};
+use pyo3::{PyTraverseError, PyVisit};
 
 use crate::core::clock::{nanos_to_secs, Clock};
 use crate::core::resources::{
@@ -136,13 +137,20 @@ impl Shared {
         }
     }
 
+    /// Reclaims expired leases and publishes any pressure change not yet published
+    /// (e.g. from a lease released by garbage collection).
+    fn refresh(&self, py: Python<'_>, b: &PyBudget) {
+        self.reclaim(py, b);
+        self.after_change(py, b, false);
+    }
+
     fn deadline(&self, ttl: Option<i64>) -> i64 {
         ttl.map_or(NEVER, |d| self.clock.now_nanos().saturating_add(d))
     }
 }
 
 /// Named budgets of resources, held in atomics.
-#[pyclass(frozen, module = "ferrule._native", name = "ResourceManager")]
+#[pyclass(frozen, weakref, module = "ferrule._native", name = "ResourceManager")]
 pub struct ResourceManager {
     shared: Arc<Shared>,
 }
@@ -160,10 +168,10 @@ impl ResourceManager {
         Ok((b, amount, ttl))
     }
 
-    fn lease(&self, py: Python<'_>, b: Arc<PyBudget>, core: Arc<LeaseCore>) -> Lease {
-        self.shared.after_change(py, &b, false);
+    fn lease(slf: &Bound<'_, Self>, b: Arc<PyBudget>, core: Arc<LeaseCore>) -> Lease {
+        slf.get().shared.after_change(slf.py(), &b, false);
         Lease {
-            shared: self.shared.clone(),
+            rm: slf.clone().unbind(),
             budget: b,
             core,
         }
@@ -236,19 +244,19 @@ impl ResourceManager {
     #[pyo3(signature = (name, amount = None, *, timeout = None, ttl = None),
            text_signature = "($self, name, amount=1, *, timeout=None, ttl=None)")]
     fn acquire(
-        &self,
-        py: Python<'_>,
+        slf: &Bound<'_, Self>,
         name: &Bound<'_, PyAny>,
         amount: Option<&Bound<'_, PyAny>>,
         timeout: Option<&Bound<'_, PyAny>>,
         ttl: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Lease> {
+        let (this, py) = (slf.get(), slf.py());
         let one = 1i64.into_pyobject(py)?.into_any();
-        let (b, amount, ttl) = self.parse(name, amount.unwrap_or(&one), ttl)?;
+        let (b, amount, ttl) = this.parse(name, amount.unwrap_or(&one), ttl)?;
         let timeout = args::opt_timeout(timeout, "timeout")?;
-        self.shared.reclaim(py, &b);
-        if let Some(l) = b.core.try_take(amount, self.shared.deadline(ttl)) {
-            return Ok(self.lease(py, b, l));
+        this.shared.refresh(py, &b);
+        if let Some(l) = b.core.try_take(amount, this.shared.deadline(ttl)) {
+            return Ok(Self::lease(slf, b, l));
         }
         let started = Instant::now();
         let deadline = timeout.map(|t| started + t);
@@ -267,18 +275,18 @@ impl ResourceManager {
             };
             // Wake up for the next ttl deadline when it is in real time.
             let next = b.core.next_deadline();
-            if next != NEVER && !self.shared.clock.is_manual() {
-                let left = next.saturating_sub(self.shared.clock.now_nanos()).max(0);
+            if next != NEVER && !this.shared.clock.is_manual() {
+                let left = next.saturating_sub(this.shared.clock.now_nanos()).max(0);
                 slice = slice.min(Duration::from_nanos(left as u64));
             }
-            let dl = self.shared.deadline(ttl);
+            let dl = this.shared.deadline(ttl);
             let got = py.detach(|| b.core.take_or_sleep(&guard, amount, dl, slice));
             if let Some(l) = got {
                 drop(guard);
-                return Ok(self.lease(py, b, l));
+                return Ok(Self::lease(slf, b, l));
             }
             py.check_signals()?;
-            self.shared.reclaim(py, &b);
+            this.shared.reclaim(py, &b);
         }
     }
 
@@ -286,18 +294,18 @@ impl ResourceManager {
     #[pyo3(signature = (name, amount = None, *, ttl = None),
            text_signature = "($self, name, amount=1, *, ttl=None)")]
     fn try_acquire(
-        &self,
-        py: Python<'_>,
+        slf: &Bound<'_, Self>,
         name: &Bound<'_, PyAny>,
         amount: Option<&Bound<'_, PyAny>>,
         ttl: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Option<Lease>> {
+        let (this, py) = (slf.get(), slf.py());
         let one = 1i64.into_pyobject(py)?.into_any();
-        let (b, amount, ttl) = self.parse(name, amount.unwrap_or(&one), ttl)?;
-        self.shared.reclaim(py, &b);
+        let (b, amount, ttl) = this.parse(name, amount.unwrap_or(&one), ttl)?;
+        this.shared.refresh(py, &b);
         Ok(b.core
-            .try_take(amount, self.shared.deadline(ttl))
-            .map(|l| self.lease(py, b, l)))
+            .try_take(amount, this.shared.deadline(ttl))
+            .map(|l| Self::lease(slf, b, l)))
     }
 
     /// A coroutine: `acquire` for asyncio, waiting on a future rather than a thread.
@@ -322,7 +330,7 @@ impl ResourceManager {
     fn usage(&self, py: Python<'_>) -> PyResult<Py<PyDict>> {
         let d = PyDict::new(py);
         for b in &self.shared.order {
-            self.shared.reclaim(py, b);
+            self.shared.refresh(py, b);
             let used = b.core.used();
             d.set_item(
                 b.core.name(),
@@ -339,7 +347,7 @@ impl ResourceManager {
     /// `"normal"`, `"moderate"` or `"severe"`.
     fn pressure(&self, py: Python<'_>, name: &Bound<'_, PyAny>) -> PyResult<&'static str> {
         let b = self.shared.budget(name)?;
-        self.shared.reclaim(py, b);
+        self.shared.refresh(py, b);
         Ok(b.core.pressure().as_str())
     }
 
@@ -377,6 +385,10 @@ impl ResourceManager {
         Ok(())
     }
 
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(self.shared.bus.as_ref())
+    }
+
     fn __repr__(&self) -> String {
         let parts: Vec<String> = self
             .shared
@@ -391,7 +403,8 @@ impl ResourceManager {
 /// Units of one budget held until released (or reclaimed at ttl expiry).
 #[pyclass(frozen, module = "ferrule._native", name = "Lease")]
 pub struct Lease {
-    shared: Arc<Shared>,
+    /// Keeps the manager (and its bus) alive while the lease may still publish.
+    rm: Py<ResourceManager>,
     budget: Arc<PyBudget>,
     core: Arc<LeaseCore>,
 }
@@ -399,7 +412,7 @@ pub struct Lease {
 impl Lease {
     fn give_back(&self, py: Python<'_>) {
         if self.budget.core.release(&self.core) {
-            self.shared.after_change(py, &self.budget, true);
+            self.rm.get().shared.after_change(py, &self.budget, true);
         }
     }
 }
@@ -424,7 +437,7 @@ impl Lease {
     /// True once released, or reclaimed because its ttl passed.
     #[getter]
     fn released(&self, py: Python<'_>) -> bool {
-        self.shared.reclaim(py, &self.budget);
+        self.rm.get().shared.reclaim(py, &self.budget);
         self.core.is_done()
     }
 
@@ -445,6 +458,10 @@ impl Lease {
         false
     }
 
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.rm)
+    }
+
     fn __repr__(&self) -> String {
         format!(
             "Lease(name='{}', amount={}, released={})",
@@ -456,10 +473,13 @@ impl Lease {
 }
 
 impl Drop for Lease {
+    /// A lease collected unreleased gives its units back here, without running Python:
+    /// a destructor may run inside a garbage collection whose cycle also holds the bus.
+    /// Blocked threads are woken by the core; a pressure change this causes is published
+    /// by the next operation on the budget, and waiting coroutines see the room at their
+    /// next poll (at most 50 ms).
     fn drop(&mut self) {
-        if !self.core.is_done() {
-            Python::attach(|py| self.give_back(py));
-        }
+        self.budget.core.release(&self.core);
     }
 }
 
@@ -499,7 +519,7 @@ enum Outcome {
 }
 
 /// A pool of reusable items (connections, clients).
-#[pyclass(frozen, module = "ferrule._native", name = "Pool")]
+#[pyclass(frozen, weakref, module = "ferrule._native", name = "Pool")]
 pub struct Pool {
     core: Core,
     factory: Py<PyAny>,
@@ -928,6 +948,14 @@ impl Pool {
         self.finish(py, item, exc)
     }
 
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.factory)?;
+        visit.call(self.validate.as_ref())?;
+        // Idle items are visited only if the pool lock is free right now; skipping them
+        // only makes the collector more conservative.
+        self.core.try_for_each_idle(|item| visit.call(item))
+    }
+
     fn __repr__(&self) -> String {
         let s = self.core.stats();
         format!(
@@ -958,6 +986,14 @@ pub struct PoolCheckout {
 
 #[pymethods]
 impl PoolCheckout {
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.pool)?;
+        match self.item.try_lock() {
+            Some(g) => visit.call(g.as_ref()),
+            None => Ok(()),
+        }
+    }
+
     fn __enter__(&self, py: Python<'_>) -> PyResult<Item> {
         if self
             .state
