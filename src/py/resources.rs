@@ -60,35 +60,21 @@ fn helper<'py>(py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyAny>> {
 
 // ---- ResourceManager -------------------------------------------------------------------
 
-/// A budget and the asyncio wake-up callbacks of coroutines waiting on it.
+/// A budget, what its leases need to report changes (the bus and the clock: a lease
+/// refers to its budget only, so leases of different budgets share no reference count),
+/// and the asyncio wake-up callbacks of coroutines waiting on it.
 struct PyBudget {
     core: Budget,
+    bus: Option<Py<PyAny>>,
+    clock: Clock,
     wakers: Mutex<Vec<(u64, Py<PyAny>)>>,
     wakers_n: AtomicUsize,
 }
 
-struct Shared {
-    budgets: HashMap<String, Arc<PyBudget>>,
-    /// Names in the order given, for `usage()`.
-    order: Vec<Arc<PyBudget>>,
-    bus: Option<Py<PyAny>>,
-    clock: Clock,
-    next_waker: AtomicU64,
-}
-
-impl Shared {
-    fn budget(&self, name: &Bound<'_, PyAny>) -> PyResult<&Arc<PyBudget>> {
-        let s = name
-            .cast::<PyString>()
-            .map_err(|_| wrong_type("name", "a str", name))?;
-        let s = s.to_cow()?;
-        self.budgets.get(s.as_ref()).ok_or_else(|| {
-            crate::core::resources::ResourceError::UnknownName(s.into_owned()).into()
-        })
-    }
-
+impl PyBudget {
     /// Work after `used` changed: report pressure changes, and (`freed`) wake coroutines.
-    fn after_change(&self, py: Python<'_>, b: &PyBudget, freed: bool) {
+    fn after_change(&self, py: Python<'_>, freed: bool) {
+        let b = self;
         if let Some(bus) = &self.bus {
             let mut changes = Vec::new();
             b.core.sync_pressure(&mut changes);
@@ -127,21 +113,21 @@ impl Shared {
         }
     }
 
-    /// Reclaims expired leases of `b` (lazily: one atomic load when none is due).
-    fn reclaim(&self, py: Python<'_>, b: &PyBudget) {
-        if b.core.next_deadline() == NEVER {
+    /// Reclaims expired leases (lazily: one atomic load when none is due).
+    fn reclaim(&self, py: Python<'_>) {
+        if self.core.next_deadline() == NEVER {
             return;
         }
-        if b.core.reclaim(self.clock.now_nanos()) > 0 {
-            self.after_change(py, b, true);
+        if self.core.reclaim(self.clock.now_nanos()) > 0 {
+            self.after_change(py, true);
         }
     }
 
     /// Reclaims expired leases and publishes any pressure change not yet published
     /// (e.g. from a lease released by garbage collection).
-    fn refresh(&self, py: Python<'_>, b: &PyBudget) {
-        self.reclaim(py, b);
-        self.after_change(py, b, false);
+    fn refresh(&self, py: Python<'_>) {
+        self.reclaim(py);
+        self.after_change(py, false);
     }
 
     fn deadline(&self, ttl: Option<i64>) -> i64 {
@@ -152,29 +138,41 @@ impl Shared {
 /// Named budgets of resources, held in atomics.
 #[pyclass(frozen, weakref, module = "ferrule._native", name = "ResourceManager")]
 pub struct ResourceManager {
-    shared: Arc<Shared>,
+    /// Index of each name in `order`.
+    index: HashMap<String, usize>,
+    /// The budgets in the order given (for `usage()`); the only long-lived reference to
+    /// each besides its leases'.
+    order: Vec<Arc<PyBudget>>,
+    next_waker: AtomicU64,
 }
 
 impl ResourceManager {
+    fn budget(&self, name: &Bound<'_, PyAny>) -> PyResult<&Arc<PyBudget>> {
+        let s = name
+            .cast::<PyString>()
+            .map_err(|_| wrong_type("name", "a str", name))?;
+        let s = s.to_cow()?;
+        match self.index.get(s.as_ref()) {
+            Some(&i) => Ok(&self.order[i]),
+            None => Err(crate::core::resources::ResourceError::UnknownName(s.into_owned()).into()),
+        }
+    }
+
     fn parse(
         &self,
         name: &Bound<'_, PyAny>,
         amount: &Bound<'_, PyAny>,
         ttl: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<(Arc<PyBudget>, u64, Option<i64>)> {
-        let b = self.shared.budget(name)?.clone();
+        let b = self.budget(name)?.clone();
         let amount = b.core.check_amount(args::int(amount, "amount")?)?;
         let ttl = args::opt_positive_nanos(ttl, "ttl")?;
         Ok((b, amount, ttl))
     }
 
-    fn lease(slf: &Bound<'_, Self>, b: Arc<PyBudget>, core: Arc<LeaseCore>) -> Lease {
-        slf.get().shared.after_change(slf.py(), &b, false);
-        Lease {
-            rm: slf.clone().unbind(),
-            budget: b,
-            core,
-        }
+    fn lease(py: Python<'_>, b: Arc<PyBudget>, core: Arc<LeaseCore>) -> Lease {
+        b.after_change(py, false);
+        Lease { budget: b, core }
     }
 }
 
@@ -211,7 +209,7 @@ impl ResourceManager {
             }
         }
         let clock = args::clock(clock)?;
-        let mut budgets = HashMap::new();
+        let mut index = HashMap::new();
         let mut order = Vec::new();
         for (k, v) in limits.iter() {
             let name = k
@@ -223,20 +221,18 @@ impl ResourceManager {
             let limit = u64::try_from(limit).unwrap_or(0);
             let b = Arc::new(PyBudget {
                 core: Budget::new(&name, limit, alert, severe)?,
+                bus: bus.as_ref().map(|b| b.clone_ref(limits.py())),
+                clock: clock.clone(),
                 wakers: Mutex::new(Vec::new()),
                 wakers_n: AtomicUsize::new(0),
             });
-            order.push(b.clone());
-            budgets.insert(name, b);
+            index.insert(name, order.len());
+            order.push(b);
         }
         Ok(Self {
-            shared: Arc::new(Shared {
-                budgets,
-                order,
-                bus,
-                clock,
-                next_waker: AtomicU64::new(0),
-            }),
+            index,
+            order,
+            next_waker: AtomicU64::new(0),
         })
     }
 
@@ -254,9 +250,9 @@ impl ResourceManager {
         let one = 1i64.into_pyobject(py)?.into_any();
         let (b, amount, ttl) = this.parse(name, amount.unwrap_or(&one), ttl)?;
         let timeout = args::opt_timeout(timeout, "timeout")?;
-        this.shared.refresh(py, &b);
-        if let Some(l) = b.core.try_take(amount, this.shared.deadline(ttl)) {
-            return Ok(Self::lease(slf, b, l));
+        b.refresh(py);
+        if let Some(l) = b.core.try_take(amount, b.deadline(ttl)) {
+            return Ok(Self::lease(py, b, l));
         }
         let started = Instant::now();
         let deadline = timeout.map(|t| started + t);
@@ -275,18 +271,18 @@ impl ResourceManager {
             };
             // Wake up for the next ttl deadline when it is in real time.
             let next = b.core.next_deadline();
-            if next != NEVER && !this.shared.clock.is_manual() {
-                let left = next.saturating_sub(this.shared.clock.now_nanos()).max(0);
+            if next != NEVER && !b.clock.is_manual() {
+                let left = next.saturating_sub(b.clock.now_nanos()).max(0);
                 slice = slice.min(Duration::from_nanos(left as u64));
             }
-            let dl = this.shared.deadline(ttl);
+            let dl = b.deadline(ttl);
             let got = py.detach(|| b.core.take_or_sleep(&guard, amount, dl, slice));
             if let Some(l) = got {
                 drop(guard);
-                return Ok(Self::lease(slf, b, l));
+                return Ok(Self::lease(py, b, l));
             }
             py.check_signals()?;
-            this.shared.reclaim(py, &b);
+            b.reclaim(py);
         }
     }
 
@@ -302,10 +298,10 @@ impl ResourceManager {
         let (this, py) = (slf.get(), slf.py());
         let one = 1i64.into_pyobject(py)?.into_any();
         let (b, amount, ttl) = this.parse(name, amount.unwrap_or(&one), ttl)?;
-        this.shared.refresh(py, &b);
+        b.refresh(py);
         Ok(b.core
-            .try_take(amount, this.shared.deadline(ttl))
-            .map(|l| Self::lease(slf, b, l)))
+            .try_take(amount, b.deadline(ttl))
+            .map(|l| Self::lease(py, b, l)))
     }
 
     /// A coroutine: `acquire` for asyncio, waiting on a future rather than a thread.
@@ -329,8 +325,8 @@ impl ResourceManager {
     /// `{name: Usage}` for every budget (expired leases are reclaimed first).
     fn usage(&self, py: Python<'_>) -> PyResult<Py<PyDict>> {
         let d = PyDict::new(py);
-        for b in &self.shared.order {
-            self.shared.refresh(py, b);
+        for b in &self.order {
+            b.refresh(py);
             let used = b.core.used();
             d.set_item(
                 b.core.name(),
@@ -346,26 +342,26 @@ impl ResourceManager {
 
     /// `"normal"`, `"moderate"` or `"severe"`.
     fn pressure(&self, py: Python<'_>, name: &Bound<'_, PyAny>) -> PyResult<&'static str> {
-        let b = self.shared.budget(name)?;
-        self.shared.refresh(py, b);
+        let b = self.budget(name)?;
+        b.refresh(py);
         Ok(b.core.pressure().as_str())
     }
 
     /// `{name: limit}`.
     #[getter]
-    fn limits(&self) -> HashMap<String, u64> {
-        self.shared
-            .order
-            .iter()
-            .map(|b| (b.core.name().to_owned(), b.core.limit()))
-            .collect()
+    fn limits(&self, py: Python<'_>) -> PyResult<Py<PyDict>> {
+        let d = PyDict::new(py);
+        for b in &self.order {
+            d.set_item(b.core.name(), b.core.limit())?;
+        }
+        Ok(d.unbind())
     }
 
     /// Registers an asyncio wake-up callback for `name`; called once, on the next
     /// release or reclaim of that budget. Returns a token for `_remove_waker`.
     fn _add_waker(&self, name: &Bound<'_, PyAny>, callback: Py<PyAny>) -> PyResult<u64> {
-        let b = self.shared.budget(name)?;
-        let id = self.shared.next_waker.fetch_add(1, Ordering::Relaxed);
+        let b = self.budget(name)?;
+        let id = self.next_waker.fetch_add(1, Ordering::Relaxed);
         let mut w = b.wakers.lock();
         w.push((id, callback));
         b.wakers_n.store(w.len(), Ordering::SeqCst);
@@ -373,7 +369,7 @@ impl ResourceManager {
     }
 
     fn _remove_waker(&self, name: &Bound<'_, PyAny>, token: u64) -> PyResult<()> {
-        let b = self.shared.budget(name)?;
+        let b = self.budget(name)?;
         let removed = {
             let mut w = b.wakers.lock();
             let pos = w.iter().position(|(id, _)| *id == token);
@@ -386,12 +382,21 @@ impl ResourceManager {
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        visit.call(self.shared.bus.as_ref())
+        // A budget's bus reference belongs to the manager alone only while no lease
+        // holds the budget; while one does, the bus is reachable through it, and not
+        // visiting keeps the collector from tearing the bus down under the lease. The
+        // count is stable here: the collector runs with every other thread stopped (or
+        // holding no GIL), and leases are made and dropped only by attached threads.
+        for b in &self.order {
+            if Arc::strong_count(b) == 1 {
+                visit.call(b.bus.as_ref())?;
+            }
+        }
+        Ok(())
     }
 
     fn __repr__(&self) -> String {
         let parts: Vec<String> = self
-            .shared
             .order
             .iter()
             .map(|b| format!("'{}': {}/{}", b.core.name(), b.core.used(), b.core.limit()))
@@ -403,8 +408,6 @@ impl ResourceManager {
 /// Units of one budget held until released (or reclaimed at ttl expiry).
 #[pyclass(frozen, module = "ferrule._native", name = "Lease")]
 pub struct Lease {
-    /// Keeps the manager (and its bus) alive while the lease may still publish.
-    rm: Py<ResourceManager>,
     budget: Arc<PyBudget>,
     core: Arc<LeaseCore>,
 }
@@ -412,7 +415,7 @@ pub struct Lease {
 impl Lease {
     fn give_back(&self, py: Python<'_>) {
         if self.budget.core.release(&self.core) {
-            self.rm.get().shared.after_change(py, &self.budget, true);
+            self.budget.after_change(py, true);
         }
     }
 }
@@ -437,7 +440,7 @@ impl Lease {
     /// True once released, or reclaimed because its ttl passed.
     #[getter]
     fn released(&self, py: Python<'_>) -> bool {
-        self.rm.get().shared.reclaim(py, &self.budget);
+        self.budget.reclaim(py);
         self.core.is_done()
     }
 
@@ -456,10 +459,6 @@ impl Lease {
     fn __exit__(&self, py: Python<'_>, _exc: &Bound<'_, PyTuple>) -> bool {
         self.give_back(py);
         false
-    }
-
-    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        visit.call(&self.rm)
     }
 
     fn __repr__(&self) -> String {
