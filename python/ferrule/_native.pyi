@@ -311,8 +311,10 @@ class Lease:
 @final
 class ResourceManager:
     """Named budgets of resources (``{"gpu_mem_gb": 80, "workers": 16}``), each held in
-    one atomic counter changed by compare-and-swap: acquiring and releasing never take a
-    lock, and ``0 <= used <= limit`` holds at every instant under any number of threads.
+    one atomic counter changed by compare-and-swap: ``0 <= used <= limit`` holds at every
+    instant under any number of threads, acquiring and releasing a lease without ttl takes
+    no lock, and budgets share no lock (a ttl lease also enters its own budget's deadline
+    heap, under that budget's small mutex).
 
     Pressure: a budget is ``"moderate"`` when ``used >= alert_threshold * limit``,
     ``"severe"`` when ``used >= severe_threshold * limit``, else ``"normal"``. With a
