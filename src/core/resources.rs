@@ -47,7 +47,9 @@
 //! cannot overtake a waiter); a slot whose factory failed or whose item was discarded is
 //! released, so capacity is never lost. Idle items are a stack (the most recently used
 //! is reused first) stamped with the time they were returned; those idle for `max_idle`
-//! or more are reaped lazily, never below `min_size` live items.
+//! or more are reaped lazily, never below `min_size` live items. Decrements of `live`
+//! saturate, so a caller that returns an item twice (only possible through the private
+//! Python hooks) cannot make it wrap.
 
 use std::cmp::Ordering as CmpOrdering;
 use std::collections::{BinaryHeap, VecDeque};
@@ -647,7 +649,7 @@ impl<T, W> PoolCore<T, W> {
     pub fn put_back(&self, item: T, now: i64, reaped: &mut Vec<T>) -> Returned<T, W> {
         let mut s = self.state.lock();
         let r = if s.closed {
-            s.live -= 1;
+            s.live = s.live.saturating_sub(1);
             self.discarded.fetch_add(1, Ordering::Relaxed);
             Returned::Closed(item)
         } else if let Some(w) = s.waiters.pop_front() {
@@ -673,7 +675,7 @@ impl<T, W> PoolCore<T, W> {
             w.give(Grant::Create);
             Some(w)
         } else {
-            s.live -= 1;
+            s.live = s.live.saturating_sub(1);
             None
         };
         self.publish(&s);
@@ -713,7 +715,7 @@ impl<T, W> PoolCore<T, W> {
         s.closed = true;
         self.closed.store(true, Ordering::Release);
         let items: Vec<T> = s.idle.drain(..).map(|(t, _)| t).collect();
-        s.live -= items.len();
+        s.live = s.live.saturating_sub(items.len());
         self.discarded
             .fetch_add(items.len() as u64, Ordering::Relaxed);
         let waiters: Vec<_> = s.waiters.drain(..).collect();
