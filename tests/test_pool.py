@@ -3,6 +3,7 @@ idle reaping, min_size, asyncio, bad input."""
 
 from __future__ import annotations
 
+import _thread
 import asyncio
 import gc
 import sys
@@ -507,3 +508,18 @@ def test_cycle_through_the_factory_is_collected() -> None:
     gone = make()
     gc.collect()
     assert gone() is None
+
+
+def test_blocked_checkout_is_interruptible() -> None:
+    pool = Pool(Factory(), max_size=1)
+    with pool.acquire():
+        timer = threading.Timer(0.1, _thread.interrupt_main)
+        timer.start()
+        t0 = time.monotonic()
+        with pytest.raises(KeyboardInterrupt), pool.acquire(timeout=10):
+            pass
+        assert time.monotonic() - t0 < 0.5
+        timer.join()
+        assert pool.stats().waiting == 0
+    with pool.acquire(timeout=0):
+        pass

@@ -3,6 +3,7 @@ bad input."""
 
 from __future__ import annotations
 
+import _thread
 import asyncio
 import gc
 import sys
@@ -456,3 +457,17 @@ def test_cycle_through_the_bus_is_collected() -> None:
     del lease
     gc.collect()
     assert gone() is None
+
+
+def test_blocked_acquire_is_interruptible() -> None:
+    rm = ResourceManager({"x": 1})
+    held = rm.acquire("x")
+    timer = threading.Timer(0.1, _thread.interrupt_main)
+    timer.start()
+    t0 = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        rm.acquire("x", timeout=10)
+    assert time.monotonic() - t0 < 0.5
+    timer.join()
+    held.release()
+    assert rm.usage()["x"].used == 0
