@@ -266,6 +266,31 @@ def test_fifo_fairness() -> None:
     assert order == list(range(6))
 
 
+def test_failed_validation_keeps_the_waiters_turn() -> None:
+    bad = {1}
+    pool = Pool(Factory(), max_size=1, validate=lambda c: c.n not in bad)
+    order: list[tuple[str, int]] = []
+    held = pool.acquire()
+    held.__enter__()
+
+    def worker(name: str) -> None:
+        with pool.acquire(timeout=10) as c:
+            order.append((name, c.n))
+
+    ts = []
+    for i, name in enumerate("AB"):
+        t = threading.Thread(target=worker, args=(name,))
+        t.start()
+        ts.append(t)
+        wait_until(lambda i=i: pool.stats().waiting == i + 1)
+    # A is handed item 1, which fails validation: A replaces it and is still served first.
+    held.__exit__(None, None, None)
+    for t in ts:
+        t.join(5)
+    assert order == [("A", 2), ("B", 2)]
+    assert pool.stats().discarded == 1
+
+
 def test_close_fails_waiters_and_closes_items() -> None:
     f = Factory()
     pool = Pool(f, max_size=2)

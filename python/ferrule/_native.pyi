@@ -480,8 +480,9 @@ class Pool(Generic[_T]):
     :class:`PoolTimeout` after ``timeout`` seconds (None: wait forever).
 
     - ``validate(item)`` runs when an idle item is checked out (not for a fresh one):
-      false closes it and the checkout continues with another; an exception closes it
-      and propagates.
+      false closes it and the checkout continues without losing its turn (with another
+      idle item, or a new one made in the same slot); an exception closes it, frees its
+      slot and propagates.
     - :class:`Discard` raised in the ``with`` block closes and replaces the item, and
       propagates. Other exceptions return the item, unless ``discard_on_error=True``.
     - If ``factory()`` raises, the checkout that called it gets the exception, the slot

@@ -682,6 +682,29 @@ impl<T, W> PoolCore<T, W> {
         r
     }
 
+    /// The holder of a checked-out item discarded it (it failed validation) and still
+    /// wants one: it gets an idle item (the discarded item's slot is freed), or keeps
+    /// the slot to fill with a new item. It never waits, so it keeps its turn.
+    pub fn replace(&self, now: i64, reaped: &mut Vec<T>) -> Checkout<T, W> {
+        self.discarded.fetch_add(1, Ordering::Relaxed);
+        let mut s = self.state.lock();
+        let r = if s.closed {
+            s.live = s.live.saturating_sub(1);
+            Checkout::Closed
+        } else {
+            self.reap_locked(&mut s, now, reaped);
+            match s.idle.pop_back() {
+                Some((item, _)) => {
+                    s.live = s.live.saturating_sub(1);
+                    Checkout::Item(item)
+                }
+                None => Checkout::Create,
+            }
+        };
+        self.publish(&s);
+        r
+    }
+
     /// Reserves a slot to warm up the pool if fewer than `min_size` items are live.
     pub fn reserve_warm(&self) -> bool {
         let mut s = self.state.lock();
@@ -939,6 +962,22 @@ mod tests {
         assert_eq!(p.stats().size, 1);
         assert!(p.release_slot(false).is_none());
         assert_eq!(p.stats().size, 0);
+    }
+
+    #[test]
+    fn pool_replace_keeps_the_turn() {
+        let p = P::new(1, 0, None).unwrap();
+        let mut reaped = Vec::new();
+        assert!(matches!(p.checkout(0, None, &mut reaped), Checkout::Create));
+        let Checkout::Wait(w) = p.checkout(0, None, &mut reaped) else {
+            panic!("expected a wait")
+        };
+        // The holder's item failed validation: it keeps the slot, the waiter keeps waiting.
+        assert!(matches!(p.replace(0, &mut reaped), Checkout::Create));
+        assert!(w.try_take().is_none());
+        let s = p.stats();
+        assert_eq!((s.size, s.waiting, s.discarded), (1, 1, 1));
+        assert!(p.cancel(&w).is_none());
     }
 
     #[test]

@@ -669,8 +669,16 @@ impl Pool {
                     match ok {
                         Ok(true) => return Ok(Outcome::Item(x)),
                         Ok(false) => {
-                            self.discard(py, x);
-                            step = Step::Start;
+                            // Close it and continue in the same slot, keeping our turn.
+                            Self::close_items(py, vec![x]);
+                            let mut reaped = Vec::new();
+                            let c = self.core.replace(self.now(), &mut reaped);
+                            Self::close_items(py, reaped);
+                            step = Step::Grant(match c {
+                                Checkout::Item(y) => Grant::Item(y),
+                                Checkout::Create => Grant::Create,
+                                Checkout::Closed | Checkout::Wait(_) => Grant::Closed,
+                            });
                         }
                         Err(e) => {
                             self.discard(py, x);
