@@ -343,6 +343,33 @@ def _bus_peer_name() -> str:
         return "dict of lists + Lock"
 
 
+# ---- resources: acquire/release on a budget per thread ----------------------------------
+
+
+def resources_ferrule(ops: int) -> Work:
+    rm = ferrule.ResourceManager({f"t{i}": 100 for i in range(64)})
+
+    def work(i: int) -> None:
+        acquire = rm.acquire
+        name = f"t{i}"
+        for _ in range(ops):
+            acquire(name).release()
+
+    return work
+
+
+def resources_peer(ops: int) -> Work:
+    sems = [threading.BoundedSemaphore(100) for _ in range(64)]
+
+    def work(i: int) -> None:
+        sem = sems[i]
+        for _ in range(ops):
+            sem.acquire()
+            sem.release()
+
+    return work
+
+
 ROWS: list[Row] = [
     Row("Cache get/set, distinct keys", 200_000, cache_ferrule, _cache_peer_name(), cache_peer),
     Row("WorkQueue put+get, own queue", 200_000, queue_ferrule, "queue.Queue", queue_peer),
@@ -361,6 +388,13 @@ ROWS: list[Row] = [
         breaker_peer,
     ),
     Row("SignalBus publish+get, own topic", 200_000, bus_ferrule, _bus_peer_name(), bus_peer),
+    Row(
+        "ResourceManager acquire/release, budget per thread",
+        100_000,
+        resources_ferrule,
+        "threading.BoundedSemaphore per thread",
+        resources_peer,
+    ),
 ]
 
 

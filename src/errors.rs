@@ -19,6 +19,7 @@ use crate::core::error_store::ErrorStoreError;
 use crate::core::metrics::MetricsError;
 use crate::core::queue::QueueError;
 use crate::core::ratelimit::RateError;
+use crate::core::resources::ResourceError;
 
 pyo3::create_exception!(
     ferrule,
@@ -185,6 +186,12 @@ impl From<MetricsError> for PyErr {
 
 impl From<ErrorStoreError> for PyErr {
     fn from(e: ErrorStoreError) -> Self {
+        PyValueError::new_err(e.to_string())
+    }
+}
+
+impl From<ResourceError> for PyErr {
+    fn from(e: ResourceError) -> Self {
         PyValueError::new_err(e.to_string())
     }
 }

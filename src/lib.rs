@@ -26,6 +26,8 @@ mod _native {
     use crate::py::ratelimit::{Decision, RateLimiter};
     #[pymodule_export]
     use crate::py::registry::{Agent, Registry};
+    #[pymodule_export]
+    use crate::py::resources::{Lease, Pool, PoolCheckout, PoolStats, ResourceManager, Usage};
 
     #[pymodule_init]
     fn init(m: &pyo3::Bound<'_, pyo3::types::PyModule>) -> pyo3::PyResult<()> {

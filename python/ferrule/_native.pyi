@@ -4,6 +4,7 @@ Import these names from ``ferrule``; ``ferrule._native`` is private.
 """
 
 from collections.abc import Callable, Coroutine, Hashable, Iterable, Iterator, Mapping
+from contextlib import AbstractAsyncContextManager
 from types import GenericAlias, TracebackType
 from typing import Any, Generic, Literal, ParamSpec, Protocol, TypeVar, final, overload
 
@@ -850,7 +851,9 @@ class RateLimiter:
 # ---------------------------------------------------------------------------------------
 
 class _Bus(Protocol):
-    def publish(self, signal_type: str, data: Any = ..., /) -> Any: ...
+    """Anything with ``publish(signal_type, data)``, e.g. a :class:`SignalBus`."""
+
+    def publish(self, signal_type: str, data: Any, /) -> object: ...
 
 @final
 class BreakerStats:
@@ -1495,3 +1498,320 @@ class ErrorStore:
 
     def agents(self) -> list[str]:
         """Sorted ids of the agents with errors held."""
+
+# ---------------------------------------------------------------------------------------
+# Resource limits and pools
+# ---------------------------------------------------------------------------------------
+
+@final
+class Usage:
+    """A snapshot of one budget, from :meth:`ResourceManager.usage`.
+
+    >>> rm = ResourceManager({"db": 10})
+    >>> lease = rm.acquire("db", 9)
+    >>> rm.usage()["db"]
+    Usage(used=9, limit=10, pressure='moderate')
+    """
+
+    @property
+    def used(self) -> int: ...
+    @property
+    def limit(self) -> int: ...
+    @property
+    def pressure(self) -> str:
+        """``"normal"``, ``"moderate"`` or ``"severe"``."""
+
+@final
+class Lease:
+    """Units of one budget, held until released.
+
+    ``release()`` is idempotent: the units go back exactly once, whether by ``release``,
+    by leaving the ``with`` block, by ttl expiry, or when the Lease object is collected
+    unreleased (so an abandoned lease never leaks capacity). A collected lease runs no
+    Python code: the pressure change it causes is published by the manager's next
+    operation on that budget.
+
+    >>> rm = ResourceManager({"db": 2})
+    >>> with rm.acquire("db") as lease:
+    ...     (lease.name, lease.amount, rm.usage()["db"].used)
+    ('db', 1, 1)
+    >>> lease.released
+    True
+    """
+
+    def release(self) -> None:
+        """Give the units back; later calls do nothing."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def amount(self) -> int: ...
+    @property
+    def released(self) -> bool:
+        """True once released, or reclaimed because its ttl passed."""
+    @property
+    def expires_at(self) -> float | None:
+        """The manager's clock time (seconds) at which a ttl lease expires, else None.
+
+        >>> clock = ManualClock(100.0)
+        >>> ResourceManager({"x": 1}, clock=clock).acquire("x", ttl=5.0).expires_at
+        105.0
+        """
+    def __enter__(self) -> Lease: ...
+    def __exit__(self, *exc: object) -> bool:
+        """Release; exceptions propagate."""
+
+@final
+class ResourceManager:
+    """Named budgets of resources (``{"gpu_mem_gb": 80, "workers": 16}``), each held in
+    one atomic counter changed by compare-and-swap: ``0 <= used <= limit`` holds at every
+    instant under any number of threads, acquiring and releasing a lease without ttl takes
+    no lock, and budgets share no lock (a ttl lease also enters its own budget's deadline
+    heap, under that budget's small mutex).
+
+    Pressure: a budget is ``"moderate"`` when ``used >= alert_threshold * limit``,
+    ``"severe"`` when ``used >= severe_threshold * limit``, else ``"normal"``. With a
+    ``bus`` (a ``SignalBus``, or any object with ``publish(type, data)``), each change of
+    a budget's level is published once as ``resource.<name>.pressure`` with data
+    ``{"name", "pressure", "previous", "used", "limit"}``. Publishing happens after every
+    internal lock is released, so a subscriber may call back into the manager; an
+    exception from ``publish`` goes to ``sys.unraisablehook`` and does not fail the
+    acquire or release that caused the change. Under concurrent callers the published
+    changes form one chain per budget (each ``previous`` is the level last published),
+    but calls from different threads may reach the bus in either order.
+
+    A lease taken with ``ttl`` at clock time t is live while ``now < t + ttl``; after that
+    it is reclaimed (lazily: on the next acquire, wait slice or snapshot of that budget).
+
+    >>> rm = ResourceManager({"gpu_mem_gb": 20, "workers": 4})
+    >>> lease = rm.acquire("gpu_mem_gb", 18, timeout=5.0)
+    >>> rm.pressure("gpu_mem_gb")
+    'moderate'
+    >>> rm.try_acquire("gpu_mem_gb", 4) is None
+    True
+    >>> lease.release()
+    """
+
+    def __new__(
+        cls,
+        limits: dict[str, int],
+        *,
+        alert_threshold: float = 0.9,
+        severe_threshold: float = 0.95,
+        bus: _Bus | None = None,
+        clock: ManualClock | None = None,
+    ) -> ResourceManager:
+        """``limits`` maps each name to its limit (>= 1);
+        ``0 < alert_threshold <= severe_threshold <= 1``; ``clock`` governs ttls."""
+
+    def acquire(
+        self,
+        name: str,
+        amount: int = 1,
+        *,
+        timeout: float | None = None,
+        ttl: float | None = None,
+    ) -> Lease:
+        """Take ``amount`` units of ``name``, waiting for room with the GIL released (Ctrl-C
+        interrupts the wait). ``timeout`` seconds (None: forever) then raises
+        :class:`PoolTimeout`. ValueError for an unknown name, or an amount < 1 or above
+        the limit (it could never succeed).
+
+        >>> rm = ResourceManager({"workers": 1})
+        >>> held = rm.acquire("workers")
+        >>> rm.acquire("workers", timeout=0.01)
+        Traceback (most recent call last):
+        ferrule.PoolTimeout: no room for 1 of 'workers' within 0.01 s
+        """
+
+    def try_acquire(self, name: str, amount: int = 1, *, ttl: float | None = None) -> Lease | None:
+        """Take ``amount`` units now if they are free, else return None.
+
+        >>> ResourceManager({"x": 1}).try_acquire("x", ttl=30.0) is not None
+        True
+        """
+
+    def acquire_async(
+        self,
+        name: str,
+        amount: int = 1,
+        *,
+        timeout: float | None = None,
+        ttl: float | None = None,
+    ) -> Coroutine[Any, Any, Lease]:
+        """``acquire`` for asyncio: the coroutine waits on a future that a release
+        resolves (no thread per waiter). Arguments are checked at the call.
+
+        >>> async def job(rm: ResourceManager) -> None:
+        ...     with await rm.acquire_async("workers", timeout=5.0):
+        ...         ...
+        """
+
+    def usage(self) -> dict[str, Usage]:
+        """A snapshot of every budget, in the order of ``limits`` (expired leases are
+        reclaimed first).
+
+        >>> ResourceManager({"a": 2, "b": 3}).usage()
+        {'a': Usage(used=0, limit=2, pressure='normal'), 'b': Usage(used=0, limit=3, pressure='normal')}
+        """
+
+    def pressure(self, name: str) -> str:
+        """``"normal"``, ``"moderate"`` or ``"severe"`` for ``name``."""
+
+    @property
+    def limits(self) -> dict[str, int]:
+        """A copy of ``{name: limit}``."""
+    # Private: used by ferrule._resources (asyncio).
+    def _add_waker(self, name: str, callback: Callable[[], object]) -> int: ...
+    def _remove_waker(self, name: str, token: int) -> None: ...
+
+@final
+class PoolStats:
+    """Counters of a :class:`Pool` (atomics; reading them takes no lock).
+
+    ``size`` items exist (idle + in use, counting ones being created); ``created`` and
+    ``discarded`` count items made and closed (by Discard, failed validation, idle
+    reaping or ``close()``); ``timeouts`` counts checkouts that raised PoolTimeout;
+    ``factory_errors`` counts factory calls that raised.
+
+    >>> pool = Pool(object, max_size=2)
+    >>> with pool.acquire():
+    ...     s = pool.stats()
+    >>> (s.size, s.in_use, s.created)
+    (1, 1, 1)
+    """
+
+    @property
+    def size(self) -> int: ...
+    @property
+    def idle(self) -> int: ...
+    @property
+    def in_use(self) -> int: ...
+    @property
+    def waiting(self) -> int: ...
+    @property
+    def created(self) -> int: ...
+    @property
+    def discarded(self) -> int: ...
+    @property
+    def timeouts(self) -> int: ...
+    @property
+    def factory_errors(self) -> int: ...
+
+@final
+class PoolCheckout(Generic[_T]):
+    """One checkout, from :meth:`Pool.acquire`; use it once as a context manager.
+
+    Entered and never exited (and then collected), it returns its item to the pool.
+
+    >>> pool = Pool(list, max_size=1)
+    >>> with pool.acquire() as item:
+    ...     item.append(1)
+    """
+
+    def __enter__(self) -> _T:
+        """Check an item out (see :meth:`Pool.acquire`)."""
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None = None,
+        exc: BaseException | None = None,
+        tb: TracebackType | None = None,
+        /,
+    ) -> bool:
+        """Return the item, or close and replace it after :class:`Discard` (or any
+        exception with ``discard_on_error=True``). Exceptions propagate."""
+
+@final
+class Pool(Generic[_T]):
+    """A pool of reusable items (database connections, HTTP clients).
+
+    At most ``max_size`` items exist at any instant. ``factory()``, ``validate(item)``
+    and ``item.close()`` always run with no internal lock held. A checkout takes the most
+    recently returned idle item, else creates one if fewer than ``max_size`` exist, else
+    waits with the GIL released; waiters are served first come, first served (a freed
+    item or slot goes to the oldest waiter; a newcomer never overtakes one) and get
+    :class:`PoolTimeout` after ``timeout`` seconds (None: wait forever).
+
+    - ``validate(item)`` runs when an idle item is checked out (not for a fresh one):
+      false closes it and the checkout continues without losing its turn (with another
+      idle item, or a new one made in the same slot); an exception closes it, frees its
+      slot and propagates.
+    - :class:`Discard` raised in the ``with`` block closes and replaces the item, and
+      propagates. Other exceptions return the item, unless ``discard_on_error=True``.
+    - If ``factory()`` raises, the checkout that called it gets the exception, the slot
+      is freed for the next waiter, and ``stats().factory_errors`` counts it.
+    - Items idle for ``max_idle`` seconds or more (by ``clock``) are closed lazily, on
+      the next checkout, return or ``stats()``; never below ``min_size`` items.
+      ``min_size`` items are created at construction (a factory error propagates) and
+      replaced after a discard.
+    - ``close()`` closes the idle items, fails every waiter with ``RuntimeError("pool is
+      closed")``, and closes items in use when they come back.
+    - An exception from an item's ``close()`` goes to ``sys.unraisablehook``.
+
+    >>> import sqlite3
+    >>> pool = Pool(lambda: sqlite3.connect(":memory:", check_same_thread=False),
+    ...             max_size=4, validate=lambda c: c.execute("select 1").fetchone() == (1,))
+    >>> with pool.acquire(timeout=5.0) as conn:
+    ...     conn.execute("select 2").fetchone()
+    (2,)
+    >>> pool.close()
+    """
+
+    def __new__(
+        cls,
+        factory: Callable[[], _T],
+        *,
+        max_size: int,
+        min_size: int = 0,
+        timeout: float | None = 30.0,
+        validate: Callable[[_T], object] | None = None,
+        max_idle: float | None = None,
+        discard_on_error: bool = False,
+        clock: ManualClock | None = None,
+    ) -> Pool[_T]:
+        """``max_size`` >= 1; ``0 <= min_size <= max_size``; ``timeout`` >= 0 or None;
+        ``max_idle`` > 0 seconds or None; ``clock`` governs ``max_idle``."""
+
+    def acquire(self, timeout: float | None = None) -> PoolCheckout[_T]:
+        """``with pool.acquire() as item:``; ``timeout`` overrides the pool's default.
+
+        >>> pool = Pool(object, max_size=1, timeout=0.01)
+        >>> with pool.acquire():
+        ...     with pool.acquire():
+        ...         pass
+        Traceback (most recent call last):
+        ferrule.PoolTimeout: no pool item became available within 0.01 s
+        """
+
+    def acquire_async(self, timeout: float | None = None) -> AbstractAsyncContextManager[_T]:
+        """``async with pool.acquire_async() as item:``; waits on a future, not a thread.
+
+        >>> async def handler(pool: Pool[Any]) -> None:
+        ...     async with pool.acquire_async(timeout=5.0) as client:
+        ...         ...
+        """
+
+    def close(self) -> None:
+        """Close every idle item and fail every waiter; items in use are closed when
+        they are returned. Later checkouts raise RuntimeError."""
+
+    def stats(self) -> PoolStats:
+        """Counters; see :class:`PoolStats`."""
+
+    @property
+    def closed(self) -> bool: ...
+    @property
+    def max_size(self) -> int: ...
+    @property
+    def min_size(self) -> int: ...
+    @property
+    def timeout(self) -> float | None:
+        """The default checkout timeout in seconds (None: wait forever)."""
+    def __enter__(self) -> Pool[_T]: ...
+    def __exit__(self, *exc: object) -> bool:
+        """``close()`` the pool."""
+    # Private: used by ferrule._resources (asyncio).
+    def _checkout_async(self, wake: Callable[[], object]) -> tuple[bool, Any]: ...
+    def _resume(self, waiter: Any) -> tuple[bool, Any]: ...
+    def _give_up(self, waiter: Any, timed_out: bool, timeout: float | None) -> tuple[bool, Any]: ...
+    def _finish(self, item: Any, exc: BaseException | None = None) -> None: ...

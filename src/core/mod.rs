@@ -10,4 +10,5 @@ pub mod metrics;
 pub mod queue;
 pub mod ratelimit;
 pub mod registry;
+pub mod resources;
 pub mod topic;

@@ -11,3 +11,4 @@ pub mod metrics;
 pub mod queue;
 pub mod ratelimit;
 pub mod registry;
+pub mod resources;

@@ -1,0 +1,128 @@
+"""asyncio forms of ``ResourceManager.acquire`` and ``Pool.acquire``.
+
+The native classes do the accounting; these coroutines wait on asyncio futures that the
+native side resolves (through ``loop.call_soon_threadsafe``) when room or an item appears,
+so a waiting coroutine costs no thread. Waits wake at least every 50 ms to reclaim
+expired leases, whose deadlines may be driven by a manual clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from ferrule._native import PoolTimeout
+
+if TYPE_CHECKING:
+    from ferrule._native import Lease, Pool, ResourceManager
+
+__all__ = ["AsyncCheckout", "acquire_async"]
+
+_POLL = 0.05
+_NONE: Any = object()
+
+
+def _set(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+async def acquire_async(
+    manager: ResourceManager,
+    name: str,
+    amount: int,
+    timeout: float | None,
+    ttl: float | None,
+) -> Lease:
+    """See ``ResourceManager.acquire_async``; arguments were checked by the caller."""
+    loop = asyncio.get_running_loop()
+    deadline = None if timeout is None else loop.time() + timeout
+    while True:
+        fut: asyncio.Future[None] = loop.create_future()
+        token = manager._add_waker(name, functools.partial(loop.call_soon_threadsafe, _set, fut))
+        try:
+            # Re-try after registering, so a release between the two is not missed.
+            lease = manager.try_acquire(name, amount, ttl=ttl)
+            if lease is not None:
+                return lease
+            wait = _POLL
+            if deadline is not None:
+                left = deadline - loop.time()
+                if left <= 0:
+                    raise PoolTimeout(f"no room for {amount} of '{name}' within {timeout} s")
+                wait = min(wait, left)
+            await asyncio.wait({fut}, timeout=wait)
+        finally:
+            manager._remove_waker(name, token)
+            fut.cancel()
+
+
+class _Wakeup:
+    """Called by the pool (from any thread) when a waiter is handed something."""
+
+    __slots__ = ("fut", "loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.fut: asyncio.Future[None] = loop.create_future()
+
+    def __call__(self) -> None:
+        self.loop.call_soon_threadsafe(self._fire)
+
+    def _fire(self) -> None:
+        _set(self.fut)
+
+
+async def _checkout(pool: Pool[Any], timeout: float | None) -> Any:
+    loop = asyncio.get_running_loop()
+    wake = _Wakeup(loop)
+    deadline = None if timeout is None else loop.time() + timeout
+    got, value = pool._checkout_async(wake)
+    while not got:
+        waiter = value
+        left = None if deadline is None else deadline - loop.time()
+        try:
+            if left is None or left > 0:
+                await asyncio.wait({wake.fut}, timeout=left)
+        except BaseException:
+            # Cancelled: leave the queue, giving back anything already handed to us.
+            pool._give_up(waiter, False, timeout)
+            raise
+        if wake.fut.done():
+            wake.fut = loop.create_future()
+            got, value = pool._resume(waiter)
+        else:
+            got, value = pool._give_up(waiter, True, timeout)
+    return value
+
+
+class AsyncCheckout:
+    """``async with pool.acquire_async() as item:`` (returned by ``Pool.acquire_async``)."""
+
+    __slots__ = ("_entered", "_item", "_pool", "_timeout")
+
+    def __init__(self, pool: Pool[Any], timeout: float | None) -> None:
+        self._pool = pool
+        self._timeout = timeout
+        self._entered = False
+        self._item: Any = _NONE
+
+    async def __aenter__(self) -> Any:
+        if self._entered:
+            raise RuntimeError("a pool checkout can be entered only once")
+        self._entered = True
+        self._item = await _checkout(self._pool, self._timeout)
+        return self._item
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        item, self._item = self._item, _NONE
+        if item is not _NONE:
+            self._pool._finish(item, exc)
+        return False

@@ -1,0 +1,179 @@
+"""Threaded stress: budgets never over their limit and never leaked, expiry under
+contention, pressure events consistent, Pool bound under many threads."""
+
+from __future__ import annotations
+
+import random
+import threading
+from typing import Any
+
+from ferrule import Discard, ManualClock, Pool, PoolTimeout, ResourceManager
+
+
+class ChainBus:
+    """Records pressure events per name."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.events: list[dict[str, Any]] = []
+
+    def publish(self, signal_type: str, data: dict[str, Any]) -> int:
+        assert signal_type == f"resource.{data['name']}.pressure"
+        assert data["pressure"] != data["previous"]
+        with self.lock:
+            self.events.append(data)
+        return 1
+
+
+def run(threads: int, body: Any) -> None:
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(threads)
+
+    def wrap(i: int) -> None:
+        try:
+            barrier.wait()
+            body(i)
+        except BaseException as e:
+            errors.append(e)
+
+    ts = [threading.Thread(target=wrap, args=(i,)) for i in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(60)
+    assert not errors, errors[:3]
+
+
+def test_budget_never_over_limit_never_leaked(threads: int, stress_scale: int) -> None:
+    bus = ChainBus()
+    limit = 7
+    rm = ResourceManager({"x": limit}, bus=bus)
+    held = 0
+    peak = 0
+    lock = threading.Lock()
+
+    def body(i: int) -> None:
+        nonlocal held, peak
+        rnd = random.Random(i)
+        for _ in range(2000 * stress_scale):
+            amount = rnd.randint(1, 3)
+            lease = rm.acquire("x", amount, timeout=30)
+            with lock:
+                held += amount
+                peak = max(peak, held)
+                assert held <= limit
+            assert rm.usage()["x"].used <= limit
+            with lock:
+                held -= amount
+            if rnd.random() < 0.5:
+                lease.release()
+            else:
+                del lease  # released when collected
+
+    run(threads, body)
+    assert rm.usage()["x"].used == 0
+    assert peak <= limit
+    # Every change leaves one level and enters another; publish calls from different
+    # threads may interleave, but the changes net out to a chain from normal to normal.
+    counts = {"normal": 0, "moderate": 0, "severe": 0}
+    for e in bus.events:
+        counts[e["pressure"]] += 1
+        counts[e["previous"]] -= 1
+    assert counts == {"normal": 0, "moderate": 0, "severe": 0}
+    assert rm.pressure("x") == "normal"
+
+
+def test_release_races_with_expiry_exactly_once(threads: int, stress_scale: int) -> None:
+    clock = ManualClock()
+    rm = ResourceManager({"x": 1000}, clock=clock)
+    leases = [rm.acquire("x", 1, ttl=1.0) for _ in range(500)]
+    assert rm.usage()["x"].used == 500
+
+    def body(i: int) -> None:
+        if i == 0:
+            clock.advance(1.0)
+        for j, lease in enumerate(leases):
+            if (i + j) % 2:
+                lease.release()
+            else:
+                rm.usage()  # reclaims expired leases
+
+    run(threads, body)
+    u = rm.usage()["x"]
+    assert u.used == 0, u
+    assert all(lease.released for lease in leases)
+
+
+def test_mixed_budgets_with_ttl_and_timeouts(threads: int, stress_scale: int) -> None:
+    rm = ResourceManager({"a": 3, "b": 5})
+    timeouts = 0
+    lock = threading.Lock()
+
+    def body(i: int) -> None:
+        nonlocal timeouts
+        rnd = random.Random(100 + i)
+        for _ in range(200 * stress_scale):
+            name = rnd.choice("ab")
+            try:
+                lease = rm.acquire(name, rnd.randint(1, 2), timeout=0.2, ttl=0.001)
+            except PoolTimeout:
+                with lock:
+                    timeouts += 1
+                continue
+            if rnd.random() < 0.7:
+                lease.release()
+            # else: left to expire (ttl) or to be collected
+
+    run(threads, body)
+    usage = rm.usage()
+    assert usage["a"].used <= 3 and usage["b"].used <= 5
+
+
+def test_pool_bound_under_threads(threads: int, stress_scale: int) -> None:
+    max_size = 3
+    lock = threading.Lock()
+    live = 0
+    peak_live = 0
+    out = 0
+    peak_out = 0
+
+    class Item:
+        def __init__(self) -> None:
+            nonlocal live, peak_live
+            with lock:
+                live += 1
+                peak_live = max(peak_live, live)
+
+        def close(self) -> None:
+            nonlocal live
+            with lock:
+                live -= 1
+
+    pool = Pool(Item, max_size=max_size, validate=lambda it: random.random() > 0.05)
+
+    def body(i: int) -> None:
+        nonlocal out, peak_out
+        rnd = random.Random(i)
+        for _ in range(1000 * stress_scale):
+            try:
+                with pool.acquire(timeout=30):
+                    with lock:
+                        out += 1
+                        peak_out = max(peak_out, out)
+                        assert out <= max_size
+                    with lock:
+                        out -= 1
+                    if rnd.random() < 0.05:
+                        raise Discard
+            except Discard:
+                pass
+
+    run(max(threads, 16), body)
+    s = pool.stats()
+    assert peak_live <= max_size
+    assert peak_out <= max_size
+    assert (s.in_use, s.waiting) == (0, 0)
+    assert s.size == live <= max_size
+    assert s.created - s.discarded == s.size
+    pool.close()
+    assert live == 0
