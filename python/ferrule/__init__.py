@@ -5,6 +5,7 @@ by a Rust core. Import everything from here; ``ferrule._native`` is private.
 """
 
 from ferrule._cached import cached
+from ferrule._health import HealthMonitor
 from ferrule._native import (
     Agent,
     AlreadyRegistered,
@@ -55,6 +56,7 @@ __all__ = [
     "ErrorRecord",
     "ErrorStore",
     "FerruleError",
+    "HealthMonitor",
     "ManualClock",
     "Metrics",
     "OpStats",
