@@ -24,8 +24,9 @@ runs one synchronously):
 Invariants: rounds never overlap (a round lock); transitions are published after the
 registry update, in the order the rounds made them, by whichever thread drains the
 pending list, never under a lock; ``_known`` holds one entry per agent the last round
-saw (reclaimed when it vanishes) and ``_inflight`` one per check still running
-(reclaimed by the check's done callback), so memory is bounded by the registry's size.
+saw (reclaimed when it vanishes) and ``_inflight`` one per check that outlived its
+round's deadline (reclaimed by the first round after it returns), so memory is bounded
+by the registry's size.
 """
 
 from __future__ import annotations
@@ -37,7 +38,6 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, wait
-from functools import partial
 from types import TracebackType
 
 from ferrule._native import Agent, ManualClock, QueueFull, Registry, SignalBus
@@ -145,16 +145,17 @@ class HealthMonitor:
         self._now: Callable[[], float] = time.monotonic if clock is None else clock.now
         self._max_workers = max_workers
 
-        # Serialises rounds (and stop()'s pool shutdown against a round).
+        # Serialises rounds (and stop()'s pool shutdown against a round); guards _known,
+        # _inflight and _pool.
         self._round_lock = threading.Lock()
-        # Guards everything below; held only for dict/deque operations, never around
-        # Python code of the user's or a wait.
-        self._lock = threading.Lock()
         self._known: dict[str, str] = {}
         self._inflight: dict[str, Future[object]] = {}
+        self._pool: TaskPool | None = None
+        # Guards _pending, _draining and _thread; held only for a few dict/deque/attribute
+        # operations, never around a wait or the user's code.
+        self._lock = threading.Lock()
         self._pending: deque[tuple[str, str, str]] = deque()
         self._draining = False
-        self._pool: TaskPool | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._last_round: float | None = None
@@ -222,9 +223,8 @@ class HealthMonitor:
         if thread is not None and thread is not threading.current_thread():
             thread.join()
         with self._round_lock:
-            with self._lock:
-                pool, self._pool = self._pool, None
-                idle = not self._inflight
+            pool, self._pool = self._pool, None
+            idle = not any(not fut.done() for fut in self._inflight.values())
             if pool is not None:
                 # Joining a worker stuck in a check would hang stop(); idle ones exit at once.
                 pool.shutdown(wait=idle, cancel_futures=True)
@@ -297,37 +297,31 @@ class HealthMonitor:
             self._pool = pool
         return pool
 
-    def _forget(self, agent_id: str, fut: Future[object]) -> None:
-        with self._lock:
-            if self._inflight.get(agent_id) is fut:
-                del self._inflight[agent_id]
-
     def _run_checks(self, agents: list[Agent], check: Check) -> dict[str, str]:
         statuses: dict[str, str] = {}
         submitted: dict[str, Future[object]] = {}
         pool = self._get_pool()
+        # Only rounds touch _inflight, and they hold the round lock: no other lock needed.
+        inflight = self._inflight
+        for aid in [aid for aid, fut in inflight.items() if fut.done()]:
+            del inflight[aid]  # returned since: checked again below, or reclaimed if gone
+        submit = pool.submit
         for agent in agents:
             aid = agent.agent_id
-            with self._lock:
-                running = self._inflight.get(aid)
-            if running is not None and not running.done():
-                statuses[aid] = "unresponsive"
+            if aid in inflight:
+                statuses[aid] = "unresponsive"  # its last check is still running
                 continue
             try:
-                fut = pool.submit(check, agent)
+                submitted[aid] = submit(check, agent)
             except QueueFull:
                 statuses[aid] = agent.health  # no room this round: leave it as it is
-                continue
-            with self._lock:
-                self._inflight[aid] = fut
-            fut.add_done_callback(partial(self._forget, aid))
-            submitted[aid] = fut
         if submitted:
             # One shared deadline: every check had `timeout` seconds, all at once.
             wait(list(submitted.values()), timeout=self._timeout)
             for aid, fut in submitted.items():
                 if not fut.done():
-                    fut.cancel()  # queued: never runs; running: keeps running, ignored
+                    if not fut.cancel():  # queued: never runs; running: its result is ignored
+                        inflight[aid] = fut
                     statuses[aid] = "unresponsive"
                 elif fut.cancelled() or fut.exception() is not None:
                     statuses[aid] = "unhealthy"
@@ -365,13 +359,13 @@ class HealthMonitor:
             known[aid] = status
             transitions.append((aid, status, previous))
         result = dict(statuses)
-        with self._lock:
-            for aid, previous in self._known.items():
-                if aid not in live:
-                    transitions.append((aid, "gone", previous))
-                    result[aid] = "gone"
-            self._known = known
-            if self._bus is not None:
+        for aid, previous in self._known.items():
+            if aid not in live:
+                transitions.append((aid, "gone", previous))
+                result[aid] = "gone"
+        self._known = known
+        if self._bus is not None and transitions:
+            with self._lock:
                 self._pending.extend(transitions)
         self._last_round = started
         self._rounds += 1
