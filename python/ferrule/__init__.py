@@ -5,6 +5,7 @@ by a Rust core. Import everything from here; ``ferrule._native`` is private.
 """
 
 from ferrule._cached import cached
+from ferrule._health import HealthMonitor
 from ferrule._native import (
     Agent,
     AlreadyRegistered,
@@ -61,6 +62,7 @@ __all__ = [
     "ErrorRecord",
     "ErrorStore",
     "FerruleError",
+    "HealthMonitor",
     "Lease",
     "ManualClock",
     "Metrics",

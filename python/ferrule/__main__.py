@@ -15,6 +15,7 @@ STEPS = (
     "bus",
     "resilience",
     "metrics",
+    "health",
     "resources",
 )
 
