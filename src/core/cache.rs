@@ -30,7 +30,7 @@
 //! them may run user code too.
 
 use hashbrown::HashTable;
-use parking_lot::lock_api::{Mutex, RawMutex};
+use parking_lot::Mutex;
 
 /// Deadline of an entry without TTL.
 pub const NEVER: i64 = i64::MAX;
@@ -624,11 +624,8 @@ impl std::fmt::Display for CacheError {
 impl std::error::Error for CacheError {}
 
 /// The sharded cache. Keys are found through a [`KeyQuery`] and a precomputed hash.
-///
-/// `R` is the shard lock; `parking_lot`'s by default. A binding may supply a cheaper one
-/// when something else already guarantees mutual exclusion (see `src/py/cache.rs`).
-pub struct ShardedCache<K, V, R: RawMutex = parking_lot::RawMutex> {
-    shards: Box<[Padded<Mutex<R, LruShard<K, V>>>]>,
+pub struct ShardedCache<K, V> {
+    shards: Box<[Padded<Mutex<LruShard<K, V>>>]>,
     max_size: usize,
 }
 
@@ -646,7 +643,7 @@ pub enum Found<'a, K, V> {
     Missing(&'a mut LruShard<K, V>),
 }
 
-impl<K, V, R: RawMutex> ShardedCache<K, V, R> {
+impl<K, V> ShardedCache<K, V> {
     pub fn new(max_size: usize, shards: Option<usize>, cpus: usize) -> Result<Self, CacheError> {
         if max_size == 0 || max_size >= NIL as usize {
             return Err(CacheError::MaxSize);
@@ -672,7 +669,7 @@ impl<K, V, R: RawMutex> ShardedCache<K, V, R> {
     }
 
     #[inline]
-    fn shard(&self, hash: u64) -> &Mutex<R, LruShard<K, V>> {
+    fn shard(&self, hash: u64) -> &Mutex<LruShard<K, V>> {
         // Multiply-shift range reduction on bits 24..56: the table inside the shard uses
         // the low bits for the position and the top 7 bits as its tag, so both keep their
         // full entropy within a shard.

@@ -311,76 +311,14 @@ impl Flight {
     }
 }
 
-/// The shard lock.
-///
-/// On a free-threaded build it is `parking_lot`'s mutex. With the GIL it is the GIL
-/// itself: every critical section of this cache runs attached to the interpreter, from
-/// start to end, and runs no Python code (comparisons under the lock are C-only, drops
-/// are deferred until after it, user `__eq__` and factories run outside it), so no other
-/// thread can enter a critical section while one is open. That saves two atomic
-/// read-modify-writes per call on the hottest path.
-#[cfg(Py_GIL_DISABLED)]
-type ShardLock = parking_lot::RawMutex;
-#[cfg(not(Py_GIL_DISABLED))]
-type ShardLock = gil_lock::GilLock;
-
-#[cfg(not(Py_GIL_DISABLED))]
-mod gil_lock {
-    use parking_lot::lock_api::{GuardNoSend, RawMutex};
-
-    /// Mutual exclusion provided by the GIL (see `ShardLock`).
-    pub struct GilLock {
-        #[cfg(debug_assertions)]
-        held: std::sync::atomic::AtomicBool,
-    }
-
-    // SAFETY: `lock` is only ever called by a thread attached to the interpreter (every
-    // caller holds a `Python<'_>` token), and no critical section releases the GIL, so
-    // at most one thread holds the lock at a time. Debug builds check both facts.
-    unsafe impl RawMutex for GilLock {
-        #[allow(clippy::declare_interior_mutable_const)]
-        const INIT: Self = Self {
-            #[cfg(debug_assertions)]
-            held: std::sync::atomic::AtomicBool::new(false),
-        };
-        type GuardMarker = GuardNoSend;
-
-        #[inline]
-        fn lock(&self) {
-            #[cfg(debug_assertions)]
-            {
-                // SAFETY: PyGILState_Check only reads the thread state.
-                debug_assert!(
-                    unsafe { pyo3::ffi::PyGILState_Check() } == 1,
-                    "shard lock taken without the GIL"
-                );
-                let was = self.held.swap(true, std::sync::atomic::Ordering::Relaxed);
-                debug_assert!(!was, "shard lock re-entered");
-            }
-        }
-
-        #[inline]
-        fn try_lock(&self) -> bool {
-            self.lock();
-            true
-        }
-
-        #[inline]
-        unsafe fn unlock(&self) {
-            #[cfg(debug_assertions)]
-            self.held.store(false, std::sync::atomic::Ordering::Relaxed);
-        }
-    }
-}
-
 /// A dropped-after-unlock pile.
 type Grave = Vec<(PyKey, Py<PyAny>)>;
 
 /// A thread-safe, sharded LRU cache with optional TTL.
 #[pyclass(frozen, module = "ferrule._native", name = "Cache")]
 pub struct Cache {
-    inner: ShardedCache<PyKey, Py<PyAny>, ShardLock>,
-    flights: ShardedCache<PyKey, Arc<Flight>, ShardLock>,
+    inner: ShardedCache<PyKey, Py<PyAny>>,
+    flights: ShardedCache<PyKey, Arc<Flight>>,
     default_ttl: Option<i64>,
     clock: Clock,
     /// Set once any entry may carry a deadline; until then reads skip the clock.
