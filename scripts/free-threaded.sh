@@ -13,7 +13,7 @@ set -euo pipefail
 
 PY_VERSION=3.13.5
 PY_SHA256=93e583f243454e6e9e4588ca2c2662206ad961659863277afcdb96801647d640
-PREFIX=${FERRULE_FT_PREFIX:-${XDG_CACHE_HOME:-$HOME/.cache}/ferrule/cpython-${PY_VERSION}t}
+PREFIX=${FERRULE_FT_PREFIX:-${XDG_CACHE_HOME:-${HOME:-/root}/.cache}/ferrule/cpython-${PY_VERSION}t}
 FT_PY="$PREFIX/bin/python3.13t"
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 VENV="$ROOT/.venv-ft"
