@@ -179,7 +179,7 @@ def test_bad_keys_and_timeout(make: Make) -> None:
     deep: object = "x"
     for _ in range(20):
         deep = (deep,)
-    with pytest.raises(TypeError, match="nest tuples"):
+    with pytest.raises(TypeError, match=r"nest tuples"):
         rl.try_acquire(deep)
     with pytest.raises(ValueError, match=r"^timeout must be >= 0$"):
         rl.acquire(timeout=-0.1)
@@ -259,13 +259,13 @@ def test_constructor_does_no_io_and_checks_arguments() -> None:
     rl = RedisRateLimiter(dead, 5, 2.0, burst=7, prefix="p:", on_error="deny")
     assert (rl.rate, rl.per, rl.burst, rl.prefix, rl.on_error) == (5.0, 2.0, 7, "p:", "deny")
     assert repr(rl) == "RedisRateLimiter(rate=5.0, per=2.0, burst=7, prefix='p:', on_error='deny')"
-    with pytest.raises(ValueError, match="^on_error must be one of 'raise', 'allow', 'deny'"):
+    with pytest.raises(ValueError, match=r"^on_error must be one of 'raise', 'allow', 'deny'"):
         RedisRateLimiter(dead, 1, on_error="ignore")  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match="^client must be a redis.Redis or redis.asyncio.Redis"):
+    with pytest.raises(TypeError, match=r"^client must be a redis.Redis or redis.asyncio.Redis"):
         RedisRateLimiter(object(), 1)  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match="^prefix must be a str, not 'bytes'"):
+    with pytest.raises(TypeError, match=r"^prefix must be a str, not 'bytes'"):
         RedisRateLimiter(dead, 1, prefix=b"x")  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match="acquire_async needs a redis.asyncio.Redis client"):
+    with pytest.raises(TypeError, match=r"acquire_async needs a redis.asyncio.Redis client"):
         rl.acquire_async()
 
 
@@ -335,7 +335,7 @@ def test_acquire_async_on_an_asyncio_client(redis_server: RedisServer) -> None:
 def test_async_client_refuses_sync_methods_and_checks_eagerly(redis_server: RedisServer) -> None:
     client = redis_server.async_client()
     rl = RedisRateLimiter(client, 1)
-    with pytest.raises(TypeError, match="this limiter has a redis.asyncio client"):
+    with pytest.raises(TypeError, match=r"this limiter has a redis.asyncio client"):
         rl.try_acquire()
     with pytest.raises(ValueError, match=r"^cost must be <= burst \(1\)"):
         rl.acquire_async(cost=2)
@@ -372,8 +372,7 @@ def test_four_processes_never_exceed_burst_plus_rate(redis_server: RedisServer) 
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(4) as pool:
         results = [
-            pool.apply_async(hammer, (port, rate, burst, "hot", seconds, start))
-            for _ in range(4)
+            pool.apply_async(hammer, (port, rate, burst, "hot", seconds, start)) for _ in range(4)
         ]
         counts = [r.get(timeout=60) for r in results]
     # The bucket starts full; in `seconds` it refills rate * seconds tokens. The window
@@ -384,3 +383,22 @@ def test_four_processes_never_exceed_burst_plus_rate(redis_server: RedisServer) 
     assert sum(counts) <= bound
     # And no false denials: close to the bound, not far below it.
     assert sum(counts) >= burst + rate * seconds * 0.9
+
+
+def test_importing_ferrule_never_needs_redis() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['redis'] = None\n"
+        "import ferrule\n"
+        "assert 'ferrule.redis' not in sys.modules\n"
+        "try:\n"
+        "    import ferrule.redis\n"
+        "except ImportError as e:\n"
+        "    print(e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == (
+        "ferrule.redis needs the 'redis' package: pip install 'ferrule[redis]'"
+    )

@@ -104,7 +104,7 @@ def test_unregister_and_update(make: Make) -> None:
     with pytest.raises(KeyError):
         reg.update("a", health="x")
     reg.register("b")
-    with pytest.raises(TypeError, match="unexpected keyword argument 'colour'"):
+    with pytest.raises(TypeError, match=r"unexpected keyword argument 'colour'"):
         reg.update("b", colour="red")
 
 
@@ -167,46 +167,46 @@ def test_register_many_limits_the_batch_and_checks_items(make: Make) -> None:
     with pytest.raises(ValueError, match=r"items must hold at most max_batch \(3\) items"):
         reg.register_many({"agent_id": str(i)} for i in range(4))
     assert len(reg) == 0
-    with pytest.raises(TypeError, match="unexpected key 'colour'"):
+    with pytest.raises(TypeError, match=r"unexpected key 'colour'"):
         reg.register_many([{"agent_id": "a", "colour": 1}])
-    with pytest.raises(TypeError, match="missing 'agent_id'"):
+    with pytest.raises(TypeError, match=r"missing 'agent_id'"):
         reg.register_many([{"value": 1}])
-    with pytest.raises(TypeError, match="items must be an iterable of dicts"):
+    with pytest.raises(TypeError, match=r"items must be an iterable of dicts"):
         reg.register_many([1])
-    with pytest.raises(TypeError, match="agent_id must be a str"):
+    with pytest.raises(TypeError, match=r"agent_id must be a str"):
         reg.register_many([{"agent_id": "ok"}, {"agent_id": 5}])
     assert len(reg) == 0
 
 
 def test_bad_input(make: Make) -> None:
     reg = make()
-    with pytest.raises(TypeError, match="agent_id must be a str, not 'int'"):
+    with pytest.raises(TypeError, match=r"agent_id must be a str, not 'int'"):
         reg.register(1)
-    with pytest.raises(TypeError, match="agent_id must be a str, not 'NoneType'"):
+    with pytest.raises(TypeError, match=r"agent_id must be a str, not 'NoneType'"):
         reg.get(None)
-    with pytest.raises(TypeError, match="agent_id must be a str"):
+    with pytest.raises(TypeError, match=r"agent_id must be a str"):
         reg.unregister(b"a")
-    with pytest.raises(ValueError, match="ttl must be > 0"):
+    with pytest.raises(ValueError, match=r"ttl must be > 0"):
         reg.register("a", ttl=0)
-    with pytest.raises(ValueError, match="ttl must be a finite number of seconds"):
+    with pytest.raises(ValueError, match=r"ttl must be a finite number of seconds"):
         reg.register("a", ttl=float("nan"))
-    with pytest.raises(TypeError, match="ttl must be a number of seconds, not 'str'"):
+    with pytest.raises(TypeError, match=r"ttl must be a number of seconds, not 'str'"):
         reg.register("a", ttl="1")
-    with pytest.raises(TypeError, match="capabilities must be an iterable of str, not a str"):
+    with pytest.raises(TypeError, match=r"capabilities must be an iterable of str, not a str"):
         reg.register("a", capabilities="abc")
-    with pytest.raises(TypeError, match="capabilities must contain only str, not 'int'"):
+    with pytest.raises(TypeError, match=r"capabilities must contain only str, not 'int'"):
         reg.register("a", capabilities=["x", 1])
-    with pytest.raises(TypeError, match="node must be a str, not 'int'"):
+    with pytest.raises(TypeError, match=r"node must be a str, not 'int'"):
         reg.register("a", node=1)
-    with pytest.raises(TypeError, match="health must be a str, not 'int'"):
+    with pytest.raises(TypeError, match=r"health must be a str, not 'int'"):
         reg.register("a", health=1)
-    with pytest.raises(TypeError, match="metadata must be a mapping or None, not 'list'"):
+    with pytest.raises(TypeError, match=r"metadata must be a mapping or None, not 'list'"):
         reg.register("a", metadata=[1])
-    with pytest.raises(TypeError, match="metadata keys must be str, not 'int'"):
+    with pytest.raises(TypeError, match=r"metadata keys must be str, not 'int'"):
         reg.register("a", metadata={1: 2})
-    with pytest.raises(ValueError, match="max_batch must be >= 1"):
+    with pytest.raises(ValueError, match=r"max_batch must be >= 1"):
         make(max_batch=0)
-    with pytest.raises(ValueError, match="ttl must be > 0"):
+    with pytest.raises(ValueError, match=r"ttl must be > 0"):
         reg.heartbeat("a", ttl=-1)
     assert len(reg) == 0
 
@@ -215,28 +215,29 @@ def test_bad_where(make: Make) -> None:
     reg = make()
     reg.register("a", metadata={"x": 1})
     with pytest.raises(
-        ValueError, match="where op must be one of eq, ne, gt, gte, lt, lte, in, not_in, not 'like'"
+        ValueError,
+        match=r"where op must be one of eq, ne, gt, gte, lt, lte, in, not_in, not 'like'",
     ):
         reg.find(where=[("x", "like", 1)])
-    with pytest.raises(TypeError, match="where must be a callable or a list of"):
+    with pytest.raises(TypeError, match=r"where must be a callable or a list of"):
         reg.find(where="x == 1")
-    with pytest.raises(TypeError, match="where must be a callable or a list of"):
+    with pytest.raises(TypeError, match=r"where must be a callable or a list of"):
         reg.find(where=[("x", "eq")])
-    with pytest.raises(TypeError, match="where path must be a str"):
+    with pytest.raises(TypeError, match=r"where path must be a str"):
         reg.find(where=[(1, "eq", 1)])
     with pytest.raises(
-        TypeError, match="where value for 'in' must be a list, tuple or set, not 'int'"
+        TypeError, match=r"where value for 'in' must be a list, tuple or set, not 'int'"
     ):
         reg.find(where=[("x", "in", 1)])
-    with pytest.raises(ValueError, match="limit must be >= 0"):
+    with pytest.raises(ValueError, match=r"limit must be >= 0"):
         reg.find(limit=-1)
-    with pytest.raises(TypeError, match="capability must be a str"):
+    with pytest.raises(TypeError, match=r"capability must be a str"):
         reg.find(capability=1)
 
     def boom(agent: Any) -> bool:
         raise RuntimeError("boom")
 
-    with pytest.raises(RuntimeError, match="boom"):
+    with pytest.raises(RuntimeError, match=r"boom"):
         reg.find(where=boom)
 
 
@@ -261,17 +262,17 @@ def test_agent_fields_from_the_server(redis_client: Any) -> None:
 
 def test_owner_refused_and_values_must_be_json(redis_client: Any) -> None:
     reg = RedisRegistry(redis_client)
-    with pytest.raises(ValueError, match="^owner is not supported by RedisRegistry: leases"):
+    with pytest.raises(ValueError, match=r"^owner is not supported by RedisRegistry: leases"):
         reg.register("a", owner=threading.current_thread())  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="^owner is not supported"):
+    with pytest.raises(ValueError, match=r"^owner is not supported"):
         reg.register_many([{"agent_id": "a", "owner": object()}])
-    with pytest.raises(TypeError, match="^value must be JSON-serialisable: "):
+    with pytest.raises(TypeError, match=r"^value must be JSON-serialisable: "):
         reg.register("a", object())
-    with pytest.raises(TypeError, match="^value must be JSON-serialisable: "):
+    with pytest.raises(TypeError, match=r"^value must be JSON-serialisable: "):
         reg.register("a", math.nan)
-    with pytest.raises(TypeError, match="^metadata must be JSON-serialisable: "):
+    with pytest.raises(TypeError, match=r"^metadata must be JSON-serialisable: "):
         reg.register("a", metadata={"s": {1, 2}})
-    with pytest.raises(TypeError, match="^metadata must be JSON-serialisable: "):
+    with pytest.raises(TypeError, match=r"^metadata must be JSON-serialisable: "):
         reg.register("b")
         reg.update("b", metadata={"f": print})
     assert keys(redis_client) == [
@@ -279,13 +280,13 @@ def test_owner_refused_and_values_must_be_json(redis_client: Any) -> None:
         "ferrule:reg:e:b",
         "ferrule:reg:h:healthy",
     ]
-    with pytest.raises(TypeError, match="client must be a synchronous redis.Redis"):
+    with pytest.raises(TypeError, match=r"client must be a synchronous redis.Redis"):
         RedisRegistry(redis.asyncio.Redis())
-    with pytest.raises(TypeError, match="^client must be a redis.Redis"):
+    with pytest.raises(TypeError, match=r"^client must be a redis.Redis"):
         RedisRegistry(None)  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match="^prefix must be a str"):
+    with pytest.raises(TypeError, match=r"^prefix must be a str"):
         RedisRegistry(redis_client, prefix=1)  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match="^ttl must be a number of seconds"):
+    with pytest.raises(TypeError, match=r"^ttl must be a number of seconds"):
         RedisRegistry(redis_client, ttl=None)  # type: ignore[arg-type]
 
 

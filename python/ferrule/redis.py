@@ -50,7 +50,7 @@ import time
 import types
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final, Literal, Union
+from typing import Any, Final, Literal
 
 try:
     import redis
@@ -65,9 +65,9 @@ from ferrule._native import AlreadyRegistered, BackendError, Decision
 
 __all__ = ["RedisAgent", "RedisRateLimiter", "RedisRegistry"]
 
-_Key = Union[None, str, int, bytes, tuple[Any, ...]]
-_SyncClient = Union["redis.Redis", "redis.RedisCluster"]
-_AsyncClient = Union["redis.asyncio.Redis", "redis.asyncio.RedisCluster"]
+_Key = None | str | int | bytes | tuple[Any, ...]
+_SyncClient = redis.Redis | redis.RedisCluster
+_AsyncClient = redis.asyncio.Redis | redis.asyncio.RedisCluster
 OnError = Literal["raise", "allow", "deny"]
 
 # Largest window (burst * emission interval) in ns: every relative quantity the GCRA
@@ -192,10 +192,10 @@ class _Script:
     async def acall(self, client: _AsyncClient, keys: list[Any], args: list[Any]) -> Any:
         try:
             try:
-                return await client.evalsha(self.sha, len(keys), *keys, *args)  # type: ignore[misc]
+                return await client.evalsha(self.sha, len(keys), *keys, *args)
             except NoScriptError:
                 await client.script_load(self.src)
-                return await client.evalsha(self.sha, len(keys), *keys, *args)  # type: ignore[misc]
+                return await client.evalsha(self.sha, len(keys), *keys, *args)
         except RedisError as e:
             raise _backend(e) from e
 
@@ -267,9 +267,7 @@ def _encode(key: object, depth: int = 0) -> bytes:
             raise TypeError(f"key must not nest tuples more than {_MAX_DEPTH} deep")
         parts = [_encode(item, depth + 1) for item in key]
         return b"t:" + b"".join(b"%d:%s" % (len(p), p) for p in parts)
-    raise TypeError(
-        f"key must be None, str, int, bytes or a tuple of those, not '{_tname(key)}'"
-    )
+    raise TypeError(f"key must be None, str, int, bytes or a tuple of those, not '{_tname(key)}'")
 
 
 def _gcra_params(rate_obj: object, per_obj: object, burst_obj: object) -> tuple[int, int, int]:
@@ -322,8 +320,17 @@ class RedisRateLimiter:
     True
     """
 
-    __slots__ = ("_async", "_burst", "_client", "_interval", "_on_error", "_per", "_prefix",
-                 "_rate", "_tau")
+    __slots__ = (
+        "_async",
+        "_burst",
+        "_client",
+        "_interval",
+        "_on_error",
+        "_per",
+        "_prefix",
+        "_rate",
+        "_tau",
+    )
 
     def __init__(
         self,
@@ -341,9 +348,7 @@ class RedisRateLimiter:
         self._per = float(per)
         self._prefix = _string(prefix, "prefix").encode()
         if on_error not in ("raise", "allow", "deny"):
-            raise ValueError(
-                f"on_error must be one of 'raise', 'allow', 'deny', not {on_error!r}"
-            )
+            raise ValueError(f"on_error must be one of 'raise', 'allow', 'deny', not {on_error!r}")
         self._on_error: OnError = on_error
         self._client = client
         self._async = _is_async(client)
@@ -791,9 +796,7 @@ def _caps(obj: object) -> str:
     try:
         it = iter(obj)  # type: ignore[call-overload]
     except TypeError:
-        raise TypeError(
-            f"capabilities must be an iterable of str, not '{_tname(obj)}'"
-        ) from None
+        raise TypeError(f"capabilities must be an iterable of str, not '{_tname(obj)}'") from None
     out = set()
     for c in it:
         if not isinstance(c, str):
@@ -816,7 +819,7 @@ def _metadata(obj: object) -> str:
 
 _OPS: Final = ("eq", "ne", "gt", "gte", "lt", "lte", "in", "not_in")
 _WHERE_SHAPE: Final = "where must be a callable or a list of (path, op, value) triples"
-_Where = Union[Callable[[RedisAgent], object], Iterable[tuple[str, str, Any]], None]
+_Where = Callable[[RedisAgent], object] | Iterable[tuple[str, str, Any]] | None
 _Cond = tuple[list[str], str, Any]
 
 
@@ -824,7 +827,7 @@ def _parse_where(obj: object) -> Callable[[RedisAgent], object] | list[_Cond] | 
     if obj is None:
         return None
     if callable(obj):
-        return obj  # type: ignore[no-any-return]
+        return obj
     if not isinstance(obj, (list, tuple)):
         raise TypeError(f"{_WHERE_SHAPE}, not '{_tname(obj)}'")
     conds: list[_Cond] = []
@@ -844,10 +847,28 @@ def _parse_where(obj: object) -> Callable[[RedisAgent], object] | list[_Cond] | 
     return conds
 
 
-def _safe(f: Callable[[], object]) -> bool:
+def _compare(op: str, v: Any, q: Any) -> bool:
+    if op == "eq":
+        return bool(v == q)
+    if op == "ne":
+        return bool(v != q)
+    if op == "gt":
+        return bool(v > q)
+    if op == "gte":
+        return bool(v >= q)
+    if op == "lt":
+        return bool(v < q)
+    if op == "lte":
+        return bool(v <= q)
+    if op == "in":
+        return v in q
+    return v not in q
+
+
+def _safe_compare(op: str, v: Any, q: Any) -> bool:
     """A comparison Python refuses is no match (as in ``ferrule.Registry``)."""
     try:
-        return bool(f())
+        return _compare(op, v, q)
     except Exception:
         return False
 
@@ -859,27 +880,12 @@ def _matches(meta: Mapping[str, Any], cond: _Cond) -> bool:
         if not isinstance(cur, (dict, types.MappingProxyType)) or seg not in cur:
             return False
         cur = cur[seg]
-    v = cur
-    elems = v if isinstance(v, (list, tuple)) else None
-    if op == "eq":
-        return _safe(lambda: v == q) or (
-            elems is not None and any(_safe(lambda x=x: x == q) for x in elems)
-        )
-    if op == "ne":
-        return _safe(lambda: v != q)
-    if op == "gt":
-        return _safe(lambda: v > q)
-    if op == "gte":
-        return _safe(lambda: v >= q)
-    if op == "lt":
-        return _safe(lambda: v < q)
-    if op == "lte":
-        return _safe(lambda: v <= q)
-    if op == "in":
-        return _safe(lambda: v in q) or (
-            elems is not None and any(_safe(lambda x=x: x in q) for x in elems)
-        )
-    return _safe(lambda: v not in q)
+    if _safe_compare(op, cur, q):
+        return True
+    # eq and in also match an element of a list value
+    return (
+        op in ("eq", "in") and isinstance(cur, list) and any(_safe_compare(op, x, q) for x in cur)
+    )
 
 
 _ITEM_KEYS: Final = frozenset(
@@ -1006,9 +1012,7 @@ class RedisRegistry:
         raw: list[dict[str, Any]] = []
         for d in it:
             if len(raw) == self._max_batch:
-                raise ValueError(
-                    f"items must hold at most max_batch ({self._max_batch}) items"
-                )
+                raise ValueError(f"items must hold at most max_batch ({self._max_batch}) items")
             if not isinstance(d, dict):
                 raise TypeError(f"items must be an iterable of dicts, not '{_tname(d)}'")
             raw.append(d)
@@ -1169,7 +1173,7 @@ class RedisRegistry:
     ) -> list[str]:
         """The ids of the agents :meth:`find` would return."""
         r = self._select("i", capability, node, health, where, limit)
-        return r if where is not None else [_text(x) for x in r]  # type: ignore[no-any-return]
+        return r if where is not None else [_text(x) for x in r]
 
     def __contains__(self, agent_id: object) -> bool:
         """True if a live agent has this id (False for non-str)."""
