@@ -7,7 +7,7 @@ import importlib
 import ferrule
 
 # One module per part under ferrule._demos, run in this order.
-STEPS = ("cache", "ratelimit", "queue", "registry", "bus", "resilience", "metrics")
+STEPS = ("cache", "ratelimit", "queue", "registry", "bus", "resilience", "metrics", "redis")
 
 
 def main() -> None:
