@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent.parent))
-from tests.redis_server import RedisServer, server_or_skip  # noqa: E402
+from tests.redis_server import RedisServer, server_or_skip
 
 redis = pytest.importorskip("redis")
 from ferrule.redis import RedisRateLimiter, RedisRegistry  # noqa: E402
@@ -202,8 +202,7 @@ class HandWritten:
         for aid in ids:
             pipe.hgetall(self.p + "e:" + aid.decode())
         return [
-            {"value": json.loads(h[b"v"]), "metadata": json.loads(h[b"m"])}
-            for h in pipe.execute()
+            {"value": json.loads(h[b"v"]), "metadata": json.loads(h[b"m"])} for h in pipe.execute()
         ]
 
 

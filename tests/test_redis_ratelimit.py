@@ -245,7 +245,7 @@ def test_uses_the_server_clock() -> None:
         c = server.client()
         rl = RedisRateLimiter(c, 1, 3600.0, burst=1)
         sec, usec = c.time()
-        c.set(b"ferrule:rl:s:k", f"{sec + 7200}{usec * 1000:09d}", px=10_000)
+        c.set(b"ferrule:rl:s:k", f"{sec + 7200}:{usec * 1000}", px=10_000)
         d = rl.check("k")
         assert not d.allowed
         assert math.isclose(d.reset_after, 7200.0, abs_tol=1.0)

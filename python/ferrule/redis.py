@@ -8,9 +8,9 @@ what one call reads and what it writes can never interleave with another process
 call: the server runs scripts one at a time.
 
 Rate limiter (GCRA, as in the in-process limiter):
-  * a key's state is its theoretical arrival time ``tat``, stored as integer nanoseconds
-    in decimal text (``<unix seconds><9 digits of ns>``) so that Lua's doubles never hold
-    an absolute time in nanoseconds (which would exceed 2^53);
+  * a key's state is its theoretical arrival time ``tat``, stored as
+    ``"<unix seconds>:<nanoseconds>"`` so that Lua's doubles never hold an absolute time
+    in nanoseconds (which would exceed 2^53);
   * the script reads the server's ``TIME`` (never the client's clock), computes the debt
     ``max(tat - now, 0)`` exactly (all relative quantities stay below 2^52 ns, which is
     why the window ``burst * per / rate`` is capped at 52 days here), and decides with
@@ -213,41 +213,55 @@ local function fmt(x) return string.format('%.0f', x) end
 
 # ---- the rate limiter --------------------------------------------------------------------
 
-# KEYS[1] bucket; ARGV interval_ns, tau_ns, cost, mode ('d' decide, 'p' peek).
-# Returns {allowed, remaining, retry_after_ns, reset_after_ns} or, for 'p', remaining.
+# KEYS[1] bucket; ARGV interval_ns, tau_ns, cost, mode: 't' try (returns 1 or 0), 'd'
+# decide (returns {allowed, remaining, retry_after_ns, reset_after_ns}), 'p' peek (returns
+# remaining). The value is "<unix seconds>:<nanoseconds>" (both below 2^53, so Lua's
+# number-to-text conversion is exact). Every quotient is corrected after the division:
+# a rounded double quotient can only come out above the true one, never below.
 _GCRA = _Script(
-    _LUA_COMMON
-    + """
+    """
 local t = redis.call('TIME')
 local s = tonumber(t[1])
 local ns = tonumber(t[2]) * 1000
 local T = tonumber(ARGV[1])
 local tau = tonumber(ARGV[2])
+local mode = ARGV[4]
 local base = 0
 local v = redis.call('GET', KEYS[1])
 if v then
-  local d = (tonumber(string.sub(v, 1, -10)) - s) * 1000000000
-    + (tonumber(string.sub(v, -9)) - ns)
-  if d > 0 then base = d end
+  local i = string.find(v, ':', 1, true)
+  base = (tonumber(string.sub(v, 1, i - 1)) - s) * 1000000000
+    + (tonumber(string.sub(v, i + 1)) - ns)
+  if base < 0 then base = 0 end
 end
 local room = tau - base
-if ARGV[4] == 'p' then
-  if room < 0 then return 0 end
-  return idiv(room, T)
+if mode == 'p' then
+  if room <= 0 then return 0 end
+  local q = math.floor(room / T)
+  if q * T > room then q = q - 1 end
+  return q
 end
 local need = tonumber(ARGV[3]) * T
 if need <= room then
   local debt = base + need
   local tot = ns + debt
-  local carry = idiv(tot, 1000000000)
-  redis.call('SET', KEYS[1],
-    fmt(s + carry) .. string.format('%09.0f', tot - carry * 1000000000),
-    'PX', fmt(idiv(debt + 999999, 1000000)))
-  return {1, idiv(room - need, T), 0, debt}
+  local carry = math.floor(tot / 1000000000)
+  if carry * 1000000000 > tot then carry = carry - 1 end
+  local ms = math.ceil(debt / 1000000)
+  if ms * 1000000 < debt then ms = ms + 1 end
+  redis.call('SET', KEYS[1], (s + carry) .. ':' .. (tot - carry * 1000000000), 'PX', ms)
+  if mode == 't' then return 1 end
+  local left = room - need
+  local q = math.floor(left / T)
+  if q * T > left then q = q - 1 end
+  return {1, q, 0, debt}
 end
+if mode == 't' then return 0 end
 local left = room
 if left < 0 then left = 0 end
-return {0, idiv(left, T), need - room, base}
+local q = math.floor(left / T)
+if q * T > left then q = q - 1 end
+return {0, q, need - room, base}
 """
 )
 
@@ -426,7 +440,12 @@ class RedisRateLimiter:
 
     def try_acquire(self, key: _Key = None, cost: int = 1) -> bool:
         """Take ``cost`` tokens from ``key``'s bucket if they are there; True if taken."""
-        return self.check(key, cost).allowed
+        c = self._cost(cost)
+        k = self._key(key)
+        try:
+            return bool(_GCRA(self._sync(), [k], [self._interval, self._tau, c, "t"]))
+        except BackendError as e:
+            return self._fallback(c, e).allowed
 
     def check(self, key: _Key = None, cost: int = 1) -> Decision:
         """Like :meth:`try_acquire`, returning the whole :class:`ferrule.Decision`."""
