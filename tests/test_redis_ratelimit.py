@@ -18,6 +18,9 @@ from typing import Any
 
 import pytest
 from ferrule import BackendError, Decision, RateLimiter
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from tests.redis_server import RedisServer, free_port, hammer, server_or_skip
 
@@ -384,3 +387,60 @@ def test_four_processes_never_exceed_burst_plus_rate(redis_server: RedisServer) 
     # And no false denials: close to the bound when the four ran together.
     together = min(t for _, _, t in done) - max(t for _, t, _ in done)
     assert sum(counts) >= burst + rate * together * 0.9
+
+
+def test_clients_that_decode_responses_work_too(redis_server: RedisServer) -> None:
+    c = redis_server.client(decode_responses=True)
+    c.flushall()
+    rl = RedisRateLimiter(c, 10)
+    d = rl.check("k", 3)
+    assert (d.allowed, d.remaining) == (True, 7) and rl.try_acquire("k") and rl.peek("k") == 6
+
+
+# ---- stateful: exact decisions against a GCRA model -----------------------------------------
+# One token per hour: the microseconds that pass during a run never change a decision, so
+# the model can run at a fixed instant and the comparison is exact.
+
+HOUR_NS = 3600 * 10**9
+
+
+class ExactMachine(RuleBasedStateMachine):
+    client: Any = None
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.client.flushall()
+        self.rl = RedisRateLimiter(self.client, 1, 3600.0, burst=6)
+        self.debt: dict[object, int] = {}  # tat - now, in ns, per key
+
+    @rule(key=st.sampled_from([None, "a", b"a", 7, ("a", 7)]), cost=st.integers(1, 6))
+    def check(self, key: object, cost: int) -> None:
+        base = self.debt.get(key, 0)
+        room = 6 * HOUR_NS - base
+        need = cost * HOUR_NS
+        d = self.rl.check(key, cost)  # type: ignore[arg-type]
+        if need <= room:
+            self.debt[key] = base + need
+            assert (d.allowed, d.remaining) == (True, (room - need) // HOUR_NS)
+        else:
+            assert (d.allowed, d.remaining) == (False, room // HOUR_NS)
+            assert math.isclose(d.retry_after, (need - room) / 1e9, abs_tol=5.0)
+
+    @rule(key=st.sampled_from([None, "a", 7]))
+    def reset(self, key: object) -> None:
+        self.rl.reset(key)  # type: ignore[arg-type]
+        self.debt.pop(key, None)
+
+    @invariant()
+    def peek_matches(self) -> None:
+        for key in (None, "a", ("a", 7)):
+            want = (6 * HOUR_NS - self.debt.get(key, 0)) // HOUR_NS
+            assert self.rl.peek(key) == want  # type: ignore[arg-type]
+
+
+def test_stateful_exact_decisions(redis_client: Any) -> None:
+    ExactMachine.client = redis_client
+    ExactMachine.TestCase.settings = settings(
+        max_examples=20, stateful_step_count=20, deadline=None
+    )
+    ExactMachine.TestCase().runTest()

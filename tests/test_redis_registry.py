@@ -542,3 +542,13 @@ def test_stateful_against_a_model(redis_client: Any) -> None:
         suppress_health_check=[HealthCheck.too_slow],
     )
     RedisRegistryMachine.TestCase().runTest()
+
+
+def test_clients_that_decode_responses_work_too(redis_server: RedisServer) -> None:
+    c = redis_server.client(decode_responses=True)
+    c.flushall()
+    reg = RedisRegistry(c)
+    reg.register("a", {"v": 1}, capabilities=["x"], node="n")
+    a = reg.get("a")
+    assert a is not None and (a.value, a.node, a.capabilities) == ({"v": 1}, "n", {"x"})
+    assert reg.ids(capability="x") == ["a"] and [b.agent_id for b in reg.find(node="n")] == ["a"]
