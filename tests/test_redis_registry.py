@@ -552,3 +552,13 @@ def test_clients_that_decode_responses_work_too(redis_server: RedisServer) -> No
     a = reg.get("a")
     assert a is not None and (a.value, a.node, a.capabilities) == ({"v": 1}, "n", {"x"})
     assert reg.ids(capability="x") == ["a"] and [b.agent_id for b in reg.find(node="n")] == ["a"]
+
+
+def test_non_ascii_ids_capabilities_and_nodes(redis_client: Any) -> None:
+    reg = RedisRegistry(redis_client)
+    reg.register("agént-☃", "v", capabilities=["séarch", "日本"], node="nœud", health="bien")
+    assert reg.ids(capability="日本", node="nœud", health="bien") == ["agént-☃"]
+    assert "ferrule:reg:c:séarch" in keys(redis_client)
+    reg.update("agént-☃", capabilities=["x"])
+    assert reg.ids(capability="séarch") == [] and reg.ids(capability="x") == ["agént-☃"]
+    assert reg.unregister("agént-☃") and keys(redis_client) == []
