@@ -41,8 +41,16 @@ lint: $(STAMP) ## rustfmt, clippy, ruff, mypy and the stub check
 cargo-test: ## Rust unit tests of the pure cores
 	cargo test -q --lib
 
+.PHONY: redis-server
+redis-server: ## install redis-server (Debian package) if missing; the Redis tests skip without it
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  SUDO=; [ "$$(id -u)" -eq 0 ] || SUDO=sudo; \
+	  echo "installing redis-server (apt-get)"; \
+	  { $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server >/dev/null; } \
+	    || echo "could not install redis-server: the ferrule.redis tests will be skipped"; }
+
 .PHONY: pytest
-pytest: dev ## the pytest suite and the benchmark smoke run on this interpreter
+pytest: dev redis-server ## the pytest suite and the benchmark smoke run on this interpreter
 	$(PY) -m pytest -q -p no:cacheprovider tests
 	$(PY) -m pytest -q -p no:cacheprovider benches --benchmark-disable
 
@@ -50,7 +58,7 @@ pytest: dev ## the pytest suite and the benchmark smoke run on this interpreter
 check: dev lint cargo-test ## every static check and the Rust tests
 
 .PHONY: free-threaded
-free-threaded: ## the whole pytest suite on a free-threaded CPython 3.13t, GIL off
+free-threaded: redis-server ## the whole pytest suite on a free-threaded CPython 3.13t, GIL off
 	bash scripts/free-threaded.sh test
 
 .PHONY: wheels

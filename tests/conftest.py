@@ -28,3 +28,7 @@ def stress_scale() -> int:
 
 def pytest_report_header(config: pytest.Config) -> str:
     return f"ferrule: free-threaded={FREE_THREADED} gil-enabled={GIL_ENABLED} stress={STRESS}"
+
+
+# The real redis-server fixtures of the ferrule.redis tests (skip without the binary).
+from tests.redis_server import redis_client, redis_server  # noqa: E402, F401

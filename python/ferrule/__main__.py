@@ -17,6 +17,7 @@ STEPS = (
     "metrics",
     "health",
     "resources",
+    "redis",
 )
 
 

@@ -726,6 +726,15 @@ class Decision:
     (True, 6, 0.0, 0.4)
     """
 
+    def __new__(
+        cls, allowed: bool, remaining: int, retry_after: float, reset_after: float
+    ) -> Decision:
+        """Build a decision (``ferrule.redis.RedisRateLimiter`` returns these too).
+
+        >>> Decision(True, 3, 0.0, 0.7)
+        Decision(allowed=True, remaining=3, retry_after=0.0, reset_after=0.7)
+        """
+
     @property
     def allowed(self) -> bool:
         """True if the tokens were granted (and taken)."""

@@ -53,6 +53,18 @@ impl From<ratelimit::Decision> for Decision {
 
 #[pymethods]
 impl Decision {
+    /// Builds a decision, for limiters computed elsewhere (`ferrule.redis`) and for tests.
+    #[new]
+    #[pyo3(signature = (allowed, remaining, retry_after, reset_after))]
+    fn new(allowed: bool, remaining: u64, retry_after: f64, reset_after: f64) -> Self {
+        Self {
+            allowed,
+            remaining,
+            retry_after,
+            reset_after,
+        }
+    }
+
     fn __repr__(&self) -> String {
         format!(
             "Decision(allowed={}, remaining={}, retry_after={:?}, reset_after={:?})",

@@ -1,0 +1,247 @@
+"""ferrule.redis beside its peers, all on one local redis-server started for the run.
+
+Rate limit: ``RedisRateLimiter.try_acquire`` against ``limits`` with its Redis storage
+(MovingWindow and FixedWindow strategies), one decision per call, from one process and
+from four processes at once (a pool of spawned workers, each on its own keys). The
+limiters allow 1000 requests per second with a burst (window limit) of 1000, and the keys
+cycle so that nothing is ever refused. Registry: ``RedisRegistry.register`` and ``find``
+against a hand-written redis-py equivalent (an HSET/SADD/ZADD transaction per register,
+SINTER plus a pipeline of HGETALL per find, without a lease check).
+
+    .venv/bin/python -m pytest benches/test_redis.py --benchmark-only \
+        --benchmark-columns=min,median,ops -q
+
+``test_round_trips_per_decision`` prints how many requests each limiter sends per
+decision (counted on redis-py's connection) and checks ferrule's is one.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import multiprocessing
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent.parent))
+from tests.redis_server import RedisServer, server_or_skip
+
+redis = pytest.importorskip("redis")
+from ferrule.redis import RedisRateLimiter, RedisRegistry  # noqa: E402
+
+RATE = 1000
+CALLS = 200  # decisions per benchmark round (1 process)
+PER_PROC = 200  # decisions per process per round (4 processes)
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[RedisServer]:
+    s = server_or_skip()
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+@pytest.fixture
+def client(server: RedisServer) -> Iterator[Any]:
+    c = server.client()
+    c.flushall()
+    yield c
+    c.close()
+
+
+def make_limiter(kind: str, url: str) -> Callable[[str], bool]:
+    """One decision per call on a fresh limiter of the given kind."""
+    if kind == "ferrule":
+        return RedisRateLimiter(redis.Redis.from_url(url), RATE, burst=RATE).try_acquire
+    limits = pytest.importorskip("limits")
+    storage = limits.storage.storage_from_string(url)
+    strategy = {
+        "limits-moving": limits.strategies.MovingWindowRateLimiter,
+        "limits-fixed": limits.strategies.FixedWindowRateLimiter,
+    }[kind](storage)
+    item = limits.RateLimitItemPerSecond(RATE)
+    return lambda k: bool(strategy.hit(item, k))
+
+
+KINDS = ["ferrule", "limits-moving", "limits-fixed"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_try_acquire_one_process(benchmark: Any, server: RedisServer, kind: str) -> None:
+    benchmark.group = "redis try_acquire, 1 process"
+    attempt = make_limiter(kind, server.url)
+    keys = itertools.cycle([f"{kind}:user:{i}" for i in range(100)])
+
+    def run() -> None:
+        for _ in range(CALLS):
+            attempt(next(keys))
+
+    benchmark.extra_info["decisions_per_round"] = CALLS
+    benchmark(run)
+
+
+def _proc_worker(args: tuple[str, str, int, int]) -> int:
+    kind, url, proc, n = args
+    attempt = make_limiter(kind, url)
+    return sum(attempt(f"{kind}:p{proc}:user:{i % 50}") for i in range(n))
+
+
+@pytest.fixture(scope="module")
+def pool() -> Iterator[Any]:
+    with multiprocessing.get_context("spawn").Pool(4) as p:
+        p.map(abs, range(4))  # start every worker before timing
+        yield p
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_try_acquire_four_processes(
+    benchmark: Any, server: RedisServer, pool: Any, kind: str
+) -> None:
+    benchmark.group = "redis try_acquire, 4 processes"
+    if kind != "ferrule":
+        pytest.importorskip("limits")  # here: a skip raised in a pool worker would hang it
+    jobs = [(kind, server.url, p, PER_PROC) for p in range(4)]
+
+    def run() -> None:
+        pool.map(_proc_worker, jobs)
+
+    benchmark.extra_info["decisions_per_round"] = 4 * PER_PROC
+    benchmark(run)
+
+
+def test_round_trips_per_decision(server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    from redis.connection import Connection
+
+    sent = 0
+    original = Connection.send_packed_command
+
+    def counting(self: Any, command: Any, check_health: bool = True) -> None:
+        nonlocal sent
+        sent += 1
+        original(self, command, check_health)
+
+    monkeypatch.setattr(Connection, "send_packed_command", counting)
+    report = {}
+    for kind in KINDS:
+        try:
+            attempt = make_limiter(kind, server.url)
+        except pytest.skip.Exception:
+            continue
+        attempt(f"{kind}:warm")  # loads the scripts
+        sent = 0
+        for i in range(100):
+            attempt(f"{kind}:k{i}")
+        report[kind] = sent / 100
+    print(f"\nrequests per try_acquire/hit: {report}")
+    assert report["ferrule"] == 1.0
+    # A decision with its details (remaining, reset): ferrule's check() is one script;
+    # limits needs hit() and then get_window_stats().
+    rl = RedisRateLimiter(redis.Redis.from_url(server.url), RATE, burst=RATE)
+    rl.check("detail:warm")
+    sent = 0
+    d = rl.check("detail:k")
+    detailed = {"ferrule check()": sent}
+    limits = pytest.importorskip("limits")
+    item = limits.RateLimitItemPerSecond(RATE)
+    moving = limits.strategies.MovingWindowRateLimiter(
+        limits.storage.storage_from_string(server.url)
+    )
+    moving.hit(item, "detail:warm")
+    moving.get_window_stats(item, "detail:warm")
+    sent = 0
+    moving.hit(item, "detail:k")
+    stats = moving.get_window_stats(item, "detail:k")
+    detailed["limits hit() + get_window_stats()"] = sent
+    print(f"requests per decision with details: {detailed}")
+    assert detailed["ferrule check()"] == 1 and d.remaining == stats.remaining == RATE - 1
+
+
+# ---- registry ---------------------------------------------------------------------------
+
+CAPS = ["search", "code", "plan", "review"]
+
+
+def meta(i: int) -> dict[str, Any]:
+    return {"i": i, "zone": ["eu", "us"][i % 2]}
+
+
+class HandWritten:
+    """What a service would write by hand with redis-py: the same keys, one transaction
+    per registration, no scripts, no lease check on reads."""
+
+    def __init__(self, client: Any, prefix: str = "hand:") -> None:
+        self.r = client
+        self.p = prefix
+
+    def register(self, aid: str, value: Any, caps: list[str], node: str, md: Any) -> None:
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hset(
+            self.p + "e:" + aid,
+            mapping={
+                "v": json.dumps(value),
+                "c": json.dumps(caps),
+                "n": node,
+                "h": "healthy",
+                "m": json.dumps(md),
+            },
+        )
+        for c in caps:
+            pipe.sadd(self.p + "c:" + c, aid)
+        pipe.sadd(self.p + "n:" + node, aid)
+        pipe.sadd(self.p + "h:healthy", aid)
+        pipe.zadd(self.p + "d", {aid: 0})
+        pipe.execute()
+
+    def find(self, cap: str, node: str) -> list[dict[str, Any]]:
+        ids = self.r.sinter([self.p + "c:" + cap, self.p + "n:" + node])
+        pipe = self.r.pipeline(transaction=False)
+        for aid in ids:
+            pipe.hgetall(self.p + "e:" + aid.decode())
+        return [
+            {"value": json.loads(h[b"v"]), "metadata": json.loads(h[b"m"])} for h in pipe.execute()
+        ]
+
+
+counter = itertools.count()
+
+
+@pytest.mark.parametrize("kind", ["ferrule", "hand-written"])
+def test_registry_register(benchmark: Any, client: Any, kind: str) -> None:
+    benchmark.group = "redis registry register (100 agents)"
+    reg = RedisRegistry(client, ttl=600.0)
+    hand = HandWritten(client)
+
+    def run() -> None:
+        for _ in range(100):
+            i = next(counter)
+            caps = [CAPS[i % 4], CAPS[(i + 1) % 4]]
+            if kind == "ferrule":
+                reg.register(f"a{i}", i, capabilities=caps, node=f"n{i % 3}", metadata=meta(i))
+            else:
+                hand.register(f"a{i}", i, caps, f"n{i % 3}", meta(i))
+
+    benchmark(run)
+
+
+@pytest.mark.parametrize("kind", ["ferrule", "hand-written"])
+def test_registry_find(benchmark: Any, client: Any, kind: str) -> None:
+    benchmark.group = "redis registry find (1000 agents, ~83 hits)"
+    reg = RedisRegistry(client, ttl=600.0)
+    hand = HandWritten(client)
+    for i in range(1000):
+        caps = [CAPS[i % 4], CAPS[(i + 1) % 4]]
+        if kind == "ferrule":
+            reg.register(f"a{i}", i, capabilities=caps, node=f"n{i % 3}", metadata=meta(i))
+        else:
+            hand.register(f"a{i}", i, caps, f"n{i % 3}", meta(i))
+    if kind == "ferrule":
+        found = benchmark(lambda: reg.find(capability="code", node="n1"))
+    else:
+        found = benchmark(lambda: hand.find("code", "n1"))
+    assert len(found) == 167
