@@ -28,11 +28,14 @@ mod _native {
     use crate::py::registry::{Agent, Registry};
     #[pymodule_export]
     use crate::py::resources::{Lease, Pool, PoolCheckout, PoolStats, ResourceManager, Usage};
+    #[pymodule_export]
+    use crate::py::wait::_close_gate;
 
     #[pymodule_init]
     fn init(m: &pyo3::Bound<'_, pyo3::types::PyModule>) -> pyo3::PyResult<()> {
         use pyo3::types::PyModuleMethods;
         m.add("__version__", env!("CARGO_PKG_VERSION"))?;
-        crate::errors::register(m)
+        crate::errors::register(m)?;
+        crate::py::wait::register(m)
     }
 }

@@ -12,3 +12,4 @@ pub mod ratelimit;
 pub mod registry;
 pub mod resources;
 pub mod topic;
+pub mod wait;

@@ -22,7 +22,7 @@
 //!   the last reference's `__del__` may run arbitrary code.
 //! - Waiting is event driven: putters wait on `not_full`, getters on `not_empty`, and
 //!   every operation that makes room or adds items notifies the matching condvar after
-//!   unlocking. Waits are cut into slices of at most [`CHECK_EVERY`] so the caller's
+//!   unlocking. Waits are cut into slices of at most [`SLICE`] so the caller's
 //!   `check` hook (signal handling) runs at least that often; `check` runs with the lock
 //!   released.
 //! - Asynchronous waiters never receive items directly: a woken waiter only retries, so
@@ -38,12 +38,13 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
-/// Longest stretch a blocked caller waits before its `check` hook runs again.
-pub const CHECK_EVERY: Duration = Duration::from_millis(50);
+#[cfg(doc)]
+use crate::core::wait::SLICE;
+use crate::core::wait::{Pacer, Tick};
 
 /// What a put does when the queue is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -194,46 +195,6 @@ pub struct WorkQueue<T, W = ()> {
     rejected: AtomicU64,
     dropped: AtomicU64,
     high_water: AtomicUsize,
-}
-
-/// Tracks when the `check` hook last ran during one blocking call.
-struct Pacer {
-    deadline: Option<Instant>,
-    last_check: Instant,
-}
-
-enum Tick {
-    /// Wait until this instant, then look again.
-    WaitUntil(Instant),
-    /// The overall deadline has passed.
-    Expired,
-    /// Time to run the `check` hook (with the lock released).
-    Check,
-}
-
-impl Pacer {
-    fn new(deadline: Option<Instant>) -> Self {
-        Self {
-            deadline,
-            last_check: Instant::now(),
-        }
-    }
-
-    fn tick(&self) -> Tick {
-        let now = Instant::now();
-        if self.deadline.is_some_and(|d| now >= d) {
-            return Tick::Expired;
-        }
-        let next_check = self.last_check + CHECK_EVERY;
-        if now >= next_check {
-            return Tick::Check;
-        }
-        Tick::WaitUntil(self.deadline.map_or(next_check, |d| d.min(next_check)))
-    }
-
-    fn checked(&mut self) {
-        self.last_check = Instant::now();
-    }
 }
 
 impl<T, W> WorkQueue<T, W> {
@@ -391,7 +352,7 @@ impl<T, W> WorkQueue<T, W> {
     }
 
     /// A blocking put: waits for room until `deadline` (None: forever), running `check`
-    /// with the lock released at least every [`CHECK_EVERY`]. A timeout counts as a
+    /// with the lock released at least every [`SLICE`]. A timeout counts as a
     /// rejection.
     pub fn put_until<E>(
         &self,
@@ -516,7 +477,7 @@ impl<T, W> WorkQueue<T, W> {
 
     /// A blocking batch put: takes items from the front of `items` as room appears, until
     /// all are in or `deadline` passes (the rest then count as rejected). `check` runs
-    /// with the lock released at least every [`CHECK_EVERY`]; `wake` receives, with the
+    /// with the lock released at least every [`SLICE`]; `wake` receives, with the
     /// lock released, the asynchronous getters to wake before each wait, so that they can
     /// make the room this call waits for.
     pub fn put_many_until<E>(
@@ -592,7 +553,7 @@ impl<T, W> WorkQueue<T, W> {
     }
 
     /// A blocking get: waits for an item until `deadline` (None: forever), running `check`
-    /// with the lock released at least every [`CHECK_EVERY`]. Items still queued at
+    /// with the lock released at least every [`SLICE`]. Items still queued at
     /// close are handed out; `Closed` comes once the queue is drained.
     pub fn get_until<E>(
         &self,
@@ -753,6 +714,7 @@ mod tests {
     use super::*;
     use std::sync::Arc;
     use std::thread;
+    use std::time::Duration;
 
     type Q = WorkQueue<u32, u32>;
 

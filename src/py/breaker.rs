@@ -20,7 +20,7 @@ use pyo3::types::{PyDict, PyModule, PyString, PyTuple, PyType};
 use crate::core::breaker::{Breaker, Permit, Rejected, State, Stats, Transition};
 use crate::core::clock::{self, nanos_to_secs};
 use crate::errors::{wrong_type, Exc};
-use crate::py::args;
+use crate::py::{args, wait};
 
 /// `ferrule._resilience`, where the decorator and context managers are written.
 fn layer(py: Python<'_>) -> PyResult<&Bound<'_, PyModule>> {
@@ -86,7 +86,7 @@ impl CircuitBreaker {
         let Some(t) = t else { return };
         let (from, to) = (t.from.as_str(), t.to.as_str());
         if let Some(cb) = &self.on_state_change {
-            if let Err(e) = cb.bind(py).call1((from, to)) {
+            if let Err(e) = wait::call1(cb.bind(py), (from, to)) {
                 e.write_unraisable(py, Some(cb.bind(py)));
             }
         }
@@ -262,7 +262,7 @@ impl CircuitBreaker {
         kwargs: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<Py<PyAny>> {
         let permit = self.admit(py)?;
-        match func.call(args, kwargs) {
+        match wait::call(func, args, kwargs) {
             Ok(v) => {
                 self.notify(py, self.core.success(permit));
                 Ok(v.unbind())

@@ -20,7 +20,7 @@
 //! `block` mailbox (it would wait for itself): the signal is rejected instead.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use pyo3::exceptions::{PyStopIteration, PyTypeError};
 use pyo3::prelude::*;
@@ -29,9 +29,10 @@ use pyo3::types::{PyBool, PyString, PyTuple};
 
 use crate::core::bus::{thread_token, Router, Sub, SubStats};
 use crate::core::queue::{GetError, Overflow, PutError, WorkQueue};
+use crate::core::wait::deadline;
 use crate::errors::{wrong_type, Exc};
 use crate::py::args;
-use crate::py::interp::check_signals;
+use crate::py::wait::{self, check_signals};
 
 type Item = Py<PyAny>;
 type Waker = Py<PyAny>;
@@ -44,7 +45,7 @@ fn cancelled_error(py: Python<'_>) -> PyErr {
 /// Wakes an asyncio getter; a waker that fails (its loop is closed) passes the wake-up on.
 fn wake_getter(py: Python<'_>, mb: &WorkQueue<Item, Waker>, mut w: Option<Waker>) {
     while let Some(f) = w.take() {
-        if f.call0(py).is_err() {
+        if wait::call0(f.bind(py)).is_err() {
             w = mb.forget_getter(|_| false);
         }
     }
@@ -58,7 +59,7 @@ fn cancel_sub(py: Python<'_>, sub: &Arc<CoreSub>) -> bool {
     };
     for w in c.wake {
         // A waker whose loop is gone has no one left to tell.
-        let _ = w.call0(py);
+        let _ = wait::call0(w.bind(py));
     }
     drop(c.items);
     drop(c.removed);
@@ -79,7 +80,7 @@ fn offer(py: Python<'_>, sub: &CoreSub, item: Item) -> PyResult<bool> {
                     Err(_) => return Ok(false),
                 }
             } else {
-                match py.detach(|| mb.put_until(item, None, check_signals)) {
+                match wait::detach(py, || mb.put_until(item, None, check_signals)) {
                     Ok(a) => a,
                     Err(PutError::Interrupted(_, e)) => return Err(e),
                     Err(_) => return Ok(false),
@@ -202,8 +203,8 @@ impl Subscription {
         if timeout == Some(Duration::ZERO) {
             return Err(Exc::QueueEmpty.err(py, "no signal queued"));
         }
-        let until = timeout.and_then(|t| Instant::now().checked_add(t));
-        match py.detach(|| mb.get_until(until, check_signals)) {
+        let until = deadline(timeout);
+        match wait::detach(py, || mb.get_until(until, check_signals)) {
             Ok((item, _)) => Ok(item),
             Err(GetError::Timeout | GetError::Empty) => {
                 Err(Exc::QueueEmpty.err(py, "no signal queued (get timed out)"))
@@ -488,6 +489,8 @@ impl Drop for SignalBus {
         if subs.is_empty() {
             return;
         }
+        // Deallocation runs attached: this only borrows the attached thread.
+        #[allow(clippy::disallowed_methods)]
         Python::attach(|py| {
             for sub in &subs {
                 cancel_sub(py, sub);
@@ -514,7 +517,7 @@ pub fn _run_subscription(
         let item = match mb.try_get() {
             Ok((item, _)) => item,
             Err(GetError::Closed) => return Ok(()),
-            Err(_) => match py.detach(|| mb.get_until(None, check_signals)) {
+            Err(_) => match wait::detach(py, || mb.get_until(None, check_signals)) {
                 Ok((item, _)) => item,
                 Err(GetError::Closed) => return Ok(()),
                 Err(GetError::Interrupted(e)) => return Err(e),
@@ -526,7 +529,7 @@ pub fn _run_subscription(
             continue;
         }
         let target = if weak {
-            let target = handler.call0()?;
+            let target = wait::call0(handler)?;
             if target.is_none() {
                 // Its object was collected.
                 sub.discard(1);
@@ -537,12 +540,12 @@ pub fn _run_subscription(
         } else {
             handler.clone()
         };
-        if let Err(err) = target.call1((&item,)) {
+        if let Err(err) = wait::call1(&target, (&item,)) {
             sub.count_error();
             // Reporting must not end the worker either.
             let _ = REPORT
                 .import(py, "ferrule._bus", "_report")
-                .and_then(|f| f.call1((subscription, &item, err.into_value(py))));
+                .and_then(|f| wait::call1(f, (subscription, &item, err.into_value(py))));
         }
     }
 }

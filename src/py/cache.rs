@@ -15,7 +15,6 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::ThreadId;
-use std::time::Duration;
 
 use parking_lot::{Condvar, Mutex};
 use pyo3::exceptions::{PyKeyError, PyRuntimeError, PyTypeError};
@@ -25,7 +24,7 @@ use pyo3::types::{PyList, PyTuple};
 
 use crate::core::cache::{mix, Fast, KeyQuery, Match, ShardedCache, Stats, NEVER};
 use crate::core::clock::{nanos_to_secs, Clock};
-use crate::py::args;
+use crate::py::{args, wait};
 
 /// A stored key: the object and how it compares.
 pub struct PyKey {
@@ -289,10 +288,10 @@ impl Flight {
     /// Waits with the GIL released, checking for signals every 50 ms.
     fn wait(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         loop {
-            let finished = py.detach(|| {
+            let finished = wait::detach(py, || {
                 let mut g = self.result.lock();
                 if g.is_none() {
-                    self.done.wait_for(&mut g, Duration::from_millis(50));
+                    self.done.wait_for(&mut g, wait::SLICE);
                 }
                 g.is_some()
             });
@@ -391,7 +390,7 @@ impl Cache {
         if let Some(v) = self.lookup(q, false)? {
             return Ok(v);
         }
-        let v = factory.call0()?.unbind();
+        let v = wait::call0(factory)?.unbind();
         self.store(q, v.clone_ref(q.py()), ttl)?;
         Ok(v)
     }

@@ -15,7 +15,7 @@ use pyo3::types::{PyString, PyType};
 use crate::core::clock::{self, nanos_to_secs};
 use crate::core::metrics::{self as core, MetricsError};
 use crate::errors::wrong_type;
-use crate::py::args;
+use crate::py::{args, wait};
 
 /// `op` as a str.
 fn op_str<'a>(op: &'a Bound<'_, PyAny>) -> PyResult<&'a Bound<'a, PyString>> {
@@ -68,7 +68,7 @@ impl Metrics {
         let op = op_str(op)?;
         let name = op.to_str()?;
         let inner = &self.inner;
-        let s = py.detach(|| inner.snapshot(name));
+        let s = wait::detach(py, || inner.snapshot(name));
         Ok(OpStats {
             count: s.count,
             errors: s.errors,
@@ -84,7 +84,7 @@ impl Metrics {
     /// Names with a recording in the window, sorted.
     fn ops(&self, py: Python<'_>) -> Vec<String> {
         let inner = &self.inner;
-        py.detach(|| inner.ops())
+        wait::detach(py, || inner.ops())
     }
 
     /// Forgets `op`, or every operation when `op` is None.

@@ -22,9 +22,10 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyList, PyString, PyTuple, PyType};
 
 use crate::core::queue::{Accepted, GetError, Overflow, PutError, Stats, Stop, WorkQueue as Core};
+use crate::core::wait::deadline;
 use crate::errors::{wrong_type, Exc};
 use crate::py::args;
-use crate::py::interp::check_signals;
+use crate::py::wait::{self, check_signals};
 
 type Item = Py<PyAny>;
 type Waker = Py<PyAny>;
@@ -41,11 +42,6 @@ fn empty(py: Python<'_>) -> PyErr {
     Exc::QueueEmpty.err(py, "queue is empty")
 }
 
-/// `now + timeout`; a deadline beyond what `Instant` can hold means no deadline.
-fn deadline(timeout: Option<Duration>) -> Option<Instant> {
-    timeout.and_then(|t| Instant::now().checked_add(t))
-}
-
 /// A bounded multi-producer, multi-consumer queue with an overflow policy.
 #[pyclass(frozen, module = "ferrule._native", name = "WorkQueue")]
 pub struct WorkQueue {
@@ -57,7 +53,7 @@ impl WorkQueue {
     /// wake-up on.
     fn wake_getter(&self, py: Python<'_>, mut w: Option<Waker>) {
         while let Some(f) = w.take() {
-            if f.call0(py).is_err() {
+            if wait::call0(f.bind(py)).is_err() {
                 w = self.q.forget_getter(|_| false);
             }
         }
@@ -65,7 +61,7 @@ impl WorkQueue {
 
     fn wake_putter(&self, py: Python<'_>, mut w: Option<Waker>) {
         while let Some(f) = w.take() {
-            if f.call0(py).is_err() {
+            if wait::call0(f.bind(py)).is_err() {
                 w = self.q.forget_putter(|_| false);
             }
         }
@@ -101,7 +97,7 @@ impl WorkQueue {
             self.q.put_until(item, Some(Instant::now()), || Ok(()))
         } else {
             let until = deadline(timeout);
-            py.detach(|| self.q.put_until(item, until, check_signals))
+            wait::detach(py, || self.q.put_until(item, until, check_signals))
         };
         match r {
             Ok(a) => {
@@ -125,7 +121,7 @@ impl WorkQueue {
             return Err(empty(py));
         }
         let until = deadline(timeout);
-        match py.detach(|| self.q.get_until(until, check_signals)) {
+        match wait::detach(py, || self.q.get_until(until, check_signals)) {
             Ok((item, w)) => {
                 self.wake_putter(py, w);
                 Ok(item)
@@ -222,10 +218,10 @@ impl WorkQueue {
         let mut stopped: Option<Stop<PyErr>> = match first.stopped {
             Some(Stop::WouldBlock) => {
                 let until = deadline(timeout);
-                let rest = py.detach(|| {
+                let rest = wait::detach(py, || {
                     self.q
                         .put_many_until(&mut pending, until, check_signals, |ws| {
-                            Python::attach(|py| {
+                            wait::reattach(|py| {
                                 for w in ws {
                                     self.wake_getter(py, Some(w));
                                 }
@@ -268,7 +264,7 @@ impl WorkQueue {
             Err(_) => return Err(closed(py)),
         }
         let until = deadline(timeout);
-        match py.detach(|| self.q.get_many_until(max, until, check_signals)) {
+        match wait::detach(py, || self.q.get_many_until(max, until, check_signals)) {
             Ok(r) => self.take_many(py, r),
             Err(GetError::Timeout | GetError::Empty) => Ok(PyList::empty(py)),
             Err(GetError::Closed) => Err(closed(py)),
@@ -336,7 +332,7 @@ impl WorkQueue {
     fn close(&self, py: Python<'_>) {
         for w in self.q.close() {
             // A waker whose loop is gone has no one left to tell.
-            let _ = w.call0(py);
+            let _ = wait::call0(w.bind(py));
         }
     }
 
@@ -602,7 +598,7 @@ pub fn _run_worker(
         };
         // A failure to complete the future (it cannot be cancelled once running) is
         // not the task's: ignore it rather than end the worker.
-        let _ = match func.call(args, kwargs) {
+        let _ = match wait::call(&func, args, kwargs) {
             Ok(v) => {
                 c.finish(true);
                 fut.call_method1(intern!(py, "set_result"), (v,))

@@ -25,9 +25,9 @@ use crate::core::ratelimit::{
     self, Gcra, Key, KeyHashBuilder, KeyRef, Limiter, Lookup, Outcome, Query,
 };
 use crate::py::args;
+use crate::py::wait::{self, SLICE};
 
 /// Longest sleep between two signal checks while `acquire` waits.
-const NAP: Duration = Duration::from_millis(50);
 /// Deepest tuple nesting accepted in a key.
 const MAX_DEPTH: u32 = 16;
 
@@ -390,8 +390,8 @@ impl RateLimiter {
                     return Ok(false);
                 }
             }
-            let nap = wait.min(NAP);
-            py.detach(|| std::thread::sleep(nap));
+            let nap = wait.min(SLICE);
+            wait::detach(py, || std::thread::sleep(nap));
             py.check_signals()?;
         }
     }
@@ -415,7 +415,7 @@ impl RateLimiter {
         let timeout_s = args::opt_duration_nanos(timeout, "timeout")?.map(nanos_to_secs);
         query(py, key)?;
         let nap = if this.manual {
-            Some(NAP.as_secs_f64())
+            Some(SLICE.as_secs_f64())
         } else {
             None
         };
@@ -440,7 +440,7 @@ impl RateLimiter {
 
     /// Drops every key whose bucket is full again; returns how many.
     fn sweep(&self, py: Python<'_>) -> usize {
-        py.detach(|| self.inner.sweep())
+        wait::detach(py, || self.inner.sweep())
     }
 
     #[getter]

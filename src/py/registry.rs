@@ -37,7 +37,7 @@ use crate::core::registry::{
     Value, NEVER,
 };
 use crate::errors::{wrong_type, Exc};
-use crate::py::args;
+use crate::py::{args, wait};
 
 /// Queries reading more entries than this release the GIL while collecting.
 const DETACH_AT: usize = 256;
@@ -796,7 +796,7 @@ impl Registry {
                 limit: core_limit,
             };
             let found = if self.core.estimate(&q) > DETACH_AT {
-                py.detach(|| self.core.find(&q))
+                wait::detach(py, || self.core.find(&q))
             } else {
                 self.core.find(&q)
             };
@@ -827,7 +827,7 @@ impl Registry {
                     let agent = Agent {
                         e: hit.entry.clone(),
                     };
-                    if !f.bind(py).call1((agent,))?.is_truthy()? {
+                    if !wait::call1(f.bind(py), (agent,))?.is_truthy()? {
                         continue;
                     }
                 }

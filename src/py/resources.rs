@@ -28,26 +28,13 @@ use crate::core::resources::{
     check_thresholds, Budget, Checkout, Grant, LeaseCore, PoolCore, PressureChange, Returned,
     Waiter, NEVER,
 };
+use crate::core::wait::slice_until;
 use crate::errors::{wrong_type, Exc};
-use crate::py::args;
-
-/// Longest time a blocking wait stays detached before checking for signals.
-const SLICE: Duration = Duration::from_millis(50);
+use crate::py::{args, wait};
 
 /// Reports an error that must not break the operation that ran into it.
 fn unraisable(py: Python<'_>, e: PyErr, obj: &Bound<'_, PyAny>) {
     e.write_unraisable(py, Some(obj));
-}
-
-/// Time left before `deadline`, capped at one slice; `None` once it has passed.
-fn slice_until(deadline: Option<Instant>) -> Option<Duration> {
-    match deadline {
-        None => Some(SLICE),
-        Some(d) => {
-            let left = d.saturating_duration_since(Instant::now());
-            (!left.is_zero()).then(|| left.min(SLICE))
-        }
-    }
 }
 
 fn helper<'py>(py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyAny>> {
@@ -90,7 +77,7 @@ impl PyBudget {
             };
             for (_, cb) in wakers {
                 let cb = cb.bind(py);
-                if let Err(e) = cb.call0() {
+                if let Err(e) = wait::call0(cb) {
                     unraisable(py, e, cb);
                 }
             }
@@ -276,7 +263,7 @@ impl ResourceManager {
                 slice = slice.min(Duration::from_nanos(left as u64));
             }
             let dl = b.deadline(ttl);
-            let got = py.detach(|| b.core.take_or_sleep(&guard, amount, dl, slice));
+            let got = wait::detach(py, || b.core.take_or_sleep(&guard, amount, dl, slice));
             if let Some(l) = got {
                 drop(guard);
                 return Ok(Self::lease(py, b, l));
@@ -543,7 +530,7 @@ impl Pool {
             let item = item.bind(py);
             match item.getattr_opt("close") {
                 Ok(Some(close)) => {
-                    if let Err(e) = close.call0() {
+                    if let Err(e) = wait::call0(&close) {
                         unraisable(py, e, item);
                     }
                 }
@@ -556,7 +543,7 @@ impl Pool {
     fn wake(py: Python<'_>, w: &PyWaiter) {
         if let Some(hook) = &w.hook {
             let hook = hook.bind(py);
-            if let Err(e) = hook.call0() {
+            if let Err(e) = wait::call0(hook) {
                 unraisable(py, e, hook);
             }
         }
@@ -578,7 +565,7 @@ impl Pool {
     /// error and returns it.
     fn warm(&self, py: Python<'_>) -> Option<PyErr> {
         while self.core.reserve_warm() {
-            match self.factory.bind(py).call0() {
+            match wait::call0(self.factory.bind(py)) {
                 Ok(x) => {
                     self.core.count_created();
                     self.put_back(py, x.unbind());
@@ -664,7 +651,9 @@ impl Pool {
                 Grant::Item(x) => {
                     let ok = match &self.validate {
                         None => Ok(true),
-                        Some(v) => v.bind(py).call1((x.bind(py),)).and_then(|r| r.is_truthy()),
+                        Some(v) => {
+                            wait::call1(v.bind(py), (x.bind(py),)).and_then(|r| r.is_truthy())
+                        }
                     };
                     match ok {
                         Ok(true) => return Ok(Outcome::Item(x)),
@@ -687,7 +676,7 @@ impl Pool {
                     }
                 }
                 Grant::Create => {
-                    return match self.factory.bind(py).call0() {
+                    return match wait::call0(self.factory.bind(py)) {
                         Ok(x) => {
                             self.core.count_created();
                             Ok(Outcome::Item(x.unbind()))
@@ -733,7 +722,7 @@ impl Pool {
                         None => return Err(self.timeout_err(py, timeout)),
                     }
                 };
-                if let Some(g) = py.detach(|| w.wait(slice)) {
+                if let Some(g) = wait::detach(py, || w.wait(slice)) {
                     break Step::Grant(g);
                 }
                 if let Err(e) = py.check_signals() {
@@ -1037,6 +1026,8 @@ impl Drop for PoolCheckout {
     fn drop(&mut self) {
         // Entered but never exited: the item goes back rather than leaking its slot.
         if let Some(item) = self.item.get_mut().take() {
+            // Deallocation runs attached: this only borrows the attached thread.
+            #[allow(clippy::disallowed_methods)]
             Python::attach(|py| self.pool.get().put_back(py, item));
         }
     }

@@ -1,0 +1,222 @@
+"""Exit safety: a process whose daemon threads are inside ferrule when it exits ends
+normally (status 0, no abort, no panic, no fatal error), for every blocking wait and
+every call into user code.
+
+Each scenario is a small program run in a fresh interpreter: it puts daemon threads into
+one wait (or into user code that ferrule called), lets them get there, and returns from
+the main module. Before the exit gate (``src/py/wait.rs``) and the exit guard
+(``src/c/exit_guard.c``) each of these aborted with "FATAL: exception not rethrown".
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from tests.conftest import STRESS
+
+RUNS = 4 if STRESS else 2
+
+PRELUDE = """
+import threading, time, ferrule
+
+def daemon(fn, n=1):
+    for _ in range(n):
+        threading.Thread(target=fn, daemon=True).start()
+
+def forever(fn):
+    def loop():
+        while True:
+            try:
+                fn()
+            except ferrule.FerruleError:
+                pass
+    return loop
+"""
+
+SCENARIOS = {
+    # WorkQueue: timed gets on an empty queue, the issue's own program.
+    "queue_get_timeout": """
+        q = ferrule.WorkQueue(10)
+        daemon(forever(lambda: q.get(timeout=0.01)), 8)
+    """,
+    "queue_get_forever": """
+        q = ferrule.WorkQueue(10)
+        daemon(q.get, 4)
+    """,
+    "queue_put_timeout": """
+        q = ferrule.WorkQueue(1)
+        q.put(0)
+        daemon(forever(lambda: q.put(1, timeout=0.01)), 8)
+    """,
+    "queue_put_forever": """
+        q = ferrule.WorkQueue(1)
+        q.put(0)
+        daemon(lambda: q.put(1), 4)
+    """,
+    "queue_batches": """
+        q = ferrule.WorkQueue(2)
+        q.put_many([0, 1])
+        daemon(forever(lambda: q.put_many([2, 3], timeout=0.01)), 4)
+        e = ferrule.WorkQueue(2)
+        daemon(forever(lambda: e.get_many(4, timeout=0.01)), 4)
+    """,
+    "taskpool_submit_blocked": """
+        pool = ferrule.TaskPool(1, max_queue=1)
+        daemon(forever(lambda: pool.submit(time.sleep, 0.005)), 4)
+    """,
+    "subscription_get": """
+        bus = ferrule.SignalBus()
+        sub = bus.subscribe("a.*")
+        daemon(forever(lambda: sub.get(timeout=0.01)), 4)
+        other = bus.subscribe("b.*")
+        daemon(other.get, 2)
+    """,
+    "bus_publish_blocked": """
+        bus = ferrule.SignalBus()
+        def slow(signal):
+            time.sleep(0.01)
+        sub = bus.subscribe("a", slow, maxsize=1, overflow="block", weak=False)
+        daemon(forever(lambda: bus.publish("a", 1)), 4)
+    """,
+    "bus_handler_sleeping": """
+        bus = ferrule.SignalBus()
+        bus.subscribe("a", lambda s: time.sleep(0.02), weak=False)
+        daemon(forever(lambda: bus.publish("a")), 2)
+    """,
+    "cache_single_flight": """
+        c = ferrule.Cache(10)
+        daemon(lambda: c.get_or_set("k", lambda: time.sleep(5)))
+        time.sleep(0.05)
+        daemon(lambda: c.get_or_set("k", lambda: 1), 4)
+        daemon(forever(lambda: c.get_or_set(object(), lambda: time.sleep(0.001))), 2)
+    """,
+    "cached_function": """
+        @ferrule.cached(8)
+        def slow(x):
+            time.sleep(0.01)
+            return x
+        daemon(forever(lambda: slow(time.monotonic_ns() % 3)), 4)
+    """,
+    "limiter_acquire": """
+        lim = ferrule.RateLimiter(1, 1.0)
+        lim.try_acquire("k")
+        daemon(lambda: lim.acquire("k", timeout=10), 2)
+        fast = ferrule.RateLimiter(200, 1.0, burst=1)
+        daemon(forever(lambda: fast.acquire("x", timeout=1)), 4)
+    """,
+    "budget_acquire": """
+        rm = ferrule.ResourceManager({"gpu": 1})
+        held = rm.acquire("gpu")
+        daemon(forever(lambda: rm.acquire("gpu", timeout=0.01)), 4)
+        daemon(lambda: rm.acquire("gpu"), 2)
+    """,
+    "pool_acquire": """
+        pool = ferrule.Pool(object, max_size=1)
+        cm = pool.acquire()
+        item = cm.__enter__()
+        def take():
+            with pool.acquire(timeout=0.01):
+                pass
+        daemon(forever(take), 4)
+        def take_forever():
+            with pool.acquire(timeout=None):
+                pass
+        daemon(take_forever, 2)
+    """,
+    "pool_factory_sleeping": """
+        def make():
+            time.sleep(0.01)
+            return object()
+        pool = ferrule.Pool(make, max_size=8, validate=lambda x: time.sleep(0.001) or True)
+        def take():
+            with pool.acquire():
+                time.sleep(0.001)
+        daemon(forever(take), 4)
+    """,
+    "breaker_call": """
+        cb = ferrule.CircuitBreaker(on_state_change=lambda a, b: time.sleep(0.001))
+        daemon(forever(lambda: cb.call(time.sleep, 0.002)), 4)
+    """,
+    "registry_where_callable": """
+        reg = ferrule.Registry()
+        for i in range(5):
+            reg.register(f"a{i}", capabilities=["x"])
+        def slow(agent):
+            time.sleep(0.002)
+            return True
+        daemon(forever(lambda: reg.find(capability="x", where=slow)), 4)
+    """,
+    "health_monitor": """
+        reg = ferrule.Registry()
+        for i in range(4):
+            reg.register(f"a{i}")
+        def check(agent):
+            time.sleep(0.01)
+            return "healthy"
+        mon = ferrule.HealthMonitor(reg, interval=0.01, check=check, timeout=0.5)
+        mon.start()
+        daemon(forever(mon.check_now), 2)
+    """,
+    "metrics_timer": """
+        m = ferrule.Metrics()
+        @m.time("op")
+        def work():
+            time.sleep(0.002)
+        daemon(forever(work), 4)
+    """,
+    "asyncio_waiters": """
+        import asyncio
+        q = ferrule.WorkQueue(1)
+        def run():
+            async def main():
+                await asyncio.gather(q.get_async(), q.get_async())
+            asyncio.run(main())
+        daemon(run, 2)
+        daemon(forever(lambda: q.put(1, timeout=0.01)), 2)
+    """,
+}
+
+
+def run(body: str) -> subprocess.CompletedProcess[str]:
+    program = PRELUDE + textwrap.dedent(body) + "\ntime.sleep(0.2)\n"
+    return subprocess.run(
+        [sys.executable, "-c", program],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize("name", sorted(SCENARIOS))
+def test_daemon_threads_inside_ferrule_at_exit(name: str) -> None:
+    for _ in range(RUNS):
+        proc = run(SCENARIOS[name])
+        assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
+        for marker in ("FATAL", "Fatal Python error", "panicked", "PanicException"):
+            assert marker not in proc.stderr, proc.stderr[-2000:]
+
+
+def test_main_thread_waits_in_a_late_atexit_hook() -> None:
+    """A wait on the finalizing thread, after ferrule's hook ran, detaches and comes back."""
+    proc = run(
+        """
+        import atexit
+        q = ferrule.WorkQueue(1)
+        q.put("x")
+        def late():
+            print(q.get(timeout=1), flush=True)
+            try:
+                q.get(timeout=0.05)
+            except ferrule.QueueEmpty:
+                print("timed out", flush=True)
+        atexit.unregister(ferrule._native._close_gate)
+        atexit.register(late)
+        atexit.register(ferrule._native._close_gate)
+        """
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["x", "timed", "out"]
