@@ -41,6 +41,10 @@ lint: $(STAMP) ## rustfmt, clippy, ruff, mypy and the stub check
 cargo-test: ## Rust unit tests of the pure cores
 	cargo test -q --lib
 
+.PHONY: loom
+loom: ## model-check the lock-free protocols with loom (every interleaving of each model)
+	RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test -q --release --lib loom
+
 .PHONY: redis-server
 redis-server: ## install redis-server (Debian package) if missing; the Redis tests skip without it
 	@command -v redis-server >/dev/null 2>&1 || { \
@@ -55,7 +59,7 @@ pytest: dev redis-server ## the pytest suite and the benchmark smoke run on this
 	$(PY) -m pytest -q -p no:cacheprovider benches --benchmark-disable
 
 .PHONY: check
-check: dev lint cargo-test ## every static check and the Rust tests
+check: dev lint cargo-test loom ## every static check, the Rust tests and the loom models
 
 .PHONY: free-threaded
 free-threaded: redis-server ## the whole pytest suite on a free-threaded CPython 3.13t, GIL off

@@ -6,7 +6,7 @@
 //! working; multiple inheritance is not expressible with `create_exception!`, so those
 //! classes are created once per interpreter with `type(name, bases, ns)`.
 
-use pyo3::exceptions::{PyException, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyException, PyOverflowError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyModule, PyTuple, PyType};
@@ -144,7 +144,10 @@ impl From<DurationError> for PyErr {
 
 impl From<ClockError> for PyErr {
     fn from(e: ClockError) -> Self {
-        PyValueError::new_err(e.to_string())
+        match e {
+            ClockError::Overflow => PyOverflowError::new_err(e.to_string()),
+            _ => PyValueError::new_err(e.to_string()),
+        }
     }
 }
 

@@ -61,7 +61,9 @@ class ManualClock:
 
     Pass it as ``clock=`` to any time-based class: it then governs that object's TTLs,
     leases, windows and refills. Waits and ``timeout=`` arguments stay in real time.
-    Thread-safe; it never goes backwards.
+    Thread-safe; it never goes backwards and never wraps: its largest time is 2**62 ns
+    (about 146 years), and a move past it raises ``OverflowError`` and leaves the clock
+    where it was (so any TTL or lease of up to 4e9 s still adds up exactly).
 
     >>> clock = ManualClock()
     >>> cache = Cache(100, ttl=5.0, clock=clock)
@@ -73,16 +75,18 @@ class ManualClock:
     """
 
     def __new__(cls, start: float = 0.0) -> ManualClock:
-        """Start at ``start`` seconds (>= 0)."""
+        """Start at ``start`` seconds (0 <= start <= 4e9)."""
 
     def now(self) -> float:
         """The current reading in seconds."""
 
     def advance(self, seconds: float) -> float:
-        """Move forward by ``seconds`` (>= 0, else ValueError); returns the new reading."""
+        """Move forward by ``seconds`` (>= 0, else ValueError); returns the new reading.
+        ``OverflowError`` if that would pass the largest time."""
 
     def set(self, seconds: float) -> None:
-        """Jump to ``seconds``; ValueError if that is earlier than now."""
+        """Jump to ``seconds``; ValueError if that is earlier than now, ``OverflowError``
+        if it is past the largest time."""
 
 # ---------------------------------------------------------------------------------------
 # Cache

@@ -4,16 +4,21 @@
 //! All internal arithmetic is on `i64` nanoseconds so that deadlines are exact and
 //! comparisons never suffer float rounding: something stamped at `t` with duration `d`
 //! is live while `now < t + d`. A `ManualClock` stores its reading in one `AtomicI64`;
-//! `set` never moves it backwards (a CAS loop), so every reader sees a monotonic sequence.
+//! `set` and `advance` are CAS loops that never move it backwards and never past
+//! [`MAX_READING`] (`ClockError::Overflow` instead of wrapping), so every reader sees a
+//! monotonic sequence. The bound leaves room for any accepted duration (at most
+//! [`MAX_SECONDS`]) to be added to any reading without overflow: `now + ttl` is always
+//! exact. The loom model at the end checks both under every interleaving.
 //! Orderings: the reading is a single word and carries no other data, so `Relaxed` would
 //! suffice for the value itself; `Acquire`/`Release` are used so that a test thread that
 //! advances the clock and then signals another thread gives that thread a reading at
 //! least as new as the advance.
 
 use std::fmt;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
+
+use crate::core::sync::{AtomicI64, Ordering};
 
 /// Nanoseconds in a second.
 pub const NANOS_PER_SEC: f64 = 1_000_000_000.0;
@@ -46,7 +51,11 @@ impl std::error::Error for DurationError {}
 
 /// Largest duration accepted: about 292 years fits in i64 nanoseconds; leave headroom so
 /// that `now + duration` never overflows.
-const MAX_SECONDS: f64 = 1.0e9 * 4.0; // ~126 years
+pub const MAX_SECONDS: f64 = 1.0e9 * 4.0; // ~126 years
+
+/// Largest reading a clock may reach (2^62 ns, ~146 years): with durations of at most
+/// `MAX_SECONDS` (4e18 ns), `reading + duration` stays below `i64::MAX`.
+pub const MAX_READING: i64 = 1 << 62;
 
 /// Converts float seconds to nanoseconds, rounding to the nearest nanosecond.
 pub fn secs_to_nanos(secs: f64, arg: &'static str) -> Result<i64, DurationError> {
@@ -101,6 +110,8 @@ pub enum ClockError {
     Backwards,
     /// `advance` by a negative amount.
     NegativeAdvance,
+    /// The reading would pass the largest representable time.
+    Overflow,
     /// A bad number of seconds.
     Duration(DurationError),
 }
@@ -115,6 +126,10 @@ impl fmt::Display for ClockError {
             Self::NegativeAdvance => {
                 write!(f, "seconds must be >= 0 (a clock never goes backwards)")
             }
+            Self::Overflow => write!(
+                f,
+                "seconds would move the clock past its largest time (2**62 ns, about 146 years)"
+            ),
             Self::Duration(e) => e.fmt(f),
         }
     }
@@ -129,15 +144,17 @@ impl From<DurationError> for ClockError {
 }
 
 /// A clock moved only by hand; thread-safe.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ManualClock {
     nanos: AtomicI64,
 }
 
 impl ManualClock {
+    /// A clock reading `start_nanos` (clamped to `0..=MAX_READING`; the binding refuses
+    /// anything outside).
     pub fn new(start_nanos: i64) -> Self {
         Self {
-            nanos: AtomicI64::new(start_nanos),
+            nanos: AtomicI64::new(start_nanos.clamp(0, MAX_READING)),
         }
     }
 
@@ -145,16 +162,33 @@ impl ManualClock {
         self.nanos.load(Ordering::Acquire)
     }
 
-    /// Moves the clock forward by `delta` nanoseconds.
+    /// Moves the clock forward by `delta` nanoseconds; refuses (and stays put) if the
+    /// reading would pass `i64::MAX`.
     pub fn advance(&self, delta: i64) -> Result<i64, ClockError> {
         if delta < 0 {
             return Err(ClockError::NegativeAdvance);
         }
-        Ok(self.nanos.fetch_add(delta, Ordering::AcqRel) + delta)
+        let mut cur = self.nanos.load(Ordering::Acquire);
+        loop {
+            let to = cur
+                .checked_add(delta)
+                .filter(|t| *t <= MAX_READING)
+                .ok_or(ClockError::Overflow)?;
+            match self
+                .nanos
+                .compare_exchange_weak(cur, to, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return Ok(to),
+                Err(seen) => cur = seen,
+            }
+        }
     }
 
     /// Sets the clock to `to` nanoseconds; never backwards.
     pub fn set(&self, to: i64) -> Result<(), ClockError> {
+        if to > MAX_READING {
+            return Err(ClockError::Overflow);
+        }
         let mut cur = self.nanos.load(Ordering::Acquire);
         loop {
             if to < cur {
@@ -239,6 +273,25 @@ mod tests {
     }
 
     #[test]
+    fn manual_clock_refuses_to_wrap() {
+        let c = ManualClock::new(MAX_READING - 10);
+        assert_eq!(c.advance(10).unwrap(), MAX_READING);
+        assert_eq!(c.advance(1), Err(ClockError::Overflow));
+        assert_eq!(c.advance(i64::MAX), Err(ClockError::Overflow));
+        assert_eq!(c.now_nanos(), MAX_READING);
+        assert_eq!(c.set(MAX_READING + 1), Err(ClockError::Overflow));
+        let c = ManualClock::new(4_000_000_000_000_000_000);
+        assert_eq!(
+            c.advance(4_000_000_000_000_000_000),
+            Err(ClockError::Overflow)
+        );
+        assert_eq!(c.now_nanos(), 4_000_000_000_000_000_000);
+        // Every accepted duration fits on top of every reading.
+        let most = secs_to_nanos(MAX_SECONDS, "x").unwrap();
+        assert!(MAX_READING.checked_add(most).is_some());
+    }
+
+    #[test]
     fn monotonic_clock_moves_forward() {
         let a = Clock::Monotonic.now_nanos();
         let b = Clock::Monotonic.now_nanos();
@@ -252,5 +305,45 @@ mod tests {
         m.advance(5).unwrap();
         assert_eq!(c.now_nanos(), 15);
         assert!(c.is_manual());
+    }
+}
+
+/// Two threads move one clock at once (`set` and `advance`): no update is lost, no reader
+/// ever sees it go backwards, and the end reading is one that some order of the two
+/// operations produces.
+#[cfg(all(test, loom))]
+mod loom_models {
+    use super::*;
+    use loom::sync::Arc;
+    use loom::thread;
+
+    #[test]
+    fn loom_manual_clock_set_and_advance() {
+        loom::model(|| {
+            let c = Arc::new(ManualClock::new(0));
+            let a = {
+                let c = c.clone();
+                thread::spawn(move || c.advance(5).unwrap())
+            };
+            let b = {
+                let c = c.clone();
+                thread::spawn(move || c.set(3).is_ok())
+            };
+            let first = c.now_nanos();
+            let second = c.now_nanos();
+            assert!(second >= first);
+            let advanced_to = a.join().unwrap();
+            let set_ok = b.join().unwrap();
+            let end = c.now_nanos();
+            if set_ok {
+                // set(3) took effect before the advance (end 8) or after it (refused,
+                // since 5 > 3): it cannot have succeeded after the advance.
+                assert_eq!(end, 8);
+                assert_eq!(advanced_to, 8);
+            } else {
+                assert_eq!(end, 5);
+                assert_eq!(advanced_to, 5);
+            }
+        });
     }
 }

@@ -11,5 +11,6 @@ pub mod queue;
 pub mod ratelimit;
 pub mod registry;
 pub mod resources;
+pub mod sync;
 pub mod topic;
 pub mod wait;

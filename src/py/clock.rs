@@ -7,6 +7,15 @@ use pyo3::prelude::*;
 use crate::core::clock::{self, nanos_to_secs};
 use crate::py::args;
 
+/// `secs`, or OverflowError when no clock reading can be that far (finite values only:
+/// NaN and infinities get their own ValueError).
+fn beyond_the_end(secs: f64) -> PyResult<f64> {
+    if secs.is_finite() && secs * clock::NANOS_PER_SEC > clock::MAX_READING as f64 {
+        return Err(clock::ClockError::Overflow.into());
+    }
+    Ok(secs)
+}
+
 /// A clock that moves only when told to. Thread-safe; never goes backwards.
 #[pyclass(frozen, module = "ferrule._native", name = "ManualClock")]
 pub struct ManualClock {
@@ -32,9 +41,10 @@ impl ManualClock {
         nanos_to_secs(self.inner.now_nanos())
     }
 
-    /// Moves the clock forward; returns the new reading.
+    /// Moves the clock forward; returns the new reading. OverflowError (and no move)
+    /// past the largest time.
     fn advance(&self, seconds: &Bound<'_, PyAny>) -> PyResult<f64> {
-        let secs = args::seconds(seconds, "seconds")?;
+        let secs = beyond_the_end(args::seconds(seconds, "seconds")?)?;
         if secs < 0.0 {
             return Err(clock::ClockError::NegativeAdvance.into());
         }
@@ -42,13 +52,15 @@ impl ManualClock {
         Ok(nanos_to_secs(self.inner.advance(ns)?))
     }
 
-    /// Sets the clock to `seconds` (never backwards).
+    /// Sets the clock to `seconds` (never backwards; OverflowError past the largest time).
     fn set(&self, seconds: &Bound<'_, PyAny>) -> PyResult<()> {
-        let ns = clock::secs_to_nanos(args::seconds(seconds, "seconds")?, "seconds")?;
+        let secs = beyond_the_end(args::seconds(seconds, "seconds")?)?;
+        let ns = clock::secs_to_nanos(secs, "seconds")?;
         Ok(self.inner.set(ns)?)
     }
 
-    fn __repr__(&self) -> String {
-        format!("ManualClock({})", self.now())
+    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
+        let now = pyo3::types::PyFloat::new(py, self.now());
+        Ok(format!("ManualClock({})", now.repr()?))
     }
 }
