@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 
 import pytest
-
 from ferrule import Cache, ManualClock
 
 # The largest reading (2**62 ns, about 146 years), in seconds.
