@@ -55,13 +55,13 @@ class BackendError(FerruleError, ConnectionError):
 # Clock
 # ---------------------------------------------------------------------------------------
 
-@final
 def _close_gate() -> None:
     """Internal: the ``atexit`` hook that keeps daemon threads waiting inside ferrule from
     re-attaching while the interpreter exits (they park instead; see ``src/py/wait.rs``).
     Registered when ``ferrule`` is imported; calling it by hand makes every later wait on
     another thread park forever."""
 
+@final
 class ManualClock:
     """A clock that moves only when told to, for deterministic tests.
 
