@@ -327,9 +327,13 @@ def test_lease_expires_on_the_server_clock_and_heartbeat_renews(redis_client: An
 
 def test_expire_sweeps_entries_and_rows(redis_client: Any) -> None:
     reg = RedisRegistry(redis_client, ttl=60.0)
-    for i in range(30):
-        reg.register(f"s{i}", capabilities=["c", f"c{i}"], node="n", ttl=0.05)
     reg.register("long", capabilities=["c"])
+    # One script stamps all 30 leases at once: no write in between sweeps any of them,
+    # however slow the machine (separate registers let later writes reclaim earlier ones).
+    reg.register_many(
+        {"agent_id": f"s{i}", "capabilities": ["c", f"c{i}"], "node": "n", "ttl": 0.05}
+        for i in range(30)
+    )
     time.sleep(0.08)
     assert reg.count(capability="c") == 1
     assert reg.expire() == 30
