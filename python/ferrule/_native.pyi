@@ -294,8 +294,8 @@ class Agent:
     def metadata(self) -> Mapping[str, Any]:
         """A read-only view (``types.MappingProxyType``) of a shallow copy of the
         metadata given at registration or the last ``update``. Nested containers are
-        the caller's own objects; ``where`` conditions see them as they were when the
-        metadata was given."""
+        the caller's own objects; ``where`` conditions on plain values (see
+        :meth:`Registry.find`) see them as they were when the metadata was given."""
     @property
     def registered_at(self) -> float:
         """When it was registered, in the registry's clock seconds."""
@@ -314,10 +314,10 @@ class Registry:
     when it was read. ``unregister`` and ``update`` touch only that agent's index rows.
     No Python code (a ``where`` callable, an owner check) runs under an internal lock.
 
-    Arguments are read once, as a snapshot: a dict, list, tuple, set or frozenset given
-    as metadata (at any depth), capabilities, a ``where`` value or a ``register_many``
-    item may be changed by another thread meanwhile (free-threaded builds) and is seen
-    either before or after each change, never half-changed. The registry takes part in
+    Arguments are read once, as a snapshot: a builtin dict, list, tuple, set or
+    frozenset given as metadata (at any depth), capabilities, a ``where`` value or a
+    ``register_many`` item may be changed by another thread meanwhile (free-threaded
+    builds) and is seen either before or after each change, never half-changed. The registry takes part in
     garbage collection: a cycle through it (a value, metadata or owner that refers back
     to the registry) is collected.
 

@@ -589,6 +589,7 @@ impl Index {
     /// value share its string (interned: queries compare hot, shared strings).
     fn add(&self, value: &Arc<str>, id: &Arc<str>) -> Arc<str> {
         let mut set = self.part(id).entry(value.clone()).or_default();
+        // At most one per writer of this id in flight, plus one: far below u32::MAX.
         *set.entry(id.clone()).or_insert(0) += 1;
         set.key().clone()
     }
@@ -598,7 +599,9 @@ impl Index {
         let now_empty = match part.get_mut(value) {
             Some(mut set) => {
                 if let Some(c) = set.get_mut(id) {
-                    *c -= 1;
+                    // Every removal matches an earlier add, so `c >= 1`; saturating all
+                    // the same, so that a broken invariant can only leave a row behind.
+                    *c = c.saturating_sub(1);
                     if *c == 0 {
                         set.remove(id);
                     }
@@ -681,7 +684,9 @@ impl IdBuf {
     fn iter(&self) -> impl Iterator<Item = &str> {
         let mut start = 0;
         self.ends.iter().map(move |&end| {
-            let s = &self.bytes[start..end];
+            // `ends` only grows, and each end follows a whole `&str` pushed onto
+            // `bytes`: every range is in bounds and on character boundaries.
+            let s = self.bytes.get(start..end).unwrap_or_default();
             start = end;
             s
         })
@@ -1232,7 +1237,8 @@ impl<R, P> Registry<R, P> {
         budget: usize,
         grave: &mut Grave<R, P>,
     ) -> usize {
-        let lock = &self.leases[shard];
+        // Callers pass `0..LEASE_SHARDS` or `token % LEASE_SHARDS`.
+        let lock = &self.leases[shard % LEASE_SHARDS];
         let mut due = Vec::new();
         {
             let mut s = lock.lock();

@@ -941,7 +941,8 @@ impl Registry {
                 .fetch_add(threads.len(), Ordering::Relaxed);
             self.threads.lock().extend(threads);
         }
-        self.sweep_threads(py, SWEEP_BUDGET);
+        // A few per registration, as for single writes.
+        self.sweep_threads(py, SWEEP_BUDGET.saturating_mul(published.len()));
         Ok(())
     }
 
