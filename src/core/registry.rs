@@ -2,8 +2,10 @@
 //! secondary indexes (capability, node, health), leases and metadata queries.
 //!
 //! # Structure
-//! - `entries`: a `DashMap<id, Arc<Entry>>` (sharded `RwLock`s, no global lock). An entry
-//!   is never changed in place: a write builds a new `Arc<Entry>` and swaps it in.
+//! - `entries`: id -> `Arc<Entry>` in sharded `RwLock<HashTable>`s (`Entries`, no
+//!   global lock; its traversal can skip a locked shard instead of waiting, for the
+//!   host's garbage collector). An entry is never changed in place: a write builds a
+//!   new `Arc<Entry>` and swaps it in.
 //! - Three indexes, each a `DashMap<value, HashMap<id, count>>` (capability is
 //!   multi-valued). An empty set is removed, so index keys track live values only.
 //! - Lease deadlines: a few `Mutex<BinaryHeap>` shards (chosen by registration token),
@@ -28,11 +30,19 @@
 //! the entries say. Updates only touch rows that differ between the two versions.
 //!
 //! # Locks
-//! No dashmap guard is held across another access to the same map (dashmap shard locks
-//! are not reentrant). Entry guards are never held while an index is touched, and index
+//! No shard guard is held across another access to the same map (shard locks are not
+//! reentrant). Entry guards are never held while an index is touched, and index
 //! guards are never held while an entry is read. Removed entries are handed back to the
 //! caller and dropped after every guard is released, because dropping one may drop the
 //! last reference to a Python object.
+//!
+//! # Comparisons
+//! `where` conditions are decided here when Python's answer is certain from the
+//! values alone (see [`Value`]), and left to the host (`Tri::Unknown`) otherwise:
+//! an opaque value, a NaN where identity counts, or an undecided item that Python
+//! would compare before a decisive one (it might raise first). Trees are at most as
+//! deep as the host makes them (it leaves deeper values opaque), which bounds every
+//! recursion over them.
 //!
 //! # Time
 //! An entry registered at t with ttl d is live while `now < t + d`. Reads check it; the

@@ -9,7 +9,7 @@
 //! Arguments: a caller's container (metadata dicts at any depth, lists in them,
 //! `capabilities`, `where` and its values, `register_many` items) may be changed by
 //! another thread while it is read on a free-threaded build. Each one is first copied in
-//! one step ([`snapshot`], `PyDict_Copy`: CPython copies a builtin container under its
+//! one step (`snapshot`, `PyDict_Copy`: CPython copies a builtin container under its
 //! own lock), and only the private copy is iterated; a container of another type is
 //! iterated through Python's protocol, whose failures are ordinary exceptions.
 //!
