@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import gc
+import sys
 import threading
 import types
+import weakref
+from typing import Any
 
 import pytest
 from ferrule import Agent, AlreadyRegistered, FerruleError, ManualClock, Registry
@@ -502,3 +505,487 @@ def test_lease_churn_keeps_memory_bounded() -> None:
     sizes = reg._index_sizes()
     assert sizes[:3] == (0, 0, 0)
     assert sizes[3] < 8 * 64 * 2  # stale deadline items are purged, not kept per churn
+
+
+def test_a_limit_of_any_size() -> None:
+    """A limit too large for any count means no limit (it used to raise); a negative
+    one, however large, is refused by name."""
+    reg = Registry()
+    reg.register_many([{"agent_id": f"a{i}", "capabilities": ["c"]} for i in range(5)])
+    assert len(reg.find(limit=2**70)) == 5
+    assert reg.count(capability="c", limit=2**64) == 5
+    assert reg.count(limit=sys.maxsize) == 5
+    assert reg.count(limit=3) == 3
+    with pytest.raises(ValueError, match="limit must be >= 0"):
+        reg.ids(limit=-(2**70))
+    with pytest.raises(TypeError, match="limit must be an int, not 'bool'"):
+        reg.find(limit=True)
+    with pytest.raises(ValueError, match="max_batch is out of range"):
+        Registry(max_batch=2**70)
+
+
+# ---- register_many: all or nothing, every owner watched -------------------------------
+
+
+class _RefusingFuture(concurrent.futures.Future):  # type: ignore[type-arg]
+    def add_done_callback(self, fn: Any) -> None:
+        raise RuntimeError("no callbacks here")
+
+
+class _ClassRaises:
+    """A weak-referenceable object that cannot even say what it is."""
+
+    @property  # type: ignore[misc]
+    def __class__(self) -> type:
+        raise RuntimeError("no class")
+
+
+def test_register_many_takes_back_everything_when_an_owner_cannot_be_watched() -> None:
+    """A batch with an owner whose watch cannot be attached leaves nothing behind: no
+    entry, no index row, no callback on an asyncio future, a concurrent future's watch
+    inert (guards against the items before it staying registered and the items after
+    it never being watched)."""
+    reg = Registry()
+    loop = asyncio.new_event_loop()
+    go = threading.Event()
+    t = threading.Thread(target=go.wait)
+    t.start()
+    try:
+        afut = loop.create_future()
+        cfut: concurrent.futures.Future[None] = concurrent.futures.Future()
+        weak = Owner()
+        items: list[dict[str, Any]] = [
+            {"agent_id": "a", "capabilities": ["c"], "owner": afut},
+            {"agent_id": "b", "node": "n", "owner": cfut},
+            {"agent_id": "bad", "owner": _RefusingFuture()},
+            {"agent_id": "t", "owner": t, "ttl": 5.0, "health": "h"},
+            {"agent_id": "w", "owner": weak},
+        ]
+        with pytest.raises(RuntimeError, match="no callbacks here"):
+            reg.register_many(items)
+        assert len(reg) == 0
+        assert reg._index_sizes()[:3] == (0, 0, 0)
+        assert not afut._callbacks
+        # The concurrent future's watch matches no registration: a later one survives.
+        reg.register("b", "later")
+        cfut.set_result(None)
+        assert reg.lookup("b") == "later"
+        # An owner that fails while being classified: nothing is published at all.
+        with pytest.raises(RuntimeError, match="no class"):
+            reg.register_many([{"agent_id": "x"}, {"agent_id": "y", "owner": _ClassRaises()}])
+        assert reg.ids() == ["b"]
+    finally:
+        go.set()
+        t.join()
+        loop.close()
+
+
+def test_register_many_watches_every_owner() -> None:
+    """Every owner of a successful batch is watched: each entry goes when its owner
+    does (guards against items of a batch never being watched)."""
+    reg = Registry()
+    loop = asyncio.new_event_loop()
+    go = threading.Event()
+    t = threading.Thread(target=go.wait)
+    t.start()
+    try:
+        afut = loop.create_future()
+        cfut: concurrent.futures.Future[None] = concurrent.futures.Future()
+        weak = Owner()
+        n = reg.register_many(
+            [
+                {"agent_id": "f", "owner": cfut},
+                {"agent_id": "t", "owner": t},
+                {"agent_id": "w", "owner": weak},
+                {"agent_id": "a", "owner": afut},
+                {"agent_id": "plain"},
+            ]
+        )
+        assert n == 5 and len(reg) == 5
+        cfut.set_result(None)
+        assert "f" not in reg
+        del weak
+        gc.collect()
+        assert "w" not in reg
+        go.set()
+        t.join()
+        assert reg.expire() == 1  # the thread owner was queued for the sweep
+        afut.set_result(None)
+        loop.run_until_complete(asyncio.sleep(0))
+        assert reg.ids() == ["plain"]
+    finally:
+        go.set()
+        t.join()
+        loop.close()
+
+
+def test_a_single_registration_whose_watch_fails_leaves_nothing() -> None:
+    """register() with an owner whose done-callback cannot be attached raises and
+    leaves no entry or index row."""
+    reg = Registry()
+    with pytest.raises(RuntimeError, match="no callbacks here"):
+        reg.register("a", capabilities=["c"], node="n", owner=_RefusingFuture())
+    assert len(reg) == 0 and reg._index_sizes() == (0, 0, 0, 0)
+
+
+# ---- an owner check that raises ------------------------------------------------------
+
+
+class _BrokenThread(threading.Thread):
+    broken = False
+
+    def is_alive(self) -> bool:
+        if self.broken:
+            raise RuntimeError("is_alive failed")
+        return super().is_alive()
+
+
+def test_a_failing_owner_check_is_reported_and_does_not_stop_the_sweep(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An owner thread whose is_alive() raises is kept (treated as running) and the
+    error goes to sys.unraisablehook; the rest of the sweep still reclaims the dead
+    owners, and no read or write fails because of it (guards against the failing check
+    stopping the sweep and leaving the batch's dead owners behind)."""
+    reported: list[Any] = []
+    monkeypatch.setattr(sys, "unraisablehook", reported.append)
+    reg = Registry()
+    go = threading.Event()
+    broken = _BrokenThread(target=go.wait)
+    broken.start()
+    reg.register("broken", owner=broken)
+    short = [threading.Thread(target=go.wait) for _ in range(4)]
+    for t in short:
+        t.start()
+    for i, t in enumerate(short):
+        reg.register(f"s{i}", capabilities=["c"], owner=t)
+    broken.broken = True
+    go.set()
+    for t in [*short, broken]:
+        t.join()
+    assert reg.expire() == 4
+    assert reg._index_sizes()[0] == 0
+    assert reported and all(isinstance(r.exc_value, RuntimeError) for r in reported)
+    assert reported[0].object is broken
+    # Reads and writes go on; the entry stays until the check works or it is removed.
+    reg.register("x", capabilities=["c"])
+    assert reg.ids(capability="c") == ["x"]
+    assert "broken" in reg
+    assert reg.count() == 2
+    assert len(reg) == 2
+    assert reg.unregister("broken") is True
+    broken.broken = False
+    assert reg.ids() == ["x"]
+
+
+# ---- where: exact numbers, hostile values, deep nesting --------------------------------
+
+
+def test_where_compares_ints_and_floats_exactly() -> None:
+    """Ints are never rounded to floats (guards against 2**53 + 1 == 2.0**53)."""
+    reg = Registry()
+    reg.register("a", metadata={"x": 2**53 + 1, "big": 2**64 + 1, "n": float("nan")})
+    for op, expected in [
+        ("eq", False),
+        ("ne", True),
+        ("gt", True),
+        ("gte", True),
+        ("lt", False),
+        ("lte", False),
+    ]:
+        assert reg.count(where=[("x", op, 2.0**53)]) == int(expected), op
+        assert reg.count(where=[("big", op, 2.0**64)]) == int(expected), op
+    assert reg.count(where=[("x", "in", [2.0**53])]) == 0
+    assert reg.count(where=[("x", "not_in", {2.0**53})]) == 1
+    assert reg.count(where=[("x", "lt", float("inf"))]) == 1
+    assert reg.count(where=[("n", "ne", float("nan"))]) == 1
+    assert reg.count(where=[("n", "eq", float("nan"))]) == 0
+    assert reg.count(where=[("n", "gte", float("-inf"))]) == 0
+
+
+def test_a_nan_is_found_by_identity_where_python_uses_it() -> None:
+    """`in` and container equality use `x is y or x == y` in Python: the same NaN object
+    matches itself there, and nowhere else."""
+    nan = float("nan")
+    reg = Registry()
+    reg.register("a", metadata={"n": nan, "l": [nan]})
+    assert reg.count(where=[("n", "in", [nan])]) == 1
+    assert reg.count(where=[("n", "in", {nan})]) == 1
+    assert reg.count(where=[("n", "in", [float("nan")])]) == 0
+    assert reg.count(where=[("l", "eq", [nan])]) == 1
+    assert reg.count(where=[("l", "eq", [float("nan")])]) == 0
+    assert reg.count(where=[("n", "eq", nan)]) == 0  # `==` itself never is
+
+
+class _Hostile:
+    def __init__(self, exc: type[BaseException] = RuntimeError) -> None:
+        self.exc = exc
+
+    def __eq__(self, other: object) -> bool:
+        raise self.exc("eq")
+
+    def __hash__(self) -> int:
+        raise self.exc("hash")
+
+    def __lt__(self, other: object) -> bool:
+        return _Falsy()  # type: ignore[return-value]
+
+
+class _Falsy:
+    def __bool__(self) -> bool:
+        raise RuntimeError("bool")
+
+
+def test_hostile_values_in_where_and_metadata_are_no_match() -> None:
+    """A raising __eq__, __hash__ or __bool__ on either side is no match, never an
+    error or a crash; KeyboardInterrupt is not swallowed (guards against it being
+    taken for a refused comparison)."""
+    reg = Registry()
+    reg.register("a", metadata={"h": _Hostile(), "n": 1, "l": [_Hostile()]})
+    for path, op, q in [
+        ("h", "eq", 1),
+        ("h", "ne", 1),
+        ("h", "lt", 1),
+        ("h", "in", {1, 2}),
+        ("h", "in", [1, 2]),
+        ("h", "not_in", {1}),
+        ("n", "eq", _Hostile()),
+        ("n", "in", [_Hostile()]),
+        ("l", "eq", 1),
+        ("l", "in", [1]),
+    ]:
+        assert reg.count(where=[(path, op, q)]) == 0, (path, op, q)
+    reg.register("k", metadata={"h": _Hostile(KeyboardInterrupt)})
+    with pytest.raises(KeyboardInterrupt):
+        reg.ids(where=[("h", "eq", 1)])
+
+
+class _HashOne:
+    """Hashes like 1, and refuses every comparison once armed."""
+
+    armed = False
+
+    def __hash__(self) -> int:
+        return 1
+
+    def __eq__(self, other: object) -> bool:
+        if _HashOne.armed:
+            raise RuntimeError("eq")
+        return self is other
+
+
+def _python_says(v: Any, op: str, q: Any) -> bool:
+    """Python's answer, a raised Exception counting as no match."""
+    ops: dict[str, Any] = {
+        "ne": lambda: v != q,
+        "in": lambda: v in q,
+        "not_in": lambda: v not in q,
+    }
+    try:
+        return bool(ops[op]())
+    except Exception:
+        return False
+
+
+def test_an_item_python_would_compare_first_decides_like_python() -> None:
+    """Python compares container items in order and stops at the first decisive one; an
+    item that raises before it makes the whole comparison refused (no match) (guards
+    against answering from a later item: `1 in [hostile, 1]` raises in Python)."""
+    reg = Registry()
+    h = _Hostile()
+    meta = {"n": 1, "l": [h, 1], "d": {"h": h, "x": 1}}
+    reg.register("a", metadata=meta)
+    colliding = [{_HashOne(), 1, 2}, {1, _HashOne()}, {_HashOne(), 3}]
+    _HashOne.armed = True
+    try:
+        _check_against_python(reg, meta, colliding, h)
+    finally:
+        _HashOne.armed = False
+
+
+def _check_against_python(reg: Registry, meta: dict[str, Any], colliding: Any, h: Any) -> None:
+    for path, op, q in [
+        ("n", "in", [h, 1]),
+        ("n", "in", (2, h, 1)),
+        ("n", "in", [1, h]),
+        ("n", "not_in", [h, 2]),
+        ("n", "in", colliding[0]),
+        ("n", "in", colliding[1]),
+        ("n", "not_in", colliding[2]),
+        ("l", "ne", [2, 2]),
+        ("l", "ne", [h, 2]),
+        ("d", "ne", {"h": 0, "x": 2}),
+        ("d", "ne", {"h": h, "y": 1}),
+    ]:
+        expected = _python_says(meta[path], op, q)
+        assert reg.count(where=[(path, op, q)]) == int(expected), (path, op, q)
+
+
+class _Key(str):
+    __slots__ = ()
+
+    def __hash__(self) -> int:
+        return hash(str(self))
+
+    def __eq__(self, other: object) -> bool:
+        raise RuntimeError("key eq")
+
+
+def test_metadata_keys_with_hostile_eq_raise_ordinarily() -> None:
+    """A str-subclass metadata key whose __eq__ raises: registration works, and a query
+    whose path lookup reaches it raises that error, as a dict lookup would."""
+    reg = Registry()
+    reg.register("a", metadata={_Key("k"): 1})
+    assert reg.count(where=[("other", "eq", 1)]) == 0
+    with pytest.raises(RuntimeError, match="key eq"):
+        reg.count(where=[("k", "eq", 1)])
+
+
+def test_deep_nesting_is_compared_by_python_without_overflowing_the_stack() -> None:
+    """Metadata and where values nested far deeper than the Rust trees go (32 levels)
+    are left to Python, which bounds its own recursion (guards against a stack
+    overflow in the conversion or comparison)."""
+    deep: Any = 1
+    other: Any = 1
+    for _ in range(100_000):
+        deep = [deep]
+        other = [other]
+    chain: Any = {"end": 1}
+    for _ in range(100_000):
+        chain = {"a": chain}
+    reg = Registry()
+    reg.register("a", metadata={"deep": deep, "chain": chain})
+    reg.update("a", metadata={"deep": deep, "chain": chain})
+    assert reg.count(where=[("deep", "eq", deep)]) == 1  # the same object: equal
+    # Python's own comparison of two distinct such lists raises RecursionError: no match.
+    assert reg.count(where=[("deep", "eq", other)]) == 0
+    assert reg.count(where=[("chain" + ".a" * 40, "ne", 0)]) == 1
+    assert reg.count(where=[("x", "in", [deep])]) == 0
+
+
+# ---- leases near the end of time -------------------------------------------------------
+
+
+def test_leases_at_the_largest_clock_reading() -> None:
+    """ttl and heartbeat arithmetic near ManualClock's largest reading (2**62 ns) with
+    the largest ttl stays exact and never overflows."""
+    top = 2**62 / 1e9
+    clock = ManualClock(4e9)  # the largest start
+    clock.advance(top - 4e9 - 10.0)
+    reg = Registry(clock=clock)
+    reg.register("a", ttl=4e9)
+    reg.register("b", ttl=1.0)
+    assert reg.get("a").expires_at == pytest.approx(top - 10.0 + 4e9)  # type: ignore[union-attr]
+    assert reg.heartbeat("a", ttl=4e9) is True
+    with pytest.raises(ValueError, match="ttl is too large"):
+        reg.heartbeat("a", ttl=4.1e9)
+    with pytest.raises(OverflowError):
+        clock.advance(20.0)
+    clock.advance(9.0)
+    assert reg.expire() == 1
+    assert reg.ids() == ["a"]
+
+
+# ---- garbage collection ------------------------------------------------------------------
+
+
+class Node:
+    """A plain object to close a reference cycle with."""
+
+    reg: Registry
+    agent: Agent | None
+    agents: list[Agent]
+
+
+def _collected(ref: weakref.ref[Any]) -> bool:
+    gc.collect()
+    return ref() is None
+
+
+def test_a_cycle_through_a_value_is_collected() -> None:
+    """A registry whose agent's value refers back to it is garbage once unreachable
+    (guards against the registry leaking forever, invisible to the collector)."""
+    reg = Registry()
+    obj = Node()
+    obj.reg = reg
+    reg.register("a", obj, capabilities=["c"], ttl=60.0)
+    ref = weakref.ref(obj)
+    del reg, obj
+    assert _collected(ref)
+
+
+def test_a_cycle_through_metadata_is_collected() -> None:
+    """A cycle through a metadata value (at any depth) is collected."""
+    reg = Registry()
+    obj = Node()
+    obj.reg = reg
+    reg.register("a", metadata={"deep": {"list": [obj]}})
+    ref = weakref.ref(obj)
+    del reg, obj
+    assert _collected(ref)
+
+
+def test_cycles_through_owners_are_collected() -> None:
+    """Cycles through a future owner (whose done-callback is the watch) and a thread
+    owner are collected."""
+    reg = Registry()
+    fut: concurrent.futures.Future[None] = concurrent.futures.Future()
+    fut.reg = reg  # type: ignore[attr-defined]
+    reg.register("f", owner=fut)
+    go = threading.Event()
+    t = threading.Thread(target=go.wait)
+    t.reg = reg  # type: ignore[attr-defined]
+    t.start()
+    reg.register("t", owner=t)
+    go.set()
+    t.join()
+    refs: list[weakref.ref[Any]] = [weakref.ref(fut), weakref.ref(t)]
+    del reg, fut, t
+    gc.collect()
+    assert all(r() is None for r in refs)
+
+
+def test_a_cycle_through_an_agent_is_collected() -> None:
+    """An Agent is part of the collector's graph: a value holding its own Agent is
+    collected once unregistered (guards against Agent hiding its references)."""
+    reg = Registry()
+    obj = Node()
+    reg.register("a", obj, metadata={"self": obj})
+    obj.agent = reg.get("a")
+    reg.unregister("a")
+    ref = weakref.ref(obj)
+    del obj
+    assert _collected(ref)
+
+
+def test_a_cycle_through_a_registry_and_its_agents_is_collected() -> None:
+    """A cycle through a registry and Agents of its entries (the current version and
+    an older one) is collected."""
+    reg = Registry()
+    obj = Node()
+    obj.reg = reg
+    reg.register("a", obj, metadata={"m": 1}, ttl=60.0)
+    obj.agents = [reg.get("a")]  # type: ignore[list-item]
+    reg.heartbeat("a")  # a new version; the old one stays with the first Agent
+    reg.update("a", metadata={"m": 2, "obj": obj})
+    obj.agents.append(reg.get("a"))  # type: ignore[arg-type]
+    ref = weakref.ref(obj)
+    del reg, obj
+    assert _collected(ref)
+
+
+def test_an_agent_held_from_outside_keeps_its_cycle_alive_and_intact() -> None:
+    """The collector never takes what an outside Agent still reaches (guards against
+    visiting one reference twice, which would clear live objects)."""
+    reg = Registry()
+    obj = Node()
+    obj.reg = reg
+    reg.register("a", obj, metadata={"obj": obj})
+    agent = reg.get("a")
+    assert agent is not None
+    del reg, obj
+    gc.collect()
+    value = agent.value
+    assert value.reg.lookup("a") is value
+    assert agent.metadata["obj"] is value
+    assert value.reg.get("a").value is value

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Any
 
 from ferrule import AlreadyRegistered, Registry
-from hypothesis import settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
@@ -198,3 +199,55 @@ class RegistryModel(RuleBasedStateMachine):
 
 RegistryModel.TestCase.settings = settings(max_examples=60, stateful_step_count=30, deadline=None)
 test_registry_model = RegistryModel.TestCase
+
+
+# ---- numbers: `where` against Python's own operators -----------------------------------
+
+# The same NaN object on both sides, where Python's `in` and container equality match
+# it by identity.
+SHARED_NAN = float("nan")
+EDGES = [2**53, 2**63, 2**64, 2**100]
+INTS = st.one_of(
+    st.integers(-1000, 1000),
+    st.tuples(st.sampled_from(EDGES), st.integers(-3, 3), st.booleans()).map(
+        lambda t: (t[0] + t[1]) * (-1 if t[2] else 1)
+    ),
+    st.integers(),
+)
+FLOATS = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from([0.0, -0.0, math.inf, -math.inf, math.nan, SHARED_NAN, 0.5, -2.5]),
+    INTS.map(float),
+    st.tuples(INTS.map(float), st.booleans()).map(
+        lambda t: math.nextafter(t[0], math.inf if t[1] else -math.inf)
+    ),
+)
+NUMBERS = st.one_of(INTS, FLOATS, st.booleans())
+
+
+@settings(max_examples=400, deadline=None)
+@example(v=2**53 + 1, q=2.0**53, others=[], as_set=False)
+@example(v=-(2**63) - 1, q=-(2.0**63), others=[2**64], as_set=True)
+@example(v=SHARED_NAN, q=SHARED_NAN, others=[float("nan")], as_set=False)
+@given(v=NUMBERS, q=NUMBERS, others=st.lists(NUMBERS, max_size=3), as_set=st.booleans())
+def test_where_on_numbers_matches_python(v: Any, q: Any, others: list[Any], as_set: bool) -> None:
+    """Every op over ints of any size, floats (inf, nan, -0.0, values around 2**53,
+    2**63, 2**64 and beyond) and bools gives Python's answer, for a plain value, a value
+    in a list (where eq and in also look at the items) and a value in a tuple (guards
+    against ints being rounded to floats, e.g. 2**53 + 1 == 2.0**53)."""
+    reg = Registry()
+    meta = {"x": v, "l": [v, *others], "t": (v,)}
+    reg.register("a", metadata=meta)
+    many: Any = [q, *others]
+    if as_set:
+        many = set(many)
+    for path in ("x", "l", "t"):
+        for op in ("eq", "ne", "gt", "gte", "lt", "lte", "in", "not_in"):
+            value = many if op in ("in", "not_in") else q
+            expected = model_match(meta, path, op, value)
+            got = reg.count(where=[(path, op, value)])
+            assert got == int(expected), (path, op, meta[path], value)
+    # Whole containers on the query side.
+    for value in ([v], (v,), [q], [v, *others]):
+        expected = model_match(meta, "l", "eq", value)
+        assert reg.count(where=[("l", "eq", value)]) == int(expected), value

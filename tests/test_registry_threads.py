@@ -5,6 +5,8 @@ from __future__ import annotations
 import gc
 import random
 import threading
+from collections.abc import Callable
+from typing import Any
 
 from ferrule import AlreadyRegistered, Registry
 
@@ -209,3 +211,170 @@ def test_update_is_one_step_for_readers(threads: int, stress_scale: int) -> None
             assert set(reg.ids(capability=c)) == {
                 a.agent_id for a in reg.find() if c in a.capabilities
             }
+
+
+# ---- arguments another thread changes meanwhile ----------------------------------------
+
+
+def _run_with_mutators(
+    mutators: list[Callable[[int], None]],
+    work: Callable[[int, int], None],
+    workers: int,
+    rounds: int,
+) -> list[BaseException]:
+    """Runs `work(worker, round)` on `workers` threads while every mutator runs in a
+    loop on a thread of its own; returns what the workers raised beyond ordinary
+    exceptions (a PanicException is a BaseException, not an Exception)."""
+    stop = threading.Event()
+    barrier = threading.Barrier(workers + len(mutators))
+    bad: list[BaseException] = []
+
+    def mutate(m: Callable[[int], None]) -> None:
+        barrier.wait()
+        i = 0
+        while not stop.is_set():
+            m(i)
+            i += 1
+
+    def run(w: int) -> None:
+        barrier.wait()
+        for r in range(rounds):
+            try:
+                work(w, r)
+            except Exception:  # an ordinary refusal is allowed
+                pass
+            except BaseException as e:  # PanicException
+                bad.append(e)
+                return
+
+    ms = [threading.Thread(target=mutate, args=(m,)) for m in mutators]
+    ws = [threading.Thread(target=run, args=(w,)) for w in range(workers)]
+    for t in ms + ws:
+        t.start()
+    for t in ws:
+        t.join()
+    stop.set()
+    for t in ms:
+        t.join()
+    return bad
+
+
+def test_arguments_resized_by_other_threads_never_panic(threads: int, stress_scale: int) -> None:
+    """Metadata dicts nested several levels deep, lists inside metadata, where values
+    (lists, sets, dicts) and capabilities (a set, a list) resized by other threads
+    while register, register_many, update, find, count and ids read them: each call
+    succeeds or raises an ordinary exception, never PanicException (guards against
+    PyO3's dict iterator panicking with "dictionary changed size during iteration" on
+    free-threaded builds)."""
+    inner: dict[str, Any] = {"k": 0}
+    items: list[Any] = [0, {"n": 1}]
+    meta = {"a": {"b": {"c": {"d": inner}}, "items": items}, "top": items}
+    caps_set = {"c0", "c1"}
+    caps_list = ["c0", "c1"]
+    in_list: list[Any] = [0, 1]
+    in_set = {0, 1}
+    eq_dict: dict[str, Any] = {"d": inner}
+
+    def grow_and_shrink(i: int) -> None:
+        inner[f"x{i % 64}"] = i
+        inner.pop(f"x{(i + 32) % 64}", None)
+        items.append({"i": i})
+        if len(items) > 40:
+            del items[2:30]
+
+    def churn_where(i: int) -> None:
+        in_list.append(i % 50)
+        in_set.add(i % 50)
+        eq_dict[f"k{i % 16}"] = i
+        if len(in_list) > 40:
+            del in_list[2:]
+            in_set.difference_update(range(2, 50))
+            eq_dict.clear()
+            eq_dict["d"] = inner
+
+    def churn_caps(i: int) -> None:
+        caps_set.add(f"c{i % 30}")
+        caps_set.discard(f"c{(i + 15) % 30}")
+        caps_list.append(f"c{i % 30}")
+        if len(caps_list) > 30:
+            del caps_list[2:]
+
+    reg = Registry()
+
+    def work(w: int, r: int) -> None:
+        aid = f"w{w}-{r % 20}"
+        step = r % 6
+        if step == 0:
+            reg.unregister(aid)
+            reg.register(aid, capabilities=caps_set, metadata=meta)
+        elif step == 1:
+            reg.update(aid, capabilities=caps_list, metadata=meta)
+        elif step == 2:
+            reg.find(
+                capability="c1",
+                where=[
+                    ("a.b.c.d.k", "in", in_list),
+                    ("top", "in", in_set),
+                    ("a.items", "ne", items),
+                ],
+            )
+        elif step == 3:
+            reg.count(where=[("a.b.c.d", "eq", eq_dict), ("a.b.c.d.k", "not_in", in_set)])
+        elif step == 4:
+            reg.ids(where=[("top", "eq", items), ("a.b.c", "ne", {"d": inner})])
+        else:
+            ids = [f"{aid}-m{j}" for j in range(3)]
+            for i in ids:
+                reg.unregister(i)
+            reg.register_many(
+                [{"agent_id": i, "capabilities": caps_set, "metadata": meta} for i in ids]
+            )
+
+    bad = _run_with_mutators(
+        [grow_and_shrink, churn_where, churn_caps],
+        work,
+        workers=max(2, threads // 2),
+        rounds=300 * stress_scale,
+    )
+    assert bad == []
+    assert len(reg) > 0
+
+
+def test_arguments_changed_by_other_threads_are_read_as_one_snapshot(
+    threads: int, stress_scale: int
+) -> None:
+    """A container changed by another thread is read as it was at one instant: a
+    dict whose values are always set together, a list whose items are always replaced
+    together and a capability set whose two members are swapped in one step are never
+    seen half-changed."""
+    width = 64
+    keys = [f"k{j}" for j in range(width)]
+    pair = dict.fromkeys(keys, 0)
+    row = [0] * width
+    caps = {"base", "x0"}
+    meta = {"pair": pair, "row": row}
+
+    def change(i: int) -> None:
+        v = i % 8
+        pair.update(dict.fromkeys(keys, v))  # one step under the dict's lock
+        row[:] = [v] * width  # likewise
+        caps.symmetric_difference_update({"x0", "x1"})  # swaps x0 and x1 in one step
+
+    reg = Registry()
+
+    def work(w: int, r: int) -> None:
+        reg.register(f"w{w}-{r}", capabilities=caps, metadata=meta)
+
+    rounds = 300 * stress_scale
+    workers = max(2, threads // 2)
+    bad = _run_with_mutators([change], work, workers=workers, rounds=rounds)
+    assert bad == []
+    total = len(reg)
+    assert total == workers * rounds
+    # The comparable trees were made from the copies: each agent saw one state.
+    by_pair = sum(reg.count(where=[("pair", "eq", dict.fromkeys(keys, v))]) for v in range(8))
+    by_row = sum(reg.count(where=[("row", "eq", [v] * width)]) for v in range(8))
+    assert by_pair == total
+    assert by_row == total
+    for a in reg.find():
+        assert len(a.capabilities & {"x0", "x1"}) == 1

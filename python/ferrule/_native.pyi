@@ -269,6 +269,9 @@ class Cache:
 class Agent:
     """One registered agent, as it was when read. Immutable and cheap to create.
 
+    An Agent takes part in garbage collection: a cycle through it (say, an agent's
+    value that keeps its own Agent) is collected.
+
     >>> reg = Registry()
     >>> reg.register("a1", "handle", capabilities=["search"], metadata={"gpu": 2})
     >>> a = reg.get("a1")
@@ -290,7 +293,9 @@ class Agent:
     @property
     def metadata(self) -> Mapping[str, Any]:
         """A read-only view (``types.MappingProxyType``) of a shallow copy of the
-        metadata given at registration or the last ``update``."""
+        metadata given at registration or the last ``update``. Nested containers are
+        the caller's own objects; ``where`` conditions on plain values (see
+        :meth:`Registry.find`) see them as they were when the metadata was given."""
     @property
     def registered_at(self) -> float:
         """When it was registered, in the registry's clock seconds."""
@@ -308,6 +313,13 @@ class Registry:
     each against the entry itself, so a result never holds an agent that did not match
     when it was read. ``unregister`` and ``update`` touch only that agent's index rows.
     No Python code (a ``where`` callable, an owner check) runs under an internal lock.
+
+    Arguments are read once, as a snapshot: a builtin dict, list, tuple, set or
+    frozenset given as metadata (at any depth), capabilities, a ``where`` value or a
+    ``register_many`` item may be changed by another thread meanwhile (free-threaded
+    builds) and is seen either before or after each change, never half-changed. The registry takes part in
+    garbage collection: a cycle through it (a value, metadata or owner that refers back
+    to the registry) is collected.
 
     >>> reg = Registry()
     >>> reg.register("a1", "worker-1", capabilities=["search", "code"], node="n1",
@@ -345,8 +357,11 @@ class Registry:
         ``owner``: a ``threading.Thread`` (the entry goes once the thread has finished),
         an ``asyncio.Task``/``asyncio.Future`` or ``concurrent.futures.Future`` (removed
         when done), or any weak-referenceable object (removed when it is collected). An
-        owner that is already finished raises ValueError. ``ttl`` (> 0 seconds) makes the
-        entry a lease that expires unless :meth:`heartbeat` renews it.
+        owner that is already finished raises ValueError. If a thread owner's
+        ``is_alive()`` raises later, the entry is kept (treated as running) and the
+        error goes to :func:`sys.unraisablehook`; no other call fails because of it.
+        ``ttl`` (> 0 seconds) makes the entry a lease that expires unless
+        :meth:`heartbeat` renews it.
 
         >>> import threading
         >>> reg = Registry()
@@ -357,8 +372,11 @@ class Registry:
 
     def register_many(self, items: Iterable[Mapping[str, Any]]) -> int:
         """Register every item (a dict of :meth:`register`'s arguments plus
-        ``agent_id``) or none: if one fails, those already made are removed and the
-        error propagates. More than ``max_batch`` items raise ValueError.
+        ``agent_id``) or none. Every item is checked before any is made; if one is
+        refused, or one owner cannot be watched (its ``add_done_callback`` raises), the
+        ones already made are removed with their index rows and owner watches, and the
+        error propagates. On success every owner is watched. More than ``max_batch``
+        items raise ValueError.
 
         >>> Registry().register_many([{"agent_id": "a"}, {"agent_id": "b", "node": "n1"}])
         2
@@ -425,9 +443,15 @@ class Registry:
         ``(path, op, value)`` triples over ``metadata`` (dotted path into nested dicts;
         op one of ``eq ne gt gte lt lte in not_in``; ``eq`` and ``in`` also match an
         element of a list value; a missing path never matches, and a comparison Python
-        would refuse is no match). Triples over plain values (None, bool, int, float,
-        str, lists, tuples, dicts) are evaluated in Rust with the GIL released; other
-        values fall back to Python comparisons. ``limit`` (>= 0) caps the result.
+        refuses (any ``Exception``: TypeError, a raising ``__eq__``, ``__hash__`` or
+        ``__bool__``, a RecursionError) is no match, while KeyboardInterrupt and the like
+        propagate). Every answer is Python's own: ints of any size against floats
+        without rounding (``2**53 + 1 != 2.0**53``), ``True == 1``, NaN unequal to
+        everything (except itself by identity inside ``in`` and container equality, as
+        in Python). Triples over plain values (None, bool, int, float, str, lists,
+        tuples, dicts, up to 32 levels deep) are evaluated in Rust with the GIL
+        released; other values fall back to Python comparisons. ``limit`` (an int >= 0,
+        any size) caps the result.
 
         >>> reg = Registry()
         >>> reg.register("a", metadata={"zone": "eu", "tags": ["gpu", "ssd"]})
@@ -447,7 +471,7 @@ class Registry:
         where: Callable[[Agent], object] | Iterable[tuple[str, str, Any]] | None = None,
         limit: int | None = None,
     ) -> int:
-        """How many agents :meth:`find` would return."""
+        """How many agents :meth:`find` would return (without building the list)."""
 
     def ids(
         self,

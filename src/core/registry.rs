@@ -2,8 +2,10 @@
 //! secondary indexes (capability, node, health), leases and metadata queries.
 //!
 //! # Structure
-//! - `entries`: a `DashMap<id, Arc<Entry>>` (sharded `RwLock`s, no global lock). An entry
-//!   is never changed in place: a write builds a new `Arc<Entry>` and swaps it in.
+//! - `entries`: id -> `Arc<Entry>` in sharded `RwLock<HashTable>`s (`Entries`, no
+//!   global lock; its traversal can skip a locked shard instead of waiting, for the
+//!   host's garbage collector). An entry is never changed in place: a write builds a
+//!   new `Arc<Entry>` and swaps it in.
 //! - Three indexes, each a `DashMap<value, HashMap<id, count>>` (capability is
 //!   multi-valued). An empty set is removed, so index keys track live values only.
 //! - Lease deadlines: a few `Mutex<BinaryHeap>` shards (chosen by registration token),
@@ -28,11 +30,19 @@
 //! the entries say. Updates only touch rows that differ between the two versions.
 //!
 //! # Locks
-//! No dashmap guard is held across another access to the same map (dashmap shard locks
-//! are not reentrant). Entry guards are never held while an index is touched, and index
+//! No shard guard is held across another access to the same map (shard locks are not
+//! reentrant). Entry guards are never held while an index is touched, and index
 //! guards are never held while an entry is read. Removed entries are handed back to the
 //! caller and dropped after every guard is released, because dropping one may drop the
 //! last reference to a Python object.
+//!
+//! # Comparisons
+//! `where` conditions are decided here when Python's answer is certain from the
+//! values alone (see [`Value`]), and left to the host (`Tri::Unknown`) otherwise:
+//! an opaque value, a NaN where identity counts, or an undecided item that Python
+//! would compare before a decisive one (it might raise first). Trees are at most as
+//! deep as the host makes them (it leaves deeper values opaque), which bounds every
+//! recursion over them.
 //!
 //! # Time
 //! An entry registered at t with ttl d is live while `now < t + d`. Reads check it; the
@@ -49,10 +59,10 @@ use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use dashmap::mapref::entry::Entry as MapEntry;
 use dashmap::DashMap;
+use hashbrown::hash_table::{Entry as HashEntry, HashTable};
 use hashbrown::{DefaultHashBuilder, HashMap};
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 
 use crate::core::clock::Clock;
 
@@ -71,10 +81,17 @@ type Map<K, V> = DashMap<K, V, DefaultHashBuilder>;
 /// A metadata value in a form that can be compared without calling back into the host
 /// language. `Opaque` stands for anything else; a comparison that reaches it is
 /// [`Tri::Unknown`] and is left to the caller.
+///
+/// Comparisons follow Python's rules exactly: bool, int and float compare by value
+/// across types (`True == 1 == 1.0`), an int against a float is compared without
+/// rounding, a NaN is unequal to everything and unordered. The one thing a tree cannot
+/// know is object identity, which Python consults for container items and `in` (`x is y
+/// or x == y`); it matters only for NaN, so a NaN met there is `Unknown`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
     Null,
     Bool(bool),
+    /// An int that fits in 64 bits (a larger one is `Opaque`).
     Int(i64),
     Float(f64),
     Str(Box<str>),
@@ -143,6 +160,54 @@ impl Tri {
             Self::Yes
         }
     }
+
+    // `any` and `all` treat each answer on its own. Inside one Python comparison (two
+    // lists, two dicts, `x in c`) the item comparisons are one computation that stops
+    // at the first decisive item, and an item only Python can compare may raise there
+    // and end it with an error (no match) first. So a decided item counts only when no
+    // undecided one could come before it.
+
+    /// `any` over item comparisons Python makes left to right (`x in list`).
+    fn any_in_order(it: impl IntoIterator<Item = Tri>) -> Self {
+        let mut unknown = false;
+        for t in it {
+            match t {
+                Self::Yes if unknown => return Self::Unknown,
+                Self::Yes => return Self::Yes,
+                Self::Unknown => unknown = true,
+                Self::No => {}
+            }
+        }
+        if unknown {
+            Self::Unknown
+        } else {
+            Self::No
+        }
+    }
+
+    /// `all` over item comparisons Python makes left to right (two lists or tuples).
+    fn all_in_order(it: impl IntoIterator<Item = Tri>) -> Self {
+        Self::any_in_order(it.into_iter().map(Self::not)).not()
+    }
+
+    /// `all` over item comparisons Python makes in an order the tree does not keep (two
+    /// dicts): decided only when every item is.
+    fn all_unordered(it: impl IntoIterator<Item = Tri>) -> Self {
+        let mut no = false;
+        for t in it {
+            match t {
+                Self::Unknown => return Self::Unknown,
+                Self::No => no = true,
+                Self::Yes => {}
+            }
+        }
+        Self::from_bool(!no)
+    }
+
+    /// `any` likewise (`x in set`: which members Python compares depends on hashes).
+    fn any_unordered(it: impl IntoIterator<Item = Tri>) -> Self {
+        Self::all_unordered(it.into_iter().map(Self::not)).not()
+    }
 }
 
 /// A `where` operator.
@@ -191,33 +256,68 @@ fn is_num(v: &Value) -> bool {
     matches!(v, Value::Bool(_) | Value::Int(_) | Value::Float(_))
 }
 
-/// Numeric comparison with Python's semantics for bool/int/float (exact for ints).
-fn num_cmp(a: &Value, b: &Value) -> Option<CmpOrdering> {
-    fn as_int(v: &Value) -> Option<i64> {
-        match v {
-            Value::Bool(b) => Some(i64::from(*b)),
-            Value::Int(i) => Some(*i),
-            _ => None,
-        }
+fn is_nan(v: &Value) -> bool {
+    matches!(v, Value::Float(f) if f.is_nan())
+}
+
+/// 2^63 as a float: the first float above every `i64` (and `-2^63` is `i64::MIN`).
+const TWO_POW_63: f64 = 9_223_372_036_854_775_808.0;
+
+/// `i` against `f` exactly, as Python's `float_richcompare` does it: the int is never
+/// rounded to a float, so `2**53 + 1 > 2.0**53`. `None` when `f` is NaN (unordered).
+fn cmp_int_float(i: i64, f: f64) -> Option<CmpOrdering> {
+    if f.is_nan() {
+        return None;
     }
-    match (as_int(a), as_int(b)) {
-        (Some(x), Some(y)) => Some(x.cmp(&y)),
-        _ => {
-            let f = |v: &Value| match v {
-                Value::Float(f) => *f,
-                Value::Int(i) => *i as f64,
-                Value::Bool(b) => f64::from(u8::from(*b)),
-                _ => f64::NAN,
-            };
-            f(a).partial_cmp(&f(b))
-        }
+    if f >= TWO_POW_63 {
+        return Some(CmpOrdering::Less); // also +inf
+    }
+    if f < -TWO_POW_63 {
+        return Some(CmpOrdering::Greater); // also -inf
+    }
+    // Now -2^63 <= f < 2^63: its integer part is an exact i64.
+    let whole = f.trunc();
+    match i.cmp(&(whole as i64)) {
+        // Same integer part: the fraction decides (`f - whole` is exact).
+        CmpOrdering::Equal => 0.0f64.partial_cmp(&(f - whole)),
+        o => Some(o),
     }
 }
 
-/// `a == b` as Python would answer it for these values.
+/// Numeric comparison with Python's semantics for bool/int/float: exact for every pair
+/// (an int is never rounded to a float); `None` when a NaN makes it unordered.
+fn num_cmp(a: &Value, b: &Value) -> Option<CmpOrdering> {
+    enum N {
+        I(i64),
+        F(f64),
+    }
+    let n = |v: &Value| match v {
+        Value::Bool(b) => Some(N::I(i64::from(*b))),
+        Value::Int(i) => Some(N::I(*i)),
+        Value::Float(f) => Some(N::F(*f)),
+        _ => None,
+    };
+    match (n(a)?, n(b)?) {
+        (N::I(x), N::I(y)) => Some(x.cmp(&y)),
+        (N::I(x), N::F(y)) => cmp_int_float(x, y),
+        (N::F(x), N::I(y)) => cmp_int_float(y, x).map(CmpOrdering::reverse),
+        (N::F(x), N::F(y)) => x.partial_cmp(&y),
+    }
+}
+
+/// `a == b` as Python's `==` answers it for these values.
 pub fn value_eq(a: &Value, b: &Value) -> Tri {
+    eq(a, b, false)
+}
+
+/// `a == b`; `item` when the two are items of containers (or a candidate and a member of
+/// an `in` collection). Python compares those as `a is b or a == b`; the identity only
+/// changes the answer for a NaN, which is equal to itself when it is the same object and
+/// the tree cannot tell whether two NaNs are.
+fn eq(a: &Value, b: &Value, item: bool) -> Tri {
     match (a, b) {
         (Value::Opaque, _) | (_, Value::Opaque) => Tri::Unknown,
+        _ if item && is_nan(a) && is_nan(b) => Tri::Unknown,
         _ if is_num(a) && is_num(b) => Tri::from_bool(num_cmp(a, b) == Some(CmpOrdering::Equal)),
         (Value::Null, Value::Null) => Tri::Yes,
         (Value::Str(x), Value::Str(y)) => Tri::from_bool(x == y),
@@ -225,17 +325,19 @@ pub fn value_eq(a: &Value, b: &Value) -> Tri {
             if tx != ty || x.len() != y.len() {
                 return Tri::No;
             }
-            Tri::all(x.iter().zip(y.iter()).map(|(p, q)| value_eq(p, q)))
+            Tri::all_in_order(x.iter().zip(y.iter()).map(|(p, q)| eq(p, q, true)))
         }
         (Value::Map(x), Value::Map(y)) => {
             if x.len() != y.len() {
                 return Tri::No;
             }
-            Tri::all(
-                x.iter()
-                    .zip(y.iter())
-                    .map(|((kx, vx), (ky, vy))| if kx == ky { value_eq(vx, vy) } else { Tri::No }),
-            )
+            // Each key of `x` looked up in `y` (a missing one: unequal).
+            Tri::all_unordered(x.iter().map(|(k, vx)| {
+                match y.binary_search_by(|(ky, _)| (**ky).cmp(&**k)) {
+                    Ok(j) => y.get(j).map_or(Tri::No, |(_, vy)| eq(vx, vy, true)),
+                    Err(_) => Tri::No,
+                }
+            }))
         }
         _ => Tri::No,
     }
@@ -273,7 +375,12 @@ fn member(v: &Value, allowed: &Value, hashed: bool) -> Tri {
             Tri::Yes => {}
         }
     }
-    Tri::any(items.iter().map(|x| value_eq(v, x)))
+    let answers = items.iter().map(|x| eq(v, x, true));
+    if hashed {
+        Tri::any_unordered(answers)
+    } else {
+        Tri::any_in_order(answers)
+    }
 }
 
 fn elements(v: &Value) -> Option<&[Value]> {
@@ -290,7 +397,10 @@ fn at_path<'a>(root: &'a Value, path: &[Box<str>]) -> Result<Option<&'a Value>, 
     for seg in path {
         match cur {
             Value::Map(items) => match items.binary_search_by(|(k, _)| (**k).cmp(&**seg)) {
-                Ok(i) => cur = &items[i].1,
+                Ok(i) => match items.get(i) {
+                    Some((_, v)) => cur = v,
+                    None => return Ok(None), // unreachable: `i` came from the search
+                },
                 Err(_) => return Ok(None),
             },
             Value::Opaque => return Err(()),
@@ -489,6 +599,7 @@ impl Index {
     /// value share its string (interned: queries compare hot, shared strings).
     fn add(&self, value: &Arc<str>, id: &Arc<str>) -> Arc<str> {
         let mut set = self.part(id).entry(value.clone()).or_default();
+        // At most one per writer of this id in flight, plus one: far below u32::MAX.
         *set.entry(id.clone()).or_insert(0) += 1;
         set.key().clone()
     }
@@ -498,7 +609,9 @@ impl Index {
         let now_empty = match part.get_mut(value) {
             Some(mut set) => {
                 if let Some(c) = set.get_mut(id) {
-                    *c -= 1;
+                    // Every removal matches an earlier add, so `c >= 1`; saturating all
+                    // the same, so that a broken invariant can only leave a row behind.
+                    *c = c.saturating_sub(1);
                     if *c == 0 {
                         set.remove(id);
                     }
@@ -581,7 +694,9 @@ impl IdBuf {
     fn iter(&self) -> impl Iterator<Item = &str> {
         let mut start = 0;
         self.ends.iter().map(move |&end| {
-            let s = &self.bytes[start..end];
+            // `ends` only grows, and each end follows a whole `&str` pushed onto
+            // `bytes`: every range is in bounds and on character boundaries.
+            let s = self.bytes.get(start..end).unwrap_or_default();
             start = end;
             s
         })
@@ -621,6 +736,154 @@ struct LeaseShard {
     stale: usize,
 }
 
+// ---- the entry map --------------------------------------------------------------------
+
+/// One shard of the entry map, alone on its cache lines.
+#[repr(align(128))]
+struct Shard<T>(RwLock<HashTable<T>>);
+
+/// id -> the current version of its entry: hash tables behind `RwLock`s, the shard
+/// chosen by the id's hash (no global lock). Written here rather than taken from
+/// dashmap for one operation dashmap does not offer: [`Entries::try_for_each`] reads
+/// every shard it can lock at once and skips the others, which is what the host's
+/// garbage collector needs (its traversal must never wait for a lock). A table holds
+/// `Arc<Entry>` keyed by `entry.id`, so a slot is one pointer.
+///
+/// The closures these methods take run under the shard's guard: they are short, pure
+/// Rust, and never touch the map. No method drops an entry under a guard: what a write
+/// replaces or removes is returned.
+struct Entries<R, P> {
+    shards: Box<[Shard<Arc<Entry<R, P>>>]>,
+    hasher: DefaultHashBuilder,
+    /// `64 - log2(shards)`: the shard index comes from the hash bits just below the top
+    /// 7 (hashbrown's tag), so it correlates neither with a slot's tag nor its position.
+    shift: u32,
+}
+
+impl<R, P> Entries<R, P> {
+    fn new(shards: usize) -> Self {
+        let n = shards.next_power_of_two().max(2);
+        Self {
+            shards: (0..n)
+                .map(|_| Shard(RwLock::new(HashTable::new())))
+                .collect(),
+            hasher: DefaultHashBuilder::default(),
+            shift: 64 - n.trailing_zeros(),
+        }
+    }
+
+    fn locate(&self, id: &str) -> (u64, &RwLock<HashTable<Arc<Entry<R, P>>>>) {
+        let h = self.hasher.hash_one(id);
+        // `(h << 7) >> shift` has log2(len) significant bits (len >= 2, so shift <= 63):
+        // always in range; the mask only makes that evident.
+        let i = ((h << 7) >> self.shift) as usize & (self.shards.len() - 1);
+        (h, &self.shards[i].0)
+    }
+
+    fn rehash(&self) -> impl Fn(&Arc<Entry<R, P>>) -> u64 + '_ {
+        |e| self.hasher.hash_one(&*e.id)
+    }
+
+    /// `f(entry)` under the shard's read guard.
+    fn with<T>(&self, id: &str, f: impl FnOnce(&Arc<Entry<R, P>>) -> T) -> Option<T> {
+        let (h, shard) = self.locate(id);
+        let t = shard.read();
+        t.find(h, |e| *e.id == *id).map(f)
+    }
+
+    fn get(&self, id: &str) -> Option<Arc<Entry<R, P>>> {
+        self.with(id, Arc::clone)
+    }
+
+    /// Inserts `e` unless its id is present and `keep(present)`: `Ok(replaced)`, or
+    /// `Err(())` when kept.
+    fn insert(
+        &self,
+        e: &Arc<Entry<R, P>>,
+        keep: impl FnOnce(&Entry<R, P>) -> bool,
+    ) -> Result<Option<Arc<Entry<R, P>>>, ()> {
+        let (h, shard) = self.locate(&e.id);
+        let mut t = shard.write();
+        match t.entry(h, |x| x.id == e.id, self.rehash()) {
+            HashEntry::Vacant(v) => {
+                v.insert(e.clone());
+                Ok(None)
+            }
+            HashEntry::Occupied(mut o) => {
+                if keep(o.get()) {
+                    Err(())
+                } else {
+                    Ok(Some(std::mem::replace(o.get_mut(), e.clone())))
+                }
+            }
+        }
+    }
+
+    /// Replaces the entry with `new(present)` when that is `Some`; returns the replaced.
+    fn replace(
+        &self,
+        id: &str,
+        new: impl FnOnce(&Entry<R, P>) -> Option<Arc<Entry<R, P>>>,
+    ) -> Option<Arc<Entry<R, P>>> {
+        let (h, shard) = self.locate(id);
+        let mut t = shard.write();
+        let slot = t.find_mut(h, |e| *e.id == *id)?;
+        let new = new(slot)?;
+        Some(std::mem::replace(slot, new))
+    }
+
+    /// Removes the entry if `f(present)`; returns it.
+    fn remove_if(
+        &self,
+        id: &str,
+        f: impl FnOnce(&Entry<R, P>) -> bool,
+    ) -> Option<Arc<Entry<R, P>>> {
+        let (h, shard) = self.locate(id);
+        let mut t = shard.write();
+        match t.find_entry(h, |e| *e.id == *id) {
+            Ok(o) if f(o.get()) => Some(o.remove().0),
+            _ => None,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.0.read().len()).sum()
+    }
+
+    /// Calls `f` on entries, shard by shard under its read guard, until it returns true;
+    /// true if it did.
+    fn any(&self, mut f: impl FnMut(&Arc<Entry<R, P>>) -> bool) -> bool {
+        self.shards.iter().any(|s| s.0.read().iter().any(&mut f))
+    }
+
+    /// Calls `f` on the entries of every shard that can be read-locked without waiting;
+    /// `Ok(false)` if a shard was skipped.
+    fn try_for_each<X>(
+        &self,
+        mut f: impl FnMut(&Arc<Entry<R, P>>) -> Result<(), X>,
+    ) -> Result<bool, X> {
+        let mut complete = true;
+        for s in &*self.shards {
+            match s.0.try_read() {
+                Some(t) => t.iter().try_for_each(&mut f)?,
+                None => complete = false,
+            }
+        }
+        Ok(complete)
+    }
+
+    /// Takes every entry out (each shard's table swapped for an empty one under its
+    /// write guard; the entries are dropped by the caller).
+    fn take_all(&self) -> Vec<Arc<Entry<R, P>>> {
+        let mut out = Vec::new();
+        for s in &*self.shards {
+            let t = std::mem::take(&mut *s.0.write());
+            out.extend(t);
+        }
+        out
+    }
+}
+
 // ---- the registry ---------------------------------------------------------------------
 
 /// Counts of what the indexes hold (for tests and reclamation checks).
@@ -633,7 +896,7 @@ pub struct IndexSizes {
 }
 
 pub struct Registry<R, P> {
-    entries: Map<Arc<str>, Arc<Entry<R, P>>>,
+    entries: Entries<R, P>,
     caps: Index,
     nodes: Index,
     health: Index,
@@ -676,7 +939,7 @@ impl<R, P> Registry<R, P> {
     pub fn new(clock: Clock, cpus: usize) -> Self {
         let shards = (cpus.max(1) * 8).next_power_of_two().max(16);
         Self {
-            entries: DashMap::with_hasher_and_shard_amount(DefaultHashBuilder::default(), shards),
+            entries: Entries::new(shards),
             caps: Index::new(shards),
             nodes: Index::new(shards),
             health: Index::new(shards),
@@ -806,7 +1069,7 @@ impl<R, P> Registry<R, P> {
         let kept: Vec<_> = items
             .into_vec()
             .into_iter()
-            .filter(|Reverse((_, t, id))| self.entries.get(&**id).is_some_and(|e| e.token == *t))
+            .filter(|Reverse((_, t, id))| self.entries.with(id, |e| e.token == *t) == Some(true))
             .collect();
         shard.lock().heap.extend(kept);
     }
@@ -851,19 +1114,7 @@ impl<R, P> Registry<R, P> {
             reg: spec.reg,
         });
         let read_now = self.now();
-        let outcome = match self.entries.entry(e.id.clone()) {
-            MapEntry::Vacant(v) => {
-                v.insert(e.clone());
-                Ok(None)
-            }
-            MapEntry::Occupied(mut o) => {
-                if o.get().is_live(read_now) {
-                    Err(())
-                } else {
-                    Ok(Some(o.insert(e.clone())))
-                }
-            }
-        };
+        let outcome = self.entries.insert(&e, |old| old.is_live(read_now));
         match outcome {
             Ok(replaced) => {
                 if let Some(old) = replaced {
@@ -887,7 +1138,7 @@ impl<R, P> Registry<R, P> {
 
     /// Removes the entry; returns it (live or not) for the caller to drop.
     pub fn unregister(&self, id: &str, grave: &mut Grave<R, P>) -> Option<Arc<Entry<R, P>>> {
-        let (_, old) = self.entries.remove(id)?;
+        let old = self.entries.remove_if(id, |_| true)?;
         self.forget(&old);
         self.reclaim_some(old.token, grave);
         Some(old)
@@ -896,24 +1147,22 @@ impl<R, P> Registry<R, P> {
     /// Removes the entry only if it is still the registration `token` (owner cleanup:
     /// a watch never removes a later registration of the same id).
     pub fn remove_token(&self, id: &str, token: u64) -> Option<Arc<Entry<R, P>>> {
-        let (_, old) = self.entries.remove_if(id, |_, e| e.token == token)?;
+        let old = self.entries.remove_if(id, |e| e.token == token)?;
         self.forget(&old);
         Some(old)
     }
 
     /// The entry as stored, live or not.
     fn raw(&self, id: &str) -> Option<Arc<Entry<R, P>>> {
-        self.entries.get(id).map(|r| r.value().clone())
+        self.entries.get(id)
     }
 
     /// Publishes `new` if the entry is still at `expected`'s version; returns the
     /// replaced entry.
     fn swap(&self, expected: &Entry<R, P>, new: &Arc<Entry<R, P>>) -> Option<Arc<Entry<R, P>>> {
-        let mut r = self.entries.get_mut(&*expected.id)?;
-        if r.version != expected.version {
-            return None;
-        }
-        Some(std::mem::replace(r.value_mut(), new.clone()))
+        self.entries.replace(&expected.id, |cur| {
+            (cur.version == expected.version).then(|| new.clone())
+        })
     }
 
     /// Changes the live entry's fields as one step.
@@ -998,7 +1247,8 @@ impl<R, P> Registry<R, P> {
         budget: usize,
         grave: &mut Grave<R, P>,
     ) -> usize {
-        let lock = &self.leases[shard];
+        // Callers pass `0..LEASE_SHARDS` or `token % LEASE_SHARDS`.
+        let lock = &self.leases[shard % LEASE_SHARDS];
         let mut due = Vec::new();
         {
             let mut s = lock.lock();
@@ -1019,8 +1269,8 @@ impl<R, P> Registry<R, P> {
                 Some(e) if e.token == token => {
                     if e.is_live(now) {
                         self.push_lease(e.expires_at, token, id);
-                    } else if let Some((_, old)) =
-                        self.entries.remove_if(&*id, |_, x| x.version == e.version)
+                    } else if let Some(old) =
+                        self.entries.remove_if(&id, |x| x.version == e.version)
                     {
                         self.remove_rows(&old);
                         grave.push(old);
@@ -1066,14 +1316,15 @@ impl<R, P> Registry<R, P> {
         let now = self.clock.now_nanos();
         let mut n = self.reclaim_due(grave);
         // Entries whose lease a heartbeat shortened are due before their heap item.
-        let expired: Vec<(Arc<str>, u64)> = self
-            .entries
-            .iter()
-            .filter(|r| !r.value().is_live(now))
-            .map(|r| (r.key().clone(), r.value().version))
-            .collect();
+        let mut expired: Vec<(Arc<str>, u64)> = Vec::new();
+        self.entries.any(|e| {
+            if !e.is_live(now) {
+                expired.push((e.id.clone(), e.version));
+            }
+            false
+        });
         for (id, version) in expired {
-            if let Some((_, old)) = self.entries.remove_if(&*id, |_, e| e.version == version) {
+            if let Some(old) = self.entries.remove_if(&id, |e| e.version == version) {
                 self.forget(&old);
                 grave.push(old);
                 n += 1;
@@ -1100,7 +1351,7 @@ impl<R, P> Registry<R, P> {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.entries.len() == 0
     }
 
     pub fn index_sizes(&self) -> IndexSizes {
@@ -1141,59 +1392,84 @@ impl<R, P> Registry<R, P> {
         Tri::all(q.conds.iter().map(|c| c.eval(&e.meta.tree)))
     }
 
-    /// Entries matching every criterion when read. Candidates come from the smallest
-    /// index set (copied out, guard released); each is then checked against its entry.
-    pub fn find(&self, q: &Query<'_>) -> Found<R, P> {
+    /// Calls `sink(entry, answer)` on each entry that matches (`Yes`) or may match
+    /// (`Unknown`: a condition is left to the caller) when read, until `sink` returns
+    /// true; true if it did. Candidates come from the smallest index set (copied out,
+    /// guard released); each is then checked against its entry. `sink` runs under the
+    /// entry's shard read guard: it may clone the `Arc` (never drop a last reference)
+    /// and must not touch the registry.
+    pub fn scan(
+        &self,
+        q: &Query<'_>,
+        mut sink: impl FnMut(&Arc<Entry<R, P>>, Tri) -> bool,
+    ) -> bool {
         let now = self.now();
-        let mut hits = Vec::new();
-        let mut sure = 0usize;
-        let mut truncated = false;
-        let mut take = |e: &Arc<Entry<R, P>>| -> bool {
-            // Runs under the entry's shard read guard: only a clone of the Arc (never a
-            // drop of the last reference) happens here.
-            match Self::check(e, q, now) {
-                Tri::No => false,
-                t => {
-                    let unsure = t == Tri::Unknown;
-                    hits.push(Hit {
-                        entry: e.clone(),
-                        unsure,
-                    });
-                    sure += usize::from(!unsure);
-                    q.limit.is_some_and(|l| sure >= l)
-                }
-            }
+        let mut visit = |e: &Arc<Entry<R, P>>| match Self::check(e, q, now) {
+            Tri::No => false,
+            t => sink(e, t),
         };
+        match self.plan(q) {
+            Some((idx, v, _)) => {
+                let mut buf = IdBuf::default();
+                idx.ids_into(v, &mut buf);
+                let stopped = buf
+                    .iter()
+                    .any(|id| self.entries.with(id, &mut visit) == Some(true));
+                stopped
+            }
+            None => self.entries.any(visit),
+        }
+    }
+
+    /// Entries matching every criterion when read (see [`Registry::scan`]), stopping
+    /// after `q.limit` sure matches.
+    pub fn find(&self, q: &Query<'_>) -> Found<R, P> {
+        let mut hits = Vec::new();
         if q.limit == Some(0) {
             return Found {
                 hits,
                 truncated: true,
             };
         }
-        match self.plan(q) {
-            Some((idx, v, _)) => {
-                let mut buf = IdBuf::default();
-                idx.ids_into(v, &mut buf);
-                for id in buf.iter() {
-                    let Some(r) = self.entries.get(id) else {
-                        continue;
-                    };
-                    if take(r.value()) {
-                        truncated = true;
-                        break;
-                    }
-                }
-            }
-            None => {
-                for r in &self.entries {
-                    if take(r.value()) {
-                        truncated = true;
-                        break;
-                    }
-                }
-            }
-        }
+        let mut sure = 0usize;
+        let truncated = self.scan(q, |e, t| {
+            let unsure = t == Tri::Unknown;
+            hits.push(Hit {
+                entry: e.clone(),
+                unsure,
+            });
+            sure += usize::from(!unsure);
+            q.limit.is_some_and(|l| sure >= l)
+        });
         Found { hits, truncated }
+    }
+
+    /// Takes every entry out, with its index rows and lease items (for the host's
+    /// garbage collector, on a registry nobody else uses any more). The entries are
+    /// handed back for the caller to drop.
+    pub fn clear(&self, grave: &mut Grave<R, P>) {
+        for e in self.entries.take_all() {
+            self.remove_rows(&e);
+            grave.push(e);
+        }
+        for s in &*self.leases {
+            let heap = {
+                let mut s = s.lock();
+                s.stale = 0;
+                std::mem::take(&mut s.heap)
+            };
+            drop(heap);
+        }
+    }
+
+    /// Calls `f` on every entry in a shard that can be read without waiting (the host's
+    /// garbage collector must never block); `Ok(false)` if one was skipped. `f` runs
+    /// under the shard's read guard.
+    pub fn try_for_each<X>(
+        &self,
+        f: impl FnMut(&Arc<Entry<R, P>>) -> Result<(), X>,
+    ) -> Result<bool, X> {
+        self.entries.try_for_each(f)
     }
 }
 
@@ -1248,8 +1524,7 @@ mod tests {
         let mut caps: BTreeMap<String, BTreeMap<String, u32>> = BTreeMap::new();
         let mut nodes: BTreeMap<String, BTreeMap<String, u32>> = BTreeMap::new();
         let mut health: BTreeMap<String, BTreeMap<String, u32>> = BTreeMap::new();
-        for e in &r.entries {
-            let e = e.value();
+        r.entries.any(|e| {
             for c in e.caps.iter() {
                 caps.entry(c.to_string())
                     .or_default()
@@ -1265,7 +1540,8 @@ mod tests {
                 .entry(e.health.to_string())
                 .or_default()
                 .insert(e.id.to_string(), 1);
-        }
+            false
+        });
         assert_eq!(r.caps.snapshot(), caps);
         assert_eq!(r.nodes.snapshot(), nodes);
         assert_eq!(r.health.snapshot(), health);
@@ -1497,6 +1773,115 @@ mod tests {
         assert_eq!(cond("odd.x", "eq", Value::Int(1)).eval(&tree), Tri::Unknown);
         assert_eq!(cond("gpu", "eq", Value::Bool(true)).eval(&tree), Tri::No);
         assert_eq!(Op::parse("like"), None);
+    }
+
+    #[test]
+    fn ints_and_floats_compare_exactly() {
+        use CmpOrdering::{Equal, Greater, Less};
+        let two53 = 9_007_199_254_740_992.0_f64;
+        assert_eq!(cmp_int_float(1 << 53, two53), Some(Equal));
+        assert_eq!(cmp_int_float((1 << 53) + 1, two53), Some(Greater));
+        assert_eq!(cmp_int_float(i64::MAX, TWO_POW_63), Some(Less));
+        assert_eq!(cmp_int_float(i64::MIN, -TWO_POW_63), Some(Equal));
+        assert_eq!(cmp_int_float(i64::MIN, f64::NEG_INFINITY), Some(Greater));
+        assert_eq!(cmp_int_float(i64::MIN, f64::INFINITY), Some(Less));
+        assert_eq!(cmp_int_float(0, -0.0), Some(Equal));
+        assert_eq!(cmp_int_float(2, 2.5), Some(Less));
+        assert_eq!(cmp_int_float(-2, -2.5), Some(Greater));
+        assert_eq!(cmp_int_float(-3, -2.5), Some(Less));
+        assert_eq!(cmp_int_float(0, f64::NAN), None);
+        let eq = |a, b| value_eq(&a, &b);
+        assert_eq!(eq(Value::Int((1 << 53) + 1), Value::Float(two53)), Tri::No);
+        assert_eq!(eq(Value::Float(two53), Value::Int(1 << 53)), Tri::Yes);
+        assert_eq!(eq(Value::Bool(true), Value::Float(1.0)), Tri::Yes);
+        // `==` on a NaN is never true; as container items, identity may make it so.
+        assert_eq!(eq(Value::Float(f64::NAN), Value::Float(f64::NAN)), Tri::No);
+        let one_nan = || Value::Seq(Box::new([Value::Float(f64::NAN)]), false);
+        assert_eq!(eq(one_nan(), one_nan()), Tri::Unknown);
+        let with_one = Value::Seq(Box::new([Value::Float(1.0)]), false);
+        assert_eq!(eq(one_nan(), with_one), Tri::No);
+        assert_eq!(
+            cond("x", "in", one_nan()).eval(&map(vec![("x", Value::Float(f64::NAN))])),
+            Tri::Unknown
+        );
+        assert_eq!(
+            cond("x", "gte", Value::Float(f64::NAN)).eval(&map(vec![("x", Value::Int(1))])),
+            Tri::No
+        );
+    }
+
+    #[test]
+    fn an_undecided_item_before_a_decisive_one_leaves_the_answer_undecided() {
+        let list = |xs: Vec<Value>| Value::Seq(xs.into(), false);
+        let tree = map(vec![
+            ("n", Value::Int(1)),
+            ("l", list(vec![Value::Opaque, Value::Int(1)])),
+            ("d", map(vec![("a", Value::Opaque), ("b", Value::Int(1))])),
+        ]);
+        // Python compares the opaque item first; it may raise before 1 is reached.
+        let q = list(vec![Value::Opaque, Value::Int(1)]);
+        assert_eq!(cond("n", "in", q).eval(&tree), Tri::Unknown);
+        let q = list(vec![Value::Int(1), Value::Opaque]);
+        assert_eq!(cond("n", "in", q).eval(&tree), Tri::Yes);
+        let q = list(vec![Value::Int(2), Value::Int(2)]);
+        assert_eq!(cond("l", "ne", q).eval(&tree), Tri::Unknown);
+        let q = list(vec![Value::Int(2)]);
+        assert_eq!(cond("l", "ne", q).eval(&tree), Tri::Yes); // lengths differ first
+        let q = map(vec![("a", Value::Int(0)), ("b", Value::Int(2))]);
+        assert_eq!(cond("d", "ne", q).eval(&tree), Tri::Unknown);
+        let q = list(vec![Value::Opaque, Value::Int(1)]);
+        let mut c = cond("n", "in", q);
+        c.hashed = true;
+        assert_eq!(c.eval(&tree), Tri::Unknown);
+    }
+
+    #[test]
+    fn clear_takes_everything_and_traversal_skips_locked_shards() {
+        const NANOS_HOUR: i64 = 3_600_000_000_000;
+        let r = Reg::new(Clock::Monotonic, 2);
+        let mut g = Vec::new();
+        for i in 0..100 {
+            r.register(
+                spec(&r, &i.to_string(), &["c"], Some("n"), Some(NANOS_HOUR)),
+                &mut g,
+            )
+            .unwrap();
+        }
+        let mut seen = 0;
+        assert_eq!(
+            r.try_for_each(|_| {
+                seen += 1;
+                Ok::<_, ()>(())
+            }),
+            Ok(true)
+        );
+        assert_eq!(seen, 100);
+        // A shard held by a writer is skipped, not waited for.
+        let held = r.entries.shards[0].0.write();
+        let n = held.len();
+        let mut seen = 0;
+        assert_eq!(
+            r.try_for_each(|_| {
+                seen += 1;
+                Ok::<_, ()>(())
+            }),
+            Ok(n == 0)
+        );
+        assert_eq!(seen, 100 - n);
+        drop(held);
+        let mut grave = Vec::new();
+        r.clear(&mut grave);
+        assert_eq!(grave.len(), 100);
+        assert_eq!(r.len(), 0);
+        assert_eq!(
+            r.index_sizes(),
+            IndexSizes {
+                capabilities: 0,
+                nodes: 0,
+                health: 0,
+                lease_items: 0
+            }
+        );
     }
 
     #[test]

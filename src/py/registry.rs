@@ -6,15 +6,34 @@
 //! callable `where`, whether a `Thread` owner is still alive) is decided here, after the
 //! core has handed back its candidates and released every guard.
 //!
+//! Arguments: a caller's container (metadata dicts at any depth, lists in them,
+//! `capabilities`, `where` and its values, `register_many` items) may be changed by
+//! another thread while it is read on a free-threaded build. Each one is first copied in
+//! one step (`snapshot`, `PyDict_Copy`: CPython copies a builtin container under its
+//! own lock), and only the private copy is iterated; a container of another type is
+//! iterated through Python's protocol, whose failures are ordinary exceptions.
+//!
 //! Owners: a weak-referenceable owner gets a `weakref.ref` whose callback is an
 //! [`OwnerWatch`]; a `Future`/`Task` gets the watch as a done-callback, attached only
 //! after the entry is published (so a failed registration leaves no watch), and
-//! detached again when the registration goes away by other means. A watch removes the
-//! entry only if it still belongs to the watch's registration token, so the death of a
-//! losing or earlier owner never removes a later registration of the same id. A
-//! `Thread` owner is checked with `is_alive()` on every read that would return it, and
-//! a queue of thread-owned registrations is swept a few per write (and fully by
-//! `expire()` and `len()`).
+//! detached again when the registration goes away by other means (asyncio futures; a
+//! `concurrent.futures.Future` cannot drop a callback, so it keeps a watch that no longer
+//! matches any registration and does nothing). A watch removes the entry only if it
+//! still belongs to the watch's registration token, so the death of a losing or earlier
+//! owner never removes a later registration of the same id. A `Thread` owner is checked
+//! with `is_alive()` on every read that would return it, and a queue of thread-owned
+//! registrations is swept a few per write (and fully by `expire()` and `len()`). A check
+//! that raises counts as "still running" and is reported through `sys.unraisablehook`:
+//! one broken owner never fails another caller's read or stops a sweep.
+//!
+//! Garbage collection: every Python reference an entry version holds (value, owner,
+//! metadata dict) is visited by exactly one holder. A version in the registry's map is
+//! the registry's to visit, always. Every other holder of it is either an [`Agent`],
+//! which holds and visits its own references to the same objects, or a call in
+//! progress on this registry (which keeps the registry reachable). An Agent visits the
+//! version's references as well only when it is the version's sole holder (it left the
+//! map, and no other Agent or call has it). Nothing is ever visited twice; a reference
+//! nobody may visit counts as held from outside, which only keeps objects alive.
 //!
 //! Everything the core removes is handed back and dropped here, with the GIL held and
 //! no guard held.
@@ -25,16 +44,19 @@ use std::sync::{Arc, Weak};
 
 use parking_lot::Mutex;
 use pyo3::basic::CompareOp;
-use pyo3::exceptions::{PyKeyError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyException, PyKeyError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyDict, PyFrozenSet, PyList, PyMapping, PySet, PyString, PyTuple};
+use pyo3::types::{
+    PyBool, PyDict, PyFrozenSet, PyInt, PyList, PyMapping, PySet, PyString, PyTuple,
+};
+use pyo3::{PyTraverseError, PyVisit};
 
 use crate::core::clock::nanos_to_secs;
 use crate::core::registry::{
     self as core, normalize_caps, Changes, Cond, Entry, Metadata, Op, Query, RegistryError, Spec,
-    Value, NEVER,
+    Tri, Value, NEVER,
 };
 use crate::errors::{wrong_type, Exc};
 use crate::py::{args, wait};
@@ -43,14 +65,16 @@ use crate::py::{args, wait};
 const DETACH_AT: usize = 256;
 /// Thread-owned registrations checked per write.
 const SWEEP_BUDGET: usize = 2;
-/// Nesting depth beyond which metadata is left opaque.
+/// Nesting depth beyond which a metadata or `where` value is left opaque (compared by
+/// Python, which bounds its own recursion). It bounds every recursion over a tree here
+/// and in the core, so deep nesting can never exhaust the Rust stack.
 const MAX_DEPTH: u32 = 32;
 
 /// What a registration holds for its owner.
 enum Owner {
     None,
     /// The `weakref.ref` whose callback removes the entry.
-    Weak(#[allow(dead_code)] Py<PyAny>),
+    Weak(Py<PyAny>),
     Thread(Py<PyAny>),
     Future {
         fut: Py<PyAny>,
@@ -58,11 +82,29 @@ enum Owner {
     },
 }
 
+impl Owner {
+    /// The owner's object the garbage collector must see (a watch holds no Python
+    /// object and is not tracked by the collector).
+    fn object(&self) -> Option<&Py<PyAny>> {
+        match self {
+            Self::None => None,
+            Self::Weak(o) | Self::Thread(o) | Self::Future { fut: o, .. } => Some(o),
+        }
+    }
+}
+
 /// Host data fixed for a registration.
 pub struct RegData {
     id: Py<PyString>,
     value: Py<PyAny>,
     owner: Owner,
+}
+
+impl RegData {
+    fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.value)?;
+        visit.call(self.owner.object())
+    }
 }
 
 /// Host copy of one version's metadata (`None`: empty).
@@ -120,7 +162,34 @@ fn rust_str(s: &Bound<'_, PyString>) -> PyResult<Arc<str>> {
     Ok(Arc::from(s.to_str()?))
 }
 
-/// A Python value as a comparable tree; only exact builtin types are looked into.
+/// An exact list, tuple, set, frozenset or dict: a container CPython copies in one step.
+fn is_builtin_container(obj: &Bound<'_, PyAny>) -> bool {
+    let p = obj.as_ptr();
+    // SAFETY: `p` is a live object; these checks only read its type.
+    unsafe {
+        ffi::PyList_CheckExact(p) != 0
+            || ffi::PyTuple_CheckExact(p) != 0
+            || ffi::PyAnySet_CheckExact(p) != 0
+            || ffi::PyDict_CheckExact(p) != 0
+    }
+}
+
+/// `list(obj)`: a private list of the items (a dict's keys). For a builtin container it
+/// is taken in one step (under the container's lock on free-threaded builds), so another
+/// thread's change is wholly in or wholly out; any other iterable is iterated through
+/// Python's protocol, and its failures are ordinary exceptions.
+fn snapshot<'py>(obj: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyList>> {
+    // SAFETY: `obj` is live; `PySequence_List` returns a new reference to a list, or
+    // NULL with an exception set.
+    unsafe {
+        Bound::from_owned_ptr_or_err(obj.py(), ffi::PySequence_List(obj.as_ptr()))
+            .map(|l| l.cast_into_unchecked())
+    }
+}
+
+/// A Python value as a comparable tree; only exact builtin types are looked into, each
+/// container through a private copy (see the module documentation). Anything else, a
+/// NaN's identity aside, is `Opaque` and compared by Python.
 fn to_value(obj: &Bound<'_, PyAny>, depth: u32) -> Value {
     let p = obj.as_ptr();
     if depth > MAX_DEPTH {
@@ -135,6 +204,7 @@ fn to_value(obj: &Bound<'_, PyAny>, depth: u32) -> Value {
             return Value::Bool(p == ffi::Py_True());
         }
         if ffi::PyLong_CheckExact(p) != 0 {
+            // Beyond 64 bits: opaque, so Python compares it (exactly).
             return obj.extract::<i64>().map_or(Value::Opaque, Value::Int);
         }
         if ffi::PyFloat_CheckExact(p) != 0 {
@@ -147,14 +217,15 @@ fn to_value(obj: &Bound<'_, PyAny>, depth: u32) -> Value {
                 .map_or(Value::Opaque, |s| Value::Str(s.into()));
         }
         if ffi::PyList_CheckExact(p) != 0 {
-            let items: Vec<Value> = obj
-                .cast_unchecked::<PyList>()
-                .iter()
-                .map(|x| to_value(&x, depth + 1))
-                .collect();
+            // A failed copy (memory) leaves the value to Python.
+            let Ok(items) = snapshot(obj) else {
+                return Value::Opaque;
+            };
+            let items: Vec<Value> = items.iter().map(|x| to_value(&x, depth + 1)).collect();
             return Value::Seq(items.into(), false);
         }
         if ffi::PyTuple_CheckExact(p) != 0 {
+            // Immutable: read in place.
             let items: Vec<Value> = obj
                 .cast_unchecked::<PyTuple>()
                 .iter()
@@ -163,26 +234,27 @@ fn to_value(obj: &Bound<'_, PyAny>, depth: u32) -> Value {
             return Value::Seq(items.into(), true);
         }
         if ffi::PyDict_CheckExact(p) != 0 {
-            return dict_value(obj.cast_unchecked::<PyDict>(), depth);
+            return match obj.cast_unchecked::<PyDict>().copy() {
+                Ok(d) => dict_value(&d, depth),
+                Err(_) => Value::Opaque,
+            };
         }
     }
     Value::Opaque
 }
 
+/// The tree of a dict nobody else can change (a private copy).
 fn dict_value(d: &Bound<'_, PyDict>, depth: u32) -> Value {
     let mut items = Vec::with_capacity(d.len());
     for (k, v) in d.iter() {
         if !k.is_exact_instance_of::<PyString>() {
             return Value::Opaque;
         }
-        let Ok(k) = k
-            .cast::<PyString>()
-            .map(|s| s.to_str().map(Box::<str>::from))
-        else {
+        // SAFETY: checked just above.
+        let Ok(k) = unsafe { k.cast_unchecked::<PyString>() }.to_str() else {
             return Value::Opaque;
         };
-        let Ok(k) = k else { return Value::Opaque };
-        items.push((k, to_value(&v, depth + 1)));
+        items.push((Box::<str>::from(k), to_value(&v, depth + 1)));
     }
     items.sort_by(|a, b| a.0.cmp(&b.0));
     Value::Map(items.into())
@@ -193,14 +265,17 @@ fn metadata(py: Python<'_>, obj: Option<&Bound<'_, PyAny>>) -> PyResult<Arc<Meta
     let Some(obj) = obj.filter(|o| !o.is_none()) else {
         return Ok(empty_meta());
     };
-    let d = PyDict::new(py);
-    if let Ok(src) = obj.cast::<PyDict>() {
-        d.update(src.as_mapping())?;
+    let d = if obj.is_exact_instance_of::<PyDict>() {
+        // One step, under the source's lock on free-threaded builds.
+        // SAFETY: checked just above.
+        unsafe { obj.cast_unchecked::<PyDict>() }.copy()?
     } else if let Ok(m) = obj.cast::<PyMapping>() {
+        let d = PyDict::new(py);
         d.update(m)?;
+        d
     } else {
         return Err(wrong_type("metadata", "a mapping or None", obj));
-    }
+    };
     for k in d.keys() {
         if !k.is_instance_of::<PyString>() {
             return Err(PyTypeError::new_err(format!(
@@ -236,12 +311,16 @@ fn capabilities(obj: Option<&Bound<'_, PyAny>>) -> PyResult<Vec<Arc<str>>> {
             "capabilities must be an iterable of str, not a str",
         ));
     }
-    let it = obj
-        .try_iter()
-        .map_err(|_| wrong_type("capabilities", "an iterable of str", obj))?;
-    let mut out = Vec::new();
-    for item in it {
-        let item = item?;
+    let items = if is_builtin_container(obj) {
+        snapshot(obj)?
+    } else {
+        let it = obj
+            .try_iter()
+            .map_err(|_| wrong_type("capabilities", "an iterable of str", obj))?;
+        snapshot(it.as_any())?
+    };
+    let mut out = Vec::with_capacity(items.len());
+    for item in items.iter() {
         let s = item.cast::<PyString>().map_err(|_| {
             PyTypeError::new_err(format!(
                 "capabilities must contain only str, not '{}'",
@@ -266,6 +345,30 @@ fn health_arg(obj: Option<&Bound<'_, PyAny>>) -> PyResult<Arc<str>> {
         None => Ok(Arc::from("healthy")),
         Some(o) => rust_str(&args::string(o, "health")?),
     }
+}
+
+/// `limit`: None or an int >= 0. One too large for any count means no limit.
+fn limit_arg(obj: Option<&Bound<'_, PyAny>>) -> PyResult<Option<usize>> {
+    let Some(l) = obj.filter(|l| !l.is_none()) else {
+        return Ok(None);
+    };
+    if !l.is_instance_of::<PyInt>() || l.is_instance_of::<PyBool>() {
+        return Err(wrong_type("limit", "an int", l));
+    }
+    let negative = match l.extract::<i64>() {
+        Ok(v) => v < 0,
+        // Beyond 64 bits: only the sign matters (an int compares with 0 in C).
+        Err(_) => l.lt(0)?,
+    };
+    if negative {
+        return Err(PyValueError::new_err("limit must be >= 0"));
+    }
+    Ok(Some(
+        l.extract::<u64>()
+            .ok()
+            .and_then(|v| usize::try_from(v).ok())
+            .unwrap_or(usize::MAX),
+    ))
 }
 
 // ---- owners -------------------------------------------------------------------------
@@ -296,9 +399,27 @@ enum OwnerKind<'py> {
     Future(Bound<'py, PyAny>),
 }
 
+/// `obj.name(*args)` for a method a caller's subclass may override.
+fn call_method<'py, A>(obj: &Bound<'py, PyAny>, name: &str, args: A) -> PyResult<Bound<'py, PyAny>>
+where
+    A: IntoPyObject<'py, Target = PyTuple>,
+{
+    wait::call1(&obj.getattr(name)?, args)
+}
+
 fn thread_dead(t: &Bound<'_, PyAny>) -> PyResult<bool> {
     // An unstarted thread has no ident yet and is not dead.
-    Ok(!t.call_method0("is_alive")?.is_truthy()? && !t.getattr("ident")?.is_none())
+    Ok(!call_method(t, "is_alive", ())?.is_truthy()? && !t.getattr("ident")?.is_none())
+}
+
+/// Whether a registered owner thread has finished. A check that raises counts as "still
+/// running" and goes to `sys.unraisablehook`: the entry stays (until the check works or
+/// it is unregistered), and the caller's read, write or sweep goes on.
+fn owner_finished(py: Python<'_>, t: &Bound<'_, PyAny>) -> bool {
+    thread_dead(t).unwrap_or_else(|e| {
+        e.write_unraisable(py, Some(t));
+        false
+    })
 }
 
 fn classify<'py>(py: Python<'py>, owner: Option<&Bound<'py, PyAny>>) -> PyResult<OwnerKind<'py>> {
@@ -312,7 +433,7 @@ fn classify<'py>(py: Python<'py>, owner: Option<&Bound<'py, PyAny>>) -> PyResult
         return Ok(OwnerKind::Thread(o.clone()));
     }
     if o.is_instance(future_types(py)?.as_any())? {
-        if o.call_method0("done")?.is_truthy()? {
+        if call_method(o, "done", ())?.is_truthy()? {
             return Err(PyValueError::new_err("owner future is already done"));
         }
         return Ok(OwnerKind::Future(o.clone()));
@@ -322,69 +443,145 @@ fn classify<'py>(py: Python<'py>, owner: Option<&Bound<'py, PyAny>>) -> PyResult
 
 // ---- Agent --------------------------------------------------------------------------
 
+/// What an Agent holds: the entry version it shows, and its own references to that
+/// version's Python objects, so that the collector sees them through the Agent (see the
+/// module documentation).
+struct AgentRefs {
+    e: Arc<E>,
+    value: Py<PyAny>,
+    meta: MetaPy,
+    owner: Option<Py<PyAny>>,
+}
+
 /// One registered agent as it was when read. Immutable.
 #[pyclass(frozen, module = "ferrule._native", name = "Agent")]
 pub struct Agent {
-    e: Arc<E>,
+    /// `None` once the garbage collector has cleared it. Held only to copy a field out:
+    /// nothing that can run Python (or allocate a Python object) happens under it.
+    refs: Mutex<Option<AgentRefs>>,
+}
+
+impl Agent {
+    fn new(py: Python<'_>, e: Arc<E>) -> Self {
+        let refs = AgentRefs {
+            value: e.reg.value.clone_ref(py),
+            meta: e.meta.extra.as_ref().map(|d| d.clone_ref(py)),
+            owner: e.reg.owner.object().map(|o| o.clone_ref(py)),
+            e,
+        };
+        Self {
+            refs: Mutex::new(Some(refs)),
+        }
+    }
+
+    /// `f` of the refs; RuntimeError once cleared (only a finalizer that runs during a
+    /// collection can still reach a cleared Agent).
+    fn with<T>(&self, f: impl FnOnce(&AgentRefs) -> T) -> PyResult<T> {
+        match &*self.refs.lock() {
+            Some(r) => Ok(f(r)),
+            None => Err(PyRuntimeError::new_err(
+                "this Agent was cleared by the garbage collector",
+            )),
+        }
+    }
+
+    fn entry(&self) -> PyResult<Arc<E>> {
+        self.with(|r| r.e.clone())
+    }
 }
 
 #[pymethods]
 impl Agent {
     #[getter]
-    fn agent_id(&self, py: Python<'_>) -> Py<PyString> {
-        self.e.reg.id.clone_ref(py)
+    fn agent_id(&self, py: Python<'_>) -> PyResult<Py<PyString>> {
+        self.with(|r| r.e.reg.id.clone_ref(py))
     }
 
     #[getter]
-    fn value(&self, py: Python<'_>) -> Py<PyAny> {
-        self.e.reg.value.clone_ref(py)
+    fn value(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        self.with(|r| r.value.clone_ref(py))
     }
 
     #[getter]
     fn capabilities<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyFrozenSet>> {
-        PyFrozenSet::new(py, self.e.caps.iter().map(|c| &**c))
+        let e = self.entry()?;
+        PyFrozenSet::new(py, e.caps.iter().map(|c| &**c))
     }
 
     #[getter]
-    fn node(&self) -> Option<&str> {
-        self.e.node.as_deref()
+    fn node<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyString>>> {
+        let e = self.entry()?;
+        Ok(e.node.as_deref().map(|n| PyString::new(py, n)))
     }
 
     #[getter]
-    fn health(&self) -> &str {
-        &self.e.health
+    fn health<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyString>> {
+        let e = self.entry()?;
+        Ok(PyString::new(py, &e.health))
     }
 
     #[getter]
     fn metadata<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        match &self.e.meta.extra {
-            Some(d) => mapping_proxy(py)?.call1((d.bind(py),)),
+        match self.with(|r| r.meta.as_ref().map(|d| d.clone_ref(py)))? {
+            Some(d) => mapping_proxy(py)?.call1((d,)),
             None => Ok(empty_mapping(py)?.clone()),
         }
     }
 
     #[getter]
-    fn registered_at(&self) -> f64 {
-        nanos_to_secs(self.e.registered_at)
+    fn registered_at(&self) -> PyResult<f64> {
+        self.with(|r| nanos_to_secs(r.e.registered_at))
     }
 
     #[getter]
-    fn expires_at(&self) -> Option<f64> {
-        (self.e.expires_at != NEVER).then(|| nanos_to_secs(self.e.expires_at))
+    fn expires_at(&self) -> PyResult<Option<f64>> {
+        self.with(|r| (r.e.expires_at != NEVER).then(|| nanos_to_secs(r.e.expires_at)))
     }
 
-    fn __repr__(&self, py: Python<'_>) -> String {
-        let caps: Vec<String> = self.e.caps.iter().map(|c| py_repr(py, c)).collect();
-        format!(
+    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
+        let e = self.entry()?;
+        let caps: Vec<String> = e.caps.iter().map(|c| py_repr(py, c)).collect();
+        Ok(format!(
             "Agent(agent_id={}, capabilities={{{}}}, node={}, health={})",
-            py_repr(py, &self.e.id),
+            py_repr(py, &e.id),
             caps.join(", "),
-            self.e
-                .node
+            e.node
                 .as_deref()
                 .map_or_else(|| "None".to_owned(), |n| py_repr(py, n)),
-            py_repr(py, &self.e.health)
-        )
+            py_repr(py, &e.health)
+        ))
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        // Never wait: a getter on another thread holds the lock only to copy a field.
+        let Some(g) = self.refs.try_lock() else {
+            return Ok(());
+        };
+        let Some(r) = &*g else {
+            return Ok(());
+        };
+        visit.call(&r.value)?;
+        visit.call(r.meta.as_ref())?;
+        visit.call(r.owner.as_ref())?;
+        // The version's own references are this Agent's too when nothing else holds the
+        // version (it is out of the map: the map's holding would make the count 2) or the
+        // part of it that holds them (versions share `reg`, and `meta` until an update
+        // changes it). Counts only rise during a collection (a query running detached
+        // clones entries of the map, never this one), so this never visits twice.
+        if Arc::strong_count(&r.e) == 1 {
+            if Arc::strong_count(&r.e.reg) == 1 {
+                r.e.reg.traverse(&visit)?;
+            }
+            if Arc::strong_count(&r.e.meta) == 1 {
+                visit.call(r.e.meta.extra.as_ref())?;
+            }
+        }
+        Ok(())
+    }
+
+    fn __clear__(&self) {
+        let refs = self.refs.lock().take();
+        drop(refs); // after unlocking: this may run finalizers
     }
 }
 
@@ -394,7 +591,9 @@ impl Agent {
 enum Where {
     None,
     Callable(Py<PyAny>),
-    /// The conditions, each with its Python value for the fallback evaluation.
+    /// The conditions, each with its Python value for the fallback evaluation: for `in`
+    /// and `not_in`, and for a list or dict, the private copy the condition was made
+    /// from, so every candidate is judged against one value.
     Conds(Vec<Cond>, Vec<Py<PyAny>>),
 }
 
@@ -415,18 +614,18 @@ fn parse_where(obj: Option<&Bound<'_, PyAny>>) -> PyResult<Where> {
     }
     let mut conds = Vec::new();
     let mut values = Vec::new();
-    for t in obj.try_iter()? {
-        let t = t?;
-        let ok = (t.is_instance_of::<PyTuple>() || t.is_instance_of::<PyList>()) && t.len()? == 3;
-        if !ok {
+    for t in snapshot(obj)?.iter() {
+        let shaped = t.is_instance_of::<PyTuple>() || t.is_instance_of::<PyList>();
+        let triple = if shaped { Some(snapshot(&t)?) } else { None };
+        let Some(triple) = triple.filter(|x| x.len() == 3) else {
             return Err(PyTypeError::new_err(format!(
                 "{WHERE_SHAPE}; got an item of type '{}'",
                 tname(&t)
             )));
-        }
-        let path = t.get_item(0)?;
-        let op = t.get_item(1)?;
-        let value = t.get_item(2)?;
+        };
+        let path = triple.get_item(0)?;
+        let op = triple.get_item(1)?;
+        let value = triple.get_item(2)?;
         let path = args::string(&path, "where path")?;
         let op_s = args::string(&op, "where op")?;
         let op = Op::parse(op_s.to_str()?).ok_or_else(|| {
@@ -437,7 +636,7 @@ fn parse_where(obj: Option<&Bound<'_, PyAny>>) -> PyResult<Where> {
                     .map_or_else(|_| "?".to_owned(), |r| r.to_string())
             ))
         })?;
-        let (v, hashed) = match op {
+        let (v, hashed, value) = match op {
             Op::In | Op::NotIn => {
                 let hashed =
                     value.is_instance_of::<PySet>() || value.is_instance_of::<PyFrozenSet>();
@@ -451,13 +650,35 @@ fn parse_where(obj: Option<&Bound<'_, PyAny>>) -> PyResult<Where> {
                         tname(&value)
                     )));
                 }
-                let items: Vec<Value> = value
-                    .try_iter()?
-                    .map(|x| x.map(|x| to_value(&x, 1)))
-                    .collect::<PyResult<_>>()?;
-                (Value::Seq(items.into(), false), hashed)
+                // The copy: a frozenset keeps the stored hashes (no `__hash__` call), a
+                // list stands for a list or tuple.
+                let copy = if hashed {
+                    // SAFETY: `value` is live; a new reference or NULL with an exception.
+                    unsafe {
+                        Bound::from_owned_ptr_or_err(
+                            value.py(),
+                            ffi::PyFrozenSet_New(value.as_ptr()),
+                        )?
+                    }
+                } else {
+                    snapshot(&value)?.into_any()
+                };
+                let items: Vec<Value> = snapshot(&copy)?.iter().map(|x| to_value(&x, 1)).collect();
+                (Value::Seq(items.into(), false), hashed, copy)
             }
-            _ => (to_value(&value, 0), false),
+            _ => {
+                let copy = if value.is_exact_instance_of::<PyList>() {
+                    snapshot(&value)?.into_any()
+                } else if value.is_exact_instance_of::<PyDict>() {
+                    // SAFETY: checked just above.
+                    unsafe { value.cast_unchecked::<PyDict>() }
+                        .copy()?
+                        .into_any()
+                } else {
+                    value
+                };
+                (to_value(&copy, 0), false, copy)
+            }
         };
         conds.push(Cond {
             path: path.to_str()?.split('.').map(Box::from).collect(),
@@ -470,14 +691,22 @@ fn parse_where(obj: Option<&Bound<'_, PyAny>>) -> PyResult<Where> {
     Ok(Where::Conds(conds, values))
 }
 
-/// The items of a list or tuple value (the values `eq` and `in` also look into).
-fn elems<'py>(v: &Bound<'py, PyAny>) -> Option<Vec<Bound<'py, PyAny>>> {
+/// A private copy of the items of a list or tuple value (the values `eq` and `in` also
+/// look into); `None` for anything else or when it cannot be read.
+fn elems<'py>(v: &Bound<'py, PyAny>) -> Option<Bound<'py, PyList>> {
     if v.is_instance_of::<PyList>() || v.is_instance_of::<PyTuple>() {
-        v.try_iter()
-            .ok()
-            .map(|it| it.filter_map(Result::ok).collect())
+        snapshot(v).ok()
     } else {
         None
+    }
+}
+
+/// A comparison Python refuses (an `Exception`: TypeError, a raising `__eq__` or
+/// `__bool__`, a RecursionError) is no match; KeyboardInterrupt and the like propagate.
+fn refused_is_no(py: Python<'_>, r: PyResult<bool>) -> PyResult<bool> {
+    match r {
+        Err(e) if e.is_instance_of::<PyException>(py) => Ok(false),
+        other => other,
     }
 }
 
@@ -495,21 +724,28 @@ fn py_cond(py: Python<'_>, c: &Cond, q: &Bound<'_, PyAny>, meta: &MetaPy) -> PyR
         }
     }
     let v = cur;
-    // A comparison Python refuses (TypeError and the like) is no match.
-    let safe = |r: PyResult<bool>| r.unwrap_or(false);
+    let safe = |r: PyResult<bool>| refused_is_no(py, r);
     let cmp = |op: CompareOp| safe(v.rich_compare(q, op).and_then(|r| r.is_truthy()));
-    Ok(match c.op {
-        Op::Eq => safe(v.eq(q)) || elems(&v).is_some_and(|xs| xs.iter().any(|x| safe(x.eq(q)))),
-        Op::Ne => safe(v.ne(q)),
-        Op::Gt => cmp(CompareOp::Gt),
-        Op::Gte => cmp(CompareOp::Ge),
-        Op::Lt => cmp(CompareOp::Lt),
-        Op::Lte => cmp(CompareOp::Le),
-        Op::In => {
-            safe(q.contains(&v))
-                || elems(&v).is_some_and(|xs| xs.iter().any(|x| safe(q.contains(x))))
+    // `f` on any item of a list or tuple value.
+    let any_item = |f: &dyn Fn(&Bound<'_, PyAny>) -> PyResult<bool>| -> PyResult<bool> {
+        if let Some(items) = elems(&v) {
+            for x in items.iter() {
+                if f(&x)? {
+                    return Ok(true);
+                }
+            }
         }
-        Op::NotIn => safe(q.contains(&v).map(|b| !b)),
+        Ok(false)
+    };
+    Ok(match c.op {
+        Op::Eq => safe(v.eq(q))? || any_item(&|x| safe(x.eq(q)))?,
+        Op::Ne => safe(v.ne(q))?,
+        Op::Gt => cmp(CompareOp::Gt)?,
+        Op::Gte => cmp(CompareOp::Ge)?,
+        Op::Lt => cmp(CompareOp::Lt)?,
+        Op::Lte => cmp(CompareOp::Le)?,
+        Op::In => safe(q.contains(&v))? || any_item(&|x| safe(q.contains(x)))?,
+        Op::NotIn => safe(q.contains(&v).map(|b| !b))?,
     })
 }
 
@@ -558,6 +794,22 @@ struct Prepared<'py> {
     spec: Spec<RegData, MetaPy>,
     future: Option<(Bound<'py, PyAny>, Py<PyAny>)>,
     thread: bool,
+}
+
+/// A published registration whose owner is not watched yet.
+struct Published<'py> {
+    e: Arc<E>,
+    future: Option<(Bound<'py, PyAny>, Py<PyAny>)>,
+    thread: bool,
+}
+
+/// What a query asks for, parsed.
+struct Criteria {
+    cap: Option<Arc<str>>,
+    node: Option<Arc<str>>,
+    health: Option<Arc<str>>,
+    wh: Where,
+    limit: Option<usize>,
 }
 
 impl Registry {
@@ -647,88 +899,107 @@ impl Registry {
         })
     }
 
-    /// Publishes a prepared registration (without attaching its future watch).
-    fn publish(&self, py: Python<'_>, p: &mut Option<Spec<RegData, MetaPy>>) -> PyResult<Arc<E>> {
-        let Some(spec) = p.take() else {
-            return Err(PyValueError::new_err("registration already used"));
-        };
+    /// Publishes a prepared registration (its owner not watched yet: see `watch`).
+    fn publish<'py>(&self, py: Python<'py>, p: Prepared<'py>) -> PyResult<Published<'py>> {
         // A finished thread's registration no longer holds its id.
-        if let Some(old) = self.core.get(&spec.id) {
-            self.drop_if_dead(py, &old)?;
+        if let Some(old) = self.core.get(&p.spec.id) {
+            self.drop_if_dead(py, &old);
         }
         let mut grave = Grave::new();
-        let r = self.core.register(spec, &mut grave);
+        let r = self.core.register(p.spec, &mut grave);
         self.bury(py, grave, None);
         match r {
-            Ok(e) => Ok(e),
+            Ok(e) => Ok(Published {
+                e,
+                future: p.future,
+                thread: p.thread,
+            }),
             Err(RegistryError::Taken(id)) => Err(taken(py, &id)),
             Err(e @ RegistryError::Missing(_)) => Err(PyKeyError::new_err(e.to_string())),
         }
     }
 
-    /// After a successful publish: attach the future watch, track a thread owner.
-    fn attach(
-        &self,
-        py: Python<'_>,
-        e: &Arc<E>,
-        future: Option<(Bound<'_, PyAny>, Py<PyAny>)>,
-        thread: bool,
-    ) -> PyResult<()> {
-        if let Some((f, w)) = future {
-            if let Err(err) = f.call_method1("add_done_callback", (w,)) {
-                drop(self.core.remove_token(&e.id, e.token));
-                return Err(err);
+    /// Watches the owners of published registrations: first every future's
+    /// done-callback (the only step that can fail: then every one of them is taken back,
+    /// callbacks included, and the error returned), then the thread owners' sweep queue.
+    fn watch(&self, py: Python<'_>, published: &[Published<'_>]) -> PyResult<()> {
+        for p in published {
+            if let Some((f, w)) = &p.future {
+                if let Err(err) = call_method(f, "add_done_callback", (w.clone_ref(py),)) {
+                    self.take_back(py, published);
+                    return Err(err);
+                }
             }
         }
-        if thread {
-            self.threads.lock().push_back((e.id.clone(), e.token));
-            self.thread_count.fetch_add(1, Ordering::Relaxed);
+        let threads: Vec<_> = published
+            .iter()
+            .filter(|p| p.thread)
+            .map(|p| (p.e.id.clone(), p.e.token))
+            .collect();
+        if !threads.is_empty() {
+            self.thread_count
+                .fetch_add(threads.len(), Ordering::Relaxed);
+            self.threads.lock().extend(threads);
         }
-        self.sweep_threads(py, SWEEP_BUDGET)?;
+        // A few per registration, as for single writes.
+        self.sweep_threads(py, SWEEP_BUDGET.saturating_mul(published.len()));
         Ok(())
     }
 
+    /// Removes registrations this call published (those still there) and detaches
+    /// their done-callbacks.
+    fn take_back(&self, py: Python<'_>, published: &[Published<'_>]) {
+        let grave: Grave = published
+            .iter()
+            .filter_map(|p| self.core.remove_token(&p.e.id, p.e.token))
+            .collect();
+        self.bury(py, grave, None);
+    }
+
     /// Removes `e` if its owner thread has finished; true if it did.
-    fn drop_if_dead(&self, py: Python<'_>, e: &Arc<E>) -> PyResult<bool> {
+    fn drop_if_dead(&self, py: Python<'_>, e: &Arc<E>) -> bool {
         if let Owner::Thread(t) = &e.reg.owner {
-            if thread_dead(t.bind(py))? {
+            if owner_finished(py, t.bind(py)) {
                 drop(self.core.remove_token(&e.id, e.token));
-                return Ok(true);
+                return true;
             }
         }
-        Ok(false)
+        false
     }
 
     /// Checks up to `budget` thread-owned registrations (run with no lock held).
-    fn sweep_threads(&self, py: Python<'_>, budget: usize) -> PyResult<usize> {
+    fn sweep_threads(&self, py: Python<'_>, budget: usize) -> usize {
         if self.thread_count.load(Ordering::Relaxed) == 0 {
-            return Ok(0);
+            return 0;
         }
         let batch: Vec<(Arc<str>, u64)> = {
             let mut q = self.threads.lock();
             let n = budget.min(q.len());
             q.drain(..n).collect()
         };
+        let drained = batch.len();
         let mut removed = 0;
+        let mut keep = Vec::with_capacity(drained);
         for (id, token) in batch {
-            let keep = match self.core.get(&id) {
+            match self.core.get(&id) {
                 Some(e) if e.token == token => {
-                    if self.drop_if_dead(py, &e)? {
+                    if self.drop_if_dead(py, &e) {
                         removed += 1;
-                        false
                     } else {
-                        true
+                        keep.push((id, token));
                     }
                 }
-                _ => false,
-            };
-            if keep {
-                self.threads.lock().push_back((id, token));
-            } else {
-                self.thread_count.fetch_sub(1, Ordering::Relaxed);
+                // Gone by other means, or a later registration of the id.
+                _ => {}
             }
         }
-        Ok(removed)
+        // kept <= drained: the count never underflows.
+        self.thread_count
+            .fetch_sub(drained - keep.len(), Ordering::Relaxed);
+        if !keep.is_empty() {
+            self.threads.lock().extend(keep);
+        }
+        removed
     }
 
     /// Drops removed entries with the GIL held; detaches the done-callbacks of
@@ -741,13 +1012,13 @@ impl Registry {
             if let Owner::Future { fut, watch } = &e.reg.owner {
                 if self.core.get(&e.id).is_none_or(|c| c.token != e.token) {
                     let f = fut.bind(py);
-                    if !f
-                        .call_method0("done")
+                    let done = call_method(f, "done", ())
                         .and_then(|d| d.is_truthy())
-                        .unwrap_or(true)
-                    {
-                        // Best effort: a failure only leaves a no-op callback behind.
-                        let _ = f.call_method1("remove_done_callback", (watch.bind(py),));
+                        .unwrap_or(true);
+                    if !done {
+                        // Best effort (a concurrent.futures.Future has no such method):
+                        // a watch left behind matches no registration and does nothing.
+                        let _ = call_method(f, "remove_done_callback", (watch.bind(py),));
                     }
                 }
             }
@@ -757,44 +1028,62 @@ impl Registry {
     fn live(&self, py: Python<'_>, agent_id: &Bound<'_, PyAny>) -> PyResult<Option<Arc<E>>> {
         let id = Self::id_arg(agent_id)?;
         match self.core.get(id) {
-            Some(e) if self.drop_if_dead(py, &e)? => Ok(None),
+            Some(e) if self.drop_if_dead(py, &e) => Ok(None),
             other => Ok(other),
         }
     }
 
-    /// Entries matching the criteria, owners and `where` checked.
-    #[allow(clippy::too_many_arguments)]
-    fn select(
-        &self,
-        py: Python<'_>,
+    fn criteria(
         capability: Option<&Bound<'_, PyAny>>,
         node: Option<&Bound<'_, PyAny>>,
         health: Option<&Bound<'_, PyAny>>,
         where_: Option<&Bound<'_, PyAny>>,
         limit: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<Vec<Arc<E>>> {
-        let cap = opt_str(capability, "capability")?;
-        let node = opt_str(node, "node")?;
-        let health = opt_str(health, "health")?;
-        let wh = parse_where(where_)?;
-        let limit = match limit.filter(|l| !l.is_none()) {
-            Some(l) => Some(args::int_at_least(l, "limit", 0)? as usize),
-            None => None,
+    ) -> PyResult<Criteria> {
+        Ok(Criteria {
+            cap: opt_str(capability, "capability")?,
+            node: opt_str(node, "node")?,
+            health: opt_str(health, "health")?,
+            wh: parse_where(where_)?,
+            limit: limit_arg(limit)?,
+        })
+    }
+
+    fn query(c: &Criteria, limit: Option<usize>) -> Query<'_> {
+        Query {
+            capability: c.cap.as_deref(),
+            node: c.node.as_deref(),
+            health: c.health.as_deref(),
+            conds: match &c.wh {
+                Where::Conds(conds, _) => conds,
+                _ => &[],
+            },
+            limit,
+        }
+    }
+
+    /// Whether an entry the core was unsure about meets every condition.
+    fn py_conds(py: Python<'_>, c: &Criteria, e: &E) -> PyResult<bool> {
+        if let Where::Conds(conds, values) = &c.wh {
+            for (cond, v) in conds.iter().zip(values) {
+                if !py_cond(py, cond, v.bind(py), &e.meta.extra)? {
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// Entries matching the criteria, owners and `where` checked.
+    fn select(&self, py: Python<'_>, c: &Criteria) -> PyResult<Vec<Arc<E>>> {
+        let callable = match &c.wh {
+            Where::Callable(f) => Some(f),
+            _ => None,
         };
-        let (conds, values, callable): (&[Cond], &[Py<PyAny>], Option<&Py<PyAny>>) = match &wh {
-            Where::None => (&[], &[], None),
-            Where::Callable(f) => (&[], &[], Some(f)),
-            Where::Conds(c, v) => (c, v, None),
-        };
+        let limit = c.limit;
         let mut core_limit = if callable.is_some() { None } else { limit };
         loop {
-            let q = Query {
-                capability: cap.as_deref(),
-                node: node.as_deref(),
-                health: health.as_deref(),
-                conds,
-                limit: core_limit,
-            };
+            let q = Self::query(c, core_limit);
             let found = if self.core.estimate(&q) > DETACH_AT {
                 wait::detach(py, || self.core.find(&q))
             } else {
@@ -808,25 +1097,14 @@ impl Registry {
                 if limit.is_some_and(|l| out.len() >= l) {
                     break;
                 }
-                if hit.unsure {
-                    let mut ok = true;
-                    for (c, v) in conds.iter().zip(values) {
-                        if !py_cond(py, c, v.bind(py), &hit.entry.meta.extra)? {
-                            ok = false;
-                            break;
-                        }
-                    }
-                    if !ok {
-                        continue;
-                    }
+                if hit.unsure && !Self::py_conds(py, c, &hit.entry)? {
+                    continue;
                 }
-                if check_owners && self.drop_if_dead(py, &hit.entry)? {
+                if check_owners && self.drop_if_dead(py, &hit.entry) {
                     continue;
                 }
                 if let Some(f) = callable {
-                    let agent = Agent {
-                        e: hit.entry.clone(),
-                    };
+                    let agent = Agent::new(py, hit.entry.clone());
                     if !wait::call1(f.bind(py), (agent,))?.is_truthy()? {
                         continue;
                     }
@@ -841,6 +1119,51 @@ impl Registry {
             }
             return Ok(out);
         }
+    }
+
+    /// How many entries `select` would return, without collecting them: only entries
+    /// that need Python (an undecided condition, a thread owner) are copied out.
+    fn count_matches(&self, py: Python<'_>, c: &Criteria) -> PyResult<usize> {
+        if matches!(c.wh, Where::Callable(_)) {
+            return Ok(self.select(py, c)?.len());
+        }
+        let cap = c.limit.unwrap_or(usize::MAX);
+        if cap == 0 {
+            return Ok(0);
+        }
+        let q = Self::query(c, None);
+        let mut sure = 0usize;
+        let mut check: Vec<(Arc<E>, bool)> = Vec::new();
+        let mut scan = || {
+            self.core.scan(&q, |e, t| {
+                let unsure = t == Tri::Unknown;
+                if unsure || matches!(e.reg.owner, Owner::Thread(_)) {
+                    check.push((e.clone(), unsure));
+                    false
+                } else {
+                    sure += 1;
+                    sure >= cap
+                }
+            })
+        };
+        if self.core.estimate(&q) > DETACH_AT {
+            wait::detach(py, scan);
+        } else {
+            scan();
+        }
+        let mut n = sure;
+        for (e, unsure) in check {
+            if n >= cap {
+                break;
+            }
+            if unsure && !Self::py_conds(py, c, &e)? {
+                continue;
+            }
+            if !self.drop_if_dead(py, &e) {
+                n += 1;
+            }
+        }
+        Ok(n.min(cap))
     }
 }
 
@@ -894,14 +1217,18 @@ impl Registry {
             owner,
             ttl,
         )?;
-        let mut spec = Some(p.spec);
-        let e = self.publish(py, &mut spec)?;
-        self.attach(py, &e, p.future, p.thread)
+        let published = [self.publish(py, p)?];
+        self.watch(py, &published)
     }
 
     /// Registers every item or none; returns how many.
     fn register_many(&self, py: Python<'_>, items: &Bound<'_, PyAny>) -> PyResult<usize> {
-        let it = items
+        let source = if is_builtin_container(items) {
+            snapshot(items)?.into_any()
+        } else {
+            items.clone()
+        };
+        let it = source
             .try_iter()
             .map_err(|_| wrong_type("items", "an iterable of dicts", items))?;
         let mut raw: Vec<Bound<'_, PyDict>> = Vec::new();
@@ -916,7 +1243,8 @@ impl Registry {
             let d = item
                 .cast::<PyDict>()
                 .map_err(|_| wrong_type("items", "an iterable of dicts", &item))?;
-            raw.push(d.clone());
+            // A private copy: what is checked is what is registered.
+            raw.push(d.copy()?);
         }
         let mut prepared = Vec::with_capacity(raw.len());
         let mut seen = std::collections::HashSet::new();
@@ -956,32 +1284,20 @@ impl Registry {
             }
             prepared.push(p);
         }
-        let mut done: Vec<Arc<E>> = Vec::with_capacity(prepared.len());
-        let mut rest = Vec::with_capacity(prepared.len());
+        // Nothing is published before every item is checked; a refusal then takes back
+        // what this call published, and so does a failure to watch an owner (`watch`).
+        let mut published = Vec::with_capacity(prepared.len());
         for p in prepared {
-            let mut spec = Some(p.spec);
-            match self.publish(py, &mut spec) {
-                Ok(e) => {
-                    done.push(e);
-                    rest.push((p.future, p.thread));
-                }
+            match self.publish(py, p) {
+                Ok(p) => published.push(p),
                 Err(err) => {
-                    let mut grave = Grave::new();
-                    for e in &done {
-                        if let Some(old) = self.core.remove_token(&e.id, e.token) {
-                            grave.push(old);
-                        }
-                    }
-                    drop(done);
-                    self.bury(py, grave, None);
+                    self.take_back(py, &published);
                     return Err(err);
                 }
             }
         }
-        for (e, (future, thread)) in done.iter().zip(rest) {
-            self.attach(py, e, future, thread)?;
-        }
-        Ok(done.len())
+        self.watch(py, &published)?;
+        Ok(published.len())
     }
 
     /// Removes the agent; True if it was registered (and live).
@@ -990,19 +1306,16 @@ impl Registry {
         let now = self.core.now();
         let mut grave = Grave::new();
         let removed = self.core.unregister(id, &mut grave);
-        let live = match &removed {
-            Some(e) => {
-                e.is_live(now)
-                    && match &e.reg.owner {
-                        Owner::Thread(t) => !thread_dead(t.bind(py))?,
-                        _ => true,
-                    }
-            }
-            None => false,
-        };
+        let live = removed.as_ref().is_some_and(|e| {
+            e.is_live(now)
+                && match &e.reg.owner {
+                    Owner::Thread(t) => !owner_finished(py, t.bind(py)),
+                    _ => true,
+                }
+        });
         grave.extend(removed);
         self.bury(py, grave, None);
-        self.sweep_threads(py, SWEEP_BUDGET)?;
+        self.sweep_threads(py, SWEEP_BUDGET);
         Ok(live)
     }
 
@@ -1023,6 +1336,7 @@ impl Registry {
             meta: None,
         };
         if let Some(kw) = changes {
+            // `**changes` is a dict made for this call: nobody else can change it.
             for (k, v) in kw.iter() {
                 let k = k.cast::<PyString>()?.to_str()?.to_owned();
                 match k.as_str() {
@@ -1045,7 +1359,7 @@ impl Registry {
         let r = self.core.update(id, &ch, &mut grave);
         let keep = r.as_ref().ok().map(|e| e.token);
         self.bury(py, grave, keep);
-        self.sweep_threads(py, SWEEP_BUDGET)?;
+        self.sweep_threads(py, SWEEP_BUDGET);
         match r {
             Ok(_) => Ok(()),
             Err(_) => Err(PyKeyError::new_err(id.to_owned())),
@@ -1054,7 +1368,7 @@ impl Registry {
 
     /// The agent, or None.
     fn get(&self, py: Python<'_>, agent_id: &Bound<'_, PyAny>) -> PyResult<Option<Agent>> {
-        Ok(self.live(py, agent_id)?.map(|e| Agent { e }))
+        Ok(self.live(py, agent_id)?.map(|e| Agent::new(py, e)))
     }
 
     /// The agent's value; KeyError if absent.
@@ -1086,12 +1400,11 @@ impl Registry {
     }
 
     /// Removes expired and orphaned entries now; returns how many.
-    fn expire(&self, py: Python<'_>) -> PyResult<usize> {
+    fn expire(&self, py: Python<'_>) -> usize {
         let mut grave = Grave::new();
         let n = self.core.expire(&mut grave);
         self.bury(py, grave, None);
-        let t = self.sweep_threads(py, usize::MAX)?;
-        Ok(n + t)
+        n + self.sweep_threads(py, usize::MAX)
     }
 
     #[pyo3(signature = (*, capability = None, node = None, health = None, r#where = None, limit = None))]
@@ -1104,10 +1417,11 @@ impl Registry {
         r#where: Option<&Bound<'_, PyAny>>,
         limit: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Vec<Agent>> {
+        let c = Self::criteria(capability, node, health, r#where, limit)?;
         Ok(self
-            .select(py, capability, node, health, r#where, limit)?
+            .select(py, &c)?
             .into_iter()
-            .map(|e| Agent { e })
+            .map(|e| Agent::new(py, e))
             .collect())
     }
 
@@ -1121,9 +1435,8 @@ impl Registry {
         r#where: Option<&Bound<'_, PyAny>>,
         limit: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<usize> {
-        Ok(self
-            .select(py, capability, node, health, r#where, limit)?
-            .len())
+        let c = Self::criteria(capability, node, health, r#where, limit)?;
+        self.count_matches(py, &c)
     }
 
     #[pyo3(signature = (*, capability = None, node = None, health = None, r#where = None, limit = None))]
@@ -1136,8 +1449,9 @@ impl Registry {
         r#where: Option<&Bound<'_, PyAny>>,
         limit: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Vec<Py<PyString>>> {
+        let c = Self::criteria(capability, node, health, r#where, limit)?;
         Ok(self
-            .select(py, capability, node, health, r#where, limit)?
+            .select(py, &c)?
             .iter()
             .map(|e| e.reg.id.clone_ref(py))
             .collect())
@@ -1155,21 +1469,43 @@ impl Registry {
         Ok(self.live(py, agent_id)?.is_some())
     }
 
-    fn __len__(&self, py: Python<'_>) -> PyResult<usize> {
+    fn __len__(&self, py: Python<'_>) -> usize {
         let mut grave = Grave::new();
         self.core.reclaim_due(&mut grave);
         self.bury(py, grave, None);
-        self.sweep_threads(py, usize::MAX)?;
-        Ok(self.core.len())
+        self.sweep_threads(py, usize::MAX);
+        self.core.len()
     }
 
-    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
-        Ok(format!("Registry(len={})", self.__len__(py)?))
+    fn __repr__(&self, py: Python<'_>) -> String {
+        format!("Registry(len={})", self.__len__(py))
     }
 
     /// Index keys and lease items held (for tests of reclamation).
     fn _index_sizes(&self) -> (usize, usize, usize, usize) {
         let s = self.core.index_sizes();
         (s.capabilities, s.nodes, s.health, s.lease_items)
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        // Every version in the map is the registry's to visit (see the module
+        // documentation); a shard another thread has locked is skipped, never waited for.
+        self.core
+            .try_for_each(|e| {
+                e.reg.traverse(&visit)?;
+                visit.call(e.meta.extra.as_ref())
+            })
+            .map(|_complete| ())
+    }
+
+    fn __clear__(&self) {
+        let mut grave = Grave::new();
+        self.core.clear(&mut grave);
+        let threads = std::mem::take(&mut *self.threads.lock());
+        self.thread_count.store(0, Ordering::Relaxed);
+        // After unlocking: dropping entries may run finalizers. Done-callbacks stay on
+        // their futures, each matching no registration any more.
+        drop(threads);
+        drop(grave);
     }
 }
