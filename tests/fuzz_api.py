@@ -45,6 +45,7 @@ import asyncio
 import contextlib
 import dataclasses
 import faulthandler
+import gc
 import importlib
 import inspect
 import itertools
@@ -83,10 +84,18 @@ BASELINE_KEY = "k"  # the key every keyed object holds; colliding hostiles hash 
 # ---------------------------------------------------------------------------------------
 
 _UNRAISABLE = (
-    "KeyboardInterrupt/SystemExit from a callback (on_state_change, bus.publish) goes to "
-    "sys.unraisablehook instead of propagating (documented for exceptions)"
+    "KeyboardInterrupt/SystemExit from a callback (on_state_change, bus.publish, an item's "
+    "close()) goes to sys.unraisablehook instead of propagating (documented for exceptions)"
+)
+_WAKER = (
+    "internal asyncio waker raising KeyboardInterrupt/SystemExit: Pool and ResourceManager "
+    "send it to sys.unraisablehook, WorkQueue drops it (let _ = wait::call0)"
 )
 _ITER_KI = "KeyboardInterrupt from the argument's __iter__ is replaced by TypeError"
+_FT_DICT = (
+    "PanicException 'dictionary changed size during iteration' (3.13t): dict_value() in "
+    "src/py/registry.rs iterates a nested user dict with PyO3's iterator"
+)
 
 # (owner, name[, parameter[, hostile]]) -> why it is skipped. A key matches every case of
 # that call / parameter / hostile value. Remove an entry once the fix is merged.
@@ -110,6 +119,25 @@ KNOWN: dict[tuple[str, ...], str] = {
     ("Registry", "update", "capabilities", "raise_iter_ki"): _ITER_KI,
     ("Registry", "register_many", "items", "raise_iter_ki"): _ITER_KI,
     ("WorkQueue", "put_many", "items", "raise_iter_ki"): _ITER_KI,
+    # Free-threaded builds only (the threaded phase): PyO3's dict iterator panics when
+    # another thread resizes a dict nested in metadata or in a where value.
+    ("Registry", "register", "metadata", "mut_nested"): _FT_DICT,
+    ("Registry", "update", "metadata", "mut_nested"): _FT_DICT,
+    ("Registry", "register_many", "items", "mut_items"): _FT_DICT,
+    ("Registry", "find", "where", "mut_where"): _FT_DICT,
+    ("Registry", "count", "where", "mut_where"): _FT_DICT,
+    ("Registry", "ids", "where", "mut_where"): _FT_DICT,
+    ("ResourceManager", "__new__", "limits", "mut_dict"): (
+        "PanicException 'dictionary changed size during iteration' (3.13t): the "
+        "constructor iterates the caller's limits dict (src/py/resources.rs) with PyO3's "
+        "iterator"
+    ),
+    # BaseException from a stored callback, swallowed (to sys.unraisablehook, or dropped).
+    ("Pool", "__new__", "factory", "items_close_ki"): _UNRAISABLE,
+    ("Pool", "_checkout_async", "wake"): _WAKER,
+    ("ResourceManager", "_add_waker", "callback"): _WAKER,
+    ("WorkQueue", "_get_or_wait", "waker"): _WAKER,
+    ("WorkQueue", "_put_or_wait", "waker"): _WAKER,
 }
 
 # Cases not made at all, because what they would find is not a defect.
@@ -462,6 +490,43 @@ class Liar:
         return f"<liar {self._how}>"
 
 
+class Collects:
+    """Every dunder runs the garbage collector (``__traverse__``/``__clear__`` of every
+    ferrule object alive, while ferrule is in the middle of a call)."""
+
+    def __hash__(self) -> int:
+        gc.collect()
+        return hash(BASELINE_KEY)
+
+    def __eq__(self, other: object) -> bool:
+        gc.collect()
+        return self is other
+
+    def __call__(self, *args: Any, **kwargs: Any) -> int:
+        gc.collect()
+        return 1
+
+    def __bool__(self) -> bool:
+        gc.collect()
+        return True
+
+    def __iter__(self) -> Iterator[Any]:
+        gc.collect()
+        return iter(())
+
+    def __index__(self) -> int:
+        gc.collect()
+        return 1
+
+
+def _cycle(ctx: Ctx) -> Any:
+    """A list holding the object under test and itself: stored, it makes a cycle through
+    the object that only the collector can free."""
+    box: list[Any] = [ctx.obj]
+    box.append(box)
+    return box
+
+
 class ReentersOnDel:
     """Calls back into the object under test when it is dropped (e.g. evicted)."""
 
@@ -560,6 +625,7 @@ class Hostile:
     core: bool = True  # in the bounded sweep
     seconds: float | None = None  # how long it would make a wait, if it is taken as one
     threads: bool = True  # usable in the threaded phase
+    collect: bool = False  # makes a reference cycle: collect garbage after the case
 
 
 _SHARED: dict[str, Any] = {}
@@ -670,6 +736,9 @@ HOSTILE: list[Hostile] = [
     # re-entrance
     H("reenter", "reenter", Reenters, seconds=1.0),
     H("reenter_del", "reenter", ReentersOnDel),
+    # garbage collection
+    H("gc_collect", "gc", lambda ctx: Collects(), seconds=1.0),
+    H("cycle", "gc", _cycle, collect=True),
     # containers
     H("list_raise_hash", "container", lambda ctx: [_raising("__hash__")(ctx)]),
     H("tuple_raise_hash", "container", lambda ctx: (_raising("__hash__")(ctx),)),
@@ -763,6 +832,10 @@ EXTRA: dict[str, list[Hostile]] = {
     ],
     "token": [H("token_max", "param", _const(2**64 - 1))],
     "waiter": [H("waiter_foreign", "param", lambda ctx: _foreign_waiter(ctx))],
+    "factory": [
+        H("items_close_raise", "param", lambda ctx: lambda: _Closing(ctx, HostileError)),
+        H("items_close_ki", "param", lambda ctx: lambda: _Closing(ctx, KeyboardInterrupt)),
+    ],
     "item": [H("item_foreign", "param", _const(object()))],
     "clock": [H("clock_far", "param", _const(native.ManualClock(4e9)))],
     "bus": [
@@ -795,8 +868,16 @@ ALL_HOSTILE["selftest_abort"] = Hostile("selftest_abort", "selftest", _selftest(
 ALL_HOSTILE["selftest_hang"] = Hostile("selftest_hang", "selftest", _selftest("hang"))
 for _extra in EXTRA.values():
     ALL_HOSTILE.update({h.name: h for h in _extra})
-# Used in the threaded phase only: shared containers another thread keeps mutating.
-MUTATING = ["mut_list", "mut_dict"]
+
+
+class _Closing:
+    """A pool item whose ``close()`` raises."""
+
+    def __init__(self, ctx: Ctx, exc_type: type[BaseException]) -> None:
+        self._ctx, self._exc = ctx, exc_type
+
+    def close(self) -> None:
+        _boom(self._ctx, self._exc, "close")
 
 
 class _Bus:
@@ -1147,9 +1228,13 @@ OBJECTS: dict[str, dict[str, Callable[[Ctx], Any]]] = {
     "cached_wrapper": {"ready": lambda ctx: ferrule.cached(8)(lambda *a, **k: a)},
 }
 
-# Calls that block, and the variant in which they must wait: there only the parameters in
-# WAIT_PARAMS are fuzzed, without hostile values meaning a wait over WAIT_LONG seconds.
+# Calls that block (or register a waker), and the variant in which they must wait (or
+# register it): there only the parameters in WAIT_PARAMS are fuzzed, without hostile
+# values that would mean a wait over WAIT_LONG seconds.
 WAITS: dict[str, str] = {
+    "WorkQueue._put_or_wait": "full",
+    "WorkQueue._get_or_wait": "empty",
+    "Subscription._get_or_wait": "empty",
     "WorkQueue.get": "empty",
     "WorkQueue.get_many": "empty",
     "WorkQueue.put": "full",
@@ -1166,7 +1251,7 @@ WAITS: dict[str, str] = {
     "Pool.acquire_async": "exhausted",
     "PoolCheckout.__enter__": "exhausted",
 }
-WAIT_PARAMS = {"timeout"}
+WAIT_PARAMS = {"timeout", "waker", "item", "pending"}
 # Calls that would block forever in a waiting state: never fuzzed there.
 BLOCKS_FOREVER = {"WorkQueue.__next__", "Subscription.__next__"}
 
@@ -1211,6 +1296,11 @@ def _probe_cache(c: Any) -> None:
 
 
 def _probe_queue(q: Any) -> None:
+    """Also wakes what the call registered: a put wakes a getter, a get a putter."""
+    with contextlib.suppress(ferrule.QueueFull, ferrule.QueueClosed):
+        q.put_nowait("probe")
+    with contextlib.suppress(ferrule.QueueEmpty, ferrule.QueueClosed):
+        q.get_nowait()
     s = q.stats()
     _check(s.put == s.got + s.dropped + s.size, f"put != got + dropped + size: {s}")
     _check(q.qsize() <= q.maxsize, "qsize > maxsize")
@@ -1223,6 +1313,11 @@ def _probe_pool(p: Any) -> None:
 
 
 def _probe_rm(rm: Any) -> None:
+    """Also a take and a release on each budget: that runs the wakers (``_add_waker``)."""
+    for name in rm.limits:
+        lease = rm.try_acquire(name)
+        if lease is not None:
+            lease.release()
     for name, u in rm.usage().items():
         _check(0 <= u.used <= u.limit, f"{name}: used {u.used} outside 0..{u.limit}")
 
@@ -1703,56 +1798,80 @@ def run_case(case: Case, api: dict[str, Target], await_timeout: float = AWAIT_TI
     target = api[case.target]
     ctx = Ctx(case.id)
     _current = ctx
+    try:
+        problems, outcome = _call_and_judge(target, case, ctx, await_timeout)
+        _finish_case(ctx, case)  # clean-ups may run hostile code too: judged below
+    finally:
+        _current = None
+    problems += [p for p in ctx.problems if p not in problems]
+    return problems, ctx.notes, outcome
+
+
+def _call_and_judge(
+    target: Target, case: Case, ctx: Ctx, await_timeout: float
+) -> tuple[list[tuple[str, str]], str]:
+    """Build the object, make the call, judge it, probe the object."""
+    try:
+        obj = None
+        if target.kind in ("method", "property", "classmethod"):
+            obj = make_object(target.owner, case.variant, ctx)
+        ctx.obj = obj
+    except BaseException as exc:
+        return [("harness", f"cannot build the object: {_qualname(exc)}: {_msg(exc)}")], ""
+    exc_seen: BaseException | None = None
     outcome = "returned"
     try:
+        invoke(target, case, ctx, obj, await_timeout)
+    except BaseException as exc:
+        exc_seen = exc
+        outcome = f"raised {_qualname(exc)}: {_msg(exc)}"
+    also = ALLOWED_FOR.get(target.name, ())
+    for p, _ in case.replace:
+        also += ALLOWED_FOR.get(p, ())
+    problems = []
+    bad = verdict(ctx, exc_seen, also=also)
+    if bad:
+        problems.append(bad)
+    mine = [e for t, e in ctx.raised if t == threading.get_ident()]
+    if exc_seen is not None and mine and not any(exc_seen is e for e in mine):
+        ctx.notes.append(f"hostile {_name(mine[0])} replaced by {_name(exc_seen)}")
+    unnamed = _unnamed_argument(target, case, exc_seen, mine)
+    if unnamed:
+        ctx.notes.append(unnamed)
+    baseline = not case.replace and case.variant == default_variant(target)
+    expected = (ferrule.FerruleError, StopIteration)
+    if baseline and exc_seen is not None and not bad and not isinstance(exc_seen, expected):
+        problems.append(("harness", f"the baseline call raised: {outcome}"))
+    exc_seen = None
+    probe = PROBES.get(type(obj).__name__) if obj is not None else None
+    if probe is not None:
+        before = len(ctx.raised)
         try:
-            obj = None
-            if target.kind in ("method", "property", "classmethod"):
-                obj = make_object(target.owner, case.variant, ctx)
-            ctx.obj = obj
+            probe(obj)
         except BaseException as exc:
-            return [("harness", f"cannot build the object: {_qualname(exc)}: {_msg(exc)}")], [], ""
-        exc_seen: BaseException | None = None
-        try:
-            invoke(target, case, ctx, obj, await_timeout)
-        except BaseException as exc:
-            exc_seen = exc
-            outcome = f"raised {_qualname(exc)}: {_msg(exc)}"
-        also = ALLOWED_FOR.get(target.name, ())
-        for p, _ in case.replace:
-            also += ALLOWED_FOR.get(p, ())
-        problems = list(ctx.problems)
-        bad = verdict(ctx, exc_seen, also=also)
-        if bad:
-            problems.append(bad)
-        mine = [e for t, e in ctx.raised if t == threading.get_ident()]
-        if exc_seen is not None and mine and not any(exc_seen is e for e in mine):
-            ctx.notes.append(f"hostile {_name(mine[0])} replaced by {_name(exc_seen)}")
-        unnamed = _unnamed_argument(target, case, exc_seen, mine)
-        if unnamed:
-            ctx.notes.append(unnamed)
-        baseline = not case.replace and case.variant == default_variant(target)
-        expected = (ferrule.FerruleError, StopIteration)
-        if baseline and exc_seen is not None and not bad and not isinstance(exc_seen, expected):
-            problems.append(("harness", f"the baseline call raised: {outcome}"))
-        exc_seen = None
-        probe = PROBES.get(type(obj).__name__) if obj is not None else None
-        if probe is not None:
-            try:
-                probe(obj)
-            except BaseException as exc:
-                if not any(exc is e for _, e in ctx.raised):  # a stored hostile may raise
-                    kind, detail = verdict(ctx, exc) or ("broken", f"{_qualname(exc)}: {_msg(exc)}")
-                    problems.append((kind, f"after the call, the object fails: {detail}"))
-        problems += [p for p in ctx.problems if p not in problems]
-        return problems, ctx.notes, outcome
-    finally:
-        ctx.obj = None
-        for fn in reversed(ctx.cleanups):
-            with contextlib.suppress(BaseException):
-                fn()
-        ctx.keep.clear()
-        _current = None
+            if not any(exc is e for _, e in ctx.raised):  # a stored hostile may raise
+                kind, detail = verdict(ctx, exc) or ("broken", f"{_qualname(exc)}: {_msg(exc)}")
+                problems.append((kind, f"after the call, the object fails: {detail}"))
+        else:  # a callback the call stored may have run (and raised) in the probe
+            me = threading.get_ident()
+            late = [e for t, e in ctx.raised[before:] if t == me and not isinstance(e, Exception)]
+            if late:
+                problems.append(
+                    ("swallowed", f"{_name(late[0])} from a stored callback did not propagate")
+                )
+    return problems, outcome
+
+
+def _finish_case(ctx: Ctx, case: Case) -> None:
+    """Clean up (with the object still there for re-entrant hostiles), release what was
+    held, drop the object; collect garbage if the case made a cycle."""
+    for fn in reversed(ctx.cleanups):
+        with contextlib.suppress(BaseException):
+            fn()
+    ctx.keep.clear()
+    ctx.obj = None
+    if any(ALL_HOSTILE[h].collect for _, h in case.replace if h in ALL_HOSTILE):
+        gc.collect()
 
 
 # CPython's own wording (calling a hostile callable, hashing a key, ...): not ferrule's.
@@ -1857,6 +1976,8 @@ THREAD_SKIP = {
     "__aenter__", "__next__", "__iter__", "_resume", "_give_up", "_checkout_async", "_finish",
     "_record", "_add_waker", "_remove_waker", "_forget_getter", "_forget_putter",
 }  # fmt: skip
+# Constructors and functions never called there: they would start workers that block.
+THREAD_SKIP_CALLS = {"ferrule._run_worker", "ferrule._run_subscription"}
 THREAD_CLASSES = [
     "Cache", "RateLimiter", "Registry", "WorkQueue", "SignalBus", "Subscription",
     "CircuitBreaker", "Metrics", "ErrorStore", "ResourceManager", "Pool", "TaskPool",
@@ -1870,8 +1991,18 @@ CONTAINER_PARAMS = {
 }  # fmt: skip
 _MUT_LIST: list[Any] = []
 _MUT_DICT: dict[str, Any] = {}
-ALL_HOSTILE["mut_list"] = Hostile("mut_list", "mutating", lambda ctx: _MUT_LIST, core=False)
-ALL_HOSTILE["mut_dict"] = Hostile("mut_dict", "mutating", lambda ctx: _MUT_DICT, core=False)
+# Used in the threaded phase only: the containers another thread keeps resizing, at the
+# top level of an argument and nested in one (ferrule copies the top level of some).
+MUTATING = [
+    Hostile("mut_list", "mutating", lambda ctx: _MUT_LIST),
+    Hostile("mut_dict", "mutating", lambda ctx: _MUT_DICT),
+    Hostile("mut_nested", "mutating", lambda ctx: {"m": _MUT_DICT, "l": _MUT_LIST}),
+    Hostile("mut_where", "mutating", lambda ctx: [("m", "eq", _MUT_DICT), ("l", "in", _MUT_LIST)]),
+    Hostile(
+        "mut_items", "mutating", lambda ctx: [{"agent_id": "mi", "metadata": {"m": _MUT_DICT}}]
+    ),
+]
+ALL_HOSTILE.update({h.name: h for h in MUTATING})
 
 
 def _mutator(stop: threading.Event) -> None:
@@ -1888,7 +2019,9 @@ def _mutator(stop: threading.Event) -> None:
 
 def thread_phase(api: dict[str, Target], seconds: float, n_threads: int, seed: int, emit) -> int:
     """Random valid and hostile calls on shared objects from ``n_threads`` threads for
-    ``seconds``; returns how many calls were made. Failures go to ``emit``."""
+    ``seconds``; returns how many calls were made. Failures go to ``emit``. Half the
+    threads make any call; the other half only calls taking a container argument, passing
+    one that the mutator thread keeps resizing."""
     global _current
     holder = Ctx("threads")
     _current = holder
@@ -1905,35 +2038,50 @@ def thread_phase(api: dict[str, Target], seconds: float, n_threads: int, seed: i
         for name in THREAD_CLASSES
     }
     hostiles = [h for h in HOSTILE if not waits_long(h) and h.threads]
-    mutating = [ALL_HOSTILE[n] for n in MUTATING]
+    # Every call that takes a container, constructors included (of any class).
+    with_containers = [
+        (name, t, p)
+        for name in THREAD_CLASSES
+        for t in targets[name]
+        for p in t.params
+        if p.name in CONTAINER_PARAMS
+    ] + [
+        (t.owner, t, p)
+        for t in api.values()
+        if t.kind in ("new", "function") and t.id not in THREAD_SKIP_CALLS
+        for p in t.params
+        if p.name in CONTAINER_PARAMS
+    ]
     deadline = time.monotonic() + seconds
     counts = [0] * n_threads
     stop = threading.Event()
+
+    def pick(rng: random.Random, k: int) -> tuple[str, Target, tuple[tuple[str, str], ...]]:
+        if k % 2:  # containers that change under ferrule's feet
+            name, target, p = rng.choice(with_containers)
+            return name, target, ((p.name, rng.choice(MUTATING).name),)
+        name = rng.choice(THREAD_CLASSES)
+        target = rng.choice(targets[name])
+        if not target.params or rng.random() < 0.5:
+            return name, target, ()
+        p = rng.choice(target.params)
+        return name, target, ((p.name, rng.choice(hostiles + EXTRA.get(p.name, [])).name),)
 
     def worker(k: int) -> None:
         rng = random.Random(f"{seed}:thread:{k}")
         tag = f"@@T{k} "
         while time.monotonic() < deadline:
-            name = rng.choice(THREAD_CLASSES)
-            target = rng.choice(targets[name])
-            replace: tuple[tuple[str, str], ...] = ()
-            if target.params and rng.random() < 0.5:
-                p = rng.choice(target.params)
-                if p.name in CONTAINER_PARAMS and rng.random() < 0.5:
-                    h = rng.choice(mutating)
-                else:
-                    h = rng.choice(hostiles + EXTRA.get(p.name, []))
-                replace = ((p.name, h.name),)
+            name, target, replace = pick(rng, k)
             case = Case(target.id, "ready", replace)
             if known_reason(case, NOT_APPLICABLE) or known_reason(case):
                 continue
             os.write(1, (tag + case.id + "\n").encode())
             ctx = Ctx(case.id)
-            ctx.obj = objects[name]
+            ctx.obj = objects.get(name)
             ctx.overrides["timeout"] = 0.005
             exc_seen = None
             try:
-                invoke(target, case, ctx, objects[name], 0.1)
+                invoke(target, case, ctx, ctx.obj, 0.1)
             except BaseException as exc:
                 exc_seen = exc
             finally:
@@ -2064,6 +2212,9 @@ class Report:
             lines.append(f"== {owner}")
             for f in by_owner[owner]:
                 lines.append(f"  [{f['kind']}] {f['detail']}  (x{f['count']})")
+                if f.get("phase") == "threads":
+                    lines.append(f"      in the threaded phase: {f['cases'][0]}")
+                    continue
                 for c in f["cases"]:
                     lines.append(f"      python tests/fuzz_api.py --case '{c}'")
         return "\n".join(lines)
@@ -2120,6 +2271,8 @@ def _parse(text: str, report: Report, phase: str) -> tuple[dict[str, Any] | None
             where = last["id"] if last else "threads"
             if PANIC_TEXT.search(line):
                 texts.setdefault(where, line.strip()[:300])
+    if phase == "threads" and panics:  # the threads' own reports name their calls
+        texts.pop("threads", None)
     for where, line in texts.items():
         if where not in panics:
             report.failures.append({"case": where, "kind": "panic", "detail": line, "phase": phase})
