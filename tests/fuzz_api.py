@@ -18,22 +18,33 @@ log each case before making it; the parent restarts a dead child after the case 
 killed it, so one run reports every crash.
 
 Where things live (each a table, so that the harness reads as data):
-``KNOWN``       failures found and not fixed yet: skipped, with the reason (remove an
-                entry once its fix lands; ``--run-known`` runs them to check).
-``EXCLUDED``    public names not fuzzed, with the reason.
-``HOSTILE``     the hostile values (``core=True``: part of the bounded sweep);
-``EXTRA``       hostile values for one parameter name.
-``BASELINE``    a known-good argument per parameter name; ``SPECIAL`` per call.
-``OBJECTS``     how to build each object under test, per state ("variant").
-``WAITS``       calls that block, and the state in which they must wait.
-``REENTER``, ``PROBES``, ``CONSUME``: the call back into the object, the check after
-                each call, and what to do with a result (await it, enter it, ...).
+``KNOWN``           failures found and not fixed yet: skipped, with the reason (remove an
+                    entry once its fix lands; ``--run-known`` runs them to check).
+``NOT_APPLICABLE``  cases not made (slow, not wrong); ``EXCLUDED``: names not fuzzed.
+``HOSTILE``         the hostile values (``core``: in the bounded sweep); ``EXTRA``: more
+                    for one parameter name; ``MUTATING``: containers another thread keeps
+                    resizing (threaded phase).
+``BASELINE``        a known-good argument per parameter name; ``SPECIAL``: per call.
+``OBJECTS``         how to build each object under test, per state ("variant").
+``WAITS``           calls that block, and the state in which they must wait.
+``REENTER``         what a re-entrant hostile calls on the object under test.
+``PROBES``          the check after every call: invariants, and that the object still
+                    works (which also fires what the call stored: wakers, evictions).
+``DRIVE``           what to do with an object a constructor just made, so that a hostile
+                    factory, validate, bus or clock gets used; ``DECORATORS``, ``AWAITS``
+                    and ``GENERATORS``: what to do with such a result of a call.
+
+The public API is enumerated, not listed: ``ferrule.__all__``, the stubs (private
+``_``-members of native classes included), every class and function of
+``ferrule._native`` and each public submodule's ``__all__``. Parameters come from
+``inspect.signature``, or from the stubs where the runtime has none.
 
 Usage::
 
     python tests/fuzz_api.py                      # the bounded sweep + threads (as CI)
     python tests/fuzz_api.py --seconds 600 --seed 7   # long randomized run (make fuzz)
     python tests/fuzz_api.py --case 'Cache.get_or_set[ready]:factory=call_ki'
+    python tests/fuzz_api.py --run-known          # also the KNOWN cases: which are fixed?
     python tests/fuzz_api.py --list               # the API as enumerated
 """
 
@@ -645,7 +656,6 @@ class Hostile:
     make: Callable[[Ctx], Any]
     core: bool = True  # in the bounded sweep
     seconds: float | None = None  # how long it would make a wait, if it is taken as one
-    threads: bool = True  # usable in the threaded phase
     collect: bool = False  # makes a reference cycle: collect garbage after the case
 
 
@@ -2069,7 +2079,7 @@ def thread_phase(api: dict[str, Target], seconds: float, n_threads: int, seed: i
         ]
         for name in THREAD_CLASSES
     }
-    hostiles = [h for h in HOSTILE if not waits_long(h) and h.threads]
+    hostiles = [h for h in HOSTILE if not waits_long(h)]
     # Every call that takes a container, constructors included (of any class).
     with_containers = [
         (name, t, p)
