@@ -58,6 +58,14 @@ pytest: dev redis-server ## the pytest suite and the benchmark smoke run on this
 	$(PY) -m pytest -q -p no:cacheprovider tests
 	$(PY) -m pytest -q -p no:cacheprovider benches --benchmark-disable
 
+# `make fuzz SECONDS=600 SEED=7`: the long randomized run (the bounded sweep is in pytest).
+SECONDS ?= 180
+SEED ?= 0
+
+.PHONY: fuzz
+fuzz: dev ## bad-input fuzz of the whole API: SECONDS (180) of random cases from SEED (0), then threads
+	$(PY) tests/fuzz_api.py --seconds $(SECONDS) --seed $(SEED)
+
 .PHONY: check
 check: dev lint cargo-test loom ## every static check, the Rust tests and the loom models
 
