@@ -162,11 +162,12 @@ impl<S> Node<S> {
 const ROOT: u32 = 0;
 
 /// A walk's states at one position, each once. A walk usually holds a handful, which a
-/// linear scan checks fastest; past [`States::LINEAR`] a hash set takes over, so adding a
-/// state is O(1) however many there are.
+/// linear scan checks fastest; past [`States::LINEAR`] a hash set (made only then, so an
+/// ordinary publish never pays for it) takes over, so adding a state is O(1) however
+/// many there are.
 struct States {
     list: Vec<u32>,
-    seen: HashSet<u32>,
+    seen: Option<HashSet<u32>>,
 }
 
 impl States {
@@ -175,13 +176,15 @@ impl States {
     fn new() -> Self {
         Self {
             list: Vec::with_capacity(8),
-            seen: HashSet::new(),
+            seen: None,
         }
     }
 
     fn clear(&mut self) {
         self.list.clear();
-        self.seen.clear();
+        if let Some(seen) = &mut self.seen {
+            seen.clear();
+        }
     }
 
     fn insert(&mut self, n: u32) {
@@ -190,10 +193,11 @@ impl States {
                 return;
             }
         } else {
-            if self.seen.is_empty() {
-                self.seen.extend(self.list.iter().copied());
+            let seen = self.seen.get_or_insert_with(HashSet::new);
+            if seen.is_empty() {
+                seen.extend(self.list.iter().copied());
             }
-            if !self.seen.insert(n) {
+            if !seen.insert(n) {
                 return;
             }
         }

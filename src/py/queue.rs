@@ -106,6 +106,17 @@ impl WorkQueue {
     }
 
     fn do_put(&self, py: Python<'_>, item: Item, timeout: Option<Duration>) -> PyResult<()> {
+        // The common case first, without the blocking loop's machinery.
+        let item = match self.q.put_or_wait(item, None) {
+            Ok(a) => {
+                self.accepted(py, a);
+                return Ok(());
+            }
+            Err(PutError::WouldBlock(item)) => item,
+            Err(PutError::Discarded(_)) => return Ok(()),
+            Err(PutError::Closed(_)) => return Err(closed(py)),
+            Err(_) => return Err(full(py)),
+        };
         match self
             .q
             .put_until(item, timeout, check_signals, |w| run_wait(py, timeout, w))
@@ -126,6 +137,15 @@ impl WorkQueue {
     }
 
     fn do_get(&self, py: Python<'_>, timeout: Option<Duration>) -> PyResult<Item> {
+        // The common case first, without the blocking loop's machinery.
+        match self.q.try_get() {
+            Ok((item, w)) => {
+                wake_putter(py, &self.q, w);
+                return Ok(item);
+            }
+            Err(GetError::Closed) => return Err(closed(py)),
+            Err(_) => {}
+        }
         match self
             .q
             .get_until(timeout, check_signals, |w| run_wait(py, timeout, w))
