@@ -92,6 +92,15 @@ fn wake_putter(py: Python<'_>, q: &Core<Item, Waker>, mut w: Option<Waker>) {
     }
 }
 
+/// A put that did not enter: `drop_newest` refused it silently, otherwise it raises.
+fn not_entered(py: Python<'_>, e: PutError<Item>) -> PyResult<()> {
+    match e {
+        PutError::Discarded(_) => Ok(()),
+        PutError::Closed(_) => Err(closed(py)),
+        _ => Err(full(py)),
+    }
+}
+
 /// A bounded multi-producer, multi-consumer queue with an overflow policy.
 #[pyclass(frozen, module = "ferrule._native", name = "WorkQueue")]
 pub struct WorkQueue {
@@ -113,9 +122,7 @@ impl WorkQueue {
                 return Ok(());
             }
             Err(PutError::WouldBlock(item)) => item,
-            Err(PutError::Discarded(_)) => return Ok(()),
-            Err(PutError::Closed(_)) => return Err(closed(py)),
-            Err(_) => return Err(full(py)),
+            Err(e) => return not_entered(py, e),
         };
         match self
             .q
@@ -136,15 +143,22 @@ impl WorkQueue {
         }
     }
 
-    fn do_get(&self, py: Python<'_>, timeout: Option<Duration>) -> PyResult<Item> {
-        // The common case first, without the blocking loop's machinery.
+    /// One attempt: an item or `QueueClosed`, or `None` if the queue is empty.
+    fn take_now(&self, py: Python<'_>) -> Option<PyResult<Item>> {
         match self.q.try_get() {
             Ok((item, w)) => {
                 wake_putter(py, &self.q, w);
-                return Ok(item);
+                Some(Ok(item))
             }
-            Err(GetError::Closed) => return Err(closed(py)),
-            Err(_) => {}
+            Err(GetError::Closed) => Some(Err(closed(py))),
+            Err(_) => None,
+        }
+    }
+
+    fn do_get(&self, py: Python<'_>, timeout: Option<Duration>) -> PyResult<Item> {
+        // The common case first, without the blocking loop's machinery.
+        if let Some(r) = self.take_now(py) {
+            return r;
         }
         match self
             .q
@@ -209,9 +223,7 @@ impl WorkQueue {
                 self.accepted(py, a);
                 Ok(())
             }
-            Err(PutError::Discarded(_)) => Ok(()),
-            Err(PutError::Closed(_)) => Err(closed(py)),
-            Err(_) => Err(full(py)),
+            Err(e) => not_entered(py, e),
         }
     }
 
@@ -222,14 +234,7 @@ impl WorkQueue {
     }
 
     fn get_nowait(&self, py: Python<'_>) -> PyResult<Item> {
-        match self.q.try_get() {
-            Ok((item, w)) => {
-                wake_putter(py, &self.q, w);
-                Ok(item)
-            }
-            Err(GetError::Closed) => Err(closed(py)),
-            Err(_) => Err(empty(py)),
-        }
+        self.take_now(py).unwrap_or_else(|| Err(empty(py)))
     }
 
     /// Puts the items in order; returns how many entered the queue.
@@ -314,10 +319,8 @@ impl WorkQueue {
                 self.accepted(py, a);
                 Ok(true)
             }
-            Err(PutError::Discarded(_)) => Ok(true),
             Err(PutError::WouldBlock(_)) => Ok(false),
-            Err(PutError::Closed(_)) => Err(closed(py)),
-            Err(_) => Err(full(py)),
+            Err(e) => not_entered(py, e).map(|()| true),
         }
     }
 
