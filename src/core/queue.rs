@@ -241,12 +241,16 @@ pub struct Stats {
 
 /// Where blocked threads sleep until a condition (read from atomics) may hold.
 ///
-/// Dekker's pattern with the state's owner: a sleeper increments `sleepers`, then reads
-/// the condition; [`Bell::ring`] runs after the state changed and reads `sleepers` (all
-/// `SeqCst`), so either the sleeper sees the new state or the ringer sees the sleeper.
-/// A ringer that sees one takes `lock` before notifying: the sleeper holds it from its
-/// check of the condition until the condvar releases it, so the notification cannot
-/// fall between the two.
+/// Dekker's pattern with the state's owner: a sleeper counts itself in `sleepers`, then
+/// reads the condition; [`Bell::ring`] runs after the state changed and reads
+/// `sleepers` (all `SeqCst`), so either the sleeper sees the new state or the ringer sees
+/// the sleeper. A ringer that sees one takes `lock` before notifying: the sleeper holds
+/// it from its check of the condition until the condvar releases it, so the notification
+/// cannot fall between the two. A ringer also takes the sleepers it wakes off the count
+/// (parking_lot's condvar has no spurious wake-ups, so a wait that did not time out was
+/// woken by exactly one ringer, which counted it): a woken thread that has not run yet is
+/// no longer waited for, and later rings skip the lock. The woken thread counts itself
+/// again before it reads the condition again.
 struct Bell {
     lock: Mutex<()>,
     cv: Condvar,
@@ -272,14 +276,21 @@ impl Bell {
     ) -> WaitResult<E> {
         let mut pacer = Pacer::new(deadline);
         let mut g = self.lock.lock();
-        self.sleepers.fetch_add(1, SeqCst);
+        let mut counted = false;
         let r = loop {
+            if !counted {
+                self.sleepers.fetch_add(1, SeqCst);
+                counted = true;
+            }
             if ready() {
                 break Ok(());
             }
             match pacer.tick() {
                 Tick::WaitUntil(t) => {
-                    self.cv.wait_until(&mut g, t);
+                    if !self.cv.wait_until(&mut g, t).timed_out() {
+                        // Woken by a ringer, which took us off the count.
+                        counted = false;
+                    }
                 }
                 Tick::Expired => break Err(WaitError::Expired),
                 Tick::Check => {
@@ -290,7 +301,9 @@ impl Bell {
                 }
             }
         };
-        self.sleepers.fetch_sub(1, SeqCst);
+        if counted {
+            self.sleepers.fetch_sub(1, SeqCst);
+        }
         r
     }
 
@@ -300,10 +313,14 @@ impl Bell {
             return;
         }
         drop(self.lock.lock());
-        if all {
-            self.cv.notify_all();
+        let woken = if all {
+            self.cv.notify_all()
         } else {
-            self.cv.notify_one();
+            usize::from(self.cv.notify_one())
+        };
+        if woken > 0 {
+            // Each was parked, so counted, and is counted off once: no underflow.
+            self.sleepers.fetch_sub(woken, SeqCst);
         }
     }
 }
