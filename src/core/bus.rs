@@ -47,7 +47,7 @@ use std::sync::{Arc, Weak};
 use parking_lot::RwLock;
 
 use crate::core::queue::{Overflow, QueueError, WorkQueue};
-use crate::core::topic::{check_type, parse_pattern, Seg, TopicError, Trie};
+use crate::core::topic::{parse_pattern, Seg, TopicError, Trie, TypeSegments};
 
 /// Why a subscription or a publication was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -294,16 +294,22 @@ impl<T, W, H> Router<T, W, H> {
     }
 
     /// Appends to `out` every live subscription whose pattern matches `signal_type`,
-    /// each once. Holds the read lock for the walk only.
+    /// each once (nothing if the type is invalid). Holds the read lock for the walk only;
+    /// the type is split once, checked as the walk reads it.
     pub fn route(
         &self,
         signal_type: &str,
         out: &mut Vec<Arc<Sub<T, W, H>>>,
     ) -> Result<(), BusError> {
-        check_type(signal_type)?;
+        let before = out.len();
+        let mut segs = TypeSegments::new(signal_type);
         self.trie
             .read()
-            .for_each_match(signal_type.split('.'), |e| out.push(e.sub.clone()));
+            .for_each_match(&mut segs, |e| out.push(e.sub.clone()));
+        if let Err(e) = segs.finish() {
+            out.truncate(before);
+            return Err(e.into());
+        }
         Ok(())
     }
 
@@ -378,6 +384,12 @@ mod tests {
             r.route("a.*", &mut out).unwrap_err().to_string(),
             "signal_type \"a.*\" must not contain '*' or '#'"
         );
+        // Checked as it is walked: a type whose bad segment comes after a match, or
+        // after the walk ran out of states, routes nothing.
+        for bad in ["agent.42.error.", "other..x", "agent.#.error", ""] {
+            assert!(r.route(bad, &mut out).is_err());
+            assert!(out.is_empty(), "{bad}");
+        }
         assert_eq!(
             r.subscribe("", 1, Overflow::Block, false)
                 .unwrap_err()

@@ -106,23 +106,59 @@ pub fn parse_pattern(pattern: &str) -> Result<Vec<Seg>, TopicError> {
     Ok(segs)
 }
 
-/// Checks a signal type (no empty segment, no wildcard) without allocating; its
-/// segments are then `signal_type.split('.')`.
-pub fn check_type(signal_type: &str) -> Result<(), TopicError> {
-    if signal_type.is_empty() {
-        return Err(TopicError::Empty("signal_type"));
-    }
-    let mut wildcard = false;
-    for seg in signal_type.split('.') {
-        if seg.is_empty() {
-            return Err(TopicError::EmptySegment("signal_type", quoted(signal_type)));
+/// The segments of a signal type, checked as they are read, so that routing splits the
+/// type once: walk them, then [`TypeSegments::finish`] reads the rest (a walk may stop
+/// early) and tells whether the type was valid (no empty segment, no wildcard).
+pub struct TypeSegments<'a> {
+    signal_type: &'a str,
+    split: std::str::Split<'a, char>,
+    empty: bool,
+    wildcard: bool,
+}
+
+impl<'a> TypeSegments<'a> {
+    pub fn new(signal_type: &'a str) -> Self {
+        Self {
+            signal_type,
+            split: signal_type.split('.'),
+            empty: false,
+            wildcard: false,
         }
-        wildcard |= seg == "*" || seg == "#";
     }
-    if wildcard {
-        return Err(TopicError::WildcardInType(quoted(signal_type)));
+
+    /// The type's error, if any, once every segment has been read.
+    pub fn finish(mut self) -> Result<(), TopicError> {
+        if self.signal_type.is_empty() {
+            return Err(TopicError::Empty("signal_type"));
+        }
+        self.by_ref().for_each(drop);
+        if self.empty {
+            return Err(TopicError::EmptySegment(
+                "signal_type",
+                quoted(self.signal_type),
+            ));
+        }
+        if self.wildcard {
+            return Err(TopicError::WildcardInType(quoted(self.signal_type)));
+        }
+        Ok(())
     }
-    Ok(())
+}
+
+impl<'a> Iterator for TypeSegments<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        let seg = self.split.next()?;
+        self.empty |= seg.is_empty();
+        self.wildcard |= seg == "*" || seg == "#";
+        Some(seg)
+    }
+}
+
+/// Checks a signal type (no empty segment, no wildcard) without allocating.
+pub fn check_type(signal_type: &str) -> Result<(), TopicError> {
+    TypeSegments::new(signal_type).finish()
 }
 
 /// Splits and checks a signal type (no wildcards).
