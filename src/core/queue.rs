@@ -8,10 +8,9 @@
 //! the queue is a single FIFO, so sharding it would break ordering.
 //!
 //! Blocked threads do not wait on that lock. They sleep on one of two *bells* (a mutex
-//! of their own, a condvar and a count of sleepers): `items` for getters, rung when items
-//! arrive or at close, and `room` for putters, rung when room appears or at close. A
-//! sleeper's condition is read from the atomics `len` and `closed`, never from the
-//! guarded state.
+//! of their own and a condvar): `items` for getters, rung when items arrive or at close,
+//! and `room` for putters, rung when room appears or at close. A sleeper's condition is
+//! read from the atomics `len` and `closed`, never from the guarded state.
 //!
 //! # Where items move, and why waits move nothing
 //! Every blocking call is a loop of *attempts* and *waits*: an attempt takes the lock,
@@ -38,32 +37,39 @@
 //!   refused items, and waiters to wake are handed back to the caller, who drops or fires
 //!   them after the lock is released. With Python items that matters: the last
 //!   reference's `__del__` may run arbitrary code.
-//! - No lost wake-up: a sleeper counts itself in its bell, then reads the condition; an
-//!   attempt changes `len`/`closed`, then reads the bell's count and, if anyone sleeps,
-//!   takes the bell's lock before notifying (see [`Bell`]). Waits are cut into slices of
-//!   at most [`SLICE`] so the caller's `check` hook (signal handling) runs at least that
-//!   often, with the bell's lock released.
+//! - No lost wake-up: the attempt that finds a blocking call's condition false counts
+//!   the caller in `getting`/`putting` in the same critical section, and every later
+//!   attempt that makes the condition true reads the count in its own critical section
+//!   (the queue's lock orders the two, so `Relaxed` suffices) and, if anyone is counted,
+//!   rings the bell after unlocking. The ring takes the bell's lock, which the sleeper
+//!   holds from its check of `len`/`closed` until the condvar releases it, so the ring
+//!   either comes before the check (which then sees the change: the bell's lock orders
+//!   them) or finds the sleeper parked. The ringer counts off the sleepers it wakes (a
+//!   thread that was woken and waits to run, or for the interpreter, is not rung
+//!   again), and a woken sleeper goes straight back to an attempt, which counts it in
+//!   again if it must wait again; a sleeper whose wait ends otherwise (its condition
+//!   seen, a timeout, an interruption) counts itself off. Without sleepers an attempt
+//!   touches no bell: the uncontended path costs what a plain mutex-guarded deque
+//!   costs. Waits are cut into slices of at most [`SLICE`] so the caller's `check` hook
+//!   (signal handling) runs at least that often, with the bell's lock released.
 //! - Asynchronous waiters never receive items directly: a woken waiter only retries, so
 //!   a waiter that is cancelled after its wake-up cannot lose an item. It must then call
 //!   [`WorkQueue::forget_getter`] / [`WorkQueue::forget_putter`], which pass the wake-up
 //!   on to the next waiter when there is still something to do.
 //!
 //! # Orderings
-//! The counters are written only under the lock (`Relaxed` is enough: the mutex orders
-//! them for snapshot readers). `len` and `closed` are written under the lock with
-//! `SeqCst`, and each bell's sleeper count is `SeqCst`: the store of the state and the
-//! load of the count on one side, the increment of the count and the load of the state on
-//! the other, form Dekker's pattern, so at least one side sees the other. Lock-free
-//! readers (`len`, `is_closed`) get a value that was true at some instant, which is all
-//! `qsize()` ever promises.
+//! Everything but the sleepers' counting off is written under the queue's lock; the
+//! counters, `len`, `closed` and the sleeper counts use `Relaxed` (the mutex orders them
+//! for snapshot readers and for the attempts that read the sleeper counts, and a sleeper
+//! reads `len` and `closed` under its bell's lock, which a ringer takes after the change,
+//! so the bell's mutex orders them for sleepers). A count-off racing with an attempt
+//! only makes that attempt ring once for nothing. Lock-free readers (`len`,
+//! `is_closed`) get a value that was true at some instant, which is all `qsize()` ever
+//! promises.
 
-use std::cell::OnceCell;
 use std::collections::VecDeque;
 use std::fmt;
-use std::sync::atomic::{
-    AtomicBool, AtomicU64, AtomicUsize,
-    Ordering::{Relaxed, SeqCst},
-};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex, MutexGuard};
@@ -71,26 +77,6 @@ use parking_lot::{Condvar, Mutex, MutexGuard};
 #[cfg(doc)]
 use crate::core::wait::SLICE;
 use crate::core::wait::{deadline, Pacer, Tick};
-
-/// The deadline of a blocking call, computed at its first wait (a call that never waits
-/// never reads the clock).
-struct Deadline {
-    timeout: Option<Duration>,
-    at: OnceCell<Option<Instant>>,
-}
-
-impl Deadline {
-    fn new(timeout: Option<Duration>) -> Self {
-        Self {
-            timeout,
-            at: OnceCell::new(),
-        }
-    }
-
-    fn get(&self) -> Option<Instant> {
-        *self.at.get_or_init(|| deadline(self.timeout))
-    }
-}
 
 /// What a put does when the queue is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -239,22 +225,12 @@ pub struct Stats {
     pub size: usize,
 }
 
-/// Where blocked threads sleep until a condition (read from atomics) may hold.
-///
-/// Dekker's pattern with the state's owner: a sleeper counts itself in `sleepers`, then
-/// reads the condition; [`Bell::ring`] runs after the state changed and reads
-/// `sleepers` (all `SeqCst`), so either the sleeper sees the new state or the ringer sees
-/// the sleeper. A ringer that sees one takes `lock` before notifying: the sleeper holds
-/// it from its check of the condition until the condvar releases it, so the notification
-/// cannot fall between the two. A ringer also takes the sleepers it wakes off the count
-/// (parking_lot's condvar has no spurious wake-ups, so a wait that did not time out was
-/// woken by exactly one ringer, which counted it): a woken thread that has not run yet is
-/// no longer waited for, and later rings skip the lock. The woken thread counts itself
-/// again before it reads the condition again.
+/// Where blocked threads sleep until a condition (read from atomics) may hold; see the
+/// module documentation for why no wake-up is lost. `count` is the queue's count of
+/// the threads that sleep here.
 struct Bell {
     lock: Mutex<()>,
     cv: Condvar,
-    sleepers: AtomicUsize,
 }
 
 impl Bell {
@@ -262,34 +238,31 @@ impl Bell {
         Self {
             lock: Mutex::new(()),
             cv: Condvar::new(),
-            sleepers: AtomicUsize::new(0),
         }
     }
 
-    /// Sleeps until `ready()` or `deadline`, running `check` (bell unlocked) at least
-    /// every [`SLICE`].
+    /// Sleeps until `ready()`, a ring, or `deadline`, running `check` (bell unlocked) at
+    /// least every [`SLICE`]; the caller was counted in `count` and is counted off here,
+    /// by the ringer that woke it or else on the way out.
     fn wait<E>(
         &self,
+        count: &AtomicUsize,
         ready: impl Fn() -> bool,
         deadline: Option<Instant>,
         check: &mut impl FnMut() -> Result<(), E>,
     ) -> WaitResult<E> {
         let mut pacer = Pacer::new(deadline);
         let mut g = self.lock.lock();
-        let mut counted = false;
         let r = loop {
-            if !counted {
-                self.sleepers.fetch_add(1, SeqCst);
-                counted = true;
-            }
             if ready() {
                 break Ok(());
             }
             match pacer.tick() {
                 Tick::WaitUntil(t) => {
                     if !self.cv.wait_until(&mut g, t).timed_out() {
-                        // Woken by a ringer, which took us off the count.
-                        counted = false;
+                        // Rung (parking_lot's condvar never wakes spuriously): the
+                        // ringer counted us off. Back to an attempt, which decides.
+                        return Ok(());
                     }
                 }
                 Tick::Expired => break Err(WaitError::Expired),
@@ -301,17 +274,14 @@ impl Bell {
                 }
             }
         };
-        if counted {
-            self.sleepers.fetch_sub(1, SeqCst);
-        }
+        count.fetch_sub(1, Relaxed);
         r
     }
 
-    /// Wakes one sleeper (or all); call after the state they wait for changed.
-    fn ring(&self, all: bool) {
-        if self.sleepers.load(SeqCst) == 0 {
-            return;
-        }
+    /// Wakes one sleeper (or all) and counts off those it woke, so that attempts made
+    /// before they run again need not ring for them; call after the state they wait
+    /// for changed, with the queue's lock released.
+    fn ring(&self, count: &AtomicUsize, all: bool) {
         drop(self.lock.lock());
         let woken = if all {
             self.cv.notify_all()
@@ -319,8 +289,8 @@ impl Bell {
             usize::from(self.cv.notify_one())
         };
         if woken > 0 {
-            // Each was parked, so counted, and is counted off once: no underflow.
-            self.sleepers.fetch_sub(woken, SeqCst);
+            // Each was parked, hence counted and not yet counted off.
+            count.fetch_sub(woken, Relaxed);
         }
     }
 }
@@ -341,6 +311,11 @@ pub struct WorkQueue<T, W = ()> {
     overflow: Overflow,
     len: AtomicUsize,
     closed: AtomicBool,
+    /// Threads blocked in a get: counted by the attempt that found nothing, counted off
+    /// when their wait ends.
+    getting: AtomicUsize,
+    /// Threads blocked in a put, likewise.
+    putting: AtomicUsize,
     put: AtomicU64,
     got: AtomicU64,
     rejected: AtomicU64,
@@ -367,6 +342,8 @@ impl<T, W> WorkQueue<T, W> {
             overflow,
             len: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
+            getting: AtomicUsize::new(0),
+            putting: AtomicUsize::new(0),
             put: AtomicU64::new(0),
             got: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
@@ -417,10 +394,10 @@ impl<T, W> WorkQueue<T, W> {
 
     // ---- bookkeeping (all under the lock) ------------------------------------------
 
-    /// Publishes the length for sleepers and lock-free readers (`SeqCst`: see [`Bell`]).
+    /// Publishes the length after items were added.
     fn sync_len(&self, g: &Inner<T, W>) {
         let n = g.items.len();
-        self.len.store(n, SeqCst);
+        self.len.store(n, Relaxed);
         if n > self.high_water.load(Relaxed) {
             self.high_water.store(n, Relaxed);
         }
@@ -456,41 +433,44 @@ impl<T, W> WorkQueue<T, W> {
         }
     }
 
-    /// Takes one item under the lock, and picks an asynchronous putter to wake.
-    fn pop(&self, g: &mut Inner<T, W>) -> Option<(T, Option<W>)> {
-        let item = g.items.pop_front()?;
-        self.got.fetch_add(1, Relaxed);
-        self.len.store(g.items.len(), SeqCst);
-        Some((item, g.putters.pop_front()))
-    }
-
-    fn count_rejected(&self, n: usize) {
-        let g = self.inner.lock();
-        self.rejected.fetch_add(n as u64, Relaxed);
-        drop(g);
+    /// Takes up to `max` (>= 1) items under the lock, with the asynchronous putters to
+    /// wake; true if blocked putters are to be rung.
+    fn take(&self, g: &mut Inner<T, W>, max: usize) -> (Vec<T>, Vec<W>, bool) {
+        let n = max.min(g.items.len());
+        let items: Vec<T> = g.items.drain(..n).collect();
+        self.got.fetch_add(n as u64, Relaxed);
+        self.len.store(g.items.len(), Relaxed);
+        let w = n.min(g.putters.len());
+        let wake: Vec<W> = g.putters.drain(..w).collect();
+        let ring = n > 0 && self.putting.load(Relaxed) > 0;
+        (items, wake, ring)
     }
 
     // ---- waits (no item or waiter moves; no queue lock) -------------------------------
 
+    /// A getter's wait (it was counted in `getting` by its attempt).
     fn wait_for_items<E>(
         &self,
         deadline: Option<Instant>,
         check: &mut impl FnMut() -> Result<(), E>,
     ) -> WaitResult<E> {
         self.items_bell.wait(
-            || self.len.load(SeqCst) > 0 || self.closed.load(SeqCst),
+            &self.getting,
+            || self.len.load(Relaxed) > 0 || self.closed.load(Relaxed),
             deadline,
             check,
         )
     }
 
+    /// A putter's wait (counted in `putting` by its attempt).
     fn wait_for_room<E>(
         &self,
         deadline: Option<Instant>,
         check: &mut impl FnMut() -> Result<(), E>,
     ) -> WaitResult<E> {
         self.room_bell.wait(
-            || self.len.load(SeqCst) < self.maxsize || self.closed.load(SeqCst),
+            &self.putting,
+            || self.len.load(Relaxed) < self.maxsize || self.closed.load(Relaxed),
             deadline,
             check,
         )
@@ -498,27 +478,35 @@ impl<T, W> WorkQueue<T, W> {
 
     // ---- puts ------------------------------------------------------------------------
 
-    /// One attempt that never waits. Under the block policy with no room: with `block`,
+    /// One attempt under the lock. Under the block policy with no room: with `block`,
     /// `WouldBlock` (not counted) and the `waiter`, if any, is registered to be woken
-    /// when room appears or at close; without it, `Full` (counted).
+    /// when room appears or at close; without it, `Full` (counted). With `sleep`, a
+    /// `WouldBlock` counts the caller in `putting` (it is about to wait).
     fn offer<E>(
         &self,
         item: T,
         waiter: Option<W>,
         block: bool,
+        sleep: bool,
     ) -> Result<Accepted<T, W>, PutError<T, E>> {
         let mut g = self.inner.lock();
         match self.push(&mut g, item) {
             Push::Added(evicted) => {
                 self.sync_len(&g);
                 let wake = g.getters.pop_front();
+                let ring = self.getting.load(Relaxed) > 0;
                 drop(g);
-                self.items_bell.ring(false);
+                if ring {
+                    self.items_bell.ring(&self.getting, false);
+                }
                 Ok(Accepted { evicted, wake })
             }
             Push::Block(item) if block => {
                 if let Some(w) = waiter {
                     g.putters.push_back(w);
+                }
+                if sleep {
+                    self.putting.fetch_add(1, Relaxed);
                 }
                 Err(PutError::WouldBlock(item))
             }
@@ -536,13 +524,13 @@ impl<T, W> WorkQueue<T, W> {
     /// (not counted) and, given a `waiter`, registers it to be woken when room appears
     /// or at close.
     pub fn put_or_wait(&self, item: T, waiter: Option<W>) -> Result<Accepted<T, W>, PutError<T>> {
-        self.offer(item, waiter, true)
+        self.offer(item, waiter, true, false)
     }
 
     /// `put_nowait`: one attempt; with no room the item is refused (counted in
     /// `rejected`) unless `drop_oldest` makes room.
     pub fn try_put(&self, item: T) -> Result<Accepted<T, W>, PutError<T>> {
-        self.offer(item, None, false)
+        self.offer(item, None, false, false)
     }
 
     /// A blocking put: attempts, and between attempts waits for room for up to `timeout`
@@ -559,14 +547,18 @@ impl<T, W> WorkQueue<T, W> {
         T: Send,
         W: Send,
     {
+        let until = deadline(timeout);
         let mut item = item;
-        let deadline = Deadline::new(timeout);
         loop {
-            match self.offer(item, None, true) {
+            let expired = until.is_some_and(|d| Instant::now() >= d);
+            match self.offer(item, None, true, !expired) {
+                Err(PutError::WouldBlock(back)) if expired => {
+                    self.count_rejected(1);
+                    return Err(PutError::Timeout(back));
+                }
                 Err(PutError::WouldBlock(back)) => item = back,
                 r => return r,
             }
-            let until = deadline.get();
             match outside(&mut || self.wait_for_room(until, &mut check)) {
                 Ok(()) => {}
                 Err(WaitError::Expired) => {
@@ -576,6 +568,12 @@ impl<T, W> WorkQueue<T, W> {
                 Err(WaitError::Interrupted(e)) => return Err(PutError::Interrupted(item, e)),
             }
         }
+    }
+
+    fn count_rejected(&self, n: usize) {
+        let g = self.inner.lock();
+        self.rejected.fetch_add(n as u64, Relaxed);
+        drop(g);
     }
 
     /// Pushes from the front of `items` while there is room (or `drop_oldest` makes it),
@@ -643,17 +641,26 @@ impl<T, W> WorkQueue<T, W> {
             evicted: Vec::new(),
             stopped: None,
         };
-        let deadline = Deadline::new(timeout);
+        let until = deadline(timeout);
         loop {
+            let expired = until.is_some_and(|d| Instant::now() >= d);
             let mut g = self.inner.lock();
             let (pushed, stop) = self.push_batch(&mut g, items, &mut batch);
             let woken: Vec<W> = {
                 let n = pushed.min(g.getters.len());
                 g.getters.drain(..n).collect()
             };
+            let ring = pushed > 0 && self.getting.load(Relaxed) > 0;
+            let sleeping = matches!(stop, BatchEnd::NoRoom) && !expired;
+            if sleeping {
+                self.putting.fetch_add(1, Relaxed);
+            } else if matches!(stop, BatchEnd::NoRoom) {
+                self.rejected.fetch_add(items.len() as u64, Relaxed);
+                batch.stopped = Some(Stop::Timeout);
+            }
             drop(g);
-            if pushed > 0 {
-                self.items_bell.ring(pushed > 1);
+            if ring {
+                self.items_bell.ring(&self.getting, pushed > 1);
             }
             if !woken.is_empty() {
                 wake(woken);
@@ -664,9 +671,9 @@ impl<T, W> WorkQueue<T, W> {
                     return batch;
                 }
                 BatchEnd::AllIn => return batch,
+                BatchEnd::NoRoom if !sleeping => return batch,
                 BatchEnd::NoRoom => {}
             }
-            let until = deadline.get();
             match outside(&mut || self.wait_for_room(until, &mut check)) {
                 Ok(()) => {}
                 Err(WaitError::Expired) => {
@@ -684,15 +691,21 @@ impl<T, W> WorkQueue<T, W> {
 
     // ---- gets ------------------------------------------------------------------------
 
-    /// One attempt that never waits: an item, or `Closed` once closed and drained, or
+    /// One attempt under the lock: an item, or `Closed` once closed and drained, or
     /// `Empty` (then `waiter`, if given, is registered to be woken by the next put or at
-    /// close).
-    pub fn get_or_wait(&self, waiter: Option<W>) -> Result<(T, Option<W>), GetError> {
+    /// close, and with `sleep` the caller is counted in `getting`: it is about to wait).
+    fn attempt_get(&self, waiter: Option<W>, sleep: bool) -> Result<(T, Option<W>), GetError> {
         let mut g = self.inner.lock();
-        if let Some(r) = self.pop(&mut g) {
+        if let Some(item) = g.items.pop_front() {
+            self.got.fetch_add(1, Relaxed);
+            self.len.store(g.items.len(), Relaxed);
+            let wake = g.putters.pop_front();
+            let ring = self.putting.load(Relaxed) > 0;
             drop(g);
-            self.room_bell.ring(false);
-            return Ok(r);
+            if ring {
+                self.room_bell.ring(&self.putting, false);
+            }
+            return Ok((item, wake));
         }
         if g.closed {
             return Err(GetError::Closed);
@@ -700,7 +713,17 @@ impl<T, W> WorkQueue<T, W> {
         if let Some(w) = waiter {
             g.getters.push_back(w);
         }
+        if sleep {
+            self.getting.fetch_add(1, Relaxed);
+        }
         Err(GetError::Empty)
+    }
+
+    /// One attempt that never waits: an item, or `Closed` once closed and drained, or
+    /// `Empty` (then `waiter`, if given, is registered to be woken by the next put or at
+    /// close).
+    pub fn get_or_wait(&self, waiter: Option<W>) -> Result<(T, Option<W>), GetError> {
+        self.attempt_get(waiter, false)
     }
 
     /// `get_nowait`.
@@ -722,18 +745,20 @@ impl<T, W> WorkQueue<T, W> {
         T: Send,
         W: Send,
     {
-        let deadline = Deadline::new(timeout);
+        let until = deadline(timeout);
         loop {
-            match self.get_or_wait(None) {
+            let expired = until.is_some_and(|d| Instant::now() >= d);
+            match self.attempt_get(None, !expired) {
                 Ok(r) => return Ok(r),
-                Err(GetError::Closed) => return Err(GetError::Closed),
-                Err(_) => {}
+                Err(GetError::Empty) if expired => return Err(GetError::Timeout),
+                Err(GetError::Empty) => {}
+                Err(_) => return Err(GetError::Closed),
             }
-            let until = deadline.get();
-            match outside(&mut || self.wait_for_items(until, &mut check)) {
-                Ok(()) => {}
-                Err(WaitError::Expired) => return Err(GetError::Timeout),
-                Err(WaitError::Interrupted(e)) => return Err(GetError::Interrupted(e)),
+            if let Err(e) = outside(&mut || self.wait_for_items(until, &mut check)) {
+                return Err(match e {
+                    WaitError::Expired => GetError::Timeout,
+                    WaitError::Interrupted(e) => GetError::Interrupted(e),
+                });
             }
         }
     }
@@ -742,19 +767,26 @@ impl<T, W> WorkQueue<T, W> {
     /// none, `Closed` once closed and drained. Also returns the asynchronous putters to
     /// wake.
     pub fn try_get_many(&self, max: usize) -> Result<(Vec<T>, Vec<W>), GetError> {
+        self.attempt_get_many(max, false)
+    }
+
+    /// [`Self::try_get_many`] for a blocking caller: with `sleep`, finding nothing counts
+    /// it in `getting`.
+    fn attempt_get_many(&self, max: usize, sleep: bool) -> Result<(Vec<T>, Vec<W>), GetError> {
         let mut g = self.inner.lock();
-        if g.items.is_empty() && g.closed {
-            return Err(GetError::Closed);
+        if g.items.is_empty() {
+            if g.closed {
+                return Err(GetError::Closed);
+            }
+            if sleep {
+                self.getting.fetch_add(1, Relaxed);
+            }
+            return Ok((Vec::new(), Vec::new()));
         }
-        let n = max.min(g.items.len());
-        let items: Vec<T> = g.items.drain(..n).collect();
-        self.got.fetch_add(n as u64, Relaxed);
-        self.len.store(g.items.len(), SeqCst);
-        let w = n.min(g.putters.len());
-        let wake: Vec<W> = g.putters.drain(..w).collect();
+        let (items, wake, ring) = self.take(&mut g, max);
         drop(g);
-        if n > 0 {
-            self.room_bell.ring(n > 1);
+        if ring {
+            self.room_bell.ring(&self.putting, items.len() > 1);
         }
         Ok((items, wake))
     }
@@ -771,18 +803,20 @@ impl<T, W> WorkQueue<T, W> {
         T: Send,
         W: Send,
     {
-        let deadline = Deadline::new(timeout);
+        let until = deadline(timeout);
         loop {
-            match self.try_get_many(max) {
+            let expired = until.is_some_and(|d| Instant::now() >= d);
+            match self.attempt_get_many(max, !expired) {
                 Ok(r) if !r.0.is_empty() => return Ok(r),
+                Ok(_) if expired => return Err(GetError::Timeout),
                 Ok(_) => {}
                 Err(_) => return Err(GetError::Closed),
             }
-            let until = deadline.get();
-            match outside(&mut || self.wait_for_items(until, &mut check)) {
-                Ok(()) => {}
-                Err(WaitError::Expired) => return Err(GetError::Timeout),
-                Err(WaitError::Interrupted(e)) => return Err(GetError::Interrupted(e)),
+            if let Err(e) = outside(&mut || self.wait_for_items(until, &mut check)) {
+                return Err(match e {
+                    WaitError::Expired => GetError::Timeout,
+                    WaitError::Interrupted(e) => GetError::Interrupted(e),
+                });
             }
         }
     }
@@ -831,12 +865,12 @@ impl<T, W> WorkQueue<T, W> {
     pub fn close(&self) -> Vec<W> {
         let mut g = self.inner.lock();
         g.closed = true;
-        self.closed.store(true, SeqCst);
+        self.closed.store(true, Relaxed);
         let mut wake: Vec<W> = g.getters.drain(..).collect();
         wake.extend(g.putters.drain(..));
         drop(g);
-        self.items_bell.ring(true);
-        self.room_bell.ring(true);
+        self.items_bell.ring(&self.getting, true);
+        self.room_bell.ring(&self.putting, true);
         wake
     }
 
@@ -862,11 +896,11 @@ impl<T, W> WorkQueue<T, W> {
         let mut g = self.inner.lock();
         let items: Vec<T> = g.items.drain(..).collect();
         self.dropped.fetch_add(items.len() as u64, Relaxed);
-        self.sync_len(&g);
+        self.len.store(0, Relaxed);
         let mut waiters: Vec<W> = g.getters.drain(..).collect();
         waiters.extend(g.putters.drain(..));
         drop(g);
-        self.room_bell.ring(true);
+        self.room_bell.ring(&self.putting, true);
         (items, waiters)
     }
 }
