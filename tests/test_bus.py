@@ -10,6 +10,7 @@ import logging
 import re
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -201,12 +202,13 @@ def test_get_get_nowait_and_iteration() -> None:
     it = iter(sub)
     assert next(it).data == 1
     # Iteration blocks for the next signal and ends once the subscription is
-    # cancelled; a signal still queued at cancellation is discarded (counted).
-    bus.publish("t", 2)
+    # cancelled and drained: a signal still queued at cancellation stays readable.
+    bus.publish("t", 3)
     sub.cancel()
-    assert [s.data for s in it] == []
+    assert bus.publish("t", 4) == 0
+    assert [s.data for s in it] == [2, 3]
     s = sub.stats()
-    assert (s.accepted, s.delivered, s.dropped, s.queued) == (4, 2, 2, 0)
+    assert (s.accepted, s.delivered, s.dropped, s.queued) == (4, 4, 0, 0)
     with pytest.raises(QueueClosed, match=r"^subscription is cancelled$"):
         sub.get()
     with pytest.raises(QueueClosed):
@@ -221,6 +223,85 @@ def test_blocked_get_is_woken_by_publish_and_by_cancel() -> None:
     threading.Timer(0.02, sub.cancel).start()
     with pytest.raises(QueueClosed):
         sub.get(timeout=5)
+
+
+async def _drain_async(sub: Subscription, n: int) -> list[Any]:
+    return [(await sub.get_async()).data for _ in range(n)]
+
+
+@pytest.mark.parametrize("how", ["get", "get_nowait", "iteration", "get_async"])
+def test_cancelled_pull_subscription_keeps_its_signals_readable(how: str) -> None:
+    """Guards cancel() on a pull subscription: new signals stop, but what was queued
+    stays readable until drained; then gets raise QueueClosed and iteration ends, as
+    after WorkQueue.close(). Cancel used to discard what was queued."""
+    bus = SignalBus()
+    sub = bus.subscribe("t")
+    for i in range(3):
+        bus.publish("t", i)
+    assert sub.cancel()
+    assert bus.publish("t", 3) == 0
+    assert sub.qsize() == 3
+    read: dict[str, Callable[[], list[Any]]] = {
+        "get": lambda: [sub.get(timeout=1).data for _ in range(3)],
+        "get_nowait": lambda: [sub.get_nowait().data for _ in range(3)],
+        "iteration": lambda: [sig.data for sig in sub],
+        "get_async": lambda: asyncio.run(_drain_async(sub, 3)),
+    }
+    assert read[how]() == [0, 1, 2]
+    for get in (sub.get, sub.get_nowait, lambda: sub.get(timeout=1)):
+        with pytest.raises(QueueClosed, match=r"^subscription is cancelled$"):
+            get()
+    with pytest.raises(QueueClosed):
+        asyncio.run(_drain_async(sub, 1))
+    assert list(sub) == []
+    s = sub.stats()
+    assert (s.accepted, s.delivered, s.dropped, s.queued) == (3, 3, 0, 0)
+
+
+def test_async_getters_of_a_cancelled_pull_subscription_get_what_was_queued() -> None:
+    """Guards the asyncio side of cancel(): getters woken by publishes that a cancel
+    then overtakes still get those signals, and only then QueueClosed (cancel used to
+    discard the signals, so the woken getters found nothing)."""
+    bus = SignalBus()
+    sub = bus.subscribe("t")
+
+    async def main() -> list[Any]:
+        a = asyncio.ensure_future(sub.get_async())
+        b = asyncio.ensure_future(sub.get_async())
+        await asyncio.sleep(0)  # both run up to their wait: their wakers are registered
+        bus.publish("t", 1)  # wakes a (scheduled on this loop)
+        bus.publish("t", 2)  # wakes b
+        sub.cancel()  # ...before either runs
+        got = [(await a).data, (await b).data]
+        with pytest.raises(QueueClosed):
+            await sub.get_async()
+        return got
+
+    assert asyncio.run(main()) == [1, 2]
+
+
+def test_cancelled_handler_subscription_counts_what_it_did_not_deliver(
+    no_thread_leak: None,
+) -> None:
+    """A handler subscription's signals still queued at cancel are counted in
+    `dropped`, never lost silently."""
+    bus = SignalBus()
+    started, release = threading.Event(), threading.Event()
+
+    def stuck(sig: Signal) -> None:
+        started.set()
+        release.wait(5)
+
+    sub = bus.subscribe("t", stuck, maxsize=10, weak=False)
+    bus.publish("t", 0)
+    assert started.wait(5)
+    for i in range(1, 6):
+        bus.publish("t", i)  # queued behind the call in progress
+    assert sub.cancel()
+    release.set()
+    assert wait_until(lambda: not bus_workers("t"))
+    s = sub.stats()
+    assert (s.accepted, s.delivered, s.dropped, s.queued) == (6, 1, 5, 0)
 
 
 def test_cancel_ends_a_blocked_iteration() -> None:
@@ -241,6 +322,18 @@ def test_subscription_lives_without_its_object() -> None:
     assert sub.cancel()
     assert bus.subscriptions() == []
     assert bus.publish("orphan.x") == 0
+
+
+def test_subscriptions_lists_the_subscription_objects_themselves() -> None:
+    """Each subscription has one Subscription object; the bus owns it while routing."""
+    bus = SignalBus()
+    sub = bus.subscribe("a")
+    assert bus.subscriptions()[0] is sub
+    sub_id = id(sub)
+    del sub
+    gc.collect()
+    [again] = bus.subscriptions()
+    assert id(again) == sub_id and again.pattern == "a"
 
 
 def test_subscription_attributes_equality_and_context_manager() -> None:
@@ -267,7 +360,7 @@ def test_subscription_attributes_equality_and_context_manager() -> None:
     ("overflow", "accepted", "kept", "dropped", "rejected"),
     [
         ("drop_oldest", 5, [3, 4], 3, 0),
-        ("drop_newest", 5, [0, 1], 3, 0),
+        ("drop_newest", 2, [0, 1], 0, 3),
         ("reject", 2, [0, 1], 0, 3),
     ],
 )
@@ -285,6 +378,24 @@ def test_overflow_policies(
         f"SubscriptionStats(accepted={accepted}, delivered=2, dropped={dropped}, "
         f"rejected={rejected}, errors=0, queued=0)"
     )
+
+
+def test_publish_counts_only_the_mailboxes_that_took_the_signal() -> None:
+    """Guards publish()'s count: a full drop_newest mailbox does not take the signal, so
+    it is not counted (it used to be, and its stats counted it as accepted and dropped);
+    it counts in `rejected`, like reject's refusals."""
+    bus = SignalBus()
+    newest = bus.subscribe("t", maxsize=1, overflow="drop_newest")
+    oldest = bus.subscribe("t", maxsize=1, overflow="drop_oldest")
+    reject = bus.subscribe("t", maxsize=1, overflow="reject")
+    assert bus.publish("t", 0) == 3
+    assert bus.publish("t", 1) == 1  # only drop_oldest takes it, evicting 0
+    assert [s.get_nowait().data for s in (newest, oldest, reject)] == [0, 1, 0]
+    stats = [
+        (s.accepted, s.delivered, s.dropped, s.rejected, s.queued)
+        for s in (newest.stats(), oldest.stats(), reject.stats())
+    ]
+    assert stats == [(1, 1, 0, 1, 0), (2, 1, 1, 0, 0), (1, 1, 0, 1, 0)]
 
 
 def test_block_policy_waits_for_room_and_is_woken_by_cancel() -> None:
@@ -549,9 +660,14 @@ def test_weak_handler_on_an_object_without_weakref_support() -> None:
 # ---- no Python under an internal lock ------------------------------------------------
 
 
-def test_del_of_an_evicted_or_discarded_signal_may_use_the_bus() -> None:
+def test_del_of_an_evicted_or_discarded_signal_may_use_the_bus(no_thread_leak: None) -> None:
     bus = SignalBus()
     log: list[str] = []
+    started, release = threading.Event(), threading.Event()
+
+    def stuck(sig: Signal) -> None:
+        started.set()
+        release.wait(5)
 
     class Reentrant:
         def __init__(self, name: str) -> None:
@@ -564,13 +680,177 @@ def test_del_of_an_evicted_or_discarded_signal_may_use_the_bus() -> None:
             bus.subscribe("late").cancel()
 
     audit = bus.subscribe("audit", maxsize=10)
-    sub = bus.subscribe("t", maxsize=1, overflow="drop_oldest")
+    sub = bus.subscribe("t", stuck, maxsize=1, overflow="drop_oldest", weak=False)
+    bus.publish("t", "first")
+    assert started.wait(5)  # the worker is inside the handler: the mailbox fills
     bus.publish("t", Reentrant("evicted"))
     bus.publish("t", Reentrant("discarded"))  # evicts the first: its __del__ runs
-    sub.cancel()  # discards the second
+    sub.cancel()  # a handler subscription discards what is queued: the second
+    release.set()
     gc.collect()
     assert log == ["evicted", "discarded"]
     assert [audit.get_nowait().data for _ in range(2)] == ["evicted", "discarded"]
+    assert sub.stats().dropped == 2
+
+
+# ---- garbage collection ---------------------------------------------------------------
+
+
+class Node:
+    """Something weakly referenceable to hang a reference cycle on."""
+
+    ref: Any = None
+
+    def on_signal(self, sig: Signal) -> None:
+        pass
+
+
+def test_gc_collects_a_bus_whose_queued_signal_refers_to_it() -> None:
+    """Guards SignalBus/Subscription/Signal GC support: bus -> subscription -> queued
+    signal -> data -> bus used to leak forever."""
+    bus = SignalBus()
+    sub = bus.subscribe("t")
+    node = Node()
+    node.ref = bus
+    assert bus.publish("t", node) == 1
+    dead = weakref.ref(node)
+    del bus, sub, node
+    gc.collect()
+    assert dead() is None
+
+
+@pytest.mark.parametrize("kind", ["function", "bound method, weak=False"])
+def test_gc_collects_a_bus_whose_strong_handler_refers_to_it(
+    kind: str, no_thread_leak: None
+) -> None:
+    """Guards the handler's ownership: bus -> subscription -> handler -> object -> bus.
+    The worker thread used to hold the handler itself, so the cycle (and the thread)
+    lived forever; now the Subscription owns the handler, the collector sees the cycle,
+    and collecting it cancels the subscription, so the worker exits."""
+    bus = SignalBus()
+    node = Node()
+    node.ref = bus
+    if kind == "function":
+
+        def handler(sig: Signal, node: Node = node) -> None:
+            pass
+
+        sub = bus.subscribe("gc.handler", handler)
+        del handler
+    else:
+        sub = bus.subscribe("gc.handler", node.on_signal, weak=False)
+    assert bus.publish("gc.handler") == 1
+    assert wait_until(lambda s=sub: s.stats().delivered == 1)
+    dead = weakref.ref(node)
+    del bus, sub, node
+    gc.collect()
+    assert dead() is None
+    assert wait_until(lambda: not bus_workers("gc.handler"))
+
+
+def test_gc_collects_a_cancelled_subscription_whose_signal_refers_to_it() -> None:
+    """A cancelled pull subscription keeps its signals; one that refers back to the
+    subscription makes a cycle through it, which the collector must see."""
+    bus = SignalBus()
+    sub = bus.subscribe("t")
+    node = Node()
+    node.ref = sub
+    bus.publish("t", node)
+    sub.cancel()
+    dead = weakref.ref(node)
+    del sub, node
+    gc.collect()
+    assert dead() is None
+    assert bus.subscriptions() == []
+
+
+def test_gc_collects_a_signal_whose_data_refers_to_it() -> None:
+    """Guards Signal's GC support: signal -> data -> signal used to leak."""
+    bus = SignalBus()
+    sub = bus.subscribe("t")
+    node = Node()
+    bus.publish("t", node)
+    node.ref = sub.get_nowait()
+    dead = weakref.ref(node)
+    del node
+    gc.collect()
+    assert dead() is None
+
+
+def test_gc_leaves_live_subscriptions_and_signals_alone(no_thread_leak: None) -> None:
+    """A collection changes nothing that is still reachable: routed subscriptions keep
+    their queued signals (and their data), handlers keep running."""
+    bus = SignalBus()
+    seen: list[Any] = []
+    done = threading.Event()
+
+    def handler(sig: Signal) -> None:
+        seen.append(sig.data)
+        if sig.data == "last":
+            done.set()
+
+    bus.subscribe("live.h", handler)
+    bus.subscribe("live.p", maxsize=8)
+    for i in range(3):
+        bus.publish("live.p", [i])
+    gc.collect()
+    bus.publish("live.h", "last")
+    assert done.wait(5) and seen == ["last"]
+    [h, p] = sorted(bus.subscriptions(), key=lambda s: s.pattern)
+    assert [p.get_nowait().data for _ in range(3)] == [[0], [1], [2]]
+    h.cancel()
+
+
+# ---- hostile arguments -----------------------------------------------------------------
+
+
+def test_patterns_are_bounded_and_hostile_ones_route_in_linear_time() -> None:
+    """Guards topic matching against hostile patterns: '#.#.#...' and '#.a.#.a...'
+    against a long type used to cost O(segments x states^2); each
+    state now costs O(1), a run of '#' counts as one, and a pattern has at most 256
+    segments."""
+    bus = SignalBus()
+    hashes = bus.subscribe(".".join(["#"] * 256))
+    alternating = bus.subscribe(".".join(["#", "a"] * 128))
+    with pytest.raises(ValueError, match=r"^pattern must not have more than 256 segments$"):
+        bus.subscribe(".".join(["#"] * 257))
+    with pytest.raises(ValueError, match=r"^pattern must not have more than 256 segments$"):
+        bus.subscribe("a." * 10_000 + "a")
+    long_type = ".".join(["a"] * 20_000)
+    assert bus.publish(long_type) == 2
+    assert bus.publish(long_type + ".b") == 1
+    assert (hashes.qsize(), alternating.qsize()) == (2, 1)
+    assert hashes.get_nowait().type == long_type
+
+
+def test_huge_arguments_give_short_messages_and_no_panic() -> None:
+    bus = SignalBus()
+    huge = "x" * 1_000_000
+    for call, start in (
+        (lambda: bus.publish(huge + ".."), 'signal_type "xxx'),
+        (lambda: bus.publish(huge + ".*"), 'signal_type "xxx'),
+        (lambda: bus.subscribe(huge + ".."), 'pattern "xxx'),
+    ):
+        with pytest.raises(ValueError) as info:
+            call()
+        assert str(info.value).startswith(start) and len(str(info.value)) < 200
+    sub = bus.subscribe("a", maxsize=2**63 - 1)
+    assert sub.maxsize == 2**63 - 1
+    assert bus.publish("a", 1) == 1
+    for bad in (2**63, 2**100):
+        with pytest.raises((ValueError, OverflowError), match=r"^maxsize "):
+            bus.subscribe("a", maxsize=bad)
+
+
+def test_a_str_subclass_type_is_stored_as_a_plain_str() -> None:
+    class Name(str):
+        pass
+
+    bus = SignalBus()
+    sub = bus.subscribe("a.b")
+    bus.publish(Name("a.b"))
+    sig = sub.get_nowait()
+    assert sig.type == "a.b" and type(sig.type) is str
 
 
 # ---- Ctrl-C ------------------------------------------------------------------------------

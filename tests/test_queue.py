@@ -9,6 +9,7 @@ import math
 import queue
 import threading
 import time
+import weakref
 from typing import Any
 
 import ferrule
@@ -72,7 +73,7 @@ def test_full_and_empty_messages_and_rejection_counts() -> None:
     [
         ("reject", [1, 2], 0, 1),
         ("drop_oldest", [2, 3], 1, 0),
-        ("drop_newest", [1, 2], 1, 0),
+        ("drop_newest", [1, 2], 0, 1),
     ],
 )
 def test_overflow_policies(overflow: str, after: list[int], dropped: int, rejected: int) -> None:
@@ -195,17 +196,41 @@ class Reentrant:
         self.log.append(f"del with qsize={self.q.qsize()} stats.put={self.q.stats().put}")
 
 
-@pytest.mark.parametrize("overflow", ["drop_oldest", "drop_newest"])
-def test_dropped_items_are_released_outside_the_lock(overflow: str) -> None:
+@pytest.mark.parametrize(("overflow", "put"), [("drop_oldest", 2), ("drop_newest", 1)])
+def test_dropped_items_are_released_outside_the_lock(overflow: str, put: int) -> None:
     q: WorkQueue[Any] = WorkQueue(1, overflow=overflow)
     log: list[str] = []
     q.put(Reentrant(q, log))
-    q.put(Reentrant(q, log))  # one of the two is dropped; its __del__ re-enters the queue
+    q.put(Reentrant(q, log))  # one of the two is let go; its __del__ re-enters the queue
     gc.collect()
-    assert log == ["del with qsize=1 stats.put=2"]
+    assert log == [f"del with qsize=1 stats.put={put}"]
     q.put_many([Reentrant(q, log), Reentrant(q, log)])
     gc.collect()
     assert len(log) == 3
+
+
+def test_drop_newest_refuses_silently_and_counts_a_rejection() -> None:
+    """Guards the drop_newest bookkeeping: a full queue does not take the new item, so
+    put_many does not count it and stats() has it in `rejected` (it used to count in
+    both `put` and `dropped`, and put_many counted it as accepted); put and put_nowait
+    stay silent (no exception), like every drop policy."""
+    q: WorkQueue[int] = WorkQueue(2, overflow="drop_newest")
+    assert q.put_many(range(5)) == 2
+    q.put(5)
+    q.put(6, timeout=0)
+    q.put_nowait(7)
+
+    async def main() -> None:
+        await q.put_async(8)
+
+    asyncio.run(main())
+    s = q.stats()
+    assert (s.put, s.got, s.dropped, s.rejected, s.size) == (2, 0, 0, 7, 2)
+    assert q.get_many(10) == [0, 1]
+    assert q.put_many([9, 10, 11]) == 2
+    s = q.stats()
+    assert s.put == s.got + s.dropped + s.size
+    assert (s.put, s.rejected) == (4, 8)
 
 
 # ---- bad input -----------------------------------------------------------------------
@@ -255,6 +280,78 @@ def test_bad_call_arguments() -> None:
     with pytest.raises(RuntimeError, match="from the iterable"):
         q.put_many(boom())
     assert q.qsize() == 0  # all or nothing when the iterable itself fails
+
+
+def test_hostile_sizes() -> None:
+    """Sizes at and beyond the platform's limits: no panic, no memory up front, and a
+    refusal that names the argument."""
+    q: WorkQueue[int] = WorkQueue(2**63 - 1)
+    assert q.maxsize == 2**63 - 1 and not q.full()
+    assert q.put_many(range(100)) == 100
+    assert q.get_many(2**63 - 1) == list(range(100))
+    assert q.get_many(2**63 - 1, timeout=0) == []
+    for bad in (2**63, 2**64, 2**200):
+        with pytest.raises((ValueError, OverflowError), match=r"^maxsize "):
+            WorkQueue(bad)
+        with pytest.raises((ValueError, OverflowError), match=r"^max_items "):
+            q.get_many(bad)
+    with pytest.raises(ValueError, match=r"^maxsize must be >= 1$"):
+        WorkQueue(-(2**63))
+    for huge in (1e300, 2**70):
+        with pytest.raises(ValueError, match=r"^timeout "):
+            q.get(timeout=huge)
+
+
+# ---- garbage collection -----------------------------------------------------------------
+
+
+class Node:
+    """Something weakly referenceable to hang a reference cycle on."""
+
+    ref: Any = None
+
+
+def test_gc_collects_a_cycle_through_queued_items() -> None:
+    """Guards WorkQueue's GC support: an item that refers back to its queue used to keep
+    both alive forever (the queue did not visit its items)."""
+    q: WorkQueue[Node] = WorkQueue(4)
+    node = Node()
+    node.ref = q
+    q.put(node)
+    dead = weakref.ref(node)
+    del node, q
+    gc.collect()
+    assert dead() is None
+
+
+def test_gc_collects_an_abandoned_async_getter() -> None:
+    """Guards the traversal of asyncio wakers: a task left waiting in get_async() on a
+    loop that was closed forms a cycle queue -> waker -> future -> task -> queue."""
+    q: WorkQueue[int] = WorkQueue(1)
+    loop = asyncio.new_event_loop()
+    task = loop.create_task(q.get_async())
+    loop.run_until_complete(asyncio.sleep(0.01))  # the task waits: its waker is registered
+    dead = weakref.ref(task)
+    loop.close()
+    del task, loop, q
+    gc.collect()
+    assert dead() is None
+
+
+def test_gc_sees_items_and_leaves_live_ones_alone() -> None:
+    """The queue reports its items to the collector (gc.get_referents) and a queue that
+    is still referenced keeps them: a collection changes nothing in it."""
+    q: WorkQueue[Any] = WorkQueue(4)
+    items = [[1], {"k": 2}, Node()]
+    q.put_many(items)
+    assert all(any(r is i for r in gc.get_referents(q)) for i in items)
+    assert gc.is_tracked(q)
+    del items
+    gc.collect()
+    got = q.get_many(4)
+    assert got[:2] == [[1], {"k": 2}] and isinstance(got[2], Node)
+    s = q.stats()
+    assert (s.put, s.got, s.dropped) == (3, 3, 0)
 
 
 # ---- GIL release and KeyboardInterrupt -------------------------------------------------

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
+import gc
 import threading
 import time
+import weakref
 from typing import Any
 
 import pytest
@@ -278,3 +280,61 @@ def test_task_queued_just_before_shutdown_still_runs() -> None:
         if accepted:  # accepted before the close: it must run
             assert accepted[0].result(5) == 7
         pool.shutdown(wait=True)
+
+
+class Box:
+    """Something weakly referenceable to hang a reference cycle on."""
+
+    pool: Any = None
+    futures: Any = None
+
+
+def _echo(x: Any) -> Any:
+    return x
+
+
+def test_gc_collects_a_pool_in_a_cycle_with_its_tasks_and_futures() -> None:
+    """A pool reachable only from a cycle through its own tasks' arguments and futures
+    (future -> result -> box -> future, box -> pool) is collected once dropped, and its
+    workers exit: worker threads and the pool's finalizer hold its queue, never the
+    pool, and each worker lets go of a task once it has run."""
+    pool = TaskPool(2)
+    box = Box()
+    box.pool = pool
+    box.futures = [pool.submit(_echo, box) for _ in range(4)]
+    assert all(f.result(5) is box for f in box.futures)
+    threads = list(pool._threads)
+    dead = weakref.ref(pool)
+    del pool, box
+    gc.collect()
+    assert dead() is None
+    for t in threads:
+        t.join(5)
+        assert not t.is_alive()
+
+
+def test_gc_collects_a_pool_after_its_queued_self_referencing_task_ran() -> None:
+    """A queued task that refers to its pool keeps the pool alive (it will still run:
+    the worker holds the queue); once it has run, the cycle through its future is
+    collected and the worker exits."""
+    gate = threading.Event()
+    pool = TaskPool(1)
+    pool.submit(gate.wait, 5)
+    wait_until(lambda p=pool: p.stats().active == 1)
+    box = Box()
+    box.pool = pool
+    box.futures = [pool.submit(_echo, box)]  # queued behind the gate
+    future = box.futures[0]
+    threads = list(pool._threads)
+    dead = weakref.ref(pool)
+    del pool, box
+    gc.collect()
+    assert dead() is not None  # the queued task still refers to it, and will run
+    gate.set()
+    assert future.result(5).pool is dead()
+    del future
+    gc.collect()
+    assert dead() is None
+    for t in threads:
+        t.join(5)
+        assert not t.is_alive()

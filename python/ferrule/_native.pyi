@@ -498,10 +498,12 @@ class QueueStats:
     """Counters of a :class:`WorkQueue`, read together in one critical section, so
     ``put == got + dropped + size`` holds exactly in every snapshot.
 
-    ``put`` counts accepted items (with ``drop_newest``, an item accepted and discarded
-    at once counts in ``put`` and ``dropped``); ``rejected`` counts refused puts (the
-    ``reject`` policy, a full ``put_nowait``, a timed-out ``put``); ``high_water`` is the
-    largest length seen.
+    ``put`` counts the items that entered the queue; ``got`` those taken out;
+    ``dropped`` those that entered and were then lost (evicted by ``drop_oldest``);
+    ``rejected`` those that did not enter for lack of room: the ``reject`` policy, a
+    full ``put_nowait`` or a timed-out ``put`` (each raising :class:`QueueFull`), and
+    the ``drop_newest`` policy, which refuses the new item without an error;
+    ``high_water`` is the largest length seen.
 
     >>> q = WorkQueue(2, overflow="drop_oldest")
     >>> q.put_many([1, 2, 3])
@@ -531,17 +533,19 @@ class WorkQueue(Generic[_T]):
 
     ``overflow`` decides what a put does when ``maxsize`` items are queued: ``"block"``
     waits for room (``put_nowait`` raises :class:`QueueFull`), ``"reject"`` raises
-    :class:`QueueFull`, ``"drop_oldest"`` evicts the oldest item to make room,
-    ``"drop_newest"`` discards the new item (the queue keeps what it has). Dropped items
-    count in ``stats().dropped``.
+    :class:`QueueFull`, ``"drop_oldest"`` evicts the oldest item to make room (counted
+    in ``stats().dropped``), ``"drop_newest"`` refuses the new item without an error:
+    the queue keeps what it has, the put returns normally and the refusal counts in
+    ``stats().rejected`` (``put_many`` tells how many items entered).
 
     Waits release the GIL, honour ``timeout`` (seconds; ``None`` waits forever, ``0``
     does not wait) and wake on the matching event; Ctrl-C interrupts them within 50 ms.
     ``close()`` wakes every waiter: blocked putters get :class:`QueueClosed`, getters
     drain what is left, then get :class:`QueueClosed`; iteration stops there. No item is
-    lost or duplicated: every accepted item is got exactly once or counted as dropped.
-    :class:`QueueFull` and :class:`QueueEmpty` subclass ``queue.Full`` and
-    ``queue.Empty``.
+    lost or duplicated: every item that entered is got exactly once or counted as
+    dropped. :class:`QueueFull` and :class:`QueueEmpty` subclass ``queue.Full`` and
+    ``queue.Empty``. The queue takes part in garbage collection: an item (or a waiting
+    asyncio task) that refers back to the queue does not keep it alive.
 
     >>> q: WorkQueue[str] = WorkQueue(100)
     >>> q.put("job-1"); q.put_nowait("job-2")
@@ -553,13 +557,16 @@ class WorkQueue(Generic[_T]):
     """
 
     def __new__(cls, maxsize: int, *, overflow: str = "block") -> WorkQueue[_T]:
-        """``maxsize`` >= 1; ``overflow`` one of ``"block"``, ``"reject"``,
-        ``"drop_oldest"``, ``"drop_newest"``."""
+        """``maxsize`` >= 1 (up to ``2**63 - 1``; memory grows with the items, not the
+        bound); ``overflow`` one of ``"block"``, ``"reject"``, ``"drop_oldest"``,
+        ``"drop_newest"``."""
 
     def put(self, item: _T, timeout: float | None = None) -> None:
         """Add ``item``. Block policy: wait up to ``timeout`` for room, then raise
-        :class:`QueueFull` (counted in ``rejected``). Raises :class:`QueueClosed` after
-        ``close()``.
+        :class:`QueueFull` (counted in ``rejected``). The other policies never wait:
+        ``reject`` raises :class:`QueueFull`, ``drop_oldest`` evicts, ``drop_newest``
+        returns without adding it (counted in ``rejected``). Raises
+        :class:`QueueClosed` after ``close()``.
 
         >>> q = WorkQueue(1); q.put("a")
         >>> q.put("b", timeout=0.01)
@@ -569,12 +576,16 @@ class WorkQueue(Generic[_T]):
         """
 
     def put_nowait(self, item: _T) -> None:
-        """Add ``item`` without waiting: :class:`QueueFull` if there is no room (unless a
-        drop policy makes it).
+        """Add ``item`` without waiting: :class:`QueueFull` if there is no room, unless
+        ``drop_oldest`` makes room or ``drop_newest`` refuses the item silently (counted
+        in ``rejected``).
 
         >>> q = WorkQueue(1, overflow="drop_oldest")
         >>> q.put_nowait(1); q.put_nowait(2); q.get_nowait()
         2
+        >>> q = WorkQueue(1, overflow="drop_newest")
+        >>> q.put_nowait(1); q.put_nowait(2); q.get_nowait(), q.stats().rejected
+        (1, 1)
         """
 
     def get(self, timeout: float | None = None) -> _T:
@@ -597,13 +608,19 @@ class WorkQueue(Generic[_T]):
 
     def put_many(self, items: Iterable[_T], timeout: float | None = None) -> int:
         """Add the items in order under as few lock holds as possible; returns how many
-        were accepted. It stops early, returning a partial count, when the ``reject``
-        policy refuses an item or ``timeout`` passes (the rest count as ``rejected``), or
-        when the queue is closed (:class:`QueueClosed` if nothing was accepted).
+        entered the queue. It stops early, returning a partial count, when the queue is
+        full under ``reject`` or ``drop_newest`` or ``timeout`` passes (the rest count
+        as ``rejected``), or when the queue is closed (:class:`QueueClosed` if nothing
+        entered). ``items`` is read to the end first, with Python's iteration protocol
+        (all or nothing: an exception from it puts nothing); a container that another
+        thread changes meanwhile raises what Python raises for it (``RuntimeError`` for
+        a dict, set or deque).
 
         >>> q = WorkQueue(3, overflow="reject")
         >>> q.put_many(range(5))
         3
+        >>> WorkQueue(2, overflow="drop_newest").put_many("abc")
+        2
         """
 
     def get_many(self, max_items: int, timeout: float | None = None) -> list[_T]:
@@ -618,8 +635,8 @@ class WorkQueue(Generic[_T]):
 
     def put_async(self, item: _T) -> Coroutine[Any, Any, None]:
         """Coroutine: ``put`` for asyncio. Waits on the running loop (no thread) while a
-        block-policy queue is full; other policies never wait. Cancelling it puts
-        nothing.
+        block-policy queue is full; other policies never wait (``drop_newest`` returns
+        without adding the item). Cancelling it puts nothing.
 
         >>> async def produce(q: WorkQueue[int]) -> None:
         ...     await q.put_async(1)
@@ -634,7 +651,8 @@ class WorkQueue(Generic[_T]):
         """
 
     def _put_or_wait(self, item: _T, waker: Callable[[], object] | None) -> bool:
-        """Internal (asyncio glue): put, or register ``waker`` and return False."""
+        """Internal (asyncio glue): put (True, also when ``drop_newest`` refused it), or
+        register ``waker`` and return False."""
 
     def _get_or_wait(self, waker: Callable[[], object] | None, pending: object) -> _T:
         """Internal (asyncio glue): an item, or ``pending`` after registering ``waker``."""
@@ -1084,7 +1102,8 @@ class CircuitBreaker:
 
 @final
 class Signal:
-    """One published signal, shared (frozen) by every subscription it reached.
+    """One published signal, shared (frozen) by every subscription it reached. It
+    takes part in garbage collection (data that refers back to it does not leak).
 
     >>> bus = SignalBus()
     >>> sub = bus.subscribe("agent.*.error")
@@ -1097,7 +1116,8 @@ class Signal:
 
     @property
     def type(self) -> str:
-        """The signal type it was published under (dot-separated segments)."""
+        """The signal type it was published under (dot-separated segments), a plain
+        ``str`` also when a ``str`` subclass was published."""
     @property
     def data(self) -> Any:
         """What was published with it (``None`` by default)."""
@@ -1110,11 +1130,14 @@ class SubscriptionStats:
     """Counters of one :class:`Subscription`; once it is quiet,
     ``accepted == delivered + dropped + queued``.
 
-    ``accepted`` counts signals its mailbox took; ``delivered`` those given to the
-    handler or returned by a get; ``dropped`` those accepted and then lost (evicted by
-    ``drop_oldest``, discarded by ``drop_newest``, or still queued at cancellation);
-    ``rejected`` those refused (``reject`` on a full mailbox, or ``block`` when the
-    publisher is the subscription's own worker); ``errors`` handler calls that raised.
+    ``accepted`` counts signals its mailbox took (what :meth:`SignalBus.publish`
+    counts); ``delivered`` those given to the handler or returned by a get; ``dropped``
+    those accepted and then lost: evicted by ``drop_oldest``, or, for a handler
+    subscription, still queued when it was cancelled (a cancelled pull subscription
+    keeps them readable: they stay in ``queued``); ``rejected`` those its full mailbox
+    refused: ``reject`` and ``drop_newest`` (which differ only in name here: neither
+    raises in ``publish``), or ``block`` when the publisher is the subscription's own
+    worker; ``errors`` handler calls that raised.
 
     >>> bus = SignalBus()
     >>> sub = bus.subscribe("tick", maxsize=2)
@@ -1123,6 +1146,12 @@ class SubscriptionStats:
     >>> s = sub.stats()
     >>> (s.accepted, s.delivered, s.dropped, s.queued)
     (5, 0, 3, 2)
+    >>> newest = bus.subscribe("tock", maxsize=2, overflow="drop_newest")
+    >>> [bus.publish("tock") for _ in range(3)]
+    [1, 1, 0]
+    >>> s = newest.stats()
+    >>> (s.accepted, s.dropped, s.rejected, s.queued)
+    (2, 0, 1, 2)
     """
 
     @property
@@ -1145,15 +1174,23 @@ class Subscription:
 
     It lives until ``cancel()`` (or, for a weakly held bound-method handler, until the
     method's object is collected), whether or not the caller keeps this object: the
-    bus holds it. ``cancel()`` is idempotent, may be called from any thread (also from
-    inside its own handler), removes the subscription from routing at once, discards
-    the signals still queued (counted as dropped) and lets its worker thread exit after
-    the handler call in progress, if any. A context manager: ``with`` cancels on exit.
+    bus holds it, and :meth:`SignalBus.subscriptions` returns this same object.
+    ``cancel()`` is idempotent, may be called from any thread (also from inside its own
+    handler) and removes the subscription from routing at once: no new signal reaches
+    it. Like :meth:`WorkQueue.close`, it leaves what a pull subscription had queued
+    readable (``get``, ``get_nowait``, iteration, ``await get_async()``, also for
+    asyncio getters already waiting) until drained; then gets raise
+    :class:`QueueClosed` and iteration ends. A handler subscription's signals still
+    queued are not delivered: they are counted in ``stats().dropped``, and its worker
+    thread exits after the handler call in progress, if any, releasing the handler. A
+    context manager: ``with`` cancels on exit.
 
-    Without a handler it is a queue of :class:`Signal`: ``get``, ``get_nowait``,
-    iteration and ``await get_async()``; once cancelled, gets raise
-    :class:`QueueClosed` and iteration ends. Subscription objects compare equal when
-    they stand for the same subscription.
+    What keeps what alive: the bus holds its subscriptions; a subscription holds its
+    queued signals and its handler (a strong one, or a ``weakref.WeakMethod`` with
+    ``weak=True``), never its bus; the worker thread borrows the handler only for each
+    call. All of it takes part in garbage collection: a cycle such as bus ->
+    subscription -> handler -> object -> bus is collected once nothing else refers to
+    it, which cancels the subscription and ends its worker thread.
 
     >>> bus = SignalBus()
     >>> with bus.subscribe("job.#") as sub:
@@ -1188,11 +1225,15 @@ class Subscription:
         """Counters; see :class:`SubscriptionStats`."""
     def cancel(self) -> bool:
         """Stop the subscription; True if this call did it, False if it was already
-        cancelled.
+        cancelled. Signals already queued in a pull subscription stay readable.
 
-        >>> sub = SignalBus().subscribe("a")
-        >>> sub.cancel(), sub.cancel()
-        (True, False)
+        >>> bus = SignalBus(); sub = bus.subscribe("a")
+        >>> bus.publish("a", "queued")
+        1
+        >>> sub.cancel(), sub.cancel(), bus.publish("a", "late")
+        (True, False, 0)
+        >>> [sig.data for sig in sub]
+        ['queued']
         """
     def __enter__(self) -> Subscription: ...
     def __exit__(self, *_exc: object) -> bool:
@@ -1200,7 +1241,8 @@ class Subscription:
     def get(self, timeout: float | None = None) -> Signal:
         """The oldest queued signal, waiting up to ``timeout`` seconds (``None``: no
         limit) with the GIL released: :class:`QueueEmpty` on timeout,
-        :class:`QueueClosed` once cancelled. ``TypeError`` on a handler subscription.
+        :class:`QueueClosed` once cancelled and drained. ``TypeError`` on a handler
+        subscription.
 
         >>> bus = SignalBus(); sub = bus.subscribe("a.*")
         >>> bus.publish("a.b", 1)
@@ -1209,16 +1251,19 @@ class Subscription:
         'a.b'
         """
     def get_nowait(self) -> Signal:
-        """The oldest queued signal without waiting; :class:`QueueEmpty` if none.
+        """The oldest queued signal without waiting; :class:`QueueEmpty` if none,
+        :class:`QueueClosed` once cancelled and drained.
 
-        >>> SignalBus().subscribe("a").get_nowait()
+        >>> bus = SignalBus()
+        >>> bus.subscribe("a").get_nowait()
         Traceback (most recent call last):
         ...
         ferrule.QueueEmpty: no signal queued
         """
     def get_async(self) -> Coroutine[Any, Any, Signal]:
         """Coroutine: ``get`` for asyncio, waiting on the running loop (no thread); a
-        publish from any thread wakes it. Cancelling it never loses a signal.
+        publish from any thread wakes it, and so does ``cancel()`` (it then gets what is
+        still queued, or :class:`QueueClosed`). Cancelling it never loses a signal.
 
         >>> async def next_signal(sub: Subscription) -> Signal:
         ...     return await sub.get_async()
@@ -1228,7 +1273,8 @@ class Subscription:
     def _forget_getter(self, waker: Callable[[], object]) -> None:
         """Internal (asyncio glue): a waiting getter gave up."""
     def __iter__(self) -> Subscription:
-        """Iterate by blocking ``get()`` until the subscription is cancelled."""
+        """Iterate by blocking ``get()`` until the subscription is cancelled and
+        drained."""
     def __next__(self) -> Signal: ...
     def __eq__(self, other: object, /) -> bool: ...
     def __hash__(self) -> int: ...
@@ -1239,9 +1285,11 @@ class SignalBus:
     subscription.
 
     Signal types are dot-separated names (``"agent.42.error"``). A pattern segment is
-    a literal, ``*`` (exactly one segment) or ``#`` (zero or more segments, anywhere).
-    Routing walks a segment trie in Rust, so ``publish`` costs grow with the type's
-    segments and the matching subscriptions, not with the number of subscriptions.
+    a literal, ``*`` (exactly one segment) or ``#`` (zero or more segments, anywhere);
+    a pattern has at most 256 segments. Routing walks a segment trie in Rust, so
+    ``publish`` costs grow with the type's segments and the matching subscriptions,
+    not with the number of subscriptions, and stay linear in the type's length for any
+    patterns (no backtracking).
 
     Each subscription has its own mailbox (``maxsize``, ``overflow``): a slow
     subscriber loses its own signals (counted) and never slows the publisher or the
@@ -1278,10 +1326,13 @@ class SignalBus:
         ``"drop_oldest"``, ``"drop_newest"``, ``"reject"`` or ``"block"`` (the
         publisher waits for room). With ``weak=True`` a bound-method handler holds its
         object weakly and the subscription cancels itself when the object is
-        collected; other handlers are held strongly.
+        collected; other handlers are held strongly (by the subscription, which the bus
+        holds until it is cancelled; see :class:`Subscription` for what keeps what
+        alive).
 
-        ``ValueError`` for an empty pattern or segment, ``maxsize < 1`` or an unknown
-        policy; ``TypeError`` for arguments of the wrong type.
+        ``ValueError`` for an empty pattern or segment, a pattern of more than 256
+        segments, ``maxsize < 1`` or an unknown policy; ``TypeError`` for arguments of
+        the wrong type.
 
         >>> bus = SignalBus()
         >>> bus.subscribe("a..b")
@@ -1290,7 +1341,9 @@ class SignalBus:
         ValueError: pattern "a..b" has an empty segment
         """
     def publish(self, signal_type: str, data: Any = None) -> int:
-        """Publish a :class:`Signal`; returns how many subscriptions accepted it. Never
+        """Publish a :class:`Signal`; returns how many subscriptions' mailboxes took it
+        (a full mailbox under ``reject`` or ``drop_newest`` does not, nor does a
+        cancelled subscription). ``data`` is passed by reference, not copied. Never
         waits, unless a matching subscription chose ``overflow="block"`` and its mailbox
         is full (then it waits for room, GIL released). ``ValueError`` for an empty
         type or segment, or a ``*``/``#`` in it.
@@ -1300,15 +1353,13 @@ class SignalBus:
         0
         """
     def subscriptions(self) -> list[Subscription]:
-        """A snapshot of the live subscriptions, for inspection."""
+        """A snapshot of the live subscriptions (the same objects ``subscribe``
+        returned), for inspection."""
 
-def _run_subscription(subscription: Subscription, handler: Callable[..., Any], weak: bool) -> None:
-    """Internal: a handler subscription's worker loop (see ``ferrule._bus``); returns once
-    the subscription is cancelled.
-
-    >>> sub = SignalBus().subscribe("a"); _ = sub.cancel()
-    >>> _run_subscription(sub, print, False)
-    """
+def _run_subscription(worker: Any) -> None:
+    """Internal: a handler subscription's worker loop, given the native worker object
+    ``SignalBus.subscribe`` hands to ``ferrule._bus._start``; returns once the
+    subscription is cancelled."""
 
 # ---------------------------------------------------------------------------------------
 # Observability: Metrics, ErrorStore

@@ -3,32 +3,37 @@
 //!
 //! # Structure
 //! A [`Router`] keeps its subscriptions in a segment [`Trie`] (see `topic`) behind one
-//! `parking_lot::RwLock`. Publishing takes the read lock only for the walk that collects
-//! the matching subscriptions (cloned `Arc`s), releases it, and only then offers the item
-//! to each subscription's mailbox, a [`WorkQueue`] with the subscription's own bound and
-//! overflow policy. So a publisher never holds the router's lock while it pushes, waits
-//! (a `block` mailbox) or drops anything, and a subscriber that is slow or blocked
-//! never stalls routing for the others. Subscribing and cancelling take the write lock
-//! for one trie insert or removal.
+//! `parking_lot::RwLock`. Each trie entry is the subscription (`Arc<Sub>`) and a *handle*
+//! `H`, whatever the caller wants the router to own for it (the Python binding: the one
+//! `Subscription` object that stands for it). Publishing takes the read lock only for the
+//! walk that collects the matching subscriptions (cloned `Arc`s), releases it, and only
+//! then offers the item to each subscription's mailbox, a [`WorkQueue`] with the
+//! subscription's own bound and overflow policy. So a publisher never holds the router's
+//! lock while it pushes, waits (a `block` mailbox) or drops anything, and a subscriber
+//! that is slow or blocked never stalls routing for the others. Subscribing and cancelling
+//! take the write lock for one trie insert or removal.
 //!
 //! # Invariants
 //! - Exactly once: `cancel` flips `cancelled` with a swap, so one caller performs the
-//!   cancellation (trie removal, mailbox close, drain); every later call is a no-op.
+//!   cancellation (trie removal, mailbox close); every later call is a no-op.
 //! - A cancelled subscription is never in the trie. Insertion ([`Router::attach`])
 //!   checks `cancelled` under the write lock, and `cancel` sets it before taking the
 //!   write lock to remove, so whichever runs second sees the other.
-//! - A cancelled mailbox is closed, then drained: no put succeeds after the close, and
-//!   every item put before it is handed back (counted as dropped), so a cancelled
-//!   subscription holds no items. A consumer that took an item in the window between
-//!   close and drain discards it ([`Sub::discard`]) instead of delivering it.
+//! - A cancelled mailbox is closed: no put succeeds after the close. A pull subscription
+//!   (no handler) keeps what was queued, readable until drained, like a closed
+//!   `WorkQueue`. A handler subscription's mailbox is drained at cancellation and the
+//!   items are handed back, counted as dropped; a worker that took an item in the window
+//!   between close and drain discards it ([`Sub::discard`]) instead of delivering it.
+//!   Either way nothing is lost silently.
 //! - Counters: `accepted == delivered + dropped + queued` for a quiescent subscription
 //!   (the mailbox's `put == got + dropped + size`, with items discarded at
-//!   cancellation moved from `got` to `dropped`).
+//!   cancellation moved from `got` to `dropped`). `accepted` counts what entered the
+//!   mailbox: a full `drop_newest` mailbox refuses (counted in `rejected`).
 //! - Nothing owned by a subscriber is dropped under the router's lock: the trie hands a
-//!   removed entry back ([`Trie::remove`]) and [`Router::take_all`] moves the whole trie
-//!   out before anything is dropped. Items and waiters that a cancellation drains are
-//!   returned to the caller, to be dropped or woken with no lock held. (With Python
-//!   items a last reference may run `__del__`, which may publish or subscribe.)
+//!   removed entry back and [`Router::take_all`] moves the whole trie out before anything
+//!   is dropped. Items and waiters that a cancellation drains are returned to the caller,
+//!   to be dropped or woken with no lock held. (With Python items a last reference may
+//!   run `__del__`, which may publish or subscribe.)
 //!
 //! # Orderings
 //! `cancelled` uses `SeqCst` (the swap and the check in `attach` must not be reordered
@@ -42,7 +47,7 @@ use std::sync::{Arc, Weak};
 use parking_lot::RwLock;
 
 use crate::core::queue::{Overflow, QueueError, WorkQueue};
-use crate::core::topic::{check_type, parse_pattern, Seg, TopicError, Trie};
+use crate::core::topic::{parse_pattern, Seg, TopicError, Trie, TypeSegments};
 
 /// Why a subscription or a publication was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,14 +92,15 @@ pub fn thread_token() -> u64 {
 /// Counters of one subscription.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SubStats {
-    /// Items its mailbox accepted.
+    /// Items that entered its mailbox.
     pub accepted: u64,
     /// Items taken out: given to the handler, or returned by a get.
     pub delivered: u64,
-    /// Items accepted and then lost: evicted or discarded by the overflow policy, or
-    /// still queued when the subscription was cancelled.
+    /// Items accepted and then lost: evicted by `drop_oldest`, or still queued in a
+    /// handler subscription when it was cancelled.
     pub dropped: u64,
-    /// Items refused for lack of room (`reject`, or `block` when waiting was impossible).
+    /// Items refused for lack of room (`reject`, `drop_newest`, or `block` when waiting
+    /// was impossible).
     pub rejected: u64,
     /// Handler calls that raised.
     pub errors: u64,
@@ -103,7 +109,7 @@ pub struct SubStats {
 }
 
 /// One subscription: a pattern, a bounded mailbox and its counters.
-pub struct Sub<T, W> {
+pub struct Sub<T, W, H> {
     id: u64,
     pattern: Box<str>,
     segs: Box<[Seg]>,
@@ -115,21 +121,28 @@ pub struct Sub<T, W> {
     errors: AtomicU64,
     /// `thread_token()` of the worker thread running the handler (0: none).
     worker: AtomicU64,
-    router: Weak<Router<T, W>>,
+    router: Weak<Router<T, W, H>>,
+}
+
+/// A routed subscription and the handle the router owns for it.
+pub struct Entry<T, W, H> {
+    pub sub: Arc<Sub<T, W, H>>,
+    pub handle: H,
 }
 
 /// What a cancellation leaves to drop or wake once every lock is released.
 #[must_use]
-pub struct Cancelled<T, W> {
-    /// The trie's reference to the subscription.
-    pub removed: Option<Arc<Sub<T, W>>>,
-    /// Asynchronous waiters of the mailbox, to be woken (they will find it closed).
+pub struct Cancelled<T, W, H> {
+    /// The router's entry for the subscription.
+    pub removed: Option<Entry<T, W, H>>,
+    /// Asynchronous waiters of the mailbox, to be woken (they will find it closed, or
+    /// the signals still queued).
     pub wake: Vec<W>,
-    /// Items that were still queued.
+    /// Items drained from a handler subscription's mailbox (counted as dropped).
     pub items: Vec<T>,
 }
 
-impl<T, W> Sub<T, W> {
+impl<T, W, H> Sub<T, W, H> {
     pub fn id(&self) -> u64 {
         self.id
     }
@@ -175,27 +188,30 @@ impl<T, W> Sub<T, W> {
         SubStats {
             accepted: q.put,
             delivered: q.got.saturating_sub(discarded),
-            dropped: q.dropped + discarded,
+            dropped: q.dropped.saturating_add(discarded),
             rejected: q.rejected,
             errors: self.errors.load(Relaxed),
             queued: q.size,
         }
     }
 
-    /// Cancels the subscription: removes it from its router, closes its mailbox and
-    /// drains it. Idempotent: only the first call returns `Some`.
-    pub fn cancel(self: &Arc<Self>) -> Option<Cancelled<T, W>> {
+    /// Cancels the subscription: removes it from its router and closes its mailbox; a
+    /// handler subscription's mailbox is drained too. Idempotent: only the first call
+    /// returns `Some`.
+    pub fn cancel(self: &Arc<Self>) -> Option<Cancelled<T, W, H>> {
         if self.cancelled.swap(true, SeqCst) {
             return None;
         }
         let removed = self.router.upgrade().and_then(|r| r.remove(self));
         let wake = self.mailbox.close();
         let mut items = Vec::new();
-        // Closed: the first drain takes everything there is (no put can follow).
-        if let Ok((got, putters)) = self.mailbox.try_get_many(usize::MAX) {
-            items = got;
-            debug_assert!(putters.is_empty(), "close() already took every putter");
-            drop(putters);
+        // Closed: the first drain takes everything there is (no put can follow), and
+        // close() took every waiter.
+        if self.has_handler {
+            if let Ok((got, putters)) = self.mailbox.try_get_many(usize::MAX) {
+                items = got;
+                drop(putters);
+            }
         }
         self.discard(items.len() as u64);
         Some(Cancelled {
@@ -206,7 +222,7 @@ impl<T, W> Sub<T, W> {
     }
 }
 
-impl<T, W> fmt::Debug for Sub<T, W> {
+impl<T, W, H> fmt::Debug for Sub<T, W, H> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Sub")
             .field("id", &self.id)
@@ -216,28 +232,13 @@ impl<T, W> fmt::Debug for Sub<T, W> {
     }
 }
 
-/// A trie entry: a subscription compared by identity.
-struct Entry<T, W>(Arc<Sub<T, W>>);
-
-impl<T, W> Clone for Entry<T, W> {
-    fn clone(&self) -> Self {
-        Self(self.0.clone())
-    }
-}
-
-impl<T, W> PartialEq for Entry<T, W> {
-    fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.0, &other.0)
-    }
-}
-
 /// Routes signal types to subscriptions; see the module documentation.
-pub struct Router<T, W> {
-    trie: RwLock<Trie<Entry<T, W>>>,
+pub struct Router<T, W, H> {
+    trie: RwLock<Trie<Entry<T, W, H>>>,
     next_id: AtomicU64,
 }
 
-impl<T, W> Router<T, W> {
+impl<T, W, H> Router<T, W, H> {
     pub fn new() -> Arc<Self> {
         Arc::new(Self {
             trie: RwLock::new(Trie::new()),
@@ -253,7 +254,7 @@ impl<T, W> Router<T, W> {
         maxsize: usize,
         overflow: Overflow,
         has_handler: bool,
-    ) -> Result<Arc<Sub<T, W>>, BusError> {
+    ) -> Result<Arc<Sub<T, W, H>>, BusError> {
         let segs = parse_pattern(pattern)?.into_boxed_slice();
         let mailbox = WorkQueue::new(maxsize, overflow)?;
         Ok(Arc::new(Sub {
@@ -270,39 +271,64 @@ impl<T, W> Router<T, W> {
         }))
     }
 
-    /// Starts routing to `sub`, unless it was cancelled meanwhile. True if added.
-    pub fn attach(&self, sub: &Arc<Sub<T, W>>) -> bool {
-        let entry = Entry(sub.clone());
+    /// Starts routing to `sub`, the router owning `handle` for it, unless it was
+    /// cancelled meanwhile: then the handle comes back, to be dropped with no lock held.
+    pub fn attach(&self, sub: &Arc<Sub<T, W, H>>, handle: H) -> Result<(), H> {
+        let entry = Entry {
+            sub: sub.clone(),
+            handle,
+        };
         let mut trie = self.trie.write();
         if sub.is_cancelled() {
             drop(trie);
-            return false;
+            return Err(entry.handle);
         }
         trie.insert(&sub.segs, entry);
-        true
-    }
-
-    fn remove(&self, sub: &Arc<Sub<T, W>>) -> Option<Arc<Sub<T, W>>> {
-        let key = Entry(sub.clone());
-        let removed = self.trie.write().remove(&sub.segs, &key);
-        removed.map(|e| e.0)
-    }
-
-    /// Appends to `out` every live subscription whose pattern matches `signal_type`,
-    /// each once. Holds the read lock for the walk only.
-    pub fn route(&self, signal_type: &str, out: &mut Vec<Arc<Sub<T, W>>>) -> Result<(), BusError> {
-        check_type(signal_type)?;
-        self.trie
-            .read()
-            .for_each_match(signal_type.split('.'), |e| out.push(e.0.clone()));
         Ok(())
     }
 
-    /// A snapshot of the live subscriptions.
-    pub fn subscriptions(&self) -> Vec<Arc<Sub<T, W>>> {
-        let mut all: Vec<Entry<T, W>> = Vec::new();
-        self.trie.read().all(&mut all);
-        all.into_iter().map(|e| e.0).collect()
+    fn remove(&self, sub: &Arc<Sub<T, W, H>>) -> Option<Entry<T, W, H>> {
+        self.trie
+            .write()
+            .remove(&sub.segs, |e| Arc::ptr_eq(&e.sub, sub))
+    }
+
+    /// Appends to `out` every live subscription whose pattern matches `signal_type`,
+    /// each once (nothing if the type is invalid). Holds the read lock for the walk only;
+    /// the type is split once, checked as the walk reads it.
+    pub fn route(
+        &self,
+        signal_type: &str,
+        out: &mut Vec<Arc<Sub<T, W, H>>>,
+    ) -> Result<(), BusError> {
+        let before = out.len();
+        let mut segs = TypeSegments::new(signal_type);
+        self.trie
+            .read()
+            .for_each_match(&mut segs, |e| out.push(e.sub.clone()));
+        if let Err(e) = segs.finish() {
+            out.truncate(before);
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// Calls `f` on every live entry, under the read lock (`f` must not call back into
+    /// the router, nor run code that might).
+    pub fn for_each(&self, mut f: impl FnMut(&Entry<T, W, H>)) {
+        let _ = self.trie.read().try_for_each::<()>(|e| {
+            f(e);
+            Ok(())
+        });
+    }
+
+    /// Garbage collection: calls `f` on every live entry if the lock can be had right
+    /// now, without waiting for it.
+    pub fn try_visit<X>(&self, f: impl FnMut(&Entry<T, W, H>) -> Result<(), X>) -> Result<(), X> {
+        match self.trie.try_read() {
+            Some(trie) => trie.try_for_each(f),
+            None => Ok(()),
+        }
     }
 
     /// Number of live subscriptions.
@@ -315,13 +341,10 @@ impl<T, W> Router<T, W> {
     }
 
     /// Empties the router (its owner is going away) and returns what it held, for the
-    /// caller to cancel with no lock held.
-    pub fn take_all(&self) -> Vec<Arc<Sub<T, W>>> {
-        let trie = std::mem::take(&mut *self.trie.write());
-        let mut all: Vec<Entry<T, W>> = Vec::new();
-        trie.all(&mut all);
-        drop(trie);
-        all.into_iter().map(|e| e.0).collect()
+    /// caller to cancel and drop with no lock held.
+    pub fn take_all(&self) -> Vec<Entry<T, W, H>> {
+        let mut trie = std::mem::take(&mut *self.trie.write());
+        trie.drain()
     }
 }
 
@@ -331,11 +354,12 @@ mod tests {
     use crate::core::queue::{GetError, PutError};
     use std::thread;
 
-    type R = Router<u32, u32>;
+    type R = Router<u32, u32, u64>;
+    type S = Arc<Sub<u32, u32, u64>>;
 
-    fn sub(r: &Arc<R>, pattern: &str, maxsize: usize, overflow: Overflow) -> Arc<Sub<u32, u32>> {
+    fn sub(r: &Arc<R>, pattern: &str, maxsize: usize, overflow: Overflow) -> S {
         let s = r.subscribe(pattern, maxsize, overflow, false).unwrap();
-        assert!(r.attach(&s));
+        assert!(r.attach(&s, s.id()).is_ok());
         s
     }
 
@@ -360,6 +384,12 @@ mod tests {
             r.route("a.*", &mut out).unwrap_err().to_string(),
             "signal_type \"a.*\" must not contain '*' or '#'"
         );
+        // Checked as it is walked: a type whose bad segment comes after a match, or
+        // after the walk ran out of states, routes nothing.
+        for bad in ["agent.42.error.", "other..x", "agent.#.error", ""] {
+            assert!(r.route(bad, &mut out).is_err());
+            assert!(out.is_empty(), "{bad}");
+        }
         assert_eq!(
             r.subscribe("", 1, Overflow::Block, false)
                 .unwrap_err()
@@ -376,15 +406,16 @@ mod tests {
     }
 
     #[test]
-    fn cancel_is_idempotent_removes_and_drains() {
+    fn cancel_is_idempotent_removes_and_drains_a_handler_mailbox() {
         let r = R::new();
-        let s = sub(&r, "a.b", 4, Overflow::DropOldest);
+        let s = r.subscribe("a.b", 4, Overflow::DropOldest, true).unwrap();
+        assert!(r.attach(&s, 7).is_ok());
         for i in 0..3 {
             assert!(s.mailbox().try_put(i).is_ok());
         }
         assert_eq!(s.mailbox().try_get().unwrap().0, 0);
         let c = s.cancel().unwrap();
-        assert!(c.removed.is_some());
+        assert_eq!(c.removed.map(|e| e.handle), Some(7));
         assert_eq!(c.items, vec![1, 2]);
         assert!(s.cancel().is_none());
         assert!(s.is_cancelled());
@@ -399,14 +430,61 @@ mod tests {
         assert_eq!(s.mailbox().try_get().unwrap_err(), GetError::Closed);
     }
 
+    /// A cancelled pull subscription is a closed queue: what was queued stays readable.
     #[test]
-    fn attach_after_cancel_adds_nothing() {
+    fn cancel_keeps_a_pull_mailbox_readable() {
+        let r = R::new();
+        let s = sub(&r, "a", 4, Overflow::DropOldest);
+        for i in 0..3 {
+            assert!(s.mailbox().try_put(i).is_ok());
+        }
+        let c = s.cancel().unwrap();
+        assert!(c.items.is_empty() && c.removed.is_some());
+        assert!(matches!(s.mailbox().try_put(9), Err(PutError::Closed(9))));
+        assert_eq!(s.stats().queued, 3);
+        assert_eq!(s.mailbox().try_get().unwrap().0, 0);
+        assert_eq!(s.mailbox().try_get_many(9).unwrap().0, vec![1, 2]);
+        assert_eq!(s.mailbox().try_get().unwrap_err(), GetError::Closed);
+        let st = s.stats();
+        assert_eq!(
+            (st.accepted, st.delivered, st.dropped, st.queued),
+            (3, 3, 0, 0)
+        );
+    }
+
+    #[test]
+    fn attach_after_cancel_adds_nothing_and_returns_the_handle() {
         let r = R::new();
         let s = r.subscribe("a", 1, Overflow::Block, true).unwrap();
         let c = s.cancel().unwrap();
         assert!(c.removed.is_none());
-        assert!(!r.attach(&s));
+        assert_eq!(r.attach(&s, 5), Err(5));
         assert!(r.is_empty());
+    }
+
+    #[test]
+    fn entries_are_listed_and_visited() {
+        let r = R::new();
+        let a = sub(&r, "a", 1, Overflow::Block);
+        let b = sub(&r, "b.#", 1, Overflow::Block);
+        let mut seen = Vec::new();
+        r.for_each(|e| seen.push(e.handle));
+        seen.sort_unstable();
+        assert_eq!(seen, vec![a.id(), b.id()]);
+        let mut visited = 0;
+        assert_eq!(
+            r.try_visit::<()>(|e| {
+                visited += 1;
+                assert_eq!(e.handle, e.sub.id());
+                Ok(())
+            }),
+            Ok(())
+        );
+        assert_eq!(visited, 2);
+        // A visit never waits for the lock.
+        let w = r.trie.write();
+        assert_eq!(r.try_visit(|_| Err(())), Ok(()));
+        drop(w);
     }
 
     #[test]
@@ -414,13 +492,16 @@ mod tests {
         let r = R::new();
         let s = sub(&r, "x", 2, Overflow::Reject);
         let t = sub(&r, "x", 2, Overflow::DropOldest);
+        let u = sub(&r, "x", 2, Overflow::DropNewest);
         for i in 0..5 {
             let _ = s.mailbox().try_put(i);
             let _ = t.mailbox().try_put(i);
+            let _ = u.mailbox().try_put(i);
         }
-        let (a, b) = (s.stats(), t.stats());
+        let (a, b, c) = (s.stats(), t.stats(), u.stats());
         assert_eq!((a.accepted, a.rejected, a.dropped), (2, 3, 0));
         assert_eq!((b.accepted, b.rejected, b.dropped), (5, 0, 3));
+        assert_eq!((c.accepted, c.rejected, c.dropped), (2, 3, 0));
         t.count_error();
         assert_eq!(t.stats().errors, 1);
     }
@@ -429,10 +510,15 @@ mod tests {
     fn take_all_empties_the_router() {
         let r = R::new();
         let s = sub(&r, "a.#", 1, Overflow::Block);
-        let _t = sub(&r, "b", 1, Overflow::Block);
-        assert_eq!(r.subscriptions().len(), 2);
+        let t = sub(&r, "b", 1, Overflow::Block);
+        let mut n = 0;
+        r.for_each(|_| n += 1);
+        assert_eq!(n, 2);
         let all = r.take_all();
         assert_eq!(all.len(), 2);
+        let mut handles: Vec<u64> = all.iter().map(|e| e.handle).collect();
+        handles.sort_unstable();
+        assert_eq!(handles, vec![s.id(), t.id()]);
         assert!(r.is_empty());
         // Cancelling after the router let go finds nothing to remove.
         assert!(s.cancel().unwrap().removed.is_none());

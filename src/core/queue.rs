@@ -4,59 +4,91 @@
 //! # Structure
 //! One `parking_lot::Mutex` guards a `VecDeque<T>` of items, the closed flag and two FIFO
 //! lists of asynchronous waiters (`W`, e.g. a callable that schedules a wake-up on an
-//! event loop). Two condvars wake blocked threads: `not_empty` for getters, `not_full`
-//! for putters. Every critical section is O(1) (batches: O(batch)), so one lock is cheap;
+//! event loop). Every critical section is O(1) (batches: O(batch)), so one lock is cheap;
 //! the queue is a single FIFO, so sharding it would break ordering.
+//!
+//! Blocked threads do not wait on that lock. They sleep on one of two *bells* (a mutex
+//! of their own and a condvar): `items` for getters, rung when items arrive or at close,
+//! and `room` for putters, rung when room appears or at close. A sleeper's condition is
+//! read from the atomics `len` and `closed`, never from the guarded state.
+//!
+//! # Where items move, and why waits move nothing
+//! Every blocking call is a loop of *attempts* and *waits*: an attempt takes the lock,
+//! moves items and waiters in or out, and never waits; a wait moves nothing and holds
+//! only a bell's lock. The caller decides how each wait runs (`outside`): the Python
+//! binding runs it detached from the interpreter and every attempt attached. So items and
+//! waiters enter and leave the queue only while attached, and the queue's lock is taken
+//! only by attached threads, which never hold it across a point where the interpreter
+//! can stop them. The garbage collector relies on both: it runs while every other thread
+//! is either stopped outside this lock or detached and moving nothing, so the lock is
+//! free for its visit and what it visits stays put between its passes.
 //!
 //! # Invariants
 //! - `len <= maxsize` at every instant; no operation ever grows the deque beyond it.
-//! - Exactly once: every accepted item is taken by exactly one getter or counted in
-//!   `dropped`. Counters change only under the lock, so a [`Stats`] snapshot taken under
-//!   it satisfies `put == got + dropped + size` exactly.
-//! - `rejected` counts refused puts: the reject policy on a full queue, a full
-//!   `put_nowait`, and a blocking put that timed out. A put into a closed queue is not
-//!   counted (it raises `QueueClosed`, it is not a refusal for lack of room).
+//! - Exactly once: every item that entered the queue is taken by exactly one getter or
+//!   counted in `dropped`. `put` counts the items that entered. Counters change only
+//!   under the lock, so a [`Stats`] snapshot taken under it satisfies
+//!   `put == got + dropped + size` exactly.
+//! - `rejected` counts items that did not enter for lack of room: the reject policy, the
+//!   `drop_newest` policy (which refuses without an error), a full non-waiting put on a
+//!   block-policy queue, and a blocking put that timed out. A put into a closed queue is
+//!   not counted (it fails with `Closed`, not for lack of room).
 //! - Nothing owned by the queue is dropped under the lock: evicted items (`drop_oldest`),
-//!   refused items (`drop_newest`), and waiters to wake are handed back to the caller,
-//!   who drops or fires them after the lock is released. With Python items that matters:
-//!   the last reference's `__del__` may run arbitrary code.
-//! - Waiting is event driven: putters wait on `not_full`, getters on `not_empty`, and
-//!   every operation that makes room or adds items notifies the matching condvar after
-//!   unlocking. Waits are cut into slices of at most [`SLICE`] so the caller's
-//!   `check` hook (signal handling) runs at least that often; `check` runs with the lock
-//!   released.
+//!   refused items, and waiters to wake are handed back to the caller, who drops or fires
+//!   them after the lock is released. With Python items that matters: the last
+//!   reference's `__del__` may run arbitrary code.
+//! - No lost wake-up: the attempt that finds a blocking call's condition false counts
+//!   the caller in `getting`/`putting` in the same critical section, and every later
+//!   attempt that makes the condition true reads the count in its own critical section
+//!   (the queue's lock orders the two, so `Relaxed` suffices) and, if anyone is counted,
+//!   rings the bell after unlocking. The ring takes the bell's lock, which the sleeper
+//!   holds from its check of `len`/`closed` until the condvar releases it, so the ring
+//!   either comes before the check (which then sees the change: the bell's lock orders
+//!   them) or finds the sleeper parked. The ringer counts off the sleepers it wakes (a
+//!   thread that was woken and waits to run, or for the interpreter, is not rung
+//!   again), and a woken sleeper goes straight back to an attempt, which counts it in
+//!   again if it must wait again; a sleeper whose wait ends otherwise (its condition
+//!   seen, a timeout, an interruption) counts itself off. Without sleepers an attempt
+//!   touches no bell: the uncontended path costs what a plain mutex-guarded deque
+//!   costs. Waits are cut into slices of at most [`SLICE`] so the caller's `check` hook
+//!   (signal handling) runs at least that often, with the bell's lock released.
 //! - Asynchronous waiters never receive items directly: a woken waiter only retries, so
 //!   a waiter that is cancelled after its wake-up cannot lose an item. It must then call
 //!   [`WorkQueue::forget_getter`] / [`WorkQueue::forget_putter`], which pass the wake-up
 //!   on to the next waiter when there is still something to do.
 //!
 //! # Orderings
-//! The counters and `len` are written only under the lock (`Relaxed` is enough: the
-//! mutex orders them for snapshot readers). Lock-free readers (`len`, `is_closed`) get a
-//! value that was true at some instant, which is all `qsize()` ever promises.
+//! Everything but the sleepers' counting off is written under the queue's lock; the
+//! counters, `len`, `closed` and the sleeper counts use `Relaxed` (the mutex orders them
+//! for snapshot readers and for the attempts that read the sleeper counts, and a sleeper
+//! reads `len` and `closed` under its bell's lock, which a ringer takes after the change,
+//! so the bell's mutex orders them for sleepers). A count-off racing with an attempt
+//! only makes that attempt ring once for nothing. Lock-free readers (`len`,
+//! `is_closed`) get a value that was true at some instant, which is all `qsize()` ever
+//! promises.
 
 use std::collections::VecDeque;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
 #[cfg(doc)]
 use crate::core::wait::SLICE;
-use crate::core::wait::{Pacer, Tick};
+use crate::core::wait::{deadline, Pacer, Tick};
 
 /// What a put does when the queue is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Overflow {
     /// Wait for room (or refuse at once in the non-blocking calls).
     Block,
-    /// Refuse the new item.
+    /// Refuse the new item with an error.
     Reject,
     /// Accept the new item and evict the oldest one (counted as dropped).
     DropOldest,
-    /// Accept the new item and discard it at once (counted as dropped): the queue keeps
-    /// what it has.
+    /// Refuse the new item without an error (counted as rejected): the queue keeps what
+    /// it has.
     DropNewest,
 }
 
@@ -104,14 +136,18 @@ impl std::error::Error for QueueError {}
 /// Why a put did not accept its item; the item is handed back.
 #[derive(Debug, PartialEq, Eq)]
 pub enum PutError<T, E = ()> {
-    /// Refused for lack of room (counted in `rejected`).
+    /// Refused for lack of room (counted in `rejected`): the reject policy, or a
+    /// non-waiting put under the block policy.
     Full(T),
+    /// The `drop_newest` policy refused it for lack of room (counted in `rejected`); not
+    /// an error for the caller.
+    Discarded(T),
     /// A blocking put ran out of time (counted in `rejected`).
     Timeout(T),
     /// The queue is closed (not counted).
     Closed(T),
-    /// Block policy and no room: the caller may wait (not counted). For the `*_or_wait`
-    /// calls with a waiter, the waiter is now registered.
+    /// Block policy and no room: the caller may wait (not counted). For
+    /// [`WorkQueue::put_or_wait`] with a waiter, the waiter is now registered.
     WouldBlock(T),
     /// The `check` hook failed while waiting (not counted).
     Interrupted(T, E),
@@ -130,36 +166,51 @@ pub enum GetError<E = ()> {
     Interrupted(E),
 }
 
+/// Why a wait ended before the state it waited for.
+#[derive(Debug, PartialEq, Eq)]
+pub enum WaitError<E> {
+    /// The deadline passed.
+    Expired,
+    /// The `check` hook failed.
+    Interrupted(E),
+}
+
+/// The outcome of one wait: `Ok` once the state it waits for may be there (an attempt
+/// decides).
+pub type WaitResult<E> = Result<(), WaitError<E>>;
+
+/// One wait of a blocking call, handed to the caller's `outside` function to run. It
+/// touches no item and no waiter, so it may run detached from an interpreter.
+pub type Wait<'a, E> = dyn FnMut() -> WaitResult<E> + Send + 'a;
+
 /// An accepted put: what to drop and whom to wake once the lock is released.
 #[derive(Debug)]
 #[must_use]
 pub struct Accepted<T, W> {
-    /// The evicted oldest item (`drop_oldest`) or the new item itself (`drop_newest`).
-    pub dropped: Option<T>,
+    /// The oldest item, evicted to make room (`drop_oldest`).
+    pub evicted: Option<T>,
     pub wake: Option<W>,
 }
 
 /// Why a batch put stopped before taking every item.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stop<E = ()> {
-    /// Refused for lack of room; the rest were counted in `rejected`.
+    /// Refused for lack of room (the reject and drop_newest policies); the rest were
+    /// counted in `rejected`.
     Full,
     /// Ran out of time; the rest were counted in `rejected`.
     Timeout,
     Closed,
-    /// Block policy and no room (not counted): the caller may wait.
-    WouldBlock,
     Interrupted(E),
 }
 
-/// A batch put: how many items were accepted, and what to drop and wake. The items not
-/// accepted stay at the front of the caller's deque.
+/// A batch put: how many items entered, and what was evicted. The items that did not
+/// enter stay at the front of the caller's deque.
 #[derive(Debug)]
 #[must_use]
-pub struct Batch<T, W, E = ()> {
+pub struct Batch<T, E = ()> {
     pub accepted: usize,
-    pub dropped: Vec<T>,
-    pub wake: Vec<W>,
+    pub evicted: Vec<T>,
     pub stopped: Option<Stop<E>>,
 }
 
@@ -174,6 +225,76 @@ pub struct Stats {
     pub size: usize,
 }
 
+/// Where blocked threads sleep until a condition (read from atomics) may hold; see the
+/// module documentation for why no wake-up is lost. `count` is the queue's count of
+/// the threads that sleep here.
+struct Bell {
+    lock: Mutex<()>,
+    cv: Condvar,
+}
+
+impl Bell {
+    fn new() -> Self {
+        Self {
+            lock: Mutex::new(()),
+            cv: Condvar::new(),
+        }
+    }
+
+    /// Sleeps until `ready()`, a ring, or `deadline`, running `check` (bell unlocked) at
+    /// least every [`SLICE`]; the caller was counted in `count` and is counted off here,
+    /// by the ringer that woke it or else on the way out.
+    fn wait<E>(
+        &self,
+        count: &AtomicUsize,
+        ready: impl Fn() -> bool,
+        deadline: Option<Instant>,
+        check: &mut impl FnMut() -> Result<(), E>,
+    ) -> WaitResult<E> {
+        let mut pacer = Pacer::new(deadline);
+        let mut g = self.lock.lock();
+        let r = loop {
+            if ready() {
+                break Ok(());
+            }
+            match pacer.tick() {
+                Tick::WaitUntil(t) => {
+                    if !self.cv.wait_until(&mut g, t).timed_out() {
+                        // Rung (parking_lot's condvar never wakes spuriously): the
+                        // ringer counted us off. Back to an attempt, which decides.
+                        return Ok(());
+                    }
+                }
+                Tick::Expired => break Err(WaitError::Expired),
+                Tick::Check => {
+                    if let Err(e) = MutexGuard::unlocked(&mut g, &mut *check) {
+                        break Err(WaitError::Interrupted(e));
+                    }
+                    pacer.checked();
+                }
+            }
+        };
+        count.fetch_sub(1, Relaxed);
+        r
+    }
+
+    /// Wakes one sleeper (or all) and counts off those it woke, so that attempts made
+    /// before they run again need not ring for them; call after the state they wait
+    /// for changed, with the queue's lock released.
+    fn ring(&self, count: &AtomicUsize, all: bool) {
+        drop(self.lock.lock());
+        let woken = if all {
+            self.cv.notify_all()
+        } else {
+            usize::from(self.cv.notify_one())
+        };
+        if woken > 0 {
+            // Each was parked, hence counted and not yet counted off.
+            count.fetch_sub(woken, Relaxed);
+        }
+    }
+}
+
 struct Inner<T, W> {
     items: VecDeque<T>,
     closed: bool,
@@ -184,12 +305,17 @@ struct Inner<T, W> {
 /// See the module documentation.
 pub struct WorkQueue<T, W = ()> {
     inner: Mutex<Inner<T, W>>,
-    not_empty: Condvar,
-    not_full: Condvar,
+    items_bell: Bell,
+    room_bell: Bell,
     maxsize: usize,
     overflow: Overflow,
     len: AtomicUsize,
     closed: AtomicBool,
+    /// Threads blocked in a get: counted by the attempt that found nothing, counted off
+    /// when their wait ends.
+    getting: AtomicUsize,
+    /// Threads blocked in a put, likewise.
+    putting: AtomicUsize,
     put: AtomicU64,
     got: AtomicU64,
     rejected: AtomicU64,
@@ -210,12 +336,14 @@ impl<T, W> WorkQueue<T, W> {
                 getters: VecDeque::new(),
                 putters: VecDeque::new(),
             }),
-            not_empty: Condvar::new(),
-            not_full: Condvar::new(),
+            items_bell: Bell::new(),
+            room_bell: Bell::new(),
             maxsize,
             overflow,
             len: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
+            getting: AtomicUsize::new(0),
+            putting: AtomicUsize::new(0),
             put: AtomicU64::new(0),
             got: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
@@ -266,6 +394,7 @@ impl<T, W> WorkQueue<T, W> {
 
     // ---- bookkeeping (all under the lock) ------------------------------------------
 
+    /// Publishes the length after items were added.
     fn sync_len(&self, g: &Inner<T, W>) {
         let n = g.items.len();
         self.len.store(n, Relaxed);
@@ -298,229 +427,263 @@ impl<T, W> WorkQueue<T, W> {
                 Push::Added(old)
             }
             Overflow::DropNewest => {
-                self.put.fetch_add(1, Relaxed);
-                self.dropped.fetch_add(1, Relaxed);
-                Push::Added(Some(item))
+                self.rejected.fetch_add(1, Relaxed);
+                Push::Discarded(item)
             }
         }
     }
 
-    /// Takes one item under the lock, and picks an asynchronous putter to wake.
-    fn pop(&self, g: &mut Inner<T, W>) -> Option<(T, Option<W>)> {
-        let item = g.items.pop_front()?;
-        self.got.fetch_add(1, Relaxed);
+    /// Takes up to `max` (>= 1) items under the lock, with the asynchronous putters to
+    /// wake; true if blocked putters are to be rung.
+    fn take(&self, g: &mut Inner<T, W>, max: usize) -> (Vec<T>, Vec<W>, bool) {
+        let n = max.min(g.items.len());
+        let items: Vec<T> = g.items.drain(..n).collect();
+        self.got.fetch_add(n as u64, Relaxed);
         self.len.store(g.items.len(), Relaxed);
-        Some((item, g.putters.pop_front()))
+        let w = n.min(g.putters.len());
+        let wake: Vec<W> = g.putters.drain(..w).collect();
+        let ring = n > 0 && self.putting.load(Relaxed) > 0;
+        (items, wake, ring)
+    }
+
+    // ---- waits (no item or waiter moves; no queue lock) -------------------------------
+
+    /// A getter's wait (it was counted in `getting` by its attempt).
+    fn wait_for_items<E>(
+        &self,
+        deadline: Option<Instant>,
+        check: &mut impl FnMut() -> Result<(), E>,
+    ) -> WaitResult<E> {
+        self.items_bell.wait(
+            &self.getting,
+            || self.len.load(Relaxed) > 0 || self.closed.load(Relaxed),
+            deadline,
+            check,
+        )
+    }
+
+    /// A putter's wait (counted in `putting` by its attempt).
+    fn wait_for_room<E>(
+        &self,
+        deadline: Option<Instant>,
+        check: &mut impl FnMut() -> Result<(), E>,
+    ) -> WaitResult<E> {
+        self.room_bell.wait(
+            &self.putting,
+            || self.len.load(Relaxed) < self.maxsize || self.closed.load(Relaxed),
+            deadline,
+            check,
+        )
     }
 
     // ---- puts ------------------------------------------------------------------------
+
+    /// One attempt under the lock. Under the block policy with no room: with `block`,
+    /// `WouldBlock` (not counted) and the `waiter`, if any, is registered to be woken
+    /// when room appears or at close; without it, `Full` (counted). With `sleep`, a
+    /// `WouldBlock` counts the caller in `putting` (it is about to wait).
+    fn offer<E>(
+        &self,
+        item: T,
+        waiter: Option<W>,
+        block: bool,
+        sleep: bool,
+    ) -> Result<Accepted<T, W>, PutError<T, E>> {
+        let mut g = self.inner.lock();
+        match self.push(&mut g, item) {
+            Push::Added(evicted) => {
+                self.sync_len(&g);
+                let wake = g.getters.pop_front();
+                let ring = self.getting.load(Relaxed) > 0;
+                drop(g);
+                if ring {
+                    self.items_bell.ring(&self.getting, false);
+                }
+                Ok(Accepted { evicted, wake })
+            }
+            Push::Block(item) if block => {
+                if let Some(w) = waiter {
+                    g.putters.push_back(w);
+                }
+                if sleep {
+                    self.putting.fetch_add(1, Relaxed);
+                }
+                Err(PutError::WouldBlock(item))
+            }
+            Push::Block(item) => {
+                self.rejected.fetch_add(1, Relaxed);
+                Err(PutError::Full(item))
+            }
+            Push::Full(item) => Err(PutError::Full(item)),
+            Push::Discarded(item) => Err(PutError::Discarded(item)),
+            Push::Closed(item) => Err(PutError::Closed(item)),
+        }
+    }
 
     /// One attempt that never waits. With the block policy and no room: `WouldBlock`
     /// (not counted) and, given a `waiter`, registers it to be woken when room appears
     /// or at close.
     pub fn put_or_wait(&self, item: T, waiter: Option<W>) -> Result<Accepted<T, W>, PutError<T>> {
-        let mut g = self.inner.lock();
-        match self.push(&mut g, item) {
-            Push::Added(dropped) => {
-                self.sync_len(&g);
-                let wake = g.getters.pop_front();
-                drop(g);
-                self.not_empty.notify_one();
-                Ok(Accepted { dropped, wake })
-            }
-            Push::Block(item) => {
-                if let Some(w) = waiter {
-                    g.putters.push_back(w);
-                }
-                Err(PutError::WouldBlock(item))
-            }
-            Push::Full(item) => Err(PutError::Full(item)),
-            Push::Closed(item) => Err(PutError::Closed(item)),
-        }
+        self.offer(item, waiter, true, false)
     }
 
     /// `put_nowait`: one attempt; with no room the item is refused (counted in
-    /// `rejected`) unless a drop policy makes room.
+    /// `rejected`) unless `drop_oldest` makes room.
     pub fn try_put(&self, item: T) -> Result<Accepted<T, W>, PutError<T>> {
-        match self.put_or_wait(item, None) {
-            Err(PutError::WouldBlock(item)) => {
-                self.rejected.fetch_add(1, Relaxed);
-                Err(PutError::Full(item))
-            }
-            r => r,
-        }
+        self.offer(item, None, false, false)
     }
 
-    /// A blocking put: waits for room until `deadline` (None: forever), running `check`
-    /// with the lock released at least every [`SLICE`]. A timeout counts as a
-    /// rejection.
+    /// A blocking put: attempts, and between attempts waits for room for up to `timeout`
+    /// in all (None: forever), each wait run by `outside` (see [`Wait`]) and running
+    /// `check` at least every [`SLICE`]. A timeout counts as a rejection.
     pub fn put_until<E>(
         &self,
         item: T,
-        deadline: Option<Instant>,
-        mut check: impl FnMut() -> Result<(), E>,
-    ) -> Result<Accepted<T, W>, PutError<T, E>> {
-        let mut pacer = Pacer::new(deadline);
-        let mut g = self.inner.lock();
+        timeout: Option<Duration>,
+        mut check: impl FnMut() -> Result<(), E> + Send,
+        mut outside: impl FnMut(&mut Wait<'_, E>) -> WaitResult<E>,
+    ) -> Result<Accepted<T, W>, PutError<T, E>>
+    where
+        T: Send,
+        W: Send,
+    {
+        let until = deadline(timeout);
         let mut item = item;
         loop {
-            match self.push(&mut g, item) {
-                Push::Added(dropped) => {
-                    self.sync_len(&g);
-                    let wake = g.getters.pop_front();
-                    drop(g);
-                    self.not_empty.notify_one();
-                    return Ok(Accepted { dropped, wake });
+            let expired = until.is_some_and(|d| Instant::now() >= d);
+            match self.offer(item, None, true, !expired) {
+                Err(PutError::WouldBlock(back)) if expired => {
+                    self.count_rejected(1);
+                    return Err(PutError::Timeout(back));
                 }
-                Push::Block(back) => item = back,
-                Push::Full(back) => return Err(PutError::Full(back)),
-                Push::Closed(back) => return Err(PutError::Closed(back)),
+                Err(PutError::WouldBlock(back)) => item = back,
+                r => return r,
             }
-            match pacer.tick() {
-                Tick::WaitUntil(t) => {
-                    self.not_full.wait_until(&mut g, t);
-                }
-                Tick::Expired => {
-                    self.rejected.fetch_add(1, Relaxed);
+            match outside(&mut || self.wait_for_room(until, &mut check)) {
+                Ok(()) => {}
+                Err(WaitError::Expired) => {
+                    self.count_rejected(1);
                     return Err(PutError::Timeout(item));
                 }
-                Tick::Check => {
-                    if let Err(e) = MutexGuard::unlocked(&mut g, &mut check) {
-                        return Err(PutError::Interrupted(item, e));
-                    }
-                    pacer.checked();
-                }
+                Err(WaitError::Interrupted(e)) => return Err(PutError::Interrupted(item, e)),
             }
         }
     }
 
-    /// Pushes from the front of `items` while there is room (or a drop policy makes it),
-    /// under one lock hold. Returns how many were pushed and why it stopped.
+    fn count_rejected(&self, n: usize) {
+        let g = self.inner.lock();
+        self.rejected.fetch_add(n as u64, Relaxed);
+        drop(g);
+    }
+
+    /// Pushes from the front of `items` while there is room (or `drop_oldest` makes it),
+    /// under one lock hold, into `batch`; returns the number pushed and why it stopped.
     fn push_batch<E>(
         &self,
         g: &mut Inner<T, W>,
         items: &mut VecDeque<T>,
-        batch: &mut Batch<T, W, E>,
-    ) -> Option<Stop<E>> {
+        batch: &mut Batch<T, E>,
+    ) -> (usize, BatchEnd<E>) {
         let mut pushed = 0;
         let stop = loop {
             let Some(item) = items.pop_front() else {
-                break None;
+                break BatchEnd::AllIn;
             };
             match self.push(g, item) {
-                Push::Added(dropped) => {
+                Push::Added(evicted) => {
                     pushed += 1;
-                    batch.dropped.extend(dropped);
+                    batch.evicted.extend(evicted);
                 }
                 Push::Block(back) => {
                     items.push_front(back);
-                    break Some(Stop::WouldBlock);
+                    break BatchEnd::NoRoom;
                 }
-                Push::Full(back) => {
-                    // The reject policy refuses the rest too: the queue stays full.
+                Push::Full(back) | Push::Discarded(back) => {
+                    // The queue stays full for the rest of this lock hold: the rest are
+                    // refused too (`push` counted the first).
+                    self.rejected.fetch_add(items.len() as u64, Relaxed);
                     items.push_front(back);
-                    self.rejected.fetch_add(items.len() as u64 - 1, Relaxed);
-                    break Some(Stop::Full);
+                    break BatchEnd::Stopped(Stop::Full);
                 }
                 Push::Closed(back) => {
                     items.push_front(back);
-                    break Some(Stop::Closed);
+                    break BatchEnd::Stopped(Stop::Closed);
                 }
             }
         };
         if pushed > 0 {
             self.sync_len(g);
             batch.accepted += pushed;
-            let n = pushed.min(g.getters.len());
-            batch.wake.extend(g.getters.drain(..n));
         }
-        stop
+        (pushed, stop)
     }
 
-    fn batch<E>() -> Batch<T, W, E> {
-        Batch {
-            accepted: 0,
-            dropped: Vec::new(),
-            wake: Vec::new(),
-            stopped: None,
-        }
-    }
-
-    fn notify_getters(&self, n: usize) {
-        match n {
-            0 => {}
-            1 => {
-                self.not_empty.notify_one();
-            }
-            _ => {
-                self.not_empty.notify_all();
-            }
-        }
-    }
-
-    /// One attempt at a batch; never waits. `waiting` decides what a full queue under the
-    /// block policy means: `false` refuses the rest (counted, like `put_nowait`), `true`
-    /// stops with `WouldBlock` so that the caller may wait.
-    pub fn put_many_once(&self, items: &mut VecDeque<T>, waiting: bool) -> Batch<T, W> {
-        let mut batch = Self::batch();
-        let mut g = self.inner.lock();
-        let mut stop = self.push_batch(&mut g, items, &mut batch);
-        if stop == Some(Stop::WouldBlock) && !waiting {
-            self.rejected.fetch_add(items.len() as u64, Relaxed);
-            stop = Some(Stop::Full);
-        }
-        drop(g);
-        self.notify_getters(batch.accepted);
-        batch.stopped = stop;
-        batch
-    }
-
-    /// A blocking batch put: takes items from the front of `items` as room appears, until
-    /// all are in or `deadline` passes (the rest then count as rejected). `check` runs
-    /// with the lock released at least every [`SLICE`]; `wake` receives, with the
-    /// lock released, the asynchronous getters to wake before each wait, so that they can
-    /// make the room this call waits for.
+    /// A batch put: attempts to push from the front of `items` (one lock hold each) and,
+    /// under the block policy, waits for room between attempts (like
+    /// [`Self::put_until`]) until all are in or `timeout` passes (the rest then count
+    /// as rejected). After each attempt, with no lock held, `wake` receives the
+    /// asynchronous getters to wake, so that they can make the room the next wait is
+    /// for.
     pub fn put_many_until<E>(
         &self,
         items: &mut VecDeque<T>,
-        deadline: Option<Instant>,
-        mut check: impl FnMut() -> Result<(), E>,
+        timeout: Option<Duration>,
+        mut check: impl FnMut() -> Result<(), E> + Send,
+        mut outside: impl FnMut(&mut Wait<'_, E>) -> WaitResult<E>,
         mut wake: impl FnMut(Vec<W>),
-    ) -> Batch<T, W, E> {
-        let mut pacer = Pacer::new(deadline);
-        let mut batch = Self::batch();
-        let mut g = self.inner.lock();
+    ) -> Batch<T, E>
+    where
+        T: Send,
+        W: Send,
+    {
+        let mut batch = Batch {
+            accepted: 0,
+            evicted: Vec::new(),
+            stopped: None,
+        };
+        let until = deadline(timeout);
         loop {
-            let before = batch.accepted;
-            let stop = self.push_batch(&mut g, items, &mut batch);
-            self.notify_getters(batch.accepted - before);
+            let expired = until.is_some_and(|d| Instant::now() >= d);
+            let mut g = self.inner.lock();
+            let (pushed, stop) = self.push_batch(&mut g, items, &mut batch);
+            let woken: Vec<W> = {
+                let n = pushed.min(g.getters.len());
+                g.getters.drain(..n).collect()
+            };
+            let ring = pushed > 0 && self.getting.load(Relaxed) > 0;
+            let sleeping = matches!(stop, BatchEnd::NoRoom) && !expired;
+            if sleeping {
+                self.putting.fetch_add(1, Relaxed);
+            } else if matches!(stop, BatchEnd::NoRoom) {
+                self.rejected.fetch_add(items.len() as u64, Relaxed);
+                batch.stopped = Some(Stop::Timeout);
+            }
+            drop(g);
+            if ring {
+                self.items_bell.ring(&self.getting, pushed > 1);
+            }
+            if !woken.is_empty() {
+                wake(woken);
+            }
             match stop {
-                Some(Stop::WouldBlock) => {}
-                other => {
-                    batch.stopped = other;
+                BatchEnd::Stopped(stop) => {
+                    batch.stopped = Some(stop);
                     return batch;
                 }
+                BatchEnd::AllIn => return batch,
+                BatchEnd::NoRoom if !sleeping => return batch,
+                BatchEnd::NoRoom => {}
             }
-            if !batch.wake.is_empty() {
-                let pending = std::mem::take(&mut batch.wake);
-                MutexGuard::unlocked(&mut g, || wake(pending));
-                continue;
-            }
-            match pacer.tick() {
-                Tick::WaitUntil(t) => {
-                    self.not_full.wait_until(&mut g, t);
-                }
-                Tick::Expired => {
-                    self.rejected.fetch_add(items.len() as u64, Relaxed);
+            match outside(&mut || self.wait_for_room(until, &mut check)) {
+                Ok(()) => {}
+                Err(WaitError::Expired) => {
+                    self.count_rejected(items.len());
                     batch.stopped = Some(Stop::Timeout);
                     return batch;
                 }
-                Tick::Check => {
-                    if let Err(e) = MutexGuard::unlocked(&mut g, &mut check) {
-                        batch.stopped = Some(Stop::Interrupted(e));
-                        return batch;
-                    }
-                    pacer.checked();
+                Err(WaitError::Interrupted(e)) => {
+                    batch.stopped = Some(Stop::Interrupted(e));
+                    return batch;
                 }
             }
         }
@@ -528,15 +691,21 @@ impl<T, W> WorkQueue<T, W> {
 
     // ---- gets ------------------------------------------------------------------------
 
-    /// One attempt that never waits: an item, or `Closed` once closed and drained, or
+    /// One attempt under the lock: an item, or `Closed` once closed and drained, or
     /// `Empty` (then `waiter`, if given, is registered to be woken by the next put or at
-    /// close).
-    pub fn get_or_wait(&self, waiter: Option<W>) -> Result<(T, Option<W>), GetError> {
+    /// close, and with `sleep` the caller is counted in `getting`: it is about to wait).
+    fn attempt_get(&self, waiter: Option<W>, sleep: bool) -> Result<(T, Option<W>), GetError> {
         let mut g = self.inner.lock();
-        if let Some(r) = self.pop(&mut g) {
+        if let Some(item) = g.items.pop_front() {
+            self.got.fetch_add(1, Relaxed);
+            self.len.store(g.items.len(), Relaxed);
+            let wake = g.putters.pop_front();
+            let ring = self.putting.load(Relaxed) > 0;
             drop(g);
-            self.not_full.notify_one();
-            return Ok(r);
+            if ring {
+                self.room_bell.ring(&self.putting, false);
+            }
+            return Ok((item, wake));
         }
         if g.closed {
             return Err(GetError::Closed);
@@ -544,7 +713,17 @@ impl<T, W> WorkQueue<T, W> {
         if let Some(w) = waiter {
             g.getters.push_back(w);
         }
+        if sleep {
+            self.getting.fetch_add(1, Relaxed);
+        }
         Err(GetError::Empty)
+    }
+
+    /// One attempt that never waits: an item, or `Closed` once closed and drained, or
+    /// `Empty` (then `waiter`, if given, is registered to be woken by the next put or at
+    /// close).
+    pub fn get_or_wait(&self, waiter: Option<W>) -> Result<(T, Option<W>), GetError> {
+        self.attempt_get(waiter, false)
     }
 
     /// `get_nowait`.
@@ -552,99 +731,97 @@ impl<T, W> WorkQueue<T, W> {
         self.get_or_wait(None)
     }
 
-    /// A blocking get: waits for an item until `deadline` (None: forever), running `check`
-    /// with the lock released at least every [`SLICE`]. Items still queued at
-    /// close are handed out; `Closed` comes once the queue is drained.
+    /// A blocking get: attempts, and between attempts waits for an item for up to
+    /// `timeout` in all (None: forever), each wait run by `outside` (see [`Wait`]) and
+    /// running `check` at least every [`SLICE`]. Items still queued at close are handed
+    /// out; `Closed` comes once the queue is drained.
     pub fn get_until<E>(
         &self,
-        deadline: Option<Instant>,
-        check: impl FnMut() -> Result<(), E>,
-    ) -> Result<(T, Option<W>), GetError<E>> {
-        let mut g = self.wait_for_items(deadline, check)?;
-        match self.pop(&mut g) {
-            Some(r) => {
-                drop(g);
-                self.not_full.notify_one();
-                Ok(r)
-            }
-            // wait_for_items returns with at least one item.
-            None => Err(GetError::Closed),
-        }
-    }
-
-    /// Waits until the queue holds an item (returned with the lock held) or is closed
-    /// and drained.
-    fn wait_for_items<E>(
-        &self,
-        deadline: Option<Instant>,
-        mut check: impl FnMut() -> Result<(), E>,
-    ) -> Result<MutexGuard<'_, Inner<T, W>>, GetError<E>> {
-        let mut pacer = Pacer::new(deadline);
-        let mut g = self.inner.lock();
+        timeout: Option<Duration>,
+        mut check: impl FnMut() -> Result<(), E> + Send,
+        mut outside: impl FnMut(&mut Wait<'_, E>) -> WaitResult<E>,
+    ) -> Result<(T, Option<W>), GetError<E>>
+    where
+        T: Send,
+        W: Send,
+    {
+        let until = deadline(timeout);
         loop {
-            if !g.items.is_empty() {
-                return Ok(g);
+            let expired = until.is_some_and(|d| Instant::now() >= d);
+            match self.attempt_get(None, !expired) {
+                Ok(r) => return Ok(r),
+                Err(GetError::Empty) if expired => return Err(GetError::Timeout),
+                Err(GetError::Empty) => {}
+                Err(_) => return Err(GetError::Closed),
             }
-            if g.closed {
-                return Err(GetError::Closed);
-            }
-            match pacer.tick() {
-                Tick::WaitUntil(t) => {
-                    self.not_empty.wait_until(&mut g, t);
-                }
-                Tick::Expired => return Err(GetError::Timeout),
-                Tick::Check => {
-                    if let Err(e) = MutexGuard::unlocked(&mut g, &mut check) {
-                        return Err(GetError::Interrupted(e));
-                    }
-                    pacer.checked();
-                }
+            if let Err(e) = outside(&mut || self.wait_for_items(until, &mut check)) {
+                return Err(match e {
+                    WaitError::Expired => GetError::Timeout,
+                    WaitError::Interrupted(e) => GetError::Interrupted(e),
+                });
             }
         }
-    }
-
-    fn take_many(&self, mut g: MutexGuard<'_, Inner<T, W>>, max: usize) -> (Vec<T>, Vec<W>) {
-        let n = max.min(g.items.len());
-        let items: Vec<T> = g.items.drain(..n).collect();
-        self.got.fetch_add(n as u64, Relaxed);
-        self.len.store(g.items.len(), Relaxed);
-        let w = n.min(g.putters.len());
-        let wake: Vec<W> = g.putters.drain(..w).collect();
-        drop(g);
-        match n {
-            0 => {}
-            1 => {
-                self.not_full.notify_one();
-            }
-            _ => {
-                self.not_full.notify_all();
-            }
-        }
-        (items, wake)
     }
 
     /// Up to `max` items at once without waiting: `Ok` with an empty vector when there are
-    /// none, `Closed` once closed and drained.
+    /// none, `Closed` once closed and drained. Also returns the asynchronous putters to
+    /// wake.
     pub fn try_get_many(&self, max: usize) -> Result<(Vec<T>, Vec<W>), GetError> {
-        let g = self.inner.lock();
-        if g.items.is_empty() && g.closed {
-            return Err(GetError::Closed);
+        self.attempt_get_many(max, false)
+    }
+
+    /// [`Self::try_get_many`] for a blocking caller: with `sleep`, finding nothing counts
+    /// it in `getting`.
+    fn attempt_get_many(&self, max: usize, sleep: bool) -> Result<(Vec<T>, Vec<W>), GetError> {
+        let mut g = self.inner.lock();
+        if g.items.is_empty() {
+            if g.closed {
+                return Err(GetError::Closed);
+            }
+            if sleep {
+                self.getting.fetch_add(1, Relaxed);
+            }
+            return Ok((Vec::new(), Vec::new()));
         }
-        Ok(self.take_many(g, max))
+        let (items, wake, ring) = self.take(&mut g, max);
+        drop(g);
+        if ring {
+            self.room_bell.ring(&self.putting, items.len() > 1);
+        }
+        Ok((items, wake))
     }
 
     /// Waits (like [`Self::get_until`]) for at least one item, then takes up to `max`.
     pub fn get_many_until<E>(
         &self,
         max: usize,
-        deadline: Option<Instant>,
-        check: impl FnMut() -> Result<(), E>,
-    ) -> Result<(Vec<T>, Vec<W>), GetError<E>> {
-        let g = self.wait_for_items(deadline, check)?;
-        Ok(self.take_many(g, max))
+        timeout: Option<Duration>,
+        mut check: impl FnMut() -> Result<(), E> + Send,
+        mut outside: impl FnMut(&mut Wait<'_, E>) -> WaitResult<E>,
+    ) -> Result<(Vec<T>, Vec<W>), GetError<E>>
+    where
+        T: Send,
+        W: Send,
+    {
+        let until = deadline(timeout);
+        loop {
+            let expired = until.is_some_and(|d| Instant::now() >= d);
+            match self.attempt_get_many(max, !expired) {
+                Ok(r) if !r.0.is_empty() => return Ok(r),
+                Ok(_) if expired => return Err(GetError::Timeout),
+                Ok(_) => {}
+                Err(_) => return Err(GetError::Closed),
+            }
+            if let Err(e) = outside(&mut || self.wait_for_items(until, &mut check)) {
+                return Err(match e {
+                    WaitError::Expired => GetError::Timeout,
+                    WaitError::Interrupted(e) => GetError::Interrupted(e),
+                });
+            }
+        }
     }
 
-    // ---- asynchronous waiters and close ------------------------------------------------
+    // ---- asynchronous waiters, close, garbage collection --------------------------------
 
     /// An asynchronous getter gives up (cancelled). If it is still registered it is
     /// removed; if it was already woken, its wake-up passes to the next getter when items
@@ -692,20 +869,60 @@ impl<T, W> WorkQueue<T, W> {
         let mut wake: Vec<W> = g.getters.drain(..).collect();
         wake.extend(g.putters.drain(..));
         drop(g);
-        self.not_empty.notify_all();
-        self.not_full.notify_all();
+        self.items_bell.ring(&self.getting, true);
+        self.room_bell.ring(&self.putting, true);
         wake
     }
+
+    /// Garbage collection: calls `item` on every queued item and `waiter` on every
+    /// asynchronous waiter, if the lock is free right now; never waits for it (a
+    /// collector must not block). See the module documentation for why it is free and
+    /// why what it sees holds still while a collector runs.
+    pub fn try_visit<X>(
+        &self,
+        mut item: impl FnMut(&T) -> Result<(), X>,
+        mut waiter: impl FnMut(&W) -> Result<(), X>,
+    ) -> Result<(), X> {
+        let Some(g) = self.inner.try_lock() else {
+            return Ok(());
+        };
+        g.items.iter().try_for_each(&mut item)?;
+        g.getters.iter().chain(&g.putters).try_for_each(&mut waiter)
+    }
+
+    /// Garbage collection: takes every item (counted as dropped) and every asynchronous
+    /// waiter out, for the caller to drop once the lock is released.
+    pub fn clear(&self) -> (Vec<T>, Vec<W>) {
+        let mut g = self.inner.lock();
+        let items: Vec<T> = g.items.drain(..).collect();
+        self.dropped.fetch_add(items.len() as u64, Relaxed);
+        self.len.store(0, Relaxed);
+        let mut waiters: Vec<W> = g.getters.drain(..).collect();
+        waiters.extend(g.putters.drain(..));
+        drop(g);
+        self.room_bell.ring(&self.putting, true);
+        (items, waiters)
+    }
+}
+
+/// Why one attempt of a batch put ended.
+enum BatchEnd<E> {
+    AllIn,
+    /// Block policy, no room: the caller may wait.
+    NoRoom,
+    Stopped(Stop<E>),
 }
 
 /// The outcome of one push under the lock.
 enum Push<T> {
-    /// Accepted; with what the drop policy discarded.
+    /// Accepted; with what `drop_oldest` evicted.
     Added(Option<T>),
     /// Block policy, no room (not counted).
     Block(T),
     /// Reject policy, no room (counted).
     Full(T),
+    /// drop_newest policy, no room (counted).
+    Discarded(T),
     Closed(T),
 }
 
@@ -727,9 +944,14 @@ mod tests {
         Ok(())
     }
 
-    #[allow(clippy::unnecessary_wraps)] // a deadline argument
-    fn soon(ms: u64) -> Option<Instant> {
-        Some(Instant::now() + Duration::from_millis(ms))
+    /// Runs each wait in place (a binding would detach first).
+    fn here<E>(w: &mut Wait<'_, E>) -> WaitResult<E> {
+        w()
+    }
+
+    #[allow(clippy::unnecessary_wraps)] // a timeout argument
+    fn soon(ms: u64) -> Option<Duration> {
+        Some(Duration::from_millis(ms))
     }
 
     fn balanced(q: &Q) -> bool {
@@ -750,6 +972,14 @@ mod tests {
         for name in ["block", "reject", "drop_oldest", "drop_newest"] {
             assert_eq!(Overflow::parse(name).unwrap().name(), name);
         }
+    }
+
+    #[test]
+    fn huge_bounds_cost_nothing_up_front() {
+        let q = q(usize::MAX, Overflow::Block);
+        assert!(q.try_put(1).is_ok());
+        assert!(!q.is_full());
+        assert_eq!(q.try_get_many(usize::MAX).unwrap().0, vec![1]);
     }
 
     #[test]
@@ -781,16 +1011,22 @@ mod tests {
         let o = q(2, Overflow::DropOldest);
         assert!(o.try_put(1).is_ok());
         assert!(o.try_put(2).is_ok());
-        assert_eq!(o.try_put(3).unwrap().dropped, Some(1));
+        assert_eq!(o.try_put(3).unwrap().evicted, Some(1));
         assert_eq!(o.try_get().unwrap().0, 2);
         assert!(balanced(&o));
 
+        // drop_newest: the new item does not enter; it is a refusal, not a drop.
         let n = q(2, Overflow::DropNewest);
         assert!(n.try_put(1).is_ok());
         assert!(n.try_put(2).is_ok());
-        assert_eq!(n.try_put(3).unwrap().dropped, Some(3));
+        assert_eq!(n.try_put(3).unwrap_err(), PutError::Discarded(3));
+        assert_eq!(
+            n.put_until(4, None, never, here).unwrap_err(),
+            PutError::Discarded(4)
+        );
         assert_eq!(n.try_get().unwrap().0, 1);
-        assert_eq!(n.stats().dropped, 1);
+        let s = n.stats();
+        assert_eq!((s.put, s.dropped, s.rejected), (2, 0, 2));
         assert!(balanced(&n));
 
         let b = q(1, Overflow::Block);
@@ -804,45 +1040,82 @@ mod tests {
         let q = Arc::new(q(1, Overflow::Block));
         assert!(q.try_put(0).is_ok());
         let q2 = q.clone();
-        let h = thread::spawn(move || q2.put_until(1, None, never).is_ok());
+        let h = thread::spawn(move || q2.put_until(1, None, never, here).is_ok());
         thread::sleep(Duration::from_millis(20));
-        assert_eq!(q.get_until(None, never).unwrap().0, 0);
+        assert_eq!(q.get_until(None, never, here).unwrap().0, 0);
         assert!(h.join().unwrap());
         let q3 = q.clone();
-        assert_eq!(q.get_until(None, never).unwrap().0, 1);
-        let h = thread::spawn(move || q3.get_until(soon(5000), never).map(|r| r.0));
+        assert_eq!(q.get_until(None, never, here).unwrap().0, 1);
+        let h = thread::spawn(move || q3.get_until(soon(5000), never, here).map(|r| r.0));
         thread::sleep(Duration::from_millis(20));
         assert!(q.try_put(7).is_ok());
         assert_eq!(h.join().unwrap(), Ok(7));
     }
 
+    /// Items move only in attempts: a wait run by `outside` sees the queue unchanged.
+    #[test]
+    fn waits_run_outside_and_move_nothing() {
+        let q = q(1, Overflow::Block);
+        assert!(q.try_put(1).is_ok());
+        let mut waits = 0;
+        let r = q.put_until(2, soon(10), never, |w| {
+            waits += 1;
+            let before = q.len();
+            let r = w();
+            assert_eq!(q.len(), before);
+            r
+        });
+        assert_eq!(r.unwrap_err(), PutError::Timeout(2));
+        assert_eq!(waits, 1);
+        assert_eq!(q.try_get().unwrap().0, 1);
+        let r = q.get_until(soon(10), never, |w| {
+            let r = w();
+            assert!(q.is_empty());
+            r
+        });
+        assert_eq!(r.unwrap_err(), GetError::Timeout);
+    }
+
     #[test]
     fn timeouts_and_rejections() {
         let q = q(1, Overflow::Block);
-        assert_eq!(q.get_until(soon(10), never).unwrap_err(), GetError::Timeout);
+        assert_eq!(
+            q.get_until(soon(10), never, here).unwrap_err(),
+            GetError::Timeout
+        );
         assert!(q.try_put(1).is_ok());
         assert_eq!(
-            q.put_until(2, soon(10), never).unwrap_err(),
+            q.put_until(2, soon(10), never, here).unwrap_err(),
             PutError::Timeout(2)
         );
-        assert_eq!(q.stats().rejected, 1);
+        // A zero timeout still tries once, then counts the refusal.
+        assert_eq!(
+            q.put_until(3, Some(Duration::ZERO), never, here)
+                .unwrap_err(),
+            PutError::Timeout(3)
+        );
+        assert_eq!(q.stats().rejected, 2);
     }
 
     #[test]
     fn check_runs_while_waiting_and_can_interrupt() {
         let q = q(1, Overflow::Block);
         let mut calls = 0;
-        let r = q.get_until(None, || {
-            calls += 1;
-            if calls == 2 {
-                Err("stop")
-            } else {
-                Ok(())
-            }
-        });
+        let r = q.get_until(
+            None,
+            || {
+                calls += 1;
+                if calls == 2 {
+                    Err("stop")
+                } else {
+                    Ok(())
+                }
+            },
+            here,
+        );
         assert_eq!(r.unwrap_err(), GetError::Interrupted("stop"));
         assert!(q.try_put(1).is_ok());
-        let r = q.put_until(2, None, || Err("stop"));
+        let r = q.put_until(2, None, || Err("stop"), here);
         assert_eq!(r.unwrap_err(), PutError::Interrupted(2, "stop"));
         assert_eq!(q.stats().rejected, 0);
     }
@@ -852,13 +1125,16 @@ mod tests {
         let q = Arc::new(q(1, Overflow::Block));
         assert!(q.try_put(1).is_ok());
         let q2 = q.clone();
-        let h = thread::spawn(move || q2.put_until(2, None, never));
+        let h = thread::spawn(move || q2.put_until(2, None, never, here));
         thread::sleep(Duration::from_millis(20));
         assert!(q.close().is_empty());
         assert_eq!(h.join().unwrap().unwrap_err(), PutError::Closed(2));
         assert_eq!(q.try_put(3).unwrap_err(), PutError::Closed(3));
-        assert_eq!(q.get_until(None, never).unwrap().0, 1);
-        assert_eq!(q.get_until(None, never).unwrap_err(), GetError::Closed);
+        assert_eq!(q.get_until(None, never, here).unwrap().0, 1);
+        assert_eq!(
+            q.get_until(None, never, here).unwrap_err(),
+            GetError::Closed
+        );
         assert_eq!(q.try_get_many(4).unwrap_err(), GetError::Closed);
         assert!(q.is_closed());
     }
@@ -867,38 +1143,40 @@ mod tests {
     fn batches() {
         let q = q(3, Overflow::Block);
         let mut items: VecDeque<u32> = (0..5).collect();
-        let b = q.put_many_once(&mut items, true);
-        assert_eq!((b.accepted, b.stopped), (3, Some(Stop::WouldBlock)));
+        let b = q.put_many_until(&mut items, Some(Duration::ZERO), never, here, |_| {});
+        assert_eq!((b.accepted, b.stopped), (3, Some(Stop::Timeout)));
         assert_eq!(items.len(), 2);
-        let b = q.put_many_once(&mut items, false);
-        assert_eq!((b.accepted, b.stopped), (0, Some(Stop::Full)));
         assert_eq!(q.stats().rejected, 2);
         let (got, _) = q.try_get_many(2).unwrap();
         assert_eq!(got, vec![0, 1]);
-        let b = q.put_many_until(&mut items, soon(10), never, |_| {});
+        let b = q.put_many_until(&mut items, soon(10), never, here, |_| {});
         assert_eq!((b.accepted, b.stopped), (2, None));
         let mut more: VecDeque<u32> = (5..7).collect();
-        let b = q.put_many_until(&mut more, soon(10), never, |_| {});
+        let b = q.put_many_until(&mut more, soon(10), never, here, |_| {});
         assert_eq!((b.accepted, b.stopped), (0, Some(Stop::Timeout)));
         assert_eq!(q.stats().rejected, 4);
-        let (got, _) = q.get_many_until(10, None, never).unwrap();
+        let (got, _) = q.get_many_until(10, None, never, here).unwrap();
         assert_eq!(got, vec![2, 3, 4]);
         assert!(q.try_get_many(3).unwrap().0.is_empty());
         assert_eq!(
-            q.get_many_until(3, soon(5), never).unwrap_err(),
+            q.get_many_until(3, soon(5), never, here).unwrap_err(),
             GetError::Timeout
         );
 
-        let r = self::q(2, Overflow::Reject);
-        let mut items: VecDeque<u32> = (0..5).collect();
-        let b = r.put_many_once(&mut items, true);
-        assert_eq!((b.accepted, b.stopped), (2, Some(Stop::Full)));
-        assert_eq!(r.stats().rejected, 3);
+        for policy in [Overflow::Reject, Overflow::DropNewest] {
+            let r = self::q(2, policy);
+            let mut items: VecDeque<u32> = (0..5).collect();
+            let b = r.put_many_until(&mut items, None, never, here, |_| {});
+            assert_eq!((b.accepted, b.stopped), (2, Some(Stop::Full)));
+            assert_eq!(items, [2, 3, 4]);
+            let s = r.stats();
+            assert_eq!((s.put, s.rejected, s.dropped), (2, 3, 0));
+        }
 
         let o = self::q(2, Overflow::DropOldest);
         let mut items: VecDeque<u32> = (0..5).collect();
-        let b = o.put_many_once(&mut items, true);
-        assert_eq!((b.accepted, b.dropped, b.stopped), (5, vec![0, 1, 2], None));
+        let b = o.put_many_until(&mut items, None, never, here, |_| {});
+        assert_eq!((b.accepted, b.evicted, b.stopped), (5, vec![0, 1, 2], None));
         assert!(balanced(&o));
     }
 
@@ -908,14 +1186,27 @@ mod tests {
         let q2 = q.clone();
         let h = thread::spawn(move || {
             let mut items: VecDeque<u32> = (0..6).collect();
-            q2.put_many_until(&mut items, None, never, |_| {}).accepted
+            q2.put_many_until(&mut items, None, never, here, |_| {})
+                .accepted
         });
         let mut got = Vec::new();
         while got.len() < 6 {
-            got.extend(q.get_many_until(6, None, never).unwrap().0);
+            got.extend(q.get_many_until(6, None, never, here).unwrap().0);
         }
         assert_eq!(h.join().unwrap(), 6);
         assert_eq!(got, (0..6).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn batch_put_hands_async_getters_over_before_it_waits() {
+        let q = q(1, Overflow::Block);
+        assert_eq!(q.get_or_wait(Some(10)).unwrap_err(), GetError::Empty);
+        let mut items: VecDeque<u32> = (0..3).collect();
+        let mut woken = Vec::new();
+        let b = q.put_many_until(&mut items, Some(Duration::ZERO), never, here, |w| {
+            woken.extend(w);
+        });
+        assert_eq!((b.accepted, woken), (1, vec![10]));
     }
 
     #[test]
@@ -954,6 +1245,47 @@ mod tests {
     }
 
     #[test]
+    fn visit_and_clear_for_the_collector() {
+        let q = q(4, Overflow::Block);
+        assert!(q.try_put(1).is_ok());
+        assert!(q.try_put(2).is_ok());
+        assert_eq!(q.get_or_wait(Some(7)).unwrap().0, 1);
+        let q2 = self::q(1, Overflow::Block);
+        assert_eq!(q2.get_or_wait(Some(8)).unwrap_err(), GetError::Empty);
+        let mut seen = Vec::new();
+        assert_eq!(
+            q.try_visit::<()>(
+                |i| {
+                    seen.push(*i);
+                    Ok(())
+                },
+                |_| Ok(())
+            ),
+            Ok(())
+        );
+        assert_eq!(seen, vec![2]);
+        let mut waiters = Vec::new();
+        q2.try_visit::<()>(
+            |_| Ok(()),
+            |w| {
+                waiters.push(*w);
+                Ok(())
+            },
+        )
+        .unwrap();
+        assert_eq!(waiters, vec![8]);
+        // A visit never waits for the lock: held elsewhere, nothing is visited.
+        let g = q.inner.lock();
+        assert_eq!(q.try_visit(|_| Err("visited"), |_| Err("visited")), Ok(()));
+        drop(g);
+        assert_eq!(q.clear(), (vec![2], vec![]));
+        assert_eq!(q2.clear(), (vec![], vec![8]));
+        assert!(q.is_empty());
+        assert!(balanced(&q));
+        assert_eq!(q.stats().dropped, 1);
+    }
+
+    #[test]
     fn many_threads_lose_and_duplicate_nothing() {
         let q = Arc::new(q(8, Overflow::Block));
         let producers: Vec<_> = (0..4u32)
@@ -961,7 +1293,7 @@ mod tests {
                 let q = q.clone();
                 thread::spawn(move || {
                     for i in 0..2000 {
-                        assert!(q.put_until(p * 10_000 + i, None, never).is_ok());
+                        assert!(q.put_until(p * 10_000 + i, None, never, here).is_ok());
                     }
                 })
             })
@@ -971,7 +1303,7 @@ mod tests {
                 let q = q.clone();
                 thread::spawn(move || {
                     let mut got = Vec::new();
-                    while let Ok((v, _)) = q.get_until(None, never) {
+                    while let Ok((v, _)) = q.get_until(None, never, here) {
                         got.push(v);
                     }
                     got
@@ -994,5 +1326,26 @@ mod tests {
         assert_eq!(all, want);
         assert!(balanced(&q));
         assert!(q.stats().high_water <= 8);
+    }
+
+    /// The bells under a hand-to-hand transfer through a one-item queue: every item
+    /// arrives once and in order, whichever side sleeps.
+    #[test]
+    fn no_lost_wakeups_between_single_items() {
+        for _ in 0..200 {
+            let q = Arc::new(q(1, Overflow::Block));
+            let q2 = q.clone();
+            let consumer = thread::spawn(move || {
+                let mut sum = 0;
+                for _ in 0..50 {
+                    sum += q2.get_until(soon(10_000), never, here).unwrap().0;
+                }
+                sum
+            });
+            for i in 0..50 {
+                assert!(q.put_until(i, soon(10_000), never, here).is_ok());
+            }
+            assert_eq!(consumer.join().unwrap(), (0..50).sum::<u32>());
+        }
     }
 }

@@ -18,41 +18,54 @@
 //! `ferrule._bus._report` (the `logging` module); it never ends the loop. A publisher
 //! running on a subscription's own worker never waits for room in that subscription's
 //! `block` mailbox (it would wait for itself): the signal is rejected instead.
+//!
+//! # What keeps what alive (and what the garbage collector sees)
+//! Each subscription has exactly one `Subscription` object. The router owns it while the
+//! subscription is routed (the bus's `__traverse__` visits it), so a subscription lives
+//! until cancelled whether or not the caller keeps the object; `subscriptions()` returns
+//! these same objects. The `Subscription` owns its mailbox's signals and asyncio wakers
+//! and, for a handler subscription, the handler (or the `weakref.WeakMethod` for a weak
+//! one), and visits them all. The worker thread holds only a `_SubscriptionWorker`: Rust
+//! references to the mailbox and to the handler's slot, no Python reference of its own,
+//! except a temporary one during each handler call. So a cycle such as bus ->
+//! subscription -> handler -> object -> bus is visible to the collector as a whole and
+//! is collected once nothing else refers to it: the bus's `__clear__` (or its
+//! deallocation) cancels every subscription it routes, each worker then finds its
+//! mailbox closed and exits, releasing the handler. A worker also releases the handler
+//! when it exits after a cancellation, and a `Subscription` releases it when it goes.
+//! A `Subscription` does not refer to its bus (the core's router link is weak); a
+//! `Signal` owns its data and visits it.
 
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use parking_lot::Mutex;
 use pyo3::exceptions::{PyStopIteration, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBool, PyString, PyTuple};
+use pyo3::{PyTraverseError, PyVisit};
 
 use crate::core::bus::{thread_token, Router, Sub, SubStats};
-use crate::core::queue::{GetError, Overflow, PutError, WorkQueue};
-use crate::core::wait::deadline;
+use crate::core::queue::{GetError, Overflow, PutError};
 use crate::errors::{wrong_type, Exc};
 use crate::py::args;
+use crate::py::queue::{run_wait, size_arg, wake_getter};
 use crate::py::wait::{self, check_signals};
 
 type Item = Py<PyAny>;
 type Waker = Py<PyAny>;
-type CoreSub = Sub<Item, Waker>;
+/// What the router owns for each routed subscription: its one `Subscription` object.
+type Handle = Py<Subscription>;
+type CoreSub = Sub<Item, Waker, Handle>;
 
 fn cancelled_error(py: Python<'_>) -> PyErr {
     Exc::QueueClosed.err(py, "subscription is cancelled")
 }
 
-/// Wakes an asyncio getter; a waker that fails (its loop is closed) passes the wake-up on.
-fn wake_getter(py: Python<'_>, mb: &WorkQueue<Item, Waker>, mut w: Option<Waker>) {
-    while let Some(f) = w.take() {
-        if wait::call0(f.bind(py)).is_err() {
-            w = mb.forget_getter(|_| false);
-        }
-    }
-}
-
 /// Finishes a cancellation with no lock held: wakes the mailbox's waiters, then drops
-/// the drained items and the trie's reference.
+/// the drained items and the router's entry.
 fn cancel_sub(py: Python<'_>, sub: &Arc<CoreSub>) -> bool {
     let Some(c) = sub.cancel() else {
         return false;
@@ -66,30 +79,33 @@ fn cancel_sub(py: Python<'_>, sub: &Arc<CoreSub>) -> bool {
     true
 }
 
-/// Offers `item` to one subscription's mailbox; true if accepted.
+/// Offers `item` to one subscription's mailbox; true if it entered.
 fn offer(py: Python<'_>, sub: &CoreSub, item: Item) -> PyResult<bool> {
     let mb = sub.mailbox();
     let accepted = match mb.put_or_wait(item, None) {
         Ok(a) => a,
         // `block` policy and no room.
         Err(PutError::WouldBlock(item)) => {
-            if sub.is_worker(thread_token()) {
+            let waited = if sub.is_worker(thread_token()) {
                 // Waiting here would wait for this very thread: refuse (counted).
-                match mb.try_put(item) {
-                    Ok(a) => a,
-                    Err(_) => return Ok(false),
-                }
+                mb.try_put(item).map_err(|_| None)
             } else {
-                match wait::detach(py, || mb.put_until(item, None, check_signals)) {
-                    Ok(a) => a,
-                    Err(PutError::Interrupted(_, e)) => return Err(e),
-                    Err(_) => return Ok(false),
-                }
+                mb.put_until(item, None, check_signals, |w| wait::detach(py, w))
+                    .map_err(|e| match e {
+                        PutError::Interrupted(_, e) => Some(e),
+                        _ => None,
+                    })
+            };
+            match waited {
+                Ok(a) => a,
+                Err(Some(e)) => return Err(e),
+                Err(None) => return Ok(false),
             }
         }
+        // Refused (reject, drop_newest) or cancelled meanwhile.
         Err(_) => return Ok(false),
     };
-    drop(accepted.dropped);
+    drop(accepted.evicted);
     wake_getter(py, mb, accepted.wake);
     Ok(true)
 }
@@ -103,8 +119,10 @@ fn wall_clock() -> f64 {
 /// One published signal: its type, its data and when it was published.
 #[pyclass(frozen, module = "ferrule._native", name = "Signal")]
 pub struct Signal {
+    /// An exact `str` (a subclass instance is copied), so it refers to nothing.
     kind: Py<PyString>,
-    data: Py<PyAny>,
+    /// `None` only after the collector cleared it.
+    data: Mutex<Option<Py<PyAny>>>,
     timestamp: f64,
 }
 
@@ -118,7 +136,10 @@ impl Signal {
 
     #[getter]
     fn data(&self, py: Python<'_>) -> Py<PyAny> {
-        self.data.clone_ref(py)
+        match &*self.data.lock() {
+            Some(d) => d.clone_ref(py),
+            None => py.None(),
+        }
     }
 
     /// Wall-clock seconds (``time.time()``) at publication.
@@ -127,11 +148,24 @@ impl Signal {
         self.timestamp
     }
 
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.kind)?;
+        match self.data.try_lock() {
+            Some(d) => visit.call(d.as_ref()),
+            None => Ok(()),
+        }
+    }
+
+    fn __clear__(&self) {
+        let data = self.data.lock().take();
+        drop(data);
+    }
+
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
         Ok(format!(
             "Signal(type={}, data={}, timestamp={})",
             self.kind.bind(py).repr()?,
-            self.data.bind(py).repr()?,
+            self.data(py).bind(py).repr()?,
             self.timestamp
         ))
     }
@@ -177,10 +211,32 @@ impl SubscriptionStats {
     }
 }
 
+/// A handler subscription's handler: owned by its `Subscription` (which visits it),
+/// borrowed by its worker for each call.
+#[derive(Default)]
+struct HandlerSlot {
+    /// The handler, or a `weakref.WeakMethod` to it (`weak`); `None` once released.
+    target: Mutex<Option<Py<PyAny>>>,
+    weak: AtomicBool,
+}
+
+impl HandlerSlot {
+    /// A new reference to the handler (or its weak reference), if still held.
+    fn get(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.target.lock().as_ref().map(|t| t.clone_ref(py))
+    }
+
+    /// Releases the handler; the caller drops it with the lock released.
+    fn take(&self) -> Option<Py<PyAny>> {
+        self.target.lock().take()
+    }
+}
+
 /// One subscription of a `SignalBus`.
 #[pyclass(frozen, module = "ferrule._native", name = "Subscription")]
 pub struct Subscription {
     sub: Arc<CoreSub>,
+    handler: Option<Arc<HandlerSlot>>,
 }
 
 impl Subscription {
@@ -195,22 +251,27 @@ impl Subscription {
 
     fn do_get(&self, py: Python<'_>, timeout: Option<Duration>) -> PyResult<Item> {
         let mb = self.sub.mailbox();
-        match mb.try_get() {
-            Ok((item, _)) => return Ok(item),
-            Err(GetError::Closed) => return Err(cancelled_error(py)),
-            Err(_) => {}
-        }
-        if timeout == Some(Duration::ZERO) {
-            return Err(Exc::QueueEmpty.err(py, "no signal queued"));
-        }
-        let until = deadline(timeout);
-        match wait::detach(py, || mb.get_until(until, check_signals)) {
+        match mb.get_until(timeout, check_signals, |w| run_wait(py, timeout, w)) {
+            // Mailboxes have no asynchronous putters: nothing to wake.
             Ok((item, _)) => Ok(item),
+            Err(GetError::Timeout | GetError::Empty) if timeout == Some(Duration::ZERO) => {
+                Err(Exc::QueueEmpty.err(py, "no signal queued"))
+            }
             Err(GetError::Timeout | GetError::Empty) => {
                 Err(Exc::QueueEmpty.err(py, "no signal queued (get timed out)"))
             }
             Err(GetError::Closed) => Err(cancelled_error(py)),
             Err(GetError::Interrupted(e)) => Err(e),
+        }
+    }
+}
+
+impl Drop for Subscription {
+    /// The handler belongs to the subscription: release it with it (its worker, if
+    /// still running, exits: the subscription was cancelled before it could go).
+    fn drop(&mut self) {
+        if let Some(h) = &self.handler {
+            drop(h.take());
         }
     }
 }
@@ -277,7 +338,11 @@ impl Subscription {
 
     fn get_nowait(&self, py: Python<'_>) -> PyResult<Item> {
         self.pull_only("get_nowait()")?;
-        self.do_get(py, Some(Duration::ZERO))
+        match self.sub.mailbox().try_get() {
+            Ok((item, _)) => Ok(item),
+            Err(GetError::Closed) => Err(cancelled_error(py)),
+            Err(_) => Err(Exc::QueueEmpty.err(py, "no signal queued")),
+        }
     }
 
     fn __iter__(slf: PyRef<'_, Self>) -> PyResult<PyRef<'_, Self>> {
@@ -328,6 +393,30 @@ impl Subscription {
         self.sub.id()
     }
 
+    /// Visits the handler and the mailbox's signals and asyncio wakers (each skipped,
+    /// never waited for, if its lock is taken).
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        if let Some(h) = &self.handler {
+            if let Some(t) = h.target.try_lock() {
+                visit.call(t.as_ref())?;
+            }
+        }
+        self.sub
+            .mailbox()
+            .try_visit(|item| visit.call(item), |waker| visit.call(waker))
+    }
+
+    /// Cancels (unreachable now, it can never be read or delivered to again), then
+    /// releases the handler, the queued signals (counted as dropped) and the wakers.
+    fn __clear__(&self, py: Python<'_>) {
+        cancel_sub(py, &self.sub);
+        let handler = self.handler.as_ref().and_then(|h| h.take());
+        let (items, wakers) = self.sub.mailbox().clear();
+        drop(handler);
+        drop(items);
+        drop(wakers);
+    }
+
     fn __eq__(&self, other: &Bound<'_, PyAny>) -> bool {
         other
             .cast::<Subscription>()
@@ -358,10 +447,54 @@ impl Subscription {
     }
 }
 
+/// Internal: what a handler subscription's worker thread holds. No Python reference:
+/// the handler stays its `Subscription`'s (see the module documentation), so this
+/// object takes no part in garbage collection on purpose.
+#[pyclass(frozen, module = "ferrule._native", name = "_SubscriptionWorker")]
+pub struct Worker {
+    sub: Arc<CoreSub>,
+    handler: Arc<HandlerSlot>,
+}
+
+#[pymethods]
+impl Worker {
+    #[getter]
+    fn id(&self) -> u64 {
+        self.sub.id()
+    }
+
+    #[getter]
+    fn pattern(&self) -> &str {
+        self.sub.pattern()
+    }
+
+    /// Sets what the worker calls: the handler, or (`weak`) a `weakref.WeakMethod`.
+    fn _hold(&self, target: Py<PyAny>, weak: bool) {
+        self.handler.weak.store(weak, Relaxed);
+        let old = self.handler.target.lock().replace(target);
+        drop(old);
+    }
+
+    /// Cancels the subscription (idempotent); True if this call did.
+    fn cancel(&self, py: Python<'_>) -> bool {
+        cancel_sub(py, &self.sub)
+    }
+}
+
 /// Publish/subscribe with pattern routing and a bounded mailbox per subscription.
 #[pyclass(frozen, module = "ferrule._native", name = "SignalBus")]
 pub struct SignalBus {
-    router: Arc<Router<Item, Waker>>,
+    router: Arc<Router<Item, Waker, Handle>>,
+}
+
+impl SignalBus {
+    /// Empties the router and cancels what it routed, with no lock held.
+    fn cancel_all(&self, py: Python<'_>) {
+        for entry in self.router.take_all() {
+            cancel_sub(py, &entry.sub);
+            drop(entry);
+        }
+    }
 }
 
 #[pymethods]
@@ -398,7 +531,7 @@ impl SignalBus {
         }
         let maxsize = match maxsize {
             None => 1024,
-            Some(m) => args::int_at_least(m, "maxsize", 1)? as usize,
+            Some(m) => size_arg(m, "maxsize", 1)?,
         };
         let overflow = match overflow {
             None => Overflow::DropOldest,
@@ -417,23 +550,42 @@ impl SignalBus {
         let core =
             self.router
                 .subscribe(pattern.to_str()?, maxsize, overflow, handler.is_some())?;
-        let sub = Bound::new(py, Subscription { sub: core.clone() })?;
-        if let Some(h) = handler {
+        let slot = handler.map(|_| Arc::new(HandlerSlot::default()));
+        let sub = Bound::new(
+            py,
+            Subscription {
+                sub: core.clone(),
+                handler: slot.clone(),
+            },
+        )?;
+        if let (Some(h), Some(slot)) = (handler, slot) {
             static START: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-            let started = START
-                .import(py, "ferrule._bus", "_start")
-                .and_then(|f| f.call1((&sub, h, weak)));
+            let started = Bound::new(
+                py,
+                Worker {
+                    sub: core.clone(),
+                    handler: slot.clone(),
+                },
+            )
+            .and_then(|worker| {
+                START
+                    .import(py, "ferrule._bus", "_start")?
+                    .call1((worker, h, weak))
+            });
             if let Err(e) = started {
                 cancel_sub(py, &core);
+                drop(slot.take());
                 return Err(e);
             }
         }
         // Not added if already cancelled (its weak handler's object died meanwhile).
-        self.router.attach(&core);
+        if let Err(handle) = self.router.attach(&core, sub.clone().unbind()) {
+            drop(handle);
+        }
         Ok(sub)
     }
 
-    /// Publishes a signal; returns how many subscriptions accepted it.
+    /// Publishes a signal; returns how many subscriptions' mailboxes took it.
     #[pyo3(signature = (signal_type, data = None))]
     fn publish(
         &self,
@@ -449,11 +601,16 @@ impl SignalBus {
         if subs.is_empty() {
             return Ok(0);
         }
+        let kind = if signal_type.is_exact_instance_of::<PyString>() {
+            ty.clone().unbind()
+        } else {
+            PyString::new(py, ty.to_str()?).unbind()
+        };
         let signal = Py::new(
             py,
             Signal {
-                kind: ty.clone().unbind(),
-                data: data.unwrap_or_else(|| py.None()),
+                kind,
+                data: Mutex::new(Some(data.unwrap_or_else(|| py.None()))),
                 timestamp: wall_clock(),
             },
         )?
@@ -468,12 +625,20 @@ impl SignalBus {
     }
 
     /// The live subscriptions (a snapshot).
-    fn subscriptions(&self) -> Vec<Subscription> {
-        self.router
-            .subscriptions()
-            .into_iter()
-            .map(|sub| Subscription { sub })
-            .collect()
+    fn subscriptions(&self, py: Python<'_>) -> Vec<Handle> {
+        let mut out = Vec::new();
+        self.router.for_each(|e| out.push(e.handle.clone_ref(py)));
+        out
+    }
+
+    /// Visits the `Subscription` of every routed subscription.
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        self.router.try_visit(|e| visit.call(&e.handle))
+    }
+
+    /// Cancels every routed subscription and lets go of them.
+    fn __clear__(&self, py: Python<'_>) {
+        self.cancel_all(py);
     }
 
     fn __repr__(&self) -> String {
@@ -485,67 +650,61 @@ impl Drop for SignalBus {
     /// A bus that goes away cancels what it still routes to, so that no worker thread
     /// waits forever on a mailbox nobody can reach.
     fn drop(&mut self) {
-        let subs = self.router.take_all();
-        if subs.is_empty() {
+        if self.router.is_empty() {
             return;
         }
         // Deallocation runs attached: this only borrows the attached thread.
         #[allow(clippy::disallowed_methods)]
-        Python::attach(|py| {
-            for sub in &subs {
-                cancel_sub(py, sub);
-            }
-        });
+        Python::attach(|py| self.cancel_all(py));
     }
 }
 
 /// Internal: a handler subscription's worker loop (run on its own thread by
-/// `ferrule._bus`). Returns once the subscription is cancelled. With `weak`, `handler`
-/// is a `weakref.WeakMethod`: a dead one cancels the subscription.
+/// `ferrule._bus`). Returns once the subscription is cancelled, releasing the handler.
+/// A weak handler is a `weakref.WeakMethod`: a dead one cancels the subscription, and so
+/// does a handler released by the collector (its `Subscription` was collected).
 #[pyfunction]
-pub fn _run_subscription(
-    py: Python<'_>,
-    subscription: &Bound<'_, Subscription>,
-    handler: &Bound<'_, PyAny>,
-    weak: bool,
-) -> PyResult<()> {
+pub fn _run_subscription(py: Python<'_>, worker: &Bound<'_, Worker>) -> PyResult<()> {
     static REPORT: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-    let sub = &subscription.get().sub;
+    let w = worker.get();
+    let sub = &w.sub;
     let mb = sub.mailbox();
     sub.set_worker(thread_token());
-    loop {
-        let item = match mb.try_get() {
+    let done = loop {
+        let item = match mb.get_until(None, check_signals, |wt| wait::detach(py, wt)) {
             Ok((item, _)) => item,
-            Err(GetError::Closed) => return Ok(()),
-            Err(_) => match wait::detach(py, || mb.get_until(None, check_signals)) {
-                Ok((item, _)) => item,
-                Err(GetError::Closed) => return Ok(()),
-                Err(GetError::Interrupted(e)) => return Err(e),
-                Err(GetError::Timeout | GetError::Empty) => continue,
-            },
+            Err(GetError::Closed) => break Ok(()),
+            Err(GetError::Interrupted(e)) => break Err(e),
+            Err(GetError::Timeout | GetError::Empty) => continue,
         };
         if sub.is_cancelled() {
             sub.discard(1);
             continue;
         }
-        let target = if weak {
-            let target = wait::call0(handler)?;
-            if target.is_none() {
-                // Its object was collected.
-                sub.discard(1);
-                cancel_sub(py, sub);
-                continue;
+        let target = match w.handler.get(py) {
+            Some(t) if w.handler.weak.load(Relaxed) => {
+                // A WeakMethod: the bound method, or None once its object is gone.
+                wait::call0(t.bind(py))
+                    .ok()
+                    .filter(|m| !m.is_none())
+                    .map(Bound::unbind)
             }
-            target
-        } else {
-            handler.clone()
+            other => other,
         };
-        if let Err(err) = wait::call1(&target, (&item,)) {
+        let Some(target) = target else {
+            sub.discard(1);
+            cancel_sub(py, sub);
+            continue;
+        };
+        if let Err(err) = wait::call1(target.bind(py), (&item,)) {
             sub.count_error();
             // Reporting must not end the worker either.
             let _ = REPORT
                 .import(py, "ferrule._bus", "_report")
-                .and_then(|f| wait::call1(f, (subscription, &item, err.into_value(py))));
+                .and_then(|f| wait::call1(f, (sub.pattern(), &item, err.into_value(py))));
         }
-    }
+        drop(target);
+    };
+    drop(w.handler.take());
+    done
 }

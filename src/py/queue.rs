@@ -1,28 +1,38 @@
 //! `WorkQueue` and the native counters behind `TaskPool`: the Python face of
 //! `core::queue::WorkQueue` over Python items.
 //!
-//! The first attempt of every operation runs attached to the interpreter (one short
-//! critical section); only a wait detaches, and it re-attaches at least every 50 ms to
-//! run `check_signals`, so Ctrl-C interrupts a blocked `get`/`put` promptly. The core
-//! hands back what must not be dropped or called under its lock (evicted items, the
-//! asyncio waiters to wake); the binding drops or calls them attached, lock released.
+//! Every operation's attempts run attached to the interpreter (short critical sections);
+//! only a wait detaches ([`run_wait`]), and it re-attaches at least every 50 ms to run
+//! `check_signals`, so Ctrl-C interrupts a blocked `get`/`put` promptly. Items and
+//! waiters move in and out of the queue only in the attempts, that is only while
+//! attached: what the garbage collector visits (`__traverse__`) therefore holds still
+//! while it runs, and the queue's lock is never held by a thread the collector waits
+//! for. The core hands back what must not be dropped or called under its lock (evicted
+//! items, refused items, the asyncio waiters to wake); the binding drops or calls them
+//! attached, lock released.
 //!
 //! Asyncio: `put_async`/`get_async` are coroutines of `ferrule._queue`. A waiting task
 //! registers a waker, `functools.partial(loop.call_soon_threadsafe, wake, future)`, with
 //! the queue in the same critical section that found it full or empty, so no wake-up is
 //! lost; the waker only tells the task to retry, so cancelling it never loses an item.
+//!
+//! Garbage collection: a `WorkQueue` visits its queued items and its asyncio wakers, and
+//! `__clear__` takes them out (items counted as dropped), to be dropped after unlocking.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use pyo3::exceptions::PyStopIteration;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyList, PyString, PyTuple, PyType};
+use pyo3::{PyTraverseError, PyVisit};
 
-use crate::core::queue::{Accepted, GetError, Overflow, PutError, Stats, Stop, WorkQueue as Core};
-use crate::core::wait::deadline;
+use crate::core::queue::{
+    Accepted, GetError, Overflow, PutError, Stats, Stop, Wait, WaitResult, WorkQueue as Core,
+};
 use crate::errors::{wrong_type, Exc};
 use crate::py::args;
 use crate::py::wait::{self, check_signals};
@@ -42,6 +52,55 @@ fn empty(py: Python<'_>) -> PyErr {
     Exc::QueueEmpty.err(py, "queue is empty")
 }
 
+/// Runs one wait of a blocking queue call (the core's `outside`): detached from the
+/// interpreter, except with a zero timeout, where the one wait only finds its deadline
+/// passed and releasing the GIL would cost more than it.
+pub(crate) fn run_wait<E: Send>(
+    py: Python<'_>,
+    timeout: Option<Duration>,
+    w: &mut Wait<'_, E>,
+) -> WaitResult<E> {
+    if timeout == Some(Duration::ZERO) {
+        w()
+    } else {
+        wait::detach(py, w)
+    }
+}
+
+/// A size or count argument (an int >= `min`); one beyond `usize` means "no limit".
+pub(crate) fn size_arg(obj: &Bound<'_, PyAny>, arg: &str, min: i64) -> PyResult<usize> {
+    let v = args::int_at_least(obj, arg, min)?;
+    Ok(usize::try_from(v).unwrap_or(usize::MAX))
+}
+
+/// Wakes an asyncio getter of `q`; a waker that fails (its loop is closed) passes the
+/// wake-up on.
+pub(crate) fn wake_getter(py: Python<'_>, q: &Core<Item, Waker>, mut w: Option<Waker>) {
+    while let Some(f) = w.take() {
+        if wait::call0(f.bind(py)).is_err() {
+            w = q.forget_getter(|_| false);
+        }
+    }
+}
+
+/// Wakes an asyncio putter of `q`, passing the wake-up on like [`wake_getter`].
+fn wake_putter(py: Python<'_>, q: &Core<Item, Waker>, mut w: Option<Waker>) {
+    while let Some(f) = w.take() {
+        if wait::call0(f.bind(py)).is_err() {
+            w = q.forget_putter(|_| false);
+        }
+    }
+}
+
+/// A put that did not enter: `drop_newest` refused it silently, otherwise it raises.
+fn not_entered(py: Python<'_>, e: PutError<Item>) -> PyResult<()> {
+    match e {
+        PutError::Discarded(_) => Ok(()),
+        PutError::Closed(_) => Err(closed(py)),
+        _ => Err(full(py)),
+    }
+}
+
 /// A bounded multi-producer, multi-consumer queue with an overflow policy.
 #[pyclass(frozen, module = "ferrule._native", name = "WorkQueue")]
 pub struct WorkQueue {
@@ -49,82 +108,68 @@ pub struct WorkQueue {
 }
 
 impl WorkQueue {
-    /// Wakes an asyncio getter; a waker that fails (its loop is closed) passes the
-    /// wake-up on.
-    fn wake_getter(&self, py: Python<'_>, mut w: Option<Waker>) {
-        while let Some(f) = w.take() {
-            if wait::call0(f.bind(py)).is_err() {
-                w = self.q.forget_getter(|_| false);
-            }
-        }
-    }
-
-    fn wake_putter(&self, py: Python<'_>, mut w: Option<Waker>) {
-        while let Some(f) = w.take() {
-            if wait::call0(f.bind(py)).is_err() {
-                w = self.q.forget_putter(|_| false);
-            }
-        }
-    }
-
     /// Drops what a put evicted and wakes a getter, with the lock released.
     fn accepted(&self, py: Python<'_>, a: Accepted<Item, Waker>) {
-        drop(a.dropped);
-        self.wake_getter(py, a.wake);
-    }
-
-    fn put_error(py: Python<'_>, e: PutError<Item, PyErr>) -> PyErr {
-        match e {
-            PutError::Full(_) | PutError::WouldBlock(_) => full(py),
-            PutError::Timeout(_) => Exc::QueueFull.err(py, "queue is full (put timed out)"),
-            PutError::Closed(_) => closed(py),
-            PutError::Interrupted(_, err) => err,
-        }
+        drop(a.evicted);
+        wake_getter(py, &self.q, a.wake);
     }
 
     fn do_put(&self, py: Python<'_>, item: Item, timeout: Option<Duration>) -> PyResult<()> {
+        // The common case first, without the blocking loop's machinery.
         let item = match self.q.put_or_wait(item, None) {
             Ok(a) => {
                 self.accepted(py, a);
                 return Ok(());
             }
             Err(PutError::WouldBlock(item)) => item,
-            Err(PutError::Full(_)) => return Err(full(py)),
-            Err(_) => return Err(closed(py)),
+            Err(e) => return not_entered(py, e),
         };
-        let r = if timeout == Some(Duration::ZERO) {
-            // Counts the refusal like any timed-out put; no wait, so no detach.
-            self.q.put_until(item, Some(Instant::now()), || Ok(()))
-        } else {
-            let until = deadline(timeout);
-            wait::detach(py, || self.q.put_until(item, until, check_signals))
-        };
-        match r {
+        match self
+            .q
+            .put_until(item, timeout, check_signals, |w| run_wait(py, timeout, w))
+        {
             Ok(a) => {
                 self.accepted(py, a);
                 Ok(())
             }
-            Err(e) => Err(Self::put_error(py, e)),
+            // drop_newest: refused without an error (counted in `rejected`).
+            Err(PutError::Discarded(_)) => Ok(()),
+            Err(PutError::Full(_) | PutError::WouldBlock(_)) => Err(full(py)),
+            Err(PutError::Timeout(_)) => {
+                Err(Exc::QueueFull.err(py, "queue is full (put timed out)"))
+            }
+            Err(PutError::Closed(_)) => Err(closed(py)),
+            Err(PutError::Interrupted(_, e)) => Err(e),
+        }
+    }
+
+    /// One attempt: an item or `QueueClosed`, or `None` if the queue is empty.
+    fn take_now(&self, py: Python<'_>) -> Option<PyResult<Item>> {
+        match self.q.try_get() {
+            Ok((item, w)) => {
+                wake_putter(py, &self.q, w);
+                Some(Ok(item))
+            }
+            Err(GetError::Closed) => Some(Err(closed(py))),
+            Err(_) => None,
         }
     }
 
     fn do_get(&self, py: Python<'_>, timeout: Option<Duration>) -> PyResult<Item> {
-        match self.q.try_get() {
-            Ok((item, w)) => {
-                self.wake_putter(py, w);
-                return Ok(item);
-            }
-            Err(GetError::Closed) => return Err(closed(py)),
-            Err(_) => {}
+        // The common case first, without the blocking loop's machinery.
+        if let Some(r) = self.take_now(py) {
+            return r;
         }
-        if timeout == Some(Duration::ZERO) {
-            return Err(empty(py));
-        }
-        let until = deadline(timeout);
-        match wait::detach(py, || self.q.get_until(until, check_signals)) {
+        match self
+            .q
+            .get_until(timeout, check_signals, |w| run_wait(py, timeout, w))
+        {
             Ok((item, w)) => {
-                self.wake_putter(py, w);
+                wake_putter(py, &self.q, w);
                 Ok(item)
+            }
+            Err(GetError::Timeout | GetError::Empty) if timeout == Some(Duration::ZERO) => {
+                Err(empty(py))
             }
             Err(GetError::Timeout | GetError::Empty) => {
                 Err(Exc::QueueEmpty.err(py, "queue is empty (get timed out)"))
@@ -141,7 +186,7 @@ impl WorkQueue {
     ) -> PyResult<Bound<'py, PyList>> {
         let (items, wake) = r;
         for w in wake {
-            self.wake_putter(py, Some(w));
+            wake_putter(py, &self.q, Some(w));
         }
         PyList::new(py, items)
     }
@@ -152,7 +197,7 @@ impl WorkQueue {
     #[new]
     #[pyo3(signature = (maxsize, *, overflow = None), text_signature = "(maxsize, *, overflow='block')")]
     fn new(maxsize: &Bound<'_, PyAny>, overflow: Option<&Bound<'_, PyAny>>) -> PyResult<Self> {
-        let maxsize = args::int_at_least(maxsize, "maxsize", 1)? as usize;
+        let maxsize = size_arg(maxsize, "maxsize", 1)?;
         let overflow = match overflow {
             None => Overflow::Block,
             Some(o) => match o.cast::<PyString>() {
@@ -178,8 +223,7 @@ impl WorkQueue {
                 self.accepted(py, a);
                 Ok(())
             }
-            Err(PutError::Closed(_)) => Err(closed(py)),
-            Err(_) => Err(full(py)),
+            Err(e) => not_entered(py, e),
         }
     }
 
@@ -190,10 +234,10 @@ impl WorkQueue {
     }
 
     fn get_nowait(&self, py: Python<'_>) -> PyResult<Item> {
-        self.do_get(py, Some(Duration::ZERO))
+        self.take_now(py).unwrap_or_else(|| Err(empty(py)))
     }
 
-    /// Puts the items in order; returns how many were accepted.
+    /// Puts the items in order; returns how many entered the queue.
     #[pyo3(signature = (items, timeout = None))]
     fn put_many(
         &self,
@@ -205,44 +249,29 @@ impl WorkQueue {
         let Ok(iter) = items.try_iter() else {
             return Err(wrong_type("items", "an iterable", items));
         };
+        // Python's own iteration protocol: a list, dict view or deque changed by another
+        // thread meanwhile raises an ordinary exception (or is read as it is), never a
+        // panic. All or nothing: nothing is put until the iterable is exhausted.
         let mut pending = iter
             .map(|r| r.map(Bound::unbind))
-            .collect::<PyResult<std::collections::VecDeque<Item>>>()?;
-        let waiting = timeout != Some(Duration::ZERO);
-        let first = self.q.put_many_once(&mut pending, waiting);
-        let mut accepted = first.accepted;
-        drop(first.dropped);
-        for w in first.wake {
-            self.wake_getter(py, Some(w));
-        }
-        let mut stopped: Option<Stop<PyErr>> = match first.stopped {
-            Some(Stop::WouldBlock) => {
-                let until = deadline(timeout);
-                let rest = wait::detach(py, || {
-                    self.q
-                        .put_many_until(&mut pending, until, check_signals, |ws| {
-                            wait::reattach(|py| {
-                                for w in ws {
-                                    self.wake_getter(py, Some(w));
-                                }
-                            });
-                        })
-                });
-                accepted += rest.accepted;
-                drop(rest.dropped);
-                for w in rest.wake {
-                    self.wake_getter(py, Some(w));
+            .collect::<PyResult<VecDeque<Item>>>()?;
+        let batch = self.q.put_many_until(
+            &mut pending,
+            timeout,
+            check_signals,
+            |w| run_wait(py, timeout, w),
+            |ws| {
+                for w in ws {
+                    wake_getter(py, &self.q, Some(w));
                 }
-                rest.stopped
-            }
-            Some(Stop::Closed) => Some(Stop::Closed),
-            _ => None,
-        };
+            },
+        );
+        drop(batch.evicted);
         drop(pending);
-        match stopped.take() {
+        match batch.stopped {
             Some(Stop::Interrupted(e)) => Err(e),
-            Some(Stop::Closed) if accepted == 0 => Err(closed(py)),
-            _ => Ok(accepted),
+            Some(Stop::Closed) if batch.accepted == 0 => Err(closed(py)),
+            _ => Ok(batch.accepted),
         }
     }
 
@@ -254,17 +283,12 @@ impl WorkQueue {
         max_items: &Bound<'_, PyAny>,
         timeout: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Bound<'py, PyList>> {
-        let max = args::int_at_least(max_items, "max_items", 1)? as usize;
+        let max = size_arg(max_items, "max_items", 1)?;
         let timeout = args::opt_timeout(timeout, "timeout")?;
-        match self.q.try_get_many(max) {
-            Ok(r) if !r.0.is_empty() || timeout == Some(Duration::ZERO) => {
-                return self.take_many(py, r)
-            }
-            Ok(_) => {}
-            Err(_) => return Err(closed(py)),
-        }
-        let until = deadline(timeout);
-        match wait::detach(py, || self.q.get_many_until(max, until, check_signals)) {
+        match self
+            .q
+            .get_many_until(max, timeout, check_signals, |w| run_wait(py, timeout, w))
+        {
             Ok(r) => self.take_many(py, r),
             Err(GetError::Timeout | GetError::Empty) => Ok(PyList::empty(py)),
             Err(GetError::Closed) => Err(closed(py)),
@@ -286,8 +310,8 @@ impl WorkQueue {
             .call1((slf,))
     }
 
-    /// asyncio glue: puts `item` and returns True, or (block policy, full) registers
-    /// `waker` (if not None) and returns False.
+    /// asyncio glue: puts `item` and returns True (also when `drop_newest` refused it),
+    /// or (block policy, full) registers `waker` (if not None) and returns False.
     fn _put_or_wait(&self, py: Python<'_>, item: Item, waker: Option<Waker>) -> PyResult<bool> {
         let waker = waker.filter(|w| !w.is_none(py));
         match self.q.put_or_wait(item, waker) {
@@ -296,8 +320,7 @@ impl WorkQueue {
                 Ok(true)
             }
             Err(PutError::WouldBlock(_)) => Ok(false),
-            Err(PutError::Closed(_)) => Err(closed(py)),
-            Err(_) => Err(full(py)),
+            Err(e) => not_entered(py, e).map(|()| true),
         }
     }
 
@@ -306,7 +329,7 @@ impl WorkQueue {
         let waker = waker.filter(|w| !w.is_none(py));
         match self.q.get_or_wait(waker) {
             Ok((item, w)) => {
-                self.wake_putter(py, w);
+                wake_putter(py, &self.q, w);
                 Ok(item)
             }
             Err(GetError::Closed) => Err(closed(py)),
@@ -318,14 +341,14 @@ impl WorkQueue {
     fn _forget_getter(&self, py: Python<'_>, waker: &Bound<'_, PyAny>) {
         let me = waker.as_ptr();
         let next = self.q.forget_getter(|w| w.as_ptr() == me);
-        self.wake_getter(py, next);
+        wake_getter(py, &self.q, next);
     }
 
     /// asyncio glue: a putter's task gave up; an unused wake-up passes on.
     fn _forget_putter(&self, py: Python<'_>, waker: &Bound<'_, PyAny>) {
         let me = waker.as_ptr();
         let next = self.q.forget_putter(|w| w.as_ptr() == me);
-        self.wake_putter(py, next);
+        wake_putter(py, &self.q, next);
     }
 
     /// Closes the queue and wakes every waiter.
@@ -382,6 +405,21 @@ impl WorkQueue {
             }
             r => r,
         }
+    }
+
+    /// Visits the queued items and the asyncio wakers (skipped, never waited for, if the
+    /// lock is taken; see the module documentation).
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        self.q
+            .try_visit(|item| visit.call(item), |waker| visit.call(waker))
+    }
+
+    /// Takes the items (counted as dropped) and the wakers out; they are dropped with the
+    /// lock released.
+    fn __clear__(&self) {
+        let (items, wakers) = self.q.clear();
+        drop(items);
+        drop(wakers);
     }
 
     #[classmethod]
@@ -573,16 +611,16 @@ pub fn _run_worker(
             Err(e) if e.is_instance(py, Exc::QueueClosed.type_object(py)?) => return Ok(()),
             Err(e) => return Err(e),
         };
-        let task = task.bind(py);
-        let Ok(task) = task.cast::<PyTuple>() else {
-            continue;
-        };
-        let (fut, func, args, kwargs) = task.extract::<(
+        // Only `TaskPool.submit` makes tasks; anything else put into its queue is skipped
+        // rather than allowed to end the worker.
+        let Ok((fut, func, args, kwargs)) = task.bind(py).extract::<(
             Bound<'_, PyAny>,
             Bound<'_, PyAny>,
             Bound<'_, PyTuple>,
             Bound<'_, PyDict>,
-        )>()?;
+        )>() else {
+            continue;
+        };
         if !fut
             .call_method0(intern!(py, "set_running_or_notify_cancel"))?
             .is_truthy()?
