@@ -452,7 +452,7 @@ impl<K, V> LruShard<K, V> {
         self.heap_set(i, idx);
     }
 
-    /// Adds `idx` to the heap; the caller reserved room (`heap.len() < capacity()`), so
+    /// Adds `idx` to the heap; the caller reserved room (`heap.len() < heap.capacity()`), so
     /// the push does not allocate.
     fn heap_insert(&mut self, idx: u32) {
         self.heap.push(idx);
@@ -495,12 +495,14 @@ impl<K, V> LruShard<K, V> {
     }
 
     /// The slot with the earliest deadline, if that deadline has passed.
+    #[inline]
     fn earliest_expired(&self, now: i64) -> Option<u32> {
         let &idx = self.heap.first()?;
         (self.deadline(0) <= now).then_some(idx)
     }
 
     /// True if some entry's deadline has passed.
+    #[inline]
     pub fn has_expired(&self, now: i64) -> bool {
         self.earliest_expired(now).is_some()
     }
@@ -561,6 +563,7 @@ impl<K, V> LruShard<K, V> {
     /// Makes room, without changing the shard, for one more entry: a slot (when no empty
     /// one will be free), a table bucket, a heap position (with a deadline) and a grave
     /// place for the entry that a full shard evicts.
+    #[inline]
     fn reserve(&mut self, deadline: bool, grave: &mut Vec<(K, V)>) -> Result<(), AllocError> {
         if self.len >= self.capacity {
             // Evicting frees a slot; only the evicted entry needs a place.
@@ -601,11 +604,15 @@ impl<K, V> LruShard<K, V> {
         }
         if self.len >= self.capacity {
             if let Some(idx) = self.earliest_expired(now) {
-                grave.extend(self.remove_idx(idx));
+                if let Some(kv) = self.remove_idx(idx) {
+                    grave.push(kv); // room reserved above
+                }
                 self.stats.expirations += 1;
             } else if self.tail != NIL {
                 let t = self.tail;
-                grave.extend(self.remove_idx(t));
+                if let Some(kv) = self.remove_idx(t) {
+                    grave.push(kv); // room reserved above
+                }
                 self.stats.evictions += 1;
             }
         }
@@ -651,7 +658,18 @@ impl<K, V> LruShard<K, V> {
     }
 
     /// Removes up to `budget` expired entries into `grave`, fewer if `grave` cannot grow.
+    /// Inline for the common case, where nothing has expired.
+    #[inline]
     pub fn reclaim(&mut self, now: i64, budget: usize, grave: &mut Vec<(K, V)>) -> usize {
+        if self.has_expired(now) {
+            self.reclaim_some(now, budget, grave)
+        } else {
+            0
+        }
+    }
+
+    #[inline(never)]
+    fn reclaim_some(&mut self, now: i64, budget: usize, grave: &mut Vec<(K, V)>) -> usize {
         let mut n = 0;
         while n < budget {
             let Some(idx) = self.earliest_expired(now) else {
@@ -660,7 +678,9 @@ impl<K, V> LruShard<K, V> {
             if grave.len() == grave.capacity() && grave.try_reserve(1).is_err() {
                 break;
             }
-            grave.extend(self.remove_idx(idx));
+            if let Some(kv) = self.remove_idx(idx) {
+                grave.push(kv); // room checked above
+            }
             n += 1;
         }
         self.stats.expirations += n as u64;
@@ -1012,32 +1032,32 @@ impl<K, V> ShardedCache<K, V> {
         now: i64,
         grave: &mut Vec<(K, V)>,
     ) -> Result<(), Q::Error> {
-        // Ok(replaced value) or Err(what could not be stored, for want of memory).
-        type Out<K, V> = Result<Option<V>, (Option<K>, V)>;
-        let out = self.with_key(hash, q, |s, h| -> Out<K, V> {
-            match h {
-                Some(h) => {
-                    let old = s.replace(h, value, expires).map_err(|v| (None, v))?;
+        // Filled under the lock, dropped here after it is released: the replaced value,
+        // or what could not be stored for want of memory.
+        let mut old: Option<V> = None;
+        let mut unstored: Option<(Option<K>, V)> = None;
+        self.with_key(hash, q, |s, h| match h {
+            Some(h) => match s.replace(h, value, expires) {
+                Ok(v) => {
+                    old = Some(v);
                     s.stats.inserts += 1;
                     // After the replace: the entry itself may be among the expired.
                     s.reclaim(now, RECLAIM_BUDGET, grave);
-                    Ok(Some(old))
                 }
-                None => {
-                    s.reclaim(now, RECLAIM_BUDGET, grave);
-                    s.insert(hash, key(), value, expires, now, grave)
-                        .map_err(|(k, v)| (Some(k), v))?;
-                    s.stats.inserts += 1;
-                    Ok(None)
+                Err(v) => unstored = Some((None, v)),
+            },
+            None => {
+                s.reclaim(now, RECLAIM_BUDGET, grave);
+                match s.insert(hash, key(), value, expires, now, grave) {
+                    Ok(_) => s.stats.inserts += 1,
+                    Err((k, v)) => unstored = Some((Some(k), v)),
                 }
             }
         })?;
-        match out {
-            Ok(old) => {
-                drop(old);
-                Ok(())
-            }
-            Err(unstored) => {
+        drop(old);
+        match unstored {
+            None => Ok(()),
+            Some(unstored) => {
                 drop(unstored);
                 Err(AllocError.into())
             }
