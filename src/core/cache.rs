@@ -575,7 +575,8 @@ impl<K, V> LruShard<K, V> {
             // past the capacity, so the slab never holds more than `capacity` slots.
             let have = self.slots.len();
             let want = have.max(8).saturating_mul(2).min(self.capacity);
-            self.slots.try_reserve_exact(want - have)?;
+            self.slots
+                .try_reserve_exact(want.saturating_sub(have).max(1))?;
         }
         let slots = &self.slots;
         // Index invariant: the table holds indices of occupied slots only.
