@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import _thread
 import gc
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 import weakref
+from collections.abc import Callable
+from typing import Any
 
 import ferrule
 import pytest
@@ -604,3 +609,673 @@ def test_str_and_bytes_keys_never_reach_bytes_warning() -> None:
     out = subprocess.run([sys.executable, "-b", "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "BytesWarning" not in out.stderr
+
+
+# ---- hardening: regression tests ---------------------------------------------------------
+
+
+class _Tracked:
+    """A value whose collection can be observed (and whose __del__ uses the cache)."""
+
+    def __init__(self, cache: Cache | None = None) -> None:
+        self.cache = cache
+
+    def __del__(self) -> None:
+        if self.cache is not None:
+            self.cache.get("anything")  # deadlocks if dropped under the shard lock
+
+
+def test_replacing_with_a_ttl_that_has_already_passed() -> None:
+    """Guards against a PanicException ("handle to an empty slot") when `set` replaces an
+    existing key whose new deadline has passed by the time the write reclaims expired
+    entries (two clock reads in one operation), and against the old value being dropped
+    (running its __del__) while the shard lock is held."""
+    c = Cache(10, shards=1)
+    for i in range(200):
+        c.set("k", _Tracked(c))
+        c.set("k", i, ttl=1e-9)  # 1 ns: passes between two clock reads
+    c.set("k", 1)
+    assert c["k"] == 1
+    c.set("k", 2, ttl=1e-9)
+    assert c.get("k") in (2, None)
+    assert len(c) == len(c.keys()) <= 1
+
+
+def test_one_clock_reading_per_write_with_a_manual_clock() -> None:
+    """Guards the rule "live while now < t + d" for a replace: with a ManualClock the
+    deadline and the reclaim use the same reading, so a 1 ns TTL is live until the clock
+    moves."""
+    clock = ManualClock()
+    c = Cache(10, clock=clock)
+    c["k"] = 0
+    c.set("k", 1, ttl=1e-9)
+    assert c["k"] == 1
+    clock.advance(1e-9)
+    assert "k" not in c and len(c) == 0
+
+
+def _run(code: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=60
+    )
+
+
+def test_huge_shard_counts_raise_instead_of_aborting() -> None:
+    """Guards against the process aborting on a huge allocation (`Cache(2**31,
+    shards=2**31)`) and against refusals that name the wrong argument or bound."""
+    out = _run(
+        """
+        import ferrule
+        for args, kwargs in [((2**31,), {"shards": 2**31}), ((2**32 - 2,), {"shards": 2**20})]:
+            try:
+                ferrule.Cache(*args, **kwargs)
+            except ValueError as e:
+                print(e)
+        """
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["shards must be between 1 and 1024"] * 2
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "exc", "msg"),
+    [
+        ((100_000,), {"shards": 70_000}, ValueError, "shards must be between 1 and 1024"),
+        ((100_000,), {"shards": 1025}, ValueError, "shards must be between 1 and 1024"),
+        ((100_000,), {"shards": 2**64}, ValueError, "shards must be between 1 and 1024"),
+        ((100_000,), {"shards": -(2**64)}, ValueError, "shards must be >= 1"),
+        ((100_000,), {"shards": -1}, ValueError, "shards must be >= 1"),
+        ((5,), {"shards": 6}, ValueError, r"shards must be between 1 and max_size \(5\)"),
+        ((2**32 - 1,), {}, OverflowError, "max_size must be <= 4294967294"),
+        ((2**40,), {}, OverflowError, "max_size must be <= 4294967294"),
+        ((2**64,), {}, OverflowError, "max_size must be <= 4294967294"),
+        ((-(2**64),), {}, ValueError, "max_size must be >= 1"),
+        ((0,), {}, ValueError, "max_size must be >= 1"),
+    ],
+)
+def test_size_refusals_name_the_argument_and_bound(
+    args: tuple[int], kwargs: dict[str, int], exc: type, msg: str
+) -> None:
+    """Guards against refusals with the wrong message ("max_size must be >= 1" for a shard
+    count or a max_size that is too large) and against out-of-range ints mapped to the
+    wrong exception."""
+    with pytest.raises(exc, match=f"^{msg}$"):
+        Cache(*args, **kwargs)
+
+
+def test_largest_sizes_are_accepted_without_preallocating() -> None:
+    """Guards against memory proportional to max_size being reserved up front: the
+    largest cache with the most shards costs little until it is filled."""
+    out = _run(
+        """
+        import ferrule
+        def rss_kb():
+            with open("/proc/self/statm") as f:
+                return int(f.read().split()[1]) * 4
+        before = rss_kb()
+        caches = [ferrule.Cache(2**32 - 2, shards=1024) for _ in range(4)]
+        caches += [ferrule.Cache(2**32 - 2, shards=1) for _ in range(4)]
+        for c in caches:
+            for i in range(100):
+                c[i] = i
+        assert all(len(c) == 100 for c in caches)
+        print(rss_kb() - before)
+        """
+    )
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout) < 50_000  # KB; 8 caches of 2**32 - 2 entries would be ~2 TB
+
+
+def test_running_out_of_memory_raises_memory_error() -> None:
+    """Guards against an abort when the cache cannot grow: with the address space capped,
+    filling a huge cache ends in MemoryError (from ferrule or from Python), never in a
+    crash."""
+    out = _run(
+        """
+        import resource, ferrule
+        c = ferrule.Cache(2**32 - 2, shards=1)
+        with open("/proc/self/statm") as f:
+            vm = int(f.read().split()[0]) * 4096
+        limit = vm + 400 * 2**20
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        v = None
+        try:
+            for i in range(10**9):
+                c[i] = v
+        except MemoryError:
+            pass
+        n = len(c)
+        c.clear()
+        c["ok"] = 1
+        print(n > 1000, c["ok"])
+        """
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "1"]
+
+
+class _Hostile:
+    """A key whose first comparison clears the cache and re-inserts an equal key."""
+
+    def __init__(self, v: int, cache: Cache | None = None) -> None:
+        self.v = v
+        self.cache = cache
+
+    def __hash__(self) -> int:
+        return 12345
+
+    def __eq__(self, other: object) -> bool:
+        if self.cache is not None:
+            cache, self.cache = self.cache, None
+            cache.clear()
+            cache[_Hostile(self.v)] = "reinserted"
+            return False
+        return isinstance(other, _Hostile) and other.v == self.v
+
+
+def _assert_no_equal_keys(c: Cache) -> None:
+    keys = c.keys()
+    assert len(c) == len(keys)
+    for i, a in enumerate(keys):
+        for b in keys[i + 1 :]:
+            assert a != b, f"two equal keys: {a!r} and {b!r}"
+
+
+@pytest.mark.parametrize("op", ["set", "get_or_set", "setitem"])
+def test_eq_that_clears_and_reinserts_never_leaves_two_equal_keys(op: str) -> None:
+    """Guards against a stale comparison result being applied to another entry after
+    clear() (slot generations restarted at 0), which let the cache hold two equal keys."""
+    c = Cache(10, shards=1)
+    c[_Hostile(1, c)] = "first"
+    key = _Hostile(1)
+    if op == "set":
+        c.set(key, "second")
+    elif op == "setitem":
+        c[key] = "second"
+    else:
+        assert c.get_or_set(key, lambda: "second") == "reinserted"
+    _assert_no_equal_keys(c)
+    assert len(c) == 1
+    assert c[_Hostile(1)] in ("second", "reinserted")
+
+
+def test_eq_that_clears_and_reinserts_repeatedly() -> None:
+    """The same hostile comparison, over many keys and rounds: the cache never holds two
+    equal keys, and len() always matches keys()."""
+    c = Cache(64, shards=1)
+    for round_ in range(50):
+        c[_Hostile(round_ % 5, c)] = round_
+        c[_Hostile(round_ % 5)] = -round_
+        c[_Hostile((round_ + 1) % 5)] = round_
+        _assert_no_equal_keys(c)
+
+
+@pytest.mark.parametrize("exc", [KeyboardInterrupt, SystemExit, GeneratorExit])
+def test_base_exception_in_leader_is_not_given_to_waiters(exc: type[BaseException]) -> None:
+    """Guards against a leader's KeyboardInterrupt/SystemExit (any BaseException that is
+    not an Exception) being re-raised in every waiting thread: the leader gets it, the
+    waiters retry and one of them runs the factory."""
+    c = Cache(10)
+    waiters = 4
+    go = threading.Event()
+    calls = 0
+    lock = threading.Lock()
+
+    def factory() -> str:
+        nonlocal calls
+        with lock:
+            calls += 1
+            first = calls == 1
+        if first:
+            go.wait(10)
+            raise exc()
+        return "value"
+
+    results: list[object] = []
+
+    def worker() -> None:
+        try:
+            results.append(c.get_or_set("k", factory))
+        except BaseException as e:  # the test inspects what arrived
+            results.append(type(e))
+
+    leader = threading.Thread(target=worker)
+    leader.start()
+    _wait_for(lambda: calls == 1)
+    ts = [threading.Thread(target=worker) for _ in range(waiters)]
+    for t in ts:
+        t.start()
+    _wait_for(lambda: c.stats().misses == waiters + 1)  # every waiter missed
+    go.set()
+    leader.join()
+    for t in ts:
+        t.join()
+    assert sorted(map(str, results)) == sorted([str(exc)] + ["value"] * waiters)
+    assert calls == 2 and c["k"] == "value"
+
+
+def test_exception_in_leader_still_reaches_every_waiter() -> None:
+    """The contract for ordinary exceptions is unchanged: every waiter gets the leader's
+    exception and nothing is cached."""
+    c = Cache(10)
+    go = threading.Event()
+    calls = 0
+
+    def factory() -> str:
+        nonlocal calls
+        calls += 1
+        go.wait(10)
+        raise LookupError("down")
+
+    results: list[object] = []
+
+    def worker() -> None:
+        try:
+            results.append(c.get_or_set("k", factory))
+        except LookupError as e:
+            results.append(e)
+
+    ts = [threading.Thread(target=worker) for _ in range(4)]
+    for t in ts:
+        t.start()
+    _wait_for(lambda: c.stats().misses == 4)
+    go.set()
+    for t in ts:
+        t.join()
+    assert calls == 1 and len(results) == 4
+    assert all(isinstance(r, LookupError) for r in results)
+    assert "k" not in c
+
+
+def test_cached_base_exception_in_leader_is_not_given_to_waiters() -> None:
+    """`ferrule.cached` (sync) inherits the rule: a leader's KeyboardInterrupt stays with
+    the leader and a waiter runs the function again."""
+    go = threading.Event()
+    calls = 0
+    lock = threading.Lock()
+
+    @ferrule.cached(10)
+    def f(x: int) -> int:
+        nonlocal calls
+        with lock:
+            calls += 1
+            first = calls == 1
+        if first:
+            go.wait(10)
+            raise KeyboardInterrupt
+        return x * 2
+
+    results: list[object] = []
+
+    def worker() -> None:
+        try:
+            results.append(f(21))
+        except KeyboardInterrupt:
+            results.append("interrupted")
+
+    leader = threading.Thread(target=worker)
+    leader.start()
+    _wait_for(lambda: calls == 1)
+    ts = [threading.Thread(target=worker) for _ in range(3)]
+    for t in ts:
+        t.start()
+    # Each waiter misses twice (the wrapper's get, then get_or_set's own lookup).
+    _wait_for(lambda: f.cache.stats().misses == 2 + 3 * 2)  # type: ignore[attr-defined]
+    go.set()
+    leader.join()
+    for t in ts:
+        t.join()
+    assert sorted(map(str, results)) == ["42", "42", "42", "interrupted"]
+    assert calls == 2
+
+
+def test_cached_async_cancelled_leader_task_does_not_poison_waiters() -> None:
+    """Guards against a cancelled shared call being passed on to every awaiter as
+    CancelledError: the awaiters (not cancelled themselves) retry and one runs it again."""
+    import asyncio
+
+    calls = 0
+
+    @ferrule.cached(10)
+    async def fetch(x: int) -> int:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            task = asyncio.current_task()
+            assert task is not None
+            task.cancel()  # the shared call is cancelled, not its awaiters
+        await asyncio.sleep(0)
+        return x + 1
+
+    async def main() -> list[object]:
+        return await asyncio.gather(*(fetch(1) for _ in range(5)), return_exceptions=True)
+
+    assert asyncio.run(main()) == [2] * 5
+    assert calls == 2
+
+
+def test_cached_async_awaiter_cancellation_still_propagates() -> None:
+    """An awaiter that is itself cancelled still gets CancelledError (the retry rule
+    applies only to the shared call's own cancellation)."""
+    import asyncio
+
+    @ferrule.cached(10)
+    async def slow() -> str:
+        await asyncio.sleep(0.05)
+        return "done"
+
+    async def main() -> tuple[bool, str]:
+        first = asyncio.ensure_future(slow())
+        second = asyncio.ensure_future(slow())
+        await asyncio.sleep(0)
+        first.cancel()
+        try:
+            await first
+        except asyncio.CancelledError:
+            cancelled = True
+        else:
+            cancelled = False
+        return cancelled, await second
+
+    assert asyncio.run(main()) == (True, "done")
+
+
+def _wait_for(cond: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Polls a condition that another thread makes true (no ordering by sleeps)."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.001)
+
+
+# ---- garbage collection -----------------------------------------------------------------
+
+
+class _Holder:
+    cache: Cache
+
+
+def _collected(ref: weakref.ref[object]) -> bool:
+    gc.collect()
+    return ref() is None
+
+
+def test_cycle_through_the_cache_itself_is_collected() -> None:
+    """Guards against `c["self"] = c` leaking forever: Cache takes part in GC."""
+    c = Cache(10)
+    marker = _Holder()
+    c["self"] = c
+    c["marker"] = marker
+    ref = weakref.ref(marker)
+    del c, marker
+    assert _collected(ref)
+
+
+def test_cycle_through_a_value_is_collected() -> None:
+    """Guards against a value that refers back to the object holding the cache leaking."""
+    holder = _Holder()
+    holder.cache = Cache(10, ttl=60.0)
+    holder.cache["back"] = [holder]
+    holder.cache[("k", 1)] = {"nested": holder}
+    ref = weakref.ref(holder)
+    del holder
+    assert _collected(ref)
+
+
+def test_cycle_through_a_key_is_collected() -> None:
+    """Keys are visited too: a key object that holds the cache."""
+
+    class K:
+        cache: Cache
+
+    k = K()
+    k.cache = Cache(10)
+    k.cache[k] = 1
+    ref = weakref.ref(k)
+    del k
+    assert _collected(ref)
+
+
+def test_cycle_through_a_cached_function_is_collected() -> None:
+    """Guards against a `cached` wrapper leaking through its cache: the function's
+    closure refers to the wrapper, and a cached result refers to it too."""
+
+    def make() -> Callable[[int], object]:
+        @ferrule.cached(10)
+        def f(x: int) -> object:
+            return (f, x)  # the result refers to the wrapper, which holds the cache
+
+        return f
+
+    f = make()
+    f(1)
+    ref = weakref.ref(f)
+    del f
+    assert _collected(ref)
+
+
+def test_cycle_through_an_async_cached_function_is_collected() -> None:
+    import asyncio
+
+    def make() -> Callable[[int], Any]:
+        @ferrule.cached(10)
+        async def f(x: int) -> object:
+            return (f, x)
+
+        return f
+
+    f = make()
+    asyncio.run(f(1))
+    ref = weakref.ref(f)
+    del f
+    assert _collected(ref)
+
+
+def test_clearing_a_cycle_drops_values_outside_the_lock() -> None:
+    """The collector's __clear__ takes entries out and drops them after unlocking: a
+    value's __del__ that uses the cache does not deadlock."""
+    holder = _Holder()
+    holder.cache = Cache(10, shards=1)
+    holder.cache["a"] = _Tracked(holder.cache)
+    holder.cache["back"] = holder
+    ref = weakref.ref(holder)
+    del holder
+    assert _collected(ref)
+
+
+# ---- audit: hostile numbers, hashes and comparisons ---------------------------------------
+
+
+def test_deadlines_near_the_largest_clock_time() -> None:
+    """`now + ttl` stays exact with a ManualClock near its largest time (2**62 ns) and
+    the longest TTL (4e9 s): no overflow, no wrap to the past."""
+    clock = ManualClock(4e9)  # set() takes at most 4e9 s; advance() goes further
+    top = 2**62 / 1e9
+    clock.advance(top - 4e9 - 10.0)
+    c = Cache(10, ttl=4e9, clock=clock)
+    c["long"] = 1
+    c.set("short", 2, ttl=1.0)
+    c.set("max", 3, ttl=4e9)
+    assert (c["long"], c["short"], c["max"]) == (1, 2, 3)
+    clock.advance(1.0)
+    assert "short" not in c and c["long"] == 1
+    with pytest.raises(OverflowError):
+        clock.advance(20.0)
+    clock.advance(top - clock.now() - 1e-6)
+    assert c["long"] == 1 and c["max"] == 3 and len(c) == 2
+    c.set("late", 4, ttl=4e9)
+    assert c["late"] == 4 and c.expire() == 0
+    with pytest.raises(ValueError, match="ttl is too large"):
+        c.set("k", 1, ttl=4.1e9)
+
+
+@pytest.mark.parametrize("h", [2**100, -(2**100), -1, sys.maxsize, -sys.maxsize - 1, 0])
+def test_hostile_hash_values(h: int) -> None:
+    """`__hash__` may return any int: Python reduces it, the cache mixes it; no panic."""
+
+    class H:
+        def __init__(self, v: int) -> None:
+            self.v = v
+
+        def __hash__(self) -> int:
+            return h
+
+        def __eq__(self, other: object) -> bool:
+            return isinstance(other, H) and other.v == self.v
+
+    c = Cache(100, shards=4)  # one shard of 25 takes every key
+    for i in range(5):
+        c[H(i)] = i
+    assert [c[H(i)] for i in range(5)] == list(range(5))
+    assert c.delete(H(3)) and len(c) == 4
+
+
+def test_hash_that_returns_a_non_int_propagates() -> None:
+    class Bad:
+        def __hash__(self) -> int:
+            return "x"  # type: ignore[return-value]
+
+    c = Cache(10)
+    with pytest.raises(TypeError):
+        c[Bad()] = 1
+    with pytest.raises(TypeError):
+        c.get_or_set(Bad(), lambda: 1)
+    assert len(c) == 0
+
+
+class _RaisingEq:
+    def __hash__(self) -> int:
+        return 99
+
+    def __eq__(self, other: object) -> bool:
+        raise ArithmeticError("eq")
+
+
+class _BadBool:
+    def __bool__(self) -> bool:
+        raise ArithmeticError("bool")
+
+
+class _BadBoolEq:
+    def __hash__(self) -> int:
+        return 99
+
+    def __eq__(self, other: object) -> Any:
+        return _BadBool()
+
+
+@pytest.mark.parametrize("stored", [_RaisingEq, _BadBoolEq])
+@pytest.mark.parametrize(
+    "op",
+    [
+        lambda c, k: c.get(k),
+        lambda c, k: c.set(k, 1),
+        lambda c, k: c.delete(k),
+        lambda c, k: c.pop(k, None),
+        lambda c, k: k in c,
+        lambda c, k: c.get_or_set(k, lambda: 1),
+        lambda c, k: c.__delitem__(k),
+    ],
+)
+def test_eq_that_raises_propagates_from_every_operation(stored: type, op: Any) -> None:
+    """An exception from `__eq__` (or from the truth value it returns) propagates from
+    every operation and leaves the cache consistent."""
+    c = Cache(10)
+    k = stored()
+    c[k] = "kept"
+
+    class Other:
+        def __hash__(self) -> int:
+            return 99
+
+    with pytest.raises(ArithmeticError):
+        op(c, Other())
+    assert c[k] == "kept" and len(c) == 1 == len(c.keys())
+
+
+_REENTER = {
+    "get": lambda c: c.get("x"),
+    "set": lambda c: c.set("x", 1),
+    "set_same_hash": lambda c: c.set(_Plain(0), "inner"),
+    "delete": lambda c: c.delete("x"),
+    "clear": lambda c: c.clear(),
+    "get_or_set": lambda c: c.get_or_set("y", lambda: 2),
+    "get_or_set_same_key": lambda c: c.get_or_set(_Plain(5), lambda: "inner"),
+    "expire": lambda c: c.expire(),
+    "len": lambda c: len(c),
+}
+
+
+class _Plain:
+    """A user key with plain equality on `v` and a constant hash."""
+
+    def __init__(self, v: int) -> None:
+        self.v = v
+
+    def __hash__(self) -> int:
+        return 7
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Plain) and other.v == self.v
+
+
+@pytest.mark.parametrize("action", list(_REENTER))
+@pytest.mark.parametrize("op", ["get", "set", "delete", "get_or_set", "contains"])
+def test_eq_may_reenter_the_same_cache_with_any_operation(action: str, op: str) -> None:
+    """`__eq__` runs with no lock held, so it may call any method of the same cache on
+    the same shard: no deadlock, no panic, and the invariants hold afterwards."""
+    c = Cache(10, shards=1)
+    count = 0
+
+    class Reentrant(_Plain):
+        __hash__ = _Plain.__hash__
+
+        def __eq__(self, other: object) -> bool:
+            nonlocal count
+            count += 1
+            if count < 20:
+                _REENTER[action](c)
+            return super().__eq__(other)
+
+    c[Reentrant(1)] = "r"
+    probe = _Plain(5)
+    if op == "get":
+        c.get(probe)
+    elif op == "set":
+        c.set(probe, "v")
+    elif op == "delete":
+        c.delete(probe)
+    elif op == "contains":
+        _ = probe in c
+    else:
+        assert c.get_or_set(probe, lambda: "v") in ("v", "inner")
+    assert count >= 1 or action == "clear"
+    _assert_no_equal_keys(c)
+    assert len(c) <= 10
+
+
+def test_docstring_examples_run() -> None:
+    """The examples in the Cache/CacheStats stubs and in `cached`'s docstring are the
+    user documentation; they must run as written."""
+    import ast
+    import doctest
+    from pathlib import Path
+
+    import ferrule._cached
+
+    stub = Path(ferrule.__file__).with_name("_native.pyi")
+    tree = ast.parse(stub.read_text())
+    parser = doctest.DocTestParser()
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
+    for cls in tree.body:
+        if isinstance(cls, ast.ClassDef) and cls.name in ("Cache", "CacheStats"):
+            for node in [cls, *cls.body]:
+                if not isinstance(node, (ast.ClassDef, ast.FunctionDef)):
+                    continue
+                doc = ast.get_docstring(node)
+                if doc and ">>>" in doc:
+                    test = parser.get_doctest(doc, {"Cache": Cache}, node.name, str(stub), 0)
+                    runner.run(test)
+    assert runner.summarize(verbose=False).failed == 0
+    result = doctest.testmod(ferrule._cached)
+    assert result.attempted > 0 and result.failed == 0

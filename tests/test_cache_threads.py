@@ -17,7 +17,7 @@ def test_random_operations_keep_invariants(threads: int, stress_scale: int) -> N
     calls_lock = threading.Lock()
     stop = threading.Event()
     errors: list[str] = []
-    ops = 4000 * stress_scale
+    ops = 10_000 * stress_scale
 
     def watcher() -> None:
         while not stop.is_set():
@@ -129,3 +129,69 @@ def test_rss_stays_flat_over_churn() -> None:
         c[i] = i
     assert len(c) <= 10_000
     assert rss_kb() - before < 20_000  # KB; the cache itself is ~1 MB
+
+
+def test_manual_clock_advanced_during_writes_on_the_same_keys(
+    threads: int, stress_scale: int
+) -> None:
+    """Guards against `set` panicking ("handle to an empty slot") or hanging when the clock
+    moves between its reads: two threads advance a ManualClock while the others set, get
+    and get_or_set the same few keys with TTLs about one clock step long. Values always
+    belong to their key and len <= max_size throughout. (The clock can move inside a call
+    only without the GIL: on GIL builds this checks the invariants, on free-threaded ones
+    it also caught the old defect in about half of the runs.)"""
+    clock = ManualClock()
+    max_size = 4
+    c = Cache(max_size, shards=2, clock=clock)
+    stop = threading.Event()
+    errors: list[str] = []
+    ops = 10_000 * stress_scale
+    # Mostly 1 ns: any clock step between two readings in one `set` passes it.
+    ttls = [1e-9, 1e-9, 1e-9, 1e-6, 5e-6, None]
+
+    def ticker() -> None:
+        while not stop.is_set():
+            clock.advance(1e-6)
+
+    def worker(seed: int) -> None:
+        rng = random.Random(seed)
+        try:
+            for i in range(ops):
+                k = rng.randrange(6)
+                r = rng.random()
+                if r < 0.4:
+                    c.set(k, (k, i), ttl=rng.choice(ttls))
+                elif r < 0.7:
+                    v = c.get(k)
+                    if v is not None and v[0] != k:
+                        errors.append(f"wrong value {v} for {k}")
+                elif r < 0.9:
+                    v = c.get_or_set(k, lambda k=k: (k, -1), ttl=rng.choice(ttls))
+                    if v[0] != k:
+                        errors.append(f"get_or_set gave {v} for {k}")
+                elif r < 0.95:
+                    c.delete(k)
+                else:
+                    n = len(c)
+                    if n > max_size:
+                        errors.append(f"len {n}")
+        except BaseException as e:  # a PanicException is a BaseException
+            errors.append(f"{type(e).__name__}: {e}")
+
+    tickers = [threading.Thread(target=ticker) for _ in range(2)]
+    for t in tickers:
+        t.start()
+    ts = [threading.Thread(target=worker, args=(i,)) for i in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    stop.set()
+    for t in tickers:
+        t.join()
+    assert errors == []
+    assert len(c) <= max_size
+    # Once the clock has passed every TTL, only entries without one remain.
+    clock.advance(1.0)
+    c.expire()
+    assert len(c) == len(c.keys()) == c.stats().size <= max_size

@@ -143,10 +143,17 @@ class Cache:
     after that. With ``shards=1`` eviction is exact LRU (a hit refreshes recency). The
     default is one shard on GIL builds (the GIL serialises calls anyway, and one shard
     has the best locality) and, on free-threaded builds, a count that scales with the CPUs
-    while leaving every shard at least 64 entries, so small caches are exact LRU too. Keys are any hashable objects with dict semantics (``1``, ``1.0`` and
-    ``True`` are one key); an exception from a key's ``__hash__`` or ``__eq__``
-    propagates. No user code (``__eq__``, a factory, a value's ``__del__``) ever runs
-    under an internal lock.
+    while leaving every shard at least 64 entries, so small caches are exact LRU too. Keys
+    are any hashable objects with dict semantics (``1``, ``1.0`` and ``True`` are one
+    key); an exception from a key's ``__hash__`` or ``__eq__`` propagates. No user code
+    (``__eq__``, a factory, a value's ``__del__``) ever runs under an internal lock, so
+    any of them may use the same cache; the cache never holds two equal keys, even when
+    an ``__eq__`` clears or refills it.
+
+    Memory grows with the entries actually stored, never in proportion to ``max_size``;
+    if it cannot grow, the operation raises MemoryError and changes nothing. The cache
+    takes part in garbage collection: reference cycles through its keys and values
+    (``cache["self"] = cache``) are collected.
 
     >>> cache = Cache(1000, ttl=60.0)
     >>> cache.set("user:1", {"name": "Ada"})
@@ -166,8 +173,18 @@ class Cache:
         shards: int | None = None,
         clock: ManualClock | None = None,
     ) -> Cache:
-        """``max_size`` >= 1; ``ttl`` > 0 seconds (default: entries never expire);
-        ``1 <= shards <= max_size``; ``clock`` a :class:`ManualClock` or None (monotonic)."""
+        """``1 <= max_size <= 2**32 - 2`` (4294967294; OverflowError above); ``ttl`` > 0
+        seconds, at most 4e9 (default: entries never expire); ``1 <= shards <=
+        min(max_size, 1024)``; ``clock`` a :class:`ManualClock` or None (monotonic).
+        Only the shards' locks are allocated up front.
+
+        >>> Cache(100_000, shards=8).shards
+        8
+        >>> Cache(100_000, shards=4096)
+        Traceback (most recent call last):
+        ...
+        ValueError: shards must be between 1 and 1024
+        """
 
     @property
     def max_size(self) -> int: ...
@@ -188,7 +205,8 @@ class Cache:
     @overload
     def get(self, key: Hashable, default: _T) -> Any | _T: ...
     def set(self, key: Hashable, value: Any, *, ttl: float | None = None) -> None:
-        """Insert or replace; ``ttl`` overrides the cache's default for this entry.
+        """Insert or replace; ``ttl`` overrides the cache's default for this entry. The
+        entry is live while ``clock.now() < t + ttl``, with ``t`` read once per call.
 
         >>> c = Cache(10)
         >>> c.set("k", 1, ttl=0.5)
@@ -217,9 +235,12 @@ class Cache:
     ) -> _T:
         """The value for ``key``; on a miss, exactly one caller per key runs ``factory()``
         (with no lock held) while concurrent callers for that key wait for its result with
-        the GIL released (single-flight). If the factory raises, every waiter gets the
-        exception and nothing is cached. A factory that calls ``get_or_set`` for its own
-        key gets RuntimeError instead of a deadlock.
+        the GIL released (single-flight). If the factory raises an ``Exception``, every
+        waiter gets that exception and nothing is cached. If it raises a BaseException
+        that is not an Exception (``KeyboardInterrupt``, ``SystemExit``, ...), only the
+        caller that ran it gets it: the waiters look again and one of them runs its own
+        factory. A factory that calls ``get_or_set`` for its own key gets RuntimeError
+        instead of a deadlock.
 
         >>> c = Cache(10)
         >>> c.get_or_set("answer", lambda: 42)
@@ -227,7 +248,8 @@ class Cache:
         """
 
     def clear(self) -> None:
-        """Remove every entry."""
+        """Remove every entry (and release the memory they used). Removed values are
+        released after the cache's locks, so their ``__del__`` may use the cache."""
 
     def expire(self) -> int:
         """Remove expired entries now; returns how many. (Expired entries are also

@@ -1,33 +1,60 @@
 //! A sharded, bounded LRU cache with per-entry TTL.
 //!
 //! # Structure
-//! The cache is `n` shards; a key's shard is chosen from its (mixed) hash. Each shard is
-//! one mutex around an [`LruShard`]: an open-addressing table of slot
-//! indices (`hashbrown::HashTable<u32>`), a slab of slots, an intrusive doubly linked
-//! recency list (head = most recent), and an intrusive indexed min-heap of the slots that
-//! have a deadline. Every operation on a shard is O(1) except heap moves, O(log n) and
-//! only for entries with a TTL.
+//! The cache is `n` shards (`1 <= n <= MAX_SHARDS`); a key's shard is chosen from its
+//! (mixed) hash. Each shard is one mutex around an [`LruShard`]: an open-addressing table
+//! of slot indices (`hashbrown::HashTable<u32>`), a slab of slots, an intrusive doubly
+//! linked recency list (head = most recent), an intrusive free list of empty slots, and
+//! an intrusive indexed min-heap of the slots that have a deadline. Every operation on a
+//! shard is O(1) except heap moves, O(log n) and only for entries with a TTL.
 //!
 //! # Invariants
-//! - Shard capacities sum to exactly `max_size` and a shard never holds more than its
-//!   capacity, so `len <= max_size` at every instant, also under concurrent writers.
+//! - Shard capacities sum to exactly `max_size` (`1 <= max_size <= MAX_SIZE`) and a shard
+//!   never holds more than its capacity, so `len <= max_size` at every instant, also under
+//!   concurrent writers.
 //! - An entry stamped at `t` with ttl `d` is live while `now < t + d`; a lookup never
 //!   returns an entry whose deadline has passed (it is removed instead).
 //! - Inserting into a full shard removes an expired entry if one exists (the earliest
 //!   deadline), else the least recently used one. With one shard this is exact LRU over
 //!   live entries.
 //! - Expired entries are reclaimed without a background thread: each write pops up to
-//!   [`RECLAIM_BUDGET`] expired entries from the deadline heap; `expire` pops them all.
+//!   [`RECLAIM_BUDGET`] expired entries from the deadline heap; `expire` (and `len`) pop
+//!   them all, [`BULK_BATCH`] per lock hold.
+//! - Index invariant: every slot index held by the table, the recency list, the free list
+//!   or the heap is `< slots.len()`; the slab only grows, except in `take_all`, which
+//!   resets every one of those structures at once. Indexing with such an index cannot
+//!   fail. A [`Handle`] that a caller kept is checked (`slots.get`, generation, occupied)
+//!   before use, so a stale one reads as "absent", never as another entry or a panic.
+//!
+//! # Memory
+//! Nothing is reserved in proportion to `max_size`: the slab, table and heap grow on
+//! demand (the slab never beyond its shard's capacity). Every growth whose size a caller
+//! drives (entries, colliding keys, snapshots) goes through `try_reserve` *before* the
+//! structure changes, so running out of memory is an [`AllocError`] with the shard
+//! unchanged, never an abort.
 //!
 //! # Keys that may run user code
 //! The shard never runs arbitrary key comparison under its lock. Callers supply a
 //! [`KeyQuery`]: `quick_eq` answers under the lock only when it can do so without user
 //! code (identity, or plain builtin values), and otherwise says [`Match::Unknown`]. The
 //! cache then copies the candidate keys out, releases the lock, runs `slow_eq` on each,
-//! and retries with those answers remembered by slot handle (index + generation, so a
-//! reused slot is never mistaken for the one compared). Removed keys and values are
-//! handed back to the caller to be dropped after the lock is released, because dropping
-//! them may run user code too.
+//! and retries with those answers remembered *by key identity*: the cache keeps each
+//! compared key alive for the rest of the operation, so an entry whose key is that very
+//! object gets that answer, and no other entry does. A comparison may clear the cache,
+//! remove and re-insert keys, or wrap slot generations; a stale answer is still never
+//! applied to another key (so the cache never holds two equal keys).
+//!
+//! # Generations
+//! A slot's generation is drawn from a per-shard counter each time the slot is filled;
+//! `clear` does not reset the counter, so a handle taken before a clear never matches an
+//! entry stored after it (until the 32-bit counter wraps, which the identity rule above
+//! makes harmless).
+//!
+//! # Dropping
+//! Removed keys and values are dropped only after the lock is released, because dropping
+//! them may run user code: single operations hand them to the caller (`grave`) or return
+//! them out of the locked section; bulk operations drop each batch between lock holds;
+//! `clear` swaps the whole slab out under the lock and drops it after.
 
 use hashbrown::HashTable;
 use parking_lot::Mutex;
@@ -38,6 +65,13 @@ pub const NEVER: i64 = i64::MAX;
 pub const RECLAIM_BUDGET: usize = 4;
 /// Default shards leave at least this many entries per shard.
 pub const MIN_SHARD_CAPACITY: usize = 64;
+/// Largest `max_size`: slot indices are `u32`, and `u32::MAX` is the list terminator.
+pub const MAX_SIZE: usize = (u32::MAX - 1) as usize;
+/// Most shards a cache may have. Each costs two cache lines (its lock, padded) even when
+/// empty; past a few per CPU more shards only dilute exact LRU.
+pub const MAX_SHARDS: usize = 1024;
+/// Entries that bulk operations (`expire`, `len`) remove per lock hold.
+pub const BULK_BATCH: usize = 1024;
 
 const NIL: u32 = u32::MAX;
 
@@ -57,18 +91,48 @@ pub enum Match {
     Unknown,
 }
 
+/// Memory for the cache could not be had; nothing changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AllocError;
+
+impl std::fmt::Display for AllocError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "out of memory for the cache")
+    }
+}
+
+impl std::error::Error for AllocError {}
+
+impl From<std::collections::TryReserveError> for AllocError {
+    fn from(_: std::collections::TryReserveError) -> Self {
+        Self
+    }
+}
+
+impl From<hashbrown::TryReserveError> for AllocError {
+    fn from(_: hashbrown::TryReserveError) -> Self {
+        Self
+    }
+}
+
 /// How a caller's key is compared with stored keys, and how stored data is copied out.
 pub trait KeyQuery<K, V> {
-    type Error;
+    type Error: From<AllocError>;
     /// Compare under the shard lock; must not run user code.
     fn quick_eq(&self, stored: &K) -> Match;
     /// Compare outside every lock; may run user code and fail.
     fn slow_eq(&self, stored: &K) -> Result<bool, Self::Error>;
+    /// True if `a` and `b` are the same key object (identity; runs no user code).
+    fn same_key(&self, a: &K, b: &K) -> bool;
+    /// Another reference to the same key object: `same_key(&clone_key(k), k)` holds
+    /// (remembered comparison answers are found by identity).
     fn clone_key(&self, key: &K) -> K;
     fn clone_value(&self, value: &V) -> V;
 }
 
-/// Counters of one shard, kept under its lock (never a global one).
+/// Counters of one shard, kept under its lock (never a global one). `u64` counters are
+/// incremented by one per operation and cannot overflow in practice (2^64 operations
+/// take centuries); sums over shards saturate.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stats {
     pub hits: u64,
@@ -82,13 +146,13 @@ pub struct Stats {
 
 impl Stats {
     fn add(&mut self, o: &Stats) {
-        self.hits += o.hits;
-        self.misses += o.misses;
-        self.inserts += o.inserts;
-        self.evictions += o.evictions;
-        self.expirations += o.expirations;
-        self.size += o.size;
-        self.max_size += o.max_size;
+        self.hits = self.hits.saturating_add(o.hits);
+        self.misses = self.misses.saturating_add(o.misses);
+        self.inserts = self.inserts.saturating_add(o.inserts);
+        self.evictions = self.evictions.saturating_add(o.evictions);
+        self.expirations = self.expirations.saturating_add(o.expirations);
+        self.size = self.size.saturating_add(o.size);
+        self.max_size = self.max_size.saturating_add(o.max_size);
     }
 }
 
@@ -106,39 +170,49 @@ struct Slot<K, V> {
     hash: u64,
     gen: u32,
     prev: u32,
+    /// Next in the recency list; for an empty slot, next in the free list.
     next: u32,
     /// Position in the deadline heap, or NIL when the entry has no deadline.
     heap_pos: u32,
+}
+
+/// Everything a shard held before `take_all`, to be dropped after the lock is released.
+pub struct Drained<K, V> {
+    _slots: Vec<Slot<K, V>>,
+    _table: HashTable<u32>,
+    _heap: Vec<u32>,
 }
 
 /// One shard: a bounded LRU table with deadlines. Not thread-safe by itself.
 pub struct LruShard<K, V> {
     table: HashTable<u32>,
     slots: Vec<Slot<K, V>>,
-    free: Vec<u32>,
+    /// Head of the free list (empty slots, linked through `next`).
+    free: u32,
     head: u32,
     tail: u32,
     heap: Vec<u32>,
     len: usize,
     capacity: usize,
+    /// Generation for the next slot filled; never reset (see the module docs).
+    next_gen: u32,
     stats: Stats,
 }
 
 impl<K, V> LruShard<K, V> {
-    pub fn new(capacity: usize) -> Self {
-        assert!(
-            capacity >= 1 && capacity < NIL as usize,
-            "shard capacity out of range"
-        );
+    /// A shard for `capacity` entries (`ShardedCache::new` passes `1..=MAX_SIZE`; the
+    /// clamp only keeps this function total). Allocates nothing.
+    fn new(capacity: usize) -> Self {
         Self {
             table: HashTable::new(),
             slots: Vec::new(),
-            free: Vec::new(),
+            free: NIL,
             head: NIL,
             tail: NIL,
             heap: Vec::new(),
             len: 0,
-            capacity,
+            capacity: capacity.clamp(1, MAX_SIZE),
+            next_gen: 0,
             stats: Stats::default(),
         }
     }
@@ -155,43 +229,60 @@ impl<K, V> LruShard<K, V> {
         self.capacity
     }
 
-    fn entry(&self, h: Handle) -> &Entry<K, V> {
-        let slot = &self.slots[h.idx as usize];
-        debug_assert_eq!(slot.gen, h.gen);
-        slot.entry.as_ref().expect("handle to an empty slot")
+    /// The entry `h` refers to, if the handle is still valid.
+    #[inline]
+    fn entry(&self, h: Handle) -> Option<&Entry<K, V>> {
+        let slot = self.slots.get(h.idx as usize)?;
+        if slot.gen == h.gen {
+            slot.entry.as_ref()
+        } else {
+            None
+        }
     }
 
-    pub fn key(&self, h: Handle) -> &K {
-        &self.entry(h).key
+    pub fn key(&self, h: Handle) -> Option<&K> {
+        self.entry(h).map(|e| &e.key)
     }
 
-    pub fn value(&self, h: Handle) -> &V {
-        &self.entry(h).value
+    pub fn value(&self, h: Handle) -> Option<&V> {
+        self.entry(h).map(|e| &e.value)
+    }
+
+    /// The value of `h` if the handle is valid and the entry live at `now`.
+    #[inline]
+    pub fn live_value(&self, h: Handle, now: i64) -> Option<&V> {
+        self.entry(h).filter(|e| now < e.expires).map(|e| &e.value)
     }
 
     pub fn is_live(&self, h: Handle, now: i64) -> bool {
-        now < self.entry(h).expires
+        self.entry(h).is_some_and(|e| now < e.expires)
     }
 
     /// Finds the entry for `hash` whose key `matcher` says is equal. Collects the handles
     /// for which the matcher could not tell.
-    fn find(&self, hash: u64, mut matcher: impl FnMut(Handle, &K) -> Match) -> Probe {
+    fn find(&self, hash: u64, mut matcher: impl FnMut(&K) -> Match) -> Probe {
         let slots = &self.slots;
         let mut unknown = Vec::new();
+        let mut oom = false;
         let found = self.table.find(hash, |&idx| {
+            // Index invariant: the table holds indices of occupied slots only.
             let slot = &slots[idx as usize];
             if slot.hash != hash {
                 return false;
             }
-            let h = Handle { idx, gen: slot.gen };
             let Some(e) = slot.entry.as_ref() else {
                 return false;
             };
-            match matcher(h, &e.key) {
+            match matcher(&e.key) {
                 Match::Equal => true,
                 Match::NotEqual => false,
                 Match::Unknown => {
-                    unknown.push(h);
+                    // The number of colliding user keys is the caller's to choose.
+                    if unknown.try_reserve(1).is_ok() {
+                        unknown.push(Handle { idx, gen: slot.gen });
+                    } else {
+                        oom = true;
+                    }
                     false
                 }
             }
@@ -199,8 +290,9 @@ impl<K, V> LruShard<K, V> {
         match found {
             Some(&idx) => Probe::Found(Handle {
                 idx,
-                gen: self.slots[idx as usize].gen,
+                gen: slots[idx as usize].gen,
             }),
+            None if oom => Probe::OutOfMemory,
             None if unknown.is_empty() => Probe::Absent,
             None => Probe::Unknown(unknown),
         }
@@ -214,6 +306,7 @@ impl<K, V> LruShard<K, V> {
         let slots = &self.slots;
         let mut unknown = false;
         let found = self.table.find(hash, |&idx| {
+            // Index invariant: the table holds indices of occupied slots only.
             let slot = &slots[idx as usize];
             if slot.hash != hash {
                 return false;
@@ -244,6 +337,7 @@ impl<K, V> LruShard<K, V> {
     pub fn handle_where(&self, hash: u64, mut pred: impl FnMut(&V) -> bool) -> Option<Handle> {
         let slots = &self.slots;
         let &idx = self.table.find(hash, |&idx| {
+            // Index invariant: the table holds indices of occupied slots only.
             let s = &slots[idx as usize];
             s.hash == hash && s.entry.as_ref().is_some_and(|e| pred(&e.value))
         })?;
@@ -253,7 +347,7 @@ impl<K, V> LruShard<K, V> {
         })
     }
 
-    // ---- recency list ----
+    // ---- recency list (indices from the list itself or from a checked handle) ----
 
     fn unlink(&mut self, idx: u32) {
         let (prev, next) = {
@@ -287,12 +381,20 @@ impl<K, V> LruShard<K, V> {
         self.head = idx;
     }
 
-    /// Marks the entry most recently used.
+    /// Marks the occupied slot `idx` most recently used.
+    #[inline]
+    fn touch_idx(&mut self, idx: u32) {
+        if self.head != idx {
+            self.unlink(idx);
+            self.push_front(idx);
+        }
+    }
+
+    /// Marks the entry most recently used (nothing if the handle is stale).
     #[inline]
     pub fn touch(&mut self, h: Handle) {
-        if self.head != h.idx {
-            self.unlink(h.idx);
-            self.push_front(h.idx);
+        if self.entry(h).is_some() {
+            self.touch_idx(h.idx);
         }
     }
 
@@ -305,6 +407,7 @@ impl<K, V> LruShard<K, V> {
 
     fn heap_set(&mut self, heap_i: usize, idx: u32) {
         self.heap[heap_i] = idx;
+        // A heap position fits in u32: the heap holds at most `capacity <= MAX_SIZE`.
         self.slots[idx as usize].heap_pos = heap_i as u32;
     }
 
@@ -328,6 +431,7 @@ impl<K, V> LruShard<K, V> {
         let idx = self.heap[i];
         let d = self.deadline(i);
         loop {
+            // i < n <= MAX_SIZE, so 2 * i + 2 cannot overflow.
             let l = 2 * i + 1;
             if l >= n {
                 break;
@@ -348,6 +452,8 @@ impl<K, V> LruShard<K, V> {
         self.heap_set(i, idx);
     }
 
+    /// Adds `idx` to the heap; the caller reserved room (`heap.len() < heap.capacity()`), so
+    /// the push does not allocate.
     fn heap_insert(&mut self, idx: u32) {
         self.heap.push(idx);
         let i = self.heap.len() - 1;
@@ -362,7 +468,9 @@ impl<K, V> LruShard<K, V> {
         }
         self.slots[idx as usize].heap_pos = NIL;
         let pos = pos as usize;
-        let last = self.heap.pop().expect("heap position without heap");
+        let Some(last) = self.heap.pop() else {
+            return; // unreachable: `idx` had a heap position
+        };
         if pos < self.heap.len() {
             self.heap_set(pos, last);
             self.sift_down(pos);
@@ -371,7 +479,7 @@ impl<K, V> LruShard<K, V> {
         }
     }
 
-    /// Re-seats an entry whose deadline changed.
+    /// Re-seats an entry whose deadline changed (room in the heap reserved by the caller).
     fn heap_update(&mut self, idx: u32, expires: i64) {
         let pos = self.slots[idx as usize].heap_pos;
         match (pos == NIL, expires == NEVER) {
@@ -387,51 +495,102 @@ impl<K, V> LruShard<K, V> {
     }
 
     /// The slot with the earliest deadline, if that deadline has passed.
+    #[inline]
     fn earliest_expired(&self, now: i64) -> Option<u32> {
         let &idx = self.heap.first()?;
         (self.deadline(0) <= now).then_some(idx)
     }
 
+    /// True if some entry's deadline has passed.
+    #[inline]
+    pub fn has_expired(&self, now: i64) -> bool {
+        self.earliest_expired(now).is_some()
+    }
+
     // ---- insertion and removal ----
 
-    /// Removes an entry; returns its key and value for the caller to drop outside the lock.
-    pub fn remove(&mut self, h: Handle) -> (K, V) {
+    /// Removes an entry; returns its key and value for the caller to drop outside the
+    /// lock (`None` if the handle is stale).
+    pub fn remove(&mut self, h: Handle) -> Option<(K, V)> {
+        self.entry(h)?;
         self.remove_idx(h.idx)
     }
 
-    fn remove_idx(&mut self, idx: u32) -> (K, V) {
-        let hash = self.slots[idx as usize].hash;
+    fn remove_idx(&mut self, idx: u32) -> Option<(K, V)> {
+        let slot = self.slots.get(idx as usize)?;
+        slot.entry.as_ref()?;
+        let hash = slot.hash;
         if let Ok(e) = self.table.find_entry(hash, |&i| i == idx) {
             e.remove();
         }
         self.unlink(idx);
         self.heap_remove(idx);
+        let free = self.free;
         let slot = &mut self.slots[idx as usize];
-        let entry = slot.entry.take().expect("removing an empty slot");
-        slot.gen = slot.gen.wrapping_add(1);
-        self.free.push(idx);
-        self.len -= 1;
-        (entry.key, entry.value)
+        let entry = slot.entry.take()?;
+        slot.prev = NIL;
+        slot.next = free;
+        self.free = idx;
+        debug_assert!(self.len > 0);
+        self.len = self.len.saturating_sub(1);
+        Some((entry.key, entry.value))
     }
 
     /// Replaces the value and deadline of an existing entry and marks it most recent.
-    /// Returns the old value.
-    pub fn replace(&mut self, h: Handle, value: V, expires: i64) -> V {
-        let old = {
-            let e = self.slots[h.idx as usize]
-                .entry
-                .as_mut()
-                .expect("replace of empty slot");
-            e.expires = expires;
-            std::mem::replace(&mut e.value, value)
+    /// Returns the old value; gives `value` back if the handle is stale or the deadline
+    /// heap cannot grow (then nothing changed).
+    pub fn replace(&mut self, h: Handle, value: V, expires: i64) -> Result<V, V> {
+        if self.entry(h).is_none() {
+            return Err(value);
+        }
+        let idx = h.idx;
+        if expires != NEVER
+            && self.slots[idx as usize].heap_pos == NIL
+            && self.heap.try_reserve(1).is_err()
+        {
+            return Err(value);
+        }
+        let Some(e) = self.slots[idx as usize].entry.as_mut() else {
+            return Err(value); // unreachable: checked above
         };
-        self.heap_update(h.idx, expires);
-        self.touch(h);
-        old
+        e.expires = expires;
+        let old = std::mem::replace(&mut e.value, value);
+        self.heap_update(idx, expires);
+        self.touch_idx(idx);
+        Ok(old)
     }
 
-    /// Inserts a key known to be absent. When the shard is full, first removes an
-    /// expired entry, else the least recently used one; what is removed goes to `grave`.
+    /// Makes room, without changing the shard, for one more entry: a slot (when no empty
+    /// one will be free), a table bucket, a heap position (with a deadline) and a grave
+    /// place for the entry that a full shard evicts.
+    #[inline]
+    fn reserve(&mut self, deadline: bool, grave: &mut Vec<(K, V)>) -> Result<(), AllocError> {
+        if self.len >= self.capacity {
+            // Evicting frees a slot; only the evicted entry needs a place.
+            if grave.len() == grave.capacity() {
+                grave.try_reserve(1)?;
+            }
+        } else if self.free == NIL && self.slots.len() == self.slots.capacity() {
+            // No empty slot: slots.len() == len < capacity. Grow geometrically but never
+            // past the capacity, so the slab never holds more than `capacity` slots.
+            let have = self.slots.len();
+            let want = have.max(8).saturating_mul(2).min(self.capacity);
+            self.slots
+                .try_reserve_exact(want.saturating_sub(have).max(1))?;
+        }
+        let slots = &self.slots;
+        // Index invariant: the table holds indices of occupied slots only.
+        self.table.try_reserve(1, |&i| slots[i as usize].hash)?;
+        if deadline {
+            self.heap.try_reserve(1)?;
+        }
+        Ok(())
+    }
+
+    /// Inserts a key known to be absent (looked up under this same lock). When the shard
+    /// is full, first removes an expired entry, else the least recently used one; what is
+    /// removed goes to `grave`. Gives the key and value back if memory for the entry
+    /// cannot be had (then nothing changed).
     pub fn insert(
         &mut self,
         hash: u64,
@@ -440,40 +599,52 @@ impl<K, V> LruShard<K, V> {
         expires: i64,
         now: i64,
         grave: &mut Vec<(K, V)>,
-    ) -> Handle {
+    ) -> Result<Handle, (K, V)> {
+        if self.reserve(expires != NEVER, grave).is_err() {
+            return Err((key, value));
+        }
         if self.len >= self.capacity {
             if let Some(idx) = self.earliest_expired(now) {
-                grave.push(self.remove_idx(idx));
+                if let Some(kv) = self.remove_idx(idx) {
+                    grave.push(kv); // room reserved above
+                }
                 self.stats.expirations += 1;
             } else if self.tail != NIL {
                 let t = self.tail;
-                grave.push(self.remove_idx(t));
+                if let Some(kv) = self.remove_idx(t) {
+                    grave.push(kv); // room reserved above
+                }
                 self.stats.evictions += 1;
             }
         }
-        let idx = if let Some(idx) = self.free.pop() {
-            let s = &mut self.slots[idx as usize];
-            s.entry = Some(Entry {
-                key,
-                value,
-                expires,
-            });
-            s.hash = hash;
-            idx
-        } else {
+        let gen = self.next_gen;
+        self.next_gen = gen.wrapping_add(1);
+        let entry = Some(Entry {
+            key,
+            value,
+            expires,
+        });
+        let idx = if self.free == NIL {
+            // Room reserved above: this push does not allocate, and the new index is
+            // below capacity <= MAX_SIZE < NIL.
             let idx = self.slots.len() as u32;
             self.slots.push(Slot {
-                entry: Some(Entry {
-                    key,
-                    value,
-                    expires,
-                }),
+                entry,
                 hash,
-                gen: 0,
+                gen,
                 prev: NIL,
                 next: NIL,
                 heap_pos: NIL,
             });
+            idx
+        } else {
+            let idx = self.free;
+            let s = &mut self.slots[idx as usize];
+            self.free = s.next;
+            s.entry = entry;
+            s.hash = hash;
+            s.gen = gen;
+            s.heap_pos = NIL;
             idx
         };
         let slots = &self.slots;
@@ -484,51 +655,60 @@ impl<K, V> LruShard<K, V> {
             self.heap_insert(idx);
         }
         self.len += 1;
-        Handle {
-            idx,
-            gen: self.slots[idx as usize].gen,
+        Ok(Handle { idx, gen })
+    }
+
+    /// Removes up to `budget` expired entries into `grave`, fewer if `grave` cannot grow.
+    /// Inline for the common case, where nothing has expired.
+    #[inline]
+    pub fn reclaim(&mut self, now: i64, budget: usize, grave: &mut Vec<(K, V)>) -> usize {
+        if self.has_expired(now) {
+            self.reclaim_some(now, budget, grave)
+        } else {
+            0
         }
     }
 
-    /// Removes up to `budget` expired entries (all of them with `usize::MAX`).
-    pub fn reclaim(&mut self, now: i64, budget: usize, grave: &mut Vec<(K, V)>) -> usize {
+    #[inline(never)]
+    fn reclaim_some(&mut self, now: i64, budget: usize, grave: &mut Vec<(K, V)>) -> usize {
         let mut n = 0;
         while n < budget {
             let Some(idx) = self.earliest_expired(now) else {
                 break;
             };
-            grave.push(self.remove_idx(idx));
+            if grave.len() == grave.capacity() && grave.try_reserve(1).is_err() {
+                break;
+            }
+            if let Some(kv) = self.remove_idx(idx) {
+                grave.push(kv); // room checked above
+            }
             n += 1;
         }
         self.stats.expirations += n as u64;
         n
     }
 
-    /// Removes every entry.
-    pub fn clear(&mut self, grave: &mut Vec<(K, V)>) {
-        grave.reserve(self.len);
-        for slot in &mut self.slots {
-            if let Some(e) = slot.entry.take() {
-                grave.push((e.key, e.value));
-            }
-        }
-        self.slots.clear();
-        self.free.clear();
-        self.table.clear();
-        self.heap.clear();
+    /// Removes every entry in O(1): the whole slab (with the table and heap) is swapped
+    /// out, for the caller to drop after unlocking. Generations keep counting.
+    pub fn take_all(&mut self) -> Drained<K, V> {
+        let drained = Drained {
+            _slots: std::mem::take(&mut self.slots),
+            _table: std::mem::replace(&mut self.table, HashTable::new()),
+            _heap: std::mem::take(&mut self.heap),
+        };
+        self.free = NIL;
         self.head = NIL;
         self.tail = NIL;
         self.len = 0;
+        drained
     }
 
     /// Live entries, most recently used first.
     pub fn iter_live(&self, now: i64) -> impl Iterator<Item = (&K, &V)> + '_ {
         let mut cur = self.head;
         std::iter::from_fn(move || loop {
-            if cur == NIL {
-                return None;
-            }
-            let s = &self.slots[cur as usize];
+            // Index invariant: the recency list links occupied slots.
+            let s = self.slots.get(cur as usize)?;
             cur = s.next;
             if let Some(e) = s.entry.as_ref() {
                 if now < e.expires {
@@ -536,6 +716,13 @@ impl<K, V> LruShard<K, V> {
                 }
             }
         })
+    }
+
+    /// Every entry, live or not, in slab order.
+    pub fn iter_all(&self) -> impl Iterator<Item = (&K, &V)> + '_ {
+        self.slots
+            .iter()
+            .filter_map(|s| s.entry.as_ref().map(|e| (&e.key, &e.value)))
     }
 
     pub fn stats(&self) -> Stats {
@@ -564,6 +751,15 @@ impl<K, V> LruShard<K, V> {
         assert_eq!(n, self.len);
         assert_eq!(self.table.len(), self.len);
         assert!(self.len <= self.capacity);
+        assert!(self.slots.len() <= self.capacity);
+        let mut free = 0;
+        let mut cur = self.free;
+        while cur != NIL {
+            assert!(self.slots[cur as usize].entry.is_none());
+            cur = self.slots[cur as usize].next;
+            free += 1;
+        }
+        assert_eq!(free + self.len, self.slots.len());
         for (i, &idx) in self.heap.iter().enumerate() {
             assert_eq!(self.slots[idx as usize].heap_pos as usize, i);
             if i > 0 {
@@ -577,6 +773,7 @@ enum Probe {
     Found(Handle),
     Absent,
     Unknown(Vec<Handle>),
+    OutOfMemory,
 }
 
 /// Spreads a hash over all 64 bits (Python's int hashes are small integers).
@@ -586,18 +783,19 @@ pub fn mix(hash: u64) -> u64 {
     x ^ (x >> 29)
 }
 
-/// Shard capacities that sum exactly to `max_size`.
-pub fn shard_capacities(max_size: usize, shards: usize) -> Vec<usize> {
+/// Shard capacities that sum exactly to `max_size` (`shards >= 1`).
+pub fn shard_capacities(max_size: usize, shards: usize) -> impl Iterator<Item = usize> {
+    let shards = shards.max(1);
     let base = max_size / shards;
     let extra = max_size % shards;
-    (0..shards).map(|i| base + usize::from(i < extra)).collect()
+    (0..shards).map(move |i| base + usize::from(i < extra))
 }
 
 /// The default shard count: enough for the CPUs, but every shard keeps at least
 /// [`MIN_SHARD_CAPACITY`] entries so small caches are one exact-LRU shard.
 pub fn default_shards(max_size: usize, cpus: usize) -> usize {
-    let want = (cpus.max(1) * 4).next_power_of_two();
-    want.min(max_size / MIN_SHARD_CAPACITY).max(1)
+    let want = (cpus.clamp(1, MAX_SHARDS) * 4).next_power_of_two();
+    want.min(max_size / MIN_SHARD_CAPACITY).clamp(1, MAX_SHARDS)
 }
 
 #[repr(align(128))]
@@ -606,17 +804,29 @@ struct Padded<T>(T);
 /// Why a cache could not be built.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CacheError {
+    /// `max_size` below 1.
     MaxSize,
+    /// `max_size` above [`MAX_SIZE`].
+    MaxSizeTooLarge,
+    /// `shards` below 1.
+    ShardsTooFew,
+    /// `shards` above `min(max_size, MAX_SHARDS)`; carries that bound's name and value.
     Shards { max_size: usize },
+    /// Memory for the shards could not be had.
+    OutOfMemory,
 }
 
 impl std::fmt::Display for CacheError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::MaxSize => write!(f, "max_size must be >= 1"),
-            Self::Shards { max_size } => {
+            Self::MaxSizeTooLarge => write!(f, "max_size must be <= {MAX_SIZE}"),
+            Self::ShardsTooFew => write!(f, "shards must be >= 1"),
+            Self::Shards { max_size } if *max_size < MAX_SHARDS => {
                 write!(f, "shards must be between 1 and max_size ({max_size})")
             }
+            Self::Shards { .. } => write!(f, "shards must be between 1 and {MAX_SHARDS}"),
+            Self::OutOfMemory => write!(f, "out of memory for the cache"),
         }
     }
 }
@@ -625,7 +835,7 @@ impl std::error::Error for CacheError {}
 
 /// The sharded cache. Keys are found through a [`KeyQuery`] and a precomputed hash.
 pub struct ShardedCache<K, V> {
-    shards: Box<[Padded<Mutex<LruShard<K, V>>>]>,
+    shards: Vec<Padded<Mutex<LruShard<K, V>>>>,
     max_size: usize,
 }
 
@@ -637,27 +847,31 @@ pub enum Fast<V> {
     Slow,
 }
 
-/// What happened to a key on an operation that may find it.
-pub enum Found<'a, K, V> {
-    Live(Handle, &'a mut LruShard<K, V>),
-    Missing(&'a mut LruShard<K, V>),
-}
-
 impl<K, V> ShardedCache<K, V> {
+    /// A cache of `max_size` entries in `shards` shards (default: [`default_shards`]).
+    /// Validates both (`1 <= max_size <= MAX_SIZE`, `1 <= shards <= min(max_size,
+    /// MAX_SHARDS)`) and allocates only the shards' locks.
     pub fn new(max_size: usize, shards: Option<usize>, cpus: usize) -> Result<Self, CacheError> {
-        if max_size == 0 || max_size >= NIL as usize {
+        if max_size == 0 {
             return Err(CacheError::MaxSize);
         }
+        if max_size > MAX_SIZE {
+            return Err(CacheError::MaxSizeTooLarge);
+        }
         let n = match shards {
-            Some(n) if n == 0 || n > max_size => return Err(CacheError::Shards { max_size }),
+            Some(0) => return Err(CacheError::ShardsTooFew),
+            Some(n) if n > max_size.min(MAX_SHARDS) => return Err(CacheError::Shards { max_size }),
             Some(n) => n,
             None => default_shards(max_size, cpus),
         };
-        let shards = shard_capacities(max_size, n)
-            .into_iter()
-            .map(|c| Padded(Mutex::new(LruShard::new(c))))
-            .collect();
-        Ok(Self { shards, max_size })
+        let mut v = Vec::new();
+        v.try_reserve_exact(n)
+            .map_err(|_| CacheError::OutOfMemory)?;
+        v.extend(shard_capacities(max_size, n).map(|c| Padded(Mutex::new(LruShard::new(c)))));
+        Ok(Self {
+            shards: v,
+            max_size,
+        })
     }
 
     pub fn max_size(&self) -> usize {
@@ -672,7 +886,8 @@ impl<K, V> ShardedCache<K, V> {
     fn shard(&self, hash: u64) -> &Mutex<LruShard<K, V>> {
         // Multiply-shift range reduction on bits 24..56: the table inside the shard uses
         // the low bits for the position and the top 7 bits as its tag, so both keep their
-        // full entropy within a shard.
+        // full entropy within a shard. `mid < 2^32`, so `mid * n >> 32 < n`: the index is
+        // in range (and `n >= 1`).
         let mid = (hash >> 24) as u32;
         let i = ((u64::from(mid) * self.shards.len() as u64) >> 32) as usize;
         &self.shards[i].0
@@ -680,7 +895,7 @@ impl<K, V> ShardedCache<K, V> {
 
     /// Finds `hash`/`q` in its shard, resolving comparisons that need user code outside
     /// the lock, then runs `f` under the shard lock with the entry (expired or not) or
-    /// with its absence.
+    /// with its absence. What `f` returns is handed back after the lock is released.
     pub fn with_key<Q, T>(
         &self,
         hash: u64,
@@ -697,29 +912,40 @@ impl<K, V> ShardedCache<K, V> {
                 return Ok(f(&mut g, h));
             }
         }
-        let mut known: Vec<(Handle, bool)> = Vec::new();
+        // Slow answers by compared key object (kept alive here, so identity is stable);
+        // see "Keys that may run user code" in the module docs. Declared before every
+        // guard, so it is dropped after the lock is released.
+        let mut known: Vec<(K, bool)> = Vec::new();
         loop {
             let mut g = shard.lock();
-            let probe = g.find(hash, |h, k| {
-                if let Some(&(_, eq)) = known.iter().find(|(kh, _)| *kh == h) {
-                    return if eq { Match::Equal } else { Match::NotEqual };
+            let probe = g.find(hash, |k| {
+                if let Some((_, eq)) = known.iter().find(|(seen, _)| q.same_key(seen, k)) {
+                    return if *eq { Match::Equal } else { Match::NotEqual };
                 }
                 q.quick_eq(k)
             });
-            match probe {
+            let handles = match probe {
                 Probe::Found(h) => return Ok(f(&mut g, Some(h))),
                 Probe::Absent => return Ok(f(&mut g, None)),
-                Probe::Unknown(handles) => {
-                    let keys: Vec<(Handle, K)> = handles
-                        .iter()
-                        .map(|&h| (h, q.clone_key(g.key(h))))
-                        .collect();
-                    drop(g);
-                    for (h, k) in &keys {
-                        let eq = q.slow_eq(k)?;
-                        known.push((*h, eq));
-                    }
-                }
+                Probe::OutOfMemory => return Err(AllocError.into()),
+                Probe::Unknown(handles) => handles,
+            };
+            let mut keys: Vec<K> = Vec::new();
+            if keys.try_reserve_exact(handles.len()).is_err() {
+                return Err(AllocError.into());
+            }
+            keys.extend(
+                handles
+                    .iter()
+                    .filter_map(|&h| g.key(h).map(|k| q.clone_key(k))),
+            );
+            drop(g);
+            if known.try_reserve(keys.len()).is_err() {
+                return Err(AllocError.into());
+            }
+            for k in keys {
+                let eq = q.slow_eq(&k)?;
+                known.push((k, eq));
             }
         }
     }
@@ -732,12 +958,15 @@ impl<K, V> ShardedCache<K, V> {
     pub fn get_fast<Q: KeyQuery<K, V>>(&self, hash: u64, q: &Q, now: i64, count: bool) -> Fast<V> {
         let mut g = self.shard(hash).lock();
         match g.find_quick(hash, q) {
-            Some(Some(h)) if g.is_live(h, now) => {
+            Some(Some(h)) => {
+                let Some(v) = g.live_value(h, now).map(|v| q.clone_value(v)) else {
+                    return Fast::Slow;
+                };
                 if count {
-                    g.touch(h);
+                    g.touch_idx(h.idx);
                     g.stats.hits += 1;
                 }
-                Fast::Hit(q.clone_value(g.value(h)))
+                Fast::Hit(v)
             }
             Some(None) => {
                 if count {
@@ -745,46 +974,55 @@ impl<K, V> ShardedCache<K, V> {
                 }
                 Fast::Miss
             }
-            _ => Fast::Slow,
+            None => Fast::Slow,
         }
     }
 
     /// Value for the key if live; counts a hit or a miss and refreshes recency when
-    /// `count` is set (a lookup through `in` neither counts nor refreshes).
+    /// `count` is set (a lookup through `in` neither counts nor refreshes). An expired
+    /// entry found on the way is removed (and dropped after the lock is released).
     pub fn get<Q: KeyQuery<K, V>>(
         &self,
         hash: u64,
         q: &Q,
         now: i64,
         count: bool,
-        grave: &mut Vec<(K, V)>,
     ) -> Result<Option<V>, Q::Error> {
-        self.with_key(hash, q, |s, h| match h {
-            Some(h) if s.is_live(h, now) => {
-                if count {
-                    s.touch(h);
-                    s.stats.hits += 1;
+        let (value, dead) = self.with_key(hash, q, |s, h| {
+            let found = h.map(|h| (h, s.live_value(h, now).map(|v| q.clone_value(v))));
+            match found {
+                Some((h, Some(v))) => {
+                    if count {
+                        s.touch_idx(h.idx);
+                        s.stats.hits += 1;
+                    }
+                    (Some(v), None)
                 }
-                Some(q.clone_value(s.value(h)))
-            }
-            Some(h) => {
-                grave.push(s.remove(h));
-                s.stats.expirations += 1;
-                if count {
-                    s.stats.misses += 1;
+                Some((h, None)) => {
+                    let dead = s.remove(h);
+                    s.stats.expirations += u64::from(dead.is_some());
+                    if count {
+                        s.stats.misses += 1;
+                    }
+                    (None, dead)
                 }
-                None
-            }
-            None => {
-                if count {
-                    s.stats.misses += 1;
+                None => {
+                    if count {
+                        s.stats.misses += 1;
+                    }
+                    (None, None)
                 }
-                None
             }
-        })
+        })?;
+        drop(dead);
+        Ok(value)
     }
 
     /// Sets the key's value and deadline (inserting, or replacing the existing entry).
+    /// `now` must be the reading `expires` was computed from (one clock reading per
+    /// operation), though a later one is handled too: a replaced entry whose deadline has
+    /// already passed is simply reclaimed. Evicted and expired entries go to `grave`; the
+    /// replaced value is dropped here, after the lock is released.
     pub fn set<Q: KeyQuery<K, V>>(
         &self,
         hash: u64,
@@ -795,85 +1033,144 @@ impl<K, V> ShardedCache<K, V> {
         now: i64,
         grave: &mut Vec<(K, V)>,
     ) -> Result<(), Q::Error> {
-        self.with_key(hash, q, |s, h| {
-            s.stats.inserts += 1;
-            match h {
-                Some(h) => {
-                    let old = s.replace(h, value, expires);
+        // Filled under the lock, dropped here after it is released: the replaced value,
+        // or what could not be stored for want of memory.
+        let mut old: Option<V> = None;
+        let mut unstored: Option<(Option<K>, V)> = None;
+        self.with_key(hash, q, |s, h| match h {
+            Some(h) => match s.replace(h, value, expires) {
+                Ok(v) => {
+                    old = Some(v);
+                    s.stats.inserts += 1;
+                    // After the replace: the entry itself may be among the expired.
                     s.reclaim(now, RECLAIM_BUDGET, grave);
-                    // Keep the old value's drop outside the lock too.
-                    grave.push((q.clone_key(s.key(h)), old));
                 }
-                None => {
-                    s.reclaim(now, RECLAIM_BUDGET, grave);
-                    s.insert(hash, key(), value, expires, now, grave);
+                Err(v) => unstored = Some((None, v)),
+            },
+            None => {
+                s.reclaim(now, RECLAIM_BUDGET, grave);
+                match s.insert(hash, key(), value, expires, now, grave) {
+                    Ok(_) => s.stats.inserts += 1,
+                    Err((k, v)) => unstored = Some((Some(k), v)),
                 }
             }
-        })
+        })?;
+        drop(old);
+        match unstored {
+            None => Ok(()),
+            Some(unstored) => {
+                drop(unstored);
+                Err(AllocError.into())
+            }
+        }
     }
 
-    /// Removes the key; returns its value if it was live.
+    /// Removes the key; returns its value if it was live (an expired entry is removed
+    /// too, and counted as an expiration).
     pub fn remove<Q: KeyQuery<K, V>>(
         &self,
         hash: u64,
         q: &Q,
         now: i64,
-        grave: &mut Vec<(K, V)>,
     ) -> Result<Option<V>, Q::Error> {
-        self.with_key(hash, q, |s, h| {
+        let taken = self.with_key(hash, q, |s, h| {
             let h = h?;
             let live = s.is_live(h, now);
-            let (k, v) = s.remove(h);
-            let out = if live {
-                Some(q.clone_value(&v))
-            } else {
+            let kv = s.remove(h)?;
+            if !live {
                 s.stats.expirations += 1;
-                None
-            };
-            grave.push((k, v));
-            out
+            }
+            Some((kv, live))
+        })?;
+        Ok(match taken {
+            Some(((_key, value), true)) => Some(value),
+            _ => None,
         })
     }
 
+    /// Removes every expired entry of one shard, [`BULK_BATCH`] per lock hold, dropping
+    /// each batch (via `grave`) between holds; returns how many and the shard's size.
+    fn drain_expired(
+        shard: &Mutex<LruShard<K, V>>,
+        now: i64,
+        grave: &mut Vec<(K, V)>,
+    ) -> Result<(usize, usize), AllocError> {
+        let mut total = 0;
+        loop {
+            let mut g = shard.lock();
+            total += g.reclaim(now, BULK_BATCH, grave);
+            if !g.has_expired(now) {
+                return Ok((total, g.len()));
+            }
+            drop(g);
+            if grave.is_empty() {
+                // Not even one place for a removed entry.
+                return Err(AllocError);
+            }
+            grave.clear();
+        }
+    }
+
     /// Removes every expired entry now; returns how many.
-    pub fn expire(&self, now: i64, grave: &mut Vec<(K, V)>) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.0.lock().reclaim(now, usize::MAX, grave))
-            .sum()
+    pub fn expire(&self, now: i64, grave: &mut Vec<(K, V)>) -> Result<usize, AllocError> {
+        let mut total = 0;
+        for s in &self.shards {
+            total += Self::drain_expired(&s.0, now, grave)?.0;
+            grave.clear();
+        }
+        Ok(total)
     }
 
     /// Live entries; reclaims expired ones first.
-    pub fn len(&self, now: i64, grave: &mut Vec<(K, V)>) -> usize {
-        self.shards
-            .iter()
-            .map(|s| {
-                let mut g = s.0.lock();
-                g.reclaim(now, usize::MAX, grave);
-                g.len()
-            })
-            .sum()
+    pub fn len(&self, now: i64, grave: &mut Vec<(K, V)>) -> Result<usize, AllocError> {
+        let mut total = 0;
+        for s in &self.shards {
+            total += Self::drain_expired(&s.0, now, grave)?.1;
+            grave.clear();
+        }
+        Ok(total)
     }
 
-    pub fn clear(&self, grave: &mut Vec<(K, V)>) {
-        for s in &*self.shards {
-            s.0.lock().clear(grave);
+    /// Removes every entry: each shard's slab is swapped out under its lock and dropped
+    /// after it is released. Allocates nothing.
+    pub fn clear(&self) {
+        for s in &self.shards {
+            let drained = s.0.lock().take_all();
+            drop(drained);
         }
     }
 
     /// Copies of the live entries, shard by shard (most recent first within a shard).
-    pub fn snapshot<T>(&self, now: i64, mut f: impl FnMut(&K, &V) -> T) -> Vec<T> {
+    pub fn snapshot<T>(
+        &self,
+        now: i64,
+        mut f: impl FnMut(&K, &V) -> T,
+    ) -> Result<Vec<T>, AllocError> {
         let mut out = Vec::new();
-        for s in &*self.shards {
+        for s in &self.shards {
             let g = s.0.lock();
+            out.try_reserve(g.len())?;
             out.extend(g.iter_live(now).map(|(k, v)| f(k, v)));
         }
-        out
+        Ok(out)
+    }
+
+    /// Calls `f` on every entry of every shard whose lock is free right now (for a
+    /// garbage collector's traversal, which must not block); stops at the first error.
+    pub fn try_for_each<E>(&self, mut f: impl FnMut(&K, &V) -> Result<(), E>) -> Result<(), E> {
+        for s in &self.shards {
+            if let Some(g) = s.0.try_lock() {
+                for (k, v) in g.iter_all() {
+                    f(k, v)?;
+                }
+            }
+        }
+        Ok(())
     }
 
     pub fn stats(&self) -> Stats {
         let mut total = Stats::default();
-        for s in &*self.shards {
+        for s in &self.shards {
             total.add(&s.0.lock().stats());
         }
         total
@@ -888,8 +1185,10 @@ impl<K, V> ShardedCache<K, V> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::cell::Cell;
     use std::collections::hash_map::DefaultHasher;
     use std::hash::{Hash, Hasher};
+    use std::rc::Rc;
     use std::sync::Arc;
 
     fn h<T: Hash>(t: &T) -> u64 {
@@ -898,10 +1197,18 @@ mod tests {
         mix(s.finish())
     }
 
+    #[derive(Debug, PartialEq)]
+    struct Oom;
+    impl From<AllocError> for Oom {
+        fn from(_: AllocError) -> Self {
+            Oom
+        }
+    }
+
     /// Plain keys compare under the lock.
     struct Q<'a>(&'a str);
     impl KeyQuery<String, u64> for Q<'_> {
-        type Error = ();
+        type Error = Oom;
         fn quick_eq(&self, stored: &String) -> Match {
             if stored == self.0 {
                 Match::Equal
@@ -909,8 +1216,11 @@ mod tests {
                 Match::NotEqual
             }
         }
-        fn slow_eq(&self, _: &String) -> Result<bool, ()> {
+        fn slow_eq(&self, _: &String) -> Result<bool, Oom> {
             unreachable!()
+        }
+        fn same_key(&self, a: &String, b: &String) -> bool {
+            a == b // plain values: equal ones are interchangeable
         }
         fn clone_key(&self, k: &String) -> String {
             k.clone()
@@ -920,22 +1230,36 @@ mod tests {
         }
     }
 
+    #[derive(Debug, PartialEq)]
+    enum SlowErr {
+        Boom,
+        Oom,
+    }
+    impl From<AllocError> for SlowErr {
+        fn from(_: AllocError) -> Self {
+            SlowErr::Oom
+        }
+    }
+
     /// Keys whose comparison always needs the slow path; counts the slow calls.
-    struct Slow<'a>(&'a str, std::cell::Cell<usize>);
-    impl KeyQuery<String, u64> for Slow<'_> {
-        type Error = &'static str;
-        fn quick_eq(&self, _: &String) -> Match {
+    struct Slow<'a>(&'a str, Cell<usize>);
+    impl KeyQuery<Rc<str>, u64> for Slow<'_> {
+        type Error = SlowErr;
+        fn quick_eq(&self, _: &Rc<str>) -> Match {
             Match::Unknown
         }
-        fn slow_eq(&self, stored: &String) -> Result<bool, &'static str> {
+        fn slow_eq(&self, stored: &Rc<str>) -> Result<bool, SlowErr> {
             self.1.set(self.1.get() + 1);
-            if stored == "boom" {
-                Err("boom")
+            if &**stored == "boom" {
+                Err(SlowErr::Boom)
             } else {
-                Ok(stored == self.0)
+                Ok(&**stored == self.0)
             }
         }
-        fn clone_key(&self, k: &String) -> String {
+        fn same_key(&self, a: &Rc<str>, b: &Rc<str>) -> bool {
+            Rc::ptr_eq(a, b)
+        }
+        fn clone_key(&self, k: &Rc<str>) -> Rc<str> {
             k.clone()
         }
         fn clone_value(&self, v: &u64) -> u64 {
@@ -950,7 +1274,11 @@ mod tests {
     }
 
     fn get(c: &ShardedCache<String, u64>, k: &str, now: i64) -> Option<u64> {
-        c.get(h(&k), &Q(k), now, true, &mut Vec::new()).unwrap()
+        c.get(h(&k), &Q(k), now, true).unwrap()
+    }
+
+    fn len(c: &ShardedCache<String, u64>, now: i64) -> usize {
+        c.len(now, &mut Vec::new()).unwrap()
     }
 
     #[test]
@@ -1000,58 +1328,381 @@ mod tests {
         for i in 0..100 {
             set(&c, &i.to_string(), i, if i % 2 == 0 { 5 } else { NEVER }, 0);
         }
-        assert_eq!(c.len(0, &mut Vec::new()), 100);
+        assert_eq!(len(&c, 0), 100);
         let mut grave = Vec::new();
-        assert_eq!(c.expire(5, &mut grave), 50);
-        assert_eq!(grave.len(), 50);
-        assert_eq!(c.len(5, &mut Vec::new()), 50);
+        assert_eq!(c.expire(5, &mut grave), Ok(50));
+        assert!(grave.is_empty(), "expire drops what it removes");
+        assert_eq!(len(&c, 5), 50);
         assert_eq!(c.stats().expirations, 50);
     }
 
     #[test]
-    fn capacities_sum_to_max_size() {
+    fn expire_works_in_batches() {
+        let n = BULK_BATCH * 3 + 7;
+        let c = ShardedCache::<String, u64>::new(n, Some(1), 1).unwrap();
+        for i in 0..n {
+            set(&c, &i.to_string(), i as u64, 5, 0);
+        }
+        let mut grave = Vec::new();
+        assert_eq!(c.expire(5, &mut grave), Ok(n));
+        assert!(grave.capacity() <= 2 * BULK_BATCH, "one batch at a time");
+        assert_eq!(len(&c, 5), 0);
+        for i in 0..n {
+            set(&c, &i.to_string(), i as u64, 5, 0);
+        }
+        assert_eq!(len(&c, 5), 0);
+        assert_eq!(c.stats().expirations, 2 * n as u64);
+    }
+
+    #[test]
+    fn capacities_and_bounds() {
         for (m, n) in [(10, 3), (100, 7), (64, 64), (1, 1)] {
-            let caps = shard_capacities(m, n);
+            let caps: Vec<usize> = shard_capacities(m, n).collect();
+            assert_eq!(caps.len(), n);
             assert_eq!(caps.iter().sum::<usize>(), m);
             assert!(caps.iter().all(|&c| c >= 1));
         }
         assert_eq!(default_shards(10, 64), 1);
         assert_eq!(default_shards(100_000, 2), 8);
-        assert!(ShardedCache::<String, u64>::new(0, None, 1).is_err());
-        assert_eq!(
-            ShardedCache::<String, u64>::new(5, Some(6), 1)
+        assert_eq!(default_shards(MAX_SIZE, usize::MAX), MAX_SHARDS);
+        let err = |m, s| {
+            ShardedCache::<String, u64>::new(m, s, 1)
                 .err()
-                .unwrap()
-                .to_string(),
-            "shards must be between 1 and max_size (5)"
+                .map(|e| e.to_string())
+        };
+        assert_eq!(err(0, None).as_deref(), Some("max_size must be >= 1"));
+        assert_eq!(
+            err(MAX_SIZE + 1, None).as_deref(),
+            Some("max_size must be <= 4294967294")
         );
+        assert_eq!(
+            err(usize::MAX, Some(1)).as_deref(),
+            Some("max_size must be <= 4294967294")
+        );
+        assert_eq!(err(5, Some(0)).as_deref(), Some("shards must be >= 1"));
+        assert_eq!(
+            err(5, Some(6)).as_deref(),
+            Some("shards must be between 1 and max_size (5)")
+        );
+        assert_eq!(
+            err(100_000, Some(70_000)).as_deref(),
+            Some("shards must be between 1 and 1024")
+        );
+        assert_eq!(
+            err(1 << 31, Some(1 << 31)).as_deref(),
+            Some("shards must be between 1 and 1024")
+        );
+        assert_eq!(
+            err(MAX_SIZE, Some(usize::MAX)).as_deref(),
+            Some("shards must be between 1 and 1024")
+        );
+        let c = ShardedCache::<String, u64>::new(MAX_SIZE, Some(MAX_SHARDS), 1).unwrap();
+        assert_eq!((c.max_size(), c.shard_count()), (MAX_SIZE, MAX_SHARDS));
+        assert!(ShardedCache::<String, u64>::new(MAX_SIZE, Some(1), 1).is_ok());
+    }
+
+    #[test]
+    fn the_slab_grows_on_demand_and_never_past_capacity() {
+        let mut s: LruShard<u64, u64> = LruShard::new(MAX_SIZE);
+        assert_eq!(s.slots.capacity(), 0, "nothing reserved up front");
+        let mut grave = Vec::new();
+        for i in 0..100u64 {
+            s.insert(mix(i), i, i, NEVER, 0, &mut grave).unwrap();
+        }
+        assert!(s.slots.capacity() < 256);
+        let mut s: LruShard<u64, u64> = LruShard::new(100);
+        for i in 0..1000u64 {
+            s.insert(mix(i), i, i, NEVER, 0, &mut grave).unwrap();
+            assert!(s.slots.capacity() <= 100);
+            s.check();
+        }
+        assert_eq!(grave.len(), 900);
     }
 
     #[test]
     fn slow_comparisons_happen_outside_and_errors_propagate() {
-        let c: ShardedCache<String, u64> = ShardedCache::new(10, Some(1), 1).unwrap();
+        let c: ShardedCache<Rc<str>, u64> = ShardedCache::new(10, Some(1), 1).unwrap();
         // Force collisions: every key under one hash.
         let mut g = Vec::new();
         for k in ["x", "y", "z"] {
-            let q = Slow(k, std::cell::Cell::new(0));
-            c.set(7, &q, || k.to_string(), 1, NEVER, 0, &mut g).unwrap();
+            let q = Slow(k, Cell::new(0));
+            c.set(7, &q, || Rc::from(k), 1, NEVER, 0, &mut g).unwrap();
         }
-        let q = Slow("y", std::cell::Cell::new(0));
-        assert_eq!(c.get(7, &q, 0, true, &mut g).unwrap(), Some(1));
-        assert!(q.1.get() >= 1);
+        let q = Slow("y", Cell::new(0));
+        assert_eq!(c.get(7, &q, 0, true).unwrap(), Some(1));
+        assert_eq!(
+            q.1.get(),
+            3,
+            "each stored key compared once, outside the lock"
+        );
         c.set(
             7,
-            &Slow("boom", std::cell::Cell::new(0)),
-            || "boom".to_string(),
+            &Slow("boom", Cell::new(0)),
+            || Rc::from("boom"),
             1,
             NEVER,
             0,
             &mut g,
         )
         .unwrap();
-        let q = Slow("w", std::cell::Cell::new(0));
-        assert_eq!(c.get(7, &q, 0, true, &mut g), Err("boom"));
-        assert_eq!(c.len(0, &mut g), 4);
+        let q = Slow("w", Cell::new(0));
+        assert_eq!(c.get(7, &q, 0, true), Err(SlowErr::Boom));
+        assert_eq!(c.len(0, &mut Vec::new()), Ok(4));
+    }
+
+    #[test]
+    fn replacing_with_a_deadline_that_has_passed_does_not_panic() {
+        // Regression: `set` replaced the entry, reclaimed it (its deadline had passed by
+        // `now`), then read its key through the now-empty handle and panicked.
+        let c = ShardedCache::<String, u64>::new(4, Some(1), 1).unwrap();
+        set(&c, "k", 1, NEVER, 100);
+        let mut grave = Vec::new();
+        c.set(h(&"k"), &Q("k"), || "k".into(), 2, 100, 100, &mut grave)
+            .unwrap();
+        assert_eq!(grave.len(), 1, "the replaced entry, reclaimed at once");
+        assert_eq!(get(&c, "k", 100), None);
+        set(&c, "k", 3, 50, 0);
+        c.set(h(&"k"), &Q("k"), || "k".into(), 4, 99, 100, &mut grave)
+            .unwrap();
+        assert_eq!(len(&c, 100), 0);
+        set(&c, "k", 5, 101, 100);
+        assert_eq!(get(&c, "k", 100), Some(5));
+    }
+
+    /// A key query whose comparison, the first time, clears the cache and stores an equal
+    /// key (as a hostile Python `__eq__` can).
+    struct Clearing<'c> {
+        cache: &'c ShardedCache<Rc<str>, u64>,
+        key: &'c str,
+        fired: Cell<bool>,
+        calls: Cell<usize>,
+    }
+    impl KeyQuery<Rc<str>, u64> for Clearing<'_> {
+        type Error = Oom;
+        fn quick_eq(&self, _: &Rc<str>) -> Match {
+            Match::Unknown
+        }
+        fn slow_eq(&self, stored: &Rc<str>) -> Result<bool, Oom> {
+            self.calls.set(self.calls.get() + 1);
+            if !self.fired.replace(true) {
+                self.cache.clear();
+                let q = Ident;
+                let mut g = Vec::new();
+                self.cache
+                    .set(1, &q, || Rc::from(self.key), 99, NEVER, 0, &mut g)?;
+                return Ok(false);
+            }
+            Ok(&**stored == self.key)
+        }
+        fn same_key(&self, a: &Rc<str>, b: &Rc<str>) -> bool {
+            Rc::ptr_eq(a, b)
+        }
+        fn clone_key(&self, k: &Rc<str>) -> Rc<str> {
+            k.clone()
+        }
+        fn clone_value(&self, v: &u64) -> u64 {
+            *v
+        }
+    }
+    /// Never equal to a stored key (inserts a fresh one).
+    struct Ident;
+    impl KeyQuery<Rc<str>, u64> for Ident {
+        type Error = Oom;
+        fn quick_eq(&self, _: &Rc<str>) -> Match {
+            Match::NotEqual
+        }
+        fn slow_eq(&self, _: &Rc<str>) -> Result<bool, Oom> {
+            Ok(false)
+        }
+        fn same_key(&self, a: &Rc<str>, b: &Rc<str>) -> bool {
+            Rc::ptr_eq(a, b)
+        }
+        fn clone_key(&self, k: &Rc<str>) -> Rc<str> {
+            k.clone()
+        }
+        fn clone_value(&self, v: &u64) -> u64 {
+            *v
+        }
+    }
+
+    #[test]
+    fn a_stale_answer_is_never_applied_to_another_key_across_clear() {
+        // Regression: after clear() slot generations restarted at 0, so the answer "not
+        // equal" for the compared key was applied to the equal key re-inserted into the
+        // same slot, and the cache ended up holding two equal keys.
+        let c: ShardedCache<Rc<str>, u64> = ShardedCache::new(10, Some(1), 1).unwrap();
+        let mut g = Vec::new();
+        c.set(1, &Ident, || Rc::from("a"), 1, NEVER, 0, &mut g)
+            .unwrap();
+        let q = Clearing {
+            cache: &c,
+            key: "a",
+            fired: Cell::new(false),
+            calls: Cell::new(0),
+        };
+        c.set(1, &q, || Rc::from("a"), 2, NEVER, 0, &mut g).unwrap();
+        let keys = c.snapshot(0, |k, v| (k.to_string(), *v)).unwrap();
+        assert_eq!(keys, vec![("a".to_string(), 2)], "one key, replaced");
+        assert_eq!(q.calls.get(), 2, "the re-inserted key was compared afresh");
+    }
+
+    #[test]
+    fn generations_keep_counting_across_clear() {
+        let mut s: LruShard<u64, u64> = LruShard::new(4);
+        let mut grave = Vec::new();
+        let before = s.insert(mix(1), 1, 1, NEVER, 0, &mut grave).unwrap();
+        drop(s.take_all());
+        let after = s.insert(mix(1), 1, 1, NEVER, 0, &mut grave).unwrap();
+        assert_eq!(before.idx, after.idx);
+        assert_ne!(before.gen, after.gen);
+        assert_eq!(s.key(before), None, "a stale handle reads as absent");
+        assert_eq!(s.remove(before), None);
+        assert_eq!(s.replace(before, 5, NEVER), Err(5));
+        assert_eq!(s.key(after), Some(&1));
+        s.check();
+    }
+
+    /// Counts its drops, and whether the shard's lock was held at that moment.
+    struct Watched {
+        shard: Arc<ShardedCache<u64, Watched>>,
+        drops: Arc<std::sync::atomic::AtomicUsize>,
+        locked_drops: Arc<std::sync::atomic::AtomicUsize>,
+    }
+    impl Drop for Watched {
+        fn drop(&mut self) {
+            use std::sync::atomic::Ordering::SeqCst;
+            self.drops.fetch_add(1, SeqCst);
+            if self.shard.shards.iter().any(|s| s.0.is_locked()) {
+                self.locked_drops.fetch_add(1, SeqCst);
+            }
+        }
+    }
+    struct U(u64);
+    impl KeyQuery<u64, Watched> for U {
+        type Error = Oom;
+        fn quick_eq(&self, k: &u64) -> Match {
+            if *k == self.0 {
+                Match::Equal
+            } else {
+                Match::NotEqual
+            }
+        }
+        fn slow_eq(&self, k: &u64) -> Result<bool, Oom> {
+            Ok(*k == self.0)
+        }
+        fn same_key(&self, a: &u64, b: &u64) -> bool {
+            std::ptr::eq(a, b)
+        }
+        fn clone_key(&self, k: &u64) -> u64 {
+            *k
+        }
+        fn clone_value(&self, _: &Watched) -> Watched {
+            unreachable!("not used by these tests")
+        }
+    }
+
+    #[test]
+    fn nothing_is_dropped_under_a_shard_lock() {
+        use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+        let c: Arc<ShardedCache<u64, Watched>> =
+            Arc::new(ShardedCache::new(3, Some(1), 1).unwrap());
+        let drops = Arc::new(AtomicUsize::new(0));
+        let locked = Arc::new(AtomicUsize::new(0));
+        let w = || Watched {
+            shard: c.clone(),
+            drops: drops.clone(),
+            locked_drops: locked.clone(),
+        };
+        let mut made = 0;
+        for i in 0..50u64 {
+            let mut grave = Vec::new();
+            let exp = if i % 3 == 0 { i as i64 + 1 } else { NEVER };
+            c.set(
+                mix(i % 7),
+                &U(i % 7),
+                || i % 7,
+                w(),
+                exp,
+                i as i64,
+                &mut grave,
+            )
+            .unwrap();
+            made += 1;
+            drop(grave);
+            if i % 5 == 0 {
+                c.remove(mix(i % 7), &U(i % 7), i as i64).unwrap();
+            }
+            if i % 11 == 0 {
+                c.expire(i as i64, &mut Vec::new()).unwrap();
+            }
+            if i % 17 == 0 {
+                c.clear();
+            }
+            // Replacing with a deadline that has already passed.
+            let mut grave = Vec::new();
+            c.set(
+                mix(i % 7),
+                &U(i % 7),
+                || i % 7,
+                w(),
+                0,
+                i as i64,
+                &mut grave,
+            )
+            .unwrap();
+            made += 1;
+        }
+        c.clear();
+        assert_eq!(drops.load(SeqCst), made);
+        assert_eq!(locked.load(SeqCst), 0);
+        // Break the Arc cycle the values form with the cache (already cleared).
+        assert_eq!(len_u(&c), 0);
+    }
+
+    fn len_u(c: &ShardedCache<u64, Watched>) -> usize {
+        c.len(0, &mut Vec::new()).unwrap()
+    }
+
+    #[test]
+    fn deadlines_near_the_largest_clock_reading() {
+        use crate::core::clock::{secs_to_nanos, MAX_READING, MAX_SECONDS};
+        let longest = secs_to_nanos(MAX_SECONDS, "ttl").unwrap();
+        let now = MAX_READING;
+        let exp = now
+            .checked_add(longest)
+            .expect("MAX_READING leaves room for every ttl");
+        assert!(exp < NEVER);
+        let c = ShardedCache::<String, u64>::new(4, Some(1), 1).unwrap();
+        set(&c, "k", 1, exp, now);
+        set(&c, "s", 2, now + 1, now);
+        assert_eq!(get(&c, "k", now), Some(1));
+        assert_eq!(get(&c, "s", now), Some(2));
+        assert_eq!(get(&c, "s", now + 1), None);
+        assert_eq!(c.expire(NEVER - 1, &mut Vec::new()), Ok(1));
+    }
+
+    #[test]
+    fn traversal_skips_locked_shards() {
+        let c = ShardedCache::<String, u64>::new(10, Some(2), 1).unwrap();
+        for k in ["a", "b", "c", "d", "e", "f"] {
+            set(&c, k, 1, NEVER, 0);
+        }
+        let mut n = 0;
+        c.try_for_each(|_, _| -> Result<(), ()> {
+            n += 1;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(n, 6);
+        let guard = c.shards[0].0.lock();
+        let held = guard.len();
+        let mut m = 0;
+        c.try_for_each(|_, _| -> Result<(), ()> {
+            m += 1;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(m, 6 - held);
     }
 
     #[test]
@@ -1070,16 +1721,18 @@ mod tests {
             let now = i as i64 / 4;
             if seed % 5 == 0 && !handles.is_empty() {
                 let h: Handle = handles.swap_remove((seed >> 20) as usize % handles.len());
-                if s.slots[h.idx as usize].gen == h.gen && s.slots[h.idx as usize].entry.is_some() {
-                    if seed % 2 == 0 {
-                        s.remove(h);
-                    } else {
-                        s.replace(h, i, exp);
-                    }
+                // Stale handles are refused without effect.
+                if seed % 2 == 0 {
+                    s.remove(h);
+                } else {
+                    let _ = s.replace(h, i, exp);
                 }
             } else {
-                handles.push(s.insert(mix(i), i, i, exp, now, &mut grave));
+                handles.push(s.insert(mix(i), i, i, exp, now, &mut grave).unwrap());
                 s.reclaim(now, RECLAIM_BUDGET, &mut grave);
+            }
+            if i % 97 == 0 {
+                drop(s.take_all());
             }
             s.check();
         }
@@ -1095,7 +1748,7 @@ mod tests {
                     for i in 0..20_000u64 {
                         let k = format!("{t}-{}", i % 1000);
                         set(&c, &k, i, NEVER, 0);
-                        assert!(c.len(0, &mut Vec::new()) <= 256);
+                        assert!(len(&c, 0) <= 256);
                     }
                 })
             })
@@ -1103,6 +1756,15 @@ mod tests {
         for t in threads {
             t.join().unwrap();
         }
-        assert_eq!(c.len(0, &mut Vec::new()), 256);
+        assert_eq!(len(&c, 0), 256);
+    }
+
+    #[test]
+    fn snapshots_copy_live_entries() {
+        let c = ShardedCache::<String, u64>::new(10, Some(1), 1).unwrap();
+        set(&c, "a", 1, 5, 0);
+        set(&c, "b", 2, NEVER, 0);
+        let live = c.snapshot(5, |k, v| (k.clone(), *v)).unwrap();
+        assert_eq!(live, vec![("b".to_string(), 2)]);
     }
 }

@@ -5,26 +5,91 @@
 //! lock: such comparisons are resolved outside it (see the core's module docs). Keys made
 //! only of exact builtin scalars (int, float, bool, str, bytes, None, and tuples of them)
 //! compare in C without user code, so they are compared under the lock directly.
-//! Everything the cache drops (evicted, expired, replaced) is dropped after the lock is
-//! released, because a value's `__del__` may run Python.
+//! Everything the cache drops (evicted, expired, replaced, cleared) is dropped after the
+//! lock is released, because a value's `__del__` may run Python.
+//!
+//! Time: each operation reads the clock once, and a write computes its deadline from that
+//! same reading (`now + ttl` cannot overflow: a ManualClock stops at 2^62 ns and a ttl is
+//! at most 4e9 s, together below `i64::MAX`).
 //!
 //! `get_or_set` is single-flight: the first caller for a missing key registers a flight
 //! in a second sharded table and runs the factory with no lock held; later callers for
-//! that key find the flight and wait on it with the GIL released.
+//! that key find the flight and wait on it with the GIL released. A factory that raises
+//! an `Exception` ends the flight with that exception for every waiter (nothing cached);
+//! a leader that leaves with any other `BaseException` (KeyboardInterrupt, SystemExit,
+//! ...) keeps it to itself and *abandons* the flight: the waiters look again and one of
+//! them leads a new flight.
+//!
+//! Garbage collection: `Cache` visits every key and value it holds (and the keys of
+//! flights in progress), skipping a shard whose lock is held rather than waiting for it;
+//! `__clear__` swaps every shard's contents out under its lock and drops them after.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::ThreadId;
 
 use parking_lot::{Condvar, Mutex};
-use pyo3::exceptions::{PyKeyError, PyRuntimeError, PyTypeError};
+use pyo3::exceptions::{
+    PyException, PyKeyError, PyMemoryError, PyOverflowError, PyRuntimeError, PyTypeError,
+    PyValueError,
+};
 use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::types::{PyList, PyTuple};
+use pyo3::types::{PyBool, PyInt, PyList, PyTuple};
+use pyo3::{PyTraverseError, PyVisit};
 
-use crate::core::cache::{mix, Fast, KeyQuery, Match, ShardedCache, Stats, NEVER};
+use crate::core::cache::{
+    mix, AllocError, CacheError, Fast, KeyQuery, Match, ShardedCache, Stats, NEVER,
+};
 use crate::core::clock::{nanos_to_secs, Clock};
+use crate::errors::wrong_type;
 use crate::py::{args, wait};
+
+/// Single-flight entries a shard of the flight table holds at most: one per caller
+/// blocked in `get_or_set` on that shard, so the bound is a backstop (at most
+/// `MAX_SHARDS * FLIGHTS_PER_SHARD = 2^26`, within the core's `MAX_SIZE`).
+const FLIGHTS_PER_SHARD: usize = 65_536;
+
+/// The Python exception for a refused cache construction. (`errors.rs` maps every
+/// `CacheError` to ValueError; these two need their own classes.)
+fn cache_error(e: CacheError) -> PyErr {
+    let msg = e.to_string();
+    match e {
+        CacheError::MaxSizeTooLarge => PyOverflowError::new_err(msg),
+        CacheError::OutOfMemory => PyMemoryError::new_err(msg),
+        CacheError::MaxSize | CacheError::ShardsTooFew | CacheError::Shards { .. } => {
+            PyValueError::new_err(msg)
+        }
+    }
+}
+
+impl From<AllocError> for PyErr {
+    fn from(e: AllocError) -> Self {
+        PyMemoryError::new_err(e.to_string())
+    }
+}
+
+/// A size argument (`int`, bool refused), saturated to `0..=usize::MAX` so that any int,
+/// however large or negative, reaches the core's range check and its message.
+fn size_arg(obj: &Bound<'_, PyAny>, arg: &str) -> PyResult<usize> {
+    if !obj.is_instance_of::<PyInt>() || obj.is_instance_of::<PyBool>() {
+        return Err(wrong_type(arg, "an int", obj));
+    }
+    let mut overflow = 0;
+    // SAFETY: `obj` is a live int (or subclass; its value is read without calling
+    // Python); overflow is reported through `overflow`, not as an exception.
+    let v = unsafe { ffi::PyLong_AsLongLongAndOverflow(obj.as_ptr(), &raw mut overflow) };
+    if v == -1 && overflow == 0 {
+        if let Some(e) = PyErr::take(obj.py()) {
+            return Err(e);
+        }
+    }
+    Ok(match overflow {
+        0 => usize::try_from(v).unwrap_or(if v < 0 { 0 } else { usize::MAX }),
+        o if o > 0 => usize::MAX,
+        _ => 0,
+    })
+}
 
 /// A stored key: the object and how it compares.
 pub struct PyKey {
@@ -251,6 +316,11 @@ impl<V: PyClone> KeyQuery<PyKey, V> for Query<'_, '_> {
         stored.obj.bind(self.py()).eq(self.key)
     }
 
+    #[inline]
+    fn same_key(&self, a: &PyKey, b: &PyKey) -> bool {
+        a.obj.as_ptr() == b.obj.as_ptr()
+    }
+
     fn clone_key(&self, key: &PyKey) -> PyKey {
         PyKey {
             obj: key.obj.clone_ref(self.py()),
@@ -263,11 +333,24 @@ impl<V: PyClone> KeyQuery<PyKey, V> for Query<'_, '_> {
     }
 }
 
+/// How a flight ended.
+enum Outcome {
+    /// The factory returned this value (and it was stored).
+    Value(Py<PyAny>),
+    /// The factory raised this `Exception` (the instance, normalized by the leader with
+    /// no lock held): every waiter raises it too.
+    Error(Py<PyAny>),
+    /// The leader left without a result: its factory raised a BaseException that is not
+    /// an Exception (KeyboardInterrupt, SystemExit, ...), which is the leader's alone, or
+    /// the leader unwound. Waiters look again; one of them leads a new flight.
+    Abandoned,
+}
+
 /// One in-progress `get_or_set` factory call that other callers for the key wait on.
 pub struct Flight {
     leader: ThreadId,
-    /// `Ok(value)` or `Err(exception instance)` once the factory finished.
-    result: Mutex<Option<Result<Py<PyAny>, Py<PyAny>>>>,
+    /// Set once, when the flight ends (after it left the flight table).
+    outcome: Mutex<Option<Outcome>>,
     done: Condvar,
 }
 
@@ -275,21 +358,24 @@ impl Flight {
     fn new() -> Self {
         Self {
             leader: std::thread::current().id(),
-            result: Mutex::new(None),
+            outcome: Mutex::new(None),
             done: Condvar::new(),
         }
     }
 
-    fn complete(&self, r: Result<Py<PyAny>, Py<PyAny>>) {
-        *self.result.lock() = Some(r);
+    fn complete(&self, outcome: Outcome) {
+        // Nothing is dropped under the lock: the slot is empty until this one write.
+        let previous = self.outcome.lock().replace(outcome);
         self.done.notify_all();
+        drop(previous);
     }
 
-    /// Waits with the GIL released, checking for signals every 50 ms.
-    fn wait(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+    /// Waits with the GIL released, checking for signals every slice. `Ok(None)` when the
+    /// leader abandoned the flight.
+    fn wait(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
         loop {
             let finished = wait::detach(py, || {
-                let mut g = self.result.lock();
+                let mut g = self.outcome.lock();
                 if g.is_none() {
                     self.done.wait_for(&mut g, wait::SLICE);
                 }
@@ -300,12 +386,16 @@ impl Flight {
             }
             py.check_signals()?;
         }
-        match self.result.lock().as_ref() {
-            Some(Ok(v)) => Ok(v.clone_ref(py)),
-            Some(Err(e)) => Err(PyErr::from_value(e.bind(py).clone())),
-            None => Err(PyRuntimeError::new_err(
-                "get_or_set flight ended without a result",
-            )),
+        // Only new references are taken under the lock; the error is built after it.
+        let outcome = match self.outcome.lock().as_ref() {
+            Some(Outcome::Value(v)) => Some(Ok(v.clone_ref(py))),
+            Some(Outcome::Error(e)) => Some(Err(e.clone_ref(py))),
+            Some(Outcome::Abandoned) | None => None,
+        };
+        match outcome {
+            Some(Ok(v)) => Ok(Some(v)),
+            Some(Err(e)) => Err(PyErr::from_value(e.into_bound(py))),
+            None => Ok(None),
         }
     }
 }
@@ -324,6 +414,14 @@ pub struct Cache {
     uses_ttl: AtomicBool,
 }
 
+/// What a caller of `get_or_set` found in the flight table.
+enum Joined {
+    Lead(Arc<Flight>),
+    Wait(Arc<Flight>),
+    /// No memory to register a flight; dropped after the lock is released.
+    NoRoom((PyKey, Arc<Flight>)),
+}
+
 impl Cache {
     /// The clock reading for this operation; `i64::MIN` (everything live) while no entry
     /// can expire, which saves a clock read per call.
@@ -336,13 +434,23 @@ impl Cache {
         }
     }
 
-    /// The deadline for an entry set now with `ttl` (or the cache's default).
-    fn deadline(&self, ttl: Option<i64>) -> i64 {
+    /// The one clock reading of a write and the deadline it gives an entry with `ttl`
+    /// (or the cache's default), so the deadline is never behind the `now` the write
+    /// reclaims with.
+    #[inline]
+    fn stamp(&self, ttl: Option<i64>) -> (i64, i64) {
         match ttl.or(self.default_ttl) {
-            None => NEVER,
+            None => (self.now(), NEVER),
             Some(d) => {
-                self.uses_ttl.store(true, Ordering::Release);
-                self.clock.now_nanos().saturating_add(d)
+                if !self.uses_ttl.load(Ordering::Relaxed) {
+                    self.uses_ttl.store(true, Ordering::Release);
+                }
+                let now = self.clock.now_nanos();
+                // Exact in practice: a ManualClock stops at MAX_READING (2^62 ns) and `d`
+                // is at most MAX_SECONDS (4e18 ns), so the sum stays below i64::MAX; the
+                // monotonic clock counts from process start. Saturating keeps this total:
+                // a saturated deadline is NEVER, which is what ~292 years means anyway.
+                (now, now.saturating_add(d))
             }
         }
     }
@@ -353,30 +461,39 @@ impl Cache {
         match self.inner.get_fast(q.hash, q, now, count) {
             Fast::Hit(v) => Ok(Some(v)),
             Fast::Miss => Ok(None),
-            Fast::Slow => {
-                let mut grave: Grave = Vec::new();
-                self.inner.get(q.hash, q, now, count, &mut grave)
-            }
+            Fast::Slow => self.inner.get(q.hash, q, now, count),
         }
     }
 
     fn store(&self, q: &Query<'_, '_>, value: Py<PyAny>, ttl: Option<i64>) -> PyResult<()> {
         let mut grave: Grave = Vec::new();
-        let expires = self.deadline(ttl);
-        self.inner.set(
-            q.hash,
-            q,
-            || q.stored(),
-            value,
-            expires,
-            self.now(),
-            &mut grave,
-        )
+        let (now, expires) = self.stamp(ttl);
+        let r = self
+            .inner
+            .set(q.hash, q, || q.stored(), value, expires, now, &mut grave);
+        drop(grave); // after the lock: evicted and expired entries may run __del__
+        r
     }
 
     fn take(&self, q: &Query<'_, '_>) -> PyResult<Option<Py<PyAny>>> {
-        let mut grave: Grave = Vec::new();
-        self.inner.remove(q.hash, q, self.now(), &mut grave)
+        self.inner.remove(q.hash, q, self.now())
+    }
+
+    /// Registers a flight for `q`, or finds the one in progress.
+    fn join(&self, q: &Query<'_, '_>) -> PyResult<Joined> {
+        let mut grave: Vec<(PyKey, Arc<Flight>)> = Vec::new();
+        let joined = self.flights.with_key(q.hash, q, |s, h| {
+            if let Some(f) = h.and_then(|h| s.value(h)) {
+                return Joined::Wait(f.clone());
+            }
+            let f = Arc::new(Flight::new());
+            match s.insert(q.hash, q.stored(), f.clone(), NEVER, 0, &mut grave) {
+                Ok(_) => Joined::Lead(f),
+                Err(unstored) => Joined::NoRoom(unstored),
+            }
+        });
+        drop(grave); // a flight pushed out by the table's bound (a backstop)
+        joined
     }
 
     /// The leader's part of `get_or_set`: run the factory (no lock held) and store.
@@ -394,32 +511,32 @@ impl Cache {
         self.store(q, v.clone_ref(q.py()), ttl)?;
         Ok(v)
     }
+
+    /// Total live entries, reclaiming expired ones first.
+    fn live_len(&self) -> PyResult<usize> {
+        let mut grave: Grave = Vec::new();
+        Ok(self.inner.len(self.now(), &mut grave)?)
+    }
 }
 
 /// Ends a flight exactly once: removes it from the table and wakes its waiters, also when
-/// the leader unwinds.
+/// the leader unwinds (then the flight is abandoned).
 struct FlightGuard<'c, 'a, 'py> {
     cache: &'c Cache,
     q: &'c Query<'a, 'py>,
     flight: Arc<Flight>,
-    result: Option<Result<Py<PyAny>, Py<PyAny>>>,
+    outcome: Option<Outcome>,
 }
 
 impl Drop for FlightGuard<'_, '_, '_> {
     fn drop(&mut self) {
         let flight = &self.flight;
-        let mut grave: Vec<(PyKey, Arc<Flight>)> = Vec::new();
-        self.cache.flights.with_shard(self.q.hash, |s| {
-            if let Some(h) = s.handle_where(self.q.hash, |f| Arc::ptr_eq(f, flight)) {
-                grave.push(s.remove(h));
-            }
+        let removed = self.cache.flights.with_shard(self.q.hash, |s| {
+            s.handle_where(self.q.hash, |f| Arc::ptr_eq(f, flight))
+                .and_then(|h| s.remove(h))
         });
-        let r = self.result.take().unwrap_or_else(|| {
-            Err(PyRuntimeError::new_err("get_or_set factory did not finish")
-                .into_value(self.q.py())
-                .into_any())
-        });
-        flight.complete(r);
+        drop(removed); // after the lock: the key may run __del__
+        flight.complete(self.outcome.take().unwrap_or(Outcome::Abandoned));
     }
 }
 
@@ -433,13 +550,11 @@ impl Cache {
         shards: Option<&Bound<'_, PyAny>>,
         clock: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
-        let max_size = args::int_at_least(max_size, "max_size", 1)? as usize;
+        let max_size = size_arg(max_size, "max_size")?;
         let shards = match shards {
-            Some(s) if !s.is_none() => Some(args::int_at_least(s, "shards", 1)? as usize),
+            Some(s) if !s.is_none() => Some(size_arg(s, "shards")?),
             _ => None,
         };
-        let default_ttl = args::opt_positive_nanos(ttl, "ttl")?;
-        let clock = args::clock(clock)?;
         // With the GIL every call is serialised anyway, so one shard (exact LRU, the best
         // locality) is the fastest default; free-threaded builds shard by CPU count.
         let shards = if cfg!(Py_GIL_DISABLED) {
@@ -448,13 +563,13 @@ impl Cache {
             shards.or(Some(1))
         };
         let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-        let inner = ShardedCache::new(max_size, shards, cpus)?;
-        // Flights are bounded by the callers blocked in get_or_set; the cap is a backstop.
-        let flights = ShardedCache::new(
-            inner.shard_count() * 65_536,
-            Some(inner.shard_count()),
-            cpus,
-        )?;
+        let inner = ShardedCache::new(max_size, shards, cpus).map_err(cache_error)?;
+        let n = inner.shard_count();
+        // n <= MAX_SHARDS, so the product is far below MAX_SIZE.
+        let flights =
+            ShardedCache::new(n * FLIGHTS_PER_SHARD, Some(n), cpus).map_err(cache_error)?;
+        let default_ttl = args::opt_positive_nanos(ttl, "ttl")?;
+        let clock = args::clock(clock)?;
         Ok(Self {
             inner,
             flights,
@@ -500,7 +615,7 @@ impl Cache {
         if default.len() > 1 {
             return Err(PyTypeError::new_err(format!(
                 "pop expected at most 2 arguments, got {}",
-                default.len() + 1
+                default.len().saturating_add(1)
             )));
         }
         match self.take(&Query::new(key)?)? {
@@ -511,7 +626,8 @@ impl Cache {
     }
 
     /// The value for `key`; on a miss exactly one caller runs `factory()` and the others
-    /// wait for its result (or its exception; then nothing is cached).
+    /// wait for its result (or its exception; then nothing is cached). A leader that
+    /// leaves with a BaseException that is not an Exception keeps it; a waiter leads then.
     #[pyo3(signature = (key, factory, *, ttl = None))]
     fn get_or_set(
         &self,
@@ -522,85 +638,93 @@ impl Cache {
     ) -> PyResult<Py<PyAny>> {
         let ttl = args::opt_positive_nanos(ttl, "ttl")?;
         if !factory.is_callable() {
-            return Err(crate::errors::wrong_type("factory", "callable", factory));
+            return Err(wrong_type("factory", "callable", factory));
         }
         let q = Query::new(key)?;
-        if let Some(v) = self.lookup(&q, true)? {
-            return Ok(v);
-        }
-        let mut grave: Vec<(PyKey, Arc<Flight>)> = Vec::new();
-        let joined = self.flights.with_key(q.hash, &q, |s, h| match h {
-            Some(h) => Err(s.value(h).clone()),
-            None => {
-                let f = Arc::new(Flight::new());
-                s.insert(q.hash, q.stored(), f.clone(), NEVER, 0, &mut grave);
-                Ok(f)
+        // Only the first look counts a hit or a miss; looks after an abandoned flight
+        // belong to the same call.
+        let mut count = true;
+        loop {
+            if let Some(v) = self.lookup(&q, count)? {
+                return Ok(v);
             }
-        })?;
-        drop(grave);
-        match joined {
-            Err(flight) => {
-                if flight.leader == std::thread::current().id() {
-                    return Err(PyRuntimeError::new_err(
-                        "get_or_set called recursively for the same key by its own factory",
-                    ));
+            count = false;
+            match self.join(&q)? {
+                Joined::NoRoom(unstored) => {
+                    drop(unstored);
+                    return Err(AllocError.into());
                 }
-                flight.wait(py)
-            }
-            Ok(flight) => {
-                let mut guard = FlightGuard {
-                    cache: self,
-                    q: &q,
-                    flight,
-                    result: None,
-                };
-                let r = self.lead(&q, factory, ttl);
-                guard.result = Some(match &r {
-                    Ok(v) => Ok(v.clone_ref(py)),
-                    Err(e) => Err(e.value(py).clone().into_any().unbind()),
-                });
-                drop(guard);
-                r
+                Joined::Wait(flight) => {
+                    if flight.leader == std::thread::current().id() {
+                        return Err(PyRuntimeError::new_err(
+                            "get_or_set called recursively for the same key by its own factory",
+                        ));
+                    }
+                    if let Some(v) = flight.wait(py)? {
+                        return Ok(v);
+                    }
+                    // Abandoned: look again (the value may be there), then join or lead.
+                }
+                Joined::Lead(flight) => {
+                    let mut guard = FlightGuard {
+                        cache: self,
+                        q: &q,
+                        flight,
+                        outcome: None,
+                    };
+                    let r = self.lead(&q, factory, ttl);
+                    guard.outcome = Some(match &r {
+                        Ok(v) => Outcome::Value(v.clone_ref(py)),
+                        Err(e) if e.is_instance_of::<PyException>(py) => {
+                            Outcome::Error(e.value(py).clone().into_any().unbind())
+                        }
+                        Err(_) => Outcome::Abandoned,
+                    });
+                    drop(guard);
+                    return r;
+                }
             }
         }
     }
 
     /// Removes every entry.
     fn clear(&self) {
-        let mut grave: Grave = Vec::new();
-        self.inner.clear(&mut grave);
+        self.inner.clear();
     }
 
     /// Removes expired entries now; returns how many.
-    fn expire(&self) -> usize {
-        let mut grave: Grave = Vec::new();
+    fn expire(&self) -> PyResult<usize> {
         if !self.uses_ttl.load(Ordering::Acquire) {
-            return 0;
+            return Ok(0);
         }
-        self.inner.expire(self.clock.now_nanos(), &mut grave)
+        let mut grave: Grave = Vec::new();
+        Ok(self.inner.expire(self.clock.now_nanos(), &mut grave)?)
     }
 
     /// Keys of the live entries (a snapshot).
-    fn keys(&self, py: Python<'_>) -> Vec<Py<PyAny>> {
-        self.inner.snapshot(self.now(), |k, _| k.obj.clone_ref(py))
+    fn keys(&self, py: Python<'_>) -> PyResult<Vec<Py<PyAny>>> {
+        Ok(self
+            .inner
+            .snapshot(self.now(), |k, _| k.obj.clone_ref(py))?)
     }
 
-    fn values(&self, py: Python<'_>) -> Vec<Py<PyAny>> {
-        self.inner.snapshot(self.now(), |_, v| v.clone_ref(py))
+    fn values(&self, py: Python<'_>) -> PyResult<Vec<Py<PyAny>>> {
+        Ok(self.inner.snapshot(self.now(), |_, v| v.clone_ref(py))?)
     }
 
-    fn items(&self, py: Python<'_>) -> Vec<(Py<PyAny>, Py<PyAny>)> {
-        self.inner
-            .snapshot(self.now(), |k, v| (k.obj.clone_ref(py), v.clone_ref(py)))
+    fn items(&self, py: Python<'_>) -> PyResult<Vec<(Py<PyAny>, Py<PyAny>)>> {
+        Ok(self
+            .inner
+            .snapshot(self.now(), |k, v| (k.obj.clone_ref(py), v.clone_ref(py)))?)
     }
 
-    fn stats(&self) -> CacheStats {
-        let mut grave: Grave = Vec::new();
+    fn stats(&self) -> PyResult<CacheStats> {
         if self.uses_ttl.load(Ordering::Acquire) {
             // `size` counts live entries only.
-            self.inner.expire(self.clock.now_nanos(), &mut grave);
+            let mut grave: Grave = Vec::new();
+            self.inner.expire(self.clock.now_nanos(), &mut grave)?;
         }
-        CacheStats::from(self.inner.stats())
+        Ok(CacheStats::from(self.inner.stats()))
     }
 
     #[getter]
@@ -618,9 +742,8 @@ impl Cache {
         self.inner.shard_count()
     }
 
-    fn __len__(&self) -> usize {
-        let mut grave: Grave = Vec::new();
-        self.inner.len(self.now(), &mut grave)
+    fn __len__(&self) -> PyResult<usize> {
+        self.live_len()
     }
 
     fn __contains__(&self, key: &Bound<'_, PyAny>) -> PyResult<bool> {
@@ -646,8 +769,26 @@ impl Cache {
     }
 
     fn __iter__(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        let keys = PyList::new(py, self.keys(py))?;
+        let keys = PyList::new(py, self.keys(py)?)?;
         Ok(keys.as_any().try_iter()?.into_any().unbind())
+    }
+
+    /// Visits every key and value (and the keys of flights in progress). Never blocks:
+    /// a shard whose lock is held is skipped, which only makes the collector keep more.
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        self.inner.try_for_each(|k, v| {
+            visit.call(&k.obj)?;
+            visit.call(v)
+        })?;
+        self.flights.try_for_each(|k, _| visit.call(&k.obj))
+    }
+
+    /// Breaks reference cycles: every shard's contents are swapped out under its lock and
+    /// dropped after it is released. A flight in progress stays with its leader and
+    /// waiters (they hold it), so they still finish.
+    fn __clear__(&self) {
+        self.inner.clear();
+        self.flights.clear();
     }
 
     fn __repr__(&self) -> String {
@@ -693,11 +834,12 @@ impl CacheStats {
     /// Hits over lookups (0.0 before the first lookup).
     #[getter]
     fn hit_ratio(&self) -> f64 {
-        let total = self.hits + self.misses;
-        if total == 0 {
+        // In floats: the u64 sum could overflow, the float one cannot.
+        let total = self.hits as f64 + self.misses as f64;
+        if total == 0.0 {
             0.0
         } else {
-            self.hits as f64 / total as f64
+            self.hits as f64 / total
         }
     }
 
