@@ -6,14 +6,14 @@
 //! working; multiple inheritance is not expressible with `create_exception!`, so those
 //! classes are created once per interpreter with `type(name, bases, ns)`.
 
-use pyo3::exceptions::{PyException, PyOverflowError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyException, PyMemoryError, PyOverflowError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyModule, PyTuple, PyType};
 
 use crate::core::breaker::BreakerError;
 use crate::core::bus::BusError;
-use crate::core::cache::CacheError;
+use crate::core::cache::{AllocError, CacheError};
 use crate::core::clock::{ClockError, DurationError};
 use crate::core::error_store::ErrorStoreError;
 use crate::core::metrics::MetricsError;
@@ -153,7 +153,17 @@ impl From<ClockError> for PyErr {
 
 impl From<CacheError> for PyErr {
     fn from(e: CacheError) -> Self {
-        PyValueError::new_err(e.to_string())
+        match e {
+            CacheError::MaxSizeTooLarge => PyOverflowError::new_err(e.to_string()),
+            CacheError::OutOfMemory => PyMemoryError::new_err(e.to_string()),
+            _ => PyValueError::new_err(e.to_string()),
+        }
+    }
+}
+
+impl From<AllocError> for PyErr {
+    fn from(e: AllocError) -> Self {
+        PyMemoryError::new_err(e.to_string())
     }
 }
 

@@ -29,18 +29,13 @@ use std::sync::Arc;
 use std::thread::ThreadId;
 
 use parking_lot::{Condvar, Mutex};
-use pyo3::exceptions::{
-    PyException, PyKeyError, PyMemoryError, PyOverflowError, PyRuntimeError, PyTypeError,
-    PyValueError,
-};
+use pyo3::exceptions::{PyException, PyKeyError, PyRuntimeError, PyTypeError};
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyInt, PyList, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 
-use crate::core::cache::{
-    mix, AllocError, CacheError, Fast, KeyQuery, Match, ShardedCache, Stats, NEVER,
-};
+use crate::core::cache::{mix, AllocError, Fast, KeyQuery, Match, ShardedCache, Stats, NEVER};
 use crate::core::clock::{nanos_to_secs, Clock};
 use crate::errors::wrong_type;
 use crate::py::{args, wait};
@@ -49,25 +44,6 @@ use crate::py::{args, wait};
 /// blocked in `get_or_set` on that shard, so the bound is a backstop (at most
 /// `MAX_SHARDS * FLIGHTS_PER_SHARD = 2^26`, within the core's `MAX_SIZE`).
 const FLIGHTS_PER_SHARD: usize = 65_536;
-
-/// The Python exception for a refused cache construction. (`errors.rs` maps every
-/// `CacheError` to ValueError; these two need their own classes.)
-fn cache_error(e: CacheError) -> PyErr {
-    let msg = e.to_string();
-    match e {
-        CacheError::MaxSizeTooLarge => PyOverflowError::new_err(msg),
-        CacheError::OutOfMemory => PyMemoryError::new_err(msg),
-        CacheError::MaxSize | CacheError::ShardsTooFew | CacheError::Shards { .. } => {
-            PyValueError::new_err(msg)
-        }
-    }
-}
-
-impl From<AllocError> for PyErr {
-    fn from(e: AllocError) -> Self {
-        PyMemoryError::new_err(e.to_string())
-    }
-}
 
 /// A size argument (`int`, bool refused), saturated to `0..=usize::MAX` so that any int,
 /// however large or negative, reaches the core's range check and its message.
@@ -563,11 +539,10 @@ impl Cache {
             shards.or(Some(1))
         };
         let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-        let inner = ShardedCache::new(max_size, shards, cpus).map_err(cache_error)?;
+        let inner = ShardedCache::new(max_size, shards, cpus)?;
         let n = inner.shard_count();
         // n <= MAX_SHARDS, so the product is far below MAX_SIZE.
-        let flights =
-            ShardedCache::new(n * FLIGHTS_PER_SHARD, Some(n), cpus).map_err(cache_error)?;
+        let flights = ShardedCache::new(n * FLIGHTS_PER_SHARD, Some(n), cpus)?;
         let default_ttl = args::opt_positive_nanos(ttl, "ttl")?;
         let clock = args::clock(clock)?;
         Ok(Self {
