@@ -14,16 +14,20 @@
 //! nanosecond, so rounding can only make the limiter stricter, never admit more.
 //!
 //! # Time and overflow
-//! The limiter's time is the clock's reading minus the epoch, clamped to
-//! `0..=MAX_READING` (2^62 ns, about 146 years). A reading before the epoch (ferrule's
-//! clocks never go backwards, so this cannot happen through them) counts as the epoch:
-//! time stands still, nothing wraps. [`Gcra::new`] refuses a window `tau` above 2^62, and
+//! The limiter's time is the clock's reading minus the epoch. Readings lie in
+//! `0..=MAX_READING` (2^62 ns, about 146 years: a ManualClock refuses to pass it, and the
+//! monotonic clock counts from process start), so the subtraction cannot overflow and the
+//! time is at most 2^62. A reading before the epoch (ferrule's clocks never go backwards,
+//! so this cannot happen through them) counts as the epoch: time stands still, nothing
+//! wraps. [`Gcra::new`] refuses a window `tau` above 2^62, and
 //! `cost <= burst`, so `cost * T <= tau <= 2^62`. A grant at time `now` stores
 //! `tat <= now + tau <= 2^63`; hence `max(tat, now) + cost * T < 2^63 + 2^62` and
 //! `now + tau <= 2^63`: no sum overflows a `u64`, every difference is taken in the order
 //! the comparison before it guarantees, and every reported wait is below 2^63 ns (an
-//! `i64`). The hot path saturates anyway, so that a broken bound could only make a bucket
-//! stricter (a saturated `tat` admits nothing more), never wrap into admitting.
+//! `i64`). The arithmetic does not rely on these bounds anyway: [`Gcra::admit`] compares
+//! differences that cannot underflow, and the reporting paths saturate, so that a broken
+//! bound could only make a bucket stricter (a saturated `tat` admits nothing more), never
+//! wrap into admitting.
 //!
 //! # The bucket step
 //! Each key's whole state is one [`Bucket`]: an `AtomicU64` holding `tat` (from
@@ -122,7 +126,7 @@ use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 use parking_lot::Mutex;
 
-use crate::core::clock::{Clock, MAX_READING};
+use crate::core::clock::Clock;
 use crate::core::sync::{AtomicU64, Ordering};
 
 /// Keys examined per reclaim step, at most.
@@ -291,13 +295,19 @@ impl Gcra {
     }
 
     /// The new `tat` if `cost` tokens at `now` given `tat` are allowed (no division: the
-    /// hot path of `try_acquire`). Saturating: see "Time and overflow" in the module docs.
+    /// hot path of `try_acquire`).
+    ///
+    /// `max(tat, now) + cost * T <= now + tau` is tested as
+    /// `max(tat, now) - now <= tau - cost * T`: a difference that cannot underflow against
+    /// a bound that `check_cost` keeps non-negative, so no input overflows (a cost above
+    /// the burst is refused, not wrapped), at the price of no extra instruction.
     #[inline]
     pub fn admit(&self, tat: u64, now: u64, cost: u64) -> Option<u64> {
-        let new_tat = tat
-            .max(now)
-            .saturating_add(cost.saturating_mul(self.interval));
-        (new_tat <= now.saturating_add(self.tau)).then_some(new_tat)
+        let need = cost.saturating_mul(self.interval);
+        let slack = self.tau.checked_sub(need)?;
+        let base = tat.max(now);
+        // Allowed: base + need <= now + tau <= 2^63 in the limiter (saturating beyond).
+        (base - now <= slack).then(|| base.saturating_add(need))
     }
 
     /// The full decision for what one attempt saw.
@@ -369,7 +379,10 @@ impl Bucket {
 
     /// The GCRA step: decides `cost` tokens and records a grant, by a CAS retried on
     /// conflict. `now` is read after each load (see "The bucket step" in the module docs).
-    #[inline]
+    // Measured (callgrind, instructions per `try_acquire`): left to the inliner, the step
+    // and `Limiter::hit` end up out of line in the binding and cost ~5% more.
+    #[allow(clippy::inline_always)]
+    #[inline(always)]
     pub fn take(&self, gcra: &Gcra, cost: u64, mut now: impl FnMut() -> u64) -> Outcome {
         let mut tat = self.0.load(Ordering::Acquire);
         loop {
@@ -418,7 +431,8 @@ pub enum KeyKind {
     Opaque(u64),
 }
 
-/// A caller's native key borrowed for a lookup; made into a [`Key`] only on insertion.
+/// A caller's key borrowed for a lookup: a native value (made into a [`Key`] only on
+/// insertion), or `Opaque`: a key found through the caller's [`Resolve`] by its hash alone.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeyRef<'a> {
     None,
@@ -427,6 +441,8 @@ pub enum KeyRef<'a> {
     Str(&'a str),
     Bytes(&'a [u8]),
     Tuple(Vec<KeyRef<'a>>),
+    /// Top level only (a tuple holding an opaque item is opaque as a whole).
+    Opaque,
 }
 
 impl Hash for KeyRef<'_> {
@@ -456,6 +472,7 @@ impl Hash for KeyRef<'_> {
                     item.hash(h);
                 }
             }
+            Self::Opaque => h.write_u8(6),
         }
     }
 }
@@ -469,6 +486,9 @@ impl KeyRef<'_> {
             Self::Str(s) => KeyKind::Str((*s).into()),
             Self::Bytes(b) => KeyKind::Bytes((*b).into()),
             Self::Tuple(items) => KeyKind::Tuple(items.iter().map(KeyRef::to_kind).collect()),
+            // Never asked (an opaque key is stored under a fresh id); an id that is never
+            // issued would match no query either way.
+            Self::Opaque => KeyKind::Opaque(u64::MAX),
         }
     }
 
@@ -529,6 +549,18 @@ impl<'a> Query<'a> {
         self.hash
     }
 
+    /// An opaque key with this (caller-computed) hash.
+    pub fn opaque(hash: u64) -> Self {
+        Self {
+            hash,
+            kind: KeyRef::Opaque,
+        }
+    }
+
+    pub fn is_opaque(&self) -> bool {
+        matches!(self.kind, KeyRef::Opaque)
+    }
+
     /// The owned key, for insertion.
     pub fn to_key(&self) -> Key {
         Key {
@@ -548,9 +580,9 @@ impl Key {
     }
 }
 
-/// What both a stored [`Key`] and a borrowed [`Query`] or [`Probe`] can be looked up as,
-/// so that `DashMap<Key, _>::get` accepts them without building a `Key` (no allocation on
-/// the hit path). All hash as their precomputed `u64`.
+/// What both a stored [`Key`] and a borrowed [`Query`] can be looked up as, so that
+/// `DashMap<Key, _>::get` accepts a `Query` without building a `Key` (no allocation on the
+/// hit path). Both hash as their precomputed `u64`.
 pub trait Lookup {
     fn hash64(&self) -> u64;
     fn matches(&self, stored: &Key) -> bool;
@@ -582,7 +614,7 @@ impl Lookup for Query<'_> {
 }
 
 /// A lookup that matches nothing and collects every stored key with its hash (only the
-/// opaque ones when `opaque_only`): the table offers each of them to `matches`, since all
+/// opaque ones when `opaque_only`): the table offers each of them to `offer`, since all
 /// of them lie on the hash's probe sequence. Used under the shard's read lock; collecting
 /// is plain Rust (clones of `Key`).
 pub struct Probe {
@@ -591,11 +623,20 @@ pub struct Probe {
     found: RefCell<Vec<Key>>,
 }
 
-impl Lookup for Probe {
+/// [`Lookup`] for a [`Probe`]: a trait-object type of its own, so that the map's lookup
+/// code for `dyn Lookup` (the fast path) serves `Query` alone and keeps direct calls.
+pub trait Collect {
+    fn hash64(&self) -> u64;
+    /// False always for a probe (it collects instead); equality for a stored key.
+    fn offer(&self, stored: &Key) -> bool;
+    fn as_key(&self) -> Option<&Key>;
+}
+
+impl Collect for Probe {
     fn hash64(&self) -> u64 {
         self.hash
     }
-    fn matches(&self, stored: &Key) -> bool {
+    fn offer(&self, stored: &Key) -> bool {
         if stored.hash == self.hash
             && (!self.opaque_only || matches!(stored.kind, KeyKind::Opaque(_)))
         {
@@ -605,6 +646,42 @@ impl Lookup for Probe {
     }
     fn as_key(&self) -> Option<&Key> {
         None
+    }
+}
+
+impl Collect for Key {
+    fn hash64(&self) -> u64 {
+        self.hash
+    }
+    fn offer(&self, stored: &Key) -> bool {
+        self == stored
+    }
+    fn as_key(&self) -> Option<&Key> {
+        Some(self)
+    }
+}
+
+impl Hash for dyn Collect + '_ {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        h.write_u64(self.hash64());
+    }
+}
+
+impl PartialEq for dyn Collect + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        match (self.as_key(), other.as_key()) {
+            (_, Some(k)) => self.offer(k),
+            (Some(k), None) => other.offer(k),
+            (None, None) => false,
+        }
+    }
+}
+
+impl Eq for dyn Collect + '_ {}
+
+impl<'a> std::borrow::Borrow<dyn Collect + 'a> for Key {
+    fn borrow(&self) -> &(dyn Collect + 'a) {
+        self
     }
 }
 
@@ -689,23 +766,6 @@ pub trait Resolve<P> {
     fn unsettled(&self) -> Self::Error;
 }
 
-/// A caller's key: native (found by value) or opaque (found through [`Resolve`]).
-#[derive(Debug, Clone, Copy)]
-pub enum Target<'q, 'a> {
-    Native(&'q Query<'a>),
-    /// An opaque key, by its hash.
-    Opaque(u64),
-}
-
-impl Target<'_, '_> {
-    fn hash(&self) -> u64 {
-        match self {
-            Self::Native(q) => q.hash,
-            Self::Opaque(h) => *h,
-        }
-    }
-}
-
 // ---- the limiter -------------------------------------------------------------------------
 
 thread_local! {
@@ -758,13 +818,13 @@ impl<P> Limiter<P> {
         &self.gcra
     }
 
-    /// Nanoseconds since the epoch, in `0..=MAX_READING` (see "Time and overflow").
+    /// Nanoseconds since the epoch (see "Time and overflow"). Every clock reading is in
+    /// `0..=MAX_READING` (a ManualClock refuses to pass it; the monotonic clock counts from
+    /// process start), so the difference cannot overflow and is at most `MAX_READING`; a
+    /// reading before the epoch counts as the epoch.
     #[inline]
     fn now(&self) -> u64 {
-        self.clock
-            .now_nanos()
-            .saturating_sub(self.epoch)
-            .clamp(0, MAX_READING) as u64
+        (self.clock.now_nanos() - self.epoch).max(0) as u64
     }
 
     #[inline]
@@ -775,33 +835,40 @@ impl<P> Limiter<P> {
     /// The decision for `cost` tokens on a native key that is tracked by value, consuming
     /// them if allowed: the fast path (one read lock, one CAS). `None` when the key is not
     /// tracked by value; then [`Limiter::acquire`] decides. `cost` must have passed
-    /// `check_cost`. Keys this call reclaims leave their objects in `grave`, for the
-    /// caller to drop (no lock is held on return).
-    #[inline]
-    pub fn hit(&self, q: &Query<'_>, cost: u64, grave: &mut Vec<P>) -> Option<Outcome> {
+    /// `check_cost`. The caller counts the decision with [`due`] and runs a
+    /// [`Limiter::reclaim_step`] when it says so (kept out of here so that the fast path
+    /// carries no list of objects to drop).
+    #[allow(clippy::inline_always)] // measured: see `Bucket::take`
+    #[inline(always)]
+    pub fn hit(&self, q: &Query<'_>, cost: u64) -> Option<Outcome> {
+        // An opaque query matches no stored key by value (`KeyRef::matches`), so the map
+        // would say None too; this saves the probe.
+        if q.is_opaque() {
+            return None;
+        }
         let bucket = self.map.get(q as &dyn Lookup)?;
         let o = self.take(&bucket, cost);
         drop(bucket);
-        self.tick(grave);
         Some(o)
     }
 
     /// The decision for `cost` tokens on any key, consuming them if allowed (inserting the
-    /// key if its class is not tracked). `cost` must have passed `check_cost`. Objects of
-    /// reclaimed keys go to `grave`, as for [`Limiter::hit`].
+    /// key if its class is not tracked). `cost` must have passed `check_cost`. Counts the
+    /// decision and runs the reclaim steps due; objects of reclaimed keys go to `grave`,
+    /// for the caller to drop (no lock is held on return).
     pub fn acquire<R: Resolve<P>>(
         &self,
-        key: Target<'_, '_>,
+        key: &Query<'_>,
         r: &R,
         cost: u64,
         grave: &mut Vec<P>,
     ) -> Result<Outcome, R::Error> {
-        let stripe = self.stripe(key.hash());
+        let stripe = self.stripe(key.hash);
         let mut known = Vec::new();
         for _ in 0..MAX_ATTEMPTS {
             let g0 = stripe.load(Ordering::Acquire);
-            if let Target::Native(q) = key {
-                if let Some(b) = self.map.get(q as &dyn Lookup) {
+            if !key.is_opaque() {
+                if let Some(b) = self.map.get(key as &dyn Lookup) {
                     let o = self.take(&b, cost);
                     drop(b);
                     self.tick(grave);
@@ -818,16 +885,15 @@ impl<P> Limiter<P> {
                 // Reclaimed since it was found (so it was full): look again.
                 continue;
             }
-            let (stored, id) = match key {
-                Target::Native(q) => (q.to_key(), None),
-                Target::Opaque(hash) => {
-                    let id = self.store(r.to_stored());
-                    let k = Key {
-                        hash,
-                        kind: KeyKind::Opaque(id),
-                    };
-                    (k, Some(id))
-                }
+            let (stored, id) = if key.is_opaque() {
+                let id = self.store(r.to_stored());
+                let k = Key {
+                    hash: key.hash,
+                    kind: KeyKind::Opaque(id),
+                };
+                (k, Some(id))
+            } else {
+                (key.to_key(), None)
             };
             let done = self.insert(stored, stripe, g0, cost, grave);
             if let (Some(id), false) = (id, matches!(done, Some((_, true)))) {
@@ -846,20 +912,15 @@ impl<P> Limiter<P> {
     /// by-value lookup is the caller's job; here it meets only opaque candidates.
     fn resolve<R: Resolve<P>>(
         &self,
-        key: Target<'_, '_>,
+        key: &Query<'_>,
         r: &R,
         known: &mut Vec<(Key, bool)>,
     ) -> Result<Option<Key>, R::Error> {
-        let (hash, opaque_only) = match key {
-            Target::Native(q) => {
-                if self.opaque.load(Ordering::Acquire) == 0 {
-                    return Ok(None);
-                }
-                (q.hash, true)
-            }
-            Target::Opaque(hash) => (hash, false),
-        };
-        for c in self.candidates(hash, opaque_only) {
+        let opaque_only = !key.is_opaque();
+        if opaque_only && self.opaque.load(Ordering::Acquire) == 0 {
+            return Ok(None);
+        }
+        for c in self.candidates(key.hash, opaque_only) {
             let equal = if let Some(&(_, eq)) = known.iter().find(|(k, _)| *k == c) {
                 eq
             } else {
@@ -890,7 +951,7 @@ impl<P> Limiter<P> {
             found: RefCell::new(Vec::new()),
         };
         // A Probe never matches, so this is always None and holds no guard.
-        let none = self.map.get(&probe as &dyn Lookup);
+        let none = self.map.get(&probe as &dyn Collect);
         drop(none);
         probe.found.into_inner()
     }
@@ -992,25 +1053,25 @@ impl<P> Limiter<P> {
     }
 
     /// Whole tokens available on `key` now, consuming nothing.
-    pub fn peek<R: Resolve<P>>(&self, key: Target<'_, '_>, r: &R) -> Result<u64, R::Error> {
+    pub fn peek<R: Resolve<P>>(&self, key: &Query<'_>, r: &R) -> Result<u64, R::Error> {
         self.with_bucket(key, r, |b| self.gcra.remaining(b.tat(), self.now()))
             .map(|n| n.unwrap_or(self.gcra.burst))
     }
 
     /// Refills `key`'s bucket. The key stays tracked until reclaimed like any idle key.
-    pub fn reset<R: Resolve<P>>(&self, key: Target<'_, '_>, r: &R) -> Result<(), R::Error> {
+    pub fn reset<R: Resolve<P>>(&self, key: &Query<'_>, r: &R) -> Result<(), R::Error> {
         self.with_bucket(key, r, Bucket::refill).map(drop)
     }
 
     /// Runs `f` on the bucket of `key`'s class if it is tracked.
     fn with_bucket<R: Resolve<P>, T>(
         &self,
-        key: Target<'_, '_>,
+        key: &Query<'_>,
         r: &R,
         f: impl Fn(&Bucket) -> T,
     ) -> Result<Option<T>, R::Error> {
-        if let Target::Native(q) = key {
-            if let Some(b) = self.map.get(q as &dyn Lookup) {
+        if !key.is_opaque() {
+            if let Some(b) = self.map.get(key as &dyn Lookup) {
                 return Ok(Some(f(&b)));
             }
         }
@@ -1182,9 +1243,10 @@ impl<P> Limiter<P> {
     }
 }
 
-/// Counts a decision of this thread; true every `RECLAIM_EVERY`-th time.
+/// Counts a decision of this thread; true every `RECLAIM_EVERY`-th time (then a reclaim
+/// step is due).
 #[inline]
-fn due() -> bool {
+pub fn due() -> bool {
     TICKS.with(|t| {
         let n = t.get() + 1;
         if n >= RECLAIM_EVERY {
@@ -1207,7 +1269,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::core::clock::ManualClock;
+    use crate::core::clock::{ManualClock, MAX_READING};
 
     const MS: u64 = 1_000_000;
     const SEC: u64 = 1_000_000_000;
@@ -1319,10 +1381,17 @@ mod tests {
     fn take_int(l: &L, k: u64, cost: u64) -> Outcome {
         let q = int(k);
         let mut grave = Vec::new();
-        l.hit(&q, cost, &mut grave).unwrap_or_else(|| {
-            l.acquire(Target::Native(&q), &IntCaller(k as i64), cost, &mut grave)
-                .unwrap()
-        })
+        match l.hit(&q, cost) {
+            Some(o) => {
+                if due() {
+                    l.reclaim_step(RECLAIM_BUDGET, &mut grave);
+                }
+                o
+            }
+            None => l
+                .acquire(&q, &IntCaller(k as i64), cost, &mut grave)
+                .unwrap(),
+        }
     }
 
     /// The full decision for one request on an int key.
@@ -1331,12 +1400,11 @@ mod tests {
     }
 
     fn take_named(l: &L, n: &Named<'_>, cost: u64) -> Result<Outcome, String> {
-        l.acquire(Target::Opaque(n.hash()), n, cost, &mut Vec::new())
+        l.acquire(&Query::opaque(n.hash()), n, cost, &mut Vec::new())
     }
 
     fn peek_int(l: &L, k: u64) -> u64 {
-        l.peek(Target::Native(&int(k)), &IntCaller(k as i64))
-            .unwrap()
+        l.peek(&int(k), &IntCaller(k as i64)).unwrap()
     }
 
     fn sweep(l: &L) -> usize {
@@ -1499,11 +1567,11 @@ mod tests {
         assert_eq!(l.now(), 0);
         assert!(take_int(&l, 1, 10).allowed);
         assert_eq!(peek_int(&l, 1), 0);
-        let l = Limiter::<String> {
-            epoch: i64::MIN,
-            ..l
-        };
-        assert_eq!(l.now(), MAX_READING as u64);
+        let d = check(&l, 1, 1);
+        assert_eq!(
+            (d.allowed, d.retry_after, d.reset_after),
+            (false, 100 * MS, SEC)
+        );
     }
 
     #[test]
@@ -1565,7 +1633,7 @@ mod tests {
         assert_eq!(sweep(&l), 1); // key 2 is full again, key 1 is not
         assert_eq!(l.len(), 1);
         assert_eq!(peek_int(&l, 1), 5);
-        l.reset(Target::Native(&int(1)), &IntCaller(1)).unwrap();
+        l.reset(&int(1), &IntCaller(1)).unwrap();
         assert_eq!(peek_int(&l, 1), 10);
         assert_eq!(sweep(&l), 1);
         assert!(l.is_empty());
@@ -1703,18 +1771,14 @@ mod tests {
         ];
         for k in &keys {
             let q = Query::new(k.clone());
-            let o = l.acquire(Target::Native(&q), &IntCaller(0), 1, &mut Vec::new());
+            let o = l.acquire(&q, &IntCaller(0), 1, &mut Vec::new());
             assert!(o.unwrap().allowed);
         }
         assert_eq!(l.len(), keys.len());
         for k in &keys {
             let q = Query::new(k.clone());
-            assert_eq!(
-                l.peek(Target::Native(&q), &IntCaller(0)).unwrap(),
-                1,
-                "{k:?}"
-            );
-            assert!(l.hit(&q, 1, &mut Vec::new()).unwrap().allowed);
+            assert_eq!(l.peek(&q, &IntCaller(0)).unwrap(), 1, "{k:?}");
+            assert!(l.hit(&q, 1).unwrap().allowed);
         }
     }
 
@@ -1729,12 +1793,12 @@ mod tests {
         assert!(take_named(&l, &cd, 1).unwrap().allowed);
         assert_eq!(l.len(), 2);
         assert_eq!(l.stored_len(), 2);
-        assert_eq!(l.peek(Target::Opaque(ab.hash()), &ab).unwrap(), 0);
-        assert_eq!(l.peek(Target::Opaque(cd.hash()), &cd).unwrap(), 1);
+        assert_eq!(l.peek(&Query::opaque(ab.hash()), &ab).unwrap(), 0);
+        assert_eq!(l.peek(&Query::opaque(cd.hash()), &cd).unwrap(), 1);
         let ef = Named::new("ef");
-        assert_eq!(l.peek(Target::Opaque(ef.hash()), &ef).unwrap(), 2);
-        l.reset(Target::Opaque(ab.hash()), &ab).unwrap();
-        assert_eq!(l.peek(Target::Opaque(ab.hash()), &ab).unwrap(), 2);
+        assert_eq!(l.peek(&Query::opaque(ef.hash()), &ef).unwrap(), 2);
+        l.reset(&Query::opaque(ab.hash()), &ab).unwrap();
+        assert_eq!(l.peek(&Query::opaque(ab.hash()), &ab).unwrap(), 2);
         // An error from the comparison propagates and consumes nothing.
         let bad = Named {
             raises: true,
@@ -1769,8 +1833,8 @@ mod tests {
         assert!(!take_named(&l, &Named::int("huit", 8), 1).unwrap().allowed);
         assert_eq!(peek_int(&l, 8), 0);
         assert_eq!((l.len(), l.stored_len()), (2, 1));
-        l.reset(Target::Native(&int(8)), &IntCaller(8)).unwrap();
-        assert_eq!(l.peek(Target::Opaque(eight.hash()), &eight).unwrap(), 3);
+        l.reset(&int(8), &IntCaller(8)).unwrap();
+        assert_eq!(l.peek(&Query::opaque(eight.hash()), &eight).unwrap(), 3);
         // A native int with the same hash that the opaque keys do not equal is its own key.
         assert!(take_int(&l, 8, 3).allowed);
     }
@@ -1784,9 +1848,7 @@ mod tests {
         let inner = l.clone();
         let on_eq = move || {
             take_int(&inner, 99, 1);
-            inner
-                .reset(Target::Native(&int(99)), &IntCaller(99))
-                .unwrap();
+            inner.reset(&int(99), &IntCaller(99)).unwrap();
             sweep(&inner);
             let _ = inner.len();
             let x = Named::new("x");

@@ -7,7 +7,7 @@
 //!   the same value) and exact tuples of those become a Rust-native [`KeyRef`] that borrows
 //!   the caller's str/bytes data: no allocation, no Python object kept, no user code, and
 //!   the core's lock-free fast path. Only a miss copies the key into an owned `Key`.
-//! - *Opaque*: everything else (subclasses, floats with a fraction, UUIDs, enum members,
+//! - *Opaque* (`KeyRef::Opaque`, with the key's hash): everything else (subclasses, floats with a fraction, UUIDs, enum members,
 //!   user classes, tuples holding any of those) is stored as the Python object itself and
 //!   compared with `==` outside every lock (see the core's module docs, "Keys").
 //!
@@ -45,7 +45,7 @@ use pyo3::{PyTraverseError, PyVisit};
 
 use crate::core::clock::{self, nanos_to_secs};
 use crate::core::ratelimit::{
-    self, Gcra, Key, KeyKind, KeyRef, Limiter, Outcome, Query, Resolve, Target, MAX_ATTEMPTS,
+    self, Gcra, Key, KeyKind, KeyRef, Limiter, Outcome, Query, Resolve, MAX_ATTEMPTS,
 };
 use crate::py::args;
 use crate::py::wait::{self, SLICE};
@@ -264,29 +264,13 @@ unsafe fn tuple<'a>(
     }
 }
 
-/// A caller's key, prepared for the core.
-enum Prepared<'a> {
-    Native(Query<'a>),
-    /// An opaque key, by its (mixed) hash.
-    Opaque(u64),
-}
-
-impl Prepared<'_> {
-    fn target(&self) -> Target<'_, '_> {
-        match self {
-            Self::Native(q) => Target::Native(q),
-            Self::Opaque(h) => Target::Opaque(*h),
-        }
-    }
-}
-
 /// Prepares an optional key argument (absent means `None`).
 ///
 /// The exact-str case is written out here rather than called, so that it compiles into
 /// the method with the key built in place (a call returning the key enum through memory
 /// costs a store-forwarding stall per field on the hottest path).
 #[inline]
-fn prepare<'a>(py: Python<'_>, key: Option<&'a Bound<'_, PyAny>>) -> PyResult<Prepared<'a>> {
+fn prepare<'a>(py: Python<'_>, key: Option<&'a Bound<'_, PyAny>>) -> PyResult<Query<'a>> {
     let p = match key {
         Some(k) => k.as_ptr(),
         // SAFETY: None is immortal.
@@ -305,7 +289,7 @@ fn prepare<'a>(py: Python<'_>, key: Option<&'a Bound<'_, PyAny>>) -> PyResult<Pr
                 if h != -1 {
                     let bytes = std::slice::from_raw_parts(data.cast::<u8>(), len as usize);
                     let s = std::str::from_utf8_unchecked(bytes);
-                    return Ok(Prepared::Native(Query::with_hash(KeyRef::Str(s), mixed(h))));
+                    return Ok(Query::with_hash(KeyRef::Str(s), mixed(h)));
                 }
             }
             ffi::PyErr_Clear();
@@ -322,26 +306,20 @@ unsafe fn prepare_other<'a>(
     py: Python<'_>,
     p: *mut ffi::PyObject,
     key: Option<&'a Bound<'_, PyAny>>,
-) -> PyResult<Prepared<'a>> {
+) -> PyResult<Query<'a>> {
     // SAFETY: forwarded contract; `native` keys are exact builtins, so hashing them runs
     // no user code.
     unsafe {
         match native(py, p, 0)? {
-            Some(KeyRef::Int(i)) => Ok(Prepared::Native(Query::with_hash(
-                KeyRef::Int(i),
-                mixed(int_hash(i)),
-            ))),
+            Some(KeyRef::Int(i)) => Ok(Query::with_hash(KeyRef::Int(i), mixed(int_hash(i)))),
             Some(k) => {
                 let h = builtin_hash(py, p)?;
-                Ok(Prepared::Native(Query::with_hash(k, h)))
+                Ok(Query::with_hash(k, h))
             }
             None => match key {
-                Some(k) => Ok(Prepared::Opaque(opaque_hash(k)?)),
+                Some(k) => Ok(Query::opaque(opaque_hash(k)?)),
                 // None is native; unreachable.
-                None => Ok(Prepared::Native(Query::with_hash(
-                    KeyRef::None,
-                    builtin_hash(py, p)?,
-                ))),
+                None => Ok(Query::with_hash(KeyRef::None, builtin_hash(py, p)?)),
             },
         }
     }
@@ -515,19 +493,26 @@ impl RateLimiter {
         &self,
         py: Python<'_>,
         key: Option<&Bound<'_, PyAny>>,
-        p: &Prepared<'_>,
+        q: &Query<'_>,
         cost: u64,
     ) -> PyResult<Outcome> {
-        if let Prepared::Native(q) = p {
-            let mut grave = Vec::new();
-            if let Some(o) = self.inner.hit(q, cost, &mut grave) {
-                if !grave.is_empty() {
-                    release(py, grave)?;
-                }
-                return Ok(o);
+        if let Some(o) = self.inner.hit(q, cost) {
+            if ratelimit::due() {
+                self.reclaim_step(py)?;
             }
+            return Ok(o);
         }
-        self.decide_slow(py, key, p, cost)
+        self.decide_slow(py, key, q, cost)
+    }
+
+    /// The amortised reclaim step of the fast path.
+    #[cold]
+    #[inline(never)]
+    fn reclaim_step(&self, py: Python<'_>) -> PyResult<()> {
+        let mut grave = Vec::new();
+        self.inner
+            .reclaim_step(ratelimit::RECLAIM_BUDGET, &mut grave);
+        release(py, grave)
     }
 
     #[inline(never)]
@@ -535,12 +520,12 @@ impl RateLimiter {
         &self,
         py: Python<'_>,
         key: Option<&Bound<'_, PyAny>>,
-        p: &Prepared<'_>,
+        q: &Query<'_>,
         cost: u64,
     ) -> PyResult<Outcome> {
         let mut grave = Vec::new();
         let caller = Caller::new(py, key);
-        let o = self.inner.acquire(p.target(), &caller, cost, &mut grave);
+        let o = self.inner.acquire(q, &caller, cost, &mut grave);
         caller.finish(o, grave)
     }
 }
@@ -585,8 +570,15 @@ impl RateLimiter {
         cost: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<bool> {
         let cost = self.cost(cost)?;
-        let p = prepare(py, key)?;
-        Ok(self.decide(py, key, &p, cost)?.allowed)
+        let q = prepare(py, key)?;
+        // The fast path written out: no Result to unwrap around the common decision.
+        if let Some(o) = self.inner.hit(&q, cost) {
+            if ratelimit::due() {
+                self.reclaim_step(py)?;
+            }
+            return Ok(o.allowed);
+        }
+        Ok(self.decide_slow(py, key, &q, cost)?.allowed)
     }
 
     /// Like `try_acquire`, with the details of the decision.
@@ -598,8 +590,8 @@ impl RateLimiter {
         cost: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Decision> {
         let cost = self.cost(cost)?;
-        let p = prepare(py, key)?;
-        let o = self.decide(py, key, &p, cost)?;
+        let q = prepare(py, key)?;
+        let o = self.decide(py, key, &q, cost)?;
         Ok(self.inner.gcra().decision(o).into())
     }
 
@@ -618,10 +610,10 @@ impl RateLimiter {
     ) -> PyResult<bool> {
         let cost = self.cost(cost)?;
         let timeout = args::opt_timeout(timeout, "timeout")?;
-        let p = prepare(py, key)?;
+        let q = prepare(py, key)?;
         let start = Instant::now();
         loop {
-            let o = self.decide(py, key, &p, cost)?;
+            let o = self.decide(py, key, &q, cost)?;
             if o.allowed {
                 return Ok(true);
             }
@@ -668,18 +660,18 @@ impl RateLimiter {
     /// Whole tokens available on `key` now, consuming nothing.
     #[pyo3(signature = (key = None))]
     fn peek(&self, py: Python<'_>, key: Option<&Bound<'_, PyAny>>) -> PyResult<u64> {
-        let p = prepare(py, key)?;
+        let q = prepare(py, key)?;
         let caller = Caller::new(py, key);
-        let n = self.inner.peek(p.target(), &caller);
+        let n = self.inner.peek(&q, &caller);
         caller.finish(n, Vec::new())
     }
 
     /// Refills `key`'s bucket.
     #[pyo3(signature = (key = None))]
     fn reset(&self, py: Python<'_>, key: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
-        let p = prepare(py, key)?;
+        let q = prepare(py, key)?;
         let caller = Caller::new(py, key);
-        let done = self.inner.reset(p.target(), &caller);
+        let done = self.inner.reset(&q, &caller);
         caller.finish(done, Vec::new())
     }
 
