@@ -388,6 +388,25 @@ def test_python_keys_are_reclaimed_and_released() -> None:
     assert all(r() is None for r in refs)
 
 
+def test_comparisons_leak_no_references() -> None:
+    """The stored key copied out for each comparison is released again, whether the
+    comparison says equal, not equal or raises."""
+    _, rl = limiter(1e9, burst=10**6)
+    stored = uuid.UUID(int=5)
+    rival = BadEq()
+    rl.try_acquire(stored)
+    rl.try_acquire(rival)
+    before = sys.getrefcount(stored), sys.getrefcount(rival)
+    for _ in range(1_000):
+        assert rl.try_acquire(uuid.UUID(int=5))  # equal, another object
+        assert rl.peek(uuid.UUID(int=5)) > 0
+        rl.try_acquire(stored)  # the same object: no comparison at all
+        with pytest.raises(Boom):
+            rl.try_acquire(BadEq())
+    assert (sys.getrefcount(stored), sys.getrefcount(rival)) == before
+    assert len(rl) == 2
+
+
 def test_a_key_that_refers_to_its_limiter_is_collected() -> None:
     """Guards GC support: a key object holding the limiter that holds it is a cycle the
     collector must see through the limiter (__traverse__) and break (__clear__)."""

@@ -757,6 +757,9 @@ pub trait Resolve<P> {
     /// handed over so that the caller decides where it is dropped: if the key left the
     /// limiter meanwhile, it may be the last one.
     fn eq_stored(&self, stored: P) -> Result<bool, Self::Error>;
+    /// Is the stored object the caller's key itself (identity)? Asked under a side-table
+    /// lock: must not run user code. `true` settles the comparison without `eq_stored`.
+    fn is_same(&self, stored: &P) -> bool;
     /// A new reference to a stored object, taken under a side-table lock: must not run
     /// user code.
     fn clone_stored(&self, stored: &P) -> P;
@@ -926,9 +929,10 @@ impl<P> Limiter<P> {
             } else {
                 let eq = match c.kind {
                     KeyKind::Opaque(id) => match self.load_stored(id, r) {
-                        Some(obj) => r.eq_stored(obj)?,
+                        Stored::Same => true,
+                        Stored::Other(obj) => r.eq_stored(obj)?,
                         // Its map entry was removed before its object: not a candidate.
-                        None => continue,
+                        Stored::Gone => continue,
                     },
                     _ => r.eq_native(&c)?,
                 };
@@ -1044,12 +1048,14 @@ impl<P> Limiter<P> {
         }
     }
 
-    /// A new reference to an opaque key's object, if it is still stored.
-    fn load_stored<R: Resolve<P>>(&self, id: u64, r: &R) -> Option<P> {
-        self.stored_shard(id)
-            .lock()
-            .get(&id)
-            .map(|obj| r.clone_stored(obj))
+    /// An opaque key's object, as seen under its shard's lock: the caller's key itself, or
+    /// a new reference to another object (to compare outside the lock), or gone.
+    fn load_stored<R: Resolve<P>>(&self, id: u64, r: &R) -> Stored<P> {
+        match self.stored_shard(id).lock().get(&id) {
+            Some(obj) if r.is_same(obj) => Stored::Same,
+            Some(obj) => Stored::Other(r.clone_stored(obj)),
+            None => Stored::Gone,
+        }
     }
 
     /// Whole tokens available on `key` now, consuming nothing.
@@ -1243,6 +1249,13 @@ impl<P> Limiter<P> {
     }
 }
 
+/// What [`Limiter::load_stored`] found.
+enum Stored<P> {
+    Same,
+    Other(P),
+    Gone,
+}
+
 /// Counts a decision of this thread; true every `RECLAIM_EVERY`-th time (then a reclaim
 /// step is due).
 #[inline]
@@ -1302,6 +1315,9 @@ mod tests {
         }
         fn eq_stored(&self, stored: String) -> Result<bool, String> {
             Ok(stored == format!("#{}", self.0))
+        }
+        fn is_same(&self, _: &String) -> bool {
+            false
         }
         fn clone_stored(&self, s: &String) -> String {
             s.clone()
@@ -1363,6 +1379,9 @@ mod tests {
                 return Err("eq raised".into());
             }
             Ok(stored == self.to_stored())
+        }
+        fn is_same(&self, _: &String) -> bool {
+            false // strings have no identity here: always compared
         }
         fn clone_stored(&self, s: &String) -> String {
             s.clone()
