@@ -119,7 +119,7 @@ fn int_hash(v: i64) -> ffi::Py_hash_t {
         31
     };
     const MODULUS: u64 = (1 << BITS) - 1;
-    // |v| % MODULUS < 2^61, so the cast and the negation are exact.
+    // |v| % MODULUS < MODULUS fits a Py_hash_t, so the cast and the negation are exact.
     let m = (v.unsigned_abs() % MODULUS) as ffi::Py_hash_t;
     let h = if v < 0 { -m } else { m };
     if h == -1 {
