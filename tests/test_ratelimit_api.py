@@ -8,6 +8,7 @@ import datetime
 import enum
 import gc
 import math
+import re
 import subprocess
 import sys
 import threading
@@ -719,13 +720,28 @@ def test_bad_timeout() -> None:
         rl.acquire_async(timeout=math.inf)
 
 
-def test_decision_rejects_out_of_range_fields() -> None:
-    with pytest.raises(OverflowError):
-        Decision(True, -1, 0.0, 0.0)
-    with pytest.raises(OverflowError):
-        Decision(True, 2**70, 0.0, 0.0)
-    with pytest.raises(TypeError):
-        Decision(True, 1, "0", 0.0)  # type: ignore[arg-type]
+@pytest.mark.parametrize(
+    ("args", "exc", "msg"),
+    [
+        ((True, -1, 0.0, 0.0), ValueError, "remaining must be >= 0"),
+        ((True, 2**70, 0.0, 0.0), ValueError, "remaining is out of range"),
+        ((True, 1.0, 0.0, 0.0), TypeError, "remaining must be an int, not 'float'"),
+        ((True, 1, "0", 0.0), TypeError, "retry_after must be a number of seconds, not 'str'"),
+        ((True, 1, math.nan, 0.0), ValueError, "retry_after must be a finite number of seconds"),
+        ((True, 1, 0.0, math.inf), ValueError, "reset_after must be a finite number of seconds"),
+        ((True, 1, -0.5, 0.0), ValueError, "retry_after must be >= 0"),
+        ((True, 1, 0.0, -1), ValueError, "reset_after must be >= 0"),
+    ],
+)
+def test_decision_rejects_bad_fields(
+    args: tuple[object, ...], exc: type[Exception], msg: str
+) -> None:
+    """Guards the house rule for Decision's constructor: a bad field raises an error naming
+    it (before, -1 and 2**70 gave an unnamed OverflowError; NaN, inf and negative waits
+    were accepted)."""
+    with pytest.raises(exc, match=f"^{re.escape(msg)}$"):
+        Decision(*args)  # type: ignore[arg-type]
+    assert Decision(False, 0, 5e9, 5e9).retry_after == 5e9
 
 
 # ---- the ends of time --------------------------------------------------------------------

@@ -741,6 +741,8 @@ class Decision:
         cls, allowed: bool, remaining: int, retry_after: float, reset_after: float
     ) -> Decision:
         """Build a decision (``ferrule.redis.RedisRateLimiter`` returns these too).
+        ``remaining`` is an int >= 0 and the waits finite numbers of seconds >= 0; anything
+        else raises TypeError/ValueError naming the field.
 
         >>> Decision(True, 3, 0.0, 0.7)
         Decision(allowed=True, remaining=3, retry_after=0.0, reset_after=0.7)

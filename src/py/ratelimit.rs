@@ -36,7 +36,7 @@
 use std::cell::RefCell;
 use std::time::{Duration, Instant};
 
-use pyo3::exceptions::{PyOverflowError, PyRuntimeError, PyTypeError};
+use pyo3::exceptions::{PyOverflowError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -69,6 +69,20 @@ fn secs(ns: u64) -> f64 {
     nanos_to_secs(i64::try_from(ns).unwrap_or(i64::MAX))
 }
 
+/// A wait given in seconds: a finite number >= 0.
+fn wait_seconds(obj: &Bound<'_, PyAny>, arg: &str) -> PyResult<f64> {
+    let secs = args::seconds(obj, arg)?;
+    if !secs.is_finite() {
+        return Err(PyValueError::new_err(format!(
+            "{arg} must be a finite number of seconds"
+        )));
+    }
+    if secs < 0.0 {
+        return Err(PyValueError::new_err(format!("{arg} must be >= 0")));
+    }
+    Ok(secs)
+}
+
 impl From<ratelimit::Decision> for Decision {
     fn from(d: ratelimit::Decision) -> Self {
         Self {
@@ -83,15 +97,22 @@ impl From<ratelimit::Decision> for Decision {
 #[pymethods]
 impl Decision {
     /// Builds a decision, for limiters computed elsewhere (`ferrule.redis`) and for tests.
+    /// `remaining` is an int >= 0; the waits are finite numbers of seconds >= 0.
     #[new]
     #[pyo3(signature = (allowed, remaining, retry_after, reset_after))]
-    fn new(allowed: bool, remaining: u64, retry_after: f64, reset_after: f64) -> Self {
-        Self {
+    fn new(
+        allowed: bool,
+        remaining: &Bound<'_, PyAny>,
+        retry_after: &Bound<'_, PyAny>,
+        reset_after: &Bound<'_, PyAny>,
+    ) -> PyResult<Self> {
+        Ok(Self {
             allowed,
-            remaining,
-            retry_after,
-            reset_after,
-        }
+            // >= 0, so the cast is exact.
+            remaining: args::int_at_least(remaining, "remaining", 0)? as u64,
+            retry_after: wait_seconds(retry_after, "retry_after")?,
+            reset_after: wait_seconds(reset_after, "reset_after")?,
+        })
     }
 
     fn __repr__(&self) -> String {
