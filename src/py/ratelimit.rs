@@ -7,9 +7,11 @@
 //!   the same value) and exact tuples of those become a Rust-native [`KeyRef`] that borrows
 //!   the caller's str/bytes data: no allocation, no Python object kept, no user code, and
 //!   the core's lock-free fast path. Only a miss copies the key into an owned `Key`.
-//! - *Opaque* (`KeyRef::Opaque`, with the key's hash): everything else (subclasses, floats with a fraction, UUIDs, enum members,
-//!   user classes, tuples holding any of those) is stored as the Python object itself and
-//!   compared with `==` outside every lock (see the core's module docs, "Keys").
+//! - *Opaque* (`KeyRef::Opaque`, with the key's hash): everything else (subclasses,
+//!   floats with a fraction, UUIDs, enum members, user classes, tuples holding any of
+//!   those) is stored as the Python object itself and compared with `==` outside every
+//!   lock (see the core's module docs, "Keys"); the same object is recognised by
+//!   identity under the side table's lock, with no comparison and no copy.
 //!
 //! Every key is hashed by Python's `hash()` (mixed): native ints by the same arithmetic
 //! CPython uses (`int_hash`), the others by `PyObject_Hash` of an exact builtin (no user
@@ -18,8 +20,13 @@
 //!
 //! User code (an opaque key's `__hash__` and `__eq__`, and `__del__` when the limiter
 //! drops a key) runs only through `wait::call` (it parks the thread if the interpreter
-//! exits meanwhile), never under a lock of the limiter. Dropped keys are released into a
-//! list that is cleared through `wait::call` too.
+//! exits meanwhile), never under a lock of the limiter. A dropped key that may be the
+//! last reference to its object is released into a list that is cleared through
+//! `wait::call` too (see [`release`]).
+//!
+//! The exact-str case is prepared apart and built in a local of its own in
+//! `try_acquire` and `check` (see [`exact_str`]): the fast path then costs no more than
+//! it did when only builtin keys were accepted.
 //!
 //! # Waits
 //! Every decision is O(1) and runs with the GIL held (releasing it would cost more than
