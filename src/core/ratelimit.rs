@@ -782,11 +782,13 @@ pub struct Limiter<P> {
     clock: Clock,
     epoch: i64,
     map: DashMap<Key, Bucket, KeyHashBuilder>,
+    /// Reclamation queues: exactly [`QUEUES`]; every index into them (and into `gens`
+    /// and `stored`, likewise sized) is taken modulo that length.
     queues: Box<[Mutex<VecDeque<Key>>]>,
     cursor: AtomicUsize,
-    /// Insertion generations, one per stripe of hashes (see "Keys" in the module docs).
+    /// Insertion generations, [`STRIPES`] of them (see "Keys" in the module docs).
     gens: Box<[StdAtomicU64]>,
-    /// Opaque key objects by id, sharded by id.
+    /// Opaque key objects by id, in [`STORED_SHARDS`] shards by id.
     stored: Box<[Mutex<hashbrown::HashMap<u64, P>>]>,
     next_id: StdAtomicU64,
     /// Objects in the side table (so native misses skip the opaque search when 0).
