@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import threading
 import time
+import uuid
 from collections.abc import Callable
 
 import ferrule
@@ -26,6 +27,13 @@ Attempt = Callable[[], bool]
 def make_ferrule() -> Attempt:
     rl = ferrule.RateLimiter(RATE, burst=BURST)
     return lambda: rl.try_acquire(KEY)
+
+
+def make_ferrule_uuid() -> Attempt:
+    """A key ferrule compares with ``==`` (its slower path): equal UUIDs, made per call."""
+    rl = ferrule.RateLimiter(RATE, burst=BURST)
+    n = uuid.UUID(int=1).int
+    return lambda: rl.try_acquire(uuid.UUID(int=n))
 
 
 def make_limits(window: str) -> Callable[[], Attempt]:
@@ -69,6 +77,7 @@ def make_token_bucket() -> Attempt:
 
 LIMITERS: list[tuple[str, Callable[[], Attempt]]] = [
     ("ferrule.RateLimiter", make_ferrule),
+    ("ferrule.RateLimiter, UUID key", make_ferrule_uuid),
     ("limits MovingWindow", make_limits("moving")),
     ("limits FixedWindow", make_limits("fixed")),
     ("pyrate-limiter InMemoryBucket", make_pyrate(gcra=False)),

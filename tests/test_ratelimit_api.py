@@ -4,9 +4,20 @@ from __future__ import annotations
 
 import _thread
 import asyncio
+import datetime
+import enum
+import gc
 import math
+import re
+import subprocess
+import sys
 import threading
 import time
+import uuid
+import weakref
+from decimal import Decimal
+from fractions import Fraction
+from typing import NamedTuple
 
 import pytest
 from ferrule import Decision, ManualClock, RateLimiter
@@ -101,22 +112,386 @@ def test_keys_are_independent_and_compare_by_value() -> None:
     assert len(rl) == len(keys) + 1
 
 
-def test_unsupported_keys_raise_type_error() -> None:
-    _, rl = limiter(1)
-    with pytest.raises(
-        TypeError, match=r"^key must be None, str, int, bytes or a tuple of those, not 'float'$"
-    ):
-        rl.try_acquire(1.5)
-    with pytest.raises(TypeError, match=r"not 'list'$"):
-        rl.check(["a"])
-    with pytest.raises(TypeError, match=r"not 'object'$"):
-        rl.peek(("a", object()))
+def grants_like_a_dict(rl: RateLimiter, keys: list[object]) -> None:
+    """With burst 1 on a frozen clock, each key is granted iff no earlier key is equal to
+    it as a dict says (the first of each class); nothing else."""
+    seen: dict[object, None] = {}
+    for i, k in enumerate(keys):
+        fresh = k not in seen
+        seen[k] = None
+        assert rl.try_acquire(k) is fresh, (i, k)
+    assert len(rl) == len(seen)
+
+
+class Color(enum.Enum):
+    RED = 1
+    GREEN = "green"
+
+
+class Level(enum.IntEnum):
+    LOW = 1
+    HIGH = 2
+
+
+class Point(NamedTuple):
+    x: object
+    y: object
+
+
+class Ident:
+    """A user class with identity semantics."""
+
+
+class Val:
+    """A user class equal to anything with the same ``v`` (and to ``v`` itself)."""
+
+    def __init__(self, v: object) -> None:
+        self.v = v
+
+    def __hash__(self) -> int:
+        return hash(self.v)
+
+    def __eq__(self, other: object) -> bool:
+        return self.v == (other.v if isinstance(other, Val) else other)
+
+
+class Str(str):
+    """A str subclass keeping str's == and hash: equal to the plain str."""
+
+
+class Loud(str):
+    """A str subclass with its own hash: never the same dict key as the plain str."""
+
+    def __hash__(self) -> int:
+        return 42
+
+
+def test_keys_are_any_hashable_with_dict_semantics() -> None:
+    """Guards the key contract: any hashable is a key, and keys that a dict would merge
+    share one bucket, whichever kind (native or Python-compared) came first. Before,
+    floats, UUIDs, enum members and user classes raised TypeError, and a str subclass with
+    its own __hash__ was keyed by its value."""
+    nan = math.nan
+    uid = uuid.UUID(int=7)
     deep: object = "x"
     for _ in range(20):
         deep = (deep,)
-    with pytest.raises(TypeError, match="nest tuples"):
-        rl.try_acquire(deep)
+    keys: list[object] = [
+        None, "a", b"a", 1, 1.0, True, Level.LOW, Decimal(1), Fraction(1), 1 + 0j, Val(1),
+        0, False, 0.0, -0.0, Decimal("-0"),
+        1.5, Fraction(3, 2), Decimal("1.5"), Val(1.5),
+        2**100, float(2**100), Val(2**100), -(2**63), float(-(2**63)), 2**63, float(2**63),
+        2**63 - 1, 2**61 - 1, 2**61, -1, -2, Val(-1), Val(-2), Val(2**61 - 1),
+        math.inf, -math.inf, nan, nan, float("nan"),
+        uid, uuid.UUID(int=7), Color.RED, Color.GREEN, "green", Level.HIGH, 2,
+        ("a", 1), ("a", 1.0), ("a", True), Point("a", 1), ("a", Decimal(1)), ("a", Val(1)),
+        (1, (2, (3, "x"))), (1.0, (2.0, (3, "x"))), (), Point(1, 2), (1, 2),
+        frozenset({1, 2}), frozenset({2.0, 1.0}), datetime.date(2024, 1, 1),
+        Str("abc"), "abc", Loud("abc"), Loud("abc"), Str("def"),
+        Ident(), Ident(), Val("v"), "v", Val(b"w"), b"w",
+        deep, deep, 10**5000, "\ud800", "\ud800",
+    ]  # fmt: skip
+    _, rl = limiter(1)
+    grants_like_a_dict(rl, keys)
+    # Every one of them is tracked, then reclaimed like any key.
+    assert rl.sweep() == 0
+    assert all(rl.peek(k) == 0 for k in keys)
+    for k in keys:
+        rl.reset(k)
+    tracked = len(rl)
+    assert rl.sweep() == tracked
     assert len(rl) == 0
+
+
+@pytest.mark.parametrize(
+    "v", [0, 1, -1, -2, 2**30, 2**61 - 2, 2**61 - 1, 2**61, 2**62, -(2**61), 2**63 - 1, -(2**63)]
+)
+@pytest.mark.parametrize("native_first", [True, False])
+def test_native_int_hash_is_pythons(v: int, native_first: bool) -> None:
+    """The native path hashes ints itself; a key equal to the int must hash (and so find
+    its bucket) alike, at the ends of the hash modulus too."""
+    _, rl = limiter(1)
+    first, second = (v, Val(v)) if native_first else (Val(v), v)
+    assert rl.try_acquire(first)
+    assert not rl.try_acquire(second)
+    if float(v) == v:
+        assert not rl.try_acquire(float(v))
+    assert len(rl) == 1
+
+
+def test_unhashable_keys_raise_type_error() -> None:
+    _, rl = limiter(1)
+    with pytest.raises(TypeError, match=r"^key must be hashable, not 'list'$"):
+        rl.try_acquire(["a"])
+    with pytest.raises(TypeError, match=r"^key must be hashable, not 'dict'$"):
+        rl.check({})
+    with pytest.raises(TypeError, match=r"unhashable type: 'list'"):
+        rl.peek(("a", []))
+    with pytest.raises(TypeError, match=r"^key must be hashable, not 'set'$"):
+        rl.reset({1})
+    assert len(rl) == 0
+
+
+class Boom(Exception):
+    pass
+
+
+class BadHash:
+    def __hash__(self) -> int:
+        raise Boom("hash")
+
+
+class BadEq:
+    """Hashes like every other BadEq; comparing two of them raises."""
+
+    def __hash__(self) -> int:
+        return 7
+
+    def __eq__(self, other: object) -> bool:
+        raise Boom("eq")
+
+
+def test_hash_and_eq_exceptions_propagate_and_consume_nothing() -> None:
+    _, rl = limiter(2)
+    with pytest.raises(Boom, match="hash"):
+        rl.try_acquire(BadHash())
+    with pytest.raises(Boom, match="hash"):
+        rl.acquire_async(BadHash())
+    first = BadEq()
+    assert rl.try_acquire(first)  # no other key with its hash: nothing to compare
+    assert rl.try_acquire(first)  # the same object: identity, no __eq__
+    for call in (rl.try_acquire, rl.check, rl.peek, rl.reset, rl.acquire):
+        with pytest.raises(Boom, match="eq"):
+            call(BadEq())
+    # A native key with the same hash is compared with the stored one too (as in a dict).
+    with pytest.raises(Boom, match="eq"):
+        rl.try_acquire(7)
+    assert len(rl) == 1
+    assert rl.peek(first) == 0
+
+
+class Reentrant:
+    """Equal to Reentrants with the same tag; every comparison uses the limiter."""
+
+    calls = 0
+
+    def __init__(self, rl: RateLimiter, tag: str) -> None:
+        self.rl, self.tag = rl, tag
+
+    def __hash__(self) -> int:
+        return 11
+
+    def __eq__(self, other: object) -> bool:
+        Reentrant.calls += 1
+        self.rl.try_acquire("side")
+        self.rl.peek(("side", 1))
+        self.rl.reset("side")
+        self.rl.sweep()
+        len(self.rl)
+        return isinstance(other, Reentrant) and other.tag == self.tag
+
+
+def test_eq_may_call_back_into_the_limiter() -> None:
+    """Guards against deadlock by re-entrance: __eq__ runs with no lock of the limiter
+    held, so it may decide, peek, reset and sweep on the same limiter."""
+    clock, rl = limiter(1)
+    a = Reentrant(rl, "a")
+    assert rl.try_acquire(a)
+    assert not rl.try_acquire(Reentrant(rl, "a"))  # compared: equal
+    assert rl.try_acquire(Reentrant(rl, "b"))  # compared: not equal
+    assert rl.peek(Reentrant(rl, "a")) == 0
+    rl.reset(Reentrant(rl, "a"))
+    assert rl.try_acquire(Reentrant(rl, "a"))
+    assert Reentrant.calls > 0
+    clock.advance(1.0)
+    rl.sweep()
+    assert len(rl) == 0
+
+
+class Shifty:
+    """A key whose hash changes on every call (a dict loses such keys too)."""
+
+    n = 0
+
+    def __hash__(self) -> int:
+        Shifty.n += 1
+        return Shifty.n
+
+    def __eq__(self, other: object) -> bool:
+        return self is other
+
+
+def test_keys_whose_hash_changes_stay_consistent() -> None:
+    clock, rl = limiter(1)
+    k = Shifty()
+    # Each call hashes anew, so each finds no bucket: like a dict, a new entry each time.
+    assert all(rl.try_acquire(k) for _ in range(10))
+    assert len(rl) == 10
+    clock.advance(1.0)
+    assert rl.sweep() == 10
+    assert len(rl) == 0
+
+
+class Breeder:
+    """Hashes like every Breeder; comparing a stored Breeder with a key adds a new Breeder
+    to the limiter (not from within another Breeder's comparison)."""
+
+    busy = False
+
+    def __init__(self, rl: RateLimiter) -> None:
+        self.rl = rl
+
+    def __hash__(self) -> int:
+        return 5
+
+    def __eq__(self, other: object) -> bool:
+        if not Breeder.busy:
+            Breeder.busy = True
+            try:
+                self.rl.try_acquire(Breeder(self.rl))
+            finally:
+                Breeder.busy = False
+        return self is other
+
+
+def test_a_lookup_that_keeps_losing_gives_up() -> None:
+    """A key whose __eq__ inserts a new key of its own hash every time makes each
+    insertion lose its race (the limiter would spin forever): it gives up instead."""
+    _, rl = limiter(1)
+    Breeder.busy = True
+    rl.try_acquire(Breeder(rl))
+    Breeder.busy = False
+    with pytest.raises(RuntimeError, match=r"^gave up finding the key after 100 attempts"):
+        rl.try_acquire(Breeder(rl))
+    assert len(rl) == 101
+
+
+def test_python_keys_are_reclaimed_and_released() -> None:
+    """Guards memory: keys stored as Python objects leave with their buckets (sweep,
+    automatic steps), and the limiter then holds no reference to them."""
+    clock, rl = limiter(10)
+    keys = [Ident() for _ in range(2_000)]
+    refs = [weakref.ref(k) for k in keys]
+    for k in keys:
+        assert rl.try_acquire(k)
+    assert len(rl) == 2_000
+    del keys, k
+    assert sum(r() is not None for r in refs) == 2_000
+    clock.advance(100.0)
+    for _ in range(100_000):
+        rl.try_acquire("hot")
+    assert len(rl) < 1_000
+    assert sum(r() is not None for r in refs) < 1_000
+    clock.advance(100.0)
+    tracked = len(rl)
+    assert rl.sweep() == tracked
+    assert len(rl) == 0
+    assert all(r() is None for r in refs)
+
+
+def test_comparisons_leak_no_references() -> None:
+    """The stored key copied out for each comparison is released again, whether the
+    comparison says equal, not equal or raises."""
+    _, rl = limiter(1e9, burst=10**6)
+    stored = uuid.UUID(int=5)
+    rival = BadEq()
+    rl.try_acquire(stored)
+    rl.try_acquire(rival)
+    before = sys.getrefcount(stored), sys.getrefcount(rival)
+    for _ in range(1_000):
+        assert rl.try_acquire(uuid.UUID(int=5))  # equal, another object
+        assert rl.peek(uuid.UUID(int=5)) > 0
+        rl.try_acquire(stored)  # the same object: no comparison at all
+        with pytest.raises(Boom):
+            rl.try_acquire(BadEq())
+    assert (sys.getrefcount(stored), sys.getrefcount(rival)) == before
+    assert len(rl) == 2
+
+
+def test_a_key_that_refers_to_its_limiter_is_collected() -> None:
+    """Guards GC support: a key object holding the limiter that holds it is a cycle the
+    collector must see through the limiter (__traverse__) and break (__clear__)."""
+
+    class Owner:
+        def __init__(self) -> None:
+            self.rl = RateLimiter(1)
+            assert self.rl.try_acquire(self)
+
+    o = Owner()
+    gone = weakref.ref(o)
+    del o
+    gc.collect()
+    assert gone() is None
+
+
+def test_a_limiter_reachable_only_from_its_key_is_collected() -> None:
+    rl = RateLimiter(1)
+    k = Val(rl)  # holds the limiter; hashes and compares by it (identity)
+    rl.try_acquire(k)
+    gone = weakref.ref(k)
+    del rl, k
+    gc.collect()
+    assert gone() is None
+
+
+def test_keys_dropped_by_the_limiter_run_their_del_outside_it() -> None:
+    """A key's __del__ runs when the limiter lets it go, with no lock held: it may use
+    the limiter."""
+    clock, rl = limiter(1)
+    seen: list[int] = []
+
+    class Haunt:
+        def __del__(self) -> None:
+            seen.append(len(rl))
+            rl.try_acquire("from del")
+
+    rl.try_acquire(Haunt())
+    clock.advance(1.0)
+    assert rl.sweep() == 1
+    assert seen == [0]
+    assert len(rl) == 1
+
+
+EXIT_PROGRAM = """
+import threading, time, ferrule
+
+clock = ferrule.ManualClock()
+rl = ferrule.RateLimiter(1, clock=clock)
+
+class Slow:
+    def __hash__(self):
+        time.sleep(0.001)
+        return 1
+    def __eq__(self, other):
+        time.sleep(0.001)
+        return False
+    def __del__(self):
+        time.sleep(0.001)
+
+def loop():
+    while True:
+        rl.try_acquire(Slow())
+        rl.check(Slow())
+        clock.advance(1.0)
+        rl.sweep()
+
+for _ in range(4):
+    threading.Thread(target=loop, daemon=True).start()
+time.sleep(0.2)
+"""
+
+
+@pytest.mark.parametrize("run", range(3))
+def test_daemon_threads_in_key_code_at_exit(run: int) -> None:
+    """Exit safety: daemon threads inside a key's __hash__, __eq__ or __del__ (called by
+    the limiter) when the process exits end it normally, with no abort. (A stored key
+    copied out for a comparison and then dropped by the limiter as its last reference,
+    after a concurrent sweep, used to run __del__ in a Rust frame and abort.)"""
+    proc = subprocess.run(
+        [sys.executable, "-c", EXIT_PROGRAM], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
+    assert "Fatal" not in proc.stderr and "panicked" not in proc.stderr, proc.stderr[-2000:]
 
 
 # ---- peek, reset, len, sweep, reclamation ------------------------------------------------
@@ -260,8 +635,8 @@ def test_acquire_async_checks_arguments_eagerly() -> None:
     _, rl = limiter(1)
     with pytest.raises(ValueError, match=r"^cost must be <= burst \(1\)"):
         rl.acquire_async(cost=2)
-    with pytest.raises(TypeError, match=r"^key must be"):
-        rl.acquire_async(1.5)
+    with pytest.raises(TypeError, match=r"^key must be hashable, not 'list'$"):
+        rl.acquire_async([1.5])
     with pytest.raises(ValueError, match=r"^timeout must be >= 0$"):
         rl.acquire_async(timeout=-1)
 
@@ -291,6 +666,13 @@ def test_acquire_async_checks_arguments_eagerly() -> None:
         ((1e30,), {}, ValueError, "rate is out of range: burst * per / rate must"),
         ((1e-12,), {}, ValueError, "rate is out of range: burst * per / rate must"),
         ((1,), {"clock": 3}, TypeError, "clock must be a ferrule.ManualClock or None, not 'int'"),
+        ((10**400,), {}, OverflowError, "rate is out of range: int too large"),
+        ((1, 10**400), {}, OverflowError, "per is out of range: int too large"),
+        ((1, 2**70), {}, ValueError, "per is too large"),
+        ((1, math.inf), {}, ValueError, "per must be a finite number of seconds"),
+        ((2**70,), {}, ValueError, "rate is out of range: burst * per / rate must"),
+        ((1,), {"burst": 2**70}, ValueError, "burst is out of range"),
+        ((5e-324,), {"burst": 1}, ValueError, "rate is out of range: burst * per / rate must"),
     ],
 )
 def test_bad_constructor_arguments(
@@ -317,6 +699,10 @@ def test_bad_cost(method: str) -> None:
         call("k", 1.0)
     with pytest.raises(TypeError, match=r"^cost must be an int, not 'bool'$"):
         call("k", True)
+    with pytest.raises(ValueError, match=r"^cost is out of range$"):
+        call("k", 2**70)
+    with pytest.raises(TypeError, match=r"^cost must be an int, not 'float'$"):
+        call("k", math.nan)
     assert len(rl) == 0
 
 
@@ -328,29 +714,96 @@ def test_bad_timeout() -> None:
         rl.acquire(timeout=math.nan)
     with pytest.raises(TypeError, match=r"^timeout must be a number of seconds, not 'str'$"):
         rl.acquire(timeout="1")
+    with pytest.raises(ValueError, match=r"^timeout is too large$"):
+        rl.acquire(timeout=2**70)
+    with pytest.raises(ValueError, match=r"^timeout must be a finite number of seconds$"):
+        rl.acquire_async(timeout=math.inf)
 
 
-def test_subclass_keys_are_keyed_by_value() -> None:
-    class S(str):
-        def __hash__(self) -> int:
-            return 42
+@pytest.mark.parametrize(
+    ("args", "exc", "msg"),
+    [
+        ((True, -1, 0.0, 0.0), ValueError, "remaining must be >= 0"),
+        ((True, 2**70, 0.0, 0.0), ValueError, "remaining is out of range"),
+        ((True, 1.0, 0.0, 0.0), TypeError, "remaining must be an int, not 'float'"),
+        ((True, 1, "0", 0.0), TypeError, "retry_after must be a number of seconds, not 'str'"),
+        ((True, 1, math.nan, 0.0), ValueError, "retry_after must be a finite number of seconds"),
+        ((True, 1, 0.0, math.inf), ValueError, "reset_after must be a finite number of seconds"),
+        ((True, 1, -0.5, 0.0), ValueError, "retry_after must be >= 0"),
+        ((True, 1, 0.0, -1), ValueError, "reset_after must be >= 0"),
+    ],
+)
+def test_decision_rejects_bad_fields(
+    args: tuple[object, ...], exc: type[Exception], msg: str
+) -> None:
+    """Guards the house rule for Decision's constructor: a bad field raises an error naming
+    it (before, -1 and 2**70 gave an unnamed OverflowError; NaN, inf and negative waits
+    were accepted)."""
+    with pytest.raises(exc, match=f"^{re.escape(msg)}$"):
+        Decision(*args)  # type: ignore[arg-type]
+    assert Decision(False, 0, 5e9, 5e9).retry_after == 5e9
 
-    class B(bytes):
-        pass
 
-    class I(int):  # noqa: E742
-        pass
+# ---- the ends of time --------------------------------------------------------------------
 
-    _, rl = limiter(1)
-    assert rl.try_acquire("abc")
-    assert not rl.try_acquire(S("abc"))
-    assert rl.try_acquire(B(b"abc"))
-    assert not rl.try_acquire(b"abc")
-    assert rl.try_acquire(I(2**70))
-    assert not rl.try_acquire(2**70)
-    assert rl.try_acquire(("t", S("x")))
-    assert not rl.try_acquire(("t", "x"))
-    assert len(rl) == 4
+# A ManualClock's largest reading is 2**62 ns; a step is at most 4e9 s. From 4e9 s, this
+# step lands exactly on the end.
+LAST_STEP = (2**62 - 4 * 10**18) / 1e9
+
+
+def to_the_end(clock: ManualClock) -> None:
+    """Moves the clock (at 0 or at 4e9 s) to its largest reading, exactly."""
+    if clock.now() == 0.0:
+        clock.advance(4e9)
+    assert clock.now() == 4e9
+    clock.advance(LAST_STEP)
+    with pytest.raises(OverflowError):
+        clock.advance(1e-9)
+
+
+@pytest.mark.parametrize("start", [0.0, 4e9])
+def test_a_limiter_driven_to_the_largest_clock_reading_decides_exactly(start: float) -> None:
+    """Nothing overflows at the end of a ManualClock's range: a limiter made early and
+    driven to the end decides exactly and reports exact waits."""
+    clock = ManualClock(start)
+    rl = RateLimiter(10, clock=clock)
+    assert rl.try_acquire("k", 10)
+    assert rl.try_acquire(Val("j"), 10)
+    to_the_end(clock)
+    assert rl.peek("k") == 10
+    d = rl.check("k", 10)
+    assert (d.allowed, d.remaining, d.retry_after, d.reset_after) == (True, 0, 0.0, 1.0)
+    d = rl.check("k")
+    assert (d.allowed, d.remaining, d.retry_after, d.reset_after) == (False, 0, 0.1, 1.0)
+    # Time no longer moves: the bucket never refills, and acquire says so at once.
+    assert rl.acquire("k", timeout=0.5) is False
+    assert rl.sweep() == 1  # Val("j") is full again; "k" is not
+    rl.reset("k")
+    assert rl.sweep() == 1
+    assert len(rl) == 0
+
+
+def test_a_limiter_made_at_the_largest_clock_reading() -> None:
+    clock = ManualClock(4e9)
+    to_the_end(clock)
+    rl = RateLimiter(2, per=4e9, burst=2, clock=clock)  # the largest window: ~253 years
+    assert rl.try_acquire(cost=2)
+    d = rl.check(cost=2)
+    assert (d.allowed, d.remaining, d.retry_after, d.reset_after) == (False, 0, 4e9, 4e9)
+    assert rl.peek() == 0
+    assert rl.acquire(timeout=1e9) is False
+
+
+def test_the_largest_window_driven_to_the_largest_time() -> None:
+    """A bucket granted at the end of time with the largest window holds tat = 2**63 ns:
+    the sums stay below 2**64 and the waits are what the arithmetic says."""
+    clock = ManualClock(4e9)
+    rl = RateLimiter(2, per=4e9, burst=2, clock=clock)
+    to_the_end(clock)  # ~20 years later: one token back... of two, each 2e9 s
+    d = rl.check(cost=2)
+    assert (d.allowed, d.remaining, d.retry_after, d.reset_after) == (True, 0, 0.0, 4e9)
+    d = rl.check()
+    assert (d.allowed, d.remaining, d.retry_after, d.reset_after) == (False, 0, 2e9, 4e9)
 
 
 def test_many_distinct_keys_of_every_kind_stay_distinct() -> None:

@@ -1,9 +1,14 @@
-"""RateLimiter under real concurrency: no over-admission, no false refusals."""
+"""RateLimiter under real concurrency: no over-admission, no false refusals, for keys of
+every kind (native builtins, keys compared by Python, hostile keys)."""
 
 from __future__ import annotations
 
+import enum
 import threading
 import time
+import uuid
+from decimal import Decimal
+from fractions import Fraction
 
 from ferrule import ManualClock, RateLimiter
 
@@ -119,6 +124,163 @@ def test_distinct_keys_with_concurrent_sweeps(threads: int) -> None:
         return n
 
     # Each thread's 50 keys hold 10 tokens each, and the clock is frozen.
+    assert hammer(threads, body) == [500] * threads
+    clock.advance(1.0)
+    assert rl.sweep() == 50 * threads
+    assert len(rl) == 0
+
+
+# ---- keys compared by Python --------------------------------------------------------------
+
+
+class Val:
+    """A user class equal to ``v`` (and to any Val of it), hashed like ``v``."""
+
+    def __init__(self, v: object) -> None:
+        self.v = v
+
+    def __hash__(self) -> int:
+        return hash(self.v)
+
+    def __eq__(self, other: object) -> bool:
+        return self.v == (other.v if isinstance(other, Val) else other)
+
+
+class Level(enum.IntEnum):
+    FIVE = 5
+
+
+# One class of keys in seven forms: native (5, 5.0, True-free) and compared by Python.
+FIVES: list[object] = [5, 5.0, Decimal(5), Fraction(5), Val(5), Level.FIVE, Val(5.0)]
+
+
+def test_equal_keys_of_every_kind_share_one_bucket_under_threads(threads: int) -> None:
+    """Guards the one-bucket-per-class invariant while native and Python-compared forms
+    of one key race to insert it: on a frozen clock every round grants exactly the burst,
+    and each round starts with the bucket swept away, so every round races insertions."""
+    clock = ManualClock()
+    rl = RateLimiter(10, burst=10, clock=clock)
+
+    def body(i: int) -> int:
+        return sum(rl.try_acquire(FIVES[(i + j) % len(FIVES)]) for j in range(40))
+
+    for round_ in range(30):
+        assert sum(hammer(threads, body)) == 10, round_
+        assert len(rl) == 1
+        clock.advance(1.0)
+        assert rl.sweep() == 1
+
+
+def test_real_clock_never_over_admits_a_python_key(threads: int, stress_scale: int) -> None:
+    rate, burst, run_for = 2000.0, 20, 0.3 * stress_scale
+    rl = RateLimiter(rate, burst=burst)
+    keys = [uuid.UUID(int=1), uuid.UUID(int=1), Val(uuid.UUID(int=1))]
+    start = time.monotonic()
+
+    def body(i: int) -> int:
+        n = 0
+        k = keys[i % len(keys)]
+        end = time.monotonic() + run_for
+        while time.monotonic() < end:
+            n += rl.try_acquire(k)
+        return n
+
+    granted = sum(hammer(threads, body))
+    elapsed = time.monotonic() - start
+    assert granted <= burst + rate * elapsed
+    assert granted >= burst
+    assert len(rl) == 1
+
+
+class Boom(Exception):
+    pass
+
+
+class BadEq:
+    """Hashes like every BadEq; comparing two of them raises."""
+
+    def __hash__(self) -> int:
+        return 99
+
+    def __eq__(self, other: object) -> bool:
+        raise Boom
+
+
+class Shifty:
+    """A key whose hash changes on every call (never to another test key's hash)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def __hash__(self) -> int:
+        self.n += 1
+        return 10**6 + self.n
+
+
+class Reentrant:
+    """Hashes like every Reentrant; each comparison uses the limiter, then says equal
+    only to itself."""
+
+    def __init__(self, rl: RateLimiter, i: int) -> None:
+        self.rl, self.i = rl, i
+
+    def __hash__(self) -> int:
+        return 77
+
+    def __eq__(self, other: object) -> bool:
+        self.rl.try_acquire(("side", self.i))
+        self.rl.reset(("side", self.i))
+        if self.i % 4 == 0:
+            self.rl.sweep()
+        return self is other
+
+
+def test_hostile_keys_under_threads_leave_other_keys_exact(threads: int) -> None:
+    """Keys whose __eq__ raises or re-enters the limiter, and keys whose hash changes,
+    hammered from every thread beside one ordinary key: no deadlock, no panic, and the
+    ordinary key still grants exactly its burst per round on a frozen clock."""
+    clock = ManualClock()
+    rl = RateLimiter(10, burst=10, clock=clock)
+    mine = [Reentrant(rl, i) for i in range(threads)]
+    shifty = [Shifty() for _ in range(threads)]
+    bad = [BadEq() for _ in range(threads)]
+    raised = [0] * threads
+
+    def body(i: int) -> int:
+        n = 0
+        for j in range(60):
+            n += rl.try_acquire(FIVES[(i + j) % len(FIVES)])
+            rl.try_acquire(mine[i])
+            rl.check(shifty[i])
+            try:
+                rl.try_acquire(bad[i])
+            except Boom:
+                raised[i] += 1
+        return n
+
+    for round_ in range(5):
+        assert sum(hammer(threads, body)) == 10, round_
+        clock.advance(1.0)
+        rl.sweep()
+    # The first BadEq in a round is stored without a comparison; the others compare.
+    assert sum(raised) > 0
+    clock.advance(1.0)
+    rl.sweep()
+    assert len(rl) == 0
+
+
+def test_distinct_python_keys_with_concurrent_sweeps(threads: int) -> None:
+    clock = ManualClock()
+    rl = RateLimiter(10, burst=10, clock=clock)
+
+    def body(i: int) -> int:
+        n = 0
+        for j in range(2_000):
+            n += rl.try_acquire(Val(("t", i, j % 50)))
+            if j % 101 == 0:
+                rl.sweep()
+        return n
+
     assert hammer(threads, body) == [500] * threads
     clock.advance(1.0)
     assert rl.sweep() == 50 * threads

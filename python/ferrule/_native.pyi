@@ -787,7 +787,8 @@ def _run_worker(queue: WorkQueue[Any], counters: TaskCounters) -> None:
 # RateLimiter
 # ---------------------------------------------------------------------------------------
 
-_Key = None | str | int | bytes | tuple[Any, ...]
+# Any hashable object (exact None, str, int, bytes and tuples of them are the fast path).
+_Key = Hashable
 
 @final
 class Decision:
@@ -804,6 +805,8 @@ class Decision:
         cls, allowed: bool, remaining: int, retry_after: float, reset_after: float
     ) -> Decision:
         """Build a decision (``ferrule.redis.RedisRateLimiter`` returns these too).
+        ``remaining`` is an int >= 0 and the waits finite numbers of seconds >= 0; anything
+        else raises TypeError/ValueError naming the field.
 
         >>> Decision(True, 3, 0.0, 0.7)
         Decision(allowed=True, remaining=3, retry_after=0.0, reset_after=0.7)
@@ -834,11 +837,31 @@ class RateLimiter:
     ``burst + rate * t / per``, and nothing is refused while the tokens are there. An
     emission interval (``per / rate``) that is not a whole number of nanoseconds rounds up.
 
-    Keys are ``None`` (the default key), ``str``, ``int``, ``bytes`` and tuples of those,
-    compared by value (``True`` is the key ``1``, as in a dict). A key whose bucket is
-    full again carries no state and is dropped automatically, a few at a time on writes
-    (after it has been full for ``max(burst * per / rate, 1 s)``), so memory tracks the
-    active keys; :meth:`sweep` drops them all now.
+    **Keys** are any hashable object, with dict semantics: keys that are equal (and hash
+    alike) share one bucket, so ``1``, ``1.0``, ``True`` and ``Decimal(1)`` are one key, and
+    ``None`` is the default key. An exception raised by a key's ``__hash__`` or ``__eq__``
+    propagates and consumes nothing; an unhashable key raises TypeError. Exact ``None``,
+    ``str``, ``int``, ``bytes`` (and ``bool``, floats with an integral value, and exact
+    tuples of these) take the lock-free fast path: copied into Rust, compared by value, no
+    Python object kept. Any other key (a UUID, an enum member, a float with a fraction, a
+    subclass, a user class, a tuple holding one) is kept as the object itself and compared
+    with ``==`` outside every internal lock, so a key's ``__eq__`` may even call back into
+    the limiter. As in a dict, a key must not change its hash while it is in use: one that
+    does is a new key each time. A lookup that keeps racing with insertions of keys with
+    its own hash (an ``__eq__`` that adds keys to the limiter) gives up after 100 attempts
+    with RuntimeError.
+
+    A key whose bucket is full again carries no state and is dropped automatically, a few
+    at a time on writes (after it has been full for ``max(burst * per / rate, 1 s)``), so
+    memory tracks the active keys, kept objects included; :meth:`sweep` drops them all now.
+    The limiter takes part in garbage collection, so a key that refers back to its limiter
+    does not keep either alive.
+
+    **Time** is integer nanoseconds since the limiter was made, on its clock. Nothing
+    overflows anywhere in a clock's range (up to 2**62 ns, about 146 years; every window
+    ``burst * per / rate`` is at most that too, or the constructor refuses it): decisions
+    stay exact up to a ManualClock's largest reading. A clock that stops there (or any
+    frozen ManualClock) refills nothing more, and :meth:`acquire` then fails at once.
 
     >>> clock = ManualClock()
     >>> rl = RateLimiter(10, per=1.0, clock=clock)   # 10/s, burst 10
@@ -862,7 +885,13 @@ class RateLimiter:
     ) -> RateLimiter:
         """``rate`` > 0 tokens per ``per`` > 0 seconds; ``burst`` >= 1 (default
         ``max(1, ceil(rate))``); ``clock`` a :class:`ManualClock` or None (monotonic).
-        Bad values raise TypeError/ValueError naming the argument."""
+        Bad values raise TypeError/ValueError naming the argument (OverflowError for an
+        int too large for a float); a window ``burst * per / rate`` beyond 2**62 ns (about
+        146 years) is refused with ValueError.
+
+        >>> RateLimiter(1, per=60.0, burst=5)   # 5 at once, then one a minute
+        RateLimiter(rate=1.0, per=60.0, burst=5)
+        """
 
     @property
     def rate(self) -> float: ...
@@ -878,6 +907,12 @@ class RateLimiter:
 
         >>> rl = RateLimiter(2, clock=ManualClock())
         >>> rl.try_acquire(), rl.try_acquire(), rl.try_acquire()
+        (True, True, False)
+        >>> import uuid
+        >>> tenant = uuid.UUID(int=42)
+        >>> rl.try_acquire(tenant), rl.try_acquire(("tenant", tenant), cost=2)
+        (True, True)
+        >>> rl.try_acquire(1), rl.try_acquire(1.0), rl.try_acquire(True)   # one key
         (True, True, False)
         """
 
@@ -921,13 +956,32 @@ class RateLimiter:
         """
 
     def reset(self, key: _Key = None) -> None:
-        """Refill ``key``'s bucket (the key is then reclaimed like any idle key)."""
+        """Refill ``key``'s bucket (the key is then reclaimed like any idle key).
+
+        >>> rl = RateLimiter(1, clock=ManualClock())
+        >>> rl.try_acquire("k"), rl.try_acquire("k")
+        (True, False)
+        >>> rl.reset("k")
+        >>> rl.try_acquire("k")
+        True
+        """
 
     def sweep(self) -> int:
-        """Drop every key whose bucket is full again; returns how many. Releases the GIL."""
+        """Drop every key whose bucket is full again (kept key objects included); returns
+        how many. Releases the GIL.
+
+        >>> clock = ManualClock()
+        >>> rl = RateLimiter(10, clock=clock)
+        >>> rl.try_acquire("a"), rl.try_acquire(object())
+        (True, True)
+        >>> clock.advance(1.0)
+        1.0
+        >>> rl.sweep(), len(rl)
+        (2, 0)
+        """
 
     def __len__(self) -> int:
-        """The number of keys tracked."""
+        """The number of keys tracked (one per class of equal keys)."""
 
 # ---------------------------------------------------------------------------------------
 # Resilience

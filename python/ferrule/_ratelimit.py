@@ -1,9 +1,13 @@
-"""asyncio glue for ``RateLimiter.acquire_async``: no thread is parked per waiter.
+"""Python helpers of ``RateLimiter``.
 
-The native method validates its arguments and returns the coroutine made here. The
-coroutine asks the limiter for a decision and, when refused, sleeps on the event loop for
-exactly the ``retry_after`` the decision reported (in naps of ``nap`` seconds when the
-limiter runs on a ManualClock, whose time does not pass by itself), then asks again.
+``acquire_async`` is the asyncio glue: no thread is parked per waiter. The native method
+validates its arguments and returns the coroutine made here. The coroutine asks the
+limiter for a decision and, when refused, sleeps on the event loop for exactly the
+``retry_after`` the decision reported (in naps of ``nap`` seconds when the limiter runs on
+a ManualClock, whose time does not pass by itself), then asks again.
+
+``_equal`` is how the native limiter compares keys that may run user code: called through
+the limiter's exit guard, and never while it holds a lock.
 """
 
 from __future__ import annotations
@@ -15,6 +19,12 @@ if TYPE_CHECKING:
     from ferrule._native import RateLimiter, _Key
 
 __all__ = ["acquire_async"]
+
+
+def _equal(stored: object, key: object) -> bool:
+    """``stored == key`` as a dict compares keys: the stored key on the left, the result
+    made a bool here (its ``__bool__`` may be user code too)."""
+    return bool(stored == key)
 
 
 async def acquire_async(

@@ -1,35 +1,66 @@
 //! `RateLimiter` and `Decision`: the Python face of `core::ratelimit::Limiter`.
 //!
-//! Keys are converted to a Rust-native [`KeyRef`] that borrows the caller's str/bytes
-//! data (no allocation and no Python object kept on the hit path); only a miss copies the
-//! key into an owned [`Key`]. Keys are hashed here, by value only: str and bytes by
-//! CPython's value hash (cached on the object; a subclass's `__hash__` is never called),
-//! ints by their value, tuples by combining their items. No Python code runs while a map
-//! guard is held: keys are converted before the lookup and the limiter calls nothing back.
+//! # Keys
+//! Any hashable object is a key, with dict semantics (`1`, `1.0` and `True` are one key;
+//! an exception from a key's `__hash__` or `__eq__` propagates). Two paths:
+//! - *Native*: exact `None`, `str`, `int`, `bytes`, `bool`, integral `float` (as the int of
+//!   the same value) and exact tuples of those become a Rust-native [`KeyRef`] that borrows
+//!   the caller's str/bytes data: no allocation, no Python object kept, no user code, and
+//!   the core's lock-free fast path. Only a miss copies the key into an owned `Key`.
+//! - *Opaque* (`KeyRef::Opaque`, with the key's hash): everything else (subclasses,
+//!   floats with a fraction, UUIDs, enum members, user classes, tuples holding any of
+//!   those) is stored as the Python object itself and compared with `==` outside every
+//!   lock (see the core's module docs, "Keys"); the same object is recognised by
+//!   identity under the side table's lock, with no comparison and no copy.
 //!
+//! Every key is hashed by Python's `hash()` (mixed): native ints by the same arithmetic
+//! CPython uses (`int_hash`), the others by `PyObject_Hash` of an exact builtin (no user
+//! code; str and bytes cache it). So an opaque key equal to a native one has its hash,
+//! and the core finds one bucket for both, whichever came first.
+//!
+//! User code (an opaque key's `__hash__` and `__eq__`, and `__del__` when the limiter
+//! drops a key) runs only through `wait::call` (it parks the thread if the interpreter
+//! exits meanwhile), never under a lock of the limiter. A dropped key that may be the
+//! last reference to its object is released into a list that is cleared through
+//! `wait::call` too (see [`release`]).
+//!
+//! The exact-str case is prepared apart and built in a local of its own in
+//! `try_acquire` and `check` (see [`exact_str`]): the fast path then costs no more than
+//! it did when only builtin keys were accepted.
+//!
+//! # Waits
 //! Every decision is O(1) and runs with the GIL held (releasing it would cost more than
-//! the decision). `acquire` sleeps with the GIL released in naps of at most 50 ms and
-//! checks for signals between naps; `sweep` releases the GIL for its O(n) pass.
-//! `acquire_async` is a coroutine from `ferrule._ratelimit` built on `check()` and
-//! `asyncio.sleep`, so no thread is parked per waiter.
+//! the decision). `acquire` sleeps with the GIL released in naps of at most
+//! `wait::SLICE` and checks for signals between naps; `sweep` releases the GIL for its
+//! O(n) pass. `acquire_async` is a coroutine from `ferrule._ratelimit` built on `check()`
+//! and `asyncio.sleep`, so no thread is parked per waiter.
+//!
+//! # Garbage collection
+//! The limiter holds opaque keys, so it takes part in GC: `__traverse__` visits every
+//! stored key whose side-table shard is free (a held shard is skipped, never waited for),
+//! and `__clear__` takes them all out and drops them after unlocking.
 
+use std::cell::RefCell;
 use std::time::{Duration, Instant};
 
-use pyo3::exceptions::PyTypeError;
+use pyo3::exceptions::{PyOverflowError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyBytes, PyInt, PyList, PyString, PyTuple};
+use pyo3::{PyTraverseError, PyVisit};
 
 use crate::core::clock::{self, nanos_to_secs};
 use crate::core::ratelimit::{
-    self, Gcra, Key, KeyHashBuilder, KeyRef, Limiter, Lookup, Outcome, Query,
+    self, Gcra, Key, KeyKind, KeyRef, Limiter, Outcome, Query, Resolve, MAX_ATTEMPTS,
 };
 use crate::py::args;
 use crate::py::wait::{self, SLICE};
 
-/// Longest sleep between two signal checks while `acquire` waits.
-/// Deepest tuple nesting accepted in a key.
+/// Deepest tuple nesting kept on the native path (deeper tuples are opaque keys).
 const MAX_DEPTH: u32 = 16;
+/// 2^63 as a float: integral floats in `[-2^63, 2^63)` are i64 keys.
+const TWO_63: f64 = 9_223_372_036_854_775_808.0;
 
 /// The outcome of a :meth:`RateLimiter.check`.
 #[pyclass(frozen, get_all, module = "ferrule._native", name = "Decision")]
@@ -40,13 +71,32 @@ pub struct Decision {
     reset_after: f64,
 }
 
+/// Nanoseconds (below 2^63 by the core's bounds; saturating regardless) as seconds.
+fn secs(ns: u64) -> f64 {
+    nanos_to_secs(i64::try_from(ns).unwrap_or(i64::MAX))
+}
+
+/// A wait given in seconds: a finite number >= 0.
+fn wait_seconds(obj: &Bound<'_, PyAny>, arg: &str) -> PyResult<f64> {
+    let secs = args::seconds(obj, arg)?;
+    if !secs.is_finite() {
+        return Err(PyValueError::new_err(format!(
+            "{arg} must be a finite number of seconds"
+        )));
+    }
+    if secs < 0.0 {
+        return Err(PyValueError::new_err(format!("{arg} must be >= 0")));
+    }
+    Ok(secs)
+}
+
 impl From<ratelimit::Decision> for Decision {
     fn from(d: ratelimit::Decision) -> Self {
         Self {
             allowed: d.allowed,
             remaining: d.remaining,
-            retry_after: nanos_to_secs(d.retry_after as i64),
-            reset_after: nanos_to_secs(d.reset_after as i64),
+            retry_after: secs(d.retry_after),
+            reset_after: secs(d.reset_after),
         }
     }
 }
@@ -54,15 +104,22 @@ impl From<ratelimit::Decision> for Decision {
 #[pymethods]
 impl Decision {
     /// Builds a decision, for limiters computed elsewhere (`ferrule.redis`) and for tests.
+    /// `remaining` is an int >= 0; the waits are finite numbers of seconds >= 0.
     #[new]
     #[pyo3(signature = (allowed, remaining, retry_after, reset_after))]
-    fn new(allowed: bool, remaining: u64, retry_after: f64, reset_after: f64) -> Self {
-        Self {
+    fn new(
+        allowed: bool,
+        remaining: &Bound<'_, PyAny>,
+        retry_after: &Bound<'_, PyAny>,
+        reset_after: &Bound<'_, PyAny>,
+    ) -> PyResult<Self> {
+        Ok(Self {
             allowed,
-            remaining,
-            retry_after,
-            reset_after,
-        }
+            // >= 0, so the cast is exact.
+            remaining: args::int_at_least(remaining, "remaining", 0)? as u64,
+            retry_after: wait_seconds(retry_after, "retry_after")?,
+            reset_after: wait_seconds(reset_after, "reset_after")?,
+        })
     }
 
     fn __repr__(&self) -> String {
@@ -76,213 +133,408 @@ impl Decision {
     }
 }
 
-fn key_type_error(py: Python<'_>, p: *mut ffi::PyObject) -> PyErr {
-    // SAFETY: `p` is a live object borrowed from the caller for this call.
-    let obj = unsafe { Bound::from_borrowed_ptr(py, p) };
-    let tname = obj
-        .get_type()
-        .name()
-        .map_or_else(|_| "?".to_owned(), |n| n.to_string());
-    PyTypeError::new_err(format!(
-        "key must be None, str, int, bytes or a tuple of those, not '{tname}'"
-    ))
-}
+// ---- keys --------------------------------------------------------------------------------
 
-/// Hash tags that keep equal-looking values of different kinds apart (`"1"` vs `1`).
-const TAG_NONE: u64 = 0x243F_6A88_85A3_08D3;
-const TAG_INT: u64 = 0x1319_8A2E_0370_7344;
-const TAG_BIG: u64 = 0xA409_3822_299F_31D0;
-const TAG_STR: u64 = 0x082E_FA98_EC4E_6C89;
-const TAG_BYTES: u64 = 0x4528_21E6_38D0_1377;
-const TAG_TUPLE: u64 = 0xBE54_66CF_34E9_0C6C;
-
-/// The value hash of a str, bytes or int, ignoring any `__hash__` a subclass defines, so
-/// that it depends on the value only (str and bytes cache it on the object).
-///
-/// # Safety
-/// `p` must be a live object that is an instance of `base`.
-unsafe fn value_hash(
-    py: Python<'_>,
-    p: *mut ffi::PyObject,
-    base: *mut ffi::PyTypeObject,
-) -> PyResult<u64> {
-    // SAFETY: `base` is a static builtin type object; its `tp_hash` accepts any instance,
-    // which `p` is per the contract.
-    unsafe {
-        match (*base).tp_hash {
-            Some(f) => {
-                let h = f(p);
-                if h == -1 && !ffi::PyErr_Occurred().is_null() {
-                    return Err(PyErr::fetch(py));
-                }
-                Ok(h as u64)
-            }
-            None => Err(key_type_error(py, p)),
-        }
+/// CPython's hash of an int that fits in an i64 (`sys.hash_info`: the value modulo the
+/// Mersenne prime 2^61 - 1, or 2^31 - 1 where `Py_hash_t` has 32 bits, keeping the sign;
+/// -1 is reserved, so it becomes -2). Equal to `hash(v)`, also for `float(v)` and
+/// `bool` values, which is what lets an opaque key equal to `v` find its bucket.
+#[inline]
+fn int_hash(v: i64) -> ffi::Py_hash_t {
+    const BITS: u32 = if std::mem::size_of::<ffi::Py_hash_t>() == 8 {
+        61
+    } else {
+        31
+    };
+    const MODULUS: u64 = (1 << BITS) - 1;
+    // |v| % MODULUS < MODULUS fits a Py_hash_t, so the cast and the negation are exact.
+    let m = (v.unsigned_abs() % MODULUS) as ffi::Py_hash_t;
+    let h = if v < 0 { -m } else { m };
+    if h == -1 {
+        -2
+    } else {
+        h
     }
 }
 
-/// Converts a Python key to a borrowed Rust key and its hash.
+/// The mixed hash the core stores, from a Python hash.
+#[inline]
+fn mixed(h: ffi::Py_hash_t) -> u64 {
+    ratelimit::mix(h as u64)
+}
+
+/// `PyObject_Hash` of an object known to run no user code (an exact builtin).
 ///
-/// Equal keys get equal hashes: every kind is hashed from its value alone (str and bytes
-/// by CPython's value hash, cached on the object; ints by their i64 value or, beyond
-/// i64, CPython's int hash; tuples by combining their items), with a tag per kind.
+/// # Safety
+/// `p` must be a live object.
+unsafe fn builtin_hash(py: Python<'_>, p: *mut ffi::PyObject) -> PyResult<u64> {
+    // SAFETY: forwarded contract.
+    let h = unsafe { ffi::PyObject_Hash(p) };
+    if h == -1 {
+        return Err(PyErr::fetch(py));
+    }
+    Ok(mixed(h))
+}
+
+/// An int's canonical text for `KeyRef::BigInt`: hexadecimal (`int.__format__` in base
+/// 16 has no digit limit, unlike decimal `str()`).
+///
+/// # Safety
+/// `p` must be a live exact int.
+unsafe fn big_int_text(py: Python<'_>, p: *mut ffi::PyObject) -> PyResult<String> {
+    // SAFETY: `p` is a live int; PyNumber_ToBase returns a new reference or NULL.
+    let s = unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyNumber_ToBase(p, 16))? };
+    Ok(s.cast_into::<PyString>()?.to_str()?.to_owned())
+}
+
+/// The native form of a key, or `None` when it must be an opaque key.
+///
+/// Exact builtins only: a subclass may redefine `==` and `hash()`, so it is opaque. A str
+/// that cannot be encoded to UTF-8 (lone surrogates) is opaque too.
 ///
 /// # Safety
 /// `p` must be a live object that stays alive for `'a`. str and bytes contents are
 /// immutable, and a tuple holds strong references to its items, so every slice borrowed
 /// here is valid for `'a`.
-unsafe fn key_ref<'a>(py: Python<'_>, p: *mut ffi::PyObject) -> PyResult<(KeyRef<'a>, u64)> {
-    // SAFETY: forwarded contract.
-    unsafe {
-        if ffi::PyTuple_Check(p) != 0 {
-            tuple_key(py, p, 0)
-        } else {
-            scalar_key(py, p)
-        }
-    }
-}
-
-/// [`key_ref`] for a str (also a subclass: hashed by value, ignoring its `__hash__`).
-///
-/// # Safety
-/// As for [`key_ref`]; `p` must be a str.
-unsafe fn str_key<'a>(py: Python<'_>, p: *mut ffi::PyObject) -> PyResult<(KeyRef<'a>, u64)> {
-    // SAFETY: `p` is a live str per the contract.
-    unsafe {
-        let mut len: ffi::Py_ssize_t = 0;
-        let data = ffi::PyUnicode_AsUTF8AndSize(p, &raw mut len);
-        if data.is_null() {
-            return Err(PyErr::fetch(py));
-        }
-        let h = value_hash(py, p, &raw mut ffi::PyUnicode_Type)?;
-        // The UTF-8 buffer is cached on the str object and lives as long as it does.
-        let bytes = std::slice::from_raw_parts(data.cast::<u8>(), len as usize);
-        let s = std::str::from_utf8_unchecked(bytes);
-        Ok((KeyRef::Str(s), ratelimit::mix(h ^ TAG_STR)))
-    }
-}
-
-/// [`key_ref`] for anything but a tuple.
-///
-/// # Safety
-/// As for [`key_ref`].
-#[inline]
-unsafe fn scalar_key<'a>(py: Python<'_>, p: *mut ffi::PyObject) -> PyResult<(KeyRef<'a>, u64)> {
+unsafe fn native<'a>(
+    py: Python<'_>,
+    p: *mut ffi::PyObject,
+    depth: u32,
+) -> PyResult<Option<KeyRef<'a>>> {
     // SAFETY (whole body): `p` is live per the contract; each FFI call below is the one
-    // that matches the type just checked, and errors are fetched right after.
+    // that matches the exact type just checked, and errors are fetched right after.
     unsafe {
         if p == ffi::Py_None() {
-            return Ok((KeyRef::None, TAG_NONE));
+            return Ok(Some(KeyRef::None));
         }
-        if ffi::PyUnicode_Check(p) != 0 {
-            return str_key(py, p);
+        if ffi::PyUnicode_CheckExact(p) != 0 {
+            let mut len: ffi::Py_ssize_t = 0;
+            let data = ffi::PyUnicode_AsUTF8AndSize(p, &raw mut len);
+            if data.is_null() || len < 0 {
+                // Lone surrogates: not UTF-8, so not native; compared by Python instead.
+                ffi::PyErr_Clear();
+                return Ok(None);
+            }
+            // The UTF-8 buffer is cached on the str object and lives as long as it does.
+            let bytes = std::slice::from_raw_parts(data.cast::<u8>(), len as usize);
+            return Ok(Some(KeyRef::Str(std::str::from_utf8_unchecked(bytes))));
         }
-        if ffi::PyLong_Check(p) != 0 {
+        if ffi::PyLong_CheckExact(p) != 0 || ffi::PyBool_Check(p) != 0 {
             let mut overflow: std::os::raw::c_int = 0;
             let v = ffi::PyLong_AsLongLongAndOverflow(p, &raw mut overflow);
             if overflow != 0 {
-                let h = value_hash(py, p, &raw mut ffi::PyLong_Type)?;
-                let text = Bound::from_borrowed_ptr(py, p).str()?.to_str()?.to_owned();
-                return Ok((KeyRef::BigInt(text), ratelimit::mix(h ^ TAG_BIG)));
+                return Ok(Some(KeyRef::BigInt(big_int_text(py, p)?)));
             }
             if v == -1 && !ffi::PyErr_Occurred().is_null() {
                 return Err(PyErr::fetch(py));
             }
-            return Ok((KeyRef::Int(v), ratelimit::mix(v as u64 ^ TAG_INT)));
+            return Ok(Some(KeyRef::Int(v)));
         }
-        if ffi::PyBytes_Check(p) != 0 {
+        if ffi::PyFloat_CheckExact(p) != 0 {
+            let f = ffi::PyFloat_AS_DOUBLE(p);
+            // Integral floats are the int of the same value (1.0 == 1, as in a dict).
+            #[allow(clippy::float_cmp)]
+            if !f.is_finite() || f.trunc() != f {
+                return Ok(None);
+            }
+            // [-2^63, 2^63): the cast is exact.
+            if (-TWO_63..TWO_63).contains(&f) {
+                return Ok(Some(KeyRef::Int(f as i64)));
+            }
+            let i = Bound::from_owned_ptr_or_err(py, ffi::PyLong_FromDouble(f))?;
+            return Ok(Some(KeyRef::BigInt(big_int_text(py, i.as_ptr())?)));
+        }
+        if ffi::PyBytes_CheckExact(p) != 0 {
             let data = ffi::PyBytes_AsString(p);
             let len = ffi::PyBytes_Size(p);
             if data.is_null() || len < 0 {
                 return Err(PyErr::fetch(py));
             }
-            let h = value_hash(py, p, &raw mut ffi::PyBytes_Type)?;
             let b = std::slice::from_raw_parts(data.cast::<u8>(), len as usize);
-            return Ok((KeyRef::Bytes(b), ratelimit::mix(h ^ TAG_BYTES)));
+            return Ok(Some(KeyRef::Bytes(b)));
         }
-        Err(key_type_error(py, p))
+        if ffi::PyTuple_CheckExact(p) != 0 {
+            return tuple(py, p, depth);
+        }
+        Ok(None)
     }
 }
 
-/// [`key_ref`] for a tuple (kept out of line: it recurses and is the rare case).
+/// [`native`] for an exact tuple (kept out of line: it recurses and is the rare case).
 ///
 /// # Safety
-/// As for [`key_ref`]; `p` must be a tuple.
+/// As for [`native`]; `p` must be an exact tuple.
 #[inline(never)]
-unsafe fn tuple_key<'a>(
+unsafe fn tuple<'a>(
     py: Python<'_>,
     p: *mut ffi::PyObject,
     depth: u32,
-) -> PyResult<(KeyRef<'a>, u64)> {
+) -> PyResult<Option<KeyRef<'a>>> {
     if depth >= MAX_DEPTH {
-        return Err(PyTypeError::new_err(format!(
-            "key must not nest tuples more than {MAX_DEPTH} deep"
-        )));
+        return Ok(None);
     }
     // SAFETY: `p` is a live tuple per the contract; its items are live while it is, and
     // each item is passed on under the same contract.
     unsafe {
         let n = ffi::PyTuple_Size(p);
         let mut items = Vec::with_capacity(n.max(0) as usize);
-        let mut h = TAG_TUPLE ^ (n as u64);
         for i in 0..n {
             let item = ffi::PyTuple_GetItem(p, i);
             if item.is_null() {
                 return Err(PyErr::fetch(py));
             }
-            let (k, ih) = if ffi::PyTuple_Check(item) != 0 {
-                tuple_key(py, item, depth + 1)?
-            } else {
-                scalar_key(py, item)?
-            };
-            h = ratelimit::mix(h.rotate_left(5) ^ ih);
-            items.push(k);
+            match native(py, item, depth + 1)? {
+                Some(k) => items.push(k),
+                None => return Ok(None),
+            }
         }
-        Ok((KeyRef::Tuple(items), h))
+        Ok(Some(KeyRef::Tuple(items)))
     }
 }
 
-/// The lookup form of an optional key argument (absent means `None`).
-///
-/// The exact-str case is written out here rather than called, so that it compiles into
-/// the method with the key built in place (a call returning the key enum through memory
-/// costs a store-forwarding stall per field on the hottest path).
+/// The object of an optional key argument (absent means `None`).
 #[inline]
-fn query<'a>(py: Python<'_>, key: Option<&'a Bound<'_, PyAny>>) -> PyResult<Query<'a>> {
-    let Some(k) = key else {
-        return Ok(Query::with_hash(KeyRef::None, TAG_NONE));
-    };
-    let p = k.as_ptr();
-    // SAFETY: `k` is borrowed for `'a`, so the object (and the UTF-8 buffer cached on a
-    // str, and a tuple's items) outlives the returned query; the FFI calls match the type
-    // just checked.
+fn key_ptr(key: Option<&Bound<'_, PyAny>>) -> *mut ffi::PyObject {
+    match key {
+        Some(k) => k.as_ptr(),
+        // SAFETY: None is immortal; only its address is taken.
+        None => unsafe { ffi::Py_None() },
+    }
+}
+
+/// An exact str key's UTF-8 text and mixed hash: the hottest case, kept apart so that
+/// `try_acquire` and `check` build its query in a local of its own. (A query returned
+/// through memory, or moved out of a `Result` that another path also fills, is copied
+/// field by field at odd offsets: a store-forwarding stall per field, measured at ~5% of
+/// a `try_acquire`.)
+#[inline]
+fn exact_str<'a>(key: Option<&'a Bound<'_, PyAny>>) -> Option<(&'a str, u64)> {
+    let p = key?.as_ptr();
+    // SAFETY: `p` is borrowed for `'a`, and so is the UTF-8 buffer cached on a str; the
+    // FFI calls match the type just checked. A failure (lone surrogates) is cleared: the
+    // general path then meets the same key and makes it opaque.
     unsafe {
-        if ffi::PyUnicode_CheckExact(p) != 0 {
-            let mut len: ffi::Py_ssize_t = 0;
-            let data = ffi::PyUnicode_AsUTF8AndSize(p, &raw mut len);
-            if !data.is_null() {
-                let h = ffi::PyObject_Hash(p);
-                if h != -1 {
-                    let bytes = std::slice::from_raw_parts(data.cast::<u8>(), len as usize);
-                    let s = std::str::from_utf8_unchecked(bytes);
-                    return Ok(Query::with_hash(
-                        KeyRef::Str(s),
-                        ratelimit::mix(h as u64 ^ TAG_STR),
-                    ));
-                }
-            }
-            return Err(PyErr::fetch(py));
+        if ffi::PyUnicode_CheckExact(p) == 0 {
+            return None;
         }
-        let (kind, hash) = key_ref(py, p)?;
-        Ok(Query::with_hash(kind, hash))
+        let mut len: ffi::Py_ssize_t = 0;
+        let data = ffi::PyUnicode_AsUTF8AndSize(p, &raw mut len);
+        if !data.is_null() {
+            // A str's hash is computed once and cached on it; it cannot fail.
+            let h = ffi::PyObject_Hash(p);
+            if h != -1 {
+                let bytes = std::slice::from_raw_parts(data.cast::<u8>(), len as usize);
+                return Some((std::str::from_utf8_unchecked(bytes), mixed(h)));
+            }
+        }
+        ffi::PyErr_Clear();
+        None
+    }
+}
+
+/// Prepares an optional key argument (absent means `None`).
+fn prepare<'a>(py: Python<'_>, key: Option<&'a Bound<'_, PyAny>>) -> PyResult<Query<'a>> {
+    if let Some((s, h)) = exact_str(key) {
+        return Ok(Query::with_hash(KeyRef::Str(s), h));
+    }
+    // SAFETY: the object is borrowed for `'a` (or is None).
+    unsafe { prepare_other(py, key_ptr(key), key) }
+}
+
+/// [`prepare`] for everything but an exact UTF-8 str.
+///
+/// # Safety
+/// `p` is `key`'s object (or None), live for `'a`.
+unsafe fn prepare_other<'a>(
+    py: Python<'_>,
+    p: *mut ffi::PyObject,
+    key: Option<&'a Bound<'_, PyAny>>,
+) -> PyResult<Query<'a>> {
+    // SAFETY: forwarded contract; `native` keys are exact builtins, so hashing them runs
+    // no user code.
+    unsafe {
+        match native(py, p, 0)? {
+            Some(KeyRef::Int(i)) => Ok(Query::with_hash(KeyRef::Int(i), mixed(int_hash(i)))),
+            Some(k) => {
+                let h = builtin_hash(py, p)?;
+                Ok(Query::with_hash(k, h))
+            }
+            None => match key {
+                Some(k) => Ok(Query::opaque(opaque_hash(k)?)),
+                // None is native; unreachable.
+                None => Ok(Query::with_hash(KeyRef::None, builtin_hash(py, p)?)),
+            },
+        }
+    }
+}
+
+/// An opaque key's hash: `hash(key)` (user code, through `wait::call`). An unhashable key
+/// gives a TypeError naming `key`; any other exception propagates.
+fn opaque_hash(key: &Bound<'_, PyAny>) -> PyResult<u64> {
+    static HASH: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    let py = key.py();
+    let hash = HASH.import(py, "builtins", "hash")?;
+    match wait::call1(hash, (key,)) {
+        Ok(h) => Ok(mixed(h.extract::<ffi::Py_hash_t>()?)),
+        Err(e) => {
+            let unhashable = e.is_instance_of::<PyTypeError>(py)
+                && key
+                    .get_type()
+                    .getattr("__hash__")
+                    .is_ok_and(|h| h.is_none());
+            if unhashable {
+                Err(crate::errors::wrong_type("key", "hashable", key))
+            } else {
+                Err(e)
+            }
+        }
+    }
+}
+
+/// A stored native key as the Python object it stands for.
+fn to_object<'py>(py: Python<'py>, kind: &KeyKind) -> PyResult<Bound<'py, PyAny>> {
+    Ok(match kind {
+        KeyKind::None => py.None().into_bound(py),
+        KeyKind::Int(i) => i.into_pyobject(py)?.into_any(),
+        KeyKind::BigInt(hex) => py.get_type::<PyInt>().call1((&**hex, 16))?,
+        KeyKind::Str(s) => PyString::new(py, s).into_any(),
+        KeyKind::Bytes(b) => PyBytes::new(py, b).into_any(),
+        KeyKind::Tuple(items) => {
+            let objs = items
+                .iter()
+                .map(|k| to_object(py, k))
+                .collect::<PyResult<Vec<_>>>()?;
+            PyTuple::new(py, objs)?.into_any()
+        }
+        KeyKind::Opaque(_) => {
+            // The core asks `eq_native` about native keys only.
+            return Err(PyRuntimeError::new_err("an opaque key has no native form"));
+        }
+    })
+}
+
+/// The caller's key for the core's comparisons: dict semantics, stored key on the left
+/// (`stored is key or stored == key`), run through `wait::call`. Stored keys handed over
+/// for a comparison are held until [`Caller::finish`] releases them (one may be the last
+/// reference, if its key left the limiter meanwhile).
+struct Caller<'a, 'py> {
+    py: Python<'py>,
+    key: Option<&'a Bound<'py, PyAny>>,
+    held: RefCell<Vec<Py<PyAny>>>,
+}
+
+impl<'a, 'py> Caller<'a, 'py> {
+    fn new(py: Python<'py>, key: Option<&'a Bound<'py, PyAny>>) -> Self {
+        Self {
+            py,
+            key,
+            held: RefCell::new(Vec::new()),
+        }
+    }
+
+    /// Releases the held keys (after every lock), then passes `result` on.
+    fn finish<T>(self, result: PyResult<T>, grave: Vec<Py<PyAny>>) -> PyResult<T> {
+        let mut all = self.held.into_inner();
+        all.extend(grave);
+        release(self.py, all)?;
+        result
+    }
+
+    fn obj(&self) -> Bound<'py, PyAny> {
+        match self.key {
+            Some(k) => k.clone(),
+            None => self.py.None().into_bound(self.py),
+        }
+    }
+
+    fn equal(&self, stored: &Bound<'py, PyAny>) -> PyResult<bool> {
+        static EQUAL: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+        let key = self.obj();
+        if stored.is(&key) {
+            return Ok(true);
+        }
+        let equal = EQUAL.import(self.py, "ferrule._ratelimit", "_equal")?;
+        wait::call1(equal, (stored, key))?.extract()
+    }
+}
+
+impl Resolve<Py<PyAny>> for Caller<'_, '_> {
+    type Error = PyErr;
+
+    fn eq_native(&self, stored: &Key) -> PyResult<bool> {
+        self.equal(&to_object(self.py, stored.kind())?)
+    }
+
+    fn eq_stored(&self, stored: Py<PyAny>) -> PyResult<bool> {
+        let eq = self.equal(stored.bind(self.py));
+        self.held.borrow_mut().push(stored);
+        eq
+    }
+
+    fn is_same(&self, stored: &Py<PyAny>) -> bool {
+        let key = self.key.map_or_else(
+            // SAFETY: None is immortal; only its address is compared.
+            || unsafe { ffi::Py_None() },
+            Bound::as_ptr,
+        );
+        stored.as_ptr() == key
+    }
+
+    fn clone_stored(&self, stored: &Py<PyAny>) -> Py<PyAny> {
+        stored.clone_ref(self.py)
+    }
+
+    fn to_stored(&self) -> Py<PyAny> {
+        self.obj().unbind()
+    }
+
+    fn unsettled(&self) -> PyErr {
+        PyRuntimeError::new_err(format!(
+            "gave up finding the key after {MAX_ATTEMPTS} attempts: each lost a race with \
+             an insertion of a key with the same hash (does its __eq__ add keys to the limiter?)"
+        ))
+    }
+}
+
+/// Drops keys the limiter let go of, outside every lock. A reference that may be the last
+/// one moves into a list that is cleared through `wait::call`, since a `__del__` is user
+/// code; on a GIL build one that is not the last (no other thread can drop references
+/// while this one holds the GIL) is dropped at once, which saves the call on the common
+/// path of a key compared by `==`.
+fn release(py: Python<'_>, grave: Vec<Py<PyAny>>) -> PyResult<()> {
+    let maybe_last: Vec<Py<PyAny>> = if cfg!(Py_GIL_DISABLED) {
+        grave
+    } else {
+        // SAFETY: each pointer is a live object owned by `grave`; reading its refcount.
+        grave
+            .into_iter()
+            .filter(|obj| unsafe { ffi::Py_REFCNT(obj.as_ptr()) } <= 1)
+            .collect()
+    };
+    if maybe_last.is_empty() {
+        return Ok(());
+    }
+    let list = PyList::new(py, maybe_last)?;
+    wait::call0(&list.getattr("clear")?)?;
+    Ok(())
+}
+
+// ---- the limiter -------------------------------------------------------------------------
+
+/// An int too large for a float (`10**400`) raises OverflowError without naming the
+/// argument; this names it.
+fn named(py: Python<'_>, e: PyErr, arg: &str) -> PyErr {
+    if e.is_instance_of::<PyOverflowError>(py) {
+        PyOverflowError::new_err(format!("{arg} is out of range: {}", e.value(py)))
+    } else {
+        e
     }
 }
 
 /// A keyed token-bucket rate limiter (GCRA: one atomic word per key, lock-free CAS).
 #[pyclass(frozen, module = "ferrule._native", name = "RateLimiter")]
 pub struct RateLimiter {
-    inner: Limiter<Key, KeyHashBuilder>,
+    inner: Limiter<Py<PyAny>>,
     rate: f64,
     per: f64,
     manual: bool,
@@ -292,15 +544,53 @@ impl RateLimiter {
     fn cost(&self, cost: Option<&Bound<'_, PyAny>>) -> PyResult<u64> {
         let cost = match cost {
             None => 1,
+            // >= 1, so the cast is exact.
             Some(c) => args::int_at_least(c, "cost", 1)? as u64,
         };
         self.inner.gcra().check_cost(cost)?;
         Ok(cost)
     }
 
+    /// One decision: the native fast path inline, everything else out of line.
     #[inline]
-    fn decide(&self, q: &Query<'_>, cost: u64) -> Outcome {
-        self.inner.acquire(q as &dyn Lookup, || q.to_key(), cost)
+    fn decide(
+        &self,
+        py: Python<'_>,
+        key: Option<&Bound<'_, PyAny>>,
+        q: &Query<'_>,
+        cost: u64,
+    ) -> PyResult<Outcome> {
+        if let Some(o) = self.inner.hit(q, cost) {
+            if ratelimit::due() {
+                self.reclaim_step(py)?;
+            }
+            return Ok(o);
+        }
+        self.decide_slow(py, key, q, cost)
+    }
+
+    /// The amortised reclaim step of the fast path.
+    #[cold]
+    #[inline(never)]
+    fn reclaim_step(&self, py: Python<'_>) -> PyResult<()> {
+        let mut grave = Vec::new();
+        self.inner
+            .reclaim_step(ratelimit::RECLAIM_BUDGET, &mut grave);
+        release(py, grave)
+    }
+
+    #[inline(never)]
+    fn decide_slow(
+        &self,
+        py: Python<'_>,
+        key: Option<&Bound<'_, PyAny>>,
+        q: &Query<'_>,
+        cost: u64,
+    ) -> PyResult<Outcome> {
+        let mut grave = Vec::new();
+        let caller = Caller::new(py, key);
+        let o = self.inner.acquire(q, &caller, cost, &mut grave);
+        caller.finish(o, grave)
     }
 }
 
@@ -314,11 +604,12 @@ impl RateLimiter {
         burst: Option<&Bound<'_, PyAny>>,
         clock: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
-        let rate = args::number(rate, "rate")?;
+        let rate = args::number(rate, "rate").map_err(|e| named(rate.py(), e, "rate"))?;
         let per = match per {
             None => 1.0,
-            Some(p) => args::seconds(p, "per")?,
+            Some(p) => args::seconds(p, "per").map_err(|e| named(p.py(), e, "per"))?,
         };
+        // At least 1 ns and at most 4e18 ns: the cast to u64 is exact.
         let per_ns = clock::positive_nanos(per, "per")?;
         let burst = match burst {
             Some(b) if !b.is_none() => Some(args::int_at_least(b, "burst", 1)? as u64),
@@ -343,8 +634,23 @@ impl RateLimiter {
         cost: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<bool> {
         let cost = self.cost(cost)?;
-        let q = query(py, key)?;
-        Ok(self.decide(&q, cost).allowed)
+        // Each kind of key in a local of its own (see `exact_str`).
+        let (str_q, other_q);
+        let q = if let Some((s, h)) = exact_str(key) {
+            str_q = Query::with_hash(KeyRef::Str(s), h);
+            &str_q
+        } else {
+            other_q = prepare(py, key)?;
+            &other_q
+        };
+        // The fast path written out: no Result to unwrap around the common decision.
+        if let Some(o) = self.inner.hit(q, cost) {
+            if ratelimit::due() {
+                self.reclaim_step(py)?;
+            }
+            return Ok(o.allowed);
+        }
+        Ok(self.decide_slow(py, key, q, cost)?.allowed)
     }
 
     /// Like `try_acquire`, with the details of the decision.
@@ -356,8 +662,16 @@ impl RateLimiter {
         cost: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Decision> {
         let cost = self.cost(cost)?;
-        let q = query(py, key)?;
-        Ok(self.inner.gcra().decision(self.decide(&q, cost)).into())
+        let (str_q, other_q); // see `try_acquire`
+        let q = if let Some((s, h)) = exact_str(key) {
+            str_q = Query::with_hash(KeyRef::Str(s), h);
+            &str_q
+        } else {
+            other_q = prepare(py, key)?;
+            &other_q
+        };
+        let o = self.decide(py, key, q, cost)?;
+        Ok(self.inner.gcra().decision(o).into())
     }
 
     /// Waits (GIL released) until `cost` tokens are granted; False on timeout, or at once
@@ -374,12 +688,11 @@ impl RateLimiter {
         timeout: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<bool> {
         let cost = self.cost(cost)?;
-        let timeout =
-            args::opt_duration_nanos(timeout, "timeout")?.map(|t| Duration::from_nanos(t as u64));
-        let q = query(py, key)?;
+        let timeout = args::opt_timeout(timeout, "timeout")?;
+        let q = prepare(py, key)?;
         let start = Instant::now();
         loop {
-            let o = self.decide(&q, cost);
+            let o = self.decide(py, key, &q, cost)?;
             if o.allowed {
                 return Ok(true);
             }
@@ -413,7 +726,7 @@ impl RateLimiter {
         // Refuse bad arguments now, not at the first await.
         let cost = this.cost(cost)?;
         let timeout_s = args::opt_duration_nanos(timeout, "timeout")?.map(nanos_to_secs);
-        query(py, key)?;
+        prepare(py, key)?;
         let nap = if this.manual {
             Some(SLICE.as_secs_f64())
         } else {
@@ -426,21 +739,30 @@ impl RateLimiter {
     /// Whole tokens available on `key` now, consuming nothing.
     #[pyo3(signature = (key = None))]
     fn peek(&self, py: Python<'_>, key: Option<&Bound<'_, PyAny>>) -> PyResult<u64> {
-        let q = query(py, key)?;
-        Ok(self.inner.peek(&q as &dyn Lookup))
+        let q = prepare(py, key)?;
+        let caller = Caller::new(py, key);
+        let n = self.inner.peek(&q, &caller);
+        caller.finish(n, Vec::new())
     }
 
     /// Refills `key`'s bucket.
     #[pyo3(signature = (key = None))]
     fn reset(&self, py: Python<'_>, key: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
-        let q = query(py, key)?;
-        self.inner.reset(&q as &dyn Lookup);
-        Ok(())
+        let q = prepare(py, key)?;
+        let caller = Caller::new(py, key);
+        let done = self.inner.reset(&q, &caller);
+        caller.finish(done, Vec::new())
     }
 
     /// Drops every key whose bucket is full again; returns how many.
-    fn sweep(&self, py: Python<'_>) -> usize {
-        wait::detach(py, || self.inner.sweep())
+    fn sweep(&self, py: Python<'_>) -> PyResult<usize> {
+        let (n, grave) = wait::detach(py, || {
+            let mut grave = Vec::new();
+            let n = self.inner.sweep(&mut grave);
+            (n, grave)
+        });
+        release(py, grave)?;
+        Ok(n)
     }
 
     #[getter]
@@ -469,5 +791,15 @@ impl RateLimiter {
             self.per,
             self.inner.gcra().burst()
         )
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        self.inner.try_for_each_stored(|obj| visit.call(obj))
+    }
+
+    fn __clear__(&self, py: Python<'_>) -> PyResult<()> {
+        let mut grave = Vec::new();
+        self.inner.clear(&mut grave);
+        release(py, grave) // after unlocking
     }
 }
