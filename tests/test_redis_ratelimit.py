@@ -96,13 +96,24 @@ def test_keys_are_independent_and_compare_by_value(make: Make) -> None:
     assert not any(rl.try_acquire(k) for k in keys)
     assert not rl.try_acquire(True)  # True == 1, as in a dict
     assert not rl.try_acquire("".join(["a"]))
+    assert rl.try_acquire(2**100)
+
+
+def test_a_str_subclass_key(redis_client: Any) -> None:
+    """In process, keys follow dict semantics: a str subclass with its own hash is its
+    own key. In Redis a key is its encoded value, so the subclass meets the str."""
 
     class S(str):
         def __hash__(self) -> int:
             return 42
 
-    assert not rl.try_acquire(S("a"))
-    assert rl.try_acquire(2**100)
+    rl = RateLimiter(1, 3600.0)
+    assert rl.try_acquire("a")
+    assert S("a") not in {"a": 1}
+    assert rl.try_acquire(S("a"))
+    remote = RedisRateLimiter(redis_client, 1, 3600.0)
+    assert remote.try_acquire("a")
+    assert not remote.try_acquire(S("a"))
 
 
 def test_peek_and_reset(make: Make) -> None:
@@ -173,8 +184,19 @@ def test_bad_cost(make: Make, method: str) -> None:
         call("k", True)
 
 
-def test_bad_keys_and_timeout(make: Make) -> None:
+def test_bad_timeout(make: Make) -> None:
     rl = make(10)
+    with pytest.raises(ValueError, match=r"^timeout must be >= 0$"):
+        rl.acquire(timeout=-0.1)
+    with pytest.raises(TypeError, match=r"^timeout must be a number of seconds, not 'str'$"):
+        rl.acquire(timeout="1")
+
+
+def test_keys_redis_cannot_encode(redis_client: Any) -> None:
+    """RedisRateLimiter encodes keys by value (None, str, int, bytes, tuples of those);
+    anything else has no identity shared across processes and is refused. (The
+    in-process RateLimiter takes any hashable key.)"""
+    rl = RedisRateLimiter(redis_client, 10)
     with pytest.raises(
         TypeError, match=r"^key must be None, str, int, bytes or a tuple of those, not 'float'$"
     ):
@@ -186,10 +208,8 @@ def test_bad_keys_and_timeout(make: Make) -> None:
         deep = (deep,)
     with pytest.raises(TypeError, match=r"nest tuples"):
         rl.try_acquire(deep)
-    with pytest.raises(ValueError, match=r"^timeout must be >= 0$"):
-        rl.acquire(timeout=-0.1)
-    with pytest.raises(TypeError, match=r"^timeout must be a number of seconds, not 'str'$"):
-        rl.acquire(timeout="1")
+    local = RateLimiter(10)
+    assert local.try_acquire(1.5) and local.try_acquire(("a", object())) and local.try_acquire(deep)
 
 
 # ---- Redis only ---------------------------------------------------------------------------
