@@ -17,6 +17,8 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
+from tests.conftest import FREE_THREADED
+
 
 class Boom(Exception):
     pass
@@ -872,6 +874,11 @@ def test_cycle_through_the_bus_is_collected() -> None:
     assert gone() is None
 
 
+@pytest.mark.skipif(
+    FREE_THREADED,
+    reason="CPython 3.13t does not always collect a cycle through a class made in a "
+    "function once other threads have run (reproducible without ferrule)",
+)
 def test_cycle_through_the_expected_classes_is_collected() -> None:
     """An exception class made for one service (it refers back to the service)."""
 

@@ -21,6 +21,7 @@
 //! different threads or tasks each record their own outcome.
 
 use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyModule, PyString, PyTuple, PyType};
@@ -134,7 +135,7 @@ impl CircuitBreaker {
                 data.set_item("name", &self.name)?;
                 data.set_item("state", to)?;
                 data.set_item("previous", from)?;
-                wait::call1(&bus.getattr("publish")?, (topic, data))?;
+                wait::call1(&bus.getattr(intern!(bus.py(), "publish"))?, (topic, data))?;
                 Ok(())
             };
             if let Err(e) = publish() {
@@ -174,7 +175,7 @@ impl CircuitBreaker {
         // user could replace, so it is called through `wait::call1`.
         let made = Exc::CircuitOpen.type_object(py).and_then(|ty| {
             let exc = wait::call1(ty.as_any(), (msg,))?;
-            exc.setattr("retry_after", retry_after)?;
+            exc.setattr(intern!(py, "retry_after"), retry_after)?;
             Ok(exc)
         });
         match made {
@@ -343,11 +344,15 @@ impl CircuitBreaker {
             return Err(wrong_type("func", "callable", func));
         }
         let py = slf.py();
-        Ok(layer(py)?.call_method1("_decorate", (slf, func))?.unbind())
+        Ok(layer(py)?
+            .call_method1(intern!(slf.py(), "_decorate"), (slf, func))?
+            .unbind())
     }
 
     fn __enter__(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
-        Ok(layer(slf.py())?.call_method1("_enter", (slf,))?.unbind())
+        Ok(layer(slf.py())?
+            .call_method1(intern!(slf.py(), "_enter"), (slf,))?
+            .unbind())
     }
 
     #[pyo3(signature = (exc_type, exc, tb))]
@@ -358,12 +363,14 @@ impl CircuitBreaker {
         tb: &Bound<'_, PyAny>,
     ) -> PyResult<bool> {
         let _ = (exc_type, tb);
-        layer(slf.py())?.call_method1("_exit", (slf, exc))?;
+        layer(slf.py())?.call_method1(intern!(slf.py(), "_exit"), (slf, exc))?;
         Ok(false)
     }
 
     fn __aenter__(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
-        Ok(layer(slf.py())?.call_method1("_aenter", (slf,))?.unbind())
+        Ok(layer(slf.py())?
+            .call_method1(intern!(slf.py(), "_aenter"), (slf,))?
+            .unbind())
     }
 
     #[pyo3(signature = (exc_type, exc, tb))]
@@ -375,7 +382,7 @@ impl CircuitBreaker {
     ) -> PyResult<Py<PyAny>> {
         let _ = (exc_type, tb);
         Ok(layer(slf.py())?
-            .call_method1("_aexit", (slf, exc))?
+            .call_method1(intern!(slf.py(), "_aexit"), (slf, exc))?
             .unbind())
     }
 

@@ -33,6 +33,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyString, PyTuple};
@@ -55,7 +56,10 @@ fn unraisable(py: Python<'_>, e: PyErr, obj: &Bound<'_, PyAny>) {
 
 /// `bus.publish(signal_type, data)` through `wait::call1` (a bus is user code).
 fn publish(bus: &Bound<'_, PyAny>, signal_type: String, data: Bound<'_, PyDict>) -> PyResult<()> {
-    wait::call1(&bus.getattr("publish")?, (signal_type, data))?;
+    wait::call1(
+        &bus.getattr(intern!(bus.py(), "publish"))?,
+        (signal_type, data),
+    )?;
     Ok(())
 }
 
@@ -658,7 +662,7 @@ impl Pool {
     fn close_items(py: Python<'_>, items: Vec<Item>) {
         for item in items {
             let item = item.bind(py);
-            match item.getattr_opt("close") {
+            match item.getattr_opt(intern!(py, "close")) {
                 Ok(Some(close)) => {
                     if let Err(e) = wait::call0(&close) {
                         unraisable(py, e, item);
