@@ -9,6 +9,7 @@ import logging
 import random
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -362,6 +363,12 @@ def test_round_errors_are_logged_and_the_thread_carries_on(
         ),
         ({"max_workers": 0}, ValueError, "max_workers must be >= 1"),
         ({"max_workers": 2.0}, TypeError, "max_workers must be an int, not 'float'"),
+        # A finite interval or timeout too long to wait for was accepted, and the monitor
+        # thread (or every round) then died of OverflowError in Event.wait.
+        ({"interval": 1e300}, ValueError, "interval is too large"),
+        ({"interval": 2**70}, ValueError, "interval is too large"),
+        ({"timeout": 4.1e9}, ValueError, "timeout is too large"),
+        ({"interval": 10**400}, OverflowError, "interval is out of range"),
     ],
 )
 def test_bad_arguments(kwargs: dict[str, Any], exc: type[Exception], msg: str) -> None:
@@ -446,3 +453,48 @@ def test_churn_while_the_monitor_runs(threads: int, stress_scale: int) -> None:
         assert last.get(aid, "healthy") == final[aid]
     assert not mon._known.keys() - live
     assert "gone" in last.values()
+
+
+# ---- ownership -------------------------------------------------------------------------------
+
+
+class Canary:
+    """Something whose collection a weak reference can observe."""
+
+
+def test_monitor_dropped_without_stop_is_collected_and_its_thread_ends() -> None:
+    """`self.monitor = HealthMonitor(reg, check=self.check)` started and then dropped
+    without `stop()`: the monitor thread ran a bound method of the monitor, so the
+    monitor, its check's object and the thread lived (and ran rounds) forever."""
+    reg = Registry()
+    reg.register("a1")
+    before = {t.ident for t in threading.enumerate()}
+
+    class Service:
+        def __init__(self) -> None:
+            self.canary = Canary()
+            self.checked = threading.Event()
+            self.monitor = HealthMonitor(reg, interval=0.01, check=self.check, timeout=1.0)
+            self.monitor.start()
+
+        def check(self, agent: Agent) -> str:
+            self.checked.set()
+            return "healthy"
+
+    s = Service()
+    assert s.checked.wait(5.0)
+    gone = weakref.ref(s.canary)
+    del s
+    deadline = time.monotonic() + 5.0
+    while gone() is not None and time.monotonic() < deadline:
+        gc.collect()
+        time.sleep(0.01)
+    assert gone() is None
+    # The monitor thread and the check workers end by themselves.
+    deadline = time.monotonic() + 5.0
+    while time.monotonic() < deadline:
+        extra = [t for t in threading.enumerate() if t.ident not in before]
+        if not extra:
+            break
+        time.sleep(0.01)
+    assert [t.name for t in threading.enumerate() if t.ident not in before] == []

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import inspect
 import math
 import random
 import statistics
+import weakref
 
 import pytest
 from ferrule import ManualClock, Metrics, OpStats, Timer
@@ -222,3 +224,93 @@ def test_bad_constructor_arguments() -> None:
         Metrics(clock=object())  # type: ignore[arg-type]
     with pytest.raises(TypeError):
         Metrics(60.0)  # type: ignore[misc]
+
+
+# ---- hostile numbers, names and clocks -----------------------------------------------------
+
+
+def test_numbers_out_of_range_name_the_argument() -> None:
+    """An int too large for a float raised Python's bare "int too large to convert to
+    float", which did not say which argument was wrong."""
+    m = Metrics()
+    with pytest.raises(OverflowError, match=r"^seconds is out of range$"):
+        m.record("op", 10**400)
+    with pytest.raises(OverflowError, match=r"^window is out of range$"):
+        Metrics(window=10**400)
+    with pytest.raises(ValueError, match=r"^window is too large$"):
+        Metrics(window=2**70)
+    m.record("op", 10**9)  # allowed (at most 4e9 s): recorded, capped at 10**6 s
+    assert m.snapshot("op").max == 1e6
+
+
+def test_names_that_are_not_utf8_are_refused_at_time() -> None:
+    """A name with a lone surrogate raised only when the timed block ended (so the block
+    ran and its time was lost); it is refused when the timer is made."""
+    m = Metrics()
+    with pytest.raises(UnicodeEncodeError):
+        m.time("bad\udc80")
+    with pytest.raises(UnicodeEncodeError):
+        m.record("bad\udc80", 0.1)
+    assert m.ops() == []
+
+
+def test_huge_names_work() -> None:
+    m = Metrics()
+    name = "x" * 5_000_000
+    m.record(name, 0.1)
+    with m.time(name):
+        pass
+    assert m.ops() == [name]
+    assert m.snapshot(name).count == 2
+    m.reset(name)
+    assert m.ops() == []
+
+
+def test_near_the_clocks_largest_time() -> None:
+    """Slots and timers at the largest reading (2**62 ns): nothing wraps or panics."""
+    for window, kept in ((0.001, 1), (60.0, 2), (4e9, 2)):
+        clock = ManualClock(4e9)
+        clock.advance((2**62 - 4 * 10**18) / 1e9 - 0.25)
+        m = Metrics(window=window, clock=clock)
+        m.record("op", 0.25)
+        with m.time("op"):
+            clock.advance(0.25)
+        assert clock.now() == 2**62 / 1e9
+        s = m.snapshot("op")
+        assert (s.count, s.max) == (kept, 0.25)
+        assert m.ops() == ["op"]
+
+
+# ---- garbage collection --------------------------------------------------------------------
+
+
+class Canary:
+    """Something whose collection a weak reference can observe."""
+
+
+def test_timer_keeps_an_exact_str_so_a_cycle_through_its_name_is_collected() -> None:
+    """A `str` subclass name with attributes (here one pointing back at the timer) was
+    kept by the Timer, which does not take part in garbage collection: the name leaked."""
+
+    class Name(str):
+        pass
+
+    m = Metrics()
+    name = Name("op")
+    name.canary = Canary()  # type: ignore[attr-defined]
+    timer = m.time(name)
+    name.timer = timer  # type: ignore[attr-defined]  # name -> timer -> name
+    assert type(timer.op) is str and timer.op == "op"
+    gone = weakref.ref(name.canary)  # type: ignore[attr-defined]
+    del name, timer
+    gc.collect()
+    assert gone() is None
+
+
+def test_metrics_and_timers_hold_nothing_a_cycle_can_go_through() -> None:
+    """Neither class holds a Python object that could lead back to it (module docs of
+    src/py/metrics.rs), so neither needs to be tracked by the collector."""
+    m = Metrics()
+    assert gc.get_referents(m) == []
+    assert not gc.is_tracked(m)
+    assert not gc.is_tracked(m.time("op"))

@@ -152,3 +152,96 @@ def test_bad_input_names_the_argument() -> None:
     with pytest.raises(TypeError, match=r"^clock must be a ferrule.ManualClock or None"):
         ErrorStore(clock="now")  # type: ignore[arg-type]
     assert store.agents() == []
+
+
+# ---- garbage collection ------------------------------------------------------------------
+
+
+class Canary:
+    """Something whose collection a weak reference can observe."""
+
+
+def test_cycle_through_a_stored_traceback_is_collected() -> None:
+    """An error whose traceback refers back to the store's holder (the frame that
+    recorded it holds `self`) kept the holder alive forever: the store held its errors
+    without taking part in garbage collection."""
+
+    class Agent:
+        def __init__(self) -> None:
+            self.canary = Canary()
+            self.errors = ErrorStore()
+
+        def work(self) -> None:
+            try:
+                raise RuntimeError("boom")
+            except RuntimeError as e:
+                self.errors.record("me", e)  # e -> traceback -> frame -> self
+
+    a = Agent()
+    a.work()
+    assert a.errors.count("me") == 1
+    gone = weakref.ref(a.canary)
+    del a
+    gc.collect()
+    assert gone() is None
+
+
+def test_cycle_through_an_error_record_is_collected() -> None:
+    """An ErrorRecord held its error without taking part in garbage collection."""
+
+    def leak() -> weakref.ref[Canary]:
+        store = ErrorStore()
+        holder: dict[str, object] = {"canary": Canary()}
+        err = ValueError(holder)
+        store.record("a", err)
+        holder["records"] = store.history("a")  # record -> err -> holder -> record
+        store.reset("a")
+        return weakref.ref(holder["canary"])  # type: ignore[arg-type]
+
+    gone = leak()
+    gc.collect()
+    assert gone() is None
+
+
+def test_traverse_shows_every_error_and_records_are_exact() -> None:
+    store = ErrorStore(max_per_agent=3)
+    errs = [ValueError(i) for i in range(3)]
+    for e in errs:
+        store.record("a", e)
+    store.record("b", errs[0])
+    referents = gc.get_referents(store)
+    assert all(any(r is e for r in referents) for e in errs)
+    assert len(referents) == 4
+
+    class Id(str):
+        pass
+
+    rec = store.history(Id("a"), limit=1)[0]
+    assert type(rec.agent_id) is str
+    assert gc.get_referents(rec) == [errs[2]]
+
+
+def test_huge_bounds_are_accepted_and_ints_beyond_i64_overflow() -> None:
+    """`max_agents` and `limit` beyond i64 were ValueError; they are OverflowError now,
+    like every int argument that cannot be represented."""
+    store = ErrorStore(max_agents=2**62, max_per_agent=2**62)
+    for i in range(100):
+        assert store.record(f"a{i}", i)
+    assert len(store.agents()) == 100
+    assert [r.error for r in store.history("a1", limit=2**62)] == [1]
+    with pytest.raises(OverflowError, match=r"^limit is out of range$"):
+        store.history("a1", limit=2**70)
+    with pytest.raises(OverflowError, match=r"^max_agents is out of range$"):
+        ErrorStore(max_agents=2**70)
+    with pytest.raises(OverflowError, match=r"^max_age is out of range$"):
+        ErrorStore(max_age=10**400)
+
+
+def test_near_the_clocks_largest_time() -> None:
+    clock = ManualClock(4e9)
+    clock.advance((2**62 - 4 * 10**18) / 1e9 - 1.0)
+    store = ErrorStore(max_age=4e9, clock=clock)
+    store.record("a", 1)
+    clock.advance(1.0)
+    assert store.count("a") == 1
+    assert store.history("a")[0].timestamp == 2**62 / 1e9 - 1.0

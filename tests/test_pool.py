@@ -548,3 +548,196 @@ def test_blocked_checkout_is_interruptible() -> None:
         assert pool.stats().waiting == 0
     with pool.acquire(timeout=0):
         pass
+
+
+# ---- the private asyncio hooks with hostile arguments ------------------------------------
+
+
+def _waiting(pool: Pool[Any]) -> tuple[Any, Any]:
+    """An item checked out through the asyncio hooks, and a waiter queued behind it."""
+    got, item = pool._checkout_async(lambda: None)
+    assert got
+    got, waiter = pool._checkout_async(lambda: None)
+    assert not got
+    return item, waiter
+
+
+@pytest.mark.parametrize(
+    ("timeout", "exc", "msg"),
+    [
+        (-1.0, ValueError, "timeout must be >= 0"),
+        (float("nan"), ValueError, "timeout must be a finite number of seconds"),
+        (float("inf"), ValueError, "timeout must be a finite number of seconds"),
+        (1e300, ValueError, "timeout is too large"),
+        (10**400, OverflowError, "timeout is out of range"),
+        ("1", TypeError, "timeout must be a number of seconds, not 'str'"),
+    ],
+)
+def test_give_up_with_a_hostile_timeout_raises_instead_of_panicking(
+    timeout: Any, exc: type, msg: str
+) -> None:
+    """`_give_up(waiter, True, t)` converted `t` with `Duration::from_secs_f64`, which
+    panicked (PanicException) for a negative, NaN, infinite or huge `t`."""
+    pool = Pool(Factory(), max_size=1)
+    item, waiter = _waiting(pool)
+    with pytest.raises(exc, match=msg):
+        pool._give_up(waiter, True, timeout)
+    # Nothing changed: the waiter is still queued and can still give up properly.
+    assert pool.stats().waiting == 1
+    with pytest.raises(PoolTimeout, match=r"within 0\.5 s"):
+        pool._give_up(waiter, True, 0.5)
+    assert pool._give_up(waiter, False, None) == (False, None)
+    pool._finish(item)
+    assert pool.stats().in_use == 0
+
+
+def test_private_hooks_refuse_a_waiter_of_another_pool() -> None:
+    """A `_PoolWaiter` of one pool handed to another pool's `_resume`/`_give_up` used to
+    move grants between the pools (an item of one pool checked out of the other)."""
+    a, b = Pool(Factory(), max_size=1), Pool(Factory(), max_size=1)
+    item, waiter = _waiting(a)
+    with pytest.raises(ValueError, match="waiter is not waiting on this pool"):
+        b._resume(waiter)
+    with pytest.raises(ValueError, match="waiter is not waiting on this pool"):
+        b._give_up(waiter, False, None)
+    assert (a.stats().waiting, b.stats().size) == (1, 0)
+    a._finish(item)
+    got, again = a._resume(waiter)
+    assert got and again is item
+    a._finish(again)
+
+
+def test_finish_refuses_an_item_that_is_not_checked_out() -> None:
+    """`_finish` of an object never checked out (or of one item twice) used to push it
+    onto the idle stack regardless: the pool then held more idle items than `max_size`
+    (no bound) and handed out objects it never made."""
+    pool = Pool(Factory(), max_size=1)
+    stranger = Conn(99)
+    with pytest.raises(ValueError, match="item is not checked out from this pool"):
+        pool._finish(stranger)
+    with pytest.raises(ValueError, match="item is not checked out from this pool"):
+        pool._finish(stranger, Discard())
+    assert not stranger.closed  # a refused discard does not close the caller's object
+    with pool.acquire() as c:
+        pass
+    with pytest.raises(ValueError, match="item is not checked out from this pool"):
+        pool._finish(c)
+    for _ in range(100):
+        with pytest.raises(ValueError):
+            pool._finish(Conn(0))
+    s = pool.stats()
+    assert (s.size, s.idle, s.in_use, s.discarded) == (1, 1, 0, 0)
+    with pool.acquire() as again:
+        assert again is c
+
+
+def test_checkout_async_refuses_a_wake_hook_that_is_not_callable() -> None:
+    """A non-callable `wake` was accepted and failed only when a grant arrived."""
+    pool = Pool(Factory(), max_size=1)
+    with pytest.raises(TypeError, match="wake must be callable, not 'int'"):
+        pool._checkout_async(3)
+    assert pool.stats().size == 0
+
+
+# ---- garbage collection ------------------------------------------------------------------
+
+
+class Canary:
+    """Something whose collection a weak reference can observe."""
+
+
+def test_cycle_through_validate_and_an_idle_item_is_collected() -> None:
+    """`self.pool = Pool(make, validate=self.check)`: the pool visits its callables and
+    idle items, so the holder is collected."""
+
+    class Service:
+        def __init__(self) -> None:
+            self.canary = Canary()
+            self.pool = Pool(self.make, max_size=2, validate=self.check)
+
+        def make(self) -> list[Any]:
+            return [self]  # an item that refers back to the service
+
+        def check(self, item: list[Any]) -> bool:
+            return item[0] is self
+
+    s = Service()
+    with s.pool.acquire():
+        pass
+    gone = weakref.ref(s.canary)
+    del s
+    gc.collect()
+    assert gone() is None
+
+
+def test_cycle_through_a_checkout_is_collected_and_returns_the_item() -> None:
+    """A `PoolCheckout` entered and never exited, caught in a cycle with its item: the
+    collector frees it and the item goes back to the pool (capacity is not lost)."""
+
+    class Item:
+        pass
+
+    pool = Pool(Item, max_size=1)
+
+    def leak() -> weakref.ref[Canary]:
+        cm = pool.acquire()
+        item = cm.__enter__()
+        item.cm = cm  # type: ignore[attr-defined]  # checkout -> item -> checkout
+        item.canary = Canary()  # type: ignore[attr-defined]
+        return weakref.ref(item.canary)  # type: ignore[attr-defined]
+
+    gone = leak()
+    gc.collect()
+    assert gone() is None
+    s = pool.stats()
+    assert (s.size, s.idle, s.in_use) == (1, 1, 0)
+    with pool.acquire(timeout=0):
+        pass
+
+
+def test_cycle_through_an_abandoned_async_waiter_is_collected() -> None:
+    """A queued asyncio waiter whose `_PoolWaiter` was dropped: the pool alone holds its
+    wake-up hook and visits it, so a cycle through the hook back to the pool's holder is
+    collected."""
+
+    class Holder:
+        pass
+
+    def leak() -> weakref.ref[Canary]:
+        h = Holder()
+        h.canary = Canary()  # type: ignore[attr-defined]
+        h.pool = Pool(Factory(), max_size=1)  # type: ignore[attr-defined]
+        h.pool._checkout_async(lambda: h)  # type: ignore[attr-defined]
+        got, waiter = h.pool._checkout_async(lambda: h)  # type: ignore[attr-defined]
+        assert not got
+        del waiter
+        return weakref.ref(h.canary)  # type: ignore[attr-defined]
+
+    gone = leak()
+    gc.collect()
+    assert gone() is None
+
+
+def test_collected_pool_drops_its_items_without_closing_them() -> None:
+    """Clearing a pool caught in a cycle drops its idle items (their own destructors
+    run) and calls no user code such as their `close()`."""
+    closed: list[int] = []
+
+    class Item:
+        def close(self) -> None:
+            closed.append(1)
+
+    class Holder:
+        def __init__(self) -> None:
+            self.pool = Pool(Item, max_size=2, min_size=2, validate=self.check)
+
+        def check(self, item: Item) -> bool:
+            return True
+
+    h = Holder()
+    made = [weakref.ref(x) for x in gc.get_referents(h.pool) if isinstance(x, Item)]
+    assert len(made) == 2  # the pool visits its idle items
+    del h
+    gc.collect()
+    assert [r() for r in made] == [None, None]
+    assert closed == []

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import random
 import sys
 import threading
+import weakref
 from typing import Any
 
 import ferrule
@@ -14,6 +16,8 @@ from ferrule import CircuitBreaker, CircuitOpen, ManualClock
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+from tests.conftest import FREE_THREADED
 
 
 class Boom(Exception):
@@ -71,7 +75,15 @@ def test_defaults_and_properties() -> None:
         ({"failure_threshold": 0}, ValueError, "failure_threshold must be >= 1"),
         ({"failure_threshold": -3}, ValueError, "failure_threshold must be >= 1"),
         ({"failure_threshold": 2**30}, ValueError, "failure_threshold must be <= 1073741823"),
-        ({"failure_threshold": 2**70}, ValueError, "failure_threshold is out of range"),
+        # Not representable (beyond i64): OverflowError; representable but too big:
+        # ValueError (the convention of every ferrule argument).
+        ({"failure_threshold": 2**70}, OverflowError, "failure_threshold is out of range"),
+        ({"failure_threshold": -(2**70)}, OverflowError, "failure_threshold is out of range"),
+        ({"half_open_max_calls": 2**64}, OverflowError, "half_open_max_calls is out of range"),
+        ({"reset_timeout": 10**400}, OverflowError, "reset_timeout is out of range"),
+        ({"reset_timeout": 2**70}, ValueError, "reset_timeout is too large"),
+        ({"reset_timeout": 1e300}, ValueError, "reset_timeout is too large"),
+        ({"reset_timeout": float("inf")}, ValueError, "reset_timeout must be a finite number"),
         ({"failure_threshold": "5"}, TypeError, "failure_threshold must be an int, not 'str'"),
         ({"failure_threshold": True}, TypeError, "failure_threshold must be an int, not 'bool'"),
         ({"failure_threshold": 2.0}, TypeError, "failure_threshold must be an int, not 'float'"),
@@ -812,3 +824,188 @@ class BreakerMachine(RuleBasedStateMachine):
 
 TestBreakerModel = BreakerMachine.TestCase
 TestBreakerModel.settings = settings(max_examples=300, stateful_step_count=30, deadline=None)
+
+
+# ---- garbage collection -----------------------------------------------------------------
+
+
+class Canary:
+    """Something whose collection a weak reference can observe."""
+
+
+def test_cycle_through_on_state_change_is_collected() -> None:
+    """`self.cb = CircuitBreaker(on_state_change=self.on_change)` kept `self` alive
+    forever: the breaker held the bound method without taking part in garbage
+    collection."""
+
+    class Service:
+        def __init__(self) -> None:
+            self.canary = Canary()
+            self.changes: list[tuple[str, str]] = []
+            self.cb = CircuitBreaker(1, on_state_change=self.on_change)
+
+        def on_change(self, old: str, new: str) -> None:
+            self.changes.append((old, new))
+
+    s = Service()
+    fail(s.cb)
+    assert s.changes == [("closed", "open")]
+    gone = weakref.ref(s.canary)
+    del s
+    gc.collect()
+    assert gone() is None
+
+
+def test_cycle_through_the_bus_is_collected() -> None:
+    """A bus that refers back to the breaker's holder (here the holder is the bus)."""
+
+    class Service(FakeBus):
+        def __init__(self) -> None:
+            super().__init__()
+            self.canary = Canary()
+            self.cb = CircuitBreaker(1, name="svc", bus=self)
+
+    s = Service()
+    fail(s.cb)
+    assert [t for t, _ in s.published] == ["breaker.svc.state"]
+    gone = weakref.ref(s.canary)
+    del s
+    gc.collect()
+    assert gone() is None
+
+
+@pytest.mark.skipif(
+    FREE_THREADED,
+    reason="CPython 3.13t does not always collect a cycle through a class made in a "
+    "function once other threads have run (reproducible without ferrule)",
+)
+def test_cycle_through_the_expected_classes_is_collected() -> None:
+    """An exception class made for one service (it refers back to the service)."""
+
+    def make() -> weakref.ref[Canary]:
+        class Service:
+            pass
+
+        service = Service()
+
+        class ServiceError(Exception):
+            owner = service
+
+        service.canary = Canary()  # type: ignore[attr-defined]
+        service.cb = CircuitBreaker(2, expected=ServiceError)  # type: ignore[attr-defined]
+        fail(service.cb, exc=ServiceError)  # type: ignore[attr-defined]
+        return weakref.ref(service.canary)  # type: ignore[attr-defined]
+
+    gone = make()
+    gc.collect()
+    assert gone() is None
+
+
+def test_traverse_visits_every_hook() -> None:
+    """The breaker shows the collector `expected`, `on_state_change` and `bus`."""
+    bus = FakeBus()
+
+    def on_change(old: str, new: str) -> None:
+        pass
+
+    cb = CircuitBreaker(1, expected=Boom, name="n", bus=bus, on_state_change=on_change)
+    referents = gc.get_referents(cb)
+    assert cb.expected in referents
+    assert on_change in referents
+    assert bus in referents
+    assert gc.is_tracked(cb)
+
+
+def test_name_is_stored_as_an_exact_str() -> None:
+    """A `str` subclass name could hold references; the breaker keeps an exact copy."""
+
+    class Name(str):
+        pass
+
+    n = Name("db")
+    n.canary = Canary()  # type: ignore[attr-defined]
+    cb = CircuitBreaker(name=n)
+    assert cb.name == "db" and type(cb.name) is str
+    gone = weakref.ref(n.canary)  # type: ignore[attr-defined]
+    del n
+    gc.collect()
+    assert gone() is None
+
+
+# ---- exit safety: user code reached from a breaker ---------------------------------------
+
+
+def _exits_cleanly(body: str) -> None:
+    """Runs `body` (with tests/test_exit.py's prelude) in a fresh interpreter that exits
+    while daemon threads are inside ferrule, and checks that it ends normally."""
+    from tests.test_exit import RUNS, run
+
+    for _ in range(RUNS):
+        proc = run(body)
+        assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
+        for marker in ("FATAL", "Fatal Python error", "panicked", "PanicException"):
+            assert marker not in proc.stderr, proc.stderr[-2000:]
+
+
+def test_daemon_threads_rejected_by_an_open_breaker_at_exit() -> None:
+    """Each rejection made a lazy `CircuitOpen` and normalized it to set `retry_after`;
+    PyO3 normalizes by detaching and re-attaching outside `wait`, so a daemon thread
+    rejected at interpreter exit was ended by a forced unwind through Rust frames: the
+    process aborted ("FATAL: exception not rethrown") or crashed, most of the time."""
+    _exits_cleanly(
+        """
+        cb = ferrule.CircuitBreaker(1, 3600.0)
+        try:
+            cb.call(lambda: 1 / 0)
+        except ZeroDivisionError:
+            pass
+        daemon(forever(lambda: cb.call(int)), 4)
+        """
+    )
+
+
+def test_daemon_thread_inside_a_bus_publish_at_exit() -> None:
+    """`bus.publish` was called directly rather than through `wait::call`: a daemon
+    thread sleeping in it at interpreter exit was ended by a forced unwind through Rust
+    frames, which aborts the process ("FATAL: exception not rethrown")."""
+    _exits_cleanly(
+        """
+        class SlowBus:
+            def publish(self, signal_type, data):
+                time.sleep(0.002)
+        cb = ferrule.CircuitBreaker(1, 0.0, name="x", bus=SlowBus())
+        def boom():
+            raise ValueError("down")
+        def call():
+            try:
+                cb.call(boom)
+            except ValueError:
+                pass
+        daemon(forever(call), 4)
+        """
+    )
+
+
+def test_daemon_thread_inside_an_instancecheck_at_exit() -> None:
+    """The `expected` check ran a metaclass's `__instancecheck__` (user code) directly
+    rather than through `wait::call`: a daemon thread sleeping in it at exit aborted the
+    process."""
+    _exits_cleanly(
+        """
+        class Meta(type):
+            def __instancecheck__(cls, obj):
+                time.sleep(0.002)
+                return False
+        class Slow(Exception, metaclass=Meta):
+            pass
+        cb = ferrule.CircuitBreaker(1, expected=Slow)
+        def boom():
+            raise ValueError("down")
+        def call():
+            try:
+                cb.call(boom)
+            except ValueError:
+                pass
+        daemon(forever(call), 4)
+        """
+    )

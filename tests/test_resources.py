@@ -16,6 +16,8 @@ import ferrule
 import pytest
 from ferrule import Lease, ManualClock, PoolTimeout, ResourceManager
 
+from tests.conftest import FREE_THREADED
+
 
 class FakeBus:
     """The part of SignalBus a ResourceManager uses: publish(type, data)."""
@@ -398,7 +400,7 @@ def test_acquire_async_reclaims_expired_leases() -> None:
             ValueError,
             "severe_threshold must be >= alert_threshold and <= 1",
         ),
-        (({"x": 1},), {"alert_threshold": "hi"}, TypeError, "alert_threshold must be a float"),
+        (({"x": 1},), {"alert_threshold": "hi"}, TypeError, "alert_threshold must be a number"),
         (({"x": 1},), {"bus": object()}, TypeError, "bus must be an object with a publish"),
         (({"x": 1},), {"clock": 1}, TypeError, "clock must be a ferrule.ManualClock or None"),
     ],
@@ -471,3 +473,201 @@ def test_blocked_acquire_is_interruptible() -> None:
     timer.join()
     held.release()
     assert rm.usage()["x"].used == 0
+
+
+# ---- numbers out of range ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "msg"),
+    [
+        # Not representable (an int beyond i64, or beyond a float): OverflowError naming
+        # the argument; representable but not allowed: ValueError naming it.
+        ({"alert_threshold": 10**400}, OverflowError, "alert_threshold is out of range"),
+        ({"severe_threshold": -(10**400)}, OverflowError, "severe_threshold is out of range"),
+        ({"alert_threshold": 2**70}, ValueError, "alert_threshold must be > 0 and <= 1"),
+        ({"alert_threshold": float("nan")}, ValueError, "alert_threshold must be > 0"),
+        ({"alert_threshold": float("inf")}, ValueError, "alert_threshold must be > 0"),
+    ],
+)
+def test_out_of_range_thresholds(kwargs: dict[str, Any], exc: type, msg: str) -> None:
+    """A threshold too large for a float raised TypeError ("must be a float"): every
+    conversion error was reported as a wrong type."""
+    with pytest.raises(exc, match=msg):
+        ResourceManager({"x": 1}, **kwargs)
+
+
+def test_out_of_range_ints_and_durations() -> None:
+    """Ints beyond i64 are OverflowError naming the argument (they were ValueError)."""
+    with pytest.raises(OverflowError, match=r"limits\['x'\] is out of range"):
+        ResourceManager({"x": 2**70})
+    rm = ResourceManager({"x": 2**63 - 1})
+    with pytest.raises(OverflowError, match="amount is out of range"):
+        rm.acquire("x", 2**64)
+    with pytest.raises(OverflowError, match="amount is out of range"):
+        rm.try_acquire("x", -(2**64))
+    with pytest.raises(OverflowError, match="ttl is out of range"):
+        rm.acquire("x", ttl=10**400)
+    with pytest.raises(ValueError, match="ttl is too large"):
+        rm.acquire("x", ttl=1e300)
+    with pytest.raises(ValueError, match="timeout is too large"):
+        rm.acquire("x", timeout=2**70)
+    with rm.acquire("x", 2**63 - 1) as lease:
+        assert rm.usage()["x"].pressure == "severe"
+        assert lease.amount == 2**63 - 1
+    assert rm.usage()["x"].used == 0
+
+
+def test_ttl_leases_near_the_clocks_largest_time() -> None:
+    """The largest clock reading (2**62 ns) plus the longest ttl stays representable:
+    nothing wraps or panics, and such a lease still expires on time."""
+    clock = ManualClock(4e9)
+    clock.advance((2**62 - 4 * 10**18) / 1e9 - 1.0)
+    rm = ResourceManager({"x": 2}, clock=clock)
+    long = rm.acquire("x", ttl=4e9)
+    short = rm.acquire("x", ttl=0.5)
+    assert long.expires_at is not None and long.expires_at > clock.now()
+    clock.advance(0.5)
+    assert short.released and not long.released
+    assert rm.usage()["x"].used == 1
+    with pytest.raises(OverflowError):
+        clock.advance(4e9)
+
+
+# ---- garbage collection -------------------------------------------------------------------
+
+
+class Canary:
+    """Something whose collection a weak reference can observe."""
+
+
+def test_cycle_through_the_bus_and_a_held_lease_is_collected() -> None:
+    """`self.rm = ResourceManager(bus=self)` with `self.lease = self.rm.acquire(...)`:
+    while a lease held the budget neither the manager nor the lease showed the bus to
+    the collector, so the service leaked as long as it held a lease."""
+
+    class Service:
+        def __init__(self) -> None:
+            self.canary = Canary()
+            self.events: list[str] = []
+            self.rm = ResourceManager({"x": 2}, bus=self)
+            self.lease = self.rm.acquire("x", 2)
+
+        def publish(self, signal_type: str, data: Any) -> int:
+            self.events.append(data["pressure"])
+            return 1
+
+    s = Service()
+    assert s.events == ["severe"]
+    gone = weakref.ref(s.canary)
+    del s
+    gc.collect()
+    assert gone() is None
+
+
+def test_cycle_through_a_lease_that_outlived_its_manager_is_collected() -> None:
+    """A lease keeps a reference to the bus; once the manager is gone it was the only
+    holder, and it did not take part in garbage collection."""
+
+    class Bus:
+        def __init__(self) -> None:
+            self.canary = Canary()
+            self.lease: Lease | None = None
+
+        def publish(self, signal_type: str, data: Any) -> int:
+            return 1
+
+    bus = Bus()
+    rm = ResourceManager({"x": 1}, bus=bus)
+    bus.lease = rm.acquire("x")  # bus -> lease -> bus
+    del rm
+    gone = weakref.ref(bus.canary)
+    del bus
+    gc.collect()
+    assert gone() is None
+
+
+def test_waker_cycle_is_collected_and_traverse_shows_the_bus() -> None:
+    """An asyncio wake-up callback registered and never removed (a coroutine that was
+    dropped) that refers back to the manager's holder."""
+
+    class Holder:
+        pass
+
+    def leak() -> weakref.ref[Canary]:
+        h = Holder()
+        h.canary = Canary()  # type: ignore[attr-defined]
+        h.rm = ResourceManager({"x": 1})  # type: ignore[attr-defined]
+        h.rm._add_waker("x", lambda: h)  # type: ignore[attr-defined]
+        return weakref.ref(h.canary)  # type: ignore[attr-defined]
+
+    gone = leak()
+    gc.collect()
+    assert gone() is None
+    bus = FakeBus()
+    rm = ResourceManager({"x": 1}, bus=bus)
+    assert bus in gc.get_referents(rm)
+    lease = rm.acquire("x")
+    assert bus in gc.get_referents(lease)
+    assert gc.get_referents(ResourceManager({"x": 1}).acquire("x")) == []
+
+
+def test_add_waker_refuses_what_it_cannot_call() -> None:
+    """A non-callable waker was accepted and failed only at the next release."""
+    rm = ResourceManager({"x": 1})
+    with pytest.raises(TypeError, match="callback must be callable, not 'int'"):
+        rm._add_waker("x", 3)
+    with pytest.raises(OverflowError):
+        rm._remove_waker("x", -1)
+    rm._remove_waker("x", 12345)  # unknown token: nothing to do
+
+
+@pytest.mark.skipif(not FREE_THREADED, reason="needs free-threading to mutate concurrently")
+def test_limits_mutated_by_another_thread_during_construction(threads: int) -> None:
+    """The constructor iterated the caller's dict; on a free-threaded build another thread
+    could resize it meanwhile, and PyO3's dict iterator then panics."""
+    limits = {f"k{i}": 1 + i for i in range(64)}
+    stop = threading.Event()
+
+    def churn() -> None:
+        n = 0
+        while not stop.is_set():
+            limits[f"extra{n % 16}"] = 1
+            limits.pop(f"extra{(n + 8) % 16}", None)
+            n += 1
+
+    t = threading.Thread(target=churn)
+    t.start()
+    try:
+        for _ in range(2000):
+            rm = ResourceManager(limits)
+            assert len(rm.limits) >= 64
+    finally:
+        stop.set()
+        t.join()
+
+
+# ---- exit safety: user code reached from a manager ---------------------------------------
+
+
+def test_daemon_thread_inside_a_bus_publish_at_exit() -> None:
+    """A pressure change was published with a direct call of `bus.publish`, not through
+    `wait::call`: a daemon thread sleeping in it at interpreter exit aborted the
+    process ("FATAL: exception not rethrown")."""
+    from tests.test_exit import run
+
+    proc = run(
+        """
+        class SlowBus:
+            def publish(self, signal_type, data):
+                time.sleep(0.002)
+        rm = ferrule.ResourceManager({"x": 1}, bus=SlowBus())
+        def churn():
+            with rm.acquire("x", timeout=1):
+                pass
+        daemon(forever(churn), 4)
+        """
+    )
+    assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
+    for marker in ("FATAL", "Fatal Python error", "panicked", "PanicException"):
+        assert marker not in proc.stderr, proc.stderr[-2000:]

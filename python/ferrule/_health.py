@@ -27,6 +27,13 @@ pending list, never under a lock; ``_known`` holds one entry per agent the last 
 saw (reclaimed when it vanishes) and ``_inflight`` one per check that outlived its
 round's deadline (reclaimed by the first round after it returns), so memory is bounded
 by the registry's size.
+
+Ownership: the monitor thread holds the monitor only through a weak reference (and
+strongly only during a round), so a monitor dropped without ``stop()`` -- say one made
+with ``check=self.check`` and stored on ``self`` -- is still collected; a finalizer then
+sets the stop event and the thread ends at once. The check workers hold the monitor's
+``check`` only while a check is queued or running (a hanging check keeps its object alive
+until it returns); the worker pool is closed when the monitor is collected.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ import logging
 import math
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, wait
@@ -51,6 +59,9 @@ _log = logging.getLogger("ferrule.health")
 CHECK_RESULTS = frozenset({"healthy", "degraded", "unhealthy"})
 
 _MAX_QUEUE = 65536
+#: Longest interval or timeout accepted, in seconds: ferrule's bound on every duration
+#: (about 126 years), well below ``threading.TIMEOUT_MAX``.
+_MAX_SECONDS = 4e9
 
 Check = Callable[[Agent], object]
 
@@ -62,10 +73,34 @@ def _type_name(obj: object) -> str:
 def _positive_seconds(name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a number, not {_type_name(value)!r}")
-    seconds = float(value)
+    try:
+        seconds = float(value)
+    except OverflowError:
+        raise OverflowError(f"{name} is out of range") from None
     if not seconds > 0.0 or math.isinf(seconds):
         raise ValueError(f"{name} must be > 0 and finite")
+    if seconds > _MAX_SECONDS:
+        raise ValueError(f"{name} is too large")
     return seconds
+
+
+def _monitor(ref: weakref.ref[HealthMonitor], stop: threading.Event, interval: float) -> None:
+    """The monitor thread: a round every ``interval`` seconds until ``stop`` is set or the
+    monitor is collected. It holds the monitor strongly only during a round."""
+    next_start = time.monotonic()
+    while not stop.is_set():
+        monitor = ref()
+        if monitor is None:
+            return
+        try:
+            monitor._scheduled_round()
+        except Exception:  # keep monitoring; the next round starts afresh
+            _log.exception("health monitor round failed")
+        monitor = None
+        now = time.monotonic()
+        # Fixed rate without catch-up bursts: an overrun round is followed at once.
+        next_start = max(next_start + interval, now)
+        stop.wait(next_start - now)
 
 
 class HealthMonitor:
@@ -90,6 +125,10 @@ class HealthMonitor:
 
     Without ``check``, statuses are the registry's own ``health`` values and the only
     transitions are ``"gone"``.
+
+    ``interval`` and ``timeout`` are seconds, > 0 and at most 4e9. The monitor thread
+    holds the monitor weakly: a monitor dropped without ``stop()`` (one made with
+    ``check=self.check`` and stored on ``self``, say) is collected, and its thread ends.
 
     A transition (new status != the agent's ``health`` in the registry) first updates
     the registry (``registry.update(agent_id, health=...)``; an agent that vanished
@@ -160,6 +199,8 @@ class HealthMonitor:
         self._stop = threading.Event()
         self._last_round: float | None = None
         self._rounds = 0
+        # A monitor collected without stop() ends its thread (which holds it weakly).
+        weakref.finalize(self, self._stop.set)
 
     # -- properties ----------------------------------------------------------------
 
@@ -208,7 +249,10 @@ class HealthMonitor:
                 raise RuntimeError("HealthMonitor is already running")
             self._stop.clear()
             self._thread = threading.Thread(
-                target=self._run, name="ferrule-health-monitor", daemon=True
+                target=_monitor,
+                args=(weakref.ref(self), self._stop, self._interval),
+                name="ferrule-health-monitor",
+                daemon=True,
             )
             self._thread.start()
 
@@ -269,21 +313,13 @@ class HealthMonitor:
 
     # -- the round -----------------------------------------------------------------
 
-    def _run(self) -> None:
-        next_start = time.monotonic()
-        while not self._stop.is_set():
-            try:
-                with self._round_lock:
-                    if self._stop.is_set():
-                        break
-                    self._round()
-                self._drain()
-            except Exception:  # keep monitoring; the next round starts afresh
-                _log.exception("health monitor round failed")
-            now = time.monotonic()
-            # Fixed rate without catch-up bursts: an overrun round is followed at once.
-            next_start = max(next_start + self._interval, now)
-            self._stop.wait(next_start - now)
+    def _scheduled_round(self) -> None:
+        """One round of the monitor thread (see :func:`_monitor`)."""
+        with self._round_lock:
+            if self._stop.is_set():
+                return
+            self._round()
+        self._drain()
 
     def _get_pool(self) -> TaskPool:
         pool = self._pool

@@ -1044,12 +1044,16 @@ class CircuitBreaker:
     one frees its slot). Only the outcome of a call admitted in the breaker's current
     period counts: a slow call that fails after the breaker opened does not re-open it.
 
-    The state is one atomic word in Rust (a lock is taken only for the instant of
-    tripping open); the protected call runs in the caller's thread with no lock held, so
-    calls through one breaker run in parallel. On each change of
+    The state is one atomic word in Rust, changed by compare-and-swap with no lock at all
+    (model-checked with loom); the protected call runs in the caller's thread with no
+    lock held, so calls through one breaker run in parallel. On each change of
     state, in the thread that made it and after it was made: ``on_state_change(old,
     new)``, then ``bus.publish(f"breaker.{name}.state", {"name", "state",
     "previous"})``. An exception from either goes to ``sys.unraisablehook``.
+
+    The breaker takes part in garbage collection: ``self.cb =
+    CircuitBreaker(on_state_change=self.on_change)`` does not keep ``self`` alive, nor
+    does a ``bus`` or an ``expected`` class that refers back to the breaker's owner.
 
     Use it as ``cb.call(fn, *args, **kwargs)``, as a decorator (plain and ``async def``
     functions), or as a context manager (``with cb:`` and ``async with cb:``; the block
@@ -1091,10 +1095,12 @@ class CircuitBreaker:
         on_state_change: Callable[[str, str], object] | None = None,
         bus: _Bus | None = None,
     ) -> CircuitBreaker:
-        """``failure_threshold`` and ``half_open_max_calls`` >= 1; ``reset_timeout`` >= 0
-        seconds; ``expected`` an exception class or a non-empty tuple of them; ``name`` is
-        required with ``bus`` (any object with ``publish(type, data)``, e.g. a
-        ``SignalBus``)."""
+        """``failure_threshold`` and ``half_open_max_calls`` >= 1 (at most 2**30 - 1);
+        ``reset_timeout`` >= 0 seconds (at most 4e9); ``expected`` an exception class or a
+        non-empty tuple of them; ``name`` is required with ``bus`` (any object with
+        ``publish(type, data)``, e.g. a ``SignalBus``). A number that cannot be
+        represented (an int beyond 64 bits) raises OverflowError; one that is
+        representable but out of bounds, ValueError; both name the argument."""
 
     def call(self, func: Callable[_P, _R], /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
         """``func(*args, **kwargs)`` through the breaker: raises :class:`CircuitOpen`
@@ -1486,6 +1492,7 @@ class Timer:
     (``ok=False`` if the block raised; the exception propagates). One Timer times one
     block at a time: entering it again while it runs raises RuntimeError. As a decorator
     (on ``def`` or ``async def``) every call is timed separately, from any thread.
+    The timer keeps an exact ``str`` copy of the name (``op``).
 
     >>> m = Metrics()
     >>> with m.time("parse"):
@@ -1543,12 +1550,14 @@ class Metrics:
         """The window in seconds."""
 
     def record(self, op: str, seconds: float, ok: bool = True) -> None:
-        """Record one call of ``op`` that took ``seconds`` (>= 0, finite: else ValueError);
-        ``ok=False`` counts it as an error. ``op`` must be a str (else TypeError).
-        Durations above 10**6 s are recorded as 10**6 s."""
+        """Record one call of ``op`` that took ``seconds`` (>= 0, finite, at most 4e9:
+        else ValueError; an int too large for a float: OverflowError); ``ok=False`` counts
+        it as an error. ``op`` must be a str (else TypeError). Durations above 10**6 s are
+        recorded as 10**6 s."""
 
     def time(self, op: str) -> Timer:
         """A :class:`Timer` for ``op``: ``with m.time("op"): ...`` or ``@m.time("op")``.
+        A name that is not valid UTF-8 (a lone surrogate) raises UnicodeEncodeError here.
 
         >>> m = Metrics()
         >>> @m.time("work")
@@ -1616,6 +1625,8 @@ class ErrorStore:
 
     Thread-safe with 16 shards (no global lock on ``record``). Evicted and expired errors
     are released after the shard lock, so an error's ``__del__`` never runs under it.
+    The store (and each :class:`ErrorRecord`) takes part in garbage collection: an
+    error whose traceback refers back to the store's owner does not keep it alive.
 
     >>> clock = ManualClock()
     >>> store = ErrorStore(max_per_agent=2, max_age=60.0, clock=clock)
@@ -1753,6 +1764,10 @@ class ResourceManager:
     A lease taken with ``ttl`` at clock time t is live while ``now < t + ttl``; after that
     it is reclaimed (lazily: on the next acquire, wait slice or snapshot of that budget).
 
+    The manager and its leases take part in garbage collection: a ``bus`` that refers
+    back to the manager's owner (``ResourceManager(limits, bus=self)``) does not keep it
+    alive, also while the owner holds leases.
+
     >>> rm = ResourceManager({"gpu_mem_gb": 20, "workers": 4})
     >>> lease = rm.acquire("gpu_mem_gb", 18, timeout=5.0)
     >>> rm.pressure("gpu_mem_gb")
@@ -1772,7 +1787,9 @@ class ResourceManager:
         clock: ManualClock | None = None,
     ) -> ResourceManager:
         """``limits`` maps each name to its limit (>= 1);
-        ``0 < alert_threshold <= severe_threshold <= 1``; ``clock`` governs ttls."""
+        ``0 < alert_threshold <= severe_threshold <= 1``; ``clock`` governs ttls. An int
+        beyond 64 bits (a limit, an amount) or a number too large for a float raises
+        OverflowError naming the argument; other values out of bounds, ValueError."""
 
     def acquire(
         self,
@@ -1832,7 +1849,8 @@ class ResourceManager:
     def limits(self) -> dict[str, int]:
         """A copy of ``{name: limit}``."""
     # Private: used by ferrule._resources (asyncio).
-    def _add_waker(self, name: str, callback: Callable[[], object]) -> int: ...
+    def _add_waker(self, name: str, callback: Callable[[], object]) -> int:
+        """``callback`` must be callable (else TypeError)."""
     def _remove_waker(self, name: str, token: int) -> None: ...
 
 @final
@@ -1917,6 +1935,11 @@ class Pool(Generic[_T]):
     - ``close()`` closes the idle items, fails every waiter with ``RuntimeError("pool is
       closed")``, and closes items in use when they come back.
     - An exception from an item's ``close()`` goes to ``sys.unraisablehook``.
+    - The pool takes part in garbage collection (its callables, idle items and waiters'
+      wake-ups are visited): ``self.pool = Pool(self.connect, validate=self.check)``
+      does not keep ``self`` alive. A pool collected that way drops its idle items
+      without calling their ``close()``; a ``PoolCheckout`` collected while entered
+      returns its item to the pool.
 
     >>> import sqlite3
     >>> pool = Pool(lambda: sqlite3.connect(":memory:", check_same_thread=False),
@@ -1983,5 +2006,10 @@ class Pool(Generic[_T]):
     # Private: used by ferrule._resources (asyncio).
     def _checkout_async(self, wake: Callable[[], object]) -> tuple[bool, Any]: ...
     def _resume(self, waiter: Any) -> tuple[bool, Any]: ...
-    def _give_up(self, waiter: Any, timed_out: bool, timeout: float | None) -> tuple[bool, Any]: ...
-    def _finish(self, item: Any, exc: BaseException | None = None) -> None: ...
+    def _give_up(
+        self, waiter: Any, timed_out: bool, timeout: float | None = None
+    ) -> tuple[bool, Any]:
+        """``waiter`` must come from this pool (else ValueError); ``timeout`` is checked
+        like every timeout (TypeError, ValueError, OverflowError)."""
+    def _finish(self, item: Any, exc: BaseException | None = None) -> None:
+        """ValueError if no item is checked out (``item`` cannot be a return)."""

@@ -19,31 +19,43 @@
 //! before the breaker opened cannot re-open it later, a probe's outcome never leaks into
 //! the next closed period, and counting failures is one CAS that fails if anything else
 //! changed meanwhile. (`gen` wraps after 2^32 transitions; a permit would have to be held
-//! across all of them to be mistaken.)
+//! across all of them to be mistaken.) Invariants: while half-open, `count <=
+//! half_open_max_calls` (a probe is admitted only by a CAS from a smaller count); while
+//! closed, `count < failure_threshold`.
 //!
 //! # The open stamp
 //! The stamp of the current open period lives beside the word in `opened_at`. Tripping
-//! (closed or half-open -> open) is the one step that takes a lock, `trip_lock`, held for
-//! a clock read and two atomic operations and never while user code runs: under it the
-//! tripping thread checks that the word is still the one it saw, writes `opened_at`, and
-//! publishes `OPEN` with a CAS. Only a trip makes the word `OPEN`, so while the lock
-//! holder writes the stamp the word is not `OPEN`, and nobody else writes the stamp. A
-//! reader that sees `OPEN` with some `gen` (an `Acquire` load) before and after reading
-//! `opened_at` (`Acquire`, pairing with the `Release` store) has therefore read that
-//! period's stamp: a later stamp is written only after the word has left that `OPEN`,
-//! which the second load would see.
+//! (closed or half-open -> open) takes three steps, with no lock:
+//! 1. claim: a CAS from the word the tripping thread saw to `TRIPPING` with the next
+//!    `gen`. Only one thread can win it, and nothing but step 3 moves the word out of
+//!    `TRIPPING` (outcomes carry older gens; `reset` waits the instant it takes), so the
+//!    claimer is the only writer of `opened_at` until it publishes;
+//! 2. `opened_at = now` (`Release`);
+//! 3. publish: store `OPEN` with the same `gen` (`Release`).
+//!
+//! A reader that sees `OPEN` with some `gen` (an `Acquire` load) before and after reading
+//! `opened_at` (`Acquire`) has read that period's stamp. The first load synchronises with
+//! step 3, so the read sees that period's stamp or a later one. A later stamp is written
+//! only by a later claimer, after its claim CAS; reading it synchronises with it, so the
+//! second load of the word sees that claim or what followed, and the `gen` differs. The
+//! stamps are written in `gen` order: a claim reads (through a chain of RMWs that
+//! continue the release sequence of the previous publish) a word published after the
+//! previous stamp. While a trip is in flight, callers treat the breaker as open (a call
+//! is rejected with `retry_after = reset_timeout`, as it would be an instant later).
 //!
 //! # Orderings
 //! Word updates are `AcqRel` CASes (failed CASes `Acquire`); the counters are statistics
 //! only and use `Relaxed`. Transitions are returned to the caller, which reports them
 //! (callbacks, signals) after the fact, with no lock held.
+//!
+//! The protocol runs on `crate::core::sync` atomics: the loom models at the end of this
+//! file (`make loom`) check it under every interleaving, with a manual clock.
 
 use std::fmt;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-
-use parking_lot::Mutex;
+use std::sync::atomic::AtomicU64 as StatU64;
 
 use crate::core::clock::Clock;
+use crate::core::sync::{AtomicI64, AtomicU64, Ordering};
 
 /// Largest `failure_threshold` and `half_open_max_calls` (the word's count field).
 pub const MAX_COUNT: u32 = (1 << 30) - 1;
@@ -51,6 +63,8 @@ pub const MAX_COUNT: u32 = (1 << 30) - 1;
 const CLOSED: u64 = 0;
 const OPEN: u64 = 1;
 const HALF_OPEN: u64 = 2;
+/// A trip in flight: open, its stamp not yet published (see the module docs).
+const TRIPPING: u64 = 3;
 
 const STATE_MASK: u64 = 0b11;
 const COUNT_SHIFT: u32 = 2;
@@ -135,7 +149,7 @@ impl Permit {
             return None;
         }
         Some(Self {
-            gen: (bits >> 1) as u32,
+            gen: (bits >> 1) as u32, // < 2^32: checked above
             probe: bits & 1 == 1,
         })
     }
@@ -198,14 +212,29 @@ pub struct Stats {
 #[derive(Debug, Default)]
 struct Padded<T>(T);
 
+/// Statistics only (never read to decide anything): plain std atomics, also under loom,
+/// so that the models explore the protocol and not the bookkeeping.
 #[derive(Debug, Default)]
 struct Counters {
-    calls: AtomicU64,
-    successes: AtomicU64,
-    failures: AtomicU64,
-    ignored: AtomicU64,
-    rejections: AtomicU64,
-    state_changes: AtomicU64,
+    calls: StatU64,
+    successes: StatU64,
+    failures: StatU64,
+    ignored: StatU64,
+    rejections: StatU64,
+    state_changes: StatU64,
+}
+
+/// Waits an instant for another thread to finish a short step (a trip in flight).
+fn pause(spins: &mut u32) {
+    *spins = spins.saturating_add(1);
+    #[cfg(loom)]
+    loom::thread::yield_now();
+    #[cfg(not(loom))]
+    if *spins < 64 {
+        std::hint::spin_loop();
+    } else {
+        std::thread::yield_now();
+    }
 }
 
 /// A lock-free circuit breaker (see the module documentation).
@@ -213,8 +242,6 @@ struct Counters {
 pub struct Breaker {
     word: Padded<AtomicU64>,
     opened_at: AtomicI64,
-    /// Serialises trips, the only writers of `opened_at` (module docs).
-    trip_lock: Mutex<()>,
     failure_threshold: u32,
     half_open_max_calls: u32,
     reset_timeout: i64,
@@ -246,7 +273,6 @@ impl Breaker {
         Ok(Self {
             word: Padded(AtomicU64::new(pack(CLOSED, 0, 0))),
             opened_at: AtomicI64::new(0),
-            trip_lock: Mutex::new(()),
             failure_threshold,
             half_open_max_calls,
             reset_timeout: reset_timeout_nanos,
@@ -331,6 +357,14 @@ impl Breaker {
                         return Ok((permit, None));
                     }
                 }
+                TRIPPING => {
+                    // Open an instant ago: the stamp is being written.
+                    c.rejections.fetch_add(1, Ordering::Relaxed);
+                    return Err(Rejected {
+                        retry_after: self.reset_timeout,
+                        state: State::Open,
+                    });
+                }
                 _ => {
                     let Some(t) = self.stamp_of(w) else { continue };
                     let left = self.time_left(t);
@@ -412,21 +446,19 @@ impl Breaker {
         }
     }
 
-    /// Moves `w` to open, stamped now; `None` if the word changed first.
+    /// Moves `w` (closed or half-open) to open, stamped now; `None` if the word changed
+    /// first. The three steps of the module docs: claim, stamp, publish.
     fn trip(&self, w: u64) -> Option<Transition> {
-        let _guard = self.trip_lock.lock();
-        if self.load() != w {
+        let gen = gen_of(w).wrapping_add(1);
+        if !self.cas(w, pack(TRIPPING, 0, gen)) {
             return None;
         }
-        // The word is not OPEN and only a trip (which needs the lock) could make it so:
-        // nobody trusts `opened_at` until the CAS below publishes it.
+        // The claim makes this thread the only writer of `opened_at` until the store
+        // below; nobody trusts the stamp before that store publishes it.
         self.opened_at
             .store(self.clock.now_nanos(), Ordering::Release);
-        if self.cas(w, pack(OPEN, 0, gen_of(w).wrapping_add(1))) {
-            Some(self.changed(w, State::Open))
-        } else {
-            None
-        }
+        self.word.0.store(pack(OPEN, 0, gen), Ordering::Release);
+        Some(self.changed(w, State::Open))
     }
 
     /// Records that the call admitted with `permit` raised an exception that does not
@@ -450,9 +482,15 @@ impl Breaker {
     /// Closes the breaker and clears the run of failures. Calls in flight from before
     /// the reset no longer count.
     pub fn reset(&self) -> Option<Transition> {
+        let mut spins = 0;
         loop {
             let w = self.load();
             let gen = gen_of(w).wrapping_add(1);
+            if state_of(w) == TRIPPING {
+                // Only the claimer may end a trip (module docs); it is two stores away.
+                pause(&mut spins);
+                continue;
+            }
             if state_of(w) == CLOSED {
                 if self.cas(w, pack(CLOSED, 0, gen)) {
                     return None;
@@ -469,6 +507,7 @@ impl Breaker {
         loop {
             let w = self.load();
             if state_of(w) != OPEN {
+                // TRIPPING reads as open (State::of).
                 return (State::of(w), None);
             }
             let Some(t) = self.stamp_of(w) else { continue };
@@ -502,6 +541,7 @@ impl Breaker {
                         return self.time_left(t).max(0);
                     }
                 }
+                TRIPPING => return self.reset_timeout,
                 _ => return 0,
             }
         }
@@ -812,5 +852,181 @@ mod tests {
         let s = b.stats();
         assert_eq!(s.state_changes, reported.load(Ordering::Relaxed) as u64);
         assert!(s.state_changes > 0);
+    }
+}
+
+/// The state word under every interleaving (`make loom`): outcomes carry the generation
+/// that admitted them, half-open admits at most `half_open_max_calls`, and a trip racing
+/// a reset and a reader leaves one chain of reported transitions.
+///
+/// A thread that only reads (an observer) yields before reading: loom's search backtracks
+/// from a pending access to the last conflicting one, so an observer that runs first and
+/// then blocks in `join` would never be moved after the writers it races with.
+#[cfg(all(test, loom))]
+mod loom_models {
+    use super::*;
+    use crate::core::clock::ManualClock;
+    use loom::thread;
+    use std::sync::Arc;
+
+    fn breaker(threshold: i64, timeout: i64, probes: i64) -> (Arc<Breaker>, Arc<ManualClock>) {
+        let clock = Arc::new(ManualClock::new(0));
+        let b = Breaker::new(threshold, timeout, probes, Clock::Manual(clock.clone())).unwrap();
+        (Arc::new(b), clock)
+    }
+
+    /// Transitions reported by one thread, as (from, to) pairs.
+    type Seen = Vec<(State, State)>;
+
+    fn note(seen: &mut Seen, t: Option<Transition>) {
+        if let Some(t) = t {
+            seen.push((t.from, t.to));
+        }
+    }
+
+    /// The reported transitions, in any order, chain from `Closed` to the final state:
+    /// each state is entered as often as it is left (the final one once more).
+    fn chain(all: &[(State, State)], last: State) {
+        for s in [State::Closed, State::Open, State::HalfOpen] {
+            let entered = all.iter().filter(|t| t.1 == s).count() as i64;
+            let left = all.iter().filter(|t| t.0 == s).count() as i64;
+            let expect = i64::from(s == last) - i64::from(s == State::Closed);
+            assert_eq!(entered - left, expect, "{all:?} ending {last:?}");
+        }
+    }
+
+    /// A probe of the current generation closes the breaker while two outcomes of a call
+    /// admitted two generations earlier arrive: they change nothing, in any order.
+    #[test]
+    fn loom_breaker_late_outcomes_never_touch_a_newer_generation() {
+        loom::model(|| {
+            let (b, _) = breaker(1, 0, 1);
+            let (old, _) = b.acquire().unwrap();
+            let (p, _) = b.acquire().unwrap();
+            assert_eq!(b.failure(p).map(|t| t.to), Some(State::Open));
+            let probe = {
+                let b = b.clone();
+                thread::spawn(move || {
+                    let mut seen = Seen::new();
+                    if let Ok((p, t)) = b.acquire() {
+                        note(&mut seen, t);
+                        assert!(p.is_probe());
+                        note(&mut seen, b.success(p));
+                    }
+                    seen
+                })
+            };
+            let late = {
+                let b = b.clone();
+                thread::spawn(move || {
+                    assert_eq!(b.failure(old), None);
+                    assert_eq!(b.success(old), None);
+                })
+            };
+            let mut seen = probe.join().unwrap();
+            late.join().unwrap();
+            // The probe is the only caller of the new generation: it was admitted (the
+            // timeout is 0) and closed the breaker; the stale calls left no trace.
+            assert_eq!(
+                seen,
+                vec![
+                    (State::Open, State::HalfOpen),
+                    (State::HalfOpen, State::Closed)
+                ]
+            );
+            assert_eq!(b.peek(), State::Closed);
+            assert_eq!(b.stats().consecutive_failures, 0);
+            seen.insert(0, (State::Closed, State::Open));
+            chain(&seen, State::Closed);
+        });
+    }
+
+    /// Two callers race into an open breaker whose timeout has passed, with one probe
+    /// slot, while an admitted probe gives its slot back: never more than one probe in
+    /// flight, the move to half-open is reported once, and every slot comes back.
+    #[test]
+    fn loom_breaker_half_open_admits_at_most_max_probes() {
+        loom::model(|| {
+            let (b, _) = breaker(1, 0, 1);
+            let (p, _) = b.acquire().unwrap();
+            b.failure(p);
+            let callers: Vec<_> = (0..2)
+                .map(|_| {
+                    let b = b.clone();
+                    thread::spawn(move || match b.acquire() {
+                        Ok((p, t)) => {
+                            assert!(p.is_probe());
+                            let w = b.load();
+                            assert!(state_of(w) != HALF_OPEN || count_of(w) <= 1);
+                            b.release(p);
+                            (1, usize::from(t.is_some()))
+                        }
+                        Err(r) => {
+                            assert_eq!((r.state, r.retry_after), (State::HalfOpen, 0));
+                            (0, 0)
+                        }
+                    })
+                })
+                .collect();
+            let (mut admitted, mut moved) = (0, 0);
+            for c in callers {
+                let (a, m) = c.join().unwrap();
+                admitted += a;
+                moved += m;
+            }
+            // The second caller is admitted only if the first gave its slot back first.
+            assert!((1..=2).contains(&admitted), "{admitted}");
+            assert_eq!(moved, 1);
+            let w = b.load();
+            assert_eq!((state_of(w), count_of(w)), (HALF_OPEN, 0));
+        });
+    }
+
+    /// A trip races a reset and a caller: the caller sees either a closed breaker or an
+    /// open one with the whole timeout left (the clock stands still), and the reported
+    /// transitions form one chain ending closed.
+    #[test]
+    fn loom_breaker_trip_races_reset_and_a_caller() {
+        loom::model(|| {
+            let (b, clock) = breaker(1, 10, 1);
+            clock.set(5).unwrap();
+            let (p, _) = b.acquire().unwrap();
+            let tripper = {
+                let b = b.clone();
+                thread::spawn(move || {
+                    let mut seen = Seen::new();
+                    note(&mut seen, b.failure(p));
+                    seen
+                })
+            };
+            let resetter = {
+                let b = b.clone();
+                thread::spawn(move || {
+                    let mut seen = Seen::new();
+                    note(&mut seen, b.reset());
+                    seen
+                })
+            };
+            let mut seen = Seen::new();
+            // Let the other threads go first: loom's exploration then also reorders this
+            // thread's loads before their writes (it only backtracks from a pending
+            // access to the last conflicting one).
+            thread::yield_now();
+            match b.acquire() {
+                Ok((q, t)) => {
+                    note(&mut seen, t);
+                    assert!(!q.is_probe());
+                    note(&mut seen, b.success(q));
+                }
+                Err(r) => assert_eq!((r.state, r.retry_after), (State::Open, 10)),
+            }
+            let left = b.retry_after();
+            assert!(left == 0 || left == 10, "{left}");
+            seen.extend(tripper.join().unwrap());
+            seen.extend(resetter.join().unwrap());
+            assert_eq!(b.peek(), State::Closed);
+            assert_eq!(b.stats().state_changes, seen.len() as u64);
+            chain(&seen, State::Closed);
+        });
     }
 }

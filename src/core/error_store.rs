@@ -27,6 +27,15 @@
 //! - Nothing is dropped under a lock: evicted and expired entries are moved into a
 //!   [`Grave`] that the caller drops after every lock is released (a Python error
 //!   object's last reference may run `__del__`).
+//! - A garbage collector can see every held error without blocking
+//!   ([`ErrorStore::try_for_each`], one `try_lock` per shard) and empty the store
+//!   ([`ErrorStore::clear`]).
+//!
+//! # Bounds of the arithmetic
+//! Node indexes are `u32` with `u32::MAX` as the null link: a shard would need 2^32 - 1
+//! agents (over 250 GiB of nodes) to collide, far beyond any `max_agents` that fits in
+//! memory. Times are clock readings (at most 2^62 ns) plus `max_age` (at most 4e18 ns),
+//! added with saturation anyway; sequence numbers are `u64` counters.
 
 use std::collections::VecDeque;
 use std::hash::BuildHasher;
@@ -453,6 +462,33 @@ impl<E> ErrorStore<E> {
         out
     }
 
+    /// `f` on every held error, expired ones not yet reclaimed included, in each shard
+    /// whose lock is free right now (a collector's traversal must not block: a shard it
+    /// cannot see only makes it more conservative). Stops at the first error.
+    pub fn try_for_each<X>(&self, mut f: impl FnMut(&E) -> Result<(), X>) -> Result<(), X> {
+        for shard in &*self.shards {
+            if let Some(sh) = shard.try_lock() {
+                for i in sh.index.values() {
+                    for (e, _) in &sh.nodes[*i as usize].entries {
+                        f(e)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Forgets every agent, moving what was held into `grave`.
+    pub fn clear(&self, grave: &mut Grave<E>) {
+        for shard in &*self.shards {
+            let old = std::mem::replace(&mut *shard.lock(), Shard::new());
+            self.free_places(old.index.len());
+            grave
+                .queues
+                .extend(old.nodes.into_iter().map(|n| n.entries));
+        }
+    }
+
     /// Agents held now, expired ones not yet reclaimed included.
     pub fn len(&self) -> usize {
         self.shards.iter().map(|s| s.lock().index.len()).sum()
@@ -552,6 +588,39 @@ mod tests {
         assert_eq!(g.len(), 1);
         s.record("b", 2);
         assert_eq!(s.agents(&mut g), vec!["b"]);
+    }
+
+    #[test]
+    fn clear_empties_every_shard_and_frees_every_place() {
+        let (_, s) = store(10, 100, 1000);
+        for i in 0..100u32 {
+            s.record(&format!("a{i}"), i);
+            s.record(&format!("a{i}"), i + 1000);
+        }
+        let mut seen = 0;
+        s.try_for_each(|_| -> Result<(), ()> {
+            seen += 1;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(seen, 200);
+        let mut g = Grave::default();
+        s.clear(&mut g);
+        assert_eq!(g.len(), 200);
+        assert!(s.is_empty());
+        assert_eq!(s.places.load(Ordering::Relaxed), 0);
+        s.record("b", 1);
+        assert_eq!(s.agents(&mut g), vec!["b"]);
+        // A traversal skips a shard whose lock is taken instead of blocking.
+        let shard = s.shard("b").lock();
+        let mut seen = 0;
+        s.try_for_each(|_| -> Result<(), ()> {
+            seen += 1;
+            Ok(())
+        })
+        .unwrap();
+        drop(shard);
+        assert_eq!(seen, 0);
     }
 
     #[test]

@@ -12,5 +12,6 @@ pub mod ratelimit;
 pub mod registry;
 pub mod resources;
 pub mod sync;
+pub mod taskpool;
 pub mod topic;
 pub mod wait;

@@ -1,14 +1,17 @@
 //! Named resource budgets ([`Budget`]) and a bounded pool of reusable items ([`PoolCore`]).
 //!
 //! # Budgets
-//! A budget is `limit` units of one named resource. `used` is one `AtomicU64` changed only
-//! by CAS (take) and `fetch_sub` (give back), so acquiring and releasing never take a lock
-//! and `0 <= used <= limit` holds at every instant, also under concurrent callers: a take
-//! that would pass the limit fails without writing.
+//! A budget is `limit` units of one named resource. Its lock-free heart is [`Units`]:
+//! `used` is one `AtomicU64` changed only by CAS (take) and `fetch_sub` (give back), so
+//! acquiring and releasing never take a lock and `0 <= used <= limit` holds at every
+//! instant, also under concurrent callers: a take that would pass the limit fails
+//! without writing.
 //!
 //! A [`LeaseCore`] records one successful take. Its `done` flag is flipped with `swap`, and
 //! only the caller that flips it gives the units back, so a lease is returned exactly once
 //! whether it is released by its owner, by its destructor or by expiry, in any race.
+//! `Units` and `LeaseCore` use `crate::core::sync` atomics: the loom model at the end of
+//! this file checks both under every interleaving of takes and racing releases.
 //!
 //! A lease taken with a ttl at clock time `t` is live while `now < t + ttl`. Such leases
 //! also sit in a per-budget min-heap of deadlines (its own small mutex, used only by
@@ -47,15 +50,19 @@
 //! cannot overtake a waiter); a slot whose factory failed or whose item was discarded is
 //! released, so capacity is never lost. Idle items are a stack (the most recently used
 //! is reused first) stamped with the time they were returned; those idle for `max_idle`
-//! or more are reaped lazily, never below `min_size` live items. Decrements of `live`
-//! saturate, so a caller that returns an item twice (only possible through the private
-//! Python hooks) cannot make it wrap.
+//! or more are reaped lazily, never below `min_size` live items. Every live item is idle
+//! or checked out, so `idle.len() <= live <= max_size`; a return or a freed slot when no
+//! item is checked out (`live <= idle.len()`: only possible through the private Python
+//! hooks) is refused (`Returned::Unexpected`, no slot freed), so neither bound can be
+//! broken and `live` cannot wrap.
 
 use std::cmp::Ordering as CmpOrdering;
 use std::collections::{BinaryHeap, VecDeque};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
+
+use crate::core::sync;
 use std::time::Duration;
 
 use parking_lot::{Condvar, Mutex};
@@ -155,12 +162,12 @@ fn threshold(frac: f64, limit: u64) -> u64 {
     u
 }
 
-/// One successful take from a budget; given back exactly once.
+/// One successful take from a budget; given back exactly once (see [`Units::give_back`]).
 #[derive(Debug)]
 pub struct LeaseCore {
     amount: u64,
     deadline: i64,
-    done: AtomicBool,
+    done: sync::AtomicBool,
 }
 
 impl LeaseCore {
@@ -175,7 +182,7 @@ impl LeaseCore {
 
     /// True once released or reclaimed.
     pub fn is_done(&self) -> bool {
-        self.done.load(Ordering::Acquire)
+        self.done.load(sync::Ordering::Acquire)
     }
 }
 
@@ -203,13 +210,70 @@ impl Ord for TtlEntry {
     }
 }
 
+/// `used` units out of `limit`: the lock-free step of a budget (module docs).
+///
+/// `used` is read and written with `SeqCst`: besides the CAS, it is one half of the
+/// (`used`, `waiters`) store/load pair that keeps a blocked taker from missing a release.
+#[derive(Debug)]
+pub struct Units {
+    used: sync::AtomicU64,
+    limit: u64,
+}
+
+impl Units {
+    pub fn new(limit: u64) -> Self {
+        Self {
+            used: sync::AtomicU64::new(0),
+            limit,
+        }
+    }
+
+    pub fn used(&self) -> u64 {
+        self.used.load(sync::Ordering::SeqCst)
+    }
+
+    /// Takes `amount` units if they fit (one CAS loop): the lease that gives them back.
+    /// `deadline` is the clock time at which the lease expires, or [`NEVER`].
+    pub fn take(&self, amount: u64, deadline: i64) -> Option<Arc<LeaseCore>> {
+        let mut cur = self.used.load(sync::Ordering::Relaxed);
+        loop {
+            let next = cur.checked_add(amount).filter(|n| *n <= self.limit)?;
+            match self.used.compare_exchange_weak(
+                cur,
+                next,
+                sync::Ordering::SeqCst,
+                sync::Ordering::Relaxed,
+            ) {
+                Ok(_) => break,
+                Err(seen) => cur = seen,
+            }
+        }
+        Some(Arc::new(LeaseCore {
+            amount,
+            deadline,
+            done: sync::AtomicBool::new(false),
+        }))
+    }
+
+    /// Gives the lease's units back unless someone already has; true if this call did.
+    /// The `swap` picks exactly one caller among the owner, a destructor and expiry, so
+    /// `used` never drops by more than was taken.
+    pub fn give_back(&self, lease: &LeaseCore) -> bool {
+        if lease.done.swap(true, sync::Ordering::AcqRel) {
+            return false;
+        }
+        // Cannot wrap: the units of this lease are in `used` until this subtraction.
+        self.used.fetch_sub(lease.amount, sync::Ordering::SeqCst);
+        true
+    }
+}
+
 /// A named budget of `limit` units.
 pub struct Budget {
     name: String,
-    limit: u64,
     alert_at: u64,
     severe_at: u64,
-    used: AtomicU64,
+    units: Units,
     published: AtomicU8,
     events: Mutex<()>,
     waiters: AtomicUsize,
@@ -233,10 +297,9 @@ impl Budget {
         check_thresholds(alert, severe)?;
         Ok(Self {
             name: name.to_owned(),
-            limit,
             alert_at: threshold(alert, limit),
             severe_at: threshold(severe, limit),
-            used: AtomicU64::new(0),
+            units: Units::new(limit),
             published: AtomicU8::new(Pressure::Normal as u8),
             events: Mutex::new(()),
             waiters: AtomicUsize::new(0),
@@ -254,11 +317,11 @@ impl Budget {
     }
 
     pub fn limit(&self) -> u64 {
-        self.limit
+        self.units.limit
     }
 
     pub fn used(&self) -> u64 {
-        self.used.load(Ordering::SeqCst)
+        self.units.used()
     }
 
     fn level(&self, used: u64) -> Pressure {
@@ -281,10 +344,10 @@ impl Budget {
             return Err(ResourceError::AmountTooSmall);
         }
         let amount = amount as u64;
-        if amount > self.limit {
+        if amount > self.units.limit {
             return Err(ResourceError::AmountOverLimit {
                 name: self.name.clone(),
-                limit: self.limit,
+                limit: self.units.limit,
             });
         }
         Ok(amount)
@@ -293,25 +356,7 @@ impl Budget {
     /// Takes `amount` units if they are free (one CAS loop, no lock). `deadline` is the
     /// clock time at which the lease expires, or [`NEVER`].
     pub fn try_take(&self, amount: u64, deadline: i64) -> Option<Arc<LeaseCore>> {
-        let mut cur = self.used.load(Ordering::Relaxed);
-        loop {
-            let next = cur.checked_add(amount)?;
-            if next > self.limit {
-                return None;
-            }
-            match self
-                .used
-                .compare_exchange_weak(cur, next, Ordering::SeqCst, Ordering::Relaxed)
-            {
-                Ok(_) => break,
-                Err(seen) => cur = seen,
-            }
-        }
-        let lease = Arc::new(LeaseCore {
-            amount,
-            deadline,
-            done: AtomicBool::new(false),
-        });
+        let lease = self.units.take(amount, deadline)?;
         if deadline != NEVER {
             self.track(&lease);
         }
@@ -336,13 +381,12 @@ impl Budget {
 
     /// Gives the lease's units back if no one has yet; true if this call did.
     pub fn release(&self, lease: &LeaseCore) -> bool {
-        if lease.done.swap(true, Ordering::AcqRel) {
+        if !self.units.give_back(lease) {
             return false;
         }
         if lease.deadline != NEVER {
             self.ttl_live.fetch_sub(1, Ordering::AcqRel);
         }
-        self.used.fetch_sub(lease.amount, Ordering::SeqCst);
         self.wake();
         true
     }
@@ -412,12 +456,12 @@ impl Budget {
     /// after every change of `used` when someone listens; see the module docs.
     pub fn sync_pressure(&self, out: &mut Vec<PressureChange>) {
         loop {
-            let now = self.level(self.used.load(Ordering::SeqCst));
+            let now = self.level(self.units.used());
             if now as u8 == self.published.load(Ordering::SeqCst) {
                 return;
             }
             let _g = self.events.lock();
-            let used = self.used.load(Ordering::SeqCst);
+            let used = self.units.used();
             let level = self.level(used);
             let prev = Pressure::from_u8(self.published.load(Ordering::SeqCst));
             if level != prev {
@@ -426,7 +470,7 @@ impl Budget {
                     pressure: level,
                     previous: prev,
                     used,
-                    limit: self.limit,
+                    limit: self.units.limit,
                 });
             }
         }
@@ -490,6 +534,15 @@ impl<T, W> Waiter<T, W> {
     pub fn try_take(&self) -> Option<Grant<T>> {
         self.slot.lock().take()
     }
+
+    /// `f` on the item granted and not yet taken, if any and if the slot's lock is free
+    /// now (for a garbage collector's traversal, which must not block).
+    pub fn try_for_granted<E>(&self, f: impl FnOnce(&T) -> Result<(), E>) -> Result<(), E> {
+        match self.slot.try_lock().as_deref() {
+            Some(Some(Grant::Item(x))) => f(x),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// The first answer of a checkout.
@@ -507,6 +560,8 @@ pub enum Returned<T, W> {
     Handed(Arc<Waiter<T, W>>),
     /// The pool is closed: the caller closes the item.
     Closed(T),
+    /// No item is checked out, so this one cannot be a return: refused, nothing changed.
+    Unexpected(T),
 }
 
 struct PoolState<T, W> {
@@ -648,7 +703,9 @@ impl<T, W> PoolCore<T, W> {
     /// Returns a checked-out item: to the oldest waiter, else to the idle stack.
     pub fn put_back(&self, item: T, now: i64, reaped: &mut Vec<T>) -> Returned<T, W> {
         let mut s = self.state.lock();
-        let r = if s.closed {
+        let r = if s.live <= s.idle.len() {
+            return Returned::Unexpected(item);
+        } else if s.closed {
             s.live = s.live.saturating_sub(1);
             self.discarded.fetch_add(1, Ordering::Relaxed);
             Returned::Closed(item)
@@ -666,11 +723,15 @@ impl<T, W> PoolCore<T, W> {
 
     /// Frees the slot of an item that was discarded (`discarded` counts it) or never
     /// created (`discarded` false). The slot goes to the oldest waiter as `Create`.
+    /// Does nothing if no item is checked out (module docs).
     pub fn release_slot(&self, discarded: bool) -> Option<Arc<Waiter<T, W>>> {
+        let mut s = self.state.lock();
+        if s.live <= s.idle.len() {
+            return None;
+        }
         if discarded {
             self.discarded.fetch_add(1, Ordering::Relaxed);
         }
-        let mut s = self.state.lock();
         let r = if let Some(w) = (!s.closed).then(|| s.waiters.pop_front()).flatten() {
             w.give(Grant::Create);
             Some(w)
@@ -749,12 +810,26 @@ impl<T, W> PoolCore<T, W> {
         (items, waiters)
     }
 
-    /// Calls `f` on each idle item if the pool lock is free now (for a garbage
-    /// collector's traversal, which must not block); stops at the first error.
-    pub fn try_for_each_idle<E>(&self, mut f: impl FnMut(&T) -> Result<(), E>) -> Result<(), E> {
+    /// True if some item (or slot being filled) is checked out, i.e. a return is due.
+    pub fn has_checkout(&self) -> bool {
+        let s = self.state.lock();
+        s.live > s.idle.len()
+    }
+
+    /// If the pool lock is free now (a garbage collector's traversal must not block):
+    /// `item` on each idle item and `waiter` on each queued waiter; stops at the first
+    /// error.
+    pub fn try_for_each<E>(
+        &self,
+        mut item: impl FnMut(&T) -> Result<(), E>,
+        mut waiter: impl FnMut(&Arc<Waiter<T, W>>) -> Result<(), E>,
+    ) -> Result<(), E> {
         if let Some(s) = self.state.try_lock() {
-            for (item, _) in &s.idle {
-                f(item)?;
+            for (x, _) in &s.idle {
+                item(x)?;
+            }
+            for w in &s.waiters {
+                waiter(w)?;
             }
         }
         Ok(())
@@ -1066,5 +1141,72 @@ mod tests {
         assert!(s.size <= 3);
         assert_eq!(s.in_use, 0);
         assert_eq!(s.waiting, 0);
+    }
+}
+
+/// The budget's lock-free step under every interleaving (`make loom`): concurrent takes
+/// never pass the limit, and a lease released by its owner while it also expires gives
+/// its units back exactly once.
+#[cfg(all(test, loom))]
+mod loom_models {
+    use super::*;
+    use loom::thread;
+
+    #[test]
+    fn loom_budget_units_are_never_over_taken_lost_or_freed_twice() {
+        loom::model(|| {
+            let units = Arc::new(Units::new(2));
+            let held = units.take(1, NEVER).unwrap();
+            // The owner and the expiry sweep release `held` at once; a third thread takes
+            // what it can meanwhile.
+            let owner = {
+                let (units, held) = (units.clone(), held.clone());
+                thread::spawn(move || units.give_back(&held))
+            };
+            let sweep = {
+                let (units, held) = (units.clone(), held.clone());
+                thread::spawn(move || units.give_back(&held))
+            };
+            let taker = {
+                let units = units.clone();
+                thread::spawn(move || {
+                    let got = units.take(2, NEVER);
+                    assert!(units.used() <= 2);
+                    got
+                })
+            };
+            // Let the others go first (see `core::breaker`'s models on loom's search).
+            thread::yield_now();
+            assert!(units.used() <= 2);
+            let released = [owner.join().unwrap(), sweep.join().unwrap()];
+            let got = taker.join().unwrap();
+            assert_eq!(released.iter().filter(|r| **r).count(), 1, "{released:?}");
+            assert!(held.is_done());
+            // Whatever the order, `used` holds exactly the leases still held.
+            let expect = got.as_ref().map_or(0, |l| l.amount());
+            assert_eq!(units.used(), expect);
+            if let Some(l) = got {
+                assert!(units.give_back(&l));
+                assert!(!units.give_back(&l));
+            }
+            assert_eq!(units.used(), 0);
+        });
+    }
+
+    #[test]
+    fn loom_budget_concurrent_takes_share_the_limit() {
+        loom::model(|| {
+            let units = Arc::new(Units::new(3));
+            let takers: Vec<_> = (0..2)
+                .map(|_| {
+                    let units = units.clone();
+                    thread::spawn(move || units.take(2, NEVER))
+                })
+                .collect();
+            let got: Vec<_> = takers.into_iter().map(|t| t.join().unwrap()).collect();
+            // 2 + 2 > 3: exactly one of the two takes fits.
+            assert_eq!(got.iter().filter(|g| g.is_some()).count(), 1);
+            assert_eq!(units.used(), 2);
+        });
     }
 }

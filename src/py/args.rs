@@ -1,6 +1,11 @@
 //! Argument conversion shared by the bindings: every refusal names the argument.
+//!
+//! The convention for numbers: TypeError for a value of the wrong type; OverflowError
+//! when the value cannot be represented at all (an int beyond `i64`, an int beyond the
+//! range of a float), as Python's own conversions do; ValueError when it is representable
+//! but not allowed (below a minimum, NaN, a duration beyond `clock::MAX_SECONDS`).
 
-use pyo3::exceptions::PyValueError;
+use pyo3::exceptions::{PyOverflowError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyFloat, PyInt};
 
@@ -8,11 +13,17 @@ use crate::core::clock::{self, Clock};
 use crate::errors::wrong_type;
 use crate::py::clock::ManualClock;
 
-/// An int argument (bool refused: `True` is not a size).
+/// OverflowError naming `arg`: its value cannot be represented.
+pub fn out_of_range(arg: &str) -> PyErr {
+    PyOverflowError::new_err(format!("{arg} is out of range"))
+}
+
+/// An int argument (bool refused: `True` is not a size); OverflowError beyond `i64`.
 pub fn int(obj: &Bound<'_, PyAny>, arg: &str) -> PyResult<i64> {
     if obj.is_instance_of::<PyInt>() && !obj.is_instance_of::<PyBool>() {
-        obj.extract::<i64>()
-            .map_err(|_| PyValueError::new_err(format!("{arg} is out of range")))
+        // An int (or subclass) converts without running Python code; the only failure
+        // is a value outside i64.
+        obj.extract::<i64>().map_err(|_| out_of_range(arg))
     } else {
         Err(wrong_type(arg, "an int", obj))
     }
@@ -27,26 +38,32 @@ pub fn int_at_least(obj: &Bound<'_, PyAny>, arg: &str, min: i64) -> PyResult<i64
     Ok(v)
 }
 
+/// An int or float (bool refused) as a float; an int too large for a float is an
+/// OverflowError naming `arg`. Other errors (an int subclass whose `__float__` raises)
+/// propagate.
+fn float(obj: &Bound<'_, PyAny>, arg: &str, what: &str) -> PyResult<f64> {
+    if !(obj.is_instance_of::<PyFloat>() || obj.is_instance_of::<PyInt>())
+        || obj.is_instance_of::<PyBool>()
+    {
+        return Err(wrong_type(arg, what, obj));
+    }
+    obj.extract::<f64>().map_err(|e| {
+        if e.is_instance_of::<PyOverflowError>(obj.py()) {
+            out_of_range(arg)
+        } else {
+            e
+        }
+    })
+}
+
 /// A number of seconds (int or float; bool refused).
 pub fn seconds(obj: &Bound<'_, PyAny>, arg: &str) -> PyResult<f64> {
-    if (obj.is_instance_of::<PyFloat>() || obj.is_instance_of::<PyInt>())
-        && !obj.is_instance_of::<PyBool>()
-    {
-        obj.extract::<f64>()
-    } else {
-        Err(wrong_type(arg, "a number of seconds", obj))
-    }
+    float(obj, arg, "a number of seconds")
 }
 
 /// A number (int or float; bool refused).
 pub fn number(obj: &Bound<'_, PyAny>, arg: &str) -> PyResult<f64> {
-    if (obj.is_instance_of::<PyFloat>() || obj.is_instance_of::<PyInt>())
-        && !obj.is_instance_of::<PyBool>()
-    {
-        obj.extract::<f64>()
-    } else {
-        Err(wrong_type(arg, "a number", obj))
-    }
+    float(obj, arg, "a number")
 }
 
 /// A non-negative duration in nanoseconds (zero allowed), or `None`.
@@ -107,5 +124,41 @@ pub fn opt_timeout(
             let ns = clock::duration_nanos(seconds(o, arg)?, arg)?;
             Ok(Some(std::time::Duration::from_nanos(ns as u64)))
         }
+    }
+}
+
+/// Python references held by a frozen pyclass, which its `__clear__` must be able to give
+/// up (garbage collection of reference cycles through the object).
+///
+/// One small lock around `Option<T>`. `with` runs a closure on the value under the lock:
+/// the closure may clone references (`clone_ref`) but must not run Python code, so no
+/// Python code ever runs under the lock and no thread waits for the interpreter while
+/// holding it. `__traverse__` uses `try_visit`, which never blocks (a value it cannot
+/// see now is skipped: the collector only becomes more conservative); `__clear__` uses
+/// `take`, and drops what it took after the lock is released.
+pub struct Held<T>(parking_lot::Mutex<Option<T>>);
+
+impl<T> Held<T> {
+    pub fn new(value: Option<T>) -> Self {
+        Self(parking_lot::Mutex::new(value))
+    }
+
+    /// `f` on the value (None once cleared), under the lock; `f` must not run Python.
+    pub fn with<R>(&self, f: impl FnOnce(Option<&T>) -> R) -> R {
+        f(self.0.lock().as_ref())
+    }
+
+    /// For `__traverse__`: `visit` on the value if the lock is free right now.
+    pub fn try_visit<E>(&self, visit: impl FnOnce(&T) -> Result<(), E>) -> Result<(), E> {
+        match self.0.try_lock() {
+            Some(g) => g.as_ref().map_or(Ok(()), visit),
+            None => Ok(()),
+        }
+    }
+
+    /// For `__clear__`: the value, for the caller to drop after this returns (with the
+    /// lock released: dropping the last reference may run Python).
+    pub fn take(&self) -> Option<T> {
+        self.0.lock().take()
     }
 }

@@ -2,10 +2,18 @@
 //!
 //! `call` runs the protected function in the caller's thread with no lock held:
 //! admitting the call and recording its outcome are each a load and at most a CAS on the
-//! core's state word (its one lock is taken only to trip to open, inside the core). Changes of state are reported after the core has made them, in
-//! the thread that made them: first `on_state_change(old, new)`, then
-//! `bus.publish("breaker.<name>.state", {...})`. An exception from either is reported
-//! through `sys.unraisablehook` and does not change the call's outcome.
+//! core's state word (the core takes no lock at all). Changes of state are reported after
+//! the core has made them, in the thread that made them: first `on_state_change(old,
+//! new)`, then `bus.publish("breaker.<name>.state", {...})`. An exception from either is
+//! reported through `sys.unraisablehook` and does not change the call's outcome. The
+//! protected function, the callback, `publish` and the `expected` check (which may run a
+//! metaclass's `__instancecheck__`) are called through `wait::call*`.
+//!
+//! Garbage collection: `expected`, `on_state_change` and `bus` may lead back to the
+//! breaker (`CircuitBreaker(on_state_change=self.on_change)` stored on `self`), so they
+//! live in a `Held` that `__traverse__` visits and `__clear__` empties. They are read only
+//! on a change of state or an exception, never on the path of a call that returns.
+//! `name` and the topic are exact `str`s, which cannot lead anywhere.
 //!
 //! The decorator and the context managers (sync and async) live in
 //! `ferrule._resilience`; they drive the core through `_acquire` and `_record`, carrying
@@ -13,14 +21,17 @@
 //! different threads or tasks each record their own outcome.
 
 use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyModule, PyString, PyTuple, PyType};
+use pyo3::{PyTraverseError, PyVisit};
 
 use crate::core::breaker::{Breaker, Permit, Rejected, State, Stats, Transition};
 use crate::core::clock::{self, nanos_to_secs};
 use crate::errors::{wrong_type, Exc};
-use crate::py::{args, wait};
+use crate::py::args::{self, Held};
+use crate::py::wait;
 
 /// `ferrule._resilience`, where the decorator and context managers are written.
 fn layer(py: Python<'_>) -> PyResult<&Bound<'_, PyModule>> {
@@ -30,6 +41,17 @@ fn layer(py: Python<'_>) -> PyResult<&Bound<'_, PyModule>> {
             Ok::<_, PyErr>(py.import("ferrule._resilience")?.unbind())
         })?
         .bind(py))
+}
+
+/// `isinstance(obj, classes)` through `wait::call1`: a metaclass may define
+/// `__instancecheck__`, which is user code.
+fn isinstance(obj: &Bound<'_, PyAny>, classes: &Bound<'_, PyTuple>) -> PyResult<bool> {
+    static ISINSTANCE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    let py = obj.py();
+    let f = ISINSTANCE.get_or_try_init(py, || -> PyResult<Py<PyAny>> {
+        Ok(py.import("builtins")?.getattr("isinstance")?.unbind())
+    })?;
+    wait::call1(f.bind(py), (obj, classes))?.is_truthy()
 }
 
 /// An optional argument, `None` counting as absent.
@@ -65,44 +87,68 @@ fn exception_classes<'py>(obj: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyTupl
     Err(wrong_type("expected", what, obj))
 }
 
+/// The Python objects a breaker calls or consults, which may lead back to it.
+struct Hooks {
+    expected: Py<PyTuple>,
+    on_state_change: Option<Py<PyAny>>,
+    bus: Option<Py<PyAny>>,
+}
+
 /// A circuit breaker: fails fast while a dependency keeps failing.
 #[pyclass(frozen, module = "ferrule._native", name = "CircuitBreaker")]
 pub struct CircuitBreaker {
     /// Boxed: the core over-aligns its hot words to cache lines, and a Python object's
     /// memory is only 16-byte aligned.
     core: Box<Breaker>,
-    expected: Py<PyTuple>,
+    /// Emptied by `__clear__`; afterwards no exception counts and nothing is reported.
+    hooks: Held<Hooks>,
     name: Option<Py<PyString>>,
-    on_state_change: Option<Py<PyAny>>,
-    bus: Option<Py<PyAny>>,
     /// `breaker.<name>.state`, when there is a bus.
     topic: Option<Py<PyString>>,
 }
 
 impl CircuitBreaker {
-    /// Reports a change of state. No lock is held here (the core has released its trip
-    /// lock before returning), so user code may run and may call back into the breaker.
+    /// Reports a change of state. No lock is held here (the core takes none; the hooks
+    /// are cloned out of theirs first), so user code may run and may call back into the
+    /// breaker.
     fn notify(&self, py: Python<'_>, t: Option<Transition>) {
         let Some(t) = t else { return };
         let (from, to) = (t.from.as_str(), t.to.as_str());
-        if let Some(cb) = &self.on_state_change {
-            if let Err(e) = wait::call1(cb.bind(py), (from, to)) {
-                e.write_unraisable(py, Some(cb.bind(py)));
+        let (on_state_change, bus) = self.hooks.with(|h| {
+            h.map_or((None, None), |h| {
+                (
+                    h.on_state_change.as_ref().map(|c| c.clone_ref(py)),
+                    h.bus.as_ref().map(|b| b.clone_ref(py)),
+                )
+            })
+        });
+        if let Some(cb) = on_state_change {
+            let cb = cb.bind(py);
+            if let Err(e) = wait::call1(cb, (from, to)) {
+                e.write_unraisable(py, Some(cb));
             }
         }
-        if let (Some(bus), Some(topic)) = (&self.bus, &self.topic) {
+        if let (Some(bus), Some(topic)) = (bus, &self.topic) {
+            let bus = bus.bind(py);
             let publish = || -> PyResult<()> {
                 let data = PyDict::new(py);
                 data.set_item("name", &self.name)?;
                 data.set_item("state", to)?;
                 data.set_item("previous", from)?;
-                bus.bind(py).call_method1("publish", (topic, data))?;
+                wait::call1(&bus.getattr(intern!(bus.py(), "publish"))?, (topic, data))?;
                 Ok(())
             };
             if let Err(e) = publish() {
-                e.write_unraisable(py, Some(bus.bind(py)));
+                e.write_unraisable(py, Some(bus));
             }
         }
+    }
+
+    /// The `expected` classes (an empty tuple once cleared).
+    fn expected_now<'py>(&self, py: Python<'py>) -> Bound<'py, PyTuple> {
+        self.hooks
+            .with(|h| h.map(|h| h.expected.clone_ref(py)))
+            .map_or_else(|| PyTuple::empty(py), |t| t.into_bound(py))
     }
 
     fn label(&self) -> String {
@@ -123,11 +169,19 @@ impl CircuitBreaker {
             ),
             _ => format!("{} is open; retry after {retry_after:.3} s", self.label()),
         };
-        let err = Exc::CircuitOpen.err(py, msg);
-        if let Err(e) = err.value(py).setattr("retry_after", retry_after) {
-            return e;
+        // The instance is made here rather than by normalizing a lazy `PyErr`: PyO3
+        // normalizes by detaching and re-attaching outside `wait`, which a daemon thread
+        // must not do at interpreter exit. The class is a heap type whose `__init__` a
+        // user could replace, so it is called through `wait::call1`.
+        let made = Exc::CircuitOpen.type_object(py).and_then(|ty| {
+            let exc = wait::call1(ty.as_any(), (msg,))?;
+            exc.setattr(intern!(py, "retry_after"), retry_after)?;
+            Ok(exc)
+        });
+        match made {
+            Ok(exc) => PyErr::from_value(exc),
+            Err(e) => e,
         }
-        err
     }
 
     fn admit(&self, py: Python<'_>) -> PyResult<Permit> {
@@ -143,18 +197,22 @@ impl CircuitBreaker {
     /// Records the outcome of the call admitted with `permit`: `None` for a return,
     /// else the exception it raised.
     fn record(&self, py: Python<'_>, permit: Permit, exc: Option<&Bound<'_, PyAny>>) {
-        let t = match exc.map(|e| e.is_instance(self.expected.bind(py))) {
+        let expected = exc.map(|_| self.expected_now(py));
+        let t = match exc
+            .zip(expected.as_ref())
+            .map(|(e, x)| (isinstance(e, x), x))
+        {
             None => self.core.success(permit),
-            Some(Ok(true)) => self.core.failure(permit),
-            Some(Ok(false)) => {
+            Some((Ok(true), _)) => self.core.failure(permit),
+            Some((Ok(false), _)) => {
                 self.core.release(permit);
                 None
             }
-            Some(Err(err)) => {
+            Some((Err(err), x)) => {
                 // An `__instancecheck__` that raises: the call counts neither way, and
                 // the caller still gets the call's own exception.
                 self.core.release(permit);
-                err.write_unraisable(py, Some(self.expected.bind(py).as_any()));
+                err.write_unraisable(py, Some(x.as_any()));
                 None
             }
         };
@@ -206,10 +264,14 @@ impl CircuitBreaker {
         let clock = args::clock(clock)?;
         let name = match given(name) {
             Some(o) => match o.cast_into::<PyString>() {
-                Ok(s) if s.to_str()?.is_empty() => {
-                    return Err(PyValueError::new_err("name must not be empty"))
+                Ok(s) => {
+                    let s = s.to_str()?;
+                    if s.is_empty() {
+                        return Err(PyValueError::new_err("name must not be empty"));
+                    }
+                    // An exact str (a subclass instance could hold references).
+                    Some(PyString::new(py, s).unbind())
                 }
-                Ok(s) => Some(s.unbind()),
                 Err(e) => return Err(wrong_type("name", "a str or None", e.into_inner().as_any())),
             },
             None => None,
@@ -244,10 +306,12 @@ impl CircuitBreaker {
         )?);
         Ok(Self {
             core,
-            expected: expected.unbind(),
+            hooks: Held::new(Some(Hooks {
+                expected: expected.unbind(),
+                on_state_change,
+                bus,
+            })),
             name,
-            on_state_change,
-            bus,
             topic,
         })
     }
@@ -280,11 +344,15 @@ impl CircuitBreaker {
             return Err(wrong_type("func", "callable", func));
         }
         let py = slf.py();
-        Ok(layer(py)?.call_method1("_decorate", (slf, func))?.unbind())
+        Ok(layer(py)?
+            .call_method1(intern!(slf.py(), "_decorate"), (slf, func))?
+            .unbind())
     }
 
     fn __enter__(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
-        Ok(layer(slf.py())?.call_method1("_enter", (slf,))?.unbind())
+        Ok(layer(slf.py())?
+            .call_method1(intern!(slf.py(), "_enter"), (slf,))?
+            .unbind())
     }
 
     #[pyo3(signature = (exc_type, exc, tb))]
@@ -295,12 +363,14 @@ impl CircuitBreaker {
         tb: &Bound<'_, PyAny>,
     ) -> PyResult<bool> {
         let _ = (exc_type, tb);
-        layer(slf.py())?.call_method1("_exit", (slf, exc))?;
+        layer(slf.py())?.call_method1(intern!(slf.py(), "_exit"), (slf, exc))?;
         Ok(false)
     }
 
     fn __aenter__(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
-        Ok(layer(slf.py())?.call_method1("_aenter", (slf,))?.unbind())
+        Ok(layer(slf.py())?
+            .call_method1(intern!(slf.py(), "_aenter"), (slf,))?
+            .unbind())
     }
 
     #[pyo3(signature = (exc_type, exc, tb))]
@@ -312,7 +382,7 @@ impl CircuitBreaker {
     ) -> PyResult<Py<PyAny>> {
         let _ = (exc_type, tb);
         Ok(layer(slf.py())?
-            .call_method1("_aexit", (slf, exc))?
+            .call_method1(intern!(slf.py(), "_aexit"), (slf, exc))?
             .unbind())
     }
 
@@ -372,8 +442,8 @@ impl CircuitBreaker {
     }
 
     #[getter]
-    fn expected(&self, py: Python<'_>) -> Py<PyTuple> {
-        self.expected.clone_ref(py)
+    fn expected<'py>(&self, py: Python<'py>) -> Bound<'py, PyTuple> {
+        self.expected_now(py)
     }
 
     /// Closes the breaker and clears its run of failures.
@@ -385,6 +455,19 @@ impl CircuitBreaker {
     fn stats(&self, py: Python<'_>) -> BreakerStats {
         let state = self.state_now(py);
         BreakerStats::new(state, self.core.stats())
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        self.hooks.try_visit(|h| {
+            visit.call(&h.expected)?;
+            visit.call(h.on_state_change.as_ref())?;
+            visit.call(h.bus.as_ref())
+        })
+    }
+
+    fn __clear__(&self) {
+        let hooks = self.hooks.take();
+        drop(hooks); // the lock is released: dropping may run Python
     }
 
     fn __repr__(&self, py: Python<'_>) -> String {

@@ -5,14 +5,20 @@
 //! removes (evicted or expired errors) comes back in a `Grave` that is dropped here,
 //! after the locks are released, because dropping the last reference to an error may run
 //! Python code (`__del__`, weakref callbacks).
+//!
+//! Garbage collection: a stored error's traceback may refer back to whatever holds the
+//! store, so the store visits every error it holds (each shard with `try_lock`, never
+//! blocking) and its `__clear__` empties it; an `ErrorRecord` visits and can drop its
+//! error. Agent ids are exact `str`s, which cannot lead anywhere.
 
 use pyo3::prelude::*;
 use pyo3::types::PyString;
+use pyo3::{PyTraverseError, PyVisit};
 
 use crate::core::clock::nanos_to_secs;
 use crate::core::error_store::{self as core, Grave};
 use crate::errors::wrong_type;
-use crate::py::args;
+use crate::py::args::{self, Held};
 
 fn agent_str<'a>(agent_id: &'a Bound<'_, PyAny>) -> PyResult<&'a Bound<'a, PyString>> {
     agent_id
@@ -90,12 +96,13 @@ impl ErrorStore {
                 found.push((e.clone_ref(py), t));
             });
         drop(grave);
-        let id = agent.clone().unbind();
+        // An exact str (a subclass instance could hold references).
+        let id = PyString::new(py, agent.to_str()?).unbind();
         Ok(found
             .into_iter()
             .map(|(error, t)| ErrorRecord {
                 agent_id: id.clone_ref(py),
-                error,
+                error: Held::new(Some(error)),
                 timestamp: nanos_to_secs(t),
             })
             .collect())
@@ -129,6 +136,16 @@ impl ErrorStore {
         self.inner.max_agents()
     }
 
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        self.inner.try_for_each(|e| visit.call(e))
+    }
+
+    fn __clear__(&self) {
+        let mut grave = Grave::default();
+        self.inner.clear(&mut grave);
+        drop(grave); // every shard lock is released: dropping may run Python
+    }
+
     fn __repr__(&self) -> String {
         format!(
             "ErrorStore(max_per_agent={}, max_age={:?}, max_agents={})",
@@ -140,20 +157,45 @@ impl ErrorStore {
 }
 
 /// One stored error: `agent_id`, `error` and `timestamp` (the store's clock, seconds).
-#[pyclass(frozen, get_all, module = "ferrule._native", name = "ErrorRecord")]
+#[pyclass(frozen, module = "ferrule._native", name = "ErrorRecord")]
 pub struct ErrorRecord {
+    #[pyo3(get)]
     agent_id: Py<PyString>,
-    error: Py<PyAny>,
+    /// Emptied by `__clear__` (then `error` reads None).
+    error: Held<Py<PyAny>>,
+    #[pyo3(get)]
     timestamp: f64,
+}
+
+impl ErrorRecord {
+    fn error_now(&self, py: Python<'_>) -> Py<PyAny> {
+        self.error
+            .with(|e| e.map(|e| e.clone_ref(py)))
+            .unwrap_or_else(|| py.None())
+    }
 }
 
 #[pymethods]
 impl ErrorRecord {
+    #[getter]
+    fn error(&self, py: Python<'_>) -> Py<PyAny> {
+        self.error_now(py)
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        self.error.try_visit(|e| visit.call(e))
+    }
+
+    fn __clear__(&self) {
+        let error = self.error.take();
+        drop(error);
+    }
+
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
         Ok(format!(
             "ErrorRecord(agent_id={}, error={}, timestamp={:?})",
             self.agent_id.bind(py).repr()?,
-            self.error.bind(py).repr()?,
+            self.error_now(py).bind(py).repr()?,
             self.timestamp
         ))
     }

@@ -4,6 +4,12 @@
 //! atomics); `snapshot` reads every slot's histogram (about 10k words) with the GIL
 //! released. `time(op)` returns a `Timer`: a context manager that measures with the
 //! metrics' clock, and a decorator (sync or async) built by `ferrule._metrics.timed`.
+//!
+//! Garbage collection: neither class can be part of a reference cycle, so neither needs
+//! to be tracked. A `Metrics` holds no Python object at all (names are Rust strings, the
+//! clock a Rust `Arc`); a `Timer` holds its `Metrics` and an exact `str` copy of the
+//! operation name (a `str` subclass instance could hold references; an exact `str`
+//! cannot), and neither leads anywhere.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
@@ -56,9 +62,17 @@ impl Metrics {
     /// A timer for one block or, as a decorator, for every call.
     fn time(slf: &Bound<'_, Self>, op: &Bound<'_, PyAny>) -> PyResult<Timer> {
         let op = op_str(op)?;
+        // Checked now rather than at every exit: a name that is not valid UTF-8 (lone
+        // surrogates) raises here.
+        let name = op.to_str()?;
+        let op = if op.is_exact_instance_of::<PyString>() {
+            op.clone()
+        } else {
+            PyString::new(slf.py(), name)
+        };
         Ok(Timer {
             metrics: slf.clone().unbind(),
-            op: op.clone().unbind(),
+            op: op.unbind(),
             start: AtomicI64::new(IDLE),
         })
     }
@@ -120,6 +134,7 @@ const IDLE: i64 = i64::MIN;
 #[pyclass(frozen, module = "ferrule._native", name = "Timer")]
 pub struct Timer {
     metrics: Py<Metrics>,
+    /// An exact `str` (see the module docs).
     op: Py<PyString>,
     /// Clock reading at `__enter__`, or `IDLE`.
     start: AtomicI64,
@@ -152,6 +167,7 @@ impl Timer {
             return Err(PyRuntimeError::new_err("timer was not started"));
         }
         let m = &self.metrics.get().inner;
+        // Both readings are in 0..=MAX_READING (2^62): the difference cannot overflow.
         let elapsed = (m.now_nanos() - start).max(0) as u64;
         m.record(self.op.bind(py).to_str()?, elapsed, exc_type.is_none());
         Ok(false)

@@ -20,7 +20,6 @@
 //! `__clear__` takes them out (items counted as dropped), to be dropped after unlocking.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use pyo3::exceptions::PyStopIteration;
@@ -476,21 +475,13 @@ impl QueueStats {
     }
 }
 
-/// The counters of a `TaskPool`, in atomics (no lock): the pool's Python layer reports
-/// each step of a task's life here.
-///
-/// Reading order makes `started == completed + failed + active` exact in a snapshot:
-/// a task's `start` happens before its `finish` (same worker thread, `SeqCst`), and the
-/// snapshot reads the finish counters before `started`, so it never sees a finish whose
-/// start it has not seen; `active` is derived from the values read.
+/// The counters of a `TaskPool`: a thin wrapper around `core::taskpool::TaskCounters`
+/// (atomics, no lock; its module docs say why `started == completed + failed + active`
+/// is exact in a snapshot). The pool's Python layer and `_run_worker` report each step of
+/// a task's life here.
 #[pyclass(frozen, module = "ferrule._native", name = "TaskCounters")]
 pub struct TaskCounters {
-    submitted: AtomicI64,
-    started: AtomicU64,
-    completed: AtomicU64,
-    failed: AtomicU64,
-    rejected: AtomicU64,
-    cancelled: AtomicU64,
+    inner: crate::core::taskpool::TaskCounters,
 }
 
 #[pymethods]
@@ -498,72 +489,52 @@ impl TaskCounters {
     #[new]
     fn new() -> Self {
         Self {
-            submitted: AtomicI64::new(0),
-            started: AtomicU64::new(0),
-            completed: AtomicU64::new(0),
-            failed: AtomicU64::new(0),
-            rejected: AtomicU64::new(0),
-            cancelled: AtomicU64::new(0),
+            inner: crate::core::taskpool::TaskCounters::new(),
         }
     }
 
     /// A task is about to be queued.
     fn submit(&self) {
-        self.submitted.fetch_add(1, Ordering::SeqCst);
+        self.inner.submit();
     }
 
     /// The task announced by `submit` was not queued: `rejected=True` for a full queue.
     #[pyo3(signature = (rejected))]
     fn withdraw(&self, rejected: bool) {
-        self.submitted.fetch_sub(1, Ordering::SeqCst);
-        if rejected {
-            self.rejected.fetch_add(1, Ordering::SeqCst);
-        }
+        self.inner.withdraw(rejected);
     }
 
     fn start(&self) {
-        self.started.fetch_add(1, Ordering::SeqCst);
+        self.inner.start();
     }
 
     #[pyo3(signature = (ok))]
     fn finish(&self, ok: bool) {
-        if ok {
-            self.completed.fetch_add(1, Ordering::SeqCst);
-        } else {
-            self.failed.fetch_add(1, Ordering::SeqCst);
-        }
+        self.inner.finish(ok);
     }
 
     /// A queued task was cancelled before it started.
     fn cancel(&self) {
-        self.cancelled.fetch_add(1, Ordering::SeqCst);
+        self.inner.cancel();
     }
 
     /// Tasks submitted and not yet finished or cancelled (queued, in transit, running).
     #[getter]
     fn outstanding(&self) -> i64 {
-        let done = self.completed.load(Ordering::SeqCst)
-            + self.failed.load(Ordering::SeqCst)
-            + self.cancelled.load(Ordering::SeqCst);
-        self.submitted.load(Ordering::SeqCst) - done as i64
+        self.inner.outstanding()
     }
 
     /// A snapshot, with `queued` supplied by the pool's queue.
     fn snapshot(&self, queued: usize) -> TaskPoolStats {
-        let completed = self.completed.load(Ordering::SeqCst);
-        let failed = self.failed.load(Ordering::SeqCst);
-        let cancelled = self.cancelled.load(Ordering::SeqCst);
-        let rejected = self.rejected.load(Ordering::SeqCst);
-        let started = self.started.load(Ordering::SeqCst);
-        let submitted = self.submitted.load(Ordering::SeqCst).max(0) as u64;
+        let s = self.inner.snapshot();
         TaskPoolStats {
-            submitted,
-            started,
-            completed,
-            failed,
-            rejected,
-            cancelled,
-            active: started.saturating_sub(completed + failed),
+            submitted: s.submitted,
+            started: s.started,
+            completed: s.completed,
+            failed: s.failed,
+            rejected: s.rejected,
+            cancelled: s.cancelled,
+            active: s.active,
             queued,
         }
     }

@@ -6,18 +6,34 @@
 //! lock is held while Python runs; a subscriber or a factory may call back into the same
 //! object. Errors from `publish`, from `close` and from wake-up callbacks are reported
 //! with `sys.unraisablehook` (like `__del__`) and never break the operation that caused
-//! them. Blocking waits run detached from the interpreter in slices of at most 50 ms,
-//! checking for signals between slices. The asyncio forms live in
-//! `ferrule._resources`; they use the hidden methods below and wait on futures, so a
-//! waiting coroutine costs no thread.
+//! them. Every call of user code goes through `wait::call*`. Blocking waits run detached
+//! (`wait::detach`) in slices of at most 50 ms, checking for signals between slices. The
+//! asyncio forms live in `ferrule._resources`; they use the hidden methods below and wait
+//! on futures, so a waiting coroutine costs no thread.
+//!
+//! # Garbage collection
+//! Each Python object visits only references it owns alone, so the collector never counts
+//! one reference twice and never frees what a live object still reaches through Rust:
+//! - the bus: the manager and every lease hold their own reference (a lease clones it
+//!   when it is made, only if there is a bus), each in a `Held` that `__traverse__`
+//!   visits and `__clear__` empties;
+//! - a budget's asyncio wake-up callbacks live in the budget, which the manager shares
+//!   with its leases: the manager visits them only while no lease holds the budget, and
+//!   its `__clear__` drops them (a manager being collected has no coroutine waiting on
+//!   it: a waiting coroutine refers to it);
+//! - a pool visits its `factory`, `validate` and idle items, and the wake-up hook and
+//!   granted item of each queued waiter that no `_PoolWaiter` shares; a `_PoolWaiter`
+//!   visits them once the pool's queue has let go of it; a `PoolCheckout` visits its pool
+//!   and its item, and its `__clear__` returns the item to the pool.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use parking_lot::Mutex;
-use pyo3::exceptions::PyRuntimeError;
+use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyString, PyTuple};
@@ -30,11 +46,21 @@ use crate::core::resources::{
 };
 use crate::core::wait::slice_until;
 use crate::errors::{wrong_type, Exc};
-use crate::py::{args, wait};
+use crate::py::args::{self, Held};
+use crate::py::wait;
 
 /// Reports an error that must not break the operation that ran into it.
 fn unraisable(py: Python<'_>, e: PyErr, obj: &Bound<'_, PyAny>) {
     e.write_unraisable(py, Some(obj));
+}
+
+/// `bus.publish(signal_type, data)` through `wait::call1` (a bus is user code).
+fn publish(bus: &Bound<'_, PyAny>, signal_type: String, data: Bound<'_, PyDict>) -> PyResult<()> {
+    wait::call1(
+        &bus.getattr(intern!(bus.py(), "publish"))?,
+        (signal_type, data),
+    )?;
+    Ok(())
 }
 
 fn helper<'py>(py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyAny>> {
@@ -47,22 +73,31 @@ fn helper<'py>(py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyAny>> {
 
 // ---- ResourceManager -------------------------------------------------------------------
 
-/// A budget, what its leases need to report changes (the bus and the clock: a lease
-/// refers to its budget only, so leases of different budgets share no reference count),
-/// and the asyncio wake-up callbacks of coroutines waiting on it.
+/// A budget, what its leases need to report changes (the clock: a lease refers to its
+/// budget, so leases of different budgets share no reference count), and the asyncio
+/// wake-up callbacks of coroutines waiting on it. The bus is not here: each holder of a
+/// budget keeps its own reference (module docs, garbage collection).
 struct PyBudget {
     core: Budget,
-    bus: Option<Py<PyAny>>,
     clock: Clock,
     wakers: Mutex<Vec<(u64, Py<PyAny>)>>,
     wakers_n: AtomicUsize,
 }
 
+/// A holder's own reference to the manager's bus, if it has one.
+type BusRef = Option<Held<Py<PyAny>>>;
+
+/// The bus of a `BusRef`, cloned out of its lock (None: no bus, or cleared).
+fn bus_of(py: Python<'_>, bus: &BusRef) -> Option<Py<PyAny>> {
+    bus.as_ref()?.with(|b| b.map(|b| b.clone_ref(py)))
+}
+
 impl PyBudget {
-    /// Work after `used` changed: report pressure changes, and (`freed`) wake coroutines.
-    fn after_change(&self, py: Python<'_>, freed: bool) {
+    /// Work after `used` changed: report pressure changes on `bus`, and (`freed`) wake
+    /// coroutines.
+    fn after_change(&self, py: Python<'_>, bus: &BusRef, freed: bool) {
         let b = self;
-        if let Some(bus) = &self.bus {
+        if let Some(bus) = bus_of(py, bus) {
             let mut changes = Vec::new();
             b.core.sync_pressure(&mut changes);
             for c in changes {
@@ -70,12 +105,7 @@ impl PyBudget {
             }
         }
         if freed && b.wakers_n.load(Ordering::SeqCst) > 0 {
-            let wakers = {
-                let mut g = b.wakers.lock();
-                b.wakers_n.store(0, Ordering::SeqCst);
-                std::mem::take(&mut *g)
-            };
-            for (_, cb) in wakers {
+            for (_, cb) in b.take_wakers() {
                 let cb = cb.bind(py);
                 if let Err(e) = wait::call0(cb) {
                     unraisable(py, e, cb);
@@ -92,8 +122,7 @@ impl PyBudget {
             data.set_item("previous", c.previous.as_str())?;
             data.set_item("used", c.used)?;
             data.set_item("limit", c.limit)?;
-            bus.call_method1("publish", (format!("resource.{name}.pressure"), data))?;
-            Ok(())
+            publish(bus, format!("resource.{name}.pressure"), data)
         })();
         if let Err(e) = r {
             unraisable(py, e, bus);
@@ -101,20 +130,27 @@ impl PyBudget {
     }
 
     /// Reclaims expired leases (lazily: one atomic load when none is due).
-    fn reclaim(&self, py: Python<'_>) {
+    fn reclaim(&self, py: Python<'_>, bus: &BusRef) {
         if self.core.next_deadline() == NEVER {
             return;
         }
         if self.core.reclaim(self.clock.now_nanos()) > 0 {
-            self.after_change(py, true);
+            self.after_change(py, bus, true);
         }
     }
 
     /// Reclaims expired leases and publishes any pressure change not yet published
     /// (e.g. from a lease released by garbage collection).
-    fn refresh(&self, py: Python<'_>) {
-        self.reclaim(py);
-        self.after_change(py, false);
+    fn refresh(&self, py: Python<'_>, bus: &BusRef) {
+        self.reclaim(py, bus);
+        self.after_change(py, bus, false);
+    }
+
+    /// Takes the wake-up callbacks out, to be dropped or called with the lock released.
+    fn take_wakers(&self) -> Vec<(u64, Py<PyAny>)> {
+        let mut g = self.wakers.lock();
+        self.wakers_n.store(0, Ordering::SeqCst);
+        std::mem::take(&mut *g)
     }
 
     fn deadline(&self, ttl: Option<i64>) -> i64 {
@@ -130,6 +166,8 @@ pub struct ResourceManager {
     /// The budgets in the order given (for `usage()`); the only long-lived reference to
     /// each besides its leases'.
     order: Vec<Arc<PyBudget>>,
+    /// The manager's own reference to the bus (module docs).
+    bus: BusRef,
     next_waker: AtomicU64,
 }
 
@@ -139,8 +177,9 @@ impl ResourceManager {
             .cast::<PyString>()
             .map_err(|_| wrong_type("name", "a str", name))?;
         let s = s.to_cow()?;
-        match self.index.get(s.as_ref()) {
-            Some(&i) => Ok(&self.order[i]),
+        // `index` maps each name to its position in `order`: `get` cannot miss.
+        match self.index.get(s.as_ref()).and_then(|&i| self.order.get(i)) {
+            Some(b) => Ok(b),
             None => Err(crate::core::resources::ResourceError::UnknownName(s.into_owned()).into()),
         }
     }
@@ -157,9 +196,15 @@ impl ResourceManager {
         Ok((b, amount, ttl))
     }
 
-    fn lease(py: Python<'_>, b: Arc<PyBudget>, core: Arc<LeaseCore>) -> Lease {
-        b.after_change(py, false);
-        Lease { budget: b, core }
+    fn lease(&self, py: Python<'_>, b: Arc<PyBudget>, core: Arc<LeaseCore>) -> Lease {
+        b.after_change(py, &self.bus, false);
+        // The lease's own reference to the bus (module docs): only when there is one.
+        let bus = self.bus.as_ref().map(|_| Held::new(bus_of(py, &self.bus)));
+        Lease {
+            budget: b,
+            core,
+            bus,
+        }
     }
 }
 
@@ -180,7 +225,7 @@ impl ResourceManager {
             .map_err(|_| wrong_type("limits", "a dict of str to int", limits))?;
         let frac = |o: Option<&Bound<'_, PyAny>>, arg: &str, default: f64| match o {
             None => Ok(default),
-            Some(o) => args::seconds(o, arg).map_err(|_| wrong_type(arg, "a float", o)),
+            Some(o) => args::number(o, arg),
         };
         let alert = frac(alert_threshold, "alert_threshold", 0.9)?;
         let severe = frac(severe_threshold, "severe_threshold", 0.95)?;
@@ -198,7 +243,9 @@ impl ResourceManager {
         let clock = args::clock(clock)?;
         let mut index = HashMap::new();
         let mut order = Vec::new();
-        for (k, v) in limits.iter() {
+        // A copy: another thread may resize the caller's dict meanwhile (free-threaded
+        // builds), and iterating a dict that changes size is an error.
+        for (k, v) in limits.copy()?.iter() {
             let name = k
                 .cast::<PyString>()
                 .map_err(|_| wrong_type("limits keys", "str", &k))?
@@ -208,7 +255,6 @@ impl ResourceManager {
             let limit = u64::try_from(limit).unwrap_or(0);
             let b = Arc::new(PyBudget {
                 core: Budget::new(&name, limit, alert, severe)?,
-                bus: bus.as_ref().map(|b| b.clone_ref(limits.py())),
                 clock: clock.clone(),
                 wakers: Mutex::new(Vec::new()),
                 wakers_n: AtomicUsize::new(0),
@@ -219,6 +265,7 @@ impl ResourceManager {
         Ok(Self {
             index,
             order,
+            bus: bus.map(|b| Held::new(Some(b))),
             next_waker: AtomicU64::new(0),
         })
     }
@@ -237,12 +284,11 @@ impl ResourceManager {
         let one = 1i64.into_pyobject(py)?.into_any();
         let (b, amount, ttl) = this.parse(name, amount.unwrap_or(&one), ttl)?;
         let timeout = args::opt_timeout(timeout, "timeout")?;
-        b.refresh(py);
+        b.refresh(py, &this.bus);
         if let Some(l) = b.core.try_take(amount, b.deadline(ttl)) {
-            return Ok(Self::lease(py, b, l));
+            return Ok(this.lease(py, b, l));
         }
-        let started = Instant::now();
-        let deadline = timeout.map(|t| started + t);
+        let deadline = crate::core::wait::deadline(timeout);
         let guard = b.core.enter_wait();
         loop {
             let Some(mut slice) = slice_until(deadline) else {
@@ -266,10 +312,10 @@ impl ResourceManager {
             let got = wait::detach(py, || b.core.take_or_sleep(&guard, amount, dl, slice));
             if let Some(l) = got {
                 drop(guard);
-                return Ok(Self::lease(py, b, l));
+                return Ok(this.lease(py, b, l));
             }
             py.check_signals()?;
-            b.reclaim(py);
+            b.reclaim(py, &this.bus);
         }
     }
 
@@ -285,10 +331,10 @@ impl ResourceManager {
         let (this, py) = (slf.get(), slf.py());
         let one = 1i64.into_pyobject(py)?.into_any();
         let (b, amount, ttl) = this.parse(name, amount.unwrap_or(&one), ttl)?;
-        b.refresh(py);
+        b.refresh(py, &this.bus);
         Ok(b.core
             .try_take(amount, b.deadline(ttl))
-            .map(|l| Self::lease(py, b, l)))
+            .map(|l| this.lease(py, b, l)))
     }
 
     /// A coroutine: `acquire` for asyncio, waiting on a future rather than a thread.
@@ -313,7 +359,7 @@ impl ResourceManager {
     fn usage(&self, py: Python<'_>) -> PyResult<Py<PyDict>> {
         let d = PyDict::new(py);
         for b in &self.order {
-            b.refresh(py);
+            b.refresh(py, &self.bus);
             let used = b.core.used();
             d.set_item(
                 b.core.name(),
@@ -330,7 +376,7 @@ impl ResourceManager {
     /// `"normal"`, `"moderate"` or `"severe"`.
     fn pressure(&self, py: Python<'_>, name: &Bound<'_, PyAny>) -> PyResult<&'static str> {
         let b = self.budget(name)?;
-        b.refresh(py);
+        b.refresh(py, &self.bus);
         Ok(b.core.pressure().as_str())
     }
 
@@ -348,6 +394,9 @@ impl ResourceManager {
     /// release or reclaim of that budget. Returns a token for `_remove_waker`.
     fn _add_waker(&self, name: &Bound<'_, PyAny>, callback: Py<PyAny>) -> PyResult<u64> {
         let b = self.budget(name)?;
+        if !callback.bind(name.py()).is_callable() {
+            return Err(wrong_type("callback", "callable", callback.bind(name.py())));
+        }
         let id = self.next_waker.fetch_add(1, Ordering::Relaxed);
         let mut w = b.wakers.lock();
         w.push((id, callback));
@@ -369,17 +418,31 @@ impl ResourceManager {
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        // A budget's bus reference belongs to the manager alone only while no lease
-        // holds the budget; while one does, the bus is reachable through it, and not
-        // visiting keeps the collector from tearing the bus down under the lease. The
-        // count is stable here: the collector runs with every other thread stopped (or
-        // holding no GIL), and leases are made and dropped only by attached threads.
+        if let Some(bus) = &self.bus {
+            bus.try_visit(|b| visit.call(b))?;
+        }
+        // A budget's wake-up callbacks belong to the manager alone only while no lease
+        // holds the budget; while one does, a release through it may still call them,
+        // and not visiting keeps the collector from freeing a coroutine that a live
+        // lease can wake. The count is stable here: the collector runs with every other
+        // thread stopped (or holding no GIL), and leases are made and dropped only by
+        // attached threads.
         for b in &self.order {
             if Arc::strong_count(b) == 1 {
-                visit.call(b.bus.as_ref())?;
+                if let Some(w) = b.wakers.try_lock() {
+                    for (_, cb) in w.iter() {
+                        visit.call(cb)?;
+                    }
+                }
             }
         }
         Ok(())
+    }
+
+    fn __clear__(&self) {
+        let bus = self.bus.as_ref().and_then(Held::take);
+        let wakers: Vec<_> = self.order.iter().map(|b| b.take_wakers()).collect();
+        drop((bus, wakers)); // every lock is released: dropping may run Python
     }
 
     fn __repr__(&self) -> String {
@@ -397,12 +460,14 @@ impl ResourceManager {
 pub struct Lease {
     budget: Arc<PyBudget>,
     core: Arc<LeaseCore>,
+    /// The lease's own reference to the manager's bus (module docs).
+    bus: BusRef,
 }
 
 impl Lease {
     fn give_back(&self, py: Python<'_>) {
         if self.budget.core.release(&self.core) {
-            self.budget.after_change(py, true);
+            self.budget.after_change(py, &self.bus, true);
         }
     }
 }
@@ -427,7 +492,7 @@ impl Lease {
     /// True once released, or reclaimed because its ttl passed.
     #[getter]
     fn released(&self, py: Python<'_>) -> bool {
-        self.budget.reclaim(py);
+        self.budget.reclaim(py, &self.bus);
         self.core.is_done()
     }
 
@@ -446,6 +511,20 @@ impl Lease {
     fn __exit__(&self, py: Python<'_>, _exc: &Bound<'_, PyTuple>) -> bool {
         self.give_back(py);
         false
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        match &self.bus {
+            Some(bus) => bus.try_visit(|b| visit.call(b)),
+            None => Ok(()),
+        }
+    }
+
+    /// Drops the lease's bus reference (its units stay held until it is released or
+    /// deallocated; a lease being collected is deallocated next).
+    fn __clear__(&self) {
+        let bus = self.bus.as_ref().and_then(Held::take);
+        drop(bus);
     }
 
     fn __repr__(&self) -> String {
@@ -504,19 +583,33 @@ enum Outcome {
     Wait(PyWaiter),
 }
 
+/// The user's callables a pool calls (they may lead back to it: emptied by `__clear__`).
+struct PoolHooks {
+    factory: Py<PyAny>,
+    validate: Option<Py<PyAny>>,
+}
+
 /// A pool of reusable items (connections, clients).
 #[pyclass(frozen, weakref, module = "ferrule._native", name = "Pool")]
 pub struct Pool {
     core: Core,
-    factory: Py<PyAny>,
-    validate: Option<Py<PyAny>>,
+    hooks: Held<PoolHooks>,
     discard_on_error: bool,
     timeout: Option<Duration>,
     clock: Clock,
+    /// Tells this pool's `_PoolWaiter`s from another pool's.
+    id: u64,
 }
+
+/// Source of `Pool::id`.
+static POOL_IDS: AtomicU64 = AtomicU64::new(0);
 
 fn pool_closed() -> PyErr {
     PyRuntimeError::new_err("pool is closed")
+}
+
+fn not_checked_out() -> PyErr {
+    PyValueError::new_err("item is not checked out from this pool")
 }
 
 impl Pool {
@@ -524,11 +617,52 @@ impl Pool {
         self.clock.now_nanos()
     }
 
+    /// The factory, cloned out of its lock; "pool is closed" once cleared.
+    fn factory(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        self.hooks
+            .with(|h| h.map(|h| h.factory.clone_ref(py)))
+            .ok_or_else(pool_closed)
+    }
+
+    fn validator(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.hooks
+            .with(|h| h.and_then(|h| h.validate.as_ref().map(|v| v.clone_ref(py))))
+    }
+
+    /// `factory()`, counted; on failure the slot is freed (to a waiter first).
+    fn create(&self, py: Python<'_>) -> PyResult<Item> {
+        let made = self
+            .factory(py)
+            .and_then(|f| Ok(wait::call0(f.bind(py))?.unbind()));
+        match made {
+            Ok(x) => {
+                self.core.count_created();
+                Ok(x)
+            }
+            Err(e) => {
+                self.core.count_factory_error();
+                if let Some(w) = self.core.release_slot(false) {
+                    Self::wake(py, &w);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn check_waiter<'a>(&self, waiter: &'a Bound<'_, PoolWaiter>) -> PyResult<&'a PyWaiter> {
+        let w = waiter.get();
+        if w.pool == self.id {
+            Ok(&w.w)
+        } else {
+            Err(PyValueError::new_err("waiter is not waiting on this pool"))
+        }
+    }
+
     /// Calls each item's `close()` (if any) outside every lock; errors are unraisable.
     fn close_items(py: Python<'_>, items: Vec<Item>) {
         for item in items {
             let item = item.bind(py);
-            match item.getattr_opt("close") {
+            match item.getattr_opt(intern!(py, "close")) {
                 Ok(Some(close)) => {
                     if let Err(e) = wait::call0(&close) {
                         unraisable(py, e, item);
@@ -557,7 +691,10 @@ impl Pool {
             Self::wake(py, &w);
         }
         if let Some(e) = self.warm(py) {
-            unraisable(py, e, self.factory.bind(py));
+            match self.factory(py) {
+                Ok(f) => unraisable(py, e, f.bind(py)),
+                Err(_) => e.write_unraisable(py, None),
+            }
         }
     }
 
@@ -565,35 +702,38 @@ impl Pool {
     /// error and returns it.
     fn warm(&self, py: Python<'_>) -> Option<PyErr> {
         while self.core.reserve_warm() {
-            match wait::call0(self.factory.bind(py)) {
+            match self.create(py) {
                 Ok(x) => {
-                    self.core.count_created();
-                    self.put_back(py, x.unbind());
+                    self.put_back(py, x);
                 }
-                Err(e) => {
-                    self.core.count_factory_error();
-                    if let Some(w) = self.core.release_slot(false) {
-                        Self::wake(py, &w);
-                    }
-                    return Some(e);
-                }
+                Err(e) => return Some(e),
             }
         }
         None
     }
 
-    fn put_back(&self, py: Python<'_>, item: Item) {
+    /// Returns a checked-out item; false (and nothing changed) if none was checked out.
+    fn put_back(&self, py: Python<'_>, item: Item) -> bool {
         let mut reaped = Vec::new();
-        match self.core.put_back(item, self.now(), &mut reaped) {
-            Returned::Idle => {}
-            Returned::Handed(w) => Self::wake(py, &w),
-            Returned::Closed(x) => reaped.push(x),
-        }
+        let ok = match self.core.put_back(item, self.now(), &mut reaped) {
+            Returned::Idle => true,
+            Returned::Handed(w) => {
+                Self::wake(py, &w);
+                true
+            }
+            Returned::Closed(x) => {
+                reaped.push(x);
+                true
+            }
+            Returned::Unexpected(_) => false,
+        };
         Self::close_items(py, reaped);
+        ok
     }
 
     /// Ends a checkout: return the item, or discard it after `Discard` (or any
-    /// exception with `discard_on_error`).
+    /// exception with `discard_on_error`). ValueError if no item is checked out (only
+    /// reachable through `_finish`).
     fn finish(&self, py: Python<'_>, item: Item, exc: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
         let discard = match exc {
             Some(e) if !e.is_none() => {
@@ -602,9 +742,13 @@ impl Pool {
             _ => false,
         };
         if discard {
+            // Checked first: discarding closes the item, which must be one of ours.
+            if !self.core.has_checkout() {
+                return Err(not_checked_out());
+            }
             self.discard(py, item);
-        } else {
-            self.put_back(py, item);
+        } else if !self.put_back(py, item) {
+            return Err(not_checked_out());
         }
         Ok(())
     }
@@ -612,7 +756,9 @@ impl Pool {
     /// Gives back a grant that its waiter will not use.
     fn give_back_grant(&self, py: Python<'_>, g: Grant<Item>) {
         match g {
-            Grant::Item(x) => self.put_back(py, x),
+            Grant::Item(x) => {
+                self.put_back(py, x);
+            }
             Grant::Create => {
                 if let Some(w) = self.core.release_slot(false) {
                     Self::wake(py, &w);
@@ -649,7 +795,7 @@ impl Pool {
             };
             match grant {
                 Grant::Item(x) => {
-                    let ok = match &self.validate {
+                    let ok = match self.validator(py) {
                         None => Ok(true),
                         Some(v) => {
                             wait::call1(v.bind(py), (x.bind(py),)).and_then(|r| r.is_truthy())
@@ -675,21 +821,7 @@ impl Pool {
                         }
                     }
                 }
-                Grant::Create => {
-                    return match wait::call0(self.factory.bind(py)) {
-                        Ok(x) => {
-                            self.core.count_created();
-                            Ok(Outcome::Item(x.unbind()))
-                        }
-                        Err(e) => {
-                            self.core.count_factory_error();
-                            if let Some(w) = self.core.release_slot(false) {
-                                Self::wake(py, &w);
-                            }
-                            Err(e)
-                        }
-                    };
-                }
+                Grant::Create => return self.create(py).map(Outcome::Item),
                 Grant::Closed => return Err(pool_closed()),
             }
         }
@@ -708,7 +840,7 @@ impl Pool {
 
     /// A blocking checkout.
     fn checkout(&self, py: Python<'_>, timeout: Option<Duration>) -> PyResult<Item> {
-        let deadline = timeout.map(|t| Instant::now() + t);
+        let deadline = crate::core::wait::deadline(timeout);
         let mut step = Step::Start;
         loop {
             let w = match self.advance(py, step, None)? {
@@ -742,10 +874,13 @@ impl Pool {
         }
     }
 
-    fn outcome(py: Python<'_>, o: Outcome) -> PyResult<(bool, Py<PyAny>)> {
+    fn outcome(&self, py: Python<'_>, o: Outcome) -> PyResult<(bool, Py<PyAny>)> {
         Ok(match o {
             Outcome::Item(x) => (true, x),
-            Outcome::Wait(w) => (false, Py::new(py, PoolWaiter { w })?.into_any()),
+            Outcome::Wait(w) => {
+                let waiter = PoolWaiter { w, pool: self.id };
+                (false, Py::new(py, waiter)?.into_any())
+            }
         })
     }
 }
@@ -788,11 +923,11 @@ impl Pool {
         let clock = args::clock(clock)?;
         let pool = Self {
             core: PoolCore::new(max_size, min_size, max_idle)?,
-            factory,
-            validate,
+            hooks: Held::new(Some(PoolHooks { factory, validate })),
             discard_on_error,
             timeout,
             clock,
+            id: POOL_IDS.fetch_add(1, Ordering::Relaxed),
         };
         match pool.warm(py) {
             Some(e) => Err(e),
@@ -887,8 +1022,11 @@ impl Pool {
     /// Asyncio: starts a checkout; `(True, item)` or `(False, waiter)`. `wake()` is
     /// called (from any thread) when the waiter is handed something.
     fn _checkout_async(&self, py: Python<'_>, wake: Py<PyAny>) -> PyResult<(bool, Py<PyAny>)> {
+        if !wake.bind(py).is_callable() {
+            return Err(wrong_type("wake", "callable", wake.bind(py)));
+        }
         let o = self.advance(py, Step::Start, Some(&wake))?;
-        Self::outcome(py, o)
+        self.outcome(py, o)
     }
 
     /// Asyncio: continues after a wake-up (which may be spurious).
@@ -897,38 +1035,40 @@ impl Pool {
         py: Python<'_>,
         waiter: &Bound<'_, PoolWaiter>,
     ) -> PyResult<(bool, Py<PyAny>)> {
-        let w = &waiter.get().w;
+        let w = self.check_waiter(waiter)?;
         match w.try_take() {
             None => Ok((false, waiter.clone().into_any().unbind())),
             Some(g) => {
                 let o = self.advance(py, Step::Grant(g), w.hook.as_ref())?;
-                Self::outcome(py, o)
+                self.outcome(py, o)
             }
         }
     }
 
     /// Asyncio: the waiter gives up. `timed_out`: count it and raise PoolTimeout unless
     /// a grant arrived meanwhile (then continue with it); otherwise (cancelled) give any
-    /// grant back.
+    /// grant back. `timeout` (seconds or None) is only quoted in the PoolTimeout message.
+    #[pyo3(signature = (waiter, timed_out, timeout = None))]
     fn _give_up(
         &self,
         py: Python<'_>,
         waiter: &Bound<'_, PoolWaiter>,
         timed_out: bool,
-        timeout: Option<f64>,
+        timeout: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<(bool, Py<PyAny>)> {
-        let w = &waiter.get().w;
+        let w = self.check_waiter(waiter)?;
+        let timeout = args::opt_timeout(timeout, "timeout")?;
         let g = self.core.cancel(w).or_else(|| w.try_take());
         match (g, timed_out) {
             (Some(g), true) => {
                 let o = self.advance(py, Step::Grant(g), w.hook.as_ref())?;
-                Self::outcome(py, o)
+                self.outcome(py, o)
             }
             (Some(g), false) => {
                 self.give_back_grant(py, g);
                 Ok((false, py.None()))
             }
-            (None, true) => Err(self.timeout_err(py, timeout.map(Duration::from_secs_f64))),
+            (None, true) => Err(self.timeout_err(py, timeout)),
             (None, false) => Ok((false, py.None())),
         }
     }
@@ -945,11 +1085,32 @@ impl Pool {
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        visit.call(&self.factory)?;
-        visit.call(self.validate.as_ref())?;
-        // Idle items are visited only if the pool lock is free right now; skipping them
-        // only makes the collector more conservative.
-        self.core.try_for_each_idle(|item| visit.call(item))
+        self.hooks.try_visit(|h| {
+            visit.call(&h.factory)?;
+            visit.call(h.validate.as_ref())
+        })?;
+        // Idle items and queued waiters are visited only if the pool lock is free right
+        // now; skipping them only makes the collector more conservative. A queued
+        // waiter's hook belongs to the pool alone once no `_PoolWaiter` shares it (the
+        // count is stable here, see `ResourceManager.__traverse__`).
+        self.core.try_for_each(
+            |item| visit.call(item),
+            |w| {
+                if Arc::strong_count(w) == 1 {
+                    visit.call(w.hook.as_ref())?;
+                    w.try_for_granted(|x| visit.call(x))?;
+                }
+                Ok(())
+            },
+        )
+    }
+
+    /// Drops the callables, the idle items (without calling their `close()`: the pool is
+    /// garbage, as are its waiters) and the queue; the pool is closed afterwards.
+    fn __clear__(&self) {
+        let hooks = self.hooks.take();
+        let (items, waiters) = self.core.close();
+        drop((hooks, items, waiters)); // every lock is released: dropping may run Python
     }
 
     fn __repr__(&self) -> String {
@@ -968,6 +1129,21 @@ impl Pool {
 #[pyclass(frozen, module = "ferrule._native", name = "_PoolWaiter")]
 pub struct PoolWaiter {
     w: PyWaiter,
+    /// The `id` of the pool it waits on.
+    pool: u64,
+}
+
+#[pymethods]
+impl PoolWaiter {
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        // The hook and a granted item belong to this object alone once the pool's queue
+        // has let go of the waiter (while it has not, the pool reaches them).
+        if Arc::strong_count(&self.w) == 1 {
+            visit.call(self.w.hook.as_ref())?;
+            self.w.try_for_granted(|x| visit.call(x))?;
+        }
+        Ok(())
+    }
 }
 
 /// One checkout of a pool item; use it as a context manager.
@@ -987,6 +1163,16 @@ impl PoolCheckout {
         match self.item.try_lock() {
             Some(g) => visit.call(g.as_ref()),
             None => Ok(()),
+        }
+    }
+
+    /// Returns the item to the pool (as the destructor would), after the lock is
+    /// released. The pool reference is not cleared: the pool's own `__clear__` breaks any
+    /// cycle through it.
+    fn __clear__(&self, py: Python<'_>) {
+        let item = self.item.lock().take();
+        if let Some(item) = item {
+            self.pool.get().put_back(py, item);
         }
     }
 
@@ -1028,7 +1214,9 @@ impl Drop for PoolCheckout {
         if let Some(item) = self.item.get_mut().take() {
             // Deallocation runs attached: this only borrows the attached thread.
             #[allow(clippy::disallowed_methods)]
-            Python::attach(|py| self.pool.get().put_back(py, item));
+            Python::attach(|py| {
+                self.pool.get().put_back(py, item);
+            });
         }
     }
 }
