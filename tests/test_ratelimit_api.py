@@ -666,12 +666,12 @@ def test_acquire_async_checks_arguments_eagerly() -> None:
         ((1e30,), {}, ValueError, "rate is out of range: burst * per / rate must"),
         ((1e-12,), {}, ValueError, "rate is out of range: burst * per / rate must"),
         ((1,), {"clock": 3}, TypeError, "clock must be a ferrule.ManualClock or None, not 'int'"),
-        ((10**400,), {}, OverflowError, "rate is out of range: int too large"),
-        ((1, 10**400), {}, OverflowError, "per is out of range: int too large"),
+        ((10**400,), {}, OverflowError, "rate is out of range"),
+        ((1, 10**400), {}, OverflowError, "per is out of range"),
         ((1, 2**70), {}, ValueError, "per is too large"),
         ((1, math.inf), {}, ValueError, "per must be a finite number of seconds"),
         ((2**70,), {}, ValueError, "rate is out of range: burst * per / rate must"),
-        ((1,), {"burst": 2**70}, ValueError, "burst is out of range"),
+        ((1,), {"burst": 2**70}, OverflowError, "burst is out of range"),
         ((5e-324,), {"burst": 1}, ValueError, "rate is out of range: burst * per / rate must"),
     ],
 )
@@ -699,7 +699,7 @@ def test_bad_cost(method: str) -> None:
         call("k", 1.0)
     with pytest.raises(TypeError, match=r"^cost must be an int, not 'bool'$"):
         call("k", True)
-    with pytest.raises(ValueError, match=r"^cost is out of range$"):
+    with pytest.raises(OverflowError, match=r"^cost is out of range$"):
         call("k", 2**70)
     with pytest.raises(TypeError, match=r"^cost must be an int, not 'float'$"):
         call("k", math.nan)
@@ -724,7 +724,7 @@ def test_bad_timeout() -> None:
     ("args", "exc", "msg"),
     [
         ((True, -1, 0.0, 0.0), ValueError, "remaining must be >= 0"),
-        ((True, 2**70, 0.0, 0.0), ValueError, "remaining is out of range"),
+        ((True, 2**70, 0.0, 0.0), OverflowError, "remaining is out of range"),
         ((True, 1.0, 0.0, 0.0), TypeError, "remaining must be an int, not 'float'"),
         ((True, 1, "0", 0.0), TypeError, "retry_after must be a number of seconds, not 'str'"),
         ((True, 1, math.nan, 0.0), ValueError, "retry_after must be a finite number of seconds"),

@@ -520,7 +520,7 @@ def test_a_limit_of_any_size() -> None:
         reg.ids(limit=-(2**70))
     with pytest.raises(TypeError, match="limit must be an int, not 'bool'"):
         reg.find(limit=True)
-    with pytest.raises(ValueError, match="max_batch is out of range"):
+    with pytest.raises(OverflowError, match="max_batch is out of range"):
         Registry(max_batch=2**70)
 
 

@@ -43,7 +43,7 @@
 use std::cell::RefCell;
 use std::time::{Duration, Instant};
 
-use pyo3::exceptions::{PyOverflowError, PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -521,16 +521,6 @@ fn release(py: Python<'_>, grave: Vec<Py<PyAny>>) -> PyResult<()> {
 
 // ---- the limiter -------------------------------------------------------------------------
 
-/// An int too large for a float (`10**400`) raises OverflowError without naming the
-/// argument; this names it.
-fn named(py: Python<'_>, e: PyErr, arg: &str) -> PyErr {
-    if e.is_instance_of::<PyOverflowError>(py) {
-        PyOverflowError::new_err(format!("{arg} is out of range: {}", e.value(py)))
-    } else {
-        e
-    }
-}
-
 /// A keyed token-bucket rate limiter (GCRA: one atomic word per key, lock-free CAS).
 #[pyclass(frozen, module = "ferrule._native", name = "RateLimiter")]
 pub struct RateLimiter {
@@ -604,10 +594,10 @@ impl RateLimiter {
         burst: Option<&Bound<'_, PyAny>>,
         clock: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
-        let rate = args::number(rate, "rate").map_err(|e| named(rate.py(), e, "rate"))?;
+        let rate = args::number(rate, "rate")?;
         let per = match per {
             None => 1.0,
-            Some(p) => args::seconds(p, "per").map_err(|e| named(p.py(), e, "per"))?,
+            Some(p) => args::seconds(p, "per")?,
         };
         // At least 1 ns and at most 4e18 ns: the cast to u64 is exact.
         let per_ns = clock::positive_nanos(per, "per")?;
