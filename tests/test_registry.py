@@ -989,3 +989,24 @@ def test_an_agent_held_from_outside_keeps_its_cycle_alive_and_intact() -> None:
     assert value.reg.lookup("a") is value
     assert agent.metadata["obj"] is value
     assert value.reg.get("a").value is value
+
+
+def test_an_exception_from_the_arguments_own_iter_propagates() -> None:
+    """Regression: an error from ``iter(capabilities)`` or ``iter(items)`` (KeyboardInterrupt
+    included) was replaced by TypeError; only "not iterable" is a TypeError."""
+
+    class Hostile:
+        def __iter__(self):  # type: ignore[no-untyped-def]
+            raise KeyboardInterrupt
+
+    reg = Registry()
+    with pytest.raises(KeyboardInterrupt):
+        reg.register("a", capabilities=Hostile())  # type: ignore[arg-type]
+    with pytest.raises(KeyboardInterrupt):
+        reg.register_many(Hostile())  # type: ignore[arg-type]
+    reg.register("b")
+    with pytest.raises(KeyboardInterrupt):
+        reg.update("b", capabilities=Hostile())  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="capabilities must be an iterable of str"):
+        reg.register("c", capabilities=5)  # type: ignore[arg-type]
+    assert reg.ids() == ["b"]

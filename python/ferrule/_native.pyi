@@ -1049,7 +1049,9 @@ class CircuitBreaker:
     lock held, so calls through one breaker run in parallel. On each change of
     state, in the thread that made it and after it was made: ``on_state_change(old,
     new)``, then ``bus.publish(f"breaker.{name}.state", {"name", "state",
-    "previous"})``. An exception from either goes to ``sys.unraisablehook``.
+    "previous"})``. An exception from either goes to ``sys.unraisablehook`` (every
+    exception, ``KeyboardInterrupt`` included, as Python does for weakref callbacks and
+    ``__del__``): a callback never leaves the breaker's bookkeeping half done.
 
     The breaker takes part in garbage collection: ``self.cb =
     CircuitBreaker(on_state_change=self.on_change)`` does not keep ``self`` alive, nor
@@ -1934,7 +1936,8 @@ class Pool(Generic[_T]):
       replaced after a discard.
     - ``close()`` closes the idle items, fails every waiter with ``RuntimeError("pool is
       closed")``, and closes items in use when they come back.
-    - An exception from an item's ``close()`` goes to ``sys.unraisablehook``.
+    - An exception from an item's ``close()`` goes to ``sys.unraisablehook`` (every
+      exception, ``KeyboardInterrupt`` included: closing one item never stops the others).
     - The pool takes part in garbage collection (its callables, idle items and waiters'
       wake-ups are visited): ``self.pool = Pool(self.connect, validate=self.check)``
       does not keep ``self`` alive. A pool collected that way drops its idle items

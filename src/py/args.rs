@@ -162,3 +162,23 @@ impl<T> Held<T> {
         self.0.lock().take()
     }
 }
+
+/// `iter(obj)`: a TypeError (not iterable) names the argument; any other exception raised
+/// by the object's `__iter__` (KeyboardInterrupt included) propagates unchanged.
+pub fn iterate<'py>(
+    obj: &Bound<'py, PyAny>,
+    arg: &str,
+    what: &str,
+) -> PyResult<Bound<'py, pyo3::types::PyIterator>> {
+    obj.try_iter().map_err(|e| not_iterable(e, obj, arg, what))
+}
+
+/// The error for a failed `iter(obj)`: TypeError naming `arg` when the object is not
+/// iterable, else the object's own exception.
+pub fn not_iterable(e: PyErr, obj: &Bound<'_, PyAny>, arg: &str, what: &str) -> PyErr {
+    if e.is_instance_of::<pyo3::exceptions::PyTypeError>(obj.py()) {
+        wrong_type(arg, what, obj)
+    } else {
+        e
+    }
+}

@@ -125,7 +125,7 @@ impl CircuitBreaker {
         if let Some(cb) = on_state_change {
             let cb = cb.bind(py);
             if let Err(e) = wait::call1(cb, (from, to)) {
-                e.write_unraisable(py, Some(cb));
+                wait::report(py, e, Some(cb));
             }
         }
         if let (Some(bus), Some(topic)) = (bus, &self.topic) {
@@ -139,7 +139,7 @@ impl CircuitBreaker {
                 Ok(())
             };
             if let Err(e) = publish() {
-                e.write_unraisable(py, Some(bus));
+                wait::report(py, e, Some(bus));
             }
         }
     }
@@ -212,7 +212,7 @@ impl CircuitBreaker {
                 // An `__instancecheck__` that raises: the call counts neither way, and
                 // the caller still gets the call's own exception.
                 self.core.release(permit);
-                err.write_unraisable(py, Some(x.as_any()));
+                wait::report(py, err, Some(x.as_any()));
                 None
             }
         };

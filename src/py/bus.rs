@@ -72,7 +72,7 @@ fn cancel_sub(py: Python<'_>, sub: &Arc<CoreSub>) -> bool {
     };
     for w in c.wake {
         // A waker whose loop is gone has no one left to tell.
-        let _ = wait::call0(w.bind(py));
+        crate::py::queue::fire(py, &w);
     }
     drop(c.items);
     drop(c.removed);

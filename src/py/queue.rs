@@ -72,11 +72,25 @@ pub(crate) fn size_arg(obj: &Bound<'_, PyAny>, arg: &str, min: i64) -> PyResult<
     Ok(usize::try_from(v).unwrap_or(usize::MAX))
 }
 
+/// Calls an asyncio waker; false if it failed. A waker whose loop is closed raises
+/// RuntimeError (nobody is left to tell: not reported); anything else is reported.
+pub(crate) fn fire(py: Python<'_>, waker: &Waker) -> bool {
+    match wait::call0(waker.bind(py)) {
+        Ok(_) => true,
+        Err(e) => {
+            if !e.is_instance_of::<pyo3::exceptions::PyRuntimeError>(py) {
+                wait::report(py, e, Some(waker.bind(py)));
+            }
+            false
+        }
+    }
+}
+
 /// Wakes an asyncio getter of `q`; a waker that fails (its loop is closed) passes the
 /// wake-up on.
 pub(crate) fn wake_getter(py: Python<'_>, q: &Core<Item, Waker>, mut w: Option<Waker>) {
     while let Some(f) = w.take() {
-        if wait::call0(f.bind(py)).is_err() {
+        if !fire(py, &f) {
             w = q.forget_getter(|_| false);
         }
     }
@@ -85,7 +99,7 @@ pub(crate) fn wake_getter(py: Python<'_>, q: &Core<Item, Waker>, mut w: Option<W
 /// Wakes an asyncio putter of `q`, passing the wake-up on like [`wake_getter`].
 fn wake_putter(py: Python<'_>, q: &Core<Item, Waker>, mut w: Option<Waker>) {
     while let Some(f) = w.take() {
-        if wait::call0(f.bind(py)).is_err() {
+        if !fire(py, &f) {
             w = q.forget_putter(|_| false);
         }
     }
@@ -245,9 +259,7 @@ impl WorkQueue {
         timeout: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<usize> {
         let timeout = args::opt_timeout(timeout, "timeout")?;
-        let Ok(iter) = items.try_iter() else {
-            return Err(wrong_type("items", "an iterable", items));
-        };
+        let iter = args::iterate(items, "items", "an iterable")?;
         // Python's own iteration protocol: a list, dict view or deque changed by another
         // thread meanwhile raises an ordinary exception (or is read as it is), never a
         // panic. All or nothing: nothing is put until the iterable is exhausted.
@@ -354,7 +366,7 @@ impl WorkQueue {
     fn close(&self, py: Python<'_>) {
         for w in self.q.close() {
             // A waker whose loop is gone has no one left to tell.
-            let _ = wait::call0(w.bind(py));
+            fire(py, &w);
         }
     }
 

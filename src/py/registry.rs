@@ -314,9 +314,7 @@ fn capabilities(obj: Option<&Bound<'_, PyAny>>) -> PyResult<Vec<Arc<str>>> {
     let items = if is_builtin_container(obj) {
         snapshot(obj)?
     } else {
-        let it = obj
-            .try_iter()
-            .map_err(|_| wrong_type("capabilities", "an iterable of str", obj))?;
+        let it = args::iterate(obj, "capabilities", "an iterable of str")?;
         snapshot(it.as_any())?
     };
     let mut out = Vec::with_capacity(items.len());
@@ -417,7 +415,7 @@ fn thread_dead(t: &Bound<'_, PyAny>) -> PyResult<bool> {
 /// it is unregistered), and the caller's read, write or sweep goes on.
 fn owner_finished(py: Python<'_>, t: &Bound<'_, PyAny>) -> bool {
     thread_dead(t).unwrap_or_else(|e| {
-        e.write_unraisable(py, Some(t));
+        wait::report(py, e, Some(t));
         false
     })
 }
@@ -1230,7 +1228,7 @@ impl Registry {
         };
         let it = source
             .try_iter()
-            .map_err(|_| wrong_type("items", "an iterable of dicts", items))?;
+            .map_err(|e| args::not_iterable(e, items, "items", "an iterable of dicts"))?;
         let mut raw: Vec<Bound<'_, PyDict>> = Vec::new();
         for item in it {
             let item = item?;

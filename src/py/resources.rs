@@ -51,7 +51,7 @@ use crate::py::wait;
 
 /// Reports an error that must not break the operation that ran into it.
 fn unraisable(py: Python<'_>, e: PyErr, obj: &Bound<'_, PyAny>) {
-    e.write_unraisable(py, Some(obj));
+    wait::report(py, e, Some(obj));
 }
 
 /// `bus.publish(signal_type, data)` through `wait::call1` (a bus is user code).
@@ -693,7 +693,7 @@ impl Pool {
         if let Some(e) = self.warm(py) {
             match self.factory(py) {
                 Ok(f) => unraisable(py, e, f.bind(py)),
-                Err(_) => e.write_unraisable(py, None),
+                Err(_) => wait::report(py, e, None),
             }
         }
     }

@@ -194,6 +194,16 @@ where
     }
 }
 
+/// Reports an exception raised by code that runs *beside* an operation — a callback
+/// (`on_state_change`), a bus's `publish`, an item's `close()`, a wake-up hook, an owner's
+/// `is_alive()` — to `sys.unraisablehook`, so that it never leaves the operation half
+/// done. This is Python's own rule for weakref callbacks and `__del__`, and it holds for
+/// every exception, `KeyboardInterrupt` and `SystemExit` included. Code that is part of
+/// the operation (a factory, the protected function, a key's `__eq__`) raises instead.
+pub fn report(py: Python<'_>, e: PyErr, obj: Option<&Bound<'_, PyAny>>) {
+    e.write_unraisable(py, obj);
+}
+
 /// `f()` through [`call`].
 pub fn call0<'py>(f: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
     call(f, (), None)
