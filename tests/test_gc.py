@@ -1,0 +1,125 @@
+"""Every native class that can hold a Python object takes part in the garbage collector.
+
+A class outside the collector that holds a reference to user code (a callback, a value,
+a key) turns an ordinary cycle such as ``self.cb = CircuitBreaker(on_state_change=
+self.on_change)`` into a leak. The per-part suites build such cycles and check that they
+are collected; this test is the inventory: a new native class must either be GC-tracked
+or be listed below with the reason it cannot close a cycle.
+"""
+
+from __future__ import annotations
+
+import gc
+import weakref
+
+import ferrule
+import pytest
+from ferrule import _native
+
+Py_TPFLAGS_HAVE_GC = 1 << 14
+
+# Classes that hold no reference a user object could close a cycle through: plain data
+# (numbers and strings the class made itself) or references only to such classes.
+NOT_TRACKED = {
+    "BreakerStats": "numbers only",
+    "CacheStats": "numbers only",
+    "Decision": "numbers only",
+    "ManualClock": "an atomic counter",
+    "Metrics": "Rust-owned names and counters, no Python objects",
+    "OpStats": "numbers only",
+    "PoolStats": "numbers only",
+    "QueueStats": "numbers only",
+    "SubscriptionStats": "numbers only",
+    "TaskCounters": "atomic counters",
+    "TaskPoolStats": "numbers only",
+    "Timer": "a Metrics and an exact str: neither can refer back to the Timer",
+    "Usage": "numbers and the resource names as str",
+}
+
+
+def native_classes() -> list[type]:
+    return sorted(
+        (
+            obj
+            for obj in vars(_native).values()
+            if isinstance(obj, type) and not issubclass(obj, BaseException)
+        ),
+        key=lambda t: t.__name__,
+    )
+
+
+@pytest.mark.parametrize("cls", native_classes(), ids=lambda t: t.__name__)
+def test_class_is_tracked_or_listed(cls: type) -> None:
+    tracked = bool(cls.__flags__ & Py_TPFLAGS_HAVE_GC)
+    if cls.__name__ in NOT_TRACKED:
+        assert not tracked, f"{cls.__name__} is GC-tracked now: drop it from NOT_TRACKED"
+    else:
+        assert tracked, f"{cls.__name__} holds Python objects but is not GC-tracked"
+
+
+def test_listed_classes_exist() -> None:
+    names = {cls.__name__ for cls in native_classes()}
+    assert set(NOT_TRACKED) <= names
+
+
+class Owner:
+    """An object that owns a ferrule part which refers back to it."""
+
+    def callback(self, *args: object) -> None:
+        pass
+
+
+CYCLES = {
+    "CircuitBreaker": lambda o: ferrule.CircuitBreaker(on_state_change=o.callback),
+    "Cache": lambda o: _filled(ferrule.Cache(8), "k", o),
+    "WorkQueue": lambda o: _put(ferrule.WorkQueue(4), o),
+    "Registry": lambda o: _registered(ferrule.Registry(), o),
+    "SignalBus": lambda o: _subscribed(ferrule.SignalBus(), o),
+    "ErrorStore": lambda o: _recorded(ferrule.ErrorStore(max_per_agent=8), o),
+    "RateLimiter": lambda o: _limited(ferrule.RateLimiter(10, 1.0), o),
+}
+
+
+def _filled(c: ferrule.Cache, key: str, value: object) -> ferrule.Cache:
+    c.set(key, value)
+    return c
+
+
+def _put(q: ferrule.WorkQueue, item: object) -> ferrule.WorkQueue:
+    q.put(item)
+    return q
+
+
+def _registered(r: ferrule.Registry, value: object) -> ferrule.Registry:
+    r.register("a", metadata={"owner": value})
+    return r
+
+
+def _subscribed(bus: ferrule.SignalBus, owner: Owner) -> ferrule.SignalBus:
+    bus.subscribe("t", owner.callback).cancel()
+    bus.subscribe("t", owner.callback)
+    return bus
+
+
+def _recorded(store: ferrule.ErrorStore, owner: object) -> ferrule.ErrorStore:
+    try:
+        raise ValueError(owner)
+    except ValueError as e:
+        store.record("a1", e)
+    return store
+
+
+def _limited(limiter: ferrule.RateLimiter, owner: object) -> ferrule.RateLimiter:
+    limiter.try_acquire(owner)
+    return limiter
+
+
+@pytest.mark.parametrize("part", sorted(CYCLES))
+def test_owner_cycle_is_collected(part: str) -> None:
+    owner = Owner()
+    owner.part = CYCLES[part](owner)  # type: ignore[attr-defined]
+    ref = weakref.ref(owner)
+    del owner
+    for _ in range(3):
+        gc.collect()
+    assert ref() is None, f"a cycle through {part} was not collected"
