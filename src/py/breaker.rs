@@ -23,35 +23,21 @@
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyDict, PyModule, PyString, PyTuple, PyType};
+use pyo3::types::{PyDict, PyString, PyTuple, PyType};
 use pyo3::{PyTraverseError, PyVisit};
 
 use crate::core::breaker::{Breaker, Permit, Rejected, State, Stats, Transition};
 use crate::core::clock::{self, nanos_to_secs};
 use crate::errors::{wrong_type, Exc};
 use crate::py::args::{self, Held};
+use crate::py::lookup::lookup;
 use crate::py::wait;
-
-/// `ferrule._resilience`, where the decorator and context managers are written.
-fn layer(py: Python<'_>) -> PyResult<&Bound<'_, PyModule>> {
-    static LAYER: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
-    Ok(LAYER
-        .get_or_try_init(py, || {
-            Ok::<_, PyErr>(py.import("ferrule._resilience")?.unbind())
-        })?
-        .bind(py))
-}
 
 /// `isinstance(obj, classes)` through `wait::call1`: a metaclass may define
 /// `__instancecheck__`, which is user code.
 fn isinstance(obj: &Bound<'_, PyAny>, classes: &Bound<'_, PyTuple>) -> PyResult<bool> {
-    static ISINSTANCE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-    let py = obj.py();
-    let f = ISINSTANCE.get_or_try_init(py, || -> PyResult<Py<PyAny>> {
-        Ok(py.import("builtins")?.getattr("isinstance")?.unbind())
-    })?;
-    wait::call1(f.bind(py), (obj, classes))?.is_truthy()
+    let f = lookup!(obj.py(), "builtins", "isinstance")?;
+    wait::call1(f, (obj, classes))?.is_truthy()
 }
 
 /// An optional argument, `None` counting as absent.
@@ -95,7 +81,7 @@ struct Hooks {
 }
 
 /// A circuit breaker: fails fast while a dependency keeps failing.
-#[pyclass(frozen, module = "ferrule._native", name = "CircuitBreaker")]
+#[pyclass(frozen, module = "ferrule", name = "CircuitBreaker")]
 pub struct CircuitBreaker {
     /// Boxed: the core over-aligns its hot words to cache lines, and a Python object's
     /// memory is only 16-byte aligned.
@@ -344,14 +330,14 @@ impl CircuitBreaker {
             return Err(wrong_type("func", "callable", func));
         }
         let py = slf.py();
-        Ok(layer(py)?
-            .call_method1(intern!(slf.py(), "_decorate"), (slf, func))?
+        Ok(lookup!(py, "ferrule._resilience", "_decorate")?
+            .call1((slf, func))?
             .unbind())
     }
 
     fn __enter__(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
-        Ok(layer(slf.py())?
-            .call_method1(intern!(slf.py(), "_enter"), (slf,))?
+        Ok(lookup!(slf.py(), "ferrule._resilience", "_enter")?
+            .call1((slf,))?
             .unbind())
     }
 
@@ -363,13 +349,13 @@ impl CircuitBreaker {
         tb: &Bound<'_, PyAny>,
     ) -> PyResult<bool> {
         let _ = (exc_type, tb);
-        layer(slf.py())?.call_method1(intern!(slf.py(), "_exit"), (slf, exc))?;
+        lookup!(slf.py(), "ferrule._resilience", "_exit")?.call1((slf, exc))?;
         Ok(false)
     }
 
     fn __aenter__(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
-        Ok(layer(slf.py())?
-            .call_method1(intern!(slf.py(), "_aenter"), (slf,))?
+        Ok(lookup!(slf.py(), "ferrule._resilience", "_aenter")?
+            .call1((slf,))?
             .unbind())
     }
 
@@ -381,8 +367,8 @@ impl CircuitBreaker {
         tb: &Bound<'_, PyAny>,
     ) -> PyResult<Py<PyAny>> {
         let _ = (exc_type, tb);
-        Ok(layer(slf.py())?
-            .call_method1(intern!(slf.py(), "_aexit"), (slf, exc))?
+        Ok(lookup!(slf.py(), "ferrule._resilience", "_aexit")?
+            .call1((slf, exc))?
             .unbind())
     }
 
@@ -485,7 +471,7 @@ impl CircuitBreaker {
 }
 
 /// Counters of a `CircuitBreaker`.
-#[pyclass(frozen, get_all, module = "ferrule._native", name = "BreakerStats")]
+#[pyclass(frozen, get_all, module = "ferrule", name = "BreakerStats")]
 pub struct BreakerStats {
     state: &'static str,
     calls: u64,

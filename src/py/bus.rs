@@ -43,7 +43,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use parking_lot::Mutex;
 use pyo3::exceptions::{PyStopIteration, PyTypeError};
 use pyo3::prelude::*;
-use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBool, PyString, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 
@@ -51,6 +50,7 @@ use crate::core::bus::{thread_token, Router, Sub, SubStats};
 use crate::core::queue::{GetError, Overflow, PutError};
 use crate::errors::{wrong_type, Exc};
 use crate::py::args;
+use crate::py::lookup::lookup;
 use crate::py::queue::{run_wait, size_arg, wake_getter};
 use crate::py::wait::{self, check_signals};
 
@@ -117,7 +117,7 @@ fn wall_clock() -> f64 {
 }
 
 /// One published signal: its type, its data and when it was published.
-#[pyclass(frozen, module = "ferrule._native", name = "Signal")]
+#[pyclass(frozen, module = "ferrule", name = "Signal")]
 pub struct Signal {
     /// An exact `str` (a subclass instance is copied), so it refers to nothing.
     kind: Py<PyString>,
@@ -176,7 +176,7 @@ impl Signal {
 #[pyclass(
     frozen,
     get_all,
-    module = "ferrule._native",
+    module = "ferrule",
     name = "SubscriptionStats"
 )]
 pub struct SubscriptionStats {
@@ -233,7 +233,7 @@ impl HandlerSlot {
 }
 
 /// One subscription of a `SignalBus`.
-#[pyclass(frozen, module = "ferrule._native", name = "Subscription")]
+#[pyclass(frozen, module = "ferrule", name = "Subscription")]
 pub struct Subscription {
     sub: Arc<CoreSub>,
     handler: Option<Arc<HandlerSlot>>,
@@ -362,10 +362,8 @@ impl Subscription {
 
     /// A coroutine: the next signal, waiting without blocking the event loop.
     fn get_async<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
-        static F: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
         slf.get().pull_only("get_async()")?;
-        F.import(slf.py(), "ferrule._queue", "get_async")?
-            .call1((slf,))
+        lookup!(slf.py(), "ferrule._queue", "get_async")?.call1((slf,))
     }
 
     /// asyncio glue (see `ferrule._queue`): a signal, or `pending` after registering
@@ -482,7 +480,7 @@ impl Worker {
 }
 
 /// Publish/subscribe with pattern routing and a bounded mailbox per subscription.
-#[pyclass(frozen, module = "ferrule._native", name = "SignalBus")]
+#[pyclass(frozen, module = "ferrule", name = "SignalBus")]
 pub struct SignalBus {
     router: Arc<Router<Item, Waker, Handle>>,
 }
@@ -559,7 +557,6 @@ impl SignalBus {
             },
         )?;
         if let (Some(h), Some(slot)) = (handler, slot) {
-            static START: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
             let started = Bound::new(
                 py,
                 Worker {
@@ -567,11 +564,7 @@ impl SignalBus {
                     handler: slot.clone(),
                 },
             )
-            .and_then(|worker| {
-                START
-                    .import(py, "ferrule._bus", "_start")?
-                    .call1((worker, h, weak))
-            });
+            .and_then(|worker| lookup!(py, "ferrule._bus", "_start")?.call1((worker, h, weak)));
             if let Err(e) = started {
                 cancel_sub(py, &core);
                 drop(slot.take());
@@ -665,7 +658,6 @@ impl Drop for SignalBus {
 /// does a handler released by the collector (its `Subscription` was collected).
 #[pyfunction]
 pub fn _run_subscription(py: Python<'_>, worker: &Bound<'_, Worker>) -> PyResult<()> {
-    static REPORT: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
     let w = worker.get();
     let sub = &w.sub;
     let mb = sub.mailbox();
@@ -699,8 +691,7 @@ pub fn _run_subscription(py: Python<'_>, worker: &Bound<'_, Worker>) -> PyResult
         if let Err(err) = wait::call1(target.bind(py), (&item,)) {
             sub.count_error();
             // Reporting must not end the worker either.
-            let _ = REPORT
-                .import(py, "ferrule._bus", "_report")
+            let _ = lookup!(py, "ferrule._bus", "_report")
                 .and_then(|f| wait::call1(f, (sub.pattern(), &item, err.into_value(py))));
         }
         drop(target);

@@ -380,7 +380,7 @@ impl Flight {
 type Grave = Vec<(PyKey, Py<PyAny>)>;
 
 /// A thread-safe, sharded LRU cache with optional TTL.
-#[pyclass(frozen, module = "ferrule._native", name = "Cache")]
+#[pyclass(frozen, module = "ferrule", name = "Cache")]
 pub struct Cache {
     inner: ShardedCache<PyKey, Py<PyAny>>,
     flights: ShardedCache<PyKey, Arc<Flight>>,
@@ -779,7 +779,7 @@ impl Cache {
 }
 
 /// Counters of a `Cache`, summed over its shards.
-#[pyclass(frozen, get_all, module = "ferrule._native", name = "CacheStats")]
+#[pyclass(frozen, get_all, module = "ferrule", name = "CacheStats")]
 pub struct CacheStats {
     hits: u64,
     misses: u64,

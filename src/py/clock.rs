@@ -17,7 +17,7 @@ fn beyond_the_end(secs: f64) -> PyResult<f64> {
 }
 
 /// A clock that moves only when told to. Thread-safe; never goes backwards.
-#[pyclass(frozen, module = "ferrule._native", name = "ManualClock")]
+#[pyclass(frozen, module = "ferrule", name = "ManualClock")]
 pub struct ManualClock {
     pub(crate) inner: Arc<clock::ManualClock>,
 }

@@ -27,7 +27,7 @@ fn agent_str<'a>(agent_id: &'a Bound<'_, PyAny>) -> PyResult<&'a Bound<'a, PyStr
 }
 
 /// Recent errors per agent, bounded per agent, by age and by number of agents.
-#[pyclass(frozen, module = "ferrule._native", name = "ErrorStore")]
+#[pyclass(frozen, module = "ferrule", name = "ErrorStore")]
 pub struct ErrorStore {
     inner: core::ErrorStore<Py<PyAny>>,
 }
@@ -157,7 +157,7 @@ impl ErrorStore {
 }
 
 /// One stored error: `agent_id`, `error` and `timestamp` (the store's clock, seconds).
-#[pyclass(frozen, module = "ferrule._native", name = "ErrorRecord")]
+#[pyclass(frozen, module = "ferrule", name = "ErrorRecord")]
 pub struct ErrorRecord {
     #[pyo3(get)]
     agent_id: Py<PyString>,

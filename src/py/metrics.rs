@@ -21,6 +21,7 @@ use pyo3::types::{PyString, PyType};
 use crate::core::clock::{self, nanos_to_secs};
 use crate::core::metrics::{self as core, MetricsError};
 use crate::errors::wrong_type;
+use crate::py::lookup::lookup;
 use crate::py::{args, wait};
 
 /// `op` as a str.
@@ -30,7 +31,7 @@ fn op_str<'a>(op: &'a Bound<'_, PyAny>) -> PyResult<&'a Bound<'a, PyString>> {
 }
 
 /// Latency and outcome per operation name over a sliding window.
-#[pyclass(frozen, module = "ferrule._native", name = "Metrics")]
+#[pyclass(frozen, module = "ferrule", name = "Metrics")]
 pub struct Metrics {
     inner: Arc<core::Metrics>,
 }
@@ -131,7 +132,7 @@ impl Metrics {
 const IDLE: i64 = i64::MIN;
 
 /// Times a block (`with`) or every call of a function (decorator) into `Metrics`.
-#[pyclass(frozen, module = "ferrule._native", name = "Timer")]
+#[pyclass(frozen, module = "ferrule", name = "Timer")]
 pub struct Timer {
     metrics: Py<Metrics>,
     /// An exact `str` (see the module docs).
@@ -179,7 +180,7 @@ impl Timer {
         if !func.is_callable() {
             return Err(wrong_type("func", "callable", func));
         }
-        let timed = py.import("ferrule._metrics")?.getattr("timed")?;
+        let timed = lookup!(py, "ferrule._metrics", "timed")?;
         Ok(timed
             .call1((self.metrics.clone_ref(py), self.op.clone_ref(py), func))?
             .unbind())
@@ -197,7 +198,7 @@ impl Timer {
 }
 
 /// Statistics of one operation over a `Metrics` window; durations in seconds.
-#[pyclass(frozen, get_all, module = "ferrule._native", name = "OpStats")]
+#[pyclass(frozen, get_all, module = "ferrule", name = "OpStats")]
 pub struct OpStats {
     count: u64,
     errors: u64,

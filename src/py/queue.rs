@@ -25,7 +25,6 @@ use std::time::Duration;
 use pyo3::exceptions::PyStopIteration;
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyList, PyString, PyTuple, PyType};
 use pyo3::{PyTraverseError, PyVisit};
 
@@ -34,6 +33,7 @@ use crate::core::queue::{
 };
 use crate::errors::{wrong_type, Exc};
 use crate::py::args;
+use crate::py::lookup::lookup;
 use crate::py::wait::{self, check_signals};
 
 type Item = Py<PyAny>;
@@ -115,7 +115,7 @@ fn not_entered(py: Python<'_>, e: PutError<Item>) -> PyResult<()> {
 }
 
 /// A bounded multi-producer, multi-consumer queue with an overflow policy.
-#[pyclass(frozen, module = "ferrule._native", name = "WorkQueue")]
+#[pyclass(frozen, module = "ferrule", name = "WorkQueue")]
 pub struct WorkQueue {
     q: Core<Item, Waker>,
 }
@@ -309,16 +309,12 @@ impl WorkQueue {
 
     /// A coroutine: puts `item`, waiting without blocking the event loop.
     fn put_async<'py>(slf: &Bound<'py, Self>, item: Item) -> PyResult<Bound<'py, PyAny>> {
-        static F: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-        F.import(slf.py(), "ferrule._queue", "put_async")?
-            .call1((slf, item))
+        lookup!(slf.py(), "ferrule._queue", "put_async")?.call1((slf, item))
     }
 
     /// A coroutine: the next item, waiting without blocking the event loop.
     fn get_async<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
-        static F: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-        F.import(slf.py(), "ferrule._queue", "get_async")?
-            .call1((slf,))
+        lookup!(slf.py(), "ferrule._queue", "get_async")?.call1((slf,))
     }
 
     /// asyncio glue: puts `item` and returns True (also when `drop_newest` refused it),
@@ -438,7 +434,7 @@ impl WorkQueue {
         cls: &Bound<'py, PyType>,
         item: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let alias = cls.py().import("types")?.getattr("GenericAlias")?;
+        let alias = lookup!(cls.py(), "types", "GenericAlias")?;
         alias.call1((cls, item))
     }
 
@@ -454,7 +450,7 @@ impl WorkQueue {
 }
 
 /// Counters of a `WorkQueue`, read together: `put == got + dropped + size`.
-#[pyclass(frozen, get_all, module = "ferrule._native", name = "QueueStats")]
+#[pyclass(frozen, get_all, module = "ferrule", name = "QueueStats")]
 pub struct QueueStats {
     put: u64,
     got: u64,
@@ -553,7 +549,7 @@ impl TaskCounters {
 }
 
 /// Counters of a `TaskPool`: `started == completed + failed + active`.
-#[pyclass(frozen, get_all, module = "ferrule._native", name = "TaskPoolStats")]
+#[pyclass(frozen, get_all, module = "ferrule", name = "TaskPoolStats")]
 pub struct TaskPoolStats {
     submitted: u64,
     started: u64,

@@ -46,7 +46,6 @@ use std::time::{Duration, Instant};
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyInt, PyList, PyString, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 
@@ -55,6 +54,7 @@ use crate::core::ratelimit::{
     self, Gcra, Key, KeyKind, KeyRef, Limiter, Outcome, Query, Resolve, MAX_ATTEMPTS,
 };
 use crate::py::args;
+use crate::py::lookup::lookup;
 use crate::py::wait::{self, SLICE};
 
 /// Deepest tuple nesting kept on the native path (deeper tuples are opaque keys).
@@ -63,7 +63,7 @@ const MAX_DEPTH: u32 = 16;
 const TWO_63: f64 = 9_223_372_036_854_775_808.0;
 
 /// The outcome of a :meth:`RateLimiter.check`.
-#[pyclass(frozen, get_all, module = "ferrule._native", name = "Decision")]
+#[pyclass(frozen, get_all, module = "ferrule", name = "Decision")]
 pub struct Decision {
     allowed: bool,
     remaining: u64,
@@ -371,9 +371,8 @@ unsafe fn prepare_other<'a>(
 /// An opaque key's hash: `hash(key)` (user code, through `wait::call`). An unhashable key
 /// gives a TypeError naming `key`; any other exception propagates.
 fn opaque_hash(key: &Bound<'_, PyAny>) -> PyResult<u64> {
-    static HASH: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
     let py = key.py();
-    let hash = HASH.import(py, "builtins", "hash")?;
+    let hash = lookup!(py, "builtins", "hash")?;
     match wait::call1(hash, (key,)) {
         Ok(h) => Ok(mixed(h.extract::<ffi::Py_hash_t>()?)),
         Err(e) => {
@@ -448,12 +447,11 @@ impl<'a, 'py> Caller<'a, 'py> {
     }
 
     fn equal(&self, stored: &Bound<'py, PyAny>) -> PyResult<bool> {
-        static EQUAL: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
         let key = self.obj();
         if stored.is(&key) {
             return Ok(true);
         }
-        let equal = EQUAL.import(self.py, "ferrule._ratelimit", "_equal")?;
+        let equal = lookup!(self.py, "ferrule._ratelimit", "_equal")?;
         wait::call1(equal, (stored, key))?.extract()
     }
 }
@@ -522,7 +520,7 @@ fn release(py: Python<'_>, grave: Vec<Py<PyAny>>) -> PyResult<()> {
 // ---- the limiter -------------------------------------------------------------------------
 
 /// A keyed token-bucket rate limiter (GCRA: one atomic word per key, lock-free CAS).
-#[pyclass(frozen, module = "ferrule._native", name = "RateLimiter")]
+#[pyclass(frozen, module = "ferrule", name = "RateLimiter")]
 pub struct RateLimiter {
     inner: Limiter<Py<PyAny>>,
     rate: f64,
@@ -710,7 +708,6 @@ impl RateLimiter {
         cost: Option<&Bound<'py, PyAny>>,
         timeout: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        static HELPER: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
         let py = slf.py();
         let this = slf.get();
         // Refuse bad arguments now, not at the first await.
@@ -722,7 +719,7 @@ impl RateLimiter {
         } else {
             None
         };
-        let helper = HELPER.import(py, "ferrule._ratelimit", "acquire_async")?;
+        let helper = lookup!(py, "ferrule._ratelimit", "acquire_async")?;
         helper.call1((slf, key, cost, timeout_s, nap))
     }
 

@@ -59,6 +59,7 @@ use crate::core::registry::{
     Tri, Value, NEVER,
 };
 use crate::errors::{wrong_type, Exc};
+use crate::py::lookup::lookup;
 use crate::py::{args, wait};
 
 /// Queries reading more entries than this release the GIL while collecting.
@@ -116,30 +117,25 @@ type Grave = Vec<Arc<E>>;
 // ---- cached Python objects ----------------------------------------------------------
 
 fn thread_type(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
-    static C: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-    C.import(py, "threading", "Thread")
+    lookup!(py, "threading", "Thread")
 }
 
 fn future_types(py: Python<'_>) -> PyResult<Bound<'_, PyTuple>> {
-    static A: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-    static F: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
     PyTuple::new(
         py,
         [
-            A.import(py, "asyncio", "Future")?,
-            F.import(py, "concurrent.futures", "Future")?,
+            lookup!(py, "asyncio", "Future")?,
+            lookup!(py, "concurrent.futures", "Future")?,
         ],
     )
 }
 
 fn weakref_ref(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
-    static C: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-    C.import(py, "weakref", "ref")
+    lookup!(py, "weakref", "ref")
 }
 
 fn mapping_proxy(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
-    static C: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-    C.import(py, "types", "MappingProxyType")
+    lookup!(py, "types", "MappingProxyType")
 }
 
 fn empty_mapping(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
@@ -452,7 +448,7 @@ struct AgentRefs {
 }
 
 /// One registered agent as it was when read. Immutable.
-#[pyclass(frozen, module = "ferrule._native", name = "Agent")]
+#[pyclass(frozen, module = "ferrule", name = "Agent")]
 pub struct Agent {
     /// `None` once the garbage collector has cleared it. Held only to copy a field out:
     /// nothing that can run Python (or allocate a Python object) happens under it.
@@ -763,7 +759,7 @@ fn taken(py: Python<'_>, id: &str) -> PyErr {
 // ---- Registry -----------------------------------------------------------------------
 
 /// A concurrent agent directory with secondary indexes, owners and leases.
-#[pyclass(frozen, module = "ferrule._native", name = "Registry")]
+#[pyclass(frozen, module = "ferrule", name = "Registry")]
 pub struct Registry {
     core: Arc<Core>,
     max_batch: usize,

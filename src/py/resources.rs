@@ -35,7 +35,6 @@ use parking_lot::Mutex;
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyString, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 
@@ -47,6 +46,7 @@ use crate::core::resources::{
 use crate::core::wait::slice_until;
 use crate::errors::{wrong_type, Exc};
 use crate::py::args::{self, Held};
+use crate::py::lookup::lookup;
 use crate::py::wait;
 
 /// Reports an error that must not break the operation that ran into it.
@@ -61,14 +61,6 @@ fn publish(bus: &Bound<'_, PyAny>, signal_type: String, data: Bound<'_, PyDict>)
         (signal_type, data),
     )?;
     Ok(())
-}
-
-fn helper<'py>(py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyAny>> {
-    static MODULE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-    let m = MODULE.get_or_try_init(py, || -> PyResult<Py<PyAny>> {
-        Ok(py.import("ferrule._resources")?.into_any().unbind())
-    })?;
-    m.bind(py).getattr(name)
 }
 
 // ---- ResourceManager -------------------------------------------------------------------
@@ -159,7 +151,7 @@ impl PyBudget {
 }
 
 /// Named budgets of resources, held in atomics.
-#[pyclass(frozen, weakref, module = "ferrule._native", name = "ResourceManager")]
+#[pyclass(frozen, weakref, module = "ferrule", name = "ResourceManager")]
 pub struct ResourceManager {
     /// Index of each name in `order`.
     index: HashMap<String, usize>,
@@ -352,7 +344,7 @@ impl ResourceManager {
         let amount = amount.cloned().unwrap_or(one);
         slf.get().parse(name, &amount, ttl)?;
         let t = args::opt_timeout(timeout, "timeout")?.map(|d| d.as_secs_f64());
-        helper(py, "acquire_async")?.call1((slf, name, amount, t, ttl))
+        lookup!(py, "ferrule._resources", "acquire_async")?.call1((slf, name, amount, t, ttl))
     }
 
     /// `{name: Usage}` for every budget (expired leases are reclaimed first).
@@ -456,7 +448,7 @@ impl ResourceManager {
 }
 
 /// Units of one budget held until released (or reclaimed at ttl expiry).
-#[pyclass(frozen, module = "ferrule._native", name = "Lease")]
+#[pyclass(frozen, module = "ferrule", name = "Lease")]
 pub struct Lease {
     budget: Arc<PyBudget>,
     core: Arc<LeaseCore>,
@@ -549,7 +541,7 @@ impl Drop for Lease {
 }
 
 /// A snapshot of one budget.
-#[pyclass(frozen, get_all, module = "ferrule._native", name = "Usage")]
+#[pyclass(frozen, get_all, module = "ferrule", name = "Usage")]
 pub struct Usage {
     used: u64,
     limit: u64,
@@ -590,7 +582,7 @@ struct PoolHooks {
 }
 
 /// A pool of reusable items (connections, clients).
-#[pyclass(frozen, weakref, module = "ferrule._native", name = "Pool")]
+#[pyclass(frozen, weakref, module = "ferrule", name = "Pool")]
 pub struct Pool {
     core: Core,
     hooks: Held<PoolHooks>,
@@ -957,7 +949,7 @@ impl Pool {
         timeout: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let t = slf.get().timeout_arg(timeout)?.map(|d| d.as_secs_f64());
-        helper(slf.py(), "AsyncCheckout")?.call1((slf, t))
+        lookup!(slf.py(), "ferrule._resources", "AsyncCheckout")?.call1((slf, t))
     }
 
     /// Closes every idle item and fails every waiter; items in use are closed when they
@@ -1147,7 +1139,7 @@ impl PoolWaiter {
 }
 
 /// One checkout of a pool item; use it as a context manager.
-#[pyclass(frozen, module = "ferrule._native", name = "PoolCheckout")]
+#[pyclass(frozen, module = "ferrule", name = "PoolCheckout")]
 pub struct PoolCheckout {
     pool: Py<Pool>,
     timeout: Option<Duration>,
@@ -1222,7 +1214,7 @@ impl Drop for PoolCheckout {
 }
 
 /// Counters of a `Pool`.
-#[pyclass(frozen, get_all, module = "ferrule._native", name = "PoolStats")]
+#[pyclass(frozen, get_all, module = "ferrule", name = "PoolStats")]
 pub struct PoolStats {
     size: u64,
     idle: u64,
