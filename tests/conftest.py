@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import doctest
 import os
 import sys
 import sysconfig
@@ -24,6 +25,35 @@ def threads() -> int:
 def stress_scale() -> int:
     """A multiplier for iteration counts in stress tests."""
     return 2 if STRESS else 1
+
+
+def _defined_in(obj: object, globs_of: object) -> bool:
+    """A function whose globals are the module's, or a class with such a method."""
+    home = vars(globs_of)
+    if getattr(obj, "__globals__", None) is home:
+        return True
+    members = vars(obj).values() if isinstance(obj, type) else ()
+    return any(getattr(m, "__globals__", None) is home for m in members)
+
+
+def run_doctests(module: object) -> doctest.TestResults:
+    """Run the ``>>>`` examples of a module and of every object it defines.
+
+    ``doctest.testmod`` finds only objects whose ``__module__`` is the module itself; the
+    public ones report ``ferrule`` (the import path users write), so they are collected
+    here by where they are defined.
+    """
+    name = module.__name__  # type: ignore[attr-defined]
+    finder = doctest.DocTestFinder()
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
+    globs = dict(vars(module))
+    found = finder.find(module, name, globs=globs)
+    for attr, obj in vars(module).items():
+        if getattr(obj, "__module__", None) == "ferrule" and _defined_in(obj, globs_of=module):
+            found += finder.find(obj, f"{name}.{attr}", module=False, globs=globs)
+    for test in found:
+        runner.run(test)
+    return runner.summarize(verbose=False)
 
 
 def pytest_report_header(config: pytest.Config) -> str:

@@ -275,7 +275,7 @@ def _member_kind(cls: type, name: str) -> str | None:
 def _class_targets(cls: type, stub: dict[str, tuple[str, tuple[Param, ...]]]) -> list[Target]:
     owner = cls.__name__
     out: list[Target] = []
-    is_native = cls.__module__ == native.__name__
+    is_native = getattr(native, cls.__name__, None) is cls
     # The constructor.
     if issubclass(cls, BaseException):
         out.append(Target(owner, "__new__", "new", (Param("args", "star", False),), "stub"))

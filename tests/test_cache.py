@@ -17,6 +17,8 @@ import ferrule
 import pytest
 from ferrule import Cache, ManualClock
 
+from tests.conftest import run_doctests
+
 from .conftest import FREE_THREADED
 
 # ---- construction and bad input -------------------------------------------------------
@@ -1277,5 +1279,5 @@ def test_docstring_examples_run() -> None:
                     test = parser.get_doctest(doc, {"Cache": Cache}, node.name, str(stub), 0)
                     runner.run(test)
     assert runner.summarize(verbose=False).failed == 0
-    result = doctest.testmod(ferrule._cached)
+    result = run_doctests(ferrule._cached)
     assert result.attempted > 0 and result.failed == 0

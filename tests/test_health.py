@@ -3,7 +3,6 @@ leases, transitions updated and published once, lifecycle, bad input and churn."
 
 from __future__ import annotations
 
-import doctest
 import gc
 import logging
 import random
@@ -16,6 +15,8 @@ from typing import Any
 import ferrule
 import pytest
 from ferrule import Agent, HealthMonitor, ManualClock, QueueEmpty, Registry, SignalBus, Subscription
+
+from tests.conftest import run_doctests
 
 
 def drain(sub: Subscription) -> list[dict[str, Any]]:
@@ -42,7 +43,7 @@ class Owner:
 def test_docstring_examples() -> None:
     import ferrule._health as mod
 
-    result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
+    result = run_doctests(mod)
     assert result.attempted > 0
     assert result.failed == 0
 

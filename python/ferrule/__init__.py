@@ -92,3 +92,10 @@ __all__ = [
     "cached",
     "retry",
 ]
+
+# Every public name reports the import path users write (reprs, pickling errors, docs).
+for _name in __all__:
+    _obj = globals()[_name]
+    if getattr(_obj, "__module__", "ferrule") != "ferrule":
+        _obj.__module__ = "ferrule"
+del _name, _obj
