@@ -6,7 +6,6 @@ import pickle
 
 import ferrule
 import pytest
-from ferrule import metrics
 
 
 @pytest.mark.parametrize("name", [n for n in ferrule.__all__ if n != "__version__"])
@@ -33,6 +32,9 @@ def test_classes_and_functions_pickle_by_reference(name: str) -> None:
 
 
 def test_metrics_module_names() -> None:
+    pytest.importorskip("prometheus_client")
+    from ferrule import metrics
+
     for name in metrics.__all__:
         obj = getattr(metrics, name)
         if isinstance(obj, type):
