@@ -580,7 +580,9 @@ def test_acquire_releases_the_gil() -> None:
     t = threading.Thread(target=spin)
     t.start()
     try:
-        time.sleep(0.01)
+        deadline = time.monotonic() + 5.0
+        while ticks == 0 and time.monotonic() < deadline:  # the spinner is running
+            time.sleep(0.001)
         before = ticks
         assert rl.acquire()  # ~200 ms, GIL released
         during = ticks - before
