@@ -173,12 +173,7 @@ impl Signal {
 
 /// Counters of one subscription: `accepted == delivered + dropped + queued` once it is
 /// quiet.
-#[pyclass(
-    frozen,
-    get_all,
-    module = "ferrule",
-    name = "SubscriptionStats"
-)]
+#[pyclass(frozen, get_all, module = "ferrule", name = "SubscriptionStats")]
 pub struct SubscriptionStats {
     accepted: u64,
     delivered: u64,
