@@ -12,4 +12,5 @@ pub mod queue;
 pub mod ratelimit;
 pub mod registry;
 pub mod resources;
+pub mod taskpool;
 pub mod wait;

@@ -1,5 +1,5 @@
-//! `WorkQueue` and the native counters behind `TaskPool`: the Python face of
-//! `core::queue::WorkQueue` over Python items.
+//! `WorkQueue` and `QueueStats`: the Python face of `core::queue::WorkQueue` over Python
+//! items. The `TaskPool` binding over a `WorkQueue` is in `crate::py::taskpool`.
 //!
 //! Every operation's attempts run attached to the interpreter (short critical sections);
 //! only a wait detaches ([`run_wait`]), and it re-attaches at least every 50 ms to run
@@ -23,9 +23,8 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use pyo3::exceptions::PyStopIteration;
-use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList, PyString, PyTuple, PyType};
+use pyo3::types::{PyList, PyString, PyType};
 use pyo3::{PyTraverseError, PyVisit};
 
 use crate::core::queue::{
@@ -168,7 +167,7 @@ impl WorkQueue {
         }
     }
 
-    fn do_get(&self, py: Python<'_>, timeout: Option<Duration>) -> PyResult<Item> {
+    pub(crate) fn do_get(&self, py: Python<'_>, timeout: Option<Duration>) -> PyResult<Item> {
         // The common case first, without the blocking loop's machinery.
         if let Some(r) = self.take_now(py) {
             return r;
@@ -480,150 +479,5 @@ impl QueueStats {
             "QueueStats(put={}, got={}, rejected={}, dropped={}, high_water={}, size={})",
             self.put, self.got, self.rejected, self.dropped, self.high_water, self.size
         )
-    }
-}
-
-/// The counters of a `TaskPool`: a thin wrapper around `core::taskpool::TaskCounters`
-/// (atomics, no lock; its module docs say why `started == completed + failed + active`
-/// is exact in a snapshot). The pool's Python layer and `_run_worker` report each step of
-/// a task's life here.
-#[pyclass(frozen, module = "ferrule._native", name = "TaskCounters")]
-pub struct TaskCounters {
-    inner: crate::core::taskpool::TaskCounters,
-}
-
-#[pymethods]
-impl TaskCounters {
-    #[new]
-    fn new() -> Self {
-        Self {
-            inner: crate::core::taskpool::TaskCounters::new(),
-        }
-    }
-
-    /// A task is about to be queued.
-    fn submit(&self) {
-        self.inner.submit();
-    }
-
-    /// The task announced by `submit` was not queued: `rejected=True` for a full queue.
-    #[pyo3(signature = (rejected))]
-    fn withdraw(&self, rejected: bool) {
-        self.inner.withdraw(rejected);
-    }
-
-    fn start(&self) {
-        self.inner.start();
-    }
-
-    #[pyo3(signature = (ok))]
-    fn finish(&self, ok: bool) {
-        self.inner.finish(ok);
-    }
-
-    /// A queued task was cancelled before it started.
-    fn cancel(&self) {
-        self.inner.cancel();
-    }
-
-    /// Tasks submitted and not yet finished or cancelled (queued, in transit, running).
-    #[getter]
-    fn outstanding(&self) -> i64 {
-        self.inner.outstanding()
-    }
-
-    /// A snapshot, with `queued` supplied by the pool's queue.
-    fn snapshot(&self, queued: usize) -> TaskPoolStats {
-        let s = self.inner.snapshot();
-        TaskPoolStats {
-            submitted: s.submitted,
-            started: s.started,
-            completed: s.completed,
-            failed: s.failed,
-            rejected: s.rejected,
-            cancelled: s.cancelled,
-            active: s.active,
-            queued,
-        }
-    }
-}
-
-/// Counters of a `TaskPool`: `started == completed + failed + active`.
-#[pyclass(frozen, get_all, module = "ferrule", name = "TaskPoolStats")]
-pub struct TaskPoolStats {
-    submitted: u64,
-    started: u64,
-    completed: u64,
-    failed: u64,
-    rejected: u64,
-    cancelled: u64,
-    active: u64,
-    queued: usize,
-}
-
-#[pymethods]
-impl TaskPoolStats {
-    fn __repr__(&self) -> String {
-        format!(
-            "TaskPoolStats(submitted={}, started={}, completed={}, failed={}, rejected={}, cancelled={}, active={}, queued={})",
-            self.submitted, self.started, self.completed, self.failed, self.rejected,
-            self.cancelled, self.active, self.queued
-        )
-    }
-}
-
-/// Internal: a `TaskPool` worker. Takes `(future, fn, args, kwargs)` tasks from `queue`
-/// until it is closed and drained; a task's exception goes on its future and never ends
-/// the loop. Counted before the future completes, so whoever sees a result sees it
-/// counted.
-#[pyfunction]
-pub fn _run_worker(
-    py: Python<'_>,
-    queue: &Bound<'_, WorkQueue>,
-    counters: &Bound<'_, TaskCounters>,
-) -> PyResult<()> {
-    let q = queue.get();
-    let c = counters.get();
-    loop {
-        let task = match q.do_get(py, None) {
-            Ok(t) => t,
-            Err(e) if e.is_instance(py, Exc::QueueClosed.type_object(py)?) => return Ok(()),
-            Err(e) => return Err(e),
-        };
-        // Only `TaskPool.submit` makes tasks; anything else put into its queue is skipped
-        // rather than allowed to end the worker.
-        let Ok((fut, func, args, kwargs)) = task.bind(py).extract::<(
-            Bound<'_, PyAny>,
-            Bound<'_, PyAny>,
-            Bound<'_, PyTuple>,
-            Bound<'_, PyDict>,
-        )>() else {
-            continue;
-        };
-        if !fut
-            .call_method0(intern!(py, "set_running_or_notify_cancel"))?
-            .is_truthy()?
-        {
-            c.cancel();
-            continue;
-        }
-        c.start();
-        let kwargs = if kwargs.is_empty() {
-            None
-        } else {
-            Some(&kwargs)
-        };
-        // A failure to complete the future (it cannot be cancelled once running) is
-        // not the task's: ignore it rather than end the worker.
-        let _ = match wait::call(&func, args, kwargs) {
-            Ok(v) => {
-                c.finish(true);
-                fut.call_method1(intern!(py, "set_result"), (v,))
-            }
-            Err(e) => {
-                c.finish(false);
-                fut.call_method1(intern!(py, "set_exception"), (e.into_value(py),))
-            }
-        };
     }
 }
