@@ -7,6 +7,7 @@ pub mod cache;
 pub mod clock;
 pub mod error_store;
 pub mod lookup;
+pub mod mailbox;
 pub mod metrics;
 pub mod queue;
 pub mod ratelimit;

@@ -14,7 +14,7 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 
-use crate::errors::Exc;
+use crate::core::queue::GetError;
 use crate::py::queue::WorkQueue;
 use crate::py::wait;
 
@@ -118,10 +118,12 @@ pub fn _run_worker(
     let q = queue.get();
     let c = counters.get();
     loop {
-        let task = match q.do_get(py, None) {
+        let task = match q.take(py) {
             Ok(t) => t,
-            Err(e) if e.is_instance(py, Exc::QueueClosed.type_object(py)?) => return Ok(()),
-            Err(e) => return Err(e),
+            Err(GetError::Closed) => return Ok(()),
+            Err(GetError::Interrupted(e)) => return Err(e),
+            // No timeout: the wait ends only with an item, the close or an interruption.
+            Err(GetError::Timeout | GetError::Empty) => continue,
         };
         // Only `TaskPool.submit` makes tasks; anything else put into its queue is skipped
         // rather than allowed to end the worker.
