@@ -21,13 +21,15 @@ mod _native {
     #[pymodule_export]
     use crate::py::metrics::{Metrics, OpStats, Timer};
     #[pymodule_export]
-    use crate::py::queue::{_run_worker, QueueStats, TaskCounters, TaskPoolStats, WorkQueue};
+    use crate::py::queue::{QueueStats, WorkQueue};
     #[pymodule_export]
     use crate::py::ratelimit::{Decision, RateLimiter};
     #[pymodule_export]
     use crate::py::registry::{Agent, Registry};
     #[pymodule_export]
     use crate::py::resources::{Lease, Pool, PoolCheckout, PoolStats, ResourceManager, Usage};
+    #[pymodule_export]
+    use crate::py::taskpool::{_run_worker, TaskCounters, TaskPoolStats};
     #[pymodule_export]
     use crate::py::wait::_close_gate;
 

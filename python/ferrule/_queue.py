@@ -1,27 +1,40 @@
-"""asyncio glue for ``WorkQueue``: ``put_async`` and ``get_async`` without a thread per waiter.
+"""asyncio glue for the native mailboxes (``WorkQueue``, and a pull ``Subscription``):
+``get_async`` for both and ``put_async`` for ``WorkQueue``, without a thread per waiter.
 
-A task that must wait registers a *waker* with the queue in the same critical section that
-found the queue full or empty, so no wake-up can be missed. The waker is
-``partial(loop.call_soon_threadsafe, _wake, future)``: whichever thread makes room or adds
-an item calls it (after the queue's lock is released), and the task retries. Items are
+A task that must wait registers a *waker* with the mailbox in the same critical section that
+found it empty (or full), so no wake-up can be missed. The waker is
+``partial(loop.call_soon_threadsafe, _wake, future)``: whichever thread adds an item (or
+makes room) calls it after the mailbox's lock is released, and the task retries. Items are
 never handed to a waiting task directly, so a task cancelled after its wake-up loses no
 item; it passes its unused wake-up on to the next waiter (``_forget_getter`` /
-``_forget_putter``).
+``_forget_putter``). The native side of each step is ``src/py/mailbox.rs``.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from ferrule._native import WorkQueue
 
 __all__ = ["get_async", "put_async"]
 
 T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
 
 _PENDING: Any = object()
+
+Waker = Callable[[], object]
+
+
+class Gettable(Protocol[T_co]):
+    """What ``get_async`` needs of a mailbox (``WorkQueue``, ``Subscription``)."""
+
+    def _get_or_wait(self, waker: Waker | None, pending: object) -> T_co: ...
+
+    def _forget_getter(self, waker: Waker) -> None: ...
 
 
 def _wake(fut: asyncio.Future[None]) -> None:
@@ -29,37 +42,35 @@ def _wake(fut: asyncio.Future[None]) -> None:
         fut.set_result(None)
 
 
-async def get_async(q: WorkQueue[T]) -> T:
-    """The next item; waits on the running loop while the queue is empty."""
-    item = q._get_or_wait(None, _PENDING)
-    if item is not _PENDING:
-        return item
+async def _wait(attempt: Callable[[Waker], Any], forget: Callable[[Waker], None]) -> Any:
+    """Retries ``attempt(waker)`` until it returns something other than ``_PENDING``,
+    waiting on the running loop for ``waker`` between attempts; a task that gives up
+    (cancelled) has ``forget(waker)`` pass its wake-up on."""
     loop = asyncio.get_running_loop()
     while True:
         fut: asyncio.Future[None] = loop.create_future()
         waker = partial(loop.call_soon_threadsafe, _wake, fut)
-        item = q._get_or_wait(waker, _PENDING)
-        if item is not _PENDING:
-            return item
+        result = attempt(waker)
+        if result is not _PENDING:
+            return result
         try:
             await fut
         except BaseException:
-            q._forget_getter(waker)
+            forget(waker)
             raise
+
+
+async def get_async(q: Gettable[T]) -> T:
+    """The next item; waits on the running loop while the mailbox is empty."""
+    item = q._get_or_wait(None, _PENDING)
+    if item is not _PENDING:
+        return item
+    result: T = await _wait(lambda waker: q._get_or_wait(waker, _PENDING), q._forget_getter)
+    return result
 
 
 async def put_async(q: WorkQueue[T], item: T) -> None:
     """Puts ``item``; waits on the running loop while a block-policy queue is full."""
     if q._put_or_wait(item, None):
         return
-    loop = asyncio.get_running_loop()
-    while True:
-        fut: asyncio.Future[None] = loop.create_future()
-        waker = partial(loop.call_soon_threadsafe, _wake, fut)
-        if q._put_or_wait(item, waker):
-            return
-        try:
-            await fut
-        except BaseException:
-            q._forget_putter(waker)
-            raise
+    await _wait(lambda waker: None if q._put_or_wait(item, waker) else _PENDING, q._forget_putter)

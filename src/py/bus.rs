@@ -1,5 +1,12 @@
-//! `SignalBus`, `Subscription` and `Signal`: the Python face of `core::bus` over Python
-//! items.
+//! `SignalBus`, `Subscription`, `SubscriptionStats`, `Signal` and the handler worker
+//! loop (`_run_subscription`): the Python face of `core::bus` over Python items.
+//!
+//! Each subscription's mailbox is a mailbox of `crate::py::mailbox`, shared with
+//! `WorkQueue`: a pull subscription's `get`, `get_nowait`, iteration and `get_async`
+//! (its asyncio waiters, woken and forgotten without losing a signal), the wake-ups at
+//! cancellation and the collector's visit of the mailbox are the mailbox's, with this
+//! file's words ("no signal queued", "subscription is cancelled"). This file holds
+//! routing, publishing, cancellation, handlers and their workers.
 //!
 //! `publish` runs attached and never releases the GIL except to wait on a full `block`
 //! mailbox: the route (a read-locked trie walk) and each push are short critical
@@ -38,31 +45,31 @@
 
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
-use pyo3::exceptions::{PyStopIteration, PyTypeError};
+use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyString, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 
 use crate::core::bus::{thread_token, Router, Sub, SubStats};
 use crate::core::queue::{GetError, Overflow, PutError};
-use crate::errors::{wrong_type, Exc};
+use crate::errors::wrong_type;
 use crate::py::args;
 use crate::py::lookup::lookup;
-use crate::py::queue::{run_wait, size_arg, wake_getter};
+use crate::py::mailbox::{self, overflow_arg, size_arg, Item, Waker, Words};
 use crate::py::wait::{self, check_signals};
 
-type Item = Py<PyAny>;
-type Waker = Py<PyAny>;
+const WORDS: Words = Words {
+    empty: "no signal queued",
+    timed_out: "no signal queued (get timed out)",
+    closed: "subscription is cancelled",
+};
+
 /// What the router owns for each routed subscription: its one `Subscription` object.
 type Handle = Py<Subscription>;
 type CoreSub = Sub<Item, Waker, Handle>;
-
-fn cancelled_error(py: Python<'_>) -> PyErr {
-    Exc::QueueClosed.err(py, "subscription is cancelled")
-}
 
 /// Finishes a cancellation with no lock held: wakes the mailbox's waiters, then drops
 /// the drained items and the router's entry.
@@ -70,10 +77,7 @@ fn cancel_sub(py: Python<'_>, sub: &Arc<CoreSub>) -> bool {
     let Some(c) = sub.cancel() else {
         return false;
     };
-    for w in c.wake {
-        // A waker whose loop is gone has no one left to tell.
-        crate::py::queue::fire(py, &w);
-    }
+    mailbox::wake_all(py, c.wake);
     drop(c.items);
     drop(c.removed);
     true
@@ -105,8 +109,7 @@ fn offer(py: Python<'_>, sub: &CoreSub, item: Item) -> PyResult<bool> {
         // Refused (reject, drop_newest) or cancelled meanwhile.
         Err(_) => return Ok(false),
     };
-    drop(accepted.evicted);
-    wake_getter(py, mb, accepted.wake);
+    mailbox::accepted(py, mb, accepted);
     Ok(true)
 }
 
@@ -243,22 +246,6 @@ impl Subscription {
         }
         Ok(())
     }
-
-    fn do_get(&self, py: Python<'_>, timeout: Option<Duration>) -> PyResult<Item> {
-        let mb = self.sub.mailbox();
-        match mb.get_until(timeout, check_signals, |w| run_wait(py, timeout, w)) {
-            // Mailboxes have no asynchronous putters: nothing to wake.
-            Ok((item, _)) => Ok(item),
-            Err(GetError::Timeout | GetError::Empty) if timeout == Some(Duration::ZERO) => {
-                Err(Exc::QueueEmpty.err(py, "no signal queued"))
-            }
-            Err(GetError::Timeout | GetError::Empty) => {
-                Err(Exc::QueueEmpty.err(py, "no signal queued (get timed out)"))
-            }
-            Err(GetError::Closed) => Err(cancelled_error(py)),
-            Err(GetError::Interrupted(e)) => Err(e),
-        }
-    }
 }
 
 impl Drop for Subscription {
@@ -328,16 +315,12 @@ impl Subscription {
     fn get(&self, py: Python<'_>, timeout: Option<&Bound<'_, PyAny>>) -> PyResult<Item> {
         self.pull_only("get()")?;
         let timeout = args::opt_timeout(timeout, "timeout")?;
-        self.do_get(py, timeout)
+        mailbox::get(py, self.sub.mailbox(), timeout, &WORDS)
     }
 
     fn get_nowait(&self, py: Python<'_>) -> PyResult<Item> {
         self.pull_only("get_nowait()")?;
-        match self.sub.mailbox().try_get() {
-            Ok((item, _)) => Ok(item),
-            Err(GetError::Closed) => Err(cancelled_error(py)),
-            Err(_) => Err(Exc::QueueEmpty.err(py, "no signal queued")),
-        }
+        mailbox::get_nowait(py, self.sub.mailbox(), &WORDS)
     }
 
     fn __iter__(slf: PyRef<'_, Self>) -> PyResult<PyRef<'_, Self>> {
@@ -347,37 +330,24 @@ impl Subscription {
 
     fn __next__(&self, py: Python<'_>) -> PyResult<Item> {
         self.pull_only("iteration")?;
-        match self.do_get(py, None) {
-            Err(e) if e.is_instance(py, Exc::QueueClosed.type_object(py)?) => {
-                Err(PyStopIteration::new_err(()))
-            }
-            r => r,
-        }
+        mailbox::next(py, self.sub.mailbox(), &WORDS)
     }
 
     /// A coroutine: the next signal, waiting without blocking the event loop.
     fn get_async<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
         slf.get().pull_only("get_async()")?;
-        lookup!(slf.py(), "ferrule._queue", "get_async")?.call1((slf,))
+        mailbox::get_async(slf.as_any())
     }
 
     /// asyncio glue (see `ferrule._queue`): a signal, or `pending` after registering
     /// `waker` (if not None).
     fn _get_or_wait(&self, py: Python<'_>, waker: Option<Waker>, pending: Item) -> PyResult<Item> {
-        let waker = waker.filter(|w| !w.is_none(py));
-        match self.sub.mailbox().get_or_wait(waker) {
-            Ok((item, _)) => Ok(item),
-            Err(GetError::Closed) => Err(cancelled_error(py)),
-            Err(_) => Ok(pending),
-        }
+        mailbox::get_or_wait(py, self.sub.mailbox(), waker, pending, &WORDS)
     }
 
     /// asyncio glue: a getter's task gave up; an unused wake-up passes on.
     fn _forget_getter(&self, py: Python<'_>, waker: &Bound<'_, PyAny>) {
-        let me = waker.as_ptr();
-        let mb = self.sub.mailbox();
-        let next = mb.forget_getter(|w| w.as_ptr() == me);
-        wake_getter(py, mb, next);
+        mailbox::forget_getter(py, self.sub.mailbox(), waker);
     }
 
     /// Internal: a number that identifies the subscription within the process.
@@ -394,9 +364,7 @@ impl Subscription {
                 visit.call(t.as_ref())?;
             }
         }
-        self.sub
-            .mailbox()
-            .try_visit(|item| visit.call(item), |waker| visit.call(waker))
+        mailbox::traverse(self.sub.mailbox(), &visit)
     }
 
     /// Cancels (unreachable now, it can never be read or delivered to again), then
@@ -404,10 +372,8 @@ impl Subscription {
     fn __clear__(&self, py: Python<'_>) {
         cancel_sub(py, &self.sub);
         let handler = self.handler.as_ref().and_then(|h| h.take());
-        let (items, wakers) = self.sub.mailbox().clear();
+        mailbox::clear(self.sub.mailbox());
         drop(handler);
-        drop(items);
-        drop(wakers);
     }
 
     fn __eq__(&self, other: &Bound<'_, PyAny>) -> bool {
@@ -526,13 +492,7 @@ impl SignalBus {
             None => 1024,
             Some(m) => size_arg(m, "maxsize", 1)?,
         };
-        let overflow = match overflow {
-            None => Overflow::DropOldest,
-            Some(o) => match o.cast::<PyString>() {
-                Ok(s) => Overflow::parse(s.to_str()?)?,
-                Err(_) => return Err(wrong_type("overflow", "a str", o)),
-            },
-        };
+        let overflow = overflow_arg(overflow, Overflow::DropOldest)?;
         let weak = match weak {
             None => true,
             Some(w) => match w.cast::<PyBool>() {
@@ -658,8 +618,8 @@ pub fn _run_subscription(py: Python<'_>, worker: &Bound<'_, Worker>) -> PyResult
     let mb = sub.mailbox();
     sub.set_worker(thread_token());
     let done = loop {
-        let item = match mb.get_until(None, check_signals, |wt| wait::detach(py, wt)) {
-            Ok((item, _)) => item,
+        let item = match mailbox::take(py, mb, None) {
+            Ok(item) => item,
             Err(GetError::Closed) => break Ok(()),
             Err(GetError::Interrupted(e)) => break Err(e),
             Err(GetError::Timeout | GetError::Empty) => continue,

@@ -1,115 +1,44 @@
-//! `WorkQueue` and the native counters behind `TaskPool`: the Python face of
-//! `core::queue::WorkQueue` over Python items.
+//! `WorkQueue` and `QueueStats`: the Python face of `core::queue::WorkQueue` over Python
+//! items.
 //!
-//! Every operation's attempts run attached to the interpreter (short critical sections);
-//! only a wait detaches ([`run_wait`]), and it re-attaches at least every 50 ms to run
-//! `check_signals`, so Ctrl-C interrupts a blocked `get`/`put` promptly. Items and
-//! waiters move in and out of the queue only in the attempts, that is only while
-//! attached: what the garbage collector visits (`__traverse__`) therefore holds still
-//! while it runs, and the queue's lock is never held by a thread the collector waits
-//! for. The core hands back what must not be dropped or called under its lock (evicted
-//! items, refused items, the asyncio waiters to wake); the binding drops or calls them
-//! attached, lock released.
-//!
-//! Asyncio: `put_async`/`get_async` are coroutines of `ferrule._queue`. A waiting task
-//! registers a waker, `functools.partial(loop.call_soon_threadsafe, wake, future)`, with
-//! the queue in the same critical section that found it full or empty, so no wake-up is
-//! lost; the waker only tells the task to retry, so cancelling it never loses an item.
-//!
-//! Garbage collection: a `WorkQueue` visits its queued items and its asyncio wakers, and
-//! `__clear__` takes them out (items counted as dropped), to be dropped after unlocking.
+//! A `WorkQueue` is a mailbox (`crate::py::mailbox`): its gets, its asyncio getters and
+//! putters, `close` and its garbage collection are the mailbox's, shared with a pull
+//! `Subscription`; this file adds what only a work queue has: the puts (`put`,
+//! `put_many`, `put_async` and their glue), `get_many`, and its Python protocols. The
+//! mailbox's module documentation says how waits detach, why nothing is dropped or
+//! called under the queue's lock, how asyncio waiters are woken and forgotten without
+//! losing an item, and what the collector visits. The `TaskPool` binding over a
+//! `WorkQueue` is in `crate::py::taskpool`.
 
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use pyo3::exceptions::PyStopIteration;
-use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList, PyString, PyTuple, PyType};
+use pyo3::types::{PyList, PyType};
 use pyo3::{PyTraverseError, PyVisit};
 
-use crate::core::queue::{
-    Accepted, GetError, Overflow, PutError, Stats, Stop, Wait, WaitResult, WorkQueue as Core,
-};
-use crate::errors::{wrong_type, Exc};
+use crate::core::queue::{GetError, Overflow, PutError, Stats, Stop};
+use crate::errors::Exc;
 use crate::py::args;
 use crate::py::lookup::lookup;
-use crate::py::wait::{self, check_signals};
+use crate::py::mailbox::{self, overflow_arg, run_wait, size_arg, Item, Mailbox, Waker, Words};
+use crate::py::wait::check_signals;
 
-type Item = Py<PyAny>;
-type Waker = Py<PyAny>;
-
-fn closed(py: Python<'_>) -> PyErr {
-    Exc::QueueClosed.err(py, "queue is closed")
-}
+const WORDS: Words = Words {
+    empty: "queue is empty",
+    timed_out: "queue is empty (get timed out)",
+    closed: "queue is closed",
+};
 
 fn full(py: Python<'_>) -> PyErr {
     Exc::QueueFull.err(py, "queue is full")
-}
-
-fn empty(py: Python<'_>) -> PyErr {
-    Exc::QueueEmpty.err(py, "queue is empty")
-}
-
-/// Runs one wait of a blocking queue call (the core's `outside`): detached from the
-/// interpreter, except with a zero timeout, where the one wait only finds its deadline
-/// passed and releasing the GIL would cost more than it.
-pub(crate) fn run_wait<E: Send>(
-    py: Python<'_>,
-    timeout: Option<Duration>,
-    w: &mut Wait<'_, E>,
-) -> WaitResult<E> {
-    if timeout == Some(Duration::ZERO) {
-        w()
-    } else {
-        wait::detach(py, w)
-    }
-}
-
-/// A size or count argument (an int >= `min`); one beyond `usize` means "no limit".
-pub(crate) fn size_arg(obj: &Bound<'_, PyAny>, arg: &str, min: i64) -> PyResult<usize> {
-    let v = args::int_at_least(obj, arg, min)?;
-    Ok(usize::try_from(v).unwrap_or(usize::MAX))
-}
-
-/// Calls an asyncio waker; false if it failed. A waker whose loop is closed raises
-/// RuntimeError (nobody is left to tell: not reported); anything else is reported.
-pub(crate) fn fire(py: Python<'_>, waker: &Waker) -> bool {
-    match wait::call0(waker.bind(py)) {
-        Ok(_) => true,
-        Err(e) => {
-            if !e.is_instance_of::<pyo3::exceptions::PyRuntimeError>(py) {
-                wait::report(py, e, Some(waker.bind(py)));
-            }
-            false
-        }
-    }
-}
-
-/// Wakes an asyncio getter of `q`; a waker that fails (its loop is closed) passes the
-/// wake-up on.
-pub(crate) fn wake_getter(py: Python<'_>, q: &Core<Item, Waker>, mut w: Option<Waker>) {
-    while let Some(f) = w.take() {
-        if !fire(py, &f) {
-            w = q.forget_getter(|_| false);
-        }
-    }
-}
-
-/// Wakes an asyncio putter of `q`, passing the wake-up on like [`wake_getter`].
-fn wake_putter(py: Python<'_>, q: &Core<Item, Waker>, mut w: Option<Waker>) {
-    while let Some(f) = w.take() {
-        if !fire(py, &f) {
-            w = q.forget_putter(|_| false);
-        }
-    }
 }
 
 /// A put that did not enter: `drop_newest` refused it silently, otherwise it raises.
 fn not_entered(py: Python<'_>, e: PutError<Item>) -> PyResult<()> {
     match e {
         PutError::Discarded(_) => Ok(()),
-        PutError::Closed(_) => Err(closed(py)),
+        PutError::Closed(_) => Err(WORDS.closed(py)),
         _ => Err(full(py)),
     }
 }
@@ -117,21 +46,15 @@ fn not_entered(py: Python<'_>, e: PutError<Item>) -> PyResult<()> {
 /// A bounded multi-producer, multi-consumer queue with an overflow policy.
 #[pyclass(frozen, module = "ferrule", name = "WorkQueue")]
 pub struct WorkQueue {
-    q: Core<Item, Waker>,
+    q: Mailbox,
 }
 
 impl WorkQueue {
-    /// Drops what a put evicted and wakes a getter, with the lock released.
-    fn accepted(&self, py: Python<'_>, a: Accepted<Item, Waker>) {
-        drop(a.evicted);
-        wake_getter(py, &self.q, a.wake);
-    }
-
     fn do_put(&self, py: Python<'_>, item: Item, timeout: Option<Duration>) -> PyResult<()> {
         // The common case first, without the blocking loop's machinery.
         let item = match self.q.put_or_wait(item, None) {
             Ok(a) => {
-                self.accepted(py, a);
+                mailbox::accepted(py, &self.q, a);
                 return Ok(());
             }
             Err(PutError::WouldBlock(item)) => item,
@@ -142,7 +65,7 @@ impl WorkQueue {
             .put_until(item, timeout, check_signals, |w| run_wait(py, timeout, w))
         {
             Ok(a) => {
-                self.accepted(py, a);
+                mailbox::accepted(py, &self.q, a);
                 Ok(())
             }
             // drop_newest: refused without an error (counted in `rejected`).
@@ -151,57 +74,14 @@ impl WorkQueue {
             Err(PutError::Timeout(_)) => {
                 Err(Exc::QueueFull.err(py, "queue is full (put timed out)"))
             }
-            Err(PutError::Closed(_)) => Err(closed(py)),
+            Err(PutError::Closed(_)) => Err(WORDS.closed(py)),
             Err(PutError::Interrupted(_, e)) => Err(e),
         }
     }
 
-    /// One attempt: an item or `QueueClosed`, or `None` if the queue is empty.
-    fn take_now(&self, py: Python<'_>) -> Option<PyResult<Item>> {
-        match self.q.try_get() {
-            Ok((item, w)) => {
-                wake_putter(py, &self.q, w);
-                Some(Ok(item))
-            }
-            Err(GetError::Closed) => Some(Err(closed(py))),
-            Err(_) => None,
-        }
-    }
-
-    fn do_get(&self, py: Python<'_>, timeout: Option<Duration>) -> PyResult<Item> {
-        // The common case first, without the blocking loop's machinery.
-        if let Some(r) = self.take_now(py) {
-            return r;
-        }
-        match self
-            .q
-            .get_until(timeout, check_signals, |w| run_wait(py, timeout, w))
-        {
-            Ok((item, w)) => {
-                wake_putter(py, &self.q, w);
-                Ok(item)
-            }
-            Err(GetError::Timeout | GetError::Empty) if timeout == Some(Duration::ZERO) => {
-                Err(empty(py))
-            }
-            Err(GetError::Timeout | GetError::Empty) => {
-                Err(Exc::QueueEmpty.err(py, "queue is empty (get timed out)"))
-            }
-            Err(GetError::Closed) => Err(closed(py)),
-            Err(GetError::Interrupted(e)) => Err(e),
-        }
-    }
-
-    fn take_many<'py>(
-        &self,
-        py: Python<'py>,
-        r: (Vec<Item>, Vec<Waker>),
-    ) -> PyResult<Bound<'py, PyList>> {
-        let (items, wake) = r;
-        for w in wake {
-            wake_putter(py, &self.q, Some(w));
-        }
-        PyList::new(py, items)
+    /// A blocking get for `TaskPool`'s workers (`crate::py::taskpool`).
+    pub(crate) fn take(&self, py: Python<'_>) -> Result<Item, GetError<PyErr>> {
+        mailbox::take(py, &self.q, None)
     }
 }
 
@@ -211,15 +91,9 @@ impl WorkQueue {
     #[pyo3(signature = (maxsize, *, overflow = None), text_signature = "(maxsize, *, overflow='block')")]
     fn new(maxsize: &Bound<'_, PyAny>, overflow: Option<&Bound<'_, PyAny>>) -> PyResult<Self> {
         let maxsize = size_arg(maxsize, "maxsize", 1)?;
-        let overflow = match overflow {
-            None => Overflow::Block,
-            Some(o) => match o.cast::<PyString>() {
-                Ok(s) => Overflow::parse(s.to_str()?)?,
-                Err(_) => return Err(wrong_type("overflow", "a str", o)),
-            },
-        };
+        let overflow = overflow_arg(overflow, Overflow::Block)?;
         Ok(Self {
-            q: Core::new(maxsize, overflow)?,
+            q: Mailbox::new(maxsize, overflow)?,
         })
     }
 
@@ -233,7 +107,7 @@ impl WorkQueue {
     fn put_nowait(&self, py: Python<'_>, item: Item) -> PyResult<()> {
         match self.q.try_put(item) {
             Ok(a) => {
-                self.accepted(py, a);
+                mailbox::accepted(py, &self.q, a);
                 Ok(())
             }
             Err(e) => not_entered(py, e),
@@ -243,11 +117,11 @@ impl WorkQueue {
     #[pyo3(signature = (timeout = None))]
     fn get(&self, py: Python<'_>, timeout: Option<&Bound<'_, PyAny>>) -> PyResult<Item> {
         let timeout = args::opt_timeout(timeout, "timeout")?;
-        self.do_get(py, timeout)
+        mailbox::get(py, &self.q, timeout, &WORDS)
     }
 
     fn get_nowait(&self, py: Python<'_>) -> PyResult<Item> {
-        self.take_now(py).unwrap_or_else(|| Err(empty(py)))
+        mailbox::get_nowait(py, &self.q, &WORDS)
     }
 
     /// Puts the items in order; returns how many entered the queue.
@@ -273,7 +147,7 @@ impl WorkQueue {
             |w| run_wait(py, timeout, w),
             |ws| {
                 for w in ws {
-                    wake_getter(py, &self.q, Some(w));
+                    mailbox::wake_getter(py, &self.q, Some(w));
                 }
             },
         );
@@ -281,7 +155,7 @@ impl WorkQueue {
         drop(pending);
         match batch.stopped {
             Some(Stop::Interrupted(e)) => Err(e),
-            Some(Stop::Closed) if batch.accepted == 0 => Err(closed(py)),
+            Some(Stop::Closed) if batch.accepted == 0 => Err(WORDS.closed(py)),
             _ => Ok(batch.accepted),
         }
     }
@@ -300,9 +174,14 @@ impl WorkQueue {
             .q
             .get_many_until(max, timeout, check_signals, |w| run_wait(py, timeout, w))
         {
-            Ok(r) => self.take_many(py, r),
+            Ok((items, wake)) => {
+                for w in wake {
+                    mailbox::wake_putter(py, &self.q, Some(w));
+                }
+                PyList::new(py, items)
+            }
             Err(GetError::Timeout | GetError::Empty) => Ok(PyList::empty(py)),
-            Err(GetError::Closed) => Err(closed(py)),
+            Err(GetError::Closed) => Err(WORDS.closed(py)),
             Err(GetError::Interrupted(e)) => Err(e),
         }
     }
@@ -314,7 +193,7 @@ impl WorkQueue {
 
     /// A coroutine: the next item, waiting without blocking the event loop.
     fn get_async<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
-        lookup!(slf.py(), "ferrule._queue", "get_async")?.call1((slf,))
+        mailbox::get_async(slf.as_any())
     }
 
     /// asyncio glue: puts `item` and returns True (also when `drop_newest` refused it),
@@ -323,7 +202,7 @@ impl WorkQueue {
         let waker = waker.filter(|w| !w.is_none(py));
         match self.q.put_or_wait(item, waker) {
             Ok(a) => {
-                self.accepted(py, a);
+                mailbox::accepted(py, &self.q, a);
                 Ok(true)
             }
             Err(PutError::WouldBlock(_)) => Ok(false),
@@ -333,37 +212,22 @@ impl WorkQueue {
 
     /// asyncio glue: an item, or `pending` after registering `waker` (if not None).
     fn _get_or_wait(&self, py: Python<'_>, waker: Option<Waker>, pending: Item) -> PyResult<Item> {
-        let waker = waker.filter(|w| !w.is_none(py));
-        match self.q.get_or_wait(waker) {
-            Ok((item, w)) => {
-                wake_putter(py, &self.q, w);
-                Ok(item)
-            }
-            Err(GetError::Closed) => Err(closed(py)),
-            Err(_) => Ok(pending),
-        }
+        mailbox::get_or_wait(py, &self.q, waker, pending, &WORDS)
     }
 
     /// asyncio glue: a getter's task gave up; an unused wake-up passes on.
     fn _forget_getter(&self, py: Python<'_>, waker: &Bound<'_, PyAny>) {
-        let me = waker.as_ptr();
-        let next = self.q.forget_getter(|w| w.as_ptr() == me);
-        wake_getter(py, &self.q, next);
+        mailbox::forget_getter(py, &self.q, waker);
     }
 
     /// asyncio glue: a putter's task gave up; an unused wake-up passes on.
     fn _forget_putter(&self, py: Python<'_>, waker: &Bound<'_, PyAny>) {
-        let me = waker.as_ptr();
-        let next = self.q.forget_putter(|w| w.as_ptr() == me);
-        wake_putter(py, &self.q, next);
+        mailbox::forget_putter(py, &self.q, waker);
     }
 
     /// Closes the queue and wakes every waiter.
     fn close(&self, py: Python<'_>) {
-        for w in self.q.close() {
-            // A waker whose loop is gone has no one left to tell.
-            fire(py, &w);
-        }
+        mailbox::close(py, &self.q);
     }
 
     #[getter]
@@ -406,27 +270,17 @@ impl WorkQueue {
     }
 
     fn __next__(&self, py: Python<'_>) -> PyResult<Item> {
-        match self.do_get(py, None) {
-            Err(e) if e.is_instance(py, Exc::QueueClosed.type_object(py)?) => {
-                Err(PyStopIteration::new_err(()))
-            }
-            r => r,
-        }
+        mailbox::next(py, &self.q, &WORDS)
     }
 
-    /// Visits the queued items and the asyncio wakers (skipped, never waited for, if the
-    /// lock is taken; see the module documentation).
+    /// Visits the queued items and the asyncio wakers.
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        self.q
-            .try_visit(|item| visit.call(item), |waker| visit.call(waker))
+        mailbox::traverse(&self.q, &visit)
     }
 
-    /// Takes the items (counted as dropped) and the wakers out; they are dropped with the
-    /// lock released.
+    /// Takes the items (counted as dropped) and the wakers out.
     fn __clear__(&self) {
-        let (items, wakers) = self.q.clear();
-        drop(items);
-        drop(wakers);
+        mailbox::clear(&self.q);
     }
 
     #[classmethod]
@@ -480,150 +334,5 @@ impl QueueStats {
             "QueueStats(put={}, got={}, rejected={}, dropped={}, high_water={}, size={})",
             self.put, self.got, self.rejected, self.dropped, self.high_water, self.size
         )
-    }
-}
-
-/// The counters of a `TaskPool`: a thin wrapper around `core::taskpool::TaskCounters`
-/// (atomics, no lock; its module docs say why `started == completed + failed + active`
-/// is exact in a snapshot). The pool's Python layer and `_run_worker` report each step of
-/// a task's life here.
-#[pyclass(frozen, module = "ferrule._native", name = "TaskCounters")]
-pub struct TaskCounters {
-    inner: crate::core::taskpool::TaskCounters,
-}
-
-#[pymethods]
-impl TaskCounters {
-    #[new]
-    fn new() -> Self {
-        Self {
-            inner: crate::core::taskpool::TaskCounters::new(),
-        }
-    }
-
-    /// A task is about to be queued.
-    fn submit(&self) {
-        self.inner.submit();
-    }
-
-    /// The task announced by `submit` was not queued: `rejected=True` for a full queue.
-    #[pyo3(signature = (rejected))]
-    fn withdraw(&self, rejected: bool) {
-        self.inner.withdraw(rejected);
-    }
-
-    fn start(&self) {
-        self.inner.start();
-    }
-
-    #[pyo3(signature = (ok))]
-    fn finish(&self, ok: bool) {
-        self.inner.finish(ok);
-    }
-
-    /// A queued task was cancelled before it started.
-    fn cancel(&self) {
-        self.inner.cancel();
-    }
-
-    /// Tasks submitted and not yet finished or cancelled (queued, in transit, running).
-    #[getter]
-    fn outstanding(&self) -> i64 {
-        self.inner.outstanding()
-    }
-
-    /// A snapshot, with `queued` supplied by the pool's queue.
-    fn snapshot(&self, queued: usize) -> TaskPoolStats {
-        let s = self.inner.snapshot();
-        TaskPoolStats {
-            submitted: s.submitted,
-            started: s.started,
-            completed: s.completed,
-            failed: s.failed,
-            rejected: s.rejected,
-            cancelled: s.cancelled,
-            active: s.active,
-            queued,
-        }
-    }
-}
-
-/// Counters of a `TaskPool`: `started == completed + failed + active`.
-#[pyclass(frozen, get_all, module = "ferrule", name = "TaskPoolStats")]
-pub struct TaskPoolStats {
-    submitted: u64,
-    started: u64,
-    completed: u64,
-    failed: u64,
-    rejected: u64,
-    cancelled: u64,
-    active: u64,
-    queued: usize,
-}
-
-#[pymethods]
-impl TaskPoolStats {
-    fn __repr__(&self) -> String {
-        format!(
-            "TaskPoolStats(submitted={}, started={}, completed={}, failed={}, rejected={}, cancelled={}, active={}, queued={})",
-            self.submitted, self.started, self.completed, self.failed, self.rejected,
-            self.cancelled, self.active, self.queued
-        )
-    }
-}
-
-/// Internal: a `TaskPool` worker. Takes `(future, fn, args, kwargs)` tasks from `queue`
-/// until it is closed and drained; a task's exception goes on its future and never ends
-/// the loop. Counted before the future completes, so whoever sees a result sees it
-/// counted.
-#[pyfunction]
-pub fn _run_worker(
-    py: Python<'_>,
-    queue: &Bound<'_, WorkQueue>,
-    counters: &Bound<'_, TaskCounters>,
-) -> PyResult<()> {
-    let q = queue.get();
-    let c = counters.get();
-    loop {
-        let task = match q.do_get(py, None) {
-            Ok(t) => t,
-            Err(e) if e.is_instance(py, Exc::QueueClosed.type_object(py)?) => return Ok(()),
-            Err(e) => return Err(e),
-        };
-        // Only `TaskPool.submit` makes tasks; anything else put into its queue is skipped
-        // rather than allowed to end the worker.
-        let Ok((fut, func, args, kwargs)) = task.bind(py).extract::<(
-            Bound<'_, PyAny>,
-            Bound<'_, PyAny>,
-            Bound<'_, PyTuple>,
-            Bound<'_, PyDict>,
-        )>() else {
-            continue;
-        };
-        if !fut
-            .call_method0(intern!(py, "set_running_or_notify_cancel"))?
-            .is_truthy()?
-        {
-            c.cancel();
-            continue;
-        }
-        c.start();
-        let kwargs = if kwargs.is_empty() {
-            None
-        } else {
-            Some(&kwargs)
-        };
-        // A failure to complete the future (it cannot be cancelled once running) is
-        // not the task's: ignore it rather than end the worker.
-        let _ = match wait::call(&func, args, kwargs) {
-            Ok(v) => {
-                c.finish(true);
-                fut.call_method1(intern!(py, "set_result"), (v,))
-            }
-            Err(e) => {
-                c.finish(false);
-                fut.call_method1(intern!(py, "set_exception"), (e.into_value(py),))
-            }
-        };
     }
 }

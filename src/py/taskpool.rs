@@ -1,0 +1,164 @@
+//! `TaskCounters`, `TaskPoolStats` and `_run_worker`: the native parts of `TaskPool`
+//! (whose Python layer, the `concurrent.futures.Executor`, is in `python/ferrule/`).
+//!
+//! The counters are a thin wrapper around `core::taskpool::TaskCounters` (atomics, no
+//! lock; its module documentation says why `started == completed + failed + active` is
+//! exact in a snapshot). The pool's tasks wait in a `WorkQueue` (`crate::py::queue`);
+//! each worker thread runs `_run_worker`, whose blocking get is the queue's (detached
+//! while it waits, interruptible) and which calls each task through `wait::call`, so a
+//! task running while the interpreter exits parks its thread rather than unwinding
+//! through Rust. None of these classes holds a Python object, so none takes part in
+//! garbage collection.
+
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyTuple};
+
+use crate::core::queue::GetError;
+use crate::py::queue::WorkQueue;
+use crate::py::wait;
+
+/// The counters of a `TaskPool`: the pool's Python layer and `_run_worker` report each
+/// step of a task's life here.
+#[pyclass(frozen, module = "ferrule._native", name = "TaskCounters")]
+pub struct TaskCounters {
+    inner: crate::core::taskpool::TaskCounters,
+}
+
+#[pymethods]
+impl TaskCounters {
+    #[new]
+    fn new() -> Self {
+        Self {
+            inner: crate::core::taskpool::TaskCounters::new(),
+        }
+    }
+
+    /// A task is about to be queued.
+    fn submit(&self) {
+        self.inner.submit();
+    }
+
+    /// The task announced by `submit` was not queued: `rejected=True` for a full queue.
+    #[pyo3(signature = (rejected))]
+    fn withdraw(&self, rejected: bool) {
+        self.inner.withdraw(rejected);
+    }
+
+    fn start(&self) {
+        self.inner.start();
+    }
+
+    #[pyo3(signature = (ok))]
+    fn finish(&self, ok: bool) {
+        self.inner.finish(ok);
+    }
+
+    /// A queued task was cancelled before it started.
+    fn cancel(&self) {
+        self.inner.cancel();
+    }
+
+    /// Tasks submitted and not yet finished or cancelled (queued, in transit, running).
+    #[getter]
+    fn outstanding(&self) -> i64 {
+        self.inner.outstanding()
+    }
+
+    /// A snapshot, with `queued` supplied by the pool's queue.
+    fn snapshot(&self, queued: usize) -> TaskPoolStats {
+        let s = self.inner.snapshot();
+        TaskPoolStats {
+            submitted: s.submitted,
+            started: s.started,
+            completed: s.completed,
+            failed: s.failed,
+            rejected: s.rejected,
+            cancelled: s.cancelled,
+            active: s.active,
+            queued,
+        }
+    }
+}
+
+/// Counters of a `TaskPool`: `started == completed + failed + active`.
+#[pyclass(frozen, get_all, module = "ferrule", name = "TaskPoolStats")]
+pub struct TaskPoolStats {
+    submitted: u64,
+    started: u64,
+    completed: u64,
+    failed: u64,
+    rejected: u64,
+    cancelled: u64,
+    active: u64,
+    queued: usize,
+}
+
+#[pymethods]
+impl TaskPoolStats {
+    fn __repr__(&self) -> String {
+        format!(
+            "TaskPoolStats(submitted={}, started={}, completed={}, failed={}, rejected={}, cancelled={}, active={}, queued={})",
+            self.submitted, self.started, self.completed, self.failed, self.rejected,
+            self.cancelled, self.active, self.queued
+        )
+    }
+}
+
+/// Internal: a `TaskPool` worker. Takes `(future, fn, args, kwargs)` tasks from `queue`
+/// until it is closed and drained; a task's exception goes on its future and never ends
+/// the loop. Counted before the future completes, so whoever sees a result sees it
+/// counted.
+#[pyfunction]
+pub fn _run_worker(
+    py: Python<'_>,
+    queue: &Bound<'_, WorkQueue>,
+    counters: &Bound<'_, TaskCounters>,
+) -> PyResult<()> {
+    let q = queue.get();
+    let c = counters.get();
+    loop {
+        let task = match q.take(py) {
+            Ok(t) => t,
+            Err(GetError::Closed) => return Ok(()),
+            Err(GetError::Interrupted(e)) => return Err(e),
+            // No timeout: the wait ends only with an item, the close or an interruption.
+            Err(GetError::Timeout | GetError::Empty) => continue,
+        };
+        // Only `TaskPool.submit` makes tasks; anything else put into its queue is skipped
+        // rather than allowed to end the worker.
+        let Ok((fut, func, args, kwargs)) = task.bind(py).extract::<(
+            Bound<'_, PyAny>,
+            Bound<'_, PyAny>,
+            Bound<'_, PyTuple>,
+            Bound<'_, PyDict>,
+        )>() else {
+            continue;
+        };
+        if !fut
+            .call_method0(intern!(py, "set_running_or_notify_cancel"))?
+            .is_truthy()?
+        {
+            c.cancel();
+            continue;
+        }
+        c.start();
+        let kwargs = if kwargs.is_empty() {
+            None
+        } else {
+            Some(&kwargs)
+        };
+        // A failure to complete the future (it cannot be cancelled once running) is
+        // not the task's: ignore it rather than end the worker.
+        let _ = match wait::call(&func, args, kwargs) {
+            Ok(v) => {
+                c.finish(true);
+                fut.call_method1(intern!(py, "set_result"), (v,))
+            }
+            Err(e) => {
+                c.finish(false);
+                fut.call_method1(intern!(py, "set_exception"), (e.into_value(py),))
+            }
+        };
+    }
+}
