@@ -38,11 +38,9 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 
+use crate::core::budget::{check_thresholds, Budget, LeaseCore, PressureChange, NEVER};
 use crate::core::clock::{nanos_to_secs, Clock};
-use crate::core::resources::{
-    check_thresholds, Budget, Checkout, Grant, LeaseCore, PoolCore, PressureChange, Returned,
-    Waiter, NEVER,
-};
+use crate::core::pool::{Checkout, Grant, PoolCore, Returned, Waiter};
 use crate::core::wait::slice_until;
 use crate::errors::{wrong_type, Exc};
 use crate::py::args::{self, Held};
@@ -172,7 +170,7 @@ impl ResourceManager {
         // `index` maps each name to its position in `order`: `get` cannot miss.
         match self.index.get(s.as_ref()).and_then(|&i| self.order.get(i)) {
             Some(b) => Ok(b),
-            None => Err(crate::core::resources::ResourceError::UnknownName(s.into_owned()).into()),
+            None => Err(crate::core::budget::BudgetError::UnknownName(s.into_owned()).into()),
         }
     }
 
