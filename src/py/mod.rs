@@ -2,14 +2,15 @@
 
 pub mod args;
 pub mod breaker;
+pub mod budget;
 pub mod bus;
 pub mod cache;
 pub mod clock;
 pub mod error_store;
 pub mod lookup;
 pub mod metrics;
+pub mod pool;
 pub mod queue;
 pub mod ratelimit;
 pub mod registry;
-pub mod resources;
 pub mod wait;

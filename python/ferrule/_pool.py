@@ -1,62 +1,24 @@
-"""asyncio forms of ``ResourceManager.acquire`` and ``Pool.acquire``.
+"""asyncio form of ``Pool.acquire``: ``async with pool.acquire_async() as item:``.
 
-The native classes do the accounting; these coroutines wait on asyncio futures that the
-native side resolves (through ``loop.call_soon_threadsafe``) when room or an item appears,
-so a waiting coroutine costs no thread. Waits wake at least every 50 ms to reclaim
-expired leases, whose deadlines may be driven by a manual clock.
+The native pool does the accounting and queues waiters fairly; a waiting coroutine
+waits on an asyncio future that the pool resolves (through ``loop.call_soon_threadsafe``)
+when it hands the waiter an item or a slot, so it costs no thread.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from ferrule._native import PoolTimeout
+from ferrule._queue import _wake
 
 if TYPE_CHECKING:
-    from ferrule._native import Lease, Pool, ResourceManager
+    from ferrule._native import Pool
 
-__all__ = ["AsyncCheckout", "acquire_async"]
+__all__ = ["AsyncCheckout"]
 
-_POLL = 0.05
 _NONE: Any = object()
-
-
-def _set(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
-
-
-async def acquire_async(
-    manager: ResourceManager,
-    name: str,
-    amount: int,
-    timeout: float | None,
-    ttl: float | None,
-) -> Lease:
-    """See ``ResourceManager.acquire_async``; arguments were checked by the caller."""
-    loop = asyncio.get_running_loop()
-    deadline = None if timeout is None else loop.time() + timeout
-    while True:
-        fut: asyncio.Future[None] = loop.create_future()
-        token = manager._add_waker(name, functools.partial(loop.call_soon_threadsafe, _set, fut))
-        try:
-            # Re-try after registering, so a release between the two is not missed.
-            lease = manager.try_acquire(name, amount, ttl=ttl)
-            if lease is not None:
-                return lease
-            wait = _POLL
-            if deadline is not None:
-                left = deadline - loop.time()
-                if left <= 0:
-                    raise PoolTimeout(f"no room for {amount} of '{name}' within {timeout} s")
-                wait = min(wait, left)
-            await asyncio.wait({fut}, timeout=wait)
-        finally:
-            manager._remove_waker(name, token)
-            fut.cancel()
 
 
 class _Wakeup:
@@ -72,7 +34,7 @@ class _Wakeup:
         self.loop.call_soon_threadsafe(self._fire)
 
     def _fire(self) -> None:
-        _set(self.fut)
+        _wake(self.fut)
 
 
 async def _checkout(pool: Pool[Any], timeout: float | None) -> Any:
