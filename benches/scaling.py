@@ -343,10 +343,10 @@ def _bus_peer_name() -> str:
         return "dict of lists + Lock"
 
 
-# ---- resources: acquire/release on a budget per thread ----------------------------------
+# ---- budget: acquire/release on a budget per thread -------------------------------------
 
 
-def resources_ferrule(ops: int) -> Work:
+def budget_ferrule(ops: int) -> Work:
     rm = ferrule.ResourceManager({f"t{i}": 100 for i in range(64)})
 
     def work(i: int) -> None:
@@ -358,7 +358,7 @@ def resources_ferrule(ops: int) -> Work:
     return work
 
 
-def resources_peer(ops: int) -> Work:
+def budget_peer(ops: int) -> Work:
     sems = [threading.BoundedSemaphore(100) for _ in range(64)]
 
     def work(i: int) -> None:
@@ -391,9 +391,9 @@ ROWS: list[Row] = [
     Row(
         "ResourceManager acquire/release, budget per thread",
         100_000,
-        resources_ferrule,
+        budget_ferrule,
         "threading.BoundedSemaphore per thread",
-        resources_peer,
+        budget_peer,
     ),
 ]
 

@@ -1,4 +1,4 @@
-"""WorkQueue and TaskPool beside queue.Queue, deque + Condition and ThreadPoolExecutor.
+"""WorkQueue beside queue.Queue and deque + Condition.
 
 Run (release build): .venv/bin/python -m pytest benches/test_queue.py --benchmark-only
 --benchmark-columns=min,median,ops -q
@@ -9,8 +9,6 @@ from __future__ import annotations
 import collections
 import queue
 import threading
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import ferrule
@@ -18,7 +16,6 @@ import pytest
 
 ROUND_TRIPS = 1_000
 TRANSFER = 20_000
-TASKS = 200
 MAXSIZE = 1024
 
 
@@ -92,41 +89,3 @@ def test_two_thread_transfer(benchmark: Any, kind: str) -> None:
         return total
 
     assert benchmark(run) == TRANSFER * (TRANSFER - 1) // 2
-
-
-def _noop(x: int) -> int:
-    return x
-
-
-POOLS: dict[str, Callable[[], Any]] = {
-    "ferrule.TaskPool": lambda: ferrule.TaskPool(2, max_queue=2048),
-    "ThreadPoolExecutor": lambda: ThreadPoolExecutor(2),
-}
-
-
-@pytest.mark.benchmark(group="pool: submit + result of a trivial task (x200)")
-@pytest.mark.parametrize("kind", list(POOLS))
-def test_pool_submit_result(benchmark: Any, kind: str) -> None:
-    with POOLS[kind]() as pool:
-        submit = pool.submit
-
-        def run() -> int:
-            total = 0
-            for i in range(TASKS):
-                total += submit(_noop, i).result()
-            return total
-
-        assert benchmark(run) == TASKS * (TASKS - 1) // 2
-
-
-@pytest.mark.benchmark(group="pool: submit 1000 trivial tasks, then collect the results")
-@pytest.mark.parametrize("kind", list(POOLS))
-def test_pool_burst(benchmark: Any, kind: str) -> None:
-    with POOLS[kind]() as pool:
-        submit = pool.submit
-
-        def run() -> int:
-            futs = [submit(_noop, i) for i in range(1000)]
-            return sum(f.result() for f in futs)
-
-        assert benchmark(run) == 1000 * 999 // 2

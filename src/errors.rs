@@ -12,14 +12,15 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyModule, PyTuple, PyType};
 
 use crate::core::breaker::BreakerError;
+use crate::core::budget::BudgetError;
 use crate::core::bus::BusError;
 use crate::core::cache::{AllocError, CacheError};
 use crate::core::clock::{ClockError, DurationError};
 use crate::core::error_store::ErrorStoreError;
 use crate::core::metrics::MetricsError;
+use crate::core::pool::PoolError;
 use crate::core::queue::QueueError;
 use crate::core::ratelimit::RateError;
-use crate::core::resources::ResourceError;
 
 pyo3::create_exception!(
     ferrule,
@@ -203,8 +204,14 @@ impl From<ErrorStoreError> for PyErr {
     }
 }
 
-impl From<ResourceError> for PyErr {
-    fn from(e: ResourceError) -> Self {
+impl From<BudgetError> for PyErr {
+    fn from(e: BudgetError) -> Self {
+        PyValueError::new_err(e.to_string())
+    }
+}
+
+impl From<PoolError> for PyErr {
+    fn from(e: PoolError) -> Self {
         PyValueError::new_err(e.to_string())
     }
 }

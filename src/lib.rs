@@ -11,6 +11,8 @@ mod _native {
     #[pymodule_export]
     use crate::py::breaker::{BreakerStats, CircuitBreaker};
     #[pymodule_export]
+    use crate::py::budget::{Lease, ResourceManager, Usage};
+    #[pymodule_export]
     use crate::py::bus::{_run_subscription, Signal, SignalBus, Subscription, SubscriptionStats};
     #[pymodule_export]
     use crate::py::cache::{Cache, CacheStats};
@@ -21,13 +23,13 @@ mod _native {
     #[pymodule_export]
     use crate::py::metrics::{Metrics, OpStats, Timer};
     #[pymodule_export]
+    use crate::py::pool::{Pool, PoolCheckout, PoolStats};
+    #[pymodule_export]
     use crate::py::queue::{QueueStats, WorkQueue};
     #[pymodule_export]
     use crate::py::ratelimit::{Decision, RateLimiter};
     #[pymodule_export]
     use crate::py::registry::{Agent, Registry};
-    #[pymodule_export]
-    use crate::py::resources::{Lease, Pool, PoolCheckout, PoolStats, ResourceManager, Usage};
     #[pymodule_export]
     use crate::py::taskpool::{_run_worker, TaskCounters, TaskPoolStats};
     #[pymodule_export]
@@ -37,6 +39,8 @@ mod _native {
     fn init(m: &pyo3::Bound<'_, pyo3::types::PyModule>) -> pyo3::PyResult<()> {
         use pyo3::types::PyModuleMethods;
         m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+        // The one wait slice, for the Python waits that poll (seconds).
+        m.add("_WAIT_SLICE", crate::py::wait::SLICE.as_secs_f64())?;
         crate::errors::register(m)?;
         crate::py::wait::register(m)
     }

@@ -45,8 +45,8 @@ from ferrule._native import (
     WorkQueue,
     __version__,
 )
-from ferrule._pool import TaskPool
 from ferrule._resilience import Retry, retry
+from ferrule._taskpool import TaskPool
 
 __all__ = [
     "Agent",

@@ -49,7 +49,7 @@ from concurrent.futures import Future, wait
 from types import TracebackType
 
 from ferrule._native import Agent, ManualClock, QueueFull, Registry, SignalBus
-from ferrule._pool import TaskPool
+from ferrule._taskpool import TaskPool
 
 __all__ = ["HealthMonitor"]
 

@@ -9,6 +9,10 @@ from types import GenericAlias, TracebackType
 from typing import Any, Generic, Literal, ParamSpec, Protocol, TypeVar, final, overload
 
 __version__: str
+_WAIT_SLICE: float
+"""Internal: the longest stretch, in seconds, that a wait runs before it checks for
+signals and deadlines again (``crate::core::wait::SLICE``); Python waits that poll use
+it too, so ferrule has one wait slice."""
 
 _T = TypeVar("_T")
 _R = TypeVar("_R")
@@ -1850,7 +1854,7 @@ class ResourceManager:
     @property
     def limits(self) -> dict[str, int]:
         """A copy of ``{name: limit}``."""
-    # Private: used by ferrule._resources (asyncio).
+    # Private: used by ferrule._budget (asyncio).
     def _add_waker(self, name: str, callback: Callable[[], object]) -> int:
         """``callback`` must be callable (else TypeError)."""
     def _remove_waker(self, name: str, token: int) -> None: ...
@@ -2006,7 +2010,7 @@ class Pool(Generic[_T]):
     def __enter__(self) -> Pool[_T]: ...
     def __exit__(self, *exc: object) -> bool:
         """``close()`` the pool."""
-    # Private: used by ferrule._resources (asyncio).
+    # Private: used by ferrule._pool (asyncio).
     def _checkout_async(self, wake: Callable[[], object]) -> tuple[bool, Any]: ...
     def _resume(self, waiter: Any) -> tuple[bool, Any]: ...
     def _give_up(

@@ -1,187 +1,90 @@
-"""``TaskPool``: a ``concurrent.futures.Executor`` with a bounded queue and worker limit.
+"""asyncio form of ``Pool.acquire``: ``async with pool.acquire_async() as item:``.
 
-Tasks go through a ``WorkQueue`` of ``max_queue`` items to at most ``max_workers``
-threads. The counters live in a native ``TaskCounters`` (atomics, no lock on the submit
-or worker path); the worker loop is native too (``_run_worker``): it sets each task's
-result or exception on its future and never dies of a task's exception. Threads start
-on demand: a submit starts one when the tasks outstanding (submitted, not yet finished
-or cancelled) exceed the threads there are, so a task never waits for a busy worker
-while fewer than ``max_workers`` threads exist.
-
-Shutdown closes the queue: later submits fail, a submit blocked on a full queue wakes
-with ``RuntimeError``, and each worker drains what is left and exits. At interpreter
-exit every live pool's queue is closed (before non-daemon threads are joined), so a
-forgotten pool does not hang the exit; a pool that is garbage-collected closes its queue
-too.
+The native pool does the accounting and queues waiters fairly; a waiting coroutine
+waits on an asyncio future that the pool resolves (through ``loop.call_soon_threadsafe``)
+when it hands the waiter an item or a slot, so it costs no thread.
 """
 
 from __future__ import annotations
 
-import itertools
-import threading
-import weakref
-from collections.abc import Callable
-from concurrent.futures import Executor, Future
-from typing import Any, ParamSpec, TypeVar
+import asyncio
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
 
-from ferrule._native import (
-    QueueClosed,
-    QueueEmpty,
-    QueueFull,
-    TaskCounters,
-    TaskPoolStats,
-    WorkQueue,
-    _run_worker,
-)
+from ferrule._queue import _wake
 
-__all__ = ["TaskPool"]
+if TYPE_CHECKING:
+    from ferrule._native import Pool
 
-P = ParamSpec("P")
-T = TypeVar("T")
+__all__ = ["AsyncCheckout"]
 
-_Task = tuple["Future[Any]", Callable[..., Any], tuple[Any, ...], dict[str, Any]]
-
-_names = itertools.count()
-_live: weakref.WeakSet[TaskPool] = weakref.WeakSet()
-_exiting = False
+_NONE: Any = object()
 
 
-def _close_all() -> None:
-    global _exiting
-    _exiting = True
-    for pool in list(_live):
-        pool._queue.close()
+class _Wakeup:
+    """Called by the pool (from any thread) when a waiter is handed something."""
+
+    __slots__ = ("fut", "loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.fut: asyncio.Future[None] = loop.create_future()
+
+    def __call__(self) -> None:
+        self.loop.call_soon_threadsafe(self._fire)
+
+    def _fire(self) -> None:
+        _wake(self.fut)
 
 
-# Runs before threading joins non-daemon threads at exit (what ThreadPoolExecutor uses).
-_register = getattr(threading, "_register_atexit", None)
-if _register is not None:
-    _register(_close_all)
-
-
-class TaskPool(Executor):
-    """A ``concurrent.futures.Executor`` with a worker limit and a queue limit.
-
-    At most ``max_workers`` threads run tasks; at most ``max_queue`` tasks wait. When the
-    queue is full, ``submit`` waits for room (``overflow="block"``, GIL released,
-    interruptible) or raises :class:`ferrule.QueueFull` (``overflow="reject"``). A task's
-    exception is set on its ``Future`` and counted as failed; it never ends a worker.
-    ``submit`` after ``shutdown`` raises ``RuntimeError`` like the stdlib executors.
-    ``stats()`` reads lock-free counters: ``started == completed + failed + active``.
-
-    >>> with TaskPool(4, max_queue=100, name="resize") as pool:
-    ...     futures = [pool.submit(pow, n, 2) for n in range(10)]
-    ...     [f.result() for f in futures][:4]
-    [0, 1, 4, 9]
-    >>> pool.stats().completed
-    10
-    """
-
-    def __init__(
-        self,
-        max_workers: int,
-        *,
-        max_queue: int = 1024,
-        overflow: str = "block",
-        name: str | None = None,
-    ) -> None:
-        if not isinstance(max_workers, int) or isinstance(max_workers, bool):
-            raise TypeError(f"max_workers must be an int, not {type(max_workers).__name__!r}")
-        if max_workers < 1:
-            raise ValueError("max_workers must be >= 1")
-        if not isinstance(max_queue, int) or isinstance(max_queue, bool):
-            raise TypeError(f"max_queue must be an int, not {type(max_queue).__name__!r}")
-        if max_queue < 1:
-            raise ValueError("max_queue must be >= 1")
-        if not isinstance(overflow, str):
-            raise TypeError(f"overflow must be a str, not {type(overflow).__name__!r}")
-        if overflow not in ("block", "reject"):
-            raise ValueError(f"overflow must be 'block' or 'reject', not {overflow!r}")
-        if name is not None and not isinstance(name, str):
-            raise TypeError(f"name must be a str or None, not {type(name).__name__!r}")
-        self._max_workers = max_workers
-        self._overflow = overflow
-        self._name = name if name is not None else f"TaskPool-{next(_names)}"
-        self._queue: WorkQueue[_Task] = WorkQueue(max_queue)
-        self._put = self._queue.put if overflow == "block" else self._queue.put_nowait
-        self._counters = TaskCounters()
-        self._threads: list[threading.Thread] = []
-        self._spawn_lock = threading.Lock()
-        _live.add(self)
-        weakref.finalize(self, self._queue.close)
-
-    @property
-    def max_workers(self) -> int:
-        return self._max_workers
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
-        """Schedule ``fn(*args, **kwargs)``; returns its ``Future``."""
-        if not callable(fn):
-            raise TypeError(f"fn must be callable, not {type(fn).__name__!r}")
-        fut: Future[T] = Future()
-        counters = self._counters
-        counters.submit()
+async def _checkout(pool: Pool[Any], timeout: float | None) -> Any:
+    loop = asyncio.get_running_loop()
+    wake = _Wakeup(loop)
+    deadline = None if timeout is None else loop.time() + timeout
+    got, value = pool._checkout_async(wake)
+    while not got:
+        waiter = value
+        left = None if deadline is None else deadline - loop.time()
         try:
-            self._put((fut, fn, args, kwargs))
-        except QueueFull:
-            counters.withdraw(True)
-            raise
-        except QueueClosed:
-            counters.withdraw(False)
-            if _exiting:
-                raise RuntimeError(
-                    "cannot schedule new futures after interpreter shutdown"
-                ) from None
-            raise RuntimeError("cannot schedule new futures after shutdown") from None
+            if left is None or left > 0:
+                await asyncio.wait({wake.fut}, timeout=left)
         except BaseException:
-            counters.withdraw(False)
+            # Cancelled: leave the queue, giving back anything already handed to us.
+            pool._give_up(waiter, False, timeout)
             raise
-        if len(self._threads) < self._max_workers and counters.outstanding > len(self._threads):
-            self._spawn()
-        return fut
+        if wake.fut.done():
+            wake.fut = loop.create_future()
+            got, value = pool._resume(waiter)
+        else:
+            got, value = pool._give_up(waiter, True, timeout)
+    return value
 
-    def _spawn(self) -> None:
-        # No shutdown check here: a task queued just before shutdown() still needs a
-        # worker, and a worker started after close drains the queue and exits.
-        with self._spawn_lock:
-            n = len(self._threads)
-            if n >= self._max_workers or self._counters.outstanding <= n:
-                return
-            t = threading.Thread(
-                target=_run_worker, args=(self._queue, self._counters), name=f"{self._name}_{n}"
-            )
-            t.start()
-            self._threads.append(t)
 
-    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        """Stop accepting tasks (a blocked ``submit`` wakes with ``RuntimeError``); with
-        ``cancel_futures`` cancel what is still queued; with ``wait`` join the workers
-        once they have run everything else."""
-        self._queue.close()
-        if cancel_futures:
-            while True:
-                try:
-                    fut = self._queue.get_nowait()[0]
-                except (QueueEmpty, QueueClosed):
-                    break
-                fut.cancel()
-                self._counters.cancel()
-        if wait:
-            me = threading.current_thread()
-            for t in list(self._threads):
-                if t is not me:
-                    t.join()
+class AsyncCheckout:
+    """``async with pool.acquire_async() as item:`` (returned by ``Pool.acquire_async``)."""
 
-    def stats(self) -> TaskPoolStats:
-        """Counters read from atomics; ``queued`` is the queue's length now."""
-        return self._counters.snapshot(self._queue.qsize())
+    __slots__ = ("_entered", "_item", "_pool", "_timeout")
 
-    def __repr__(self) -> str:
-        return (
-            f"TaskPool(max_workers={self._max_workers}, max_queue={self._queue.maxsize}, "
-            f"overflow={self._overflow!r}, name={self._name!r})"
-        )
+    def __init__(self, pool: Pool[Any], timeout: float | None) -> None:
+        self._pool = pool
+        self._timeout = timeout
+        self._entered = False
+        self._item: Any = _NONE
+
+    async def __aenter__(self) -> Any:
+        if self._entered:
+            raise RuntimeError("a pool checkout can be entered only once")
+        self._entered = True
+        self._item = await _checkout(self._pool, self._timeout)
+        return self._item
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        item, self._item = self._item, _NONE
+        if item is not _NONE:
+            self._pool._finish(item, exc)
+        return False

@@ -2,15 +2,16 @@
 //! and its `#[cfg(test)]` tests; `src/py/` wraps them for Python.
 
 pub mod breaker;
+pub mod budget;
 pub mod bus;
 pub mod cache;
 pub mod clock;
 pub mod error_store;
 pub mod metrics;
+pub mod pool;
 pub mod queue;
 pub mod ratelimit;
 pub mod registry;
-pub mod resources;
 pub mod sync;
 pub mod taskpool;
 pub mod topic;

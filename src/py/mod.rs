@@ -2,6 +2,7 @@
 
 pub mod args;
 pub mod breaker;
+pub mod budget;
 pub mod bus;
 pub mod cache;
 pub mod clock;
@@ -9,9 +10,9 @@ pub mod error_store;
 pub mod lookup;
 pub mod mailbox;
 pub mod metrics;
+pub mod pool;
 pub mod queue;
 pub mod ratelimit;
 pub mod registry;
-pub mod resources;
 pub mod taskpool;
 pub mod wait;

@@ -1,7 +1,8 @@
-//! Named resource budgets ([`Budget`]) and a bounded pool of reusable items ([`PoolCore`]).
+//! Named resource budgets ([`Budget`]): `limit` units of one resource, taken and given
+//! back without a lock, leases that expire, blocked takers, and pressure levels.
 //!
-//! # Budgets
-//! A budget is `limit` units of one named resource. Its lock-free heart is [`Units`]:
+//! # Taking and giving back
+//! A budget's lock-free heart is [`Units`]:
 //! `used` is one `AtomicU64` changed only by CAS (take) and `fetch_sub` (give back), so
 //! acquiring and releasing never take a lock and `0 <= used <= limit` holds at every
 //! instant, also under concurrent callers: a take that would pass the limit fails
@@ -10,9 +11,10 @@
 //! A [`LeaseCore`] records one successful take. Its `done` flag is flipped with `swap`, and
 //! only the caller that flips it gives the units back, so a lease is returned exactly once
 //! whether it is released by its owner, by its destructor or by expiry, in any race.
-//! `Units` and `LeaseCore` use `crate::core::sync` atomics: the loom model at the end of
-//! this file checks both under every interleaving of takes and racing releases.
+//! `Units` and `LeaseCore` use `crate::core::sync` atomics: the loom models at the end of
+//! this file check both under every interleaving of takes and racing releases.
 //!
+//! # Expiry
 //! A lease taken with a ttl at clock time `t` is live while `now < t + ttl`. Such leases
 //! also sit in a per-budget min-heap of deadlines (its own small mutex, used only by
 //! ttl leases); `reclaim(now)` pops the expired ones and gives their units back. It runs
@@ -21,13 +23,15 @@
 //! before their deadline stay in the heap until popped; the heap is compacted when it
 //! holds more than twice as many entries as live ttl leases, so it is bounded.
 //!
-//! Waiting: a blocked taker registers in `waiters`, then re-tries and sleeps on the
+//! # Waiting
+//! A blocked taker registers in `waiters`, then re-tries and sleeps on the
 //! budget's condvar under `wait_lock`. A giver that sees `waiters > 0` takes `wait_lock`
 //! and notifies. Both sides use `SeqCst` for the (`used`, `waiters`) pair (store one, load
 //! the other), so either the taker sees the freed units or the giver sees the taker; and
 //! the taker re-tries under `wait_lock` before sleeping, so no wake-up is lost.
 //!
-//! Pressure: `level(used)` is normal, moderate (`used >= alert * limit`) or severe
+//! # Pressure
+//! `level(used)` is normal, moderate (`used >= alert * limit`) or severe
 //! (`used >= severe * limit`); the thresholds are precomputed as the smallest integers
 //! that satisfy those float comparisons. `published` holds the last level reported.
 //! After every change of `used` a caller runs [`Budget::sync_pressure`]: if the level
@@ -38,51 +42,33 @@
 //! always reported. Each recorded change moves `published` from `previous` to
 //! `pressure`, so the reported changes form one chain and none is reported twice. The
 //! changes are returned to the caller, which publishes them after every lock is released.
-//!
-//! # Pool
-//! One mutex per pool guards the idle items, the count of live items (idle, checked out
-//! or being created) and a FIFO queue of waiters. The core never creates, validates,
-//! closes or drops an item under that lock: it hands the caller either an item, a
-//! reserved slot to fill by calling the factory (`Create`), or a waiter to block on.
-//! Items and waiters removed under the lock are moved out to the caller.
-//! Invariants: `live <= max_size`; a freed item or slot goes to the oldest waiter first
-//! (so there is never a waiter while an item is idle or a slot is free, and a newcomer
-//! cannot overtake a waiter); a slot whose factory failed or whose item was discarded is
-//! released, so capacity is never lost. Idle items are a stack (the most recently used
-//! is reused first) stamped with the time they were returned; those idle for `max_idle`
-//! or more are reaped lazily, never below `min_size` live items. Every live item is idle
-//! or checked out, so `idle.len() <= live <= max_size`; a return or a freed slot when no
-//! item is checked out (`live <= idle.len()`: only possible through the private Python
-//! hooks) is refused (`Returned::Unexpected`, no slot freed), so neither bound can be
-//! broken and `live` cannot wrap.
 
 use std::cmp::Ordering as CmpOrdering;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::BinaryHeap;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
-
-use crate::core::sync;
 use std::time::Duration;
 
 use parking_lot::{Condvar, Mutex};
+
+use crate::core::sync;
 
 /// Deadline of a lease without ttl.
 pub const NEVER: i64 = i64::MAX;
 
 /// Why a budget or an amount was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ResourceError {
+pub enum BudgetError {
     UnknownName(String),
     AmountTooSmall,
     AmountOverLimit { name: String, limit: u64 },
     LimitTooSmall(String),
     AlertThreshold,
     SevereThreshold,
-    PoolMinSize,
 }
 
-impl fmt::Display for ResourceError {
+impl fmt::Display for BudgetError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::UnknownName(n) => write!(f, "name '{n}' is not a configured resource"),
@@ -95,12 +81,11 @@ impl fmt::Display for ResourceError {
             Self::SevereThreshold => {
                 write!(f, "severe_threshold must be >= alert_threshold and <= 1")
             }
-            Self::PoolMinSize => write!(f, "min_size must be <= max_size"),
         }
     }
 }
 
-impl std::error::Error for ResourceError {}
+impl std::error::Error for BudgetError {}
 
 /// Pressure level of a budget.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,12 +124,12 @@ pub struct PressureChange {
 }
 
 /// Checks the two thresholds of a manager.
-pub fn check_thresholds(alert: f64, severe: f64) -> Result<(), ResourceError> {
+pub fn check_thresholds(alert: f64, severe: f64) -> Result<(), BudgetError> {
     if !(alert > 0.0 && alert <= 1.0) {
-        return Err(ResourceError::AlertThreshold);
+        return Err(BudgetError::AlertThreshold);
     }
     if !(severe >= alert && severe <= 1.0) {
-        return Err(ResourceError::SevereThreshold);
+        return Err(BudgetError::SevereThreshold);
     }
     Ok(())
 }
@@ -290,9 +275,9 @@ const COMPACT_MIN: usize = 64;
 
 impl Budget {
     /// `alert`/`severe` must have passed [`check_thresholds`].
-    pub fn new(name: &str, limit: u64, alert: f64, severe: f64) -> Result<Self, ResourceError> {
+    pub fn new(name: &str, limit: u64, alert: f64, severe: f64) -> Result<Self, BudgetError> {
         if limit < 1 {
-            return Err(ResourceError::LimitTooSmall(name.to_owned()));
+            return Err(BudgetError::LimitTooSmall(name.to_owned()));
         }
         check_thresholds(alert, severe)?;
         Ok(Self {
@@ -339,13 +324,13 @@ impl Budget {
     }
 
     /// Checks an amount against this budget.
-    pub fn check_amount(&self, amount: i64) -> Result<u64, ResourceError> {
+    pub fn check_amount(&self, amount: i64) -> Result<u64, BudgetError> {
         if amount < 1 {
-            return Err(ResourceError::AmountTooSmall);
+            return Err(BudgetError::AmountTooSmall);
         }
         let amount = amount as u64;
         if amount > self.units.limit {
-            return Err(ResourceError::AmountOverLimit {
+            return Err(BudgetError::AmountOverLimit {
                 name: self.name.clone(),
                 limit: self.units.limit,
             });
@@ -486,383 +471,6 @@ impl Drop for WaitGuard<'_> {
     }
 }
 
-// ---- pool ------------------------------------------------------------------------------
-
-/// What a waiter is handed.
-#[derive(Debug)]
-pub enum Grant<T> {
-    /// An idle item, now checked out to the waiter.
-    Item(T),
-    /// A reserved slot: the waiter must call the factory (or release the slot).
-    Create,
-    /// The pool was closed.
-    Closed,
-}
-
-/// A blocked checkout. `hook` is the caller's wake-up payload (e.g. an event loop
-/// callback), called by the caller after the core hands it a grant.
-pub struct Waiter<T, W> {
-    slot: Mutex<Option<Grant<T>>>,
-    cv: Condvar,
-    pub hook: Option<W>,
-}
-
-impl<T, W> Waiter<T, W> {
-    pub fn new(hook: Option<W>) -> Self {
-        Self {
-            slot: Mutex::new(None),
-            cv: Condvar::new(),
-            hook,
-        }
-    }
-
-    fn give(&self, g: Grant<T>) {
-        *self.slot.lock() = Some(g);
-        self.cv.notify_one();
-    }
-
-    /// Takes the grant if one arrived; otherwise sleeps up to `slice` and tries again.
-    pub fn wait(&self, slice: Duration) -> Option<Grant<T>> {
-        let mut s = self.slot.lock();
-        if s.is_none() {
-            self.cv.wait_for(&mut s, slice);
-        }
-        s.take()
-    }
-
-    /// Takes the grant if one arrived.
-    pub fn try_take(&self) -> Option<Grant<T>> {
-        self.slot.lock().take()
-    }
-
-    /// `f` on the item granted and not yet taken, if any and if the slot's lock is free
-    /// now (for a garbage collector's traversal, which must not block).
-    pub fn try_for_granted<E>(&self, f: impl FnOnce(&T) -> Result<(), E>) -> Result<(), E> {
-        match self.slot.try_lock().as_deref() {
-            Some(Some(Grant::Item(x))) => f(x),
-            _ => Ok(()),
-        }
-    }
-}
-
-/// The first answer of a checkout.
-pub enum Checkout<T, W> {
-    Item(T),
-    Create,
-    Wait(Arc<Waiter<T, W>>),
-    Closed,
-}
-
-/// Where a returned item went.
-pub enum Returned<T, W> {
-    Idle,
-    /// Handed to this waiter; the caller wakes it.
-    Handed(Arc<Waiter<T, W>>),
-    /// The pool is closed: the caller closes the item.
-    Closed(T),
-    /// No item is checked out, so this one cannot be a return: refused, nothing changed.
-    Unexpected(T),
-}
-
-struct PoolState<T, W> {
-    idle: VecDeque<(T, i64)>,
-    live: usize,
-    waiters: VecDeque<Arc<Waiter<T, W>>>,
-    closed: bool,
-}
-
-/// Counters of a pool (kept in atomics so `stats` takes no lock).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct PoolStats {
-    pub size: u64,
-    pub idle: u64,
-    pub in_use: u64,
-    pub waiting: u64,
-    pub created: u64,
-    pub discarded: u64,
-    pub timeouts: u64,
-    pub factory_errors: u64,
-}
-
-/// The slot accounting and FIFO hand-off of a pool; see the module docs.
-pub struct PoolCore<T, W> {
-    max_size: usize,
-    min_size: usize,
-    max_idle: Option<i64>,
-    state: Mutex<PoolState<T, W>>,
-    size: AtomicUsize,
-    idle: AtomicUsize,
-    waiting: AtomicUsize,
-    closed: AtomicBool,
-    created: AtomicU64,
-    discarded: AtomicU64,
-    timeouts: AtomicU64,
-    factory_errors: AtomicU64,
-}
-
-impl<T, W> PoolCore<T, W> {
-    pub fn new(
-        max_size: usize,
-        min_size: usize,
-        max_idle: Option<i64>,
-    ) -> Result<Self, ResourceError> {
-        if min_size > max_size {
-            return Err(ResourceError::PoolMinSize);
-        }
-        Ok(Self {
-            max_size,
-            min_size,
-            max_idle,
-            state: Mutex::new(PoolState {
-                idle: VecDeque::new(),
-                live: 0,
-                waiters: VecDeque::new(),
-                closed: false,
-            }),
-            size: AtomicUsize::new(0),
-            idle: AtomicUsize::new(0),
-            waiting: AtomicUsize::new(0),
-            closed: AtomicBool::new(false),
-            created: AtomicU64::new(0),
-            discarded: AtomicU64::new(0),
-            timeouts: AtomicU64::new(0),
-            factory_errors: AtomicU64::new(0),
-        })
-    }
-
-    pub fn max_size(&self) -> usize {
-        self.max_size
-    }
-
-    pub fn min_size(&self) -> usize {
-        self.min_size
-    }
-
-    pub fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::Acquire)
-    }
-
-    fn publish(&self, s: &PoolState<T, W>) {
-        self.size.store(s.live, Ordering::Relaxed);
-        self.idle.store(s.idle.len(), Ordering::Relaxed);
-        self.waiting.store(s.waiters.len(), Ordering::Relaxed);
-    }
-
-    /// Moves idle items unused for `max_idle` or more into `reaped`, keeping `min_size`.
-    fn reap_locked(&self, s: &mut PoolState<T, W>, now: i64, reaped: &mut Vec<T>) {
-        let Some(max_idle) = self.max_idle else {
-            return;
-        };
-        let before = reaped.len();
-        while s.live > self.min_size {
-            match s.idle.front() {
-                Some((_, stamp)) if now >= stamp.saturating_add(max_idle) => {
-                    if let Some((item, _)) = s.idle.pop_front() {
-                        s.live -= 1;
-                        reaped.push(item);
-                    }
-                }
-                _ => break,
-            }
-        }
-        if reaped.len() > before {
-            self.discarded
-                .fetch_add((reaped.len() - before) as u64, Ordering::Relaxed);
-        }
-    }
-
-    /// Reaps idle items now (see [`Self::checkout`]).
-    pub fn reap(&self, now: i64, reaped: &mut Vec<T>) {
-        let mut s = self.state.lock();
-        self.reap_locked(&mut s, now, reaped);
-        self.publish(&s);
-    }
-
-    /// Starts a checkout: an idle item, a slot to fill, or a waiter queued at the back.
-    /// Idle items past `max_idle` are moved to `reaped` for the caller to close.
-    pub fn checkout(&self, now: i64, hook: Option<W>, reaped: &mut Vec<T>) -> Checkout<T, W> {
-        let mut s = self.state.lock();
-        if s.closed {
-            return Checkout::Closed;
-        }
-        self.reap_locked(&mut s, now, reaped);
-        let r = if let Some((item, _)) = s.idle.pop_back() {
-            Checkout::Item(item)
-        } else if s.live < self.max_size {
-            s.live += 1;
-            Checkout::Create
-        } else {
-            let w = Arc::new(Waiter::new(hook));
-            s.waiters.push_back(w.clone());
-            Checkout::Wait(w)
-        };
-        self.publish(&s);
-        r
-    }
-
-    /// Returns a checked-out item: to the oldest waiter, else to the idle stack.
-    pub fn put_back(&self, item: T, now: i64, reaped: &mut Vec<T>) -> Returned<T, W> {
-        let mut s = self.state.lock();
-        let r = if s.live <= s.idle.len() {
-            return Returned::Unexpected(item);
-        } else if s.closed {
-            s.live = s.live.saturating_sub(1);
-            self.discarded.fetch_add(1, Ordering::Relaxed);
-            Returned::Closed(item)
-        } else if let Some(w) = s.waiters.pop_front() {
-            w.give(Grant::Item(item));
-            Returned::Handed(w)
-        } else {
-            s.idle.push_back((item, now));
-            self.reap_locked(&mut s, now, reaped);
-            Returned::Idle
-        };
-        self.publish(&s);
-        r
-    }
-
-    /// Frees the slot of an item that was discarded (`discarded` counts it) or never
-    /// created (`discarded` false). The slot goes to the oldest waiter as `Create`.
-    /// Does nothing if no item is checked out (module docs).
-    pub fn release_slot(&self, discarded: bool) -> Option<Arc<Waiter<T, W>>> {
-        let mut s = self.state.lock();
-        if s.live <= s.idle.len() {
-            return None;
-        }
-        if discarded {
-            self.discarded.fetch_add(1, Ordering::Relaxed);
-        }
-        let r = if let Some(w) = (!s.closed).then(|| s.waiters.pop_front()).flatten() {
-            w.give(Grant::Create);
-            Some(w)
-        } else {
-            s.live = s.live.saturating_sub(1);
-            None
-        };
-        self.publish(&s);
-        r
-    }
-
-    /// The holder of a checked-out item discarded it (it failed validation) and still
-    /// wants one: it gets an idle item (the discarded item's slot is freed), or keeps
-    /// the slot to fill with a new item. It never waits, so it keeps its turn.
-    pub fn replace(&self, now: i64, reaped: &mut Vec<T>) -> Checkout<T, W> {
-        self.discarded.fetch_add(1, Ordering::Relaxed);
-        let mut s = self.state.lock();
-        let r = if s.closed {
-            s.live = s.live.saturating_sub(1);
-            Checkout::Closed
-        } else {
-            self.reap_locked(&mut s, now, reaped);
-            match s.idle.pop_back() {
-                Some((item, _)) => {
-                    s.live = s.live.saturating_sub(1);
-                    Checkout::Item(item)
-                }
-                None => Checkout::Create,
-            }
-        };
-        self.publish(&s);
-        r
-    }
-
-    /// Reserves a slot to warm up the pool if fewer than `min_size` items are live.
-    pub fn reserve_warm(&self) -> bool {
-        let mut s = self.state.lock();
-        if s.closed || s.live >= self.min_size || !s.waiters.is_empty() {
-            return false;
-        }
-        s.live += 1;
-        self.publish(&s);
-        true
-    }
-
-    /// Withdraws a waiter that gave up. If it was already handed a grant, that grant is
-    /// returned and the caller must use it or give it back.
-    pub fn cancel(&self, w: &Arc<Waiter<T, W>>) -> Option<Grant<T>> {
-        let mut s = self.state.lock();
-        if let Some(pos) = s.waiters.iter().position(|x| Arc::ptr_eq(x, w)) {
-            let removed = s.waiters.remove(pos);
-            self.publish(&s);
-            drop(s);
-            drop(removed);
-            return None;
-        }
-        drop(s);
-        w.try_take()
-    }
-
-    /// Closes the pool: returns the idle items to close and the waiters (each already
-    /// handed `Closed`; the caller wakes them). Checked-out items come back as `Closed`.
-    pub fn close(&self) -> (Vec<T>, Vec<Arc<Waiter<T, W>>>) {
-        let mut s = self.state.lock();
-        s.closed = true;
-        self.closed.store(true, Ordering::Release);
-        let items: Vec<T> = s.idle.drain(..).map(|(t, _)| t).collect();
-        s.live = s.live.saturating_sub(items.len());
-        self.discarded
-            .fetch_add(items.len() as u64, Ordering::Relaxed);
-        let waiters: Vec<_> = s.waiters.drain(..).collect();
-        for w in &waiters {
-            w.give(Grant::Closed);
-        }
-        self.publish(&s);
-        (items, waiters)
-    }
-
-    /// True if some item (or slot being filled) is checked out, i.e. a return is due.
-    pub fn has_checkout(&self) -> bool {
-        let s = self.state.lock();
-        s.live > s.idle.len()
-    }
-
-    /// If the pool lock is free now (a garbage collector's traversal must not block):
-    /// `item` on each idle item and `waiter` on each queued waiter; stops at the first
-    /// error.
-    pub fn try_for_each<E>(
-        &self,
-        mut item: impl FnMut(&T) -> Result<(), E>,
-        mut waiter: impl FnMut(&Arc<Waiter<T, W>>) -> Result<(), E>,
-    ) -> Result<(), E> {
-        if let Some(s) = self.state.try_lock() {
-            for (x, _) in &s.idle {
-                item(x)?;
-            }
-            for w in &s.waiters {
-                waiter(w)?;
-            }
-        }
-        Ok(())
-    }
-
-    pub fn count_created(&self) {
-        self.created.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn count_timeout(&self) {
-        self.timeouts.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn count_factory_error(&self) {
-        self.factory_errors.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn stats(&self) -> PoolStats {
-        let size = self.size.load(Ordering::Relaxed) as u64;
-        let idle = self.idle.load(Ordering::Relaxed) as u64;
-        PoolStats {
-            size,
-            idle,
-            in_use: size.saturating_sub(idle),
-            waiting: self.waiting.load(Ordering::Relaxed) as u64,
-            created: self.created.load(Ordering::Relaxed),
-            discarded: self.discarded.load(Ordering::Relaxed),
-            timeouts: self.timeouts.load(Ordering::Relaxed),
-            factory_errors: self.factory_errors.load(Ordering::Relaxed),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -885,17 +493,14 @@ mod tests {
                 assert!(t == 0 || ((t - 1) as f64) < frac * limit as f64);
             }
         }
-        assert_eq!(
-            check_thresholds(0.0, 0.5),
-            Err(ResourceError::AlertThreshold)
-        );
+        assert_eq!(check_thresholds(0.0, 0.5), Err(BudgetError::AlertThreshold));
         assert_eq!(
             check_thresholds(0.9, 0.8),
-            Err(ResourceError::SevereThreshold)
+            Err(BudgetError::SevereThreshold)
         );
         assert_eq!(
             check_thresholds(0.9, 1.1),
-            Err(ResourceError::SevereThreshold)
+            Err(BudgetError::SevereThreshold)
         );
         assert!(check_thresholds(f64::NAN, 1.0).is_err());
     }
@@ -913,7 +518,7 @@ mod tests {
             b.check_amount(11).unwrap_err().to_string(),
             "amount must be <= the limit of 'cpu' (10)"
         );
-        assert_eq!(b.check_amount(0), Err(ResourceError::AmountTooSmall));
+        assert_eq!(b.check_amount(0), Err(BudgetError::AmountTooSmall));
     }
 
     #[test]
@@ -1012,135 +617,6 @@ mod tests {
             count[c.previous as usize] -= 1;
         }
         assert_eq!(count, [0, 0, 0]);
-    }
-
-    type P = PoolCore<u32, ()>;
-
-    #[test]
-    fn pool_hands_items_to_waiters_in_order() {
-        let p = P::new(1, 0, None).unwrap();
-        let mut reaped = Vec::new();
-        assert!(matches!(p.checkout(0, None, &mut reaped), Checkout::Create));
-        let Checkout::Wait(w1) = p.checkout(0, None, &mut reaped) else {
-            panic!("expected a wait")
-        };
-        let Checkout::Wait(w2) = p.checkout(0, None, &mut reaped) else {
-            panic!("expected a wait")
-        };
-        assert_eq!(p.stats().waiting, 2);
-        assert!(matches!(p.put_back(7, 0, &mut reaped), Returned::Handed(_)));
-        assert!(matches!(w1.try_take(), Some(Grant::Item(7))));
-        assert!(w2.try_take().is_none());
-        // The slot is freed (item discarded): the next waiter must create.
-        assert!(p.release_slot(true).is_some());
-        assert!(matches!(w2.try_take(), Some(Grant::Create)));
-        assert_eq!(p.stats().size, 1);
-        assert!(p.release_slot(false).is_none());
-        assert_eq!(p.stats().size, 0);
-    }
-
-    #[test]
-    fn pool_replace_keeps_the_turn() {
-        let p = P::new(1, 0, None).unwrap();
-        let mut reaped = Vec::new();
-        assert!(matches!(p.checkout(0, None, &mut reaped), Checkout::Create));
-        let Checkout::Wait(w) = p.checkout(0, None, &mut reaped) else {
-            panic!("expected a wait")
-        };
-        // The holder's item failed validation: it keeps the slot, the waiter keeps waiting.
-        assert!(matches!(p.replace(0, &mut reaped), Checkout::Create));
-        assert!(w.try_take().is_none());
-        let s = p.stats();
-        assert_eq!((s.size, s.waiting, s.discarded), (1, 1, 1));
-        assert!(p.cancel(&w).is_none());
-    }
-
-    #[test]
-    fn pool_cancel_and_close() {
-        let p = P::new(1, 0, None).unwrap();
-        let mut reaped = Vec::new();
-        assert!(matches!(p.checkout(0, None, &mut reaped), Checkout::Create));
-        let Checkout::Wait(w) = p.checkout(0, None, &mut reaped) else {
-            panic!("expected a wait")
-        };
-        assert!(p.cancel(&w).is_none());
-        assert_eq!(p.stats().waiting, 0);
-        let Checkout::Wait(w) = p.checkout(0, None, &mut reaped) else {
-            panic!("expected a wait")
-        };
-        let (items, waiters) = p.close();
-        assert!(items.is_empty());
-        assert_eq!(waiters.len(), 1);
-        assert!(matches!(w.try_take(), Some(Grant::Closed)));
-        assert!(matches!(p.put_back(1, 0, &mut reaped), Returned::Closed(1)));
-        assert!(matches!(p.checkout(0, None, &mut reaped), Checkout::Closed));
-        assert_eq!(p.stats().size, 0);
-    }
-
-    #[test]
-    fn pool_reaps_idle_items_but_keeps_min_size() {
-        let p = P::new(3, 1, Some(10)).unwrap();
-        let mut reaped = Vec::new();
-        for _ in 0..3 {
-            assert!(matches!(p.checkout(0, None, &mut reaped), Checkout::Create));
-        }
-        for i in 0..3 {
-            assert!(matches!(
-                p.put_back(i, i64::from(i), &mut reaped),
-                Returned::Idle
-            ));
-        }
-        p.reap(10, &mut reaped);
-        assert_eq!(reaped, vec![0]);
-        p.reap(100, &mut reaped);
-        assert_eq!(reaped, vec![0, 1]);
-        assert_eq!(p.stats().size, 1);
-        assert_eq!(p.stats().discarded, 2);
-        assert!(!p.reserve_warm());
-    }
-
-    #[test]
-    fn pool_bound_holds_under_threads() {
-        let p = Arc::new(P::new(3, 0, None).unwrap());
-        let out = Arc::new(AtomicUsize::new(0));
-        let hs: Vec<_> = (0..8)
-            .map(|_| {
-                let p = p.clone();
-                let out = out.clone();
-                thread::spawn(move || {
-                    let mut reaped = Vec::new();
-                    for i in 0..500u32 {
-                        let item = match p.checkout(0, None, &mut reaped) {
-                            Checkout::Item(x) => x,
-                            Checkout::Create => i,
-                            Checkout::Wait(w) => loop {
-                                match w.wait(Duration::from_millis(10)) {
-                                    Some(Grant::Item(x)) => break x,
-                                    Some(Grant::Create) => break i,
-                                    Some(Grant::Closed) => panic!("closed"),
-                                    None => {}
-                                }
-                            },
-                            Checkout::Closed => panic!("closed"),
-                        };
-                        assert!(out.fetch_add(1, Ordering::SeqCst) < 3);
-                        out.fetch_sub(1, Ordering::SeqCst);
-                        if i % 7 == 0 {
-                            p.release_slot(true);
-                        } else {
-                            p.put_back(item, 0, &mut reaped);
-                        }
-                    }
-                })
-            })
-            .collect();
-        for h in hs {
-            h.join().unwrap();
-        }
-        let s = p.stats();
-        assert!(s.size <= 3);
-        assert_eq!(s.in_use, 0);
-        assert_eq!(s.waiting, 0);
     }
 }
 

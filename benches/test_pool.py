@@ -1,14 +1,14 @@
-"""ResourceManager and Pool benchmarks, ferrule beside its peers in each group.
+"""Pool benchmarks, ferrule beside its peers in each group.
 
 Every benchmark runs a batch of BATCH operations per call, so the per-operation cost is
 the reported time / BATCH. Run for real (release build) with:
 
-    .venv/bin/python -m pytest benches/test_resources.py --benchmark-only \
+    .venv/bin/python -m pytest benches/test_pool.py --benchmark-only \
         --benchmark-columns=min,median,ops -q --benchmark-json=/tmp/r.json
     .venv/bin/python benches/report.py /tmp/r.json
 
-Peers: a hand-made pool over ``queue.LifoQueue`` (what services usually write),
-SQLAlchemy's ``QueuePool`` with a dummy creator, and ``threading.BoundedSemaphore``.
+Peers: a hand-made pool over ``queue.LifoQueue`` (what services usually write) and
+SQLAlchemy's ``QueuePool`` with a dummy creator.
 """
 
 from __future__ import annotations
@@ -170,69 +170,3 @@ def test_pool_contended(benchmark: Any, impl: str) -> None:
             t.join()
 
     benchmark.pedantic(run, rounds=10, iterations=1)
-
-
-# ---- budgets -------------------------------------------------------------------------------
-
-
-def _ferrule_budget() -> Checkout:
-    rm = ferrule.ResourceManager({"db": 100})
-    acquire = rm.acquire
-
-    def run() -> None:
-        acquire("db").release()
-
-    return run
-
-
-def _ferrule_budget_with() -> Checkout:
-    rm = ferrule.ResourceManager({"db": 100})
-    acquire = rm.acquire
-
-    def run() -> None:
-        with acquire("db"):
-            pass
-
-    return run
-
-
-def _bounded_semaphore() -> Checkout:
-    sem = threading.BoundedSemaphore(100)
-    acquire, release = sem.acquire, sem.release
-
-    def run() -> None:
-        acquire()
-        release()
-
-    return run
-
-
-def _bounded_semaphore_with() -> Checkout:
-    sem = threading.BoundedSemaphore(100)
-
-    def run() -> None:
-        with sem:
-            pass
-
-    return run
-
-
-BUDGETS: dict[str, Callable[[], Checkout]] = {
-    "ferrule": _ferrule_budget,
-    "ferrule (with)": _ferrule_budget_with,
-    "threading.BoundedSemaphore": _bounded_semaphore,
-    "threading.BoundedSemaphore (with)": _bounded_semaphore_with,
-}
-
-
-@pytest.mark.parametrize("impl", list(BUDGETS))
-def test_budget_acquire_release(benchmark: Any, impl: str) -> None:
-    benchmark.group = "budget acquire+release, 1 thread"
-    benchmark.extra_info["ops"] = BATCH
-    one = BUDGETS[impl]()
-
-    def run() -> None:
-        for _ in range(BATCH):
-            one()
-
-    benchmark(run)

@@ -1,5 +1,5 @@
 """Threaded stress: budgets never over their limit and never leaked, expiry under
-contention, pressure events consistent, Pool bound under many threads."""
+contention, pressure events consistent."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import random
 import threading
 from typing import Any
 
-from ferrule import Discard, ManualClock, Pool, PoolTimeout, ResourceManager
+from ferrule import ManualClock, PoolTimeout, ResourceManager
 
 
 class ChainBus:
@@ -127,53 +127,3 @@ def test_mixed_budgets_with_ttl_and_timeouts(threads: int, stress_scale: int) ->
     run(threads, body)
     usage = rm.usage()
     assert usage["a"].used <= 3 and usage["b"].used <= 5
-
-
-def test_pool_bound_under_threads(threads: int, stress_scale: int) -> None:
-    max_size = 3
-    lock = threading.Lock()
-    live = 0
-    peak_live = 0
-    out = 0
-    peak_out = 0
-
-    class Item:
-        def __init__(self) -> None:
-            nonlocal live, peak_live
-            with lock:
-                live += 1
-                peak_live = max(peak_live, live)
-
-        def close(self) -> None:
-            nonlocal live
-            with lock:
-                live -= 1
-
-    pool = Pool(Item, max_size=max_size, validate=lambda it: random.random() > 0.05)
-
-    def body(i: int) -> None:
-        nonlocal out, peak_out
-        rnd = random.Random(i)
-        for _ in range(1000 * stress_scale):
-            try:
-                with pool.acquire(timeout=30):
-                    with lock:
-                        out += 1
-                        peak_out = max(peak_out, out)
-                        assert out <= max_size
-                    with lock:
-                        out -= 1
-                    if rnd.random() < 0.05:
-                        raise Discard
-            except Discard:
-                pass
-
-    run(max(threads, 16), body)
-    s = pool.stats()
-    assert peak_live <= max_size
-    assert peak_out <= max_size
-    assert (s.in_use, s.waiting) == (0, 0)
-    assert s.size == live <= max_size
-    assert s.created - s.discarded == s.size
-    pool.close()
-    assert live == 0

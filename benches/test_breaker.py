@@ -1,15 +1,14 @@
-"""Overhead of a protected call that succeeds: CircuitBreaker vs pybreaker, retry vs
-tenacity, with a plain call as the floor.
+"""Overhead of a protected call: CircuitBreaker vs pybreaker, with a plain call as the
+floor, on a closed breaker and on an open one (the cost of failing fast).
 
 Each round makes N calls, so the figures are per N calls; compare within a group.
 
-    .venv/bin/python -m pytest benches/test_resilience.py --benchmark-only \\
+    .venv/bin/python -m pytest benches/test_breaker.py --benchmark-only \\
         --benchmark-columns=min,median,ops -q
 """
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable
 from typing import Any
 
@@ -29,11 +28,6 @@ def loop(call: Callable[[], Any]) -> Callable[[], None]:
             call()
 
     return run
-
-
-@pytest.fixture(autouse=True)
-def _seed() -> None:
-    random.seed(1234)
 
 
 # ---- circuit breaker: call(f) on a closed breaker --------------------------------------
@@ -70,37 +64,6 @@ def test_breaker_pybreaker_call(benchmark: Any) -> None:
 def test_breaker_pybreaker_decorated(benchmark: Any) -> None:
     pybreaker = pytest.importorskip("pybreaker")
     f = pybreaker.CircuitBreaker(fail_max=5, reset_timeout=30)(target)
-    benchmark(loop(f))
-
-
-# ---- retry: a decorated call that succeeds at once -------------------------------------
-
-
-@pytest.mark.benchmark(group="retry: decorated f, succeeds")
-def test_retry_floor_direct_call(benchmark: Any) -> None:
-    benchmark(loop(target))
-
-
-@pytest.mark.benchmark(group="retry: decorated f, succeeds")
-def test_retry_ferrule(benchmark: Any) -> None:
-    f = ferrule.retry(attempts=3, backoff=0.1, max_backoff=10.0)(target)
-    benchmark(loop(f))
-
-
-@pytest.mark.benchmark(group="retry: decorated f, succeeds")
-def test_retry_ferrule_with_deadline(benchmark: Any) -> None:
-    f = ferrule.retry(attempts=3, backoff=0.1, max_backoff=10.0, deadline=5.0)(target)
-    benchmark(loop(f))
-
-
-@pytest.mark.benchmark(group="retry: decorated f, succeeds")
-def test_retry_tenacity(benchmark: Any) -> None:
-    tenacity = pytest.importorskip("tenacity")
-    f = tenacity.retry(
-        stop=tenacity.stop_after_attempt(3),
-        wait=tenacity.wait_random_exponential(multiplier=0.1, max=10.0),
-        reraise=True,
-    )(target)
     benchmark(loop(f))
 
 
