@@ -71,11 +71,7 @@ pub fn opt_duration_nanos(
     obj: Option<&Bound<'_, PyAny>>,
     arg: &'static str,
 ) -> PyResult<Option<i64>> {
-    match obj {
-        None => Ok(None),
-        Some(o) if o.is_none() => Ok(None),
-        Some(o) => Ok(Some(clock::duration_nanos(seconds(o, arg)?, arg)?)),
-    }
+    opt_nanos(obj, arg, clock::duration_nanos)
 }
 
 /// A strictly positive duration in nanoseconds, or `None`.
@@ -83,10 +79,18 @@ pub fn opt_positive_nanos(
     obj: Option<&Bound<'_, PyAny>>,
     arg: &'static str,
 ) -> PyResult<Option<i64>> {
+    opt_nanos(obj, arg, clock::positive_nanos)
+}
+
+/// `None` (absent or given) as `None`, else seconds through `convert`.
+fn opt_nanos(
+    obj: Option<&Bound<'_, PyAny>>,
+    arg: &'static str,
+    convert: fn(f64, &'static str) -> Result<i64, clock::DurationError>,
+) -> PyResult<Option<i64>> {
     match obj {
-        None => Ok(None),
-        Some(o) if o.is_none() => Ok(None),
-        Some(o) => Ok(Some(clock::positive_nanos(seconds(o, arg)?, arg)?)),
+        Some(o) if !o.is_none() => Ok(Some(convert(seconds(o, arg)?, arg)?)),
+        _ => Ok(None),
     }
 }
 
