@@ -204,7 +204,7 @@ def test_huge_attempt_numbers_do_not_overflow() -> None:
 
 
 def test_default_sleep_is_time_sleep(monkeypatch: pytest.MonkeyPatch) -> None:
-    import ferrule._resilience as mod
+    import ferrule._retry as mod
 
     slept: list[float] = []
     monkeypatch.setattr(mod.time, "sleep", slept.append)

@@ -45,7 +45,7 @@ from ferrule._native import (
     WorkQueue,
     __version__,
 )
-from ferrule._resilience import Retry, retry
+from ferrule._retry import Retry, retry
 from ferrule._taskpool import TaskPool
 
 __all__ = [

@@ -16,7 +16,7 @@
 //! `name` and the topic are exact `str`s, which cannot lead anywhere.
 //!
 //! The decorator and the context managers (sync and async) live in
-//! `ferrule._resilience`; they drive the core through `_acquire` and `_record`, carrying
+//! `ferrule._breaker`; they drive the core through `_acquire` and `_record`, carrying
 //! the permit in a context variable so that concurrent `with` blocks on one breaker in
 //! different threads or tasks each record their own outcome.
 
@@ -330,13 +330,13 @@ impl CircuitBreaker {
             return Err(wrong_type("func", "callable", func));
         }
         let py = slf.py();
-        Ok(lookup!(py, "ferrule._resilience", "_decorate")?
+        Ok(lookup!(py, "ferrule._breaker", "_decorate")?
             .call1((slf, func))?
             .unbind())
     }
 
     fn __enter__(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
-        Ok(lookup!(slf.py(), "ferrule._resilience", "_enter")?
+        Ok(lookup!(slf.py(), "ferrule._breaker", "_enter")?
             .call1((slf,))?
             .unbind())
     }
@@ -349,12 +349,12 @@ impl CircuitBreaker {
         tb: &Bound<'_, PyAny>,
     ) -> PyResult<bool> {
         let _ = (exc_type, tb);
-        lookup!(slf.py(), "ferrule._resilience", "_exit")?.call1((slf, exc))?;
+        lookup!(slf.py(), "ferrule._breaker", "_exit")?.call1((slf, exc))?;
         Ok(false)
     }
 
     fn __aenter__(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
-        Ok(lookup!(slf.py(), "ferrule._resilience", "_aenter")?
+        Ok(lookup!(slf.py(), "ferrule._breaker", "_aenter")?
             .call1((slf,))?
             .unbind())
     }
@@ -367,7 +367,7 @@ impl CircuitBreaker {
         tb: &Bound<'_, PyAny>,
     ) -> PyResult<Py<PyAny>> {
         let _ = (exc_type, tb);
-        Ok(lookup!(slf.py(), "ferrule._resilience", "_aexit")?
+        Ok(lookup!(slf.py(), "ferrule._breaker", "_aexit")?
             .call1((slf, exc))?
             .unbind())
     }
