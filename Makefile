@@ -53,8 +53,8 @@ demo: dev ## build, then run the demo (python -m ferrule)
 lint: $(LINT_STAMP) dev ## rustfmt, clippy, ruff, mypy and the stub check
 	cargo fmt --check
 	cargo clippy --all-targets -q -- -D warnings
-	$(VENV)/bin/ruff check python tests benches
-	$(VENV)/bin/ruff format --check python tests benches
+	$(VENV)/bin/ruff check python tests benches docs/ext
+	$(VENV)/bin/ruff format --check python tests benches docs/ext
 	$(VENV)/bin/mypy python/ferrule
 	$(VENV)/bin/python -m mypy.stubtest ferrule._native --allowlist stubtest-allowlist.txt
 
