@@ -166,6 +166,21 @@ def test_blocks_are_found() -> None:
     assert guides == {p.stem for p in (DOCS / "guide").glob("*.md")}
 
 
+GUIDE_HEADINGS = ["Quick start", "What is guaranteed and how", "Performance", "Limits"]
+PARTS = {"ratelimit", "cache", "registry", "queue", "taskpool", "bus", "breaker", "retry"}
+PARTS |= {"metrics", "error_store", "health", "budget", "pool", "clock"}
+
+
+def test_guides_have_the_same_sections() -> None:
+    """One guide per part, each with exactly these headings, in this order."""
+    assert {p.stem for p in (DOCS / "guide").glob("*.md")} == PARTS
+    assert {p.stem for p in (DOCS / "api").glob("*.md")} >= PARTS
+    for page in sorted((DOCS / "guide").glob("*.md")):
+        text = page.read_text(encoding="utf-8")
+        headings = re.findall(r"^## (.+?)\s*$", text, re.M)
+        assert headings == GUIDE_HEADINGS, page.name
+
+
 # ---- the API pages name every public name ------------------------------------------------
 
 _DIRECTIVE = re.compile(r"^::: ([\w.]+)\s*$", re.M)
