@@ -6,8 +6,9 @@ namespace, so a block may use what an earlier block of its file defined (each te
 the earlier blocks of its file first if they have not run yet). A block may be skipped
 only by an HTML comment on the line before its fence, ``<!-- skip: <reason> -->``, for
 output or illustration that cannot run; the reason is required. A block that imports
-``redis`` or ``ferrule.redis`` gets a real redis-server from ``tests/redis_server.py``
-(``REDIS_URL`` names it) and is skipped only when no server can be had.
+``redis`` or ``ferrule.redis``, and every later block of its file, gets a real
+redis-server from ``tests/redis_server.py`` (``REDIS_URL`` names it) and is skipped only
+when no server can be had.
 """
 
 from __future__ import annotations
@@ -39,14 +40,11 @@ class Block:
     line: int  # 1-based line of the first code line
     code: str
     skip: str | None  # the reason, when marked
+    needs_redis: bool  # it, or an earlier block of its file, imports redis
 
     @property
     def id(self) -> str:
         return f"{self.path.relative_to(ROOT)}:{self.line}"
-
-    @property
-    def needs_redis(self) -> bool:
-        return bool(_NEEDS_REDIS.search(self.code))
 
 
 def markdown_files() -> list[Path]:
@@ -57,6 +55,7 @@ def blocks_of(path: Path) -> list[Block]:
     """The fenced ``python`` blocks of a Markdown file (top level: not indented)."""
     lines = path.read_text(encoding="utf-8").splitlines()
     found: list[Block] = []
+    redis = False
     i = 0
     while i < len(lines):
         m = _FENCE.match(lines[i])
@@ -71,7 +70,8 @@ def blocks_of(path: Path) -> list[Block]:
             before = next((ln.strip() for ln in reversed(lines[:i]) if ln.strip()), "")
             marker = _SKIP.match(before)
             code = "\n".join(lines[i + 1 : end]) + "\n"
-            found.append(Block(path, i + 2, code, marker.group(1) if marker else None))
+            redis = redis or bool(_NEEDS_REDIS.search(code))
+            found.append(Block(path, i + 2, code, marker.group(1) if marker else None, redis))
         i = end + 1
     return found
 
