@@ -22,7 +22,7 @@ from typing import Any
 
 import griffe
 
-_ROLE = re.compile(r":(?:py:)?(?:class|meth|func|attr|exc|obj|data|mod):`~?\.?([^`]+)`")
+_ROLE = re.compile(r":(?:py:)?(?:class|meth|func|attr|exc|obj|data|mod):`(~?)\.?([^`]+)`")
 
 
 def _public(path: str) -> str:
@@ -93,9 +93,10 @@ class FerruleDocstrings(griffe.Extension):
 
     def _markdown(self, obj: griffe.Object, text: str) -> str:
         def role(m: re.Match[str]) -> str:
-            name = m.group(1)
+            name = m.group(2)
+            shown = name.rsplit(".", 1)[-1] if m.group(1) else name  # ~: the last part
             target = self._target(obj, name)
-            return f"[`{name}`][{target}]" if target else f"`{name}`"
+            return f"[`{shown}`][{target}]" if target else f"`{shown}`"
 
         out: list[str] = []
         example = False
