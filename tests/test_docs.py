@@ -181,6 +181,17 @@ def test_guides_have_the_same_sections() -> None:
         assert headings == GUIDE_HEADINGS, page.name
 
 
+def test_named_files_exist() -> None:
+    """Every benchmark or script the docs tell you to run is there (files move)."""
+    named: set[str] = set()
+    for page in markdown_files():
+        text = page.read_text(encoding="utf-8")
+        named |= set(re.findall(r"\b((?:benches|scripts|tests)/[\w./-]+\.(?:py|sh))", text))
+        named |= {f"benches/{n}" for n in re.findall(r"\(`(test_\w+\.py)`\)", text)}
+    assert named, "no file names found"
+    assert sorted(n for n in named if not (ROOT / n).exists()) == []
+
+
 # ---- the API pages name every public name ------------------------------------------------
 
 _DIRECTIVE = re.compile(r"^::: ([\w.]+)\s*$", re.M)
