@@ -5,20 +5,41 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
+# Dependencies are hashed locks, one per purpose (requirements/<purpose>.in -> .txt, `make
+# lock`). .venv gets test.txt (and bench.txt, lint.txt when a target needs them; the locks
+# agree on every shared version); the docs have their own venv.
+STAMP := $(VENV)/.test-installed
+BENCH_STAMP := $(VENV)/.bench-installed
+LINT_STAMP := $(VENV)/.lint-installed
+DOCS_VENV := .venv-docs
+DOCS_STAMP := $(DOCS_VENV)/.installed
+
+# $(call install,VENV,LOCK): create VENV if needed, install LOCK into it (hashes required).
+define install
+	@test -x $(1)/bin/python || $(PYTHON) -m venv $(1)
+	$(1)/bin/python -m pip install -q --upgrade pip
+	$(1)/bin/python -m pip install -q --require-hashes -r $(2)
+	@touch $@
+endef
 
 .PHONY: help
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
 
-$(STAMP): requirements/dev.txt
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements/dev.txt
-	@touch $(STAMP)
+$(STAMP): requirements/test.txt
+	$(call install,$(VENV),requirements/test.txt)
+
+$(BENCH_STAMP): requirements/bench.txt $(STAMP)
+	$(call install,$(VENV),requirements/bench.txt)
+
+$(LINT_STAMP): requirements/lint.txt $(STAMP)
+	$(call install,$(VENV),requirements/lint.txt)
+
+$(DOCS_STAMP): requirements/docs.txt
+	$(call install,$(DOCS_VENV),requirements/docs.txt)
 
 .PHONY: venv
-venv: $(STAMP) ## create .venv with the test and benchmark dependencies
+venv: $(STAMP) $(BENCH_STAMP) $(LINT_STAMP) ## create .venv with the test, benchmark and lint dependencies
 
 .PHONY: dev
 dev: $(STAMP) ## build the extension (release) into .venv
@@ -29,11 +50,11 @@ demo: dev ## build, then run the demo (python -m ferrule)
 	$(PY) -m ferrule
 
 .PHONY: lint
-lint: $(STAMP) ## rustfmt, clippy, ruff, mypy and the stub check
+lint: $(LINT_STAMP) dev ## rustfmt, clippy, ruff, mypy and the stub check
 	cargo fmt --check
 	cargo clippy --all-targets -q -- -D warnings
-	$(VENV)/bin/ruff check python tests benches
-	$(VENV)/bin/ruff format --check python tests benches
+	$(VENV)/bin/ruff check python tests benches docs/ext
+	$(VENV)/bin/ruff format --check python tests benches docs/ext
 	$(VENV)/bin/mypy python/ferrule
 	$(VENV)/bin/python -m mypy.stubtest ferrule._native --allowlist stubtest-allowlist.txt
 
@@ -54,7 +75,7 @@ redis-server: ## install redis-server (Debian package) if missing; the Redis tes
 	    || echo "could not install redis-server: the ferrule.redis tests will be skipped"; }
 
 .PHONY: pytest
-pytest: dev redis-server ## the pytest suite and the benchmark smoke run on this interpreter
+pytest: dev $(BENCH_STAMP) redis-server ## the pytest suite and the benchmark smoke run on this interpreter
 	$(PY) -m pytest -q -p no:cacheprovider tests
 	$(PY) -m pytest -q -p no:cacheprovider benches --benchmark-disable
 
@@ -66,8 +87,30 @@ SEED ?= 0
 fuzz: dev ## bad-input fuzz of the whole API: SECONDS (180) of random cases from SEED (0), then threads
 	$(PY) tests/fuzz_api.py --seconds $(SECONDS) --seed $(SEED)
 
+.PHONY: docs
+docs: $(DOCS_STAMP) ## build the documentation site into site/ (mkdocs build --strict)
+	NO_MKDOCS_2_WARNING=1 $(DOCS_VENV)/bin/mkdocs build --strict -q
+
+# `make lock` keeps every pin it can; `make lock UPGRADE=1` moves them to the newest.
+UV_VERSION := 0.13.9
+LOCK_VENV := .venv-lock
+UV := $(LOCK_VENV)/bin/uv
+COMPILE = $(UV) pip compile -q --universal --generate-hashes --custom-compile-command "make lock" \
+	$(if $(UPGRADE),--upgrade)
+
+.PHONY: lock
+lock: ## regenerate the hashed locks requirements/*.txt from requirements/*.in (uv)
+	@test -x $(UV) || { $(PYTHON) -m venv $(LOCK_VENV) && $(LOCK_VENV)/bin/python -m pip install -q uv==$(UV_VERSION); }
+	$(COMPILE) --python-version 3.10 requirements/test.in -o requirements/test.txt
+	$(COMPILE) --python-version 3.10 requirements/lint.in -c requirements/test.txt -o requirements/lint.txt
+	$(COMPILE) --python-version 3.10 requirements/bench.in -c requirements/test.txt \
+	  -c requirements/lint.txt -o requirements/bench.txt
+	$(COMPILE) --python-version 3.10 requirements/docs.in -o requirements/docs.txt
+	$(COMPILE) --python-version 3.13 --only-binary cachebox --emit-build-options \
+	  requirements/ft.in -o requirements/ft.txt
+
 .PHONY: check
-check: dev lint cargo-test loom ## every static check, the Rust tests and the loom models
+check: dev lint docs cargo-test loom ## every static check, the docs build, the Rust tests and the loom models
 
 .PHONY: free-threaded
 free-threaded: redis-server ## the whole pytest suite on a free-threaded CPython 3.13t, GIL off
@@ -81,7 +124,7 @@ wheels: $(STAMP) ## build the GIL and cp313t wheels and smoke-test each in a cle
 test: check pytest free-threaded wheels ## everything CI runs: lints, cargo test, pytest (GIL and free-threaded), wheels
 
 .PHONY: bench
-bench: dev ## the real benchmark run (release build, peers side by side)
+bench: dev $(BENCH_STAMP) ## the real benchmark run (release build, peers side by side)
 	$(PY) -m pytest benches --benchmark-only --benchmark-columns=min,median,mean,ops --benchmark-sort=name -q
 
 .PHONY: scaling
@@ -90,4 +133,4 @@ scaling: ## the 1-vs-2-thread scaling benchmark on free-threaded 3.13t
 
 .PHONY: clean
 clean: ## remove build products and venvs
-	rm -rf target $(VENV) .venv-ft
+	rm -rf target site $(VENV) .venv-ft $(DOCS_VENV) $(LOCK_VENV)

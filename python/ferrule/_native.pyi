@@ -664,16 +664,21 @@ class WorkQueue(Generic[_T]):
         block-policy queue is full; other policies never wait (``drop_newest`` returns
         without adding the item). Cancelling it puts nothing.
 
-        >>> async def produce(q: WorkQueue[int]) -> None:
-        ...     await q.put_async(1)
+        >>> import asyncio
+        >>> q = WorkQueue(1)
+        >>> asyncio.run(q.put_async(1))
+        >>> q.get_nowait()
+        1
         """
 
     def get_async(self) -> Coroutine[Any, Any, _T]:
         """Coroutine: ``get`` for asyncio. Waits on the running loop (no thread); any
         thread's ``put`` wakes it. Cancelling it never loses an item.
 
-        >>> async def consume(q: WorkQueue[int]) -> int:
-        ...     return await q.get_async()
+        >>> import asyncio
+        >>> q = WorkQueue(1); q.put(7)
+        >>> asyncio.run(q.get_async())
+        7
         """
 
     def _put_or_wait(self, item: _T, waker: Callable[[], object] | None) -> bool:
@@ -783,7 +788,7 @@ def _run_worker(queue: WorkQueue[Any], counters: TaskCounters) -> None:
     """Internal: a ``TaskPool`` worker loop. Runs ``(future, fn, args, kwargs)`` tasks from
     ``queue`` until it is closed and drained; a task's exception goes on its future.
 
-    >>> q: WorkQueue[Any] = WorkQueue(4)
+    >>> q = WorkQueue(4)
     >>> q.close()
     >>> _run_worker(q, TaskCounters())
     """
@@ -1353,8 +1358,12 @@ class Subscription:
         publish from any thread wakes it, and so does ``cancel()`` (it then gets what is
         still queued, or :class:`QueueClosed`). Cancelling it never loses a signal.
 
-        >>> async def next_signal(sub: Subscription) -> Signal:
-        ...     return await sub.get_async()
+        >>> import asyncio
+        >>> bus = SignalBus(); sub = bus.subscribe("job.*")
+        >>> bus.publish("job.done", 42)
+        1
+        >>> asyncio.run(sub.get_async()).data
+        42
         """
     def _get_or_wait(self, waker: Callable[[], object] | None, pending: object) -> Signal:
         """Internal (asyncio glue): a signal, or ``pending`` after registering ``waker``."""
@@ -1565,9 +1574,13 @@ class Metrics:
         """A :class:`Timer` for ``op``: ``with m.time("op"): ...`` or ``@m.time("op")``.
         A name that is not valid UTF-8 (a lone surrogate) raises UnicodeEncodeError here.
 
+        >>> import asyncio
         >>> m = Metrics()
         >>> @m.time("work")
-        ... async def work() -> None: ...
+        ... async def work() -> str:
+        ...     return "done"
+        >>> asyncio.run(work()), m.snapshot("work").count
+        ('done', 1)
         """
 
     def snapshot(self, op: str) -> OpStats:
@@ -1835,9 +1848,13 @@ class ResourceManager:
         """``acquire`` for asyncio: the coroutine waits on a future that a release
         resolves (no thread per waiter). Arguments are checked at the call.
 
-        >>> async def job(rm: ResourceManager) -> None:
+        >>> import asyncio
+        >>> rm = ResourceManager({"workers": 2})
+        >>> async def job() -> int:
         ...     with await rm.acquire_async("workers", timeout=5.0):
-        ...         ...
+        ...         return rm.usage()["workers"].used
+        >>> asyncio.run(job()), rm.usage()["workers"].used
+        (1, 0)
         """
 
     def usage(self) -> dict[str, Usage]:
@@ -1986,9 +2003,14 @@ class Pool(Generic[_T]):
     def acquire_async(self, timeout: float | None = None) -> AbstractAsyncContextManager[_T]:
         """``async with pool.acquire_async() as item:``; waits on a future, not a thread.
 
-        >>> async def handler(pool: Pool[Any]) -> None:
-        ...     async with pool.acquire_async(timeout=5.0) as client:
-        ...         ...
+        >>> import asyncio
+        >>> pool = Pool(list, max_size=1)
+        >>> async def handler() -> int:
+        ...     async with pool.acquire_async(timeout=5.0) as item:
+        ...         item.append("used")
+        ...         return len(item)
+        >>> asyncio.run(handler())
+        1
         """
 
     def close(self) -> None:
