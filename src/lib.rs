@@ -29,6 +29,12 @@ mod _native {
     #[pymodule_export]
     use crate::py::ratelimit::{Decision, RateLimiter};
     #[pymodule_export]
+    use crate::py::redis::{
+        _agent_id, _already_registered, _changes, _check_cost, _criteria, _gcra_params,
+        _match_where, _max_batch, _prefix, _redis_key, _registration, _registrations, _timeout,
+        _ttl, ParsedWhere,
+    };
+    #[pymodule_export]
     use crate::py::registry::{Agent, Registry};
     #[pymodule_export]
     use crate::py::taskpool::{_run_worker, TaskCounters, TaskPoolStats};

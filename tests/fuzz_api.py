@@ -1001,6 +1001,7 @@ def _enter(obj: Any, ctx: Ctx) -> None:
 SPECIAL: dict[str, Special] = {
     "Registry.register": Special({"agent_id": "new"}),
     "Registry.register_many": Special({"items": Fresh(lambda ctx, obj: [{"agent_id": "b1"}])}),
+    "ferrule._registrations": Special({"items": Fresh(lambda ctx, obj: [{"agent_id": "b1"}])}),
     "Registry.update": Special({"health": "degraded"}),
     "WorkQueue.put_many": Special({"items": Fresh(lambda ctx, obj: [1, 2])}),
     "WorkQueue._forget_getter": Special({"waker": noop}),

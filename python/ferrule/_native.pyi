@@ -2042,3 +2042,119 @@ class Pool(Generic[_T]):
         like every timeout (TypeError, ValueError, OverflowError)."""
     def _finish(self, item: Any, exc: BaseException | None = None) -> None:
         """ValueError if no item is checked out (``item`` cannot be a return)."""
+
+# ---------------------------------------------------------------------------------------
+# Redis tier: private helpers of ferrule.redis (src/py/redis.rs)
+# ---------------------------------------------------------------------------------------
+# The Redis classes check their arguments here, with the in-process classes' own rules
+# and messages, so that ``RedisRateLimiter``/``RedisRegistry`` refuse what
+# ``RateLimiter``/``Registry`` refuse, with the same errors.
+
+def _gcra_params(
+    rate: float, per: float | None = None, burst: int | None = None
+) -> tuple[float, float, int, int, int]:
+    """Internal: ``RateLimiter(rate, per, burst=burst)``'s checks, then the Redis tier's
+    bound (a window ``burst * per / rate`` of at most 52 days, where Lua's doubles stay
+    exact). Returns ``(rate, per, interval_ns, burst, tau_ns)``.
+
+    >>> _gcra_params(3, burst=1)
+    (3.0, 1.0, 333333334, 1, 333333334)
+    """
+
+def _check_cost(cost: int | None, burst: int) -> int:
+    """Internal: a request's ``cost`` by ``RateLimiter``'s rule (None is 1) for a bucket
+    of capacity ``burst``.
+
+    >>> _check_cost(2, 10)
+    2
+    """
+
+def _timeout(timeout: float | None) -> float | None:
+    """Internal: ``RateLimiter.acquire``'s ``timeout`` rule; None or whole nanoseconds as
+    seconds."""
+
+def _redis_key(key: object) -> bytes:
+    """Internal: a ``RedisRateLimiter`` key as the bytes naming its bucket (after the
+    prefix): ``n:`` None, ``s:`` str (UTF-8), ``i:`` int (decimal; a bool is its int),
+    ``b:`` bytes, ``t:`` a tuple of ``<length>:<item>`` parts; tuples nest at most 16 deep.
+    Anything else is a TypeError.
+
+    >>> _redis_key(("user", 1))
+    b't:6:s:user3:i:1'
+    """
+
+def _prefix(prefix: str) -> str:
+    """Internal: a Redis class's ``prefix`` (a str), as an exact str."""
+
+def _agent_id(agent_id: str) -> str:
+    """Internal: an ``agent_id`` by ``Registry``'s rule, as an exact str."""
+
+@overload
+def _ttl(ttl: float, required: Literal[True]) -> int: ...
+@overload
+def _ttl(ttl: float | None, required: bool = False) -> int | None:
+    """Internal: a lease ``ttl`` by ``Registry``'s rule (seconds > 0), in nanoseconds;
+    None passes unless ``required``."""
+
+def _max_batch(max_batch: int | None) -> int:
+    """Internal: ``Registry(max_batch=...)``'s rule (None: 10 000)."""
+
+def _already_registered(agent_id: str) -> AlreadyRegistered:
+    """Internal: the ``AlreadyRegistered`` error for ``agent_id``, with ``Registry``'s
+    message (raised by the caller)."""
+
+def _registration(
+    agent_id: str,
+    capabilities: Iterable[str] | None = None,
+    node: str | None = None,
+    health: str | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    ttl: float | None = None,
+) -> tuple[str, list[str], str | None, str, dict[str, Any], int | None]:
+    """Internal: ``Registry.register``'s checks, in its order. Returns ``(agent_id,
+    capabilities, node, health, metadata, ttl_ns)``: the capabilities sorted without
+    duplicates, the health ``"healthy"`` when None, the metadata a new dict.
+
+    >>> _registration("a", capabilities=["b", "a", "b"], metadata={"k": 1})
+    ('a', ['a', 'b'], None, 'healthy', {'k': 1}, None)
+    """
+
+def _registrations(
+    items: Iterable[Mapping[str, Any]], max_batch: int
+) -> list[tuple[str, list[str], str | None, str, dict[str, Any], int | None, Any, Any]]:
+    """Internal: ``Registry.register_many``'s checks (at most ``max_batch`` items, each a
+    dict with known keys and an ``agent_id``, no id twice: ``AlreadyRegistered``). One
+    ``_registration`` tuple per item, followed by its ``value`` and ``owner``."""
+
+def _changes(**changes: Any) -> dict[str, Any]:
+    """Internal: ``Registry.update``'s checks of the given changes (``capabilities``,
+    ``node``, ``health``, ``metadata``), converted as ``_registration`` converts them."""
+
+@final
+class _Where:
+    """Internal: a ``where`` list of ``(path, op, value)`` conditions, parsed by
+    ``Registry``'s parser (``_criteria`` makes one; see ``_match_where``). None is no
+    condition; a callable is refused (TypeError)."""
+
+    def __new__(cls, where: Iterable[tuple[str, str, Any]] | None = None) -> _Where: ...
+
+def _criteria(
+    capability: str | None = None,
+    node: str | None = None,
+    health: str | None = None,
+    where: Callable[[Any], object] | Iterable[tuple[str, str, Any]] | None = None,
+    limit: int | None = None,
+) -> tuple[str | None, str | None, str | None, Callable[[Any], object] | _Where | None, int | None]:
+    """Internal: ``Registry.find``'s checks, in its order. ``where`` comes back as None,
+    the caller's callable, or a :class:`_Where`; a limit too large for any count comes
+    back as the largest one."""
+
+def _match_where(where: _Where | None, metadata: Mapping[str, Any]) -> bool:
+    """Internal: whether ``metadata`` meets every condition of ``where`` (None: True),
+    decided as ``Registry.find`` decides it: a missing path never matches, a comparison
+    Python refuses is no match, ``eq`` and ``in`` also match an element of a list value.
+
+    >>> w = _criteria(where=[("gpu.count", "gte", 2), ("zone", "in", ["a", "b"])])[3]
+    >>> _match_where(w, {"gpu": {"count": 4}, "zone": "b"}), _match_where(w, {"zone": "a"})
+    (True, False)
+    """

@@ -280,18 +280,14 @@ impl Gcra {
         self.tau.max(MIN_IDLE_GRACE)
     }
 
+    /// The window `burst * interval`, in nanoseconds.
+    pub fn tau(&self) -> u64 {
+        self.tau
+    }
+
     /// Validates a request's cost.
     pub fn check_cost(&self, cost: u64) -> Result<(), RateError> {
-        if cost == 0 {
-            Err(RateError::CostNotPositive)
-        } else if cost > self.burst {
-            Err(RateError::CostAboveBurst {
-                cost,
-                burst: self.burst,
-            })
-        } else {
-            Ok(())
-        }
+        check_cost(cost, self.burst)
     }
 
     /// The new `tat` if `cost` tokens at `now` given `tat` are allowed (no division: the
@@ -347,6 +343,18 @@ impl Gcra {
     #[inline]
     pub fn remaining(&self, tat: u64, now: u64) -> u64 {
         now.saturating_add(self.tau).saturating_sub(tat.max(now)) / self.interval
+    }
+}
+
+/// Validates a request's cost for a bucket of capacity `burst` (also for limiters whose
+/// buckets live elsewhere, such as the Redis tier).
+pub fn check_cost(cost: u64, burst: u64) -> Result<(), RateError> {
+    if cost == 0 {
+        Err(RateError::CostNotPositive)
+    } else if cost > burst {
+        Err(RateError::CostAboveBurst { cost, burst })
+    } else {
+        Ok(())
     }
 }
 

@@ -58,7 +58,7 @@ use crate::py::lookup::lookup;
 use crate::py::wait::{self, SLICE};
 
 /// Deepest tuple nesting kept on the native path (deeper tuples are opaque keys).
-const MAX_DEPTH: u32 = 16;
+pub(crate) const MAX_DEPTH: u32 = 16;
 /// 2^63 as a float: integral floats in `[-2^63, 2^63)` are i64 keys.
 const TWO_63: f64 = 9_223_372_036_854_775_808.0;
 

@@ -109,7 +109,7 @@ impl RegData {
 }
 
 /// Host copy of one version's metadata (`None`: empty).
-type MetaPy = Option<Py<PyDict>>;
+pub(crate) type MetaPy = Option<Py<PyDict>>;
 type Core = core::Registry<RegData, MetaPy>;
 type E = Entry<RegData, MetaPy>;
 type Grave = Vec<Arc<E>>;
@@ -159,7 +159,7 @@ fn rust_str(s: &Bound<'_, PyString>) -> PyResult<Arc<str>> {
 }
 
 /// An exact list, tuple, set, frozenset or dict: a container CPython copies in one step.
-fn is_builtin_container(obj: &Bound<'_, PyAny>) -> bool {
+pub(crate) fn is_builtin_container(obj: &Bound<'_, PyAny>) -> bool {
     let p = obj.as_ptr();
     // SAFETY: `p` is a live object; these checks only read its type.
     unsafe {
@@ -174,7 +174,7 @@ fn is_builtin_container(obj: &Bound<'_, PyAny>) -> bool {
 /// is taken in one step (under the container's lock on free-threaded builds), so another
 /// thread's change is wholly in or wholly out; any other iterable is iterated through
 /// Python's protocol, and its failures are ordinary exceptions.
-fn snapshot<'py>(obj: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyList>> {
+pub(crate) fn snapshot<'py>(obj: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyList>> {
     // SAFETY: `obj` is live; `PySequence_List` returns a new reference to a list, or
     // NULL with an exception set.
     unsafe {
@@ -257,7 +257,10 @@ fn dict_value(d: &Bound<'_, PyDict>, depth: u32) -> Value {
 }
 
 /// `metadata`: None or a mapping with str keys, copied (shallowly) into a new dict.
-fn metadata(py: Python<'_>, obj: Option<&Bound<'_, PyAny>>) -> PyResult<Arc<Metadata<MetaPy>>> {
+pub(crate) fn metadata(
+    py: Python<'_>,
+    obj: Option<&Bound<'_, PyAny>>,
+) -> PyResult<Arc<Metadata<MetaPy>>> {
     let Some(obj) = obj.filter(|o| !o.is_none()) else {
         return Ok(empty_meta());
     };
@@ -298,7 +301,7 @@ fn empty_meta() -> Arc<Metadata<MetaPy>> {
 
 /// `capabilities`: an iterable of str (a bare str is refused: it is almost always a
 /// mistake for a one-element tuple).
-fn capabilities(obj: Option<&Bound<'_, PyAny>>) -> PyResult<Vec<Arc<str>>> {
+pub(crate) fn capabilities(obj: Option<&Bound<'_, PyAny>>) -> PyResult<Vec<Arc<str>>> {
     let Some(obj) = obj.filter(|o| !o.is_none()) else {
         return Ok(Vec::new());
     };
@@ -326,14 +329,14 @@ fn capabilities(obj: Option<&Bound<'_, PyAny>>) -> PyResult<Vec<Arc<str>>> {
     Ok(out)
 }
 
-fn opt_str(obj: Option<&Bound<'_, PyAny>>, arg: &str) -> PyResult<Option<Arc<str>>> {
+pub(crate) fn opt_str(obj: Option<&Bound<'_, PyAny>>, arg: &str) -> PyResult<Option<Arc<str>>> {
     match obj.filter(|o| !o.is_none()) {
         None => Ok(None),
         Some(o) => Ok(Some(rust_str(&args::string(o, arg)?)?)),
     }
 }
 
-fn health_arg(obj: Option<&Bound<'_, PyAny>>) -> PyResult<Arc<str>> {
+pub(crate) fn health_arg(obj: Option<&Bound<'_, PyAny>>) -> PyResult<Arc<str>> {
     match obj.filter(|o| !o.is_none()) {
         // Fresh rather than a shared static (see `empty_meta`); the index interns it.
         None => Ok(Arc::from("healthy")),
@@ -342,7 +345,7 @@ fn health_arg(obj: Option<&Bound<'_, PyAny>>) -> PyResult<Arc<str>> {
 }
 
 /// `limit`: None or an int >= 0. One too large for any count means no limit.
-fn limit_arg(obj: Option<&Bound<'_, PyAny>>) -> PyResult<Option<usize>> {
+pub(crate) fn limit_arg(obj: Option<&Bound<'_, PyAny>>) -> PyResult<Option<usize>> {
     let Some(l) = obj.filter(|l| !l.is_none()) else {
         return Ok(None);
     };
@@ -582,7 +585,7 @@ impl Agent {
 // ---- where ----------------------------------------------------------------------------
 
 /// A parsed `where` argument.
-enum Where {
+pub(crate) enum Where {
     None,
     Callable(Py<PyAny>),
     /// The conditions, each with its Python value for the fallback evaluation: for `in`
@@ -593,7 +596,7 @@ enum Where {
 
 const WHERE_SHAPE: &str = "where must be a callable or a list of (path, op, value) triples";
 
-fn parse_where(obj: Option<&Bound<'_, PyAny>>) -> PyResult<Where> {
+pub(crate) fn parse_where(obj: Option<&Bound<'_, PyAny>>) -> PyResult<Where> {
     let Some(obj) = obj.filter(|o| !o.is_none()) else {
         return Ok(Where::None);
     };
@@ -705,7 +708,12 @@ fn refused_is_no(py: Python<'_>, r: PyResult<bool>) -> PyResult<bool> {
 }
 
 /// Python's answer for one condition (used when the core could not decide).
-fn py_cond(py: Python<'_>, c: &Cond, q: &Bound<'_, PyAny>, meta: &MetaPy) -> PyResult<bool> {
+pub(crate) fn py_cond(
+    py: Python<'_>,
+    c: &Cond,
+    q: &Bound<'_, PyAny>,
+    meta: &MetaPy,
+) -> PyResult<bool> {
     let Some(d) = meta else { return Ok(false) };
     let mut cur = d.bind(py).clone().into_any();
     for seg in &c.path {
@@ -749,7 +757,7 @@ fn py_repr(py: Python<'_>, s: &str) -> String {
         .map_or_else(|_| format!("{s:?}"), |r| r.to_string())
 }
 
-fn taken(py: Python<'_>, id: &str) -> PyErr {
+pub(crate) fn taken(py: Python<'_>, id: &str) -> PyErr {
     Exc::AlreadyRegistered.err(
         py,
         format!("agent id {} is already registered", py_repr(py, id)),
@@ -772,7 +780,7 @@ pub struct Registry {
 }
 
 /// The keys a `register_many` item may have.
-const ITEM_KEYS: [&str; 8] = [
+pub(crate) const ITEM_KEYS: [&str; 8] = [
     "agent_id",
     "value",
     "capabilities",

@@ -1,0 +1,526 @@
+//! Private helpers of `ferrule.redis`, the Redis tier: a limiter and a registry whose
+//! state lives in Redis, written in Python around server-side Lua scripts.
+//!
+//! The Redis classes take the same arguments as `RateLimiter` and `Registry` and must
+//! refuse the same bad ones with the same errors, so their rules are not written again in
+//! Python: every function here applies the in-process bindings' own converters
+//! (`crate::py::args`, the registry's argument functions in `crate::py::registry`, the
+//! core's `Gcra`) in the order those bindings apply them, and hands the Python layer
+//! plain values to send to the server. What only the Redis tier has (its key encoding,
+//! the smaller window Lua's doubles allow) is here too, so that it is written once.
+//!
+//! A `where` of conditions is parsed by the registry's own parser into a [`ParsedWhere`]
+//! and evaluated on an agent's metadata as the registry evaluates it: on the core's value
+//! tree, with Python deciding only what the tree cannot (see `core::registry::Cond`).
+//!
+//! Nothing here holds a lock while Python code runs: the one lock (the `ParsedWhere`'s
+//! values, for the garbage collector) is held only to clone references.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::ffi;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyInt, PyList, PyString, PyTuple};
+use pyo3::{PyTraverseError, PyVisit};
+
+use crate::core::clock::{self, nanos_to_secs};
+use crate::core::ratelimit::{self, Gcra};
+use crate::core::registry::{normalize_caps, Cond, Metadata, Tri};
+use crate::errors::wrong_type;
+use crate::py::args::{self, Held};
+use crate::py::ratelimit::MAX_DEPTH;
+use crate::py::registry::{self as reg, MetaPy, Where};
+
+/// Largest window `burst * interval` in nanoseconds: the GCRA script's relative
+/// quantities then stay below 2^53, where Lua's doubles are exact integers.
+const MAX_WINDOW: u64 = 1 << 52;
+
+/// What a Redis key describes (`key`'s kind, for the refusal).
+const KEY_KINDS: &str = "None, str, int, bytes or a tuple of those";
+
+// ---- the rate limiter --------------------------------------------------------------------
+
+/// `RateLimiter(rate, per, burst=...)`'s rules, then the Redis tier's window bound:
+/// `(rate, per, interval_ns, burst, tau_ns)`.
+#[pyfunction]
+#[pyo3(signature = (rate, per = None, burst = None))]
+pub fn _gcra_params(
+    rate: &Bound<'_, PyAny>,
+    per: Option<&Bound<'_, PyAny>>,
+    burst: Option<&Bound<'_, PyAny>>,
+) -> PyResult<(f64, f64, u64, u64, u64)> {
+    // The order of `RateLimiter::new`.
+    let rate = args::number(rate, "rate")?;
+    let per = match per {
+        None => 1.0,
+        Some(p) => args::seconds(p, "per")?,
+    };
+    // At least 1 ns and at most 4e18 ns: the cast to u64 is exact.
+    let per_ns = clock::positive_nanos(per, "per")? as u64;
+    let burst_given = match burst {
+        // >= 1, so the cast is exact.
+        Some(b) if !b.is_none() => Some(args::int_at_least(b, "burst", 1)? as u64),
+        _ => None,
+    };
+    let gcra = Gcra::new(rate, per_ns, burst_given)?;
+    if gcra.tau() > MAX_WINDOW {
+        // As the core names it: the rate when the interval alone is too long or the
+        // burst is the default one, else the burst.
+        let arg = if burst_given.is_some() && gcra.interval() <= MAX_WINDOW {
+            "burst"
+        } else {
+            "rate"
+        };
+        return Err(PyValueError::new_err(format!(
+            "{arg} is out of range: burst * per / rate must be at most 52 days"
+        )));
+    }
+    Ok((rate, per, gcra.interval(), gcra.burst(), gcra.tau()))
+}
+
+/// A request's `cost` (absent or None: 1) by `RateLimiter`'s rule, for a bucket of
+/// capacity `burst`.
+#[pyfunction]
+#[pyo3(signature = (cost, burst))]
+pub fn _check_cost(cost: Option<&Bound<'_, PyAny>>, burst: u64) -> PyResult<u64> {
+    let cost = match cost {
+        None => 1,
+        // >= 1, so the cast is exact.
+        Some(c) => args::int_at_least(c, "cost", 1)? as u64,
+    };
+    ratelimit::check_cost(cost, burst)?;
+    Ok(cost)
+}
+
+/// `acquire(timeout=...)`'s rule: None, or the timeout in seconds (whole nanoseconds).
+#[pyfunction]
+pub fn _timeout(timeout: Option<&Bound<'_, PyAny>>) -> PyResult<Option<f64>> {
+    Ok(args::opt_duration_nanos(timeout, "timeout")?.map(nanos_to_secs))
+}
+
+/// A limiter key as the bytes that name its bucket in Redis (after the prefix): tagged
+/// by kind, by value, so that every process finds the same bucket for equal keys.
+/// `None` is `n:`, a str `s:` and its UTF-8 (lone surrogates passed through), an int
+/// `i:` and its decimal digits (a bool is the int it equals), bytes `b:` and the bytes,
+/// a tuple `t:` and each item's encoding preceded by its length and `:`. Subclasses are
+/// encoded by their value. Tuples nest at most as deep as `RateLimiter`'s native keys.
+#[pyfunction]
+pub fn _redis_key<'py>(key: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyBytes>> {
+    let mut out = Vec::with_capacity(32);
+    encode_key(key, 0, &mut out)?;
+    Ok(PyBytes::new(key.py(), &out))
+}
+
+fn encode_key(key: &Bound<'_, PyAny>, depth: u32, out: &mut Vec<u8>) -> PyResult<()> {
+    let py = key.py();
+    if key.is_none() {
+        out.extend_from_slice(b"n:");
+    } else if let Ok(s) = key.cast::<PyString>() {
+        out.extend_from_slice(b"s:");
+        match s.to_str() {
+            Ok(text) => out.extend_from_slice(text.as_bytes()),
+            Err(_) => {
+                // Lone surrogates: their UTF-8 form, as `surrogatepass` writes it.
+                // SAFETY: `s` is a live str; the call returns a new reference to a bytes
+                // object or NULL with an exception set.
+                let b = unsafe {
+                    Bound::from_owned_ptr_or_err(
+                        py,
+                        ffi::PyUnicode_AsEncodedString(
+                            s.as_ptr(),
+                            c"utf-8".as_ptr(),
+                            c"surrogatepass".as_ptr(),
+                        ),
+                    )?
+                };
+                out.extend_from_slice(b.cast::<PyBytes>()?.as_bytes());
+            }
+        }
+    } else if let Ok(i) = key.cast::<PyInt>() {
+        out.extend_from_slice(b"i:");
+        if let Ok(v) = i.extract::<i64>() {
+            out.extend_from_slice(v.to_string().as_bytes());
+        } else {
+            // The int's value in decimal, whatever a subclass's `__repr__` says (Python's
+            // limit on digits applies: ValueError beyond it).
+            // SAFETY: `i` is a live int; PyNumber_ToBase returns a new reference or NULL.
+            let s =
+                unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyNumber_ToBase(i.as_ptr(), 10))? };
+            out.extend_from_slice(s.cast::<PyString>()?.to_str()?.as_bytes());
+        }
+    } else if let Ok(b) = key.cast::<PyBytes>() {
+        out.extend_from_slice(b"b:");
+        out.extend_from_slice(b.as_bytes());
+    } else if let Ok(t) = key.cast::<PyTuple>() {
+        if depth >= MAX_DEPTH {
+            return Err(PyTypeError::new_err(format!(
+                "key must not nest tuples more than {MAX_DEPTH} deep"
+            )));
+        }
+        out.extend_from_slice(b"t:");
+        let mut part = Vec::new();
+        // The tuple's own items (a subclass's `__iter__` is not asked).
+        for item in t.iter() {
+            part.clear();
+            encode_key(&item, depth + 1, &mut part)?;
+            out.extend_from_slice(part.len().to_string().as_bytes());
+            out.push(b':');
+            out.extend_from_slice(&part);
+        }
+    } else {
+        return Err(wrong_type("key", KEY_KINDS, key));
+    }
+    Ok(())
+}
+
+// ---- the registry ------------------------------------------------------------------------
+
+/// A str argument as an exact str, refused as the registry refuses ids: not a str, or
+/// not encodable to UTF-8 (lone surrogates).
+fn exact_str<'py>(obj: &Bound<'py, PyAny>, arg: &str) -> PyResult<Bound<'py, PyString>> {
+    let s = args::string(obj, arg)?;
+    let text = s.to_str()?;
+    if s.is_exact_instance_of::<PyString>() {
+        Ok(s)
+    } else {
+        Ok(PyString::new(obj.py(), text))
+    }
+}
+
+/// A Redis class's `prefix`: a str.
+#[pyfunction]
+pub fn _prefix<'py>(prefix: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyString>> {
+    exact_str(prefix, "prefix")
+}
+
+/// An `agent_id` argument, by the registry's rule.
+#[pyfunction]
+pub fn _agent_id<'py>(agent_id: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyString>> {
+    exact_str(agent_id, "agent_id")
+}
+
+/// A lease `ttl` in nanoseconds by the registry's rule (a number of seconds > 0); None
+/// passes unless `required`.
+#[pyfunction]
+#[pyo3(signature = (ttl, required = false))]
+pub fn _ttl(ttl: &Bound<'_, PyAny>, required: bool) -> PyResult<Option<i64>> {
+    if required {
+        Ok(Some(clock::positive_nanos(
+            args::seconds(ttl, "ttl")?,
+            "ttl",
+        )?))
+    } else {
+        args::opt_positive_nanos(Some(ttl), "ttl")
+    }
+}
+
+/// `Registry(max_batch=...)`'s rule (None: the default, 10 000).
+#[pyfunction]
+pub fn _max_batch(max_batch: Option<&Bound<'_, PyAny>>) -> PyResult<usize> {
+    max_batch_arg(max_batch)
+}
+
+fn max_batch_arg(max_batch: Option<&Bound<'_, PyAny>>) -> PyResult<usize> {
+    match max_batch.filter(|m| !m.is_none()) {
+        // An i64 >= 1 fits a usize on 64-bit targets; a larger one than a usize holds
+        // could never be reached anyway.
+        Some(m) => {
+            Ok(usize::try_from(args::int_at_least(m, "max_batch", 1)?).unwrap_or(usize::MAX))
+        }
+        None => Ok(10_000),
+    }
+}
+
+/// The `AlreadyRegistered` error for an id, with the registry's message.
+#[pyfunction]
+pub fn _already_registered(py: Python<'_>, agent_id: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+    let id = exact_str(agent_id, "agent_id")?;
+    Ok(reg::taken(py, id.to_str()?).into_value(py).into_any())
+}
+
+/// Sorted, duplicate-free capabilities as a list of str.
+fn caps_list(py: Python<'_>, caps: Vec<Arc<str>>) -> PyResult<Bound<'_, PyList>> {
+    PyList::new(py, normalize_caps(caps).iter().map(|c| &**c))
+}
+
+/// The metadata dict a registration keeps (a private shallow copy; empty for None).
+fn meta_dict<'py>(py: Python<'py>, meta: &Metadata<MetaPy>) -> Bound<'py, PyDict> {
+    meta.extra
+        .as_ref()
+        .map_or_else(|| PyDict::new(py), |d| d.bind(py).clone())
+}
+
+/// `register()`'s fields, checked and converted in the registry's order.
+fn fields<'py>(
+    py: Python<'py>,
+    agent_id: &Bound<'py, PyAny>,
+    capabilities: Option<&Bound<'py, PyAny>>,
+    node: Option<&Bound<'py, PyAny>>,
+    health: Option<&Bound<'py, PyAny>>,
+    metadata: Option<&Bound<'py, PyAny>>,
+    ttl: Option<&Bound<'py, PyAny>>,
+) -> PyResult<(Arc<str>, Vec<Bound<'py, PyAny>>)> {
+    let id = exact_str(agent_id, "agent_id")?;
+    let caps = reg::capabilities(capabilities)?;
+    let node = reg::opt_str(node, "node")?;
+    let health = reg::health_arg(health)?;
+    let meta = reg::metadata(py, metadata)?;
+    let ttl = args::opt_positive_nanos(ttl, "ttl")?;
+    let key: Arc<str> = Arc::from(id.to_str()?);
+    let row = vec![
+        id.into_any(),
+        caps_list(py, caps)?.into_any(),
+        node.as_deref().into_pyobject(py)?.into_any(),
+        PyString::new(py, &health).into_any(),
+        meta_dict(py, &meta).into_any(),
+        ttl.into_pyobject(py)?.into_any(),
+    ];
+    Ok((key, row))
+}
+
+/// `register()`'s checks: `(agent_id, capabilities, node, health, metadata, ttl_ns)`
+/// with the capabilities sorted and deduplicated and the metadata a new dict.
+#[pyfunction]
+#[pyo3(signature = (agent_id, capabilities = None, node = None, health = None, metadata = None, ttl = None))]
+pub fn _registration<'py>(
+    py: Python<'py>,
+    agent_id: &Bound<'py, PyAny>,
+    capabilities: Option<&Bound<'py, PyAny>>,
+    node: Option<&Bound<'py, PyAny>>,
+    health: Option<&Bound<'py, PyAny>>,
+    metadata: Option<&Bound<'py, PyAny>>,
+    ttl: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyTuple>> {
+    let (_, row) = fields(py, agent_id, capabilities, node, health, metadata, ttl)?;
+    PyTuple::new(py, row)
+}
+
+/// `register_many()`'s checks: one `_registration` tuple per item, followed by the
+/// item's `value` and `owner` (None when absent). Refuses what the registry refuses:
+/// more than `max_batch` items, an item that is not a dict or has an unknown key or no
+/// `agent_id`, and an id given twice (`AlreadyRegistered`).
+#[pyfunction]
+pub fn _registrations<'py>(
+    py: Python<'py>,
+    items: &Bound<'py, PyAny>,
+    max_batch: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyList>> {
+    let max_batch = max_batch_arg(Some(max_batch))?;
+    // The registry's steps: a private copy of a builtin container, every item a dict
+    // copied before any is checked, then each item checked in turn.
+    let source = if reg::is_builtin_container(items) {
+        reg::snapshot(items)?.into_any()
+    } else {
+        items.clone()
+    };
+    let it = source
+        .try_iter()
+        .map_err(|e| args::not_iterable(e, items, "items", "an iterable of dicts"))?;
+    let mut raw: Vec<Bound<'py, PyDict>> = Vec::new();
+    for item in it {
+        let item = item?;
+        if raw.len() == max_batch {
+            return Err(PyValueError::new_err(format!(
+                "items must hold at most max_batch ({max_batch}) items"
+            )));
+        }
+        let d = item
+            .cast::<PyDict>()
+            .map_err(|_| wrong_type("items", "an iterable of dicts", &item))?;
+        raw.push(d.copy()?);
+    }
+    let out = PyList::empty(py);
+    let mut seen = HashSet::new();
+    for d in &raw {
+        for k in d.keys() {
+            let ok = k
+                .cast::<PyString>()
+                .ok()
+                .and_then(|s| s.to_str().ok())
+                .is_some_and(|s| reg::ITEM_KEYS.contains(&s));
+            if !ok {
+                return Err(PyTypeError::new_err(format!(
+                    "register_many item has an unexpected key {}",
+                    k.repr()?
+                )));
+            }
+        }
+        let get = |k: &str| d.get_item(k);
+        let Some(agent_id) = get("agent_id")? else {
+            return Err(PyTypeError::new_err(
+                "register_many item is missing 'agent_id'",
+            ));
+        };
+        let (id, mut row) = fields(
+            py,
+            &agent_id,
+            get("capabilities")?.as_ref(),
+            get("node")?.as_ref(),
+            get("health")?.as_ref(),
+            get("metadata")?.as_ref(),
+            get("ttl")?.as_ref(),
+        )?;
+        if !seen.insert(id.clone()) {
+            return Err(reg::taken(py, &id));
+        }
+        let none = || py.None().into_bound(py);
+        row.push(get("value")?.unwrap_or_else(none));
+        row.push(get("owner")?.unwrap_or_else(none));
+        out.append(PyTuple::new(py, row)?)?;
+    }
+    Ok(out)
+}
+
+/// `update()`'s checks: the given changes (`capabilities`, `node`, `health`,
+/// `metadata`), converted as `_registration` converts them; any other keyword is refused.
+#[pyfunction]
+#[pyo3(signature = (**changes))]
+pub fn _changes<'py>(
+    py: Python<'py>,
+    changes: Option<&Bound<'py, PyDict>>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let out = PyDict::new(py);
+    let Some(kw) = changes else {
+        return Ok(out);
+    };
+    // `**changes` is a dict made for this call: nobody else can change it.
+    for (k, v) in kw.iter() {
+        let name = k.cast::<PyString>()?.to_str()?.to_owned();
+        match name.as_str() {
+            "capabilities" => out.set_item(k, caps_list(py, reg::capabilities(Some(&v))?)?)?,
+            "node" => out.set_item(k, reg::opt_str(Some(&v), "node")?.as_deref())?,
+            "health" => out.set_item(k, exact_str(&v, "health")?)?,
+            "metadata" => out.set_item(k, meta_dict(py, &*reg::metadata(py, Some(&v))?))?,
+            other => {
+                return Err(PyTypeError::new_err(format!(
+                    "update() got an unexpected keyword argument '{other}'"
+                )))
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `find()`'s criteria, checked in the registry's order: `(capability, node, health,
+/// where, limit)`, where `where` is None, the caller's callable, or a [`ParsedWhere`]
+/// for `_match_where`, and a limit too large for any count is `sys.maxsize`-like.
+#[pyfunction]
+#[pyo3(signature = (capability = None, node = None, health = None, r#where = None, limit = None))]
+pub fn _criteria<'py>(
+    py: Python<'py>,
+    capability: Option<&Bound<'py, PyAny>>,
+    node: Option<&Bound<'py, PyAny>>,
+    health: Option<&Bound<'py, PyAny>>,
+    r#where: Option<&Bound<'py, PyAny>>,
+    limit: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyTuple>> {
+    let cap = reg::opt_str(capability, "capability")?;
+    let node = reg::opt_str(node, "node")?;
+    let health = reg::opt_str(health, "health")?;
+    let wh: Option<Py<PyAny>> = match reg::parse_where(r#where)? {
+        Where::None => None,
+        Where::Callable(f) => Some(f),
+        Where::Conds(conds, values) => {
+            Some(Py::new(py, ParsedWhere::new(conds, values))?.into_any())
+        }
+    };
+    let limit = reg::limit_arg(limit)?;
+    PyTuple::new(
+        py,
+        [
+            cap.as_deref().into_pyobject(py)?.into_any(),
+            node.as_deref().into_pyobject(py)?.into_any(),
+            health.as_deref().into_pyobject(py)?.into_any(),
+            wh.into_pyobject(py)?.into_any(),
+            limit.into_pyobject(py)?.into_any(),
+        ],
+    )
+}
+
+/// A `where` list of conditions, parsed by the registry's parser.
+#[pyclass(frozen, module = "ferrule._native", name = "_Where")]
+pub struct ParsedWhere {
+    conds: Box<[Cond]>,
+    /// Each condition's value as Python compares it (the registry's private copy), for
+    /// what the value tree cannot decide. `None` once the garbage collector cleared it.
+    values: Held<Vec<Py<PyAny>>>,
+}
+
+impl ParsedWhere {
+    fn new(conds: Vec<Cond>, values: Vec<Py<PyAny>>) -> Self {
+        Self {
+            conds: conds.into(),
+            values: Held::new(Some(values)),
+        }
+    }
+}
+
+#[pymethods]
+impl ParsedWhere {
+    /// Parses a list of `(path, op, value)` conditions (None: no condition) as
+    /// `Registry.find` parses its `where`; a callable is refused here.
+    #[new]
+    #[pyo3(signature = (r#where = None))]
+    fn py_new(r#where: Option<&Bound<'_, PyAny>>) -> PyResult<Self> {
+        match reg::parse_where(r#where)? {
+            Where::None => Ok(Self::new(Vec::new(), Vec::new())),
+            Where::Conds(conds, values) => Ok(Self::new(conds, values)),
+            Where::Callable(_) => Err(PyTypeError::new_err(
+                "where must be a list of (path, op, value) triples here, not a callable",
+            )),
+        }
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        self.values.try_visit(|vs| {
+            for v in vs {
+                visit.call(v)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn __clear__(&self) {
+        let values = self.values.take();
+        drop(values); // after unlocking: dropping may run finalizers
+    }
+}
+
+/// Whether `metadata` (a mapping with str keys) meets every condition of `where` (a
+/// [`ParsedWhere`] from `_criteria`; None meets nothing to check, so True), decided as
+/// `Registry.find` decides it: a missing path never matches, a comparison Python refuses
+/// is no match, `eq` and `in` also match an element of a list.
+#[pyfunction]
+pub fn _match_where(
+    py: Python<'_>,
+    r#where: Option<&Bound<'_, PyAny>>,
+    metadata: &Bound<'_, PyAny>,
+) -> PyResult<bool> {
+    let Some(w) = r#where.filter(|w| !w.is_none()) else {
+        return Ok(true);
+    };
+    let w = w
+        .cast::<ParsedWhere>()
+        .map_err(|_| wrong_type("where", "a parsed where (from _criteria) or None", w))?
+        .get();
+    let values: Vec<Py<PyAny>> = w
+        .values
+        .with(|v| v.map(|vs| vs.iter().map(|x| x.clone_ref(py)).collect()))
+        .ok_or_else(|| {
+            PyRuntimeError::new_err("this _Where was cleared by the garbage collector")
+        })?;
+    let meta = reg::metadata(py, Some(metadata))?;
+    for (cond, value) in w.conds.iter().zip(&values) {
+        let ok = match cond.eval(&meta.tree) {
+            Tri::Yes => true,
+            Tri::No => false,
+            Tri::Unknown => reg::py_cond(py, cond, value.bind(py), &meta.extra)?,
+        };
+        if !ok {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
