@@ -1,0 +1,2 @@
+-- Read-only. ARGV: prefix. Live entries.
+return redis.call('ZCOUNT', DL, '(' .. fmt(now_us()), '+inf')
