@@ -1532,7 +1532,8 @@ class Timer:
 
 @final
 class Metrics:
-    """Latency and outcome per operation name over a sliding window, in fixed memory.
+    """Latency and outcome per operation name over a sliding window, in fixed memory per
+    operation.
 
     Each operation has a ring of 10 time slots of ``window / 10`` seconds; each slot holds
     a log-scale latency histogram (32 buckets per power of two from 16 ns to ~275 s, so
