@@ -1532,7 +1532,8 @@ class Timer:
 
 @final
 class Metrics:
-    """Latency and outcome per operation name over a sliding window, in fixed memory.
+    """Latency and outcome per operation name over a sliding window, in fixed memory per
+    operation.
 
     Each operation has a ring of 10 time slots of ``window / 10`` seconds; each slot holds
     a log-scale latency histogram (32 buckets per power of two from 16 ns to ~275 s, so
@@ -1764,7 +1765,7 @@ class Lease:
 @final
 class ResourceManager:
     """Named budgets of resources (``{"gpu_mem_gb": 80, "workers": 16}``), each held in
-    one atomic counter changed by compare-and-swap: ``0 <= used <= limit`` holds at every
+    one atomic counter changed by compare-and-swap. ``0 <= used <= limit`` holds at every
     instant under any number of threads, acquiring and releasing a lease without ttl takes
     no lock, and budgets share no lock (a ttl lease also enters its own budget's deadline
     heap, under that budget's small mutex).
@@ -1878,7 +1879,8 @@ class ResourceManager:
 
 @final
 class PoolStats:
-    """Counters of a :class:`Pool` (atomics; reading them takes no lock).
+    """Counters of a :class:`Pool`, read from atomics once ``stats()`` has closed the idle
+    items past ``max_idle``.
 
     ``size`` items exist (idle + in use, counting ones being created); ``created`` and
     ``discarded`` count items made and closed (by Discard, failed validation, idle

@@ -80,7 +80,8 @@ struct Hooks {
     bus: Option<Py<PyAny>>,
 }
 
-/// A circuit breaker: fails fast while a dependency keeps failing.
+/// A circuit breaker: stops calling a dependency that keeps failing, and probes it again
+/// after a while.
 #[pyclass(frozen, module = "ferrule", name = "CircuitBreaker")]
 pub struct CircuitBreaker {
     /// Boxed: the core over-aligns its hot words to cache lines, and a Python object's
@@ -302,7 +303,8 @@ impl CircuitBreaker {
         })
     }
 
-    /// Calls `func(*args, **kwargs)` through the breaker.
+    /// `func(*args, **kwargs)` through the breaker: raises `CircuitOpen` without calling
+    /// while open; otherwise returns or raises what `func` does.
     #[pyo3(signature = (func, /, *args, **kwargs))]
     fn call(
         &self,
@@ -394,13 +396,15 @@ impl CircuitBreaker {
         Ok(())
     }
 
-    /// "closed", "open" or "half_open".
+    /// The state a call would meet now. `"closed"`, `"open"` or `"half_open"`; an open
+    /// breaker whose timeout has passed becomes half-open when it is next called or its
+    /// state is read.
     #[getter]
     fn state(&self, py: Python<'_>) -> &'static str {
         self.state_now(py).as_str()
     }
 
-    /// Seconds until an open breaker lets a probe through; 0.0 when it is not open.
+    /// Seconds until an open breaker lets a probe through; 0.0 when not open.
     #[getter]
     fn retry_after(&self, py: Python<'_>) -> f64 {
         self.state_now(py);
@@ -432,12 +436,14 @@ impl CircuitBreaker {
         self.expected_now(py)
     }
 
-    /// Closes the breaker and clears its run of failures.
+    /// Close the breaker and clear its run of failures; calls in flight from before the
+    /// reset no longer count.
     fn reset(&self, py: Python<'_>) {
         let t = self.core.reset();
         self.notify(py, t);
     }
 
+    /// Counters; see `BreakerStats`.
     fn stats(&self, py: Python<'_>) -> BreakerStats {
         let state = self.state_now(py);
         BreakerStats::new(state, self.core.stats())
@@ -470,7 +476,7 @@ impl CircuitBreaker {
     }
 }
 
-/// Counters of a `CircuitBreaker`.
+/// Counters of a `CircuitBreaker`, read without stopping it.
 #[pyclass(frozen, get_all, module = "ferrule", name = "BreakerStats")]
 pub struct BreakerStats {
     state: &'static str,
@@ -480,6 +486,7 @@ pub struct BreakerStats {
     ignored: u64,
     rejections: u64,
     state_changes: u64,
+    /// The current run of expected failures while closed (0 otherwise).
     consecutive_failures: u32,
 }
 

@@ -138,7 +138,8 @@ impl PyBudget {
     }
 }
 
-/// Named budgets of resources, held in atomics.
+/// Named budgets of resources (`{"gpu_mem_gb": 80, "workers": 16}`), each held in one
+/// atomic counter changed by compare-and-swap.
 #[pyclass(frozen, weakref, module = "ferrule", name = "ResourceManager")]
 pub struct ResourceManager {
     /// Index of each name in `order`.
@@ -250,7 +251,8 @@ impl ResourceManager {
         })
     }
 
-    /// Takes `amount` units of `name`, waiting (GIL released) up to `timeout` seconds.
+    /// Take `amount` units of `name`, waiting for room with the GIL released (Ctrl-C
+    /// interrupts the wait). `timeout` seconds (None: forever) then raises `PoolTimeout`.
     #[pyo3(signature = (name, amount = None, *, timeout = None, ttl = None),
            text_signature = "($self, name, amount=1, *, timeout=None, ttl=None)")]
     fn acquire(
@@ -299,7 +301,7 @@ impl ResourceManager {
         }
     }
 
-    /// Takes `amount` units of `name` if they are free now; otherwise None.
+    /// Take `amount` units now if they are free, else return None.
     #[pyo3(signature = (name, amount = None, *, ttl = None),
            text_signature = "($self, name, amount=1, *, ttl=None)")]
     fn try_acquire(
@@ -317,7 +319,8 @@ impl ResourceManager {
             .map(|l| this.lease(py, b, l)))
     }
 
-    /// A coroutine: `acquire` for asyncio, waiting on a future rather than a thread.
+    /// `acquire` for asyncio: the coroutine waits on a future that a release resolves
+    /// (no thread per waiter).
     #[pyo3(signature = (name, amount = None, *, timeout = None, ttl = None),
            text_signature = "($self, name, amount=1, *, timeout=None, ttl=None)")]
     fn acquire_async<'py>(
@@ -335,7 +338,8 @@ impl ResourceManager {
         lookup!(py, "ferrule._budget", "acquire_async")?.call1((slf, name, amount, t, ttl))
     }
 
-    /// `{name: Usage}` for every budget (expired leases are reclaimed first).
+    /// A snapshot of every budget, in the order of `limits` (expired leases are reclaimed
+    /// first). A dict `{name: Usage}`.
     fn usage(&self, py: Python<'_>) -> PyResult<Py<PyDict>> {
         let d = PyDict::new(py);
         for b in &self.order {
@@ -353,14 +357,14 @@ impl ResourceManager {
         Ok(d.unbind())
     }
 
-    /// `"normal"`, `"moderate"` or `"severe"`.
+    /// `"normal"`, `"moderate"` or `"severe"` for `name`.
     fn pressure(&self, py: Python<'_>, name: &Bound<'_, PyAny>) -> PyResult<&'static str> {
         let b = self.budget(name)?;
         b.refresh(py, &self.bus);
         Ok(b.core.pressure().as_str())
     }
 
-    /// `{name: limit}`.
+    /// A copy of `{name: limit}`.
     #[getter]
     fn limits(&self, py: Python<'_>) -> PyResult<Py<PyDict>> {
         let d = PyDict::new(py);
@@ -435,7 +439,8 @@ impl ResourceManager {
     }
 }
 
-/// Units of one budget held until released (or reclaimed at ttl expiry).
+/// Units of one budget, held until released. A lease taken with a ttl is also reclaimed
+/// once its ttl passes.
 #[pyclass(frozen, module = "ferrule", name = "Lease")]
 pub struct Lease {
     budget: Arc<PyBudget>,
@@ -454,7 +459,7 @@ impl Lease {
 
 #[pymethods]
 impl Lease {
-    /// Gives the units back; later calls do nothing.
+    /// Give the units back; later calls do nothing.
     fn release(&self, py: Python<'_>) {
         self.give_back(py);
     }
@@ -476,7 +481,7 @@ impl Lease {
         self.core.is_done()
     }
 
-    /// The clock time (seconds) at which the lease expires, or None.
+    /// The manager's clock time (seconds) at which a ttl lease expires, else None.
     #[getter]
     fn expires_at(&self) -> Option<f64> {
         let d = self.core.deadline();
@@ -528,11 +533,12 @@ impl Drop for Lease {
     }
 }
 
-/// A snapshot of one budget.
+/// A snapshot of one budget, from `ResourceManager.usage`.
 #[pyclass(frozen, get_all, module = "ferrule", name = "Usage")]
 pub struct Usage {
     used: u64,
     limit: u64,
+    /// `"normal"`, `"moderate"` or `"severe"`.
     pressure: &'static str,
 }
 

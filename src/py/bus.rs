@@ -119,7 +119,8 @@ fn wall_clock() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
-/// One published signal: its type, its data and when it was published.
+/// One published signal, shared (frozen) by every subscription it reached. It holds its
+/// type, its data and when it was published.
 #[pyclass(frozen, module = "ferrule", name = "Signal")]
 pub struct Signal {
     /// An exact `str` (a subclass instance is copied), so it refers to nothing.
@@ -131,12 +132,14 @@ pub struct Signal {
 
 #[pymethods]
 impl Signal {
-    /// The signal type it was published under, e.g. ``"agent.42.error"``.
+    /// The signal type it was published under (dot-separated segments), a plain `str`
+    /// also when a `str` subclass was published. For example `"agent.42.error"`.
     #[getter(r#type)]
     fn signal_type(&self, py: Python<'_>) -> Py<PyString> {
         self.kind.clone_ref(py)
     }
 
+    /// What was published with it (`None` by default).
     #[getter]
     fn data(&self, py: Python<'_>) -> Py<PyAny> {
         match &*self.data.lock() {
@@ -145,7 +148,7 @@ impl Signal {
         }
     }
 
-    /// Wall-clock seconds (``time.time()``) at publication.
+    /// Wall-clock seconds (`time.time()`) at publication, for logs.
     #[getter]
     fn timestamp(&self) -> f64 {
         self.timestamp
@@ -174,8 +177,8 @@ impl Signal {
     }
 }
 
-/// Counters of one subscription: `accepted == delivered + dropped + queued` once it is
-/// quiet.
+/// Counters of one `Subscription`; once it is quiet,
+/// `accepted == delivered + dropped + queued`.
 #[pyclass(frozen, get_all, module = "ferrule", name = "SubscriptionStats")]
 pub struct SubscriptionStats {
     accepted: u64,
@@ -183,6 +186,7 @@ pub struct SubscriptionStats {
     dropped: u64,
     rejected: u64,
     errors: u64,
+    /// Signals waiting in the mailbox when the snapshot was taken.
     queued: usize,
 }
 
@@ -230,7 +234,7 @@ impl HandlerSlot {
     }
 }
 
-/// One subscription of a `SignalBus`.
+/// A subscription of a `SignalBus`, made by `SignalBus.subscribe`.
 #[pyclass(frozen, module = "ferrule", name = "Subscription")]
 pub struct Subscription {
     sub: Arc<CoreSub>,
@@ -266,21 +270,25 @@ impl Subscription {
         self.sub.pattern()
     }
 
+    /// True until cancelled.
     #[getter]
     fn active(&self) -> bool {
         !self.sub.is_cancelled()
     }
 
+    /// True once cancelled.
     #[getter]
     fn cancelled(&self) -> bool {
         self.sub.is_cancelled()
     }
 
+    /// The mailbox's bound.
     #[getter]
     fn maxsize(&self) -> usize {
         self.sub.mailbox().maxsize()
     }
 
+    /// The mailbox's overflow policy.
     #[getter]
     fn overflow(&self) -> &'static str {
         self.sub.mailbox().overflow().name()
@@ -291,11 +299,13 @@ impl Subscription {
         self.sub.mailbox().len()
     }
 
+    /// Counters; see `SubscriptionStats`.
     fn stats(&self) -> SubscriptionStats {
         SubscriptionStats::from(self.sub.stats())
     }
 
-    /// Stops the subscription (idempotent); True if this call cancelled it.
+    /// Stop the subscription; True if this call did it, False if it was already
+    /// cancelled.
     fn cancel(&self, py: Python<'_>) -> bool {
         cancel_sub(py, &self.sub)
     }
@@ -310,7 +320,9 @@ impl Subscription {
         false
     }
 
-    /// The next signal, waiting up to `timeout` seconds (pull subscriptions).
+    /// The oldest queued signal, waiting up to `timeout` seconds (`None`: no limit) with
+    /// the GIL released: `QueueEmpty` on timeout, `QueueClosed` once cancelled and
+    /// drained. For pull subscriptions (`TypeError` on a handler subscription).
     #[pyo3(signature = (timeout = None))]
     fn get(&self, py: Python<'_>, timeout: Option<&Bound<'_, PyAny>>) -> PyResult<Item> {
         self.pull_only("get()")?;
@@ -318,6 +330,8 @@ impl Subscription {
         mailbox::get(py, self.sub.mailbox(), timeout, &WORDS)
     }
 
+    /// The oldest queued signal without waiting; `QueueEmpty` if none, `QueueClosed`
+    /// once cancelled and drained.
     fn get_nowait(&self, py: Python<'_>) -> PyResult<Item> {
         self.pull_only("get_nowait()")?;
         mailbox::get_nowait(py, self.sub.mailbox(), &WORDS)
@@ -333,7 +347,9 @@ impl Subscription {
         mailbox::next(py, self.sub.mailbox(), &WORDS)
     }
 
-    /// A coroutine: the next signal, waiting without blocking the event loop.
+    /// Coroutine: `get` for asyncio, waiting on the running loop (no thread); a publish
+    /// from any thread wakes it, and so does `cancel()` (it then gets what is still
+    /// queued, or `QueueClosed`).
     fn get_async<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
         slf.get().pull_only("get_async()")?;
         mailbox::get_async(slf.as_any())
@@ -440,7 +456,8 @@ impl Worker {
     }
 }
 
-/// Publish/subscribe with pattern routing and a bounded mailbox per subscription.
+/// Publish/subscribe with AMQP-style pattern routing and a bounded mailbox per
+/// subscription.
 #[pyclass(frozen, module = "ferrule", name = "SignalBus")]
 pub struct SignalBus {
     router: Arc<Router<Item, Waker, Handle>>,
@@ -465,7 +482,7 @@ impl SignalBus {
         }
     }
 
-    /// Subscribes to the signal types matching `pattern`.
+    /// Subscribe to the signal types matching `pattern`.
     #[pyo3(
         signature = (pattern, handler = None, *, maxsize = None, overflow = None, weak = None),
         text_signature = "($self, pattern, handler=None, *, maxsize=1024, overflow='drop_oldest', weak=True)"
@@ -533,7 +550,10 @@ impl SignalBus {
         Ok(sub)
     }
 
-    /// Publishes a signal; returns how many subscriptions' mailboxes took it.
+    /// Publish a `Signal`; returns how many subscriptions' mailboxes took it (a full
+    /// mailbox under `reject` or `drop_newest` does not, nor does a cancelled
+    /// subscription). Nor does a full `block` mailbox when the publisher is that
+    /// subscription's own worker thread, which would otherwise wait for itself.
     #[pyo3(signature = (signal_type, data = None))]
     fn publish(
         &self,
@@ -572,7 +592,8 @@ impl SignalBus {
         Ok(accepted)
     }
 
-    /// The live subscriptions (a snapshot).
+    /// A snapshot of the live subscriptions (the same objects `subscribe` returned), for
+    /// inspection.
     fn subscriptions(&self, py: Python<'_>) -> Vec<Handle> {
         let mut out = Vec::new();
         self.router.for_each(|e| out.push(e.handle.clone_ref(py)));

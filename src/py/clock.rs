@@ -16,7 +16,8 @@ fn beyond_the_end(secs: f64) -> PyResult<f64> {
     Ok(secs)
 }
 
-/// A clock that moves only when told to. Thread-safe; never goes backwards.
+/// A clock that moves only when told to, for deterministic tests. Thread-safe; never goes
+/// backwards.
 #[pyclass(frozen, module = "ferrule", name = "ManualClock")]
 pub struct ManualClock {
     pub(crate) inner: Arc<clock::ManualClock>,
@@ -36,13 +37,13 @@ impl ManualClock {
         })
     }
 
-    /// Current reading in seconds.
+    /// The current reading in seconds.
     fn now(&self) -> f64 {
         nanos_to_secs(self.inner.now_nanos())
     }
 
-    /// Moves the clock forward; returns the new reading. OverflowError (and no move)
-    /// past the largest time.
+    /// Move forward by `seconds` (>= 0, else ValueError); returns the new reading.
+    /// OverflowError (and no move) past the largest time.
     fn advance(&self, seconds: &Bound<'_, PyAny>) -> PyResult<f64> {
         let secs = beyond_the_end(args::seconds(seconds, "seconds")?)?;
         if secs < 0.0 {
@@ -52,7 +53,8 @@ impl ManualClock {
         Ok(nanos_to_secs(self.inner.advance(ns)?))
     }
 
-    /// Sets the clock to `seconds` (never backwards; OverflowError past the largest time).
+    /// Jump to `seconds`; ValueError if that is earlier than now, `OverflowError` if it
+    /// is past the largest time.
     fn set(&self, seconds: &Bound<'_, PyAny>) -> PyResult<()> {
         let secs = beyond_the_end(args::seconds(seconds, "seconds")?)?;
         let ns = clock::secs_to_nanos(secs, "seconds")?;

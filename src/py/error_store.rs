@@ -61,7 +61,7 @@ impl ErrorStore {
         Ok(Self { inner })
     }
 
-    /// Stores `error` for `agent_id`; returns True once it is stored.
+    /// Store `error` for `agent_id` (a str); returns True once it is stored.
     fn record(&self, agent_id: &Bound<'_, PyAny>, error: Py<PyAny>) -> PyResult<bool> {
         let agent = agent_str(agent_id)?;
         let grave = self.inner.record(agent.to_str()?, error);
@@ -69,14 +69,14 @@ impl ErrorStore {
         Ok(true)
     }
 
-    /// Errors currently held for `agent_id` (0 when unknown).
+    /// Errors currently held for `agent_id`; 0 when unknown.
     fn count(&self, agent_id: &Bound<'_, PyAny>) -> PyResult<usize> {
         let agent = agent_str(agent_id)?;
         let mut grave = Grave::default();
         Ok(self.inner.count(agent.to_str()?, &mut grave))
     }
 
-    /// Up to `limit` records of `agent_id`, newest first.
+    /// Up to `limit` (>= 0) held errors of `agent_id`, newest first.
     #[pyo3(signature = (agent_id, limit = None), text_signature = "(self, agent_id, limit=100)")]
     fn history(
         &self,
@@ -108,14 +108,14 @@ impl ErrorStore {
             .collect())
     }
 
-    /// Forgets `agent_id`; True if it was held.
+    /// Forget every error of `agent_id`; True if it had any.
     fn reset(&self, agent_id: &Bound<'_, PyAny>) -> PyResult<bool> {
         let agent = agent_str(agent_id)?;
         let mut grave = Grave::default();
         Ok(self.inner.reset(agent.to_str()?, &mut grave))
     }
 
-    /// Ids of the agents with errors held, sorted.
+    /// Sorted ids of the agents with errors held.
     fn agents(&self) -> Vec<String> {
         let mut grave = Grave::default();
         self.inner.agents(&mut grave)
@@ -156,7 +156,8 @@ impl ErrorStore {
     }
 }
 
-/// One stored error: `agent_id`, `error` and `timestamp` (the store's clock, seconds).
+/// One error held by an `ErrorStore` (immutable). It carries `agent_id`, `error` and
+/// `timestamp` (the store's clock reading in seconds when it was recorded).
 #[pyclass(frozen, module = "ferrule", name = "ErrorRecord")]
 pub struct ErrorRecord {
     #[pyo3(get)]

@@ -30,7 +30,8 @@ fn op_str<'a>(op: &'a Bound<'_, PyAny>) -> PyResult<&'a Bound<'a, PyString>> {
         .map_err(|_| wrong_type("op", "a str", op))
 }
 
-/// Latency and outcome per operation name over a sliding window.
+/// Latency and outcome per operation name over a sliding window, in fixed memory per
+/// operation.
 #[pyclass(frozen, module = "ferrule", name = "Metrics")]
 pub struct Metrics {
     inner: Arc<core::Metrics>,
@@ -51,7 +52,9 @@ impl Metrics {
         })
     }
 
-    /// Records one call of `op` that took `seconds`.
+    /// Record one call of `op` that took `seconds` (>= 0, finite, at most 4e9: else
+    /// ValueError; an int too large for a float: OverflowError); `ok=False` counts it as
+    /// an error.
     #[pyo3(signature = (op, seconds, ok = true))]
     fn record(&self, op: &Bound<'_, PyAny>, seconds: &Bound<'_, PyAny>, ok: bool) -> PyResult<()> {
         let op = op_str(op)?;
@@ -60,7 +63,8 @@ impl Metrics {
         Ok(())
     }
 
-    /// A timer for one block or, as a decorator, for every call.
+    /// A `Timer` for `op`: `with m.time("op"): ...` or `@m.time("op")`. It times one
+    /// block or, as a decorator, every call.
     fn time(slf: &Bound<'_, Self>, op: &Bound<'_, PyAny>) -> PyResult<Timer> {
         let op = op_str(op)?;
         // Checked now rather than at every exit: a name that is not valid UTF-8 (lone
@@ -78,7 +82,7 @@ impl Metrics {
         })
     }
 
-    /// Statistics of `op` over the window.
+    /// Statistics of `op` over the window (all zeros if unknown or reset).
     fn snapshot(&self, py: Python<'_>, op: &Bound<'_, PyAny>) -> PyResult<OpStats> {
         let op = op_str(op)?;
         let name = op.to_str()?;
@@ -96,13 +100,13 @@ impl Metrics {
         })
     }
 
-    /// Names with a recording in the window, sorted.
+    /// Sorted names of the operations with a recording in the window.
     fn ops(&self, py: Python<'_>) -> Vec<String> {
         let inner = &self.inner;
         wait::detach(py, || inner.ops())
     }
 
-    /// Forgets `op`, or every operation when `op` is None.
+    /// Forget `op` (its recordings vanish), or every operation when None.
     #[pyo3(signature = (op = None))]
     fn reset(&self, op: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
         match op {
@@ -131,7 +135,8 @@ impl Metrics {
 
 const IDLE: i64 = i64::MIN;
 
-/// Times a block (`with`) or every call of a function (decorator) into `Metrics`.
+/// Returned by `Metrics.time`: times a `with` block, or decorates a function. Either way
+/// it records into its `Metrics`.
 #[pyclass(frozen, module = "ferrule", name = "Timer")]
 pub struct Timer {
     metrics: Py<Metrics>,
@@ -202,6 +207,7 @@ impl Timer {
 pub struct OpStats {
     count: u64,
     errors: u64,
+    /// Calls per second of window: `count / window`.
     rate: f64,
     mean: f64,
     p50: f64,

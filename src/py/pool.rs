@@ -58,7 +58,7 @@ struct PoolHooks {
     validate: Option<Py<PyAny>>,
 }
 
-/// A pool of reusable items (connections, clients).
+/// A pool of reusable items (database connections, HTTP clients).
 #[pyclass(frozen, weakref, module = "ferrule", name = "Pool")]
 pub struct Pool {
     core: Core,
@@ -404,7 +404,8 @@ impl Pool {
         }
     }
 
-    /// `with pool.acquire() as item:` checks an item out for the block.
+    /// `with pool.acquire() as item:`; `timeout` overrides the pool's default. The
+    /// returned `PoolCheckout` checks an item out for the block.
     #[pyo3(signature = (timeout = None))]
     fn acquire(
         slf: &Bound<'_, Self>,
@@ -419,7 +420,7 @@ impl Pool {
         })
     }
 
-    /// `async with pool.acquire_async() as item:`.
+    /// `async with pool.acquire_async() as item:`; waits on a future, not a thread.
     #[pyo3(signature = (timeout = None))]
     fn acquire_async<'py>(
         slf: &Bound<'py, Self>,
@@ -429,8 +430,8 @@ impl Pool {
         lookup!(slf.py(), "ferrule._pool", "AsyncCheckout")?.call1((slf, t))
     }
 
-    /// Closes every idle item and fails every waiter; items in use are closed when they
-    /// come back.
+    /// Close every idle item and fail every waiter; items in use are closed when they are
+    /// returned. Later checkouts raise RuntimeError.
     fn close(&self, py: Python<'_>) {
         let (items, waiters) = self.core.close();
         for w in &waiters {
@@ -461,6 +462,7 @@ impl Pool {
         self.timeout.map(|t| t.as_secs_f64())
     }
 
+    /// Counters; see `PoolStats`.
     fn stats(&self, py: Python<'_>) -> PoolStats {
         let mut reaped = Vec::new();
         self.core.reap(self.now(), &mut reaped);
@@ -616,7 +618,7 @@ impl PoolWaiter {
     }
 }
 
-/// One checkout of a pool item; use it as a context manager.
+/// One checkout, from `Pool.acquire`; use it once as a context manager.
 #[pyclass(frozen, module = "ferrule", name = "PoolCheckout")]
 pub struct PoolCheckout {
     pool: Py<Pool>,
@@ -691,7 +693,8 @@ impl Drop for PoolCheckout {
     }
 }
 
-/// Counters of a `Pool`.
+/// Counters of a `Pool`, read from atomics once `stats()` has closed the idle items past
+/// `max_idle`.
 #[pyclass(frozen, get_all, module = "ferrule", name = "PoolStats")]
 pub struct PoolStats {
     size: u64,

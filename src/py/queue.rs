@@ -43,7 +43,7 @@ fn not_entered(py: Python<'_>, e: PutError<Item>) -> PyResult<()> {
     }
 }
 
-/// A bounded multi-producer, multi-consumer queue with an overflow policy.
+/// A bounded multi-producer, multi-consumer FIFO queue with an overflow policy.
 #[pyclass(frozen, module = "ferrule", name = "WorkQueue")]
 pub struct WorkQueue {
     q: Mailbox,
@@ -97,13 +97,15 @@ impl WorkQueue {
         })
     }
 
-    /// Puts `item`, waiting for room (block policy) up to `timeout` seconds.
+    /// Add `item`. Under the block policy it waits for room up to `timeout` seconds.
     #[pyo3(signature = (item, timeout = None))]
     fn put(&self, py: Python<'_>, item: Item, timeout: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
         let timeout = args::opt_timeout(timeout, "timeout")?;
         self.do_put(py, item, timeout)
     }
 
+    /// Add `item` without waiting: `QueueFull` if there is no room, unless `drop_oldest`
+    /// makes room or `drop_newest` refuses the item silently (counted in `rejected`).
     fn put_nowait(&self, py: Python<'_>, item: Item) -> PyResult<()> {
         match self.q.try_put(item) {
             Ok(a) => {
@@ -114,17 +116,21 @@ impl WorkQueue {
         }
     }
 
+    /// Remove and return the oldest item, waiting up to `timeout` for one (`QueueEmpty`
+    /// then). Raises `QueueClosed` once closed and drained.
     #[pyo3(signature = (timeout = None))]
     fn get(&self, py: Python<'_>, timeout: Option<&Bound<'_, PyAny>>) -> PyResult<Item> {
         let timeout = args::opt_timeout(timeout, "timeout")?;
         mailbox::get(py, &self.q, timeout, &WORDS)
     }
 
+    /// The oldest item without waiting; `QueueEmpty` if there is none.
     fn get_nowait(&self, py: Python<'_>) -> PyResult<Item> {
         mailbox::get_nowait(py, &self.q, &WORDS)
     }
 
-    /// Puts the items in order; returns how many entered the queue.
+    /// Add the items in order under as few lock holds as possible; returns how many
+    /// entered the queue.
     #[pyo3(signature = (items, timeout = None))]
     fn put_many(
         &self,
@@ -160,7 +166,8 @@ impl WorkQueue {
         }
     }
 
-    /// Up to `max_items` items, waiting up to `timeout` for the first; `[]` on timeout.
+    /// Up to `max_items` (>= 1) of the oldest items, waiting up to `timeout` for the
+    /// first: `[]` on timeout; `QueueClosed` once closed and drained.
     #[pyo3(signature = (max_items, timeout = None))]
     fn get_many<'py>(
         &self,
@@ -186,12 +193,12 @@ impl WorkQueue {
         }
     }
 
-    /// A coroutine: puts `item`, waiting without blocking the event loop.
+    /// Coroutine: `put` for asyncio. It waits without blocking the event loop.
     fn put_async<'py>(slf: &Bound<'py, Self>, item: Item) -> PyResult<Bound<'py, PyAny>> {
         lookup!(slf.py(), "ferrule._queue", "put_async")?.call1((slf, item))
     }
 
-    /// A coroutine: the next item, waiting without blocking the event loop.
+    /// Coroutine: `get` for asyncio. It waits without blocking the event loop.
     fn get_async<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
         mailbox::get_async(slf.as_any())
     }
@@ -225,16 +232,19 @@ impl WorkQueue {
         mailbox::forget_putter(py, &self.q, waker);
     }
 
-    /// Closes the queue and wakes every waiter.
+    /// Close the queue (idempotent) and wake every waiter: puts raise `QueueClosed` from
+    /// now on; gets drain what is left, then raise it.
     fn close(&self, py: Python<'_>) {
         mailbox::close(py, &self.q);
     }
 
+    /// True once `close()` was called.
     #[getter]
     fn closed(&self) -> bool {
         self.q.is_closed()
     }
 
+    /// Items queued now.
     fn qsize(&self) -> usize {
         self.q.len()
     }
@@ -256,11 +266,13 @@ impl WorkQueue {
         self.q.maxsize()
     }
 
+    /// The overflow policy's name.
     #[getter]
     fn overflow(&self) -> &'static str {
         self.q.overflow().name()
     }
 
+    /// Counters; see `QueueStats`.
     fn stats(&self) -> QueueStats {
         QueueStats::from(self.q.stats())
     }
@@ -303,7 +315,8 @@ impl WorkQueue {
     }
 }
 
-/// Counters of a `WorkQueue`, read together: `put == got + dropped + size`.
+/// Counters of a `WorkQueue`, read together in one critical section, so
+/// `put == got + dropped + size` holds exactly in every snapshot.
 #[pyclass(frozen, get_all, module = "ferrule", name = "QueueStats")]
 pub struct QueueStats {
     put: u64,
@@ -311,6 +324,7 @@ pub struct QueueStats {
     rejected: u64,
     dropped: u64,
     high_water: usize,
+    /// Items queued when the snapshot was taken.
     size: usize,
 }
 

@@ -81,7 +81,7 @@ impl TaskCounters {
     }
 }
 
-/// Counters of a `TaskPool`: `started == completed + failed + active`.
+/// Counters of a `TaskPool`, read from atomics: `started == completed + failed + active`.
 #[pyclass(frozen, get_all, module = "ferrule", name = "TaskPoolStats")]
 pub struct TaskPoolStats {
     submitted: u64,
@@ -90,6 +90,7 @@ pub struct TaskPoolStats {
     failed: u64,
     rejected: u64,
     cancelled: u64,
+    /// Tasks running now.
     active: u64,
     queued: usize,
 }
