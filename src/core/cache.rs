@@ -1033,31 +1033,61 @@ impl<K, V> ShardedCache<K, V> {
         now: i64,
         grave: &mut Vec<(K, V)>,
     ) -> Result<(), Q::Error> {
+        self.set_if(hash, q, key, value, expires, now, grave, || true)
+            .map(drop)
+    }
+
+    /// [`set`](Self::set), done only if `keep()`, asked under the shard lock in the same
+    /// critical section as the write, says so (a single-flight leader checks there that
+    /// no `clear` began since its flight did; see `core::flight`). True if it was set; a
+    /// value not set is dropped after the lock is released.
+    #[allow(clippy::too_many_arguments)] // set's arguments and the condition
+    pub fn set_if<Q: KeyQuery<K, V>>(
+        &self,
+        hash: u64,
+        q: &Q,
+        key: impl FnOnce() -> K,
+        value: V,
+        expires: i64,
+        now: i64,
+        grave: &mut Vec<(K, V)>,
+        keep: impl FnOnce() -> bool,
+    ) -> Result<bool, Q::Error> {
         // Filled under the lock, dropped here after it is released: the replaced value,
-        // or what could not be stored for want of memory.
+        // what could not be stored for want of memory, or what `keep` refused.
         let mut old: Option<V> = None;
         let mut unstored: Option<(Option<K>, V)> = None;
-        self.with_key(hash, q, |s, h| match h {
-            Some(h) => match s.replace(h, value, expires) {
-                Ok(v) => {
-                    old = Some(v);
-                    s.stats.inserts += 1;
-                    // After the replace: the entry itself may be among the expired.
+        let mut refused: Option<V> = None;
+        self.with_key(hash, q, |s, h| {
+            if !keep() {
+                refused = Some(value);
+                return;
+            }
+            match h {
+                Some(h) => match s.replace(h, value, expires) {
+                    Ok(v) => {
+                        old = Some(v);
+                        s.stats.inserts += 1;
+                        // After the replace: the entry itself may be among the expired.
+                        s.reclaim(now, RECLAIM_BUDGET, grave);
+                    }
+                    Err(v) => unstored = Some((None, v)),
+                },
+                None => {
                     s.reclaim(now, RECLAIM_BUDGET, grave);
-                }
-                Err(v) => unstored = Some((None, v)),
-            },
-            None => {
-                s.reclaim(now, RECLAIM_BUDGET, grave);
-                match s.insert(hash, key(), value, expires, now, grave) {
-                    Ok(_) => s.stats.inserts += 1,
-                    Err((k, v)) => unstored = Some((Some(k), v)),
+                    match s.insert(hash, key(), value, expires, now, grave) {
+                        Ok(_) => s.stats.inserts += 1,
+                        Err((k, v)) => unstored = Some((Some(k), v)),
+                    }
                 }
             }
         })?;
         drop(old);
+        if refused.is_some() {
+            return Ok(false);
+        }
         match unstored {
-            None => Ok(()),
+            None => Ok(true),
             Some(unstored) => {
                 drop(unstored);
                 Err(AllocError.into())
@@ -1305,6 +1335,21 @@ mod tests {
             ),
             (4, 1, 4, 1, 3, 3)
         );
+    }
+
+    #[test]
+    fn set_if_writes_nothing_when_refused() {
+        let c = ShardedCache::new(4, Some(1), 1).unwrap();
+        let set_if = |k: &str, v: u64, keep: bool| {
+            let mut g = Vec::new();
+            c.set_if(h(&k), &Q(k), || k.to_string(), v, NEVER, 0, &mut g, || keep)
+                .unwrap()
+        };
+        assert!(!set_if("a", 1, false));
+        assert_eq!((get(&c, "a", 0), c.stats().inserts), (None, 0));
+        assert!(set_if("a", 1, true));
+        assert!(!set_if("a", 2, false));
+        assert_eq!((get(&c, "a", 0), c.stats().inserts), (Some(1), 1));
     }
 
     #[test]
@@ -1648,6 +1693,21 @@ mod tests {
                 0,
                 i as i64,
                 &mut grave,
+            )
+            .unwrap();
+            made += 1;
+            // A write its condition refuses drops the value after the lock, too.
+            let mut grave = Vec::new();
+            let key = i % 7;
+            c.set_if(
+                mix(key),
+                &U(key),
+                || key,
+                w(),
+                NEVER,
+                0,
+                &mut grave,
+                || i % 2 == 0,
             )
             .unwrap();
             made += 1;

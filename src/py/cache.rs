@@ -12,13 +12,18 @@
 //! same reading (`now + ttl` cannot overflow: a ManualClock stops at 2^62 ns and a ttl is
 //! at most 4e9 s, together below `i64::MAX`).
 //!
-//! `get_or_set` is single-flight: the first caller for a missing key registers a flight
-//! in a second sharded table and runs the factory with no lock held; later callers for
-//! that key find the flight and wait on it with the GIL released. A factory that raises
-//! an `Exception` ends the flight with that exception for every waiter (nothing cached);
-//! a leader that leaves with any other `BaseException` (KeyboardInterrupt, SystemExit,
-//! ...) keeps it to itself and *abandons* the flight: the waiters look again and one of
-//! them leads a new flight.
+//! `get_or_set` is single-flight through `core::flight` (the protocol, its invariants and
+//! its generations live there). The first caller for a missing key leads the key's
+//! flight and runs the factory through `wait::call0`, with no lock held; later callers
+//! for that key follow it, waiting with the GIL released in slices with a signal check
+//! between them. What a flight shares is the factory's value or the `Exception` it
+//! raised (then every follower raises it and nothing is cached); a leader that leaves
+//! with any other `BaseException` (KeyboardInterrupt, SystemExit, ...) keeps it to itself
+//! and abandons the flight: the followers look again and one of them leads a new flight.
+//! `clear()` clears the flights before the entries, and a leader stores its value only
+//! if its flight is still current, checked under the shard lock of the write: a factory
+//! that began before a `clear()` never stores its result after it, and a caller after
+//! the `clear()` does not follow that factory's flight.
 //!
 //! Garbage collection: `Cache` visits every key and value it holds (and the keys of
 //! flights in progress), skipping a shard whose lock is held rather than waiting for it;
@@ -26,24 +31,27 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread::ThreadId;
 
-use parking_lot::{Condvar, Mutex};
 use pyo3::exceptions::{PyException, PyKeyError, PyRuntimeError, PyTypeError};
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyInt, PyList, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 
-use crate::core::cache::{mix, AllocError, Fast, KeyQuery, Match, ShardedCache, Stats, NEVER};
+use crate::core::cache::{mix, Fast, KeyQuery, Match, ShardedCache, Stats, NEVER};
 use crate::core::clock::{nanos_to_secs, Clock};
+use crate::core::flight::{Flight, Join, Leader, Outcome, SingleFlight};
 use crate::errors::wrong_type;
 use crate::py::{args, wait};
 
-/// Single-flight entries a shard of the flight table holds at most: one per caller
-/// blocked in `get_or_set` on that shard, so the bound is a backstop (at most
-/// `MAX_SHARDS * FLIGHTS_PER_SHARD = 2^26`, within the core's `MAX_SIZE`).
+/// Flights a shard of the flight table holds at most: one per leader running a factory on
+/// that shard, so the bound is a backstop (at most `MAX_SHARDS * FLIGHTS_PER_SHARD =
+/// 2^26`, within the core's `MAX_SIZE`).
 const FLIGHTS_PER_SHARD: usize = 65_536;
+
+/// What a flight shares with its followers: the factory's value, or the `Exception`
+/// instance it raised.
+type Shared = Result<Py<PyAny>, Py<PyAny>>;
 
 /// A size argument (`int`, bool refused), saturated to `0..=usize::MAX` so that any int,
 /// however large or negative, reaches the core's range check and its message.
@@ -252,9 +260,9 @@ impl PyClone for Py<PyAny> {
     }
 }
 
-impl PyClone for Arc<Flight> {
+impl<T> PyClone for Arc<T> {
     fn py_clone(&self, _: Python<'_>) -> Self {
-        self.clone()
+        Arc::clone(self)
     }
 }
 
@@ -309,70 +317,22 @@ impl<V: PyClone> KeyQuery<PyKey, V> for Query<'_, '_> {
     }
 }
 
-/// How a flight ended.
-enum Outcome {
-    /// The factory returned this value (and it was stored).
-    Value(Py<PyAny>),
-    /// The factory raised this `Exception` (the instance, normalized by the leader with
-    /// no lock held): every waiter raises it too.
-    Error(Py<PyAny>),
-    /// The leader left without a result: its factory raised a BaseException that is not
-    /// an Exception (KeyboardInterrupt, SystemExit, ...), which is the leader's alone, or
-    /// the leader unwound. Waiters look again; one of them leads a new flight.
-    Abandoned,
-}
-
-/// One in-progress `get_or_set` factory call that other callers for the key wait on.
-pub struct Flight {
-    leader: ThreadId,
-    /// Set once, when the flight ends (after it left the flight table).
-    outcome: Mutex<Option<Outcome>>,
-    done: Condvar,
-}
-
-impl Flight {
-    fn new() -> Self {
-        Self {
-            leader: std::thread::current().id(),
-            outcome: Mutex::new(None),
-            done: Condvar::new(),
-        }
+/// A follower's wait: the GIL released, in slices with a signal check between them.
+/// `None` when the leader abandoned the flight.
+fn follow(py: Python<'_>, flight: &Flight<Shared>) -> PyResult<Option<Py<PyAny>>> {
+    while !wait::detach(py, || flight.wait_for(wait::SLICE)) {
+        py.check_signals()?;
     }
-
-    fn complete(&self, outcome: Outcome) {
-        // Nothing is dropped under the lock: the slot is empty until this one write.
-        let previous = self.outcome.lock().replace(outcome);
-        self.done.notify_all();
-        drop(previous);
-    }
-
-    /// Waits with the GIL released, checking for signals every slice. `Ok(None)` when the
-    /// leader abandoned the flight.
-    fn wait(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
-        loop {
-            let finished = wait::detach(py, || {
-                let mut g = self.outcome.lock();
-                if g.is_none() {
-                    self.done.wait_for(&mut g, wait::SLICE);
-                }
-                g.is_some()
-            });
-            if finished {
-                break;
-            }
-            py.check_signals()?;
-        }
-        // Only new references are taken under the lock; the error is built after it.
-        let outcome = match self.outcome.lock().as_ref() {
-            Some(Outcome::Value(v)) => Some(Ok(v.clone_ref(py))),
-            Some(Outcome::Error(e)) => Some(Err(e.clone_ref(py))),
-            Some(Outcome::Abandoned) | None => None,
-        };
-        match outcome {
-            Some(Ok(v)) => Ok(Some(v)),
-            Some(Err(e)) => Err(PyErr::from_value(e.into_bound(py))),
-            None => Ok(None),
-        }
+    // Only new references are taken under the flight's lock; the error is built after.
+    let shared = flight.read(|o| match o {
+        Outcome::Finished(Ok(v)) => Some(Ok(v.clone_ref(py))),
+        Outcome::Finished(Err(e)) => Some(Err(e.clone_ref(py))),
+        Outcome::Abandoned => None,
+    });
+    match shared.flatten() {
+        Some(Ok(v)) => Ok(Some(v)),
+        Some(Err(e)) => Err(PyErr::from_value(e.into_bound(py))),
+        None => Ok(None),
     }
 }
 
@@ -383,19 +343,11 @@ type Grave = Vec<(PyKey, Py<PyAny>)>;
 #[pyclass(frozen, module = "ferrule", name = "Cache")]
 pub struct Cache {
     inner: ShardedCache<PyKey, Py<PyAny>>,
-    flights: ShardedCache<PyKey, Arc<Flight>>,
+    flights: SingleFlight<PyKey, Shared>,
     default_ttl: Option<i64>,
     clock: Clock,
     /// Set once any entry may carry a deadline; until then reads skip the clock.
     uses_ttl: AtomicBool,
-}
-
-/// What a caller of `get_or_set` found in the flight table.
-enum Joined {
-    Lead(Arc<Flight>),
-    Wait(Arc<Flight>),
-    /// No memory to register a flight; dropped after the lock is released.
-    NoRoom((PyKey, Arc<Flight>)),
 }
 
 impl Cache {
@@ -442,77 +394,107 @@ impl Cache {
     }
 
     fn store(&self, q: &Query<'_, '_>, value: Py<PyAny>, ttl: Option<i64>) -> PyResult<()> {
+        self.store_if(q, value, ttl, || true)
+    }
+
+    /// Stores unless `keep()`, asked under the shard lock, refuses.
+    fn store_if(
+        &self,
+        q: &Query<'_, '_>,
+        value: Py<PyAny>,
+        ttl: Option<i64>,
+        keep: impl FnOnce() -> bool,
+    ) -> PyResult<()> {
         let mut grave: Grave = Vec::new();
         let (now, expires) = self.stamp(ttl);
-        let r = self
-            .inner
-            .set(q.hash, q, || q.stored(), value, expires, now, &mut grave);
+        let r = self.inner.set_if(
+            q.hash,
+            q,
+            || q.stored(),
+            value,
+            expires,
+            now,
+            &mut grave,
+            keep,
+        );
         drop(grave); // after the lock: evicted and expired entries may run __del__
-        r
+        r.map(drop)
     }
 
     fn take(&self, q: &Query<'_, '_>) -> PyResult<Option<Py<PyAny>>> {
         self.inner.remove(q.hash, q, self.now())
     }
 
-    /// Registers a flight for `q`, or finds the one in progress.
-    fn join(&self, q: &Query<'_, '_>) -> PyResult<Joined> {
-        let mut grave: Vec<(PyKey, Arc<Flight>)> = Vec::new();
-        let joined = self.flights.with_key(q.hash, q, |s, h| {
-            if let Some(f) = h.and_then(|h| s.value(h)) {
-                return Joined::Wait(f.clone());
+    /// `get_or_set`'s loop; `count` says whether its first look counts a hit or a miss.
+    fn get_or_set_counted(
+        &self,
+        key: &Bound<'_, PyAny>,
+        factory: &Bound<'_, PyAny>,
+        ttl: Option<i64>,
+        mut count: bool,
+    ) -> PyResult<Py<PyAny>> {
+        if !factory.is_callable() {
+            return Err(wrong_type("factory", "callable", factory));
+        }
+        let q = Query::new(key)?;
+        loop {
+            if let Some(v) = self.lookup(&q, count)? {
+                return Ok(v);
             }
-            let f = Arc::new(Flight::new());
-            match s.insert(q.hash, q.stored(), f.clone(), NEVER, 0, &mut grave) {
-                Ok(_) => Joined::Lead(f),
-                Err(unstored) => Joined::NoRoom(unstored),
+            // Looks after an abandoned flight belong to the same call.
+            count = false;
+            match self.flights.join(q.hash, &q, || q.stored())? {
+                Join::Lead(leader) => return self.lead(&q, factory, ttl, leader),
+                Join::Follow(flight) => {
+                    if flight.led_by_current_thread() {
+                        return Err(PyRuntimeError::new_err(
+                            "get_or_set called recursively for the same key by its own factory",
+                        ));
+                    }
+                    if let Some(v) = follow(q.py(), &flight)? {
+                        return Ok(v);
+                    }
+                }
             }
-        });
-        drop(grave); // a flight pushed out by the table's bound (a backstop)
-        joined
+        }
     }
 
-    /// The leader's part of `get_or_set`: run the factory (no lock held) and store.
+    /// The leader's part: look once more (another flight may have stored the value since
+    /// our miss), run the factory with no lock held, store unless a `clear()` began since
+    /// the flight did, and end the flight with what the followers share.
     fn lead(
         &self,
         q: &Query<'_, '_>,
         factory: &Bound<'_, PyAny>,
         ttl: Option<i64>,
+        leader: Leader<'_, PyKey, Shared>,
     ) -> PyResult<Py<PyAny>> {
-        // Another leader may have stored the value between our miss and our flight.
-        if let Some(v) = self.lookup(q, false)? {
-            return Ok(v);
+        let py = q.py();
+        let r = match self.lookup(q, false) {
+            Ok(Some(v)) => Ok(v),
+            Ok(None) => wait::call0(factory).and_then(|v| {
+                let v = v.unbind();
+                self.store_if(q, v.clone_ref(py), ttl, || leader.is_current())?;
+                Ok(v)
+            }),
+            Err(e) => Err(e),
+        };
+        match &r {
+            Ok(v) => leader.finish(Ok(v.clone_ref(py))),
+            // Normalised here, with no lock held.
+            Err(e) if e.is_instance_of::<PyException>(py) => {
+                leader.finish(Err(e.value(py).clone().into_any().unbind()));
+            }
+            // Kept by this caller; dropping the leader abandons the flight.
+            Err(_) => drop(leader),
         }
-        let v = wait::call0(factory)?.unbind();
-        self.store(q, v.clone_ref(q.py()), ttl)?;
-        Ok(v)
+        r
     }
 
     /// Total live entries, reclaiming expired ones first.
     fn live_len(&self) -> PyResult<usize> {
         let mut grave: Grave = Vec::new();
         Ok(self.inner.len(self.now(), &mut grave)?)
-    }
-}
-
-/// Ends a flight exactly once: removes it from the table and wakes its waiters, also when
-/// the leader unwinds (then the flight is abandoned).
-struct FlightGuard<'c, 'a, 'py> {
-    cache: &'c Cache,
-    q: &'c Query<'a, 'py>,
-    flight: Arc<Flight>,
-    outcome: Option<Outcome>,
-}
-
-impl Drop for FlightGuard<'_, '_, '_> {
-    fn drop(&mut self) {
-        let flight = &self.flight;
-        let removed = self.cache.flights.with_shard(self.q.hash, |s| {
-            s.handle_where(self.q.hash, |f| Arc::ptr_eq(f, flight))
-                .and_then(|h| s.remove(h))
-        });
-        drop(removed); // after the lock: the key may run __del__
-        flight.complete(self.outcome.take().unwrap_or(Outcome::Abandoned));
     }
 }
 
@@ -542,7 +524,7 @@ impl Cache {
         let inner = ShardedCache::new(max_size, shards, cpus)?;
         let n = inner.shard_count();
         // n <= MAX_SHARDS, so the product is far below MAX_SIZE.
-        let flights = ShardedCache::new(n * FLIGHTS_PER_SHARD, Some(n), cpus)?;
+        let flights = SingleFlight::new(n, FLIGHTS_PER_SHARD)?;
         let default_ttl = args::opt_positive_nanos(ttl, "ttl")?;
         let clock = args::clock(clock)?;
         Ok(Self {
@@ -606,64 +588,17 @@ impl Cache {
     #[pyo3(signature = (key, factory, *, ttl = None))]
     fn get_or_set(
         &self,
-        py: Python<'_>,
         key: &Bound<'_, PyAny>,
         factory: &Bound<'_, PyAny>,
         ttl: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Py<PyAny>> {
         let ttl = args::opt_positive_nanos(ttl, "ttl")?;
-        if !factory.is_callable() {
-            return Err(wrong_type("factory", "callable", factory));
-        }
-        let q = Query::new(key)?;
-        // Only the first look counts a hit or a miss; looks after an abandoned flight
-        // belong to the same call.
-        let mut count = true;
-        loop {
-            if let Some(v) = self.lookup(&q, count)? {
-                return Ok(v);
-            }
-            count = false;
-            match self.join(&q)? {
-                Joined::NoRoom(unstored) => {
-                    drop(unstored);
-                    return Err(AllocError.into());
-                }
-                Joined::Wait(flight) => {
-                    if flight.leader == std::thread::current().id() {
-                        return Err(PyRuntimeError::new_err(
-                            "get_or_set called recursively for the same key by its own factory",
-                        ));
-                    }
-                    if let Some(v) = flight.wait(py)? {
-                        return Ok(v);
-                    }
-                    // Abandoned: look again (the value may be there), then join or lead.
-                }
-                Joined::Lead(flight) => {
-                    let mut guard = FlightGuard {
-                        cache: self,
-                        q: &q,
-                        flight,
-                        outcome: None,
-                    };
-                    let r = self.lead(&q, factory, ttl);
-                    guard.outcome = Some(match &r {
-                        Ok(v) => Outcome::Value(v.clone_ref(py)),
-                        Err(e) if e.is_instance_of::<PyException>(py) => {
-                            Outcome::Error(e.value(py).clone().into_any().unbind())
-                        }
-                        Err(_) => Outcome::Abandoned,
-                    });
-                    drop(guard);
-                    return r;
-                }
-            }
-        }
+        self.get_or_set_counted(key, factory, ttl, true)
     }
 
-    /// Removes every entry.
+    /// Removes every entry. The flights go first (see the module documentation).
     fn clear(&self) {
+        self.flights.clear();
         self.inner.clear();
     }
 
@@ -755,15 +690,14 @@ impl Cache {
             visit.call(&k.obj)?;
             visit.call(v)
         })?;
-        self.flights.try_for_each(|k, _| visit.call(&k.obj))
+        self.flights.try_for_each_key(|k| visit.call(&k.obj))
     }
 
     /// Breaks reference cycles: every shard's contents are swapped out under its lock and
     /// dropped after it is released. A flight in progress stays with its leader and
     /// waiters (they hold it), so they still finish.
     fn __clear__(&self) {
-        self.inner.clear();
-        self.flights.clear();
+        self.clear();
     }
 
     fn __repr__(&self) -> String {
