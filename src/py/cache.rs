@@ -596,6 +596,16 @@ impl Cache {
         self.get_or_set_counted(key, factory, ttl, true)
     }
 
+    /// `get_or_set` for a caller that has just looked `key` up with `get` and counted
+    /// that miss (`ferrule.cached`): its own looks count nothing.
+    fn _get_or_set_after_miss(
+        &self,
+        key: &Bound<'_, PyAny>,
+        factory: &Bound<'_, PyAny>,
+    ) -> PyResult<Py<PyAny>> {
+        self.get_or_set_counted(key, factory, None, false)
+    }
+
     /// Removes every entry. The flights go first (see the module documentation).
     fn clear(&self) {
         self.flights.clear();
