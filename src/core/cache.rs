@@ -7,6 +7,8 @@
 //! linked recency list (head = most recent), an intrusive free list of empty slots, and
 //! an intrusive indexed min-heap of the slots that have a deadline. Every operation on a
 //! shard is O(1) except heap moves, O(log n) and only for entries with a TTL.
+//! [`TimedCache`] puts a [`ShardedCache`] on a clock with a default TTL (one clock
+//! reading per operation, none while nothing can expire).
 //!
 //! # Invariants
 //! - Shard capacities sum to exactly `max_size` (`1 <= max_size <= MAX_SIZE`) and a shard
@@ -56,8 +58,12 @@
 //! them out of the locked section; bulk operations drop each batch between lock holds;
 //! `clear` swaps the whole slab out under the lock and drops it after.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use hashbrown::HashTable;
 use parking_lot::Mutex;
+
+use crate::core::clock::Clock;
 
 /// Deadline of an entry without TTL.
 pub const NEVER: i64 = i64::MAX;
@@ -1212,6 +1218,133 @@ impl<K, V> ShardedCache<K, V> {
     }
 }
 
+/// A [`ShardedCache`] on a clock, with a default TTL: the whole cache a binding holds.
+///
+/// Time: each operation reads the clock once, and a write computes its deadline from that
+/// same reading, so the deadline is never behind the `now` the write reclaims with. While
+/// no entry can carry a deadline (no default TTL, and no write with one yet) operations
+/// skip the clock: `now` is `i64::MIN`, before every deadline. `uses_ttl` only ever turns
+/// on, before the first write with a deadline takes its lock; an operation concurrent
+/// with that write that still sees it off treats every entry as live, which orders the
+/// operation before the write.
+pub struct TimedCache<K, V> {
+    entries: ShardedCache<K, V>,
+    clock: Clock,
+    default_ttl: Option<i64>,
+    uses_ttl: AtomicBool,
+}
+
+impl<K, V> TimedCache<K, V> {
+    pub fn new(entries: ShardedCache<K, V>, clock: Clock, default_ttl: Option<i64>) -> Self {
+        Self {
+            entries,
+            clock,
+            uses_ttl: AtomicBool::new(default_ttl.is_some()),
+            default_ttl,
+        }
+    }
+
+    /// The entries, for what needs no clock (sizes, `clear`, traversal).
+    pub fn entries(&self) -> &ShardedCache<K, V> {
+        &self.entries
+    }
+
+    pub fn default_ttl(&self) -> Option<i64> {
+        self.default_ttl
+    }
+
+    /// The clock reading for this operation; `i64::MIN` while no entry can expire.
+    #[inline]
+    fn now(&self) -> i64 {
+        if self.uses_ttl.load(Ordering::Acquire) {
+            self.clock.now_nanos()
+        } else {
+            i64::MIN
+        }
+    }
+
+    /// The one clock reading of a write and the deadline it gives an entry with `ttl` (or
+    /// the default).
+    #[inline]
+    fn stamp(&self, ttl: Option<i64>) -> (i64, i64) {
+        match ttl.or(self.default_ttl) {
+            None => (self.now(), NEVER),
+            Some(d) => {
+                if !self.uses_ttl.load(Ordering::Relaxed) {
+                    self.uses_ttl.store(true, Ordering::Release);
+                }
+                let now = self.clock.now_nanos();
+                // Exact in practice: a ManualClock stops at MAX_READING (2^62 ns) and `d`
+                // is at most MAX_SECONDS (4e18 ns), so the sum stays below i64::MAX; the
+                // monotonic clock counts from process start. Saturating keeps this total:
+                // a saturated deadline is NEVER, which is what ~292 years means anyway.
+                (now, now.saturating_add(d))
+            }
+        }
+    }
+
+    /// [`ShardedCache::get`], through [`ShardedCache::get_fast`] first.
+    #[inline]
+    pub fn get<Q: KeyQuery<K, V>>(
+        &self,
+        hash: u64,
+        q: &Q,
+        count: bool,
+    ) -> Result<Option<V>, Q::Error> {
+        let now = self.now();
+        match self.entries.get_fast(hash, q, now, count) {
+            Fast::Hit(v) => Ok(Some(v)),
+            Fast::Miss => Ok(None),
+            Fast::Slow => self.entries.get(hash, q, now, count),
+        }
+    }
+
+    /// [`ShardedCache::set_if`] with the deadline of `ttl` (or the default); what the
+    /// write evicts or reclaims is dropped here, after the lock is released.
+    pub fn set_if<Q: KeyQuery<K, V>>(
+        &self,
+        hash: u64,
+        q: &Q,
+        key: impl FnOnce() -> K,
+        value: V,
+        ttl: Option<i64>,
+        keep: impl FnOnce() -> bool,
+    ) -> Result<bool, Q::Error> {
+        let mut grave = Vec::new();
+        let (now, expires) = self.stamp(ttl);
+        self.entries
+            .set_if(hash, q, key, value, expires, now, &mut grave, keep)
+    }
+
+    pub fn remove<Q: KeyQuery<K, V>>(&self, hash: u64, q: &Q) -> Result<Option<V>, Q::Error> {
+        self.entries.remove(hash, q, self.now())
+    }
+
+    /// Live entries, reclaiming expired ones first.
+    pub fn live_len(&self) -> Result<usize, AllocError> {
+        self.entries.len(self.now(), &mut Vec::new())
+    }
+
+    /// Removes expired entries now; returns how many.
+    pub fn expire(&self) -> Result<usize, AllocError> {
+        if !self.uses_ttl.load(Ordering::Acquire) {
+            return Ok(0);
+        }
+        self.entries.expire(self.clock.now_nanos(), &mut Vec::new())
+    }
+
+    pub fn snapshot<T>(&self, f: impl FnMut(&K, &V) -> T) -> Result<Vec<T>, AllocError> {
+        self.entries.snapshot(self.now(), f)
+    }
+
+    /// The counters, with `size` counting live entries only (expired ones are reclaimed
+    /// first).
+    pub fn stats(&self) -> Result<Stats, AllocError> {
+        self.expire()?;
+        Ok(self.entries.stats())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1350,6 +1483,45 @@ mod tests {
         assert!(set_if("a", 1, true));
         assert!(!set_if("a", 2, false));
         assert_eq!((get(&c, "a", 0), c.stats().inserts), (Some(1), 1));
+    }
+
+    #[test]
+    fn timed_cache_stamps_writes_with_its_clock_and_default_ttl() {
+        use crate::core::clock::{ManualClock, MAX_READING};
+        let clock = Arc::new(ManualClock::new(0));
+        let entries = ShardedCache::new(8, Some(1), 1).unwrap();
+        let c = TimedCache::new(entries, Clock::Manual(clock.clone()), Some(10));
+        let set = |k: &str, ttl: Option<i64>| {
+            c.set_if(h(&k), &Q(k), || k.to_string(), 1, ttl, || true)
+                .unwrap()
+        };
+        let live = |k: &str| c.get(h(&k), &Q(k), false).unwrap().is_some();
+        assert!(set("default", None) && set("own", Some(20)));
+        clock.advance(9).unwrap();
+        assert!(live("default") && live("own"));
+        clock.advance(1).unwrap(); // t + d: no longer live
+        assert!(!live("default") && live("own"));
+        assert_eq!((c.live_len(), c.stats().map(|s| s.size)), (Ok(1), Ok(1)));
+        clock.advance(10).unwrap();
+        assert_eq!((c.expire(), c.live_len()), (Ok(1), Ok(0)));
+        // A deadline beyond i64 saturates to NEVER rather than wrapping into the past.
+        clock.set(MAX_READING).unwrap();
+        assert!(set("far", Some(i64::MAX)) && live("far"));
+        assert_eq!(c.snapshot(|k, _| k.clone()), Ok(vec!["far".to_owned()]));
+    }
+
+    #[test]
+    fn timed_cache_without_ttl_never_expires_anything() {
+        let clock = Arc::new(crate::core::clock::ManualClock::new(0));
+        let entries = ShardedCache::new(8, Some(1), 1).unwrap();
+        let c = TimedCache::new(entries, Clock::Manual(clock.clone()), None);
+        assert!(c
+            .set_if(h(&"k"), &Q("k"), || "k".to_owned(), 1, None, || true)
+            .unwrap());
+        clock.advance(1 << 40).unwrap();
+        assert_eq!(c.expire(), Ok(0));
+        assert_eq!(c.remove(h(&"k"), &Q("k")), Ok(Some(1)));
+        assert_eq!(c.default_ttl(), None);
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! `Cache`: the Python face of `core::cache::ShardedCache` over Python keys and values.
+//! `Cache`: the Python face of `core::cache::TimedCache` (a `ShardedCache` on a clock)
+//! and `core::flight::SingleFlight` over Python keys and values.
 //!
 //! Keys are compared with dict semantics (identity first, then `==`), but `==` on a key
 //! that could run user code (`__eq__` of a user class) is never called under a shard
@@ -8,12 +9,12 @@
 //! Everything the cache drops (evicted, expired, replaced, cleared) is dropped after the
 //! lock is released, because a value's `__del__` may run Python.
 //!
-//! Time: each operation reads the clock once, and a write computes its deadline from that
-//! same reading (`now + ttl` cannot overflow: a ManualClock stops at 2^62 ns and a ttl is
-//! at most 4e9 s, together below `i64::MAX`).
+//! Time is the core's: one clock reading per operation (none while nothing can expire),
+//! a write's deadline computed from that same reading. This file converts `ttl` and
+//! `clock` arguments to nanoseconds and a core `Clock`.
 //!
 //! `get_or_set` is single-flight through `core::flight` (the protocol, its invariants and
-//! its generations live there). The first caller for a missing key leads the key's
+//! its generations are documented there). The first caller for a missing key leads the key's
 //! flight and runs the factory through `wait::call0`, with no lock held; later callers
 //! for that key follow it, waiting with the GIL released in slices with a signal check
 //! between them. What a flight shares is the factory's value or the `Exception` it
@@ -27,9 +28,9 @@
 //!
 //! Garbage collection: `Cache` visits every key and value it holds (and the keys of
 //! flights in progress), skipping a shard whose lock is held rather than waiting for it;
-//! `__clear__` swaps every shard's contents out under its lock and drops them after.
+//! `__clear__` is `clear()`: every shard's contents are swapped out under its lock and
+//! dropped after it is released.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use pyo3::exceptions::{PyException, PyKeyError, PyRuntimeError, PyTypeError};
@@ -38,8 +39,8 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyInt, PyList, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 
-use crate::core::cache::{mix, Fast, KeyQuery, Match, ShardedCache, Stats, NEVER};
-use crate::core::clock::{nanos_to_secs, Clock};
+use crate::core::cache::{mix, KeyQuery, Match, ShardedCache, Stats, TimedCache};
+use crate::core::clock::nanos_to_secs;
 use crate::core::flight::{Flight, Join, Leader, Outcome, SingleFlight};
 use crate::errors::wrong_type;
 use crate::py::{args, wait};
@@ -336,61 +337,17 @@ fn follow(py: Python<'_>, flight: &Flight<Shared>) -> PyResult<Option<Py<PyAny>>
     }
 }
 
-/// A dropped-after-unlock pile.
-type Grave = Vec<(PyKey, Py<PyAny>)>;
-
 /// A thread-safe, sharded LRU cache with optional TTL.
 #[pyclass(frozen, module = "ferrule", name = "Cache")]
 pub struct Cache {
-    inner: ShardedCache<PyKey, Py<PyAny>>,
+    inner: TimedCache<PyKey, Py<PyAny>>,
     flights: SingleFlight<PyKey, Shared>,
-    default_ttl: Option<i64>,
-    clock: Clock,
-    /// Set once any entry may carry a deadline; until then reads skip the clock.
-    uses_ttl: AtomicBool,
 }
 
 impl Cache {
-    /// The clock reading for this operation; `i64::MIN` (everything live) while no entry
-    /// can expire, which saves a clock read per call.
-    #[inline]
-    fn now(&self) -> i64 {
-        if self.uses_ttl.load(Ordering::Acquire) {
-            self.clock.now_nanos()
-        } else {
-            i64::MIN
-        }
-    }
-
-    /// The one clock reading of a write and the deadline it gives an entry with `ttl`
-    /// (or the cache's default), so the deadline is never behind the `now` the write
-    /// reclaims with.
-    #[inline]
-    fn stamp(&self, ttl: Option<i64>) -> (i64, i64) {
-        match ttl.or(self.default_ttl) {
-            None => (self.now(), NEVER),
-            Some(d) => {
-                if !self.uses_ttl.load(Ordering::Relaxed) {
-                    self.uses_ttl.store(true, Ordering::Release);
-                }
-                let now = self.clock.now_nanos();
-                // Exact in practice: a ManualClock stops at MAX_READING (2^62 ns) and `d`
-                // is at most MAX_SECONDS (4e18 ns), so the sum stays below i64::MAX; the
-                // monotonic clock counts from process start. Saturating keeps this total:
-                // a saturated deadline is NEVER, which is what ~292 years means anyway.
-                (now, now.saturating_add(d))
-            }
-        }
-    }
-
     #[inline]
     fn lookup(&self, q: &Query<'_, '_>, count: bool) -> PyResult<Option<Py<PyAny>>> {
-        let now = self.now();
-        match self.inner.get_fast(q.hash, q, now, count) {
-            Fast::Hit(v) => Ok(Some(v)),
-            Fast::Miss => Ok(None),
-            Fast::Slow => self.inner.get(q.hash, q, now, count),
-        }
+        self.inner.get(q.hash, q, count)
     }
 
     fn store(&self, q: &Query<'_, '_>, value: Py<PyAny>, ttl: Option<i64>) -> PyResult<()> {
@@ -405,24 +362,14 @@ impl Cache {
         ttl: Option<i64>,
         keep: impl FnOnce() -> bool,
     ) -> PyResult<()> {
-        let mut grave: Grave = Vec::new();
-        let (now, expires) = self.stamp(ttl);
-        let r = self.inner.set_if(
-            q.hash,
-            q,
-            || q.stored(),
-            value,
-            expires,
-            now,
-            &mut grave,
-            keep,
-        );
-        drop(grave); // after the lock: evicted and expired entries may run __del__
-        r.map(drop)
+        let stored = self
+            .inner
+            .set_if(q.hash, q, || q.stored(), value, ttl, keep);
+        stored.map(drop)
     }
 
     fn take(&self, q: &Query<'_, '_>) -> PyResult<Option<Py<PyAny>>> {
-        self.inner.remove(q.hash, q, self.now())
+        self.inner.remove(q.hash, q)
     }
 
     /// `get_or_set`'s loop; `count` says whether its first look counts a hit or a miss.
@@ -490,12 +437,6 @@ impl Cache {
         }
         r
     }
-
-    /// Total live entries, reclaiming expired ones first.
-    fn live_len(&self) -> PyResult<usize> {
-        let mut grave: Grave = Vec::new();
-        Ok(self.inner.len(self.now(), &mut grave)?)
-    }
 }
 
 #[pymethods]
@@ -521,18 +462,14 @@ impl Cache {
             shards.or(Some(1))
         };
         let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-        let inner = ShardedCache::new(max_size, shards, cpus)?;
-        let n = inner.shard_count();
-        // n <= MAX_SHARDS, so the product is far below MAX_SIZE.
-        let flights = SingleFlight::new(n, FLIGHTS_PER_SHARD)?;
+        let entries = ShardedCache::new(max_size, shards, cpus)?;
+        // At most MAX_SHARDS shards, so the flights table stays far below MAX_SIZE.
+        let flights = SingleFlight::new(entries.shard_count(), FLIGHTS_PER_SHARD)?;
         let default_ttl = args::opt_positive_nanos(ttl, "ttl")?;
         let clock = args::clock(clock)?;
         Ok(Self {
-            inner,
+            inner: TimedCache::new(entries, clock, default_ttl),
             flights,
-            default_ttl,
-            uses_ttl: AtomicBool::new(default_ttl.is_some()),
-            clock,
         })
     }
 
@@ -609,61 +546,50 @@ impl Cache {
     /// Removes every entry. The flights go first (see the module documentation).
     fn clear(&self) {
         self.flights.clear();
-        self.inner.clear();
+        self.inner.entries().clear();
     }
 
     /// Removes expired entries now; returns how many.
     fn expire(&self) -> PyResult<usize> {
-        if !self.uses_ttl.load(Ordering::Acquire) {
-            return Ok(0);
-        }
-        let mut grave: Grave = Vec::new();
-        Ok(self.inner.expire(self.clock.now_nanos(), &mut grave)?)
+        Ok(self.inner.expire()?)
     }
 
     /// Keys of the live entries (a snapshot).
     fn keys(&self, py: Python<'_>) -> PyResult<Vec<Py<PyAny>>> {
-        Ok(self
-            .inner
-            .snapshot(self.now(), |k, _| k.obj.clone_ref(py))?)
+        Ok(self.inner.snapshot(|k, _| k.obj.clone_ref(py))?)
     }
 
     fn values(&self, py: Python<'_>) -> PyResult<Vec<Py<PyAny>>> {
-        Ok(self.inner.snapshot(self.now(), |_, v| v.clone_ref(py))?)
+        Ok(self.inner.snapshot(|_, v| v.clone_ref(py))?)
     }
 
     fn items(&self, py: Python<'_>) -> PyResult<Vec<(Py<PyAny>, Py<PyAny>)>> {
         Ok(self
             .inner
-            .snapshot(self.now(), |k, v| (k.obj.clone_ref(py), v.clone_ref(py)))?)
+            .snapshot(|k, v| (k.obj.clone_ref(py), v.clone_ref(py)))?)
     }
 
     fn stats(&self) -> PyResult<CacheStats> {
-        if self.uses_ttl.load(Ordering::Acquire) {
-            // `size` counts live entries only.
-            let mut grave: Grave = Vec::new();
-            self.inner.expire(self.clock.now_nanos(), &mut grave)?;
-        }
-        Ok(CacheStats::from(self.inner.stats()))
+        Ok(CacheStats::from(self.inner.stats()?))
     }
 
     #[getter]
     fn max_size(&self) -> usize {
-        self.inner.max_size()
+        self.inner.entries().max_size()
     }
 
     #[getter]
     fn ttl(&self) -> Option<f64> {
-        self.default_ttl.map(nanos_to_secs)
+        self.inner.default_ttl().map(nanos_to_secs)
     }
 
     #[getter]
     fn shards(&self) -> usize {
-        self.inner.shard_count()
+        self.inner.entries().shard_count()
     }
 
     fn __len__(&self) -> PyResult<usize> {
-        self.live_len()
+        Ok(self.inner.live_len()?)
     }
 
     fn __contains__(&self, key: &Bound<'_, PyAny>) -> PyResult<bool> {
@@ -696,7 +622,7 @@ impl Cache {
     /// Visits every key and value (and the keys of flights in progress). Never blocks:
     /// a shard whose lock is held is skipped, which only makes the collector keep more.
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        self.inner.try_for_each(|k, v| {
+        self.inner.entries().try_for_each(|k, v| {
             visit.call(&k.obj)?;
             visit.call(v)
         })?;
@@ -712,12 +638,12 @@ impl Cache {
 
     fn __repr__(&self) -> String {
         let ttl = self
-            .default_ttl
-            .map_or_else(|| "None".to_owned(), |t| nanos_to_secs(t).to_string());
+            .ttl()
+            .map_or_else(|| "None".to_owned(), |t| t.to_string());
         format!(
             "Cache(max_size={}, ttl={ttl}, shards={})",
-            self.inner.max_size(),
-            self.inner.shard_count()
+            self.max_size(),
+            self.shards()
         )
     }
 }
