@@ -53,12 +53,14 @@
 //! thread that ends the flight wakes it once, after the outcome is set and with no lock
 //! held. An async single-flight is built from these parts without blocking anything: its
 //! future's `poll` reads the slot, and when the flight is still running registers
-//! `cx.waker()` and returns `Pending` (`register` returns false if the flight ended
+//! `cx.waker()` and returns `Pending` (`register` answers false if the flight ended
 //! between the read and the registration; the future reads again then). A binding for an
 //! event loop supplies a waker whose `wake` schedules the waiting task on its own loop
 //! (asyncio's `call_soon_threadsafe`). [`Flight::led_by_current_thread`], the blocking
 //! form's guard against a leader waiting for its own flight, does not apply there: an
-//! async leader is a task, and its followers may share its thread.
+//! async leader is a task, and its followers may share its thread. Such a leader also
+//! outlives any borrow of the table, so that binding keeps the table in an `Arc` and gives
+//! [`Leader`] that `Arc` in place of its reference; ending and abandoning stay the same.
 //!
 //! # Orderings
 //! Nothing here is lock-free: the slot, the condvar and the wakers sit under one mutex,
@@ -85,16 +87,16 @@ pub enum Outcome<T> {
     Abandoned,
 }
 
-enum State<T> {
-    /// Wakers to wake when the flight ends (see [`Flight::register`]).
-    Running(Vec<Waker>),
-    Ended(Outcome<T>),
+/// The outcome slot and, while it is empty, the wakers to wake when it is filled.
+struct Slot<T> {
+    outcome: Option<Outcome<T>>,
+    wakers: Vec<Waker>,
 }
 
 /// One computation in progress for a key, which followers wait on.
 pub struct Flight<T> {
     leader: ThreadId,
-    state: Mutex<State<T>>,
+    slot: Mutex<Slot<T>>,
     ended: Condvar,
 }
 
@@ -102,7 +104,10 @@ impl<T> Flight<T> {
     fn new() -> Self {
         Self {
             leader: std::thread::current().id(),
-            state: Mutex::new(State::Running(Vec::new())),
+            slot: Mutex::new(Slot {
+                outcome: None,
+                wakers: Vec::new(),
+            }),
             ended: Condvar::new(),
         }
     }
@@ -114,34 +119,31 @@ impl<T> Flight<T> {
     }
 
     pub fn is_ended(&self) -> bool {
-        matches!(*self.state.lock(), State::Ended(_))
+        self.slot.lock().outcome.is_some()
     }
 
     /// `f` of the outcome once the flight has ended, `None` while it runs. `f` runs under
     /// the flight's lock: it should only copy out (take new references), never block or
     /// run user code.
     pub fn read<R>(&self, f: impl FnOnce(&Outcome<T>) -> R) -> Option<R> {
-        match &*self.state.lock() {
-            State::Ended(outcome) => Some(f(outcome)),
-            State::Running(_) => None,
-        }
+        self.slot.lock().outcome.as_ref().map(f)
     }
 
     /// Blocks until the flight ends or `timeout` passes (a spurious wake-up may end it
     /// earlier); true once the flight has ended. A caller that must stay responsive waits
     /// in slices and does its checks in between.
     pub fn wait_for(&self, timeout: Duration) -> bool {
-        let mut g = self.state.lock();
-        if matches!(*g, State::Running(_)) {
+        let mut g = self.slot.lock();
+        if g.outcome.is_none() {
             self.ended.wait_for(&mut g, timeout);
         }
-        matches!(*g, State::Ended(_))
+        g.outcome.is_some()
     }
 
     /// Blocks until the flight ends.
     pub fn wait(&self) {
-        let mut g = self.state.lock();
-        while matches!(*g, State::Running(_)) {
+        let mut g = self.slot.lock();
+        while g.outcome.is_none() {
             self.ended.wait(&mut g);
         }
     }
@@ -149,32 +151,37 @@ impl<T> Flight<T> {
     /// Has `waker` woken once when the flight ends, by the thread that ends it, with no
     /// lock held. False if the flight has already ended (nothing is registered: read the
     /// outcome now). A waker that would wake the same task as one already registered
-    /// replaces it, so a future polled again does not pile up wakers.
-    pub fn register(&self, waker: &Waker) -> bool {
-        let mut g = self.state.lock();
-        let State::Running(wakers) = &mut *g else {
-            return false;
-        };
-        let old = match wakers.iter_mut().find(|w| w.will_wake(waker)) {
+    /// replaces it, so a future polled again does not pile up wakers. Without memory for
+    /// one more waker, nothing changes and the error says so.
+    pub fn register(&self, waker: &Waker) -> Result<bool, AllocError> {
+        let mut g = self.slot.lock();
+        if g.outcome.is_some() {
+            return Ok(false);
+        }
+        let old = match g.wakers.iter_mut().find(|w| w.will_wake(waker)) {
             Some(w) => Some(std::mem::replace(w, waker.clone())),
             None => {
-                wakers.push(waker.clone());
+                g.wakers.try_reserve(1)?;
+                g.wakers.push(waker.clone());
                 None
             }
         };
         drop(g);
         drop(old);
-        true
+        Ok(true)
     }
 
     fn end(&self, outcome: Outcome<T>) {
-        let previous = std::mem::replace(&mut *self.state.lock(), State::Ended(outcome));
+        // Filled once (a leader ends its flight once), so nothing is replaced.
+        let wakers = {
+            let mut g = self.slot.lock();
+            g.outcome = Some(outcome);
+            std::mem::take(&mut g.wakers)
+        };
         self.ended.notify_all();
         // After the lock: a waker's `wake` may run anything, this flight's methods too.
-        if let State::Running(wakers) = previous {
-            for w in wakers {
-                w.wake();
-            }
+        if !wakers.is_empty() {
+            wakers.into_iter().for_each(Waker::wake);
         }
     }
 }
@@ -573,10 +580,10 @@ mod tests {
         let f = follow(&t, "k");
         let flag = Arc::new(Flag::default());
         let waker = Waker::from(Arc::clone(&flag));
-        assert!(f.register(&waker));
-        assert!(f.register(&waker)); // the same task again: replaces, not added
+        assert_eq!(f.register(&waker), Ok(true));
+        assert_eq!(f.register(&waker), Ok(true)); // the same task again: replaces it
         let other = Arc::new(Flag::default());
-        assert!(f.register(&Waker::from(Arc::clone(&other))));
+        assert_eq!(f.register(&Waker::from(Arc::clone(&other))), Ok(true));
         std::thread::scope(|s| {
             s.spawn(|| l.finish(Ok(5)));
             let mut woken = flag.woken.lock().unwrap();
@@ -588,7 +595,7 @@ mod tests {
         assert_eq!(*other.woken.lock().unwrap(), 1);
         assert_eq!(f.read(Clone::clone), Some(Outcome::Finished(Ok(5))));
         // Ended: nothing is registered, the caller reads the outcome instead.
-        assert!(!f.register(&waker));
+        assert_eq!(f.register(&waker), Ok(false));
         assert_eq!(*flag.woken.lock().unwrap(), 1);
     }
 
@@ -606,7 +613,10 @@ mod tests {
         let t = table();
         let l = lead(&t, "k");
         let reader = Arc::new(Reader(Arc::clone(l.flight()), AtomicUsize::new(0)));
-        assert!(l.flight().register(&Waker::from(Arc::clone(&reader))));
+        assert_eq!(
+            l.flight().register(&Waker::from(Arc::clone(&reader))),
+            Ok(true)
+        );
         l.finish(Ok(1));
         assert_eq!(reader.1.load(Ordering::Relaxed), 1);
     }
