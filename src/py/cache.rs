@@ -372,26 +372,37 @@ impl Cache {
         self.inner.remove(q.hash, q)
     }
 
-    /// `get_or_set`'s loop; `count` says whether its first look counts a hit or a miss.
+    /// `get_or_set`; `count` says whether its first look counts a hit or a miss.
+    #[inline]
     fn get_or_set_counted(
         &self,
         key: &Bound<'_, PyAny>,
         factory: &Bound<'_, PyAny>,
         ttl: Option<i64>,
-        mut count: bool,
+        count: bool,
     ) -> PyResult<Py<PyAny>> {
         if !factory.is_callable() {
             return Err(wrong_type("factory", "callable", factory));
         }
         let q = Query::new(key)?;
+        match self.lookup(&q, count)? {
+            Some(v) => Ok(v),
+            None => self.fly(&q, factory, ttl),
+        }
+    }
+
+    /// The miss path of `get_or_set`: lead the key's flight or follow it, and look again
+    /// (uncounted: it is the same call) after a flight that was abandoned.
+    #[inline(never)]
+    fn fly(
+        &self,
+        q: &Query<'_, '_>,
+        factory: &Bound<'_, PyAny>,
+        ttl: Option<i64>,
+    ) -> PyResult<Py<PyAny>> {
         loop {
-            if let Some(v) = self.lookup(&q, count)? {
-                return Ok(v);
-            }
-            // Looks after an abandoned flight belong to the same call.
-            count = false;
-            match self.flights.join(q.hash, &q, || q.stored())? {
-                Join::Lead(leader) => return self.lead(&q, factory, ttl, leader),
+            match self.flights.join(q.hash, q, || q.stored())? {
+                Join::Lead(leader) => return self.lead(q, factory, ttl, leader),
                 Join::Follow(flight) => {
                     if flight.led_by_current_thread() {
                         return Err(PyRuntimeError::new_err(
@@ -402,6 +413,9 @@ impl Cache {
                         return Ok(v);
                     }
                 }
+            }
+            if let Some(v) = self.lookup(q, false)? {
+                return Ok(v);
             }
         }
     }
