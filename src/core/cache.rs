@@ -150,6 +150,17 @@ pub struct Stats {
     pub max_size: u64,
 }
 
+/// Hits over lookups (0.0 before the first lookup). In floats: the u64 sum could
+/// overflow, the float one cannot.
+pub fn hit_ratio(hits: u64, misses: u64) -> f64 {
+    let total = hits as f64 + misses as f64;
+    if total == 0.0 {
+        0.0
+    } else {
+        hits as f64 / total
+    }
+}
+
 impl Stats {
     fn add(&mut self, o: &Stats) {
         self.hits = self.hits.saturating_add(o.hits);
@@ -1468,6 +1479,14 @@ mod tests {
             ),
             (4, 1, 4, 1, 3, 3)
         );
+    }
+
+    #[test]
+    #[allow(clippy::float_cmp)] // exact by construction
+    fn hit_ratio_is_total_and_cannot_overflow() {
+        assert_eq!(hit_ratio(0, 0), 0.0);
+        assert_eq!(hit_ratio(1, 3), 0.25);
+        assert_eq!(hit_ratio(u64::MAX, u64::MAX), 0.5);
     }
 
     #[test]

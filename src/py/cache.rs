@@ -13,18 +13,15 @@
 //! a write's deadline computed from that same reading. This file converts `ttl` and
 //! `clock` arguments to nanoseconds and a core `Clock`.
 //!
-//! `get_or_set` is single-flight through `core::flight` (the protocol, its invariants and
-//! its generations are documented there). The first caller for a missing key leads the key's
-//! flight and runs the factory through `wait::call0`, with no lock held; later callers
-//! for that key follow it, waiting with the GIL released in slices with a signal check
-//! between them. What a flight shares is the factory's value or the `Exception` it
-//! raised (then every follower raises it and nothing is cached); a leader that leaves
-//! with any other `BaseException` (KeyboardInterrupt, SystemExit, ...) keeps it to itself
-//! and abandons the flight: the followers look again and one of them leads a new flight.
-//! `clear()` clears the flights before the entries, and a leader stores its value only
-//! if its flight is still current, checked under the shard lock of the write: a factory
-//! that began before a `clear()` never stores its result after it, and a caller after
-//! the `clear()` does not follow that factory's flight.
+//! `get_or_set` is single-flight through `core::flight` (protocol, invariants and
+//! generations are documented there). This file runs the leader's factory through
+//! `wait::call0` with no lock held, makes followers wait with the GIL released in slices
+//! with a signal check between them, and decides what a flight shares: the factory's
+//! value, or the `Exception` it raised (every follower raises it; nothing is cached). Any
+//! other `BaseException` (KeyboardInterrupt, SystemExit, ...) stays with the leader, whose
+//! flight is abandoned: followers look again and one of them leads. `clear()` clears the
+//! flights before the entries and a leader stores only while its flight is current, so a
+//! factory that began before a `clear()` never stores its result after it.
 //!
 //! Garbage collection: `Cache` visits every key and value it holds (and the keys of
 //! flights in progress), skipping a shard whose lock is held rather than waiting for it;
@@ -39,7 +36,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyInt, PyList, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 
-use crate::core::cache::{mix, KeyQuery, Match, ShardedCache, Stats, TimedCache};
+use crate::core::cache::{hit_ratio, mix, KeyQuery, Match, ShardedCache, Stats, TimedCache};
 use crate::core::clock::nanos_to_secs;
 use crate::core::flight::{Flight, Join, Leader, Outcome, SingleFlight};
 use crate::errors::wrong_type;
@@ -350,10 +347,6 @@ impl Cache {
         self.inner.get(q.hash, q, count)
     }
 
-    fn store(&self, q: &Query<'_, '_>, value: Py<PyAny>, ttl: Option<i64>) -> PyResult<()> {
-        self.store_if(q, value, ttl, || true)
-    }
-
     /// Stores unless `keep()`, asked under the shard lock, refuses.
     fn store_if(
         &self,
@@ -509,7 +502,7 @@ impl Cache {
         ttl: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
         let ttl = args::opt_positive_nanos(ttl, "ttl")?;
-        self.store(&Query::new(key)?, value, ttl)
+        self.store_if(&Query::new(key)?, value, ttl, || true)
     }
 
     /// Removes `key`; True if a live entry was removed.
@@ -618,7 +611,7 @@ impl Cache {
     }
 
     fn __setitem__(&self, key: &Bound<'_, PyAny>, value: Py<PyAny>) -> PyResult<()> {
-        self.store(&Query::new(key)?, value, None)
+        self.store_if(&Query::new(key)?, value, None, || true)
     }
 
     fn __delitem__(&self, key: &Bound<'_, PyAny>) -> PyResult<()> {
@@ -693,13 +686,7 @@ impl CacheStats {
     /// Hits over lookups (0.0 before the first lookup).
     #[getter]
     fn hit_ratio(&self) -> f64 {
-        // In floats: the u64 sum could overflow, the float one cannot.
-        let total = self.hits as f64 + self.misses as f64;
-        if total == 0.0 {
-            0.0
-        } else {
-            self.hits as f64 / total
-        }
+        hit_ratio(self.hits, self.misses)
     }
 
     fn __repr__(&self) -> String {
