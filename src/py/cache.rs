@@ -550,8 +550,9 @@ impl Cache {
         self.get_or_set_counted(key, factory, None, false)
     }
 
-    /// Removes every entry. The flights go first (see the module documentation).
+    /// Removes every entry.
     fn clear(&self) {
+        // The flights first: see "Generations" in core::flight.
         self.flights.clear();
         self.inner.entries().clear();
     }
