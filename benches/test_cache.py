@@ -231,3 +231,97 @@ def test_zipf_mix(benchmark: Any, impl: str, kind: str) -> None:
                 put(k, k)
 
     benchmark(run)
+
+
+def _dict_get_or_set() -> Callable[[Any, Callable[[], Any]], Any]:
+    """A dict behind a lock, the factory run outside it: the usual hand-written
+    get-or-compute (no single-flight: concurrent misses of one key all compute)."""
+    d: dict[Any, Any] = {}
+    lock = threading.Lock()
+    missing = object()
+
+    def get_or_set(k: Any, factory: Callable[[], Any]) -> Any:
+        with lock:
+            v = d.get(k, missing)
+        if v is missing:
+            v = factory()
+            with lock:
+                d[k] = v
+        return v
+
+    return get_or_set
+
+
+GET_OR_SET: dict[str, Callable[[], Callable[[Any, Callable[[], Any]], Any]]] = {
+    "ferrule": lambda: ferrule.Cache(CAPACITY).get_or_set,
+    "dict+lock (no single-flight)": _dict_get_or_set,
+}
+
+
+@pytest.mark.parametrize("case", ["hit", "miss"])
+@pytest.mark.parametrize("impl", list(GET_OR_SET))
+def test_get_or_set(benchmark: Any, impl: str, case: str) -> None:
+    """`get_or_set(key, factory)`: a hit, or a miss that runs the factory and stores."""
+    benchmark.group = f"cache get_or_set {case}"
+    benchmark.extra_info["ops"] = BATCH
+    get_or_set = GET_OR_SET[impl]()
+    factory = object
+    keys = int_keys(CAPACITY)
+    for k in keys:
+        get_or_set(k, factory)
+    if case == "hit":
+        probe = random.Random(7).sample(keys, BATCH)
+
+        def run_hit() -> None:
+            for k in probe:
+                get_or_set(k, factory)
+
+        benchmark(run_hit)
+        return
+    fresh = itertools.count(UNIVERSE)
+
+    def setup() -> tuple[tuple[list[Any]], dict[str, Any]]:
+        return (int_keys(BATCH, offset=next(fresh) * BATCH),), {}
+
+    def run_miss(batch: list[Any]) -> None:
+        for k in batch:
+            get_or_set(k, factory)
+
+    benchmark.pedantic(run_miss, setup=setup, rounds=20, iterations=1)
+
+
+@pytest.mark.parametrize("case", ["hit", "miss"])
+@pytest.mark.parametrize("impl", ["ferrule.cached", "functools.lru_cache"])
+def test_get_or_set_decorator(benchmark: Any, impl: str, case: str) -> None:
+    """A memoised one-argument function: `ferrule.cached` (single-flight through
+    get_or_set on a miss) beside `functools.lru_cache`."""
+    benchmark.group = f"cache get_or_set decorator {case}"
+    benchmark.extra_info["ops"] = BATCH
+    deco = ferrule.cached(CAPACITY) if impl == "ferrule.cached" else functools.lru_cache(CAPACITY)
+
+    @deco
+    def load(k: int) -> int:
+        return k
+
+    keys = int_keys(CAPACITY)
+    for k in keys:
+        load(k)
+    if case == "hit":
+        probe = random.Random(7).sample(keys, BATCH)
+
+        def run_hit() -> None:
+            for k in probe:
+                load(k)
+
+        benchmark(run_hit)
+        return
+    fresh = itertools.count(UNIVERSE)
+
+    def setup() -> tuple[tuple[list[Any]], dict[str, Any]]:
+        return (int_keys(BATCH, offset=next(fresh) * BATCH),), {}
+
+    def run_miss(batch: list[Any]) -> None:
+        for k in batch:
+            load(k)
+
+    benchmark.pedantic(run_miss, setup=setup, rounds=20, iterations=1)

@@ -56,13 +56,17 @@ def cached(max_size: int, *, ttl: float | None = None) -> Callable[[F], F]:
         if inspect.iscoroutinefunction(fn):
             return cast(F, _async_wrapper(fn, cache))
 
+        # The wrapper's own `get` counts the hit or the miss; after a miss the single-flight
+        # call counts nothing more, so one call is one hit or one miss in `cache.stats()`.
+        get_or_set_after_miss = cache._get_or_set_after_miss  # type: ignore[attr-defined]
+
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             key = _make_key(args, kwargs)
             value = cache.get(key, _MISSING)
             if value is not _MISSING:
                 return value
-            return cache.get_or_set(key, functools.partial(fn, *args, **kwargs))
+            return get_or_set_after_miss(key, functools.partial(fn, *args, **kwargs))
 
         wrapper.cache = cache  # type: ignore[attr-defined]
         wrapper.cache_clear = cache.clear  # type: ignore[attr-defined]

@@ -253,7 +253,9 @@ class Cache:
 
     def clear(self) -> None:
         """Remove every entry (and release the memory they used). Removed values are
-        released after the cache's locks, so their ``__del__`` may use the cache."""
+        released after the cache's locks, so their ``__del__`` may use the cache. A
+        ``get_or_set`` factory that began before ``clear()`` still answers its callers, but
+        its result is not stored, and later callers do not wait for it."""
 
     def expire(self) -> int:
         """Remove expired entries now; returns how many. (Expired entries are also

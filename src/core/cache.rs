@@ -7,6 +7,8 @@
 //! linked recency list (head = most recent), an intrusive free list of empty slots, and
 //! an intrusive indexed min-heap of the slots that have a deadline. Every operation on a
 //! shard is O(1) except heap moves, O(log n) and only for entries with a TTL.
+//! [`TimedCache`] puts a [`ShardedCache`] on a clock with a default TTL (one clock
+//! reading per operation, none while nothing can expire).
 //!
 //! # Invariants
 //! - Shard capacities sum to exactly `max_size` (`1 <= max_size <= MAX_SIZE`) and a shard
@@ -56,8 +58,12 @@
 //! them out of the locked section; bulk operations drop each batch between lock holds;
 //! `clear` swaps the whole slab out under the lock and drops it after.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use hashbrown::HashTable;
 use parking_lot::Mutex;
+
+use crate::core::clock::Clock;
 
 /// Deadline of an entry without TTL.
 pub const NEVER: i64 = i64::MAX;
@@ -142,6 +148,17 @@ pub struct Stats {
     pub expirations: u64,
     pub size: u64,
     pub max_size: u64,
+}
+
+/// Hits over lookups (0.0 before the first lookup). In floats: the u64 sum could
+/// overflow, the float one cannot.
+pub fn hit_ratio(hits: u64, misses: u64) -> f64 {
+    let total = hits as f64 + misses as f64;
+    if total == 0.0 {
+        0.0
+    } else {
+        hits as f64 / total
+    }
 }
 
 impl Stats {
@@ -1033,31 +1050,61 @@ impl<K, V> ShardedCache<K, V> {
         now: i64,
         grave: &mut Vec<(K, V)>,
     ) -> Result<(), Q::Error> {
+        self.set_if(hash, q, key, value, expires, now, grave, || true)
+            .map(drop)
+    }
+
+    /// [`set`](Self::set), done only if `keep()`, asked under the shard lock in the same
+    /// critical section as the write, says so (a single-flight leader checks there that
+    /// no `clear` began since its flight did; see `core::flight`). True if it was set; a
+    /// value not set is dropped after the lock is released.
+    #[allow(clippy::too_many_arguments)] // set's arguments and the condition
+    pub fn set_if<Q: KeyQuery<K, V>>(
+        &self,
+        hash: u64,
+        q: &Q,
+        key: impl FnOnce() -> K,
+        value: V,
+        expires: i64,
+        now: i64,
+        grave: &mut Vec<(K, V)>,
+        keep: impl FnOnce() -> bool,
+    ) -> Result<bool, Q::Error> {
         // Filled under the lock, dropped here after it is released: the replaced value,
-        // or what could not be stored for want of memory.
+        // what could not be stored for want of memory, or what `keep` refused.
         let mut old: Option<V> = None;
         let mut unstored: Option<(Option<K>, V)> = None;
-        self.with_key(hash, q, |s, h| match h {
-            Some(h) => match s.replace(h, value, expires) {
-                Ok(v) => {
-                    old = Some(v);
-                    s.stats.inserts += 1;
-                    // After the replace: the entry itself may be among the expired.
+        let mut refused: Option<V> = None;
+        self.with_key(hash, q, |s, h| {
+            if !keep() {
+                refused = Some(value);
+                return;
+            }
+            match h {
+                Some(h) => match s.replace(h, value, expires) {
+                    Ok(v) => {
+                        old = Some(v);
+                        s.stats.inserts += 1;
+                        // After the replace: the entry itself may be among the expired.
+                        s.reclaim(now, RECLAIM_BUDGET, grave);
+                    }
+                    Err(v) => unstored = Some((None, v)),
+                },
+                None => {
                     s.reclaim(now, RECLAIM_BUDGET, grave);
-                }
-                Err(v) => unstored = Some((None, v)),
-            },
-            None => {
-                s.reclaim(now, RECLAIM_BUDGET, grave);
-                match s.insert(hash, key(), value, expires, now, grave) {
-                    Ok(_) => s.stats.inserts += 1,
-                    Err((k, v)) => unstored = Some((Some(k), v)),
+                    match s.insert(hash, key(), value, expires, now, grave) {
+                        Ok(_) => s.stats.inserts += 1,
+                        Err((k, v)) => unstored = Some((Some(k), v)),
+                    }
                 }
             }
         })?;
         drop(old);
+        if refused.is_some() {
+            return Ok(false);
+        }
         match unstored {
-            None => Ok(()),
+            None => Ok(true),
             Some(unstored) => {
                 drop(unstored);
                 Err(AllocError.into())
@@ -1179,6 +1226,133 @@ impl<K, V> ShardedCache<K, V> {
     /// Runs `f` on the key's shard under its lock (single-flight bookkeeping lives there).
     pub fn with_shard<T>(&self, hash: u64, f: impl FnOnce(&mut LruShard<K, V>) -> T) -> T {
         f(&mut self.shard(hash).lock())
+    }
+}
+
+/// A [`ShardedCache`] on a clock, with a default TTL: the whole cache a binding holds.
+///
+/// Time: each operation reads the clock once, and a write computes its deadline from that
+/// same reading, so the deadline is never behind the `now` the write reclaims with. While
+/// no entry can carry a deadline (no default TTL, and no write with one yet) operations
+/// skip the clock: `now` is `i64::MIN`, before every deadline. `uses_ttl` only ever turns
+/// on, before the first write with a deadline takes its lock; an operation concurrent
+/// with that write that still sees it off treats every entry as live, which orders the
+/// operation before the write.
+pub struct TimedCache<K, V> {
+    entries: ShardedCache<K, V>,
+    clock: Clock,
+    default_ttl: Option<i64>,
+    uses_ttl: AtomicBool,
+}
+
+impl<K, V> TimedCache<K, V> {
+    pub fn new(entries: ShardedCache<K, V>, clock: Clock, default_ttl: Option<i64>) -> Self {
+        Self {
+            entries,
+            clock,
+            uses_ttl: AtomicBool::new(default_ttl.is_some()),
+            default_ttl,
+        }
+    }
+
+    /// The entries, for what needs no clock (sizes, `clear`, traversal).
+    pub fn entries(&self) -> &ShardedCache<K, V> {
+        &self.entries
+    }
+
+    pub fn default_ttl(&self) -> Option<i64> {
+        self.default_ttl
+    }
+
+    /// The clock reading for this operation; `i64::MIN` while no entry can expire.
+    #[inline]
+    fn now(&self) -> i64 {
+        if self.uses_ttl.load(Ordering::Acquire) {
+            self.clock.now_nanos()
+        } else {
+            i64::MIN
+        }
+    }
+
+    /// The one clock reading of a write and the deadline it gives an entry with `ttl` (or
+    /// the default).
+    #[inline]
+    fn stamp(&self, ttl: Option<i64>) -> (i64, i64) {
+        match ttl.or(self.default_ttl) {
+            None => (self.now(), NEVER),
+            Some(d) => {
+                if !self.uses_ttl.load(Ordering::Relaxed) {
+                    self.uses_ttl.store(true, Ordering::Release);
+                }
+                let now = self.clock.now_nanos();
+                // Exact in practice: a ManualClock stops at MAX_READING (2^62 ns) and `d`
+                // is at most MAX_SECONDS (4e18 ns), so the sum stays below i64::MAX; the
+                // monotonic clock counts from process start. Saturating keeps this total:
+                // a saturated deadline is NEVER, which is what ~292 years means anyway.
+                (now, now.saturating_add(d))
+            }
+        }
+    }
+
+    /// [`ShardedCache::get`], through [`ShardedCache::get_fast`] first.
+    #[inline]
+    pub fn get<Q: KeyQuery<K, V>>(
+        &self,
+        hash: u64,
+        q: &Q,
+        count: bool,
+    ) -> Result<Option<V>, Q::Error> {
+        let now = self.now();
+        match self.entries.get_fast(hash, q, now, count) {
+            Fast::Hit(v) => Ok(Some(v)),
+            Fast::Miss => Ok(None),
+            Fast::Slow => self.entries.get(hash, q, now, count),
+        }
+    }
+
+    /// [`ShardedCache::set_if`] with the deadline of `ttl` (or the default); what the
+    /// write evicts or reclaims is dropped here, after the lock is released.
+    pub fn set_if<Q: KeyQuery<K, V>>(
+        &self,
+        hash: u64,
+        q: &Q,
+        key: impl FnOnce() -> K,
+        value: V,
+        ttl: Option<i64>,
+        keep: impl FnOnce() -> bool,
+    ) -> Result<bool, Q::Error> {
+        let mut grave = Vec::new();
+        let (now, expires) = self.stamp(ttl);
+        self.entries
+            .set_if(hash, q, key, value, expires, now, &mut grave, keep)
+    }
+
+    pub fn remove<Q: KeyQuery<K, V>>(&self, hash: u64, q: &Q) -> Result<Option<V>, Q::Error> {
+        self.entries.remove(hash, q, self.now())
+    }
+
+    /// Live entries, reclaiming expired ones first.
+    pub fn live_len(&self) -> Result<usize, AllocError> {
+        self.entries.len(self.now(), &mut Vec::new())
+    }
+
+    /// Removes expired entries now; returns how many.
+    pub fn expire(&self) -> Result<usize, AllocError> {
+        if !self.uses_ttl.load(Ordering::Acquire) {
+            return Ok(0);
+        }
+        self.entries.expire(self.clock.now_nanos(), &mut Vec::new())
+    }
+
+    pub fn snapshot<T>(&self, f: impl FnMut(&K, &V) -> T) -> Result<Vec<T>, AllocError> {
+        self.entries.snapshot(self.now(), f)
+    }
+
+    /// The counters, with `size` counting live entries only (expired ones are reclaimed
+    /// first).
+    pub fn stats(&self) -> Result<Stats, AllocError> {
+        self.expire()?;
+        Ok(self.entries.stats())
     }
 }
 
@@ -1305,6 +1479,68 @@ mod tests {
             ),
             (4, 1, 4, 1, 3, 3)
         );
+    }
+
+    #[test]
+    #[allow(clippy::float_cmp)] // exact by construction
+    fn hit_ratio_is_total_and_cannot_overflow() {
+        assert_eq!(hit_ratio(0, 0), 0.0);
+        assert_eq!(hit_ratio(1, 3), 0.25);
+        assert_eq!(hit_ratio(u64::MAX, u64::MAX), 0.5);
+    }
+
+    #[test]
+    fn set_if_writes_nothing_when_refused() {
+        let c = ShardedCache::new(4, Some(1), 1).unwrap();
+        let set_if = |k: &str, v: u64, keep: bool| {
+            let mut g = Vec::new();
+            c.set_if(h(&k), &Q(k), || k.to_string(), v, NEVER, 0, &mut g, || keep)
+                .unwrap()
+        };
+        assert!(!set_if("a", 1, false));
+        assert_eq!((get(&c, "a", 0), c.stats().inserts), (None, 0));
+        assert!(set_if("a", 1, true));
+        assert!(!set_if("a", 2, false));
+        assert_eq!((get(&c, "a", 0), c.stats().inserts), (Some(1), 1));
+    }
+
+    #[test]
+    fn timed_cache_stamps_writes_with_its_clock_and_default_ttl() {
+        use crate::core::clock::{ManualClock, MAX_READING};
+        let clock = Arc::new(ManualClock::new(0));
+        let entries = ShardedCache::new(8, Some(1), 1).unwrap();
+        let c = TimedCache::new(entries, Clock::Manual(clock.clone()), Some(10));
+        let set = |k: &str, ttl: Option<i64>| {
+            c.set_if(h(&k), &Q(k), || k.to_string(), 1, ttl, || true)
+                .unwrap()
+        };
+        let live = |k: &str| c.get(h(&k), &Q(k), false).unwrap().is_some();
+        assert!(set("default", None) && set("own", Some(20)));
+        clock.advance(9).unwrap();
+        assert!(live("default") && live("own"));
+        clock.advance(1).unwrap(); // t + d: no longer live
+        assert!(!live("default") && live("own"));
+        assert_eq!((c.live_len(), c.stats().map(|s| s.size)), (Ok(1), Ok(1)));
+        clock.advance(10).unwrap();
+        assert_eq!((c.expire(), c.live_len()), (Ok(1), Ok(0)));
+        // A deadline beyond i64 saturates to NEVER rather than wrapping into the past.
+        clock.set(MAX_READING).unwrap();
+        assert!(set("far", Some(i64::MAX)) && live("far"));
+        assert_eq!(c.snapshot(|k, _| k.clone()), Ok(vec!["far".to_owned()]));
+    }
+
+    #[test]
+    fn timed_cache_without_ttl_never_expires_anything() {
+        let clock = Arc::new(crate::core::clock::ManualClock::new(0));
+        let entries = ShardedCache::new(8, Some(1), 1).unwrap();
+        let c = TimedCache::new(entries, Clock::Manual(clock.clone()), None);
+        assert!(c
+            .set_if(h(&"k"), &Q("k"), || "k".to_owned(), 1, None, || true)
+            .unwrap());
+        clock.advance(1 << 40).unwrap();
+        assert_eq!(c.expire(), Ok(0));
+        assert_eq!(c.remove(h(&"k"), &Q("k")), Ok(Some(1)));
+        assert_eq!(c.default_ttl(), None);
     }
 
     #[test]
@@ -1648,6 +1884,21 @@ mod tests {
                 0,
                 i as i64,
                 &mut grave,
+            )
+            .unwrap();
+            made += 1;
+            // A write its condition refuses drops the value after the lock, too.
+            let mut grave = Vec::new();
+            let key = i % 7;
+            c.set_if(
+                mix(key),
+                &U(key),
+                || key,
+                w(),
+                NEVER,
+                0,
+                &mut grave,
+                || i % 2 == 0,
             )
             .unwrap();
             made += 1;

@@ -7,6 +7,7 @@ pub mod bus;
 pub mod cache;
 pub mod clock;
 pub mod error_store;
+pub mod flight;
 pub mod metrics;
 pub mod pool;
 pub mod queue;

@@ -1,4 +1,5 @@
-//! `Cache`: the Python face of `core::cache::ShardedCache` over Python keys and values.
+//! `Cache`: the Python face of `core::cache::TimedCache` (a `ShardedCache` on a clock)
+//! and `core::flight::SingleFlight` over Python keys and values.
 //!
 //! Keys are compared with dict semantics (identity first, then `==`), but `==` on a key
 //! that could run user code (`__eq__` of a user class) is never called under a shard
@@ -8,42 +9,47 @@
 //! Everything the cache drops (evicted, expired, replaced, cleared) is dropped after the
 //! lock is released, because a value's `__del__` may run Python.
 //!
-//! Time: each operation reads the clock once, and a write computes its deadline from that
-//! same reading (`now + ttl` cannot overflow: a ManualClock stops at 2^62 ns and a ttl is
-//! at most 4e9 s, together below `i64::MAX`).
+//! Time is the core's: one clock reading per operation (none while nothing can expire),
+//! a write's deadline computed from that same reading. This file converts `ttl` and
+//! `clock` arguments to nanoseconds and a core `Clock`.
 //!
-//! `get_or_set` is single-flight: the first caller for a missing key registers a flight
-//! in a second sharded table and runs the factory with no lock held; later callers for
-//! that key find the flight and wait on it with the GIL released. A factory that raises
-//! an `Exception` ends the flight with that exception for every waiter (nothing cached);
-//! a leader that leaves with any other `BaseException` (KeyboardInterrupt, SystemExit,
-//! ...) keeps it to itself and *abandons* the flight: the waiters look again and one of
-//! them leads a new flight.
+//! `get_or_set` is single-flight through `core::flight` (protocol, invariants and
+//! generations are documented there). This file runs the leader's factory through
+//! `wait::call0` with no lock held, makes followers wait with the GIL released in slices
+//! with a signal check between them, and decides what a flight shares: the factory's
+//! value, or the `Exception` it raised (every follower raises it; nothing is cached). Any
+//! other `BaseException` (KeyboardInterrupt, SystemExit, ...) stays with the leader, whose
+//! flight is abandoned: followers look again and one of them leads. `clear()` clears the
+//! flights before the entries and a leader stores only while its flight is current, so a
+//! factory that began before a `clear()` never stores its result after it.
 //!
 //! Garbage collection: `Cache` visits every key and value it holds (and the keys of
 //! flights in progress), skipping a shard whose lock is held rather than waiting for it;
-//! `__clear__` swaps every shard's contents out under its lock and drops them after.
+//! `__clear__` is `clear()`: every shard's contents are swapped out under its lock and
+//! dropped after it is released.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread::ThreadId;
 
-use parking_lot::{Condvar, Mutex};
 use pyo3::exceptions::{PyException, PyKeyError, PyRuntimeError, PyTypeError};
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyInt, PyList, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 
-use crate::core::cache::{mix, AllocError, Fast, KeyQuery, Match, ShardedCache, Stats, NEVER};
-use crate::core::clock::{nanos_to_secs, Clock};
+use crate::core::cache::{hit_ratio, mix, KeyQuery, Match, ShardedCache, Stats, TimedCache};
+use crate::core::clock::nanos_to_secs;
+use crate::core::flight::{Flight, Join, Leader, Outcome, SingleFlight};
 use crate::errors::wrong_type;
 use crate::py::{args, wait};
 
-/// Single-flight entries a shard of the flight table holds at most: one per caller
-/// blocked in `get_or_set` on that shard, so the bound is a backstop (at most
-/// `MAX_SHARDS * FLIGHTS_PER_SHARD = 2^26`, within the core's `MAX_SIZE`).
+/// Flights a shard of the flight table holds at most: one per leader running a factory on
+/// that shard, so the bound is a backstop (at most `MAX_SHARDS * FLIGHTS_PER_SHARD =
+/// 2^26`, within the core's `MAX_SIZE`).
 const FLIGHTS_PER_SHARD: usize = 65_536;
+
+/// What a flight shares with its followers: the factory's value, or the `Exception`
+/// instance it raised.
+type Shared = Result<Py<PyAny>, Py<PyAny>>;
 
 /// A size argument (`int`, bool refused), saturated to `0..=usize::MAX` so that any int,
 /// however large or negative, reaches the core's range check and its message.
@@ -252,9 +258,9 @@ impl PyClone for Py<PyAny> {
     }
 }
 
-impl PyClone for Arc<Flight> {
+impl<T> PyClone for Arc<T> {
     fn py_clone(&self, _: Python<'_>) -> Self {
-        self.clone()
+        Arc::clone(self)
     }
 }
 
@@ -309,210 +315,134 @@ impl<V: PyClone> KeyQuery<PyKey, V> for Query<'_, '_> {
     }
 }
 
-/// How a flight ended.
-enum Outcome {
-    /// The factory returned this value (and it was stored).
-    Value(Py<PyAny>),
-    /// The factory raised this `Exception` (the instance, normalized by the leader with
-    /// no lock held): every waiter raises it too.
-    Error(Py<PyAny>),
-    /// The leader left without a result: its factory raised a BaseException that is not
-    /// an Exception (KeyboardInterrupt, SystemExit, ...), which is the leader's alone, or
-    /// the leader unwound. Waiters look again; one of them leads a new flight.
-    Abandoned,
-}
-
-/// One in-progress `get_or_set` factory call that other callers for the key wait on.
-pub struct Flight {
-    leader: ThreadId,
-    /// Set once, when the flight ends (after it left the flight table).
-    outcome: Mutex<Option<Outcome>>,
-    done: Condvar,
-}
-
-impl Flight {
-    fn new() -> Self {
-        Self {
-            leader: std::thread::current().id(),
-            outcome: Mutex::new(None),
-            done: Condvar::new(),
-        }
+/// A follower's wait: the GIL released, in slices with a signal check between them.
+/// `None` when the leader abandoned the flight.
+fn follow(py: Python<'_>, flight: &Flight<Shared>) -> PyResult<Option<Py<PyAny>>> {
+    while !wait::detach(py, || flight.wait_for(wait::SLICE)) {
+        py.check_signals()?;
     }
-
-    fn complete(&self, outcome: Outcome) {
-        // Nothing is dropped under the lock: the slot is empty until this one write.
-        let previous = self.outcome.lock().replace(outcome);
-        self.done.notify_all();
-        drop(previous);
-    }
-
-    /// Waits with the GIL released, checking for signals every slice. `Ok(None)` when the
-    /// leader abandoned the flight.
-    fn wait(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
-        loop {
-            let finished = wait::detach(py, || {
-                let mut g = self.outcome.lock();
-                if g.is_none() {
-                    self.done.wait_for(&mut g, wait::SLICE);
-                }
-                g.is_some()
-            });
-            if finished {
-                break;
-            }
-            py.check_signals()?;
-        }
-        // Only new references are taken under the lock; the error is built after it.
-        let outcome = match self.outcome.lock().as_ref() {
-            Some(Outcome::Value(v)) => Some(Ok(v.clone_ref(py))),
-            Some(Outcome::Error(e)) => Some(Err(e.clone_ref(py))),
-            Some(Outcome::Abandoned) | None => None,
-        };
-        match outcome {
-            Some(Ok(v)) => Ok(Some(v)),
-            Some(Err(e)) => Err(PyErr::from_value(e.into_bound(py))),
-            None => Ok(None),
-        }
+    // Only new references are taken under the flight's lock; the error is built after.
+    let shared = flight.read(|o| match o {
+        Outcome::Finished(Ok(v)) => Some(Ok(v.clone_ref(py))),
+        Outcome::Finished(Err(e)) => Some(Err(e.clone_ref(py))),
+        Outcome::Abandoned => None,
+    });
+    match shared.flatten() {
+        Some(Ok(v)) => Ok(Some(v)),
+        Some(Err(e)) => Err(PyErr::from_value(e.into_bound(py))),
+        None => Ok(None),
     }
 }
-
-/// A dropped-after-unlock pile.
-type Grave = Vec<(PyKey, Py<PyAny>)>;
 
 /// A thread-safe, sharded LRU cache with optional TTL.
 #[pyclass(frozen, module = "ferrule", name = "Cache")]
 pub struct Cache {
-    inner: ShardedCache<PyKey, Py<PyAny>>,
-    flights: ShardedCache<PyKey, Arc<Flight>>,
-    default_ttl: Option<i64>,
-    clock: Clock,
-    /// Set once any entry may carry a deadline; until then reads skip the clock.
-    uses_ttl: AtomicBool,
-}
-
-/// What a caller of `get_or_set` found in the flight table.
-enum Joined {
-    Lead(Arc<Flight>),
-    Wait(Arc<Flight>),
-    /// No memory to register a flight; dropped after the lock is released.
-    NoRoom((PyKey, Arc<Flight>)),
+    inner: TimedCache<PyKey, Py<PyAny>>,
+    flights: SingleFlight<PyKey, Shared>,
 }
 
 impl Cache {
-    /// The clock reading for this operation; `i64::MIN` (everything live) while no entry
-    /// can expire, which saves a clock read per call.
-    #[inline]
-    fn now(&self) -> i64 {
-        if self.uses_ttl.load(Ordering::Acquire) {
-            self.clock.now_nanos()
-        } else {
-            i64::MIN
-        }
-    }
-
-    /// The one clock reading of a write and the deadline it gives an entry with `ttl`
-    /// (or the cache's default), so the deadline is never behind the `now` the write
-    /// reclaims with.
-    #[inline]
-    fn stamp(&self, ttl: Option<i64>) -> (i64, i64) {
-        match ttl.or(self.default_ttl) {
-            None => (self.now(), NEVER),
-            Some(d) => {
-                if !self.uses_ttl.load(Ordering::Relaxed) {
-                    self.uses_ttl.store(true, Ordering::Release);
-                }
-                let now = self.clock.now_nanos();
-                // Exact in practice: a ManualClock stops at MAX_READING (2^62 ns) and `d`
-                // is at most MAX_SECONDS (4e18 ns), so the sum stays below i64::MAX; the
-                // monotonic clock counts from process start. Saturating keeps this total:
-                // a saturated deadline is NEVER, which is what ~292 years means anyway.
-                (now, now.saturating_add(d))
-            }
-        }
-    }
-
     #[inline]
     fn lookup(&self, q: &Query<'_, '_>, count: bool) -> PyResult<Option<Py<PyAny>>> {
-        let now = self.now();
-        match self.inner.get_fast(q.hash, q, now, count) {
-            Fast::Hit(v) => Ok(Some(v)),
-            Fast::Miss => Ok(None),
-            Fast::Slow => self.inner.get(q.hash, q, now, count),
-        }
+        self.inner.get(q.hash, q, count)
     }
 
-    fn store(&self, q: &Query<'_, '_>, value: Py<PyAny>, ttl: Option<i64>) -> PyResult<()> {
-        let mut grave: Grave = Vec::new();
-        let (now, expires) = self.stamp(ttl);
-        let r = self
+    /// Stores unless `keep()`, asked under the shard lock, refuses.
+    fn store_if(
+        &self,
+        q: &Query<'_, '_>,
+        value: Py<PyAny>,
+        ttl: Option<i64>,
+        keep: impl FnOnce() -> bool,
+    ) -> PyResult<()> {
+        let stored = self
             .inner
-            .set(q.hash, q, || q.stored(), value, expires, now, &mut grave);
-        drop(grave); // after the lock: evicted and expired entries may run __del__
-        r
+            .set_if(q.hash, q, || q.stored(), value, ttl, keep);
+        stored.map(drop)
     }
 
     fn take(&self, q: &Query<'_, '_>) -> PyResult<Option<Py<PyAny>>> {
-        self.inner.remove(q.hash, q, self.now())
+        self.inner.remove(q.hash, q)
     }
 
-    /// Registers a flight for `q`, or finds the one in progress.
-    fn join(&self, q: &Query<'_, '_>) -> PyResult<Joined> {
-        let mut grave: Vec<(PyKey, Arc<Flight>)> = Vec::new();
-        let joined = self.flights.with_key(q.hash, q, |s, h| {
-            if let Some(f) = h.and_then(|h| s.value(h)) {
-                return Joined::Wait(f.clone());
-            }
-            let f = Arc::new(Flight::new());
-            match s.insert(q.hash, q.stored(), f.clone(), NEVER, 0, &mut grave) {
-                Ok(_) => Joined::Lead(f),
-                Err(unstored) => Joined::NoRoom(unstored),
-            }
-        });
-        drop(grave); // a flight pushed out by the table's bound (a backstop)
-        joined
+    /// `get_or_set`; `count` says whether its first look counts a hit or a miss.
+    #[inline]
+    fn get_or_set_counted(
+        &self,
+        key: &Bound<'_, PyAny>,
+        factory: &Bound<'_, PyAny>,
+        ttl: Option<i64>,
+        count: bool,
+    ) -> PyResult<Py<PyAny>> {
+        if !factory.is_callable() {
+            return Err(wrong_type("factory", "callable", factory));
+        }
+        let q = Query::new(key)?;
+        match self.lookup(&q, count)? {
+            Some(v) => Ok(v),
+            None => self.fly(&q, factory, ttl),
+        }
     }
 
-    /// The leader's part of `get_or_set`: run the factory (no lock held) and store.
-    fn lead(
+    /// The miss path of `get_or_set`: lead the key's flight or follow it, and look again
+    /// (uncounted: it is the same call) after a flight that was abandoned.
+    #[inline(never)]
+    fn fly(
         &self,
         q: &Query<'_, '_>,
         factory: &Bound<'_, PyAny>,
         ttl: Option<i64>,
     ) -> PyResult<Py<PyAny>> {
-        // Another leader may have stored the value between our miss and our flight.
-        if let Some(v) = self.lookup(q, false)? {
-            return Ok(v);
+        loop {
+            match self.flights.join(q.hash, q, || q.stored())? {
+                Join::Lead(leader) => return self.lead(q, factory, ttl, leader),
+                Join::Follow(flight) => {
+                    if flight.led_by_current_thread() {
+                        return Err(PyRuntimeError::new_err(
+                            "get_or_set called recursively for the same key by its own factory",
+                        ));
+                    }
+                    if let Some(v) = follow(q.py(), &flight)? {
+                        return Ok(v);
+                    }
+                }
+            }
+            if let Some(v) = self.lookup(q, false)? {
+                return Ok(v);
+            }
         }
-        let v = wait::call0(factory)?.unbind();
-        self.store(q, v.clone_ref(q.py()), ttl)?;
-        Ok(v)
     }
 
-    /// Total live entries, reclaiming expired ones first.
-    fn live_len(&self) -> PyResult<usize> {
-        let mut grave: Grave = Vec::new();
-        Ok(self.inner.len(self.now(), &mut grave)?)
-    }
-}
-
-/// Ends a flight exactly once: removes it from the table and wakes its waiters, also when
-/// the leader unwinds (then the flight is abandoned).
-struct FlightGuard<'c, 'a, 'py> {
-    cache: &'c Cache,
-    q: &'c Query<'a, 'py>,
-    flight: Arc<Flight>,
-    outcome: Option<Outcome>,
-}
-
-impl Drop for FlightGuard<'_, '_, '_> {
-    fn drop(&mut self) {
-        let flight = &self.flight;
-        let removed = self.cache.flights.with_shard(self.q.hash, |s| {
-            s.handle_where(self.q.hash, |f| Arc::ptr_eq(f, flight))
-                .and_then(|h| s.remove(h))
-        });
-        drop(removed); // after the lock: the key may run __del__
-        flight.complete(self.outcome.take().unwrap_or(Outcome::Abandoned));
+    /// The leader's part: look once more (another flight may have stored the value since
+    /// our miss), run the factory with no lock held, store unless a `clear()` began since
+    /// the flight did, and end the flight with what the followers share.
+    fn lead(
+        &self,
+        q: &Query<'_, '_>,
+        factory: &Bound<'_, PyAny>,
+        ttl: Option<i64>,
+        leader: Leader<'_, PyKey, Shared>,
+    ) -> PyResult<Py<PyAny>> {
+        let py = q.py();
+        let r = match self.lookup(q, false) {
+            Ok(Some(v)) => Ok(v),
+            Ok(None) => wait::call0(factory).and_then(|v| {
+                let v = v.unbind();
+                self.store_if(q, v.clone_ref(py), ttl, || leader.is_current())?;
+                Ok(v)
+            }),
+            Err(e) => Err(e),
+        };
+        match &r {
+            Ok(v) => leader.finish(Ok(v.clone_ref(py))),
+            // Normalised here, with no lock held.
+            Err(e) if e.is_instance_of::<PyException>(py) => {
+                leader.finish(Err(e.value(py).clone().into_any().unbind()));
+            }
+            // Kept by this caller; dropping the leader abandons the flight.
+            Err(_) => drop(leader),
+        }
+        r
     }
 }
 
@@ -539,18 +469,14 @@ impl Cache {
             shards.or(Some(1))
         };
         let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-        let inner = ShardedCache::new(max_size, shards, cpus)?;
-        let n = inner.shard_count();
-        // n <= MAX_SHARDS, so the product is far below MAX_SIZE.
-        let flights = ShardedCache::new(n * FLIGHTS_PER_SHARD, Some(n), cpus)?;
+        let entries = ShardedCache::new(max_size, shards, cpus)?;
+        // At most MAX_SHARDS shards, so the flights table stays far below MAX_SIZE.
+        let flights = SingleFlight::new(entries.shard_count(), FLIGHTS_PER_SHARD)?;
         let default_ttl = args::opt_positive_nanos(ttl, "ttl")?;
         let clock = args::clock(clock)?;
         Ok(Self {
-            inner,
+            inner: TimedCache::new(entries, clock, default_ttl),
             flights,
-            default_ttl,
-            uses_ttl: AtomicBool::new(default_ttl.is_some()),
-            clock,
         })
     }
 
@@ -576,7 +502,7 @@ impl Cache {
         ttl: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
         let ttl = args::opt_positive_nanos(ttl, "ttl")?;
-        self.store(&Query::new(key)?, value, ttl)
+        self.store_if(&Query::new(key)?, value, ttl, || true)
     }
 
     /// Removes `key`; True if a live entry was removed.
@@ -606,119 +532,72 @@ impl Cache {
     #[pyo3(signature = (key, factory, *, ttl = None))]
     fn get_or_set(
         &self,
-        py: Python<'_>,
         key: &Bound<'_, PyAny>,
         factory: &Bound<'_, PyAny>,
         ttl: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Py<PyAny>> {
         let ttl = args::opt_positive_nanos(ttl, "ttl")?;
-        if !factory.is_callable() {
-            return Err(wrong_type("factory", "callable", factory));
-        }
-        let q = Query::new(key)?;
-        // Only the first look counts a hit or a miss; looks after an abandoned flight
-        // belong to the same call.
-        let mut count = true;
-        loop {
-            if let Some(v) = self.lookup(&q, count)? {
-                return Ok(v);
-            }
-            count = false;
-            match self.join(&q)? {
-                Joined::NoRoom(unstored) => {
-                    drop(unstored);
-                    return Err(AllocError.into());
-                }
-                Joined::Wait(flight) => {
-                    if flight.leader == std::thread::current().id() {
-                        return Err(PyRuntimeError::new_err(
-                            "get_or_set called recursively for the same key by its own factory",
-                        ));
-                    }
-                    if let Some(v) = flight.wait(py)? {
-                        return Ok(v);
-                    }
-                    // Abandoned: look again (the value may be there), then join or lead.
-                }
-                Joined::Lead(flight) => {
-                    let mut guard = FlightGuard {
-                        cache: self,
-                        q: &q,
-                        flight,
-                        outcome: None,
-                    };
-                    let r = self.lead(&q, factory, ttl);
-                    guard.outcome = Some(match &r {
-                        Ok(v) => Outcome::Value(v.clone_ref(py)),
-                        Err(e) if e.is_instance_of::<PyException>(py) => {
-                            Outcome::Error(e.value(py).clone().into_any().unbind())
-                        }
-                        Err(_) => Outcome::Abandoned,
-                    });
-                    drop(guard);
-                    return r;
-                }
-            }
-        }
+        self.get_or_set_counted(key, factory, ttl, true)
+    }
+
+    /// `get_or_set` for a caller that has just looked `key` up with `get` and counted
+    /// that miss (`ferrule.cached`): its own looks count nothing.
+    fn _get_or_set_after_miss(
+        &self,
+        key: &Bound<'_, PyAny>,
+        factory: &Bound<'_, PyAny>,
+    ) -> PyResult<Py<PyAny>> {
+        self.get_or_set_counted(key, factory, None, false)
     }
 
     /// Removes every entry.
     fn clear(&self) {
-        self.inner.clear();
+        // The flights first: see "Generations" in core::flight.
+        self.flights.clear();
+        self.inner.entries().clear();
     }
 
     /// Removes expired entries now; returns how many.
     fn expire(&self) -> PyResult<usize> {
-        if !self.uses_ttl.load(Ordering::Acquire) {
-            return Ok(0);
-        }
-        let mut grave: Grave = Vec::new();
-        Ok(self.inner.expire(self.clock.now_nanos(), &mut grave)?)
+        Ok(self.inner.expire()?)
     }
 
     /// Keys of the live entries (a snapshot).
     fn keys(&self, py: Python<'_>) -> PyResult<Vec<Py<PyAny>>> {
-        Ok(self
-            .inner
-            .snapshot(self.now(), |k, _| k.obj.clone_ref(py))?)
+        Ok(self.inner.snapshot(|k, _| k.obj.clone_ref(py))?)
     }
 
     fn values(&self, py: Python<'_>) -> PyResult<Vec<Py<PyAny>>> {
-        Ok(self.inner.snapshot(self.now(), |_, v| v.clone_ref(py))?)
+        Ok(self.inner.snapshot(|_, v| v.clone_ref(py))?)
     }
 
     fn items(&self, py: Python<'_>) -> PyResult<Vec<(Py<PyAny>, Py<PyAny>)>> {
         Ok(self
             .inner
-            .snapshot(self.now(), |k, v| (k.obj.clone_ref(py), v.clone_ref(py)))?)
+            .snapshot(|k, v| (k.obj.clone_ref(py), v.clone_ref(py)))?)
     }
 
     fn stats(&self) -> PyResult<CacheStats> {
-        if self.uses_ttl.load(Ordering::Acquire) {
-            // `size` counts live entries only.
-            let mut grave: Grave = Vec::new();
-            self.inner.expire(self.clock.now_nanos(), &mut grave)?;
-        }
-        Ok(CacheStats::from(self.inner.stats()))
+        Ok(CacheStats::from(self.inner.stats()?))
     }
 
     #[getter]
     fn max_size(&self) -> usize {
-        self.inner.max_size()
+        self.inner.entries().max_size()
     }
 
     #[getter]
     fn ttl(&self) -> Option<f64> {
-        self.default_ttl.map(nanos_to_secs)
+        self.inner.default_ttl().map(nanos_to_secs)
     }
 
     #[getter]
     fn shards(&self) -> usize {
-        self.inner.shard_count()
+        self.inner.entries().shard_count()
     }
 
     fn __len__(&self) -> PyResult<usize> {
-        self.live_len()
+        Ok(self.inner.live_len()?)
     }
 
     fn __contains__(&self, key: &Bound<'_, PyAny>) -> PyResult<bool> {
@@ -733,7 +612,7 @@ impl Cache {
     }
 
     fn __setitem__(&self, key: &Bound<'_, PyAny>, value: Py<PyAny>) -> PyResult<()> {
-        self.store(&Query::new(key)?, value, None)
+        self.store_if(&Query::new(key)?, value, None, || true)
     }
 
     fn __delitem__(&self, key: &Bound<'_, PyAny>) -> PyResult<()> {
@@ -751,29 +630,28 @@ impl Cache {
     /// Visits every key and value (and the keys of flights in progress). Never blocks:
     /// a shard whose lock is held is skipped, which only makes the collector keep more.
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        self.inner.try_for_each(|k, v| {
+        self.inner.entries().try_for_each(|k, v| {
             visit.call(&k.obj)?;
             visit.call(v)
         })?;
-        self.flights.try_for_each(|k, _| visit.call(&k.obj))
+        self.flights.try_for_each_key(|k| visit.call(&k.obj))
     }
 
     /// Breaks reference cycles: every shard's contents are swapped out under its lock and
     /// dropped after it is released. A flight in progress stays with its leader and
     /// waiters (they hold it), so they still finish.
     fn __clear__(&self) {
-        self.inner.clear();
-        self.flights.clear();
+        self.clear();
     }
 
     fn __repr__(&self) -> String {
         let ttl = self
-            .default_ttl
-            .map_or_else(|| "None".to_owned(), |t| nanos_to_secs(t).to_string());
+            .ttl()
+            .map_or_else(|| "None".to_owned(), |t| t.to_string());
         format!(
             "Cache(max_size={}, ttl={ttl}, shards={})",
-            self.inner.max_size(),
-            self.inner.shard_count()
+            self.max_size(),
+            self.shards()
         )
     }
 }
@@ -809,13 +687,7 @@ impl CacheStats {
     /// Hits over lookups (0.0 before the first lookup).
     #[getter]
     fn hit_ratio(&self) -> f64 {
-        // In floats: the u64 sum could overflow, the float one cannot.
-        let total = self.hits as f64 + self.misses as f64;
-        if total == 0.0 {
-            0.0
-        } else {
-            self.hits as f64 / total
-        }
+        hit_ratio(self.hits, self.misses)
     }
 
     fn __repr__(&self) -> String {
