@@ -32,6 +32,9 @@
 
 use crate::core::sync::{AtomicI64, AtomicU64, Ordering};
 
+/// How many times `snapshot` re-reads to find the finish counters still.
+const SNAPSHOT_TRIES: usize = 64;
+
 /// The counters of one pool.
 #[derive(Debug)]
 pub struct TaskCounters {
@@ -127,9 +130,23 @@ impl TaskCounters {
 
     /// The counters read together.
     pub fn snapshot(&self) -> Snapshot {
-        let (completed, failed, cancelled) = self.done();
+        // The finish counters are read again after `started`: when they did not move,
+        // they held those values at the moment `started` was read (they only grow), so
+        // `active` is what was running at one instant (at most the number of workers).
+        // Under heavy churn a few retries may all see a finish in between; the last try
+        // keeps the invariants above, only `active` may then count a task finished since.
+        let mut done = self.done();
+        let mut started = self.started.load(Ordering::Acquire);
+        for _ in 0..SNAPSHOT_TRIES {
+            let again = self.done();
+            if again == done {
+                break;
+            }
+            done = again;
+            started = self.started.load(Ordering::Acquire);
+        }
+        let (completed, failed, cancelled) = done;
         let rejected = self.rejected.load(Ordering::Acquire);
-        let started = self.started.load(Ordering::Acquire);
         let submitted = self.submitted.load(Ordering::Acquire).max(0) as u64;
         Snapshot {
             submitted,
