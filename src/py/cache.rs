@@ -480,7 +480,7 @@ impl Cache {
         })
     }
 
-    /// The value for `key`, or `default` when it is missing or expired.
+    /// The live value for `key`, else `default`. Counts a hit or a miss.
     #[pyo3(signature = (key, default = None))]
     fn get(
         &self,
@@ -494,6 +494,8 @@ impl Cache {
         }
     }
 
+    /// Insert or replace; `ttl` overrides the cache's default for this entry. The entry is
+    /// live while `clock.now() < t + ttl`, with `t` read once per call.
     #[pyo3(signature = (key, value, *, ttl = None))]
     fn set(
         &self,
@@ -505,12 +507,12 @@ impl Cache {
         self.store_if(&Query::new(key)?, value, ttl, || true)
     }
 
-    /// Removes `key`; True if a live entry was removed.
+    /// Remove `key`; True if a live entry was removed.
     fn delete(&self, key: &Bound<'_, PyAny>) -> PyResult<bool> {
         Ok(self.take(&Query::new(key)?)?.is_some())
     }
 
-    /// Removes `key` and returns its value; `default` (or KeyError) when missing.
+    /// Remove `key` and return its value; `default` (or KeyError) when missing.
     #[pyo3(signature = (key, *default))]
     fn pop(&self, key: &Bound<'_, PyAny>, default: &Bound<'_, PyTuple>) -> PyResult<Py<PyAny>> {
         if default.len() > 1 {
@@ -526,9 +528,11 @@ impl Cache {
         }
     }
 
-    /// The value for `key`; on a miss exactly one caller runs `factory()` and the others
-    /// wait for its result (or its exception; then nothing is cached). A leader that
-    /// leaves with a BaseException that is not an Exception keeps it; a waiter leads then.
+    /// The value for `key`; on a miss, exactly one caller per key runs `factory()` (with no
+    /// lock held) while concurrent callers for that key wait for its result with the GIL
+    /// released (single-flight). If the factory raises an `Exception`, every waiter gets
+    /// that exception and nothing is cached. A leader that leaves with a BaseException
+    /// that is not an Exception keeps it; a waiter leads then.
     #[pyo3(signature = (key, factory, *, ttl = None))]
     fn get_or_set(
         &self,
@@ -550,33 +554,37 @@ impl Cache {
         self.get_or_set_counted(key, factory, None, false)
     }
 
-    /// Removes every entry.
+    /// Remove every entry (and release the memory they used). A `get_or_set` factory that
+    /// began before `clear()` still answers its callers, but its result is not stored.
     fn clear(&self) {
         // The flights first: see "Generations" in core::flight.
         self.flights.clear();
         self.inner.entries().clear();
     }
 
-    /// Removes expired entries now; returns how many.
+    /// Remove expired entries now; returns how many.
     fn expire(&self) -> PyResult<usize> {
         Ok(self.inner.expire()?)
     }
 
-    /// Keys of the live entries (a snapshot).
+    /// A snapshot list of the live keys.
     fn keys(&self, py: Python<'_>) -> PyResult<Vec<Py<PyAny>>> {
         Ok(self.inner.snapshot(|k, _| k.obj.clone_ref(py))?)
     }
 
+    /// A snapshot list of the live values.
     fn values(&self, py: Python<'_>) -> PyResult<Vec<Py<PyAny>>> {
         Ok(self.inner.snapshot(|_, v| v.clone_ref(py))?)
     }
 
+    /// A snapshot list of the live `(key, value)` pairs.
     fn items(&self, py: Python<'_>) -> PyResult<Vec<(Py<PyAny>, Py<PyAny>)>> {
         Ok(self
             .inner
             .snapshot(|k, v| (k.obj.clone_ref(py), v.clone_ref(py)))?)
     }
 
+    /// Counters; see `CacheStats`.
     fn stats(&self) -> PyResult<CacheStats> {
         Ok(CacheStats::from(self.inner.stats()?))
     }
@@ -586,11 +594,13 @@ impl Cache {
         self.inner.entries().max_size()
     }
 
+    /// The default TTL in seconds, or None.
     #[getter]
     fn ttl(&self) -> Option<f64> {
         self.inner.default_ttl().map(nanos_to_secs)
     }
 
+    /// The number of shards (each with its own lock and LRU order).
     #[getter]
     fn shards(&self) -> usize {
         self.inner.entries().shard_count()
@@ -664,6 +674,7 @@ pub struct CacheStats {
     inserts: u64,
     evictions: u64,
     expirations: u64,
+    /// Live entries now. Expired ones are reclaimed before the counters are read.
     size: u64,
     max_size: u64,
 }
@@ -684,7 +695,7 @@ impl From<Stats> for CacheStats {
 
 #[pymethods]
 impl CacheStats {
-    /// Hits over lookups (0.0 before the first lookup).
+    /// `hits / (hits + misses)`; 0.0 before the first lookup.
     #[getter]
     fn hit_ratio(&self) -> f64 {
         hit_ratio(self.hits, self.misses)
