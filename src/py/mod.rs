@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod pool;
 pub mod queue;
 pub mod ratelimit;
+pub mod ratelimit_key;
 pub mod redis;
 pub mod registry;
 pub mod taskpool;
