@@ -10,13 +10,15 @@
 //! multiple inheritance (`QueueFull` is a `FerruleError` and a `queue.Full`, so existing
 //! `except` clauses keep working) is not expressible with `create_exception!`.
 //!
-//! Below the table, one `From` per core error type: its `Display` text is the message,
-//! the variant picks the class.
+//! Below the table, one mapping per core error type: its `Display` text is the message,
+//! the variant picks the class. Each is a `From`, so `?` converts, except the registry's,
+//! whose class is one of the table's (made per interpreter) and whose message shows the
+//! id as Python's `repr` does: that one is a function of `py`.
 
-use pyo3::exceptions::{PyMemoryError, PyOverflowError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyKeyError, PyMemoryError, PyOverflowError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyDict, PyModule, PyTuple, PyType};
+use pyo3::types::{PyDict, PyModule, PyString, PyTuple, PyType};
 
 use crate::core::breaker::BreakerError;
 use crate::core::budget::BudgetError;
@@ -28,6 +30,7 @@ use crate::core::metrics::MetricsError;
 use crate::core::pool::PoolError;
 use crate::core::queue::QueueError;
 use crate::core::ratelimit::RateError;
+use crate::core::registry::RegistryError;
 
 /// One exception class: its name, its bases besides `FerruleError` (`(module, name)`),
 /// and its docstring.
@@ -127,6 +130,21 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
 }
 
 // ---- core errors ----------------------------------------------------------------------
+
+/// The exception for a registry error. A function of `py` rather than a `From`: its
+/// class is made per interpreter, and the id is shown as Python's `repr` shows it.
+pub fn registry_error(py: Python<'_>, e: RegistryError) -> PyErr {
+    match e {
+        RegistryError::Taken(id) => {
+            let shown = PyString::new(py, &id)
+                .repr()
+                .map_or_else(|_| format!("{id:?}"), |r| r.to_string());
+            Exc::AlreadyRegistered.err(py, format!("agent id {shown} is already registered"))
+        }
+        // As a dict says it: the key is the exception's argument.
+        RegistryError::Missing(id) => PyKeyError::new_err(id.to_string()),
+    }
+}
 
 impl From<DurationError> for PyErr {
     fn from(e: DurationError) -> Self {
