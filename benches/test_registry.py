@@ -78,6 +78,10 @@ class DictRegistry:
         with self._lock:
             return list(self._by_cap.get(capability, ()))
 
+    def count(self, *, capability: str) -> int:
+        with self._lock:
+            return len(self._by_cap.get(capability, ()))
+
 
 IMPLS: dict[str, Callable[[], Any]] = {"ferrule": Registry, "dict+Lock": DictRegistry}
 
@@ -129,6 +133,14 @@ def test_ids_by_capability(benchmark: Any, impl: str) -> None:
     reg = filled(IMPLS[impl], 10_000)
     result = benchmark(reg.ids, capability="rare")
     assert len(result) == HITS
+
+
+@pytest.mark.parametrize("impl", list(IMPLS))
+def test_count_by_capability(benchmark: Any, impl: str) -> None:
+    benchmark.group = "registry count(capability=...) (~4k hits of 10k)"
+    reg = filled(IMPLS[impl], 10_000)
+    result = benchmark(reg.count, capability="search")
+    assert result == len(reg.ids(capability="search"))
 
 
 @pytest.mark.parametrize("size", [1_000, 50_000])

@@ -1,15 +1,24 @@
 //! The one place where Rust errors become Python exceptions, and where ferrule's own
 //! exception classes are made.
 //!
-//! `FerruleError` is a static exception type. Its subclasses also subclass a stdlib class
-//! (`queue.Full`, `KeyError`, `TimeoutError`, ...) so that existing `except` clauses keep
-//! working; multiple inheritance is not expressible with `create_exception!`, so those
-//! classes are created once per interpreter with `type(name, bases, ns)`.
+//! The [`exceptions!`] list below is the table of ferrule's exception classes, and the
+//! only place one is made: each row gives a class's name, its bases (the root's own;
+//! every other class's after `FerruleError`) and its docstring, which is the first line
+//! of the class's docstring in `_native.pyi` (`tests/test_errors.py` walks the module's
+//! exception classes and holds each to its row's promises and to the stub). Each class
+//! is made once per interpreter with `type(name, bases, ns)`, `__module__` "ferrule":
+//! multiple inheritance (`QueueFull` is a `FerruleError` and a `queue.Full`, so existing
+//! `except` clauses keep working) is not expressible with `create_exception!`.
+//!
+//! Below the table, one mapping per core error type: its `Display` text is the message,
+//! the variant picks the class. Each is a `From`, so `?` converts, except the registry's,
+//! whose class is one of the table's (made per interpreter) and whose message shows the
+//! id as Python's `repr` does: that one is a function of `py`.
 
-use pyo3::exceptions::{PyException, PyMemoryError, PyOverflowError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyKeyError, PyMemoryError, PyOverflowError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyDict, PyModule, PyTuple, PyType};
+use pyo3::types::{PyDict, PyModule, PyString, PyTuple, PyType};
 
 use crate::core::breaker::BreakerError;
 use crate::core::budget::BudgetError;
@@ -21,104 +30,89 @@ use crate::core::metrics::MetricsError;
 use crate::core::pool::PoolError;
 use crate::core::queue::QueueError;
 use crate::core::ratelimit::RateError;
+use crate::core::registry::RegistryError;
 
-pyo3::create_exception!(
-    ferrule,
-    FerruleError,
-    PyException,
-    "Base class of every exception ferrule raises."
-);
-
-/// ferrule's exception classes that also subclass a stdlib class.
-#[derive(Clone, Copy, Debug)]
-pub enum Exc {
-    AlreadyRegistered,
-    QueueFull,
-    QueueEmpty,
-    QueueClosed,
-    CircuitOpen,
-    PoolTimeout,
-    Discard,
-    BackendError,
+/// One exception class: its name, its bases besides `FerruleError` (`(module, name)`),
+/// and its docstring.
+struct Row {
+    name: &'static str,
+    bases: &'static [(&'static str, &'static str)],
+    doc: &'static str,
 }
 
-const ALL: [Exc; 8] = [
-    Exc::AlreadyRegistered,
-    Exc::QueueFull,
-    Exc::QueueEmpty,
-    Exc::QueueClosed,
-    Exc::CircuitOpen,
-    Exc::PoolTimeout,
-    Exc::Discard,
-    Exc::BackendError,
-];
+/// Declares [`Exc`] and [`TABLE`] from one list, so a class and its row cannot drift
+/// apart. The first row is the root: its bases are its own, every other row's follow
+/// `FerruleError`.
+macro_rules! exceptions {
+    ($($name:ident($($module:literal . $base:literal),*) = $doc:literal,)+) => {
+        /// ferrule's exception classes.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum Exc {
+            $($name,)+
+        }
+
+        const TABLE: &[Row] = &[$(Row {
+            name: stringify!($name),
+            bases: &[$(($module, $base)),*],
+            doc: $doc,
+        },)+];
+
+        const ALL: &[Exc] = &[$(Exc::$name,)+];
+    };
+}
+
+exceptions! {
+    FerruleError("builtins"."Exception") = "Base class of every exception ferrule raises.",
+    AlreadyRegistered("builtins"."KeyError") =
+        "The agent id is already registered (a ``KeyError``).",
+    QueueFull("queue"."Full") = "The queue is full (also a ``queue.Full``).",
+    QueueEmpty("queue"."Empty") = "The queue is empty (also a ``queue.Empty``).",
+    QueueClosed() =
+        "Raised by ``put`` after ``close()``, and by ``get`` once closed and drained.",
+    CircuitOpen() = "The circuit is open; the call was not made.",
+    PoolTimeout("builtins"."TimeoutError") =
+        "No resource became available before the timeout (a ``TimeoutError``).",
+    Discard() = "Raise inside a pool's ``with`` block to close and replace the item.",
+    BackendError("builtins"."ConnectionError") =
+        "The backend (e.g. Redis) failed (a ``ConnectionError``).",
+}
 
 impl Exc {
-    fn name(self) -> &'static str {
-        match self {
-            Self::AlreadyRegistered => "AlreadyRegistered",
-            Self::QueueFull => "QueueFull",
-            Self::QueueEmpty => "QueueEmpty",
-            Self::QueueClosed => "QueueClosed",
-            Self::CircuitOpen => "CircuitOpen",
-            Self::PoolTimeout => "PoolTimeout",
-            Self::Discard => "Discard",
-            Self::BackendError => "BackendError",
-        }
-    }
-
-    fn doc(self) -> &'static str {
-        match self {
-            Self::AlreadyRegistered => "The agent id is already registered (a KeyError).",
-            Self::QueueFull => "The queue is full (a queue.Full).",
-            Self::QueueEmpty => "The queue is empty (a queue.Empty).",
-            Self::QueueClosed => "The queue is closed: raised by put after close, and by get once closed and drained.",
-            Self::CircuitOpen => "The circuit is open; the call was not made.",
-            Self::PoolTimeout => "No resource became available in time (a TimeoutError).",
-            Self::Discard => "Raise inside a pool's with block to close and replace the item.",
-            Self::BackendError => "The backend (e.g. Redis) failed (a ConnectionError).",
-        }
-    }
-
-    /// The stdlib base beside `FerruleError`, if any.
-    fn stdlib_base(self, py: Python<'_>) -> PyResult<Option<Bound<'_, PyAny>>> {
-        let builtins = || py.import("builtins");
-        Ok(Some(match self {
-            Self::AlreadyRegistered => builtins()?.getattr("KeyError")?,
-            Self::QueueFull => py.import("queue")?.getattr("Full")?,
-            Self::QueueEmpty => py.import("queue")?.getattr("Empty")?,
-            Self::PoolTimeout => builtins()?.getattr("TimeoutError")?,
-            Self::BackendError => builtins()?.getattr("ConnectionError")?,
-            Self::QueueClosed | Self::CircuitOpen | Self::Discard => return Ok(None),
-        }))
+    fn row(self) -> &'static Row {
+        &TABLE[self as usize]
     }
 
     fn cell(self) -> &'static PyOnceLock<Py<PyType>> {
-        static CELLS: [PyOnceLock<Py<PyType>>; 8] = [const { PyOnceLock::new() }; 8];
+        static CELLS: [PyOnceLock<Py<PyType>>; ALL.len()] =
+            [const { PyOnceLock::new() }; ALL.len()];
         &CELLS[self as usize]
     }
 
-    /// The exception class, created on first use.
+    /// The exception class, made from its row on first use.
     pub fn type_object(self, py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
         let ty = self
             .cell()
             .get_or_try_init(py, || -> PyResult<Py<PyType>> {
-                let base = py.get_type::<FerruleError>().into_any();
-                let bases = match self.stdlib_base(py)? {
-                    Some(std) => PyTuple::new(py, [base, std])?,
-                    None => PyTuple::new(py, [base])?,
-                };
+                let row = self.row();
+                let mut bases = Vec::with_capacity(row.bases.len() + 1);
+                if self != Exc::FerruleError {
+                    bases.push(Exc::FerruleError.type_object(py)?.clone().into_any());
+                }
+                for (module, name) in row.bases {
+                    bases.push(py.import(*module)?.getattr(*name)?);
+                }
                 let ns = PyDict::new(py);
                 ns.set_item("__module__", "ferrule")?;
-                ns.set_item("__doc__", self.doc())?;
-                let ty = py.get_type::<PyType>().call1((self.name(), bases, ns))?;
+                ns.set_item("__doc__", row.doc)?;
+                let ty = py
+                    .get_type::<PyType>()
+                    .call1((row.name, PyTuple::new(py, bases)?, ns))?;
                 Ok(ty.cast_into::<PyType>()?.unbind())
             })?;
         Ok(ty.bind(py))
     }
 
     /// A new exception of this class with `msg`.
-    #[allow(dead_code)] // used by the parts that raise these classes
     pub fn err(self, py: Python<'_>, msg: impl Into<String>) -> PyErr {
         match self.type_object(py) {
             Ok(ty) => PyErr::from_type(ty.clone(), msg.into()),
@@ -127,14 +121,29 @@ impl Exc {
     }
 }
 
-/// Adds every exception class to the module.
+/// Adds every exception class of the table to the module.
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    let py = m.py();
-    m.add("FerruleError", py.get_type::<FerruleError>())?;
-    for exc in ALL {
-        m.add(exc.name(), exc.type_object(py)?)?;
+    for &exc in ALL {
+        m.add(exc.row().name, exc.type_object(m.py())?)?;
     }
     Ok(())
+}
+
+// ---- core errors ----------------------------------------------------------------------
+
+/// The exception for a registry error. A function of `py` rather than a `From`: its
+/// class is made per interpreter, and the id is shown as Python's `repr` shows it.
+pub fn registry_error(py: Python<'_>, e: RegistryError) -> PyErr {
+    match e {
+        RegistryError::Taken(id) => {
+            let shown = PyString::new(py, &id)
+                .repr()
+                .map_or_else(|_| format!("{id:?}"), |r| r.to_string());
+            Exc::AlreadyRegistered.err(py, format!("agent id {shown} is already registered"))
+        }
+        // As a dict says it: the key is the exception's argument.
+        RegistryError::Missing(id) => PyKeyError::new_err(id.to_string()),
+    }
 }
 
 impl From<DurationError> for PyErr {

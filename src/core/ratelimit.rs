@@ -529,6 +529,25 @@ pub fn mix(h: u64) -> u64 {
     x ^ (x >> 31)
 }
 
+/// Python's `hash()` of an int that fits in an i64, as CPython computes it (its
+/// `sys.hash_info`): the value modulo the Mersenne prime `2^61 - 1` (`2^31 - 1` where a
+/// hash has 32 bits), keeping the sign; -1 is reserved for errors, so it becomes -2. Equal
+/// to `hash(v)`, also for `float(v)` and the bools, which is what lets a key the host
+/// compares itself find the bucket of an equal native int.
+#[inline]
+pub fn int_hash(v: i64) -> isize {
+    const BITS: u32 = if isize::BITS == 64 { 61 } else { 31 };
+    const MODULUS: u64 = (1 << BITS) - 1;
+    // |v| % MODULUS < MODULUS fits an isize, so the cast and the negation are exact.
+    let m = (v.unsigned_abs() % MODULUS) as isize;
+    let h = if v < 0 { -m } else { m };
+    if h == -1 {
+        -2
+    } else {
+        h
+    }
+}
+
 /// A borrowed native key with its hash: what native lookups use.
 #[derive(Debug)]
 pub struct Query<'a> {
@@ -1299,6 +1318,27 @@ mod tests {
 
     /// Opaque key objects in these tests: a name.
     type L = Limiter<String>;
+
+    #[test]
+    #[cfg(target_pointer_width = "64")]
+    fn int_hash_is_pythons() {
+        // `hash(v)` on a 64-bit CPython, for each `v`.
+        let cases: [(i64, isize); 10] = [
+            (0, 0),
+            (1, 1),
+            (-1, -2),
+            (-2, -2),
+            (12_345, 12_345),
+            ((1 << 61) - 1, 0),
+            (1 << 61, 1),
+            (-(1 << 61), -2),
+            (i64::MAX, 3),
+            (i64::MIN, -4),
+        ];
+        for (v, h) in cases {
+            assert_eq!(int_hash(v), h, "hash({v})");
+        }
+    }
 
     fn manual() -> (Arc<ManualClock>, Clock) {
         let m = Arc::new(ManualClock::new(0));

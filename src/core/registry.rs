@@ -44,6 +44,14 @@
 //! deep as the host makes them (it leaves deeper values opaque), which bounds every
 //! recursion over them.
 //!
+//! # What the host judges
+//! Some answers only the host can give: a condition left `Unknown`, a filter written in
+//! the host language, whether a thread that owns an entry is still running.
+//! [`Registry::select`] passes on the matches it can decide (under the shard guard, so a
+//! count copies nothing out) and returns the others, for the host to judge with no guard
+//! held. Registrations whose liveness only the host can tell are queued and judged a few
+//! per write ([`Registry::sweep_host`]).
+//!
 //! # Time
 //! An entry registered at t with ttl d is live while `now < t + d`. Reads check it; the
 //! lease heaps reclaim due entries a few per write ([`RECLAIM_BUDGET`]); a heartbeat
@@ -53,10 +61,10 @@
 //! once they make up half a shard's heap.
 
 use std::cmp::{Ordering as CmpOrdering, Reverse};
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, VecDeque};
 use std::fmt;
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use dashmap::DashMap;
@@ -100,6 +108,15 @@ pub enum Value {
     /// A mapping with string keys, sorted by key.
     Map(Box<[(Box<str>, Value)]>),
     Opaque,
+}
+
+impl Value {
+    /// A mapping from its items in any order (a `Map` is kept sorted by key, which
+    /// path lookups rely on).
+    pub fn map(mut items: Vec<(Box<str>, Value)>) -> Self {
+        items.sort_by(|a, b| a.0.cmp(&b.0));
+        Self::Map(items.into())
+    }
 }
 
 /// A three-valued answer: `Unknown` when only the host language can tell.
@@ -250,6 +267,18 @@ pub struct Cond {
     pub op: Op,
     pub value: Value,
     pub hashed: bool,
+}
+
+impl Cond {
+    /// A condition on the dotted `path` (`"a.b"` looks up `b` in the mapping at `a`).
+    pub fn new(path: &str, op: Op, value: Value, hashed: bool) -> Self {
+        Self {
+            path: path.split('.').map(Box::from).collect(),
+            op,
+            value,
+            hashed,
+        }
+    }
 }
 
 fn is_num(v: &Value) -> bool {
@@ -728,6 +757,13 @@ pub struct Found<R, P> {
     pub truncated: bool,
 }
 
+/// What [`Registry::select`] did: how many sure matches it passed on, and the entries
+/// left for the caller to judge, in the order they were read.
+pub struct Selected<R, P> {
+    pub sure: usize,
+    pub deferred: Vec<Hit<R, P>>,
+}
+
 // ---- leases ---------------------------------------------------------------------------
 
 #[derive(Default)]
@@ -904,6 +940,23 @@ pub struct Registry<R, P> {
     /// Set once any entry may carry a deadline; until then reads skip the clock.
     uses_ttl: AtomicBool,
     clock: Clock,
+    host: HostChecks,
+}
+
+/// Registrations whose liveness only the host can judge (a thread owner: has it
+/// finished?), as `(id, token)`, checked a few per write by [`Registry::sweep_host`].
+///
+/// `len` is added to before items are queued and taken from after they are drained and
+/// judged (by the number not queued again), so it never falls below the queue's length
+/// and never underflows; it is only read to skip an empty queue without its lock.
+/// `any` is set (Release) before the first such registration is published, so a reader
+/// that finds a published entry and then reads `any` (Acquire) sees it set: until then,
+/// readers skip the host's per-entry check.
+#[derive(Default)]
+struct HostChecks {
+    queue: Mutex<VecDeque<(Arc<str>, u64)>>,
+    len: AtomicUsize,
+    any: AtomicBool,
 }
 
 type Grave<R, P> = Vec<Arc<Entry<R, P>>>;
@@ -946,6 +999,7 @@ impl<R, P> Registry<R, P> {
             leases: (0..LEASE_SHARDS).map(|_| Mutex::default()).collect(),
             uses_ttl: AtomicBool::new(false),
             clock,
+            host: HostChecks::default(),
         }
     }
 
@@ -1425,29 +1479,133 @@ impl<R, P> Registry<R, P> {
     /// after `q.limit` sure matches.
     pub fn find(&self, q: &Query<'_>) -> Found<R, P> {
         let mut hits = Vec::new();
-        if q.limit == Some(0) {
-            return Found {
-                hits,
-                truncated: true,
-            };
+        let sel = self.select(
+            q,
+            |_| false,
+            |e| {
+                hits.push(Hit {
+                    entry: e.clone(),
+                    unsure: false,
+                });
+            },
+        );
+        hits.extend(sel.deferred);
+        Found {
+            hits,
+            truncated: q.limit.is_some_and(|l| sel.sure >= l),
         }
-        let mut sure = 0usize;
-        let truncated = self.scan(q, |e, t| {
+    }
+
+    /// A query whose caller judges some entries itself. Each entry that matches when
+    /// read goes to `sure` unless `host` claims it; claimed entries, and entries with a
+    /// condition left undecided here, are returned for the caller to judge. Stops once
+    /// `q.limit` entries went to `sure` (at once for a limit of 0). `host` and `sure` run
+    /// under the entry's shard read guard (see [`Registry::scan`]): `sure` may clone the
+    /// `Arc`, or just count.
+    pub fn select(
+        &self,
+        q: &Query<'_>,
+        mut host: impl FnMut(&Entry<R, P>) -> bool,
+        mut sure: impl FnMut(&Arc<Entry<R, P>>),
+    ) -> Selected<R, P> {
+        let mut sel = Selected {
+            sure: 0,
+            deferred: Vec::new(),
+        };
+        let cap = q.limit.unwrap_or(usize::MAX);
+        if cap == 0 {
+            return sel;
+        }
+        self.scan(q, |e, t| {
             let unsure = t == Tri::Unknown;
-            hits.push(Hit {
-                entry: e.clone(),
-                unsure,
-            });
-            sure += usize::from(!unsure);
-            q.limit.is_some_and(|l| sure >= l)
+            if unsure || host(e) {
+                sel.deferred.push(Hit {
+                    entry: e.clone(),
+                    unsure,
+                });
+                return false;
+            }
+            sure(e);
+            sel.sure += 1;
+            sel.sure >= cap
         });
-        Found { hits, truncated }
+        sel
+    }
+
+    // ---- registrations the host checks ----
+
+    /// Announces a registration the host will check (call before publishing it).
+    pub fn expect_host_checks(&self) {
+        self.host.any.store(true, Ordering::Release);
+    }
+
+    /// Whether any registration the host checks was ever announced (read after the
+    /// entry in question: see [`HostChecks`]).
+    pub fn host_checks(&self) -> bool {
+        self.host.any.load(Ordering::Acquire)
+    }
+
+    /// Queues published registrations (`(id, token)`) for [`Registry::sweep_host`].
+    pub fn queue_host_checks(&self, items: Vec<(Arc<str>, u64)>) {
+        if items.is_empty() {
+            return;
+        }
+        self.host.len.fetch_add(items.len(), Ordering::Relaxed);
+        self.host.queue.lock().extend(items);
+    }
+
+    /// Judges up to `budget` queued registrations with `dead`, called with no guard or
+    /// lock held (it may run host code), and removes those it calls dead; returns how
+    /// many. A registration that is gone or was replaced leaves the queue; one that
+    /// lives on goes to its back. Removed entries go to `grave`.
+    pub fn sweep_host(
+        &self,
+        budget: usize,
+        mut dead: impl FnMut(&Arc<Entry<R, P>>) -> bool,
+        grave: &mut Grave<R, P>,
+    ) -> usize {
+        if self.host.len.load(Ordering::Relaxed) == 0 {
+            return 0;
+        }
+        let batch: Vec<(Arc<str>, u64)> = {
+            let mut q = self.host.queue.lock();
+            let n = budget.min(q.len());
+            q.drain(..n).collect()
+        };
+        let drained = batch.len();
+        let mut removed = 0;
+        let mut keep = Vec::with_capacity(drained);
+        for (id, token) in batch {
+            match self.get(&id) {
+                Some(e) if e.token == token => {
+                    if !dead(&e) {
+                        keep.push((id, token));
+                    } else if let Some(old) = self.remove_token(&id, token) {
+                        grave.push(old);
+                        removed += 1;
+                    }
+                }
+                // Gone by other means, or a later registration of the id.
+                _ => {}
+            }
+        }
+        // kept <= drained: the count never underflows.
+        self.host
+            .len
+            .fetch_sub(drained - keep.len(), Ordering::Relaxed);
+        if !keep.is_empty() {
+            self.host.queue.lock().extend(keep);
+        }
+        removed
     }
 
     /// Takes every entry out, with its index rows and lease items (for the host's
     /// garbage collector, on a registry nobody else uses any more). The entries are
     /// handed back for the caller to drop.
     pub fn clear(&self, grave: &mut Grave<R, P>) {
+        let queued = std::mem::take(&mut *self.host.queue.lock());
+        self.host.len.store(0, Ordering::Relaxed);
+        drop(queued);
         for e in self.entries.take_all() {
             self.remove_rows(&e);
             grave.push(e);
@@ -1694,6 +1852,151 @@ mod tests {
     }
 
     #[test]
+    fn select_passes_on_sure_matches_and_defers_the_rest() {
+        let r = Reg::new(Clock::Monotonic, 2);
+        let mut g = Vec::new();
+        for i in 0..10 {
+            // Every third one is claimed by the host (a thread owner, say); 8 and 9 have
+            // opaque metadata, so a condition on it is left undecided.
+            let node = (i % 3 == 0).then_some("t");
+            let mut sp = spec(&r, &i.to_string(), &["x"], node, None);
+            if i >= 8 {
+                sp.meta = meta(map(vec![("k", Value::Opaque)]));
+            } else {
+                sp.meta = meta(map(vec![("k", Value::Int(1))]));
+            }
+            r.register(sp, &mut g).unwrap();
+        }
+        // Counting copies nothing out: each entry passed on is held by the map alone.
+        let all = Query {
+            capability: Some("x"),
+            ..Query::default()
+        };
+        let sel = r.select(&all, |_| false, |e| assert_eq!(Arc::strong_count(e), 1));
+        assert_eq!((sel.sure, sel.deferred.len()), (10, 0));
+
+        let claimed = |e: &Entry<u32, ()>| e.node.is_some();
+        let conds = [cond("k", "eq", Value::Int(1))];
+        let q = Query {
+            capability: Some("x"),
+            conds: &conds,
+            ..Query::default()
+        };
+        let mut passed = Vec::new();
+        let sel = r.select(&q, claimed, |e| passed.push(e.id.to_string()));
+        passed.sort();
+        assert_eq!(passed, ["1", "2", "4", "5", "7"]);
+        assert_eq!(sel.sure, 5);
+        let mut deferred: Vec<(String, bool)> = sel
+            .deferred
+            .iter()
+            .map(|h| (h.entry.id.to_string(), h.unsure))
+            .collect();
+        deferred.sort();
+        let want = [
+            ("0", false),
+            ("3", false),
+            ("6", false),
+            ("8", true),
+            ("9", true),
+        ];
+        assert_eq!(deferred, want.map(|(i, u)| (i.to_owned(), u)));
+
+        // A limit counts sure matches only, and stops the scan there.
+        let mut n = 0;
+        let sel = r.select(
+            &Query {
+                limit: Some(2),
+                ..q
+            },
+            claimed,
+            |_| n += 1,
+        );
+        assert_eq!((n, sel.sure), (2, 2));
+        let sel = r.select(
+            &Query {
+                limit: Some(0),
+                ..q
+            },
+            claimed,
+            |_| n += 1,
+        );
+        assert_eq!((n, sel.sure, sel.deferred.len()), (2, 0, 0));
+
+        // `find` is a select whose host claims nothing.
+        let found = r.find(&Query {
+            limit: Some(3),
+            ..q
+        });
+        assert!(found.truncated);
+        assert_eq!(found.hits.iter().filter(|h| !h.unsure).count(), 3);
+    }
+
+    #[test]
+    fn sweep_host_judges_a_budget_and_requeues_the_living() {
+        let r = Reg::new(Clock::Monotonic, 2);
+        let mut g = Vec::new();
+        assert!(!r.host_checks());
+        r.expect_host_checks();
+        assert!(r.host_checks());
+        let mut queued = Vec::new();
+        for id in ["a", "b", "c"] {
+            let e = r.register(spec(&r, id, &[], None, None), &mut g).unwrap();
+            queued.push((e.id.clone(), e.token));
+        }
+        r.queue_host_checks(queued);
+        r.unregister("c", &mut g);
+        let mut judged = Vec::new();
+        let mut grave = Vec::new();
+        let dead = |e: &Arc<Entry<u32, ()>>| {
+            judged.push(e.id.to_string());
+            &*e.id == "a"
+        };
+        // Budget 2: a (dead: removed) and b (alive: to the back).
+        assert_eq!(r.sweep_host(2, dead, &mut grave), 1);
+        assert_eq!(judged, ["a", "b"]);
+        assert_eq!(grave.len(), 1);
+        assert!(r.get("a").is_none() && r.get("b").is_some());
+        // c is gone by other means: it leaves the queue unjudged; b stays.
+        judged.clear();
+        let dead = |e: &Arc<Entry<u32, ()>>| {
+            judged.push(e.id.to_string());
+            false
+        };
+        assert_eq!(r.sweep_host(usize::MAX, dead, &mut grave), 0);
+        assert_eq!(judged, ["b"]);
+        assert_eq!(r.host.len.load(Ordering::Relaxed), 1);
+        // A later registration of b is not the one queued: it leaves the queue.
+        r.unregister("b", &mut g);
+        r.register(spec(&r, "b", &[], None, None), &mut g).unwrap();
+        assert_eq!(r.sweep_host(usize::MAX, |_| true, &mut grave), 0);
+        assert!(r.get("b").is_some());
+        assert_eq!(r.host.len.load(Ordering::Relaxed), 0);
+        assert!(r.host.queue.lock().is_empty());
+        // `clear` empties the queue too.
+        r.queue_host_checks(vec![(s("b"), 1)]);
+        r.clear(&mut grave);
+        assert_eq!(r.host.len.load(Ordering::Relaxed), 0);
+        assert!(r.host.queue.lock().is_empty());
+    }
+
+    #[test]
+    fn value_map_sorts_and_cond_splits_its_path() {
+        let m = Value::map(vec![("b".into(), Value::Int(2)), ("a".into(), Value::Null)]);
+        assert_eq!(
+            m,
+            Value::Map(Box::new([
+                ("a".into(), Value::Null),
+                ("b".into(), Value::Int(2))
+            ]))
+        );
+        let c = Cond::new("a.b", Op::Eq, Value::Int(1), false);
+        assert_eq!(&*c.path, &[Box::<str>::from("a"), "b".into()]);
+        let nested = map(vec![("a", map(vec![("b", Value::Int(1))]))]);
+        assert_eq!(c.eval(&nested), Tri::Yes);
+    }
+
+    #[test]
     fn stale_lease_items_are_purged() {
         let m = Arc::new(ManualClock::new(0));
         let r = Reg::new(Clock::Manual(m), 2);
@@ -1707,18 +2010,11 @@ mod tests {
     }
 
     fn map(items: Vec<(&str, Value)>) -> Value {
-        let mut v: Vec<(Box<str>, Value)> = items.into_iter().map(|(k, v)| (k.into(), v)).collect();
-        v.sort_by(|a, b| a.0.cmp(&b.0));
-        Value::Map(v.into())
+        Value::map(items.into_iter().map(|(k, v)| (k.into(), v)).collect())
     }
 
     fn cond(path: &str, op: &str, value: Value) -> Cond {
-        Cond {
-            path: path.split('.').map(Into::into).collect(),
-            op: Op::parse(op).unwrap(),
-            value,
-            hashed: false,
-        }
+        Cond::new(path, Op::parse(op).unwrap(), value, false)
     }
 
     #[test]
