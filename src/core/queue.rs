@@ -738,9 +738,33 @@ impl<T, W> WorkQueue<T, W> {
     pub fn get_until<E>(
         &self,
         timeout: Option<Duration>,
+        check: impl FnMut() -> Result<(), E> + Send,
+        outside: impl FnMut(&mut Wait<'_, E>) -> WaitResult<E>,
+    ) -> Result<(T, Option<W>), GetError<E>>
+    where
+        T: Send,
+        W: Send,
+    {
+        self.wait_to_get(timeout, check, outside, |sleep| {
+            match self.attempt_get(None, sleep) {
+                Ok(r) => Ok(Some(r)),
+                Err(GetError::Empty) => Ok(None),
+                Err(_) => Err(GetError::Closed),
+            }
+        })
+    }
+
+    /// The loop of a blocking get: `attempt(sleep)` takes what it can (`None`: nothing
+    /// there; with `sleep`, the caller was counted in `getting`), and between attempts the
+    /// caller waits through `outside` until items come, the deadline passes or `check`
+    /// fails.
+    fn wait_to_get<R, E>(
+        &self,
+        timeout: Option<Duration>,
         mut check: impl FnMut() -> Result<(), E> + Send,
         mut outside: impl FnMut(&mut Wait<'_, E>) -> WaitResult<E>,
-    ) -> Result<(T, Option<W>), GetError<E>>
+        mut attempt: impl FnMut(bool) -> Result<Option<R>, GetError>,
+    ) -> Result<R, GetError<E>>
     where
         T: Send,
         W: Send,
@@ -748,10 +772,10 @@ impl<T, W> WorkQueue<T, W> {
         let until = deadline(timeout);
         loop {
             let expired = until.is_some_and(|d| Instant::now() >= d);
-            match self.attempt_get(None, !expired) {
-                Ok(r) => return Ok(r),
-                Err(GetError::Empty) if expired => return Err(GetError::Timeout),
-                Err(GetError::Empty) => {}
+            match attempt(!expired) {
+                Ok(Some(r)) => return Ok(r),
+                Ok(None) if expired => return Err(GetError::Timeout),
+                Ok(None) => {}
                 Err(_) => return Err(GetError::Closed),
             }
             if let Err(e) = outside(&mut || self.wait_for_items(until, &mut check)) {
@@ -796,29 +820,17 @@ impl<T, W> WorkQueue<T, W> {
         &self,
         max: usize,
         timeout: Option<Duration>,
-        mut check: impl FnMut() -> Result<(), E> + Send,
-        mut outside: impl FnMut(&mut Wait<'_, E>) -> WaitResult<E>,
+        check: impl FnMut() -> Result<(), E> + Send,
+        outside: impl FnMut(&mut Wait<'_, E>) -> WaitResult<E>,
     ) -> Result<(Vec<T>, Vec<W>), GetError<E>>
     where
         T: Send,
         W: Send,
     {
-        let until = deadline(timeout);
-        loop {
-            let expired = until.is_some_and(|d| Instant::now() >= d);
-            match self.attempt_get_many(max, !expired) {
-                Ok(r) if !r.0.is_empty() => return Ok(r),
-                Ok(_) if expired => return Err(GetError::Timeout),
-                Ok(_) => {}
-                Err(_) => return Err(GetError::Closed),
-            }
-            if let Err(e) = outside(&mut || self.wait_for_items(until, &mut check)) {
-                return Err(match e {
-                    WaitError::Expired => GetError::Timeout,
-                    WaitError::Interrupted(e) => GetError::Interrupted(e),
-                });
-            }
-        }
+        self.wait_to_get(timeout, check, outside, |sleep| {
+            let r = self.attempt_get_many(max, sleep)?;
+            Ok((!r.0.is_empty()).then_some(r))
+        })
     }
 
     // ---- asynchronous waiters, close, garbage collection --------------------------------

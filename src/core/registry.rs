@@ -163,19 +163,7 @@ impl Tri {
 
     /// Logical and over a sequence of answers.
     fn all(it: impl IntoIterator<Item = Tri>) -> Self {
-        let mut unknown = false;
-        for t in it {
-            match t {
-                Self::No => return Self::No,
-                Self::Unknown => unknown = true,
-                Self::Yes => {}
-            }
-        }
-        if unknown {
-            Self::Unknown
-        } else {
-            Self::Yes
-        }
+        Self::any(it.into_iter().map(Self::not)).not()
     }
 
     // `any` and `all` treat each answer on its own. Inside one Python comparison (two
