@@ -12,9 +12,8 @@ of rustdoc as ```X```.
 Dunder methods are left out: their runtime ``__doc__`` is CPython's slot text
 (``Return len(self).``), which PyO3 cannot replace.
 
-``RUNTIME_DOC_DISAGREES`` lists the names whose two texts disagree today. Each is an
-expected failure with ``strict=True``: once the Rust comment (or the stub) is fixed, the
-test passes, xfail turns that into a failure, and the name must leave the set.
+Every compared name must agree: a new method, or a changed first sentence on one side,
+fails here until the other side says the same.
 """
 
 from __future__ import annotations
@@ -28,40 +27,6 @@ import ferrule._native
 import pytest
 
 STUBS = Path(ferrule._native.__file__).with_name("_native.pyi")
-
-# Disagreeing today (30 of the 150 compared), in stub order.
-RUNTIME_DOC_DISAGREES: set[str] = {
-    "Agent",
-    "Agent.value",
-    "Agent.metadata",
-    "Agent.registered_at",
-    "Agent.expires_at",
-    "Registry",
-    "Registry.register",
-    "Registry.register_many",
-    "Registry.unregister",
-    "Registry.update",
-    "Registry.get",
-    "Registry.heartbeat",
-    "Registry.expire",
-    "Registry.find",
-    "Registry.count",
-    "Registry.ids",
-    "Decision",
-    "Decision.allowed",
-    "Decision.remaining",
-    "Decision.retry_after",
-    "Decision.reset_after",
-    "RateLimiter",
-    "RateLimiter.burst",
-    "RateLimiter.try_acquire",
-    "RateLimiter.check",
-    "RateLimiter.acquire",
-    "RateLimiter.acquire_async",
-    "RateLimiter.peek",
-    "RateLimiter.reset",
-    "RateLimiter.sweep",
-}
 
 
 def _summary(doc: str | None) -> str:
@@ -122,22 +87,20 @@ def _runtime_doc(qualname: str) -> str | None:
 ENTRIES = [(name, doc) for name, doc in _stub_entries() if _summary(doc)]
 
 
-def _params() -> list[object]:
-    marks = {
-        name: pytest.mark.xfail(strict=True, reason="runtime docstring disagrees with the stub")
-        for name in RUNTIME_DOC_DISAGREES
-    }
-    return [pytest.param(name, doc, id=name, marks=marks.get(name, ())) for name, doc in ENTRIES]
-
-
-@pytest.mark.parametrize(("name", "stub_doc"), _params())
+@pytest.mark.parametrize(("name", "stub_doc"), ENTRIES, ids=[name for name, _ in ENTRIES])
 def test_runtime_doc_agrees_with_stub(name: str, stub_doc: str) -> None:
     assert _summary(_runtime_doc(name)) == _summary(stub_doc)
 
 
-def test_disagreements_are_real_names() -> None:
-    """Every listed name is one of the compared ones (a renamed method must leave)."""
-    assert {name for name, _ in ENTRIES} >= RUNTIME_DOC_DISAGREES
+def test_every_public_native_class_is_compared() -> None:
+    """A public native class whose stub lost its docstring would escape the comparison."""
+    native = {
+        name
+        for name in ferrule.__all__
+        if isinstance(getattr(ferrule, name), type)
+        and getattr(ferrule._native, name, None) is getattr(ferrule, name)
+    }
+    assert native <= {name for name, _ in ENTRIES}
 
 
 def test_summary_rule() -> None:

@@ -411,7 +411,8 @@ class Registry:
         """
 
     def unregister(self, agent_id: str) -> bool:
-        """Remove the agent; True if it was registered. Cost: its own index rows."""
+        """Remove the agent; True if it was registered and live (not expired or orphaned).
+        Cost: its own index rows."""
 
     def update(
         self,

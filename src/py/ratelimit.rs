@@ -32,12 +32,16 @@ use crate::py::wait::{self, SLICE};
 // The Redis tier (`py::redis`) refuses keys nested deeper than the native path keeps.
 pub(crate) use crate::py::ratelimit_key::MAX_DEPTH;
 
-/// The outcome of a :meth:`RateLimiter.check`.
+/// The outcome of `RateLimiter.check`. Immutable.
 #[pyclass(frozen, get_all, module = "ferrule", name = "Decision")]
 pub struct Decision {
+    /// True if the tokens were granted (and taken).
     allowed: bool,
+    /// Whole tokens left in the bucket after this decision.
     remaining: u64,
+    /// 0.0 when allowed; else seconds until `cost` tokens are there.
     retry_after: f64,
+    /// Seconds until the bucket is full again.
     reset_after: f64,
 }
 
@@ -105,7 +109,9 @@ impl Decision {
 
 // ---- the limiter -------------------------------------------------------------------------
 
-/// A keyed token-bucket rate limiter (GCRA: one atomic word per key, lock-free CAS).
+/// A keyed token-bucket rate limiter: capacity `burst`, refilled at `rate` tokens per
+/// `per` seconds, one bucket per key. Implemented as GCRA: one atomic word per key,
+/// updated by a lock-free compare-and-swap.
 #[pyclass(frozen, module = "ferrule", name = "RateLimiter")]
 pub struct RateLimiter {
     inner: Limiter<Py<PyAny>>,
@@ -199,7 +205,8 @@ impl RateLimiter {
         })
     }
 
-    /// Takes `cost` tokens from `key`'s bucket if they are there; True if it did.
+    /// Take `cost` tokens from `key`'s bucket if they are there; True if taken. `cost` must
+    /// be between 1 and `burst` (ValueError otherwise).
     #[pyo3(signature = (key = None, cost = None), text_signature = "(self, /, key=None, cost=1)")]
     fn try_acquire(
         &self,
@@ -227,7 +234,7 @@ impl RateLimiter {
         Ok(self.decide_slow(py, key, q, cost)?.allowed)
     }
 
-    /// Like `try_acquire`, with the details of the decision.
+    /// Like `try_acquire`, returning the whole `Decision`.
     #[pyo3(signature = (key = None, cost = None), text_signature = "(self, /, key=None, cost=1)")]
     fn check(
         &self,
@@ -248,8 +255,10 @@ impl RateLimiter {
         Ok(self.inner.gcra().decision(o).into())
     }
 
-    /// Waits (GIL released) until `cost` tokens are granted; False on timeout, or at once
-    /// when they cannot be there before it.
+    /// Wait until `cost` tokens are granted; True then. Returns False when `timeout`
+    /// seconds (real time, also with a ManualClock) pass, and at once when the tokens
+    /// cannot be there before the timeout. The wait releases the GIL and raises
+    /// KeyboardInterrupt promptly on Ctrl-C.
     #[pyo3(
         signature = (key = None, cost = None, *, timeout = None),
         text_signature = "(self, /, key=None, cost=1, *, timeout=None)"
@@ -283,7 +292,9 @@ impl RateLimiter {
         }
     }
 
-    /// `await limiter.acquire_async(key, cost, timeout=...)`: `acquire` for asyncio.
+    /// `acquire` for asyncio: `await rl.acquire_async(key)`. Waiting sleeps on the event
+    /// loop (no thread per waiter). Bad arguments raise at the call, before the first
+    /// await.
     #[pyo3(
         signature = (key = None, cost = None, *, timeout = None),
         text_signature = "(self, /, key=None, cost=1, *, timeout=None)"
@@ -309,7 +320,7 @@ impl RateLimiter {
         helper.call1((slf, key, cost, timeout_s, nap))
     }
 
-    /// Whole tokens available on `key` now, consuming nothing.
+    /// Whole tokens available on `key` now, taking none.
     #[pyo3(signature = (key = None))]
     fn peek(&self, py: Python<'_>, key: Option<&Bound<'_, PyAny>>) -> PyResult<u64> {
         let q = prepare(py, key)?;
@@ -318,7 +329,7 @@ impl RateLimiter {
         caller.finish(n, Vec::new())
     }
 
-    /// Refills `key`'s bucket.
+    /// Refill `key`'s bucket (the key is then reclaimed like any idle key).
     #[pyo3(signature = (key = None))]
     fn reset(&self, py: Python<'_>, key: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
         let q = prepare(py, key)?;
@@ -327,7 +338,8 @@ impl RateLimiter {
         caller.finish(done, Vec::new())
     }
 
-    /// Drops every key whose bucket is full again; returns how many.
+    /// Drop every key whose bucket is full again (kept key objects included); returns how
+    /// many. Releases the GIL.
     fn sweep(&self, py: Python<'_>) -> PyResult<usize> {
         let (n, grave) = wait::detach(py, || {
             let mut grave = Vec::new();
@@ -348,6 +360,7 @@ impl RateLimiter {
         self.per
     }
 
+    /// The bucket's capacity.
     #[getter]
     fn burst(&self) -> u64 {
         self.inner.gcra().burst()

@@ -70,7 +70,9 @@ pub type Core = core::Registry<RegData, MetaPy>;
 pub type E = Entry<RegData, MetaPy>;
 type Grave = Vec<Arc<E>>;
 
-/// A concurrent agent directory with secondary indexes, owners and leases.
+/// A concurrent agent directory: find agents by id, capability, node, health and
+/// metadata, with owners and leases that remove what outlives its purpose. Entries live
+/// in a sharded map with sharded secondary indexes; no global lock.
 #[pyclass(frozen, module = "ferrule", name = "Registry")]
 pub struct Registry {
     core: Arc<Core>,
@@ -258,7 +260,8 @@ impl Registry {
         })
     }
 
-    /// Registers an agent; AlreadyRegistered if the id is taken.
+    /// Register an agent. Raises `AlreadyRegistered` (a `KeyError`) if the id is taken by
+    /// a live entry; then nothing of this call stays behind.
     #[pyo3(signature = (agent_id, value = None, *, capabilities = None, node = None, health = None, metadata = None, owner = None, ttl = None),
            text_signature = "(self, agent_id, value=None, *, capabilities=(), node=None, health='healthy', metadata=None, owner=None, ttl=None)")]
     #[allow(clippy::too_many_arguments)]
@@ -289,7 +292,8 @@ impl Registry {
         self.watch(py, &published)
     }
 
-    /// Registers every item or none; returns how many.
+    /// Register every item (a dict of `register`'s arguments plus `agent_id`) or none.
+    /// Returns how many.
     fn register_many(&self, py: Python<'_>, items: &Bound<'_, PyAny>) -> PyResult<usize> {
         let source = if is_builtin_container(items) {
             snapshot(items)?.into_any()
@@ -368,7 +372,7 @@ impl Registry {
         Ok(published.len())
     }
 
-    /// Removes the agent; True if it was registered (and live).
+    /// Remove the agent; True if it was registered and live (not expired or orphaned).
     fn unregister(&self, py: Python<'_>, agent_id: &Bound<'_, PyAny>) -> PyResult<bool> {
         let id = id_arg(agent_id)?;
         let now = self.core.now();
@@ -383,7 +387,8 @@ impl Registry {
         Ok(live)
     }
 
-    /// Changes capabilities, node, health and/or metadata as one step.
+    /// Change the given fields as one step (readers see the old or the new entry, never a
+    /// mix). KeyError if the agent is not registered.
     #[pyo3(signature = (agent_id, **changes),
            text_signature = "(self, agent_id, *, capabilities=..., node=..., health=..., metadata=...)")]
     fn update(
@@ -427,7 +432,7 @@ impl Registry {
         r.map(drop).map_err(|e| registry_error(py, e))
     }
 
-    /// The agent, or None.
+    /// The agent, or None if absent, expired or orphaned.
     fn get(&self, py: Python<'_>, agent_id: &Bound<'_, PyAny>) -> PyResult<Option<Agent>> {
         Ok(self.live(py, agent_id)?.map(|e| Agent::new(py, e)))
     }
@@ -440,7 +445,9 @@ impl Registry {
         }
     }
 
-    /// Renews the lease (by `ttl`, or the registration's own ttl); False if absent.
+    /// Renew the lease for `ttl` seconds (default: the registration's ttl) from now; False
+    /// if the agent is absent or already expired. With `ttl` on an entry without a lease,
+    /// the entry becomes a lease.
     #[pyo3(signature = (agent_id, ttl = None))]
     fn heartbeat(
         &self,
@@ -460,7 +467,8 @@ impl Registry {
         Ok(ok)
     }
 
-    /// Removes expired and orphaned entries now; returns how many.
+    /// Remove expired and orphaned entries now (a full scan); return how many. Without it
+    /// they are still never returned, and are reclaimed a few per write.
     fn expire(&self, py: Python<'_>) -> usize {
         let mut grave = Grave::new();
         let n = self.core.expire(&mut grave);
@@ -468,6 +476,9 @@ impl Registry {
         n + self.sweep_threads(py, usize::MAX)
     }
 
+    /// Agents matching every given criterion (in no particular order). `where` filters
+    /// last: a callable on `Agent`, or a list of `(path, op, value)` triples over
+    /// `metadata`; `limit` caps the result.
     #[pyo3(signature = (*, capability = None, node = None, health = None, r#where = None, limit = None))]
     fn find(
         &self,
@@ -486,6 +497,7 @@ impl Registry {
             .collect())
     }
 
+    /// How many agents `find` would return (without building the list).
     #[pyo3(signature = (*, capability = None, node = None, health = None, r#where = None, limit = None))]
     fn count(
         &self,
@@ -501,6 +513,7 @@ impl Registry {
         c.run(py, &self.core, |_| {})
     }
 
+    /// The ids of the agents `find` would return.
     #[pyo3(signature = (*, capability = None, node = None, health = None, r#where = None, limit = None))]
     fn ids(
         &self,

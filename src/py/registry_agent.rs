@@ -49,7 +49,7 @@ struct AgentRefs {
     owner: Option<Py<PyAny>>,
 }
 
-/// One registered agent as it was when read. Immutable.
+/// One registered agent, as it was when read. Immutable and cheap to create.
 #[pyclass(frozen, module = "ferrule", name = "Agent")]
 pub struct Agent {
     /// `None` once the garbage collector has cleared it. Held only to copy a field out:
@@ -93,6 +93,7 @@ impl Agent {
         self.with(|r| r.e.reg.id.clone_ref(py))
     }
 
+    /// The object registered with the agent (`lookup` returns it).
     #[getter]
     fn value(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         self.with(|r| r.value.clone_ref(py))
@@ -116,6 +117,9 @@ impl Agent {
         Ok(PyString::new(py, &e.health))
     }
 
+    /// A read-only view (`types.MappingProxyType`) of a shallow copy of the metadata
+    /// given at registration or the last `update`. Nested containers are the caller's own
+    /// objects.
     #[getter]
     fn metadata<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         match self.with(|r| r.meta.as_ref().map(|d| d.clone_ref(py)))? {
@@ -124,11 +128,13 @@ impl Agent {
         }
     }
 
+    /// When it was registered, in the registry's clock seconds.
     #[getter]
     fn registered_at(&self) -> PyResult<f64> {
         self.with(|r| nanos_to_secs(r.e.registered_at))
     }
 
+    /// When its lease ends (clock seconds), or None without a lease.
     #[getter]
     fn expires_at(&self) -> PyResult<Option<f64>> {
         self.with(|r| (r.e.expires_at != NEVER).then(|| nanos_to_secs(r.e.expires_at)))
