@@ -29,9 +29,6 @@ use crate::py::lookup::lookup;
 use crate::py::ratelimit_key::{exact_str, prepare, release, Caller};
 use crate::py::wait::{self, SLICE};
 
-// The Redis tier (`py::redis`) refuses keys nested deeper than the native path keeps.
-pub(crate) use crate::py::ratelimit_key::MAX_DEPTH;
-
 /// The outcome of `RateLimiter.check`. Immutable.
 #[pyclass(frozen, get_all, module = "ferrule", name = "Decision")]
 pub struct Decision {
@@ -109,6 +106,68 @@ impl Decision {
 
 // ---- the limiter -------------------------------------------------------------------------
 
+// The argument rules below are shared with the Redis tier (`py::redis`), which takes the
+// same arguments and must refuse the same ones with the same errors.
+
+/// `RateLimiter(rate, per, burst=...)`'s numbers, checked in its order; the core's bounds
+/// on them follow in [`RateArgs::gcra`].
+pub struct RateArgs {
+    pub rate: f64,
+    pub per: f64,
+    per_ns: u64,
+    /// The given burst (None: the default, `rate`'s whole tokens).
+    pub burst: Option<u64>,
+}
+
+impl RateArgs {
+    pub fn from_args(
+        rate: &Bound<'_, PyAny>,
+        per: Option<&Bound<'_, PyAny>>,
+        burst: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Self> {
+        let rate = args::number(rate, "rate")?;
+        let per = match per {
+            None => 1.0,
+            Some(p) => args::seconds(p, "per")?,
+        };
+        // At least 1 ns and at most 4e18 ns: the cast to u64 is exact.
+        let per_ns = clock::positive_nanos(per, "per")? as u64;
+        let burst = match burst {
+            // >= 1, so the cast is exact.
+            Some(b) if !b.is_none() => Some(args::int_at_least(b, "burst", 1)? as u64),
+            _ => None,
+        };
+        Ok(Self {
+            rate,
+            per,
+            per_ns,
+            burst,
+        })
+    }
+
+    pub fn gcra(&self) -> PyResult<Gcra> {
+        Ok(Gcra::new(self.rate, self.per_ns, self.burst)?)
+    }
+}
+
+/// A request's `cost` (absent: 1), for a bucket of capacity `burst`.
+#[inline]
+pub fn cost_arg(cost: Option<&Bound<'_, PyAny>>, burst: u64) -> PyResult<u64> {
+    let cost = match cost {
+        None => 1,
+        // >= 1, so the cast is exact.
+        Some(c) => args::int_at_least(c, "cost", 1)? as u64,
+    };
+    ratelimit::check_cost(cost, burst)?;
+    Ok(cost)
+}
+
+/// `acquire_async(timeout=...)`'s rule: None, or the timeout in seconds (whole
+/// nanoseconds).
+pub fn timeout_secs(timeout: Option<&Bound<'_, PyAny>>) -> PyResult<Option<f64>> {
+    Ok(args::opt_duration_nanos(timeout, "timeout")?.map(nanos_to_secs))
+}
+
 /// A keyed token-bucket rate limiter: capacity `burst`, refilled at `rate` tokens per
 /// `per` seconds, one bucket per key. Implemented as GCRA: one atomic word per key,
 /// updated by a lock-free compare-and-swap.
@@ -122,13 +181,7 @@ pub struct RateLimiter {
 
 impl RateLimiter {
     fn cost(&self, cost: Option<&Bound<'_, PyAny>>) -> PyResult<u64> {
-        let cost = match cost {
-            None => 1,
-            // >= 1, so the cast is exact.
-            Some(c) => args::int_at_least(c, "cost", 1)? as u64,
-        };
-        self.inner.gcra().check_cost(cost)?;
-        Ok(cost)
+        cost_arg(cost, self.inner.gcra().burst())
     }
 
     /// One decision: the native fast path inline, everything else out of line.
@@ -184,24 +237,14 @@ impl RateLimiter {
         burst: Option<&Bound<'_, PyAny>>,
         clock: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
-        let rate = args::number(rate, "rate")?;
-        let per = match per {
-            None => 1.0,
-            Some(p) => args::seconds(p, "per")?,
-        };
-        // At least 1 ns and at most 4e18 ns: the cast to u64 is exact.
-        let per_ns = clock::positive_nanos(per, "per")?;
-        let burst = match burst {
-            Some(b) if !b.is_none() => Some(args::int_at_least(b, "burst", 1)? as u64),
-            _ => None,
-        };
+        let r = RateArgs::from_args(rate, per, burst)?;
         let clock = args::clock(clock)?;
-        let gcra = Gcra::new(rate, per_ns as u64, burst)?;
+        let gcra = r.gcra()?;
         Ok(Self {
             manual: clock.is_manual(),
             inner: Limiter::new(gcra, clock),
-            rate,
-            per,
+            rate: r.rate,
+            per: r.per,
         })
     }
 
@@ -309,7 +352,7 @@ impl RateLimiter {
         let this = slf.get();
         // Refuse bad arguments now, not at the first await.
         let cost = this.cost(cost)?;
-        let timeout_s = args::opt_duration_nanos(timeout, "timeout")?.map(nanos_to_secs);
+        let timeout_s = timeout_secs(timeout)?;
         prepare(py, key)?;
         let nap = if this.manual {
             Some(SLICE.as_secs_f64())

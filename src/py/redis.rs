@@ -25,12 +25,12 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyInt, PyList, PyString, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 
-use crate::core::clock::{self, nanos_to_secs};
-use crate::core::ratelimit::{self, Gcra};
+use crate::core::clock;
 use crate::core::registry::{normalize_caps, Cond, Metadata, Tri};
 use crate::errors::wrong_type;
 use crate::py::args::{self, Held};
-use crate::py::ratelimit::MAX_DEPTH;
+use crate::py::ratelimit::{cost_arg, timeout_secs, RateArgs};
+use crate::py::ratelimit_key::MAX_DEPTH;
 use crate::py::registry::{self as reg, MetaPy, Where};
 
 /// Largest window `burst * interval` in nanoseconds: the GCRA script's relative
@@ -51,24 +51,12 @@ pub fn _gcra_params(
     per: Option<&Bound<'_, PyAny>>,
     burst: Option<&Bound<'_, PyAny>>,
 ) -> PyResult<(f64, f64, u64, u64, u64)> {
-    // The order of `RateLimiter::new`.
-    let rate = args::number(rate, "rate")?;
-    let per = match per {
-        None => 1.0,
-        Some(p) => args::seconds(p, "per")?,
-    };
-    // At least 1 ns and at most 4e18 ns: the cast to u64 is exact.
-    let per_ns = clock::positive_nanos(per, "per")? as u64;
-    let burst_given = match burst {
-        // >= 1, so the cast is exact.
-        Some(b) if !b.is_none() => Some(args::int_at_least(b, "burst", 1)? as u64),
-        _ => None,
-    };
-    let gcra = Gcra::new(rate, per_ns, burst_given)?;
+    let r = RateArgs::from_args(rate, per, burst)?;
+    let gcra = r.gcra()?;
     if gcra.tau() > MAX_WINDOW {
         // As the core names it: the rate when the interval alone is too long or the
         // burst is the default one, else the burst.
-        let arg = if burst_given.is_some() && gcra.interval() <= MAX_WINDOW {
+        let arg = if r.burst.is_some() && gcra.interval() <= MAX_WINDOW {
             "burst"
         } else {
             "rate"
@@ -77,7 +65,7 @@ pub fn _gcra_params(
             "{arg} is out of range: burst * per / rate must be at most 52 days"
         )));
     }
-    Ok((rate, per, gcra.interval(), gcra.burst(), gcra.tau()))
+    Ok((r.rate, r.per, gcra.interval(), gcra.burst(), gcra.tau()))
 }
 
 /// A request's `cost` (absent or None: 1) by `RateLimiter`'s rule, for a bucket of
@@ -85,19 +73,13 @@ pub fn _gcra_params(
 #[pyfunction]
 #[pyo3(signature = (cost, burst))]
 pub fn _check_cost(cost: Option<&Bound<'_, PyAny>>, burst: u64) -> PyResult<u64> {
-    let cost = match cost {
-        None => 1,
-        // >= 1, so the cast is exact.
-        Some(c) => args::int_at_least(c, "cost", 1)? as u64,
-    };
-    ratelimit::check_cost(cost, burst)?;
-    Ok(cost)
+    cost_arg(cost, burst)
 }
 
 /// `acquire(timeout=...)`'s rule: None, or the timeout in seconds (whole nanoseconds).
 #[pyfunction]
 pub fn _timeout(timeout: Option<&Bound<'_, PyAny>>) -> PyResult<Option<f64>> {
-    Ok(args::opt_duration_nanos(timeout, "timeout")?.map(nanos_to_secs))
+    timeout_secs(timeout)
 }
 
 /// A limiter key as the bytes that name its bucket in Redis (after the prefix): tagged
