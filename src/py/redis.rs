@@ -16,7 +16,6 @@
 //! Nothing here holds a lock while Python code runs: the one lock (the `ParsedWhere`'s
 //! values, for the garbage collector) is held only to clone references.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
@@ -31,7 +30,9 @@ use crate::errors::wrong_type;
 use crate::py::args::{self, Held};
 use crate::py::ratelimit::{cost_arg, timeout_secs, RateArgs};
 use crate::py::ratelimit_key::MAX_DEPTH;
-use crate::py::registry::{self as reg, MetaPy, Where};
+use crate::py::registry::MetaPy;
+use crate::py::registry_args::{self, changes_arg, max_batch_arg, register_items, taken, Fields};
+use crate::py::registry_query::{parse_where, py_cond, Criteria, Where};
 
 /// Largest window `burst * interval` in nanoseconds: the GCRA script's relative
 /// quantities then stay below 2^53, where Lua's doubles are exact integers.
@@ -204,22 +205,11 @@ pub fn _max_batch(max_batch: Option<&Bound<'_, PyAny>>) -> PyResult<usize> {
     max_batch_arg(max_batch)
 }
 
-fn max_batch_arg(max_batch: Option<&Bound<'_, PyAny>>) -> PyResult<usize> {
-    match max_batch.filter(|m| !m.is_none()) {
-        // An i64 >= 1 fits a usize on 64-bit targets; a larger one than a usize holds
-        // could never be reached anyway.
-        Some(m) => {
-            Ok(usize::try_from(args::int_at_least(m, "max_batch", 1)?).unwrap_or(usize::MAX))
-        }
-        None => Ok(10_000),
-    }
-}
-
 /// The `AlreadyRegistered` error for an id, with the registry's message.
 #[pyfunction]
 pub fn _already_registered(py: Python<'_>, agent_id: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
     let id = exact_str(agent_id, "agent_id")?;
-    Ok(reg::taken(py, id.to_str()?).into_value(py).into_any())
+    Ok(taken(py, id.to_str()?).into_value(py).into_any())
 }
 
 /// Sorted, duplicate-free capabilities as a list of str.
@@ -234,32 +224,21 @@ fn meta_dict<'py>(py: Python<'py>, meta: &Metadata<MetaPy>) -> Bound<'py, PyDict
         .map_or_else(|| PyDict::new(py), |d| d.bind(py).clone())
 }
 
-/// `register()`'s fields, checked and converted in the registry's order.
-fn fields<'py>(
-    py: Python<'py>,
-    agent_id: &Bound<'py, PyAny>,
-    capabilities: Option<&Bound<'py, PyAny>>,
-    node: Option<&Bound<'py, PyAny>>,
-    health: Option<&Bound<'py, PyAny>>,
-    metadata: Option<&Bound<'py, PyAny>>,
-    ttl: Option<&Bound<'py, PyAny>>,
-) -> PyResult<(Arc<str>, Vec<Bound<'py, PyAny>>)> {
-    let id = exact_str(agent_id, "agent_id")?;
-    let caps = reg::capabilities(capabilities)?;
-    let node = reg::opt_str(node, "node")?;
-    let health = reg::health_arg(health)?;
-    let meta = reg::metadata(py, metadata)?;
-    let ttl = args::opt_positive_nanos(ttl, "ttl")?;
-    let key: Arc<str> = Arc::from(id.to_str()?);
-    let row = vec![
+/// A registration's fields as the row `_registration` returns, the id an exact str.
+fn row<'py>(py: Python<'py>, f: Fields<'py>) -> PyResult<Vec<Bound<'py, PyAny>>> {
+    let id = if f.id_py.is_exact_instance_of::<PyString>() {
+        f.id_py
+    } else {
+        PyString::new(py, &f.id)
+    };
+    Ok(vec![
         id.into_any(),
-        caps_list(py, caps)?.into_any(),
-        node.as_deref().into_pyobject(py)?.into_any(),
-        PyString::new(py, &health).into_any(),
-        meta_dict(py, &meta).into_any(),
-        ttl.into_pyobject(py)?.into_any(),
-    ];
-    Ok((key, row))
+        caps_list(py, f.caps)?.into_any(),
+        f.node.as_deref().into_pyobject(py)?.into_any(),
+        PyString::new(py, &f.health).into_any(),
+        meta_dict(py, &f.meta).into_any(),
+        f.ttl.into_pyobject(py)?.into_any(),
+    ])
 }
 
 /// `register()`'s checks: `(agent_id, capabilities, node, health, metadata, ttl_ns)`
@@ -275,8 +254,8 @@ pub fn _registration<'py>(
     metadata: Option<&Bound<'py, PyAny>>,
     ttl: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyTuple>> {
-    let (_, row) = fields(py, agent_id, capabilities, node, health, metadata, ttl)?;
-    PyTuple::new(py, row)
+    let f = Fields::from_args(py, agent_id, capabilities, node, health, metadata, ttl)?;
+    PyTuple::new(py, row(py, f)?)
 }
 
 /// `register_many()`'s checks: one `_registration` tuple per item, followed by the
@@ -290,69 +269,16 @@ pub fn _registrations<'py>(
     max_batch: &Bound<'py, PyAny>,
 ) -> PyResult<Bound<'py, PyList>> {
     let max_batch = max_batch_arg(Some(max_batch))?;
-    // The registry's steps: a private copy of a builtin container, every item a dict
-    // copied before any is checked, then each item checked in turn.
-    let source = if reg::is_builtin_container(items) {
-        reg::snapshot(items)?.into_any()
-    } else {
-        items.clone()
-    };
-    let it = source
-        .try_iter()
-        .map_err(|e| args::not_iterable(e, items, "items", "an iterable of dicts"))?;
-    let mut raw: Vec<Bound<'py, PyDict>> = Vec::new();
-    for item in it {
-        let item = item?;
-        if raw.len() == max_batch {
-            return Err(PyValueError::new_err(format!(
-                "items must hold at most max_batch ({max_batch}) items"
-            )));
-        }
-        let d = item
-            .cast::<PyDict>()
-            .map_err(|_| wrong_type("items", "an iterable of dicts", &item))?;
-        raw.push(d.copy()?);
-    }
-    let out = PyList::empty(py);
-    let mut seen = HashSet::new();
-    for d in &raw {
-        for k in d.keys() {
-            let ok = k
-                .cast::<PyString>()
-                .ok()
-                .and_then(|s| s.to_str().ok())
-                .is_some_and(|s| reg::ITEM_KEYS.contains(&s));
-            if !ok {
-                return Err(PyTypeError::new_err(format!(
-                    "register_many item has an unexpected key {}",
-                    k.repr()?
-                )));
-            }
-        }
-        let get = |k: &str| d.get_item(k);
-        let Some(agent_id) = get("agent_id")? else {
-            return Err(PyTypeError::new_err(
-                "register_many item is missing 'agent_id'",
-            ));
-        };
-        let (id, mut row) = fields(
-            py,
-            &agent_id,
-            get("capabilities")?.as_ref(),
-            get("node")?.as_ref(),
-            get("health")?.as_ref(),
-            get("metadata")?.as_ref(),
-            get("ttl")?.as_ref(),
-        )?;
-        if !seen.insert(id.clone()) {
-            return Err(reg::taken(py, &id));
-        }
+    let rows = register_items(py, items, max_batch, |item| {
+        let f = item.fields(py)?;
+        let id = f.id.clone();
+        let mut row = row(py, f)?;
         let none = || py.None().into_bound(py);
-        row.push(get("value")?.unwrap_or_else(none));
-        row.push(get("owner")?.unwrap_or_else(none));
-        out.append(PyTuple::new(py, row)?)?;
-    }
-    Ok(out)
+        row.push(item.value.unwrap_or_else(none));
+        row.push(item.owner.unwrap_or_else(none));
+        Ok((id, PyTuple::new(py, row)?))
+    })?;
+    PyList::new(py, rows)
 }
 
 /// `update()`'s checks: the given changes (`capabilities`, `node`, `health`,
@@ -363,24 +289,19 @@ pub fn _changes<'py>(
     py: Python<'py>,
     changes: Option<&Bound<'py, PyDict>>,
 ) -> PyResult<Bound<'py, PyDict>> {
+    let ch = changes_arg(py, changes)?;
     let out = PyDict::new(py);
-    let Some(kw) = changes else {
-        return Ok(out);
-    };
-    // `**changes` is a dict made for this call: nobody else can change it.
-    for (k, v) in kw.iter() {
-        let name = k.cast::<PyString>()?.to_str()?.to_owned();
-        match name.as_str() {
-            "capabilities" => out.set_item(k, caps_list(py, reg::capabilities(Some(&v))?)?)?,
-            "node" => out.set_item(k, reg::opt_str(Some(&v), "node")?.as_deref())?,
-            "health" => out.set_item(k, exact_str(&v, "health")?)?,
-            "metadata" => out.set_item(k, meta_dict(py, &*reg::metadata(py, Some(&v))?))?,
-            other => {
-                return Err(PyTypeError::new_err(format!(
-                    "update() got an unexpected keyword argument '{other}'"
-                )))
-            }
-        }
+    if let Some(caps) = ch.caps {
+        out.set_item("capabilities", PyList::new(py, caps.iter().map(|c| &**c))?)?;
+    }
+    if let Some(node) = ch.node {
+        out.set_item("node", node.as_deref())?;
+    }
+    if let Some(health) = ch.health {
+        out.set_item("health", &*health)?;
+    }
+    if let Some(meta) = ch.meta {
+        out.set_item("metadata", meta_dict(py, &meta))?;
     }
     Ok(out)
 }
@@ -398,25 +319,22 @@ pub fn _criteria<'py>(
     r#where: Option<&Bound<'py, PyAny>>,
     limit: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyTuple>> {
-    let cap = reg::opt_str(capability, "capability")?;
-    let node = reg::opt_str(node, "node")?;
-    let health = reg::opt_str(health, "health")?;
-    let wh: Option<Py<PyAny>> = match reg::parse_where(r#where)? {
+    let c = Criteria::from_args(capability, node, health, r#where, limit)?;
+    let wh: Option<Py<PyAny>> = match c.wh {
         Where::None => None,
         Where::Callable(f) => Some(f),
         Where::Conds(conds, values) => {
             Some(Py::new(py, ParsedWhere::new(conds, values))?.into_any())
         }
     };
-    let limit = reg::limit_arg(limit)?;
     PyTuple::new(
         py,
         [
-            cap.as_deref().into_pyobject(py)?.into_any(),
-            node.as_deref().into_pyobject(py)?.into_any(),
-            health.as_deref().into_pyobject(py)?.into_any(),
+            c.capability.as_deref().into_pyobject(py)?.into_any(),
+            c.node.as_deref().into_pyobject(py)?.into_any(),
+            c.health.as_deref().into_pyobject(py)?.into_any(),
             wh.into_pyobject(py)?.into_any(),
-            limit.into_pyobject(py)?.into_any(),
+            c.limit.into_pyobject(py)?.into_any(),
         ],
     )
 }
@@ -446,7 +364,7 @@ impl ParsedWhere {
     #[new]
     #[pyo3(signature = (r#where = None))]
     fn py_new(r#where: Option<&Bound<'_, PyAny>>) -> PyResult<Self> {
-        match reg::parse_where(r#where)? {
+        match parse_where(r#where)? {
             Where::None => Ok(Self::new(Vec::new(), Vec::new())),
             Where::Conds(conds, values) => Ok(Self::new(conds, values)),
             Where::Callable(_) => Err(PyTypeError::new_err(
@@ -493,12 +411,12 @@ pub fn _match_where(
         .ok_or_else(|| {
             PyRuntimeError::new_err("this _Where was cleared by the garbage collector")
         })?;
-    let meta = reg::metadata(py, Some(metadata))?;
+    let meta = registry_args::metadata(py, Some(metadata))?;
     for (cond, value) in w.conds.iter().zip(&values) {
         let ok = match cond.eval(&meta.tree) {
             Tri::Yes => true,
             Tri::No => false,
-            Tri::Unknown => reg::py_cond(py, cond, value.bind(py), &meta.extra)?,
+            Tri::Unknown => py_cond(py, cond, value.bind(py), &meta.extra)?,
         };
         if !ok {
             return Ok(false);

@@ -24,28 +24,20 @@
 //! Everything the core removes is handed back and dropped here, with the GIL held and
 //! no guard held.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
-use pyo3::exceptions::{PyKeyError, PyTypeError, PyValueError};
+use pyo3::exceptions::PyKeyError;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};
 use pyo3::{PyTraverseError, PyVisit};
 
-use crate::core::registry::{self as core, normalize_caps, Changes, Entry, RegistryError, Spec};
-use crate::errors::{registry_error, wrong_type};
+use crate::core::registry::{self as core, Entry, RegistryError, Spec};
+use crate::errors::registry_error;
 use crate::py::args;
 pub use crate::py::registry_agent::Agent;
-use crate::py::registry_args::{id_arg, rust_str};
+use crate::py::registry_args::{changes_arg, id_arg, max_batch_arg, register_items, Fields};
 use crate::py::registry_owner::{self as owner, Owner};
 use crate::py::registry_query::Criteria;
-
-// What the Redis tier (`py::redis`) shares with this binding, under the names it uses:
-// the argument converters, the `where` parser and Python's answer for one condition.
-pub(crate) use crate::py::registry_args::{
-    capabilities, health_arg, is_builtin_container, metadata, opt_str, snapshot,
-};
-pub(crate) use crate::py::registry_query::{limit_arg, parse_where, py_cond, Where};
 
 /// Thread-owned registrations checked per write.
 const SWEEP_BUDGET: usize = 2;
@@ -79,18 +71,6 @@ pub struct Registry {
     max_batch: usize,
 }
 
-/// The keys a `register_many` item may have.
-pub(crate) const ITEM_KEYS: [&str; 8] = [
-    "agent_id",
-    "value",
-    "capabilities",
-    "node",
-    "health",
-    "metadata",
-    "owner",
-    "ttl",
-];
-
 /// A registration converted and checked, not yet published.
 struct Prepared<'py> {
     spec: Spec<RegData, MetaPy>,
@@ -105,45 +85,27 @@ struct Published<'py> {
     thread: bool,
 }
 
-/// AlreadyRegistered for `id` (see `errors::registry_error`).
-pub(crate) fn taken(py: Python<'_>, id: &str) -> PyErr {
-    registry_error(py, RegistryError::Taken(id.into()))
-}
-
 impl Registry {
-    #[allow(clippy::too_many_arguments)]
     fn prepare<'py>(
         &self,
         py: Python<'py>,
-        agent_id: &Bound<'py, PyAny>,
+        f: Fields<'py>,
         value: Option<Py<PyAny>>,
-        caps: Option<&Bound<'py, PyAny>>,
-        node: Option<&Bound<'py, PyAny>>,
-        health: Option<&Bound<'py, PyAny>>,
-        meta: Option<&Bound<'py, PyAny>>,
         owner: Option<&Bound<'py, PyAny>>,
-        ttl: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Prepared<'py>> {
-        let id_py = args::string(agent_id, "agent_id")?;
-        let id = rust_str(&id_py)?;
-        let caps = capabilities(caps)?;
-        let node = opt_str(node, "node")?;
-        let health = health_arg(health)?;
-        let meta = metadata(py, meta)?;
-        let ttl = args::opt_positive_nanos(ttl, "ttl")?;
         let token = self.core.next_token();
-        let o = owner::new_owner(py, &self.core, &id, token, owner)?;
+        let o = owner::new_owner(py, &self.core, &f.id, token, owner)?;
         Ok(Prepared {
             spec: Spec {
-                id,
+                id: f.id,
                 token,
-                caps,
-                node,
-                health,
-                meta,
-                ttl,
+                caps: f.caps,
+                node: f.node,
+                health: f.health,
+                meta: f.meta,
+                ttl: f.ttl,
                 reg: Arc::new(RegData {
-                    id: id_py.unbind(),
+                    id: f.id_py.unbind(),
                     value: value.unwrap_or_else(|| py.None()),
                     owner: o.owner,
                 }),
@@ -249,10 +211,7 @@ impl Registry {
         max_batch: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let clock = args::clock(clock)?;
-        let max_batch = match max_batch {
-            Some(m) => args::int_at_least(m, "max_batch", 1)? as usize,
-            None => 10_000,
-        };
+        let max_batch = max_batch_arg(max_batch)?;
         let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
         Ok(Self {
             core: Arc::new(Core::new(clock, cpus)),
@@ -277,17 +236,8 @@ impl Registry {
         owner: Option<&Bound<'_, PyAny>>,
         ttl: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
-        let p = self.prepare(
-            py,
-            agent_id,
-            value,
-            capabilities,
-            node,
-            health,
-            metadata,
-            owner,
-            ttl,
-        )?;
+        let f = Fields::from_args(py, agent_id, capabilities, node, health, metadata, ttl)?;
+        let p = self.prepare(py, f, value, owner)?;
         let published = [self.publish(py, p)?];
         self.watch(py, &published)
     }
@@ -295,67 +245,15 @@ impl Registry {
     /// Register every item (a dict of `register`'s arguments plus `agent_id`) or none.
     /// Returns how many.
     fn register_many(&self, py: Python<'_>, items: &Bound<'_, PyAny>) -> PyResult<usize> {
-        let source = if is_builtin_container(items) {
-            snapshot(items)?.into_any()
-        } else {
-            items.clone()
-        };
-        let it = source
-            .try_iter()
-            .map_err(|e| args::not_iterable(e, items, "items", "an iterable of dicts"))?;
-        let mut raw: Vec<Bound<'_, PyDict>> = Vec::new();
-        for item in it {
-            let item = item?;
-            if raw.len() == self.max_batch {
-                return Err(PyValueError::new_err(format!(
-                    "items must hold at most max_batch ({}) items",
-                    self.max_batch
-                )));
-            }
-            let d = item
-                .cast::<PyDict>()
-                .map_err(|_| wrong_type("items", "an iterable of dicts", &item))?;
-            // A private copy: what is checked is what is registered.
-            raw.push(d.copy()?);
-        }
-        let mut prepared = Vec::with_capacity(raw.len());
-        let mut seen = HashSet::new();
-        for d in &raw {
-            for k in d.keys() {
-                let ok = k
-                    .cast::<PyString>()
-                    .ok()
-                    .and_then(|s| s.to_str().ok())
-                    .is_some_and(|s| ITEM_KEYS.contains(&s));
-                if !ok {
-                    return Err(PyTypeError::new_err(format!(
-                        "register_many item has an unexpected key {}",
-                        k.repr()?
-                    )));
-                }
-            }
-            let get = |k: &str| d.get_item(k);
-            let Some(agent_id) = get("agent_id")? else {
-                return Err(PyTypeError::new_err(
-                    "register_many item is missing 'agent_id'",
-                ));
-            };
+        let prepared = register_items(py, items, self.max_batch, |item| {
             let p = self.prepare(
                 py,
-                &agent_id,
-                get("value")?.map(Bound::unbind),
-                get("capabilities")?.as_ref(),
-                get("node")?.as_ref(),
-                get("health")?.as_ref(),
-                get("metadata")?.as_ref(),
-                get("owner")?.as_ref(),
-                get("ttl")?.as_ref(),
+                item.fields(py)?,
+                item.value.map(Bound::unbind),
+                item.owner.as_ref(),
             )?;
-            if !seen.insert(p.spec.id.clone()) {
-                return Err(taken(py, &p.spec.id));
-            }
-            prepared.push(p);
-        }
+            Ok((p.spec.id.clone(), p))
+        })?;
         // Nothing is published before every item is checked; a refusal then takes back
         // what this call published, and so does a failure to watch an owner (`watch`).
         let mut published = Vec::with_capacity(prepared.len());
@@ -398,29 +296,7 @@ impl Registry {
         changes: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<()> {
         let id = id_arg(agent_id)?;
-        let mut ch = Changes {
-            caps: None,
-            node: None,
-            health: None,
-            meta: None,
-        };
-        if let Some(kw) = changes {
-            // `**changes` is a dict made for this call: nobody else can change it.
-            for (k, v) in kw.iter() {
-                let k = k.cast::<PyString>()?.to_str()?.to_owned();
-                match k.as_str() {
-                    "capabilities" => ch.caps = Some(normalize_caps(capabilities(Some(&v))?)),
-                    "node" => ch.node = Some(opt_str(Some(&v), "node")?),
-                    "health" => ch.health = Some(rust_str(&args::string(&v, "health")?)?),
-                    "metadata" => ch.meta = Some(metadata(py, Some(&v))?),
-                    other => {
-                        return Err(PyTypeError::new_err(format!(
-                            "update() got an unexpected keyword argument '{other}'"
-                        )))
-                    }
-                }
-            }
-        }
+        let ch = changes_arg(py, changes)?;
         if self.live(py, agent_id)?.is_none() {
             return Err(registry_error(py, RegistryError::Missing(id.into())));
         }

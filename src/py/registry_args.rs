@@ -12,15 +12,16 @@
 //! Only exact builtin types are looked into when a tree is made; anything else, and
 //! anything nested deeper than [`MAX_DEPTH`], is [`Value::Opaque`] and compared by Python.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
-use pyo3::exceptions::PyTypeError;
+use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyMapping, PyString, PyTuple};
 
-use crate::core::registry::{Metadata, Value};
-use crate::errors::wrong_type;
+use crate::core::registry::{normalize_caps, Changes, Metadata, RegistryError, Value};
+use crate::errors::{registry_error, wrong_type};
 use crate::py::args;
 use crate::py::registry::MetaPy;
 
@@ -230,4 +231,206 @@ pub fn health_arg(obj: Option<&Bound<'_, PyAny>>) -> PyResult<Arc<str>> {
         None => Ok(Arc::from("healthy")),
         Some(o) => rust_str(&args::string(o, "health")?),
     }
+}
+
+// The argument rules of the writes below are shared with the Redis tier (`py::redis`),
+// which takes the same arguments and must refuse the same ones with the same errors.
+
+/// `Registry(max_batch=...)`'s rule (None: the default, 10 000).
+pub fn max_batch_arg(max_batch: Option<&Bound<'_, PyAny>>) -> PyResult<usize> {
+    match max_batch.filter(|m| !m.is_none()) {
+        // An i64 >= 1 fits a usize on 64-bit targets; a larger one than a usize holds
+        // could never be reached anyway.
+        Some(m) => {
+            Ok(usize::try_from(args::int_at_least(m, "max_batch", 1)?).unwrap_or(usize::MAX))
+        }
+        None => Ok(10_000),
+    }
+}
+
+/// AlreadyRegistered for `id` (see `errors::registry_error`).
+pub fn taken(py: Python<'_>, id: &str) -> PyErr {
+    registry_error(py, RegistryError::Taken(id.into()))
+}
+
+/// A registration's fields but its value and owner, converted in `register()`'s order.
+pub struct Fields<'py> {
+    /// `agent_id` as given (a str, maybe of a subclass).
+    pub id_py: Bound<'py, PyString>,
+    pub id: Arc<str>,
+    pub caps: Vec<Arc<str>>,
+    pub node: Option<Arc<str>>,
+    pub health: Arc<str>,
+    pub meta: Arc<Metadata<MetaPy>>,
+    pub ttl: Option<i64>,
+}
+
+impl<'py> Fields<'py> {
+    pub fn from_args(
+        py: Python<'py>,
+        agent_id: &Bound<'py, PyAny>,
+        caps: Option<&Bound<'py, PyAny>>,
+        node: Option<&Bound<'py, PyAny>>,
+        health: Option<&Bound<'py, PyAny>>,
+        meta: Option<&Bound<'py, PyAny>>,
+        ttl: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Self> {
+        let id_py = args::string(agent_id, "agent_id")?;
+        let id = rust_str(&id_py)?;
+        Ok(Self {
+            id_py,
+            id,
+            caps: capabilities(caps)?,
+            node: opt_str(node, "node")?,
+            health: health_arg(health)?,
+            meta: metadata(py, meta)?,
+            ttl: args::opt_positive_nanos(ttl, "ttl")?,
+        })
+    }
+}
+
+/// The keys a `register_many` item may have.
+const ITEM_KEYS: [&str; 8] = [
+    "agent_id",
+    "value",
+    "capabilities",
+    "node",
+    "health",
+    "metadata",
+    "owner",
+    "ttl",
+];
+
+/// One `register_many` item, its keys checked; an absent key is None.
+pub struct Item<'py> {
+    pub agent_id: Bound<'py, PyAny>,
+    pub value: Option<Bound<'py, PyAny>>,
+    pub capabilities: Option<Bound<'py, PyAny>>,
+    pub node: Option<Bound<'py, PyAny>>,
+    pub health: Option<Bound<'py, PyAny>>,
+    pub metadata: Option<Bound<'py, PyAny>>,
+    pub owner: Option<Bound<'py, PyAny>>,
+    pub ttl: Option<Bound<'py, PyAny>>,
+}
+
+impl<'py> Item<'py> {
+    /// Reads a private copy of an item: every key known, `agent_id` present.
+    fn read(d: &Bound<'py, PyDict>) -> PyResult<Self> {
+        for k in d.keys() {
+            let ok = k
+                .cast::<PyString>()
+                .ok()
+                .and_then(|s| s.to_str().ok())
+                .is_some_and(|s| ITEM_KEYS.contains(&s));
+            if !ok {
+                return Err(PyTypeError::new_err(format!(
+                    "register_many item has an unexpected key {}",
+                    k.repr()?
+                )));
+            }
+        }
+        let get = |k: &str| d.get_item(k);
+        let Some(agent_id) = get("agent_id")? else {
+            return Err(PyTypeError::new_err(
+                "register_many item is missing 'agent_id'",
+            ));
+        };
+        Ok(Self {
+            agent_id,
+            value: get("value")?,
+            capabilities: get("capabilities")?,
+            node: get("node")?,
+            health: get("health")?,
+            metadata: get("metadata")?,
+            owner: get("owner")?,
+            ttl: get("ttl")?,
+        })
+    }
+
+    /// The item's fields, as `register()` converts them.
+    pub fn fields(&self, py: Python<'py>) -> PyResult<Fields<'py>> {
+        Fields::from_args(
+            py,
+            &self.agent_id,
+            self.capabilities.as_ref(),
+            self.node.as_ref(),
+            self.health.as_ref(),
+            self.metadata.as_ref(),
+            self.ttl.as_ref(),
+        )
+    }
+}
+
+/// `register_many(items)`'s checks: a private copy of a builtin container, at most
+/// `max_batch` items, every item a dict copied before any is checked (what is checked is
+/// what is registered), then each item read and handed to `each` in turn, which converts
+/// it and returns its id with what it made of it; an id given twice is refused
+/// (AlreadyRegistered). Returns what `each` made, in order.
+pub fn register_items<'py, T>(
+    py: Python<'py>,
+    items: &Bound<'py, PyAny>,
+    max_batch: usize,
+    mut each: impl FnMut(Item<'py>) -> PyResult<(Arc<str>, T)>,
+) -> PyResult<Vec<T>> {
+    let source = if is_builtin_container(items) {
+        snapshot(items)?.into_any()
+    } else {
+        items.clone()
+    };
+    let it = source
+        .try_iter()
+        .map_err(|e| args::not_iterable(e, items, "items", "an iterable of dicts"))?;
+    let mut raw: Vec<Bound<'py, PyDict>> = Vec::new();
+    for item in it {
+        let item = item?;
+        if raw.len() == max_batch {
+            return Err(PyValueError::new_err(format!(
+                "items must hold at most max_batch ({max_batch}) items"
+            )));
+        }
+        let d = item
+            .cast::<PyDict>()
+            .map_err(|_| wrong_type("items", "an iterable of dicts", &item))?;
+        raw.push(d.copy()?);
+    }
+    let mut out = Vec::with_capacity(raw.len());
+    let mut seen = HashSet::new();
+    for d in &raw {
+        let (id, made) = each(Item::read(d)?)?;
+        if !seen.insert(id.clone()) {
+            return Err(taken(py, &id));
+        }
+        out.push(made);
+    }
+    Ok(out)
+}
+
+/// `update()`'s `**changes` (`capabilities`, `node`, `health`, `metadata`), converted in
+/// the order given; any other keyword is refused.
+pub fn changes_arg(py: Python<'_>, kw: Option<&Bound<'_, PyDict>>) -> PyResult<Changes<MetaPy>> {
+    let mut ch = Changes {
+        caps: None,
+        node: None,
+        health: None,
+        meta: None,
+    };
+    let Some(kw) = kw else {
+        return Ok(ch);
+    };
+    // `**changes` is a dict made for this call: nobody else can change it.
+    for (k, v) in kw.iter() {
+        let k = k.cast::<PyString>()?.to_str()?.to_owned();
+        match k.as_str() {
+            "capabilities" => ch.caps = Some(normalize_caps(capabilities(Some(&v))?)),
+            "node" => ch.node = Some(opt_str(Some(&v), "node")?),
+            "health" => ch.health = Some(rust_str(&args::string(&v, "health")?)?),
+            "metadata" => ch.meta = Some(metadata(py, Some(&v))?),
+            other => {
+                return Err(PyTypeError::new_err(format!(
+                    "update() got an unexpected keyword argument '{other}'"
+                )))
+            }
+        }
+    }
+    Ok(ch)
 }

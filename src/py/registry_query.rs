@@ -41,11 +41,11 @@ pub enum Where {
 
 /// What `find`, `count` and `ids` ask for: the AND of the given criteria.
 pub struct Criteria {
-    capability: Option<Arc<str>>,
-    node: Option<Arc<str>>,
-    health: Option<Arc<str>>,
-    wh: Where,
-    limit: Option<usize>,
+    pub capability: Option<Arc<str>>,
+    pub node: Option<Arc<str>>,
+    pub health: Option<Arc<str>>,
+    pub wh: Where,
+    pub limit: Option<usize>,
 }
 
 impl Criteria {
