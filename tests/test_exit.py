@@ -94,6 +94,28 @@ SCENARIOS = {
         daemon(lambda: c.get_or_set("k", lambda: 1), 4)
         daemon(forever(lambda: c.get_or_set(object(), lambda: time.sleep(0.001))), 2)
     """,
+    "cache_key_eq_sleeping": """
+        class Key:
+            def __hash__(self):
+                time.sleep(0.001)
+                return 1
+            def __eq__(self, other):
+                time.sleep(0.002)
+                return self is other
+        c = ferrule.Cache(10)
+        c.set(Key(), 1)
+        daemon(forever(lambda: c.get(Key())), 4)
+    """,
+    "registry_where_compare_sleeping": """
+        class Slow:
+            def __eq__(self, other):
+                time.sleep(0.002)
+                return False
+            __hash__ = object.__hash__
+        reg = ferrule.Registry()
+        reg.register("a", metadata={"x": Slow()})
+        daemon(forever(lambda: reg.find(where=[("x", "eq", 1)])), 4)
+    """,
     "cached_function": """
         @ferrule.cached(8)
         def slow(x):

@@ -33,7 +33,7 @@ use std::sync::Arc;
 use pyo3::exceptions::{PyException, PyKeyError, PyRuntimeError, PyTypeError};
 use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyInt, PyList, PyTuple};
+use pyo3::types::{PyBool, PyInt, PyList, PyString, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 
 use crate::core::cache::{hit_ratio, mix, KeyQuery, Match, ShardedCache, Stats, TimedCache};
@@ -208,7 +208,15 @@ impl<'a, 'py> Query<'a, 'py> {
     /// Hashes the key once; an unhashable key gives a TypeError naming `key`.
     #[inline]
     pub fn new(key: &'a Bound<'py, PyAny>) -> PyResult<Self> {
-        let hash = match key.hash() {
+        // Exact str and int hash without running Python; any other key's `__hash__` is
+        // user code, run under the exit guard.
+        let hashed =
+            if key.is_exact_instance_of::<PyString>() || key.is_exact_instance_of::<PyInt>() {
+                key.hash()
+            } else {
+                wait::hash(key)
+            };
+        let hash = match hashed {
             Ok(h) => h,
             Err(e) => {
                 let unhashable = e.is_instance_of::<PyTypeError>(key.py())
@@ -294,8 +302,9 @@ impl<V: PyClone> KeyQuery<PyKey, V> for Query<'_, '_> {
     }
 
     fn slow_eq(&self, stored: &PyKey) -> PyResult<bool> {
-        // dict semantics: the stored key is the left operand.
-        stored.obj.bind(self.py()).eq(self.key)
+        // dict semantics: the stored key is the left operand; `__eq__` is user code, run
+        // under the exit guard.
+        wait::eq(stored.obj.bind(self.py()), self.key)
     }
 
     #[inline]

@@ -283,7 +283,8 @@ pub fn py_cond(py: Python<'_>, c: &Cond, q: &Bound<'_, PyAny>, meta: &MetaPy) ->
     }
     let v = cur;
     let safe = |r: PyResult<bool>| refused_is_no(py, r);
-    let cmp = |op: CompareOp| safe(v.rich_compare(q, op).and_then(|r| r.is_truthy()));
+    // The values' comparisons are user code: under the exit guard (`wait`).
+    let cmp = |op: CompareOp| safe(wait::compare(&v, q, op));
     // `f` on any item of a list or tuple value.
     let any_item = |f: &dyn Fn(&Bound<'_, PyAny>) -> PyResult<bool>| -> PyResult<bool> {
         if let Some(items) = elems(&v) {
@@ -296,13 +297,13 @@ pub fn py_cond(py: Python<'_>, c: &Cond, q: &Bound<'_, PyAny>, meta: &MetaPy) ->
         Ok(false)
     };
     Ok(match c.op {
-        Op::Eq => safe(v.eq(q))? || any_item(&|x| safe(x.eq(q)))?,
-        Op::Ne => safe(v.ne(q))?,
+        Op::Eq => cmp(CompareOp::Eq)? || any_item(&|x| safe(wait::eq(x, q)))?,
+        Op::Ne => cmp(CompareOp::Ne)?,
         Op::Gt => cmp(CompareOp::Gt)?,
         Op::Gte => cmp(CompareOp::Ge)?,
         Op::Lt => cmp(CompareOp::Lt)?,
         Op::Lte => cmp(CompareOp::Le)?,
-        Op::In => safe(q.contains(&v))? || any_item(&|x| safe(q.contains(x)))?,
-        Op::NotIn => safe(q.contains(&v).map(|b| !b))?,
+        Op::In => safe(wait::contains(q, &v))? || any_item(&|x| safe(wait::contains(q, x)))?,
+        Op::NotIn => safe(wait::contains(q, &v).map(|b| !b))?,
     })
 }

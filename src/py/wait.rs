@@ -74,6 +74,19 @@ extern "C" {
         args: *mut pyo3::ffi::PyObject,
         kwargs: *mut pyo3::ffi::PyObject,
     ) -> *mut pyo3::ffi::PyObject;
+    /// `bool(PyObject_RichCompare(a, b, op))` under the same handler.
+    fn ferrule_compare_parking_at_exit(
+        a: *mut pyo3::ffi::PyObject,
+        b: *mut pyo3::ffi::PyObject,
+        op: c_int,
+    ) -> c_int;
+    /// `PySequence_Contains(container, item)` under the same handler.
+    fn ferrule_contains_parking_at_exit(
+        container: *mut pyo3::ffi::PyObject,
+        item: *mut pyo3::ffi::PyObject,
+    ) -> c_int;
+    /// `PyObject_Hash(o)` under the same handler.
+    fn ferrule_hash_parking_at_exit(o: *mut pyo3::ffi::PyObject) -> pyo3::ffi::Py_hash_t;
 }
 
 #[cfg(not(Py_3_13))]
@@ -202,6 +215,68 @@ where
 /// the operation (a factory, the protected function, a key's `__eq__`) raises instead.
 pub fn report(py: Python<'_>, e: PyErr, obj: Option<&Bound<'_, PyAny>>) {
     e.write_unraisable(py, obj);
+}
+
+/// `a == b` (`a.__eq__(b)` first, as a dict compares a stored key with a probe) for a
+/// hash table: user code, run under the same exit guard as [`call`].
+pub fn eq(a: &Bound<'_, PyAny>, b: &Bound<'_, PyAny>) -> PyResult<bool> {
+    compare(a, b, pyo3::basic::CompareOp::Eq)
+}
+
+/// `bool(a <op> b)`, Python's rich comparison, under the same exit guard as [`call`].
+pub fn compare(
+    a: &Bound<'_, PyAny>,
+    b: &Bound<'_, PyAny>,
+    op: pyo3::basic::CompareOp,
+) -> PyResult<bool> {
+    #[cfg(unix)]
+    {
+        // SAFETY: both pointers are live for the call; the C function returns 1, 0, or
+        // -1 with an exception set.
+        match unsafe { ferrule_compare_parking_at_exit(a.as_ptr(), b.as_ptr(), op as c_int) } {
+            -1 => Err(PyErr::fetch(a.py())),
+            r => Ok(r == 1),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        a.rich_compare(b, op)?.is_truthy()
+    }
+}
+
+/// `item in container`, under the same exit guard as [`call`].
+pub fn contains(container: &Bound<'_, PyAny>, item: &Bound<'_, PyAny>) -> PyResult<bool> {
+    #[cfg(unix)]
+    {
+        // SAFETY: both pointers are live for the call; the C function returns what
+        // PySequence_Contains does (-1 with an exception set).
+        match unsafe { ferrule_contains_parking_at_exit(container.as_ptr(), item.as_ptr()) } {
+            -1 => Err(PyErr::fetch(container.py())),
+            r => Ok(r == 1),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        container.contains(item)
+    }
+}
+
+/// `hash(o)` for a hash table: user code (`__hash__`), run under the same exit guard as
+/// [`call`].
+pub fn hash(o: &Bound<'_, PyAny>) -> PyResult<isize> {
+    #[cfg(unix)]
+    {
+        // SAFETY: the pointer is live for the call; the C function returns what
+        // PyObject_Hash does (-1 with an exception set).
+        match unsafe { ferrule_hash_parking_at_exit(o.as_ptr()) } {
+            -1 => Err(PyErr::fetch(o.py())),
+            h => Ok(h),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        o.hash()
+    }
 }
 
 /// `f()` through [`call`].
