@@ -6,6 +6,8 @@ import doctest
 import os
 import sys
 import sysconfig
+import threading
+from collections.abc import Callable
 
 import pytest
 
@@ -25,6 +27,27 @@ def threads() -> int:
 def stress_scale() -> int:
     """A multiplier for iteration counts in stress tests."""
     return 2 if STRESS else 1
+
+
+def run_threads(threads: int, body: Callable[[int], object], timeout: float = 60.0) -> None:
+    """Run ``body(i)`` on ``threads`` threads released together by a barrier; any
+    exception in a thread fails the caller."""
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(threads)
+
+    def wrap(i: int) -> None:
+        try:
+            barrier.wait()
+            body(i)
+        except BaseException as e:
+            errors.append(e)
+
+    ts = [threading.Thread(target=wrap, args=(i,)) for i in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(timeout)
+    assert not errors, errors[:3]
 
 
 def _defined_in(obj: object, globs_of: object) -> bool:

@@ -9,6 +9,8 @@ from typing import Any
 
 from ferrule import ManualClock, PoolTimeout, ResourceManager
 
+from tests.conftest import run_threads
+
 
 class ChainBus:
     """Records pressure events per name."""
@@ -23,25 +25,6 @@ class ChainBus:
         with self.lock:
             self.events.append(data)
         return 1
-
-
-def run(threads: int, body: Any) -> None:
-    errors: list[BaseException] = []
-    barrier = threading.Barrier(threads)
-
-    def wrap(i: int) -> None:
-        try:
-            barrier.wait()
-            body(i)
-        except BaseException as e:
-            errors.append(e)
-
-    ts = [threading.Thread(target=wrap, args=(i,)) for i in range(threads)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join(60)
-    assert not errors, errors[:3]
 
 
 def test_budget_never_over_limit_never_leaked(threads: int, stress_scale: int) -> None:
@@ -70,7 +53,7 @@ def test_budget_never_over_limit_never_leaked(threads: int, stress_scale: int) -
             else:
                 del lease  # released when collected
 
-    run(threads, body)
+    run_threads(threads, body)
     assert rm.usage()["x"].used == 0
     assert peak <= limit
     # Every change leaves one level and enters another; publish calls from different
@@ -98,7 +81,7 @@ def test_release_races_with_expiry_exactly_once(threads: int, stress_scale: int)
             else:
                 rm.usage()  # reclaims expired leases
 
-    run(threads, body)
+    run_threads(threads, body)
     u = rm.usage()["x"]
     assert u.used == 0, u
     assert all(lease.released for lease in leases)
@@ -124,6 +107,6 @@ def test_mixed_budgets_with_ttl_and_timeouts(threads: int, stress_scale: int) ->
                 lease.release()
             # else: left to expire (ttl) or to be collected
 
-    run(threads, body)
+    run_threads(threads, body)
     usage = rm.usage()
     assert usage["a"].used <= 3 and usage["b"].used <= 5

@@ -6,19 +6,7 @@ import threading
 
 from ferrule import ErrorStore
 
-
-def run(threads: int, body: object) -> None:
-    barrier = threading.Barrier(threads)
-
-    def wrapped(i: int) -> None:
-        barrier.wait()
-        body(i)  # type: ignore[operator]
-
-    ts = [threading.Thread(target=wrapped, args=(i,)) for i in range(threads)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
+from tests.conftest import run_threads
 
 
 def test_error_store_bounds_hold_under_concurrency(threads: int, stress_scale: int) -> None:
@@ -49,7 +37,7 @@ def test_error_store_bounds_hold_under_concurrency(threads: int, stress_scale: i
                 store.reset(f"a{i}-{(n + 1) % 40}")
 
     try:
-        run(threads, body)
+        run_threads(threads, body)
     finally:
         stop.set()
         w.join()

@@ -6,19 +6,7 @@ import threading
 
 from ferrule import ManualClock, Metrics
 
-
-def run(threads: int, body: object) -> None:
-    barrier = threading.Barrier(threads)
-
-    def wrapped(i: int) -> None:
-        barrier.wait()
-        body(i)  # type: ignore[operator]
-
-    ts = [threading.Thread(target=wrapped, args=(i,)) for i in range(threads)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
+from tests.conftest import run_threads
 
 
 def test_concurrent_recording_counts_are_exact(threads: int, stress_scale: int) -> None:
@@ -32,7 +20,7 @@ def test_concurrent_recording_counts_are_exact(threads: int, stress_scale: int) 
             if n % 4 == 0:
                 rec(f"own-{i}", 2e-3, ok=False)
 
-    run(threads, body)
+    run_threads(threads, body)
     s = m.snapshot("shared")
     assert s.count == threads * per
     assert s.errors == threads * (per // 10)
@@ -66,7 +54,7 @@ def test_concurrent_recording_while_the_window_moves(threads: int) -> None:
                 pass
             recorded[i] += 1
 
-    run(threads, body)
+    run_threads(threads, body)
     total = sum(recorded)
     assert 0 <= m.snapshot("op").count <= total
     m.record("op", 0.0)  # same time as the last reading: in the window

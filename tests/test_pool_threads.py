@@ -5,28 +5,10 @@ from __future__ import annotations
 
 import random
 import threading
-from typing import Any
 
 from ferrule import Discard, Pool
 
-
-def run(threads: int, body: Any) -> None:
-    errors: list[BaseException] = []
-    barrier = threading.Barrier(threads)
-
-    def wrap(i: int) -> None:
-        try:
-            barrier.wait()
-            body(i)
-        except BaseException as e:
-            errors.append(e)
-
-    ts = [threading.Thread(target=wrap, args=(i,)) for i in range(threads)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join(60)
-    assert not errors, errors[:3]
+from tests.conftest import run_threads
 
 
 def test_pool_bound_under_threads(threads: int, stress_scale: int) -> None:
@@ -68,7 +50,7 @@ def test_pool_bound_under_threads(threads: int, stress_scale: int) -> None:
             except Discard:
                 pass
 
-    run(max(threads, 16), body)
+    run_threads(max(threads, 16), body)
     s = pool.stats()
     assert peak_live <= max_size
     assert peak_out <= max_size
