@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import doctest
+import faulthandler
 import os
 import sys
 import sysconfig
 import threading
-from collections.abc import Callable
+import time
+import traceback
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -77,6 +80,50 @@ def run_doctests(module: object) -> doctest.TestResults:
     for test in found:
         runner.run(test)
     return runner.summarize(verbose=False)
+
+
+# How long a test's own threads may outlive it, and how long the interpreter may take to
+# exit after the session: past either, something is stuck, and a stuck run must fail
+# with the stacks that show where instead of hanging the whole CI job.
+STRAY_GRACE = 10.0
+EXIT_GRACE = 120.0
+
+
+def _stacks(threads: list[threading.Thread]) -> str:
+    frames = sys._current_frames()
+    out = []
+    for t in threads:
+        frame = frames.get(t.ident) if t.ident is not None else None
+        stack = "".join(traceback.format_stack(frame)) if frame else "  (no frame)\n"
+        out.append(f"{t!r}:\n{stack}")
+    return "\n".join(out)
+
+
+@pytest.fixture(autouse=True)
+def _threads_end_with_their_test() -> Iterator[None]:
+    """A non-daemon thread a test started must end with it: one left looping (a stop
+    flag never set because an assertion failed first) would slow every later test and
+    keep the interpreter from exiting. ferrule's own threads (named ``ferrule-...``) are
+    exempt: they live as long as their object, and the package ends them at exit."""
+    before = set(threading.enumerate())
+    yield
+    deadline = time.monotonic() + STRAY_GRACE
+    stray = [
+        t
+        for t in threading.enumerate()
+        if t not in before and not t.daemon and not t.name.startswith("ferrule-")
+    ]
+    for t in stray:
+        t.join(max(0.0, deadline - time.monotonic()))
+    left = [t for t in stray if t.is_alive()]
+    if left:
+        pytest.fail(f"the test left {len(left)} thread(s) running:\n{_stacks(left)}")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    # Past this point only interpreter exit remains; if it hangs, print every stack
+    # and end the process with a failure status.
+    faulthandler.dump_traceback_later(EXIT_GRACE, exit=True)
 
 
 def pytest_report_header(config: pytest.Config) -> str:

@@ -278,18 +278,20 @@ def test_collections_during_publishing_leave_live_signals_alone(
         pulled.extend(sig.data for sig in pull)
 
     reader = threading.Thread(target=read)
-    collector = threading.Thread(target=collect)
+    collector = threading.Thread(target=collect, daemon=True)
     pubs = [threading.Thread(target=publish, args=(p,)) for p in range(publishers)]
     for t in [collector, reader, *pubs]:
         t.start()
-    for t in pubs:
-        t.join()
-    assert done.wait(30)
-    pull.cancel()
-    reader.join()
-    stop.set()
-    collector.join()
-    h.cancel()
+    try:
+        for t in pubs:
+            t.join()
+        assert done.wait(30)
+    finally:
+        pull.cancel()
+        reader.join()
+        stop.set()
+        collector.join()
+        h.cancel()
     assert rounds > 0
     want = sorted((p, i) for p in range(publishers) for i in range(per))
     for kind, got in (("pull", pulled), ("handler", handled)):

@@ -6,6 +6,7 @@ import collections
 import contextlib
 import gc
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -291,21 +292,32 @@ def test_collections_during_transfers_leave_live_items_alone(
     def consume(c: int) -> None:
         received[c].extend(q)
 
+    rounds = 0
+
     def collect() -> None:
+        # Paced: on a free-threaded build every collection stops the world and walks the
+        # whole heap; back-to-back ones starve the producers and consumers (each has to
+        # re-attach between two of them) until the test times out.
+        nonlocal rounds
         while not stop.is_set():
             gc.collect(0)
+            rounds += 1
+            time.sleep(0.002)
 
     ps = [threading.Thread(target=produce, args=(p,)) for p in range(producers)]
     cs = [threading.Thread(target=consume, args=(c,)) for c in range(consumers)]
-    collector = threading.Thread(target=collect)
+    collector = threading.Thread(target=collect, daemon=True)
     run([collector, *ps, *cs])
-    for t in ps:
-        t.join()
-    q.close()
-    for t in cs:
-        t.join()
-    stop.set()
-    collector.join()
+    try:
+        for t in ps:
+            t.join()
+    finally:
+        q.close()
+        for t in cs:
+            t.join()
+        stop.set()
+        collector.join()
+    assert rounds > 0
     items = [item for out in received for item in out]
     assert len(items) == producers * per
     assert all(len(item) == 3 and item[2] is item for item in items)
