@@ -15,7 +15,7 @@
 //! whose class is one of the table's (made per interpreter) and whose message shows the
 //! id as Python's `repr` does: that one is a function of `py`.
 
-use pyo3::exceptions::{PyKeyError, PyMemoryError, PyOverflowError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyKeyError, PyMemoryError, PyOverflowError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyModule, PyString, PyTuple, PyType};
@@ -226,10 +226,41 @@ impl From<PoolError> for PyErr {
 }
 
 /// TypeError for an argument of the wrong type: "`arg` must be `what`, not 'T'".
+///
+/// The class is a subclass of `TypeError` made to pass for it (see [`arg_type_error`]):
+/// PyO3 rewrites the message of an exact `TypeError` raised while it extracts an
+/// argument (a typed argument of [`crate::py::args::named`]) to "argument 'x': ...", and
+/// ferrule's messages already name the argument.
 pub fn wrong_type(arg: &str, what: &str, got: &Bound<'_, PyAny>) -> PyErr {
     let tname = got
         .get_type()
         .name()
         .map_or_else(|_| "?".to_owned(), |n| n.to_string());
-    PyTypeError::new_err(format!("{arg} must be {what}, not '{tname}'"))
+    let msg = format!("{arg} must be {what}, not '{tname}'");
+    match arg_type_error(got.py()) {
+        Ok(ty) => PyErr::from_type(ty.clone(), msg),
+        Err(e) => e,
+    }
+}
+
+/// `wrong_type`'s class, made once per interpreter: `builtins.TypeError` by name, so a
+/// traceback reads `TypeError: ...`, and pickled as a plain `TypeError` (a process
+/// pool sends exceptions back that way).
+fn arg_type_error(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
+    static CELL: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+    let ty = CELL.get_or_try_init(py, || -> PyResult<Py<PyType>> {
+        let ns = PyDict::new(py);
+        ns.set_item("__module__", "builtins")?;
+        ns.set_item("__doc__", "An argument of the wrong type.")?;
+        ns.set_item(
+            "__reduce__",
+            py.eval(c"lambda self, t=TypeError: (t, self.args)", None, None)?,
+        )?;
+        let base = py.get_type::<pyo3::exceptions::PyTypeError>();
+        let ty = py
+            .get_type::<PyType>()
+            .call1(("TypeError", PyTuple::new(py, [base])?, ns))?;
+        Ok(ty.cast_into::<PyType>()?.unbind())
+    })?;
+    Ok(ty.bind(py))
 }

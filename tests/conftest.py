@@ -82,10 +82,13 @@ def run_doctests(module: object) -> doctest.TestResults:
     return runner.summarize(verbose=False)
 
 
-# How long a test's own threads may outlive it, and how long the interpreter may take to
-# exit after the session: past either, something is stuck, and a stuck run must fail
-# with the stacks that show where instead of hanging the whole CI job.
+# How long a test's own threads may outlive it, how long a test may run in all (past
+# pytest-timeout's limit, which can only interrupt a main thread that reaches Python
+# code), and how long the interpreter may take to exit after the session: past any of
+# them something is stuck, and a stuck run must fail with the stacks that show where
+# instead of hanging the whole CI job.
 STRAY_GRACE = 10.0
+STUCK_TEST = 300.0
 EXIT_GRACE = 120.0
 
 
@@ -100,13 +103,18 @@ def _stacks(threads: list[threading.Thread]) -> str:
 
 
 @pytest.fixture(autouse=True)
-def _threads_end_with_their_test() -> Iterator[None]:
-    """A non-daemon thread a test started must end with it: one left looping (a stop
+def _watchdogs() -> Iterator[None]:
+    """A test that runs past STUCK_TEST ends the run with every thread's stack. A
+    non-daemon thread a test started must end with it: one left looping (a stop
     flag never set because an assertion failed first) would slow every later test and
     keep the interpreter from exiting. ferrule's own threads (named ``ferrule-...``) are
     exempt: they live as long as their object, and the package ends them at exit."""
     before = set(threading.enumerate())
-    yield
+    faulthandler.dump_traceback_later(STUCK_TEST, exit=True)
+    try:
+        yield
+    finally:
+        faulthandler.cancel_dump_traceback_later()
     deadline = time.monotonic() + STRAY_GRACE
     stray = [
         t

@@ -1886,7 +1886,7 @@ def _unnamed_argument(
     if len(case.replace) != 1 or exc is None or mine or not _is_native(target):
         return None
     param = case.replace[0][0]
-    if param.startswith("<") or type(exc) not in (TypeError, ValueError, OverflowError):
+    if param.startswith("<") or not isinstance(exc, (TypeError, ValueError, OverflowError)):
         return None
     if param in _msg(exc) or _PYTHON_WORDING.search(_msg(exc)):
         return None

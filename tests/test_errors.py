@@ -11,7 +11,9 @@ import ast
 import builtins
 import pickle
 import queue
+import traceback
 from pathlib import Path
+from typing import Any
 
 import ferrule
 import ferrule._native as native
@@ -109,3 +111,30 @@ def test_registry_errors_map_through_the_table() -> None:
     with pytest.raises(KeyError) as missing:
         reg.update("nobody", health="degraded")
     assert type(missing.value) is KeyError and missing.value.args == ("nobody",)
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: ferrule.RateLimiter(1, "1"), "per must be a number of seconds, not 'str'"),
+        (lambda: ferrule.RateLimiter(1).try_acquire("k", 1.0), "cost must be an int, not 'float'"),
+        (lambda: ferrule.WorkQueue(1, overflow=1), "overflow must be a str, not 'int'"),
+        (lambda: ferrule.SignalBus().subscribe("a", weak=1), "weak must be a bool, not 'int'"),
+        (
+            lambda: ferrule.ErrorStore(max_age=None),
+            "max_age must be a number of seconds, not 'NoneType'",
+        ),
+    ],
+)
+def test_typed_argument_errors_keep_the_house_message(call: Any, message: str) -> None:
+    """An argument converted while PyO3 extracts it (a typed argument, with its default in
+    the signature) is refused with ferrule's message, not PyO3's "argument 'x': ..."; the
+    error prints as a TypeError and pickles as a plain one."""
+    with pytest.raises(TypeError) as info:
+        call()
+    e = info.value
+    assert str(e) == message
+    assert (type(e).__module__, type(e).__qualname__) == ("builtins", "TypeError")
+    assert traceback.format_exception_only(e) == [f"TypeError: {message}\n"]
+    back = pickle.loads(pickle.dumps(e))
+    assert type(back) is TypeError and str(back) == message

@@ -141,8 +141,11 @@ def test_limiter_parameters_come_from_the_native_rules(dead: Any) -> None:
         rate, per, interval, burst, tau = _native._gcra_params(*args, **kwargs)
         assert (rate, per, burst) == (local.rate, local.per, local.burst)
         assert tau == burst * interval
-    # per=None is the default period, as in process.
-    assert RedisRateLimiter(dead, 2, None).per == RateLimiter(2, None).per == 1.0  # type: ignore[arg-type]
+    # None is not a period (the default is 1.0, not None), in either tier.
+    none: Any = None
+    for make in (lambda: RedisRateLimiter(dead, 2, none), lambda: RateLimiter(2, none)):
+        with pytest.raises(TypeError, match=r"^per must be a number of seconds, not 'NoneType'$"):
+            make()
 
 
 BAD_COSTS = [0, -1, 11, 2**63, 2**64, 1.0, 1.5, True, "1", b"1"]
@@ -350,7 +353,7 @@ def test_registry_arguments_are_converted_as_in_process() -> None:
     err = _native._already_registered("a")
     assert isinstance(err, ferrule.AlreadyRegistered)
     assert str(err) == str(outcome(lambda r: r.register("a"), taken_registry())[1])
-    assert _native._max_batch(None) == Registry().max_batch
+    assert _native._max_batch(10_000) == Registry().max_batch
     with pytest.raises(ValueError, match=r"^owner is not supported by RedisRegistry"):
         RedisRegistry(redis.Redis(port=free_port())).register("a", owner=object())  # type: ignore[arg-type]
 

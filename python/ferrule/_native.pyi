@@ -2056,7 +2056,7 @@ class Pool(Generic[_T]):
 # ``RateLimiter``/``Registry`` refuse, with the same errors.
 
 def _gcra_params(
-    rate: float, per: float | None = None, burst: int | None = None
+    rate: float, per: float = 1.0, burst: int | None = None
 ) -> tuple[float, float, int, int, int]:
     """Internal: ``RateLimiter(rate, per, burst=burst)``'s checks, then the Redis tier's
     bound (a window ``burst * per / rate`` of at most 52 days, where Lua's doubles stay
@@ -2101,8 +2101,8 @@ def _ttl(ttl: float | None, required: bool = False) -> int | None:
     """Internal: a lease ``ttl`` by ``Registry``'s rule (seconds > 0), in nanoseconds;
     None passes unless ``required``."""
 
-def _max_batch(max_batch: int | None) -> int:
-    """Internal: ``Registry(max_batch=...)``'s rule (None: 10 000)."""
+def _max_batch(max_batch: int) -> int:
+    """Internal: ``Registry(max_batch=...)``'s rule (an int >= 1)."""
 
 def _already_registered(agent_id: str) -> AlreadyRegistered:
     """Internal: the ``AlreadyRegistered`` error for ``agent_id``, with ``Registry``'s

@@ -31,7 +31,11 @@ pub fn int(obj: &Bound<'_, PyAny>, arg: &str) -> PyResult<i64> {
 
 /// An int argument that must be at least `min`.
 pub fn int_at_least(obj: &Bound<'_, PyAny>, arg: &str, min: i64) -> PyResult<i64> {
-    let v = int(obj, arg)?;
+    at_least(int(obj, arg)?, arg, min)
+}
+
+/// `v`, or ValueError naming `arg` when it is below `min`.
+pub fn at_least(v: i64, arg: &str, min: i64) -> PyResult<i64> {
     if v < min {
         return Err(PyValueError::new_err(format!("{arg} must be >= {min}")));
     }
@@ -185,4 +189,56 @@ pub fn not_iterable(e: PyErr, obj: &Bound<'_, PyAny>, arg: &str, what: &str) -> 
     } else {
         e
     }
+}
+
+/// Typed arguments: one converter per argument name, for
+/// `#[pyo3(from_py_with = named::cost)] cost: i64` with the argument's real default in
+/// the signature (`cost = 1`), from which PyO3 writes the text signature (`cost=1`).
+/// Each converts the type only, with the argument's name in its errors; range rules
+/// stay with the callee, which sees the default too. (A converter knows no name of its
+/// own, hence one function per name; `wrong_type`'s class keeps PyO3 from prefixing
+/// "argument 'x': " to a message that already names it.)
+pub mod named {
+    use pyo3::prelude::*;
+
+    macro_rules! named {
+        ($($conv:ident -> $t:ty: $($name:ident),+;)*) => {$($(
+            #[doc = concat!("`", stringify!($name), "`: see [`super::", stringify!($conv), "`].")]
+            pub fn $name(obj: &Bound<'_, PyAny>) -> PyResult<$t> {
+                super::$conv(obj, stringify!($name))
+            }
+        )+)*};
+    }
+
+    named! {
+        seconds -> f64: start, window, per, reset_timeout, max_age;
+        opt_seconds -> Option<f64>: timeout;
+        number -> f64: alert_threshold, severe_threshold;
+        int -> i64: cost, amount, limit, maxsize, max_batch, max_per_agent, max_agents,
+            min_size, failure_threshold, half_open_max_calls;
+        boolean -> bool: weak;
+        overflow_name -> &'static str: overflow;
+    }
+}
+
+/// A number of seconds, or None.
+pub fn opt_seconds(obj: &Bound<'_, PyAny>, arg: &str) -> PyResult<Option<f64>> {
+    if obj.is_none() {
+        Ok(None)
+    } else {
+        seconds(obj, arg).map(Some)
+    }
+}
+
+/// A bool (no truthiness: `1` or `"yes"` is a TypeError).
+pub fn boolean(obj: &Bound<'_, PyAny>, arg: &str) -> PyResult<bool> {
+    obj.cast::<PyBool>()
+        .map(pyo3::types::PyBoolMethods::is_true)
+        .map_err(|_| wrong_type(arg, "a bool", obj))
+}
+
+/// A queue overflow policy's name, as the policy's own `&'static str`.
+pub fn overflow_name(obj: &Bound<'_, PyAny>, arg: &str) -> PyResult<&'static str> {
+    let s = string(obj, arg)?;
+    Ok(crate::core::queue::Overflow::parse(s.to_str()?)?.name())
 }

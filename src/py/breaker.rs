@@ -217,33 +217,23 @@ impl CircuitBreaker {
 impl CircuitBreaker {
     #[new]
     #[pyo3(
-        signature = (failure_threshold = None, reset_timeout = None, *, half_open_max_calls = None,
+        signature = (failure_threshold = 5, reset_timeout = 30.0, *, half_open_max_calls = 1,
                      expected = None, clock = None, name = None, on_state_change = None, bus = None),
+        // Written out only for `expected`, whose default, a tuple, PyO3 cannot print.
         text_signature = "(failure_threshold=5, reset_timeout=30.0, *, half_open_max_calls=1, expected=(Exception,), clock=None, name=None, on_state_change=None, bus=None)"
     )]
     fn new(
         py: Python<'_>,
-        failure_threshold: Option<&Bound<'_, PyAny>>,
-        reset_timeout: Option<&Bound<'_, PyAny>>,
-        half_open_max_calls: Option<&Bound<'_, PyAny>>,
+        #[pyo3(from_py_with = args::named::failure_threshold)] failure_threshold: i64,
+        #[pyo3(from_py_with = args::named::reset_timeout)] reset_timeout: f64,
+        #[pyo3(from_py_with = args::named::half_open_max_calls)] half_open_max_calls: i64,
         expected: Option<&Bound<'_, PyAny>>,
         clock: Option<&Bound<'_, PyAny>>,
         name: Option<&Bound<'_, PyAny>>,
         on_state_change: Option<&Bound<'_, PyAny>>,
         bus: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
-        let failure_threshold = match given(failure_threshold) {
-            Some(o) => args::int(&o, "failure_threshold")?,
-            None => 5,
-        };
-        let reset_timeout = match given(reset_timeout) {
-            Some(o) => clock::duration_nanos(args::seconds(&o, "reset_timeout")?, "reset_timeout")?,
-            None => clock::duration_nanos(30.0, "reset_timeout")?,
-        };
-        let half_open_max_calls = match given(half_open_max_calls) {
-            Some(o) => args::int(&o, "half_open_max_calls")?,
-            None => 1,
-        };
+        let reset_timeout = clock::duration_nanos(reset_timeout, "reset_timeout")?;
         let expected = match given(expected) {
             Some(o) => exception_classes(&o)?,
             None => PyTuple::new(py, [py.get_type::<pyo3::exceptions::PyException>()])?,

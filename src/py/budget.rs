@@ -168,11 +168,11 @@ impl ResourceManager {
     fn parse(
         &self,
         name: &Bound<'_, PyAny>,
-        amount: &Bound<'_, PyAny>,
+        amount: i64,
         ttl: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<(Arc<PyBudget>, u64, Option<i64>)> {
         let b = self.budget(name)?.clone();
-        let amount = b.core.check_amount(args::int(amount, "amount")?)?;
+        let amount = b.core.check_amount(amount)?;
         let ttl = args::opt_positive_nanos(ttl, "ttl")?;
         Ok((b, amount, ttl))
     }
@@ -192,24 +192,18 @@ impl ResourceManager {
 #[pymethods]
 impl ResourceManager {
     #[new]
-    #[pyo3(signature = (limits, *, alert_threshold = None, severe_threshold = None, bus = None, clock = None),
-           text_signature = "(limits, *, alert_threshold=0.9, severe_threshold=0.95, bus=None, clock=None)")]
+    #[pyo3(signature = (limits, *, alert_threshold = 0.9, severe_threshold = 0.95, bus = None, clock = None))]
     fn new(
         limits: &Bound<'_, PyAny>,
-        alert_threshold: Option<&Bound<'_, PyAny>>,
-        severe_threshold: Option<&Bound<'_, PyAny>>,
+        #[pyo3(from_py_with = args::named::alert_threshold)] alert_threshold: f64,
+        #[pyo3(from_py_with = args::named::severe_threshold)] severe_threshold: f64,
         bus: Option<Py<PyAny>>,
         clock: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let limits = limits
             .cast::<PyDict>()
             .map_err(|_| wrong_type("limits", "a dict of str to int", limits))?;
-        let frac = |o: Option<&Bound<'_, PyAny>>, arg: &str, default: f64| match o {
-            None => Ok(default),
-            Some(o) => args::number(o, arg),
-        };
-        let alert = frac(alert_threshold, "alert_threshold", 0.9)?;
-        let severe = frac(severe_threshold, "severe_threshold", 0.95)?;
+        let (alert, severe) = (alert_threshold, severe_threshold);
         check_thresholds(alert, severe)?;
         let bus = bus.filter(|b| !b.is_none(limits.py()));
         if let Some(b) = &bus {
@@ -253,18 +247,16 @@ impl ResourceManager {
 
     /// Take `amount` units of `name`, waiting for room with the GIL released (Ctrl-C
     /// interrupts the wait). `timeout` seconds (None: forever) then raises `PoolTimeout`.
-    #[pyo3(signature = (name, amount = None, *, timeout = None, ttl = None),
-           text_signature = "($self, name, amount=1, *, timeout=None, ttl=None)")]
+    #[pyo3(signature = (name, amount = 1, *, timeout = None, ttl = None))]
     fn acquire(
         slf: &Bound<'_, Self>,
         name: &Bound<'_, PyAny>,
-        amount: Option<&Bound<'_, PyAny>>,
+        #[pyo3(from_py_with = args::named::amount)] amount: i64,
         timeout: Option<&Bound<'_, PyAny>>,
         ttl: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Lease> {
         let (this, py) = (slf.get(), slf.py());
-        let one = 1i64.into_pyobject(py)?.into_any();
-        let (b, amount, ttl) = this.parse(name, amount.unwrap_or(&one), ttl)?;
+        let (b, amount, ttl) = this.parse(name, amount, ttl)?;
         let timeout = args::opt_timeout(timeout, "timeout")?;
         b.refresh(py, &this.bus);
         if let Some(l) = b.core.try_take(amount, b.deadline(ttl)) {
@@ -302,17 +294,15 @@ impl ResourceManager {
     }
 
     /// Take `amount` units now if they are free, else return None.
-    #[pyo3(signature = (name, amount = None, *, ttl = None),
-           text_signature = "($self, name, amount=1, *, ttl=None)")]
+    #[pyo3(signature = (name, amount = 1, *, ttl = None))]
     fn try_acquire(
         slf: &Bound<'_, Self>,
         name: &Bound<'_, PyAny>,
-        amount: Option<&Bound<'_, PyAny>>,
+        #[pyo3(from_py_with = args::named::amount)] amount: i64,
         ttl: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Option<Lease>> {
         let (this, py) = (slf.get(), slf.py());
-        let one = 1i64.into_pyobject(py)?.into_any();
-        let (b, amount, ttl) = this.parse(name, amount.unwrap_or(&one), ttl)?;
+        let (b, amount, ttl) = this.parse(name, amount, ttl)?;
         b.refresh(py, &this.bus);
         Ok(b.core
             .try_take(amount, b.deadline(ttl))
@@ -321,19 +311,16 @@ impl ResourceManager {
 
     /// `acquire` for asyncio: the coroutine waits on a future that a release resolves
     /// (no thread per waiter).
-    #[pyo3(signature = (name, amount = None, *, timeout = None, ttl = None),
-           text_signature = "($self, name, amount=1, *, timeout=None, ttl=None)")]
+    #[pyo3(signature = (name, amount = 1, *, timeout = None, ttl = None))]
     fn acquire_async<'py>(
         slf: &Bound<'py, Self>,
         name: &Bound<'py, PyAny>,
-        amount: Option<&Bound<'py, PyAny>>,
+        #[pyo3(from_py_with = args::named::amount)] amount: i64,
         timeout: Option<&Bound<'py, PyAny>>,
         ttl: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
-        let one = 1i64.into_pyobject(py)?.into_any();
-        let amount = amount.cloned().unwrap_or(one);
-        slf.get().parse(name, &amount, ttl)?;
+        slf.get().parse(name, amount, ttl)?;
         let t = args::opt_timeout(timeout, "timeout")?.map(|d| d.as_secs_f64());
         lookup!(py, "ferrule._budget", "acquire_async")?.call1((slf, name, amount, t, ttl))
     }

@@ -50,7 +50,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use parking_lot::Mutex;
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyString, PyTuple};
+use pyo3::types::{PyString, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 
 use crate::core::bus::{thread_token, Router, Sub, SubStats};
@@ -58,7 +58,7 @@ use crate::core::queue::{GetError, Overflow, PutError};
 use crate::errors::wrong_type;
 use crate::py::args;
 use crate::py::lookup::lookup;
-use crate::py::mailbox::{self, overflow_arg, size_arg, Item, Waker, Words};
+use crate::py::mailbox::{self, size_at_least, Item, Waker, Words};
 use crate::py::wait::{self, check_signals};
 
 const WORDS: Words = Words {
@@ -483,18 +483,15 @@ impl SignalBus {
     }
 
     /// Subscribe to the signal types matching `pattern`.
-    #[pyo3(
-        signature = (pattern, handler = None, *, maxsize = None, overflow = None, weak = None),
-        text_signature = "($self, pattern, handler=None, *, maxsize=1024, overflow='drop_oldest', weak=True)"
-    )]
+    #[pyo3(signature = (pattern, handler = None, *, maxsize = 1024, overflow = "drop_oldest", weak = true))]
     fn subscribe<'py>(
         &self,
         py: Python<'py>,
         pattern: &Bound<'py, PyAny>,
         handler: Option<&Bound<'py, PyAny>>,
-        maxsize: Option<&Bound<'py, PyAny>>,
-        overflow: Option<&Bound<'py, PyAny>>,
-        weak: Option<&Bound<'py, PyAny>>,
+        #[pyo3(from_py_with = args::named::maxsize)] maxsize: i64,
+        #[pyo3(from_py_with = args::named::overflow)] overflow: &str,
+        #[pyo3(from_py_with = args::named::weak)] weak: bool,
     ) -> PyResult<Bound<'py, Subscription>> {
         let Ok(pattern) = pattern.cast::<PyString>() else {
             return Err(wrong_type("pattern", "a str", pattern));
@@ -505,18 +502,8 @@ impl SignalBus {
                 return Err(wrong_type("handler", "callable or None", h));
             }
         }
-        let maxsize = match maxsize {
-            None => 1024,
-            Some(m) => size_arg(m, "maxsize", 1)?,
-        };
-        let overflow = overflow_arg(overflow, Overflow::DropOldest)?;
-        let weak = match weak {
-            None => true,
-            Some(w) => match w.cast::<PyBool>() {
-                Ok(b) => b.is_true(),
-                Err(_) => return Err(wrong_type("weak", "a bool", w)),
-            },
-        };
+        let maxsize = size_at_least(maxsize, "maxsize", 1)?;
+        let overflow = Overflow::parse(overflow)?;
         let core =
             self.router
                 .subscribe(pattern.to_str()?, maxsize, overflow, handler.is_some())?;

@@ -26,12 +26,9 @@ pub struct ManualClock {
 #[pymethods]
 impl ManualClock {
     #[new]
-    #[pyo3(signature = (start = None), text_signature = "(start=0.0)")]
-    fn new(start: Option<&Bound<'_, PyAny>>) -> PyResult<Self> {
-        let start = match start {
-            Some(s) => clock::duration_nanos(args::seconds(s, "start")?, "start")?,
-            None => 0,
-        };
+    #[pyo3(signature = (start = 0.0))]
+    fn new(#[pyo3(from_py_with = args::named::start)] start: f64) -> PyResult<Self> {
+        let start = clock::duration_nanos(start, "start")?;
         Ok(Self {
             inner: Arc::new(clock::ManualClock::new(start)),
         })

@@ -35,23 +35,16 @@ pub struct ErrorStore {
 #[pymethods]
 impl ErrorStore {
     #[new]
-    #[pyo3(
-        signature = (*, max_per_agent = None, max_age = None, max_agents = None, clock = None),
-        text_signature = "(*, max_per_agent=1000, max_age=86400.0, max_agents=100000, clock=None)"
-    )]
+    #[pyo3(signature = (*, max_per_agent = 1000, max_age = 86400.0, max_agents = 100_000, clock = None))]
     fn new(
-        max_per_agent: Option<&Bound<'_, PyAny>>,
-        max_age: Option<&Bound<'_, PyAny>>,
-        max_agents: Option<&Bound<'_, PyAny>>,
+        #[pyo3(from_py_with = args::named::max_per_agent)] max_per_agent: i64,
+        #[pyo3(from_py_with = args::named::max_age)] max_age: f64,
+        #[pyo3(from_py_with = args::named::max_agents)] max_agents: i64,
         clock: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
-        let bound = |obj: Option<&Bound<'_, PyAny>>, arg: &str, default: i64| match obj {
-            Some(o) if !o.is_none() => args::int_at_least(o, arg, 1),
-            _ => Ok(default),
-        };
-        let max_per_agent = bound(max_per_agent, "max_per_agent", 1000)?;
-        let max_agents = bound(max_agents, "max_agents", 100_000)?;
-        let max_age = args::opt_positive_nanos(max_age, "max_age")?.unwrap_or(86_400_000_000_000);
+        let max_per_agent = args::at_least(max_per_agent, "max_per_agent", 1)?;
+        let max_agents = args::at_least(max_agents, "max_agents", 1)?;
+        let max_age = crate::core::clock::positive_nanos(max_age, "max_age")?;
         let inner = core::ErrorStore::new(
             max_per_agent as usize,
             max_age,
@@ -77,18 +70,16 @@ impl ErrorStore {
     }
 
     /// Up to `limit` (>= 0) held errors of `agent_id`, newest first.
-    #[pyo3(signature = (agent_id, limit = None), text_signature = "(self, agent_id, limit=100)")]
+    #[pyo3(signature = (agent_id, limit = 100))]
     fn history(
         &self,
         py: Python<'_>,
         agent_id: &Bound<'_, PyAny>,
-        limit: Option<&Bound<'_, PyAny>>,
+        #[pyo3(from_py_with = args::named::limit)] limit: i64,
     ) -> PyResult<Vec<ErrorRecord>> {
         let agent = agent_str(agent_id)?;
-        let limit = match limit {
-            Some(l) if !l.is_none() => args::int_at_least(l, "limit", 0)? as usize,
-            _ => 100,
-        };
+        // >= 0, so the cast is exact.
+        let limit = args::at_least(limit, "limit", 0)? as usize;
         let mut grave = Grave::default();
         let mut found: Vec<(Py<PyAny>, i64)> = Vec::new();
         self.inner

@@ -30,11 +30,10 @@ use std::time::Duration;
 
 use pyo3::exceptions::{PyRuntimeError, PyStopIteration};
 use pyo3::prelude::*;
-use pyo3::types::PyString;
 use pyo3::{PyTraverseError, PyVisit};
 
-use crate::core::queue::{Accepted, GetError, Overflow, Wait, WaitResult, WorkQueue};
-use crate::errors::{wrong_type, Exc};
+use crate::core::queue::{Accepted, GetError, Wait, WaitResult, WorkQueue};
+use crate::errors::Exc;
 use crate::py::args;
 use crate::py::lookup::lookup;
 use crate::py::wait::{self, check_signals};
@@ -74,20 +73,9 @@ impl Words {
 // ---- constructor arguments --------------------------------------------------------------
 
 /// A size or count argument (an int >= `min`); one beyond `usize` means "no limit".
-pub fn size_arg(obj: &Bound<'_, PyAny>, arg: &str, min: i64) -> PyResult<usize> {
-    let v = args::int_at_least(obj, arg, min)?;
+pub fn size_at_least(v: i64, arg: &str, min: i64) -> PyResult<usize> {
+    let v = args::at_least(v, arg, min)?;
     Ok(usize::try_from(v).unwrap_or(usize::MAX))
-}
-
-/// The `overflow=` argument: a policy name, `default` when not given.
-pub fn overflow_arg(obj: Option<&Bound<'_, PyAny>>, default: Overflow) -> PyResult<Overflow> {
-    match obj {
-        None => Ok(default),
-        Some(o) => match o.cast::<PyString>() {
-            Ok(s) => Ok(Overflow::parse(s.to_str()?)?),
-            Err(_) => Err(wrong_type("overflow", "a str", o)),
-        },
-    }
 }
 
 // ---- waits and wake-ups -----------------------------------------------------------------

@@ -40,13 +40,12 @@ pub struct Metrics {
 #[pymethods]
 impl Metrics {
     #[new]
-    #[pyo3(signature = (*, window = None, clock = None), text_signature = "(*, window=60.0, clock=None)")]
-    fn new(window: Option<&Bound<'_, PyAny>>, clock: Option<&Bound<'_, PyAny>>) -> PyResult<Self> {
-        let window = match window {
-            Some(w) if !w.is_none() => clock::positive_nanos(args::seconds(w, "window")?, "window")
-                .map_err(MetricsError::from)?,
-            _ => 60_000_000_000,
-        };
+    #[pyo3(signature = (*, window = 60.0, clock = None))]
+    fn new(
+        #[pyo3(from_py_with = args::named::window)] window: f64,
+        clock: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Self> {
+        let window = clock::positive_nanos(window, "window").map_err(MetricsError::from)?;
         Ok(Self {
             inner: Arc::new(core::Metrics::new(window, args::clock(clock)?)?),
         })

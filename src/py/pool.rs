@@ -357,14 +357,13 @@ impl Pool {
 #[pymethods]
 impl Pool {
     #[new]
-    #[pyo3(signature = (factory, *, max_size, min_size = None, timeout = None, validate = None, max_idle = None, discard_on_error = false, clock = None),
-           text_signature = "(factory, *, max_size, min_size=0, timeout=30.0, validate=None, max_idle=None, discard_on_error=False, clock=None)")]
+    #[pyo3(signature = (factory, *, max_size, min_size = 0, timeout = 30.0, validate = None, max_idle = None, discard_on_error = false, clock = None))]
     fn new(
         py: Python<'_>,
         factory: Py<PyAny>,
         max_size: &Bound<'_, PyAny>,
-        min_size: Option<&Bound<'_, PyAny>>,
-        timeout: Option<&Bound<'_, PyAny>>,
+        #[pyo3(from_py_with = args::named::min_size)] min_size: i64,
+        #[pyo3(from_py_with = args::named::timeout)] timeout: Option<f64>,
         validate: Option<Py<PyAny>>,
         max_idle: Option<&Bound<'_, PyAny>>,
         discard_on_error: bool,
@@ -380,14 +379,12 @@ impl Pool {
             }
         }
         let max_size = args::int_at_least(max_size, "max_size", 1)? as usize;
-        let min_size = match min_size {
-            Some(m) => args::int_at_least(m, "min_size", 0)? as usize,
-            None => 0,
-        };
-        let timeout = match timeout {
-            None => Some(Duration::from_secs(30)),
-            Some(t) => args::opt_timeout(Some(t), "timeout")?,
-        };
+        // >= 0, so the cast is exact.
+        let min_size = args::at_least(min_size, "min_size", 0)? as usize;
+        let timeout = timeout
+            .map(|t| crate::core::clock::duration_nanos(t, "timeout"))
+            .transpose()?
+            .map(|ns| Duration::from_nanos(ns as u64));
         let max_idle = args::opt_positive_nanos(max_idle, "max_idle")?;
         let clock = args::clock(clock)?;
         let pool = Self {

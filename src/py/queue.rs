@@ -21,7 +21,7 @@ use crate::core::queue::{GetError, Overflow, PutError, Stats, Stop};
 use crate::errors::Exc;
 use crate::py::args;
 use crate::py::lookup::lookup;
-use crate::py::mailbox::{self, overflow_arg, run_wait, size_arg, Item, Mailbox, Waker, Words};
+use crate::py::mailbox::{self, run_wait, size_at_least, Item, Mailbox, Waker, Words};
 use crate::py::wait::check_signals;
 
 const WORDS: Words = Words {
@@ -88,10 +88,13 @@ impl WorkQueue {
 #[pymethods]
 impl WorkQueue {
     #[new]
-    #[pyo3(signature = (maxsize, *, overflow = None), text_signature = "(maxsize, *, overflow='block')")]
-    fn new(maxsize: &Bound<'_, PyAny>, overflow: Option<&Bound<'_, PyAny>>) -> PyResult<Self> {
-        let maxsize = size_arg(maxsize, "maxsize", 1)?;
-        let overflow = overflow_arg(overflow, Overflow::Block)?;
+    #[pyo3(signature = (maxsize, *, overflow = "block"))]
+    fn new(
+        #[pyo3(from_py_with = args::named::maxsize)] maxsize: i64,
+        #[pyo3(from_py_with = args::named::overflow)] overflow: &str,
+    ) -> PyResult<Self> {
+        let maxsize = size_at_least(maxsize, "maxsize", 1)?;
+        let overflow = Overflow::parse(overflow)?;
         Ok(Self {
             q: Mailbox::new(maxsize, overflow)?,
         })
@@ -175,7 +178,7 @@ impl WorkQueue {
         max_items: &Bound<'_, PyAny>,
         timeout: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Bound<'py, PyList>> {
-        let max = size_arg(max_items, "max_items", 1)?;
+        let max = size_at_least(args::int(max_items, "max_items")?, "max_items", 1)?;
         let timeout = args::opt_timeout(timeout, "timeout")?;
         match self
             .q

@@ -122,14 +122,10 @@ pub struct RateArgs {
 impl RateArgs {
     pub fn from_args(
         rate: &Bound<'_, PyAny>,
-        per: Option<&Bound<'_, PyAny>>,
+        per: f64,
         burst: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let rate = args::number(rate, "rate")?;
-        let per = match per {
-            None => 1.0,
-            Some(p) => args::seconds(p, "per")?,
-        };
         // At least 1 ns and at most 4e18 ns: the cast to u64 is exact.
         let per_ns = clock::positive_nanos(per, "per")? as u64;
         let burst = match burst {
@@ -150,14 +146,11 @@ impl RateArgs {
     }
 }
 
-/// A request's `cost` (absent: 1), for a bucket of capacity `burst`.
+/// A request's `cost`, for a bucket of capacity `burst`.
 #[inline]
-pub fn cost_arg(cost: Option<&Bound<'_, PyAny>>, burst: u64) -> PyResult<u64> {
-    let cost = match cost {
-        None => 1,
-        // >= 1, so the cast is exact.
-        Some(c) => args::int_at_least(c, "cost", 1)? as u64,
-    };
+pub fn cost_arg(cost: i64, burst: u64) -> PyResult<u64> {
+    // >= 1, so the cast is exact.
+    let cost = args::at_least(cost, "cost", 1)? as u64;
     ratelimit::check_cost(cost, burst)?;
     Ok(cost)
 }
@@ -180,7 +173,7 @@ pub struct RateLimiter {
 }
 
 impl RateLimiter {
-    fn cost(&self, cost: Option<&Bound<'_, PyAny>>) -> PyResult<u64> {
+    fn cost(&self, cost: i64) -> PyResult<u64> {
         cost_arg(cost, self.inner.gcra().burst())
     }
 
@@ -230,10 +223,10 @@ impl RateLimiter {
 #[pymethods]
 impl RateLimiter {
     #[new]
-    #[pyo3(signature = (rate, per = None, *, burst = None, clock = None), text_signature = "(rate, per=1.0, *, burst=None, clock=None)")]
+    #[pyo3(signature = (rate, per = 1.0, *, burst = None, clock = None))]
     fn new(
         rate: &Bound<'_, PyAny>,
-        per: Option<&Bound<'_, PyAny>>,
+        #[pyo3(from_py_with = args::named::per)] per: f64,
         burst: Option<&Bound<'_, PyAny>>,
         clock: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
@@ -250,12 +243,12 @@ impl RateLimiter {
 
     /// Take `cost` tokens from `key`'s bucket if they are there; True if taken. `cost` must
     /// be between 1 and `burst` (ValueError otherwise).
-    #[pyo3(signature = (key = None, cost = None), text_signature = "(self, /, key=None, cost=1)")]
+    #[pyo3(signature = (key = None, cost = 1))]
     fn try_acquire(
         &self,
         py: Python<'_>,
         key: Option<&Bound<'_, PyAny>>,
-        cost: Option<&Bound<'_, PyAny>>,
+        #[pyo3(from_py_with = args::named::cost)] cost: i64,
     ) -> PyResult<bool> {
         let cost = self.cost(cost)?;
         // Each kind of key in a local of its own (see `exact_str`).
@@ -278,12 +271,12 @@ impl RateLimiter {
     }
 
     /// Like `try_acquire`, returning the whole `Decision`.
-    #[pyo3(signature = (key = None, cost = None), text_signature = "(self, /, key=None, cost=1)")]
+    #[pyo3(signature = (key = None, cost = 1))]
     fn check(
         &self,
         py: Python<'_>,
         key: Option<&Bound<'_, PyAny>>,
-        cost: Option<&Bound<'_, PyAny>>,
+        #[pyo3(from_py_with = args::named::cost)] cost: i64,
     ) -> PyResult<Decision> {
         let cost = self.cost(cost)?;
         let (str_q, other_q); // see `try_acquire`
@@ -302,15 +295,12 @@ impl RateLimiter {
     /// seconds (real time, also with a ManualClock) pass, and at once when the tokens
     /// cannot be there before the timeout. The wait releases the GIL and raises
     /// KeyboardInterrupt promptly on Ctrl-C.
-    #[pyo3(
-        signature = (key = None, cost = None, *, timeout = None),
-        text_signature = "(self, /, key=None, cost=1, *, timeout=None)"
-    )]
+    #[pyo3(signature = (key = None, cost = 1, *, timeout = None))]
     fn acquire(
         &self,
         py: Python<'_>,
         key: Option<&Bound<'_, PyAny>>,
-        cost: Option<&Bound<'_, PyAny>>,
+        #[pyo3(from_py_with = args::named::cost)] cost: i64,
         timeout: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<bool> {
         let cost = self.cost(cost)?;
@@ -338,14 +328,11 @@ impl RateLimiter {
     /// `acquire` for asyncio: `await rl.acquire_async(key)`. Waiting sleeps on the event
     /// loop (no thread per waiter). Bad arguments raise at the call, before the first
     /// await.
-    #[pyo3(
-        signature = (key = None, cost = None, *, timeout = None),
-        text_signature = "(self, /, key=None, cost=1, *, timeout=None)"
-    )]
+    #[pyo3(signature = (key = None, cost = 1, *, timeout = None))]
     fn acquire_async<'py>(
         slf: &Bound<'py, Self>,
         key: Option<&Bound<'py, PyAny>>,
-        cost: Option<&Bound<'py, PyAny>>,
+        #[pyo3(from_py_with = args::named::cost)] cost: i64,
         timeout: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();

@@ -46,10 +46,10 @@ const KEY_KINDS: &str = "None, str, int, bytes or a tuple of those";
 /// `RateLimiter(rate, per, burst=...)`'s rules, then the Redis tier's window bound:
 /// `(rate, per, interval_ns, burst, tau_ns)`.
 #[pyfunction]
-#[pyo3(signature = (rate, per = None, burst = None))]
+#[pyo3(signature = (rate, per = 1.0, burst = None))]
 pub fn _gcra_params(
     rate: &Bound<'_, PyAny>,
-    per: Option<&Bound<'_, PyAny>>,
+    #[pyo3(from_py_with = args::named::per)] per: f64,
     burst: Option<&Bound<'_, PyAny>>,
 ) -> PyResult<(f64, f64, u64, u64, u64)> {
     let r = RateArgs::from_args(rate, per, burst)?;
@@ -74,7 +74,7 @@ pub fn _gcra_params(
 #[pyfunction]
 #[pyo3(signature = (cost, burst))]
 pub fn _check_cost(cost: Option<&Bound<'_, PyAny>>, burst: u64) -> PyResult<u64> {
-    cost_arg(cost, burst)
+    cost_arg(cost.map_or(Ok(1), |c| args::int(c, "cost"))?, burst)
 }
 
 /// `acquire(timeout=...)`'s rule: None, or the timeout in seconds (whole nanoseconds).
@@ -199,9 +199,11 @@ pub fn _ttl(ttl: &Bound<'_, PyAny>, required: bool) -> PyResult<Option<i64>> {
     }
 }
 
-/// `Registry(max_batch=...)`'s rule (None: the default, 10 000).
+/// `Registry(max_batch=...)`'s rule.
 #[pyfunction]
-pub fn _max_batch(max_batch: Option<&Bound<'_, PyAny>>) -> PyResult<usize> {
+pub fn _max_batch(
+    #[pyo3(from_py_with = args::named::max_batch)] max_batch: i64,
+) -> PyResult<usize> {
     max_batch_arg(max_batch)
 }
 
@@ -268,7 +270,7 @@ pub fn _registrations<'py>(
     items: &Bound<'py, PyAny>,
     max_batch: &Bound<'py, PyAny>,
 ) -> PyResult<Bound<'py, PyList>> {
-    let max_batch = max_batch_arg(Some(max_batch))?;
+    let max_batch = max_batch_arg(args::int(max_batch, "max_batch")?)?;
     let rows = register_items(py, items, max_batch, |item| {
         let f = item.fields(py)?;
         let id = f.id.clone();

@@ -205,10 +205,10 @@ impl Registry {
 #[pymethods]
 impl Registry {
     #[new]
-    #[pyo3(signature = (*, clock = None, max_batch = None), text_signature = "(*, clock=None, max_batch=10000)")]
+    #[pyo3(signature = (*, clock = None, max_batch = 10000))]
     fn new(
         clock: Option<&Bound<'_, PyAny>>,
-        max_batch: Option<&Bound<'_, PyAny>>,
+        #[pyo3(from_py_with = args::named::max_batch)] max_batch: i64,
     ) -> PyResult<Self> {
         let clock = args::clock(clock)?;
         let max_batch = max_batch_arg(max_batch)?;

@@ -236,16 +236,11 @@ pub fn health_arg(obj: Option<&Bound<'_, PyAny>>) -> PyResult<Arc<str>> {
 // The argument rules of the writes below are shared with the Redis tier (`py::redis`),
 // which takes the same arguments and must refuse the same ones with the same errors.
 
-/// `Registry(max_batch=...)`'s rule (None: the default, 10 000).
-pub fn max_batch_arg(max_batch: Option<&Bound<'_, PyAny>>) -> PyResult<usize> {
-    match max_batch.filter(|m| !m.is_none()) {
-        // An i64 >= 1 fits a usize on 64-bit targets; a larger one than a usize holds
-        // could never be reached anyway.
-        Some(m) => {
-            Ok(usize::try_from(args::int_at_least(m, "max_batch", 1)?).unwrap_or(usize::MAX))
-        }
-        None => Ok(10_000),
-    }
+/// `Registry(max_batch=...)`'s rule: an int >= 1.
+pub fn max_batch_arg(max_batch: i64) -> PyResult<usize> {
+    // An i64 >= 1 fits a usize on 64-bit targets; a larger one than a usize holds could
+    // never be reached anyway.
+    Ok(usize::try_from(args::at_least(max_batch, "max_batch", 1)?).unwrap_or(usize::MAX))
 }
 
 /// AlreadyRegistered for `id` (see `errors::registry_error`).
