@@ -5,6 +5,7 @@ from __future__ import annotations
 import doctest
 import faulthandler
 import os
+import signal
 import sys
 import sysconfig
 import threading
@@ -126,6 +127,14 @@ def _watchdogs() -> Iterator[None]:
     left = [t for t in stray if t.is_alive()]
     if left:
         pytest.fail(f"the test left {len(left)} thread(s) running:\n{_stacks(left)}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # The Ctrl-C tests interrupt a blocked call with `_thread.interrupt_main()`, which
+    # does nothing while SIGINT is ignored, as it is for a runner started in the
+    # background by a shell without job control: the blocked call would never return.
+    if signal.getsignal(signal.SIGINT) in (signal.SIG_IGN, signal.SIG_DFL):
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
