@@ -200,7 +200,10 @@ def test_owner_death_publishes_gone() -> None:
     reg.register("owned", owner=owner)
     reg.register("stays")
     sub = bus.subscribe("agent.*.health")
-    with HealthMonitor(reg, check=lambda ag: "degraded", bus=bus, interval=60.0) as mon:
+    # Rounds by check_now only: a started monitor's own first round could otherwise run
+    # after the owner's death and report it first.
+    mon = HealthMonitor(reg, check=lambda ag: "degraded", bus=bus, interval=60.0)
+    try:
         assert mon.check_now() == {"owned": "degraded", "stays": "degraded"}
         assert len(drain(sub)) == 2
         del owner
@@ -210,6 +213,8 @@ def test_owner_death_publishes_gone() -> None:
         # Reported once: the next round no longer knows it.
         assert mon.check_now() == {"stays": "degraded"}
         assert drain(sub) == []
+    finally:
+        mon.stop()
 
 
 def test_lease_expiry_with_manual_clock_publishes_gone() -> None:
