@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures as cf
 import contextlib
 import gc
+import logging
+import re
 import threading
 import time
 import weakref
+from concurrent.futures.thread import BrokenThreadPool
 from typing import Any
 
 import pytest
 from ferrule import QueueFull, TaskPool
+
+BROKEN = "^A thread initializer failed, the thread pool is not usable anymore$"
 
 
 def wait_until(cond: Any, timeout: float = 5.0) -> None:
@@ -259,6 +265,213 @@ def test_bad_input() -> None:
         with pytest.raises(TypeError, match=r"^fn must be callable, not 'int'$"):
             pool.submit(5)  # type: ignore[arg-type]
         assert pool.stats().submitted == 0
+
+
+def test_bad_initializer_arguments() -> None:
+    with pytest.raises(TypeError, match=r"^initializer must be callable or None, not 'int'$"):
+        TaskPool(1, initializer=3)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"^initargs must be an iterable, not 'int'$"):
+        TaskPool(1, initializer=print, initargs=5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"^thread_name_prefix must be a str, not 'NoneType'$"):
+        TaskPool(1, thread_name_prefix=None)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"^thread_name_prefix must be a str, not 'bytes'$"):
+        TaskPool(1, thread_name_prefix=b"x")  # type: ignore[arg-type]
+
+
+# ---- initializer, thread names --------------------------------------------------------
+
+
+def test_initializer_runs_once_in_each_worker_before_its_tasks() -> None:
+    local = threading.local()
+    calls: list[tuple[str, tuple[Any, ...]]] = []
+    gate = threading.Barrier(3)
+
+    def init(*args: Any) -> None:
+        calls.append((threading.current_thread().name, args))
+        local.ready = args
+
+    def task() -> tuple[Any, ...]:
+        gate.wait(5)  # all three workers hold a task at once
+        return local.ready  # type: ignore[no-any-return]
+
+    # initargs: any iterable, read once (a generator serves every worker).
+    with TaskPool(3, initializer=init, initargs=(x for x in ("a", 1))) as pool:
+        futs = [pool.submit(task) for _ in range(3)]
+        assert [f.result(5) for f in futs] == [("a", 1)] * 3
+        assert all(pool.submit(lambda: local.ready).result(5) == ("a", 1) for _ in range(10))
+    assert sorted(name for name, _ in calls) == [f"{pool.name}_{n}" for n in range(3)]
+    assert {args for _, args in calls} == {("a", 1)}
+
+
+def test_thread_name_prefix() -> None:
+    def name() -> str:
+        return threading.current_thread().name
+
+    with TaskPool(1, thread_name_prefix="io", name="pool") as pool:
+        assert pool.submit(name).result(5) == "io_0"
+        assert pool.name == "pool"
+    with TaskPool(1, name="pool") as pool:
+        assert pool.submit(name).result(5) == "pool_0"  # the default prefix is the name
+    with TaskPool(1, thread_name_prefix="") as pool:  # "" is the default, as in the stdlib
+        assert re.fullmatch(r"TaskPool-\d+_0", pool.submit(name).result(5))
+
+
+def test_a_failing_initializer_breaks_the_pool_like_thread_pool_executor(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """As in ThreadPoolExecutor: the exception is logged on concurrent.futures, queued
+    tasks fail with BrokenThreadPool, later submits raise it; shutdown still works."""
+
+    go = threading.Event()
+
+    def init() -> None:
+        go.wait(5)  # fail only once all three tasks are queued
+        raise ValueError("no database")
+
+    pool = TaskPool(1, initializer=init)
+    with caplog.at_level(logging.CRITICAL, logger="concurrent.futures"):
+        futs = [pool.submit(int, n) for n in range(3)]
+        go.set()
+        for f in futs:
+            with pytest.raises(BrokenThreadPool, match=BROKEN):
+                f.result(5)
+    [record] = caplog.records
+    assert record.name == "concurrent.futures"
+    assert record.getMessage() == "Exception in initializer:"
+    assert record.exc_info is not None and isinstance(record.exc_info[1], ValueError)
+    with pytest.raises(BrokenThreadPool, match=BROKEN):
+        pool.submit(int)
+    pool.shutdown(wait=True)
+    s = pool.stats()
+    assert (s.submitted, s.started, s.cancelled, s.active, s.queued) == (3, 0, 3, 0, 0)
+
+    # The stdlib's behaviour, for comparison.
+    with caplog.at_level(logging.CRITICAL, logger="concurrent.futures"):
+        std = cf.ThreadPoolExecutor(1, initializer=init)
+        with pytest.raises(BrokenThreadPool, match=BROKEN):
+            std.submit(int).result(5)
+        with pytest.raises(BrokenThreadPool, match=BROKEN):
+            std.submit(int)
+        std.shutdown()
+
+
+def test_a_later_worker_failing_its_initializer_fails_only_the_queued_tasks() -> None:
+    started = threading.Event()
+    release = threading.Event()
+    calls = 0
+    lock = threading.Lock()
+
+    def init() -> None:
+        nonlocal calls
+        with lock:
+            calls += 1
+            n = calls
+        if n == 2:  # the second worker fails once the first is busy
+            raise RuntimeError("second worker cannot start")
+
+    def busy() -> None:
+        started.set()
+        release.wait(5)
+
+    pool = TaskPool(2, max_queue=1, initializer=init)
+    logging.getLogger("concurrent.futures").disabled = True
+    try:
+        running = pool.submit(busy)
+        assert started.wait(5)
+        queued = pool.submit(int)  # starts the second worker, whose initializer fails
+        with pytest.raises(BrokenThreadPool, match=BROKEN):
+            queued.result(5)
+        with pytest.raises(BrokenThreadPool, match=BROKEN):
+            pool.submit(int)
+        release.set()
+        assert running.result(5) is None  # a task already running finishes normally
+    finally:
+        logging.getLogger("concurrent.futures").disabled = False
+        release.set()
+        pool.shutdown()
+
+
+def test_a_blocked_submit_wakes_with_broken_thread_pool() -> None:
+    """A submit waiting for room in a full queue when the pool breaks raises
+    BrokenThreadPool, not the shutdown RuntimeError."""
+    started = threading.Event()
+    release = threading.Event()
+    fail = threading.Event()
+
+    def init() -> None:
+        if threading.current_thread().name.endswith("_1"):
+            fail.wait(5)
+            raise RuntimeError("late failure")
+
+    def busy() -> None:
+        started.set()
+        release.wait(5)
+
+    pool = TaskPool(2, max_queue=1, initializer=init)
+    logging.getLogger("concurrent.futures").disabled = True
+    out: list[BaseException] = []
+
+    def blocked_submit() -> None:
+        try:
+            pool.submit(int)
+        except BaseException as e:
+            out.append(e)
+
+    try:
+        pool.submit(busy)
+        assert started.wait(5)
+        pool.submit(int)  # worker _1 starts and waits in its initializer: the queue is full
+        t = threading.Thread(target=blocked_submit)
+        t.start()
+        wait_until(lambda: pool.stats().submitted == 3)
+        fail.set()
+        t.join(5)
+        assert [type(e) for e in out] == [BrokenThreadPool]
+    finally:
+        logging.getLogger("concurrent.futures").disabled = False
+        fail.set()
+        release.set()
+        pool.shutdown()
+
+
+def test_workers_do_not_keep_the_initializer_alive() -> None:
+    """A worker drops its initializer (and initargs) once it has run: an initializer
+    that refers to its pool does not keep the pool alive from the worker thread."""
+
+    class Owner:
+        pool: Any = None
+
+        def setup(self, other: Any) -> None:
+            assert other is self
+
+    owner = Owner()
+    owner.pool = TaskPool(2, initializer=owner.setup, initargs=(owner,))
+    assert owner.pool.submit(int, 4).result(5) == 4
+    threads = list(owner.pool._threads)
+    dead = weakref.ref(owner.pool)
+    del owner
+    gc.collect()
+    assert dead() is None
+    for t in threads:
+        t.join(5)
+        assert not t.is_alive()
+
+
+def test_futures_work_with_asyncio_wrap_future() -> None:
+    async def main(pool: TaskPool) -> list[int]:
+        one = await asyncio.wrap_future(pool.submit(pow, 2, 5))
+        many = await asyncio.gather(*(asyncio.wrap_future(pool.submit(abs, -n)) for n in range(5)))
+        return [one, *many]
+
+    with TaskPool(2) as pool:
+        assert asyncio.run(main(pool)) == [32, 0, 1, 2, 3, 4]
+        failing = pool.submit(lambda: 1 / 0)
+
+        async def fails() -> None:
+            await asyncio.wrap_future(failing)
+
+        with pytest.raises(ZeroDivisionError):
+            asyncio.run(fails())
 
 
 def _submit_racing_shutdown(pool: TaskPool, ready: threading.Event, out: list[Any]) -> None:

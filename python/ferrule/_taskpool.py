@@ -8,6 +8,13 @@ on demand: a submit starts one when the tasks outstanding (submitted, not yet fi
 or cancelled) exceed the threads there are, so a task never waits for a busy worker
 while fewer than ``max_workers`` threads exist.
 
+An ``initializer`` runs once in each worker thread before it takes a task. If one
+raises, the pool breaks as ``ThreadPoolExecutor`` does: the exception is logged on the
+``concurrent.futures`` logger, the queue is closed, the tasks still queued fail with
+``BrokenThreadPool`` (counted as cancelled: they never started) and every later submit
+raises it. Closing the queue is what makes this race-free without a lock on submit: a
+submit that finds the queue closed reads the broken flag, set before the close.
+
 Shutdown closes the queue: later submits fail, a submit blocked on a full queue wakes
 with ``RuntimeError``, and each worker drains what is left and exits. At interpreter
 exit every live pool's queue is closed (before non-daemon threads are joined), so a
@@ -18,10 +25,13 @@ too.
 from __future__ import annotations
 
 import itertools
+import logging
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Executor, Future
+from concurrent.futures.thread import BrokenThreadPool
+from functools import partial
 from typing import Any, ParamSpec, TypeVar
 
 from ferrule._native import (
@@ -41,6 +51,10 @@ T = TypeVar("T")
 
 _Task = tuple["Future[Any]", Callable[..., Any], tuple[Any, ...], dict[str, Any]]
 
+_BROKEN = "A thread initializer failed, the thread pool is not usable anymore"
+# ThreadPoolExecutor's logger: a drop-in pool reports a failed initializer where it does.
+_log = logging.getLogger("concurrent.futures")
+
 _names = itertools.count()
 _live: weakref.WeakSet[TaskPool] = weakref.WeakSet()
 _exiting = False
@@ -59,6 +73,43 @@ if _register is not None:
     _register(_close_all)
 
 
+def _worker(
+    queue: WorkQueue[_Task], counters: TaskCounters, setup: list[Callable[[], bool]]
+) -> None:
+    """A worker thread with an initializer: runs it, then the native loop. ``setup`` is
+    this thread's own one-item list, emptied here, so the thread does not keep the
+    initializer and its arguments (which may refer to the pool) alive while it waits."""
+    if setup.pop()():
+        _run_worker(queue, counters)
+
+
+def _initialize(
+    initializer: Callable[..., object], initargs: tuple[Any, ...], fail: Callable[[], None]
+) -> bool:
+    try:
+        initializer(*initargs)
+    except BaseException:
+        _log.critical("Exception in initializer:", exc_info=True)
+        fail()
+        return False
+    return True
+
+
+def _break(queue: WorkQueue[_Task], counters: TaskCounters, broken: list[str]) -> None:
+    """An initializer failed: mark the pool broken, then close its queue and fail what
+    is still queued (a running task, or one another worker took first, still runs)."""
+    broken.append(_BROKEN)
+    queue.close()
+    while True:
+        try:
+            fut = queue.get_nowait()[0]
+        except (QueueEmpty, QueueClosed):
+            return
+        if fut.set_running_or_notify_cancel():
+            fut.set_exception(BrokenThreadPool(_BROKEN))
+        counters.cancel()
+
+
 class TaskPool(Executor):
     """A ``concurrent.futures.Executor`` with a worker limit and a queue limit.
 
@@ -69,12 +120,27 @@ class TaskPool(Executor):
     ``submit`` after ``shutdown`` raises ``RuntimeError`` like the stdlib executors.
     ``stats()`` reads lock-free counters: ``started == completed + failed + active``.
 
+    As with ``ThreadPoolExecutor``, ``initializer(*initargs)`` runs once in each worker
+    thread before it takes a task; if it raises, the exception is logged (logger
+    ``concurrent.futures``), the pool is broken: queued tasks fail and later submits
+    raise ``concurrent.futures.thread.BrokenThreadPool``. Worker threads are named
+    ``f"{thread_name_prefix}_{n}"``; the prefix defaults to the pool's ``name``.
+
     >>> with TaskPool(4, max_queue=100, name="resize") as pool:
     ...     futures = [pool.submit(pow, n, 2) for n in range(10)]
     ...     [f.result() for f in futures][:4]
     [0, 1, 4, 9]
     >>> pool.stats().completed
     10
+    >>> import threading
+    >>> local = threading.local()
+    >>> def setup(base: int) -> None:
+    ...     local.base = base
+    >>> with TaskPool(2, initializer=setup, initargs=(100,), thread_name_prefix="io") as pool:
+    ...     pool.submit(lambda: local.base + 1).result()
+    ...     pool.submit(lambda: threading.current_thread().name).result()
+    101
+    'io_0'
     """
 
     def __init__(
@@ -84,6 +150,9 @@ class TaskPool(Executor):
         max_queue: int = 1024,
         overflow: str = "block",
         name: str | None = None,
+        initializer: Callable[..., object] | None = None,
+        initargs: Iterable[Any] = (),
+        thread_name_prefix: str = "",
     ) -> None:
         if not isinstance(max_workers, int) or isinstance(max_workers, bool):
             raise TypeError(f"max_workers must be an int, not {type(max_workers).__name__!r}")
@@ -99,9 +168,29 @@ class TaskPool(Executor):
             raise ValueError(f"overflow must be 'block' or 'reject', not {overflow!r}")
         if name is not None and not isinstance(name, str):
             raise TypeError(f"name must be a str or None, not {type(name).__name__!r}")
+        if initializer is not None and not callable(initializer):
+            raise TypeError(
+                f"initializer must be callable or None, not {type(initializer).__name__!r}"
+            )
+        try:
+            initargs = tuple(initargs)
+        except TypeError:
+            raise TypeError(
+                f"initargs must be an iterable, not {type(initargs).__name__!r}"
+            ) from None
+        if not isinstance(thread_name_prefix, str):
+            raise TypeError(
+                f"thread_name_prefix must be a str, not {type(thread_name_prefix).__name__!r}"
+            )
         self._max_workers = max_workers
         self._overflow = overflow
         self._name = name if name is not None else f"TaskPool-{next(_names)}"
+        # "" means the default, as for ThreadPoolExecutor.
+        self._prefix = thread_name_prefix or self._name
+        self._initializer = initializer
+        self._initargs = initargs
+        # Set (never cleared) by the first failing initializer, before it closes the queue.
+        self._broken: list[str] = []
         self._queue: WorkQueue[_Task] = WorkQueue(max_queue)
         self._put = self._queue.put if overflow == "block" else self._queue.put_nowait
         self._counters = TaskCounters()
@@ -122,6 +211,8 @@ class TaskPool(Executor):
         """Schedule ``fn(*args, **kwargs)``; returns its ``Future``."""
         if not callable(fn):
             raise TypeError(f"fn must be callable, not {type(fn).__name__!r}")
+        if self._broken:
+            raise BrokenThreadPool(self._broken[0])
         fut: Future[T] = Future()
         counters = self._counters
         counters.submit()
@@ -132,6 +223,8 @@ class TaskPool(Executor):
             raise
         except QueueClosed:
             counters.withdraw(False)
+            if self._broken:
+                raise BrokenThreadPool(self._broken[0]) from None
             if _exiting:
                 raise RuntimeError(
                     "cannot schedule new futures after interpreter shutdown"
@@ -151,9 +244,15 @@ class TaskPool(Executor):
             n = len(self._threads)
             if n >= self._max_workers or self._counters.outstanding <= n:
                 return
-            t = threading.Thread(
-                target=_run_worker, args=(self._queue, self._counters), name=f"{self._name}_{n}"
-            )
+            q, c = self._queue, self._counters
+            if self._initializer is None:
+                target: Callable[..., None] = _run_worker
+                args: tuple[Any, ...] = (q, c)
+            else:
+                fail = partial(_break, q, c, self._broken)
+                setup = partial(_initialize, self._initializer, self._initargs, fail)
+                target, args = _worker, (q, c, [setup])
+            t = threading.Thread(target=target, args=args, name=f"{self._prefix}_{n}")
             t.start()
             self._threads.append(t)
 
