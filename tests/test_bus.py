@@ -229,7 +229,11 @@ async def _drain_async(sub: Subscription, n: int) -> list[Any]:
     return [(await sub.get_async()).data for _ in range(n)]
 
 
-@pytest.mark.parametrize("how", ["get", "get_nowait", "iteration", "get_async"])
+async def _drain_async_for(sub: Subscription) -> list[Any]:
+    return [sig.data async for sig in sub]
+
+
+@pytest.mark.parametrize("how", ["get", "get_nowait", "iteration", "get_async", "async for"])
 def test_cancelled_pull_subscription_keeps_its_signals_readable(how: str) -> None:
     """Guards cancel() on a pull subscription: new signals stop, but what was queued
     stays readable until drained; then gets raise QueueClosed and iteration ends, as
@@ -246,6 +250,7 @@ def test_cancelled_pull_subscription_keeps_its_signals_readable(how: str) -> Non
         "get_nowait": lambda: [sub.get_nowait().data for _ in range(3)],
         "iteration": lambda: [sig.data for sig in sub],
         "get_async": lambda: asyncio.run(_drain_async(sub, 3)),
+        "async for": lambda: asyncio.run(_drain_async_for(sub)),
     }
     assert read[how]() == [0, 1, 2]
     for get in (sub.get, sub.get_nowait, lambda: sub.get(timeout=1)):
@@ -254,8 +259,33 @@ def test_cancelled_pull_subscription_keeps_its_signals_readable(how: str) -> Non
     with pytest.raises(QueueClosed):
         asyncio.run(_drain_async(sub, 1))
     assert list(sub) == []
+    assert asyncio.run(_drain_async_for(sub)) == []
     s = sub.stats()
     assert (s.accepted, s.delivered, s.dropped, s.queued) == (3, 3, 0, 0)
+
+
+def test_async_for_ends_when_a_task_cancels_the_subscription() -> None:
+    """A subscription as an async stream: the consumer's loop ends (after what was
+    queued) when another task cancels it, here by leaving its ``with`` block."""
+    bus = SignalBus()
+
+    async def main() -> list[str]:
+        seen: list[str] = []
+        with bus.subscribe("job.#") as sub:
+
+            async def consume() -> None:
+                async for sig in sub:
+                    seen.append(sig.type)
+
+            consumer = asyncio.ensure_future(consume())
+            bus.publish("job.1.start")
+            await asyncio.sleep(0.01)
+            bus.publish("job.1.done")
+            bus.publish("other")
+        await asyncio.wait_for(consumer, 5)
+        return seen
+
+    assert asyncio.run(main()) == ["job.1.start", "job.1.done"]
 
 
 def test_async_getters_of_a_cancelled_pull_subscription_get_what_was_queued() -> None:
@@ -466,6 +496,10 @@ def test_handler_runs_on_its_own_thread_in_order(no_thread_leak: None) -> None:
         iter(sub)
     with pytest.raises(TypeError, match=r"^get_async\(\) is for subscriptions"):
         sub.get_async()  # type: ignore[unused-coroutine]
+    with pytest.raises(TypeError, match=r"^async iteration is for subscriptions"):
+        aiter(sub)
+    with pytest.raises(TypeError, match=r"^async iteration is for subscriptions"):
+        sub.__anext__()  # type: ignore[unused-coroutine]
     sub.cancel()
 
 

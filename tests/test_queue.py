@@ -478,6 +478,45 @@ def test_async_producers_and_consumers_on_one_loop() -> None:
     assert asyncio.run(main()) == sorted(k * 1000 + i for k in range(4) for i in range(100))
 
 
+def test_async_for_with_async_producers_on_one_loop() -> None:
+    """put_async producers and async-for consumers share one loop through a queue of 2;
+    closing it after the producers ends every consumer; the counts balance."""
+    q: WorkQueue[int] = WorkQueue(2)
+
+    async def main() -> list[list[int]]:
+        async def produce(base: int) -> None:
+            for i in range(50):
+                await q.put_async(base + i)
+
+        async def consume() -> list[int]:
+            return [item async for item in q]
+
+        consumers = [asyncio.ensure_future(consume()) for _ in range(3)]
+        await asyncio.gather(*(produce(k * 1000) for k in range(4)))
+        q.close()
+        return await asyncio.wait_for(asyncio.gather(*consumers), 5)
+
+    outs = asyncio.run(main())
+    assert sorted(i for out in outs for i in out) == [
+        k * 1000 + i for k in range(4) for i in range(50)
+    ]
+    s = q.stats()
+    assert (s.put, s.got, s.dropped, s.size) == (200, 200, 0, 0)
+
+
+def test_async_for_under_drop_oldest_sees_what_was_not_evicted() -> None:
+    q: WorkQueue[int] = WorkQueue(3, overflow="drop_oldest")
+    q.put_many(range(10))
+    q.close()
+
+    async def main() -> list[int]:
+        return [item async for item in q]
+
+    assert asyncio.run(main()) == [7, 8, 9]
+    s = q.stats()
+    assert (s.put, s.got, s.dropped) == (10, 3, 7)
+
+
 def test_cancelled_getter_loses_no_item() -> None:
     q: WorkQueue[str] = WorkQueue(4)
 

@@ -35,9 +35,9 @@ def _work_queue() -> Box:
     return Box(q, q.put, lambda item: item, q.close, words)
 
 
-def _subscription() -> Box:
+def _subscription(overflow: str = "drop_oldest") -> Box:
     bus = SignalBus()
-    sub = bus.subscribe("t", maxsize=8)
+    sub = bus.subscribe("t", maxsize=8, overflow=overflow)
     words = ("no signal queued", "no signal queued (get timed out)", "subscription is cancelled")
     return Box(sub, lambda x: bus.publish("t", x), lambda s: s.data, sub.cancel, words)
 
@@ -178,3 +178,126 @@ def test_gc_collects_an_abandoned_async_getter(make: Callable[[], Box]) -> None:
     del task, loop, box
     gc.collect()
     assert dead() is None
+
+
+# ---- async for ---------------------------------------------------------------------------
+
+
+async def _collect(box: Box, out: list[Any]) -> None:
+    async for item in box.mailbox:
+        out.append(box.value(item))
+
+
+def test_async_for_yields_in_order_and_ends_once_closed_and_drained(box: Box) -> None:
+    assert box.mailbox.__aiter__() is box.mailbox
+    for i in range(5):
+        box.put(i)
+
+    async def main() -> list[Any]:
+        got: list[Any] = []
+        task = asyncio.ensure_future(_collect(box, got))
+        await asyncio.sleep(0.01)  # drained what was queued, now waits
+        assert got == [0, 1, 2, 3, 4] and not task.done()
+        box.put(5)
+        await asyncio.sleep(0.01)
+        threading.Thread(target=box.close).start()  # ends the loop from another thread
+        await asyncio.wait_for(task, 5)
+        again: list[Any] = []
+        await _collect(box, again)  # closed and drained: ends at once
+        assert again == []
+        with pytest.raises(StopAsyncIteration):
+            await box.mailbox.__anext__()
+        return got
+
+    assert asyncio.run(main()) == [0, 1, 2, 3, 4, 5]
+
+
+def test_async_for_drains_what_was_queued_before_the_close(box: Box) -> None:
+    for i in range(3):
+        box.put(i)
+    box.close()
+
+    async def main() -> list[Any]:
+        return [box.value(item) async for item in box.mailbox]
+
+    assert asyncio.run(main()) == [0, 1, 2]
+
+
+def test_a_task_cancelled_in_async_for_loses_no_item(box: Box) -> None:
+    """Cancelling a task waiting in __anext__ after an item's wake-up went to it: the
+    other consumer gets the item."""
+
+    async def main() -> tuple[list[Any], list[Any]]:
+        got_a: list[Any] = []
+        got_b: list[Any] = []
+        a = asyncio.ensure_future(_collect(box, got_a))
+        await asyncio.sleep(0.01)  # a registered first
+        b = asyncio.ensure_future(_collect(box, got_b))
+        await asyncio.sleep(0.01)
+        box.put("x")  # wakes a (scheduled on this loop)...
+        a.cancel()  # ...which is cancelled before it runs: b must get the item
+        with pytest.raises(asyncio.CancelledError):
+            await a
+
+        async def b_got_it() -> None:  # without a close (which would wake b anyway)
+            while not got_b:
+                await asyncio.sleep(0.001)
+
+        await asyncio.wait_for(b_got_it(), 5)
+        box.close()
+        await asyncio.wait_for(b, 5)
+        return got_a, got_b
+
+    assert asyncio.run(main()) == ([], ["x"])
+    assert _wakers(box.mailbox) == []
+
+
+def test_a_task_cancelled_in_async_for_leaves_nothing_behind(box: Box) -> None:
+    async def main() -> None:
+        task = asyncio.ensure_future(_collect(box, []))
+        await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    assert _wakers(box.mailbox) == []
+    box.put("kept")
+    assert box.value(box.mailbox.get_nowait()) == "kept"
+
+
+@pytest.mark.parametrize(
+    "make", [_work_queue, partial(_subscription, "block")], ids=["WorkQueue", "Subscription"]
+)
+def test_threads_put_while_tasks_consume_with_async_for(
+    make: Callable[[], Box], threads: int
+) -> None:
+    """Producer threads and consumer tasks on one loop, through a mailbox of 8 that
+    blocks its producers: every item arrives once, each producer's items in order."""
+    box = make()
+    per_thread = 200
+
+    def produce(t: int) -> None:
+        for i in range(per_thread):
+            box.put((t, i))
+
+    async def main() -> list[list[Any]]:
+        outs: list[list[Any]] = [[] for _ in range(4)]
+        tasks = [asyncio.ensure_future(_collect(box, out)) for out in outs]
+        producers = [threading.Thread(target=produce, args=(t,)) for t in range(threads)]
+        for p in producers:
+            p.start()
+        loop = asyncio.get_running_loop()
+        for p in producers:
+            await loop.run_in_executor(None, p.join)
+        box.close()
+        await asyncio.wait_for(asyncio.gather(*tasks), 30)
+        return outs
+
+    outs = asyncio.run(main())
+    everything = sorted(item for out in outs for item in out)
+    assert everything == [(t, i) for t in range(threads) for i in range(per_thread)]
+    for out in outs:  # one consumer sees each producer's items in the order put
+        for t in range(threads):
+            mine = [i for tt, i in out if tt == t]
+            assert mine == sorted(mine)

@@ -726,6 +726,25 @@ class WorkQueue(Generic[_T]):
         """Iterate by blocking ``get()`` until the queue is closed and drained."""
 
     def __next__(self) -> _T: ...
+    def __aiter__(self) -> WorkQueue[_T]:
+        """``async for item in queue``: each item as ``await get_async()`` gives it,
+        waiting on the running loop (no thread); the loop ends once the queue is closed
+        and drained. Cancelling a task waiting in it never loses an item.
+
+        >>> import asyncio
+        >>> q: WorkQueue[int] = WorkQueue(8)
+        >>> q.put_many([1, 2, 3])
+        3
+        >>> q.close()
+        >>> async def total() -> int:
+        ...     return sum([item async for item in q])
+        >>> asyncio.run(total())
+        6
+        """
+
+    def __anext__(self) -> Coroutine[Any, Any, _T]:
+        """Coroutine: the next item, or ``StopAsyncIteration`` once closed and drained."""
+
     def __class_getitem__(cls, item: Any) -> GenericAlias:
         """``WorkQueue[int]`` for annotations."""
 
@@ -1376,6 +1395,26 @@ class Subscription:
         """Iterate by blocking ``get()`` until the subscription is cancelled and
         drained."""
     def __next__(self) -> Signal: ...
+    def __aiter__(self) -> Subscription:
+        """``async for sig in sub``: each signal as ``await get_async()`` gives it,
+        waiting on the running loop (no thread); the loop ends once the subscription is
+        cancelled and drained. Cancelling a task waiting in it never loses a signal.
+        ``TypeError`` on a handler subscription.
+
+        >>> import asyncio
+        >>> bus = SignalBus(); sub = bus.subscribe("job.*")
+        >>> bus.publish("job.a", 1), bus.publish("job.b", 2), sub.cancel()
+        (1, 1, True)
+        >>> async def types() -> list[str]:
+        ...     return [sig.type async for sig in sub]
+        >>> asyncio.run(types())
+        ['job.a', 'job.b']
+        """
+
+    def __anext__(self) -> Coroutine[Any, Any, Signal]:
+        """Coroutine: the next signal, or ``StopAsyncIteration`` once cancelled and
+        drained."""
+
     def __eq__(self, other: object, /) -> bool: ...
     def __hash__(self) -> int: ...
 

@@ -8,6 +8,9 @@ makes room) calls it after the mailbox's lock is released, and the task retries.
 never handed to a waiting task directly, so a task cancelled after its wake-up loses no
 item; it passes its unused wake-up on to the next waiter (``_forget_getter`` /
 ``_forget_putter``). The native side of each step is ``src/py/mailbox.rs``.
+
+``next_async`` is ``__anext__`` of both mailboxes (``async for``): ``get_async`` with the
+closed-and-drained end (``QueueClosed``) turned into ``StopAsyncIteration``.
 """
 
 from __future__ import annotations
@@ -17,9 +20,9 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any, Protocol, TypeVar
 
-from ferrule._native import WorkQueue
+from ferrule._native import QueueClosed, WorkQueue
 
-__all__ = ["get_async", "put_async"]
+__all__ = ["get_async", "next_async", "put_async"]
 
 T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
@@ -67,6 +70,14 @@ async def get_async(q: Gettable[T]) -> T:
         return item
     result: T = await _wait(lambda waker: q._get_or_wait(waker, _PENDING), q._forget_getter)
     return result
+
+
+async def next_async(q: Gettable[T]) -> T:
+    """The next item for ``async for``; ``StopAsyncIteration`` once closed and drained."""
+    try:
+        return await get_async(q)
+    except QueueClosed:
+        raise StopAsyncIteration from None
 
 
 async def put_async(q: WorkQueue[T], item: T) -> None:

@@ -2,11 +2,11 @@
 //! loop (`_run_subscription`): the Python face of `core::bus` over Python items.
 //!
 //! Each subscription's mailbox is a mailbox of `crate::py::mailbox`, shared with
-//! `WorkQueue`: a pull subscription's `get`, `get_nowait`, iteration and `get_async`
-//! (its asyncio waiters, woken and forgotten without losing a signal), the wake-ups at
-//! cancellation and the collector's visit of the mailbox are the mailbox's, with this
-//! file's words ("no signal queued", "subscription is cancelled"). This file holds
-//! routing, publishing, cancellation, handlers and their workers.
+//! `WorkQueue`: a pull subscription's `get`, `get_nowait`, iteration, `get_async` and
+//! `async for` (its asyncio waiters, woken and forgotten without losing a signal), the
+//! wake-ups at cancellation and the collector's visit of the mailbox are the mailbox's,
+//! with this file's words ("no signal queued", "subscription is cancelled"). This file
+//! holds routing, publishing, cancellation, handlers and their workers.
 //!
 //! `publish` runs attached and never releases the GIL except to wait on a full `block`
 //! mailbox: the route (a read-locked trie walk) and each push are short critical
@@ -353,6 +353,18 @@ impl Subscription {
     fn get_async<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
         slf.get().pull_only("get_async()")?;
         mailbox::get_async(slf.as_any())
+    }
+
+    fn __aiter__(slf: PyRef<'_, Self>) -> PyResult<PyRef<'_, Self>> {
+        slf.pull_only("async iteration")?;
+        Ok(slf)
+    }
+
+    /// Coroutine: the next signal for `async for`, as `get_async`; the iteration ends
+    /// once the subscription is cancelled and drained.
+    fn __anext__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        slf.get().pull_only("async iteration")?;
+        mailbox::anext(slf.as_any())
     }
 
     /// asyncio glue (see `ferrule._queue`): a signal, or `pending` after registering

@@ -15,7 +15,8 @@
 //!
 //! Asyncio: `ferrule._queue.get_async` (and, for a `WorkQueue`, `put_async`) registers a
 //! waker, `functools.partial(loop.call_soon_threadsafe, wake, future)`, in the same
-//! critical section that found the mailbox empty (full), so no wake-up is lost. A waker
+//! critical section that found the mailbox empty (full), so no wake-up is lost; `async
+//! for` ([`anext`]) is `get_async` ending at the close. A waker
 //! only tells its task to retry; items are never handed to a task, so a task cancelled
 //! after its wake-up loses nothing: it calls [`forget_getter`] ([`forget_putter`]),
 //! which passes the unused wake-up on while there is still something to take (room to
@@ -205,6 +206,13 @@ pub fn next(py: Python<'_>, q: &Mailbox, words: &Words) -> PyResult<Item> {
 /// [`forget_getter`].
 pub fn get_async<'py>(owner: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
     lookup!(owner.py(), "ferrule._queue", "get_async")?.call1((owner,))
+}
+
+/// `__anext__()`: the coroutine `ferrule._queue.next_async(owner)`, [`get_async`] whose
+/// closed-and-drained end is `StopAsyncIteration`, so `async for` ends there. Cancelling
+/// it loses no item, as for `get_async`.
+pub fn anext<'py>(owner: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    lookup!(owner.py(), "ferrule._queue", "next_async")?.call1((owner,))
 }
 
 /// One attempt of an asyncio getter: an item, or `pending` after registering `waker` (if

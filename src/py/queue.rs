@@ -288,6 +288,16 @@ impl WorkQueue {
         mailbox::next(py, &self.q, &WORDS)
     }
 
+    fn __aiter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    /// Coroutine: the next item for `async for`, as `get_async`; the iteration ends once
+    /// the queue is closed and drained.
+    fn __anext__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        mailbox::anext(slf.as_any())
+    }
+
     /// Visits the queued items and the asyncio wakers.
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         mailbox::traverse(&self.q, &visit)
