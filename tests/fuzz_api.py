@@ -1478,6 +1478,7 @@ ALLOWED_FOR: dict[str, tuple[type[BaseException], ...]] = {
     "<set>": (AttributeError,),
     "<del>": (AttributeError,),
     "__next__": (StopIteration,),
+    "__anext__": (StopAsyncIteration,),
 }
 PANIC_TEXT = re.compile(r"panicked at|PanicException|FATAL")
 
@@ -1824,7 +1825,7 @@ def _call_and_judge(
     if unnamed:
         ctx.notes.append(unnamed)
     baseline = not case.replace and case.variant == default_variant(target)
-    expected = (ferrule.FerruleError, StopIteration)
+    expected = (ferrule.FerruleError, StopIteration, StopAsyncIteration)
     if baseline and exc_seen is not None and not bad and not isinstance(exc_seen, expected):
         problems.append(("harness", f"the baseline call raised: {outcome}"))
     exc_seen = None
