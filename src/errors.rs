@@ -75,6 +75,7 @@ exceptions! {
     Discard() = "Raise inside a pool's ``with`` block to close and replace the item.",
     BackendError("builtins"."ConnectionError") =
         "The backend (e.g. Redis) failed (a ``ConnectionError``).",
+    RateLimited() = "A rate limiter's tokens could not be had in time; ``decision`` says why.",
 }
 
 impl Exc {

@@ -30,6 +30,7 @@ BASES: dict[str, tuple[type, ...]] = {
     "PoolTimeout": (ferrule.FerruleError, TimeoutError),
     "Discard": (ferrule.FerruleError,),
     "BackendError": (ferrule.FerruleError, ConnectionError),
+    "RateLimited": (ferrule.FerruleError,),
 }
 
 

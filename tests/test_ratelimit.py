@@ -20,7 +20,8 @@ from fractions import Fraction
 from typing import NamedTuple
 
 import pytest
-from ferrule import Decision, ManualClock, RateLimiter
+from ferrule import Decision, FerruleError, ManualClock, RateLimited, RateLimiter
+from ferrule._ratelimit import Limit
 
 
 def limiter(rate: float = 10.0, **kw: object) -> tuple[ManualClock, RateLimiter]:
@@ -641,6 +642,340 @@ def test_acquire_async_checks_arguments_eagerly() -> None:
         rl.acquire_async([1.5])
     with pytest.raises(ValueError, match=r"^timeout must be >= 0$"):
         rl.acquire_async(timeout=-1)
+
+
+# ---- limit: with, async with, decorators -------------------------------------------------
+
+
+def test_limit_with_block_spends_tokens() -> None:
+    _, rl = limiter(10)
+    lim = rl.limit("k", cost=4)
+    assert isinstance(lim, Limit)
+    with lim as got:
+        assert got is None
+        assert rl.peek("k") == 6
+    assert rl.peek("k") == 6  # leaving gives nothing back
+    three = rl.limit("k", cost=3)
+    with three, three:  # no per-entry state: nested entries of one object
+        pass
+    assert rl.peek("k") == 0
+    with rl.limit():  # the default key
+        pass
+    assert rl.peek() == 9
+
+
+def test_limit_raises_rate_limited_with_the_decision_and_takes_nothing() -> None:
+    _, rl = limiter(1, burst=10)
+    assert rl.try_acquire("k", cost=8)
+    ran = False
+    t0 = time.monotonic()
+    for timeout in (0, 0.5):  # refused at once: the tokens cannot come in time
+        with pytest.raises(RateLimited) as info, rl.limit("k", cost=3, timeout=timeout):
+            ran = True
+        e = info.value
+        assert isinstance(e, FerruleError)
+        assert str(e) == "rate limit exceeded for key 'k': retry after 1.0 s"
+        d = e.decision
+        assert isinstance(d, Decision)
+        assert (d.allowed, d.remaining, d.retry_after, d.reset_after) == (False, 2, 1.0, 8.0)
+    assert time.monotonic() - t0 < 0.4
+    assert not ran
+    assert rl.peek("k") == 2  # the refusals took nothing
+    with rl.limit("k", cost=2, timeout=0):
+        pass
+    assert rl.peek("k") == 0
+
+
+def test_limit_waits_for_a_manual_clock_advanced_by_another_thread() -> None:
+    clock, rl = limiter(1)
+    rl.try_acquire("k")
+    entered = threading.Event()
+
+    def worker() -> None:
+        with rl.limit("k"):  # timeout None: waits as long as needed
+            entered.set()
+
+    t = threading.Thread(target=worker)
+    t.start()
+    try:
+        assert not entered.wait(0.1)  # the clock is frozen: it cannot have entered
+        clock.advance(1.0)
+        assert entered.wait(5.0)
+    finally:
+        if not entered.is_set():  # let a failing test's thread finish
+            clock.advance(1.0)
+        t.join()
+    assert rl.peek("k") == 0
+
+
+def test_limit_with_block_is_interruptible() -> None:
+    _, rl = limiter(1)
+    rl.try_acquire()
+    timer = threading.Timer(0.1, _thread.interrupt_main)
+    timer.start()
+    with pytest.raises(KeyboardInterrupt), rl.limit():
+        pytest.fail("entered a block whose tokens never come")
+    timer.join()
+
+
+def test_limit_async_with() -> None:
+    async def main() -> None:
+        clock, rl = limiter(1, burst=2)
+        async with rl.limit("k"):
+            assert rl.peek("k") == 1
+        async with rl.limit("k", timeout=0):
+            pass
+        with pytest.raises(RateLimited) as info:
+            async with rl.limit("k", timeout=0.5):
+                pytest.fail("refused block ran")
+        assert info.value.decision.retry_after == 1.0
+        assert rl.peek("k") == 0
+        loop = asyncio.get_running_loop()
+        loop.call_soon(clock.advance, 1.0)  # after the waiter's first refusal
+        async with rl.limit("k", timeout=5.0):
+            pass
+        assert rl.peek("k") == 0
+
+    asyncio.run(main())
+
+
+def test_a_cancelled_async_with_wait_takes_nothing() -> None:
+    async def main() -> None:
+        clock, rl = limiter(1, burst=2)
+        assert rl.try_acquire("k", cost=2)
+        entered = False
+
+        async def waiter() -> None:
+            nonlocal entered
+            async with rl.limit("k", cost=2):
+                entered = True
+
+        task = asyncio.ensure_future(waiter())
+        await asyncio.sleep(0)  # one step: the waiter was refused and sleeps
+        assert not task.done()
+        clock.advance(1.0)  # one token back; the waiter wants two and is still asleep
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert not entered
+        assert rl.peek("k") == 1
+        clock.advance(1.0)
+        assert rl.peek("k") == 2
+
+    asyncio.run(main())
+
+
+def test_limit_decorates_sync_and_async_functions() -> None:
+    _, rl = limiter(1, burst=3)
+    calls: list[object] = []
+
+    @rl.limit("k", timeout=0)
+    def work(x: int, *, y: int = 0) -> int:
+        """Doc."""
+        calls.append(x)
+        return x + y
+
+    @rl.limit("k", cost=2, timeout=0)
+    async def awork(x: int) -> int:
+        calls.append(x)
+        return x
+
+    assert work.__name__ == "work" and work.__doc__ == "Doc."
+    assert awork.__name__ == "awork" and asyncio.iscoroutinefunction(awork)
+    assert work(1, y=2) == 3
+    assert rl.peek("k") == 2
+    assert asyncio.run(awork(5)) == 5
+    assert rl.peek("k") == 0
+    with pytest.raises(RateLimited, match=r"^rate limit exceeded for key 'k': retry after 1\.0 s$"):
+        work(2)
+    with pytest.raises(RateLimited) as info:
+        asyncio.run(awork(6))
+    assert info.value.decision.retry_after == 2.0
+    assert calls == [1, 5]  # a refused call never runs
+
+
+def test_a_callable_key_is_resolved_per_call_in_a_decorator() -> None:
+    _, rl = limiter(1, burst=2)
+    seen: list[tuple[object, ...]] = []
+
+    def key(user: str, *args: object, **kwargs: object) -> tuple[str, str]:
+        seen.append((user, *args, *kwargs.items()))
+        return ("user", user)
+
+    @rl.limit(key, timeout=0)
+    def fetch(user: str, page: int = 0, *, q: str = "") -> str:
+        return f"{user}:{page}:{q}"
+
+    @rl.limit(key, timeout=0)
+    async def afetch(user: str) -> str:
+        return user
+
+    assert fetch("ann", 2, q="x") == "ann:2:x"
+    assert seen == [("ann", 2, ("q", "x"))]
+    assert asyncio.run(afetch("ann")) == "ann"
+    assert asyncio.run(afetch("bob")) == "bob"
+    assert rl.peek(("user", "ann")) == 0 and rl.peek(("user", "bob")) == 1
+    with pytest.raises(RateLimited) as info:
+        fetch("ann")
+    assert str(info.value).startswith("rate limit exceeded for key ('user', 'ann'): ")
+    assert rl.peek(key) == 2  # the function itself was never a key
+
+
+def test_a_callable_key_is_the_key_itself_in_a_with_block() -> None:
+    _, rl = limiter(1, burst=2)
+
+    def key() -> str:
+        raise AssertionError("a with block does not call its key")
+
+    with rl.limit(key):
+        pass
+    assert rl.peek(key) == 1
+
+
+def test_a_failing_key_function_propagates_and_takes_nothing() -> None:
+    _, rl = limiter(10)
+    called = False
+
+    def key(x: int) -> object:
+        if x == 0:
+            raise ZeroDivisionError("no key")
+        return [x]  # unhashable
+
+    @rl.limit(key)
+    def work(x: int) -> None:
+        nonlocal called
+        called = True
+
+    with pytest.raises(ZeroDivisionError, match=r"^no key$"):
+        work(0)
+    with pytest.raises(TypeError, match=r"^key must be hashable, not 'list'$"):
+        work(1)
+    assert not called and len(rl) == 0
+
+
+def test_limit_checks_its_arguments_at_the_call() -> None:
+    _, rl = limiter(10)
+    with pytest.raises(ValueError, match=r"^cost must be >= 1$"):
+        rl.limit("k", 0)
+    with pytest.raises(
+        ValueError, match=r"^cost must be <= burst \(10\), got 11: it could never be granted$"
+    ):
+        rl.limit("k", cost=11)
+    with pytest.raises(TypeError, match=r"^cost must be an int, not 'float'$"):
+        rl.limit("k", 1.0)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"^cost must be an int, not 'bool'$"):
+        rl.limit("k", True)
+    with pytest.raises(OverflowError, match=r"^cost is out of range$"):
+        rl.limit("k", 2**70)
+    with pytest.raises(ValueError, match=r"^timeout must be >= 0$"):
+        rl.limit("k", timeout=-1)
+    with pytest.raises(ValueError, match=r"^timeout must be a finite number of seconds$"):
+        rl.limit("k", timeout=math.inf)
+    with pytest.raises(TypeError, match=r"^timeout must be a number of seconds, not 'str'$"):
+        rl.limit("k", timeout="1")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"^key must be hashable, not 'list'$"):
+        rl.limit([1])
+    with pytest.raises(TypeError, match=r"^func must be callable, not 'int'$"):
+        rl.limit("k")(3)  # type: ignore[arg-type]
+
+    class CallableUnhashable:
+        __hash__ = None  # type: ignore[assignment]
+
+        def __call__(self) -> str:
+            return "k"
+
+    rl.limit(CallableUnhashable())  # a decorator's key function need not be hashable
+    assert len(rl) == 0
+
+
+def test_a_refusal_that_finds_the_tokens_back_runs_the_block() -> None:
+    """acquire gave up, but the check that reads the refusal was granted (the tokens came
+    back in between): the block runs on those tokens instead of raising."""
+
+    class Racy:
+        def __init__(self) -> None:
+            self.checks = 0
+
+        def acquire(self, key: object, cost: int = 1, *, timeout: float | None = None) -> bool:
+            return False
+
+        def check(self, key: object, cost: int = 1) -> Decision:
+            self.checks += 1
+            return Decision(True, 0, 0.0, 1.0)
+
+    racy = Racy()
+    ran = False
+    with Limit(racy, "k", 1, 0.0):  # type: ignore[arg-type]
+        ran = True
+    assert ran and racy.checks == 1
+
+
+def test_threads_share_one_limit(threads: int) -> None:
+    _, rl = limiter(1, burst=threads)
+    lim = rl.limit("shared", timeout=0)
+    barrier = threading.Barrier(2 * threads)
+    entered: list[int] = []
+    refused: list[Decision] = []
+
+    def work(i: int) -> None:
+        barrier.wait()
+        try:
+            with lim:
+                entered.append(i)
+        except RateLimited as e:
+            refused.append(e.decision)
+
+    ts = [threading.Thread(target=work, args=(i,)) for i in range(2 * threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert len(entered) == threads and len(refused) == threads
+    assert all(not d.allowed and d.remaining == 0 for d in refused)
+    assert rl.peek("shared") == 0
+
+
+def test_threads_wait_in_one_decorated_function(threads: int) -> None:
+    rl = RateLimiter(2000, burst=1)
+    done: list[int] = []
+
+    @rl.limit("k")
+    def work(i: int) -> None:
+        done.append(i)
+
+    ts = [threading.Thread(target=lambda i=i: [work(i) for _ in range(3)]) for i in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert sorted(done) == sorted(list(range(threads)) * 3)
+
+
+def test_tasks_share_one_limit() -> None:
+    async def main() -> tuple[int, int, int]:
+        clock, rl = limiter(1, burst=5)
+        lim = rl.limit("shared", timeout=0)
+
+        async def one() -> bool:
+            try:
+                async with lim:
+                    return True
+            except RateLimited:
+                return False
+
+        got = await asyncio.gather(*(one() for _ in range(12)))
+
+        @rl.limit("waited")
+        async def waited() -> None:
+            pass
+
+        tasks = [asyncio.ensure_future(waited()) for _ in range(7)]
+        await asyncio.sleep(0)
+        clock.advance(2.0)  # five at once, the other two once the clock moved
+        await asyncio.gather(*tasks)
+        return sum(got), len(got) - sum(got), rl.peek("waited")
+
+    assert asyncio.run(main()) == (5, 7, 0)
 
 
 # ---- bad input ---------------------------------------------------------------------------

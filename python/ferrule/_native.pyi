@@ -8,6 +8,8 @@ from contextlib import AbstractAsyncContextManager
 from types import GenericAlias, TracebackType
 from typing import Any, Generic, Literal, ParamSpec, Protocol, TypeVar, final, overload
 
+from ferrule._ratelimit import Limit
+
 __version__: str
 _WAIT_SLICE: float
 """Internal: the longest stretch, in seconds, that a wait runs before it checks for
@@ -54,6 +56,26 @@ class Discard(FerruleError):
 
 class BackendError(FerruleError, ConnectionError):
     """The backend (e.g. Redis) failed (a ``ConnectionError``)."""
+
+class RateLimited(FerruleError):
+    """A rate limiter's tokens could not be had in time; ``decision`` says why.
+
+    Raised by :meth:`RateLimiter.limit` (and ``RedisRateLimiter.limit``) when ``acquire``
+    gives up. ``decision`` is the refused :class:`Decision` for that key and cost (its
+    ``retry_after`` is how long until the tokens are there); the refusal took nothing.
+
+    >>> rl = RateLimiter(10, clock=ManualClock())
+    >>> rl.try_acquire("k", cost=10)
+    True
+    >>> try:
+    ...     with rl.limit("k", timeout=0):
+    ...         pass
+    ... except RateLimited as e:
+    ...     print(e, e.decision.retry_after)
+    rate limit exceeded for key 'k': retry after 0.1 s 0.1
+    """
+
+    decision: Decision
 
 # ---------------------------------------------------------------------------------------
 # Clock
@@ -977,6 +999,29 @@ class RateLimiter:
         >>> rl = RateLimiter(100, burst=1)
         >>> asyncio.run(rl.acquire_async("k"))
         True
+        """
+
+    def limit(self, key: _Key = None, cost: int = 1, *, timeout: float | None = None) -> Limit:
+        """:meth:`acquire` as a ``with`` / ``async with`` block or a decorator: ``with
+        rl.limit(key):``. Raises :class:`RateLimited` when the tokens cannot be had within
+        ``timeout`` (None: wait as long as needed); bad arguments raise at the call.
+
+        ``with`` waits as :meth:`acquire` does (GIL released), ``async with`` as
+        :meth:`acquire_async` (on the event loop). On a ``def`` or ``async def`` function
+        every call acquires first; there a callable ``key`` is called with the call's
+        arguments (``key(*args, **kwargs)``) to give that call's key. In a ``with`` block
+        a callable key is the key itself. Leaving a block gives nothing back: the tokens
+        are spent. The object keeps no per-entry state: threads and tasks may share it.
+
+        >>> rl = RateLimiter(10, clock=ManualClock())
+        >>> with rl.limit("k", cost=4):
+        ...     rl.peek("k")
+        6
+        >>> @rl.limit(lambda user: ("user", user))
+        ... def fetch(user: str) -> str:
+        ...     return user
+        >>> fetch("ann"), rl.peek(("user", "ann"))
+        ('ann', 9)
         """
 
     def peek(self, key: _Key = None) -> int:

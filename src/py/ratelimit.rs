@@ -9,7 +9,9 @@
 //! the decision). `acquire` sleeps with the GIL released in naps of at most
 //! `wait::SLICE` and checks for signals between naps; `sweep` releases the GIL for its
 //! O(n) pass. `acquire_async` is a coroutine from `ferrule._ratelimit` built on `check()`
-//! and `asyncio.sleep`, so no thread is parked per waiter.
+//! and `asyncio.sleep`, so no thread is parked per waiter. `limit` checks its arguments
+//! here and returns `ferrule._ratelimit.Limit`, whose `with`, `async with` and decorator
+//! uses call `acquire` and `acquire_async`.
 //!
 //! # Garbage collection
 //! The limiter holds opaque keys, so it takes part in GC: `__traverse__` visits every
@@ -348,6 +350,27 @@ impl RateLimiter {
         };
         let helper = lookup!(py, "ferrule._ratelimit", "acquire_async")?;
         helper.call1((slf, key, cost, timeout_s, nap))
+    }
+
+    /// `acquire` as a `with` / `async with` block or a decorator: `with rl.limit(key):`.
+    /// Raises `RateLimited` when the tokens cannot be had within `timeout`. Bad arguments
+    /// raise at the call; a callable `key` is only hashed where it is used as the key.
+    #[pyo3(signature = (key = None, cost = 1, *, timeout = None))]
+    fn limit<'py>(
+        slf: &Bound<'py, Self>,
+        key: Option<&Bound<'py, PyAny>>,
+        #[pyo3(from_py_with = args::named::cost)] cost: i64,
+        timeout: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let cost = slf.get().cost(cost)?;
+        let timeout_s = timeout_secs(timeout)?;
+        // A decorator's callable key is called per call for the key, which may be
+        // anything; in a `with` block it is the key itself, hashed at entry.
+        if !key.is_some_and(PyAnyMethods::is_callable) {
+            prepare(py, key)?;
+        }
+        lookup!(py, "ferrule._ratelimit", "Limit")?.call1((slf, key, cost, timeout_s))
     }
 
     /// Whole tokens available on `key` now, taking none.

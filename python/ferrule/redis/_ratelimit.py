@@ -24,6 +24,7 @@ from ferrule._native import (
     _redis_key,
     _timeout,
 )
+from ferrule._ratelimit import Limit
 from ferrule.redis._common import (
     AsyncClient,
     RedisError,
@@ -157,6 +158,13 @@ class RedisRateLimiter:
         except BackendError as e:
             return self._fallback(cost, e)
 
+    async def _acheck(self, k: bytes, cost: int) -> Decision:
+        client: AsyncClient = self._client  # type: ignore[assignment]
+        try:
+            return self._decision(await _GCRA.acall(client, [k], self._args(cost, "d")))
+        except BackendError as e:
+            return self._fallback(cost, e)
+
     # -- the API --
 
     def try_acquire(self, key: _Key = None, cost: int = 1) -> bool:
@@ -213,12 +221,8 @@ class RedisRateLimiter:
     async def _acquire_async(self, k: bytes, cost: int, timeout: float | None) -> bool:
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
-        client: AsyncClient = self._client  # type: ignore[assignment]
         while True:
-            try:
-                d = self._decision(await _GCRA.acall(client, [k], self._args(cost, "d")))
-            except BackendError as e:
-                d = self._fallback(cost, e)
+            d = await self._acheck(k, cost)
             if d.allowed:
                 return True
             wait = d.retry_after
@@ -228,6 +232,19 @@ class RedisRateLimiter:
             if deadline is not None:
                 wait = min(wait, max(deadline - loop.time(), 0.0))
             await asyncio.sleep(wait)
+
+    def limit(self, key: _Key = None, cost: int = 1, *, timeout: float | None = None) -> Limit:
+        """:meth:`acquire` as a ``with`` / ``async with`` block or a decorator, as
+        :meth:`ferrule.RateLimiter.limit`: raises :class:`ferrule.RateLimited` when the
+        tokens cannot be had within ``timeout``. ``with`` and sync functions need a
+        ``redis.Redis`` client, ``async with`` and ``async def`` functions a
+        ``redis.asyncio.Redis`` one. Bad arguments raise at the call; a callable ``key``
+        (a decorator's per-call key) is checked where it is used."""
+        c = self._cost(cost)
+        t = _timeout(timeout)
+        if not callable(key):
+            self._key(key)
+        return _RedisLimit(self, key, c, t)
 
     def peek(self, key: _Key = None) -> int:
         """Whole tokens available on ``key`` now, taking none. With ``on_error`` set,
@@ -248,6 +265,18 @@ class RedisRateLimiter:
             self._sync().delete(k)
         except RedisError as e:
             raise backend(e) from e
+
+
+class _RedisLimit(Limit):
+    """``Limit`` whose async refusal asks the server through the asyncio client."""
+
+    __slots__ = ()
+
+    _limiter: RedisRateLimiter
+
+    async def _check_async(self, key: Any) -> Decision:
+        rl = self._limiter
+        return await rl._acheck(rl._key(key), self._cost)
 
 
 def _jitter(wait: float) -> float:
