@@ -443,13 +443,14 @@ def test_limit_on_an_asyncio_client(redis_server: RedisServer) -> None:
                     entered = True
 
             # The bucket stays empty for an hour: every decision the waiter gets refuses,
-            # and a refusal writes nothing. The cancellation is meant to land in the
-            # waiter's sleep after its first refusal; nothing observable marks that moment,
-            # hence the pause (a cancellation during the script call itself is not tested
-            # here: the await of the cancelled task then does not return).
+            # and a refusal writes nothing. The cancellation lands in the waiter's sleep
+            # after its first refusal (a cancellation during the script call itself is
+            # not tested here: the await of the cancelled task then does not return).
             task = asyncio.ensure_future(waiter())
-            await asyncio.sleep(0.2)
-            assert not task.done()
+            deadline = time.monotonic() + 10.0
+            while not _asleep_after_a_refusal(task):
+                assert time.monotonic() < deadline and not task.done()
+                await asyncio.sleep(0.005)
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
@@ -463,6 +464,18 @@ def test_limit_on_an_asyncio_client(redis_server: RedisServer) -> None:
             sync.close()
 
     asyncio.run(main())
+
+
+def _asleep_after_a_refusal(task: asyncio.Task[None]) -> bool:
+    """Whether ``task`` is suspended in ``_acquire_async``'s sleep: the frame has its
+    ``wait``, assigned after the decision, and no await comes between it and the sleep."""
+    coro: Any = task.get_coro()
+    while coro is not None:
+        frame = getattr(coro, "cr_frame", None)
+        if frame is not None and frame.f_code.co_name == "_acquire_async":
+            return "wait" in frame.f_locals
+        coro = getattr(coro, "cr_await", None)
+    return False
 
 
 def test_async_client_refuses_sync_methods_and_checks_eagerly(redis_server: RedisServer) -> None:
