@@ -5,10 +5,10 @@
 //! lock; its module documentation says why `started == completed + failed + active` is
 //! exact in a snapshot). The pool's tasks wait in a `WorkQueue` (`crate::py::queue`);
 //! each worker thread runs `_run_worker`, whose blocking get is the queue's (detached
-//! while it waits, interruptible) and which calls each task through `wait::call`, so a
-//! task running while the interpreter exits parks its thread rather than unwinding
-//! through Rust. None of these classes holds a Python object, so none takes part in
-//! garbage collection.
+//! while it waits, interruptible) and which calls each task, and its future's methods,
+//! through `wait::call`, so a task running while the interpreter exits parks its thread
+//! rather than unwinding through Rust. None of these classes holds a Python object, so
+//! none takes part in garbage collection.
 
 use pyo3::intern;
 use pyo3::prelude::*;
@@ -136,10 +136,10 @@ pub fn _run_worker(
         )>() else {
             continue;
         };
-        if !fut
-            .call_method0(intern!(py, "set_running_or_notify_cancel"))?
-            .is_truthy()?
-        {
+        // The future's methods take its condition's lock, which may wait (another
+        // thread holds it): through `wait::call*`, like the task, so a wait that ends
+        // while the interpreter exits parks instead of unwinding through this loop.
+        if !wait::call0(&fut.getattr(intern!(py, "set_running_or_notify_cancel"))?)?.is_truthy()? {
             c.cancel();
             continue;
         }
@@ -154,11 +154,13 @@ pub fn _run_worker(
         let _ = match wait::call(&func, args, kwargs) {
             Ok(v) => {
                 c.finish(true);
-                fut.call_method1(intern!(py, "set_result"), (v,))
+                fut.getattr(intern!(py, "set_result"))
+                    .and_then(|f| wait::call1(&f, (v,)))
             }
             Err(e) => {
                 c.finish(false);
-                fut.call_method1(intern!(py, "set_exception"), (e.into_value(py),))
+                fut.getattr(intern!(py, "set_exception"))
+                    .and_then(|f| wait::call1(&f, (e.into_value(py),)))
             }
         };
     }
