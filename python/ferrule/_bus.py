@@ -41,9 +41,11 @@ the signals one at a time, in order, and awaits the handler on each:
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import inspect
 import logging
 import threading
+import time
 import types
 import weakref
 from collections.abc import Callable
@@ -228,6 +230,94 @@ async def _deliver(worker: Any, loop: asyncio.AbstractEventLoop) -> None:
         worker.cancel()
         worker._release()
         _workers.pop(worker.id, None)
+
+
+# ---- owners ------------------------------------------------------------------------------
+#
+# ``subscribe(..., owner=obj)`` cancels the subscription when its owner dies or ends, with
+# the Registry's owner kinds. Each watch holds only a canceller (a native worker with no
+# Python reference), never the subscription or its handler:
+# - a weak-referenceable object: a ``weakref.ref`` whose callback cancels; the
+#   ``Subscription`` holds the reference (and lets go of it when cancelled);
+# - an ``asyncio.Future``/``Task`` or ``concurrent.futures.Future``: a done-callback;
+# - a ``threading.Thread``: Python has no callback for a thread's end, so one sweeper
+#   thread (``ferrule-bus-owners``, a daemon, running only while such owners exist)
+#   checks ``is_alive()`` every ``_SWEEP`` seconds and cancels the subscriptions of
+#   finished threads. Its list holds one entry per live thread-owned subscription:
+#   entries leave when the thread ends or the subscription is cancelled.
+
+_SWEEP = 0.05
+_thread_owners: list[tuple[threading.Thread, Any]] = []
+_sweeper: threading.Thread | None = None
+_owners_lock = threading.Lock()
+
+
+def _owner_ended(canceller: Any, _arg: object = None) -> None:
+    canceller.cancel()
+
+
+def _thread_finished(t: threading.Thread) -> bool:
+    # An unstarted thread has no ident yet and is not finished.
+    return t.ident is not None and not t.is_alive()
+
+
+def _sweep_thread_owners() -> None:
+    global _sweeper
+    while True:
+        time.sleep(_SWEEP)
+        with _owners_lock:
+            entries = list(_thread_owners)
+        ended = []
+        for t, canceller in entries:
+            try:
+                finished = _thread_finished(t)
+            except Exception:  # a broken owner never stops the sweep
+                logger.exception("is_alive() of the owner thread %s raised", object.__repr__(t))
+                finished = False
+            if finished or canceller.cancelled:
+                ended.append((t, canceller))
+        for _, canceller in ended:
+            canceller.cancel()
+        with _owners_lock:
+            for entry in ended:
+                _thread_owners.remove(entry)
+            if not _thread_owners:
+                _sweeper = None
+                return
+
+
+def _watch_owner(canceller: Any, owner: object) -> object:
+    """Watches ``owner`` for ``canceller``'s subscription (called by ``subscribe``);
+    returns what the ``Subscription`` must hold, or None."""
+    global _sweeper
+    if isinstance(owner, threading.Thread):
+        if _thread_finished(owner):
+            raise ValueError("owner thread has already finished")
+        with _owners_lock:
+            _thread_owners.append((owner, canceller))
+            if _sweeper is None:
+                _sweeper = threading.Thread(
+                    target=_sweep_thread_owners, name="ferrule-bus-owners", daemon=True
+                )
+                try:
+                    _sweeper.start()
+                except BaseException:
+                    _thread_owners.pop()
+                    _sweeper = None
+                    raise
+        return None
+    if isinstance(owner, (asyncio.Future, concurrent.futures.Future)):
+        if owner.done():
+            raise ValueError("owner future is already done")
+        owner.add_done_callback(partial(_owner_ended, canceller))
+        return None
+    try:
+        return weakref.ref(owner, partial(_owner_ended, canceller))
+    except TypeError:
+        raise TypeError(
+            "owner must be weak-referenceable, a threading.Thread, an asyncio.Task or a "
+            f"concurrent.futures.Future, not '{type(owner).__name__}'"
+        ) from None
 
 
 def _report(pattern: str, signal: Signal, exc: BaseException) -> None:

@@ -1501,6 +1501,7 @@ class SignalBus:
         overflow: str = "drop_oldest",
         weak: bool = True,
         loop: asyncio.AbstractEventLoop | None = None,
+        owner: object | None = None,
     ) -> Subscription:
         """Subscribe to the signal types matching ``pattern``.
 
@@ -1521,6 +1522,15 @@ class SignalBus:
         cancelling the task (as the end of ``asyncio.run`` does) or closing the loop
         cancels the subscription, with no pending-task warnings. A thread handler that
         returns an awaitable counts an error (the awaitable is closed unrun).
+
+        ``owner`` gives the subscription a lifetime, as in :meth:`Registry.register`: it
+        is cancelled when ``owner`` is collected (any weak-referenceable object), when a
+        ``threading.Thread`` owner has finished (checked every 50 ms by one shared
+        sweeper thread), or when an ``asyncio.Task``/``Future`` or
+        ``concurrent.futures.Future`` owner is done. So a closure handler, which
+        ``weak=True`` cannot hold weakly, still goes with the object it serves. The
+        watch never keeps the owner alive. ``ValueError`` for an owner already finished
+        or done; ``TypeError`` for one that cannot be watched.
         ``overflow`` is the mailbox's policy when ``maxsize`` signals wait:
         ``"drop_oldest"``, ``"drop_newest"``, ``"reject"`` or ``"block"`` (the
         publisher waits for room). With ``weak=True`` a bound-method handler holds its

@@ -239,6 +239,9 @@ impl HandlerSlot {
 pub struct Subscription {
     sub: Arc<CoreSub>,
     handler: Option<Arc<HandlerSlot>>,
+    /// What watches the `owner=` given to `subscribe` (a `weakref.ref` whose callback
+    /// cancels), while the subscription is not cancelled through this object.
+    owner: Mutex<Option<Py<PyAny>>>,
 }
 
 impl Subscription {
@@ -307,7 +310,9 @@ impl Subscription {
     /// Stop the subscription; True if this call did it, False if it was already
     /// cancelled.
     fn cancel(&self, py: Python<'_>) -> bool {
-        cancel_sub(py, &self.sub)
+        let done = cancel_sub(py, &self.sub);
+        drop(self.owner.lock().take());
+        done
     }
 
     fn __enter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
@@ -316,7 +321,7 @@ impl Subscription {
 
     #[pyo3(signature = (*_exc))]
     fn __exit__(&self, py: Python<'_>, _exc: &Bound<'_, PyTuple>) -> bool {
-        cancel_sub(py, &self.sub);
+        self.cancel(py);
         false
     }
 
@@ -392,6 +397,9 @@ impl Subscription {
                 visit.call(t.as_ref())?;
             }
         }
+        if let Some(o) = self.owner.try_lock() {
+            visit.call(o.as_ref())?;
+        }
         mailbox::traverse(self.sub.mailbox(), &visit)
     }
 
@@ -400,8 +408,10 @@ impl Subscription {
     fn __clear__(&self, py: Python<'_>) {
         cancel_sub(py, &self.sub);
         let handler = self.handler.as_ref().and_then(|h| h.take());
+        let owner = self.owner.lock().take();
         mailbox::clear(self.sub.mailbox());
         drop(handler);
+        drop(owner);
     }
 
     fn __eq__(&self, other: &Bound<'_, PyAny>) -> bool {
@@ -434,7 +444,8 @@ impl Subscription {
     }
 }
 
-/// Internal: what a handler subscription's worker thread holds. No Python reference:
+/// Internal: what a handler subscription's worker thread (or asyncio task) holds, and
+/// what an `owner=`'s watch holds to cancel its subscription. No Python reference:
 /// the handler stays its `Subscription`'s (see the module documentation), so this
 /// object takes no part in garbage collection on purpose.
 #[pyclass(frozen, module = "ferrule._native", name = "_SubscriptionWorker")]
@@ -465,6 +476,11 @@ impl Worker {
     /// Cancels the subscription (idempotent); True if this call did.
     fn cancel(&self, py: Python<'_>) -> bool {
         cancel_sub(py, &self.sub)
+    }
+
+    #[getter]
+    fn cancelled(&self) -> bool {
+        self.sub.is_cancelled()
     }
 
     /// asyncio delivery (see `ferrule._bus`): the next `(handler, signal)` to deliver,
@@ -539,7 +555,7 @@ impl SignalBus {
     }
 
     /// Subscribe to the signal types matching `pattern`.
-    #[pyo3(signature = (pattern, handler = None, *, maxsize = 1024, overflow = "drop_oldest", weak = true, r#loop = None))]
+    #[pyo3(signature = (pattern, handler = None, *, maxsize = 1024, overflow = "drop_oldest", weak = true, r#loop = None, owner = None))]
     #[allow(clippy::too_many_arguments)]
     fn subscribe<'py>(
         &self,
@@ -550,6 +566,7 @@ impl SignalBus {
         #[pyo3(from_py_with = args::named::overflow)] overflow: &str,
         #[pyo3(from_py_with = args::named::weak)] weak: bool,
         r#loop: Option<&Bound<'py, PyAny>>,
+        owner: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, Subscription>> {
         let Ok(pattern) = pattern.cast::<PyString>() else {
             return Err(wrong_type("pattern", "a str", pattern));
@@ -578,8 +595,28 @@ impl SignalBus {
             Subscription {
                 sub: core.clone(),
                 handler: slot.clone(),
+                owner: Mutex::new(None),
             },
         )?;
+        if let Some(o) = owner.filter(|o| !o.is_none()) {
+            let watched = Bound::new(
+                py,
+                Worker {
+                    sub: core.clone(),
+                    handler: Arc::new(HandlerSlot::default()),
+                },
+            )
+            .and_then(|canceller| {
+                lookup!(py, "ferrule._bus", "_watch_owner")?.call1((canceller, o))
+            });
+            match watched {
+                Ok(w) => *sub.get().owner.lock() = Some(w.unbind()),
+                Err(e) => {
+                    cancel_sub(py, &core);
+                    return Err(e);
+                }
+            }
+        }
         if let (Some(h), Some(slot)) = (handler, slot) {
             let started = Bound::new(
                 py,
