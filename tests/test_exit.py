@@ -101,6 +101,17 @@ SCENARIOS = {
         bus.subscribe("a", lambda s: time.sleep(0.02), weak=False)
         daemon(forever(lambda: bus.publish("a")), 2)
     """,
+    # An async handler on a loop that a daemon thread runs, publishers waiting for room.
+    "bus_async_handler": """
+        import asyncio
+        bus = ferrule.SignalBus()
+        loop = asyncio.new_event_loop()
+        daemon(loop.run_forever)
+        async def slow(signal):
+            await asyncio.sleep(0.005)
+        bus.subscribe("a", slow, maxsize=1, overflow="block", weak=False, loop=loop)
+        daemon(forever(lambda: bus.publish("a", 1)), 4)
+    """,
     "cache_single_flight": """
         c = ferrule.Cache(10)
         daemon(lambda: c.get_or_set("k", lambda: time.sleep(5)))

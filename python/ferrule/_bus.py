@@ -16,11 +16,32 @@ only decides how the handler is held and starts the thread:
   subscription is cancelled (before threading joins non-daemon threads), so a forgotten
   subscription does not hang the exit.
 - A handler's exception is counted by the native loop and reported here, on the
-  ``ferrule.bus`` logger, with its traceback.
+  ``ferrule.bus`` logger, with its traceback. A thread handler that returns an awaitable
+  (nothing would run it) has it closed, and the call counts as such an error.
+
+Async handlers (an ``async def``, a partial of one, an object whose ``__call__`` is one,
+or any handler when ``loop=`` is given) get no thread. One task per subscription on the
+event loop (the one running in the thread that called ``subscribe``, or ``loop=``) takes
+the signals one at a time, in order, and awaits the handler on each:
+
+- Waiting costs no thread: when the mailbox is empty the task registers a waker,
+  ``loop.call_soon_threadsafe`` of a future it awaits, in the critical section that found
+  it empty (``ferrule._queue``'s protocol), so ``publish`` from any thread only schedules
+  a callback and never blocks the loop. A ``block`` mailbox refuses a publisher on the
+  loop's own thread instead of making it wait for the loop it stops.
+- The task ends when the subscription is cancelled and drained. Cancelling the task
+  (``asyncio.run`` does so at its end) cancels the subscription; so does a waker that
+  finds its loop closed. The task is marked not to log "Task was destroyed but it is
+  pending": a loop closed while the task waits is an ordinary end for it (its ``finally``
+  then cancels the subscription when the coroutine is closed).
+- Like the worker thread, the task holds only the native worker, never the handler
+  between signals, so the collector sees a cycle through the handler whole.
 """
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import logging
 import threading
 import types
@@ -29,7 +50,9 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from ferrule._native import Signal, _run_subscription
+from ferrule._native import QueueClosed, Signal, _run_subscription
+
+_PENDING: Any = object()
 
 __all__: list[str] = []
 
@@ -66,9 +89,24 @@ def _work(worker: Any) -> None:
         _workers.pop(worker.id, None)
 
 
-def _start(worker: Any, handler: Callable[[Signal], Any], weak: bool) -> None:
-    """Gives ``worker`` its handler and starts its thread (called by
-    ``SignalBus.subscribe``)."""
+def _start(
+    worker: Any,
+    handler: Callable[[Signal], Any],
+    weak: bool,
+    loop: asyncio.AbstractEventLoop | None,
+) -> None:
+    """Gives ``worker`` its handler and starts its thread, or its task on an event loop
+    for an async handler (called by ``SignalBus.subscribe``)."""
+    if loop is not None and not isinstance(loop, asyncio.AbstractEventLoop):
+        raise TypeError(f"loop must be an asyncio event loop or None, not '{type(loop).__name__}'")
+    if loop is None and _is_async(handler):
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            raise RuntimeError(
+                "an async handler is delivered on an event loop: subscribe it from a "
+                "running loop, or pass loop="
+            ) from None
     target: Callable[..., Any] = handler
     held_weakly = False
     if weak and isinstance(handler, types.MethodType):
@@ -82,13 +120,114 @@ def _start(worker: Any, handler: Callable[[Signal], Any], weak: bool) -> None:
             ) from None
         held_weakly = True
     worker._hold(target, held_weakly)
-    thread = threading.Thread(target=_work, args=(worker,), name=f"ferrule-bus {worker.pattern}")
     _workers[worker.id] = worker
     try:
-        thread.start()
+        if loop is None:
+            name = f"ferrule-bus {worker.pattern}"
+            threading.Thread(target=_work, args=(worker,), name=name).start()
+        else:
+            _start_task(worker, loop)
     except BaseException:
         _workers.pop(worker.id, None)
         raise
+
+
+def _is_async(handler: Callable[..., Any]) -> bool:
+    """True for an ``async def`` (also bound, wrapped in ``functools.partial``, or an
+    object's ``__call__``)."""
+    fn: Any = handler
+    while isinstance(fn, partial):
+        fn = fn.func
+    if inspect.iscoroutinefunction(fn):
+        return True
+    call = None if inspect.isroutine(fn) else inspect.getattr_static(type(fn), "__call__", None)
+    return call is not None and inspect.iscoroutinefunction(call)
+
+
+def _start_task(worker: Any, loop: asyncio.AbstractEventLoop) -> None:
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if running is loop:
+        # Bound now: this thread may publish before the task first runs.
+        worker._bind_thread()
+        _create_task(worker, loop)
+    else:
+        # RuntimeError if the loop is closed: the subscription is then not made.
+        loop.call_soon_threadsafe(_create_task, worker, loop)
+
+
+def _create_task(worker: Any, loop: asyncio.AbstractEventLoop) -> None:
+    task = loop.create_task(_deliver(worker, loop), name=f"ferrule-bus {worker.pattern}")
+    # A loop closed while the task waits is an ordinary end (see the module docstring).
+    task._log_destroy_pending = False  # type: ignore[attr-defined]
+
+
+def _wake(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+def _wake_or_cancel(
+    worker: Any, loop: asyncio.AbstractEventLoop, fut: asyncio.Future[None]
+) -> None:
+    """The consuming task's waker: schedules its wake-up on its loop, or cancels the
+    subscription once that loop is closed (nobody will ever take its signals)."""
+    try:
+        loop.call_soon_threadsafe(_wake, fut)
+    except RuntimeError:
+        worker.cancel()
+
+
+def _cancelling() -> bool:
+    """True if the current task was asked to stop (3.11+). On 3.10 a CancelledError
+    cannot be told apart from a handler's own, and ends the delivery either way."""
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)
+    return cancelling is None or bool(cancelling())
+
+
+async def _deliver(worker: Any, loop: asyncio.AbstractEventLoop) -> None:
+    """The task of an async handler subscription: delivers its signals one at a time."""
+    worker._bind_thread()
+    try:
+        while True:
+            try:
+                nxt = worker._next(None, _PENDING)
+                while nxt is _PENDING:
+                    fut: asyncio.Future[None] = loop.create_future()
+                    waker = partial(_wake_or_cancel, worker, loop, fut)
+                    nxt = worker._next(waker, _PENDING)
+                    if nxt is _PENDING:
+                        try:
+                            await fut
+                        except BaseException:
+                            worker._forget_getter(waker)
+                            raise
+            except QueueClosed:
+                return
+            handler, signal = nxt
+            del nxt
+            try:
+                result = handler(signal)
+                del handler
+                if inspect.isawaitable(result):
+                    await result
+                del result
+            except asyncio.CancelledError as exc:
+                if _cancelling():
+                    raise
+                worker._failed(signal, exc)
+            except Exception as exc:
+                worker._failed(signal, exc)
+            except BaseException as exc:
+                worker._failed(signal, exc)
+                raise
+    finally:
+        worker.cancel()
+        worker._release()
+        _workers.pop(worker.id, None)
 
 
 def _report(pattern: str, signal: Signal, exc: BaseException) -> None:

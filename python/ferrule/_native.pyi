@@ -3,6 +3,7 @@
 Import these names from ``ferrule``; ``ferrule._native`` is private.
 """
 
+import asyncio
 from collections.abc import Callable, Coroutine, Hashable, Iterable, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager
 from types import GenericAlias, TracebackType
@@ -1499,6 +1500,7 @@ class SignalBus:
         maxsize: int = 1024,
         overflow: str = "drop_oldest",
         weak: bool = True,
+        loop: asyncio.AbstractEventLoop | None = None,
     ) -> Subscription:
         """Subscribe to the signal types matching ``pattern``.
 
@@ -1506,6 +1508,19 @@ class SignalBus:
         subscription's own worker thread; an exception is counted
         (``stats().errors``) and logged on the ``ferrule.bus`` logger, and the worker
         carries on. Without one, the subscription is a queue (``get`` and friends).
+
+        An ``async def`` handler (also bound, in a ``functools.partial``, or an object's
+        async ``__call__``) gets no thread: one task per subscription on an event loop
+        awaits it on each signal, in order, one at a time. The loop is ``loop``, or the
+        one running in the thread that calls ``subscribe`` (``RuntimeError`` with
+        neither). With ``loop`` any handler is called on that loop, and an awaitable it
+        returns is awaited, so a plain function returning a coroutine works too. Waiting
+        costs no thread and ``publish`` from any thread never blocks the loop; a
+        publisher on the loop's own thread is refused, not made to wait, by a full
+        ``block`` mailbox. ``cancel()`` ends the task after the call in progress;
+        cancelling the task (as the end of ``asyncio.run`` does) or closing the loop
+        cancels the subscription, with no pending-task warnings. A thread handler that
+        returns an awaitable counts an error (the awaitable is closed unrun).
         ``overflow`` is the mailbox's policy when ``maxsize`` signals wait:
         ``"drop_oldest"``, ``"drop_newest"``, ``"reject"`` or ``"block"`` (the
         publisher waits for room). With ``weak=True`` a bound-method handler holds its
@@ -1516,8 +1531,22 @@ class SignalBus:
 
         ``ValueError`` for an empty pattern or segment, a pattern of more than 256
         segments, ``maxsize < 1`` or an unknown policy; ``TypeError`` for arguments of
-        the wrong type.
+        the wrong type, or ``loop`` without a handler.
 
+        >>> import asyncio
+        >>> async def main() -> list[object]:
+        ...     bus, got, done = SignalBus(), [], asyncio.Event()
+        ...     async def on_job(signal: Signal) -> None:
+        ...         got.append(signal.data)
+        ...         if len(got) == 2:
+        ...             done.set()
+        ...     bus.subscribe("job.*", on_job)
+        ...     bus.publish("job.done", 1)
+        ...     bus.publish("job.done", 2)
+        ...     await done.wait()
+        ...     return got
+        >>> asyncio.run(main())
+        [1, 2]
         >>> bus = SignalBus()
         >>> bus.subscribe("a..b")
         Traceback (most recent call last):

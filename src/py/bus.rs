@@ -51,7 +51,7 @@ use parking_lot::Mutex;
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyString, PyTuple};
-use pyo3::{PyTraverseError, PyVisit};
+use pyo3::{intern, PyTraverseError, PyVisit};
 
 use crate::core::bus::{thread_token, Router, Sub, SubStats};
 use crate::core::queue::{GetError, Overflow, PutError};
@@ -466,6 +466,50 @@ impl Worker {
     fn cancel(&self, py: Python<'_>) -> bool {
         cancel_sub(py, &self.sub)
     }
+
+    /// asyncio delivery (see `ferrule._bus`): the next `(handler, signal)` to deliver,
+    /// or `pending` after registering `waker` (if not None) in the critical section that
+    /// found the mailbox empty; `QueueClosed` once cancelled and drained.
+    fn _next(&self, py: Python<'_>, waker: Option<Waker>, pending: Item) -> PyResult<Py<PyAny>> {
+        let mut waker = waker;
+        loop {
+            let item = mailbox::get_or_wait(
+                py,
+                self.sub.mailbox(),
+                waker.take(),
+                pending.clone_ref(py),
+                &WORDS,
+            )?;
+            if item.is(&pending) {
+                return Ok(item);
+            }
+            if let Some(target) = claim(py, self) {
+                return Ok((target, item).into_pyobject(py)?.into_any().unbind());
+            }
+        }
+    }
+
+    /// asyncio delivery: the consuming task gave up; an unused wake-up passes on.
+    fn _forget_getter(&self, py: Python<'_>, waker: &Bound<'_, PyAny>) {
+        mailbox::forget_getter(py, self.sub.mailbox(), waker);
+    }
+
+    /// asyncio delivery: the handler raised `err` on `signal` (counted and reported).
+    fn _failed(&self, py: Python<'_>, signal: Item, err: Py<PyAny>) {
+        failed(py, &self.sub, &signal, err);
+    }
+
+    /// Marks the calling thread as this subscription's consumer: a publisher on it never
+    /// waits for room in the subscription's full `block` mailbox (it would wait for
+    /// itself); the signal is refused instead.
+    fn _bind_thread(&self) {
+        self.sub.set_worker(thread_token());
+    }
+
+    /// Lets go of the handler (the consumer has ended).
+    fn _release(&self) {
+        drop(self.handler.take());
+    }
 }
 
 /// Publish/subscribe with AMQP-style pattern routing and a bounded mailbox per
@@ -495,7 +539,8 @@ impl SignalBus {
     }
 
     /// Subscribe to the signal types matching `pattern`.
-    #[pyo3(signature = (pattern, handler = None, *, maxsize = 1024, overflow = "drop_oldest", weak = true))]
+    #[pyo3(signature = (pattern, handler = None, *, maxsize = 1024, overflow = "drop_oldest", weak = true, r#loop = None))]
+    #[allow(clippy::too_many_arguments)]
     fn subscribe<'py>(
         &self,
         py: Python<'py>,
@@ -504,6 +549,7 @@ impl SignalBus {
         #[pyo3(from_py_with = args::named::maxsize)] maxsize: i64,
         #[pyo3(from_py_with = args::named::overflow)] overflow: &str,
         #[pyo3(from_py_with = args::named::weak)] weak: bool,
+        r#loop: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, Subscription>> {
         let Ok(pattern) = pattern.cast::<PyString>() else {
             return Err(wrong_type("pattern", "a str", pattern));
@@ -513,6 +559,13 @@ impl SignalBus {
             if !h.is_callable() {
                 return Err(wrong_type("handler", "callable or None", h));
             }
+        }
+        let r#loop = r#loop.filter(|l| !l.is_none());
+        if let (None, Some(_)) = (handler, r#loop) {
+            return Err(PyTypeError::new_err(
+                "loop is for subscriptions with a handler (a pull subscription is read with \
+                 get_async or async for on any loop)",
+            ));
         }
         let maxsize = size_at_least(maxsize, "maxsize", 1)?;
         let overflow = Overflow::parse(overflow)?;
@@ -535,7 +588,9 @@ impl SignalBus {
                     handler: slot.clone(),
                 },
             )
-            .and_then(|worker| lookup!(py, "ferrule._bus", "_start")?.call1((worker, h, weak)));
+            .and_then(|worker| {
+                lookup!(py, "ferrule._bus", "_start")?.call1((worker, h, weak, r#loop))
+            });
             if let Err(e) = started {
                 cancel_sub(py, &core);
                 drop(slot.take());
@@ -627,6 +682,59 @@ impl Drop for SignalBus {
     }
 }
 
+/// The handler to call for the next signal, if the subscription still has one. A weak
+/// handler is a `weakref.WeakMethod`: the bound method, or `None` once its object is
+/// gone; `None` also once the handler was released (its `Subscription` was collected).
+fn target(py: Python<'_>, slot: &HandlerSlot) -> Option<Py<PyAny>> {
+    match slot.get(py) {
+        Some(t) if slot.weak.load(Relaxed) => wait::call0(t.bind(py))
+            .ok()
+            .filter(|m| !m.is_none())
+            .map(Bound::unbind),
+        other => other,
+    }
+}
+
+/// What a worker does with a signal it took: the handler to call it with, or `None`
+/// (the signal is discarded: the subscription was cancelled meanwhile, or its handler
+/// is gone, which cancels it).
+fn claim(py: Python<'_>, w: &Worker) -> Option<Py<PyAny>> {
+    let sub = &w.sub;
+    if sub.is_cancelled() {
+        sub.discard(1);
+        return None;
+    }
+    let t = target(py, &w.handler);
+    if t.is_none() {
+        sub.discard(1);
+        cancel_sub(py, sub);
+    }
+    t
+}
+
+/// Counts a handler's error and reports it through `ferrule._bus._report`; reporting
+/// must not end the worker either.
+fn failed(py: Python<'_>, sub: &CoreSub, item: &Item, err: Py<PyAny>) {
+    sub.count_error();
+    let _ = lookup!(py, "ferrule._bus", "_report")
+        .and_then(|f| wait::call1(f, (sub.pattern(), item, err)));
+}
+
+/// A thread handler returned an awaitable: nothing will ever run it. It is closed (no
+/// "never awaited" warning) and the call counts as an error that says what to do.
+fn awaitable_returned(py: Python<'_>, result: &Bound<'_, PyAny>) -> Option<PyErr> {
+    if result.is_none() || !result.hasattr(intern!(py, "__await__")).unwrap_or(false) {
+        return None;
+    }
+    if let Ok(close) = result.getattr(intern!(py, "close")) {
+        let _ = wait::call0(&close);
+    }
+    Some(PyTypeError::new_err(
+        "the handler returned an awaitable on a worker thread; subscribe an async \
+         handler from a running event loop or pass loop=",
+    ))
+}
+
 /// Internal: a handler subscription's worker loop (run on its own thread by
 /// `ferrule._bus`). Returns once the subscription is cancelled, releasing the handler.
 /// A weak handler is a `weakref.WeakMethod`: a dead one cancels the subscription, and so
@@ -644,30 +752,15 @@ pub fn _run_subscription(py: Python<'_>, worker: &Bound<'_, Worker>) -> PyResult
             Err(GetError::Interrupted(e)) => break Err(e),
             Err(GetError::Timeout | GetError::Empty) => continue,
         };
-        if sub.is_cancelled() {
-            sub.discard(1);
-            continue;
-        }
-        let target = match w.handler.get(py) {
-            Some(t) if w.handler.weak.load(Relaxed) => {
-                // A WeakMethod: the bound method, or None once its object is gone.
-                wait::call0(t.bind(py))
-                    .ok()
-                    .filter(|m| !m.is_none())
-                    .map(Bound::unbind)
-            }
-            other => other,
-        };
-        let Some(target) = target else {
-            sub.discard(1);
-            cancel_sub(py, sub);
+        let Some(target) = claim(py, w) else {
             continue;
         };
-        if let Err(err) = wait::call1(target.bind(py), (&item,)) {
-            sub.count_error();
-            // Reporting must not end the worker either.
-            let _ = lookup!(py, "ferrule._bus", "_report")
-                .and_then(|f| wait::call1(f, (sub.pattern(), &item, err.into_value(py))));
+        let err = match wait::call1(target.bind(py), (&item,)) {
+            Ok(result) => awaitable_returned(py, &result),
+            Err(err) => Some(err),
+        };
+        if let Some(err) = err {
+            failed(py, sub, &item, err.into_value(py).into_any());
         }
         drop(target);
     };
