@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import statistics
 import subprocess
 import sys
@@ -164,7 +165,8 @@ def report(tally: Tally, health: dict[str, Any], log: list[str], duration: float
     q = statistics.quantiles(ms, n=100) if len(ms) >= 2 else [ms[0] if ms else 0.0] * 99
     ok = sum(n for k, n in tally.statuses.items() if k.startswith("200"))
     limited = sum(n for k, n in tally.statuses.items() if k.startswith("429"))
-    print(f"\n== {duration:.0f} s of load ==")
+    cores, load = os.cpu_count(), os.getloadavg()[0]
+    print(f"\n== {duration:.0f} s of load ({cores} cores, load average {load:.1f} at the end) ==")
     print("events:")
     print("\n".join(log))
     print(
@@ -202,9 +204,9 @@ def report(tally: Tally, health: dict[str, Any], log: list[str], duration: float
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m examples.agent_service.load")
     parser.add_argument("--duration", type=float, default=20.0, help="seconds of load")
-    parser.add_argument("--workers", type=int, default=48, help="polite concurrent clients")
-    parser.add_argument("--clients", type=int, default=24, help="client ids they share")
-    parser.add_argument("--greedy", type=int, default=8, help="workers of one greedy client")
+    parser.add_argument("--workers", type=int, default=32, help="polite concurrent clients")
+    parser.add_argument("--clients", type=int, default=16, help="client ids they share")
+    parser.add_argument("--greedy", type=int, default=4, help="workers of one greedy client")
     parser.add_argument("--url", help="drive a service already running there instead")
     args = parser.parse_args(argv)
     with contextlib.ExitStack() as stack:

@@ -182,7 +182,7 @@ class Service:
         self.pool: ferrule.Pool[UpstreamConnection] | None = None
         self.monitor: ferrule.HealthMonitor | None = None
         self._subscriptions: list[ferrule.Subscription] = []
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: list[asyncio.Task[None]] = []  # the agents' heartbeats
 
     # ---- lifecycle ------------------------------------------------------------------
 
@@ -230,15 +230,10 @@ class Service:
     def _subscribe(
         self, pattern: str, handler: Callable[[ferrule.Signal], Awaitable[None]]
     ) -> None:
-        """Deliver the signals matching ``pattern`` to an async handler on this loop."""
-        sub = self.bus.subscribe(pattern, maxsize=65536)
-        self._subscriptions.append(sub)
-
-        async def follow() -> None:
-            async for signal in sub:
-                await handler(signal)
-
-        self._tasks.append(asyncio.create_task(follow()))
+        """Deliver the signals matching ``pattern`` to an async handler: one task on this
+        (the running) loop per subscription, no thread. The Dashboard's handlers are bound
+        methods, held weakly: the Service keeps the Dashboard alive."""
+        self._subscriptions.append(self.bus.subscribe(pattern, handler, maxsize=65536))
 
     # ---- the agents' work -----------------------------------------------------------
 
