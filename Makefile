@@ -11,6 +11,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.test-installed
 BENCH_STAMP := $(VENV)/.bench-installed
 LINT_STAMP := $(VENV)/.lint-installed
+EXAMPLES_STAMP := $(VENV)/.examples-installed
 DOCS_VENV := .venv-docs
 DOCS_STAMP := $(DOCS_VENV)/.installed
 
@@ -35,6 +36,9 @@ $(BENCH_STAMP): requirements/bench.txt $(STAMP)
 $(LINT_STAMP): requirements/lint.txt $(STAMP)
 	$(call install,$(VENV),requirements/lint.txt)
 
+$(EXAMPLES_STAMP): requirements/examples.txt $(STAMP)
+	$(call install,$(VENV),requirements/examples.txt)
+
 $(DOCS_STAMP): requirements/docs.txt
 	$(call install,$(DOCS_VENV),requirements/docs.txt)
 
@@ -49,12 +53,19 @@ dev: $(STAMP) ## build the extension (release) into .venv
 demo: dev ## build, then run the demo (python -m ferrule)
 	$(PY) -m ferrule
 
+# `make example DURATION=60`: how long the load driver runs, in seconds.
+DURATION ?= 20
+
+.PHONY: example
+example: dev $(EXAMPLES_STAMP) ## run the example agent service under DURATION (20) s of load and print what it saw
+	$(PY) -m examples.agent_service.load --duration $(DURATION)
+
 .PHONY: lint
 lint: $(LINT_STAMP) dev ## rustfmt, clippy, ruff, mypy and the stub check
 	cargo fmt --check
 	cargo clippy --all-targets -q -- -D warnings
-	$(VENV)/bin/ruff check python tests benches docs/ext
-	$(VENV)/bin/ruff format --check python tests benches docs/ext
+	$(VENV)/bin/ruff check python tests benches docs/ext examples
+	$(VENV)/bin/ruff format --check python tests benches docs/ext examples
 	$(VENV)/bin/mypy python/ferrule
 	$(VENV)/bin/python -m mypy.stubtest ferrule._native --allowlist stubtest-allowlist.txt
 
@@ -105,6 +116,8 @@ lock: ## regenerate the hashed locks requirements/*.txt from requirements/*.in (
 	$(COMPILE) --python-version 3.10 requirements/lint.in -c requirements/test.txt -o requirements/lint.txt
 	$(COMPILE) --python-version 3.10 requirements/bench.in -c requirements/test.txt \
 	  -c requirements/lint.txt -o requirements/bench.txt
+	$(COMPILE) --python-version 3.10 requirements/examples.in -c requirements/test.txt \
+	  -o requirements/examples.txt
 	$(COMPILE) --python-version 3.10 requirements/docs.in -o requirements/docs.txt
 	$(COMPILE) --python-version 3.13 --only-binary cachebox --emit-build-options \
 	  requirements/ft.in -o requirements/ft.txt
