@@ -368,6 +368,7 @@ class _AsyncRunner:
         try:
             if handle is self._given:
                 for call in list(self._calls):
+                    call._cancelled = True  # one not started yet never starts
                     handle.loop.call_soon_threadsafe(call._cancel_here)
             else:
                 self._own = None
