@@ -970,7 +970,7 @@ BASELINE: dict[str, Any] = {
     "factory": noop, "fn": noop, "func": noop, "callback": noop, "wake": noop, "waker": noop,
     "handler": None, "validate": None, "check": None, "on_state_change": None, "sleep": None,
     "clock": None, "bus": None, "owner": None, "where": None, "exc": None, "exc_type": None,
-    "tb": None, "_exc_type": None, "_exc": None, "_tb": None, "exc_val": None,
+    "loop": None, "tb": None, "_exc_type": None, "_exc": None, "_tb": None, "exc_val": None,
     "exc_tb": None, "deadline": None, "expected": (Exception,), "retry_on": (Exception,),
     "pending": Fresh(lambda ctx, obj: object()),
     "registry": Fresh(lambda ctx, obj: native.Registry()),
@@ -1036,6 +1036,7 @@ SPECIAL: dict[str, Special] = {
     ),
     "ferrule.cached": Special({"max_size": 8, "ttl": None}),
     "HealthMonitor.__new__": Special({"check": lambda agent: "healthy", "timeout": 0.05}),
+    "HealthMonitor.watch": Special({"check": lambda agent: "healthy"}),
     "CircuitBreaker.__new__": Special({"name": "db"}),
     "SignalBus.subscribe": Special({"maxsize": 8}),
 }

@@ -208,6 +208,26 @@ SCENARIOS = {
         mon.start()
         daemon(forever(mon.check_now), 2)
     """,
+    # An async check hanging at exit (the monitor's own loop thread inside it), a sync
+    # check returning a hanging coroutine, and rounds still being made.
+    "health_monitor_async": """
+        import asyncio
+        reg = ferrule.Registry()
+        for i in range(4):
+            reg.register(f"a{i}")
+        async def check(agent):
+            await asyncio.sleep(3600)
+            return "healthy"
+        async def fast(agent):
+            return "healthy"
+        mon = ferrule.HealthMonitor(reg, interval=0.01, check=check, timeout=0.05)
+        mon.watch("a0", fast)
+        mon.watch("a1", lambda agent: check(agent))
+        mon.start()
+        daemon(forever(mon.check_now), 2)
+        while mon.rounds < 2:
+            time.sleep(0.01)
+    """,
     "metrics_timer": """
         m = ferrule.Metrics()
         @m.time("op")
@@ -258,6 +278,16 @@ def test_daemon_threads_inside_ferrule_at_exit(name: str) -> None:
         proc = run(SCENARIOS[name])
         assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
         for marker in ("FATAL", "Fatal Python error", "panicked", "PanicException"):
+            assert marker not in proc.stderr, proc.stderr[-2000:]
+
+
+def test_async_health_checks_at_exit_leave_nothing_pending() -> None:
+    """The monitor's loop cancels its tasks and closes at exit: no task destroyed
+    pending, no coroutine never awaited."""
+    for _ in range(RUNS):
+        proc = run(SCENARIOS["health_monitor_async"])
+        assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
+        for marker in ("Task was destroyed", "never awaited", "Traceback"):
             assert marker not in proc.stderr, proc.stderr[-2000:]
 
 
