@@ -27,8 +27,8 @@ capable agent is healthy or degraded), ``circuit_open`` (the breaker fails fast;
 ``Retry-After``), ``upstream_failed`` (still failing after the retries) or
 ``pool_timeout`` (no upstream connection within ``pool_timeout`` seconds).
 
-Everything runs on the event loop's thread except the monitor's checks (its own
-threads: they read an agent's ``sick`` flag and the ``ErrorStore``, both safe there).
+Everything runs on the event loop's thread, the monitor's async checks included; only
+the monitor's round itself (which waits for the checks) runs on its own thread.
 """
 
 from __future__ import annotations
@@ -212,6 +212,7 @@ class Service:
             check=self.check,
             timeout=0.5,
             bus=self.bus,
+            loop=asyncio.get_running_loop(),  # async checks run as tasks on this loop
         )
         self.monitor.start()
 
@@ -252,8 +253,8 @@ class Service:
                 raise UpstreamError(f"upstream answered {status}")
             return json.loads(body)
 
-    def check(self, agent: ferrule.Agent) -> str:
-        """The monitor's check (runs on its threads)."""
+    async def check(self, agent: ferrule.Agent) -> str:
+        """The monitor's check: a task on the service's loop, all agents concurrently."""
         worker: AgentWorker = agent.value
         if worker.sick:
             return "unhealthy"
@@ -454,7 +455,7 @@ def build_app(service: Service) -> Starlette:
         agent.heartbeating = bool(body.get("heartbeat", agent.heartbeating))
         assert service.monitor is not None
         # One round now, so the registry (what routing reads) has changed on return.
-        statuses = await asyncio.to_thread(service.monitor.check_now)
+        statuses = await service.monitor.check_now_async()
         return JSONResponse({"agent_id": agent.agent_id, "health": statuses.get(agent.agent_id)})
 
     @contextlib.asynccontextmanager
