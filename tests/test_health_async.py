@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 from ferrule import Agent, HealthMonitor, ManualClock, Registry, SignalBus
-from ferrule._health import _is_async
+from ferrule._queue import is_async_callable as _is_async
 
 LOOP_THREAD = "ferrule-health-loop"
 

@@ -53,6 +53,7 @@ from functools import partial
 from typing import Any
 
 from ferrule._native import QueueClosed, Signal, _run_subscription
+from ferrule._queue import _wake, is_async_callable
 
 _PENDING: Any = object()
 
@@ -101,7 +102,7 @@ def _start(
     for an async handler (called by ``SignalBus.subscribe``)."""
     if loop is not None and not isinstance(loop, asyncio.AbstractEventLoop):
         raise TypeError(f"loop must be an asyncio event loop or None, not '{type(loop).__name__}'")
-    if loop is None and _is_async(handler):
+    if loop is None and is_async_callable(handler):
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
@@ -134,18 +135,6 @@ def _start(
         raise
 
 
-def _is_async(handler: Callable[..., Any]) -> bool:
-    """True for an ``async def`` (also bound, wrapped in ``functools.partial``, or an
-    object's ``__call__``)."""
-    fn: Any = handler
-    while isinstance(fn, partial):
-        fn = fn.func
-    if inspect.iscoroutinefunction(fn):
-        return True
-    call = None if inspect.isroutine(fn) else inspect.getattr_static(type(fn), "__call__", None)
-    return call is not None and inspect.iscoroutinefunction(call)
-
-
 def _start_task(worker: Any, loop: asyncio.AbstractEventLoop) -> None:
     try:
         running = asyncio.get_running_loop()
@@ -164,11 +153,6 @@ def _create_task(worker: Any, loop: asyncio.AbstractEventLoop) -> None:
     task = loop.create_task(_deliver(worker, loop), name=f"ferrule-bus {worker.pattern}")
     # A loop closed while the task waits is an ordinary end (see the module docstring).
     task._log_destroy_pending = False  # type: ignore[attr-defined]
-
-
-def _wake(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
 
 
 def _wake_or_cancel(

@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import inspect
 import logging
 import math
@@ -67,6 +66,7 @@ from types import TracebackType
 from typing import Any
 
 from ferrule._native import Agent, ManualClock, QueueFull, Registry, SignalBus
+from ferrule._queue import is_async_callable
 from ferrule._taskpool import TaskPool
 
 __all__ = ["HealthMonitor"]
@@ -104,20 +104,6 @@ def _positive_seconds(name: str, value: object) -> float:
 
 def _optional_seconds(name: str, value: object) -> float | None:
     return None if value is None else _positive_seconds(name, value)
-
-
-def _is_async(check: Callable[..., object]) -> bool:
-    """True for a check to run on the event loop: a coroutine function, or a
-    ``functools.partial`` of one, or an object whose ``__call__`` is one. (A check that
-    only turns out to return an awaitable is found when it returns: see ``_call_sync``.)"""
-    fn: object = check
-    while isinstance(fn, functools.partial):
-        fn = fn.func
-    if inspect.iscoroutinefunction(fn):
-        return True
-    if inspect.isfunction(fn) or inspect.ismethod(fn) or isinstance(fn, type):
-        return False
-    return inspect.iscoroutinefunction(type(fn).__call__)
 
 
 def _close_awaitable(obj: object) -> None:
@@ -420,7 +406,7 @@ class _Watch:
 
     def __init__(self, check: Check, interval: float | None, timeout: float | None) -> None:
         self.check = check
-        self.is_async = _is_async(check)
+        self.is_async = is_async_callable(check)
         self.interval = interval
         self.timeout = timeout
         self.last: float | None = None
@@ -545,7 +531,7 @@ class HealthMonitor:
                 raise ValueError("loop is closed")
         self._registry = registry
         self._check = check
-        self._check_async = check is not None and _is_async(check)
+        self._check_async = check is not None and is_async_callable(check)
         self._bus = bus
         self._now: Callable[[], float] = time.monotonic if clock is None else clock.now
         self._max_workers = max_workers

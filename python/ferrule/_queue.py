@@ -9,6 +9,8 @@ never handed to a waiting task directly, so a task cancelled after its wake-up l
 item; it passes its unused wake-up on to the next waiter (``_forget_getter`` /
 ``_forget_putter``). The native side of each step is ``src/py/mailbox.rs``.
 
+``is_async_callable`` tells which user callables (bus handlers, health checks) are awaited.
+
 ``next_async`` is ``__anext__`` of both mailboxes (``async for``): ``get_async`` with the
 closed-and-drained end (``QueueClosed``) turned into ``StopAsyncIteration``.
 """
@@ -16,6 +18,7 @@ closed-and-drained end (``QueueClosed``) turned into ``StopAsyncIteration``.
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import Callable
 from functools import partial
 from typing import Any, Protocol, TypeVar
@@ -43,6 +46,20 @@ class Gettable(Protocol[T_co]):
 def _wake(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_result(None)
+
+
+def is_async_callable(fn: Callable[..., object]) -> bool:
+    """True for a callable to await: an ``async def`` function or bound method, a
+    ``functools.partial`` of one (nested too), or an object whose ``__call__`` is one.
+    (A plain callable that only returns an awaitable cannot be told apart in advance.)"""
+    target: object = fn
+    while isinstance(target, partial):
+        target = target.func
+    if inspect.iscoroutinefunction(target):
+        return True
+    if inspect.isroutine(target) or isinstance(target, type):
+        return False
+    return inspect.iscoroutinefunction(inspect.getattr_static(type(target), "__call__", None))
 
 
 async def _wait(attempt: Callable[[Waker], Any], forget: Callable[[Waker], None]) -> Any:
