@@ -43,7 +43,7 @@ def in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
     def run() -> None:
         try:
             out.append(fn())
-        except BaseException as e:  # noqa: BLE001 - the test inspects it
+        except BaseException as e:  # the test inspects it
             out.append(e)
 
     t = threading.Thread(target=run, daemon=True)
@@ -467,6 +467,36 @@ def test_keyboard_interrupt_in_the_shared_call_makes_a_waiter_lead() -> None:
     assert c["k"] == a
 
 
+class Stop(BaseException):
+    """A BaseException that is not an Exception, as SystemExit is."""
+
+
+def test_a_base_exception_stays_with_the_leaders_caller_and_a_waiter_leads() -> None:
+    c = Cache(10)
+    calls = 0
+
+    async def factory() -> str:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            await until_async(lambda: misses(c) == 3)
+            raise Stop
+        return "second"
+
+    async def main() -> None:
+        leader = asyncio.create_task(c.get_or_set_async("k", factory))
+        await asyncio.sleep(0)  # one step of the leader: it joins and starts the call
+        followers = [asyncio.create_task(c.get_or_set_async("k", factory)) for _ in range(2)]
+        results = await asyncio.gather(leader, *followers, return_exceptions=True)
+        assert isinstance(results[0], Stop)  # raised once: not run again for this caller
+        assert results[1:] == ["second", "second"]
+
+    asyncio.run(main())
+    assert calls == 2
+    assert c["k"] == "second"
+    no_flight_left(c, "k")
+
+
 # ---- clear() ---------------------------------------------------------------------------
 
 
@@ -558,20 +588,18 @@ def test_other_keys_from_inside_the_factory_work() -> None:
 
 
 class Owner:
-    pass
+    async def make(self) -> Owner:
+        return self
 
 
 def test_a_cycle_through_the_value_and_the_factory_is_collected() -> None:
+    """owner -> cache -> value owner, and a factory bound to owner."""
     owner = Owner()
     owner.cache = Cache(8)  # type: ignore[attr-defined]
-
-    async def make() -> Owner:
-        return owner
-
-    owner.make = make  # type: ignore[attr-defined]
-    assert asyncio.run(owner.cache.get_or_set_async("self", owner.make)) is owner  # type: ignore[attr-defined]
+    got = asyncio.run(owner.cache.get_or_set_async("self", owner.make))  # type: ignore[attr-defined]
+    assert got is owner
     gone = weakref.ref(owner)
-    del owner, make
+    del owner, got
     gc.collect()
     assert gone() is None
 

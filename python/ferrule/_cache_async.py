@@ -16,9 +16,10 @@ on a miss, makes this caller lead or follow the key's flight:
   follower reads the outcome. A follower that is cancelled takes its waker back
   (``_forget``); the flight goes on for the others.
 
-After an abandoned flight every caller (the leader's caller too, unless it was itself
-cancelled) joins again, and one of them leads anew: ``ferrule.cached``'s rule for
-``async def``, whose helpers this module shares.
+After an abandoned flight every follower joins again, and one of them leads anew. The
+leader's caller joins again too when the shared call was cancelled (unless it was itself
+cancelled); any other BaseException of the factory (``KeyboardInterrupt``,
+``SystemExit``) it raises, as the caller of ``get_or_set`` that ran the factory does.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from ferrule._cached import _abandoned, _cancel_requested
+from ferrule._cached import _cancel_requested
 
 __all__ = ["get_or_set_async"]
 
@@ -66,9 +67,7 @@ async def _run(call: Any, factory: Callable[[], Any]) -> Any:
     try:
         awaitable = factory()
         if not inspect.isawaitable(awaitable):
-            raise TypeError(
-                f"factory must return an awaitable, not {type(awaitable).__name__!r}"
-            )
+            raise TypeError(f"factory must return an awaitable, not {type(awaitable).__name__!r}")
         value = await awaitable
     except Exception as e:
         call._fail(e)
@@ -86,9 +85,12 @@ async def _lead(call: Any, factory: Callable[[], Any]) -> Any:
     try:
         return await asyncio.shield(task)
     except BaseException:
-        if not _abandoned(task) or _cancel_requested():
-            raise
-        return _ABANDONED  # the shared call was abandoned, not this caller: join again
+        # The shared call cancelled (not this caller): look again, like every waiter. Any
+        # other BaseException of the factory stays with this caller, as with get_or_set
+        # (looking again would run the factory again and again).
+        if task.done() and task.cancelled() and not _cancel_requested():
+            return _ABANDONED
+        raise
 
 
 async def _follow(call: Any) -> Any:

@@ -385,9 +385,9 @@ pub struct Cache {
 /// `Exception` (nothing is cached); any other BaseException stays with the caller and the
 /// flight is abandoned (its followers look again). Normalises the exception with no lock
 /// held.
-pub(crate) fn end_flight<'a>(
+pub(crate) fn end_flight(
     py: Python<'_>,
-    leader: Leader<'a, PyKey, Shared>,
+    leader: Leader<'_, PyKey, Shared>,
     r: Result<&Py<PyAny>, &PyErr>,
 ) {
     match r {
@@ -525,10 +525,7 @@ impl Cache {
         let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
         let entries = ShardedCache::new(max_size, shards, cpus)?;
         // At most MAX_SHARDS shards, so the flights table stays far below MAX_SIZE.
-        let flights = Arc::new(SingleFlight::new(
-            entries.shard_count(),
-            FLIGHTS_PER_SHARD,
-        )?);
+        let flights = Arc::new(SingleFlight::new(entries.shard_count(), FLIGHTS_PER_SHARD)?);
         let default_ttl = args::opt_positive_nanos(ttl, "ttl")?;
         let clock = args::clock(clock)?;
         Ok(Self {
@@ -601,9 +598,14 @@ impl Cache {
         self.get_or_set_counted(key, factory, ttl, true)
     }
 
-    /// Coroutine: `get_or_set` for asyncio. On a miss one caller per key (a task on any
-    /// loop, or a thread in `get_or_set`) awaits `factory()` while the others wait for its
-    /// result without a thread each; see `crate::py::cache_async`.
+    /// Coroutine: `get_or_set` for asyncio, one flight per key shared with every other
+    /// caller.
+    ///
+    /// On a miss, exactly one caller per key (a task on any event loop, or a thread in
+    /// `get_or_set`) awaits `factory()` while the others wait for its result without a
+    /// thread each. The factory runs in a task of its own: a cancelled caller does not
+    /// cancel it for the others. An `Exception` reaches every waiter and nothing is
+    /// cached; another BaseException makes the waiters look again.
     #[pyo3(signature = (key, factory, *, ttl = None))]
     fn get_or_set_async<'py>(
         slf: &Bound<'py, Self>,

@@ -139,6 +139,15 @@ impl Wake for PyWake {
     }
 }
 
+/// A leader taken out of its call, with what storing its result needs.
+struct Ending {
+    leader: Leader<'static, PyKey, Shared>,
+    cache: Py<Cache>,
+    key: PyKey,
+    hash: u64,
+    ttl: Option<i64>,
+}
+
 fn cleared() -> PyErr {
     PyRuntimeError::new_err("this get_or_set_async call was cleared")
 }
@@ -149,15 +158,17 @@ fn wrong_role(what: &str) -> PyErr {
 
 impl CacheCall {
     /// Takes the leader out (the role becomes `Idle`), with what ending needs.
-    #[allow(clippy::type_complexity)]
-    fn take_leader(
-        &self,
-        py: Python<'_>,
-    ) -> PyResult<(Leader<'static, PyKey, Shared>, Py<Cache>, PyKey, u64, Option<i64>)> {
+    fn take_leader(&self, py: Python<'_>) -> PyResult<Ending> {
         let mut g = self.call.lock();
         let c = g.as_mut().ok_or_else(cleared)?;
         match std::mem::replace(&mut c.role, Role::Idle) {
-            Role::Lead(l) => Ok((l, c.cache.clone_ref(py), c.key.clone_ref(py), c.hash, c.ttl)),
+            Role::Lead(leader) => Ok(Ending {
+                leader,
+                cache: c.cache.clone_ref(py),
+                key: c.key.clone_ref(py),
+                hash: c.hash,
+                ttl: c.ttl,
+            }),
             other => {
                 c.role = other;
                 Err(wrong_role("leads no flight"))
@@ -254,13 +265,14 @@ impl CacheCall {
     /// flight did) and shares it. Returns `value`; if the store raises, that is what the
     /// flight ends with, and what this raises.
     fn _finish(&self, py: Python<'_>, value: Py<PyAny>) -> PyResult<Py<PyAny>> {
-        let (leader, cache, key, hash, ttl) = self.take_leader(py)?;
-        let q = key.query(py, hash);
-        let r = cache
+        let e = self.take_leader(py)?;
+        let q = e.key.query(py, e.hash);
+        let r = e
+            .cache
             .get()
-            .store_if(&q, value.clone_ref(py), ttl, || leader.is_current())
+            .store_if(&q, value.clone_ref(py), e.ttl, || e.leader.is_current())
             .map(|()| value);
-        end_flight(py, leader, r.as_ref());
+        end_flight(py, e.leader, r.as_ref());
         r
     }
 
@@ -270,15 +282,14 @@ impl CacheCall {
         if !exc.is_instance_of::<PyException>() {
             return Err(wrong_type("exc", "an Exception instance", exc));
         }
-        let (leader, ..) = self.take_leader(py)?;
-        end_flight(py, leader, Err(&PyErr::from_value(exc.clone())));
+        let e = self.take_leader(py)?;
+        end_flight(py, e.leader, Err(&PyErr::from_value(exc.clone())));
         Ok(())
     }
 
     /// Abandons the led flight: its followers look again and one of them leads.
     fn _abandon(&self, py: Python<'_>) -> PyResult<()> {
-        let (leader, ..) = self.take_leader(py)?;
-        drop(leader);
+        drop(self.take_leader(py)?);
         Ok(())
     }
 
