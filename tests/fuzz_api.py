@@ -1011,6 +1011,7 @@ SPECIAL: dict[str, Special] = {
     "TaskPool.__new__": Special({"overflow": "block", "name": "fz"}),
     "TaskPool.map": Special({"fn": abs}, star=([1, 2],)),
     "Cache.get_or_set": Special({"key": "missing"}),
+    "Cache.get_or_set_async": Special({"key": "missing", "factory": _async_fn}),
     "WorkQueue.__new__": Special({"overflow": "block"}),
     "ManualClock.set": Special({"seconds": 20.0}),
     "Decision.__new__": Special({"remaining": 1}),

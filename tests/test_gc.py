@@ -37,6 +37,30 @@ NOT_TRACKED = {
 }
 
 
+def _cache_call(cache: ferrule.Cache | None = None) -> object:
+    """A ``Cache.get_or_set_async`` call object (``_CacheCall``): private and not exported,
+    it exists only inside the coroutine that method returns."""
+
+    async def factory() -> None:
+        return None
+
+    coro = (cache if cache is not None else ferrule.Cache(8)).get_or_set_async("k", factory)
+    call = coro.cr_frame.f_locals["call"]  # type: ignore[attr-defined]
+    coro.close()  # type: ignore[attr-defined]
+    return call
+
+
+# Native classes that are not exported: how to reach one of their instances.
+UNEXPORTED = {"_CacheCall": _cache_call}
+
+
+@pytest.mark.parametrize("name", sorted(UNEXPORTED))
+def test_unexported_class_is_tracked(name: str) -> None:
+    cls = type(UNEXPORTED[name]())
+    assert cls.__name__ == name
+    assert cls.__flags__ & Py_TPFLAGS_HAVE_GC, f"{name} holds Python objects but is not GC-tracked"
+
+
 def native_classes() -> list[type]:
     return sorted(
         (
@@ -77,12 +101,20 @@ CYCLES = {
     "SignalBus": lambda o: _subscribed(ferrule.SignalBus(), o),
     "ErrorStore": lambda o: _recorded(ferrule.ErrorStore(max_per_agent=8), o),
     "RateLimiter": lambda o: _limited(ferrule.RateLimiter(10, 1.0), o),
+    "Cache.get_or_set_async": lambda o: _call_holding(o),
 }
 
 
 def _filled(c: ferrule.Cache, key: str, value: object) -> ferrule.Cache:
     c.set(key, value)
     return c
+
+
+def _call_holding(owner: object) -> object:
+    """A get_or_set_async call whose cache, reached only through the call, holds owner."""
+    c = ferrule.Cache(8)
+    c.set("owner", owner)
+    return _cache_call(c)
 
 
 def _put(q: ferrule.WorkQueue, item: object) -> ferrule.WorkQueue:

@@ -4,7 +4,15 @@ Import these names from ``ferrule``; ``ferrule._native`` is private.
 """
 
 import asyncio
-from collections.abc import Callable, Coroutine, Hashable, Iterable, Iterator, Mapping
+from collections.abc import (
+    Awaitable,
+    Callable,
+    Coroutine,
+    Hashable,
+    Iterable,
+    Iterator,
+    Mapping,
+)
 from contextlib import AbstractAsyncContextManager
 from types import GenericAlias, TracebackType
 from typing import Any, Generic, Literal, ParamSpec, Protocol, TypeVar, final, overload
@@ -272,6 +280,44 @@ class Cache:
         >>> c = Cache(10)
         >>> c.get_or_set("answer", lambda: 42)
         42
+        """
+
+    def get_or_set_async(
+        self, key: Hashable, factory: Callable[[], Awaitable[_T]], *, ttl: float | None = None
+    ) -> Coroutine[Any, Any, _T]:
+        """Coroutine: ``get_or_set`` for asyncio, one flight per key shared with every
+        other caller.
+
+        On a miss, exactly one caller per key awaits ``factory()`` while the others wait
+        for its result, without a thread each; tasks on any event loop (several loops in
+        several threads) and threads in ``get_or_set`` all share that one call.
+        ``factory`` is a coroutine function or any callable that returns an awaitable;
+        one that returns anything else fails with TypeError (shared like any exception
+        of the factory). The factory runs in a task of its own, so a caller that is
+        cancelled, the one that started it included, does not cancel it for the others.
+        If it raises an ``Exception``, every waiter gets that exception and nothing is
+        cached. If it leaves with another BaseException (``KeyboardInterrupt``,
+        ``SystemExit``, its task cancelled), the waiters look again and one of them runs
+        its own factory; the caller that started it raises that BaseException, as with
+        ``get_or_set``, but looks again too when the factory's task was cancelled. As for ``get_or_set``: one call counts one hit or one miss,
+        ``ttl`` overrides the cache's default, a factory that began before ``clear()``
+        answers its callers but does not store its result, and an argument error
+        (``factory`` not callable, a bad ``ttl``, an unhashable ``key``) raises at the
+        call. A blocking ``get_or_set`` for the key, made on the thread whose event loop
+        runs the leading task, raises RuntimeError instead of stopping that loop.
+
+        >>> import asyncio
+        >>> c = Cache(10)
+        >>> async def load_user() -> dict[str, str]:
+        ...     return {"name": "Ada"}
+        >>> async def main() -> list[dict[str, str]]:
+        ...     return await asyncio.gather(
+        ...         *(c.get_or_set_async("user:1", load_user) for _ in range(3))
+        ...     )
+        >>> asyncio.run(main())  # one load_user() call for the three
+        [{'name': 'Ada'}, {'name': 'Ada'}, {'name': 'Ada'}]
+        >>> c.stats().misses, c.stats().inserts
+        (3, 1)
         """
 
     def clear(self) -> None:

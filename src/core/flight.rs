@@ -56,11 +56,17 @@
 //! `cx.waker()` and returns `Pending` (`register` answers false if the flight ended
 //! between the read and the registration; the future reads again then). A binding for an
 //! event loop supplies a waker whose `wake` schedules the waiting task on its own loop
-//! (asyncio's `call_soon_threadsafe`). [`Flight::led_by_current_thread`], the blocking
+//! (asyncio's `call_soon_threadsafe`). A follower that gives up before the flight ends
+//! takes its waker back ([`Flight::unregister`]), so the wakers of a long flight are only
+//! those of callers still waiting. [`Flight::led_by_current_thread`], the blocking
 //! form's guard against a leader waiting for its own flight, does not apply there: an
 //! async leader is a task, and its followers may share its thread. Such a leader also
-//! outlives any borrow of the table, so that binding keeps the table in an `Arc` and gives
-//! [`Leader`] that `Arc` in place of its reference; ending and abandoning stay the same.
+//! outlives any borrow of the table, so that binding keeps the table in an `Arc` and
+//! joins through [`SingleFlight::join_shared`], whose [`Leader`] holds that `Arc` in place
+//! of a reference; ending and abandoning stay the same. The flight remembers how it was
+//! joined ([`Flight::led_asynchronously`]): a *blocking* wait on the thread of an async
+//! leader would stop the very thread (its event loop) the leader needs to finish, so the
+//! binding refuses it too, with its own message.
 //!
 //! # Orderings
 //! Nothing here is lock-free: the slot, the condvar and the wakers sit under one mutex,
@@ -96,14 +102,17 @@ struct Slot<T> {
 /// One computation in progress for a key, which followers wait on.
 pub struct Flight<T> {
     leader: ThreadId,
+    /// Joined through [`SingleFlight::join_shared`] (an async leader).
+    asynchronous: bool,
     slot: Mutex<Slot<T>>,
     ended: Condvar,
 }
 
 impl<T> Flight<T> {
-    fn new() -> Self {
+    fn new(asynchronous: bool) -> Self {
         Self {
             leader: std::thread::current().id(),
+            asynchronous,
             slot: Mutex::new(Slot {
                 outcome: None,
                 wakers: Vec::new(),
@@ -116,6 +125,12 @@ impl<T> Flight<T> {
     /// would never end (the leader's computation asked for its own key).
     pub fn led_by_current_thread(&self) -> bool {
         self.leader == std::thread::current().id()
+    }
+
+    /// True when the leader joined through [`SingleFlight::join_shared`]: an async
+    /// leader, whose computation needs the thread it joined on to keep running.
+    pub fn led_asynchronously(&self) -> bool {
+        self.asynchronous
     }
 
     pub fn is_ended(&self) -> bool {
@@ -171,6 +186,19 @@ impl<T> Flight<T> {
         Ok(true)
     }
 
+    /// Takes back a waker registered with [`register`](Self::register) (one that would
+    /// wake the same task), for a follower that stops waiting; true if one was there.
+    /// Nothing to take back once the flight has ended: its wakers were woken then.
+    pub fn unregister(&self, waker: &Waker) -> bool {
+        let removed = {
+            let mut g = self.slot.lock();
+            let at = g.wakers.iter().position(|w| w.will_wake(waker));
+            at.map(|i| g.wakers.swap_remove(i))
+        };
+        // After the lock: dropping a waker may run anything.
+        removed.is_some()
+    }
+
     fn end(&self, outcome: Outcome<T>) {
         // Filled once (a leader ends its flight once), so nothing is replaced.
         let wakers = {
@@ -223,6 +251,35 @@ impl<K, T> SingleFlight<K, T> {
     where
         Q: KeyQuery<K, Arc<Flight<T>>>,
     {
+        self.join_with(hash, q, key, false, || Table::Borrowed(self))
+    }
+
+    /// [`join`](Self::join) for an async leader: its [`Leader`] holds the table by `Arc`,
+    /// so it may outlive this call (a task that computes across awaits), and its flight is
+    /// [`led_asynchronously`](Flight::led_asynchronously).
+    pub fn join_shared<Q>(
+        self: &Arc<Self>,
+        hash: u64,
+        q: &Q,
+        key: impl FnOnce() -> K,
+    ) -> Result<Join<'static, K, T>, Q::Error>
+    where
+        Q: KeyQuery<K, Arc<Flight<T>>>,
+    {
+        self.join_with(hash, q, key, true, || Table::Shared(Arc::clone(self)))
+    }
+
+    fn join_with<'a, Q>(
+        &self,
+        hash: u64,
+        q: &Q,
+        key: impl FnOnce() -> K,
+        asynchronous: bool,
+        table: impl FnOnce() -> Table<'a, K, T>,
+    ) -> Result<Join<'a, K, T>, Q::Error>
+    where
+        Q: KeyQuery<K, Arc<Flight<T>>>,
+    {
         // Filled under the lock, dropped after it: a flight pushed out by the bound, or
         // the entry that could not be stored.
         let mut grave = Vec::new();
@@ -231,12 +288,12 @@ impl<K, T> SingleFlight<K, T> {
             if let Some(f) = h.and_then(|h| s.value(h)) {
                 return Some(Join::Follow(Arc::clone(f)));
             }
-            let flight = Arc::new(Flight::new());
+            let flight = Arc::new(Flight::new(asynchronous));
             // Under the shard lock: see "Generations" in the module documentation.
             let generation = self.generation.load(Ordering::Acquire);
             match s.insert(hash, key(), Arc::clone(&flight), NEVER, 0, &mut grave) {
                 Ok(_) => Some(Join::Lead(Leader {
-                    flights: self,
+                    flights: table(),
                     hash,
                     flight,
                     generation,
@@ -278,10 +335,29 @@ impl<K, T> SingleFlight<K, T> {
     }
 }
 
+/// How a [`Leader`] holds the table it removes its flight from.
+enum Table<'a, K, T> {
+    /// A blocking leader, done before the call that joined returns.
+    Borrowed(&'a SingleFlight<K, T>),
+    /// An async leader ([`SingleFlight::join_shared`]), which may outlive that call.
+    Shared(Arc<SingleFlight<K, T>>),
+}
+
+impl<K, T> std::ops::Deref for Table<'_, K, T> {
+    type Target = SingleFlight<K, T>;
+
+    fn deref(&self) -> &SingleFlight<K, T> {
+        match self {
+            Table::Borrowed(t) => t,
+            Table::Shared(t) => t,
+        }
+    }
+}
+
 /// The leader's hold on its flight: ends it exactly once, with [`finish`](Self::finish)
 /// or, when dropped unfinished, as abandoned.
 pub struct Leader<'a, K, T> {
-    flights: &'a SingleFlight<K, T>,
+    flights: Table<'a, K, T>,
     hash: u64,
     flight: Arc<Flight<T>>,
     generation: u64,
@@ -619,6 +695,68 @@ mod tests {
         );
         l.finish(Ok(1));
         assert_eq!(reader.1.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn a_shared_leader_outlives_the_borrow_and_ends_its_flight_elsewhere() {
+        let t = Arc::new(table());
+        let q = Q {
+            key: "k",
+            slow: false,
+        };
+        let Ok(Join::Lead(l)) = t.join_shared(h("k"), &q, || "k".to_owned()) else {
+            panic!("expected to lead");
+        };
+        assert!(l.flight().led_asynchronously());
+        let f = follow(&t, "k");
+        assert!(Arc::ptr_eq(&f, l.flight()));
+        // 'static: the leader moves to another thread, away from any borrow of `t`.
+        std::thread::spawn(move || l.finish(Ok(9))).join().unwrap();
+        assert_eq!(f.read(Clone::clone), Some(Outcome::Finished(Ok(9))));
+        assert!(t.is_empty());
+        // A blocking leader's flight is not asynchronous.
+        let b = lead(&t, "b");
+        assert!(!b.flight().led_asynchronously());
+    }
+
+    #[test]
+    fn a_dropped_shared_leader_abandons_and_clear_makes_it_stale() {
+        let t = Arc::new(table());
+        let q = Q {
+            key: "k",
+            slow: false,
+        };
+        let Ok(Join::Lead(l)) = t.join_shared(h("k"), &q, || "k".to_owned()) else {
+            panic!("expected to lead");
+        };
+        let f = follow(&t, "k");
+        t.clear();
+        assert!(!l.is_current());
+        drop(l);
+        assert_eq!(f.read(Clone::clone), Some(Outcome::Abandoned));
+        assert!(t.is_empty());
+        // The leader held the table: only `t` is left now.
+        assert_eq!(Arc::strong_count(&t), 1);
+    }
+
+    #[test]
+    fn an_unregistered_waker_is_not_woken() {
+        let t = table();
+        let l = lead(&t, "k");
+        let f = follow(&t, "k");
+        let gone = Arc::new(Flag::default());
+        let gone_waker = Waker::from(Arc::clone(&gone));
+        let stays = Arc::new(Flag::default());
+        assert_eq!(f.register(&gone_waker), Ok(true));
+        assert_eq!(f.register(&Waker::from(Arc::clone(&stays))), Ok(true));
+        assert!(f.unregister(&gone_waker));
+        assert!(!f.unregister(&gone_waker));
+        // Only the waker still registered holds its flag, besides the test.
+        assert_eq!(Arc::strong_count(&gone), 2); // `gone` and `gone_waker`
+        l.finish(Ok(1));
+        assert_eq!(*gone.woken.lock().unwrap(), 0);
+        assert_eq!(*stays.woken.lock().unwrap(), 1);
+        assert!(!f.unregister(&gone_waker));
     }
 
     #[test]

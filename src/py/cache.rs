@@ -23,6 +23,12 @@
 //! flights before the entries and a leader stores only while its flight is current, so a
 //! factory that began before a `clear()` never stores its result after it.
 //!
+//! `get_or_set_async` shares the same flight table (held in an `Arc` for its async
+//! leaders, see `core::flight`): its binding is `crate::py::cache_async`, which uses the
+//! lookup, the store and [`end_flight`] from here. A blocking `get_or_set` that finds the
+//! key's flight led by a task of the event loop running on its own thread raises
+//! RuntimeError: waiting would stop the loop that task needs.
+//!
 //! Garbage collection: `Cache` visits every key and value it holds (and the keys of
 //! flights in progress), skipping a shard whose lock is held rather than waiting for it;
 //! `__clear__` is `clear()`: every shard's contents are swapped out under its lock and
@@ -40,7 +46,7 @@ use crate::core::cache::{hit_ratio, mix, KeyQuery, Match, ShardedCache, Stats, T
 use crate::core::clock::nanos_to_secs;
 use crate::core::flight::{Flight, Join, Leader, Outcome, SingleFlight};
 use crate::errors::wrong_type;
-use crate::py::{args, wait};
+use crate::py::{args, cache_async, wait};
 
 /// Flights a shard of the flight table holds at most: one per leader running a factory on
 /// that shard, so the bound is a backstop (at most `MAX_SHARDS * FLIGHTS_PER_SHARD =
@@ -49,7 +55,7 @@ const FLIGHTS_PER_SHARD: usize = 65_536;
 
 /// What a flight shares with its followers: the factory's value, or the `Exception`
 /// instance it raised.
-type Shared = Result<Py<PyAny>, Py<PyAny>>;
+pub(crate) type Shared = Result<Py<PyAny>, Py<PyAny>>;
 
 /// A size argument (`int`, bool refused), saturated to `0..=usize::MAX` so that any int,
 /// however large or negative, reaches the core's range check and its message.
@@ -75,8 +81,27 @@ fn size_arg(obj: &Bound<'_, PyAny>, arg: &str) -> PyResult<usize> {
 
 /// A stored key: the object and how it compares.
 pub struct PyKey {
-    obj: Py<PyAny>,
+    pub(crate) obj: Py<PyAny>,
     kind: KeyKind,
+}
+
+impl PyKey {
+    pub(crate) fn clone_ref(&self, py: Python<'_>) -> Self {
+        Self {
+            obj: self.obj.clone_ref(py),
+            kind: self.kind,
+        }
+    }
+
+    /// A query for this key, whose hash (as [`Query::hash`] gave it) is `hash`; it runs no
+    /// Python code.
+    pub(crate) fn query<'a, 'py>(&'a self, py: Python<'py>, hash: u64) -> Query<'a, 'py> {
+        Query {
+            key: self.obj.bind(py),
+            kind: self.kind,
+            hash,
+        }
+    }
 }
 
 /// How a key compares. `Int` keys (exact ints, bools and integral floats that fit in
@@ -243,7 +268,12 @@ impl<'a, 'py> Query<'a, 'py> {
         })
     }
 
-    fn stored(&self) -> PyKey {
+    /// The (mixed) hash every table of the cache files this key under.
+    pub(crate) fn hash(&self) -> u64 {
+        self.hash
+    }
+
+    pub(crate) fn stored(&self) -> PyKey {
         PyKey {
             obj: self.key.clone().unbind(),
             kind: self.kind,
@@ -347,17 +377,37 @@ fn follow(py: Python<'_>, flight: &Flight<Shared>) -> PyResult<Option<Py<PyAny>>
 #[pyclass(frozen, module = "ferrule", name = "Cache")]
 pub struct Cache {
     inner: TimedCache<PyKey, Py<PyAny>>,
-    flights: SingleFlight<PyKey, Shared>,
+    /// In an `Arc`: an async leader holds it (see `core::flight`).
+    pub(crate) flights: Arc<SingleFlight<PyKey, Shared>>,
+}
+
+/// Ends a leader's flight with what its caller got: a value is shared, and so is an
+/// `Exception` (nothing is cached); any other BaseException stays with the caller and the
+/// flight is abandoned (its followers look again). Normalises the exception with no lock
+/// held.
+pub(crate) fn end_flight(
+    py: Python<'_>,
+    leader: Leader<'_, PyKey, Shared>,
+    r: Result<&Py<PyAny>, &PyErr>,
+) {
+    match r {
+        Ok(v) => leader.finish(Ok(v.clone_ref(py))),
+        Err(e) if e.is_instance_of::<PyException>(py) => {
+            leader.finish(Err(e.value(py).clone().into_any().unbind()));
+        }
+        // Kept by this caller; dropping the leader abandons the flight.
+        Err(_) => drop(leader),
+    }
 }
 
 impl Cache {
     #[inline]
-    fn lookup(&self, q: &Query<'_, '_>, count: bool) -> PyResult<Option<Py<PyAny>>> {
+    pub(crate) fn lookup(&self, q: &Query<'_, '_>, count: bool) -> PyResult<Option<Py<PyAny>>> {
         self.inner.get(q.hash, q, count)
     }
 
     /// Stores unless `keep()`, asked under the shard lock, refuses.
-    fn store_if(
+    pub(crate) fn store_if(
         &self,
         q: &Query<'_, '_>,
         value: Py<PyAny>,
@@ -407,9 +457,12 @@ impl Cache {
                 Join::Lead(leader) => return self.lead(q, factory, ttl, leader),
                 Join::Follow(flight) => {
                     if flight.led_by_current_thread() {
-                        return Err(PyRuntimeError::new_err(
-                            "get_or_set called recursively for the same key by its own factory",
-                        ));
+                        return Err(PyRuntimeError::new_err(if flight.led_asynchronously() {
+                            "get_or_set would block the event loop running on this thread, \
+                             whose task is computing this key (await get_or_set_async instead)"
+                        } else {
+                            "get_or_set called recursively for the same key by its own factory"
+                        }));
                     }
                     if let Some(v) = follow(q.py(), &flight)? {
                         return Ok(v);
@@ -442,15 +495,7 @@ impl Cache {
             }),
             Err(e) => Err(e),
         };
-        match &r {
-            Ok(v) => leader.finish(Ok(v.clone_ref(py))),
-            // Normalised here, with no lock held.
-            Err(e) if e.is_instance_of::<PyException>(py) => {
-                leader.finish(Err(e.value(py).clone().into_any().unbind()));
-            }
-            // Kept by this caller; dropping the leader abandons the flight.
-            Err(_) => drop(leader),
-        }
+        end_flight(py, leader, r.as_ref());
         r
     }
 }
@@ -480,7 +525,7 @@ impl Cache {
         let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
         let entries = ShardedCache::new(max_size, shards, cpus)?;
         // At most MAX_SHARDS shards, so the flights table stays far below MAX_SIZE.
-        let flights = SingleFlight::new(entries.shard_count(), FLIGHTS_PER_SHARD)?;
+        let flights = Arc::new(SingleFlight::new(entries.shard_count(), FLIGHTS_PER_SHARD)?);
         let default_ttl = args::opt_positive_nanos(ttl, "ttl")?;
         let clock = args::clock(clock)?;
         Ok(Self {
@@ -551,6 +596,24 @@ impl Cache {
     ) -> PyResult<Py<PyAny>> {
         let ttl = args::opt_positive_nanos(ttl, "ttl")?;
         self.get_or_set_counted(key, factory, ttl, true)
+    }
+
+    /// Coroutine: `get_or_set` for asyncio, one flight per key shared with every other
+    /// caller.
+    ///
+    /// On a miss, exactly one caller per key (a task on any event loop, or a thread in
+    /// `get_or_set`) awaits `factory()` while the others wait for its result without a
+    /// thread each. The factory runs in a task of its own: a cancelled caller does not
+    /// cancel it for the others. An `Exception` reaches every waiter and nothing is
+    /// cached; another BaseException makes the waiters look again.
+    #[pyo3(signature = (key, factory, *, ttl = None))]
+    fn get_or_set_async<'py>(
+        slf: &Bound<'py, Self>,
+        key: &Bound<'py, PyAny>,
+        factory: &Bound<'py, PyAny>,
+        ttl: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        cache_async::start(slf, key, factory, ttl)
     }
 
     /// `get_or_set` for a caller that has just looked `key` up with `get` and counted

@@ -5,6 +5,7 @@ pub mod breaker;
 pub mod budget;
 pub mod bus;
 pub mod cache;
+pub mod cache_async;
 pub mod clock;
 pub mod error_store;
 pub mod lookup;

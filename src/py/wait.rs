@@ -3,7 +3,8 @@
 //! Every wait (a full or empty queue, a single-flight follower, a limiter, budget or pool
 //! waiting for room) and every long bulk operation runs detached through [`detach`]; a
 //! detached wait that must run Python for a moment (the signal check between slices, an
-//! asyncio wake-up) does so through [`reattach`]. Nothing else in the crate calls PyO3's
+//! asyncio wake-up) does so through [`reattach`], and code that may run attached or not
+//! (a `std::task::Waker`'s `wake`) through [`attach`]. Nothing else in the crate calls PyO3's
 //! `Python::detach`/`Python::attach` (clippy's `disallowed-methods` enforces it).
 //!
 //! # Exit safety
@@ -170,6 +171,19 @@ pub fn reattach<R>(f: impl FnOnce(Python<'_>) -> R) -> R {
         drop(pass);
         f(py)
     })
+}
+
+/// Runs `f` attached, from code that cannot know whether its thread is attached: a
+/// `std::task::Waker`'s `wake`, run by whichever thread ends what the waker waits for. An
+/// attached thread runs `f` at once (it must not park: it may hold the interpreter the
+/// exit waits for); any other thread attaches through the gate, as [`reattach`].
+pub fn attach<R>(f: impl FnOnce(Python<'_>) -> R) -> R {
+    // SAFETY: reads the calling thread's own state; callable without the interpreter.
+    if unsafe { pyo3::ffi::PyGILState_Check() } == 1 {
+        #[allow(clippy::disallowed_methods)] // already attached: nothing to guard
+        return Python::attach(f);
+    }
+    reattach(f)
 }
 
 /// The check between the slices of a detached wait: re-attaches (through the gate) and
