@@ -119,6 +119,21 @@ SCENARIOS = {
         daemon(lambda: c.get_or_set("k", lambda: 1), 4)
         daemon(forever(lambda: c.get_or_set(object(), lambda: time.sleep(0.001))), 2)
     """,
+    # Tasks on a daemon thread's loop and threads share flights, each waking the other.
+    "cache_async_single_flight": """
+        import asyncio
+        c = ferrule.Cache(100)
+        loop = asyncio.new_event_loop()
+        daemon(loop.run_forever)
+        async def slow_async():
+            await asyncio.sleep(0.005)
+            return 1
+        def both():
+            key = object()
+            asyncio.run_coroutine_threadsafe(c.get_or_set_async(key, slow_async), loop)
+            c.get_or_set(key, lambda: time.sleep(0.005) or 2)
+        daemon(forever(both), 4)
+    """,
     "cache_key_eq_sleeping": """
         class Key:
             def __hash__(self):

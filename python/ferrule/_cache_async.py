@@ -30,7 +30,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from ferrule._cached import _cancel_requested
+from ferrule._queue import _wake
 
 __all__ = ["get_or_set_async"]
 
@@ -44,9 +44,12 @@ _ABANDONED: Any = object()
 _RUNNING: set[asyncio.Task[Any]] = set()
 
 
-def _wake(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
+def _cancel_requested() -> bool:
+    """True if someone asked to cancel the current task (3.11+; on 3.10 this cannot be
+    told apart from the shared call's own cancellation when both happen at once)."""
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)
+    return bool(cancelling is not None and cancelling())
 
 
 async def get_or_set_async(call: Any, factory: Callable[[], Any]) -> Any:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import inspect
-import threading
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Any, TypeVar, cast
 
@@ -38,9 +36,11 @@ def cached(max_size: int, *, ttl: float | None = None) -> Callable[[F], F]:
     Thread-safe and single-flight per argument tuple: concurrent callers with the same
     arguments share one call. If that call raises an ``Exception``, every caller waiting
     for it gets the exception and nothing is cached. If it leaves with a BaseException
-    that is not an Exception (``KeyboardInterrupt``, ``SystemExit``; for ``async def``,
-    the shared call being cancelled), only the caller that ran it sees that; the others
-    retry, and one of them runs the function again. The wrapper exposes ``.cache`` and
+    that is not an Exception (``KeyboardInterrupt``, ``SystemExit``), only the caller
+    that ran it sees that; the others retry, and one of them runs the function again.
+    An ``async def`` goes through :meth:`Cache.get_or_set_async`: its awaiters on any
+    loop share one call, a cancelled awaiter does not cancel it, and a shared call that
+    is itself cancelled makes every awaiter look again. The wrapper exposes ``.cache`` and
     ``.cache_clear()``; reference cycles through it (a result that refers to the
     function, say) are collected.
 
@@ -75,60 +75,14 @@ def cached(max_size: int, *, ttl: float | None = None) -> Callable[[F], F]:
     return decorate
 
 
-def _abandoned(task: asyncio.Task[Any]) -> bool:
-    """True if the shared call ended without a result its awaiters should share: it was
-    cancelled, or raised a BaseException that is not an Exception (KeyboardInterrupt,
-    SystemExit, ...). An ordinary exception is shared (and nothing is cached)."""
-    if not task.done():
-        return False
-    return task.cancelled() or not isinstance(task.exception(), Exception)
-
-
-def _cancel_requested() -> bool:
-    """True if someone asked to cancel the current task (3.11+; on 3.10 this cannot be
-    told apart from the shared call's own cancellation when both happen at once)."""
-    task = asyncio.current_task()
-    cancelling = getattr(task, "cancelling", None)
-    return bool(cancelling is not None and cancelling())
-
-
 def _async_wrapper(fn: Callable[..., Awaitable[Any]], cache: Cache) -> Callable[..., Any]:
-    # Concurrent awaiters of one key share one task; the task lives in the loop that
-    # started it, and an awaiter that is cancelled does not cancel the shared call. If the
-    # shared call itself is cancelled (or leaves with a BaseException that is not an
-    # Exception), its awaiters are not: each looks again, and one starts the call anew.
-    inflight: dict[Hashable, asyncio.Task[Any]] = {}
-    lock = threading.Lock()
-
-    async def run(key: Hashable, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        try:
-            value = await fn(*args, **kwargs)
-            cache.set(key, value)
-            return value
-        finally:
-            with lock:
-                if inflight.get(key) is asyncio.current_task():
-                    del inflight[key]
-
+    # Cache.get_or_set_async is the single flight: awaiters of one key share one task on
+    # the loop that started it, threads and other loops included; an awaiter that is
+    # cancelled does not cancel the shared call.
     @functools.wraps(fn)
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
         key = _make_key(args, kwargs)
-        while True:
-            value = cache.get(key, _MISSING)
-            if value is not _MISSING:
-                return value
-            loop = asyncio.get_running_loop()
-            with lock:
-                task = inflight.get(key)
-                if task is None or task.get_loop() is not loop:
-                    task = loop.create_task(run(key, args, kwargs))
-                    inflight[key] = task
-            try:
-                return await asyncio.shield(task)
-            except BaseException:
-                if not _abandoned(task) or _cancel_requested():
-                    raise
-                # The shared call was abandoned, not this awaiter: look again.
+        return await cache.get_or_set_async(key, functools.partial(fn, *args, **kwargs))
 
     wrapper.cache = cache  # type: ignore[attr-defined]
     wrapper.cache_clear = cache.clear  # type: ignore[attr-defined]
