@@ -20,7 +20,8 @@ killed it, so one run reports every crash.
 Where things live (each a table, so that the harness reads as data):
 ``KNOWN``           failures found and not fixed yet: skipped, with the reason (remove an
                     entry once its fix lands; ``--run-known`` runs them to check).
-``NOT_APPLICABLE``  cases not made (slow, not wrong); ``EXCLUDED``: names not fuzzed.
+``NOT_APPLICABLE``  cases not made (slow, not wrong); ``EXCLUDED``: names not fuzzed
+                    (and ``ferrule.redis`` where no Redis server runs: ``REDIS_ENV``).
 ``HOSTILE``         the hostile values (``core``: in the bounded sweep); ``EXTRA``: more
                     for one parameter name; ``MUTATING``: containers another thread keeps
                     resizing (threaded phase).
@@ -30,6 +31,10 @@ Where things live (each a table, so that the harness reads as data):
 ``REENTER``         what a re-entrant hostile calls on the object under test.
 ``PROBES``          the check after every call: invariants, and that the object still
                     works (which also fires what the call stored: wakers, evictions).
+``REDIS_SWEEP``     the Redis classes' share of the bounded sweep (each case costs round
+                    trips): one hostile value per group. BackendError is their documented
+                    failure only for a connection lost, refused or timed out
+                    (``_backend_rejection``).
 ``DRIVE``           what to do with an object a constructor just made, so that a hostile
                     factory, validate, bus or clock gets used; ``DECORATORS``, ``AWAITS``
                     and ``GENERATORS``: what to do with such a result of a call.
@@ -111,14 +116,28 @@ NOT_APPLICABLE: dict[tuple[str, ...], str] = {
     ("TaskPool", "map", "iterables", "str_dotted"): "200 000 tasks: slow, not wrong",
     ("TaskPool", "map", "iterables", "list_100k"): "100 000 tasks: slow, not wrong",
     ("TaskPool", "map", "iterables", "caps_many"): "100 000 tasks: slow, not wrong",
+    ("RedisRegistry", "register", "capabilities", "caps_many"): "100k index sets: slow, not wrong",
+    ("RedisRegistry", "update", "capabilities", "caps_many"): "100k index sets: slow, not wrong",
 }
 
 EXCLUDED: dict[str, str] = {
     "ferrule._close_gate": "the atexit hook: calling it makes every later wait park forever",
-    "ferrule.redis": "module needs a Redis server (its own tests start one)",
     "ferrule._run_subscription": "its only argument, a _SubscriptionWorker, exists only inside"
     " SignalBus.subscribe, which runs it on the subscription's own thread",
 }
+
+# ``ferrule.redis`` is fuzzed against a real server: ``supervise`` starts a throwaway
+# redis-server (tests/redis_server.py) when one is installed and gives its URL to the
+# children in this variable. Where no server runs the module is excluded, and the report
+# says why (``Report.redis``).
+REDIS_ENV = "FERRULE_FUZZ_REDIS"
+REDIS_MODULE = "ferrule.redis"
+
+
+def redis_url() -> str | None:
+    """The URL of the server the Redis classes are fuzzed against, or None."""
+    return os.environ.get(REDIS_ENV) or None
+
 
 # ---------------------------------------------------------------------------------------
 # The API: enumerated from the runtime and the stubs
@@ -223,10 +242,13 @@ def parse_stubs(path: Path = STUBS) -> dict[str, dict[str, tuple[str, tuple[Para
     return out
 
 
-def public_modules() -> dict[str, list[str]]:
+def public_modules(with_redis: bool | None = None) -> dict[str, list[str]]:
     """Module -> the names to fuzz: ``ferrule.__all__``, everything the stubs declare,
     every class and function of ``ferrule._native``, and each public submodule's
-    ``__all__`` (``EXCLUDED`` ones aside)."""
+    ``__all__`` (``EXCLUDED`` ones aside, and ``ferrule.redis`` unless ``with_redis``;
+    None: when a server is there, see ``redis_url``)."""
+    if with_redis is None:
+        with_redis = redis_url() is not None
     stubs = parse_stubs()
     out: dict[str, list[str]] = {"ferrule": [n for n in ferrule.__all__ if n != "__version__"]}
     runtime = {
@@ -239,6 +261,8 @@ def public_modules() -> dict[str, list[str]]:
     for info in pkgutil.iter_modules(ferrule.__path__):
         name = f"ferrule.{info.name}"
         if info.name.startswith("_") or name in EXCLUDED:
+            continue
+        if name == REDIS_MODULE and not with_redis:
             continue
         try:
             module = importlib.import_module(name)
@@ -309,12 +333,13 @@ def _class_targets(cls: type, stub: dict[str, tuple[str, tuple[Param, ...]]]) ->
     return out
 
 
-def enumerate_api() -> dict[str, Target]:
-    """Every fuzz target by id, from the runtime and the stubs (``EXCLUDED`` aside)."""
+def enumerate_api(with_redis: bool | None = None) -> dict[str, Target]:
+    """Every fuzz target by id, from the runtime and the stubs (``EXCLUDED`` aside;
+    ``with_redis`` as for ``public_modules``)."""
     stubs = parse_stubs()
     targets: dict[str, Target] = {}
     seen: dict[str, object] = {}
-    for modname, names in public_modules().items():
+    for modname, names in public_modules(with_redis).items():
         module = importlib.import_module(modname)
         for name in names:
             obj = getattr(module, name, None)
@@ -824,6 +849,11 @@ EXTRA: dict[str, list[Hostile]] = {
         H("key_big_tuple", "param", shared("key_big_tuple", lambda: tuple(range(100_000)))),
     ],
     "seconds": [H("seconds_edge", "param", _const(4e9)), H("seconds_past", "param", _const(4.7e9))],
+    "client": [
+        H("client_dead", "param", lambda ctx: redis_client("dead")),
+        H("client_async", "param", lambda ctx: _async_client(ctx)),
+    ],
+    "on_error": [H("on_error_case", "param", _const("RAISE"))],
     "start": [H("start_edge", "param", _const(4e9)), H("start_past", "param", _const(4.7e9))],
 }
 
@@ -974,6 +1004,7 @@ BASELINE: dict[str, Any] = {
     "exc_tb": None, "deadline": None, "expected": (Exception,), "retry_on": (Exception,),
     "pending": Fresh(lambda ctx, obj: object()),
     "registry": Fresh(lambda ctx, obj: native.Registry()),
+    "client": Fresh(lambda ctx, obj: redis_client()),
     "metrics": Fresh(lambda ctx, obj: native.Metrics()),
 }  # fmt: skip
 
@@ -1040,6 +1071,13 @@ SPECIAL: dict[str, Special] = {
     "HealthMonitor.watch": Special({"check": lambda agent: "healthy"}),
     "CircuitBreaker.__new__": Special({"name": "db"}),
     "SignalBus.subscribe": Special({"maxsize": 8}),
+    "RedisRateLimiter.__new__": Special({"prefix": Fresh(lambda ctx, obj: redis_prefix())}),
+    "RedisRateLimiter.acquire_async": Special(variant="async"),
+    "RedisRegistry.__new__": Special({"prefix": Fresh(lambda ctx, obj: redis_prefix())}),
+    "RedisRegistry.register": Special({"agent_id": "new"}),
+    "RedisRegistry.register_many": Special({"items": Fresh(lambda c, o: [{"agent_id": "b1"}])}),
+    "RedisRegistry.update": Special({"health": "degraded"}),
+    "RedisAgent.__new__": Special({"registered_at": 1.0, "expires_at": None}),
 }
 
 
@@ -1157,6 +1195,81 @@ def _rate_drained(ctx: Ctx) -> Any:
     return rl
 
 
+# The Redis tier: every object gets its own key prefix on the one server (so no case sees
+# another's agents or buckets; the server is thrown away after the run), and one client
+# per process and kind, shared by every case (a redis client is thread-safe).
+_REDIS_SEQ = itertools.count()
+_REDIS_CLIENTS: dict[str, Any] = {}
+
+
+def redis_prefix() -> str:
+    return f"fz:{os.getpid()}:{next(_REDIS_SEQ)}:"
+
+
+def redis_client(kind: str = "sync") -> Any:
+    """The client of the fuzz's server (``redis_url``): "sync" (``redis.Redis``),
+    "async" (a new ``redis.asyncio.Redis``: its connections belong to one event loop)
+    or "dead" (a ``redis.Redis`` of a port nobody listens on: every call fails at once)."""
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    url = redis_url()
+    if url is None:
+        raise RuntimeError(f"no Redis server for the fuzz ({REDIS_ENV} unset)")
+    kw: dict[str, Any] = {"socket_timeout": 5.0, "socket_connect_timeout": 1.0}
+    if kind == "async":
+        import redis.asyncio
+        from redis.asyncio.retry import Retry as AsyncRetry
+
+        return redis.asyncio.Redis.from_url(url, retry=AsyncRetry(NoBackoff(), 0), **kw)
+    if kind not in _REDIS_CLIENTS:
+        if kind == "dead":
+            with contextlib.closing(__import__("socket").socket()) as sock:
+                sock.bind(("127.0.0.1", 0))
+                port = sock.getsockname()[1]  # free once closed: nobody listens there
+            url = f"redis://127.0.0.1:{port}/0"
+        _REDIS_CLIENTS[kind] = redis.Redis.from_url(url, retry=Retry(NoBackoff(), 0), **kw)
+    return _REDIS_CLIENTS[kind]
+
+
+def _async_client(ctx: Ctx) -> Any:
+    client = redis_client("async")
+    ctx.cleanups.append(lambda: run_async(client.aclose(), AWAIT_TIMEOUT))
+    return client
+
+
+def _redis_rate(ctx: Ctx, client: Any = None, drained: bool = False) -> Any:
+    from ferrule.redis import RedisRateLimiter
+
+    client = client or redis_client()
+    if not drained:
+        return RedisRateLimiter(client, 100.0, burst=4, prefix=redis_prefix())
+    rl = RedisRateLimiter(client, 1.0, per=60.0, burst=1, prefix=redis_prefix())
+    if client is redis_client():
+        rl.try_acquire(BASELINE_KEY)
+        rl.try_acquire(None)
+    else:  # the same keys, drained through a synchronous twin
+        twin = RedisRateLimiter(redis_client(), 1.0, per=60.0, burst=1, prefix=rl.prefix)
+        twin.try_acquire(BASELINE_KEY)
+        twin.try_acquire(None)
+    return rl
+
+
+def _redis_registry(ctx: Ctx) -> Any:
+    from ferrule.redis import RedisRegistry
+
+    r = RedisRegistry(redis_client(), prefix=redis_prefix(), ttl=60.0)
+    r.register_many(  # one round trip
+        [
+            {"agent_id": "a1", "value": "v", "capabilities": ["c"], "node": "n",
+             "metadata": {"m": 1, "l": [1, 2]}},
+            {"agent_id": "a2", "value": "w", "capabilities": ["c", "d"], "health": "degraded"},
+        ]
+    )  # fmt: skip
+    return r
+
+
 # Class -> variant -> factory(ctx). "ready" is every call's default state.
 OBJECTS: dict[str, dict[str, Callable[[Ctx], Any]]] = {
     "ManualClock": {"ready": lambda ctx: native.ManualClock(10.0)},
@@ -1199,6 +1312,14 @@ OBJECTS: dict[str, dict[str, Callable[[Ctx], Any]]] = {
     "HealthMonitor": {"ready": _health},
     "PrometheusCollector": {"ready": _prometheus},
     "cached_wrapper": {"ready": lambda ctx: ferrule.cached(8)(lambda *a, **k: a)},
+    "RedisRateLimiter": {
+        "ready": _redis_rate,
+        "drained": lambda ctx: _redis_rate(ctx, drained=True),
+        "async": lambda ctx: _redis_rate(ctx, _async_client(ctx)),
+        "async_drained": lambda ctx: _redis_rate(ctx, _async_client(ctx), drained=True),
+    },
+    "RedisRegistry": {"ready": _redis_registry},
+    "RedisAgent": {"ready": lambda ctx: _redis_registry(ctx).get("a1")},
 }
 
 # Calls that block (or register a waker), and the variant in which they must wait (or
@@ -1223,6 +1344,8 @@ WAITS: dict[str, str] = {
     "Pool.acquire": "exhausted",
     "Pool.acquire_async": "exhausted",
     "PoolCheckout.__enter__": "exhausted",
+    "RedisRateLimiter.acquire": "drained",
+    "RedisRateLimiter.acquire_async": "async_drained",
 }
 # The parameters fuzzed in the waiting state (default: timeout).
 WAIT_PARAMS: dict[str, set[str]] = {
@@ -1256,6 +1379,8 @@ REENTER: dict[str, list[Callable[[Any], Any]]] = {
     "ManualClock": [lambda c: c.now()],
     "TaskPool": [lambda p: p.stats()],
     "HealthMonitor": [lambda m: m.rounds],
+    "RedisRateLimiter": [lambda r: r.peek("r")],
+    "RedisRegistry": [lambda r: r.get("a1"), lambda r: r.count(capability="c")],
 }
 
 
@@ -1331,6 +1456,21 @@ def _probe_clock(c: Any) -> None:
     _check(c.now() >= 0.0, "negative time")
 
 
+def _probe_redis_rate(r: Any) -> None:
+    if r._async:  # an asyncio client: the synchronous calls refuse it (TypeError)
+        return
+    _check(0 <= r.peek(BASELINE_KEY) <= r.burst, "peek outside 0..burst")
+    r.try_acquire("probe")
+
+
+def _probe_redis_registry(r: Any) -> None:
+    agents = r.find(where=[("m", "eq", 1)])  # over whatever metadata the call stored
+    _check(all(a.metadata["m"] == 1 for a in agents), f"where did not hold: {agents}")
+    ids = r.ids()
+    _check(len(set(ids)) == len(ids), "duplicate ids")
+    _check(len(r) == len(ids), "len != len(ids())")
+
+
 # Class -> check run after every call on an object of that class.
 PROBES: dict[str, Callable[[Any], None]] = {
     "Cache": _probe_cache,
@@ -1349,6 +1489,8 @@ PROBES: dict[str, Callable[[Any], None]] = {
     "TaskPool": lambda p: _check(
         (s := p.stats()).started == s.completed + s.failed + s.active, f"counts: {s}"
     ),
+    "RedisRateLimiter": _probe_redis_rate,
+    "RedisRegistry": _probe_redis_registry,
 }
 
 
@@ -1428,6 +1570,8 @@ DRIVE: dict[str, Callable[[Any], Any]] = {
     "HealthMonitor": lambda m: m.check_now(),
     "TaskPool": lambda p: p.submit(noop).result(timeout=5.0),
     "PrometheusCollector": lambda c: list(c.collect()),
+    "RedisRateLimiter": lambda r: (r.try_acquire("d"), r.check("d"), r.peek("d"), r.reset("d")),
+    "RedisRegistry": lambda r: (r.register("d", ttl=1.0), r.find(capability="c"), r.expire()),
 }
 
 # Calls that return a callable: what to do with it.
@@ -1512,9 +1656,28 @@ def verdict(ctx: Ctx, exc: BaseException | None, reentrant: bool = False, also: 
             f"{_name(base_here[0])} raised by hostile code was replaced by "
             f"{_name(exc)}: {_msg(exc)}",
         )
+    rejected = _backend_rejection(exc)
+    if rejected:
+        return ("backend-rejected", rejected)
     if isinstance(exc, ALLOWED + also):
         return None
     return ("undocumented", f"{_qualname(exc)}: {_msg(exc)}")
+
+
+def _backend_rejection(exc: BaseException) -> str | None:
+    """``BackendError`` is the Redis classes' documented failure, for a server that is
+    down, unreachable or too slow. The fuzz's server is up, so one chained from anything
+    else (the server refusing a command or a script failing, redis-py refusing an
+    argument) means an argument got past the checks: a failure."""
+    if not isinstance(exc, ferrule.BackendError):
+        return None
+    from redis.exceptions import ConnectionError as LostConnection
+    from redis.exceptions import TimeoutError as TimedOut
+
+    cause = exc.__cause__
+    if isinstance(cause, (LostConnection, TimedOut)):
+        return None
+    return f"BackendError from {type(cause).__name__} with the server up: {_msg(exc)}"
 
 
 def _name(exc: BaseException) -> str:
@@ -1776,7 +1939,9 @@ def _class(owner: str) -> type:
             return cls
     from ferrule import metrics
 
-    return getattr(metrics, owner)  # type: ignore[no-any-return]
+    if hasattr(metrics, owner):
+        return getattr(metrics, owner)  # type: ignore[no-any-return]
+    return getattr(importlib.import_module(REDIS_MODULE), owner)  # type: ignore[no-any-return]
 
 
 def run_case(case: Case, api: dict[str, Target], await_timeout: float = AWAIT_TIMEOUT):
@@ -1929,9 +2094,25 @@ def waits_long(h: Hostile) -> bool:
     return h.seconds is not None and h.seconds > WAIT_LONG
 
 
+# Each case of a Redis class costs a few round trips to the server: the bounded sweep gives
+# them a small share, one hostile value of every group (two of "base") instead of all core ones
+# (plus each parameter's EXTRA; the randomized run and the threads draw from all of them).
+REDIS_OWNERS = {"RedisRateLimiter", "RedisRegistry", "RedisAgent"}
+REDIS_SWEEP = [
+    "object", "none", "nan", "int_2_64", "true", "str_1mb", "str_surrogate", "str_hostile",
+    "raise_hash", "raise_iter_ki", "call_raises", "call_ki", "eq_always", "reenter", "cycle",
+    "dict_raising",
+]  # fmt: skip
+
+
 def sweep_cases(api: dict[str, Target]) -> list[Case]:
     core = [h for h in HOSTILE if h.core]
-    cases = (c for tid in sorted(api) for c in cases_for(api[tid], core))
+    redis_core = [ALL_HOSTILE[n] for n in REDIS_SWEEP]
+    cases = (
+        c
+        for tid in sorted(api)
+        for c in cases_for(api[tid], redis_core if api[tid].owner in REDIS_OWNERS else core)
+    )
     return [c for c in cases if not known_reason(c, NOT_APPLICABLE)]
 
 
@@ -1982,6 +2163,8 @@ THREAD_CLASSES = [
     "CircuitBreaker", "Metrics", "ErrorStore", "ResourceManager", "Pool", "TaskPool",
     "cached_wrapper",
 ]  # fmt: skip
+# With a server (``redis_url``), these join them.
+REDIS_THREAD_CLASSES = ["RedisRateLimiter", "RedisRegistry"]
 # Parameters that take a container: in the threaded phase half their hostile values are
 # the containers the mutator thread keeps resizing.
 CONTAINER_PARAMS = {
@@ -2026,7 +2209,8 @@ def thread_phase(
     global _current
     holder = Ctx("threads")
     _current = holder
-    objects = {name: OBJECTS[name]["ready"](holder) for name in THREAD_CLASSES}
+    classes = THREAD_CLASSES + (REDIS_THREAD_CLASSES if redis_url() else [])
+    objects = {name: OBJECTS[name]["ready"](holder) for name in classes}
     # The shared subscription listens on the shared bus.
     objects["Subscription"] = objects["SignalBus"].subscribe("a.#", maxsize=64)
     holder.cleanups.append(objects["Subscription"].cancel)
@@ -2036,13 +2220,13 @@ def thread_phase(
             for t in api.values()
             if t.owner == name and t.kind == "method" and t.name not in THREAD_SKIP
         ]
-        for name in THREAD_CLASSES
+        for name in classes
     }
     hostiles = [h for h in HOSTILE if not waits_long(h)]
     # Every call that takes a container, constructors included (of any class).
     with_containers = [
         (name, t, p)
-        for name in THREAD_CLASSES
+        for name in classes
         for t in targets[name]
         for p in t.params
         if p.name in CONTAINER_PARAMS
@@ -2061,7 +2245,7 @@ def thread_phase(
         if k % 2:  # containers that change under ferrule's feet
             name, target, p = rng.choice(with_containers)
             return name, target, ((p.name, rng.choice(MUTATING).name),)
-        name = rng.choice(THREAD_CLASSES)
+        name = rng.choice(classes)
         target = rng.choice(targets[name])
         if not target.params or rng.random() < 0.5:
             return name, target, ()
@@ -2196,6 +2380,7 @@ class Report:
     notes: dict[str, str] = dataclasses.field(default_factory=dict)
     cases: int = 0
     restarts: int = 0
+    redis: str | None = None  # why ferrule.redis was not fuzzed, or None (it was)
 
     def distinct(self) -> list[dict[str, Any]]:
         """One failure per (call, kind, message with numbers masked)."""
@@ -2216,6 +2401,8 @@ class Report:
             f"{self.cases} cases, {len(self.failures)} failing, "
             f"{len(self.skipped)} skipped as KNOWN, {self.restarts} child restarts"
         ]
+        if self.redis:
+            lines.append(self.redis)
         by_owner: dict[str, list[dict[str, Any]]] = {}
         for f in self.distinct():
             by_owner.setdefault(f["case"].split(".", 1)[0], []).append(f)
@@ -2231,10 +2418,15 @@ class Report:
         return "\n".join(lines)
 
 
-def _child(python: str, args: list[str], timeout: float) -> tuple[int | None, str]:
+def _child(
+    python: str, args: list[str], timeout: float, redis: str | None = None
+) -> tuple[int | None, str]:
     with tempfile.TemporaryFile() as log:
         cmd = [python, "-X", "faulthandler", str(Path(__file__).resolve()), "--child", *args]
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "RUST_BACKTRACE": "0"}
+        env.pop(REDIS_ENV, None)
+        if redis:
+            env[REDIS_ENV] = redis
         try:
             proc = subprocess.run(
                 cmd, stdout=log, stderr=subprocess.STDOUT, timeout=timeout, env=env, check=False
@@ -2292,6 +2484,36 @@ def _parse(text: str, report: Report, phase: str) -> tuple[dict[str, Any] | None
     return last, ended, "\n".join(tail[-25:])
 
 
+@contextlib.contextmanager
+def redis_for_children(wanted: bool = True) -> Iterator[tuple[str | None, str | None]]:
+    """``(url, None)`` of a Redis server for the children, or ``(None, why not)``: the
+    server ``FERRULE_FUZZ_REDIS`` names if set, else a throwaway redis-server
+    (tests/redis_server.py) started here and stopped on leaving."""
+    if not wanted:
+        yield None, f"{REDIS_MODULE} excluded: not asked for"
+        return
+    if redis_url():
+        yield redis_url(), None
+        return
+    from tests import redis_server
+
+    reason = redis_server.skip_reason()
+    if reason:
+        yield None, f"{REDIS_MODULE} excluded: no Redis server ({reason})"
+        return
+    server = redis_server.RedisServer()
+    try:
+        server.start()
+    except (RuntimeError, OSError) as e:
+        server.close()
+        yield None, f"{REDIS_MODULE} excluded: redis-server could not start ({e})"
+        return
+    try:
+        yield server.url, None
+    finally:
+        server.close()
+
+
 def supervise(
     mode: str = "sweep",
     *,
@@ -2303,19 +2525,44 @@ def supervise(
     cases: list[str] | None = None,
     call_timeout: float = CALL_TIMEOUT,
     progress: Callable[[str], None] | None = None,
+    redis: bool = True,
 ) -> Report:
     """Run the fuzz in children, restarting after each death; returns the report.
     ``mode``: "sweep" (every case once), "random" (``seconds`` of random cases),
-    "threads" (``seconds`` of the threaded phase) or "cases" (the case ids ``cases``)."""
+    "threads" (``seconds`` of the threaded phase) or "cases" (the case ids ``cases``).
+    With ``redis`` the children also fuzz ``ferrule.redis`` against a server (see
+    ``redis_for_children``) when one can be had; ``Report.redis`` says why not."""
+    with redis_for_children(redis) as (url, why_not):
+        report = _supervise_modes(
+            mode, seconds, seed, python, run_known, threads, cases, call_timeout, progress, url
+        )
+    report.redis = why_not
+    return report
+
+
+def _supervise_modes(
+    mode: str,
+    seconds: float | None,
+    seed: int,
+    python: str,
+    run_known: bool,
+    threads: int | None,
+    cases: list[str] | None,
+    call_timeout: float,
+    progress: Callable[[str], None] | None,
+    redis: str | None,
+) -> Report:
     if mode == "cases":
         with tempfile.NamedTemporaryFile("w", suffix=".cases", delete=False) as f:
             f.write("\n".join(cases or []))
         try:
             return _supervise(mode, seconds, seed, python, run_known, threads, call_timeout,
-                              progress, ["--cases-file", f.name])  # fmt: skip
+                              progress, ["--cases-file", f.name], redis)  # fmt: skip
         finally:
             os.unlink(f.name)
-    return _supervise(mode, seconds, seed, python, run_known, threads, call_timeout, progress, [])
+    return _supervise(
+        mode, seconds, seed, python, run_known, threads, call_timeout, progress, [], redis
+    )
 
 
 def _supervise(
@@ -2328,6 +2575,7 @@ def _supervise(
     call_timeout: float,
     progress: Callable[[str], None] | None,
     extra: list[str],
+    redis: str | None,
 ) -> Report:
     report = Report()
     say = progress or (lambda s: None)
@@ -2338,7 +2586,7 @@ def _supervise(
         args = ["--mode", "threads", "--seconds", str(secs), "--seed", str(seed)]
         if run_known:
             args.append("--run-known")
-        code, text = _child(python, [*args, "--threads", str(threads)], secs + 120)
+        code, text = _child(python, [*args, "--threads", str(threads)], secs + 120, redis)
         _, ended, tail = _parse(text, report, "threads")
         if not ended:
             report.failures.append(_death("threads", code, tail, "threads"))
@@ -2352,7 +2600,7 @@ def _supervise(
             args += ["--seconds", str(max(1.0, deadline - time.time()))]
         if run_known:
             args.append("--run-known")
-        code, text = _child(python, args, (seconds or 1800) + 300)
+        code, text = _child(python, args, (seconds or 1800) + 300, redis)
         last, ended, tail = _parse(text, report, mode)
         if ended:
             break
@@ -2417,7 +2665,7 @@ def main(argv: list[str] | None = None) -> int:
         opts.threads = opts.threads or 4
         return child_main(opts)
     if opts.list:
-        api = enumerate_api()
+        api = enumerate_api(with_redis=True)
         for tid in sorted(api):
             t = api[tid]
             ps = ", ".join(f"{p.name}{'' if p.required else '?'}:{p.kind}" for p in t.params)
@@ -2428,7 +2676,10 @@ def main(argv: list[str] | None = None) -> int:
     if opts.case:
         _hooks()
         case = Case.parse(opts.case)
-        problems, notes, outcome = run_case(case, enumerate_api())
+        with redis_for_children(case.target.split(".")[0] in REDIS_OWNERS) as (url, _):
+            if url:
+                os.environ[REDIS_ENV] = url
+            problems, notes, outcome = run_case(case, enumerate_api())
         print(f"{case.id}\n  {outcome}")
         for kind, detail in problems:
             print(f"  FAIL [{kind}] {detail}")

@@ -6,7 +6,9 @@ import random
 import threading
 import tracemalloc
 from collections import Counter
+from typing import Any
 
+import ferrule
 from ferrule import Cache, ManualClock
 
 
@@ -195,3 +197,82 @@ def test_manual_clock_advanced_during_writes_on_the_same_keys(
     clock.advance(1.0)
     c.expire()
     assert len(c) == len(c.keys()) == c.stats().size <= max_size
+
+
+def test_factory_results_resized_by_other_threads_are_stored_by_reference(
+    threads: int, stress_scale: int
+) -> None:
+    """Guards the values path against reading a user's container: the dicts and lists
+    that get_or_set's factories and a ``ferrule.cached`` function return (and ``set``
+    stores) are resized by two other threads the whole time the cache stores, evicts,
+    returns and drops them. Every call returns (no PanicException, no crash) and every
+    caller gets the very object the factory made: values are kept by reference, never
+    copied, iterated or compared."""
+    n_keys = 48
+    # Two containers per key; the cache holds fewer keys than that, so evictions drop
+    # containers in the middle of a resize too.
+    boxes: list[tuple[list[int], dict[int, int]]] = [([k], {k: k}) for k in range(n_keys)]
+    c = Cache(16, shards=2)
+    stop = threading.Event()
+    errors: list[str] = []
+    factory_calls = [0] * threads
+    ops = 2_000 * stress_scale
+
+    def resize(seed: int) -> None:
+        rng = random.Random(seed)
+        while not stop.is_set():
+            lst, dct = boxes[rng.randrange(n_keys)]
+            for i in range(32):
+                lst.append(i)
+                dct[i + n_keys] = i
+            del lst[1:]
+            for i in range(32):
+                dct.pop(i + n_keys, None)
+
+    @ferrule.cached(16)
+    def lookup(k: int, which: int) -> Any:
+        return boxes[k][which]
+
+    def worker(w: int) -> None:
+        rng = random.Random(w)
+        try:
+            for _ in range(ops):
+                k = rng.randrange(n_keys)
+                which = rng.randrange(2)
+                mine = boxes[k][which]
+                r = rng.random()
+                if r < 0.5:
+
+                    def factory(mine: Any = mine) -> Any:
+                        factory_calls[w] += 1
+                        return mine
+
+                    got = c.get_or_set((k, which), factory)
+                elif r < 0.6:
+                    c.set((k, which), mine)
+                    got = mine
+                elif r < 0.8:
+                    got = c.get((k, which), mine)
+                else:
+                    got = lookup(k, which)
+                if got is not mine:
+                    errors.append(f"key {(k, which)}: got a different object {got!r:.60}")
+        except BaseException as e:  # a PanicException is a BaseException
+            errors.append(f"{type(e).__name__}: {e}")
+
+    resizers = [threading.Thread(target=resize, args=(i,)) for i in range(2)]
+    for t in resizers:
+        t.start()
+    ts = [threading.Thread(target=worker, args=(i,)) for i in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    stop.set()
+    for t in resizers:
+        t.join()
+    assert errors == []
+    assert sum(factory_calls) > 0
+    for (k, which), v in c.items():
+        assert v is boxes[k][which]
+    assert all(v is boxes[k][w] for (k, w), v in lookup.cache.items())

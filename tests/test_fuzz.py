@@ -5,6 +5,10 @@ replaced in turn by each core hostile value, in child processes that the harness
 after a crash; then a short phase of random valid and hostile calls from several threads
 on shared objects. Cases listed in ``fuzz_api.KNOWN`` (failures found and not fixed yet)
 are skipped; everything else must pass. ``make fuzz`` runs the long randomized version.
+
+``ferrule.redis`` takes part against a throwaway redis-server (tests/redis_server.py)
+when one is installed, with a small share of the sweep; without one it is left out and
+``test_sweep_covers_the_redis_classes`` is skipped, saying so.
 """
 
 from __future__ import annotations
@@ -20,7 +24,13 @@ from tests.conftest import STRESS
 
 @pytest.fixture(scope="module")
 def api() -> dict[str, fz.Target]:
-    return fz.enumerate_api()
+    """The whole API, ``ferrule.redis`` included (enumerating it needs no server)."""
+    return fz.enumerate_api(with_redis=True)
+
+
+@pytest.fixture(scope="module")
+def sweep() -> fz.Report:
+    return fz.supervise("sweep")
 
 
 def test_every_public_callable_is_covered(api: dict[str, fz.Target]) -> None:
@@ -35,7 +45,7 @@ def test_every_public_callable_is_covered(api: dict[str, fz.Target]) -> None:
 
     owners = {t.owner for t in api.values()}
     functions = {t.name for t in api.values() if t.kind == "function"}
-    for module, names in fz.public_modules().items():
+    for module, names in fz.public_modules(with_redis=True).items():
         mod = importlib.import_module(module)
         for name in names:
             obj = getattr(mod, name)
@@ -61,6 +71,7 @@ def test_every_hostile_class_is_in_the_sweep() -> None:
     groups = {h.group for h in fz.HOSTILE}
     core_groups = {h.group for h in fz.HOSTILE if h.core}
     assert groups == core_groups
+    assert {fz.ALL_HOSTILE[n].group for n in fz.REDIS_SWEEP} == core_groups
 
 
 def test_known_entries_name_real_calls(api: dict[str, fz.Target]) -> None:
@@ -137,11 +148,38 @@ def test_harness_reports_a_crash_and_a_hang_and_carries_on() -> None:
 
 
 @pytest.mark.timeout(1200)
-def test_sweep() -> None:
+def test_sweep(sweep: fz.Report) -> None:
     """Every call x every argument x every core hostile value: no panic, crash, hang,
     undocumented exception, swallowed KeyboardInterrupt or broken object (KNOWN aside)."""
-    report = fz.supervise("sweep")
-    assert not report.failures, report.text()
+    assert not sweep.failures, sweep.text()
+
+
+def test_sweep_covers_the_redis_classes(sweep: fz.Report, api: dict[str, fz.Target]) -> None:
+    """Guards against ``ferrule.redis`` silently dropping out of the sweep where a
+    redis-server runs: every case of the whole API, Redis classes included, was made."""
+    if sweep.redis:
+        pytest.skip(sweep.redis)
+    redis_cases = [c for c in fz.sweep_cases(api) if c.target.split(".")[0] in fz.REDIS_OWNERS]
+    assert redis_cases
+    assert sweep.cases == len(fz.sweep_cases(api))
+
+
+def test_oracle_refuses_a_backend_error_while_the_server_is_up() -> None:
+    """Guards the Redis classes' oracle: BackendError chained from a lost connection or
+    a timeout is documented; chained from the server refusing what ferrule sent (a
+    script error) it means an argument got past the checks."""
+    redis_exceptions = pytest.importorskip("redis.exceptions")
+    ctx = fz.Ctx("test")
+    for cause, expected in [
+        (redis_exceptions.ConnectionError("refused"), None),
+        (redis_exceptions.TimeoutError("slow"), None),
+        (redis_exceptions.ResponseError("ERR user_script:1: bad"), "backend-rejected"),
+        (redis_exceptions.DataError("invalid input"), "backend-rejected"),
+    ]:
+        err = ferrule.BackendError(f"redis: {cause}")
+        err.__cause__ = cause
+        bad = fz.verdict(ctx, err)
+        assert (bad[0] if bad else None) == expected, cause
 
 
 @pytest.mark.timeout(300)

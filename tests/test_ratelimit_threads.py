@@ -285,3 +285,54 @@ def test_distinct_python_keys_with_concurrent_sweeps(threads: int) -> None:
     clock.advance(1.0)
     assert rl.sweep() == 50 * threads
     assert len(rl) == 0
+
+
+def test_key_function_results_holding_resized_containers(threads: int) -> None:
+    """Guards the one place the limiter looks inside what a callback returned: a
+    ``limit`` decorator's key function gives tuples, which the native key path reads
+    item by item. Tuples holding a list or a dict that two other threads keep resizing
+    raise TypeError (unhashable) every time, never PanicException; plain tuples from
+    the same function are counted exactly meanwhile."""
+    shared_list: list[int] = [0]
+    shared_dict: dict[int, int] = {0: 0}
+    stop = threading.Event()
+    per_thread = 200
+    rl = RateLimiter(1.0, per=3600.0, burst=threads * per_thread, clock=ManualClock())
+
+    @rl.limit(key=lambda k, inner: ("user", (k, inner)), timeout=0)
+    def call(k: str, inner: object) -> None:
+        return None
+
+    def resize() -> None:
+        while not stop.is_set():
+            shared_list.extend(range(32))
+            del shared_list[1:]
+            shared_dict.update(dict.fromkeys(range(1, 33), 1))
+            for i in range(1, 33):
+                shared_dict.pop(i, None)
+
+    def body(i: int) -> int:
+        refused = 0
+        for j in range(per_thread):
+            for inner in (shared_list, shared_dict):
+                try:
+                    call("k", inner)
+                except TypeError:
+                    refused += 1
+            call("k", j % 3)
+        return refused
+
+    resizers = [threading.Thread(target=resize) for _ in range(2)]
+    for t in resizers:
+        t.start()
+    try:
+        refused = hammer(threads, body)
+    finally:
+        stop.set()
+        for t in resizers:
+            t.join()
+    assert refused == [2 * per_thread] * threads
+    # Every plain call took one token of the key ("user", ("k", n)) it named (the clock is
+    # frozen: nothing refills).
+    taken = threads * per_thread
+    assert sum(rl.peek(("user", ("k", n))) for n in range(3)) == 3 * rl.burst - taken

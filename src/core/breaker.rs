@@ -862,7 +862,8 @@ mod tests {
 /// A thread that only reads (an observer) yields before reading: loom's search backtracks
 /// from a pending access to the last conflicting one, so an observer that runs first and
 /// then blocks in `join` would never be moved after the writers it races with.
-#[cfg(all(test, loom))]
+#[cfg(test)] // separate from cfg(loom): clippy sees a plain cfg(test) as test code
+#[cfg(loom)]
 mod loom_models {
     use super::*;
     use crate::core::clock::ManualClock;

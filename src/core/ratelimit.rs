@@ -2044,7 +2044,8 @@ mod tests {
 /// never exceed what the bucket allows by the latest time a grant read), no grant is
 /// lost (the grants form one chain of `tat` values from the initial one to the final
 /// one), and every refusal was right for the `tat` and time it read.
-#[cfg(all(test, loom))]
+#[cfg(test)] // separate from cfg(loom): clippy sees a plain cfg(test) as test code
+#[cfg(loom)]
 mod loom_models {
     use loom::sync::Arc;
     use loom::thread;
