@@ -701,6 +701,11 @@ class Canary:
     """Something whose collection a weak reference can observe."""
 
 
+async def _hang(agent: Agent) -> str:
+    await asyncio.sleep(3600)  # cancelled at each round's deadline
+    return "healthy"
+
+
 def test_monitor_with_an_async_bound_method_check_is_collected(no_leaks: None) -> None:
     """`self.monitor = HealthMonitor(reg, check=self.check)` with an `async def check`,
     started and dropped without stop(): neither the monitor thread nor the loop thread
@@ -715,15 +720,13 @@ def test_monitor_with_an_async_bound_method_check_is_collected(no_leaks: None) -
             self.canary = Canary()
             self.checked = threading.Event()
             self.monitor = HealthMonitor(reg, interval=0.01, check=self.check, timeout=0.05)
-            self.monitor.watch("a2", self.hang)
+            # Not a method: a check still running keeps its own object alive (as a hanging
+            # sync check does), so a hanging method would hold the service between rounds.
+            self.monitor.watch("a2", _hang)
             self.monitor.start()
 
         async def check(self, agent: Agent) -> str:
             self.checked.set()
-            return "healthy"
-
-        async def hang(self, agent: Agent) -> str:
-            await asyncio.sleep(3600)  # cancelled at each round's deadline
             return "healthy"
 
     s = Service()
