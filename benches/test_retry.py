@@ -65,3 +65,28 @@ def test_retry_tenacity(benchmark: Any) -> None:
         reraise=True,
     )(target)
     benchmark(loop(f))
+
+
+# ---- retry: the call form, a call that succeeds at once -------------------------------
+
+
+@pytest.mark.benchmark(group="retry: policy.call(f), succeeds")
+def test_call_floor_direct_call(benchmark: Any) -> None:
+    benchmark(loop(target))
+
+
+@pytest.mark.benchmark(group="retry: policy.call(f), succeeds")
+def test_call_ferrule(benchmark: Any) -> None:
+    policy = ferrule.retry(attempts=3, backoff=0.1, max_backoff=10.0)
+    benchmark(loop(lambda: policy.call(target)))
+
+
+@pytest.mark.benchmark(group="retry: policy.call(f), succeeds")
+def test_call_tenacity(benchmark: Any) -> None:
+    tenacity = pytest.importorskip("tenacity")
+    policy = tenacity.Retrying(
+        stop=tenacity.stop_after_attempt(3),
+        wait=tenacity.wait_random_exponential(multiplier=0.1, max=10.0),
+        reraise=True,
+    )
+    benchmark(loop(lambda: policy(target)))
