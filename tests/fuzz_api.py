@@ -21,7 +21,8 @@ Where things live (each a table, so that the harness reads as data):
 ``KNOWN``           failures found and not fixed yet: skipped, with the reason (remove an
                     entry once its fix lands; ``--run-known`` runs them to check).
 ``NOT_APPLICABLE``  cases not made (slow, not wrong); ``EXCLUDED``: names not fuzzed
-                    (and ``ferrule.redis`` where no Redis server runs: ``REDIS_ENV``).
+                    (and ``ferrule.redis`` where no Redis server runs: ``REDIS_ENV``);
+                    ``NO_CONSTRUCTOR``: classes users cannot call (no constructor case).
 ``HOSTILE``         the hostile values (``core``: in the bounded sweep); ``EXTRA``: more
                     for one parameter name; ``MUTATING``: containers another thread keeps
                     resizing (threaded phase).
@@ -118,6 +119,12 @@ NOT_APPLICABLE: dict[tuple[str, ...], str] = {
     ("TaskPool", "map", "iterables", "caps_many"): "100 000 tasks: slow, not wrong",
     ("RedisRegistry", "register", "capabilities", "caps_many"): "100k index sets: slow, not wrong",
     ("RedisRegistry", "update", "capabilities", "caps_many"): "100k index sets: slow, not wrong",
+}
+
+# Pure-Python classes whose objects only ferrule makes: calling the class raises
+# TypeError, as calling a native class without a constructor does (not fuzzed, as those).
+NO_CONSTRUCTOR: dict[str, str] = {
+    "Attempt": "made by iterating a Retry policy (tests/test_retry.py tests Attempt())",
 }
 
 EXCLUDED: dict[str, str] = {
@@ -305,6 +312,7 @@ def _class_targets(cls: type, stub: dict[str, tuple[str, tuple[Param, ...]]]) ->
         out.append(Target(owner, "__new__", "new", (Param("args", "star", False),), "stub"))
         return out  # members are BaseException's
     has_new = "__new__" in stub or "__new__" in vars(cls) or not is_native
+    has_new = has_new and owner not in NO_CONSTRUCTOR
     if has_new:
         params = _runtime_params(cls, drop_first=False)
         source = "runtime"
@@ -983,7 +991,11 @@ BASELINE: dict[str, Any] = {
     "ttl": 60.0, "timeout": 0.05, "rate": 100.0, "per": 1.0, "reset_timeout": 1.0,
     "window": 10.0, "seconds": 0.01, "max_age": 60.0, "interval": 60.0, "backoff": 0.0,
     "max_backoff": 0.01, "start": 1.0, "alert_threshold": 0.9, "severe_threshold": 0.95,
-    "retry_after": 0.0, "reset_after": 0.0, "max_idle": 60.0,
+    "retry_after": 0.0, "reset_after": 0.0, "max_idle": 60.0, "elapsed": 0.0,
+    "next_delay": None, "attempt_timeout": None,
+    # counts (RetryState, RetryStats)
+    "attempt": 1, "calls": 1, "retries": 0, "successes": 1, "give_ups": 0, "failures": 0,
+    "exception": None, "result": None,
     # keys, names, values
     "key": BASELINE_KEY, "default": None, "value": 1, "item": 1, "agent_id": "a1",
     "op": "op", "name": "db", "node": "n", "health": "healthy", "capability": "c",
@@ -1047,6 +1059,7 @@ SPECIAL: dict[str, Special] = {
     "ManualClock.set": Special({"seconds": 20.0}),
     "Decision.__new__": Special({"remaining": 1}),
     "CircuitBreaker.__exit__": Special(setup=_enter),
+    "Attempt.__exit__": Special(setup=_enter),
     "CircuitBreaker.__aexit__": Special(setup=_enter),
     "CircuitBreaker._record": Special({"permit": Fresh(lambda ctx, obj: obj._acquire())}),
     "Timer.__exit__": Special(setup=_enter),
@@ -1184,6 +1197,13 @@ def _prometheus(ctx: Ctx) -> Any:
     return PrometheusCollector(_metrics(ctx))
 
 
+def _attempt(ctx: Ctx) -> Any:
+    """The first attempt of a block loop (the loop kept alive, as a for statement does)."""
+    attempts = iter(ferrule.retry(attempts=2, backoff=0.0, jitter=False))
+    ctx.keep.append(attempts)
+    return next(attempts)
+
+
 def _rate(ctx: Ctx) -> Any:
     return native.RateLimiter(100.0, burst=4)
 
@@ -1295,6 +1315,9 @@ OBJECTS: dict[str, dict[str, Callable[[Ctx], Any]]] = {
     "CircuitBreaker": {"ready": lambda ctx: native.CircuitBreaker(3, 1.0)},
     "BreakerStats": {"ready": lambda ctx: native.CircuitBreaker().stats()},
     "Retry": {"ready": lambda ctx: ferrule.retry(attempts=2, backoff=0.0, jitter=False)},
+    "Attempt": {"ready": lambda ctx: _attempt(ctx)},
+    "RetryState": {"ready": lambda ctx: ferrule.RetryState(1, None, 1, 0.0, None)},
+    "RetryStats": {"ready": lambda ctx: ferrule.retry().stats()},
     "Metrics": {"ready": _metrics},
     "Timer": {"ready": lambda ctx: _metrics(ctx).time("op")},
     "OpStats": {"ready": lambda ctx: _metrics(ctx).snapshot("op")},
@@ -1381,6 +1404,7 @@ REENTER: dict[str, list[Callable[[Any], Any]]] = {
     "HealthMonitor": [lambda m: m.rounds],
     "RedisRateLimiter": [lambda r: r.peek("r")],
     "RedisRegistry": [lambda r: r.get("a1"), lambda r: r.count(capability="c")],
+    "Retry": [lambda p: p.stats(), lambda p: p.call(len, "ab")],
 }
 
 
@@ -1491,6 +1515,11 @@ PROBES: dict[str, Callable[[Any], None]] = {
     ),
     "RedisRateLimiter": _probe_redis_rate,
     "RedisRegistry": _probe_redis_registry,
+    "Retry": lambda p: _check(
+        (s := p.stats()).calls == s.successes + s.give_ups + s.failures
+        and s.attempts == s.calls + s.retries,
+        f"counts: {s}",
+    ),
 }
 
 
@@ -1521,9 +1550,23 @@ def _drive_breaker(cb: Any) -> None:
 
 
 def _drive_retry(policy: Any) -> None:
+    """Every way to run a call: it uses the hooks, predicates, sleep and clock given."""
     policy(lambda: 1)()
     with contextlib.suppress(DriveError):  # attempts=1 or a tiny deadline: no retry
         policy.call(_fails_once())
+    fails = _fails_once()
+
+    async def fails_async() -> int:
+        return fails()
+
+    with contextlib.suppress(DriveError):
+        asyncio.run(policy.call(fails_async))
+    fails = _fails_once()
+    with contextlib.suppress(DriveError):
+        for attempt in policy:
+            with attempt:
+                fails()
+    policy.stats()
 
 
 def _drive_pool(pool: Any) -> None:

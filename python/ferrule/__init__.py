@@ -46,12 +46,13 @@ from ferrule._native import (
     WorkQueue,
     __version__,
 )
-from ferrule._retry import Retry, retry
+from ferrule._retry import Attempt, Retry, RetryState, RetryStats, retry
 from ferrule._taskpool import TaskPool
 
 __all__ = [
     "Agent",
     "AlreadyRegistered",
+    "Attempt",
     "BackendError",
     "BreakerStats",
     "Cache",
@@ -81,6 +82,8 @@ __all__ = [
     "Registry",
     "ResourceManager",
     "Retry",
+    "RetryState",
+    "RetryStats",
     "Signal",
     "SignalBus",
     "Subscription",
