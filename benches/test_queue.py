@@ -69,6 +69,24 @@ def test_round_trip(benchmark: Any, kind: str) -> None:
     assert (len(q.items) if isinstance(q, DequeQueue) else q.qsize()) == 0
 
 
+@pytest.mark.benchmark(group="queue: put+get+task_done round trip, then join (x1000)")
+@pytest.mark.parametrize("kind", ["ferrule.WorkQueue", "queue.Queue"])
+def test_task_done_round_trip(benchmark: Any, kind: str) -> None:
+    """The queue.Queue worker protocol: its bookkeeping beside the plain round trip."""
+    q = make(kind)
+    put, get, task_done = q.put, q.get, q.task_done
+
+    def run() -> None:
+        for i in range(ROUND_TRIPS):
+            put(i)
+            get()
+            task_done()
+        q.join()
+
+    benchmark(run)
+    assert q.unfinished_tasks == 0
+
+
 @pytest.mark.benchmark(group="queue: producer -> consumer across two threads (x20000)")
 @pytest.mark.parametrize("kind", KINDS)
 def test_two_thread_transfer(benchmark: Any, kind: str) -> None:

@@ -8,7 +8,9 @@
 //! exception classes and holds each to its row's promises and to the stub). Each class
 //! is made once per interpreter with `type(name, bases, ns)`, `__module__` "ferrule":
 //! multiple inheritance (`QueueFull` is a `FerruleError` and a `queue.Full`, so existing
-//! `except` clauses keep working) is not expressible with `create_exception!`.
+//! `except` clauses keep working) is not expressible with `create_exception!`. A base
+//! listed after `if_present` is added only where the running Python has it
+//! (`queue.ShutDown` is new in 3.13).
 //!
 //! Below the table, one mapping per core error type: its `Display` text is the message,
 //! the variant picks the class. Each is a `From`, so `?` converts, except the registry's,
@@ -33,10 +35,11 @@ use crate::core::ratelimit::RateError;
 use crate::core::registry::RegistryError;
 
 /// One exception class: its name, its bases besides `FerruleError` (`(module, name)`),
-/// and its docstring.
+/// the bases it takes where the running Python has them, and its docstring.
 struct Row {
     name: &'static str,
     bases: &'static [(&'static str, &'static str)],
+    if_present: &'static [(&'static str, &'static str)],
     doc: &'static str,
 }
 
@@ -44,7 +47,8 @@ struct Row {
 /// apart. The first row is the root: its bases are its own, every other row's follow
 /// `FerruleError`.
 macro_rules! exceptions {
-    ($($name:ident($($module:literal . $base:literal),*) = $doc:literal,)+) => {
+    ($($name:ident($($module:literal . $base:literal),*)
+        $(if_present($($omodule:literal . $obase:literal),*))? = $doc:literal,)+) => {
         /// ferrule's exception classes.
         #[derive(Clone, Copy, Debug, PartialEq, Eq)]
         pub enum Exc {
@@ -54,6 +58,7 @@ macro_rules! exceptions {
         const TABLE: &[Row] = &[$(Row {
             name: stringify!($name),
             bases: &[$(($module, $base)),*],
+            if_present: &[$($(($omodule, $obase)),*)?],
             doc: $doc,
         },)+];
 
@@ -67,8 +72,8 @@ exceptions! {
         "The agent id is already registered (a ``KeyError``).",
     QueueFull("queue"."Full") = "The queue is full (also a ``queue.Full``).",
     QueueEmpty("queue"."Empty") = "The queue is empty (also a ``queue.Empty``).",
-    QueueClosed() =
-        "Raised by ``put`` after ``close()``, and by ``get`` once closed and drained.",
+    QueueClosed() if_present("queue"."ShutDown") =
+        "Raised by ``put`` after ``close()``/``shutdown()``, and by ``get`` once closed and drained.",
     CircuitOpen() = "The circuit is open; the call was not made.",
     PoolTimeout("builtins"."TimeoutError") =
         "No resource became available before the timeout (a ``TimeoutError``).",
@@ -101,6 +106,11 @@ impl Exc {
                 }
                 for (module, name) in row.bases {
                     bases.push(py.import(*module)?.getattr(*name)?);
+                }
+                for (module, name) in row.if_present {
+                    if let Some(base) = py.import(*module)?.getattr_opt(*name)? {
+                        bases.push(base);
+                    }
                 }
                 let ns = PyDict::new(py);
                 ns.set_item("__module__", "ferrule")?;

@@ -1050,6 +1050,11 @@ SPECIAL: dict[str, Special] = {
     "WorkQueue._forget_getter": Special({"waker": noop}),
     "WorkQueue._put_or_wait": Special({"waker": None}),
     "WorkQueue._get_or_wait": Special({"waker": None}),
+    "WorkQueue._join_or_wait": Special({"waker": None}),
+    "WorkQueue._forget_joiner": Special({"waker": noop}),
+    # join waits, with no timeout, for a task_done nobody makes in "ready" (3 items).
+    "WorkQueue.join": Special(variant="empty"),
+    "WorkQueue.join_async": Special(variant="empty"),
     "Subscription._get_or_wait": Special({"waker": None}),
     "TaskPool.__new__": Special({"overflow": "block", "name": "fz"}),
     "TaskPool.map": Special({"fn": abs}, star=([1, 2],)),
@@ -1351,6 +1356,7 @@ OBJECTS: dict[str, dict[str, Callable[[Ctx], Any]]] = {
 WAITS: dict[str, str] = {
     "WorkQueue._put_or_wait": "full",
     "WorkQueue._get_or_wait": "empty",
+    "WorkQueue._join_or_wait": "ready",
     "Subscription._get_or_wait": "empty",
     "WorkQueue.get": "empty",
     "WorkQueue.get_many": "empty",
@@ -1374,6 +1380,7 @@ WAITS: dict[str, str] = {
 WAIT_PARAMS: dict[str, set[str]] = {
     "WorkQueue._put_or_wait": {"waker"},
     "WorkQueue._get_or_wait": {"waker", "pending"},
+    "WorkQueue._join_or_wait": {"waker"},
     "Subscription._get_or_wait": {"waker", "pending"},
 }
 
@@ -1436,7 +1443,9 @@ def _probe_queue(q: Any) -> None:
         q.get_nowait()
     s = q.stats()
     _check(s.put == s.got + s.dropped + s.size, f"put != got + dropped + size: {s}")
-    _check(q.qsize() <= q.maxsize, "qsize > maxsize")
+    _check(q.maxsize <= 0 or q.qsize() <= q.maxsize, "qsize > maxsize")
+    # Each item that entered is unfinished until task_done, dropped, or discarded.
+    _check(q.unfinished_tasks <= s.put - s.dropped, f"unfinished_tasks beyond the items: {s}")
 
 
 def _probe_pool(p: Any) -> None:
@@ -2198,6 +2207,7 @@ THREAD_SKIP = {
     "close", "shutdown", "stop", "start", "cancel", "__exit__", "__aexit__", "__enter__",
     "__aenter__", "__next__", "__iter__", "_resume", "_give_up", "_checkout_async", "_finish",
     "_record", "_add_waker", "_remove_waker", "_forget_getter", "_forget_putter",
+    "_forget_joiner", "join", "join_async",
 }  # fmt: skip
 # Constructors and functions never called there: they would start workers that block.
 THREAD_SKIP_CALLS = {"ferrule._run_worker", "ferrule._run_subscription"}

@@ -25,7 +25,11 @@ BASES: dict[str, tuple[type, ...]] = {
     "AlreadyRegistered": (ferrule.FerruleError, KeyError),
     "QueueFull": (ferrule.FerruleError, queue.Full),
     "QueueEmpty": (ferrule.FerruleError, queue.Empty),
-    "QueueClosed": (ferrule.FerruleError,),
+    # queue.ShutDown where Python has it (3.13+), as queue.Queue.shutdown raises it.
+    "QueueClosed": (
+        ferrule.FerruleError,
+        *([queue.ShutDown] if hasattr(queue, "ShutDown") else []),
+    ),
     "CircuitOpen": (ferrule.FerruleError,),
     "PoolTimeout": (ferrule.FerruleError, TimeoutError),
     "Discard": (ferrule.FerruleError,),

@@ -61,6 +61,20 @@ SCENARIOS = {
         q.put(0)
         daemon(lambda: q.put(1), 4)
     """,
+    # join() waiting for a task_done that never comes, beside task_done churn that
+    # wakes joiners (and lets them wait again) while the interpreter exits.
+    "queue_join": """
+        q = ferrule.WorkQueue(0)
+        q.put(0)
+        daemon(q.join, 4)
+        busy = ferrule.WorkQueue(0)
+        def churn():
+            busy.put(1)
+            busy.get()
+            busy.task_done()
+        daemon(forever(churn), 2)
+        daemon(forever(busy.join), 4)
+    """,
     "queue_batches": """
         q = ferrule.WorkQueue(2)
         q.put_many([0, 1])

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import _thread
 import asyncio
+import functools
 import gc
+import inspect
 import math
 import queue
 import threading
@@ -21,6 +23,7 @@ def test_exceptions_subclass_the_stdlib_ones() -> None:
     assert issubclass(QueueFull, queue.Full) and issubclass(QueueFull, FerruleError)
     assert issubclass(QueueEmpty, queue.Empty) and issubclass(QueueEmpty, FerruleError)
     assert issubclass(QueueClosed, FerruleError)
+    assert issubclass(QueueClosed, getattr(queue, "ShutDown", QueueClosed))
     q: WorkQueue[int] = WorkQueue(1)
     with pytest.raises(queue.Empty):
         q.get_nowait()
@@ -237,8 +240,6 @@ def test_drop_newest_refuses_silently_and_counts_a_rejection() -> None:
 
 
 def test_bad_constructor_arguments() -> None:
-    with pytest.raises(ValueError, match=r"^maxsize must be >= 1$"):
-        WorkQueue(0)
     with pytest.raises(TypeError, match=r"^maxsize must be an int, not 'str'$"):
         WorkQueue("3")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match=r"^maxsize must be an int, not 'bool'$"):
@@ -256,7 +257,12 @@ def test_bad_constructor_arguments() -> None:
 
 def test_bad_call_arguments() -> None:
     q: WorkQueue[int] = WorkQueue(2)
-    for call in (lambda t: q.put(1, timeout=t), q.get, lambda t: q.get_many(1, t)):
+    for call in (
+        lambda t: q.put(1, timeout=t),
+        lambda t: q.get(timeout=t),
+        lambda t: q.get(False, t),  # checked even when it is not used
+        lambda t: q.get_many(1, t),
+    ):
         with pytest.raises(ValueError, match=r"^timeout must be >= 0$"):
             call(-1)
         with pytest.raises(ValueError, match=r"^timeout must be a finite number of seconds$"):
@@ -295,8 +301,8 @@ def test_hostile_sizes() -> None:
             WorkQueue(bad)
         with pytest.raises((ValueError, OverflowError), match=r"^max_items "):
             q.get_many(bad)
-    with pytest.raises(ValueError, match=r"^maxsize must be >= 1$"):
-        WorkQueue(-(2**63))
+    for unbounded in (0, -1, -(2**63)):
+        assert WorkQueue(unbounded).maxsize == unbounded
     for huge in (1e300, 2**70):
         with pytest.raises(ValueError, match=r"^timeout "):
             q.get(timeout=huge)
@@ -392,16 +398,17 @@ def _interrupt_after(delay: float, sent: list[float]) -> threading.Thread:
 
 
 @pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="main")
-@pytest.mark.parametrize("op", ["get", "put", "get_many", "put_many"])
+@pytest.mark.parametrize("op", ["get", "put", "get_many", "put_many", "join"])
 def test_ctrl_c_interrupts_a_blocked_call(op: str) -> None:
     q: WorkQueue[int] = WorkQueue(1)
-    if op.startswith("put"):
-        q.put(0)
+    if not op.startswith("get"):
+        q.put(0)  # full, and one task unfinished
     calls = {
         "get": lambda: q.get(),
         "put": lambda: q.put(1),
         "get_many": lambda: q.get_many(5),
         "put_many": lambda: q.put_many([1, 2]),
+        "join": lambda: q.join(),
     }
     sent: list[float] = []
     t = _interrupt_after(0.1, sent)
@@ -665,3 +672,350 @@ def test_a_waker_that_raises_is_reported_and_the_wake_up_passes_on() -> None:
         sys.unraisablehook = old
     assert [type(e) for e in seen] == [KeyboardInterrupt]
     assert woken == [1]
+
+
+# ---- queue.Queue compatibility ------------------------------------------------------------
+
+QUEUE_METHODS = [
+    "put",
+    "get",
+    "put_nowait",
+    "get_nowait",
+    "qsize",
+    "empty",
+    "full",
+    "task_done",
+    "join",
+]
+
+
+@pytest.mark.parametrize("name", [*QUEUE_METHODS, "shutdown"])
+def test_queue_queue_methods_have_its_signatures(name: str) -> None:
+    def params(fn: Any) -> list[tuple[str, Any]]:
+        ps = list(inspect.signature(fn).parameters.values())[1:]  # without self
+        return [(p.name, p.default) for p in ps]
+
+    if name == "shutdown" and not hasattr(queue.Queue, "shutdown"):
+        assert params(WorkQueue.shutdown) == [("immediate", False)]  # as in 3.13
+        return
+    assert params(getattr(WorkQueue, name)) == params(getattr(queue.Queue, name))
+
+
+def test_block_and_timeout_as_queue_queue_takes_them() -> None:
+    q: WorkQueue[int] = WorkQueue(2)
+    q.put(1, True, 1.0)
+    q.put(2, block=True, timeout=0.5)
+    for refused in (
+        lambda: q.put(3, False),
+        lambda: q.put(3, 0),
+        lambda: q.put(3, block=False, timeout=5),  # timeout unused without block
+        lambda: q.put(3, True, 0.01),
+    ):
+        with pytest.raises(queue.Full):
+            refused()
+    assert q.get(True, 1.0) == 1
+    assert q.get(block=1) == 2
+    for empty in (lambda: q.get(False), lambda: q.get(0), lambda: q.get(True, 0.01)):
+        with pytest.raises(queue.Empty):
+            empty()
+    q.put(4, timeout=0.1)  # the keyword forms of before still work
+    assert q.get(timeout=0.1) == 4
+    s = q.stats()
+    assert (s.put, s.got, s.rejected) == (3, 3, 4)
+
+
+def test_block_and_immediate_are_flags_and_a_float_is_refused() -> None:
+    """A float in block's place is most likely a timeout passed by position, which
+    before block existed meant a timeout: refused, not read as block=True (a wait with
+    no end)."""
+    q: WorkQueue[int] = WorkQueue(1)
+    q.put(0)
+    for call, arg, got in (
+        (lambda: q.put(1, 0.5), "block", "float"),
+        (lambda: q.get(0.5), "block", "float"),
+        (lambda: q.put(1, "yes"), "block", "str"),
+        (lambda: q.get(None), "block", "NoneType"),
+        (lambda: q.shutdown(1.5), "immediate", "float"),
+        (lambda: q.shutdown(immediate=None), "immediate", "NoneType"),
+    ):
+        with pytest.raises(TypeError, match=rf"^{arg} must be a bool, not '{got}'$"):
+            call()
+    assert (q.qsize(), q.closed, q.stats().rejected) == (1, False, 0)
+
+
+@pytest.mark.parametrize("maxsize", [0, -1])
+def test_maxsize_zero_or_less_has_the_implicit_bound(maxsize: int) -> None:
+    """queue.Queue's "no bound": maxsize is reported as given, full() stays false and
+    nothing waits; the bound behind it (2**31 items, beyond which a put raises
+    QueueFull) is pinned by the core's tests."""
+    q: WorkQueue[int] = WorkQueue(maxsize)
+    assert (q.maxsize, q.overflow, q.full()) == (maxsize, "block", False)
+    assert repr(q) == f"WorkQueue(maxsize={maxsize}, overflow='block', qsize=0, closed=False)"
+    assert q.put_many(range(10_000)) == 10_000
+    q.put(1, False)
+    q.put_nowait(2)
+    assert not q.full() and q.qsize() == 10_002
+    d: WorkQueue[int] = WorkQueue(maxsize=0, overflow="drop_oldest")
+    assert (d.maxsize, d.overflow) == (0, "drop_oldest")
+
+
+# ---- task_done and join ---------------------------------------------------------------------
+
+
+def test_task_done_counts_down_what_was_put() -> None:
+    q: WorkQueue[str] = WorkQueue(4)
+    assert q.unfinished_tasks == 0
+    q.join()  # nothing unfinished: at once
+    with pytest.raises(ValueError, match=r"^task_done\(\) called too many times$"):
+        q.task_done()
+    q.put("a")
+    q.put_nowait("b")
+    assert q.put_many("cd") == 2
+    assert q.unfinished_tasks == 4
+    assert q.get() == "a"
+    assert q.unfinished_tasks == 4  # got is not done
+    q.task_done()
+    assert q.unfinished_tasks == 3
+    assert q.get_many(3) == ["b", "c", "d"]
+    for _ in range(3):
+        q.task_done()
+    q.join()
+    with pytest.raises(ValueError, match=r"^task_done\(\) called too many times$"):
+        q.task_done()
+    assert q.unfinished_tasks == 0
+
+
+def test_items_that_never_reach_a_getter_count_as_done() -> None:
+    o: WorkQueue[int] = WorkQueue(2, overflow="drop_oldest")
+    o.put_many(range(5))
+    assert o.unfinished_tasks == 2  # three evicted
+    n: WorkQueue[int] = WorkQueue(2, overflow="drop_newest")
+    n.put_many(range(5))
+    r: WorkQueue[int] = WorkQueue(2, overflow="reject")
+    r.put_many(range(5))
+    assert n.unfinished_tasks == r.unfinished_tasks == 2  # refused ones never entered
+    o.shutdown(immediate=True)
+    assert o.unfinished_tasks == 0
+    o.join()
+
+
+def test_join_waits_for_the_last_task_done_and_releases_the_gil() -> None:
+    q: WorkQueue[int] = WorkQueue(4)
+    q.put_many([1, 2])
+    joined = threading.Event()
+    t = threading.Thread(target=lambda: (q.join(), joined.set()))
+    t.start()
+    assert q.get() == 1
+    q.task_done()
+    assert not joined.wait(0.05)  # one left; this thread ran meanwhile (GIL released)
+    assert q.get() == 2
+    q.task_done()
+    assert joined.wait(5)
+    t.join(5)
+
+
+def test_join_is_not_ended_by_close() -> None:
+    """As queue.Queue's join after shutdown(): it waits for the items got to be done."""
+    q: WorkQueue[int] = WorkQueue(4)
+    q.put(1)
+    q.close()
+    joined = threading.Event()
+    t = threading.Thread(target=lambda: (q.join(), joined.set()))
+    t.start()
+    assert not joined.wait(0.05)
+    assert q.get() == 1
+    q.task_done()
+    assert joined.wait(5)
+    t.join(5)
+
+
+# ---- shutdown ----------------------------------------------------------------------------
+
+
+def test_shutdown_is_close_and_immediate_discards_what_is_queued() -> None:
+    q: WorkQueue[int] = WorkQueue(4)
+    q.put_many([1, 2, 3])
+    q.shutdown()
+    assert q.closed
+    for put in (lambda: q.put(4), lambda: q.put(4, False), lambda: q.put_nowait(4)):
+        with pytest.raises(QueueClosed, match=r"^queue is closed$"):
+            put()
+    assert q.get() == 1  # a plain shutdown drains
+    q.shutdown(immediate=True)  # after a plain one
+    for get in (q.get, q.get_nowait, lambda: q.get(False), lambda: q.get(True, 5)):
+        with pytest.raises(QueueClosed, match=r"^queue is closed$"):
+            get()
+    s = q.stats()
+    assert (s.put, s.got, s.dropped, s.size) == (3, 1, 2, 0)
+    assert q.unfinished_tasks == 1  # the one got, not yet done
+    q.task_done()
+    q.join()
+
+
+def test_shutdown_transitions() -> None:
+    """CPython's test_shutdown_allowed_transitions, with closed for is_shutdown."""
+    q: WorkQueue[int] = WorkQueue(0)
+    assert not q.closed
+    q.shutdown()
+    assert q.closed
+    q.shutdown(immediate=True)
+    assert q.closed
+    q.shutdown(immediate=False)
+    q.close()
+    assert q.closed
+
+
+def test_immediate_shutdown_releases_blocked_threads() -> None:
+    full: WorkQueue[int] = WorkQueue(1)
+    full.put(0)
+    empty: WorkQueue[int] = WorkQueue(1)
+    outcomes: list[str] = []
+    lock = threading.Lock()
+
+    def call(name: str, fn: Any) -> None:
+        try:
+            fn()
+            out = f"{name}: returned"
+        except QueueClosed:
+            out = f"{name}: closed"
+        with lock:
+            outcomes.append(out)
+
+    ts = [
+        threading.Thread(target=call, args=("put", lambda: full.put(1))),
+        threading.Thread(target=call, args=("join", full.join)),
+        threading.Thread(target=call, args=("get", empty.get)),
+    ]
+    for t in ts:
+        t.start()
+    time.sleep(0.05)  # let them wait (the outcomes are the same if one has not yet)
+    full.shutdown(immediate=True)
+    empty.shutdown(immediate=True)
+    for t in ts:
+        t.join(5)
+    assert sorted(outcomes) == ["get: closed", "join: returned", "put: closed"]
+    assert full.stats().dropped == 1 and full.unfinished_tasks == 0
+
+
+def test_immediate_shutdown_releases_the_items_outside_the_lock() -> None:
+    q: WorkQueue[Any] = WorkQueue(4)
+    log: list[str] = []
+    q.put_many([Reentrant(q, log), Reentrant(q, log)])
+    q.shutdown(immediate=True)
+    gc.collect()
+    assert log == ["del with qsize=0 stats.put=2"] * 2
+
+
+# ---- asyncio join ------------------------------------------------------------------------
+
+
+def test_join_async_waits_for_task_done_from_a_thread() -> None:
+    q: WorkQueue[int] = WorkQueue(8)
+    q.put_many(range(5))
+    done: list[int] = []
+
+    def work() -> None:
+        for item in q:
+            done.append(item)
+            q.task_done()
+
+    async def main() -> list[int]:
+        t = threading.Thread(target=work)
+        t.start()
+        await asyncio.wait_for(q.join_async(), 5)
+        seen = list(done)  # every item was done before join_async returned
+        q.close()
+        await asyncio.get_running_loop().run_in_executor(None, t.join)
+        return seen
+
+    assert asyncio.run(main()) == [0, 1, 2, 3, 4]
+
+
+def test_join_async_with_async_workers_on_one_loop() -> None:
+    q: WorkQueue[int] = WorkQueue(3)
+    total: list[int] = []
+
+    async def main() -> int:
+        async def worker() -> None:
+            async for item in q:
+                await asyncio.sleep(0)
+                total.append(item)
+                q.task_done()
+
+        workers = [asyncio.ensure_future(worker()) for _ in range(3)]
+        for i in range(50):
+            await q.put_async(i)
+        await asyncio.wait_for(q.join_async(), 5)
+        done = sum(total)
+        q.close()
+        await asyncio.gather(*workers)
+        return done
+
+    assert asyncio.run(main()) == sum(range(50))
+
+
+def test_cancelled_join_async_loses_nothing() -> None:
+    """A joiner cancelled while it waits, or after its wake-up but before it ran,
+    changes nothing: the items, the unfinished count and the other joiners are as if it
+    had never waited."""
+    q: WorkQueue[str] = WorkQueue(4)
+    q.put_many("ab")
+
+    async def main() -> None:
+        waiting = asyncio.ensure_future(q.join_async())
+        woken = asyncio.ensure_future(q.join_async())
+        other = asyncio.ensure_future(q.join_async())
+        await asyncio.sleep(0.01)  # all three registered
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert q.unfinished_tasks == 2 and q.qsize() == 2
+        assert q.get_many(2) == ["a", "b"]
+        q.task_done()
+        q.task_done()  # wakes the joiners (scheduled on this loop)...
+        woken.cancel()  # ...but this one is cancelled before it runs
+        with pytest.raises(asyncio.CancelledError):
+            await woken
+        await asyncio.wait_for(other, 5)
+
+    asyncio.run(main())
+    s = q.stats()
+    assert (s.put, s.got, s.dropped, q.unfinished_tasks) == (2, 2, 0, 0)
+    with pytest.raises(ValueError, match=r"^task_done\(\) called too many times$"):
+        q.task_done()
+
+
+def test_immediate_shutdown_wakes_async_joiners_and_waiters() -> None:
+    q: WorkQueue[int] = WorkQueue(1)
+    q.put(1)
+    e: WorkQueue[int] = WorkQueue(1)
+
+    async def main() -> list[Any]:
+        tasks = [
+            asyncio.ensure_future(q.join_async()),
+            asyncio.ensure_future(q.put_async(2)),
+            asyncio.ensure_future(e.get_async()),
+        ]
+        await asyncio.sleep(0.01)
+        threading.Thread(target=q.shutdown, args=(True,)).start()
+        threading.Thread(target=e.shutdown, kwargs={"immediate": True}).start()
+        res = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 5)
+        return [r if r is None else type(r) for r in res]
+
+    assert asyncio.run(main()) == [None, QueueClosed, QueueClosed]
+
+
+def test_gc_collects_an_abandoned_async_joiner() -> None:
+    """A task left waiting in join_async() on a loop that was closed forms a cycle
+    queue -> waker -> future -> task -> queue; the queue visits its joiners."""
+    q: WorkQueue[int] = WorkQueue(1)
+    q.put(1)
+    loop = asyncio.new_event_loop()
+    task = loop.create_task(q.join_async())
+    loop.run_until_complete(asyncio.sleep(0.01))  # the task waits: its waker is registered
+    assert any(isinstance(r, functools.partial) for r in gc.get_referents(q))
+    dead = weakref.ref(task)
+    loop.close()
+    del task, loop, q
+    gc.collect()
+    assert dead() is None

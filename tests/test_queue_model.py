@@ -1,7 +1,12 @@
 """WorkQueue against a pure-Python model (a deque), for every overflow policy.
 
 ``drop_newest`` refuses the new item of a full queue without an error: it does not enter
-(not in ``put``, not returned by ``put_many``) and counts in ``rejected``."""
+(not in ``put``, not returned by ``put_many``) and counts in ``rejected``.
+
+The model also keeps ``queue.Queue``'s unfinished-task count: one per item that entered,
+one off per ``task_done`` (refused at zero), and an item that leaves without a get
+(evicted by ``drop_oldest``, discarded by ``shutdown(immediate=True)``) is done at once.
+``join`` is probed without waiting: it would return exactly when the count is zero."""
 
 from __future__ import annotations
 
@@ -24,6 +29,7 @@ class Model:
         self.maxsize, self.overflow = maxsize, overflow
         self.closed = False
         self.put = self.got = self.rejected = self.dropped = self.high_water = 0
+        self.unfinished = 0
 
     def offer(self) -> str:
         """What one non-waiting put does: 'ok', 'full' or 'closed' (state updated)."""
@@ -37,8 +43,9 @@ class Model:
         if what == "room":
             self.items.append(x)
             self.put += 1
+            self.unfinished += 1
         elif what == "drop_oldest":
-            self.items.popleft()
+            self.items.popleft()  # done at once; x takes its place in unfinished
             self.items.append(x)
             self.put += 1
             self.dropped += 1
@@ -59,26 +66,29 @@ class QueueMachine(RuleBasedStateMachine):
         super().__init__()
         self.n = 0
 
-    @initialize(maxsize=st.integers(1, 5), overflow=st.sampled_from(POLICIES))
+    @initialize(maxsize=st.integers(-1, 5), overflow=st.sampled_from(POLICIES))
     def make(self, maxsize: int, overflow: str) -> None:
         self.q: WorkQueue[int] = WorkQueue(maxsize, overflow=overflow)
-        self.m = Model(maxsize, overflow)
+        # maxsize <= 0: queue.Queue's "no bound", which a few steps never reach.
+        self.m = Model(maxsize if maxsize > 0 else 2**31, overflow)
 
     def fresh(self) -> int:
         self.n += 1
         return self.n
 
-    @rule(nowait=st.booleans())
-    def put(self, nowait: bool) -> None:
+    @rule(how=st.sampled_from(["nowait", "timeout", "no_block"]))
+    def put(self, how: str) -> None:
         x = self.fresh()
         expect = self.m.push(x)
         if expect == "discarded":
             expect = "ok"  # refused silently
         try:
-            if nowait:
+            if how == "nowait":
                 self.q.put_nowait(x)
-            else:
+            elif how == "timeout":
                 self.q.put(x, timeout=0)
+            else:
+                self.q.put(x, False)
             got = "ok"
         except QueueFull:
             got = "full"
@@ -107,10 +117,10 @@ class QueueMachine(RuleBasedStateMachine):
         except QueueClosed:
             assert closed and accepted == 0
 
-    @rule()
-    def get(self) -> None:
+    @rule(nowait=st.booleans())
+    def get(self, nowait: bool) -> None:
         try:
-            x = self.q.get_nowait()
+            x = self.q.get_nowait() if nowait else self.q.get(False)
         except QueueEmpty:
             assert not self.m.items and not self.m.closed
         except QueueClosed:
@@ -135,6 +145,33 @@ class QueueMachine(RuleBasedStateMachine):
         self.q.close()
         self.m.closed = True
 
+    @rule(immediate=st.booleans())
+    def shutdown(self, immediate: bool) -> None:
+        self.q.shutdown(immediate)
+        m = self.m
+        m.closed = True
+        if immediate:
+            m.dropped += len(m.items)
+            m.unfinished = max(0, m.unfinished - len(m.items))
+            m.items.clear()
+
+    @rule()
+    def task_done(self) -> None:
+        try:
+            self.q.task_done()
+        except ValueError:
+            assert self.m.unfinished == 0
+        else:
+            assert self.m.unfinished > 0
+            self.m.unfinished -= 1
+
+    @rule()
+    def join(self) -> None:
+        if self.m.unfinished == 0:
+            self.q.join()  # returns at once
+        else:
+            assert self.q._join_or_wait(None) is False  # would wait
+
     @invariant()
     def agrees(self) -> None:
         if not hasattr(self, "q"):
@@ -153,6 +190,7 @@ class QueueMachine(RuleBasedStateMachine):
         assert self.q.empty() == (not m.items)
         assert self.q.full() == (len(m.items) >= m.maxsize)
         assert self.q.closed == m.closed
+        assert self.q.unfinished_tasks == m.unfinished
 
 
 TestQueueModel = QueueMachine.TestCase

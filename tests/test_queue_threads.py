@@ -324,3 +324,91 @@ def test_collections_during_transfers_leave_live_items_alone(
     assert sorted((item[0], item[1]) for item in items) == sorted(
         (p, i) for p in range(producers) for i in range(per)
     )
+
+
+def test_join_returns_once_every_item_of_many_producers_is_done(
+    threads: int, stress_scale: int
+) -> None:
+    """N producers, N consumers calling task_done after their work, and several threads
+    in join(): each join returns only once every item put before it began was done, and
+    the books balance (nothing done twice, nothing left unfinished)."""
+    producers = consumers = max(2, threads // 2)
+    per = 1000 * stress_scale
+    q: WorkQueue[int] = WorkQueue(8)
+    processed = collections.Counter[int]()
+    lock = threading.Lock()
+
+    def produce(p: int) -> None:
+        for i in range(per):
+            q.put(p * per + i)
+
+    def consume() -> None:
+        for item in q:
+            with lock:
+                processed[item] += 1
+            q.task_done()
+
+    seen_at_join: list[int] = []
+
+    def join() -> None:
+        q.join()
+        with lock:
+            seen_at_join.append(sum(processed.values()))
+
+    ps = [threading.Thread(target=produce, args=(p,)) for p in range(producers)]
+    cs = [threading.Thread(target=consume) for _ in range(consumers)]
+    run(ps + cs)
+    for t in ps:
+        t.join()
+    js = [threading.Thread(target=join) for _ in range(3)]  # every item is put by now
+    run(js)
+    q.join()
+    assert sum(processed.values()) == producers * per
+    for t in js:
+        t.join(30)
+    assert seen_at_join == [producers * per] * 3
+    q.shutdown()
+    for t in cs:
+        t.join(30)
+    assert processed == collections.Counter(range(producers * per))
+    assert q.unfinished_tasks == 0
+    s = q.stats()
+    assert s.put == s.got == producers * per
+
+
+def test_shutdown_immediate_under_traffic_keeps_the_books(threads: int) -> None:
+    """Producers and consumers running when an immediate shutdown comes: every item put
+    is got or dropped, a join then returns once the consumers finish what they got."""
+    q: WorkQueue[int] = WorkQueue(4)
+    got = collections.Counter[int]()
+    lock = threading.Lock()
+    started = threading.Barrier(threads + 1)
+
+    def produce(p: int) -> None:
+        started.wait()
+        with contextlib.suppress(QueueClosed):
+            for i in range(100_000):
+                q.put(p * 100_000 + i)
+
+    def consume() -> None:
+        started.wait()
+        for item in q:
+            with lock:
+                got[item] += 1
+            q.task_done()
+
+    half = threads // 2
+    ts = [threading.Thread(target=produce, args=(p,)) for p in range(half)]
+    ts += [threading.Thread(target=consume) for _ in range(threads - half)]
+    run(ts)
+    started.wait()
+    while q.stats().got < 1000:
+        time.sleep(0.001)
+    q.shutdown(immediate=True)
+    for t in ts:
+        t.join(30)
+    q.join()
+    s = q.stats()
+    assert s.put == s.got + s.dropped and s.size == 0
+    assert sum(got.values()) == s.got and max(got.values()) == 1
+    assert q.unfinished_tasks == 0

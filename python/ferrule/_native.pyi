@@ -46,7 +46,11 @@ class QueueEmpty(FerruleError, Exception):
     """The queue is empty (also a ``queue.Empty``)."""
 
 class QueueClosed(FerruleError):
-    """Raised by ``put`` after ``close()``, and by ``get`` once closed and drained."""
+    """Raised by ``put`` after ``close()``/``shutdown()``, and by ``get`` once closed and drained.
+
+    On Python 3.13 and later it is also a ``queue.ShutDown``, so code written for
+    ``queue.Queue.shutdown`` catches it unchanged.
+    """
 
 class CircuitOpen(FerruleError):
     """The circuit is open; the call was not made.
@@ -645,6 +649,12 @@ class WorkQueue(Generic[_T]):
     ``queue.Empty``. The queue takes part in garbage collection: an item (or a waiting
     asyncio task) that refers back to the queue does not keep it alive.
 
+    It is a drop-in for ``queue.Queue(maxsize)``: ``put(item, block=True,
+    timeout=None)``, ``get(block=True, timeout=None)``, ``task_done()``/``join()``
+    (``unfinished_tasks``) and ``shutdown(immediate=False)`` behave as there.
+    ``maxsize <= 0`` (``queue.Queue``'s "no bound") still has one: ``2**31`` items, past
+    which a put raises :class:`QueueFull` instead of waiting.
+
     >>> q: WorkQueue[str] = WorkQueue(100)
     >>> q.put("job-1"); q.put_nowait("job-2")
     >>> q.get(), len(q)
@@ -656,21 +666,30 @@ class WorkQueue(Generic[_T]):
 
     def __new__(cls, maxsize: int, *, overflow: str = "block") -> WorkQueue[_T]:
         """``maxsize`` >= 1 (up to ``2**63 - 1``; memory grows with the items, not the
-        bound); ``overflow`` one of ``"block"``, ``"reject"``, ``"drop_oldest"``,
-        ``"drop_newest"``."""
+        bound), or ``0`` or less for ``queue.Queue``'s "no bound": a bound of ``2**31``
+        items at which a put is refused with :class:`QueueFull` rather than waiting
+        (``"block"`` acts as ``"reject"`` there); ``overflow`` one of ``"block"``,
+        ``"reject"``, ``"drop_oldest"``, ``"drop_newest"``."""
 
-    def put(self, item: _T, timeout: float | None = None) -> None:
+    def put(self, item: _T, block: bool = True, timeout: float | None = None) -> None:
         """Add ``item``. Block policy: wait up to ``timeout`` for room, then raise
-        :class:`QueueFull` (counted in ``rejected``). The other policies never wait:
-        ``reject`` raises :class:`QueueFull`, ``drop_oldest`` evicts, ``drop_newest``
-        returns without adding it (counted in ``rejected``). Raises
-        :class:`QueueClosed` after ``close()``.
+        :class:`QueueFull` (counted in ``rejected``); with ``block`` false, do not wait
+        (``put_nowait``; ``timeout`` is checked but not used). The other policies never
+        wait: ``reject`` raises :class:`QueueFull`, ``drop_oldest`` evicts,
+        ``drop_newest`` returns without adding it (counted in ``rejected``). Raises
+        :class:`QueueClosed` after ``close()`` or ``shutdown()``. ``block`` is a bool (or
+        an int, as ``queue.Queue`` allows); a float is refused, so ``put(item, 0.5)``
+        from before ``block`` existed fails loudly: pass ``timeout=`` by keyword.
 
         >>> q = WorkQueue(1); q.put("a")
         >>> q.put("b", timeout=0.01)
         Traceback (most recent call last):
         ...
         ferrule.QueueFull: queue is full (put timed out)
+        >>> q.put("b", False)
+        Traceback (most recent call last):
+        ...
+        ferrule.QueueFull: queue is full
         """
 
     def put_nowait(self, item: _T) -> None:
@@ -686,13 +705,19 @@ class WorkQueue(Generic[_T]):
         (1, 1)
         """
 
-    def get(self, timeout: float | None = None) -> _T:
+    def get(self, block: bool = True, timeout: float | None = None) -> _T:
         """Remove and return the oldest item, waiting up to ``timeout`` for one
         (:class:`QueueEmpty` then). Raises :class:`QueueClosed` once closed and drained.
+        With ``block`` false it does not wait (``get_nowait``); ``block`` is read as in
+        :meth:`put`.
 
         >>> q = WorkQueue(4); q.put(1)
         >>> q.get(timeout=1.0)
         1
+        >>> q.get(False)
+        Traceback (most recent call last):
+        ...
+        ferrule.QueueEmpty: queue is empty
         """
 
     def get_nowait(self) -> _T:
@@ -766,13 +791,99 @@ class WorkQueue(Generic[_T]):
     def _forget_putter(self, waker: Callable[[], object]) -> None:
         """Internal (asyncio glue): a waiting putter gave up."""
 
+    def _join_or_wait(self, waker: Callable[[], object] | None) -> bool:
+        """Internal (asyncio glue): True if nothing is unfinished, else register
+        ``waker`` and return False."""
+
+    def _forget_joiner(self, waker: Callable[[], object]) -> None:
+        """Internal (asyncio glue): a waiting joiner gave up."""
+
     def close(self) -> None:
         """Close the queue (idempotent) and wake every waiter: puts raise
         :class:`QueueClosed` from now on; gets drain what is left, then raise it."""
 
+    def shutdown(self, immediate: bool = False) -> None:
+        """``queue.Queue.shutdown``: ``close()``, and with ``immediate`` the queued items
+        are discarded too.
+
+        Puts raise :class:`QueueClosed` (a ``queue.ShutDown`` on Python 3.13+) from now
+        on, blocked ones included. Without ``immediate`` getters drain what is left, then
+        raise it; with it the items still queued are dropped at once (counted in
+        ``stats().dropped``) and count as done, so ``join()`` returns as soon as the items
+        already got are marked done. Idempotent; ``shutdown(immediate=True)`` may follow
+        ``shutdown()`` or ``close()``.
+
+        >>> q = WorkQueue(4); q.put_many("ab")
+        2
+        >>> q.shutdown(immediate=True)
+        >>> q.unfinished_tasks, q.stats().dropped
+        (0, 2)
+        >>> q.get()
+        Traceback (most recent call last):
+        ...
+        ferrule.QueueClosed: queue is closed
+        """
+
     @property
     def closed(self) -> bool:
-        """True once ``close()`` was called."""
+        """True once ``close()`` or ``shutdown()`` was called."""
+
+    def task_done(self) -> None:
+        """Mark one item got earlier as processed, as ``queue.Queue.task_done`` does.
+
+        Each item put adds one to ``unfinished_tasks``; each call takes one off and the
+        one that reaches zero releases every ``join()``. ``ValueError`` if nothing is
+        unfinished. Items that leave without a ``get`` (evicted by ``drop_oldest``,
+        discarded by ``shutdown(immediate=True)``) count as done at once. The count is
+        kept in the critical section the put already takes.
+
+        >>> q = WorkQueue(4); q.put("job")
+        >>> q.get(); q.task_done(); q.join()
+        'job'
+        >>> q.task_done()
+        Traceback (most recent call last):
+        ...
+        ValueError: task_done() called too many times
+        """
+
+    def join(self) -> None:
+        """Wait until every item put has been processed (``task_done``), as
+        ``queue.Queue.join`` does.
+
+        Returns at once when ``unfinished_tasks`` is 0. The wait releases the GIL and
+        Ctrl-C interrupts it within 50 ms; a daemon thread waiting here at interpreter
+        exit does not stop the process from exiting.
+
+        >>> import threading
+        >>> q: WorkQueue[int] = WorkQueue(0)
+        >>> def worker() -> None:
+        ...     for item in q:
+        ...         q.task_done()
+        >>> t = threading.Thread(target=worker); t.start()
+        >>> q.put_many(range(100))
+        100
+        >>> q.join(); q.unfinished_tasks
+        0
+        >>> q.close(); t.join()
+        """
+
+    def join_async(self) -> Coroutine[Any, Any, None]:
+        """Coroutine: ``join`` for asyncio. It waits without blocking the event loop.
+
+        No thread per waiter: the ``task_done`` that reaches zero wakes every waiting
+        task. Cancelling it changes nothing in the queue.
+
+        >>> import asyncio
+        >>> q = WorkQueue(4); q.put(1)
+        >>> async def main() -> None:
+        ...     q.get(); q.task_done()
+        ...     await q.join_async()
+        >>> asyncio.run(main())
+        """
+
+    @property
+    def unfinished_tasks(self) -> int:
+        """Items put and not yet marked done with ``task_done`` (nor discarded)."""
 
     def qsize(self) -> int:
         """Items queued now."""
@@ -783,7 +894,10 @@ class WorkQueue(Generic[_T]):
     def empty(self) -> bool: ...
     def full(self) -> bool: ...
     @property
-    def maxsize(self) -> int: ...
+    def maxsize(self) -> int:
+        """The bound as given: ``0`` or less is ``queue.Queue``'s "no bound" (see the
+        class)."""
+
     @property
     def overflow(self) -> str:
         """The overflow policy's name."""

@@ -1,5 +1,6 @@
 """asyncio glue for the native mailboxes (``WorkQueue``, and a pull ``Subscription``):
-``get_async`` for both and ``put_async`` for ``WorkQueue``, without a thread per waiter.
+``get_async`` for both, ``put_async`` and ``join_async`` for ``WorkQueue``, without a
+thread per waiter.
 
 A task that must wait registers a *waker* with the mailbox in the same critical section that
 found it empty (or full), so no wake-up can be missed. The waker is
@@ -13,6 +14,10 @@ item; it passes its unused wake-up on to the next waiter (``_forget_getter`` /
 
 ``next_async`` is ``__anext__`` of both mailboxes (``async for``): ``get_async`` with the
 closed-and-drained end (``QueueClosed``) turned into ``StopAsyncIteration``.
+
+``join_async`` waits the same way for the queue's unfinished count to reach zero
+(``_join_or_wait``); every waiting joiner is woken then, so one that is cancelled has no
+wake-up to pass on and only leaves (``_forget_joiner``).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from typing import Any, Protocol, TypeVar
 
 from ferrule._native import QueueClosed, WorkQueue
 
-__all__ = ["get_async", "next_async", "put_async"]
+__all__ = ["get_async", "join_async", "next_async", "put_async"]
 
 T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
@@ -102,3 +107,10 @@ async def put_async(q: WorkQueue[T], item: T) -> None:
     if q._put_or_wait(item, None):
         return
     await _wait(lambda waker: None if q._put_or_wait(item, waker) else _PENDING, q._forget_putter)
+
+
+async def join_async(q: WorkQueue[Any]) -> None:
+    """Returns once every item put was marked done; waits on the running loop until then."""
+    if q._join_or_wait(None):
+        return
+    await _wait(lambda waker: None if q._join_or_wait(waker) else _PENDING, q._forget_joiner)

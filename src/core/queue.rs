@@ -1,16 +1,30 @@
 //! A bounded multi-producer, multi-consumer queue with an overflow policy, blocking and
-//! non-blocking operations, close, and asynchronous waiters.
+//! non-blocking operations, close (shutdown, optionally immediate), `queue.Queue`'s
+//! task accounting (`task_done`/`join`), and asynchronous waiters.
 //!
 //! # Structure
-//! One `parking_lot::Mutex` guards a `VecDeque<T>` of items, the closed flag and two FIFO
-//! lists of asynchronous waiters (`W`, e.g. a callable that schedules a wake-up on an
-//! event loop). Every critical section is O(1) (batches: O(batch)), so one lock is cheap;
-//! the queue is a single FIFO, so sharding it would break ordering.
+//! One `parking_lot::Mutex` guards a `VecDeque<T>` of items, the closed flag and three
+//! FIFO lists of asynchronous waiters (`W`, e.g. a callable that schedules a wake-up on an
+//! event loop): getters, putters and joiners. Every critical section is O(1) (batches:
+//! O(batch); an immediate shutdown: O(items)), so one lock is cheap; the queue is a
+//! single FIFO, so sharding it would break ordering.
 //!
-//! Blocked threads do not wait on that lock. They sleep on one of two *bells* (a mutex
+//! Blocked threads do not wait on that lock. They sleep on one of three *bells* (a mutex
 //! of their own and a condvar): `items` for getters, rung when items arrive or at close,
-//! and `room` for putters, rung when room appears or at close. A sleeper's condition is
-//! read from the atomics `len` and `closed`, never from the guarded state.
+//! `room` for putters, rung when room appears or at close, and `done` for joiners, rung
+//! when the unfinished count reaches zero. A sleeper's condition is read from the
+//! atomics `len`, `closed` and `unfinished`, never from the guarded state.
+//!
+//! # Task accounting
+//! `unfinished` counts the items that entered and are not finished yet, as
+//! `queue.Queue.unfinished_tasks` does: a put adds one per item that entered; a
+//! [`WorkQueue::task_done`] takes one off (refused at zero); an item that leaves without
+//! being got counts as finished at once (evicted by `drop_oldest`: the incoming item
+//! takes its place, so the count does not change; drained by an immediate shutdown or
+//! the collector's [`WorkQueue::clear`]: taken off, never below zero). It is written
+//! only under the lock, so a plain load and store keep it (no read-modify-write on the
+//! put path). The decrement that reaches zero rings `done` and hands every asynchronous
+//! joiner back to be woken; a joiner only retries, like the other waiters.
 //!
 //! # Where items move, and why waits move nothing
 //! Every blocking call is a loop of *attempts* and *waits*: an attempt takes the lock,
@@ -55,11 +69,14 @@
 //! - Asynchronous waiters never receive items directly: a woken waiter only retries, so
 //!   a waiter that is cancelled after its wake-up cannot lose an item. It must then call
 //!   [`WorkQueue::forget_getter`] / [`WorkQueue::forget_putter`], which pass the wake-up
-//!   on to the next waiter when there is still something to do.
+//!   on to the next waiter when there is still something to do. Joiners are all woken
+//!   together, so a cancelled one ([`WorkQueue::forget_joiner`]) has nothing to pass on.
+//! - `unfinished >= 0` always; with `task_done` called once per item got, `unfinished ==
+//!   put - dropped - task_done calls` (the join protocol's promise).
 //!
 //! # Orderings
 //! Everything but the sleepers' counting off is written under the queue's lock; the
-//! counters, `len`, `closed` and the sleeper counts use `Relaxed` (the mutex orders them
+//! counters, `len`, `closed`, `unfinished` and the sleeper counts use `Relaxed` (the mutex orders them
 //! for snapshot readers and for the attempts that read the sleeper counts, and a sleeper
 //! reads `len` and `closed` under its bell's lock, which a ringer takes after the change,
 //! so the bell's mutex orders them for sleepers). A count-off racing with an attempt
@@ -115,11 +132,34 @@ impl Overflow {
     }
 }
 
-/// A bad constructor argument.
+/// The bound of a queue asked for without one (`queue.Queue`'s `maxsize <= 0`): a guard
+/// against a runaway producer, far beyond what a working queue holds. Memory grows with
+/// the items, never with the bound.
+pub const IMPLICIT_BOUND: usize = 1 << 31;
+
+/// The bound and policy of a queue asked for with `queue.Queue`'s `maxsize`: as given
+/// when it is positive; at zero or less, no bound of the caller's, so
+/// [`IMPLICIT_BOUND`], where a blocking put is refused rather than left waiting
+/// (`Block` runs as `Reject`; the other policies act as usual).
+pub fn queue_bound(maxsize: i64, overflow: Overflow) -> (usize, Overflow) {
+    match usize::try_from(maxsize) {
+        Ok(n) if n > 0 => (n, overflow),
+        // Beyond `usize` (a 32-bit target): as large as it gets.
+        Err(_) if maxsize > 0 => (usize::MAX, overflow),
+        _ => match overflow {
+            Overflow::Block => (IMPLICIT_BOUND, Overflow::Reject),
+            other => (IMPLICIT_BOUND, other),
+        },
+    }
+}
+
+/// A bad argument.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum QueueError {
     MaxSize,
     Overflow(String),
+    /// [`WorkQueue::task_done`] with no unfinished item (`queue.Queue`'s words).
+    TaskDone,
 }
 
 impl fmt::Display for QueueError {
@@ -127,6 +167,7 @@ impl fmt::Display for QueueError {
         match self {
             Self::MaxSize => write!(f, "maxsize must be >= 1"),
             Self::Overflow(s) => write!(f, "overflow must be {}, not '{s}'", Overflow::NAMES),
+            Self::TaskDone => write!(f, "task_done() called too many times"),
         }
     }
 }
@@ -300,6 +341,9 @@ struct Inner<T, W> {
     closed: bool,
     getters: VecDeque<W>,
     putters: VecDeque<W>,
+    /// Asynchronous joiners, all woken when `unfinished` reaches zero (so never
+    /// registered while it is zero).
+    joiners: VecDeque<W>,
 }
 
 /// See the module documentation.
@@ -307,6 +351,7 @@ pub struct WorkQueue<T, W = ()> {
     inner: Mutex<Inner<T, W>>,
     items_bell: Bell,
     room_bell: Bell,
+    done_bell: Bell,
     maxsize: usize,
     overflow: Overflow,
     len: AtomicUsize,
@@ -316,6 +361,10 @@ pub struct WorkQueue<T, W = ()> {
     getting: AtomicUsize,
     /// Threads blocked in a put, likewise.
     putting: AtomicUsize,
+    /// Threads blocked in a join, likewise.
+    joining: AtomicUsize,
+    /// Items that entered and are not finished (see "Task accounting").
+    unfinished: AtomicUsize,
     put: AtomicU64,
     got: AtomicU64,
     rejected: AtomicU64,
@@ -335,15 +384,19 @@ impl<T, W> WorkQueue<T, W> {
                 closed: false,
                 getters: VecDeque::new(),
                 putters: VecDeque::new(),
+                joiners: VecDeque::new(),
             }),
             items_bell: Bell::new(),
             room_bell: Bell::new(),
+            done_bell: Bell::new(),
             maxsize,
             overflow,
             len: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
             getting: AtomicUsize::new(0),
             putting: AtomicUsize::new(0),
+            joining: AtomicUsize::new(0),
+            unfinished: AtomicUsize::new(0),
             put: AtomicU64::new(0),
             got: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
@@ -375,6 +428,11 @@ impl<T, W> WorkQueue<T, W> {
 
     pub fn is_closed(&self) -> bool {
         self.closed.load(Relaxed)
+    }
+
+    /// Items that entered and are not finished yet (lock-free; exact at some instant).
+    pub fn unfinished(&self) -> usize {
+        self.unfinished.load(Relaxed)
     }
 
     /// Counters read under the lock, so `put == got + dropped + size` holds exactly.
@@ -411,6 +469,9 @@ impl<T, W> WorkQueue<T, W> {
         if g.items.len() < self.maxsize {
             g.items.push_back(item);
             self.put.fetch_add(1, Relaxed);
+            // Written only under the lock: no read-modify-write needed.
+            self.unfinished
+                .store(self.unfinished.load(Relaxed) + 1, Relaxed);
             return Push::Added(None);
         }
         match self.overflow {
@@ -420,6 +481,8 @@ impl<T, W> WorkQueue<T, W> {
                 Push::Full(item)
             }
             Overflow::DropOldest => {
+                // The evicted item is finished and the new one takes its place in
+                // `unfinished`, which does not change.
                 let old = g.items.pop_front();
                 g.items.push_back(item);
                 self.put.fetch_add(1, Relaxed);
@@ -431,6 +494,21 @@ impl<T, W> WorkQueue<T, W> {
                 Push::Discarded(item)
             }
         }
+    }
+
+    /// `n` items finished (under the lock), the count never going below zero. If it
+    /// reaches zero: every asynchronous joiner, to wake once the lock is released, and
+    /// whether blocked joiners are to be rung.
+    fn finish(&self, g: &mut Inner<T, W>, n: usize) -> (Vec<W>, bool) {
+        let left = self.unfinished.load(Relaxed).saturating_sub(n);
+        self.unfinished.store(left, Relaxed);
+        if left > 0 {
+            return (Vec::new(), false);
+        }
+        (
+            g.joiners.drain(..).collect(),
+            self.joining.load(Relaxed) > 0,
+        )
     }
 
     /// Takes up to `max` (>= 1) items under the lock, with the asynchronous putters to
@@ -833,6 +911,95 @@ impl<T, W> WorkQueue<T, W> {
         })
     }
 
+    // ---- task accounting -------------------------------------------------------------
+
+    /// `queue.Queue.task_done`: one unfinished item is finished. Refused
+    /// ([`QueueError::TaskDone`]) when none is. Returns the asynchronous joiners to wake
+    /// (those waiting for the count to reach zero); blocked joiners are rung here.
+    pub fn task_done(&self) -> Result<Vec<W>, QueueError> {
+        let mut g = self.inner.lock();
+        if self.unfinished.load(Relaxed) == 0 {
+            return Err(QueueError::TaskDone);
+        }
+        let (wake, ring) = self.finish(&mut g, 1);
+        drop(g);
+        if ring {
+            self.done_bell.ring(&self.joining, true);
+        }
+        Ok(wake)
+    }
+
+    /// One attempt of a join: true if nothing is unfinished; otherwise `waiter`, if
+    /// given, is registered to be woken when the count reaches zero, and with `sleep`
+    /// the caller is counted in `joining` (it is about to wait). An unregistered waiter
+    /// is dropped after the lock is released (parameters outlive the guard).
+    fn attempt_join(&self, waiter: Option<W>, sleep: bool) -> bool {
+        let mut g = self.inner.lock();
+        if self.unfinished.load(Relaxed) == 0 {
+            drop(g);
+            return true;
+        }
+        if let Some(w) = waiter {
+            g.joiners.push_back(w);
+        }
+        if sleep {
+            self.joining.fetch_add(1, Relaxed);
+        }
+        false
+    }
+
+    /// One join attempt that never waits: true if nothing is unfinished, else false and
+    /// `waiter`, if given, is registered to be woken when the count reaches zero.
+    pub fn join_or_wait(&self, waiter: Option<W>) -> bool {
+        self.attempt_join(waiter, false)
+    }
+
+    /// `queue.Queue.join`: attempts, and between attempts waits until nothing is
+    /// unfinished, for up to `timeout` in all (None: forever), each wait run by
+    /// `outside` and running `check` at least every [`SLICE`].
+    pub fn join_until<E>(
+        &self,
+        timeout: Option<Duration>,
+        mut check: impl FnMut() -> Result<(), E> + Send,
+        mut outside: impl FnMut(&mut Wait<'_, E>) -> WaitResult<E>,
+    ) -> WaitResult<E>
+    where
+        T: Send,
+        W: Send,
+    {
+        let until = deadline(timeout);
+        loop {
+            let expired = until.is_some_and(|d| Instant::now() >= d);
+            if self.attempt_join(None, !expired) {
+                return Ok(());
+            }
+            if expired {
+                return Err(WaitError::Expired);
+            }
+            outside(&mut || {
+                self.done_bell.wait(
+                    &self.joining,
+                    || self.unfinished.load(Relaxed) == 0,
+                    until,
+                    &mut check,
+                )
+            })?;
+        }
+    }
+
+    /// An asynchronous joiner gives up (cancelled): removed if still registered. Joiners
+    /// are woken all together, so there is no wake-up to pass on.
+    pub fn forget_joiner(&self, is_me: impl Fn(&W) -> bool) {
+        let mut g = self.inner.lock();
+        let mine = g
+            .joiners
+            .iter()
+            .position(is_me)
+            .and_then(|i| g.joiners.remove(i));
+        drop(g);
+        drop(mine);
+    }
+
     // ---- asynchronous waiters, close, garbage collection --------------------------------
 
     /// An asynchronous getter gives up (cancelled). If it is still registered it is
@@ -873,17 +1040,40 @@ impl<T, W> WorkQueue<T, W> {
 
     /// Closes the queue (idempotent): later puts fail with `Closed`; getters drain what is
     /// left and then get `Closed`. Wakes every blocked thread; returns every asynchronous
-    /// waiter, to be woken by the caller once the lock is released.
+    /// getter and putter, to be woken by the caller once the lock is released.
     pub fn close(&self) -> Vec<W> {
+        self.shutdown(false).1
+    }
+
+    /// `queue.Queue.shutdown`: [`Self::close`], and with `immediate` also drains the
+    /// queue in the same critical section (the items count as dropped and as finished,
+    /// so a join returns once the items already got are done). Returns the drained items,
+    /// to be dropped by the caller, and the asynchronous waiters to wake (getters,
+    /// putters, and the joiners if nothing is left unfinished), once the lock is
+    /// released. Idempotent; `immediate` may follow a plain shutdown.
+    pub fn shutdown(&self, immediate: bool) -> (Vec<T>, Vec<W>) {
         let mut g = self.inner.lock();
         g.closed = true;
         self.closed.store(true, Relaxed);
         let mut wake: Vec<W> = g.getters.drain(..).collect();
         wake.extend(g.putters.drain(..));
+        let mut drained = Vec::new();
+        let mut ring_done = false;
+        if immediate {
+            drained = g.items.drain(..).collect();
+            self.dropped.fetch_add(drained.len() as u64, Relaxed);
+            self.len.store(0, Relaxed);
+            let (joiners, ring) = self.finish(&mut g, drained.len());
+            wake.extend(joiners);
+            ring_done = ring;
+        }
         drop(g);
         self.items_bell.ring(&self.getting, true);
         self.room_bell.ring(&self.putting, true);
-        wake
+        if ring_done {
+            self.done_bell.ring(&self.joining, true);
+        }
+        (drained, wake)
     }
 
     /// Garbage collection: calls `item` on every queued item and `waiter` on every
@@ -899,20 +1089,30 @@ impl<T, W> WorkQueue<T, W> {
             return Ok(());
         };
         g.items.iter().try_for_each(&mut item)?;
-        g.getters.iter().chain(&g.putters).try_for_each(&mut waiter)
+        g.getters
+            .iter()
+            .chain(&g.putters)
+            .chain(&g.joiners)
+            .try_for_each(&mut waiter)
     }
 
-    /// Garbage collection: takes every item (counted as dropped) and every asynchronous
-    /// waiter out, for the caller to drop once the lock is released.
+    /// Garbage collection: takes every item (counted as dropped and as finished) and
+    /// every asynchronous waiter out, for the caller to drop once the lock is released.
     pub fn clear(&self) -> (Vec<T>, Vec<W>) {
         let mut g = self.inner.lock();
         let items: Vec<T> = g.items.drain(..).collect();
         self.dropped.fetch_add(items.len() as u64, Relaxed);
         self.len.store(0, Relaxed);
+        let (joiners, ring_done) = self.finish(&mut g, items.len());
         let mut waiters: Vec<W> = g.getters.drain(..).collect();
         waiters.extend(g.putters.drain(..));
+        waiters.extend(joiners);
+        waiters.extend(g.joiners.drain(..));
         drop(g);
         self.room_bell.ring(&self.putting, true);
+        if ring_done {
+            self.done_bell.ring(&self.joining, true);
+        }
         (items, waiters)
     }
 }
@@ -984,6 +1184,35 @@ mod tests {
         for name in ["block", "reject", "drop_oldest", "drop_newest"] {
             assert_eq!(Overflow::parse(name).unwrap().name(), name);
         }
+    }
+
+    #[test]
+    fn queue_maxsize_zero_or_less_is_the_implicit_bound() {
+        assert_eq!(queue_bound(3, Overflow::Block), (3, Overflow::Block));
+        assert_eq!(
+            queue_bound(i64::MAX, Overflow::DropOldest),
+            (
+                usize::try_from(i64::MAX).unwrap_or(usize::MAX),
+                Overflow::DropOldest
+            )
+        );
+        for m in [0, -1, i64::MIN] {
+            assert_eq!(
+                queue_bound(m, Overflow::Block),
+                (IMPLICIT_BOUND, Overflow::Reject)
+            );
+            assert_eq!(
+                queue_bound(m, Overflow::DropNewest),
+                (IMPLICIT_BOUND, Overflow::DropNewest)
+            );
+        }
+        // What a full block-policy put then does: refuse, not wait.
+        let q = q(1, queue_bound(0, Overflow::Block).1);
+        assert!(q.try_put(1).is_ok());
+        assert_eq!(
+            q.put_until(2, None, never, here).unwrap_err(),
+            PutError::Full(2)
+        );
     }
 
     #[test]
@@ -1338,6 +1567,151 @@ mod tests {
         assert_eq!(all, want);
         assert!(balanced(&q));
         assert!(q.stats().high_water <= 8);
+    }
+
+    #[test]
+    fn task_done_and_join_count_unfinished_items() {
+        let q = Arc::new(q(4, Overflow::Block));
+        assert_eq!(q.task_done().unwrap_err(), QueueError::TaskDone);
+        assert_eq!(
+            QueueError::TaskDone.to_string(),
+            "task_done() called too many times"
+        );
+        assert!(q.join_or_wait(None));
+        let mut items: VecDeque<u32> = (0..3).collect();
+        let b = q.put_many_until(&mut items, None, never, here, |_| {});
+        assert_eq!(b.accepted, 3);
+        assert_eq!(q.unfinished(), 3);
+        // Getting does not finish an item; task_done does.
+        assert_eq!(q.try_get().unwrap().0, 0);
+        assert_eq!(q.unfinished(), 3);
+        assert!(!q.join_or_wait(Some(5)));
+        assert!(q.task_done().unwrap().is_empty());
+        assert_eq!(q.join_until(soon(10), never, here), Err(WaitError::Expired));
+        let q2 = q.clone();
+        let joiner = thread::spawn(move || q2.join_until(soon(10_000), never, here));
+        for _ in 0..2 {
+            assert!(q.try_get().is_ok());
+        }
+        assert!(q.task_done().unwrap().is_empty());
+        // The last one wakes the asynchronous joiner and the blocked thread.
+        assert_eq!(q.task_done().unwrap(), vec![5]);
+        assert_eq!(joiner.join().unwrap(), Ok(()));
+        assert_eq!(q.unfinished(), 0);
+        assert!(q.join_or_wait(Some(6)));
+        assert_eq!(q.task_done().unwrap_err(), QueueError::TaskDone);
+    }
+
+    #[test]
+    fn items_that_leave_without_a_get_count_as_finished() {
+        let o = q(2, Overflow::DropOldest);
+        for i in 0..5 {
+            assert!(o.try_put(i).is_ok());
+        }
+        // Three evicted: only the two queued are unfinished.
+        assert_eq!(o.unfinished(), 2);
+        let n = q(1, Overflow::DropNewest);
+        assert!(n.try_put(1).is_ok());
+        assert!(n.try_put(2).is_err());
+        assert_eq!(n.unfinished(), 1);
+        // The collector's clear finishes what it takes and lets joiners go.
+        assert!(!o.join_or_wait(Some(9)));
+        let (items, waiters) = o.clear();
+        assert_eq!((items, waiters), (vec![3, 4], vec![9]));
+        assert_eq!(o.unfinished(), 0);
+        assert!(o.join_or_wait(None));
+    }
+
+    #[test]
+    fn shutdown_plain_and_immediate() {
+        let q = Arc::new(q(4, Overflow::Block));
+        assert!(q.try_put(1).is_ok());
+        assert!(q.try_put(2).is_ok());
+        assert!(q.try_put(3).is_ok());
+        assert_eq!(q.try_get().unwrap().0, 1); // got, not yet done
+        assert!(!q.join_or_wait(Some(7)));
+        // Plain: nothing drained, joiners keep waiting.
+        let (drained, wake) = q.shutdown(false);
+        assert!(drained.is_empty() && wake.is_empty());
+        assert_eq!(q.try_put(4).unwrap_err(), PutError::Closed(4));
+        assert_eq!(q.unfinished(), 3);
+        let q2 = q.clone();
+        let joiner = thread::spawn(move || q2.join_until(soon(10_000), never, here));
+        // Immediate after plain: drains 2 (dropped and finished); 1 is still unfinished.
+        let (drained, wake) = q.shutdown(true);
+        assert_eq!((drained, wake), (vec![2, 3], vec![]));
+        assert_eq!(q.try_get().unwrap_err(), GetError::Closed);
+        assert_eq!(q.unfinished(), 1);
+        assert!(balanced(&q));
+        assert_eq!(q.stats().dropped, 2);
+        assert_eq!(q.task_done().unwrap(), vec![7]);
+        assert_eq!(joiner.join().unwrap(), Ok(()));
+        // Immediate with nothing unfinished left over lets every joiner go at once.
+        let r = self::q(2, Overflow::Block);
+        assert!(r.try_put(1).is_ok());
+        assert!(!r.join_or_wait(Some(8)));
+        assert_eq!(r.shutdown(true), (vec![1], vec![8]));
+        assert!(r.join_or_wait(None));
+        assert_eq!(r.task_done().unwrap_err(), QueueError::TaskDone);
+    }
+
+    #[test]
+    fn forgotten_joiners_leave_and_are_visited_until_then() {
+        let q = q(2, Overflow::Block);
+        assert!(q.try_put(1).is_ok());
+        assert!(!q.join_or_wait(Some(1)));
+        assert!(!q.join_or_wait(Some(2)));
+        let mut seen = Vec::new();
+        q.try_visit::<()>(
+            |_| Ok(()),
+            |w| {
+                seen.push(*w);
+                Ok(())
+            },
+        )
+        .unwrap();
+        assert_eq!(seen, vec![1, 2]);
+        q.forget_joiner(|w| *w == 1);
+        q.forget_joiner(|w| *w == 1); // gone already: nothing happens
+        assert!(q.try_get().is_ok());
+        assert_eq!(q.task_done().unwrap(), vec![2]);
+    }
+
+    #[test]
+    fn many_workers_join_once_every_item_is_done() {
+        let q = Arc::new(q(4, Overflow::Block));
+        let done = Arc::new(AtomicUsize::new(0));
+        let workers: Vec<_> = (0..4)
+            .map(|_| {
+                let (q, done) = (q.clone(), done.clone());
+                thread::spawn(move || {
+                    while q.get_until(None, never, here).is_ok() {
+                        done.fetch_add(1, Relaxed);
+                        assert!(q.task_done().is_ok());
+                    }
+                })
+            })
+            .collect();
+        let producers: Vec<_> = (0..3u32)
+            .map(|p| {
+                let q = q.clone();
+                thread::spawn(move || {
+                    for i in 0..500 {
+                        assert!(q.put_until(p * 1000 + i, None, never, here).is_ok());
+                    }
+                })
+            })
+            .collect();
+        for p in producers {
+            p.join().unwrap();
+        }
+        assert_eq!(q.join_until(soon(20_000), never, here), Ok(()));
+        assert_eq!(done.load(Relaxed), 1500);
+        assert_eq!(q.unfinished(), 0);
+        q.close();
+        for w in workers {
+            w.join().unwrap();
+        }
     }
 
     /// The bells under a hand-to-hand transfer through a one-item queue: every item

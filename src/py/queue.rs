@@ -4,7 +4,16 @@
 //! A `WorkQueue` is a mailbox (`crate::py::mailbox`): its gets, its asyncio getters and
 //! putters, `close` and its garbage collection are the mailbox's, shared with a pull
 //! `Subscription`; this file adds what only a work queue has: the puts (`put`,
-//! `put_many`, `put_async` and their glue), `get_many`, and its Python protocols. The
+//! `put_many`, `put_async` and their glue), `get_many`, `queue.Queue`'s task accounting
+//! (`task_done`, `join`, `join_async` and its glue) and `shutdown`, and its Python
+//! protocols.
+//!
+//! `queue.Queue` compatibility: `put(item, block=True, timeout=None)` and
+//! `get(block=True, timeout=None)` take `queue.Queue`'s arguments (`block` false is the
+//! `_nowait` call); `maxsize <= 0` (`queue.Queue`'s "infinite") is a queue bounded at
+//! `core::queue::IMPLICIT_BOUND` whose full puts raise `QueueFull` instead of waiting
+//! (`core::queue::queue_bound`; `maxsize` and `overflow` report what was asked for). `shutdown()` is the core's shutdown, whose plain form is `close()`:
+//! `QueueClosed` is also a `queue.ShutDown` where Python has one (`crate::errors`). The
 //! mailbox's module documentation says how waits detach, why nothing is dropped or
 //! called under the queue's lock, how asyncio waiters are woken and forgotten without
 //! losing an item, and what the collector visits. The `TaskPool` binding over a
@@ -14,11 +23,11 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use pyo3::prelude::*;
-use pyo3::types::{PyList, PyType};
+use pyo3::types::{PyBool, PyInt, PyList, PyType};
 use pyo3::{PyTraverseError, PyVisit};
 
-use crate::core::queue::{GetError, Overflow, PutError, Stats, Stop};
-use crate::errors::Exc;
+use crate::core::queue::{queue_bound, GetError, Overflow, PutError, Stats, Stop, WaitError};
+use crate::errors::{wrong_type, Exc};
 use crate::py::args;
 use crate::py::lookup::lookup;
 use crate::py::mailbox::{self, run_wait, size_at_least, Item, Mailbox, Waker, Words};
@@ -43,10 +52,35 @@ fn not_entered(py: Python<'_>, e: PutError<Item>) -> PyResult<()> {
     }
 }
 
+/// A `queue.Queue` flag (`block`, `immediate`): a bool, or an int read as `queue.Queue`
+/// reads it (`block=0`). Anything else is refused, a float first: `put(item, 0.5)` was
+/// a timeout before `block` came first, and must not turn into a wait without one.
+fn flag(obj: &Bound<'_, PyAny>, arg: &str) -> PyResult<bool> {
+    if obj.is_instance_of::<PyBool>() || obj.is_instance_of::<PyInt>() {
+        obj.is_truthy()
+    } else {
+        Err(wrong_type(arg, "a bool", obj))
+    }
+}
+
+/// `block`: see [`flag`] (a converter for `from_py_with`, which knows no argument name).
+fn block(obj: &Bound<'_, PyAny>) -> PyResult<bool> {
+    flag(obj, "block")
+}
+
+/// `immediate`: see [`flag`].
+fn immediate(obj: &Bound<'_, PyAny>) -> PyResult<bool> {
+    flag(obj, "immediate")
+}
+
 /// A bounded multi-producer, multi-consumer FIFO queue with an overflow policy.
 #[pyclass(frozen, module = "ferrule", name = "WorkQueue")]
 pub struct WorkQueue {
     q: Mailbox,
+    /// As asked for: `queue.Queue` reports a `maxsize <= 0` as given.
+    maxsize: i64,
+    /// As asked for (a queue with the implicit bound runs `Block` as `Reject`).
+    overflow: Overflow,
 }
 
 impl WorkQueue {
@@ -93,18 +127,31 @@ impl WorkQueue {
         #[pyo3(from_py_with = args::named::maxsize)] maxsize: i64,
         #[pyo3(from_py_with = args::named::overflow)] overflow: &str,
     ) -> PyResult<Self> {
-        let maxsize = size_at_least(maxsize, "maxsize", 1)?;
-        let overflow = Overflow::parse(overflow)?;
+        let asked = Overflow::parse(overflow)?;
+        let (bound, policy) = queue_bound(maxsize, asked);
+        let q = Mailbox::new(bound, policy)?;
         Ok(Self {
-            q: Mailbox::new(maxsize, overflow)?,
+            q,
+            maxsize,
+            overflow: asked,
         })
     }
 
     /// Add `item`. Under the block policy it waits for room up to `timeout` seconds.
-    #[pyo3(signature = (item, timeout = None))]
-    fn put(&self, py: Python<'_>, item: Item, timeout: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+    #[pyo3(signature = (item, block = true, timeout = None))]
+    fn put(
+        &self,
+        py: Python<'_>,
+        item: Item,
+        #[pyo3(from_py_with = block)] block: bool,
+        timeout: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
         let timeout = args::opt_timeout(timeout, "timeout")?;
-        self.do_put(py, item, timeout)
+        if block {
+            self.do_put(py, item, timeout)
+        } else {
+            self.put_nowait(py, item)
+        }
     }
 
     /// Add `item` without waiting: `QueueFull` if there is no room, unless `drop_oldest`
@@ -121,10 +168,19 @@ impl WorkQueue {
 
     /// Remove and return the oldest item, waiting up to `timeout` for one (`QueueEmpty`
     /// then). Raises `QueueClosed` once closed and drained.
-    #[pyo3(signature = (timeout = None))]
-    fn get(&self, py: Python<'_>, timeout: Option<&Bound<'_, PyAny>>) -> PyResult<Item> {
+    #[pyo3(signature = (block = true, timeout = None))]
+    fn get(
+        &self,
+        py: Python<'_>,
+        #[pyo3(from_py_with = block)] block: bool,
+        timeout: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Item> {
         let timeout = args::opt_timeout(timeout, "timeout")?;
-        mailbox::get(py, &self.q, timeout, &WORDS)
+        if block {
+            mailbox::get(py, &self.q, timeout, &WORDS)
+        } else {
+            mailbox::get_nowait(py, &self.q, &WORDS)
+        }
     }
 
     /// The oldest item without waiting; `QueueEmpty` if there is none.
@@ -241,10 +297,60 @@ impl WorkQueue {
         mailbox::close(py, &self.q);
     }
 
-    /// True once `close()` was called.
+    /// `queue.Queue.shutdown`: `close()`, and with `immediate` the queued items are
+    /// discarded too.
+    #[pyo3(signature = (immediate = false))]
+    fn shutdown(&self, py: Python<'_>, #[pyo3(from_py_with = immediate)] immediate: bool) {
+        let (drained, wake) = self.q.shutdown(immediate);
+        drop(drained);
+        mailbox::wake_all(py, wake);
+    }
+
+    /// True once `close()` or `shutdown()` was called.
     #[getter]
     fn closed(&self) -> bool {
         self.q.is_closed()
+    }
+
+    /// Mark one item got earlier as processed, as `queue.Queue.task_done` does.
+    fn task_done(&self, py: Python<'_>) -> PyResult<()> {
+        mailbox::wake_all(py, self.q.task_done()?);
+        Ok(())
+    }
+
+    /// Wait until every item put has been processed (`task_done`), as
+    /// `queue.Queue.join` does.
+    fn join(&self, py: Python<'_>) -> PyResult<()> {
+        match self
+            .q
+            .join_until(None, check_signals, |w| run_wait(py, None, w))
+        {
+            Ok(()) | Err(WaitError::Expired) => Ok(()),
+            Err(WaitError::Interrupted(e)) => Err(e),
+        }
+    }
+
+    /// Coroutine: `join` for asyncio. It waits without blocking the event loop.
+    fn join_async<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        lookup!(slf.py(), "ferrule._queue", "join_async")?.call1((slf,))
+    }
+
+    /// asyncio glue: True if nothing is unfinished, else registers `waker` (if not
+    /// None) and returns False.
+    fn _join_or_wait(&self, py: Python<'_>, waker: Option<Waker>) -> bool {
+        self.q.join_or_wait(waker.filter(|w| !w.is_none(py)))
+    }
+
+    /// asyncio glue: a joiner's task gave up.
+    fn _forget_joiner(&self, waker: &Bound<'_, PyAny>) {
+        let me = waker.as_ptr();
+        self.q.forget_joiner(|w| w.as_ptr() == me);
+    }
+
+    /// Items put and not yet marked done with `task_done` (nor discarded).
+    #[getter]
+    fn unfinished_tasks(&self) -> usize {
+        self.q.unfinished()
     }
 
     /// Items queued now.
@@ -264,15 +370,16 @@ impl WorkQueue {
         self.q.is_full()
     }
 
+    /// The bound as given: `0` or less is `queue.Queue`'s "no bound" (see the class).
     #[getter]
-    fn maxsize(&self) -> usize {
-        self.q.maxsize()
+    fn maxsize(&self) -> i64 {
+        self.maxsize
     }
 
     /// The overflow policy's name.
     #[getter]
     fn overflow(&self) -> &'static str {
-        self.q.overflow().name()
+        self.overflow.name()
     }
 
     /// Counters; see `QueueStats`.
@@ -320,8 +427,8 @@ impl WorkQueue {
     fn __repr__(&self) -> String {
         format!(
             "WorkQueue(maxsize={}, overflow='{}', qsize={}, closed={})",
-            self.q.maxsize(),
-            self.q.overflow().name(),
+            self.maxsize,
+            self.overflow.name(),
             self.q.len(),
             if self.q.is_closed() { "True" } else { "False" }
         )
