@@ -457,7 +457,7 @@ def test_map_results_in_order_and_an_exception_at_its_position() -> None:
 
         it = pool.map(abs, items())  # the window is 3: the error is beyond it
         assert [next(it) for _ in range(7)] == list(range(1, 8))
-        with pytest.raises(LookupError, match="^source failed$"):
+        with pytest.raises(LookupError, match=r"^source failed$"):
             next(it)
 
 
@@ -527,11 +527,11 @@ def test_map_after_shutdown_raises_and_a_shutdown_mid_map_surfaces_in_order() ->
     it = pool.map(abs, range(-5, 0))  # window of 2 submitted now
     pool.shutdown(wait=True)
     assert [next(it), next(it)] == [5, 4]
-    with pytest.raises(RuntimeError, match="^cannot schedule new futures after shutdown$"):
+    with pytest.raises(RuntimeError, match=r"^cannot schedule new futures after shutdown$"):
         next(it)
-    with pytest.raises(RuntimeError, match="^cannot schedule new futures after shutdown$"):
+    with pytest.raises(RuntimeError, match=r"^cannot schedule new futures after shutdown$"):
         pool.map(abs, [1])
-    with TaskPool(1) as ok, pytest.raises(TypeError, match="^buffersize must be an integer"):
+    with TaskPool(1) as ok, pytest.raises(TypeError, match=r"^buffersize must be an integer"):
         ok.map(abs, [1], buffersize=1.5)  # type: ignore[arg-type]
     with TaskPool(1) as ok, pytest.raises(ValueError, match=r"^buffersize must be None or > 0$"):
         ok.map(abs, [1], buffersize=0)

@@ -423,7 +423,7 @@ class TaskPool(Executor):
                 raise ValueError("buffersize must be None or > 0")
         end_time = None if timeout is None else timeout + time.monotonic()
         window = self._limit if buffersize is None else min(buffersize, self._limit)
-        args = zip(*iterables)
+        args = zip(*iterables, strict=False)
         fs: collections.deque[Future[T]] = collections.deque()
         held: tuple[Any, ...] | None = None
         try:
