@@ -16,8 +16,9 @@
 //! A submitter that waits for room (the block policy, `TaskPool.map`) registers in
 //! `waiters`, then re-tries and sleeps on `cv` under `wait_lock`; a release that sees
 //! `waiters > 0` takes `wait_lock` and notifies. `outstanding` and `waiters` are the two
-//! halves of a store/load pair (`SeqCst` on both sides): either the waiter's re-try sees
-//! the release, or the release sees the waiter — and since the waiter re-tries under
+//! halves of a store/load pair (`SeqCst` on both sides, with a `SeqCst` fence between
+//! each side's write and read): either the waiter's re-try sees the release, or the
+//! release sees the waiter — and since the waiter re-tries under
 //! `wait_lock` before sleeping, the notify cannot fall between its re-try and its sleep.
 //! (The same protocol as `core::budget`'s blocked takers.) `close` sets `closed`
 //! and wakes every waiter, which then gives up.
@@ -61,6 +62,10 @@ use std::time::Duration;
 use parking_lot::{Condvar, Mutex};
 
 use crate::core::sync::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
+#[cfg(loom)]
+use loom::sync::atomic::fence;
+#[cfg(not(loom))]
+use std::sync::atomic::fence;
 
 /// How many times `snapshot` re-reads to find the finish counters still.
 const SNAPSHOT_TRIES: usize = 64;
@@ -162,6 +167,9 @@ impl TaskCounters {
     /// Registers a submitter that waits for room until the guard is dropped.
     pub fn enter_wait(&self) -> WaitGuard<'_> {
         self.waiters.fetch_add(1, Ordering::SeqCst);
+        // The waiter's half of the store/load pair (module docs); explicit, so that loom,
+        // which models `SeqCst` accesses as acquire/release, checks it too.
+        fence(Ordering::SeqCst);
         WaitGuard(self)
     }
 
@@ -224,6 +232,8 @@ impl TaskCounters {
         let _ = self
             .outstanding
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        // The releaser's half of the pair (see `enter_wait`).
+        fence(Ordering::SeqCst);
         if self.waiters.load(Ordering::SeqCst) == 0 {
             return false;
         }
