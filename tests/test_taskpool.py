@@ -6,11 +6,14 @@ import asyncio
 import concurrent.futures as cf
 import contextlib
 import gc
+import itertools
 import logging
+import os
 import re
 import threading
 import time
 import weakref
+from collections.abc import Iterator
 from concurrent.futures.thread import BrokenThreadPool
 from typing import Any
 
@@ -161,7 +164,7 @@ def test_stats_invariant_while_running(threads: int) -> None:
         for _ in range(300):
             s = pool.stats()
             assert s.started == s.completed + s.failed + s.active
-            assert 0 <= s.active <= 4 and s.queued <= 64
+            assert 0 <= s.active <= 4 and s.queued <= 4 + 64
             assert s.started <= s.submitted
         stop.set()
         for t in ts:
@@ -247,9 +250,13 @@ def test_shutdown_from_a_task_does_not_deadlock() -> None:
 
 
 def test_bad_input() -> None:
-    with pytest.raises(ValueError, match=r"^max_workers must be >= 1$"):
-        TaskPool(0)
-    with pytest.raises(TypeError, match=r"^max_workers must be an int, not 'float'$"):
+    # ThreadPoolExecutor's wording, for 0 and negative counts alike.
+    for bad in (0, -1):
+        with pytest.raises(ValueError, match=r"^max_workers must be greater than 0$"):
+            TaskPool(bad)
+        with pytest.raises(ValueError, match=r"^max_workers must be greater than 0$"):
+            cf.ThreadPoolExecutor(bad)
+    with pytest.raises(TypeError, match=r"^max_workers must be an int or None, not 'float'$"):
         TaskPool(1.5)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"^max_queue must be >= 1$"):
         TaskPool(1, max_queue=0)
@@ -276,6 +283,258 @@ def test_bad_initializer_arguments() -> None:
         TaskPool(1, thread_name_prefix=None)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match=r"^thread_name_prefix must be a str, not 'bytes'$"):
         TaskPool(1, thread_name_prefix=b"x")  # type: ignore[arg-type]
+
+
+# ---- admission: max_workers + max_queue outstanding --------------------------------
+
+
+def test_an_idle_pool_takes_a_burst_of_max_workers_plus_max_queue() -> None:
+    """A submit while a worker is idle goes to that worker: 200 bursts of 5 tasks into
+    5 idle workers with max_queue=1 are all accepted (194 of 200 bursts lost a task when
+    admission looked only at the queue)."""
+    with TaskPool(5, max_queue=1, overflow="reject") as pool:
+        for _ in range(200):
+            futs = [pool.submit(int, n) for n in range(5)]
+            assert [f.result(5) for f in futs] == list(range(5))
+        assert pool.stats().rejected == 0
+        # The whole limit, max_workers + max_queue, also fits; one more does not.
+        gate = threading.Event()
+        futs = [pool.submit(gate.wait, 5) for _ in range(6)]
+        with pytest.raises(QueueFull, match=r"^queue is full$"):
+            pool.submit(int)
+        gate.set()
+        assert all(f.result(5) for f in futs)
+    s = pool.stats()
+    assert (s.submitted, s.completed, s.rejected, s.queued) == (1006, 1006, 1, 0)
+
+
+def test_max_queue_bounds_the_tasks_waiting_beyond_busy_workers() -> None:
+    gate = threading.Event()
+    with TaskPool(2, max_queue=3, overflow="reject") as pool:
+        running = [pool.submit(gate.wait, 5) for _ in range(2)]
+        wait_until(lambda: pool.stats().active == 2)
+        queued = [pool.submit(int) for _ in range(3)]
+        with pytest.raises(QueueFull):
+            pool.submit(int)
+        s = pool.stats()
+        assert (s.active, s.queued, s.rejected) == (2, 3, 1)
+        gate.set()
+        assert [f.result(5) for f in running + queued] == [True, True, 0, 0, 0]
+
+
+def test_block_policy_admits_a_waiting_submit_when_a_task_finishes() -> None:
+    gate = threading.Event()
+    with TaskPool(1, max_queue=1) as pool:
+        first = pool.submit(gate.wait, 5)
+        pool.submit(int)  # outstanding: 2 = max_workers + max_queue
+        out: list[cf.Future[int]] = []
+        t = threading.Thread(target=lambda: out.append(pool.submit(int, 7)))
+        t.start()
+        wait_until(lambda: pool._counters.waiting == 1)
+        assert pool.stats().submitted == 2  # the waiting submit is not counted yet
+        gate.set()
+        t.join(5)
+        assert first.result(5) is True and out[0].result(5) == 7
+    assert pool._counters.waiting == 0
+
+
+def test_stats_are_exact_with_concurrent_submitters(threads: int) -> None:
+    """Reject-policy submitters race (on free-threaded builds in parallel): admission
+    never passes max_workers + max_queue, and the counters add up exactly."""
+    max_workers, max_queue = 2, 3
+    limit = max_workers + max_queue
+    lock = threading.Lock()
+    running = peak = 0
+
+    def task(i: int) -> int:
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        time.sleep(0)
+        with lock:
+            running -= 1
+        return i
+
+    pool = TaskPool(max_workers, max_queue=max_queue, overflow="reject")
+    go = threading.Barrier(threads)
+    accepted: list[list[cf.Future[int]]] = [[] for _ in range(threads)]
+    refused = [0] * threads
+    over: list[int] = []
+
+    def submitter(k: int) -> None:
+        go.wait(5)
+        for i in range(300):
+            try:
+                accepted[k].append(pool.submit(task, i))
+            except QueueFull:
+                refused[k] += 1
+            n = pool._counters.outstanding
+            if n > limit:
+                over.append(n)
+
+    ts = [threading.Thread(target=submitter, args=(k,)) for k in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    futs = [f for fs in accepted for f in fs]
+    assert all(f.result(5) >= 0 for f in futs)
+    pool.shutdown(wait=True)
+    s = pool.stats()
+    assert over == [] and peak <= max_workers
+    assert (s.submitted, s.rejected) == (len(futs), sum(refused))
+    assert s.submitted + s.rejected == threads * 300
+    assert (s.completed, s.failed, s.cancelled, s.active, s.queued) == (len(futs), 0, 0, 0, 0)
+    assert pool._counters.outstanding == 0
+
+
+def test_max_workers_none_is_thread_pool_executors_default() -> None:
+    std = cf.ThreadPoolExecutor()
+    with TaskPool() as pool:
+        assert pool.max_workers == std._max_workers
+        cpus = getattr(os, "process_cpu_count", os.cpu_count)()
+        assert pool.max_workers == min(32, (cpus or 1) + 4)
+    std.shutdown()
+
+
+# ---- map ------------------------------------------------------------------------------
+
+
+def test_map_is_lazy_on_an_infinite_iterable_with_a_small_queue() -> None:
+    drawn = 0
+
+    def naturals() -> Iterator[int]:
+        nonlocal drawn
+        for n in itertools.count():
+            drawn = n + 1
+            yield n
+
+    with TaskPool(2, max_queue=1) as pool:
+        results = pool.map(lambda n: n * n, naturals())
+        assert drawn <= 3  # the first window only: max_workers + max_queue
+        assert list(itertools.islice(results, 50)) == [n * n for n in range(50)]
+        assert drawn <= 50 + 3
+        assert pool.stats().submitted <= 50 + 3
+
+
+def test_map_keeps_at_most_the_limit_in_flight() -> None:
+    lock = threading.Lock()
+    in_flight = peak = 0
+
+    def task(n: int) -> int:
+        nonlocal in_flight, peak
+        with lock:
+            in_flight += 1
+            peak = max(peak, in_flight)
+        time.sleep(0.0005)
+        with lock:
+            in_flight -= 1
+        return n
+
+    with TaskPool(2, max_queue=1) as pool:
+        out = []
+        for r in pool.map(task, range(40)):
+            out.append(r)
+            assert pool._counters.outstanding <= 3
+        assert out == list(range(40)) and peak <= 2
+        assert list(pool.map(task, range(40), buffersize=1, chunksize=7)) == list(range(40))
+
+
+def test_map_results_in_order_and_an_exception_at_its_position() -> None:
+    def inv(n: int) -> float:
+        return 1 / n
+
+    with TaskPool(2, max_queue=1) as pool:
+        it = pool.map(inv, [1, 2, 4, 0, 5])
+        assert [next(it), next(it), next(it)] == [1.0, 0.5, 0.25]
+        with pytest.raises(ZeroDivisionError):
+            next(it)
+
+        def items() -> Iterator[int]:
+            yield from range(1, 8)
+            raise LookupError("source failed")
+
+        it = pool.map(abs, items())  # the window is 3: the error is beyond it
+        assert [next(it) for _ in range(7)] == list(range(1, 8))
+        with pytest.raises(LookupError, match=r"^source failed$"):
+            next(it)
+
+
+def test_map_timeout_counts_from_the_call() -> None:
+    gate = threading.Event()
+    with TaskPool(1, max_queue=1) as pool:
+        it = pool.map(gate.wait, [5, 5, 5], timeout=0.05)
+        t0 = time.monotonic()
+        with pytest.raises(cf.TimeoutError):
+            next(it)
+        assert time.monotonic() - t0 < 2
+        gate.set()
+    assert pool.stats().cancelled == 1  # the one queued; the running one finished
+
+
+def test_map_timeout_also_bounds_the_wait_for_room() -> None:
+    """With the pool full of other work, map waits for room only until its deadline."""
+    gate = threading.Event()
+    with TaskPool(1, max_queue=1) as pool:
+        others = [pool.submit(gate.wait, 5) for _ in range(2)]
+        it = pool.map(int, [1, 2], timeout=0.05)
+        with pytest.raises(cf.TimeoutError):
+            next(it)
+        gate.set()
+        assert all(f.result(5) for f in others)
+        assert list(pool.map(int, [1, 2], timeout=5)) == [1, 2]
+
+
+def test_abandoning_map_cancels_what_is_pending() -> None:
+    gate = threading.Event()
+    started = threading.Event()
+    ran: list[int] = []
+
+    def task(n: int) -> int:
+        ran.append(n)
+        if n == 1:
+            started.set()
+            gate.wait(5)
+        return n
+
+    with TaskPool(1, max_queue=4) as pool:
+        it = pool.map(task, range(100))
+        assert next(it) == 0
+        assert started.wait(5)
+        it.close()  # 1 is running; 2, 3 and 4 are queued and get cancelled
+        gate.set()
+    assert sorted(ran) == [0, 1]
+    s = pool.stats()
+    assert (s.completed, s.cancelled) == (2, 3)
+
+    # Dropping the iterator does the same once it is collected.
+    gate.clear()
+    started.clear()
+    ran.clear()
+    with TaskPool(1, max_queue=4) as pool:
+        it = pool.map(task, range(100))
+        assert next(it) == 0
+        assert started.wait(5)
+        del it
+        gc.collect()
+        gate.set()
+    assert sorted(ran) == [0, 1] and pool.stats().cancelled == 3
+
+
+def test_map_after_shutdown_raises_and_a_shutdown_mid_map_surfaces_in_order() -> None:
+    pool = TaskPool(1, max_queue=1)
+    it = pool.map(abs, range(-5, 0))  # window of 2 submitted now
+    pool.shutdown(wait=True)
+    assert [next(it), next(it)] == [5, 4]
+    with pytest.raises(RuntimeError, match=r"^cannot schedule new futures after shutdown$"):
+        next(it)
+    with pytest.raises(RuntimeError, match=r"^cannot schedule new futures after shutdown$"):
+        pool.map(abs, [1])
+    with TaskPool(1) as ok, pytest.raises(TypeError, match=r"^buffersize must be an integer"):
+        ok.map(abs, [1], buffersize=1.5)  # type: ignore[arg-type]
+    with TaskPool(1) as ok, pytest.raises(ValueError, match=r"^buffersize must be None or > 0$"):
+        ok.map(abs, [1], buffersize=0)
 
 
 # ---- initializer, thread names --------------------------------------------------------
@@ -420,10 +679,11 @@ def test_a_blocked_submit_wakes_with_broken_thread_pool() -> None:
     try:
         pool.submit(busy)
         assert started.wait(5)
-        pool.submit(int)  # worker _1 starts and waits in its initializer: the queue is full
+        pool.submit(int)  # worker _1 starts and waits in its initializer
+        pool.submit(int)  # 3 outstanding (max_workers + max_queue): the pool is full
         t = threading.Thread(target=blocked_submit)
         t.start()
-        wait_until(lambda: pool.stats().submitted == 3)
+        wait_until(lambda: pool._counters.waiting == 1)
         fail.set()
         t.join(5)
         assert [type(e) for e in out] == [BrokenThreadPool]

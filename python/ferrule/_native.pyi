@@ -936,7 +936,10 @@ class TaskPoolStats:
     """Counters of a ``TaskPool``, read from atomics:
     ``started == completed + failed + active``. ``submitted`` counts accepted submits,
     ``rejected`` those refused with :class:`QueueFull`, ``cancelled`` queued tasks
-    cancelled before they started, ``queued`` tasks waiting in the queue.
+    cancelled before they started, ``queued`` tasks not yet taken by a worker (at most
+    ``max_workers + max_queue`` with ``active``: at most ``max_queue`` beyond the idle
+    workers). Once the pool is idle, ``submitted == completed + failed + cancelled``
+    exactly, also after concurrent submitters on free-threaded builds.
 
     >>> from ferrule import TaskPool
     >>> with TaskPool(2) as pool:
@@ -967,26 +970,45 @@ class TaskPoolStats:
 
 @final
 class TaskCounters:
-    """Internal: the lock-free counters a ``TaskPool`` keeps (atomics).
+    """Internal: the lock-free counters and the admission rule of a ``TaskPool``
+    (atomics): at most ``limit`` tasks outstanding (admitted, not yet finished,
+    cancelled or withdrawn).
 
-    >>> c = TaskCounters()
-    >>> c.submit(); c.start(); c.finish(True)
-    >>> c.snapshot(0).completed
-    1
+    >>> c = TaskCounters(2)
+    >>> c.admit(0), c.admit(0), c.admit(0)
+    (0, 0, 1)
+    >>> c.start(); c.finish(True)
+    >>> c.admit(0), c.outstanding, c.snapshot(0).completed
+    (0, 2, 1)
     """
 
-    def __new__(cls) -> TaskCounters: ...
-    def submit(self) -> None:
-        """A task is about to be queued."""
-    def withdraw(self, rejected: bool) -> None:
-        """The announced task was not queued (``rejected``: the queue was full)."""
+    def __new__(cls, limit: int | None = None) -> TaskCounters:
+        """``limit`` >= 1 (up to ``2**63 - 1``, the default)."""
+    def admit(self, timeout: float | None = None) -> int:
+        """Admit a task if fewer than ``limit`` are outstanding, waiting up to
+        ``timeout`` seconds for room (``None``: no limit; GIL released, interruptible):
+        0 admitted (counted as submitted), 1 no room, 2 closed. A refusal counts nothing."""
+    def reject(self) -> None:
+        """A submit was refused for lack of room."""
+    def withdraw(self) -> None:
+        """The admitted task was not queued after all (its room is given back)."""
     def start(self) -> None: ...
     def finish(self, ok: bool) -> None: ...
     def cancel(self) -> None:
         """A queued task was cancelled before it started."""
+    def close(self) -> None:
+        """Wake every waiting ``admit`` (it returns 2) and make later waits return at once."""
+    @property
+    def closed(self) -> bool: ...
+    @property
+    def limit(self) -> int: ...
+    @property
+    def waiting(self) -> int:
+        """Submitters waiting for room now."""
     @property
     def outstanding(self) -> int:
-        """Tasks submitted and not yet finished or cancelled."""
+        """Tasks admitted and not yet finished, cancelled or withdrawn (queued, in
+        transit, running): exact, at most ``limit``."""
     def snapshot(self, queued: int) -> TaskPoolStats: ...
 
 def _run_worker(queue: WorkQueue[Any], counters: TaskCounters) -> None:

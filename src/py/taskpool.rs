@@ -3,7 +3,9 @@
 //!
 //! The counters are a thin wrapper around `core::taskpool::TaskCounters` (atomics, no
 //! lock; its module documentation says why `started == completed + failed + active` is
-//! exact in a snapshot). The pool's tasks wait in a `WorkQueue` (`crate::py::queue`);
+//! exact in a snapshot, and how admission keeps `outstanding <= limit` without a lock).
+//! `admit` waits for room like every other wait: detached in slices, with a signal
+//! check between them. The pool's tasks wait in a `WorkQueue` (`crate::py::queue`);
 //! each worker thread runs `_run_worker`, whose blocking get is the queue's (detached
 //! while it waits, interruptible) and which calls each task, and its future's methods,
 //! through `wait::call`, so a task running while the interpreter exits parks its thread
@@ -15,34 +17,75 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 
 use crate::core::queue::GetError;
+use crate::core::taskpool::Admission;
+use crate::core::wait::slice_until;
+use crate::py::args;
 use crate::py::queue::WorkQueue;
 use crate::py::wait;
 
-/// The counters of a `TaskPool`: the pool's Python layer and `_run_worker` report each
-/// step of a task's life here.
+/// The counters and the admission rule of a `TaskPool`: the pool's Python layer and
+/// `_run_worker` report each step of a task's life here.
 #[pyclass(frozen, module = "ferrule._native", name = "TaskCounters")]
 pub struct TaskCounters {
     inner: crate::core::taskpool::TaskCounters,
 }
 
+/// `admit`'s answers (the pool's Python layer names them).
+const ADMITTED: u8 = 0;
+const NO_ROOM: u8 = 1;
+const CLOSED: u8 = 2;
+
 #[pymethods]
 impl TaskCounters {
     #[new]
-    fn new() -> Self {
-        Self {
-            inner: crate::core::taskpool::TaskCounters::new(),
+    #[pyo3(signature = (limit = None))]
+    fn new(limit: Option<&Bound<'_, PyAny>>) -> PyResult<Self> {
+        // Up to 2**63 - 1, the largest `WorkQueue` the pool can size to match.
+        let limit = match limit {
+            None => i64::MAX,
+            Some(l) => args::int_at_least(l, "limit", 1)?,
+        }
+        .unsigned_abs();
+        Ok(Self {
+            inner: crate::core::taskpool::TaskCounters::new(limit),
+        })
+    }
+
+    /// Admit a task if fewer than `limit` are outstanding, waiting up to `timeout`
+    /// seconds for room (`None`: no limit; detached, interruptible): 0 admitted (counted
+    /// as submitted), 1 no room, 2 closed (no wait ends otherwise once `close` ran).
+    /// Counts nothing when it refuses.
+    #[pyo3(signature = (timeout = None))]
+    fn admit(&self, py: Python<'_>, timeout: Option<&Bound<'_, PyAny>>) -> PyResult<u8> {
+        let c = &self.inner;
+        if c.try_admit() {
+            return Ok(ADMITTED);
+        }
+        if c.is_closed() {
+            return Ok(CLOSED);
+        }
+        let deadline = crate::core::wait::deadline(args::opt_timeout(timeout, "timeout")?);
+        let guard = c.enter_wait();
+        loop {
+            let Some(slice) = slice_until(deadline) else {
+                return Ok(NO_ROOM);
+            };
+            match wait::detach(py, || c.admit_or_sleep(&guard, slice)) {
+                Admission::Admitted => return Ok(ADMITTED),
+                Admission::Closed => return Ok(CLOSED),
+                Admission::NoRoom => py.check_signals()?,
+            }
         }
     }
 
-    /// A task is about to be queued.
-    fn submit(&self) {
-        self.inner.submit();
+    /// A submit was refused for lack of room.
+    fn reject(&self) {
+        self.inner.reject();
     }
 
-    /// The task announced by `submit` was not queued: `rejected=True` for a full queue.
-    #[pyo3(signature = (rejected))]
-    fn withdraw(&self, rejected: bool) {
-        self.inner.withdraw(rejected);
+    /// The admitted task was not queued after all (its room is given back).
+    fn withdraw(&self) {
+        self.inner.withdraw();
     }
 
     fn start(&self) {
@@ -59,9 +102,31 @@ impl TaskCounters {
         self.inner.cancel();
     }
 
-    /// Tasks submitted and not yet finished or cancelled (queued, in transit, running).
+    /// Wake every waiting `admit` (it returns 2) and make later waits return at once.
+    fn close(&self) {
+        self.inner.close();
+    }
+
     #[getter]
-    fn outstanding(&self) -> i64 {
+    fn closed(&self) -> bool {
+        self.inner.is_closed()
+    }
+
+    /// Submitters waiting for room now.
+    #[getter]
+    fn waiting(&self) -> usize {
+        self.inner.waiting()
+    }
+
+    #[getter]
+    fn limit(&self) -> u64 {
+        self.inner.limit()
+    }
+
+    /// Tasks admitted and not yet finished, cancelled or withdrawn (queued, in transit,
+    /// running): exact, at most `limit`.
+    #[getter]
+    fn outstanding(&self) -> u64 {
         self.inner.outstanding()
     }
 
