@@ -82,6 +82,11 @@ class DictRegistry:
         with self._lock:
             return len(self._by_cap.get(capability, ()))
 
+    def ids_where_eq(self, key: str, value: Any) -> list[str]:
+        """`ids(where=[(key, "eq", value)])` for a top-level scalar: a scan under the lock."""
+        with self._lock:
+            return [a for a, e in self._entries.items() if e[4].get(key) == value]
+
 
 IMPLS: dict[str, Callable[[], Any]] = {"ferrule": Registry, "dict+Lock": DictRegistry}
 
@@ -157,3 +162,49 @@ def test_unregister_cost_by_size(benchmark: Any, impl: str, size: int) -> None:
         return (aid,), {}
 
     benchmark.pedantic(reg.unregister, setup=setup, rounds=3_000, iterations=1)
+
+
+REGIONS = 50
+WHERE_SIZE = 100_000
+
+
+@pytest.fixture(scope="module")
+def by_region() -> dict[str, Any]:
+    """100k agents in 50 regions (2k each), each registry filled alike."""
+    rng = random.Random(SEED)
+    regions = [rng.randrange(REGIONS) for _ in range(WHERE_SIZE)]
+    out: dict[str, Any] = {
+        "ferrule indexed": Registry(indexes=["region"]),
+        "ferrule scan": Registry(),
+        "dict+Lock scan": DictRegistry(),
+    }
+    for reg in out.values():
+        for i, r in enumerate(regions):
+            reg.register(f"agent-{i}", i, metadata={"region": f"r{r}", "load": i % 10})
+    return out
+
+
+@pytest.mark.parametrize("impl", ["ferrule indexed", "ferrule scan", "dict+Lock scan"])
+def test_ids_where_eq(benchmark: Any, by_region: dict[str, Any], impl: str) -> None:
+    benchmark.group = f"registry ids(where region eq) (~2k hits of {WHERE_SIZE // 1000}k)"
+    reg = by_region[impl]
+    if impl.startswith("dict"):
+        result = benchmark(reg.ids_where_eq, "region", "r7")
+    else:
+        result = benchmark(reg.ids, where=[("region", "eq", "r7")])
+    assert sorted(result) == sorted(by_region["ferrule scan"].ids(where=[("region", "eq", "r7")]))
+
+
+@pytest.mark.parametrize("impl", ["ferrule indexed", "ferrule scan"])
+def test_register_unregister_with_metadata(
+    benchmark: Any, by_region: dict[str, Any], impl: str
+) -> None:
+    benchmark.group = "registry register+unregister (metadata; a declared index or none)"
+    reg = by_region[impl]
+    meta = {"region": "r1", "load": 3}
+
+    def op() -> None:
+        reg.register("new-agent", 1, metadata=meta)
+        reg.unregister("new-agent")
+
+    benchmark(op)

@@ -1010,3 +1010,163 @@ def test_an_exception_from_the_arguments_own_iter_propagates() -> None:
     with pytest.raises(TypeError, match="capabilities must be an iterable of str"):
         reg.register("c", capabilities=5)  # type: ignore[arg-type]
     assert reg.ids() == ["b"]
+
+
+# ---- declared indexes -----------------------------------------------------------------
+
+
+class _Loose:
+    """A metadata value only Python can compare: equal to whatever it was made with."""
+
+    def __init__(self, v: object) -> None:
+        self.v = v
+
+    def __eq__(self, other: object) -> bool:
+        return bool(other == self.v)
+
+    def __hash__(self) -> int:
+        return hash(self.v)
+
+
+class _Dict(dict):  # type: ignore[type-arg]
+    """A dict subclass: the core leaves it to Python, which looks into it like a dict."""
+
+
+def test_indexes_are_declared_once_and_listed_in_order() -> None:
+    assert Registry().indexes == ()
+    assert Registry(indexes=None).indexes == ()  # type: ignore[arg-type]
+    reg = Registry(indexes=(p for p in ["region", "resource.kind"]))
+    assert reg.indexes == ("region", "resource.kind")
+    assert reg._declared_index_sizes() == {"region": (0, 0), "resource.kind": (0, 0)}
+
+
+def test_bad_indexes() -> None:
+    with pytest.raises(TypeError, match="indexes must be an iterable of str paths, not a str"):
+        Registry(indexes="region")
+    with pytest.raises(TypeError, match="indexes must be an iterable of str paths, not 'int'"):
+        Registry(indexes=3)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="indexes must contain only str paths, not 'bytes'"):
+        Registry(indexes=["a", b"b"])  # type: ignore[list-item]
+    for bad in ["", ".", "a.", ".a", "a..b"]:
+        with pytest.raises(ValueError, match="indexes must hold dotted paths without empty"):
+            Registry(indexes=[bad])
+    with pytest.raises(ValueError, match=r"indexes lists 'a\.b' twice"):
+        Registry(indexes=["a.b", "c", "a.b"])
+    Registry(indexes=[f"p{i}" for i in range(32)])
+    with pytest.raises(ValueError, match="indexes must hold at most 32 paths"):
+        Registry(indexes=[f"p{i}" for i in range(33)])
+
+
+def test_an_indexed_where_finds_what_a_scan_finds() -> None:
+    paths = ["region", "resource.kind"]
+    metas: list[dict[str, Any]] = [
+        {"region": "eu", "resource": {"kind": "gpu"}},
+        {"region": ["us", "eu"], "resource": {"kind": ["cpu", "gpu"]}},
+        {"region": ("ap", 1), "resource": {"kind": "cpu"}},
+        {"region": 1.0},
+        {"region": True},
+        {"region": 2**70},  # beyond 64 bits: Python compares it
+        {"region": 2.0**70},
+        {"region": float("nan")},
+        {"region": None},
+        {"region": {"eu": 1}},
+        {"region": _Loose("eu")},
+        {"region": [_Loose(1)]},
+        {"resource": "gpu"},
+        {"resource": _Dict(kind="gpu")},  # a dict subclass in the way: Python looks in
+        {"resource": {"kind": {"gpu": True}}},
+        {},
+    ]
+    indexed, plain = Registry(indexes=paths), Registry()
+    for reg in (indexed, plain):
+        for i, m in enumerate(metas):
+            reg.register(f"a{i}", metadata=m)
+    queries: list[tuple[str, str, Any]] = [
+        ("region", "eq", "eu"),
+        ("region", "eq", 1),
+        ("region", "eq", 1.0),
+        ("region", "eq", True),
+        ("region", "eq", 2**70),
+        ("region", "eq", 2.0**70),
+        ("region", "eq", None),
+        ("region", "eq", float("nan")),
+        ("region", "eq", ("ap", 1)),
+        ("region", "in", ["eu", "ap"]),
+        ("region", "in", {1, None}),
+        ("region", "in", []),
+        ("region", "ne", "eu"),
+        ("region", "not_in", ["eu"]),
+        ("resource.kind", "eq", "gpu"),
+        ("resource.kind", "in", ("cpu",)),
+    ]
+    for q in queries:
+        want = sorted(plain.ids(where=[q]))
+        assert sorted(indexed.ids(where=[q])) == want, q
+        assert indexed.count(where=[q]) == len(want), q
+    assert sorted(indexed.ids(where=[("region", "eq", "eu")])) == ["a0", "a1", "a10"]
+    assert sorted(indexed.ids(where=[("region", "eq", 1)])) == ["a11", "a2", "a3", "a4"]
+    assert sorted(indexed.ids(where=[("region", "eq", 2.0**70)])) == ["a5", "a6"]
+    assert sorted(indexed.ids(where=[("resource.kind", "eq", "gpu")])) == ["a0", "a1", "a13"]
+
+
+def test_declared_index_rows_follow_every_change_and_removal() -> None:
+    clock = ManualClock()
+    reg = Registry(clock=clock, indexes=["region"])
+
+    def sizes() -> tuple[int, int]:
+        return reg._declared_index_sizes()["region"]
+
+    reg.register("a", metadata={"region": "eu"})
+    reg.register("b", metadata={"region": ["eu", "us"]})
+    assert sizes() == (2, 3)
+    reg.update("a", metadata={"region": "ap"})
+    assert reg.ids(where=[("region", "eq", "eu")]) == ["b"]
+    reg.update("a", health="degraded")  # the metadata stays: so do its rows
+    assert reg.ids(where=[("region", "eq", "ap")]) == ["a"]
+    reg.update("b", metadata=None)
+    assert reg.ids(where=[("region", "in", ["eu", "us"])]) == []
+    assert sizes() == (1, 1)
+    assert reg.unregister("a") and sizes() == (0, 0)
+
+    # A refused registration leaves no row.
+    with pytest.raises(AlreadyRegistered):
+        reg.register("b", metadata={"region": "eu"})
+    assert sizes() == (0, 0)
+
+    # Owner death, a finished thread owner, lease expiry.
+    o = Owner()
+    reg.register("o", owner=o, metadata={"region": "eu"})
+    go = threading.Event()
+    t = threading.Thread(target=go.wait)
+    t.start()
+    reg.register("t", owner=t, metadata={"region": "eu"})
+    reg.register("l", ttl=1.0, metadata={"region": "eu"})
+    assert sorted(reg.ids(where=[("region", "eq", "eu")])) == ["l", "o", "t"]
+    del o
+    gc.collect()
+    go.set()
+    t.join()
+    clock.advance(1.0)
+    assert reg.ids(where=[("region", "eq", "eu")]) == []
+    assert reg.expire() == 1  # the lease (the query dropped the finished thread's entry)
+    assert sizes() == (0, 0)
+
+    # Re-registering an expired id replaces its rows.
+    reg.register("l", ttl=1.0, metadata={"region": "eu"})
+    clock.advance(2.0)
+    reg.register("l", metadata={"region": "us"})
+    assert reg.ids(where=[("region", "eq", "us")]) == ["l"]
+    assert sizes() == (1, 1)
+
+
+def test_declared_index_memory_tracks_live_values_only() -> None:
+    reg = Registry(indexes=["k", "deep.k"])
+    for i in range(2_000):
+        reg.register(f"a{i % 50}", metadata={"k": i, "deep": {"k": [f"v{i}", i]}})
+        reg.update(f"a{i % 50}", metadata={"k": -i})
+        reg.unregister(f"a{(i + 25) % 50}")
+    live = len(reg)
+    assert reg._declared_index_sizes()["k"] == (live, live)
+    for a in reg.ids():
+        reg.unregister(a)
+    assert reg._declared_index_sizes() == {"k": (0, 0), "deep.k": (0, 0)}

@@ -3,7 +3,8 @@
 Each case mixes what the core decides under its guards (indexes, plain metadata) with what
 only Python can judge (an opaque metadata value, a callable ``where``, a thread owner that
 has finished), with and without a limit, and over more agents than the size at which a
-query releases the GIL.
+query releases the GIL. Declared indexes change where a query starts, never its answer:
+a property test runs the same writes and queries on a registry with them and one without.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from ferrule import Registry
+from ferrule import AlreadyRegistered, Registry
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 
 class Opaque:
@@ -167,3 +170,104 @@ def test_bad_criteria_are_refused_alike() -> None:
             call(where=3)
         with pytest.raises(ValueError, match="where op must be one of"):
             call(where=[("a", "like", 1)])
+
+
+# ---- declared indexes change nothing but speed ------------------------------------------
+
+
+class _Num:
+    """A hashable value only Python can compare: equal to the number it was made with."""
+
+    def __init__(self, v: int) -> None:
+        self.v = v
+
+    def __eq__(self, other: object) -> bool:
+        return bool(other == self.v)
+
+    def __hash__(self) -> int:
+        return hash(self.v)
+
+    def __repr__(self) -> str:
+        return f"_Num({self.v})"
+
+
+SHARED_NAN = float("nan")
+# A small pool, so that values collide often; equal across types (1, 1.0, True; 0, -0.0,
+# False), at the 64-bit edges and beyond (Python compares those), and a NaN.
+KEYED = st.sampled_from(
+    [
+        *(0, 1, 2**63 - 1, -(2**63), 2**63, 2**70),
+        *(-0.0, 1.0, 0.5, 2.0**63, 2.0**70, float("inf"), SHARED_NAN),
+        *(True, False, None, "eu", "us", ""),
+    ]
+)
+ITEM = st.one_of(KEYED, KEYED, KEYED, st.sampled_from([0, 1, 2**70]).map(_Num))
+VALUE = st.one_of(
+    ITEM,
+    ITEM,
+    st.lists(ITEM, max_size=3),
+    st.lists(ITEM, max_size=3).map(tuple),
+    st.dictionaries(st.sampled_from(["k", "eu"]), KEYED, max_size=2),
+)
+META = st.one_of(
+    st.none(),
+    st.fixed_dictionaries(
+        {"k": VALUE},
+        optional={
+            "d": st.one_of(st.fixed_dictionaries({"k": VALUE}), VALUE),
+            "o": VALUE,
+        },
+    ),
+)
+AGENT_IDS = st.sampled_from([f"a{i}" for i in range(6)])
+WRITES = st.lists(
+    st.tuples(st.sampled_from(["register", "register", "update", "unregister"]), AGENT_IDS, META),
+    max_size=25,
+)
+COLLECTION = st.tuples(
+    st.lists(ITEM, max_size=3), st.sampled_from([list, tuple, set, frozenset])
+).map(lambda t: t[1](t[0]))
+CONDITION = st.one_of(
+    st.tuples(st.sampled_from(["k", "d.k", "o"]), st.sampled_from(["eq", "ne", "lt"]), ITEM),
+    st.tuples(st.sampled_from(["k", "d.k", "o"]), st.sampled_from(["eq", "ne"]), VALUE),
+    st.tuples(st.sampled_from(["k", "d.k", "o"]), st.sampled_from(["in", "not_in"]), COLLECTION),
+)
+
+
+def _write(reg: Registry, op: str, aid: str, meta: dict[str, Any] | None) -> None:
+    try:
+        if op == "register":
+            reg.register(aid, metadata=meta)
+        elif op == "update":
+            reg.update(aid, metadata=meta)
+        else:
+            reg.unregister(aid)
+    except (AlreadyRegistered, KeyError):
+        pass
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    first=st.lists(META, min_size=6, max_size=6),
+    writes=WRITES,
+    queries=st.lists(st.lists(CONDITION, min_size=1, max_size=2), min_size=1, max_size=6),
+    limit=st.integers(0, 3),
+)
+def test_declared_indexes_never_change_an_answer(
+    first: list[dict[str, Any] | None],
+    writes: list[tuple[str, str, dict[str, Any] | None]],
+    queries: list[list[tuple[str, str, Any]]],
+    limit: int,
+) -> None:
+    indexed, plain = Registry(indexes=["k", "d.k"]), Registry()
+    for op, aid, meta in [("register", f"a{i}", m) for i, m in enumerate(first)] + writes:
+        _write(indexed, op, aid, meta)
+        _write(plain, op, aid, meta)
+    for where in queries:
+        want = sorted(plain.ids(where=where))
+        assert sorted(indexed.ids(where=where)) == want, where
+        assert indexed.count(where=where) == len(want), where
+        assert len(indexed.find(where=where, limit=limit)) == min(limit, len(want)), where
+    for aid in indexed.ids():
+        indexed.unregister(aid)
+    assert indexed._declared_index_sizes() == {"k": (0, 0), "d.k": (0, 0)}

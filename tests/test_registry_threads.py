@@ -378,3 +378,79 @@ def test_arguments_changed_by_other_threads_are_read_as_one_snapshot(
     assert by_row == total
     for a in reg.find():
         assert len(a.capabilities & {"x0", "x1"}) == 1
+
+
+def test_indexed_where_only_returns_agents_that_matched_when_read(
+    threads: int, stress_scale: int
+) -> None:
+    regions = ["eu", "us", "ap"]
+    reg = Registry(indexes=["region", "hw.kind"])
+    writers = max(2, threads // 2)
+    readers = max(2, threads - writers)
+    rounds = 1500 * stress_scale
+    stop = threading.Event()
+    errors: list[str] = []
+    barrier = threading.Barrier(writers + readers)
+
+    def metadata(rng: random.Random) -> dict[str, Any]:
+        # A scalar, a list (its items are indexed too), or an equal number of another type.
+        region: Any = rng.choice([*regions, regions[:2], 1, 1.0, True])
+        return {"region": region, "hw": {"kind": rng.choice(["gpu", "cpu"])}}
+
+    def writer(w: int) -> None:
+        rng = random.Random(w)
+        barrier.wait()
+        for _ in range(rounds):
+            aid = f"a{rng.randrange(40)}"  # shared between writers: writes to one id race
+            op = rng.random()
+            try:
+                if op < 0.3:
+                    reg.register(aid, metadata=metadata(rng))
+                elif op < 0.8:
+                    reg.update(aid, metadata=metadata(rng))
+                else:
+                    reg.unregister(aid)
+            except (AlreadyRegistered, KeyError):
+                pass
+
+    def matches(v: Any, q: Any) -> bool:
+        return bool(v == q) or (isinstance(v, list) and q in v)
+
+    def reader(r: int) -> None:
+        rng = random.Random(1000 + r)
+        barrier.wait()
+        while not stop.is_set():
+            q = rng.choice([*regions, 1])
+            for a in reg.find(where=[("region", "eq", q)]):
+                if not matches(a.metadata["region"], q):
+                    errors.append(f"{a} does not have region {q!r}")
+            allowed = rng.sample(regions, 2)
+            for a in reg.find(where=[("region", "in", allowed), ("hw.kind", "eq", "gpu")]):
+                v = a.metadata["region"]
+                ok = any(matches(v, x) for x in allowed) and a.metadata["hw"]["kind"] == "gpu"
+                if not ok:
+                    errors.append(f"{a} is not in {allowed} on a gpu")
+
+    ws = [threading.Thread(target=writer, args=(i,)) for i in range(writers)]
+    rs = [threading.Thread(target=reader, args=(i,)) for i in range(readers)]
+    for t in ws + rs:
+        t.start()
+    for t in ws:
+        t.join()
+    stop.set()
+    for t in rs:
+        t.join()
+    assert errors == []
+
+    # At rest, each indexed query equals the same query without the index.
+    agents = reg.find()
+    plain = Registry()
+    for a in agents:
+        plain.register(a.agent_id, metadata=dict(a.metadata))
+    for q in [*regions, 1, True, 1.5]:
+        assert sorted(reg.ids(where=[("region", "eq", q)])) == sorted(
+            plain.ids(where=[("region", "eq", q)])
+        )
+    for a in agents:
+        assert reg.unregister(a.agent_id)
+    assert reg._declared_index_sizes() == {"region": (0, 0), "hw.kind": (0, 0)}

@@ -434,12 +434,40 @@ class Registry:
     ('worker-2', False, 2)
     """
 
-    def __new__(cls, *, clock: ManualClock | None = None, max_batch: int = 10000) -> Registry:
+    def __new__(
+        cls,
+        *,
+        clock: ManualClock | None = None,
+        max_batch: int = 10000,
+        indexes: Iterable[str] = (),
+    ) -> Registry:
         """``clock`` governs leases (None: monotonic time); ``max_batch`` (>= 1) bounds
-        ``register_many``."""
+        ``register_many``; ``indexes`` declares secondary indexes on metadata paths.
+
+        ``indexes`` is an iterable of distinct dotted paths into nested metadata dicts
+        (at most 32; a bare str, a non-str item, an empty segment or a repeated path
+        raises TypeError or ValueError). A ``where`` condition ``eq`` or ``in`` on a
+        declared path then reads that index instead of scanning every agent, with the
+        same results: each candidate is still checked against its entry. Indexed values
+        are None, bool, int, float and str (and the items of a list or tuple there, which
+        ``eq`` and ``in`` also match), filed by Python's equality (``1 == 1.0 == True``);
+        an entry whose value there only Python can compare is always a candidate, and a
+        condition whose value is not one of these types (or is a NaN) scans as before.
+
+        >>> reg = Registry(indexes=["region", "resource.kind"])
+        >>> reg.register("a", metadata={"region": "eu", "resource": {"kind": "gpu"}})
+        >>> reg.register("b", metadata={"region": ["eu", "us"]})
+        >>> sorted(reg.ids(where=[("region", "eq", "eu")]))
+        ['a', 'b']
+        >>> reg.ids(where=[("resource.kind", "in", ["gpu", "tpu"])]), reg.indexes
+        (['a'], ('region', 'resource.kind'))
+        """
 
     @property
     def max_batch(self) -> int: ...
+    @property
+    def indexes(self) -> tuple[str, ...]:
+        """The metadata paths with a declared index, in the order given."""
     def register(
         self,
         agent_id: str,
@@ -541,7 +569,9 @@ class Registry:
     ) -> list[Agent]:
         """Agents matching every given criterion (in no particular order).
 
-        ``where`` filters last: a callable on :class:`Agent`, or a list of
+        ``where`` filters last (but for an ``eq`` or ``in`` triple on a path declared in
+        ``indexes``, which is served from that index when it is the smallest candidate
+        set): a callable on :class:`Agent`, or a list of
         ``(path, op, value)`` triples over ``metadata`` (dotted path into nested dicts;
         op one of ``eq ne gt gte lt lte in not_in``; ``eq`` and ``in`` also match an
         element of a list value; a missing path never matches, and a comparison Python

@@ -1,5 +1,6 @@
 //! The agent registry: a concurrent map from agent id to an immutable entry, with
-//! secondary indexes (capability, node, health), leases and metadata queries.
+//! secondary indexes (capability, node, health, and any declared on metadata paths),
+//! leases and metadata queries.
 //!
 //! # Structure
 //! - `entries`: id -> `Arc<Entry>` in sharded `RwLock<HashTable>`s (`Entries`, no
@@ -8,6 +9,8 @@
 //!   new `Arc<Entry>` and swaps it in.
 //! - Three indexes, each a `DashMap<value, HashMap<id, count>>` (capability is
 //!   multi-valued). An empty set is removed, so index keys track live values only.
+//! - Declared indexes (fixed at construction, none by default), one per metadata path,
+//!   built the same way on encoded keys ([`push_key`]); see below.
 //! - Lease deadlines: a few `Mutex<BinaryHeap>` shards (chosen by registration token),
 //!   one item per leased registration, for amortised reclamation on writes.
 //!
@@ -28,6 +31,23 @@
 //! the entry's shard lock) takes that version's rows back. Concurrent writers of one id
 //! therefore never delete each other's rows, and at rest each index holds exactly what
 //! the entries say. Updates only touch rows that differ between the two versions.
+//!
+//! # Declared indexes
+//! An index declared on a metadata path files each entry under the keys of the value
+//! there ([`entry_keys`]): a scalar's key, or each item's of a list or tuple, since `eq`
+//! and `in` also match an item. Keys follow Python's `==` exactly for None, bool, int,
+//! float and str ([`push_key`]: `1`, `1.0` and `True` are one key, NaN has none). An
+//! entry whose value there is opaque (only the host can compare it) is filed under one
+//! more key, the host's, which every indexed query also reads. An `eq` or `in`
+//! condition whose values all have keys ([`cond_keys`]) can then only match entries
+//! filed under those keys or the host's: the plan may start from them, and checks
+//! every candidate against its entry as for any index. A value with no key and no
+//! opaque part (a dict, a NaN) is filed nowhere, as it can equal no keyed value.
+//!
+//! The rows of a version are a function of its metadata tree, so the writes' protocol
+//! above holds unchanged: they are added and removed at the same steps as the other
+//! rows, and an update whose metadata is the same `Arc` touches none. Without declared
+//! indexes every write and query skips this part after one length test.
 //!
 //! # Locks
 //! No shard guard is held across another access to the same map (shard locks are not
@@ -63,7 +83,7 @@
 use std::cmp::{Ordering as CmpOrdering, Reverse};
 use std::collections::{BinaryHeap, VecDeque};
 use std::fmt;
-use std::hash::BuildHasher;
+use std::hash::{BuildHasher, Hash};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -587,15 +607,16 @@ impl std::error::Error for RegistryError {}
 /// value -> {id: number of in-flight or published versions with this row}, split into
 /// [`INDEX_PARTS`] parts by id hash so that writers of different ids rarely share a lock
 /// even when they share a value (every agent is "healthy"). All rows of one id live in
-/// one part, so a value's parts never list an id twice.
-struct Index {
-    parts: Box<[Map<Arc<str>, HashMap<Arc<str>, u32>>]>,
+/// one part, so a value's parts never list an id twice. `K` is `str` for the built-in
+/// indexes and `[u8]` (an encoded key: see [`push_key`]) for declared ones.
+struct Index<K: ?Sized> {
+    parts: Box<[Map<Arc<K>, HashMap<Arc<str>, u32>>]>,
     hasher: DefaultHashBuilder,
 }
 
 const INDEX_PARTS: usize = 8;
 
-impl Index {
+impl<K: ?Sized + Hash + Eq> Index<K> {
     fn new(shards: usize) -> Self {
         let per_part = (shards / INDEX_PARTS).next_power_of_two().max(4);
         Self {
@@ -608,20 +629,38 @@ impl Index {
         }
     }
 
-    fn part(&self, id: &str) -> &Map<Arc<str>, HashMap<Arc<str>, u32>> {
+    fn part(&self, id: &str) -> &Map<Arc<K>, HashMap<Arc<str>, u32>> {
         &self.parts[(self.hasher.hash_one(id) as usize) % INDEX_PARTS]
     }
 
     /// Adds a row; returns the index's own copy of `value`, so that entries with this
     /// value share its string (interned: queries compare hot, shared strings).
-    fn add(&self, value: &Arc<str>, id: &Arc<str>) -> Arc<str> {
+    fn add(&self, value: &Arc<K>, id: &Arc<str>) -> Arc<K> {
         let mut set = self.part(id).entry(value.clone()).or_default();
         // At most one per writer of this id in flight, plus one: far below u32::MAX.
         *set.entry(id.clone()).or_insert(0) += 1;
         set.key().clone()
     }
 
-    fn remove(&self, value: &str, id: &str) {
+    /// Adds a row for a borrowed value (copied only when the index lacks it).
+    fn add_borrowed(&self, value: &K, id: &Arc<str>)
+    where
+        Arc<K>: for<'k> From<&'k K>,
+    {
+        let part = self.part(id);
+        if let Some(mut set) = part.get_mut(value) {
+            *set.entry(id.clone()).or_insert(0) += 1;
+            return;
+        }
+        // Absent a moment ago: `entry` settles a race with another writer of the value.
+        *part
+            .entry(Arc::from(value))
+            .or_default()
+            .entry(id.clone())
+            .or_insert(0) += 1;
+    }
+
+    fn remove(&self, value: &K, id: &str) {
         let part = self.part(id);
         let now_empty = match part.get_mut(value) {
             Some(mut set) => {
@@ -643,7 +682,7 @@ impl Index {
         }
     }
 
-    fn size(&self, value: &str) -> usize {
+    fn size(&self, value: &K) -> usize {
         self.parts
             .iter()
             .map(|p| p.get(value).map_or(0, |s| s.len()))
@@ -651,36 +690,50 @@ impl Index {
     }
 
     /// Copies the ids of one value into `buf` (bytes, not reference counts: touching
-    /// every id's count would write to as many shared cache lines).
-    fn ids_into(&self, value: &str, buf: &mut IdBuf) {
+    /// every id's count would write to as many shared cache lines); returns how many.
+    fn ids_into(&self, value: &K, buf: &mut IdBuf) -> usize {
+        let mut n = 0;
         for p in &*self.parts {
             if let Some(s) = p.get(value) {
                 buf.reserve(s.len(), s.keys().map(|k| k.len()).sum());
                 for k in s.keys() {
                     buf.push(k);
                 }
+                n += s.len();
             }
         }
+        n
     }
 
     /// Distinct values held.
     fn keys(&self) -> usize {
-        let mut seen: hashbrown::HashSet<Arc<str>> = hashbrown::HashSet::new();
+        let mut seen: hashbrown::HashSet<Arc<K>> = hashbrown::HashSet::new();
         for p in &*self.parts {
             seen.extend(p.iter().map(|r| r.key().clone()));
         }
         seen.len()
     }
 
+    /// Rows held (ids summed over values).
+    fn rows(&self) -> usize {
+        self.parts
+            .iter()
+            .map(|p| p.iter().map(|r| r.value().len()).sum::<usize>())
+            .sum()
+    }
+
     #[cfg(test)]
     fn snapshot(
         &self,
-    ) -> std::collections::BTreeMap<String, std::collections::BTreeMap<String, u32>> {
-        let mut out: std::collections::BTreeMap<String, std::collections::BTreeMap<String, u32>> =
+    ) -> std::collections::BTreeMap<Arc<K>, std::collections::BTreeMap<String, u32>>
+    where
+        K: Ord,
+    {
+        let mut out: std::collections::BTreeMap<Arc<K>, std::collections::BTreeMap<String, u32>> =
             std::collections::BTreeMap::new();
         for p in &*self.parts {
             for r in p {
-                let e = out.entry(r.key().to_string()).or_default();
+                let e = out.entry(r.key().clone()).or_default();
                 for (k, v) in r.value() {
                     assert!(e.insert(k.to_string(), *v).is_none(), "id in two parts");
                 }
@@ -720,6 +773,123 @@ impl IdBuf {
     }
 }
 
+// ---- declared indexes -----------------------------------------------------------------
+
+/// Declared indexes one registry holds at most.
+pub const MAX_INDEXES: usize = 32;
+
+// Key encodings: a tag byte, then the payload.
+const K_NULL: u8 = 0;
+/// bool, int, or a float with an integral value in i64's range: the i64, big-endian.
+const K_INT: u8 = 1;
+/// Any other float but NaN: its bits, big-endian.
+const K_FLOAT: u8 = 2;
+/// A str: its UTF-8 bytes.
+const K_STR: u8 = 3;
+/// The entries only the host can compare at the path (see [`entry_keys`]).
+const K_HOST: &[u8] = &[4];
+
+/// Encoded keys of a declared index, in one buffer.
+#[derive(Default)]
+struct KeyBuf {
+    bytes: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl KeyBuf {
+    fn push(&mut self, tag: u8, payload: &[u8]) {
+        self.bytes.push(tag);
+        self.bytes.extend_from_slice(payload);
+        self.ends.push(self.bytes.len());
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        let mut start = 0;
+        self.ends.iter().map(move |&end| {
+            // `ends` only grows and each end closes one pushed key: always in bounds.
+            let k = self.bytes.get(start..end).unwrap_or_default();
+            start = end;
+            k
+        })
+    }
+
+    /// The keys, sorted and free of duplicates (a list value `[1, 1.0, True]` has one).
+    fn sorted(&self) -> Vec<&[u8]> {
+        let mut v: Vec<&[u8]> = self.iter().collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+}
+
+/// Appends the key of `v` to `buf`, if it has one: None, bool, int, float (not NaN) and
+/// str do; containers, NaN and opaque values do not. Two values have the same key exactly
+/// when Python's `==` says they are equal: a bool is the int it equals, a float with an
+/// integral value in i64's range is that int (`1 == 1.0 == True`, `-0.0 == 0`), and
+/// every other float is its own bits (no int in i64's range equals it: see
+/// [`cmp_int_float`]; an int beyond 64 bits is opaque, never a key).
+fn push_key(v: &Value, buf: &mut KeyBuf) -> bool {
+    match v {
+        Value::Null => buf.push(K_NULL, &[]),
+        Value::Bool(b) => buf.push(K_INT, &i64::from(*b).to_be_bytes()),
+        Value::Int(i) => buf.push(K_INT, &i.to_be_bytes()),
+        Value::Float(f) if f.is_nan() => return false,
+        Value::Float(f) => {
+            // The range test of `cmp_int_float`: in it, the integer part is exact.
+            if (-TWO_POW_63..TWO_POW_63).contains(f) && f.fract() == 0.0 {
+                buf.push(K_INT, &(*f as i64).to_be_bytes());
+            } else {
+                buf.push(K_FLOAT, &f.to_bits().to_be_bytes());
+            }
+        }
+        Value::Str(s) => buf.push(K_STR, s.as_bytes()),
+        Value::Seq(..) | Value::Map(_) | Value::Opaque => return false,
+    }
+    true
+}
+
+/// The keys under which an entry with metadata `tree` is filed in the index on `path`:
+/// the value's key, or for a list or tuple each item's (`eq` and `in` also match an item);
+/// [`K_HOST`] when the value or an item is opaque or an opaque value is in the way (only
+/// the host can compare those). A value with no key and no opaque part (a dict, a NaN,
+/// a nested list) is filed nowhere: it can equal no value that has a key.
+fn entry_keys(tree: &Value, path: &[Box<str>], buf: &mut KeyBuf) {
+    match at_path(tree, path) {
+        Err(()) | Ok(Some(Value::Opaque)) => buf.push(K_HOST[0], &[]),
+        Ok(None) => {}
+        Ok(Some(v)) => {
+            if let Value::Seq(items, _) = v {
+                for x in items {
+                    if matches!(x, Value::Opaque) {
+                        buf.push(K_HOST[0], &[]);
+                    } else {
+                        push_key(x, buf);
+                    }
+                }
+            } else {
+                push_key(v, buf);
+            }
+        }
+    }
+}
+
+/// The keys a condition can only match under, if it can use a declared index: `eq`
+/// with a value that has a key, or `in` with values that all have one (sorted, free of
+/// duplicates; [`K_HOST`]'s set is read besides).
+fn cond_keys(c: &Cond, buf: &mut KeyBuf) -> bool {
+    match (c.op, &c.value) {
+        (Op::Eq, v) => push_key(v, buf),
+        (Op::In, Value::Seq(items, _)) => items.iter().all(|x| push_key(x, buf)),
+        _ => false,
+    }
+}
+
+/// A secondary index the host declared on a metadata path.
+struct Declared {
+    path: Box<[Box<str>]>,
+    index: Index<[u8]>,
+}
+
 // ---- queries --------------------------------------------------------------------------
 
 /// AND of the given criteria.
@@ -750,6 +920,24 @@ pub struct Found<R, P> {
 pub struct Selected<R, P> {
     pub sure: usize,
     pub deferred: Vec<Hit<R, P>>,
+}
+
+/// Where a query starts (see [`Registry::plan`]), with the size of its candidate set.
+enum Plan<'s, 'a> {
+    Scan,
+    /// One value of a built-in index.
+    Value(&'s Index<str>, &'a str, usize),
+    /// Keys of a declared index (and its host-judged set).
+    Keys(&'s Index<[u8]>, KeyBuf, usize),
+}
+
+impl Plan<'_, '_> {
+    fn size(&self) -> Option<usize> {
+        match self {
+            Self::Scan => None,
+            Self::Value(_, _, n) | Self::Keys(_, _, n) => Some(*n),
+        }
+    }
 }
 
 // ---- leases ---------------------------------------------------------------------------
@@ -921,9 +1109,11 @@ pub struct IndexSizes {
 
 pub struct Registry<R, P> {
     entries: Entries<R, P>,
-    caps: Index,
-    nodes: Index,
-    health: Index,
+    caps: Index<str>,
+    nodes: Index<str>,
+    health: Index<str>,
+    /// Declared on metadata paths, fixed at construction (usually none).
+    declared: Box<[Declared]>,
     leases: Box<[Mutex<LeaseShard>]>,
     /// Set once any entry may carry a deadline; until then reads skip the clock.
     uses_ttl: AtomicBool,
@@ -978,12 +1168,25 @@ fn next_token() -> u64 {
 
 impl<R, P> Registry<R, P> {
     pub fn new(clock: Clock, cpus: usize) -> Self {
+        Self::with_indexes(clock, cpus, &[])
+    }
+
+    /// A registry with secondary indexes on the given dotted metadata paths (the host
+    /// checks them: distinct, at most [`MAX_INDEXES`]).
+    pub fn with_indexes(clock: Clock, cpus: usize, paths: &[&str]) -> Self {
         let shards = (cpus.max(1) * 8).next_power_of_two().max(16);
         Self {
             entries: Entries::new(shards),
             caps: Index::new(shards),
             nodes: Index::new(shards),
             health: Index::new(shards),
+            declared: paths
+                .iter()
+                .map(|p| Declared {
+                    path: p.split('.').map(Box::from).collect(),
+                    index: Index::new(shards),
+                })
+                .collect(),
             leases: (0..LEASE_SHARDS).map(|_| Mutex::default()).collect(),
             uses_ttl: AtomicBool::new(false),
             clock,
@@ -1032,6 +1235,35 @@ impl<R, P> Registry<R, P> {
         (caps.into(), node, health)
     }
 
+    /// Adds (`add`) or removes the declared-index rows of an entry with metadata `a`
+    /// that one with metadata `b` lacks (all of them when `b` is None).
+    fn meta_rows(&self, add: bool, id: &Arc<str>, a: &Value, b: Option<&Value>) {
+        let (mut ka, mut kb) = (KeyBuf::default(), KeyBuf::default());
+        for d in &*self.declared {
+            ka.bytes.clear();
+            ka.ends.clear();
+            entry_keys(a, &d.path, &mut ka);
+            if ka.ends.is_empty() {
+                continue;
+            }
+            kb.bytes.clear();
+            kb.ends.clear();
+            if let Some(b) = b {
+                entry_keys(b, &d.path, &mut kb);
+            }
+            let theirs = kb.sorted();
+            for k in ka.sorted() {
+                if theirs.binary_search(&k).is_err() {
+                    if add {
+                        d.index.add_borrowed(k, id);
+                    } else {
+                        d.index.remove(k, id);
+                    }
+                }
+            }
+        }
+    }
+
     /// Adds the rows `new` has and `old` lacks, interning the new values in `new`.
     fn add_diff(&self, new: &mut Entry<R, P>, old: &Entry<R, P>) {
         let id = &new.id;
@@ -1054,6 +1286,9 @@ impl<R, P> Registry<R, P> {
         if new.health != old.health {
             new.health = self.health.add(&new.health, id);
         }
+        if !self.declared.is_empty() && !Arc::ptr_eq(&new.meta, &old.meta) {
+            self.meta_rows(true, id, &new.meta.tree, Some(&old.meta.tree));
+        }
     }
 
     fn remove_rows(&self, e: &Entry<R, P>) {
@@ -1064,6 +1299,9 @@ impl<R, P> Registry<R, P> {
             self.nodes.remove(n, &e.id);
         }
         self.health.remove(&e.health, &e.id);
+        if !self.declared.is_empty() {
+            self.meta_rows(false, &e.id, &e.meta.tree, None);
+        }
     }
 
     /// Removes the rows `a` has and `b` lacks.
@@ -1081,6 +1319,9 @@ impl<R, P> Registry<R, P> {
         }
         if a.health != b.health {
             self.health.remove(&a.health, id);
+        }
+        if !self.declared.is_empty() && !Arc::ptr_eq(&a.meta, &b.meta) {
+            self.meta_rows(false, id, &a.meta.tree, Some(&b.meta.tree));
         }
     }
 
@@ -1142,6 +1383,9 @@ impl<R, P> Registry<R, P> {
             spec.node.as_ref(),
             &spec.health,
         );
+        if !self.declared.is_empty() {
+            self.meta_rows(true, &spec.id, &spec.meta.tree, None);
+        }
         let e = Arc::new(Entry {
             id: spec.id,
             token: spec.token,
@@ -1405,9 +1649,19 @@ impl<R, P> Registry<R, P> {
         }
     }
 
-    /// The index set a query starts from: `None` for a full scan, else the smallest.
-    fn plan<'s, 'a>(&'s self, q: &Query<'a>) -> Option<(&'s Index, &'a str, usize)> {
-        [
+    /// Distinct keys and rows of each declared index, in declaration order.
+    pub fn declared_sizes(&self) -> Vec<(usize, usize)> {
+        self.declared
+            .iter()
+            .map(|d| (d.index.keys(), d.index.rows()))
+            .collect()
+    }
+
+    /// Where a query starts: the smallest index set among its indexed criteria (a
+    /// capability, node or health value, or the keys of an `eq`/`in` condition on a
+    /// declared path with its host-judged set), or a full scan.
+    fn plan<'s, 'a>(&'s self, q: &Query<'a>) -> Plan<'s, 'a> {
+        let mut best = [
             (&self.caps, q.capability),
             (&self.nodes, q.node),
             (&self.health, q.health),
@@ -1415,12 +1669,30 @@ impl<R, P> Registry<R, P> {
         .into_iter()
         .filter_map(|(idx, v)| v.map(|v| (idx, v, idx.size(v))))
         .min_by_key(|(_, _, n)| *n)
+        .map_or(Plan::Scan, |(idx, v, n)| Plan::Value(idx, v, n));
+        if self.declared.is_empty() || best.size() == Some(0) {
+            return best;
+        }
+        for c in q.conds {
+            let Some(d) = self.declared.iter().find(|d| d.path == c.path) else {
+                continue;
+            };
+            let mut buf = KeyBuf::default();
+            if !cond_keys(c, &mut buf) {
+                continue;
+            }
+            let n =
+                buf.sorted().iter().map(|k| d.index.size(k)).sum::<usize>() + d.index.size(K_HOST);
+            if best.size().is_none_or(|b| n < b) {
+                best = Plan::Keys(&d.index, buf, n);
+            }
+        }
+        best
     }
 
     /// How many entries a query will read (to decide whether to release the GIL).
     pub fn estimate(&self, q: &Query<'_>) -> usize {
-        self.plan(q)
-            .map_or_else(|| self.entries.len(), |(_, _, n)| n)
+        self.plan(q).size().unwrap_or_else(|| self.entries.len())
     }
 
     fn check(e: &Entry<R, P>, q: &Query<'_>, now: i64) -> Tri {
@@ -1450,17 +1722,31 @@ impl<R, P> Registry<R, P> {
             Tri::No => false,
             t => sink(e, t),
         };
+        let mut buf = IdBuf::default();
         match self.plan(q) {
-            Some((idx, v, _)) => {
-                let mut buf = IdBuf::default();
+            Plan::Value(idx, v, _) => {
                 idx.ids_into(v, &mut buf);
-                let stopped = buf
-                    .iter()
-                    .any(|id| self.entries.with(id, &mut visit) == Some(true));
-                stopped
             }
-            None => self.entries.any(visit),
+            Plan::Keys(idx, keys, _) => {
+                // Sets of several keys (and the host's) may share an id: each candidate
+                // is read once.
+                let mut sets = 0;
+                for k in keys.sorted().into_iter().chain([K_HOST]) {
+                    sets += usize::from(idx.ids_into(k, &mut buf) > 0);
+                }
+                if sets > 1 {
+                    let mut seen = hashbrown::HashSet::with_capacity(buf.ends.len());
+                    return buf.iter().any(|id| {
+                        seen.insert(id) && self.entries.with(id, &mut visit) == Some(true)
+                    });
+                }
+            }
+            Plan::Scan => return self.entries.any(visit),
         }
+        let stopped = buf
+            .iter()
+            .any(|id| self.entries.with(id, &mut visit) == Some(true));
+        stopped
     }
 
     /// Entries matching every criterion when read (see [`Registry::scan`]), stopping
@@ -1667,30 +1953,44 @@ mod tests {
     /// At rest the indexes hold exactly what the entries say.
     fn assert_consistent(r: &Reg) {
         use std::collections::BTreeMap;
-        let mut caps: BTreeMap<String, BTreeMap<String, u32>> = BTreeMap::new();
-        let mut nodes: BTreeMap<String, BTreeMap<String, u32>> = BTreeMap::new();
-        let mut health: BTreeMap<String, BTreeMap<String, u32>> = BTreeMap::new();
+        type Rows<K> = BTreeMap<Arc<K>, BTreeMap<String, u32>>;
+        let mut caps: Rows<str> = BTreeMap::new();
+        let mut nodes: Rows<str> = BTreeMap::new();
+        let mut health: Rows<str> = BTreeMap::new();
+        let mut declared: Vec<Rows<[u8]>> = vec![BTreeMap::new(); r.declared.len()];
         r.entries.any(|e| {
             for c in e.caps.iter() {
-                caps.entry(c.to_string())
+                caps.entry(c.clone())
                     .or_default()
                     .insert(e.id.to_string(), 1);
             }
             if let Some(n) = &e.node {
                 nodes
-                    .entry(n.to_string())
+                    .entry(n.clone())
                     .or_default()
                     .insert(e.id.to_string(), 1);
             }
             health
-                .entry(e.health.to_string())
+                .entry(e.health.clone())
                 .or_default()
                 .insert(e.id.to_string(), 1);
+            for (d, rows) in r.declared.iter().zip(declared.iter_mut()) {
+                let mut buf = KeyBuf::default();
+                entry_keys(&e.meta.tree, &d.path, &mut buf);
+                for k in buf.sorted() {
+                    rows.entry(Arc::from(k))
+                        .or_default()
+                        .insert(e.id.to_string(), 1);
+                }
+            }
             false
         });
         assert_eq!(r.caps.snapshot(), caps);
         assert_eq!(r.nodes.snapshot(), nodes);
         assert_eq!(r.health.snapshot(), health);
+        for (d, rows) in r.declared.iter().zip(declared) {
+            assert_eq!(d.index.snapshot(), rows);
+        }
     }
 
     #[test]
@@ -2213,6 +2513,291 @@ mod tests {
                             .hits
                         {
                             assert!(h.entry.has_cap("x"));
+                        }
+                        g.clear();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_consistent(&r);
+    }
+
+    fn key(v: &Value) -> Option<Vec<u8>> {
+        let mut buf = KeyBuf::default();
+        push_key(v, &mut buf).then_some(buf.bytes)
+    }
+
+    #[test]
+    fn declared_keys_are_equal_exactly_when_python_says_so() {
+        let two53 = 9_007_199_254_740_992.0_f64;
+        let values = [
+            Value::Null,
+            Value::Bool(false),
+            Value::Bool(true),
+            Value::Int(0),
+            Value::Int(1),
+            Value::Int(-1),
+            Value::Int(1 << 53),
+            Value::Int((1 << 53) + 1),
+            Value::Int(i64::MAX),
+            Value::Int(i64::MIN),
+            Value::Float(0.0),
+            Value::Float(-0.0),
+            Value::Float(1.0),
+            Value::Float(0.5),
+            Value::Float(-2.5),
+            Value::Float(two53),
+            Value::Float(TWO_POW_63),
+            Value::Float(-TWO_POW_63),
+            Value::Float(1e300),
+            Value::Float(f64::INFINITY),
+            Value::Float(f64::NEG_INFINITY),
+            Value::Str("".into()),
+            Value::Str("1".into()),
+            Value::Str("eu".into()),
+        ];
+        for a in &values {
+            for b in &values {
+                let (ka, kb) = (key(a).unwrap(), key(b).unwrap());
+                assert_eq!(ka == kb, value_eq(a, b) == Tri::Yes, "{a:?} vs {b:?}");
+            }
+        }
+        // No key: NaN (equal to nothing), containers, opaque values.
+        for v in [
+            Value::Float(f64::NAN),
+            Value::Seq(Box::new([Value::Int(1)]), true),
+            map(vec![]),
+            Value::Opaque,
+        ] {
+            assert_eq!(key(&v), None);
+        }
+    }
+
+    #[test]
+    fn entry_keys_cover_items_and_mark_what_only_the_host_compares() {
+        let list = |xs: Vec<Value>| Value::Seq(xs.into(), false);
+        let path: Box<[Box<str>]> = Box::new(["a".into(), "b".into()]);
+        let keys = |tree: Value| {
+            let mut buf = KeyBuf::default();
+            entry_keys(&tree, &path, &mut buf);
+            buf.sorted()
+                .into_iter()
+                .map(<[u8]>::to_vec)
+                .collect::<Vec<_>>()
+        };
+        let at = |v: Value| map(vec![("a", map(vec![("b", v)]))]);
+        let k = |v: Value| key(&v).unwrap();
+        assert_eq!(keys(at(Value::Int(1))), [k(Value::Int(1))]);
+        // Items of a list; `1`, `1.0` and `True` are one key.
+        let items = list(vec![
+            Value::Int(1),
+            Value::Float(1.0),
+            Value::Bool(true),
+            Value::Str("x".into()),
+            list(vec![Value::Str("y".into())]),
+            Value::Float(f64::NAN),
+        ]);
+        assert_eq!(
+            keys(at(items)),
+            [k(Value::Int(1)), k(Value::Str("x".into()))]
+        );
+        // Only the host can compare an opaque value or item, or what is under one.
+        let host = vec![K_HOST.to_vec()];
+        assert_eq!(keys(at(Value::Opaque)), host);
+        assert_eq!(keys(map(vec![("a", Value::Opaque)])), host);
+        assert_eq!(keys(Value::Opaque), host);
+        let mixed = keys(at(list(vec![Value::Opaque, Value::Int(2)])));
+        assert_eq!(mixed, [k(Value::Int(2)), K_HOST.to_vec()]);
+        // Nothing: missing, a dict, a NaN, a non-dict on the way.
+        assert!(keys(map(vec![])).is_empty());
+        assert!(keys(at(map(vec![]))).is_empty());
+        assert!(keys(at(Value::Float(f64::NAN))).is_empty());
+        assert!(keys(map(vec![("a", Value::Int(3))])).is_empty());
+    }
+
+    fn meta_spec(r: &Reg, id: &str, tree: Value) -> Spec<u32, ()> {
+        let mut sp = spec(r, id, &[], None, None);
+        sp.meta = meta(tree);
+        sp
+    }
+
+    fn set_meta(tree: Value) -> Changes<()> {
+        Changes {
+            caps: None,
+            node: None,
+            health: None,
+            meta: Some(meta(tree)),
+        }
+    }
+
+    #[test]
+    fn declared_indexes_serve_eq_and_in_like_a_scan() {
+        let list = |xs: Vec<Value>| Value::Seq(xs.into(), false);
+        let r = Reg::with_indexes(Clock::Monotonic, 2, &["region", "hw.gpu"]);
+        let plain = Reg::new(Clock::Monotonic, 2);
+        let mut g = Vec::new();
+        let trees = [
+            map(vec![("region", Value::Str("eu".into()))]),
+            map(vec![("region", Value::Str("us".into()))]),
+            map(vec![(
+                "region",
+                list(vec![Value::Str("eu".into()), Value::Opaque]),
+            )]),
+            map(vec![("region", Value::Opaque)]),
+            map(vec![("region", Value::Float(f64::NAN))]),
+            map(vec![("region", Value::Int(1))]),
+            map(vec![("hw", map(vec![("gpu", Value::Float(2.0))]))]),
+            map(vec![("hw", map(vec![("gpu", Value::Bool(true))]))]),
+            map(vec![("hw", Value::Opaque)]),
+            map(vec![]),
+        ];
+        for (i, t) in trees.iter().enumerate() {
+            for reg in [&r, &plain] {
+                reg.register(meta_spec(reg, &format!("a{i}"), t.clone()), &mut g)
+                    .unwrap();
+            }
+        }
+        assert_consistent(&r);
+        let queries = [
+            cond("region", "eq", Value::Str("eu".into())),
+            cond("region", "eq", Value::Float(1.0)),
+            cond("region", "eq", Value::Float(f64::NAN)),
+            cond(
+                "region",
+                "in",
+                list(vec![Value::Str("us".into()), Value::Bool(true)]),
+            ),
+            cond("region", "in", list(vec![])),
+            cond("region", "ne", Value::Str("eu".into())),
+            cond("hw.gpu", "eq", Value::Int(2)),
+            cond("hw.gpu", "in", list(vec![Value::Int(1), Value::Int(2)])),
+            cond("hw.gpu", "gte", Value::Int(1)),
+        ];
+        for c in &queries {
+            let conds = [c.clone()];
+            let q = Query {
+                conds: &conds,
+                ..Query::default()
+            };
+            let verdicts = |reg: &Reg| {
+                let mut v: Vec<(String, bool)> = reg
+                    .find(&q)
+                    .hits
+                    .iter()
+                    .map(|h| (h.entry.id.to_string(), h.unsure))
+                    .collect();
+                v.sort();
+                v
+            };
+            assert_eq!(verdicts(&r), verdicts(&plain), "{c:?}");
+        }
+        // An indexed `eq` reads its key's set and the host's set, not the registry.
+        let conds = [cond("region", "eq", Value::Str("eu".into()))];
+        let q = Query {
+            conds: &conds,
+            ..Query::default()
+        };
+        // a0, a2 (in both sets: counted twice, read once), a3.
+        assert_eq!(r.estimate(&q), 4);
+        assert_eq!(plain.estimate(&q), trees.len());
+        assert_eq!(ids(&r, &q), ["a0", "a2", "a3"]); // a2, a3: left to the host
+        let conds = [cond("region", "eq", Value::Str("us".into()))];
+        let smaller = Query {
+            conds: &conds,
+            ..Query::default()
+        };
+        assert_eq!(r.estimate(&smaller), 3); // a1, and a2 and a3 for the host
+                                             // A built-in index with fewer candidates wins.
+        let q = Query {
+            health: Some("nope"),
+            conds: &conds,
+            ..Query::default()
+        };
+        assert_eq!(r.estimate(&q), 0);
+
+        // Updates move rows; only what differs is touched.
+        r.update(
+            "a1",
+            &set_meta(map(vec![("region", Value::Str("eu".into()))])),
+            &mut g,
+        )
+        .unwrap();
+        r.update("a6", &set_meta(map(vec![])), &mut g).unwrap();
+        assert_consistent(&r);
+        assert_eq!(ids(&r, &smaller), ["a2", "a3"]); // left to the host
+                                                     // region: "eu" (a0, a1, a2), 1 (a5), the host's (a2, a3); hw.gpu: 1, the host's.
+        assert_eq!(r.declared_sizes(), [(3, 6), (2, 2)]);
+        for i in 0..trees.len() {
+            r.unregister(&format!("a{i}"), &mut g);
+        }
+        assert_consistent(&r);
+        assert_eq!(r.declared_sizes(), [(0, 0), (0, 0)]);
+    }
+
+    #[test]
+    fn declared_rows_leave_with_leases_failed_writes_and_clear() {
+        let m = Arc::new(ManualClock::new(0));
+        let r = Reg::with_indexes(Clock::Manual(m.clone()), 2, &["k"]);
+        let mut g = Vec::new();
+        let tree = |i: i64| map(vec![("k", Value::Int(i))]);
+        for i in 0..100 {
+            let mut sp = meta_spec(&r, &i.to_string(), tree(i % 7));
+            sp.ttl = Some(5);
+            r.register(sp, &mut g).unwrap();
+        }
+        // A refused registration takes its rows back.
+        let taken = r.register(meta_spec(&r, "0", tree(99)), &mut g);
+        assert_eq!(taken.unwrap_err(), RegistryError::Taken(s("0")));
+        assert_consistent(&r);
+        assert_eq!(r.declared_sizes(), [(7, 100)]);
+        m.advance(10).unwrap();
+        r.register(meta_spec(&r, "x", tree(1)), &mut g).unwrap();
+        r.reclaim_due(&mut g);
+        assert_eq!(r.declared_sizes(), [(1, 1)]);
+        r.clear(&mut g);
+        assert_eq!(r.declared_sizes(), [(0, 0)]);
+    }
+
+    #[test]
+    fn concurrent_metadata_churn_keeps_declared_indexes_exact() {
+        let r: Arc<Reg> = Arc::new(Reg::with_indexes(Clock::Monotonic, 4, &["zone"]));
+        let zone = |z: i64| map(vec![("zone", Value::Int(z))]);
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let r = r.clone();
+                std::thread::spawn(move || {
+                    let mut g = Vec::new();
+                    let conds = [cond(
+                        "zone",
+                        "in",
+                        Value::Seq(Box::new([Value::Int(1)]), false),
+                    )];
+                    let q = Query {
+                        conds: &conds,
+                        ..Query::default()
+                    };
+                    for i in 0..5_000u64 {
+                        let id = format!("a{}", (i * 7 + t) % 50);
+                        let z = ((i + t) % 3) as i64;
+                        match i % 4 {
+                            0 => {
+                                let _ = r.register(meta_spec(&r, &id, zone(z)), &mut g);
+                            }
+                            1 | 2 => {
+                                let _ = r.update(&id, &set_meta(zone(z)), &mut g);
+                            }
+                            _ => {
+                                r.unregister(&id, &mut g);
+                            }
+                        }
+                        for h in r.find(&q).hits {
+                            assert_eq!(
+                                at_path(&h.entry.meta.tree, &conds[0].path),
+                                Ok(Some(&Value::Int(1)))
+                            );
                         }
                         g.clear();
                     }

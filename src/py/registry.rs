@@ -28,14 +28,16 @@ use std::sync::Arc;
 
 use pyo3::exceptions::PyKeyError;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyString};
+use pyo3::types::{PyDict, PyString, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 
 use crate::core::registry::{self as core, Entry, RegistryError, Spec};
 use crate::errors::registry_error;
 use crate::py::args;
 pub use crate::py::registry_agent::Agent;
-use crate::py::registry_args::{changes_arg, id_arg, max_batch_arg, register_items, Fields};
+use crate::py::registry_args::{
+    changes_arg, id_arg, indexes_arg, max_batch_arg, register_items, Fields,
+};
 use crate::py::registry_owner::{self as owner, Owner};
 use crate::py::registry_query::Criteria;
 
@@ -69,6 +71,8 @@ type Grave = Vec<Arc<E>>;
 pub struct Registry {
     core: Arc<Core>,
     max_batch: usize,
+    /// The declared index paths, in the order given.
+    indexes: Box<[Box<str>]>,
 }
 
 /// A registration converted and checked, not yet published.
@@ -205,17 +209,22 @@ impl Registry {
 #[pymethods]
 impl Registry {
     #[new]
-    #[pyo3(signature = (*, clock = None, max_batch = 10000))]
+    #[pyo3(signature = (*, clock = None, max_batch = 10000, indexes = None),
+           text_signature = "(*, clock=None, max_batch=10000, indexes=())")]
     fn new(
         clock: Option<&Bound<'_, PyAny>>,
         #[pyo3(from_py_with = args::named::max_batch)] max_batch: i64,
+        indexes: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let clock = args::clock(clock)?;
         let max_batch = max_batch_arg(max_batch)?;
+        let indexes = indexes_arg(indexes)?;
         let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        let paths: Vec<&str> = indexes.iter().map(|p| &**p).collect();
         Ok(Self {
-            core: Arc::new(Core::new(clock, cpus)),
+            core: Arc::new(Core::with_indexes(clock, cpus, &paths)),
             max_batch,
+            indexes: indexes.into(),
         })
     }
 
@@ -353,7 +362,8 @@ impl Registry {
     }
 
     /// Agents matching every given criterion (in no particular order). `where` filters
-    /// last: a callable on `Agent`, or a list of `(path, op, value)` triples over
+    /// last (but for an `eq` or `in` triple on a declared index path, served from that
+    /// index): a callable on `Agent`, or a list of `(path, op, value)` triples over
     /// `metadata`; `limit` caps the result.
     #[pyo3(signature = (*, capability = None, node = None, health = None, r#where = None, limit = None))]
     fn find(
@@ -413,6 +423,12 @@ impl Registry {
         self.max_batch
     }
 
+    /// The metadata paths with a declared index, in the order given.
+    #[getter]
+    fn indexes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+        PyTuple::new(py, self.indexes.iter().map(|p| &**p))
+    }
+
     fn __contains__(&self, py: Python<'_>, agent_id: &Bound<'_, PyAny>) -> PyResult<bool> {
         if !agent_id.is_instance_of::<PyString>() {
             return Ok(false);
@@ -436,6 +452,15 @@ impl Registry {
     fn _index_sizes(&self) -> (usize, usize, usize, usize) {
         let s = self.core.index_sizes();
         (s.capabilities, s.nodes, s.health, s.lease_items)
+    }
+
+    /// Distinct keys and rows of each declared index, by path (for tests of reclamation).
+    fn _declared_index_sizes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        for (path, sizes) in self.indexes.iter().zip(self.core.declared_sizes()) {
+            d.set_item(&**path, sizes)?;
+        }
+        Ok(d)
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {

@@ -20,7 +20,7 @@ use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyMapping, PyString, PyTuple};
 
-use crate::core::registry::{normalize_caps, Changes, Metadata, RegistryError, Value};
+use crate::core::registry::{normalize_caps, Changes, Metadata, RegistryError, Value, MAX_INDEXES};
 use crate::errors::{registry_error, wrong_type};
 use crate::py::args;
 use crate::py::registry::MetaPy;
@@ -241,6 +241,56 @@ pub fn max_batch_arg(max_batch: i64) -> PyResult<usize> {
     // An i64 >= 1 fits a usize on 64-bit targets; a larger one than a usize holds could
     // never be reached anyway.
     Ok(usize::try_from(args::at_least(max_batch, "max_batch", 1)?).unwrap_or(usize::MAX))
+}
+
+/// `Registry(indexes=...)`: None, or an iterable of distinct dotted metadata paths (str,
+/// no empty segment), at most [`MAX_INDEXES`] of them. A bare str is refused, as for
+/// `capabilities`.
+pub fn indexes_arg(obj: Option<&Bound<'_, PyAny>>) -> PyResult<Vec<Box<str>>> {
+    const WHAT: &str = "an iterable of str paths";
+    let Some(obj) = obj.filter(|o| !o.is_none()) else {
+        return Ok(Vec::new());
+    };
+    if obj.is_instance_of::<PyString>() {
+        return Err(PyTypeError::new_err(format!(
+            "indexes must be {WHAT}, not a str"
+        )));
+    }
+    let items = if is_builtin_container(obj) {
+        snapshot(obj)?
+    } else {
+        let it = args::iterate(obj, "indexes", WHAT)?;
+        snapshot(it.as_any())?
+    };
+    let mut out: Vec<Box<str>> = Vec::with_capacity(items.len().min(MAX_INDEXES));
+    for item in items.iter() {
+        let s = item.cast::<PyString>().map_err(|_| {
+            PyTypeError::new_err(format!(
+                "indexes must contain only str paths, not '{}'",
+                tname(&item)
+            ))
+        })?;
+        let path = s.to_str()?;
+        if path.split('.').any(str::is_empty) {
+            return Err(PyValueError::new_err(format!(
+                "indexes must hold dotted paths without empty segments, not {}",
+                s.repr()?
+            )));
+        }
+        if out.iter().any(|p| **p == *path) {
+            return Err(PyValueError::new_err(format!(
+                "indexes lists {} twice",
+                s.repr()?
+            )));
+        }
+        if out.len() == MAX_INDEXES {
+            return Err(PyValueError::new_err(format!(
+                "indexes must hold at most {MAX_INDEXES} paths"
+            )));
+        }
+        out.push(path.into());
+    }
+    Ok(out)
 }
 
 /// AlreadyRegistered for `id` (see `errors::registry_error`).
