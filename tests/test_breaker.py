@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import math
 import random
@@ -136,9 +137,17 @@ def test_failure_rate_options_and_their_defaults() -> None:
         ({"failure_rate": 0.5, "window": "1"}, TypeError, "window must be a number of seconds"),
         ({"failure_rate": 0.5, "window": float("inf")}, ValueError, "window must be a finite"),
         ({"failure_rate": 0.5, "window_calls": 0}, ValueError, "window_calls must be >= 1"),
-        ({"failure_rate": 0.5, "window_calls": 10**4 + 1}, ValueError, "window_calls must be <= 10000"),
+        (
+            {"failure_rate": 0.5, "window_calls": 10**4 + 1},
+            ValueError,
+            "window_calls must be <= 10000",
+        ),
         ({"failure_rate": 0.5, "window_calls": "3"}, TypeError, "window_calls must be an int"),
-        ({"failure_rate": 0.5, "window_calls": 10}, ValueError, "min_calls must be <= window_calls"),
+        (
+            {"failure_rate": 0.5, "window_calls": 10},
+            ValueError,
+            "min_calls must be <= window_calls",
+        ),
         ({"slow_call": 0}, ValueError, "slow_call must be > 0"),
         ({"slow_call": -1}, ValueError, "slow_call must be > 0"),
         ({"slow_call": "1"}, TypeError, "slow_call must be a number of seconds"),
@@ -165,7 +174,9 @@ def test_failure_rate_options_and_their_defaults() -> None:
         ({"window_calls": 3}, ValueError, "window_calls requires failure_rate"),
     ],
 )
-def test_bad_arguments_name_the_argument(kwargs: dict[str, Any], exc: type | None, msg: str) -> None:
+def test_bad_arguments_name_the_argument(
+    kwargs: dict[str, Any], exc: type | None, msg: str
+) -> None:
     if exc is None:  # accepted: None means the default
         CircuitBreaker(**kwargs)
         return
@@ -922,10 +933,8 @@ def test_rate_breaker_trips_once_under_threads(threads: int) -> None:
 
     def body(i: int) -> None:
         for _ in range(200):
-            try:
+            with contextlib.suppress(Boom, CircuitOpen):
                 cb.call(boom)
-            except (Boom, CircuitOpen):
-                pass
 
     run_threads(threads, body)
     assert trips == [("closed", "open")]

@@ -458,8 +458,7 @@ impl TimeWindow {
             if !newer {
                 return; // the bucket moved on: this record's step (or period) is over
             }
-            if b
-                .tag
+            if b.tag
                 .compare_exchange(t, mine | ROLLING, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
             {
@@ -1369,7 +1368,11 @@ mod tests {
 
     #[test]
     fn new_options_are_checked() {
-        let err = |c: Config| Breaker::with_config(c, Clock::Monotonic).unwrap_err().to_string();
+        let err = |c: Config| {
+            Breaker::with_config(c, Clock::Monotonic)
+                .unwrap_err()
+                .to_string()
+        };
         let win = WindowSpec::Nanos(SEC);
         for r in [0.0, -0.5, 1.01, f64::NAN] {
             assert_eq!(err(rate(r, 1, win)), "failure_rate must be > 0 and <= 1");
@@ -1927,7 +1930,10 @@ mod loom_models {
             all.extend(seen.iter().copied());
             chain(&all, last);
             assert!(seen.contains(&(State::HalfOpen, State::Open)), "{seen:?}");
-            assert!(!seen.contains(&(State::HalfOpen, State::Closed)), "{seen:?}");
+            assert!(
+                !seen.contains(&(State::HalfOpen, State::Closed)),
+                "{seen:?}"
+            );
         });
     }
 

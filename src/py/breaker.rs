@@ -78,7 +78,9 @@ fn trip_rule(
             ("window_calls", window_calls.is_some()),
         ] {
             if set {
-                return Err(PyValueError::new_err(format!("{arg} requires failure_rate")));
+                return Err(PyValueError::new_err(format!(
+                    "{arg} requires failure_rate"
+                )));
             }
         }
         return Ok(Trip::Consecutive(failure_threshold.unwrap_or(5)));
@@ -452,7 +454,12 @@ impl CircuitBreaker {
 
     /// Records how the call admitted with `permit` ended (`exc` None: it returned).
     #[pyo3(signature = (permit, exc = None))]
-    fn _record(&self, py: Python<'_>, permit: u128, exc: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+    fn _record(
+        &self,
+        py: Python<'_>,
+        permit: u128,
+        exc: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
         let permit = Permit::from_bits(permit)
             .ok_or_else(|| PyValueError::new_err("permit is not a permit of this breaker"))?;
         let exc = exc.filter(|e| !e.is_none());
