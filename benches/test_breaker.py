@@ -1,5 +1,6 @@
 """Overhead of a protected call: CircuitBreaker vs pybreaker, with a plain call as the
-floor, on a closed breaker and on an open one (the cost of failing fast).
+floor, on a closed breaker (consecutive and failure-rate rules) and on an open one (the
+cost of failing fast).
 
 Each round makes N calls, so the figures are per N calls; compare within a group.
 
@@ -65,6 +66,35 @@ def test_breaker_pybreaker_decorated(benchmark: Any) -> None:
     pybreaker = pytest.importorskip("pybreaker")
     f = pybreaker.CircuitBreaker(fail_max=5, reset_timeout=30)(target)
     benchmark(loop(f))
+
+
+# ---- the failure-rate rule: call(f) on a closed breaker --------------------------------
+# pybreaker has no failure-rate rule: its row is its consecutive-failures breaker, the
+# nearest it offers, so the group shows what the window costs on top of a call.
+
+
+@pytest.mark.benchmark(group="breaker: call(f), closed, failure-rate rule")
+def test_rate_ferrule_time_window(benchmark: Any) -> None:
+    cb = ferrule.CircuitBreaker(failure_rate=0.5, min_calls=20, window=60.0)
+    call = cb.call
+    benchmark(loop(lambda: call(target)))
+    assert cb.stats().window_calls >= N
+
+
+@pytest.mark.benchmark(group="breaker: call(f), closed, failure-rate rule")
+def test_rate_ferrule_count_window(benchmark: Any) -> None:
+    cb = ferrule.CircuitBreaker(failure_rate=0.5, min_calls=20, window_calls=100)
+    call = cb.call
+    benchmark(loop(lambda: call(target)))
+    assert cb.stats().window_calls == 100
+
+
+@pytest.mark.benchmark(group="breaker: call(f), closed, failure-rate rule")
+def test_rate_pybreaker_consecutive_nearest(benchmark: Any) -> None:
+    pybreaker = pytest.importorskip("pybreaker")
+    cb = pybreaker.CircuitBreaker(fail_max=20, reset_timeout=30)
+    call = cb.call
+    benchmark(loop(lambda: call(target)))
 
 
 # ---- the same through a breaker that is open: the cost of failing fast ----------------

@@ -1087,7 +1087,20 @@ SPECIAL: dict[str, Special] = {
     "ferrule.cached": Special({"max_size": 8, "ttl": None}),
     "HealthMonitor.__new__": Special({"check": lambda agent: "healthy", "timeout": 0.05}),
     "HealthMonitor.watch": Special({"check": lambda agent: "healthy"}),
-    "CircuitBreaker.__new__": Special({"name": "db"}),
+    # The failure-rate rule, so that every one of its arguments is fuzzed in a valid
+    # call (a hostile failure_threshold then meets the documented ValueError).
+    "CircuitBreaker.__new__": Special(
+        {
+            "name": "db",
+            "failure_threshold": None,
+            "failure_rate": 0.5,
+            "min_calls": 2,
+            "window": 10.0,
+            "window_calls": None,
+            "slow_call": 1.0,
+            "success_threshold": 2,
+        }
+    ),
     "SignalBus.subscribe": Special({"maxsize": 8}),
     "RedisRateLimiter.__new__": Special({"prefix": Fresh(lambda ctx, obj: redis_prefix())}),
     "RedisRateLimiter.acquire_async": Special(variant="async"),

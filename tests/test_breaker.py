@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
+import math
 import random
 import sys
 import threading
@@ -17,7 +19,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from tests.conftest import FREE_THREADED
+from tests.conftest import FREE_THREADED, run_threads
 
 
 class Boom(Exception):
@@ -67,6 +69,24 @@ def test_defaults_and_properties() -> None:
     assert (cb.failure_threshold, cb.reset_timeout, cb.half_open_max_calls) == (2, 0.5, 3)
     assert cb.expected == (KeyError,)
     assert cb.name == "db"
+    assert (cb.failure_rate, cb.min_calls, cb.window, cb.window_calls) == (None,) * 4
+    assert (cb.slow_call, cb.success_threshold) == (None, 1)
+
+
+def test_failure_rate_options_and_their_defaults() -> None:
+    cb = CircuitBreaker(failure_rate=0.5)
+    assert cb.failure_threshold is None
+    assert (cb.failure_rate, cb.min_calls, cb.window, cb.window_calls) == (0.5, 20, 60.0, None)
+    assert repr(cb) == (
+        "CircuitBreaker(name=None, state='closed', failure_rate=0.5, reset_timeout=30.0)"
+    )
+    cb = CircuitBreaker(
+        failure_rate=1, min_calls=3, window_calls=10, slow_call=2.5, success_threshold=4
+    )
+    assert (cb.failure_rate, cb.min_calls, cb.window, cb.window_calls) == (1.0, 3, None, 10)
+    assert (cb.slow_call, cb.success_threshold) == (2.5, 4)
+    cb = CircuitBreaker(None, 1.0, failure_rate=0.25, window=5.0)
+    assert (cb.window, cb.reset_timeout) == (5.0, 1.0)
 
 
 @pytest.mark.parametrize(
@@ -102,9 +122,64 @@ def test_defaults_and_properties() -> None:
         ({"on_state_change": 3}, TypeError, "on_state_change must be callable or None"),
         ({"bus": object(), "name": "x"}, TypeError, "bus must be an object with a publish"),
         ({"bus": FakeBus()}, ValueError, "name is required when bus is given"),
+        ({"failure_threshold": None}, None, ""),
+        ({"failure_rate": 0}, ValueError, "failure_rate must be > 0 and <= 1"),
+        ({"failure_rate": 1.5}, ValueError, "failure_rate must be > 0 and <= 1"),
+        ({"failure_rate": float("nan")}, ValueError, "failure_rate must be > 0 and <= 1"),
+        ({"failure_rate": "0.5"}, TypeError, "failure_rate must be a number, not 'str'"),
+        ({"failure_rate": True}, TypeError, "failure_rate must be a number, not 'bool'"),
+        ({"failure_rate": 0.5, "min_calls": 0}, ValueError, "min_calls must be >= 1"),
+        ({"failure_rate": 0.5, "min_calls": 2**30}, ValueError, "min_calls must be <= 1073741823"),
+        ({"failure_rate": 0.5, "min_calls": 2**70}, OverflowError, "min_calls is out of range"),
+        ({"failure_rate": 0.5, "min_calls": 1.0}, TypeError, "min_calls must be an int"),
+        ({"failure_rate": 0.5, "window": 0}, ValueError, "window must be > 0"),
+        ({"failure_rate": 0.5, "window": -1.0}, ValueError, "window must be > 0"),
+        ({"failure_rate": 0.5, "window": "1"}, TypeError, "window must be a number of seconds"),
+        ({"failure_rate": 0.5, "window": float("inf")}, ValueError, "window must be a finite"),
+        ({"failure_rate": 0.5, "window_calls": 0}, ValueError, "window_calls must be >= 1"),
+        (
+            {"failure_rate": 0.5, "window_calls": 10**4 + 1},
+            ValueError,
+            "window_calls must be <= 10000",
+        ),
+        ({"failure_rate": 0.5, "window_calls": "3"}, TypeError, "window_calls must be an int"),
+        (
+            {"failure_rate": 0.5, "window_calls": 10},
+            ValueError,
+            "min_calls must be <= window_calls",
+        ),
+        ({"slow_call": 0}, ValueError, "slow_call must be > 0"),
+        ({"slow_call": -1}, ValueError, "slow_call must be > 0"),
+        ({"slow_call": "1"}, TypeError, "slow_call must be a number of seconds"),
+        ({"success_threshold": 0}, ValueError, "success_threshold must be >= 1"),
+        ({"success_threshold": 1.0}, TypeError, "success_threshold must be an int"),
+        (
+            {"success_threshold": 2, "half_open_max_calls": 2**30 - 1},
+            ValueError,
+            "success_threshold must be <= 1 with half_open_max_calls=1073741823",
+        ),
+        # Which rule: exclusive arguments, and the rate rule's without failure_rate.
+        (
+            {"failure_threshold": 5, "failure_rate": 0.5},
+            ValueError,
+            "failure_threshold and failure_rate cannot both be given",
+        ),
+        (
+            {"failure_rate": 0.5, "window": 1.0, "window_calls": 5},
+            ValueError,
+            "window and window_calls cannot both be given",
+        ),
+        ({"min_calls": 3}, ValueError, "min_calls requires failure_rate"),
+        ({"window": 3.0}, ValueError, "window requires failure_rate"),
+        ({"window_calls": 3}, ValueError, "window_calls requires failure_rate"),
     ],
 )
-def test_bad_arguments_name_the_argument(kwargs: dict[str, Any], exc: type, msg: str) -> None:
+def test_bad_arguments_name_the_argument(
+    kwargs: dict[str, Any], exc: type | None, msg: str
+) -> None:
+    if exc is None:  # accepted: None means the default
+        CircuitBreaker(**kwargs)
+        return
     with pytest.raises(exc, match="^" + msg.replace("(", r"\(").replace(")", r"\)")):
         CircuitBreaker(**kwargs)
 
@@ -116,7 +191,7 @@ def test_bad_call_arguments() -> None:
     with pytest.raises(TypeError, match="'int' object is not callable"):
         cb.call(3)  # type: ignore[call-overload, misc]
     with pytest.raises(ValueError, match=r"^permit is not a permit of this breaker$"):
-        cb._record(1 << 40)
+        cb._record(1 << 100)
     with pytest.raises(TypeError, match=r"^exc must be an exception instance or None$"):
         cb._record(cb._acquire(), "boom")  # type: ignore[arg-type]
     with pytest.raises(RuntimeError, match="exit without a matching enter"):
@@ -266,6 +341,187 @@ def test_stats_count_every_outcome() -> None:
     )
     assert s.state_changes == 3  # closed->open->half_open->closed
     assert repr(s).startswith("BreakerStats(state='closed', calls=5, successes=2")
+
+
+def test_failure_rate_opens_at_the_threshold_after_min_calls() -> None:
+    clock = ManualClock()
+    cb = CircuitBreaker(failure_rate=0.5, min_calls=4, window=20.0, expected=Boom, clock=clock)
+    fail(cb, 3)  # 3 of 3 failed, but fewer than min_calls calls
+    assert cb.state == "closed"
+    assert cb.call(int) == 0  # a success never opens, even as it reaches min_calls
+    s = cb.stats()
+    assert (s.state, s.window_calls, s.window_failures, s.consecutive_failures) == (
+        "closed",
+        4,
+        3,
+        0,
+    )
+    fail(cb)  # 4 of 5
+    assert cb.state == "open"
+    assert cb.stats().window_calls == 0  # read while closed only
+
+
+def test_failure_rate_window_slides_in_steps_of_a_twentieth() -> None:
+    clock = ManualClock()
+    cb = CircuitBreaker(failure_rate=0.5, min_calls=2, window=10.0, expected=Boom, clock=clock)
+    fail(cb)
+    clock.advance(9.5)  # the failure's step (0.5 s) is the oldest in the window
+    assert cb.stats().window_calls == 1
+    clock.advance(0.5)
+    assert cb.stats().window_calls == 0  # it aged out
+    cb.call(int)
+    fail(cb)  # 1 of 2: the threshold itself opens
+    assert cb.state == "open"
+
+
+def test_failure_rate_over_the_last_n_calls() -> None:
+    cb = CircuitBreaker(failure_rate=0.5, min_calls=4, window_calls=4, expected=Boom)
+    for _ in range(10):
+        cb.call(int)
+    fail(cb)
+    s = cb.stats()
+    assert (s.window_calls, s.window_failures) == (4, 1)
+    fail(cb)  # the last 4: 2 failed
+    assert cb.state == "open"
+
+
+def test_closing_starts_an_empty_window() -> None:
+    clock = ManualClock()
+    cb = CircuitBreaker(
+        None, 1.0, failure_rate=0.5, min_calls=2, window=60.0, expected=Boom, clock=clock
+    )
+    fail(cb, 2)
+    assert cb.state == "open"
+    clock.advance(1.0)
+    cb.call(int)  # the probe closes
+    assert cb.state == "closed"
+    fail(cb)  # 1 of 1: below min_calls in the new period
+    assert cb.state == "closed"
+    assert (cb.stats().window_calls, cb.stats().window_failures) == (1, 1)
+
+
+def test_slow_calls_count_as_failures() -> None:
+    clock = ManualClock()
+    cb = CircuitBreaker(2, 10.0, slow_call=1.0, clock=clock)
+
+    def takes(seconds: float) -> str:
+        clock.advance(seconds)
+        return "done"
+
+    assert cb.call(takes, 0.5) == "done"
+    assert cb.stats().consecutive_failures == 0
+    assert cb.call(takes, 1.0) == "done"  # returned, but slow: a failure
+    assert cb.stats().consecutive_failures == 1
+    assert cb.call(takes, 3.0) == "done"
+    assert cb.state == "open"
+    s = cb.stats()
+    assert (s.calls, s.successes, s.failures, s.slow_calls) == (3, 1, 2, 2)
+
+
+def test_slow_calls_through_the_decorator_and_with_blocks() -> None:
+    clock = ManualClock()
+    cb = CircuitBreaker(3, 10.0, slow_call=1.0, clock=clock)
+
+    @cb
+    async def slow() -> int:
+        clock.advance(1.0)
+        return 1
+
+    assert asyncio.run(slow()) == 1
+    with cb:
+        clock.advance(2.0)
+    with cb:
+        pass
+    s = cb.stats()
+    assert (s.successes, s.failures, s.slow_calls) == (1, 2, 2)
+
+
+def test_success_threshold_closes_after_that_many_probe_successes() -> None:
+    clock = ManualClock()
+    seen: list[tuple[str, str]] = []
+    cb = CircuitBreaker(
+        1,
+        1.0,
+        half_open_max_calls=1,
+        success_threshold=3,
+        clock=clock,
+        on_state_change=lambda old, new: seen.append((old, new)),
+    )
+    fail(cb)
+    clock.advance(1.0)
+    for _ in range(2):
+        cb.call(int)  # a success frees the one probe slot
+        assert cb.state == "half_open"
+    fail(cb)  # the first failure re-opens, whatever the successes so far
+    assert cb.state == "open"
+    clock.advance(1.0)
+    for _ in range(3):
+        cb.call(int)
+    assert cb.state == "closed"
+    assert seen == [
+        ("closed", "open"),
+        ("open", "half_open"),
+        ("half_open", "open"),
+        ("open", "half_open"),
+        ("half_open", "closed"),
+    ]
+
+
+def test_force_open_and_force_closed_hold_until_reset() -> None:
+    clock = ManualClock()
+    seen: list[tuple[str, str]] = []
+    bus = FakeBus()
+    cb = CircuitBreaker(
+        1,
+        1.0,
+        clock=clock,
+        name="db",
+        bus=bus,
+        on_state_change=lambda old, new: seen.append((old, new)),
+    )
+    cb.force_open()
+    cb.force_open()  # already there: no change reported
+    clock.advance(3600.0)
+    assert cb.state == "forced_open"
+    assert cb.retry_after == math.inf
+    ran: list[int] = []
+    with pytest.raises(CircuitOpen, match=r"^circuit breaker 'db' is forced open$") as info:
+        cb.call(ran.append, 1)
+    assert ran == []
+    assert info.value.retry_after == math.inf
+    cb.force_closed()
+    fail(cb, 5)
+    assert cb.state == "forced_closed"
+    assert cb.retry_after == 0.0
+    s = cb.stats()
+    assert (s.state, s.failures, s.consecutive_failures, s.rejections) == (
+        "forced_closed",
+        5,
+        0,
+        1,
+    )
+    cb.reset()
+    fail(cb)
+    assert cb.state == "open"
+    cb.force_closed()
+    transitions = [
+        ("closed", "forced_open"),
+        ("forced_open", "forced_closed"),
+        ("forced_closed", "closed"),
+        ("closed", "open"),
+        ("open", "forced_closed"),
+    ]
+    assert seen == transitions
+    assert [d["state"] for _, d in bus.published] == [new for _, new in transitions]
+
+
+def test_calls_in_flight_when_forced_do_not_count() -> None:
+    cb = CircuitBreaker(1)
+    permit = cb._acquire()
+    cb.force_closed()
+    cb.reset()
+    cb._record(permit, Boom())
+    assert cb.state == "closed"
 
 
 # ---- notifications --------------------------------------------------------------------
@@ -606,6 +862,87 @@ def test_protected_calls_run_in_parallel(threads: int) -> None:
     assert cb.stats().successes == threads
 
 
+@pytest.mark.parametrize("probes", [1, 2])
+def test_half_open_with_success_threshold_never_over_admits(threads: int, probes: int) -> None:
+    # Successful probes free their slots while the breaker stays half-open (a threshold
+    # no run reaches): at no instant are more than `probes` probes inside the call.
+    clock = ManualClock()
+    cb = CircuitBreaker(1, 1.0, half_open_max_calls=probes, success_threshold=10**6, clock=clock)
+    fail(cb)
+    clock.advance(1.0)
+    inside = 0
+    most = 0
+    lock = threading.Lock()
+
+    def probe() -> None:
+        nonlocal inside, most
+        with lock:
+            inside += 1
+            most = max(most, inside)
+        for _ in range(20):  # stay a moment: let the others try to get in
+            pass
+        with lock:
+            inside -= 1
+
+    def body(i: int) -> None:
+        for _ in range(300):
+            try:
+                cb.call(probe)
+            except CircuitOpen as e:
+                assert e.retry_after == 0.0
+
+    run_threads(threads, body)
+    assert 1 <= most <= probes
+    s = cb.stats()
+    assert s.state == "half_open"
+    assert s.calls == s.successes + 1  # and the failure that opened it
+    assert s.calls - 1 + s.rejections == threads * 300
+
+
+@pytest.mark.parametrize("window", [{"window": 60.0}, {"window_calls": 10_000}])
+def test_window_counts_are_exact_under_threads(threads: int, window: dict[str, Any]) -> None:
+    per_thread = 400
+    # Rate 1.0 with a min_calls above what is recorded: it never opens.
+    cb = CircuitBreaker(failure_rate=1.0, min_calls=10_000, expected=Boom, **window)
+
+    def body(i: int) -> None:
+        for k in range(per_thread):
+            if (i + k) % 4 == 0:
+                with pytest.raises(Boom):
+                    cb.call(boom)
+            else:
+                cb.call(int)
+
+    run_threads(threads, body)
+    s = cb.stats()
+    n = threads * per_thread
+    assert (s.window_calls, s.window_failures) == (n, n // 4)
+    assert (s.successes, s.failures) == (n - n // 4, n // 4)
+
+
+def test_rate_breaker_trips_once_under_threads(threads: int) -> None:
+    trips: list[tuple[str, str]] = []
+    cb = CircuitBreaker(
+        failure_rate=0.5,
+        min_calls=10,
+        window_calls=100,
+        reset_timeout=3600.0,
+        expected=Boom,
+        on_state_change=lambda old, new: trips.append((old, new)),
+    )
+
+    def body(i: int) -> None:
+        for _ in range(200):
+            with contextlib.suppress(Boom, CircuitOpen):
+                cb.call(boom)
+
+    run_threads(threads, body)
+    assert trips == [("closed", "open")]
+    s = cb.stats()
+    assert s.calls + s.rejections == threads * 200
+    assert s.calls == s.failures >= 10
+
+
 def test_stress_counts_add_up(threads: int, stress_scale: int) -> None:
     per_thread = 2000 * stress_scale
     errors: list[BaseException] = []
@@ -659,105 +996,194 @@ def test_stress_counts_add_up(threads: int, stress_scale: int) -> None:
 
 
 class Model:
-    """The contract in plain Python, on the same ManualClock readings."""
+    """The contract in plain Python, on the same ManualClock readings (in ns, as the core
+    reads them). ``rule`` is ``("consecutive", threshold)``, ``("time", rate, min_calls,
+    window_ns)`` or ``("calls", rate, min_calls, n)``."""
 
-    def __init__(self, threshold: int, timeout: float, probes: int) -> None:
-        self.threshold, self.timeout, self.max_probes = threshold, timeout, probes
+    def __init__(
+        self,
+        rule: tuple[Any, ...],
+        timeout: float,
+        probes: int,
+        success_threshold: int = 1,
+        slow_ns: int | None = None,
+    ) -> None:
+        self.rule, self.timeout, self.max_probes = rule, timeout, probes
+        self.success_threshold, self.slow_ns = success_threshold, slow_ns
         self.state = "closed"
         self.gen = 0
         self.run = 0
         self.probes = 0
+        self.successes = 0
         self.opened_at = 0.0
+        # (gen, step or None, failed) of every record, oldest first.
+        self.records: list[tuple[int, int | None, bool]] = []
         self.stats = dict.fromkeys(
-            ("calls", "successes", "failures", "ignored", "rejections", "state_changes"), 0
+            (
+                "calls",
+                "successes",
+                "failures",
+                "slow_calls",
+                "ignored",
+                "rejections",
+                "state_changes",
+            ),
+            0,
         )
         self.transitions: list[tuple[str, str]] = []
 
     def _move(self, new: str) -> None:
-        self.transitions.append((self.state, new))
-        self.stats["state_changes"] += 1
+        if new != self.state:
+            self.transitions.append((self.state, new))
+            self.stats["state_changes"] += 1
         self.state = new
         self.gen += 1
         self.run = 0
         self.probes = 0
+        self.successes = 0
+
+    def _step(self, now_ns: int) -> int:
+        return now_ns // max(1, self.rule[3] // 20)
+
+    def window(self, now_ns: int) -> tuple[int, int]:
+        """(calls, failures) of the current period in the window."""
+        if self.rule[0] == "time":
+            step = self._step(now_ns)
+            mine = [r for r in self.records if r[0] == self.gen and step - (r[1] or 0) < 20]
+        elif self.rule[0] == "calls":
+            mine = [r for r in self.records[-self.rule[3] :] if r[0] == self.gen]
+        else:
+            return (0, 0)
+        return len(mine), sum(r[2] for r in mine)
 
     def observe(self, now: float) -> str:
         if self.state == "open" and now >= self.opened_at + self.timeout:
             self._move("half_open")
         return self.state
 
-    def admit(self, now: float) -> tuple[int, bool] | float:
-        """A permit, or the retry_after of the rejection."""
+    def admit(self, now: float, now_ns: int) -> tuple[int, bool, int] | float:
+        """A permit (gen, probe, start), or the retry_after of the rejection."""
+        if self.state == "forced_open":
+            self.stats["rejections"] += 1
+            return math.inf
         if self.state == "open":
             if now < self.opened_at + self.timeout:
                 self.stats["rejections"] += 1
                 return self.opened_at + self.timeout - now
             self._move("half_open")
-        if self.state == "closed":
+        if self.state in ("closed", "forced_closed"):
             self.stats["calls"] += 1
-            return (self.gen, False)
+            return (self.gen, False, now_ns)
         if self.probes < self.max_probes:
             self.probes += 1
             self.stats["calls"] += 1
-            return (self.gen, True)
+            return (self.gen, True, now_ns)
         self.stats["rejections"] += 1
         return 0.0
 
-    def success(self, permit: tuple[int, bool]) -> None:
+    def success(self, permit: tuple[int, bool, int], now: float, now_ns: int) -> None:
+        if self.slow_ns is not None and now_ns - permit[2] >= self.slow_ns:
+            self.stats["slow_calls"] += 1
+            self.failure(permit, now, now_ns)
+            return
         self.stats["successes"] += 1
         if permit[0] != self.gen:
             return
         if self.state == "half_open":
-            self._move("closed")
-        else:
-            self.run = 0
+            self.successes += 1
+            self.probes -= 1
+            if self.successes >= self.success_threshold:
+                self._move("closed")
+        elif self.state == "closed":
+            if self.rule[0] == "consecutive":
+                self.run = 0
+            else:
+                self.records.append((self.gen, self._step_of(now_ns), False))
 
-    def failure(self, permit: tuple[int, bool], now: float) -> None:
+    def _step_of(self, now_ns: int) -> int | None:
+        return self._step(now_ns) if self.rule[0] == "time" else None
+
+    def failure(self, permit: tuple[int, bool, int], now: float, now_ns: int) -> None:
         self.stats["failures"] += 1
-        if permit[0] != self.gen:
+        if permit[0] != self.gen or self.state not in ("closed", "half_open"):
             return
         if self.state == "closed":
-            self.run += 1
-            if self.run < self.threshold:
-                return
+            if self.rule[0] == "consecutive":
+                self.run += 1
+                if self.run < self.rule[1]:
+                    return
+            else:
+                self.records.append((self.gen, self._step_of(now_ns), True))
+                calls, failures = self.window(now_ns)
+                if calls < self.rule[2] or failures / calls < self.rule[1]:
+                    return
         self._move("open")
         self.opened_at = now
 
-    def ignore(self, permit: tuple[int, bool]) -> None:
+    def ignore(self, permit: tuple[int, bool, int]) -> None:
         self.stats["ignored"] += 1
         if permit[1] and permit[0] == self.gen and self.state == "half_open":
             self.probes -= 1
 
-    def reset(self) -> None:
-        if self.state != "closed":
-            self._move("closed")
-        else:
-            self.gen += 1
-            self.run = 0
+    def force(self, state: str) -> None:
+        self._move(state)
 
 
 class BreakerMachine(RuleBasedStateMachine):
     @initialize(
-        threshold=st.integers(1, 3),
+        rule=st.one_of(
+            st.tuples(st.just("consecutive"), st.integers(1, 3)),
+            st.tuples(
+                st.sampled_from(["time", "calls"]),
+                st.sampled_from([0.25, 0.5, 2 / 3, 1.0]),
+                st.integers(1, 4),
+                st.sampled_from([4, 5]),
+            ),
+        ),
         timeout=st.sampled_from([0.0, 1.0, 2.5]),
         probes=st.integers(1, 2),
+        success_threshold=st.integers(1, 3),
+        slow_call=st.sampled_from([None, None, 1.0]),
     )
-    def setup(self, threshold: int, timeout: float, probes: int) -> None:
+    def setup(
+        self,
+        rule: tuple[Any, ...],
+        timeout: float,
+        probes: int,
+        success_threshold: int,
+        slow_call: float | None,
+    ) -> None:
         self.clock = ManualClock()
+        self.now_ns = 0
         self.seen: list[tuple[str, str]] = []
+        kwargs: dict[str, Any] = {}
+        if rule[0] == "consecutive":
+            kwargs["failure_threshold"] = rule[1]
+        else:
+            # A time window of 4 or 5 s (steps of 0.2 or 0.25 s), or the last 4 or 5
+            # calls.
+            kwargs.update(failure_rate=rule[1], min_calls=rule[2])
+            if rule[0] == "time":
+                kwargs["window"] = float(rule[3])
+                rule = (*rule[:3], rule[3] * 10**9)
+            else:
+                kwargs["window_calls"] = rule[3]
         self.cb = CircuitBreaker(
-            threshold,
-            timeout,
+            reset_timeout=timeout,
             half_open_max_calls=probes,
+            success_threshold=success_threshold,
+            slow_call=slow_call,
             expected=Boom,
             clock=self.clock,
             on_state_change=lambda old, new: self.seen.append((old, new)),
+            **kwargs,
         )
-        self.model = Model(threshold, timeout, probes)
-        self.held: list[tuple[int, tuple[int, bool]]] = []
+        slow_ns = None if slow_call is None else int(slow_call * 10**9)
+        self.model = Model(rule, timeout, probes, success_threshold, slow_ns)
+        self.held: list[tuple[int, tuple[int, bool, int]]] = []
 
-    def _admit(self) -> tuple[int, tuple[int, bool]] | None:
-        expect = self.model.admit(self.clock.now())
+    def _admit(self) -> tuple[int, tuple[int, bool, int]] | None:
+        expect = self.model.admit(self.clock.now(), self.now_ns)
         if isinstance(expect, float):
             with pytest.raises(CircuitOpen) as info:
                 self.cb._acquire()
@@ -783,26 +1209,33 @@ class BreakerMachine(RuleBasedStateMachine):
         i = data.draw(st.integers(0, len(self.held) - 1))
         self._finish(self.held.pop(i), outcome)
 
-    def _finish(self, admitted: tuple[int, tuple[int, bool]], outcome: str) -> None:
+    def _finish(self, admitted: tuple[int, tuple[int, bool, int]], outcome: str) -> None:
         permit, mine = admitted
+        now = self.clock.now()
         if outcome == "ok":
             self.cb._record(permit)
-            self.model.success(mine)
+            self.model.success(mine, now, self.now_ns)
         elif outcome == "fail":
             self.cb._record(permit, Boom())
-            self.model.failure(mine, self.clock.now())
+            self.model.failure(mine, now, self.now_ns)
         else:
             self.cb._record(permit, KeyError())
             self.model.ignore(mine)
 
-    @rule(dt=st.sampled_from([0.5, 1.0, 2.5]))
+    @rule(dt=st.sampled_from([0.25, 0.5, 1.0, 2.5]))
     def advance(self, dt: float) -> None:
         self.clock.advance(dt)
+        self.now_ns += int(dt * 10**9)
 
     @rule()
     def reset(self) -> None:
         self.cb.reset()
-        self.model.reset()
+        self.model.force("closed")
+
+    @rule(state=st.sampled_from(["forced_open", "forced_closed"]))
+    def force(self, state: str) -> None:
+        getattr(self.cb, state.replace("forced", "force"))()
+        self.model.force(state)
 
     @rule()
     def read_state(self) -> None:
@@ -817,13 +1250,16 @@ class BreakerMachine(RuleBasedStateMachine):
         assert s.state == self.model.state
         got = {k: getattr(s, k) for k in self.model.stats}
         assert got == self.model.stats
-        expect_run = self.model.run if self.model.state == "closed" else 0
+        closed = self.model.state == "closed"
+        expect_run = self.model.run if closed else 0
         assert s.consecutive_failures == expect_run
+        window = self.model.window(self.now_ns) if closed else (0, 0)
+        assert (s.window_calls, s.window_failures) == window
         assert self.seen == self.model.transitions
 
 
 TestBreakerModel = BreakerMachine.TestCase
-TestBreakerModel.settings = settings(max_examples=300, stateful_step_count=30, deadline=None)
+TestBreakerModel.settings = settings(max_examples=400, stateful_step_count=40, deadline=None)
 
 
 # ---- garbage collection -----------------------------------------------------------------

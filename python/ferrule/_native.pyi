@@ -28,6 +28,7 @@ it too, so ferrule has one wait slice."""
 _T = TypeVar("_T")
 _R = TypeVar("_R")
 _P = ParamSpec("_P")
+_BreakerState = Literal["closed", "open", "half_open", "forced_open", "forced_closed"]
 
 # ---------------------------------------------------------------------------------------
 # Exceptions
@@ -56,7 +57,8 @@ class CircuitOpen(FerruleError):
     """The circuit is open; the call was not made.
 
     Raised by :class:`CircuitBreaker` with ``retry_after`` set: seconds until the breaker
-    lets a probe call through (0.0 when it is half-open and its probes are in flight).
+    lets a probe call through (0.0 when it is half-open and its probes are in flight,
+    ``math.inf`` when it is forced open).
     """
 
     retry_after: float
@@ -1288,7 +1290,10 @@ class BreakerStats:
     ``calls`` counts admitted calls (the function ran); each ends as one of
     ``successes``, ``failures`` (an ``expected`` exception) or ``ignored`` (any other
     exception), so ``calls == successes + failures + ignored`` once none is in flight.
-    ``rejections`` counts calls refused with :class:`CircuitOpen`.
+    ``rejections`` counts calls refused with :class:`CircuitOpen`. A call that returned
+    after ``slow_call`` seconds or more counts in ``failures`` and in ``slow_calls``, not
+    in ``successes``. ``window_calls`` and ``window_failures`` are the failure-rate
+    window's contents while closed (0 otherwise, and under the consecutive rule).
 
     >>> cb = CircuitBreaker(failure_threshold=1)
     >>> cb.call(len, "abc")
@@ -1299,13 +1304,16 @@ class BreakerStats:
     """
 
     @property
-    def state(self) -> Literal["closed", "open", "half_open"]: ...
+    def state(self) -> _BreakerState: ...
     @property
     def calls(self) -> int: ...
     @property
     def successes(self) -> int: ...
     @property
     def failures(self) -> int: ...
+    @property
+    def slow_calls(self) -> int:
+        """Of ``failures``: calls that returned but took ``slow_call`` or longer."""
     @property
     def ignored(self) -> int: ...
     @property
@@ -1315,19 +1323,39 @@ class BreakerStats:
     @property
     def consecutive_failures(self) -> int:
         """The current run of expected failures while closed (0 otherwise)."""
+    @property
+    def window_calls(self) -> int:
+        """Calls in the failure-rate window while closed (0 otherwise)."""
+    @property
+    def window_failures(self) -> int:
+        """Failures in the failure-rate window while closed (0 otherwise)."""
 
 @final
 class CircuitBreaker:
     """A circuit breaker: stops calling a dependency that keeps failing, and probes it
     again after a while.
 
-    - closed: calls go through; ``failure_threshold`` consecutive failures (exceptions
-      that are instances of ``expected``) open the breaker. A success resets the run.
+    - closed: calls go through. By default ``failure_threshold`` (5) consecutive
+      failures (exceptions that are instances of ``expected``) open the breaker; a
+      success resets the run. With ``failure_rate`` instead, the breaker opens on a
+      failure that leaves the window with at least ``min_calls`` (20) calls of which a
+      fraction ``failures / calls >= failure_rate`` failed. The window is the last
+      ``window`` seconds (60.0; 20 buckets, so it moves in steps of ``window / 20``) or
+      the last ``window_calls`` calls; it holds only the current closed period's calls.
+      Giving ``failure_threshold`` with ``failure_rate``, ``window`` with
+      ``window_calls``, or ``min_calls``/``window``/``window_calls`` without
+      ``failure_rate`` is a ValueError.
     - open: calls raise :class:`CircuitOpen` (with ``retry_after``) without running.
       Opened at time t, it stays open while ``now < t + reset_timeout``.
     - half_open: then up to ``half_open_max_calls`` probe calls run at once (others are
-      rejected); the first probe to succeed closes the breaker, the first to fail
-      re-opens it.
+      rejected); a probe that succeeds frees its slot, and the ``success_threshold``-th
+      success (1) closes the breaker; the first probe to fail re-opens it.
+    - forced_open / forced_closed: after :meth:`force_open` / :meth:`force_closed`, until
+      :meth:`reset` or the other one. Forced open rejects every call (``retry_after`` is
+      ``math.inf``); forced closed runs every call and no outcome changes the state.
+
+    With ``slow_call`` (seconds), a call that returns ``slow_call`` or more after it was
+    admitted counts as a failure (in ``stats()``: in ``failures`` and ``slow_calls``).
 
     Exceptions outside ``expected`` propagate and count neither way (a probe that raises
     one frees its slot). Only the outcome of a call admitted in the breaker's current
@@ -1376,18 +1404,29 @@ class CircuitBreaker:
 
     def __new__(
         cls,
-        failure_threshold: int = 5,
+        failure_threshold: int | None = None,
         reset_timeout: float = 30.0,
         *,
+        failure_rate: float | None = None,
+        min_calls: int | None = None,
+        window: float | None = None,
+        window_calls: int | None = None,
+        slow_call: float | None = None,
         half_open_max_calls: int = 1,
+        success_threshold: int = 1,
         expected: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
         clock: ManualClock | None = None,
         name: str | None = None,
         on_state_change: Callable[[str, str], object] | None = None,
         bus: _Bus | None = None,
     ) -> CircuitBreaker:
-        """``failure_threshold`` and ``half_open_max_calls`` >= 1 (at most 2**30 - 1);
-        ``reset_timeout`` >= 0 seconds (at most 4e9); ``expected`` an exception class or a
+        """``failure_threshold`` (5 unless ``failure_rate`` is given), ``min_calls`` (20
+        with ``failure_rate``) and ``half_open_max_calls`` >= 1 (at most 2**30 - 1);
+        ``failure_rate`` in (0, 1]; ``window`` > 0 seconds (60.0 with ``failure_rate``
+        unless ``window_calls`` is given); ``window_calls`` from 1 to 10000 and at least
+        ``min_calls``; ``slow_call`` > 0 seconds; ``success_threshold`` >= 1 (at most
+        2**(30 - half_open_max_calls.bit_length())); ``reset_timeout`` >= 0 seconds
+        (at most 4e9); ``expected`` an exception class or a
         non-empty tuple of them; ``name`` is required with ``bus`` (any object with
         ``publish(type, data)``, e.g. a ``SignalBus``). A number that cannot be
         represented (an int beyond 64 bits) raises OverflowError; one that is
@@ -1446,16 +1485,39 @@ class CircuitBreaker:
         """Record the outcome of the call admitted with ``permit``."""
 
     @property
-    def state(self) -> Literal["closed", "open", "half_open"]:
-        """The state a call would meet now. An open breaker whose timeout has passed
-        becomes half-open when it is next called or its state is read."""
+    def state(self) -> _BreakerState:
+        """The state a call would meet now. ``"closed"``, ``"open"``, ``"half_open"``,
+        ``"forced_open"`` or ``"forced_closed"``; an open breaker whose timeout has
+        passed becomes half-open when it is next called or its state is read."""
     @property
     def retry_after(self) -> float:
-        """Seconds until an open breaker lets a probe through; 0.0 when not open."""
+        """Seconds until an open breaker lets a probe through; 0.0 when not open,
+        infinity when forced open."""
     @property
     def name(self) -> str | None: ...
     @property
-    def failure_threshold(self) -> int: ...
+    def failure_threshold(self) -> int | None:
+        """Consecutive failures that open the breaker; None under the failure-rate
+        rule."""
+    @property
+    def failure_rate(self) -> float | None:
+        """The failure rate that opens the breaker; None under the consecutive rule."""
+    @property
+    def min_calls(self) -> int | None:
+        """Calls the window must hold before the rate can open the breaker; None under
+        the consecutive rule."""
+    @property
+    def window(self) -> float | None:
+        """Seconds of a time window; None otherwise."""
+    @property
+    def window_calls(self) -> int | None:
+        """Calls of a count window; None otherwise."""
+    @property
+    def slow_call(self) -> float | None:
+        """Seconds from which a call that returns counts as a failure; None when off."""
+    @property
+    def success_threshold(self) -> int:
+        """Probe successes in half-open that close the breaker."""
     @property
     def reset_timeout(self) -> float: ...
     @property
@@ -1463,8 +1525,36 @@ class CircuitBreaker:
     @property
     def expected(self) -> tuple[type[BaseException], ...]: ...
     def reset(self) -> None:
-        """Close the breaker and clear its run of failures; calls in flight from before
-        the reset no longer count."""
+        """Close the breaker (from any state, the forced ones too) and clear its run of
+        failures and its window; calls in flight from before the reset no longer
+        count."""
+
+    def force_open(self) -> None:
+        """Hold the breaker open until ``reset()`` or ``force_closed()``: every call
+        raises :class:`CircuitOpen` (with ``retry_after`` infinity).
+
+        >>> cb = CircuitBreaker()
+        >>> cb.force_open()
+        >>> cb.state, cb.retry_after
+        ('forced_open', inf)
+        """
+
+    def force_closed(self) -> None:
+        """Hold the breaker closed until ``reset()`` or ``force_open()``: every call
+        goes through and no outcome changes the state.
+
+        >>> cb = CircuitBreaker(failure_threshold=1)
+        >>> cb.force_closed()
+        >>> cb.call(int, "x")
+        Traceback (most recent call last):
+        ...
+        ValueError: invalid literal for int() with base 10: 'x'
+        >>> cb.state
+        'forced_closed'
+        >>> cb.reset()
+        >>> cb.state
+        'closed'
+        """
 
     def stats(self) -> BreakerStats:
         """Counters; see :class:`BreakerStats`."""

@@ -2,34 +2,72 @@
 //! recording its outcome never take a lock and never serialise the protected calls.
 //!
 //! # States
-//! - closed: every call is admitted; `failure_threshold` consecutive expected failures
-//!   trip the breaker open. A success resets the run of failures.
+//! - closed: every call is admitted. What opens the breaker is its [`Trip`] rule:
+//!   - consecutive (the default): `failure_threshold` consecutive expected failures trip
+//!     it; a success resets the run;
+//!   - rate: when a failure is recorded and the window (of this closed period) holds at
+//!     least `min_calls` calls of which a fraction `failures / calls >= failure_rate`
+//!     failed. The window is the last `window` seconds (a [`TimeWindow`]) or the last
+//!     `window_calls` calls (a [`CountWindow`]). A success never opens the breaker.
+//!
+//!   With `slow_call` set, a call that returns `slow_call` or more after it was admitted
+//!   counts as a failure (a slow call), in either rule and in half-open.
 //! - open: calls are rejected (with the time left) until the reset timeout has passed:
 //!   opened at `t` with timeout `d`, the breaker stays open while `now < t + d`.
 //! - half-open: up to `half_open_max_calls` probe calls are admitted at once, the others
-//!   rejected. The first probe to succeed closes the breaker; the first to fail re-opens
+//!   rejected. A probe that succeeds gives its slot back and counts; the
+//!   `success_threshold`-th success closes the breaker. The first probe to fail re-opens
 //!   it (stamped anew). A probe that ends in an exception that is not expected gives its
 //!   slot back without deciding anything.
+//! - forced open / forced closed: set by `force_open` / `force_closed`, left only by
+//!   `reset` (to closed) or the other `force_*`. Forced open rejects every call; forced
+//!   closed admits every call and lets no outcome change anything.
 //!
 //! # The word
-//! `word` packs `state` (2 bits), `count` (30 bits: consecutive failures when closed,
-//! probes in flight when half-open, 0 otherwise) and `gen` (32 bits). Every change of
-//! state increments `gen`. A call's [`Permit`] remembers the `gen` it was admitted under,
-//! and its outcome is applied only while the word still has that `gen`: a call admitted
-//! before the breaker opened cannot re-open it later, a probe's outcome never leaks into
-//! the next closed period, and counting failures is one CAS that fails if anything else
-//! changed meanwhile. (`gen` wraps after 2^32 transitions; a permit would have to be held
-//! across all of them to be mistaken.) Invariants: while half-open, `count <=
-//! half_open_max_calls` (a probe is admitted only by a CAS from a smaller count); while
-//! closed, `count < failure_threshold`.
+//! `word` packs `state` (2 bits), `count` (30 bits) and `gen` (32 bits). `count` is the
+//! run of consecutive failures when closed (0 under the rate rule), when half-open the
+//! probes in flight (low `succ_shift` bits) and the successes so far (the bits above),
+//! and 0 when open. State 3 is a family told apart by `count`: `TRIPPING` (0),
+//! `FORCED_OPEN` (1), `FORCED_CLOSED` (2). Every change of state increments `gen`. A
+//! call's [`Permit`] remembers the `gen` it was admitted under, and its outcome is
+//! applied only while the word still has that `gen`: a call admitted before the breaker
+//! opened cannot re-open it later, a probe's outcome never leaks into the next closed
+//! period, and counting failures is one CAS that fails if anything else changed
+//! meanwhile. (`gen` wraps after 2^32 transitions; a permit would have to be held across
+//! all of them to be mistaken.) Invariants: while half-open, probes in flight `<=
+//! half_open_max_calls` (a probe is admitted only by a CAS from a smaller number) and
+//! successes `< success_threshold`; while closed, `count < failure_threshold`.
+//!
+//! # The windows (rate rule)
+//! Beside the word, never inside a CAS with it. Each record is tagged with the `gen` of
+//! the closed period it belongs to, and a window counts only the current period's
+//! records: closing the breaker starts an empty window without clearing anything.
+//! - [`TimeWindow`]: `BUCKETS` buckets of `window / BUCKETS` each (the window moves in
+//!   those steps). A bucket is a tag word (`gen`, slot number, a rolling bit) and a
+//!   counts word (calls, failures: one `fetch_add` records both). A record for a slot
+//!   newer than its bucket's tag rolls the bucket over in three steps, like a trip:
+//!   claim (CAS the tag to rolling), store the counts of its own record, publish the new
+//!   tag (`Release`). A record that meets a rolling tag waits the instant it takes, so no
+//!   record of the current slot is lost; a record older than the tag is dropped; one
+//!   that read the old tag just before the claim may land in the old counts (dropped
+//!   with them: its slot had expired) or in the new ones (counted a step late). A
+//!   reader skips rolling buckets and those of another `gen` or outside the window, so
+//!   it never counts an expired step as current.
+//! - [`CountWindow`]: a ring of `window_calls` words and a ticket counter. A record takes
+//!   the next ticket and stores `(gen, ticket, failed)` in the ring slot of its ticket,
+//!   by a CAS that gives way to a newer entry; the window is the ring's entries of the
+//!   current `gen`.
+//!
+//! Window readings are exact when no record is in flight, and cost a scan (the buckets,
+//! or the ring) only when a failure is recorded.
 //!
 //! # The open stamp
 //! The stamp of the current open period lives beside the word in `opened_at`. Tripping
 //! (closed or half-open -> open) takes three steps, with no lock:
 //! 1. claim: a CAS from the word the tripping thread saw to `TRIPPING` with the next
 //!    `gen`. Only one thread can win it, and nothing but step 3 moves the word out of
-//!    `TRIPPING` (outcomes carry older gens; `reset` waits the instant it takes), so the
-//!    claimer is the only writer of `opened_at` until it publishes;
+//!    `TRIPPING` (outcomes carry older gens; `reset` and `force_*` wait the instant it
+//!    takes), so the claimer is the only writer of `opened_at` until it publishes;
 //! 2. `opened_at = now` (`Release`);
 //! 3. publish: store `OPEN` with the same `gen` (`Release`).
 //!
@@ -44,9 +82,10 @@
 //! is rejected with `retry_after = reset_timeout`, as it would be an instant later).
 //!
 //! # Orderings
-//! Word updates are `AcqRel` CASes (failed CASes `Acquire`); the counters are statistics
-//! only and use `Relaxed`. Transitions are returned to the caller, which reports them
-//! (callbacks, signals) after the fact, with no lock held.
+//! Word updates are `AcqRel` CASes (failed CASes `Acquire`); bucket tags are published
+//! with `Release` and read with `Acquire`; window counts are `Relaxed` RMWs (ordered by
+//! the tag); the statistics use `Relaxed`. Transitions are returned to the caller, which
+//! reports them (callbacks, signals) after the fact, with no lock held.
 //!
 //! The protocol runs on `crate::core::sync` atomics: the loom models at the end of this
 //! file (`make loom`) check it under every interleaving, with a manual clock.
@@ -57,14 +96,29 @@ use std::sync::atomic::AtomicU64 as StatU64;
 use crate::core::clock::Clock;
 use crate::core::sync::{AtomicI64, AtomicU64, Ordering};
 
-/// Largest `failure_threshold` and `half_open_max_calls` (the word's count field).
+/// Largest `failure_threshold`, `half_open_max_calls` and `min_calls` (the word's count
+/// field).
 pub const MAX_COUNT: u32 = (1 << 30) - 1;
+
+/// Largest `window_calls`: the ring is scanned on every recorded failure.
+pub const MAX_WINDOW_CALLS: u32 = 10_000;
+
+/// Buckets of a time window.
+pub const BUCKETS: usize = 20;
+
+/// `retry_after` of a forced-open breaker: it lets nothing through until told.
+pub const FOREVER: i64 = i64::MAX;
 
 const CLOSED: u64 = 0;
 const OPEN: u64 = 1;
 const HALF_OPEN: u64 = 2;
-/// A trip in flight: open, its stamp not yet published (see the module docs).
-const TRIPPING: u64 = 3;
+/// State 3: a family told apart by the count field.
+const SPECIAL: u64 = 3;
+/// `SPECIAL` counts: a trip in flight (open, its stamp not yet published; see the
+/// module docs), and the two forced states.
+const TRIPPING: u32 = 0;
+const FORCED_OPEN: u32 = 1;
+const FORCED_CLOSED: u32 = 2;
 
 const STATE_MASK: u64 = 0b11;
 const COUNT_SHIFT: u32 = 2;
@@ -91,19 +145,28 @@ fn gen_of(w: u64) -> u32 {
     (w >> GEN_SHIFT) as u32
 }
 
+#[inline]
+fn is_tripping(w: u64) -> bool {
+    state_of(w) == SPECIAL && count_of(w) == TRIPPING
+}
+
 /// The state a caller observes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
     Closed,
     Open,
     HalfOpen,
+    ForcedOpen,
+    ForcedClosed,
 }
 
 impl State {
     fn of(w: u64) -> Self {
-        match state_of(w) {
-            CLOSED => Self::Closed,
-            HALF_OPEN => Self::HalfOpen,
+        match (state_of(w), count_of(w)) {
+            (CLOSED, _) => Self::Closed,
+            (HALF_OPEN, _) => Self::HalfOpen,
+            (SPECIAL, FORCED_OPEN) => Self::ForcedOpen,
+            (SPECIAL, FORCED_CLOSED) => Self::ForcedClosed,
             _ => Self::Open,
         }
     }
@@ -113,6 +176,8 @@ impl State {
             Self::Closed => "closed",
             Self::Open => "open",
             Self::HalfOpen => "half_open",
+            Self::ForcedOpen => "forced_open",
+            Self::ForcedClosed => "forced_closed",
         }
     }
 }
@@ -130,27 +195,32 @@ pub struct Transition {
     pub to: State,
 }
 
-/// Proof that a call was admitted, and under which period.
+/// Proof that a call was admitted, under which period, and (with `slow_call`) when.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Permit {
     gen: u32,
     probe: bool,
+    /// The clock when admitted; 0 without `slow_call` (the clock is not read).
+    started: i64,
 }
 
 impl Permit {
-    /// A compact form for callers that must carry the permit through foreign code.
-    pub fn to_bits(self) -> u64 {
-        (u64::from(self.gen) << 1) | u64::from(self.probe)
+    /// A compact form for callers that must carry the permit through foreign code
+    /// (below 2^33 unless the permit carries a start time).
+    pub fn to_bits(self) -> u128 {
+        // `started` is a clock reading, >= 0.
+        (u128::from(self.started.max(0) as u64) << 33)
+            | (u128::from(self.gen) << 1)
+            | u128::from(self.probe)
     }
 
     /// The inverse of [`Permit::to_bits`]; `None` for a value that no permit produces.
-    pub fn from_bits(bits: u64) -> Option<Self> {
-        if bits >> 33 != 0 {
-            return None;
-        }
+    pub fn from_bits(bits: u128) -> Option<Self> {
+        let started = i64::try_from(bits >> 33).ok()?;
         Some(Self {
-            gen: (bits >> 1) as u32, // < 2^32: checked above
+            gen: ((bits >> 1) & u128::from(u32::MAX)) as u32,
             probe: bits & 1 == 1,
+            started,
         })
     }
 
@@ -163,7 +233,8 @@ impl Permit {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rejected {
     /// Nanoseconds until the breaker lets a probe through; 0 when half-open and every
-    /// probe slot is taken (the wait depends on the probes in flight).
+    /// probe slot is taken (the wait depends on the probes in flight); [`FOREVER`] when
+    /// forced open.
     pub retry_after: i64,
     /// The state that refused the call.
     pub state: State,
@@ -173,21 +244,79 @@ pub struct Rejected {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BreakerError {
     TooSmall(&'static str),
-    TooLarge(&'static str),
+    TooLarge(&'static str, u32),
     Negative(&'static str),
+    NotPositive(&'static str),
+    Rate,
+    MinCallsAboveWindow,
+    /// `success_threshold` beyond what the count field holds beside the probes.
+    SuccessThreshold(u32, u32),
 }
 
 impl fmt::Display for BreakerError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::TooSmall(arg) => write!(f, "{arg} must be >= 1"),
-            Self::TooLarge(arg) => write!(f, "{arg} must be <= {MAX_COUNT}"),
+            Self::TooLarge(arg, max) => write!(f, "{arg} must be <= {max}"),
             Self::Negative(arg) => write!(f, "{arg} must be >= 0"),
+            Self::NotPositive(arg) => write!(f, "{arg} must be > 0"),
+            Self::Rate => f.write_str("failure_rate must be > 0 and <= 1"),
+            Self::MinCallsAboveWindow => f.write_str("min_calls must be <= window_calls"),
+            Self::SuccessThreshold(max, probes) => write!(
+                f,
+                "success_threshold must be <= {max} with half_open_max_calls={probes}"
+            ),
         }
     }
 }
 
 impl std::error::Error for BreakerError {}
+
+/// What opens a closed breaker.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Trip {
+    /// This many consecutive failures.
+    Consecutive(i64),
+    /// A failure rate over a window, once it holds `min_calls` calls.
+    Rate {
+        rate: f64,
+        min_calls: i64,
+        window: WindowSpec,
+    },
+}
+
+/// The window of the rate rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowSpec {
+    /// The last this many nanoseconds.
+    Nanos(i64),
+    /// The last this many calls.
+    Calls(i64),
+}
+
+/// A breaker's configuration (see [`Breaker::with_config`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Config {
+    pub trip: Trip,
+    pub reset_timeout: i64,
+    pub half_open_max_calls: i64,
+    pub success_threshold: i64,
+    /// Nanoseconds from which a successful call counts as a failure.
+    pub slow_call: Option<i64>,
+}
+
+impl Config {
+    /// The consecutive rule, one success to close, no slow calls.
+    pub fn consecutive(failure_threshold: i64, reset_timeout: i64, probes: i64) -> Self {
+        Self {
+            trip: Trip::Consecutive(failure_threshold),
+            reset_timeout,
+            half_open_max_calls: probes,
+            success_threshold: 1,
+            slow_call: None,
+        }
+    }
+}
 
 /// The counters reported by [`Breaker::stats`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -195,15 +324,20 @@ pub struct Stats {
     /// Calls admitted (the protected function ran or is running).
     pub calls: u64,
     pub successes: u64,
-    /// Admitted calls that ended in an expected exception.
+    /// Admitted calls that ended in an expected exception, or were slow.
     pub failures: u64,
+    /// Of `failures`: calls that returned but took `slow_call` or longer.
+    pub slow_calls: u64,
     /// Admitted calls that ended in an exception that is not expected.
     pub ignored: u64,
     /// Calls refused without running.
     pub rejections: u64,
     pub state_changes: u64,
-    /// The current run of failures while closed.
+    /// The current run of failures while closed (consecutive rule).
     pub consecutive_failures: u32,
+    /// Calls and failures in the current window while closed (rate rule).
+    pub window_calls: u32,
+    pub window_failures: u32,
 }
 
 /// Keeps a hot atomic on its own cache line, so that the statistics written on every call
@@ -219,12 +353,14 @@ struct Counters {
     calls: StatU64,
     successes: StatU64,
     failures: StatU64,
+    slow_calls: StatU64,
     ignored: StatU64,
     rejections: StatU64,
     state_changes: StatU64,
 }
 
-/// Waits an instant for another thread to finish a short step (a trip in flight).
+/// Waits an instant for another thread to finish a short step (a trip or a rollover in
+/// flight).
 fn pause(spins: &mut u32) {
     *spins = spins.saturating_add(1);
     #[cfg(loom)]
@@ -237,52 +373,315 @@ fn pause(spins: &mut u32) {
     }
 }
 
+/// `a` is later than `b` in a space that wraps at `2^bits` (within half of it).
+#[inline]
+fn later(a: u64, b: u64, bits: u32) -> bool {
+    let d = a.wrapping_sub(b) & ((1 << bits) - 1);
+    d != 0 && d < 1 << (bits - 1)
+}
+
+/// One record's contribution to a pair of (calls, failures) counts.
+#[inline]
+fn delta(failed: bool) -> u64 {
+    (1 << 32) | u64::from(failed)
+}
+
+// ---- the time window --------------------------------------------------------------------
+
+/// Tag bits: `gen` (32) | rolling (1) | slot number (31, wrapping).
+const SLOT_BITS: u32 = 31;
+const SLOT_MASK: u64 = (1 << SLOT_BITS) - 1;
+const ROLLING: u64 = 1 << SLOT_BITS;
+
+#[inline]
+fn tag(gen: u32, slot: u64) -> u64 {
+    (u64::from(gen) << 32) | (slot & SLOT_MASK)
+}
+
+#[derive(Debug)]
+struct Bucket {
+    /// `tag(gen, slot)`, or that with `ROLLING` set while the bucket rolls over.
+    tag: AtomicU64,
+    /// calls (high 32 bits) | failures (low 32 bits).
+    counts: AtomicU64,
+}
+
+/// The last `window` nanoseconds, in `BUCKETS` steps (see the module docs).
+#[derive(Debug)]
+pub struct TimeWindow {
+    buckets: Box<[Bucket]>,
+    step: i64,
+}
+
+impl TimeWindow {
+    fn new(window: i64) -> Self {
+        let buckets = (0..BUCKETS)
+            .map(|_| Bucket {
+                // gen 0 is live from the start: an empty bucket of slot 0 of gen 0 holds
+                // nothing, which is what it counts.
+                tag: AtomicU64::new(tag(0, 0)),
+                counts: AtomicU64::new(0),
+            })
+            .collect();
+        Self {
+            buckets,
+            step: (window / BUCKETS as i64).max(1),
+        }
+    }
+
+    /// The slot number of clock reading `now`.
+    fn slot(&self, now: i64) -> u64 {
+        (now.max(0) / self.step) as u64 & SLOT_MASK
+    }
+
+    /// Adds one record of period `gen` at slot `slot`.
+    fn record(&self, gen: u32, slot: u64, failed: bool) {
+        let b = &self.buckets[(slot % BUCKETS as u64) as usize];
+        let mine = tag(gen, slot);
+        let mut spins = 0;
+        loop {
+            let t = b.tag.load(Ordering::Acquire);
+            if t == mine {
+                b.counts.fetch_add(delta(failed), Ordering::Relaxed);
+                return;
+            }
+            if t & ROLLING != 0 {
+                // The claimer is two stores away from publishing.
+                pause(&mut spins);
+                continue;
+            }
+            let newer = if gen_of(t) == gen {
+                later(slot, t & SLOT_MASK, SLOT_BITS)
+            } else {
+                later(u64::from(gen), u64::from(gen_of(t)), 32)
+            };
+            if !newer {
+                return; // the bucket moved on: this record's step (or period) is over
+            }
+            if b.tag
+                .compare_exchange(t, mine | ROLLING, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                // Only this thread writes the counts wholesale until the tag is published;
+                // an add from a recorder that read the old tag lands before (dropped with
+                // the expired step) or after (counted a step late). A swap, not a store:
+                // as an RMW it is ordered with those adds in every model loom explores.
+                b.counts.swap(delta(failed), Ordering::Relaxed);
+                b.tag.store(mine, Ordering::Release);
+                return;
+            }
+        }
+    }
+
+    /// (calls, failures) of period `gen` in the window ending at slot `slot`.
+    fn read(&self, gen: u32, slot: u64) -> (u64, u64) {
+        let (mut calls, mut failures) = (0, 0);
+        for b in &*self.buckets {
+            let t = b.tag.load(Ordering::Acquire);
+            if t & ROLLING != 0 || gen_of(t) != gen {
+                continue;
+            }
+            let s = t & SLOT_MASK;
+            // In the window: one of the last BUCKETS slots, or a slot a thread with a
+            // later clock reading has just opened.
+            let age = slot.wrapping_sub(s) & SLOT_MASK;
+            let ahead = s.wrapping_sub(slot) & SLOT_MASK;
+            if age < BUCKETS as u64 || ahead < BUCKETS as u64 {
+                let c = b.counts.load(Ordering::Relaxed);
+                calls += c >> 32;
+                failures += c & u64::from(u32::MAX);
+            }
+        }
+        (calls, failures.min(calls))
+    }
+}
+
+// ---- the count window -------------------------------------------------------------------
+
+/// Ring entry bits: `gen` (32) | ticket (30, wrapping) | valid (1) | failed (1).
+const TICKET_BITS: u32 = 30;
+const TICKET_MASK: u64 = (1 << TICKET_BITS) - 1;
+const VALID: u64 = 0b10;
+
+/// The last `n` calls (see the module docs).
+#[derive(Debug)]
+pub struct CountWindow {
+    ring: Box<[AtomicU64]>,
+    tickets: AtomicU64,
+}
+
+impl CountWindow {
+    fn new(n: u32) -> Self {
+        Self {
+            ring: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            tickets: AtomicU64::new(0),
+        }
+    }
+
+    fn record(&self, gen: u32, failed: bool) {
+        let t = self.tickets.fetch_add(1, Ordering::Relaxed);
+        let slot = &self.ring[(t % self.ring.len() as u64) as usize];
+        let ticket = t & TICKET_MASK;
+        let mine = (u64::from(gen) << 32) | (ticket << 2) | VALID | u64::from(failed);
+        let mut old = slot.load(Ordering::Relaxed);
+        loop {
+            if old & VALID != 0 {
+                let newer = if gen_of(old) == gen {
+                    later(ticket, (old >> 2) & TICKET_MASK, TICKET_BITS)
+                } else {
+                    later(u64::from(gen), u64::from(gen_of(old)), 32)
+                };
+                if !newer {
+                    return; // a later call of the window already holds this slot
+                }
+            }
+            match slot.compare_exchange_weak(old, mine, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return,
+                Err(now) => old = now,
+            }
+        }
+    }
+
+    fn read(&self, gen: u32) -> (u64, u64) {
+        let (mut calls, mut failures) = (0, 0);
+        for e in &*self.ring {
+            let e = e.load(Ordering::Relaxed);
+            if e & VALID != 0 && gen_of(e) == gen {
+                calls += 1;
+                failures += e & 1;
+            }
+        }
+        (calls, failures)
+    }
+}
+
+/// The closed state's rule, resolved.
+#[derive(Debug)]
+enum Rule {
+    Consecutive(u32),
+    Rate {
+        rate: f64,
+        min_calls: u32,
+        window: Window,
+    },
+}
+
+#[derive(Debug)]
+enum Window {
+    Time(TimeWindow),
+    Count(CountWindow),
+}
+
 /// A lock-free circuit breaker (see the module documentation).
 #[derive(Debug)]
 pub struct Breaker {
     word: Padded<AtomicU64>,
     opened_at: AtomicI64,
-    failure_threshold: u32,
+    rule: Rule,
     half_open_max_calls: u32,
+    success_threshold: u32,
+    /// Bits of the half-open count that hold the probes in flight; successes above.
+    succ_shift: u32,
     reset_timeout: i64,
+    slow_call: Option<i64>,
+    config: Config,
     clock: Clock,
     counters: Padded<Counters>,
 }
 
+fn count(v: i64, arg: &'static str, max: u32) -> Result<u32, BreakerError> {
+    if v < 1 {
+        Err(BreakerError::TooSmall(arg))
+    } else if v > i64::from(max) {
+        Err(BreakerError::TooLarge(arg, max))
+    } else {
+        Ok(v as u32)
+    }
+}
+
 impl Breaker {
+    /// The consecutive rule (see [`Config::consecutive`]).
     pub fn new(
         failure_threshold: i64,
         reset_timeout_nanos: i64,
         half_open_max_calls: i64,
         clock: Clock,
     ) -> Result<Self, BreakerError> {
-        let count = |v: i64, arg: &'static str| -> Result<u32, BreakerError> {
-            if v < 1 {
-                Err(BreakerError::TooSmall(arg))
-            } else if v > i64::from(MAX_COUNT) {
-                Err(BreakerError::TooLarge(arg))
-            } else {
-                Ok(v as u32)
+        Self::with_config(
+            Config::consecutive(failure_threshold, reset_timeout_nanos, half_open_max_calls),
+            clock,
+        )
+    }
+
+    pub fn with_config(config: Config, clock: Clock) -> Result<Self, BreakerError> {
+        let rule = match config.trip {
+            Trip::Consecutive(n) => Rule::Consecutive(count(n, "failure_threshold", MAX_COUNT)?),
+            Trip::Rate {
+                rate,
+                min_calls,
+                window,
+            } => {
+                // NaN fails both comparisons' negation: refused.
+                if !(rate > 0.0 && rate <= 1.0) {
+                    return Err(BreakerError::Rate);
+                }
+                let min_calls = count(min_calls, "min_calls", MAX_COUNT)?;
+                let window = match window {
+                    WindowSpec::Nanos(ns) if ns <= 0 => {
+                        return Err(BreakerError::NotPositive("window"))
+                    }
+                    WindowSpec::Nanos(ns) => Window::Time(TimeWindow::new(ns)),
+                    WindowSpec::Calls(n) => {
+                        let n = count(n, "window_calls", MAX_WINDOW_CALLS)?;
+                        if min_calls > n {
+                            return Err(BreakerError::MinCallsAboveWindow);
+                        }
+                        Window::Count(CountWindow::new(n))
+                    }
+                };
+                Rule::Rate {
+                    rate,
+                    min_calls,
+                    window,
+                }
             }
         };
-        let failure_threshold = count(failure_threshold, "failure_threshold")?;
-        let half_open_max_calls = count(half_open_max_calls, "half_open_max_calls")?;
-        if reset_timeout_nanos < 0 {
+        let half_open_max_calls =
+            count(config.half_open_max_calls, "half_open_max_calls", MAX_COUNT)?;
+        let succ_shift = 32 - half_open_max_calls.leading_zeros();
+        // Successes are stored up to success_threshold - 1, in 30 - succ_shift bits.
+        let succ_max = 1_u32 << (30 - succ_shift);
+        let success_threshold = count(config.success_threshold, "success_threshold", MAX_COUNT)?;
+        if success_threshold > succ_max {
+            return Err(BreakerError::SuccessThreshold(
+                succ_max,
+                half_open_max_calls,
+            ));
+        }
+        if config.reset_timeout < 0 {
             return Err(BreakerError::Negative("reset_timeout"));
+        }
+        if config.slow_call.is_some_and(|s| s <= 0) {
+            return Err(BreakerError::NotPositive("slow_call"));
         }
         Ok(Self {
             word: Padded(AtomicU64::new(pack(CLOSED, 0, 0))),
             opened_at: AtomicI64::new(0),
-            failure_threshold,
+            rule,
             half_open_max_calls,
-            reset_timeout: reset_timeout_nanos,
+            success_threshold,
+            succ_shift,
+            reset_timeout: config.reset_timeout,
+            slow_call: config.slow_call,
+            config,
             clock,
             counters: Padded::default(),
         })
     }
 
-    pub fn failure_threshold(&self) -> u32 {
-        self.failure_threshold
+    /// The configuration it was made with.
+    pub fn config(&self) -> &Config {
+        &self.config
     }
 
     pub fn half_open_max_calls(&self) -> u32 {
@@ -324,6 +723,25 @@ impl Breaker {
         (self.load() == w).then_some(t)
     }
 
+    #[inline]
+    fn permit(&self, gen: u32, probe: bool) -> Permit {
+        let started = if self.slow_call.is_some() {
+            self.clock.now_nanos()
+        } else {
+            0
+        };
+        Permit {
+            gen,
+            probe,
+            started,
+        }
+    }
+
+    #[inline]
+    fn inflight(&self, count: u32) -> u32 {
+        count & ((1 << self.succ_shift) - 1)
+    }
+
     /// Admits a call or refuses it. An open breaker whose timeout has passed becomes
     /// half-open here, and the caller takes the first probe slot.
     pub fn acquire(&self) -> Result<(Permit, Option<Transition>), Rejected> {
@@ -333,15 +751,11 @@ impl Breaker {
             match state_of(w) {
                 CLOSED => {
                     c.calls.fetch_add(1, Ordering::Relaxed);
-                    let permit = Permit {
-                        gen: gen_of(w),
-                        probe: false,
-                    };
-                    return Ok((permit, None));
+                    return Ok((self.permit(gen_of(w), false), None));
                 }
                 HALF_OPEN => {
                     let n = count_of(w);
-                    if n >= self.half_open_max_calls {
+                    if self.inflight(n) >= self.half_open_max_calls {
                         c.rejections.fetch_add(1, Ordering::Relaxed);
                         return Err(Rejected {
                             retry_after: 0,
@@ -350,20 +764,21 @@ impl Breaker {
                     }
                     if self.cas(w, pack(HALF_OPEN, n + 1, gen_of(w))) {
                         c.calls.fetch_add(1, Ordering::Relaxed);
-                        let permit = Permit {
-                            gen: gen_of(w),
-                            probe: true,
-                        };
-                        return Ok((permit, None));
+                        return Ok((self.permit(gen_of(w), true), None));
                     }
                 }
-                TRIPPING => {
-                    // Open an instant ago: the stamp is being written.
+                SPECIAL => {
+                    let (retry_after, state) = match count_of(w) {
+                        FORCED_CLOSED => {
+                            c.calls.fetch_add(1, Ordering::Relaxed);
+                            return Ok((self.permit(gen_of(w), false), None));
+                        }
+                        FORCED_OPEN => (FOREVER, State::ForcedOpen),
+                        // Open an instant ago: the stamp is being written.
+                        _ => (self.reset_timeout, State::Open),
+                    };
                     c.rejections.fetch_add(1, Ordering::Relaxed);
-                    return Err(Rejected {
-                        retry_after: self.reset_timeout,
-                        state: State::Open,
-                    });
+                    return Err(Rejected { retry_after, state });
                 }
                 _ => {
                     let Some(t) = self.stamp_of(w) else { continue };
@@ -378,8 +793,8 @@ impl Breaker {
                     let gen = gen_of(w).wrapping_add(1);
                     if self.cas(w, pack(HALF_OPEN, 1, gen)) {
                         c.calls.fetch_add(1, Ordering::Relaxed);
-                        let permit = Permit { gen, probe: true };
-                        return Ok((permit, Some(self.changed(w, State::HalfOpen))));
+                        let t = self.changed(w, State::HalfOpen);
+                        return Ok((self.permit(gen, true), Some(t)));
                     }
                 }
             }
@@ -392,8 +807,15 @@ impl Breaker {
             .saturating_sub(self.clock.now_nanos())
     }
 
-    /// Records that the call admitted with `permit` returned normally.
+    /// Records that the call admitted with `permit` returned normally (a slow call: as
+    /// a failure).
     pub fn success(&self, permit: Permit) -> Option<Transition> {
+        if let Some(slow) = self.slow_call {
+            if self.clock.now_nanos().saturating_sub(permit.started) >= slow {
+                self.counters.0.slow_calls.fetch_add(1, Ordering::Relaxed);
+                return self.failure(permit);
+            }
+        }
         self.counters.0.successes.fetch_add(1, Ordering::Relaxed);
         loop {
             let w = self.load();
@@ -401,14 +823,33 @@ impl Breaker {
                 return None;
             }
             match state_of(w) {
-                CLOSED if count_of(w) > 0 => {
-                    if self.cas(w, pack(CLOSED, 0, permit.gen)) {
+                CLOSED => match &self.rule {
+                    Rule::Consecutive(_) if count_of(w) > 0 => {
+                        if self.cas(w, pack(CLOSED, 0, permit.gen)) {
+                            return None;
+                        }
+                    }
+                    Rule::Consecutive(_) => return None,
+                    Rule::Rate { window, .. } => {
+                        self.record(window, permit.gen, false);
                         return None;
                     }
-                }
+                },
                 HALF_OPEN => {
-                    if self.cas(w, pack(CLOSED, 0, permit.gen.wrapping_add(1))) {
-                        return Some(self.changed(w, State::Closed));
+                    let n = count_of(w);
+                    let successes = (n >> self.succ_shift) + 1;
+                    if successes >= self.success_threshold {
+                        if self.cas(w, pack(CLOSED, 0, permit.gen.wrapping_add(1))) {
+                            return Some(self.changed(w, State::Closed));
+                        }
+                    } else {
+                        // Give the slot back (the probe held one: n's inflight > 0) and
+                        // count the success.
+                        let next =
+                            (successes << self.succ_shift) | self.inflight(n).saturating_sub(1);
+                        if self.cas(w, pack(HALF_OPEN, next, permit.gen)) {
+                            return None;
+                        }
                     }
                 }
                 _ => return None,
@@ -416,32 +857,66 @@ impl Breaker {
         }
     }
 
+    fn record(&self, window: &Window, gen: u32, failed: bool) {
+        match window {
+            Window::Time(tw) => tw.record(gen, tw.slot(self.clock.now_nanos()), failed),
+            Window::Count(cw) => cw.record(gen, failed),
+        }
+    }
+
+    fn window_counts(&self, window: &Window, gen: u32) -> (u64, u64) {
+        match window {
+            Window::Time(tw) => tw.read(gen, tw.slot(self.clock.now_nanos())),
+            Window::Count(cw) => cw.read(gen),
+        }
+    }
+
     /// Records that the call admitted with `permit` raised an expected exception.
     pub fn failure(&self, permit: Permit) -> Option<Transition> {
         self.counters.0.failures.fetch_add(1, Ordering::Relaxed);
+        let mut recorded = false;
         loop {
             let w = self.load();
             if gen_of(w) != permit.gen {
                 return None;
             }
-            let trip = match state_of(w) {
-                CLOSED => {
-                    let n = count_of(w) + 1;
-                    if n < self.failure_threshold {
-                        if self.cas(w, pack(CLOSED, n, permit.gen)) {
-                            return None;
+            match state_of(w) {
+                CLOSED => match &self.rule {
+                    Rule::Consecutive(threshold) => {
+                        let n = count_of(w) + 1;
+                        if n < *threshold {
+                            if self.cas(w, pack(CLOSED, n, permit.gen)) {
+                                return None;
+                            }
+                            continue;
                         }
-                        continue;
                     }
-                    true
-                }
-                HALF_OPEN => true,
+                    Rule::Rate {
+                        rate,
+                        min_calls,
+                        window,
+                    } => {
+                        if !recorded {
+                            self.record(window, permit.gen, true);
+                            recorded = true;
+                            let (calls, failures) = self.window_counts(window, permit.gen);
+                            // Division, not `rate * calls`: failures / calls rounds to the
+                            // very float the user wrote when it is that fraction.
+                            let over = calls >= u64::from(*min_calls)
+                                && failures as f64 / calls as f64 >= *rate;
+                            if !over {
+                                return None;
+                            }
+                        }
+                        // Over the threshold: trip below (a failed claim means the word
+                        // changed, and the loop sees how).
+                    }
+                },
+                HALF_OPEN => {}
                 _ => return None,
-            };
-            if trip {
-                if let Some(t) = self.trip(w) {
-                    return Some(t);
-                }
+            }
+            if let Some(t) = self.trip(w) {
+                return Some(t);
             }
         }
     }
@@ -450,7 +925,7 @@ impl Breaker {
     /// first. The three steps of the module docs: claim, stamp, publish.
     fn trip(&self, w: u64) -> Option<Transition> {
         let gen = gen_of(w).wrapping_add(1);
-        if !self.cas(w, pack(TRIPPING, 0, gen)) {
+        if !self.cas(w, pack(SPECIAL, TRIPPING, gen)) {
             return None;
         }
         // The claim makes this thread the only writer of `opened_at` until the store
@@ -470,7 +945,10 @@ impl Breaker {
         }
         loop {
             let w = self.load();
-            if gen_of(w) != permit.gen || state_of(w) != HALF_OPEN || count_of(w) == 0 {
+            if gen_of(w) != permit.gen
+                || state_of(w) != HALF_OPEN
+                || self.inflight(count_of(w)) == 0
+            {
                 return;
             }
             if self.cas(w, pack(HALF_OPEN, count_of(w) - 1, permit.gen)) {
@@ -479,26 +957,41 @@ impl Breaker {
         }
     }
 
-    /// Closes the breaker and clears the run of failures. Calls in flight from before
-    /// the reset no longer count.
-    pub fn reset(&self) -> Option<Transition> {
+    /// Moves the breaker to `to` (a `CLOSED` or `SPECIAL` word with count `count`) from
+    /// whatever state it is in, once no trip is in flight; the transition if the state
+    /// changed. Calls in flight from before no longer count.
+    fn force(&self, state: u64, count: u32) -> Option<Transition> {
         let mut spins = 0;
         loop {
             let w = self.load();
-            let gen = gen_of(w).wrapping_add(1);
-            if state_of(w) == TRIPPING {
+            if is_tripping(w) {
                 // Only the claimer may end a trip (module docs); it is two stores away.
                 pause(&mut spins);
                 continue;
             }
-            if state_of(w) == CLOSED {
-                if self.cas(w, pack(CLOSED, 0, gen)) {
-                    return None;
-                }
-            } else if self.cas(w, pack(CLOSED, 0, gen)) {
-                return Some(self.changed(w, State::Closed));
+            let to = pack(state, count, gen_of(w).wrapping_add(1));
+            if self.cas(w, to) {
+                let (from, to) = (State::of(w), State::of(to));
+                return (from != to).then(|| self.changed(w, to));
             }
         }
+    }
+
+    /// Closes the breaker (from any state, forced ones included) and clears its run of
+    /// failures and its window. Calls in flight from before the reset no longer count.
+    pub fn reset(&self) -> Option<Transition> {
+        self.force(CLOSED, 0)
+    }
+
+    /// Opens the breaker until `reset` or `force_closed`: every call is rejected.
+    pub fn force_open(&self) -> Option<Transition> {
+        self.force(SPECIAL, FORCED_OPEN)
+    }
+
+    /// Closes the breaker until `reset` or `force_open`: every call is admitted and no
+    /// outcome changes the state.
+    pub fn force_closed(&self) -> Option<Transition> {
+        self.force(SPECIAL, FORCED_CLOSED)
     }
 
     /// The current state. An open breaker whose timeout has passed becomes half-open
@@ -531,38 +1024,46 @@ impl Breaker {
         }
     }
 
-    /// Nanoseconds until an open breaker admits a probe; 0 when it is not open.
+    /// Nanoseconds until an open breaker admits a probe; 0 when it is not open;
+    /// [`FOREVER`] when forced open.
     pub fn retry_after(&self) -> i64 {
         loop {
             let w = self.load();
-            match state_of(w) {
-                OPEN => {
+            match (state_of(w), count_of(w)) {
+                (OPEN, _) => {
                     if let Some(t) = self.stamp_of(w) {
                         return self.time_left(t).max(0);
                     }
                 }
-                TRIPPING => return self.reset_timeout,
+                (SPECIAL, TRIPPING) => return self.reset_timeout,
+                (SPECIAL, FORCED_OPEN) => return FOREVER,
                 _ => return 0,
             }
         }
     }
 
-    /// The counters; `consecutive_failures` is read from the word.
+    /// The counters; `consecutive_failures` is read from the word, the window counts
+    /// from the window.
     pub fn stats(&self) -> Stats {
         let c = &self.counters.0;
         let w = self.load();
+        let closed = state_of(w) == CLOSED;
+        let (window_calls, window_failures) = match &self.rule {
+            Rule::Rate { window, .. } if closed => self.window_counts(window, gen_of(w)),
+            _ => (0, 0),
+        };
+        let small = |v: u64| u32::try_from(v).unwrap_or(u32::MAX);
         Stats {
             calls: c.calls.load(Ordering::Relaxed),
             successes: c.successes.load(Ordering::Relaxed),
             failures: c.failures.load(Ordering::Relaxed),
+            slow_calls: c.slow_calls.load(Ordering::Relaxed),
             ignored: c.ignored.load(Ordering::Relaxed),
             rejections: c.rejections.load(Ordering::Relaxed),
             state_changes: c.state_changes.load(Ordering::Relaxed),
-            consecutive_failures: if state_of(w) == CLOSED {
-                count_of(w)
-            } else {
-                0
-            },
+            consecutive_failures: if closed { count_of(w) } else { 0 },
+            window_calls: small(window_calls),
+            window_failures: small(window_failures),
         }
     }
 }
@@ -739,23 +1240,17 @@ mod tests {
 
     #[test]
     fn permit_bits_round_trip() {
-        for p in [
-            Permit {
-                gen: 0,
-                probe: false,
-            },
-            Permit {
-                gen: u32::MAX,
-                probe: true,
-            },
-            Permit {
-                gen: 7,
-                probe: true,
-            },
-        ] {
+        for (gen, probe, started) in [(0, false, 0), (u32::MAX, true, 0), (7, true, i64::MAX)] {
+            let p = Permit {
+                gen,
+                probe,
+                started,
+            };
             assert_eq!(Permit::from_bits(p.to_bits()), Some(p));
         }
-        assert_eq!(Permit::from_bits(1 << 40), None);
+        // Without a start time a permit fits in 33 bits.
+        assert!(Permit::from_bits(u128::from(u64::MAX >> 31)).is_some());
+        assert_eq!(Permit::from_bits(1 << 100), None);
     }
 
     #[test]
@@ -852,6 +1347,307 @@ mod tests {
         let s = b.stats();
         assert_eq!(s.state_changes, reported.load(Ordering::Relaxed) as u64);
         assert!(s.state_changes > 0);
+    }
+
+    fn with(config: Config) -> (Breaker, Arc<ManualClock>) {
+        let clock = Arc::new(ManualClock::new(0));
+        let b = Breaker::with_config(config, Clock::Manual(clock.clone())).unwrap();
+        (b, clock)
+    }
+
+    fn rate(rate: f64, min_calls: i64, window: WindowSpec) -> Config {
+        Config {
+            trip: Trip::Rate {
+                rate,
+                min_calls,
+                window,
+            },
+            ..Config::consecutive(1, 10 * SEC, 1)
+        }
+    }
+
+    #[test]
+    fn new_options_are_checked() {
+        let err = |c: Config| {
+            Breaker::with_config(c, Clock::Monotonic)
+                .unwrap_err()
+                .to_string()
+        };
+        let win = WindowSpec::Nanos(SEC);
+        for r in [0.0, -0.5, 1.01, f64::NAN] {
+            assert_eq!(err(rate(r, 1, win)), "failure_rate must be > 0 and <= 1");
+        }
+        assert!(Breaker::with_config(rate(1.0, 1, win), Clock::Monotonic).is_ok());
+        assert_eq!(err(rate(0.5, 0, win)), "min_calls must be >= 1");
+        assert_eq!(
+            err(rate(0.5, 1, WindowSpec::Nanos(0))),
+            "window must be > 0"
+        );
+        assert_eq!(
+            err(rate(0.5, 1, WindowSpec::Calls(0))),
+            "window_calls must be >= 1"
+        );
+        assert_eq!(
+            err(rate(0.5, 1, WindowSpec::Calls(10_001))),
+            "window_calls must be <= 10000"
+        );
+        assert_eq!(
+            err(rate(0.5, 6, WindowSpec::Calls(5))),
+            "min_calls must be <= window_calls"
+        );
+        let base = Config::consecutive(1, 1, 1);
+        assert_eq!(
+            err(Config {
+                success_threshold: 0,
+                ..base
+            }),
+            "success_threshold must be >= 1"
+        );
+        assert_eq!(
+            err(Config {
+                slow_call: Some(0),
+                ..base
+            }),
+            "slow_call must be > 0"
+        );
+        // The probes and the successes share the count field's 30 bits.
+        let big = Config {
+            half_open_max_calls: i64::from(MAX_COUNT),
+            ..base
+        };
+        assert!(Breaker::with_config(big, Clock::Monotonic).is_ok());
+        assert_eq!(
+            err(Config {
+                success_threshold: 2,
+                ..big
+            }),
+            format!("success_threshold must be <= 1 with half_open_max_calls={MAX_COUNT}")
+        );
+        let small = Config {
+            success_threshold: 1 << 28,
+            half_open_max_calls: 3,
+            ..base
+        };
+        assert!(Breaker::with_config(small, Clock::Monotonic).is_ok());
+    }
+
+    #[test]
+    fn success_threshold_needs_that_many_probe_successes() {
+        let (b, _) = with(Config {
+            success_threshold: 3,
+            ..Config::consecutive(1, 0, 2)
+        });
+        fail(&b);
+        let (p1, _) = b.acquire().unwrap();
+        let (p2, _) = b.acquire().unwrap();
+        assert!(b.acquire().is_err());
+        // A success frees its slot and counts.
+        assert_eq!(b.success(p1), None);
+        assert_eq!(b.state().0, State::HalfOpen);
+        let (p3, _) = b.acquire().unwrap();
+        assert!(b.acquire().is_err());
+        assert_eq!(b.success(p2), None);
+        assert_eq!(b.success(p3), tr(State::HalfOpen, State::Closed));
+        // A failure after some successes re-opens.
+        fail(&b);
+        let (p, _) = b.acquire().unwrap();
+        let (q, _) = b.acquire().unwrap();
+        assert_eq!(b.success(p), None);
+        assert_eq!(b.failure(q), tr(State::HalfOpen, State::Open));
+        // The next half-open period counts from zero.
+        for i in 0..3 {
+            let (p, _) = b.acquire().unwrap();
+            let expect = if i == 2 {
+                tr(State::HalfOpen, State::Closed)
+            } else {
+                None
+            };
+            assert_eq!(b.success(p), expect);
+        }
+    }
+
+    #[test]
+    fn rate_rule_over_a_time_window() {
+        let (b, clock) = with(rate(0.5, 4, WindowSpec::Nanos(20 * SEC)));
+        // Below min_calls nothing opens, whatever the rate.
+        assert_eq!(fail(&b), None);
+        assert_eq!(fail(&b), None);
+        assert_eq!(succeed(&b), None);
+        let s = b.stats();
+        assert_eq!((s.window_calls, s.window_failures), (3, 2));
+        assert_eq!(s.consecutive_failures, 0);
+        // 4 calls, 3 failed: 0.75 >= 0.5 on the failure that gets there.
+        assert_eq!(fail(&b), tr(State::Closed, State::Open));
+        assert_eq!(b.stats().window_calls, 0);
+        // Closing starts an empty window.
+        b.reset();
+        assert_eq!(fail(&b), None);
+        assert_eq!(b.stats().window_calls, 1);
+        // Steps of 1 s: records age out of the window 20 steps later.
+        for _ in 0..3 {
+            succeed(&b);
+        }
+        clock.advance(19 * SEC).unwrap();
+        assert_eq!(b.stats().window_calls, 4);
+        clock.advance(SEC).unwrap();
+        assert_eq!(b.stats().window_calls, 0);
+        // 2 of 4 is the threshold itself: it opens.
+        succeed(&b);
+        succeed(&b);
+        assert_eq!(fail(&b), None);
+        assert_eq!(fail(&b), tr(State::Closed, State::Open));
+    }
+
+    #[test]
+    fn a_success_never_opens_a_rate_breaker() {
+        let (b, _) = with(rate(0.5, 3, WindowSpec::Calls(10)));
+        fail(&b);
+        fail(&b);
+        assert_eq!(succeed(&b), None);
+        assert_eq!(b.state().0, State::Closed);
+        assert_eq!(fail(&b), tr(State::Closed, State::Open));
+    }
+
+    #[test]
+    fn rate_rule_over_the_last_n_calls() {
+        let (b, _) = with(rate(0.5, 4, WindowSpec::Calls(4)));
+        for _ in 0..10 {
+            succeed(&b);
+        }
+        fail(&b);
+        let s = b.stats();
+        assert_eq!((s.window_calls, s.window_failures), (4, 1));
+        assert_eq!(fail(&b), tr(State::Closed, State::Open));
+        // Stale outcomes of the previous period do not enter the new window.
+        let (old, _) = {
+            b.reset();
+            b.acquire().unwrap()
+        };
+        b.reset();
+        assert_eq!(b.failure(old), None);
+        assert_eq!(b.stats().window_calls, 0);
+    }
+
+    #[test]
+    fn slow_calls_count_as_failures() {
+        let (b, clock) = with(Config {
+            slow_call: Some(2 * SEC),
+            ..Config::consecutive(2, 10 * SEC, 1)
+        });
+        let (p, _) = b.acquire().unwrap();
+        clock.advance(2 * SEC - 1).unwrap();
+        assert_eq!(b.success(p), None);
+        assert_eq!(b.stats().consecutive_failures, 0);
+        let (p, _) = b.acquire().unwrap();
+        clock.advance(2 * SEC).unwrap();
+        assert_eq!(b.success(p), None);
+        assert_eq!(b.stats().consecutive_failures, 1);
+        let (p, _) = b.acquire().unwrap();
+        clock.advance(3 * SEC).unwrap();
+        assert_eq!(b.success(p), tr(State::Closed, State::Open));
+        let s = b.stats();
+        assert_eq!(
+            (s.calls, s.successes, s.failures, s.slow_calls),
+            (3, 1, 2, 2)
+        );
+        // Through the permit's bits too.
+        clock.advance(10 * SEC).unwrap();
+        let (p, _) = b.acquire().unwrap();
+        let p = Permit::from_bits(p.to_bits()).unwrap();
+        clock.advance(5 * SEC).unwrap();
+        assert_eq!(b.success(p), tr(State::HalfOpen, State::Open));
+    }
+
+    #[test]
+    fn forced_states_hold_until_reset() {
+        let (b, clock) = breaker(1, SEC, 1);
+        let (before, _) = b.acquire().unwrap();
+        assert_eq!(b.force_open(), tr(State::Closed, State::ForcedOpen));
+        assert_eq!(b.force_open(), None);
+        assert_eq!(b.failure(before), None);
+        clock.advance(100 * SEC).unwrap();
+        let r = b.acquire().unwrap_err();
+        assert_eq!((r.retry_after, r.state), (FOREVER, State::ForcedOpen));
+        assert_eq!(b.state(), (State::ForcedOpen, None));
+        assert_eq!(b.retry_after(), FOREVER);
+        assert_eq!(b.force_closed(), tr(State::ForcedOpen, State::ForcedClosed));
+        for _ in 0..5 {
+            assert_eq!(fail(&b), None);
+        }
+        assert_eq!(b.peek(), State::ForcedClosed);
+        assert_eq!(b.retry_after(), 0);
+        assert_eq!(b.stats().consecutive_failures, 0);
+        assert_eq!(b.reset(), tr(State::ForcedClosed, State::Closed));
+        assert_eq!(fail(&b), tr(State::Closed, State::Open));
+        assert_eq!(b.force_closed(), tr(State::Open, State::ForcedClosed));
+        assert_eq!(b.stats().state_changes, 5);
+    }
+
+    #[test]
+    fn window_counts_are_exact_under_threads() {
+        let threads = 8;
+        let per = 500;
+        for spec in [WindowSpec::Nanos(60 * SEC), WindowSpec::Calls(10_000)] {
+            // A threshold no mix reaches, so the breaker stays closed.
+            let (b, _) = with(rate(1.0, 10_000, spec));
+            let b = Arc::new(b);
+            let barrier = Arc::new(Barrier::new(threads));
+            let hs: Vec<_> = (0..threads)
+                .map(|i| {
+                    let (b, barrier) = (b.clone(), barrier.clone());
+                    std::thread::spawn(move || {
+                        barrier.wait();
+                        for k in 0..per {
+                            let (p, _) = b.acquire().unwrap();
+                            if (i + k) % 4 == 0 {
+                                b.failure(p);
+                            } else {
+                                b.success(p);
+                            }
+                        }
+                    })
+                })
+                .collect();
+            for h in hs {
+                h.join().unwrap();
+            }
+            let s = b.stats();
+            let n = (threads * per) as u32;
+            assert_eq!((s.window_calls, s.window_failures), (n, n / 4), "{spec:?}");
+        }
+    }
+
+    #[test]
+    fn time_window_rollover_loses_no_current_record_under_threads() {
+        let threads = 6;
+        let (b, clock) = with(rate(1.0, 1, WindowSpec::Nanos(20)));
+        let b = Arc::new(b);
+        let hs: Vec<_> = (0..threads)
+            .map(|i| {
+                let (b, clock) = (b.clone(), clock.clone());
+                std::thread::spawn(move || {
+                    for k in 0..2000 {
+                        if i == 0 && k % 50 == 0 {
+                            clock.advance(7).unwrap();
+                        }
+                        let (p, _) = b.acquire().unwrap();
+                        b.success(p);
+                        let s = b.stats();
+                        // Never more than what a window can hold of these threads.
+                        assert!(s.window_calls as usize <= threads * 2000);
+                    }
+                })
+            })
+            .collect();
+        for h in hs {
+            h.join().unwrap();
+        }
+        // The clock stands still now: the next records all land in the current step.
+        clock.advance(100).unwrap();
+        for _ in 0..10 {
+            succeed(&b);
+        }
+        assert_eq!(b.stats().window_calls, 10);
     }
 }
 
@@ -1028,6 +1824,156 @@ mod loom_models {
             assert_eq!(b.peek(), State::Closed);
             assert_eq!(b.stats().state_changes, seen.len() as u64);
             chain(&seen, State::Closed);
+        });
+    }
+
+    fn breaker_with(config: Config) -> Arc<Breaker> {
+        let clock = Arc::new(ManualClock::new(0));
+        Arc::new(Breaker::with_config(config, Clock::Manual(clock)).unwrap())
+    }
+
+    /// A bucket of gen 0 holding 3 failures of step 3, one lap (`BUCKETS` steps) later.
+    fn expired_bucket() -> (Arc<TimeWindow>, u64, u64) {
+        let w = Arc::new(TimeWindow::new(BUCKETS as i64)); // steps of 1 ns
+        let old = 3;
+        for _ in 0..3 {
+            w.record(0, old, true);
+        }
+        (w, old, old + BUCKETS as u64)
+    }
+
+    /// Two records of the current step race to roll a bucket over from an expired step
+    /// while a reader sums the window: both records are kept (the loser of the claim
+    /// waits for the rollover and adds to it), and the reader never counts the expired
+    /// step's records as current.
+    #[test]
+    fn loom_breaker_window_rollover_vs_record() {
+        loom::model(|| {
+            let (w, _, now) = expired_bucket();
+            let current: Vec<_> = [true, false]
+                .into_iter()
+                .map(|failed| {
+                    let w = w.clone();
+                    thread::spawn(move || w.record(0, now, failed))
+                })
+                .collect();
+            thread::yield_now();
+            let (calls, failures) = w.read(0, now);
+            assert!(calls <= 2 && failures <= 1, "{calls} {failures}");
+            for t in current {
+                t.join().unwrap();
+            }
+            assert_eq!(w.read(0, now), (2, 1));
+            // Another period's reader sees nothing of it.
+            assert_eq!(w.read(1, now), (0, 0));
+        });
+    }
+
+    /// A record of the expired step arrives late, racing the rollover: it is dropped
+    /// (with the expired step, or because the bucket moved on) or counted a step late,
+    /// never counted twice, and the expired step's own records are gone.
+    #[test]
+    fn loom_breaker_window_late_record_vs_rollover() {
+        loom::model(|| {
+            let (w, old, now) = expired_bucket();
+            let roller = {
+                let w = w.clone();
+                thread::spawn(move || w.record(0, now, false))
+            };
+            w.record(0, old, true);
+            roller.join().unwrap();
+            let got = w.read(0, now);
+            assert!(got == (1, 0) || got == (2, 1), "{got:?}");
+        });
+    }
+
+    /// Half-open with 2 probe slots and `success_threshold=2`: a probe's success (which
+    /// frees its slot) races the other probe's failure and a third caller. The failure
+    /// re-opens the breaker, the success never closes it, the reported transitions form
+    /// one chain, and never more than 2 probes are in flight.
+    #[test]
+    fn loom_breaker_success_threshold_vs_trip() {
+        loom::model(|| {
+            let b = breaker_with(Config {
+                success_threshold: 2,
+                ..Config::consecutive(1, 0, 2)
+            });
+            let (p, _) = b.acquire().unwrap();
+            b.failure(p);
+            let (p1, t) = b.acquire().unwrap();
+            assert_eq!(t.map(|t| t.to), Some(State::HalfOpen));
+            let (p2, _) = b.acquire().unwrap();
+            let succeeder = {
+                let b = b.clone();
+                thread::spawn(move || b.success(p1))
+            };
+            let failer = {
+                let b = b.clone();
+                thread::spawn(move || b.failure(p2))
+            };
+            thread::yield_now();
+            let mut third = Seen::new();
+            if let Ok((q, t)) = b.acquire() {
+                note(&mut third, t);
+                let w = b.load();
+                if state_of(w) == HALF_OPEN {
+                    assert!(b.inflight(count_of(w)) <= 2);
+                }
+                b.release(q);
+            }
+            let mut seen = third;
+            note(&mut seen, succeeder.join().unwrap());
+            note(&mut seen, failer.join().unwrap());
+            // With timeout 0 the third caller may have moved the re-opened breaker to
+            // half-open; it released its probe, so nothing else happened.
+            let last = State::of(b.load());
+            let mut all = vec![(State::Closed, State::Open), (State::Open, State::HalfOpen)];
+            all.extend(seen.iter().copied());
+            chain(&all, last);
+            assert!(seen.contains(&(State::HalfOpen, State::Open)), "{seen:?}");
+            assert!(
+                !seen.contains(&(State::HalfOpen, State::Closed)),
+                "{seen:?}"
+            );
+        });
+    }
+
+    /// Two probes of a `success_threshold=2` breaker succeed at once while a third caller
+    /// tries to get in: exactly one success closes the breaker, and never more than 2
+    /// probes are in flight.
+    #[test]
+    fn loom_breaker_success_threshold_counts_every_success_once() {
+        loom::model(|| {
+            let b = breaker_with(Config {
+                success_threshold: 2,
+                ..Config::consecutive(1, 0, 2)
+            });
+            let (p, _) = b.acquire().unwrap();
+            b.failure(p);
+            let (p1, _) = b.acquire().unwrap();
+            let (p2, _) = b.acquire().unwrap();
+            let succeeders: Vec<_> = [p1, p2]
+                .into_iter()
+                .map(|p| {
+                    let b = b.clone();
+                    thread::spawn(move || b.success(p))
+                })
+                .collect();
+            thread::yield_now();
+            if let Ok((q, _)) = b.acquire() {
+                let w = b.load();
+                if state_of(w) == HALF_OPEN {
+                    assert!(q.is_probe());
+                    assert!(b.inflight(count_of(w)) <= 2);
+                }
+                b.release(q);
+            }
+            let closed: usize = succeeders
+                .into_iter()
+                .map(|t| usize::from(t.join().unwrap().is_some()))
+                .sum();
+            assert_eq!(closed, 1);
+            assert_eq!(b.peek(), State::Closed);
         });
     }
 }

@@ -26,8 +26,11 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString, PyTuple, PyType};
 use pyo3::{PyTraverseError, PyVisit};
 
-use crate::core::breaker::{Breaker, Permit, Rejected, State, Stats, Transition};
+use crate::core::breaker::{
+    Breaker, Config, Permit, Rejected, State, Stats, Transition, Trip, WindowSpec, FOREVER,
+};
 use crate::core::clock::{self, nanos_to_secs};
+
 use crate::errors::{wrong_type, Exc};
 use crate::py::args::{self, Held};
 use crate::py::lookup::lookup;
@@ -43,6 +46,66 @@ fn isinstance(obj: &Bound<'_, PyAny>, classes: &Bound<'_, PyTuple>) -> PyResult<
 /// An optional argument, `None` counting as absent.
 fn given<'py>(o: Option<&Bound<'py, PyAny>>) -> Option<Bound<'py, PyAny>> {
     o.filter(|o| !o.is_none()).cloned()
+}
+
+/// Nanoseconds as seconds, [`FOREVER`] as infinity (a forced-open breaker).
+fn secs_or_forever(ns: i64) -> f64 {
+    if ns == FOREVER {
+        f64::INFINITY
+    } else {
+        nanos_to_secs(ns)
+    }
+}
+
+/// An int argument that may be absent (`None`).
+fn opt_int(o: Option<&Bound<'_, PyAny>>, arg: &str) -> PyResult<Option<i64>> {
+    given(o).map(|o| args::int(&o, arg)).transpose()
+}
+
+/// The closed state's rule from the arguments that choose it (see `CircuitBreaker`).
+fn trip_rule(
+    failure_threshold: Option<i64>,
+    failure_rate: Option<&Bound<'_, PyAny>>,
+    min_calls: Option<i64>,
+    window: Option<&Bound<'_, PyAny>>,
+    window_calls: Option<i64>,
+) -> PyResult<Trip> {
+    let window = args::opt_positive_nanos(window, "window")?;
+    let Some(rate) = given(failure_rate) else {
+        for (arg, set) in [
+            ("min_calls", min_calls.is_some()),
+            ("window", window.is_some()),
+            ("window_calls", window_calls.is_some()),
+        ] {
+            if set {
+                return Err(PyValueError::new_err(format!(
+                    "{arg} requires failure_rate"
+                )));
+            }
+        }
+        return Ok(Trip::Consecutive(failure_threshold.unwrap_or(5)));
+    };
+    let rate = args::number(&rate, "failure_rate")?;
+    if failure_threshold.is_some() {
+        return Err(PyValueError::new_err(
+            "failure_threshold and failure_rate cannot both be given",
+        ));
+    }
+    let window = match (window, window_calls) {
+        (Some(_), Some(_)) => {
+            return Err(PyValueError::new_err(
+                "window and window_calls cannot both be given",
+            ))
+        }
+        (_, Some(n)) => WindowSpec::Calls(n),
+        (Some(ns), None) => WindowSpec::Nanos(ns),
+        (None, None) => WindowSpec::Nanos(60_000_000_000),
+    };
+    Ok(Trip::Rate {
+        rate,
+        min_calls: min_calls.unwrap_or(20),
+        window,
+    })
 }
 
 /// A tuple of exception classes from a class or a tuple of classes.
@@ -147,8 +210,9 @@ impl CircuitBreaker {
 
     /// `CircuitOpen` with `retry_after` (seconds) set on the instance.
     fn rejected(&self, py: Python<'_>, r: Rejected) -> PyErr {
-        let retry_after = nanos_to_secs(r.retry_after);
+        let retry_after = secs_or_forever(r.retry_after);
         let msg = match r.state {
+            State::ForcedOpen => format!("{} is forced open", self.label()),
             State::HalfOpen => format!(
                 "{} is half-open and its {} probe call(s) are in flight",
                 self.label(),
@@ -217,16 +281,25 @@ impl CircuitBreaker {
 impl CircuitBreaker {
     #[new]
     #[pyo3(
-        signature = (failure_threshold = 5, reset_timeout = 30.0, *, half_open_max_calls = 1,
-                     expected = None, clock = None, name = None, on_state_change = None, bus = None),
+        signature = (failure_threshold = None, reset_timeout = 30.0, *, failure_rate = None,
+                     min_calls = None, window = None, window_calls = None, slow_call = None,
+                     half_open_max_calls = 1, success_threshold = 1, expected = None,
+                     clock = None, name = None, on_state_change = None, bus = None),
         // Written out only for `expected`, whose default, a tuple, PyO3 cannot print.
-        text_signature = "(failure_threshold=5, reset_timeout=30.0, *, half_open_max_calls=1, expected=(Exception,), clock=None, name=None, on_state_change=None, bus=None)"
+        text_signature = "(failure_threshold=None, reset_timeout=30.0, *, failure_rate=None, min_calls=None, window=None, window_calls=None, slow_call=None, half_open_max_calls=1, success_threshold=1, expected=(Exception,), clock=None, name=None, on_state_change=None, bus=None)"
     )]
+    #[allow(clippy::too_many_arguments)] // the Python signature
     fn new(
         py: Python<'_>,
-        #[pyo3(from_py_with = args::named::failure_threshold)] failure_threshold: i64,
+        failure_threshold: Option<&Bound<'_, PyAny>>,
         #[pyo3(from_py_with = args::named::reset_timeout)] reset_timeout: f64,
+        failure_rate: Option<&Bound<'_, PyAny>>,
+        min_calls: Option<&Bound<'_, PyAny>>,
+        window: Option<&Bound<'_, PyAny>>,
+        window_calls: Option<&Bound<'_, PyAny>>,
+        slow_call: Option<&Bound<'_, PyAny>>,
         #[pyo3(from_py_with = args::named::half_open_max_calls)] half_open_max_calls: i64,
+        #[pyo3(from_py_with = args::named::success_threshold)] success_threshold: i64,
         expected: Option<&Bound<'_, PyAny>>,
         clock: Option<&Bound<'_, PyAny>>,
         name: Option<&Bound<'_, PyAny>>,
@@ -234,6 +307,14 @@ impl CircuitBreaker {
         bus: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let reset_timeout = clock::duration_nanos(reset_timeout, "reset_timeout")?;
+        let trip = trip_rule(
+            opt_int(failure_threshold, "failure_threshold")?,
+            failure_rate,
+            opt_int(min_calls, "min_calls")?,
+            window,
+            opt_int(window_calls, "window_calls")?,
+        )?;
+        let slow_call = args::opt_positive_nanos(slow_call, "slow_call")?;
         let expected = match given(expected) {
             Some(o) => exception_classes(&o)?,
             None => PyTuple::new(py, [py.get_type::<pyo3::exceptions::PyException>()])?,
@@ -275,12 +356,14 @@ impl CircuitBreaker {
             }
             None => (None, None),
         };
-        let core = Box::new(Breaker::new(
-            failure_threshold,
+        let config = Config {
+            trip,
             reset_timeout,
             half_open_max_calls,
-            clock,
-        )?);
+            success_threshold,
+            slow_call,
+        };
+        let core = Box::new(Breaker::with_config(config, clock)?);
         Ok(Self {
             core,
             hooks: Held::new(Some(Hooks {
@@ -365,13 +448,18 @@ impl CircuitBreaker {
     }
 
     /// Admits a call or raises CircuitOpen; returns the permit to pass to `_record`.
-    fn _acquire(&self, py: Python<'_>) -> PyResult<u64> {
+    fn _acquire(&self, py: Python<'_>) -> PyResult<u128> {
         Ok(self.admit(py)?.to_bits())
     }
 
     /// Records how the call admitted with `permit` ended (`exc` None: it returned).
     #[pyo3(signature = (permit, exc = None))]
-    fn _record(&self, py: Python<'_>, permit: u64, exc: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+    fn _record(
+        &self,
+        py: Python<'_>,
+        permit: u128,
+        exc: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
         let permit = Permit::from_bits(permit)
             .ok_or_else(|| PyValueError::new_err("permit is not a permit of this breaker"))?;
         let exc = exc.filter(|e| !e.is_none());
@@ -386,19 +474,20 @@ impl CircuitBreaker {
         Ok(())
     }
 
-    /// The state a call would meet now. `"closed"`, `"open"` or `"half_open"`; an open
-    /// breaker whose timeout has passed becomes half-open when it is next called or its
-    /// state is read.
+    /// The state a call would meet now. `"closed"`, `"open"`, `"half_open"`,
+    /// `"forced_open"` or `"forced_closed"`; an open breaker whose timeout has passed
+    /// becomes half-open when it is next called or its state is read.
     #[getter]
     fn state(&self, py: Python<'_>) -> &'static str {
         self.state_now(py).as_str()
     }
 
-    /// Seconds until an open breaker lets a probe through; 0.0 when not open.
+    /// Seconds until an open breaker lets a probe through; 0.0 when not open, infinity
+    /// when forced open.
     #[getter]
     fn retry_after(&self, py: Python<'_>) -> f64 {
         self.state_now(py);
-        nanos_to_secs(self.core.retry_after())
+        secs_or_forever(self.core.retry_after())
     }
 
     #[getter]
@@ -406,9 +495,68 @@ impl CircuitBreaker {
         self.name.as_ref().map(|n| n.clone_ref(py))
     }
 
+    /// Consecutive failures that open the breaker; None under the failure-rate rule.
     #[getter]
-    fn failure_threshold(&self) -> u32 {
-        self.core.failure_threshold()
+    fn failure_threshold(&self) -> Option<i64> {
+        match self.core.config().trip {
+            Trip::Consecutive(n) => Some(n),
+            Trip::Rate { .. } => None,
+        }
+    }
+
+    /// The failure rate that opens the breaker; None under the consecutive rule.
+    #[getter]
+    fn failure_rate(&self) -> Option<f64> {
+        match self.core.config().trip {
+            Trip::Rate { rate, .. } => Some(rate),
+            Trip::Consecutive(_) => None,
+        }
+    }
+
+    /// Calls the window must hold before the rate can open the breaker; None under the
+    /// consecutive rule.
+    #[getter]
+    fn min_calls(&self) -> Option<i64> {
+        match self.core.config().trip {
+            Trip::Rate { min_calls, .. } => Some(min_calls),
+            Trip::Consecutive(_) => None,
+        }
+    }
+
+    /// Seconds of a time window; None otherwise.
+    #[getter]
+    fn window(&self) -> Option<f64> {
+        match self.core.config().trip {
+            Trip::Rate {
+                window: WindowSpec::Nanos(ns),
+                ..
+            } => Some(nanos_to_secs(ns)),
+            _ => None,
+        }
+    }
+
+    /// Calls of a count window; None otherwise.
+    #[getter]
+    fn window_calls(&self) -> Option<i64> {
+        match self.core.config().trip {
+            Trip::Rate {
+                window: WindowSpec::Calls(n),
+                ..
+            } => Some(n),
+            _ => None,
+        }
+    }
+
+    /// Seconds from which a call that returns counts as a failure; None when off.
+    #[getter]
+    fn slow_call(&self) -> Option<f64> {
+        self.core.config().slow_call.map(nanos_to_secs)
+    }
+
+    /// Probe successes in half-open that close the breaker.
+    #[getter]
+    fn success_threshold(&self) -> i64 {
+        self.core.config().success_threshold
     }
 
     #[getter]
@@ -426,10 +574,24 @@ impl CircuitBreaker {
         self.expected_now(py)
     }
 
-    /// Close the breaker and clear its run of failures; calls in flight from before the
-    /// reset no longer count.
+    /// Close the breaker (from any state, the forced ones too) and clear its run of
+    /// failures and its window; calls in flight from before the reset no longer count.
     fn reset(&self, py: Python<'_>) {
         let t = self.core.reset();
+        self.notify(py, t);
+    }
+
+    /// Hold the breaker open until `reset()` or `force_closed()`: every call raises
+    /// `CircuitOpen` (with `retry_after` infinity).
+    fn force_open(&self, py: Python<'_>) {
+        let t = self.core.force_open();
+        self.notify(py, t);
+    }
+
+    /// Hold the breaker closed until `reset()` or `force_open()`: every call goes
+    /// through and no outcome changes the state.
+    fn force_closed(&self, py: Python<'_>) {
+        let t = self.core.force_closed();
         self.notify(py, t);
     }
 
@@ -457,10 +619,13 @@ impl CircuitBreaker {
             .name
             .as_ref()
             .map_or_else(|| "None".to_owned(), |n| format!("'{}'", n.bind(py)));
+        let rule = match self.core.config().trip {
+            Trip::Consecutive(n) => format!("failure_threshold={n}"),
+            Trip::Rate { rate, .. } => format!("failure_rate={rate:?}"),
+        };
         format!(
-            "CircuitBreaker(name={name}, state='{}', failure_threshold={}, reset_timeout={:?})",
+            "CircuitBreaker(name={name}, state='{}', {rule}, reset_timeout={:?})",
             self.core.peek(),
-            self.core.failure_threshold(),
             nanos_to_secs(self.core.reset_timeout_nanos())
         )
     }
@@ -473,11 +638,17 @@ pub struct BreakerStats {
     calls: u64,
     successes: u64,
     failures: u64,
+    /// Of `failures`: calls that returned but took `slow_call` or longer.
+    slow_calls: u64,
     ignored: u64,
     rejections: u64,
     state_changes: u64,
     /// The current run of expected failures while closed (0 otherwise).
     consecutive_failures: u32,
+    /// Calls in the failure-rate window while closed (0 otherwise).
+    window_calls: u32,
+    /// Failures in the failure-rate window while closed (0 otherwise).
+    window_failures: u32,
 }
 
 impl BreakerStats {
@@ -487,10 +658,13 @@ impl BreakerStats {
             calls: s.calls,
             successes: s.successes,
             failures: s.failures,
+            slow_calls: s.slow_calls,
             ignored: s.ignored,
             rejections: s.rejections,
             state_changes: s.state_changes,
             consecutive_failures: s.consecutive_failures,
+            window_calls: s.window_calls,
+            window_failures: s.window_failures,
         }
     }
 }
@@ -499,15 +673,18 @@ impl BreakerStats {
 impl BreakerStats {
     fn __repr__(&self) -> String {
         format!(
-            "BreakerStats(state='{}', calls={}, successes={}, failures={}, ignored={}, rejections={}, state_changes={}, consecutive_failures={})",
+            "BreakerStats(state='{}', calls={}, successes={}, failures={}, slow_calls={}, ignored={}, rejections={}, state_changes={}, consecutive_failures={}, window_calls={}, window_failures={})",
             self.state,
             self.calls,
             self.successes,
             self.failures,
+            self.slow_calls,
             self.ignored,
             self.rejections,
             self.state_changes,
-            self.consecutive_failures
+            self.consecutive_failures,
+            self.window_calls,
+            self.window_failures
         )
     }
 }
