@@ -962,6 +962,7 @@ BASELINE: dict[str, Any] = {
     "metadata": Fresh(lambda ctx, obj: {"m": 1}), "error": Fresh(lambda ctx, obj: ValueError("e")),
     "items": Fresh(lambda ctx, obj: [BASELINE_KEY, 2]),
     "limits": Fresh(lambda ctx, obj: {"db": 10, "gpu": 4}),
+    "spec": "10/second; 100 per 5 minutes",
     # flags
     "ok": True, "allowed": True, "remaining": 1, "weak": False, "jitter": False,
     "discard_on_error": False, "wait": True, "cancel_futures": False, "timed_out": True,
@@ -1038,6 +1039,9 @@ SPECIAL: dict[str, Special] = {
     "HealthMonitor.__new__": Special({"check": lambda agent: "healthy", "timeout": 0.05}),
     "HealthMonitor.watch": Special({"check": lambda agent: "healthy"}),
     "CircuitBreaker.__new__": Special({"name": "db"}),
+    # `rate` is given: `limits` (the other form) stays out, and is fuzzed alone.
+    "RateLimiter.__new__": Special({"limits": None}),
+    "ferrule._gcra_windows": Special({"limits": None}),
     "SignalBus.subscribe": Special({"maxsize": 8}),
 }
 

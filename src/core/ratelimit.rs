@@ -2377,6 +2377,29 @@ mod multi_tests {
 
     const SEC: u64 = 1_000_000_000;
 
+    /// The resolver of native queries on limiters without opaque keys.
+    struct Plain;
+
+    impl Resolve<String> for Plain {
+        type Error = ();
+        fn eq_native(&self, _: &Key) -> Result<bool, ()> {
+            Ok(false)
+        }
+        fn eq_stored(&self, _: String) -> Result<bool, ()> {
+            Ok(false)
+        }
+        fn is_same(&self, _: &String) -> bool {
+            false
+        }
+        fn clone_stored(&self, s: &String) -> String {
+            s.clone()
+        }
+        fn to_stored(&self) -> String {
+            String::new()
+        }
+        fn unsettled(&self) {}
+    }
+
     fn windows(spec: &[(f64, u64, Option<u64>)]) -> Windows {
         Windows::new(
             spec.iter()
@@ -2490,34 +2513,14 @@ mod multi_tests {
         let q = Query::new(KeyRef::Str("k"));
         let mut grave = Vec::new();
         assert!(l.hit(&q, 1).is_none());
-        struct NoOpaque;
-        impl Resolve<String> for NoOpaque {
-            type Error = ();
-            fn eq_native(&self, _: &Key) -> Result<bool, ()> {
-                Ok(false)
-            }
-            fn eq_stored(&self, _: String) -> Result<bool, ()> {
-                Ok(false)
-            }
-            fn is_same(&self, _: &String) -> bool {
-                false
-            }
-            fn clone_stored(&self, s: &String) -> String {
-                s.clone()
-            }
-            fn to_stored(&self) -> String {
-                String::new()
-            }
-            fn unsettled(&self) {}
-        }
-        assert!(l.acquire(&q, &NoOpaque, 5, &mut grave).unwrap().allowed);
+        assert!(l.acquire(&q, &Plain, 5, &mut grave).unwrap().allowed);
         assert!(!l.hit(&q, 1).unwrap().allowed);
-        assert_eq!(l.peek(&q, &NoOpaque).unwrap(), 0);
+        assert_eq!(l.peek(&q, &Plain).unwrap(), 0);
         m.advance(SEC as i64).unwrap();
-        assert_eq!(l.peek(&q, &NoOpaque).unwrap(), 0);
+        assert_eq!(l.peek(&q, &Plain).unwrap(), 0);
         assert_eq!(l.sweep(&mut grave), 0);
         m.advance((99 * SEC) as i64).unwrap();
-        assert_eq!(l.peek(&q, &NoOpaque).unwrap(), 5);
+        assert_eq!(l.peek(&q, &Plain).unwrap(), 5);
         assert_eq!(l.sweep(&mut grave), 1);
         assert!(l.is_empty());
     }
@@ -2530,27 +2533,7 @@ mod multi_tests {
         let q = Query::new(KeyRef::Int(1));
         let mut grave = Vec::new();
         // Inserted first, so every thread takes the fast path.
-        struct Never;
-        impl Resolve<String> for Never {
-            type Error = ();
-            fn eq_native(&self, _: &Key) -> Result<bool, ()> {
-                Ok(false)
-            }
-            fn eq_stored(&self, _: String) -> Result<bool, ()> {
-                Ok(false)
-            }
-            fn is_same(&self, _: &String) -> bool {
-                false
-            }
-            fn clone_stored(&self, s: &String) -> String {
-                s.clone()
-            }
-            fn to_stored(&self) -> String {
-                String::new()
-            }
-            fn unsettled(&self) {}
-        }
-        assert!(l.acquire(&q, &Never, 1, &mut grave).unwrap().allowed);
+        assert!(l.acquire(&q, &Plain, 1, &mut grave).unwrap().allowed);
         let round = |l: &Arc<Limiter<String, Windows>>| -> u64 {
             let hs: Vec<_> = (0..4)
                 .map(|_| {

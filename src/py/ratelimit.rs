@@ -453,6 +453,12 @@ impl RateLimiter {
         #[pyo3(from_py_with = args::named::cost)] cost: i64,
     ) -> PyResult<bool> {
         let cost = self.cost(cost)?;
+        let l = match &self.inner {
+            Inner::One(l) => l,
+            // Out of line and first, so that the single-limit fast path below compiles
+            // as it did alone (measured: see `try_acquire_many`).
+            Inner::Many(l) => return try_acquire_many(l, py, key, cost),
+        };
         // Each kind of key in a local of its own (see `exact_str`).
         let (str_q, other_q);
         let q = if let Some((s, h)) = exact_str(key) {
@@ -462,7 +468,7 @@ impl RateLimiter {
             other_q = prepare(py, key)?;
             &other_q
         };
-        with_inner!(&self.inner, l => try_acquire_in(l, py, key, q, cost))
+        try_acquire_in(l, py, key, q, cost)
     }
 
     /// Like `try_acquire`, returning the whole `Decision`.
@@ -670,4 +676,19 @@ fn try_acquire_in<G: Policy>(
         return Ok(G::allowed(&o));
     }
     Ok(G::allowed(&decide_slow(l, py, key, q, cost)?))
+}
+
+/// `try_acquire` for several limits, kept out of line and entered before the query is
+/// built, so that the single-limit path stays as it was alone (measured with callgrind:
+/// with both paths inline, a `try_acquire` on one limit ran ~35 more instructions; with
+/// this, ~3, the monotonic clock read no longer being inlined).
+#[inline(never)]
+fn try_acquire_many(
+    l: &Core<Windows>,
+    py: Python<'_>,
+    key: Option<&Bound<'_, PyAny>>,
+    cost: u64,
+) -> PyResult<bool> {
+    let q = prepare(py, key)?;
+    try_acquire_in(l, py, key, &q, cost)
 }

@@ -81,7 +81,11 @@ pub fn _gcra_params(
 /// tier's window bound on each limit: one `(rate, per, interval_ns, burst, tau_ns)` per
 /// limit, in order.
 #[pyfunction]
-#[pyo3(signature = (rate = None, per = None, burst = None, limits = None))]
+#[pyo3(
+    signature = (rate = None, per = None, burst = None, limits = None),
+    // `per`'s default is 1.0 (`per_given` tells "not given" apart, as in `RateLimiter`).
+    text_signature = "(rate=None, per=1.0, burst=None, limits=None)"
+)]
 pub fn _gcra_windows(
     py: Python<'_>,
     rate: Option<&Bound<'_, PyAny>>,

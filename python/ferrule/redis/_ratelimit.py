@@ -13,8 +13,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Coroutine
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
 from typing import Any, Literal
 
 from ferrule._native import (
