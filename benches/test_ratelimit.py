@@ -148,6 +148,66 @@ def test_many_keys(benchmark: Any, name: str) -> None:
     loop(benchmark, MANY_KEY_CASES[name](MANY_KEYS), MANY_KEYS)
 
 
+# Two limits on every key: 1000 per second and 20,000 per minute (the window-based peers
+# hit each of their two items; pyrate-limiter's bucket holds both rates).
+# pyrate-limiter is here for one key only, as above.
+MULTI_SPEC = "1000/second; 20000/minute"
+
+
+def make_ferrule_multi(keys: list[Any]) -> Attempt:
+    return ferrule.RateLimiter.parse(MULTI_SPEC).try_acquire
+
+
+def _limits_multi(strategy: str) -> Attempt:
+    limits = pytest.importorskip("limits")
+    items = limits.parse_many(MULTI_SPEC)
+    lim = getattr(limits.strategies, strategy)(limits.storage.MemoryStorage())
+
+    # A hit on each item, as a caller of `limits` holds a key to several limits (a
+    # refusal by one item has still counted against the others).
+    return lambda k: all([lim.hit(item, k) for item in items])
+
+
+def make_limits_moving_multi(keys: list[Any]) -> Attempt:
+    return _limits_multi("MovingWindowRateLimiter")
+
+
+def make_limits_fixed_multi(keys: list[Any]) -> Attempt:
+    return _limits_multi("FixedWindowRateLimiter")
+
+
+def make_pyrate_multi(keys: list[Any]) -> Attempt:
+    pl = pytest.importorskip("pyrate_limiter")
+    rates = [pl.Rate(1000, pl.Duration.SECOND), pl.Rate(20_000, pl.Duration.MINUTE)]
+    lim = pl.Limiter(pl.InMemoryBucket(rates))
+    return lambda k: lim.try_acquire(k, blocking=False)
+
+
+MULTI_CASES = {
+    "dict.get (floor)": make_dict,
+    "ferrule, 2 limits": make_ferrule_multi,
+    "ferrule, 1 limit": make_ferrule,
+    "limits MovingWindow, 2 items": make_limits_moving_multi,
+    "limits FixedWindow, 2 items": make_limits_fixed_multi,
+    "pyrate-limiter InMemoryBucket, 2 rates": make_pyrate_multi,
+}
+
+
+@pytest.mark.benchmark(group="ratelimit: try_acquire x1000, one key, two limits")
+@pytest.mark.parametrize("name", list(MULTI_CASES))
+def test_one_key_two_limits(benchmark: Any, name: str) -> None:
+    loop(benchmark, MULTI_CASES[name](ONE_KEY), ONE_KEY)
+
+
+MANY_MULTI_CASES = {k: v for k, v in MULTI_CASES.items() if not k.startswith("pyrate-limiter")}
+
+
+@pytest.mark.benchmark(group="ratelimit: try_acquire x10000, 10k keys, two limits")
+@pytest.mark.parametrize("name", list(MANY_MULTI_CASES))
+def test_many_keys_two_limits(benchmark: Any, name: str) -> None:
+    loop(benchmark, MANY_MULTI_CASES[name](MANY_KEYS), MANY_KEYS)
+
+
 def test_over_admission_report(request: pytest.FixtureRequest) -> None:
     """8 threads on one key per limiter; prints granted vs allowed (no claim on peers)."""
     disabled = request.config.getoption("benchmark_disable", default=False)

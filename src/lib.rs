@@ -31,8 +31,8 @@ mod _native {
     #[pymodule_export]
     use crate::py::redis::{
         _agent_id, _already_registered, _changes, _check_cost, _criteria, _gcra_params,
-        _match_where, _max_batch, _prefix, _redis_key, _registration, _registrations, _timeout,
-        _ttl, ParsedWhere,
+        _gcra_windows, _match_where, _max_batch, _prefix, _redis_key, _registration,
+        _registrations, _spec_windows, _timeout, _ttl, ParsedWhere,
     };
     #[pymodule_export]
     use crate::py::registry::{Agent, Registry};

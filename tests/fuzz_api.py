@@ -1004,6 +1004,7 @@ BASELINE: dict[str, Any] = {
     "metadata": Fresh(lambda ctx, obj: {"m": 1}), "error": Fresh(lambda ctx, obj: ValueError("e")),
     "items": Fresh(lambda ctx, obj: [BASELINE_KEY, 2]),
     "limits": Fresh(lambda ctx, obj: {"db": 10, "gpu": 4}),
+    "spec": "10/second; 100 per 5 minutes",
     # flags
     "ok": True, "allowed": True, "remaining": 1, "weak": False, "jitter": False,
     "discard_on_error": False, "wait": True, "cancel_futures": False, "timed_out": True,
@@ -1101,6 +1102,9 @@ SPECIAL: dict[str, Special] = {
             "success_threshold": 2,
         }
     ),
+    # `rate` is given: `limits` (the other form) stays out, and is fuzzed alone.
+    "RateLimiter.__new__": Special({"limits": None}),
+    "ferrule._gcra_windows": Special({"limits": None}),
     "SignalBus.subscribe": Special({"maxsize": 8}),
     "RedisRateLimiter.__new__": Special({"prefix": Fresh(lambda ctx, obj: redis_prefix())}),
     "RedisRateLimiter.acquire_async": Special(variant="async"),

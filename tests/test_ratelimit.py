@@ -1155,3 +1155,216 @@ def test_many_distinct_keys_of_every_kind_stay_distinct() -> None:
     assert all(rl.try_acquire(k) for k in keys)
     assert len(rl) == len(keys)
     assert not any(rl.try_acquire(k) for k in keys)
+
+
+# -- several limits per key ------------------------------------------------------------
+
+BOTH = "give rate (with per and burst) or limits, not both"
+TUPLE = "a (rate, per) or (rate, per, burst) tuple"
+
+
+@pytest.mark.parametrize(
+    ("spec", "limits"),
+    [
+        ("10/second", ((10.0, 1.0, 10),)),
+        ("10 per second", ((10.0, 1.0, 10),)),
+        ("10 PER Second", ((10.0, 1.0, 10),)),
+        ("  10 / seconds  ", ((10.0, 1.0, 10),)),
+        ("100/5 minutes", ((100.0, 300.0, 100),)),
+        ("100/5minutes", ((100.0, 300.0, 100),)),
+        ("100 per 5 minutes", ((100.0, 300.0, 100),)),
+        ("1000 per day", ((1000.0, 86400.0, 1000),)),
+        ("3/2 hours", ((3.0, 7200.0, 3),)),
+        ("1/minute", ((1.0, 60.0, 1),)),
+        ("10/second;100/minute", ((10.0, 1.0, 10), (100.0, 60.0, 100))),
+        (
+            "10/second, 100 per minute, 1/day",
+            ((10.0, 1.0, 10), (100.0, 60.0, 100), (1.0, 86400.0, 1)),
+        ),
+        ("10/second;", ((10.0, 1.0, 10),)),
+    ],
+)
+def test_parse_reads_the_limits_notation(spec: str, limits: tuple[object, ...]) -> None:
+    rl = RateLimiter.parse(spec)
+    assert rl.limits == limits
+    assert (rl.rate, rl.per, rl.burst) == limits[0]
+
+
+@pytest.mark.parametrize(
+    ("spec", "exc", "msg"),
+    [
+        ("", ValueError, "spec holds no limit"),
+        (" ; , ", ValueError, "spec holds no limit"),
+        ("10", ValueError, "spec item '10' is not '<amount>/<unit>' or '<amount> per <unit>'"),
+        ("10 seconds", ValueError, "spec item '10 seconds' is not '<amount>/<unit>'"),
+        ("10 pr second", ValueError, "spec item '10 pr second' is not '<amount>/<unit>'"),
+        ("10 persecond", ValueError, "spec item '10 persecond' is not '<amount>/<unit>'"),
+        ("10/", ValueError, "spec item '10/' is not '<amount>/<unit>'"),
+        ("/second", ValueError, "spec item '/second' is not '<amount>/<unit>'"),
+        ("10/5", ValueError, "spec item '10/5' is not '<amount>/<unit>'"),
+        (
+            "10/fortnight",
+            ValueError,
+            "spec item '10/fortnight': unknown unit 'fortnight' (second, minute, hour",
+        ),
+        ("10/month", ValueError, "spec item '10/month': unknown unit 'month'"),
+        ("10/s", ValueError, "spec item '10/s': unknown unit 's'"),
+        ("0/second", ValueError, "spec item '0/second': '0' is not a whole number >= 1"),
+        ("-1/second", ValueError, "spec item '-1/second': '-1' is not a whole number >= 1"),
+        ("1.5/second", ValueError, "spec item '1.5/second': '1.5' is not a whole number >= 1"),
+        ("x per day", ValueError, "spec item 'x per day': 'x' is not a whole number >= 1"),
+        ("10/0 seconds", ValueError, "spec item '10/0 seconds': '0' is not a whole number >= 1"),
+        ("10/second;10/eon", ValueError, "spec item '10/eon': unknown unit 'eon'"),
+        (";".join(["1/second"] * 17), ValueError, "spec holds 17 limits; at most 16"),
+        (b"10/second", TypeError, "spec must be a str, not 'bytes'"),
+        (10, TypeError, "spec must be a str, not 'int'"),
+    ],
+)
+def test_parse_refuses_bad_specs_naming_what_is_wrong(
+    spec: object, exc: type[Exception], msg: str
+) -> None:
+    with pytest.raises(exc) as info:
+        RateLimiter.parse(spec)  # type: ignore[arg-type]
+    assert str(info.value).startswith(msg), str(info.value)
+
+
+def test_limits_pairs_take_the_default_burst_and_one_limit_is_a_plain_limiter() -> None:
+    rl = RateLimiter(limits=[(10, 1.0), (100, 60.0, 20)])
+    assert rl.limits == ((10.0, 1.0, 10), (100.0, 60.0, 20))
+    assert (rl.rate, rl.per, rl.burst) == (10.0, 1.0, 10)
+    assert repr(rl) == "RateLimiter(limits=[(10.0, 1.0, 10), (100.0, 60.0, 20)])"
+    assert eval(repr(rl)).limits == rl.limits
+    one = RateLimiter(limits=iter([(2.5, 3.0, None)]))
+    assert repr(one) == "RateLimiter(rate=2.5, per=3.0, burst=3)"
+    assert one.limits == ((2.5, 3.0, 3),) == RateLimiter(2.5, 3.0).limits
+    assert repr(RateLimiter.parse("10/second")) == repr(RateLimiter(10))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "msg"),
+    [
+        ({}, TypeError, "give rate (with per and burst) or limits"),
+        ({"rate": 1, "limits": [(1, 1)]}, TypeError, BOTH),
+        ({"per": 1.0, "limits": [(1, 1)]}, TypeError, BOTH),
+        ({"burst": 2, "limits": [(1, 1)]}, TypeError, BOTH),
+        ({"limits": []}, ValueError, "limits must hold at least one limit"),
+        ({"limits": 3}, TypeError, "limits must be an iterable of tuples, not 'int'"),
+        (
+            {"limits": "10/second"},
+            TypeError,
+            "limits must be an iterable of (rate, per[, burst]) tuples",
+        ),
+        ({"limits": [[1, 1]]}, TypeError, "limits[0] must be " + TUPLE + ", not 'list'"),
+        (
+            {"limits": [(1, 1), (1,)]},
+            TypeError,
+            "limits[1] must be " + TUPLE + ", not a tuple of 1",
+        ),
+        (
+            {"limits": [(1, 1, 1, 1)]},
+            TypeError,
+            "limits[0] must be " + TUPLE + ", not a tuple of 4",
+        ),
+        ({"limits": [(1, 1), (0, 1)]}, ValueError, "limits[1]: rate must be > 0"),
+        ({"limits": [(1, 0)]}, ValueError, "limits[0]: per must be > 0"),
+        (
+            {"limits": [(1, "1")]},
+            TypeError,
+            "limits[0]: per must be a number of seconds, not 'str'",
+        ),
+        ({"limits": [(1, 1, 0)]}, ValueError, "limits[0]: burst must be >= 1"),
+        ({"limits": [(1, 1), (1, 1, 2**62)]}, ValueError, "limits[1]: burst is out of range"),
+        ({"limits": [(1, 1)] * 17}, ValueError, "limits must hold at most 16 limits"),
+    ],
+)
+def test_bad_limits_arguments(kwargs: dict[str, object], exc: type[Exception], msg: str) -> None:
+    with pytest.raises(exc) as info:
+        RateLimiter(**kwargs)  # type: ignore[arg-type]
+    assert str(info.value).startswith(msg), str(info.value)
+
+
+def test_every_window_holds_and_a_refusal_takes_from_none() -> None:
+    clock = ManualClock()
+    rl = RateLimiter.parse("2/second; 3 per 10 seconds", clock=clock)
+    assert [rl.try_acquire("k") for _ in range(3)] == [True, True, False]
+    d = rl.check("k")
+    # The 2/s window needs 0.5 s; the 3/10 s one has a token left.
+    assert (d.allowed, d.remaining, d.retry_after) == (False, 0, 0.5)
+    assert d.reset_after == pytest.approx(20 / 3)
+    clock.advance(1.0)
+    d = rl.check("k")
+    assert (d.allowed, d.remaining, d.retry_after) == (True, 0, 0.0)
+    # Now the 3/10 s window refuses; the 2/s one had 1 left and still has it.
+    d = rl.check("k")
+    assert (d.allowed, d.remaining) == (False, 0)
+    assert d.retry_after == pytest.approx(10 / 3 - 1, abs=1e-8)
+    clock.advance(d.retry_after)
+    assert rl.try_acquire("k")
+
+
+def test_cost_applies_to_every_window_and_is_bounded_by_the_smallest_burst() -> None:
+    clock = ManualClock()
+    rl = RateLimiter(limits=[(10, 1.0, 8), (100, 60.0, 5)], clock=clock)
+    assert rl.burst == 8
+    d = rl.check("k", 4)
+    assert (d.allowed, d.remaining) == (True, 1)  # the 5-token window
+    assert not rl.try_acquire("k", 2)
+    assert rl.peek("k") == 1
+    for method in ("try_acquire", "check", "acquire", "acquire_async", "limit"):
+        with pytest.raises(ValueError, match=r"^cost must be <= burst \(5\), got 6"):
+            getattr(rl, method)("k", 6)
+
+
+def test_several_limits_work_with_every_method_and_key_kind() -> None:
+    clock = ManualClock()
+    rl = RateLimiter(limits=[(1, 1.0, 2), (3, 60.0)], clock=clock)
+    for key in ("s", 1, b"b", ("t", 2), None, uuid.UUID(int=5), 1.5):
+        assert rl.acquire(key, 2, timeout=0)
+        assert not rl.acquire(key, timeout=0.0)
+        assert rl.peek(key) == 0
+        rl.reset(key)
+        assert rl.peek(key) == 2
+        assert asyncio.run(rl.acquire_async(key))
+        with rl.limit(key):
+            pass
+        with pytest.raises(RateLimited) as info, rl.limit(key, timeout=0):
+            pass
+        assert info.value.decision.retry_after == 1.0
+    assert len(rl) == 7
+
+
+def test_a_key_with_several_limits_is_idle_only_when_every_window_is_full() -> None:
+    clock = ManualClock()
+    rl = RateLimiter(limits=[(10, 1.0), (5, 100.0)], clock=clock)
+    rl.try_acquire("k")
+    rl.try_acquire(uuid.UUID(int=1))
+    clock.advance(1.0)  # the first window is full again, the second is not
+    assert rl.sweep() == 0
+    assert len(rl) == 2
+    clock.advance(19.0)
+    assert rl.sweep() == 2
+    assert len(rl) == 0
+
+
+def test_a_key_that_refers_to_its_multi_limit_limiter_is_collected() -> None:
+    """GC support holds for either kind of limiter (see the single-limit test above)."""
+
+    class Owner:
+        def __init__(self) -> None:
+            self.rl = RateLimiter(limits=[(1, 1.0), (2, 10.0)])
+            assert self.rl.try_acquire(self)
+
+    o = Owner()
+    gone = weakref.ref(o)
+    del o
+    gc.collect()
+    assert gone() is None
+
+
+def test_acquire_waits_for_the_slowest_window() -> None:
+    rl = RateLimiter(limits=[(1000, 1.0, 1), (20, 1.0, 1)])
+    assert rl.acquire("k")
+    start = time.monotonic()
+    assert rl.acquire("k", timeout=1.0)
+    assert time.monotonic() - start >= 0.04  # the 20/s window: 50 ms
+    assert not rl.acquire("k", timeout=0.01)

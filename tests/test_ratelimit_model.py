@@ -224,3 +224,117 @@ TestLimiterModel.settings = settings(max_examples=150, stateful_step_count=40, d
 
 def test_model_rounding_matches_contract() -> None:
     assert Model(3, NS, 3).interval == math.ceil(NS / 3)
+
+
+# -- several limits per key ------------------------------------------------------------
+
+
+class MultiModel:
+    """Several GCRA windows per key, written plainly: a request is granted only if every
+    window's model grants it, and then taken from every one."""
+
+    def __init__(self, windows: list[tuple[int, int, int]]) -> None:
+        self.models = [Model(rate, per_ns, burst) for rate, per_ns, burst in windows]
+
+    def check(self, key: object, cost: int, now: int) -> tuple[bool, int, int, int]:
+        # Decide on copies, so that a refusal takes from none.
+        trial = [Model.__new__(Model) for _ in self.models]
+        for t, m in zip(trial, self.models, strict=True):
+            t.__dict__.update(m.__dict__, tat=dict(m.tat))
+        each = [t.check(key, cost, now) for t in trial]
+        if all(d[0] for d in each):
+            for t, m in zip(trial, self.models, strict=True):
+                m.tat = t.tat
+            return True, min(d[1] for d in each), 0, max(d[3] for d in each)
+        # Refused: every window as it stands (one that would allow reports its tokens,
+        # no wait, and its time to full).
+        before = []
+        for m in self.models:
+            base = max(m.tat.get(key, 0), now)
+            before.append(
+                (
+                    max(0, now + m.tau - base) // m.interval,
+                    max(0, base + cost * m.interval - (now + m.tau)),
+                    base - now,
+                )
+            )
+        return (
+            False,
+            min(b[0] for b in before),
+            max(b[1] for b in before),
+            max(b[2] for b in before),
+        )
+
+    def peek(self, key: object, now: int) -> int:
+        return min(m.peek(key, now) for m in self.models)
+
+    def reset(self, key: object) -> None:
+        for m in self.models:
+            m.reset(key)
+
+    def live(self, now: int) -> int:
+        keys = {k for m in self.models for k, t in m.tat.items() if t > now}
+        return len(keys)
+
+
+WINDOW = st.tuples(
+    st.integers(1, 20), st.sampled_from([250, 1000, 3000]), st.one_of(st.none(), st.integers(1, 8))
+)
+MULTI_KEYS = st.sampled_from(["a", "b", 7, 7.0, Val("a"), uuid.UUID(int=1)])
+
+
+class MultiLimiterMachine(RuleBasedStateMachine):
+    """A limiter with two or three limits against ``MultiModel``: every decision (all
+    four fields), peek, reset and sweep agree exactly."""
+
+    @initialize(windows=st.lists(WINDOW, min_size=2, max_size=3))
+    def setup(self, windows: list[tuple[int, int, int | None]]) -> None:
+        self.clock = ManualClock()
+        self.now = 0
+        self.rl = RateLimiter(
+            limits=[(rate, ms / 1000, burst) for rate, ms, burst in windows], clock=self.clock
+        )
+        exact = [(r, ms * 1_000_000, b if b is not None else r) for r, ms, b in windows]
+        self.model = MultiModel(exact)
+        assert self.rl.limits == tuple(
+            (float(r), ms / 1000, b) for (r, ms, _), (_, _, b) in zip(windows, exact, strict=True)
+        )
+        self.max_cost = min(m.burst for m in self.model.models)
+
+    @rule(ms=st.integers(0, 1500))
+    def advance(self, ms: int) -> None:
+        self.clock.advance(ms / 1000)
+        self.now += ms * 1_000_000
+
+    @rule(key=MULTI_KEYS, data=st.data())
+    def check(self, key: object, data: st.DataObject) -> None:
+        cost = data.draw(st.integers(1, self.max_cost))
+        d = self.rl.check(key, cost)
+        allowed, remaining, retry, reset = self.model.check(key, cost, self.now)
+        assert (d.allowed, d.remaining) == (allowed, remaining)
+        assert d.retry_after == retry / NS
+        assert d.reset_after == reset / NS
+
+    @rule(key=MULTI_KEYS)
+    def try_acquire(self, key: object) -> None:
+        assert self.rl.try_acquire(key) == self.model.check(key, 1, self.now)[0]
+
+    @rule(key=MULTI_KEYS)
+    def reset(self, key: object) -> None:
+        self.rl.reset(key)
+        self.model.reset(key)
+
+    @rule()
+    def sweep(self) -> None:
+        self.rl.sweep()
+        assert len(self.rl) == self.model.live(self.now)
+
+    @invariant()
+    def peeks_agree(self) -> None:
+        for key in ["a", "b", 7, Val("a"), uuid.UUID(int=1), "never"]:
+            assert self.rl.peek(key) == self.model.peek(key, self.now), key
+        assert len(self.rl) >= self.model.live(self.now)
+
+
+TestMultiLimiterModel = MultiLimiterMachine.TestCase
+TestMultiLimiterModel.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)

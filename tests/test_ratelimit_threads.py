@@ -336,3 +336,50 @@ def test_key_function_results_holding_resized_containers(threads: int) -> None:
     # frozen: nothing refills).
     taken = threads * per_thread
     assert sum(rl.peek(("user", ("k", n))) for n in range(3)) == 3 * rl.burst - taken
+
+
+def test_two_windows_never_over_admit_on_a_frozen_clock(threads: int) -> None:
+    """N threads on one key with two limits (5 at once; 8 per 10 s): with the clock
+    frozen, exactly the tighter allowance is granted; after time passes, each window's
+    total stays within its own allowance, and a refusal took from neither."""
+    clock = ManualClock()
+    rl = RateLimiter(limits=[(5, 1.0), (8, 10.0)], clock=clock)
+
+    def body(_: int) -> int:
+        return sum(rl.try_acquire("k") for _ in range(50))
+
+    assert sum(hammer(threads, body)) == 5  # the 5/s window's burst
+    clock.advance(1.0)  # the first window refills 5; the second only 0.8
+    assert sum(hammer(threads, body)) == 3  # the 8/10 s window: 8 in all
+    assert rl.peek("k") == 0
+    clock.advance(10.0)
+    assert sum(hammer(threads, body)) == 5
+
+
+def test_two_windows_under_a_moving_clock_stay_within_each_allowance(threads: int) -> None:
+    """Threads with mixed costs race on one key while another thread moves the clock:
+    tokens granted never exceed either window's ``burst + rate * t / per``."""
+    clock = ManualClock()
+    rl = RateLimiter(limits=[(20, 1.0, 4), (50, 10.0, 10)], clock=clock)
+    stop = threading.Event()
+
+    def mover() -> None:
+        while not stop.is_set():
+            clock.advance(0.001)
+            time.sleep(0)
+
+    m = threading.Thread(target=mover)
+    m.start()
+    try:
+
+        def body(i: int) -> int:
+            cost = 1 + i % 2
+            return sum(cost for _ in range(3000) if rl.try_acquire(("k", 1), cost))
+
+        granted = sum(hammer(threads, body))
+    finally:
+        stop.set()
+        m.join()
+    t = clock.now()
+    assert granted <= 4 + 20 * t
+    assert granted <= 10 + 50 * t / 10

@@ -587,3 +587,128 @@ def test_stateful_exact_decisions(redis_client: Any) -> None:
         max_examples=20, stateful_step_count=20, deadline=None
     )
     ExactMachine.TestCase().runTest()
+
+
+# ---- several limits per key ----------------------------------------------------------------
+
+BOTH = "give rate (with per and burst) or limits, not both"
+TUPLE = "a (rate, per) or (rate, per, burst) tuple"
+
+
+@pytest.fixture(params=["memory", "redis"])
+def make_parsed(request: pytest.FixtureRequest) -> Make:
+    """``parse`` of either tier."""
+    if request.param == "memory":
+        return RateLimiter.parse
+    client = request.getfixturevalue("redis_client")
+    return lambda spec: RedisRateLimiter.parse(client, spec)
+
+
+def test_several_limits_exact_on_hour_long_windows(make: Make) -> None:
+    # 5 per hour (burst 5) and 3 per day (burst 2): microseconds cannot change these.
+    rl = make(limits=[(5, 3600.0), (3, 86400.0, 2)])
+    assert rl.limits == ((5.0, 3600.0, 5), (3.0, 86400.0, 2))
+    assert (rl.rate, rl.per, rl.burst) == (5.0, 3600.0, 5)
+    d = rl.check("k")
+    assert (d.allowed, d.remaining, d.retry_after) == (True, 1, 0.0)
+    assert d.reset_after == 28800.0  # the day window's one token
+    assert rl.try_acquire("k")
+    d = rl.check("k")  # the day window refuses; the hour window still has 3
+    assert (d.allowed, d.remaining) == (False, 0)
+    assert 28799.0 < d.retry_after <= 28800.0
+    assert 57599.0 < d.reset_after <= 57600.0
+    assert rl.peek("k") == 0
+    with pytest.raises(ValueError, match=r"^cost must be <= burst \(2\), got 3"):
+        rl.check("other", 3)
+    rl.reset("k")
+    assert rl.peek("k") == 2
+    assert rl.check("k", 2).allowed
+    assert rl.peek("k") == 0
+
+
+def test_parse_on_both_tiers(make_parsed: Make) -> None:
+    rl = make_parsed("10/second; 100 per 5 minutes, 1000/day")
+    assert rl.limits == ((10.0, 1.0, 10), (100.0, 300.0, 100), (1000.0, 86400.0, 1000))
+    with pytest.raises(ValueError, match=r"^spec item '10/eon': unknown unit 'eon'"):
+        make_parsed("10/eon")
+    with pytest.raises(TypeError, match=r"^spec must be a str, not 'int'"):
+        make_parsed(10)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "msg"),
+    [
+        ({}, TypeError, "give rate (with per and burst) or limits"),
+        ({"rate": 1, "limits": [(1, 1)]}, TypeError, BOTH),
+        ({"per": 1.0, "limits": [(1, 1)]}, TypeError, BOTH),
+        ({"limits": []}, ValueError, "limits must hold at least one limit"),
+        ({"limits": [(1, 1), (1,)]}, TypeError, "limits[1] must be " + TUPLE),
+        ({"limits": [(1, 1), (0, 1)]}, ValueError, "limits[1]: rate must be > 0"),
+    ],
+)
+def test_bad_limits_on_both_tiers(
+    make: Make, kwargs: dict[str, Any], exc: type[Exception], msg: str
+) -> None:
+    with pytest.raises(exc) as info:
+        make(**kwargs)
+    assert str(info.value).startswith(msg), str(info.value)
+
+
+def test_redis_limits_keep_lua_exact_windows(redis_client: Any) -> None:
+    # 1 per 100 days is beyond Lua's 52 days for that limit alone; named by position.
+    with pytest.raises(ValueError, match=r"^limits\[1\]: rate is out of range: .* 52 days"):
+        RedisRateLimiter(redis_client, limits=[(1, 1.0), (1, 100 * 86400.0)])
+    rl = RedisRateLimiter(redis_client, limits=[(1, 1.0), (2, 60.0)], prefix="p:")
+    assert repr(rl) == (
+        "RedisRateLimiter(limits=[(1.0, 1.0, 1), (2.0, 60.0, 2)], prefix='p:', on_error='raise')"
+    )
+
+
+def test_one_value_holds_every_window_and_expires_with_the_longest(redis_client: Any) -> None:
+    rl = RedisRateLimiter(redis_client, limits=[(100, 1.0, 2), (10, 1.0, 2)], prefix="m:")
+    d = rl.check("k")
+    assert (d.allowed, d.remaining, d.reset_after) == (True, 1, 0.1)
+    keys = redis_client.keys("*")
+    assert keys == [b"m:s:k"]
+    assert redis_client.get(keys[0]).count(b",") == 1  # two windows, one value
+    assert 0 < redis_client.pttl(keys[0]) <= 100
+    before = redis_client.get(keys[0])
+    assert rl.try_acquire("k")
+    assert not rl.try_acquire("k")  # refused by the 10/s window ...
+    after = redis_client.get(keys[0])
+    assert before != after
+    assert not rl.check("k").allowed
+    assert redis_client.get(keys[0]) == after  # ... and refusals wrote nothing
+    time.sleep(0.25)
+    assert live_keys(redis_client) == 0
+
+
+def test_threads_share_a_multi_limit_limiter_exactly(redis_client: Any, threads: int) -> None:
+    # 50 per hour and 30 per day: exactly the tighter 30 whatever the interleaving.
+    rl = RedisRateLimiter(redis_client, limits=[(50, 3600.0), (30, 86400.0)])
+    granted = [0] * threads
+    barrier = threading.Barrier(threads)
+
+    def work(i: int) -> None:
+        barrier.wait()
+        for _ in range(20):
+            granted[i] += rl.try_acquire("shared")
+
+    ts = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert sum(granted) == 30
+    assert rl.check("shared").remaining == 0
+
+
+def test_on_error_with_several_limits() -> None:
+    dead = redis.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=0.2)
+    allow = RedisRateLimiter(dead, limits=[(10, 1.0), (2, 60.0)], on_error="allow")
+    d = allow.check("k", 2)
+    assert (d.allowed, d.remaining, d.reset_after) == (True, 0, 60.0)
+    assert allow.peek("k") == 2
+    deny = RedisRateLimiter(dead, limits=[(10, 1.0), (2, 60.0)], on_error="deny")
+    d = deny.check("k")
+    assert (d.allowed, d.retry_after, d.reset_after) == (False, 30.0, 60.0)

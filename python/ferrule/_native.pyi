@@ -1096,7 +1096,8 @@ class Decision:
 @final
 class RateLimiter:
     """A keyed token-bucket rate limiter: capacity ``burst``, refilled at ``rate`` tokens
-    per ``per`` seconds, one bucket per key.
+    per ``per`` seconds, one bucket per key; or several such limits on every key, all of
+    which must allow a request.
 
     Implemented as GCRA: each key's whole state is one atomic word (its theoretical
     arrival time in integer nanoseconds) updated by a compare-and-swap, so no lock is taken
@@ -1141,14 +1142,34 @@ class RateLimiter:
     0.1
     >>> rl.try_acquire("user:1")
     True
+
+    **Several limits** on every key (``limits=[(rate, per[, burst]), ...]``, or a spec
+    such as ``"10/second; 1000/hour"`` through :meth:`parse`) must all allow a request:
+    a granted one takes ``cost`` from every limit, a refused one from none, and no limit
+    ever admits more than it would alone, under any concurrency. A decision's
+    ``remaining`` is the fewest tokens any limit has, ``retry_after`` the wait until every
+    limit allows ``cost``, ``reset_after`` the longest until all are full; ``cost`` may be
+    at most the smallest burst. A key is idle (and reclaimed) once every limit is full.
+    With one limit each key is one atomic word and a decision is lock-free; with several,
+    each key keeps one word per limit behind a lock of its own, held only for the
+    arithmetic of one decision (keys never contend with each other).
+
+    >>> rl = RateLimiter.parse("2/second; 3 per 10 seconds", clock=clock)
+    >>> [rl.try_acquire("k") for _ in range(3)]       # the 2/s limit refuses the third
+    [True, True, False]
+    >>> clock.advance(1.0)
+    1.1
+    >>> rl.try_acquire("k"), rl.try_acquire("k")      # the 3 per 10 s limit refuses
+    (True, False)
     """
 
     def __new__(
         cls,
-        rate: float,
+        rate: float | None = None,
         per: float = 1.0,
         *,
         burst: int | None = None,
+        limits: Iterable[tuple[float, float] | tuple[float, float, int | None]] | None = None,
         clock: ManualClock | None = None,
     ) -> RateLimiter:
         """``rate`` > 0 tokens per ``per`` > 0 seconds; ``burst`` >= 1 (default
@@ -1157,21 +1178,60 @@ class RateLimiter:
         int too large for a float); a window ``burst * per / rate`` beyond 2**62 ns (about
         146 years) is refused with ValueError.
 
+        Or ``limits``: 1 to 16 ``(rate, per)`` or ``(rate, per, burst)`` tuples (a pair's
+        burst is the default, as above), checked by the same rules, a bad one named by its
+        position (``limits[1]: rate must be > 0``). Give ``rate`` (with ``per`` and
+        ``burst``) or ``limits``: both, or neither, is a TypeError. One limit in
+        ``limits`` makes the same limiter as ``rate``.
+
         >>> RateLimiter(1, per=60.0, burst=5)   # 5 at once, then one a minute
         RateLimiter(rate=1.0, per=60.0, burst=5)
+        >>> RateLimiter(limits=[(10, 1.0), (100, 60.0, 20)])
+        RateLimiter(limits=[(10.0, 1.0, 10), (100.0, 60.0, 20)])
+        """
+
+    @classmethod
+    def parse(cls, spec: str, *, clock: ManualClock | None = None) -> RateLimiter:
+        """A limiter from a spec in the ``limits`` library's notation: one or more limits
+        separated by ``;`` or ``,``, each ``"<amount>/<unit>"`` or ``"<amount> per
+        <unit>"`` with an optional multiplier (``"100/5 minutes"``), unit second, minute,
+        hour or day.
+
+        Units may be plural and in any case, whitespace around the parts is ignored; the
+        amount and multiplier are whole numbers >= 1. Each limit's burst is its amount.
+        A bad spec raises ValueError naming the item and what is wrong in it; a spec that
+        is not a str, TypeError.
+
+        >>> RateLimiter.parse("10/second; 1000 per day")
+        RateLimiter(limits=[(10.0, 1.0, 10), (1000.0, 86400.0, 1000)])
+        >>> RateLimiter.parse("100/5 minutes")
+        RateLimiter(rate=100.0, per=300.0, burst=100)
+        >>> RateLimiter.parse("10/fortnight")
+        Traceback (most recent call last):
+        ValueError: spec item '10/fortnight': unknown unit 'fortnight' (second, minute, hour or day)
         """
 
     @property
-    def rate(self) -> float: ...
+    def rate(self) -> float:
+        """The first limit's rate."""
     @property
-    def per(self) -> float: ...
+    def per(self) -> float:
+        """The first limit's period."""
     @property
     def burst(self) -> int:
-        """The bucket's capacity."""
+        """The first limit's capacity."""
+    @property
+    def limits(self) -> tuple[tuple[float, float, int], ...]:
+        """Every limit as ``(rate, per, burst)``, in order.
+
+        >>> RateLimiter(5).limits
+        ((5.0, 1.0, 5),)
+        """
 
     def try_acquire(self, key: _Key = None, cost: int = 1) -> bool:
         """Take ``cost`` tokens from ``key``'s bucket if they are there; True if taken.
-        ``cost`` must be between 1 and ``burst`` (ValueError otherwise).
+        ``cost`` must be between 1 and ``burst`` (ValueError otherwise; with several
+        limits, the smallest burst).
 
         >>> rl = RateLimiter(2, clock=ManualClock())
         >>> rl.try_acquire(), rl.try_acquire(), rl.try_acquire()
@@ -2489,6 +2549,28 @@ def _gcra_params(
 
     >>> _gcra_params(3, burst=1)
     (3.0, 1.0, 333333334, 1, 333333334)
+    """
+
+def _gcra_windows(
+    rate: float | None = None,
+    per: float = 1.0,
+    burst: int | None = None,
+    limits: Iterable[tuple[float, float] | tuple[float, float, int | None]] | None = None,
+) -> list[tuple[float, float, int, int, int]]:
+    """Internal: ``RateLimiter(rate, per, burst=burst, limits=limits)``'s checks (either
+    form), then the Redis tier's bound on each limit, as :func:`_gcra_params`: one
+    ``(rate, per, interval_ns, burst, tau_ns)`` per limit, in order.
+
+    >>> _gcra_windows(limits=[(3, 1.0, 1), (10, 60.0)])
+    [(3.0, 1.0, 333333334, 1, 333333334), (10.0, 60.0, 6000000000, 10, 60000000000)]
+    """
+
+def _spec_windows(spec: str) -> list[tuple[float, float, int, int, int]]:
+    """Internal: ``RateLimiter.parse(spec)``'s checks, then the Redis tier's bound on each
+    limit, as :func:`_gcra_windows`.
+
+    >>> _spec_windows("2/second")
+    [(2.0, 1.0, 500000000, 2, 1000000000)]
     """
 
 def _check_cost(cost: int | None, burst: int) -> int:

@@ -28,7 +28,7 @@ use crate::core::clock;
 use crate::core::registry::{normalize_caps, Cond, Metadata, Tri};
 use crate::errors::wrong_type;
 use crate::py::args::{self, Held};
-use crate::py::ratelimit::{cost_arg, timeout_secs, RateArgs};
+use crate::py::ratelimit::{cost_arg, limit_args, per_given, spec_args, timeout_secs, RateArgs};
 use crate::py::ratelimit_key::MAX_DEPTH;
 use crate::py::registry::MetaPy;
 use crate::py::registry_args::{self, changes_arg, max_batch_arg, register_items, taken, Fields};
@@ -43,16 +43,12 @@ const KEY_KINDS: &str = "None, str, int, bytes or a tuple of those";
 
 // ---- the rate limiter --------------------------------------------------------------------
 
-/// `RateLimiter(rate, per, burst=...)`'s rules, then the Redis tier's window bound:
-/// `(rate, per, interval_ns, burst, tau_ns)`.
-#[pyfunction]
-#[pyo3(signature = (rate, per = 1.0, burst = None))]
-pub fn _gcra_params(
-    rate: &Bound<'_, PyAny>,
-    #[pyo3(from_py_with = args::named::per)] per: f64,
-    burst: Option<&Bound<'_, PyAny>>,
-) -> PyResult<(f64, f64, u64, u64, u64)> {
-    let r = RateArgs::from_args(rate, per, burst)?;
+/// One limit's `(rate, per, interval_ns, burst, tau_ns)`, refused beyond the Redis
+/// tier's window bound.
+type Window = (f64, f64, u64, u64, u64);
+
+/// A limit by `RateLimiter`'s rules, then the Redis tier's window bound.
+fn redis_window(r: &RateArgs) -> PyResult<Window> {
     let gcra = r.gcra()?;
     if gcra.tau() > MAX_WINDOW {
         // As the core names it: the rate when the interval alone is too long or the
@@ -67,6 +63,57 @@ pub fn _gcra_params(
         )));
     }
     Ok((r.rate, r.per, gcra.interval(), gcra.burst(), gcra.tau()))
+}
+
+/// `RateLimiter(rate, per, burst=...)`'s rules, then the Redis tier's window bound:
+/// `(rate, per, interval_ns, burst, tau_ns)`.
+#[pyfunction]
+#[pyo3(signature = (rate, per = 1.0, burst = None))]
+pub fn _gcra_params(
+    rate: &Bound<'_, PyAny>,
+    #[pyo3(from_py_with = args::named::per)] per: f64,
+    burst: Option<&Bound<'_, PyAny>>,
+) -> PyResult<Window> {
+    redis_window(&RateArgs::from_args(rate, per, burst)?)
+}
+
+/// `RateLimiter(rate, per, burst=..., limits=...)`'s rules (either form), then the Redis
+/// tier's window bound on each limit: one `(rate, per, interval_ns, burst, tau_ns)` per
+/// limit, in order.
+#[pyfunction]
+#[pyo3(
+    signature = (rate = None, per = None, burst = None, limits = None),
+    // `per`'s default is 1.0 (`per_given` tells "not given" apart, as in `RateLimiter`).
+    text_signature = "(rate=None, per=1.0, burst=None, limits=None)"
+)]
+pub fn _gcra_windows(
+    py: Python<'_>,
+    rate: Option<&Bound<'_, PyAny>>,
+    #[pyo3(from_py_with = per_given)] per: Option<f64>,
+    burst: Option<&Bound<'_, PyAny>>,
+    limits: Option<&Bound<'_, PyAny>>,
+) -> PyResult<Vec<Window>> {
+    let several = limits.is_some_and(|l| !l.is_none());
+    let args = limit_args(rate, per, burst, limits)?;
+    args.iter()
+        .enumerate()
+        .map(|(i, r)| {
+            redis_window(r).map_err(|e| {
+                if several {
+                    PyValueError::new_err(format!("limits[{i}]: {}", e.value(py)))
+                } else {
+                    e
+                }
+            })
+        })
+        .collect()
+}
+
+/// `RateLimiter.parse(spec)`'s rules, then the Redis tier's window bound on each limit:
+/// as [`_gcra_windows`].
+#[pyfunction]
+pub fn _spec_windows(spec: &Bound<'_, PyAny>) -> PyResult<Vec<Window>> {
+    spec_args(spec)?.iter().map(redis_window).collect()
 }
 
 /// A request's `cost` (absent or None: 1) by `RateLimiter`'s rule, for a bucket of

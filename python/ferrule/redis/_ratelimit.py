@@ -1,9 +1,11 @@
 """``RedisRateLimiter``: GCRA with each key's state in Redis (see the package docs).
 
 The arguments are checked by the native module with ``ferrule.RateLimiter``'s own rules
-(``_gcra_params``, ``_check_cost``, ``_timeout``), which also gives the emission interval
-and window the script uses; keys are encoded there too (``_redis_key``). The decision
-itself is ``lua/gcra.lua``, run by the server.
+(``_gcra_windows``, ``_spec_windows``, ``_check_cost``, ``_timeout``), which also give
+each limit's emission interval and window for the script; keys are encoded there too
+(``_redis_key``). The decision itself is ``lua/gcra.lua``, run by the server: one script
+call per decision whatever the number of limits, every window checked on the server's
+clock and written together (all or none) in one value.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterable
 from typing import Any, Literal
 
 from ferrule._native import (
@@ -19,9 +21,10 @@ from ferrule._native import (
     BackendError,
     Decision,
     _check_cost,
-    _gcra_params,
+    _gcra_windows,
     _prefix,
     _redis_key,
+    _spec_windows,
     _timeout,
 )
 from ferrule._ratelimit import Limit
@@ -40,6 +43,20 @@ __all__ = ["OnError", "RedisRateLimiter"]
 
 _Key = None | str | int | bytes | tuple[Any, ...]
 OnError = Literal["raise", "allow", "deny"]
+# A limit as given: (rate, per) or (rate, per, burst).
+_LimitArg = tuple[float, float] | tuple[float, float, int | None]
+# A checked limit: (rate, per, interval_ns, burst, tau_ns).
+_Window = tuple[float, float, int, int, int]
+
+
+class _DefaultPer(float):
+    """``per``'s default (1.0), told apart by identity: ``per`` beside ``limits`` is
+    refused, as :class:`ferrule.RateLimiter` refuses it."""
+
+    __slots__ = ()
+
+
+_PER = _DefaultPer(1.0)
 
 _GCRA = Script(lua("gcra"))
 
@@ -55,38 +72,78 @@ class RedisRateLimiter:
     error), ``"allow"`` admits as if the bucket were full (taking nothing) and ``"deny"``
     refuses as if it were empty.
 
+    Several limits on every key (``limits=[(rate, per[, burst]), ...]``, or a spec
+    through :meth:`parse`) are checked by the same one script call: a request is granted
+    only if every limit allows it, and then taken from every one.
+
     >>> import redis
     >>> rl = RedisRateLimiter(redis.Redis(), 10, per=1.0)   # 10/s, burst 10
     >>> rl.try_acquire("user:1")                            # doctest: +SKIP
     True
+    >>> rl = RedisRateLimiter.parse(redis.Redis(), "10/second; 100/minute")
+    >>> rl.limits
+    ((10.0, 1.0, 10), (100.0, 60.0, 100))
     """
 
     __slots__ = (
         "_async",
         "_burst",
         "_client",
-        "_interval",
         "_on_error",
-        "_per",
         "_prefix",
-        "_rate",
-        "_tau",
+        "_wargs",
+        "_windows",
     )
 
     def __init__(
         self,
         client: SyncClient | AsyncClient,
-        rate: float,
-        per: float = 1.0,
+        rate: float | None = None,
+        per: float = _PER,
         *,
         burst: int | None = None,
+        limits: Iterable[_LimitArg] | None = None,
         prefix: str = "ferrule:rl:",
         on_error: OnError = "raise",
     ) -> None:
+        """``rate`` tokens per ``per`` seconds (default 1.0) with capacity ``burst``, or
+        ``limits``: ``(rate, per)`` or ``(rate, per, burst)`` tuples that must all allow a
+        request, checked as :class:`ferrule.RateLimiter` checks them (either form, not
+        both: TypeError)."""
         check_client(client)
-        self._rate, self._per, self._interval, self._burst, self._tau = _gcra_params(
-            rate, per, burst
-        )
+        if per is _PER:
+            windows = _gcra_windows(rate, burst=burst, limits=limits)
+        else:
+            windows = _gcra_windows(rate, per, burst, limits)
+        self._setup(client, windows, prefix, on_error)
+
+    @classmethod
+    def parse(
+        cls,
+        client: SyncClient | AsyncClient,
+        spec: str,
+        *,
+        prefix: str = "ferrule:rl:",
+        on_error: OnError = "raise",
+    ) -> RedisRateLimiter:
+        """A limiter from a spec, as :meth:`ferrule.RateLimiter.parse` reads it:
+        ``RedisRateLimiter.parse(client, "10/second; 1000 per hour")``."""
+        check_client(client)
+        self = cls.__new__(cls)
+        self._setup(client, _spec_windows(spec), prefix, on_error)
+        return self
+
+    def _setup(
+        self,
+        client: SyncClient | AsyncClient,
+        windows: list[_Window],
+        prefix: str,
+        on_error: OnError,
+    ) -> None:
+        self._windows = tuple(windows)
+        self._burst = min(w[3] for w in windows)
+        # The script's per-window arguments: interval and window of each, in order.
+        self._wargs = [x for w in windows for x in (w[2], w[4])]
         self._prefix = _prefix(prefix).encode()
         if on_error not in ("raise", "allow", "deny"):
             raise ValueError(f"on_error must be one of 'raise', 'allow', 'deny', not {on_error!r}")
@@ -96,16 +153,23 @@ class RedisRateLimiter:
 
     @property
     def rate(self) -> float:
-        return self._rate
+        """The first limit's rate."""
+        return self._windows[0][0]
 
     @property
     def per(self) -> float:
-        return self._per
+        """The first limit's period."""
+        return self._windows[0][1]
 
     @property
     def burst(self) -> int:
-        """The bucket's capacity."""
-        return self._burst
+        """The first limit's capacity."""
+        return self._windows[0][3]
+
+    @property
+    def limits(self) -> tuple[tuple[float, float, int], ...]:
+        """Every limit as ``(rate, per, burst)``, in order."""
+        return tuple((w[0], w[1], w[3]) for w in self._windows)
 
     @property
     def prefix(self) -> str:
@@ -116,10 +180,11 @@ class RedisRateLimiter:
         return self._on_error
 
     def __repr__(self) -> str:
-        return (
-            f"RedisRateLimiter(rate={self._rate!r}, per={self._per!r}, burst={self._burst}, "
-            f"prefix={self.prefix!r}, on_error={self._on_error!r})"
-        )
+        if len(self._windows) == 1:
+            head = f"rate={self.rate!r}, per={self.per!r}, burst={self.burst}"
+        else:
+            head = "limits=[" + ", ".join(f"({r!r}, {p!r}, {b})" for r, p, b in self.limits) + "]"
+        return f"RedisRateLimiter({head}, prefix={self.prefix!r}, on_error={self._on_error!r})"
 
     # -- internals --
 
@@ -138,7 +203,7 @@ class RedisRateLimiter:
         return self._client  # type: ignore[return-value]
 
     def _args(self, cost: int, mode: str) -> list[Any]:
-        return [self._interval, self._tau, cost, mode]
+        return [cost, mode, *self._wargs]
 
     def _decision(self, reply: Any) -> Decision:
         allowed, remaining, retry_ns, reset_ns = (int(x) for x in reply)
@@ -147,10 +212,11 @@ class RedisRateLimiter:
     def _fallback(self, cost: int, err: BackendError) -> Decision:
         if self._on_error == "raise":
             raise err
-        need = cost * self._interval / 1e9
+        # As if every window were full ("allow") or empty ("deny").
+        need = max(cost * w[2] for w in self._windows) / 1e9
         if self._on_error == "allow":
             return Decision(True, self._burst - cost, 0.0, need)
-        return Decision(False, 0, need, self._tau / 1e9)
+        return Decision(False, 0, need, max(w[4] for w in self._windows) / 1e9)
 
     def _check(self, k: bytes, cost: int) -> Decision:
         try:
