@@ -814,6 +814,9 @@ class HealthMonitor:
                 except QueueFull:
                     statuses[aid] = agent.health  # no room this round: leave it as it is
                     continue
+                except RuntimeError:  # the pool is shut down: the interpreter is exiting
+                    statuses[aid] = "unresponsive"
+                    continue
             groups.setdefault(timeout, []).append(aid)
         start = time.monotonic()
         seen = 0  # handoffs taken over
