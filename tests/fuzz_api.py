@@ -1106,7 +1106,9 @@ SPECIAL: dict[str, Special] = {
     "RateLimiter.__new__": Special({"limits": None}),
     "ferrule._gcra_windows": Special({"limits": None}),
     "SignalBus.subscribe": Special({"maxsize": 8}),
-    "RedisRateLimiter.__new__": Special({"prefix": Fresh(lambda ctx, obj: redis_prefix())}),
+    "RedisRateLimiter.__new__": Special(
+        {"prefix": Fresh(lambda ctx, obj: redis_prefix()), "limits": None}
+    ),
     "RedisRateLimiter.acquire_async": Special(variant="async"),
     "RedisRegistry.__new__": Special({"prefix": Fresh(lambda ctx, obj: redis_prefix())}),
     "RedisRegistry.register": Special({"agent_id": "new"}),
