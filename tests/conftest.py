@@ -33,6 +33,17 @@ def stress_scale() -> int:
     return 2 if STRESS else 1
 
 
+def wait_until(pred: Callable[[], object], timeout: float = 5.0) -> bool:
+    """Polls ``pred()`` every millisecond until it is true (True) or ``timeout`` seconds
+    pass (False): for state another thread changes, where no event can be waited on."""
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.001)
+    return True
+
+
 def run_threads(threads: int, body: Callable[[int], object], timeout: float = 60.0) -> None:
     """Run ``body(i)`` on ``threads`` threads released together by a barrier; any
     exception in a thread fails the caller."""

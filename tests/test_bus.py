@@ -26,14 +26,7 @@ from ferrule import (
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-
-def wait_until(pred: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.001)
-    return True
+from tests.conftest import wait_until
 
 
 def balanced(s: SubscriptionStats) -> bool:

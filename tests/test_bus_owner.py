@@ -9,22 +9,13 @@ import asyncio
 import concurrent.futures
 import gc
 import threading
-import time
 import weakref
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 from ferrule import Signal, SignalBus, Subscription
 
-
-def wait_until(pred: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.001)
-    return True
+from tests.conftest import wait_until
 
 
 class Owner:

@@ -11,15 +11,7 @@ from typing import Any
 
 from ferrule import Signal, SignalBus, Subscription
 
-
-def wait_until(pred: object, timeout: float = 10.0) -> bool:
-    assert callable(pred)
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.001)
-    return True
+from tests.conftest import wait_until
 
 
 def test_publish_races_subscribe_and_cancel(threads: int, stress_scale: int) -> None:
@@ -125,7 +117,7 @@ def test_handler_subscriptions_churn_without_leaking_threads(
     for t in ts:
         t.join()
     gc.collect()
-    assert wait_until(lambda: threading.active_count() <= before)
+    assert wait_until(lambda: threading.active_count() <= before, timeout=10.0)
     assert bus.subscriptions() == []
     for group in subs:
         for sub in group:
@@ -157,7 +149,7 @@ def test_many_consumers_share_one_pull_subscription(threads: int, stress_scale: 
         t.start()
     for t in ps:
         t.join()
-    assert wait_until(lambda: sub.qsize() == 0)
+    assert wait_until(lambda: sub.qsize() == 0, timeout=10.0)
     sub.cancel()
     for t in cs:
         t.join()
@@ -224,7 +216,7 @@ def test_publish_data_mutated_meanwhile(threads: int, stress_scale: int) -> None
         t.start()
     for t in pubs:
         t.join()
-    assert wait_until(lambda: h.stats().delivered == publishers * per)
+    assert wait_until(lambda: h.stats().delivered == publishers * per, timeout=10.0)
     stop.set()
     for t in mutators + readers:
         t.join()

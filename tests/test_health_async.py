@@ -21,6 +21,8 @@ import pytest
 from ferrule import Agent, HealthMonitor, ManualClock, Registry, SignalBus
 from ferrule._queue import is_async_callable as _is_async
 
+from tests.conftest import wait_until
+
 LOOP_THREAD = "ferrule-health-loop"
 
 
@@ -54,15 +56,6 @@ def no_leaks(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
     assert [str(w.message) for w in caught] == []
     assert "Task was destroyed but it is pending" not in caplog.text
     assert "never awaited" not in caplog.text
-
-
-def wait_until(cond: Any, seconds: float = 5.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while not cond():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.005)
-    return True
 
 
 def loop_threads() -> list[threading.Thread]:
