@@ -1313,7 +1313,9 @@ Event = tuple[Any, Any, str]
 
 def _listening(max_size: int = 10, **kwargs: Any) -> tuple[Cache, list[Event]]:
     events: list[Event] = []
-    c = Cache(max_size, shards=1, on_evict=lambda k, v, cause: events.append((k, v, cause)), **kwargs)
+    c = Cache(
+        max_size, shards=1, on_evict=lambda k, v, cause: events.append((k, v, cause)), **kwargs
+    )
     return c, events
 
 
@@ -1601,18 +1603,32 @@ def test_on_evict_exceptions_are_logged_never_raised(caplog: pytest.LogCaptureFi
     assert str(records[0].exc_info[1]) == "listener failed on a"
 
 
-@pytest.mark.parametrize("exc", [KeyboardInterrupt, SystemExit, MemoryError])
-def test_on_evict_base_exceptions_are_logged_too(
-    exc: type[BaseException], caplog: pytest.LogCaptureFixture
-) -> None:
+def test_on_evict_memory_error_is_logged_too(caplog: pytest.LogCaptureFixture) -> None:
     def on_evict(k: object, v: object, cause: str) -> None:
-        raise exc
+        raise MemoryError
 
     c = Cache(1, on_evict=on_evict)
     with caplog.at_level("ERROR", logger="ferrule.cache"):
         c["a"] = 1
         c["b"] = 2
     assert (list(c.keys()), len(caplog.records)) == (["b"], 1)
+
+
+@pytest.mark.parametrize("exc", [KeyboardInterrupt, SystemExit])
+def test_on_evict_base_exceptions_go_to_the_unraisable_hook(
+    exc: type[BaseException], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def on_evict(k: object, v: object, cause: str) -> None:
+        raise exc
+
+    seen: list[BaseException | None] = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: seen.append(u.exc_value))
+    c = Cache(1, on_evict=on_evict)
+    c["a"] = 1
+    c["b"] = 2  # not interrupted: the eviction has happened
+    c.clear()
+    assert list(c.keys()) == []
+    assert [type(e) for e in seen] == [exc, exc]
 
 
 def test_a_failing_logger_goes_to_the_unraisable_hook(monkeypatch: pytest.MonkeyPatch) -> None:

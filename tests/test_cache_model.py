@@ -96,9 +96,7 @@ class Model:
         self.d[k] = entry
 
     def evict(self, extra: int, w: int) -> None:
-        while len(self.d) + extra > CAPACITY or (
-            self.weights and self.weight() + w > CAPACITY
-        ):
+        while len(self.d) + extra > CAPACITY or (self.weights and self.weight() + w > CAPACITY):
             self.remove(next(iter(self.d)), "size")
             self.evictions += 1
 
@@ -309,6 +307,4 @@ class WeightedIdleMachine(RuleBasedStateMachine):
 
 
 TestWeightedIdleModel = WeightedIdleMachine.TestCase
-TestWeightedIdleModel.settings = settings(
-    max_examples=200, stateful_step_count=40, deadline=None
-)
+TestWeightedIdleModel.settings = settings(max_examples=200, stateful_step_count=40, deadline=None)

@@ -299,7 +299,7 @@ def test_weights_stay_within_the_bound_under_concurrent_writers(
 
     def body(seed: int) -> None:
         rng = random.Random(seed)
-        for i in range(3000 * stress_scale):
+        for _ in range(3000 * stress_scale):
             k = rng.randrange(300)
             w = rng.choice([0, 1, 5, 20, 99, 100, 101])  # 101 > 400 / 4: rejected
             r = rng.random()
@@ -328,9 +328,7 @@ def test_weights_stay_within_the_bound_under_concurrent_writers(
     assert st.rejected > 0
 
 
-def test_on_evict_is_called_exactly_once_per_removed_entry(
-    threads: int, stress_scale: int
-) -> None:
+def test_on_evict_is_called_exactly_once_per_removed_entry(threads: int, stress_scale: int) -> None:
     """Every value that entered the cache is reported exactly once, by whichever thread
     removed it (evicted, expired, replaced, deleted), or stays in the cache; after a final
     clear() the reports equal the inserts. Values are unique, so each is counted."""
@@ -349,7 +347,12 @@ def test_on_evict_is_called_exactly_once_per_removed_entry(
                 causes["called on another thread"] += 1
 
     c = Cache(
-        64, shards=4, ttl=1.0, tti=0.5, clock=clock, weigher=lambda k, v: v[0] % 7,
+        64,
+        shards=4,
+        ttl=1.0,
+        tti=0.5,
+        clock=clock,
+        weigher=lambda k, v: v[0] % 7,
         on_evict=on_evict,
     )
 

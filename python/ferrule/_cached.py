@@ -2,8 +2,9 @@
 where an eviction listener's errors go (the ``ferrule.cache`` logger).
 
 A ``Cache``'s ``on_evict`` runs beside the operation that removed the entry, after the
-removal: what it raises cannot undo that, so the native code hands it to
-``_report_evict_error``, which logs it with its traceback and returns.
+removal: what it raises cannot undo that, so the native code hands an ``Exception`` to
+``_report_evict_error``, which logs it with its traceback and returns (any other
+BaseException goes to ``sys.unraisablehook``).
 """
 
 from __future__ import annotations

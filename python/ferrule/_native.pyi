@@ -253,9 +253,11 @@ class Cache:
         or ``stats()``), ``"replaced"`` (a write gave its key another value) and
         ``"deleted"`` (``delete``, ``pop``, ``del``, ``clear()``). It runs after the
         cache's locks are released, on the thread whose call removed the entry, before
-        that call returns; it may use the cache. What it raises is logged (logger
-        ``ferrule.cache``), never raised into that call. Entries still in a cache that
-        is collected or cleared by the garbage collector are not reported.
+        that call returns; it may use the cache. What it raises is never raised into that
+        call: an ``Exception`` is logged (logger ``ferrule.cache``), a ``KeyboardInterrupt``
+        or ``SystemExit`` goes to ``sys.unraisablehook`` (as from a ``__del__``). Entries
+        still in a cache that is collected or cleared by the garbage collector are not
+        reported.
 
         >>> Cache(100_000, shards=8).shards
         8

@@ -10,6 +10,12 @@
 //! [`TimedCache`] puts a [`ShardedCache`] on a clock with a default TTL (one clock
 //! reading per operation, none while nothing can expire).
 //!
+//! [`Options`] turn on what a plain cache does without: weights, a time to idle (tti),
+//! and handing replaced values out for an eviction listener. A plain cache pays one flag
+//! test per option, under the lock it holds anyway, and its slot stays one cache line:
+//! an entry's weight and own deadline live in `meta`, a vector beside the slab
+//! (`meta[i]` belongs to `slots[i]`), allocated only for a weighted or tti shard.
+//!
 //! # Invariants
 //! - Shard capacities sum to exactly `max_size` (`1 <= max_size <= MAX_SIZE`) and a shard
 //!   never holds more than its capacity, so `len <= max_size` at every instant, also under
@@ -19,6 +25,16 @@
 //! - Inserting into a full shard removes an expired entry if one exists (the earliest
 //!   deadline), else the least recently used one. With one shard this is exact LRU over
 //!   live entries.
+//! - Weighted shards: the capacity bounds the sum of the weights as well as the count
+//!   (so zero weights stay bounded). A write removes entries (expired first, else LRU)
+//!   until it fits, in its own critical section, so the bound holds at every instant; a
+//!   weight above the capacity is rejected (counted, not stored, and the key's old
+//!   entry removed, so no read returns the value the write superseded).
+//! - Time to idle: an entry's `expires` is the earlier of its own deadline (`meta`) and
+//!   its last counted read (or write) plus tti, so the heap, lookups and the expired-first
+//!   rule above see one deadline. A counted read moves it forward, never back (a reader
+//!   whose clock reading is older than the last one's does not shorten it), and never
+//!   past the own deadline. Uncounted lookups (`in`, peek) do not move it.
 //! - Expired entries are reclaimed without a background thread: each write pops up to
 //!   [`RECLAIM_BUDGET`] expired entries from the deadline heap; `expire` (and `len`) pop
 //!   them all, [`BULK_BATCH`] per lock hold.
@@ -52,11 +68,17 @@
 //! entry stored after it (until the 32-bit counter wraps, which the identity rule above
 //! makes harmless).
 //!
-//! # Dropping
+//! # Dropping and reporting
 //! Removed keys and values are dropped only after the lock is released, because dropping
-//! them may run user code: single operations hand them to the caller (`grave`) or return
-//! them out of the locked section; bulk operations drop each batch between lock holds;
-//! `clear` swaps the whole slab out under the lock and drops it after.
+//! them may run user code: single operations hand them to the caller (a [`Grave`], each
+//! entry with its [`Cause`]) or return them out of the locked section; bulk operations
+//! hand each batch to a `bury` callback between lock holds; `clear` swaps the whole slab
+//! out under the lock and hands it over after ([`ShardedCache::clear_with`]). So a
+//! binding can report every removed entry exactly once, with no lock held: an entry
+//! leaves a shard only through `remove_idx`, and every caller of it puts what it removed
+//! into a grave, a return value or a drained slab. A replaced value is the exception
+//! unless [`Options::report_replaced`] asks for it (it would cost a key reference and a
+//! grave push on every replacing write).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -1052,7 +1074,10 @@ impl<K, V> LruShard<K, V> {
         }
         for (i, s) in self.slots.iter().enumerate() {
             if let (Some(e), Some(m)) = (s.entry.as_ref(), self.meta.get(i)) {
-                assert!(e.expires <= m.deadline, "the idle deadline never extends the own");
+                assert!(
+                    e.expires <= m.deadline,
+                    "the idle deadline never extends the own"
+                );
             }
         }
         for (i, &idx) in self.heap.iter().enumerate() {
@@ -1876,8 +1901,18 @@ mod tests {
         let c = ShardedCache::new(4, Some(1), 1).unwrap();
         let set_if = |k: &str, v: u64, keep: bool| {
             let mut g = Vec::new();
-            c.set_if(h(&k), &Q(k), || k.to_string(), v, NEVER, 1, 0, &mut g, || keep)
-                .unwrap()
+            c.set_if(
+                h(&k),
+                &Q(k),
+                || k.to_string(),
+                v,
+                NEVER,
+                1,
+                0,
+                &mut g,
+                || keep,
+            )
+            .unwrap()
         };
         assert!(!set_if("a", 1, false));
         assert_eq!((get(&c, "a", 0), c.stats().inserts), (None, 0));
@@ -1893,8 +1928,17 @@ mod tests {
         let entries = ShardedCache::new(8, Some(1), 1).unwrap();
         let c = TimedCache::new(entries, Clock::Manual(clock.clone()), Some(10));
         let set = |k: &str, ttl: Option<i64>| {
-            c.set_if(h(&k), &Q(k), || k.to_string(), 1, ttl, 1, &mut Vec::new(), || true)
-                .unwrap()
+            c.set_if(
+                h(&k),
+                &Q(k),
+                || k.to_string(),
+                1,
+                ttl,
+                1,
+                &mut Vec::new(),
+                || true,
+            )
+            .unwrap()
         };
         let live = |k: &str| {
             c.get(h(&k), &Q(k), false, &mut Vec::new())
@@ -1907,7 +1951,10 @@ mod tests {
         clock.advance(1).unwrap(); // t + d: no longer live
         assert!(!live("default") && live("own"));
         assert_eq!(
-            (c.live_len(&mut |_| {}), c.stats(&mut |_| {}).map(|s| s.size)),
+            (
+                c.live_len(&mut |_| {}),
+                c.stats(&mut |_| {}).map(|s| s.size)
+            ),
             (Ok(1), Ok(1))
         );
         clock.advance(10).unwrap();
@@ -2430,8 +2477,18 @@ mod tests {
         now: i64,
     ) -> Vec<(String, Cause)> {
         let mut g = Vec::new();
-        c.set_if(h(&k), &Q(k), || k.to_string(), v, exp, w, now, &mut g, || true)
-            .unwrap();
+        c.set_if(
+            h(&k),
+            &Q(k),
+            || k.to_string(),
+            v,
+            exp,
+            w,
+            now,
+            &mut g,
+            || true,
+        )
+        .unwrap();
         g.into_iter().map(|(k, _, c)| (k, c)).collect()
     }
 
@@ -2463,7 +2520,10 @@ mod tests {
         assert_eq!((st.size, st.weight, st.evictions), (2, 9, 2));
         check_all(&c);
         // Growing an entry's weight in place evicts others, never the entry itself.
-        assert_eq!(put(&c, "d", 5, 10, NEVER, 0), vec![("a".into(), Cause::Size)]);
+        assert_eq!(
+            put(&c, "d", 5, 10, NEVER, 0),
+            vec![("a".into(), Cause::Size)]
+        );
         assert_eq!((c.stats().weight, get(&c, "d", 0)), (10, Some(5)));
         // Zero weights are free, but the count stays bounded by max_size.
         for i in 0..20 {
@@ -2486,7 +2546,10 @@ mod tests {
         );
         put(&c, "a", 1, 3, NEVER, 0);
         put(&c, "b", 2, 3, NEVER, 0);
-        assert_eq!(put(&c, "a", 9, 11, NEVER, 0), vec![("a".into(), Cause::Replaced)]);
+        assert_eq!(
+            put(&c, "a", 9, 11, NEVER, 0),
+            vec![("a".into(), Cause::Replaced)]
+        );
         assert_eq!(put(&c, "x", 9, u64::MAX, NEVER, 0), vec![]);
         assert_eq!((get(&c, "a", 0), get(&c, "b", 0)), (None, Some(2)));
         let st = c.stats();
@@ -2531,7 +2594,7 @@ mod tests {
         put(&c, "c", 3, 1, NEVER, 0);
         assert_eq!(get(&c, "a", 9), Some(1)); // read at 9: idle until 19
         assert_eq!(get(&c, "b", 9), Some(2)); // until 19 too
-        // A peek (uncounted) neither reads nor refreshes.
+                                              // A peek (uncounted) neither reads nor refreshes.
         let peek = |k: &str, now| c.get(h(&k), &Q(k), now, false, &mut Vec::new()).unwrap();
         assert_eq!(peek("c", 9), Some(3));
         assert_eq!(peek("c", 10), None, "idle since 0");
@@ -2539,7 +2602,11 @@ mod tests {
         assert_eq!(get(&c, "b", 18), Some(2)); // min(25, 28) = 25
         assert_eq!(get(&c, "a", 27), Some(1));
         assert_eq!(get(&c, "b", 24), Some(2));
-        assert_eq!(get(&c, "b", 25), None, "its own deadline bounds the idle one");
+        assert_eq!(
+            get(&c, "b", 25),
+            None,
+            "its own deadline bounds the idle one"
+        );
         // A reader with an older clock reading never shortens the idle time.
         assert_eq!(get(&c, "a", 20), Some(1));
         assert_eq!(get(&c, "a", 36), Some(1));

@@ -29,10 +29,19 @@
 //! key's flight led by a task of the event loop running on its own thread raises
 //! RuntimeError: waiting would stop the loop that task needs.
 //!
+//! Options (`core::cache::Options`, fixed at construction, each an `Option` checked once
+//! per operation): a `weigher` runs before the write takes any lock, and its result
+//! becomes the entry's weight (an int, bool refused, >= 0; larger than any shard
+//! saturates, so it is rejected); `tti` is the core's; `on_evict` makes every operation
+//! that removed entries (a [`Grave`] filled under the lock, a removed entry returned,
+//! each batch of a bulk operation, each drained shard of `clear`) call it per entry after
+//! the lock is released, on the calling thread, its errors reported by [`notify`].
+//!
 //! Garbage collection: `Cache` visits every key and value it holds (and the keys of
-//! flights in progress), skipping a shard whose lock is held rather than waiting for it;
-//! `__clear__` is `clear()`: every shard's contents are swapped out under its lock and
-//! dropped after it is released.
+//! flights in progress), its weigher and listener, skipping a shard (or callback) whose
+//! lock is held rather than waiting for it; `__clear__` lets the weigher and listener go
+//! and then swaps every shard's contents out under its lock, dropping them after it is
+//! released, without reporting them (the listener may be part of the garbage).
 
 use std::sync::Arc;
 
@@ -118,13 +127,18 @@ fn cause_str(py: Python<'_>, cause: Cause) -> &Bound<'_, PyString> {
     }
 }
 
-/// Calls `on_evict(key, value, cause)`; what it raises is logged (logger
-/// `ferrule.cache`, through `ferrule._cached._report_evict_error`), never raised: the
-/// removal it reports has happened. If logging fails too, that goes to
-/// `sys.unraisablehook`.
+/// Calls `on_evict(key, value, cause)`; what it raises is never raised into the caller
+/// (the removal it reports has happened): an `Exception` is logged (logger
+/// `ferrule.cache`, through `ferrule._cached._report_evict_error`); any other
+/// BaseException (`KeyboardInterrupt`, `SystemExit`), and a failure to log, goes to
+/// `sys.unraisablehook`, as from a `__del__` (`wait::report`).
 fn notify(py: Python<'_>, listener: &Bound<'_, PyAny>, key: PyKey, value: Py<PyAny>, cause: Cause) {
     let cause = cause_str(py, cause);
     if let Err(e) = wait::call1(listener, (key.obj, value, cause)) {
+        if !e.is_instance_of::<PyException>(py) {
+            wait::report(py, e, Some(listener));
+            return;
+        }
         let logged = lookup!(py, "ferrule._cached", "_report_evict_error")
             .and_then(|f| wait::call1(f, (cause, e.into_value(py))));
         if let Err(e) = logged {
@@ -483,12 +497,19 @@ impl Cache {
     ) -> PyResult<()> {
         let weight = match &self.weigher {
             None => 1,
-            Some(w) => self.weigh(w, q, &value)?,
+            Some(w) => Self::weigh(w, q, &value)?,
         };
         let mut grave = Vec::new();
-        let stored =
-            self.inner
-                .set_if(q.hash, q, || q.stored(), value, ttl, weight, &mut grave, keep);
+        let stored = self.inner.set_if(
+            q.hash,
+            q,
+            || q.stored(),
+            value,
+            ttl,
+            weight,
+            &mut grave,
+            keep,
+        );
         if !grave.is_empty() {
             self.bury(q.py(), grave);
         }
@@ -497,12 +518,7 @@ impl Cache {
 
     /// `weigher(key, value)`, run with no lock held, as a weight.
     #[inline(never)]
-    fn weigh(
-        &self,
-        weigher: &Held<Py<PyAny>>,
-        q: &Query<'_, '_>,
-        value: &Py<PyAny>,
-    ) -> PyResult<u64> {
+    fn weigh(weigher: &Held<Py<PyAny>>, q: &Query<'_, '_>, value: &Py<PyAny>) -> PyResult<u64> {
         let py = q.py();
         // Cleared by the collector: the cache is garbage, any weight will do.
         let Some(w) = weigher.with(|w| w.map(|w| w.clone_ref(py))) else {
@@ -513,9 +529,7 @@ impl Cache {
 
     /// The eviction listener, if there is one (and the collector has not cleared it).
     fn listener(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.on_evict
-            .as_ref()?
-            .with(|l| l.map(|l| l.clone_ref(py)))
+        self.on_evict.as_ref()?.with(|l| l.map(|l| l.clone_ref(py)))
     }
 
     /// Reports removed entries to the listener, one call each, with no lock held; without
