@@ -1701,12 +1701,32 @@ impl<K, V> TimedCache<K, V> {
         count: bool,
         grave: &mut Grave<K, V>,
     ) -> Result<Option<V>, Q::Error> {
-        let now = self.now();
-        match self.entries.get_fast(hash, q, now, count) {
-            Fast::Hit(v) => Ok(Some(v)),
-            Fast::Miss => Ok(None),
-            Fast::Slow => self.entries.get(hash, q, now, count, grave),
+        match self.get_fast(hash, q, count) {
+            (Fast::Hit(v), _) => Ok(Some(v)),
+            (Fast::Miss, _) => Ok(None),
+            (Fast::Slow, now) => self.get_slow(hash, q, now, count, grave),
         }
+    }
+
+    /// The first half of [`get`](Self::get), for a caller that keeps its slow path (and
+    /// its grave) out of line: [`ShardedCache::get_fast`] at this operation's clock
+    /// reading, which `get_slow` must then use.
+    #[inline]
+    pub fn get_fast<Q: KeyQuery<K, V>>(&self, hash: u64, q: &Q, count: bool) -> (Fast<V>, i64) {
+        let now = self.now();
+        (self.entries.get_fast(hash, q, now, count), now)
+    }
+
+    /// The second half of [`get`](Self::get): [`ShardedCache::get`] at `now`.
+    pub fn get_slow<Q: KeyQuery<K, V>>(
+        &self,
+        hash: u64,
+        q: &Q,
+        now: i64,
+        count: bool,
+        grave: &mut Grave<K, V>,
+    ) -> Result<Option<V>, Q::Error> {
+        self.entries.get(hash, q, now, count, grave)
     }
 
     /// [`ShardedCache::set_if`] with the deadline of `ttl` (or the default); what the

@@ -54,7 +54,7 @@ use pyo3::types::{PyBool, PyBytes, PyDict, PyInt, PyList, PyString, PyTuple};
 use pyo3::{intern, PyTraverseError, PyVisit};
 
 use crate::core::cache::{
-    hit_ratio, mix, Cause, Grave, KeyQuery, Match, Options, ShardedCache, Stats, TimedCache,
+    hit_ratio, mix, Cause, Fast, Grave, KeyQuery, Match, Options, ShardedCache, Stats, TimedCache,
 };
 use crate::core::clock::nanos_to_secs;
 use crate::core::flight::{Flight, Join, Leader, Outcome, SingleFlight};
@@ -478,8 +478,19 @@ impl Cache {
     /// idle time). An expired entry found on the way is removed and reported.
     #[inline]
     pub(crate) fn lookup(&self, q: &Query<'_, '_>, count: bool) -> PyResult<Option<Py<PyAny>>> {
+        match self.inner.get_fast(q.hash, q, count) {
+            (Fast::Hit(v), _) => Ok(Some(v)),
+            (Fast::Miss, _) => Ok(None),
+            (Fast::Slow, now) => self.lookup_slow(q, count, now),
+        }
+    }
+
+    /// `lookup` past the fast path (an expired entry, a key whose `__eq__` is user code),
+    /// out of line so that a hit carries no grave.
+    #[inline(never)]
+    fn lookup_slow(&self, q: &Query<'_, '_>, count: bool, now: i64) -> PyResult<Option<Py<PyAny>>> {
         let mut grave = Vec::new();
-        let found = self.inner.get(q.hash, q, count, &mut grave);
+        let found = self.inner.get_slow(q.hash, q, now, count, &mut grave);
         if !grave.is_empty() {
             self.bury(q.py(), grave);
         }
