@@ -983,7 +983,7 @@ BASELINE: dict[str, Any] = {
     "ttl": 60.0, "timeout": 0.05, "rate": 100.0, "per": 1.0, "reset_timeout": 1.0,
     "window": 10.0, "seconds": 0.01, "max_age": 60.0, "interval": 60.0, "backoff": 0.0,
     "max_backoff": 0.01, "start": 1.0, "alert_threshold": 0.9, "severe_threshold": 0.95,
-    "retry_after": 0.0, "reset_after": 0.0, "max_idle": 60.0, "tti": 60.0,
+    "retry_after": 0.0, "reset_after": 0.0, "max_idle": 60.0,
     # keys, names, values
     "key": BASELINE_KEY, "default": None, "value": 1, "item": 1, "agent_id": "a1",
     "op": "op", "name": "db", "node": "n", "health": "healthy", "capability": "c",
@@ -1001,7 +1001,7 @@ BASELINE: dict[str, Any] = {
     # callables and objects
     "factory": noop, "fn": noop, "func": noop, "callback": noop, "wake": noop, "waker": noop,
     "handler": None, "validate": None, "check": None, "on_state_change": None, "sleep": None,
-    "weigher": None, "on_evict": None,
+    "weigher": None, "on_evict": None, "tti": 60.0,  # Cache's options
     "clock": None, "bus": None, "owner": None, "where": None, "exc": None, "exc_type": None,
     "loop": None, "tb": None, "_exc_type": None, "_exc": None, "_tb": None, "exc_val": None,
     "exc_tb": None, "deadline": None, "expected": (Exception,), "retry_on": (Exception,),
