@@ -164,6 +164,59 @@ def test_set_with_eviction(benchmark: Any, impl: str, kind: str) -> None:
     benchmark.pedantic(run, setup=setup, rounds=20, iterations=1)
 
 
+# Weighted caches: the same set-with-eviction workload over str keys, each entry weighing
+# len(value) (about 11), in a cache bounded to CAPACITY * 8 weight units.
+WEIGHT_BOUND = CAPACITY * 8
+
+
+def _ferrule_weighted() -> Set:
+    return ferrule.Cache(WEIGHT_BOUND, weigher=lambda k, v: len(v), shards=1).set
+
+
+def _cachetools_weighted_locked() -> Set:
+    cachetools = pytest.importorskip("cachetools")
+    c = cachetools.LRUCache(WEIGHT_BOUND, getsizeof=len)
+    lock = threading.Lock()
+
+    def put(k: Any, v: Any) -> None:
+        with lock:
+            c[k] = v
+
+    return put
+
+
+def _cachetools_weighted() -> Set:
+    cachetools = pytest.importorskip("cachetools")
+    return cachetools.LRUCache(WEIGHT_BOUND, getsizeof=len).__setitem__
+
+
+WEIGHTED: dict[str, Callable[[], Set]] = {
+    "ferrule weigher=len": _ferrule_weighted,
+    "cachetools getsizeof=len +lock": _cachetools_weighted_locked,
+    "cachetools getsizeof=len (no lock)": _cachetools_weighted,
+}
+
+
+@pytest.mark.parametrize("impl", list(WEIGHTED))
+def test_set_weighted_with_eviction(benchmark: Any, impl: str) -> None:
+    """set() into a full cache bounded by total weight, not count."""
+    benchmark.group = "cache set-evict weighted str"
+    benchmark.extra_info["ops"] = BATCH
+    put = WEIGHTED[impl]()
+    for k in str_keys(CAPACITY):
+        put(k, k)
+    fresh = itertools.count(UNIVERSE)
+
+    def setup() -> tuple[tuple[list[Any]], dict[str, Any]]:
+        return (str_keys(BATCH, offset=next(fresh) * BATCH),), {}
+
+    def run(keys: list[Any]) -> None:
+        for k in keys:
+            put(k, k)
+
+    benchmark.pedantic(run, setup=setup, rounds=20, iterations=1)
+
+
 def zipf_trace(n: int, universe: int, s: float = 1.0, seed: int = 42) -> list[int]:
     weights = [1.0 / (r**s) for r in range(1, universe + 1)]
     cum = list(itertools.accumulate(weights))

@@ -1003,6 +1003,8 @@ BASELINE: dict[str, Any] = {
     "overflow": "drop_oldest", "prefix": "ferrule_op", "policy": "fixed",
     "metadata": Fresh(lambda ctx, obj: {"m": 1}), "error": Fresh(lambda ctx, obj: ValueError("e")),
     "items": Fresh(lambda ctx, obj: [BASELINE_KEY, 2]),
+    "keys": Fresh(lambda ctx, obj: [BASELINE_KEY, 2, "absent"]),
+    "mapping": Fresh(lambda ctx, obj: {BASELINE_KEY: 1, 2: 3}),
     "limits": Fresh(lambda ctx, obj: {"db": 10, "gpu": 4}),
     "spec": "10/second; 100 per 5 minutes",
     # flags
@@ -1012,6 +1014,7 @@ BASELINE: dict[str, Any] = {
     # callables and objects
     "factory": noop, "fn": noop, "func": noop, "callback": noop, "wake": noop, "waker": noop,
     "handler": None, "validate": None, "check": None, "on_state_change": None, "sleep": None,
+    "weigher": None, "on_evict": None, "tti": 60.0,  # Cache's options
     "clock": None, "bus": None, "owner": None, "where": None, "exc": None, "exc_type": None,
     "loop": None, "tb": None, "_exc_type": None, "_exc": None, "_tb": None, "exc_val": None,
     "exc_tb": None, "deadline": None, "expected": (Exception,), "retry_on": (Exception,),
@@ -1060,6 +1063,9 @@ SPECIAL: dict[str, Special] = {
     "TaskPool.__new__": Special({"overflow": "block", "name": "fz"}),
     "TaskPool.map": Special({"fn": abs}, star=([1, 2],)),
     "Cache.get_or_set": Special({"key": "missing"}),
+    "Cache.get_many": Special(variant="weighted"),
+    "Cache.set_many": Special(variant="weighted"),
+    "Cache.peek": Special(variant="weighted"),
     "Cache.get_or_set_async": Special({"key": "missing", "factory": _async_fn}),
     "WorkQueue.__new__": Special({"overflow": "block"}),
     "ManualClock.set": Special({"seconds": 20.0}),
@@ -1126,6 +1132,14 @@ def _checked_out(ctx: Ctx, pool: Any) -> Any:
 
 def _cache(ctx: Ctx) -> Any:
     c = native.Cache(16, ttl=60.0)
+    c[BASELINE_KEY] = "v"
+    c[1] = 2
+    return c
+
+
+def _cache_weighted(ctx: Ctx) -> Any:
+    """A cache with every option on: weights, time to idle and a listener."""
+    c = native.Cache(16, ttl=60.0, tti=60.0, weigher=lambda k, v: 1, on_evict=noop)
     c[BASELINE_KEY] = "v"
     c[1] = 2
     return c
@@ -1317,7 +1331,7 @@ def _redis_registry(ctx: Ctx) -> Any:
 # Class -> variant -> factory(ctx). "ready" is every call's default state.
 OBJECTS: dict[str, dict[str, Callable[[Ctx], Any]]] = {
     "ManualClock": {"ready": lambda ctx: native.ManualClock(10.0)},
-    "Cache": {"ready": _cache},
+    "Cache": {"ready": _cache, "weighted": _cache_weighted},
     "CacheStats": {"ready": lambda ctx: _cache(ctx).stats()},
     "RateLimiter": {"ready": _rate, "drained": _rate_drained},
     "Decision": {"ready": lambda ctx: _rate(ctx).check(BASELINE_KEY)},
@@ -1450,6 +1464,8 @@ def _probe_cache(c: Any) -> None:
     for i in range(c.max_size + 2):  # evicts whatever the call stored
         c.set(("probe", i), i)
     _check(len(c) <= c.max_size, f"len {len(c)} > max_size {c.max_size} after evictions")
+    st = c.stats()
+    _check(st.weight <= st.max_size, f"weight {st.weight} > max_size {st.max_size}")
     c.expire()
     c.clear()
 
@@ -1627,7 +1643,14 @@ def _drive_subscription(bus: Any, sub: Any) -> None:
 # Class -> what to do with an object a constructor just made with fuzzed arguments: use
 # the arguments (a factory, a validate, a bus, a clock) the constructor only stored.
 DRIVE: dict[str, Callable[[Any], Any]] = {
-    "Cache": lambda c: (c.get_or_set("d", noop), c.set("e", 1), len(c)),
+    "Cache": lambda c: (
+        c.get_or_set("d", noop),
+        c.set("e", 1),
+        c.set_many({i: i for i in range(20)}),  # evicts: a hostile on_evict runs
+        c.get_many(["d", 1]),
+        len(c),
+        c.clear(),
+    ),
     "RateLimiter": lambda r: (r.try_acquire("d"), r.check("d"), r.acquire("d", timeout=0.05)),
     "Registry": lambda r: (r.register("d", ttl=1.0), r.find(capability="c"), r.expire()),
     "WorkQueue": lambda q: (q.put_nowait(1), q.get_nowait()),

@@ -1305,6 +1305,505 @@ def test_eq_may_reenter_the_same_cache_with_any_operation(action: str, op: str) 
     assert len(c) <= 10
 
 
+# ---- weights, time to idle, the eviction listener, bulk reads and writes ----------------
+
+
+Event = tuple[Any, Any, str]
+
+
+def _listening(max_size: int = 10, **kwargs: Any) -> tuple[Cache, list[Event]]:
+    events: list[Event] = []
+    c = Cache(
+        max_size, shards=1, on_evict=lambda k, v, cause: events.append((k, v, cause)), **kwargs
+    )
+    return c, events
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "msg"),
+    [
+        ({"tti": 0}, ValueError, "tti must be > 0"),
+        ({"tti": -1.0}, ValueError, "tti must be > 0"),
+        ({"tti": float("nan")}, ValueError, "tti must be a finite number"),
+        ({"tti": "1"}, TypeError, "tti must be a number of seconds, not 'str'"),
+        ({"weigher": 5}, TypeError, "weigher must be callable or None, not 'int'"),
+        ({"on_evict": "log"}, TypeError, "on_evict must be callable or None, not 'str'"),
+    ],
+)
+def test_bad_new_constructor_arguments(kwargs: dict[str, object], exc: type, msg: str) -> None:
+    with pytest.raises(exc, match=msg):
+        Cache(10, **kwargs)  # type: ignore[arg-type]
+
+
+def test_new_options_in_repr_and_properties() -> None:
+    c = Cache(10, tti=2.5, weigher=lambda k, v: 1, shards=1)
+    assert (c.tti, Cache(10).tti) == (2.5, None)
+    assert repr(c) == "Cache(max_size=10, ttl=None, tti=2.5, shards=1, weighted)"
+    assert Cache(10, weigher=None, on_evict=None, tti=None).stats().weight == 0
+
+
+def test_weigher_bounds_the_total_weight_and_evicts_lru_until_the_entry_fits() -> None:
+    c, events = _listening(10, weigher=lambda k, v: len(v))
+    c["a"], c["b"], c["c"] = "aaaa", "bbbb", "cc"
+    assert c["a"] == "aaaa"  # b is now the least recently used
+    c["d"] = "ddddd"  # 15 > 10: b goes, then c
+    assert events == [("b", "bbbb", "size"), ("c", "cc", "size")]
+    st = c.stats()
+    assert (len(c), st.size, st.weight, st.evictions) == (2, 2, 9, 2)
+    # A heavier value for a stored key evicts others, never that key.
+    c["d"] = "d" * 10
+    assert events[-1] == ("a", "aaaa", "size")
+    assert events[-2] == ("d", "ddddd", "replaced")
+    assert (c.stats().weight, list(c.keys())) == (10, ["d"])
+
+
+def test_without_a_weigher_weight_is_the_entry_count() -> None:
+    c = Cache(3)
+    for k in "abcde":
+        c[k] = k
+    st = c.stats()
+    assert (st.size, st.weight, st.rejected) == (3, 3, 0)
+
+
+def test_an_entry_heavier_than_the_bound_is_rejected_and_counted() -> None:
+    c, events = _listening(10, weigher=lambda k, v: v)
+    c.set("a", 4)
+    c.set("b", 11)  # heavier than max_size: not stored
+    assert ("b" in c, c.stats().rejected, c.stats().inserts) == (False, 1, 1)
+    # A rejected write supersedes the key's old value: it is removed, not kept stale.
+    c.set("a", 10**40)
+    assert ("a" in c, events) == (False, [("a", 4, "replaced")])
+    assert (len(c), c.stats().weight, c.stats().rejected) == (0, 0, 2)
+    # get_or_set answers with a value it could not store.
+    assert c.get_or_set("big", lambda: 99) == 99
+    assert "big" not in c
+
+
+def test_weight_bound_is_per_shard() -> None:
+    c = Cache(100, shards=4, weigher=lambda k, v: v)
+    c.set("fits", 25)
+    c.set("too heavy for a shard", 26)
+    assert ("fits" in c, "too heavy for a shard" in c) == (True, False)
+    for i in range(200):
+        c.set(i, i % 25)
+    assert c.stats().weight <= 100
+
+
+def test_zero_weights_are_allowed_and_the_count_stays_bounded() -> None:
+    c = Cache(5, weigher=lambda k, v: 0)
+    for i in range(50):
+        c[i] = i
+    st = c.stats()
+    assert (len(c), st.weight, st.evictions) == (5, 0, 45)
+
+
+@pytest.mark.parametrize(
+    ("result", "exc", "msg"),
+    [
+        (True, TypeError, "weigher's result must be an int, not 'bool'"),
+        (1.0, TypeError, "weigher's result must be an int, not 'float'"),
+        ("3", TypeError, "weigher's result must be an int, not 'str'"),
+        (None, TypeError, "weigher's result must be an int, not 'NoneType'"),
+        (-1, ValueError, "weigher's result must be >= 0"),
+        (-(10**40), ValueError, "weigher's result must be >= 0"),
+    ],
+)
+def test_a_bad_weight_raises_and_stores_nothing(result: object, exc: type, msg: str) -> None:
+    c, events = _listening(10, weigher=lambda k, v: result)
+    with pytest.raises(exc, match=msg):
+        c.set("k", 1)
+    with pytest.raises(exc, match=msg):
+        c.get_or_set("k", lambda: 1)
+    with pytest.raises(exc, match=msg):
+        c.set_many({"k": 1})
+    assert (len(c), c.stats().inserts, events) == (0, 0, [])
+
+
+def test_huge_weights_and_int_subclasses() -> None:
+    class Weight(int):
+        pass
+
+    c = Cache(10, weigher=lambda k, v: v)
+    c.set("w", Weight(3))
+    c.set("huge", 2**64 + 1)
+    c.set("huger", 10**100)
+    assert (list(c.keys()), c.stats().weight, c.stats().rejected) == (["w"], 3, 2)
+
+
+def test_weigher_exception_propagates_and_nothing_is_stored() -> None:
+    def weigher(k: object, v: object) -> int:
+        raise KeyError("no size")
+
+    c = Cache(10, weigher=weigher)
+    with pytest.raises(KeyError, match="no size"):
+        c["k"] = 1
+    assert len(c) == 0
+
+
+def test_weigher_runs_outside_the_lock_and_may_use_the_cache() -> None:
+    c: Cache
+
+    def weigher(k: object, v: object) -> int:
+        if k != "side":
+            c["side"] = 0  # re-enters the same cache (and its shard)
+            assert c.get("side") == 0
+        return 1
+
+    c = Cache(10, weigher=weigher)
+    c["k"] = 1
+    assert (c["k"], c["side"]) == (1, 0)
+
+
+def test_weigher_sees_the_callers_key_and_value() -> None:
+    seen: list[tuple[object, object]] = []
+    c = Cache(10, weigher=lambda k, v: seen.append((k, v)) or 1)  # type: ignore[func-returns-value]
+    c.set(1, "one")
+    c[1.0] = "uno"
+    c.get_or_set(2, lambda: "two")
+    c.set_many({3: "three"})
+    assert seen == [(1, "one"), (1.0, "uno"), (2, "two"), (3, "three")]
+    assert c.keys() == [3, 2, 1]  # the stored key is kept, as in a dict
+
+
+def test_tti_expires_unread_entries_and_reads_refresh_it() -> None:
+    clock = ManualClock()
+    c, events = _listening(10, tti=1.0, clock=clock)
+    c["a"], c["b"], c["c"], c["d"], c["e"] = 1, 2, 3, 4, 5
+    clock.advance(0.75)
+    assert c.get("a") == 1
+    assert c["b"] == 2
+    assert c.get_or_set("c", lambda: 0) == 3
+    assert c.get_many(["d"]) == {"d": 4}
+    # Not reads: in, peek and the snapshots do not refresh idle time.
+    assert ("e" in c, c.peek("e"), c.items()[-1]) == (True, 5, ("e", 5))
+    clock.advance(0.25)  # e idle for 1.0: expired; a-d read at 0.75
+    assert ("e" in c, sorted(c.keys())) == (False, ["a", "b", "c", "d"])
+    clock.advance(0.75)
+    assert c.get("a") is None
+    assert events == [("e", 5, "expired"), ("a", 1, "expired")]
+    assert (len(c), c.stats().expirations) == (0, 5)
+
+
+def test_tti_and_ttl_whichever_comes_first() -> None:
+    clock = ManualClock()
+    c = Cache(10, ttl=2.0, tti=1.0, clock=clock)
+    c["k"] = 1
+    c.set("short", 1, ttl=0.5)
+    for _ in range(3):
+        clock.advance(0.5)
+        assert c.get("k") == 1  # reads keep it from idling
+    assert "short" not in c
+    clock.advance(0.5)  # t = 2.0: its TTL ends, read or not
+    assert c.get("k") is None
+    c["k"] = 2  # a write restarts both
+    clock.advance(0.9)
+    assert c.peek("k") == 2
+    clock.advance(0.1)
+    assert c.peek("k") is None
+
+
+def test_tti_prefers_idle_entries_when_full() -> None:
+    clock = ManualClock()
+    c, events = _listening(2, tti=1.0, clock=clock)
+    c["a"] = 1
+    clock.advance(0.5)
+    c["b"] = 2
+    clock.advance(0.4)
+    assert c["a"] == 1  # a read at 0.9: b is least recent
+    clock.advance(0.6)  # b idle since 0.5: expired at 1.5
+    c["c"] = 3
+    assert events == [("b", 2, "expired")]
+    assert sorted(c.keys()) == ["a", "c"]
+
+
+def test_on_evict_reports_each_cause() -> None:
+    clock = ManualClock()
+    c, events = _listening(2, clock=clock)
+    c["a"] = 1
+    c["a"] = 2
+    c.set("t", 1, ttl=1.0)
+    c["b"] = 3  # full: the LRU entry a goes
+    assert events == [("a", 1, "replaced"), ("a", 2, "size")]
+    events.clear()
+    clock.advance(1.0)
+    assert c.expire() == 1
+    c["c"] = 4
+    assert c.pop("b") == 3
+    c["d"] = 5
+    del c["c"]
+    c["e"] = 6
+    assert c.delete("d") is True
+    assert events == [
+        ("t", 1, "expired"),
+        ("b", 3, "deleted"),
+        ("c", 4, "deleted"),
+        ("d", 5, "deleted"),
+    ]
+    events.clear()
+    c["f"] = 7
+    c.clear()
+    assert sorted(events) == [("e", 6, "deleted"), ("f", 7, "deleted")]
+    assert len(c) == 0
+
+
+def test_expired_entries_found_by_reads_and_bulk_calls_are_reported() -> None:
+    clock = ManualClock()
+    c, events = _listening(10, ttl=1.0, clock=clock)
+    ops: list[Callable[[], object]] = [
+        lambda: c.get("k"),
+        lambda: c.peek("k"),
+        lambda: "k" in c,
+        lambda: c.delete("k"),
+        lambda: c.get_or_set("k", lambda: 0),
+        lambda: len(c),
+        lambda: c.stats(),
+        lambda: c.expire(),
+        lambda: c.get_many(["k"]),
+    ]
+    for i, op in enumerate(ops):
+        c["k"] = i
+        clock.advance(1.0)
+        op()
+        assert events[-1] == ("k", i, "expired"), i
+        c.delete("k")
+    # get_or_set stored its factory's 0, which the delete after it removed.
+    assert [e for e in events if e[2] != "expired"] == [("k", 0, "deleted")]
+    assert len(events) == len(ops) + 1
+
+
+def test_replaced_reports_the_stored_key() -> None:
+    c, events = _listening(10)
+    c[1] = "a"
+    c[1.0] = "b"
+    c[True] = "c"
+    assert events == [(1, "a", "replaced"), (1, "b", "replaced")]
+    assert all(type(k) is int for k, _, _ in events)
+
+
+def test_on_evict_exceptions_are_logged_never_raised(caplog: pytest.LogCaptureFixture) -> None:
+    calls: list[str] = []
+
+    def on_evict(k: object, v: object, cause: str) -> None:
+        calls.append(cause)
+        raise RuntimeError(f"listener failed on {k}")
+
+    c = Cache(1, on_evict=on_evict)
+    with caplog.at_level("ERROR", logger="ferrule.cache"):
+        c["a"] = 1
+        c["b"] = 2  # evicts a: the listener raises, the set still succeeds
+        c["b"] = 3
+        assert c.pop("b") == 3
+        c["c"] = 4
+        c.clear()
+    assert calls == ["size", "replaced", "deleted", "deleted"]
+    records = [r for r in caplog.records if r.name == "ferrule.cache"]
+    assert len(records) == 4
+    assert "on_evict raised" in records[0].getMessage()
+    assert records[0].exc_info is not None
+    assert str(records[0].exc_info[1]) == "listener failed on a"
+
+
+def test_on_evict_memory_error_is_logged_too(caplog: pytest.LogCaptureFixture) -> None:
+    def on_evict(k: object, v: object, cause: str) -> None:
+        raise MemoryError
+
+    c = Cache(1, on_evict=on_evict)
+    with caplog.at_level("ERROR", logger="ferrule.cache"):
+        c["a"] = 1
+        c["b"] = 2
+    assert (list(c.keys()), len(caplog.records)) == (["b"], 1)
+
+
+@pytest.mark.parametrize("exc", [KeyboardInterrupt, SystemExit])
+def test_on_evict_base_exceptions_go_to_the_unraisable_hook(
+    exc: type[BaseException], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def on_evict(k: object, v: object, cause: str) -> None:
+        raise exc
+
+    seen: list[BaseException | None] = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: seen.append(u.exc_value))
+    c = Cache(1, on_evict=on_evict)
+    c["a"] = 1
+    c["b"] = 2  # not interrupted: the eviction has happened
+    c.clear()
+    assert list(c.keys()) == []
+    assert [type(e) for e in seen] == [exc, exc]
+
+
+def test_a_failing_logger_goes_to_the_unraisable_hook(monkeypatch: pytest.MonkeyPatch) -> None:
+    import logging
+
+    def refuse(record: logging.LogRecord) -> bool:
+        raise OSError("log sink gone")
+
+    logger = logging.getLogger("ferrule.cache")
+    logger.addFilter(refuse)  # a filter's exception leaves logger.error
+    seen: list[BaseException | None] = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: seen.append(u.exc_value))
+    try:
+        c = Cache(1, on_evict=lambda k, v, cause: 1 / 0)
+        c["a"] = 1
+        c["b"] = 2
+    finally:
+        logger.removeFilter(refuse)
+    assert list(c.keys()) == ["b"]
+    assert [type(e) for e in seen] == [OSError]
+
+
+def test_on_evict_may_reenter_the_cache() -> None:
+    c: Cache
+    events: list[Event] = []
+
+    def on_evict(k: object, v: object, cause: str) -> None:
+        events.append((k, v, cause))
+        if cause == "size" and isinstance(k, str):
+            c[("again", k)] = v  # a write that itself evicts, reported in turn
+        assert len(c) <= 2
+        c.get("whatever")
+
+    c = Cache(2, on_evict=on_evict)
+    c["a"], c["b"], c["c"] = 1, 2, 3
+    assert len(c) == 2
+    assert events[0] == ("a", 1, "size")
+    assert ("b", 2, "size") in events
+
+
+def test_on_evict_runs_with_no_lock_held() -> None:
+    # A listener that blocks until another thread has used the same shard: under a lock
+    # this would deadlock.
+    done = threading.Event()
+    first = threading.Lock()
+
+    def on_evict(k: object, v: object, cause: str) -> None:
+        if not first.acquire(blocking=False):
+            return  # the other thread's own evictions
+        t = threading.Thread(target=lambda: (c.set("other", 1), c.get("a"), done.set()))
+        t.start()
+        t.join(timeout=10)
+
+    c = Cache(1, on_evict=on_evict)
+    c["a"] = 1
+    c["b"] = 2
+    assert done.is_set()
+
+
+def test_peek_neither_counts_nor_refreshes_recency() -> None:
+    c = Cache(2, shards=1)
+    c["a"], c["b"] = 1, 2
+    assert (c.peek("a"), c.peek("zz"), c.peek("zz", "d")) == (1, None, "d")
+    c["c"] = 3  # a is still the least recently used
+    assert ("a" in c, c.stats().hits, c.stats().misses) == (False, 0, 0)
+    with pytest.raises(TypeError, match="key must be hashable"):
+        c.peek([])
+
+
+def test_get_many_counts_each_key_and_keeps_the_callers_keys() -> None:
+    c = Cache(3, shards=1)
+    c[1], c["b"], c["c"] = "one", "bee", "sea"
+    found = c.get_many(iter([1.0, "b", "zz", "b"]))
+    assert found == {1.0: "one", "b": "bee"}
+    assert type(next(iter(found))) is float  # the caller's key object
+    st = c.stats()
+    assert (st.hits, st.misses) == (3, 1)
+    c["d"] = "dee"  # c was not read: it goes
+    assert sorted(map(str, c.keys())) == ["1", "b", "d"]
+    assert c.get_many([]) == {}
+
+
+def test_get_many_with_user_keys() -> None:
+    class K:
+        def __init__(self, n: int) -> None:
+            self.n = n
+
+        def __hash__(self) -> int:
+            return self.n % 2
+
+        def __eq__(self, other: object) -> bool:
+            return isinstance(other, K) and other.n == self.n
+
+    c = Cache(10)
+    c[K(1)], c[K(2)] = "one", "two"
+    found = c.get_many([K(1), K(3), K(2)])
+    assert sorted(found.values()) == ["one", "two"]
+
+
+@pytest.mark.parametrize(
+    ("keys", "msg"),
+    [
+        ("abc", "keys must be an iterable of keys, not 'str'"),
+        (b"abc", "keys must be an iterable of keys, not 'bytes'"),
+        (5, "keys must be an iterable of keys, not 'int'"),
+    ],
+)
+def test_get_many_bad_arguments(keys: object, msg: str) -> None:
+    with pytest.raises(TypeError, match=msg):
+        Cache(10).get_many(keys)  # type: ignore[arg-type]
+
+
+def test_get_many_propagates_key_and_iterator_errors() -> None:
+    def keys() -> Any:
+        yield "a"
+        raise LookupError("iteration failed")
+
+    c = Cache(10)
+    with pytest.raises(LookupError, match="iteration failed"):
+        c.get_many(keys())
+    with pytest.raises(TypeError, match="key must be hashable, not 'list'"):
+        c.get_many([[1]])
+
+
+def test_set_many_sets_each_pair_in_order() -> None:
+    from collections import OrderedDict
+    from types import MappingProxyType
+
+    clock = ManualClock()
+    c = Cache(3, shards=1, clock=clock)
+    c.set_many({"a": 1, "b": 2})
+    c.set_many(MappingProxyType({"c": 3}), ttl=1.0)
+    c.set_many(OrderedDict([("d", 4)]))  # a, the least recent, goes
+    assert sorted(c.items()) == [("b", 2), ("c", 3), ("d", 4)]
+    assert c.stats().inserts == 4
+    clock.advance(1.0)
+    assert "c" not in c
+    c.set_many({})
+
+
+def test_set_many_bad_arguments_and_partial_failure() -> None:
+    c = Cache(10)
+    with pytest.raises(TypeError, match="mapping must be a mapping, not 'list'"):
+        c.set_many([("a", 1)])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="ttl must be > 0"):
+        c.set_many({"a": 1}, ttl=0)
+
+    class Pairs:
+        def items(self) -> list[object]:
+            return [("a", 1), ("b", 2, 3)]
+
+    with pytest.raises(TypeError, match=r"each item of mapping must be a \(key, value\) pair"):
+        c.set_many(Pairs())  # type: ignore[arg-type]
+    assert c.items() == [("a", 1)]  # the pairs before the bad one stay set
+    with pytest.raises(TypeError, match="key must be hashable"):
+        c.set_many(Pairs2())  # type: ignore[arg-type]
+
+
+class Pairs2:
+    def items(self) -> list[tuple[object, object]]:
+        return [([1], 1)]
+
+
+def test_set_many_survives_a_weigher_that_mutates_the_mapping() -> None:
+    data = {i: i for i in range(10)}
+
+    def weigher(k: object, v: object) -> int:
+        data.clear()  # the pairs were copied first
+        return 1
+
+    c = Cache(20, weigher=weigher)
+    c.set_many(data)
+    assert len(c) == 10
+
+
 def test_docstring_examples_run() -> None:
     """The examples in the Cache/CacheStats stubs and in `cached`'s docstring are the
     user documentation; they must run as written."""

@@ -11,6 +11,8 @@ from typing import Any
 import ferrule
 from ferrule import Cache, ManualClock
 
+from tests.conftest import run_threads
+
 
 def test_random_operations_keep_invariants(threads: int, stress_scale: int) -> None:
     max_size = 257
@@ -276,3 +278,114 @@ def test_factory_results_resized_by_other_threads_are_stored_by_reference(
     for (k, which), v in c.items():
         assert v is boxes[k][which]
     assert all(v is boxes[k][w] for (k, w), v in lookup.cache.items())
+
+
+def test_weights_stay_within_the_bound_under_concurrent_writers(
+    threads: int, stress_scale: int
+) -> None:
+    """Each shard sheds within the critical section of the write that made it too heavy,
+    so the total weight (a sum of per-shard weights, each within its share) never exceeds
+    max_size, and after quiescence it is exactly the weigher's sum over the entries."""
+    max_size, shards = 400, 4
+    c = Cache(max_size, shards=shards, weigher=lambda k, v: v[1], ttl=0.5)
+    stop = threading.Event()
+    errors: list[str] = []
+
+    def watcher() -> None:
+        while not stop.is_set():
+            w = c.stats().weight
+            if w > max_size:
+                errors.append(f"weight {w} > {max_size}")
+
+    def body(seed: int) -> None:
+        rng = random.Random(seed)
+        for _ in range(3000 * stress_scale):
+            k = rng.randrange(300)
+            w = rng.choice([0, 1, 5, 20, 99, 100, 101])  # 101 > 400 / 4: rejected
+            r = rng.random()
+            if r < 0.5:
+                c.set(k, (seed, w))
+            elif r < 0.6:
+                c.set_many({k: (seed, w), k + 1: (seed, w)})
+            elif r < 0.8:
+                c.get(k)
+            elif r < 0.9:
+                c.get_or_set(k, lambda w=w: (seed, w))
+            else:
+                c.pop(k, None)
+
+    w = threading.Thread(target=watcher)
+    w.start()
+    try:
+        run_threads(threads, body)
+    finally:
+        stop.set()
+        w.join()
+    assert errors == []
+    st = c.stats()
+    assert st.weight == sum(v[1] for v in c.values()) <= max_size
+    assert st.size == len(c) <= max_size
+    assert st.rejected > 0
+
+
+def test_on_evict_is_called_exactly_once_per_removed_entry(threads: int, stress_scale: int) -> None:
+    """Every value that entered the cache is reported exactly once, by whichever thread
+    removed it (evicted, expired, replaced, deleted), or stays in the cache; after a final
+    clear() the reports equal the inserts. Values are unique, so each is counted."""
+    clock = ManualClock()
+    reports: Counter[tuple[int, int]] = Counter()
+    causes: Counter[str] = Counter()
+    lock = threading.Lock()
+    local = threading.local()
+
+    def on_evict(k: object, v: tuple[int, int], cause: str) -> None:
+        # (What a listener raises is only logged: count instead of asserting here.)
+        with lock:
+            reports[v] += 1
+            causes[cause] += 1
+            if not getattr(local, "inside", False):
+                causes["called on another thread"] += 1
+
+    c = Cache(
+        64,
+        shards=4,
+        ttl=1.0,
+        tti=0.5,
+        clock=clock,
+        weigher=lambda k, v: v[0] % 7,
+        on_evict=on_evict,
+    )
+
+    def body(seed: int) -> None:
+        rng = random.Random(seed)
+        local.inside = True
+        for i in range(3000 * stress_scale):
+            k = rng.randrange(200)
+            v = (seed * 1_000_000 + i, seed)
+            r = rng.random()
+            if r < 0.4:
+                c.set(k, v)
+            elif r < 0.6:
+                c.get(k)
+            elif r < 0.7:
+                c.get_or_set(k, lambda v=v: v)
+            elif r < 0.8:
+                c.delete(k)
+            elif r < 0.85:
+                c.set_many({k: v, -k - 1: (v[0] + 500_000, seed)})
+            elif r < 0.9:
+                c.expire()
+            elif r < 0.95 and seed < 2:
+                clock.advance(0.05)
+            else:
+                c.peek(k)
+
+    run_threads(threads, body)
+    local.inside = True
+    inserts = c.stats().inserts
+    left = len(c)
+    assert sum(reports.values()) + left == inserts
+    c.clear()
+    assert sum(reports.values()) == inserts
+    assert max(reports.values()) == 1, "a value reported twice"
+    assert set(causes) == {"size", "expired", "replaced", "deleted"}

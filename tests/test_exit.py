@@ -148,6 +148,19 @@ SCENARIOS = {
             c.get_or_set(key, lambda: time.sleep(0.005) or 2)
         daemon(forever(both), 4)
     """,
+    # A listener and a weigher that sleep, called by daemon threads' writes and reads.
+    "cache_on_evict_and_weigher_sleeping": """
+        def on_evict(k, v, cause):
+            time.sleep(0.002)
+        def weigh(k, v):
+            time.sleep(0.001)
+            return 1
+        clock = ferrule.ManualClock()
+        c = ferrule.Cache(4, tti=0.01, weigher=weigh, on_evict=on_evict, clock=clock)
+        daemon(forever(lambda: c.set(time.monotonic_ns() % 16, 1)), 4)
+        daemon(forever(lambda: clock.advance(0.005) or c.get(3)), 2)
+        daemon(forever(lambda: c.clear()), 1)
+    """,
     "cache_key_eq_sleeping": """
         class Key:
             def __hash__(self):

@@ -96,6 +96,10 @@ class Owner:
 CYCLES = {
     "CircuitBreaker": lambda o: ferrule.CircuitBreaker(on_state_change=o.callback),
     "Cache": lambda o: _filled(ferrule.Cache(8), "k", o),
+    "Cache.on_evict": lambda o: ferrule.Cache(8, on_evict=o.callback),
+    "Cache.weigher": lambda o: _filled(
+        ferrule.Cache(8, weigher=lambda k, v: 1 if o else 0), "k", 1
+    ),
     "WorkQueue": lambda o: _put(ferrule.WorkQueue(4), o),
     "Registry": lambda o: _registered(ferrule.Registry(), o),
     "SignalBus": lambda o: _subscribed(ferrule.SignalBus(), o),

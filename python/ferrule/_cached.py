@@ -1,9 +1,17 @@
-"""``cached``: a thread-safe, single-flight memoising decorator on top of ``Cache``."""
+"""``cached``: a thread-safe, single-flight memoising decorator on top of ``Cache``; and
+where an eviction listener's errors go (the ``ferrule.cache`` logger).
+
+A ``Cache``'s ``on_evict`` runs beside the operation that removed the entry, after the
+removal: what it raises cannot undo that, so the native code hands an ``Exception`` to
+``_report_evict_error``, which logs it with its traceback and returns (any other
+BaseException goes to ``sys.unraisablehook``).
+"""
 
 from __future__ import annotations
 
 import functools
 import inspect
+import logging
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Any, TypeVar, cast
 
@@ -16,6 +24,17 @@ F = TypeVar("F", bound=Callable[..., Any])
 _MISSING: Any = object()
 _KWD_MARK = (object(),)
 _FAST_TYPES = frozenset({int, str})
+
+_log = logging.getLogger("ferrule.cache")
+
+
+def _report_evict_error(cause: str, exc: BaseException) -> None:
+    """Logs what a ``Cache``'s ``on_evict`` raised (called by the native cache)."""
+    _log.error(
+        "on_evict raised for an entry removed (%s)",
+        cause,
+        exc_info=(type(exc), exc, exc.__traceback__),
+    )
 
 
 def _make_key(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Hashable:

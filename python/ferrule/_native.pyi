@@ -143,9 +143,11 @@ class ManualClock:
 class CacheStats:
     """Counters of a :class:`Cache`, summed over its shards.
 
-    ``get``/``[]`` count hits and misses (``in`` counts neither); every ``set`` counts an
-    insert; ``evictions`` counts live entries pushed out by the size bound, and
-    ``expirations`` entries removed because their TTL had passed.
+    ``get``/``[]`` count hits and misses (``in`` and ``peek`` count neither); every
+    ``set`` that stores counts an insert; ``evictions`` counts live entries pushed out by
+    the size (or weight) bound, ``expirations`` entries removed because their TTL or time
+    to idle had passed, and ``rejected`` writes not stored because the value weighed more
+    than its shard may hold.
 
     >>> c = Cache(10)
     >>> c["a"] = 1
@@ -167,8 +169,14 @@ class CacheStats:
     @property
     def expirations(self) -> int: ...
     @property
+    def rejected(self) -> int:
+        """Writes not stored because the value weighed more than its shard may hold."""
+    @property
     def size(self) -> int:
         """Live entries now."""
+    @property
+    def weight(self) -> int:
+        """The sum of the live entries' weights (``size`` without a weigher)."""
     @property
     def max_size(self) -> int: ...
     @property
@@ -191,10 +199,15 @@ class Cache:
     any of them may use the same cache; the cache never holds two equal keys, even when
     an ``__eq__`` clears or refills it.
 
+    With ``weigher``, ``max_size`` bounds the total weight of the entries instead of
+    their number (see ``__new__``); with ``tti`` an entry also expires once it has not
+    been read for ``tti`` seconds; ``on_evict`` is told of every entry that leaves the
+    cache, and why.
+
     Memory grows with the entries actually stored, never in proportion to ``max_size``;
     if it cannot grow, the operation raises MemoryError and changes nothing. The cache
     takes part in garbage collection: reference cycles through its keys and values
-    (``cache["self"] = cache``) are collected.
+    (``cache["self"] = cache``), its weigher or its listener are collected.
 
     >>> cache = Cache(1000, ttl=60.0)
     >>> cache.set("user:1", {"name": "Ada"})
@@ -211,13 +224,46 @@ class Cache:
         max_size: int,
         *,
         ttl: float | None = None,
+        tti: float | None = None,
+        weigher: Callable[[Any, Any], int] | None = None,
+        on_evict: Callable[[Any, Any, Literal["size", "expired", "replaced", "deleted"]], object]
+        | None = None,
         shards: int | None = None,
         clock: ManualClock | None = None,
     ) -> Cache:
         """``1 <= max_size <= 2**32 - 2`` (4294967294; OverflowError above); ``ttl`` > 0
-        seconds, at most 4e9 (default: entries never expire); ``1 <= shards <=
-        min(max_size, 1024)``; ``clock`` a :class:`ManualClock` or None (monotonic).
-        Only the shards' locks are allocated up front.
+        seconds, at most 4e9 (default: entries never expire); ``tti`` likewise (default:
+        no time to idle); ``1 <= shards <= min(max_size, 1024)``; ``clock`` a
+        :class:`ManualClock` or None (monotonic). Only the shards' locks are allocated up
+        front.
+
+        ``tti``: an entry not read for ``tti`` seconds expires, whichever of its TTL and
+        its idle time runs out first. A read is what refreshes recency: a hit of ``get``,
+        ``[]``, ``get_many`` or ``get_or_set``; ``in``, ``peek`` and the snapshots
+        (``keys()``...) are not reads. A write restarts the idle time too.
+
+        ``weigher(key, value) -> int``: ``max_size`` bounds the sum of the weights, and
+        eviction removes least recently used entries until a new one fits. Each shard
+        holds ``max_size / shards`` of the weight (as it does of the count without a
+        weigher): with ``shards=1`` the bound is exact, and an entry heavier than its
+        shard's share is not stored (counted in ``stats().rejected``; an older value of
+        its key is removed, so no read returns what that write superseded). The weigher
+        runs with no lock held, once per write; a result that is not an int (bool
+        included) raises TypeError, a negative one ValueError, and an exception of the
+        weigher propagates: in each case nothing is stored. Weight 0 is allowed; the
+        number of entries stays at most ``max_size`` whatever the weights.
+
+        ``on_evict(key, value, cause)`` is called once for every entry that leaves the
+        cache, with ``cause`` one of ``"size"`` (pushed out by the bound), ``"expired"``
+        (its TTL or idle time ran out: found by a read, a write, ``expire()``, ``len()``
+        or ``stats()``), ``"replaced"`` (a write gave its key another value) and
+        ``"deleted"`` (``delete``, ``pop``, ``del``, ``clear()``). It runs after the
+        cache's locks are released, on the thread whose call removed the entry, before
+        that call returns; it may use the cache. What it raises is never raised into that
+        call: an ``Exception`` is logged (logger ``ferrule.cache``), a ``KeyboardInterrupt``
+        or ``SystemExit`` goes to ``sys.unraisablehook`` (as from a ``__del__``). Entries
+        still in a cache that is collected or cleared by the garbage collector are not
+        reported.
 
         >>> Cache(100_000, shards=8).shards
         8
@@ -225,6 +271,10 @@ class Cache:
         Traceback (most recent call last):
         ...
         ValueError: shards must be between 1 and 1024
+        >>> sized = Cache(10, weigher=lambda k, v: len(v), shards=1)
+        >>> sized.set("a", "xxxx"); sized.set("b", "yyyyyy"); sized.set("c", "z")
+        >>> sorted(sized.keys()), sized.stats().weight
+        (['b', 'c'], 7)
         """
 
     @property
@@ -232,6 +282,9 @@ class Cache:
     @property
     def ttl(self) -> float | None:
         """The default TTL in seconds, or None."""
+    @property
+    def tti(self) -> float | None:
+        """The time to idle in seconds, or None."""
     @property
     def shards(self) -> int:
         """The number of shards (each with its own lock and LRU order)."""
@@ -251,6 +304,38 @@ class Cache:
 
         >>> c = Cache(10)
         >>> c.set("k", 1, ttl=0.5)
+        """
+
+    @overload
+    def peek(self, key: Hashable) -> Any | None:
+        """The live value for ``key``, else ``default``, without counting a hit or a miss
+        and without refreshing its recency or idle time.
+
+        >>> c = Cache(2, shards=1); c["a"] = 1; c["b"] = 2
+        >>> c.peek("a"), c.peek("zz", 0)
+        (1, 0)
+        >>> c["c"] = 3  # "a" is still the least recently used
+        >>> "a" in c
+        False
+        """
+    @overload
+    def peek(self, key: Hashable, default: _T) -> Any | _T: ...
+    def get_many(self, keys: Iterable[Hashable]) -> dict[Any, Any]:
+        """A dict of the live entries among ``keys`` (absent keys are left out).
+
+        Each key counts a hit or a miss and a hit is a read, as with ``get``. ``keys`` is
+        any iterable of keys but not a ``str`` or ``bytes`` (TypeError).
+
+        >>> c = Cache(10); c.set_many({"a": 1, "b": 2})
+        >>> c.get_many(["a", "b", "zz"])
+        {'a': 1, 'b': 2}
+        """
+    def set_many(self, mapping: Mapping[Any, Any], *, ttl: float | None = None) -> None:
+        """Set every ``(key, value)`` pair of ``mapping``, in its order, as ``set`` does.
+
+        ``mapping`` is a dict (its pairs are copied first) or any object whose ``items()``
+        yields pairs. Each pair is one ``set``: an error (a key's ``__hash__``, the
+        weigher) stops at that pair, and the pairs before it stay set.
         """
 
     def delete(self, key: Hashable) -> bool:

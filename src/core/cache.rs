@@ -10,6 +10,12 @@
 //! [`TimedCache`] puts a [`ShardedCache`] on a clock with a default TTL (one clock
 //! reading per operation, none while nothing can expire).
 //!
+//! [`Options`] turn on what a plain cache does without: weights, a time to idle (tti),
+//! and handing replaced values out for an eviction listener. A plain cache pays one flag
+//! test per option, under the lock it holds anyway, and its slot stays one cache line:
+//! an entry's weight and own deadline live in `meta`, a vector beside the slab
+//! (`meta[i]` belongs to `slots[i]`), allocated only for a weighted or tti shard.
+//!
 //! # Invariants
 //! - Shard capacities sum to exactly `max_size` (`1 <= max_size <= MAX_SIZE`) and a shard
 //!   never holds more than its capacity, so `len <= max_size` at every instant, also under
@@ -19,6 +25,16 @@
 //! - Inserting into a full shard removes an expired entry if one exists (the earliest
 //!   deadline), else the least recently used one. With one shard this is exact LRU over
 //!   live entries.
+//! - Weighted shards: the capacity bounds the sum of the weights as well as the count
+//!   (so zero weights stay bounded). A write removes entries (expired first, else LRU)
+//!   until it fits, in its own critical section, so the bound holds at every instant; a
+//!   weight above the capacity is rejected (counted, not stored, and the key's old
+//!   entry removed, so no read returns the value the write superseded).
+//! - Time to idle: an entry's `expires` is the earlier of its own deadline (`meta`) and
+//!   its last counted read (or write) plus tti, so the heap, lookups and the expired-first
+//!   rule above see one deadline. A counted read moves it forward, never back (a reader
+//!   whose clock reading is older than the last one's does not shorten it), and never
+//!   past the own deadline. Uncounted lookups (`in`, peek) do not move it.
 //! - Expired entries are reclaimed without a background thread: each write pops up to
 //!   [`RECLAIM_BUDGET`] expired entries from the deadline heap; `expire` (and `len`) pop
 //!   them all, [`BULK_BATCH`] per lock hold.
@@ -52,11 +68,17 @@
 //! entry stored after it (until the 32-bit counter wraps, which the identity rule above
 //! makes harmless).
 //!
-//! # Dropping
+//! # Dropping and reporting
 //! Removed keys and values are dropped only after the lock is released, because dropping
-//! them may run user code: single operations hand them to the caller (`grave`) or return
-//! them out of the locked section; bulk operations drop each batch between lock holds;
-//! `clear` swaps the whole slab out under the lock and drops it after.
+//! them may run user code: single operations hand them to the caller (a [`Grave`], each
+//! entry with its [`Cause`]) or return them out of the locked section; bulk operations
+//! hand each batch to a `bury` callback between lock holds; `clear` swaps the whole slab
+//! out under the lock and hands it over after ([`ShardedCache::clear_with`]). So a
+//! binding can report every removed entry exactly once, with no lock held: an entry
+//! leaves a shard only through `remove_idx`, and every caller of it puts what it removed
+//! into a grave, a return value or a drained slab. A replaced value is the exception
+//! unless [`Options::report_replaced`] asks for it (it would cost a key reference and a
+//! grave push on every replacing write).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -136,6 +158,48 @@ pub trait KeyQuery<K, V> {
     fn clone_value(&self, value: &V) -> V;
 }
 
+/// Why an entry left the cache (what an eviction listener is told).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// Pushed out by the size (or weight) bound.
+    Size,
+    /// Its deadline (TTL or time to idle) had passed.
+    Expired,
+    /// A write gave its key another value (or a value too heavy to store).
+    Replaced,
+    /// Removed by the caller (`remove`, `clear`).
+    Deleted,
+}
+
+impl Cause {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Size => "size",
+            Self::Expired => "expired",
+            Self::Replaced => "replaced",
+            Self::Deleted => "deleted",
+        }
+    }
+}
+
+/// Removed entries with the reason, to be dropped (or reported) after the lock is
+/// released.
+pub type Grave<K, V> = Vec<(K, V, Cause)>;
+
+/// What a cache does beyond counting entries; the default is a plain LRU cache with
+/// TTL, and every option left off costs nothing on its operations.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Options {
+    /// Each entry has a weight (`0..=capacity`); a shard's capacity bounds the sum of its
+    /// weights as well as its number of entries.
+    pub weighted: bool,
+    /// Time to idle (clock nanoseconds, > 0): an entry not read for this long expires.
+    pub tti: Option<i64>,
+    /// A replaced value goes to the grave with (a reference to) its stored key, cause
+    /// [`Cause::Replaced`]; otherwise it is just dropped after the lock.
+    pub report_replaced: bool,
+}
+
 /// Counters of one shard, kept under its lock (never a global one). `u64` counters are
 /// incremented by one per operation and cannot overflow in practice (2^64 operations
 /// take centuries); sums over shards saturate.
@@ -146,7 +210,11 @@ pub struct Stats {
     pub inserts: u64,
     pub evictions: u64,
     pub expirations: u64,
+    /// Writes not stored because the value was heavier than its shard's capacity.
+    pub rejected: u64,
     pub size: u64,
+    /// Sum of the weights of the entries (`size` when the cache is not weighted).
+    pub weight: u64,
     pub max_size: u64,
 }
 
@@ -168,7 +236,9 @@ impl Stats {
         self.inserts = self.inserts.saturating_add(o.inserts);
         self.evictions = self.evictions.saturating_add(o.evictions);
         self.expirations = self.expirations.saturating_add(o.expirations);
+        self.rejected = self.rejected.saturating_add(o.rejected);
         self.size = self.size.saturating_add(o.size);
+        self.weight = self.weight.saturating_add(o.weight);
         self.max_size = self.max_size.saturating_add(o.max_size);
     }
 }
@@ -176,7 +246,20 @@ impl Stats {
 struct Entry<K, V> {
     key: K,
     value: V,
+    /// The deadline that decides liveness: the entry's own (TTL) deadline or, with a time
+    /// to idle, the earlier of that and the idle deadline.
     expires: i64,
+}
+
+/// What an entry carries beyond its slot when the cache is weighted or has a time to
+/// idle, kept beside the slab (`meta[i]` belongs to `slots[i]`) so that a plain cache's
+/// slot stays one cache line.
+#[derive(Debug, Clone, Copy, Default)]
+struct Meta {
+    /// The entry's own deadline (from its TTL, else `NEVER`); the idle deadline is never
+    /// later than `expires` allows for, and is refreshed from this one on a read.
+    deadline: i64,
+    weight: u32,
 }
 
 /// Aligned to a cache line so that one lookup touches one line of the slab (a slot
@@ -195,9 +278,18 @@ struct Slot<K, V> {
 
 /// Everything a shard held before `take_all`, to be dropped after the lock is released.
 pub struct Drained<K, V> {
-    _slots: Vec<Slot<K, V>>,
+    slots: Vec<Slot<K, V>>,
     _table: HashTable<u32>,
     _heap: Vec<u32>,
+}
+
+impl<K, V> Drained<K, V> {
+    /// The entries that were taken, in slab order.
+    pub fn into_entries(self) -> impl Iterator<Item = (K, V)> {
+        self.slots
+            .into_iter()
+            .filter_map(|s| s.entry.map(|e| (e.key, e.value)))
+    }
 }
 
 /// One shard: a bounded LRU table with deadlines. Not thread-safe by itself.
@@ -214,12 +306,24 @@ pub struct LruShard<K, V> {
     /// Generation for the next slot filled; never reset (see the module docs).
     next_gen: u32,
     stats: Stats,
+    /// Sum of the entries' weights (weighted shards only).
+    weight: u64,
+    /// Per-slot data beside the slab: empty unless `has_meta`, else as long as `slots`.
+    meta: Vec<Meta>,
+    has_meta: bool,
+    opts: Options,
 }
 
 impl<K, V> LruShard<K, V> {
     /// A shard for `capacity` entries (`ShardedCache::new` passes `1..=MAX_SIZE`; the
     /// clamp only keeps this function total). Allocates nothing.
+    #[cfg(test)]
     fn new(capacity: usize) -> Self {
+        Self::with_options(capacity, Options::default())
+    }
+
+    /// A shard for `capacity` entries (and as much weight, when weighted).
+    fn with_options(capacity: usize, opts: Options) -> Self {
         Self {
             table: HashTable::new(),
             slots: Vec::new(),
@@ -231,6 +335,10 @@ impl<K, V> LruShard<K, V> {
             capacity: capacity.clamp(1, MAX_SIZE),
             next_gen: 0,
             stats: Stats::default(),
+            weight: 0,
+            meta: Vec::new(),
+            has_meta: opts.weighted || opts.tti.is_some(),
+            opts,
         }
     }
 
@@ -415,6 +523,46 @@ impl<K, V> LruShard<K, V> {
         }
     }
 
+    /// A counted read of the live entry in slot `idx`: a hit, most recently used, and
+    /// (with a time to idle) idle from `now`.
+    #[inline]
+    fn read_hit(&mut self, idx: u32, now: i64) {
+        self.touch_idx(idx);
+        self.stats.hits += 1;
+        if let Some(tti) = self.opts.tti {
+            self.refresh_idle(idx, now, tti);
+        }
+    }
+
+    /// Moves the entry's idle deadline to `now + tti`, never earlier than it was (a
+    /// reader whose clock reading is older than the last reader's does not shorten it)
+    /// and never past the entry's own deadline.
+    #[inline(never)]
+    fn refresh_idle(&mut self, idx: u32, now: i64, tti: i64) {
+        let own = self.meta.get(idx as usize).map_or(NEVER, |m| m.deadline);
+        let slot = &mut self.slots[idx as usize];
+        let Some(e) = slot.entry.as_mut() else {
+            return;
+        };
+        let expires = own.min(now.saturating_add(tti).max(e.expires));
+        // Every entry of a shard with a time to idle has a deadline, so it is in the heap
+        // and re-seating it allocates nothing; the check keeps that true by construction.
+        if expires != e.expires && slot.heap_pos != NIL {
+            e.expires = expires;
+            self.heap_update(idx, expires);
+        }
+    }
+
+    /// The deadline that decides liveness for an entry written at `now` with its own
+    /// deadline `own`.
+    #[inline]
+    fn effective(&self, own: i64, now: i64) -> i64 {
+        match self.opts.tti {
+            None => own,
+            Some(tti) => own.min(now.saturating_add(tti)),
+        }
+    }
+
     // ---- deadline heap (indexed binary min-heap on `expires`) ----
 
     fn deadline(&self, heap_i: usize) -> i64 {
@@ -542,6 +690,10 @@ impl<K, V> LruShard<K, V> {
         }
         self.unlink(idx);
         self.heap_remove(idx);
+        if self.opts.weighted {
+            let w = self.meta.get(idx as usize).map_or(0, |m| m.weight);
+            self.weight = self.weight.saturating_sub(u64::from(w));
+        }
         let free = self.free;
         let slot = &mut self.slots[idx as usize];
         let entry = slot.entry.take()?;
@@ -553,15 +705,59 @@ impl<K, V> LruShard<K, V> {
         Some((entry.key, entry.value))
     }
 
-    /// Replaces the value and deadline of an existing entry and marks it most recent.
-    /// Returns the old value; gives `value` back if the handle is stale or the deadline
-    /// heap cannot grow (then nothing changed).
-    pub fn replace(&mut self, h: Handle, value: V, expires: i64) -> Result<V, V> {
+    /// True if an entry of `weight` can be stored at all (weighted shards: not heavier
+    /// than the capacity; others take every entry).
+    #[inline]
+    pub fn admits(&self, weight: u64) -> bool {
+        !self.opts.weighted || weight <= self.capacity as u64
+    }
+
+    /// Counts a write that [`admits`](Self::admits) refused and removes the key's existing
+    /// entry `h`, if any, into `grave` (cause `Replaced`, or `Expired` if it was no longer
+    /// live). If `grave` cannot grow, nothing changes.
+    fn reject(
+        &mut self,
+        h: Option<Handle>,
+        now: i64,
+        grave: &mut Grave<K, V>,
+    ) -> Result<(), AllocError> {
+        if h.is_some() && grave.len() == grave.capacity() {
+            grave.try_reserve(1)?;
+        }
+        self.stats.rejected += 1;
+        let Some(h) = h else { return Ok(()) };
+        let live = self.is_live(h, now);
+        if let Some((k, v)) = self.remove(h) {
+            let cause = if live {
+                Cause::Replaced
+            } else {
+                self.stats.expirations += 1;
+                Cause::Expired
+            };
+            grave.push((k, v, cause)); // room checked above
+        }
+        Ok(())
+    }
+
+    /// Replaces the value, deadline (`expires`: the entry's own, before any time to idle)
+    /// and weight of an existing entry and marks it most recent. Returns the old value;
+    /// gives `value` back if the handle is stale or the deadline heap cannot grow (then
+    /// nothing changed). A weighted shard may be over its capacity afterwards: the caller
+    /// sheds (see [`shed`](Self::shed)).
+    pub fn replace(
+        &mut self,
+        h: Handle,
+        value: V,
+        expires: i64,
+        weight: u32,
+        now: i64,
+    ) -> Result<V, V> {
         if self.entry(h).is_none() {
             return Err(value);
         }
         let idx = h.idx;
-        if expires != NEVER
+        let effective = self.effective(expires, now);
+        if effective != NEVER
             && self.slots[idx as usize].heap_pos == NIL
             && self.heap.try_reserve(1).is_err()
         {
@@ -570,9 +766,21 @@ impl<K, V> LruShard<K, V> {
         let Some(e) = self.slots[idx as usize].entry.as_mut() else {
             return Err(value); // unreachable: checked above
         };
-        e.expires = expires;
+        e.expires = effective;
         let old = std::mem::replace(&mut e.value, value);
-        self.heap_update(idx, expires);
+        if let Some(m) = self.meta.get_mut(idx as usize) {
+            if self.opts.weighted {
+                self.weight = self
+                    .weight
+                    .saturating_sub(u64::from(m.weight))
+                    .saturating_add(u64::from(weight));
+            }
+            *m = Meta {
+                deadline: expires,
+                weight,
+            };
+        }
+        self.heap_update(idx, effective);
         self.touch_idx(idx);
         Ok(old)
     }
@@ -581,25 +789,68 @@ impl<K, V> LruShard<K, V> {
     /// one will be free), a table bucket, a heap position (with a deadline) and a grave
     /// place for the entry that a full shard evicts.
     #[inline]
-    fn reserve(&mut self, deadline: bool, grave: &mut Vec<(K, V)>) -> Result<(), AllocError> {
+    fn reserve(&mut self, deadline: bool, grave: &mut Grave<K, V>) -> Result<(), AllocError> {
         if self.len >= self.capacity {
             // Evicting frees a slot; only the evicted entry needs a place.
             if grave.len() == grave.capacity() {
                 grave.try_reserve(1)?;
             }
-        } else if self.free == NIL && self.slots.len() == self.slots.capacity() {
+        } else if self.free == NIL {
             // No empty slot: slots.len() == len < capacity. Grow geometrically but never
             // past the capacity, so the slab never holds more than `capacity` slots.
-            let have = self.slots.len();
-            let want = have.max(8).saturating_mul(2).min(self.capacity);
-            self.slots
-                .try_reserve_exact(want.saturating_sub(have).max(1))?;
+            let grow = |have: usize| have.max(8).saturating_mul(2).min(self.capacity);
+            if self.slots.len() == self.slots.capacity() {
+                let have = self.slots.len();
+                self.slots
+                    .try_reserve_exact(grow(have).saturating_sub(have).max(1))?;
+            }
+            // `meta` is as long as `slots` and grows with it.
+            if self.has_meta && self.meta.len() == self.meta.capacity() {
+                let have = self.meta.len();
+                self.meta
+                    .try_reserve_exact(grow(have).saturating_sub(have).max(1))?;
+            }
         }
         let slots = &self.slots;
         // Index invariant: the table holds indices of occupied slots only.
         self.table.try_reserve(1, |&i| slots[i as usize].hash)?;
         if deadline {
             self.heap.try_reserve(1)?;
+        }
+        Ok(())
+    }
+
+    /// Removes entries until `extra_len` more entries of `extra_weight` more weight fit:
+    /// an expired entry first (the earliest deadline), else the least recently used one;
+    /// what is removed goes to `grave`. Stops early (`AllocError`) if `grave` cannot
+    /// grow, having removed only what it could place there.
+    #[inline]
+    fn shed(
+        &mut self,
+        extra_len: usize,
+        extra_weight: u64,
+        now: i64,
+        grave: &mut Grave<K, V>,
+    ) -> Result<(), AllocError> {
+        while self.len + extra_len > self.capacity
+            || (self.opts.weighted
+                && self.weight.saturating_add(extra_weight) > self.capacity as u64)
+        {
+            let (idx, cause) = match self.earliest_expired(now) {
+                Some(idx) => (idx, Cause::Expired),
+                None if self.tail != NIL => (self.tail, Cause::Size),
+                None => break,
+            };
+            if grave.len() == grave.capacity() {
+                grave.try_reserve(1)?;
+            }
+            if let Some((k, v)) = self.remove_idx(idx) {
+                grave.push((k, v, cause)); // room checked above
+            }
+            match cause {
+                Cause::Expired => self.stats.expirations += 1,
+                _ => self.stats.evictions += 1,
+            }
         }
         Ok(())
     }
@@ -615,32 +866,44 @@ impl<K, V> LruShard<K, V> {
         value: V,
         expires: i64,
         now: i64,
-        grave: &mut Vec<(K, V)>,
+        grave: &mut Grave<K, V>,
     ) -> Result<Handle, (K, V)> {
-        if self.reserve(expires != NEVER, grave).is_err() {
+        self.insert_weighted(hash, key, value, expires, 1, now, grave)
+    }
+
+    /// [`insert`](Self::insert) of an entry of `weight` (which the shard
+    /// [`admits`](Self::admits); ignored unless the shard is weighted): a weighted shard
+    /// removes entries until the weight fits as well. If memory runs out while a weighted
+    /// shard removes several entries, those already removed stay removed (in `grave`)
+    /// and the key and value are given back.
+    #[allow(clippy::too_many_arguments)] // insert's arguments and the weight
+    pub fn insert_weighted(
+        &mut self,
+        hash: u64,
+        key: K,
+        value: V,
+        expires: i64,
+        weight: u32,
+        now: i64,
+        grave: &mut Grave<K, V>,
+    ) -> Result<Handle, (K, V)> {
+        let effective = self.effective(expires, now);
+        if self.reserve(effective != NEVER, grave).is_err()
+            || self.shed(1, u64::from(weight), now, grave).is_err()
+        {
             return Err((key, value));
-        }
-        if self.len >= self.capacity {
-            if let Some(idx) = self.earliest_expired(now) {
-                if let Some(kv) = self.remove_idx(idx) {
-                    grave.push(kv); // room reserved above
-                }
-                self.stats.expirations += 1;
-            } else if self.tail != NIL {
-                let t = self.tail;
-                if let Some(kv) = self.remove_idx(t) {
-                    grave.push(kv); // room reserved above
-                }
-                self.stats.evictions += 1;
-            }
         }
         let gen = self.next_gen;
         self.next_gen = gen.wrapping_add(1);
         let entry = Some(Entry {
             key,
             value,
-            expires,
+            expires: effective,
         });
+        let meta = Meta {
+            deadline: expires,
+            weight,
+        };
         let idx = if self.free == NIL {
             // Room reserved above: this push does not allocate, and the new index is
             // below capacity <= MAX_SIZE < NIL.
@@ -653,6 +916,9 @@ impl<K, V> LruShard<K, V> {
                 next: NIL,
                 heap_pos: NIL,
             });
+            if self.has_meta {
+                self.meta.push(meta); // room reserved above, beside the slot's
+            }
             idx
         } else {
             let idx = self.free;
@@ -662,23 +928,29 @@ impl<K, V> LruShard<K, V> {
             s.hash = hash;
             s.gen = gen;
             s.heap_pos = NIL;
+            if let Some(m) = self.meta.get_mut(idx as usize) {
+                *m = meta;
+            }
             idx
         };
         let slots = &self.slots;
         self.table
             .insert_unique(hash, idx, |&i| slots[i as usize].hash);
         self.push_front(idx);
-        if expires != NEVER {
+        if effective != NEVER {
             self.heap_insert(idx);
         }
         self.len += 1;
+        if self.opts.weighted {
+            self.weight += u64::from(weight);
+        }
         Ok(Handle { idx, gen })
     }
 
     /// Removes up to `budget` expired entries into `grave`, fewer if `grave` cannot grow.
     /// Inline for the common case, where nothing has expired.
     #[inline]
-    pub fn reclaim(&mut self, now: i64, budget: usize, grave: &mut Vec<(K, V)>) -> usize {
+    pub fn reclaim(&mut self, now: i64, budget: usize, grave: &mut Grave<K, V>) -> usize {
         if self.has_expired(now) {
             self.reclaim_some(now, budget, grave)
         } else {
@@ -687,7 +959,7 @@ impl<K, V> LruShard<K, V> {
     }
 
     #[inline(never)]
-    fn reclaim_some(&mut self, now: i64, budget: usize, grave: &mut Vec<(K, V)>) -> usize {
+    fn reclaim_some(&mut self, now: i64, budget: usize, grave: &mut Grave<K, V>) -> usize {
         let mut n = 0;
         while n < budget {
             let Some(idx) = self.earliest_expired(now) else {
@@ -696,8 +968,8 @@ impl<K, V> LruShard<K, V> {
             if grave.len() == grave.capacity() && grave.try_reserve(1).is_err() {
                 break;
             }
-            if let Some(kv) = self.remove_idx(idx) {
-                grave.push(kv); // room checked above
+            if let Some((k, v)) = self.remove_idx(idx) {
+                grave.push((k, v, Cause::Expired)); // room checked above
             }
             n += 1;
         }
@@ -709,14 +981,17 @@ impl<K, V> LruShard<K, V> {
     /// out, for the caller to drop after unlocking. Generations keep counting.
     pub fn take_all(&mut self) -> Drained<K, V> {
         let drained = Drained {
-            _slots: std::mem::take(&mut self.slots),
+            slots: std::mem::take(&mut self.slots),
             _table: std::mem::replace(&mut self.table, HashTable::new()),
             _heap: std::mem::take(&mut self.heap),
         };
+        // Plain numbers: freed here, no user code runs.
+        self.meta = Vec::new();
         self.free = NIL;
         self.head = NIL;
         self.tail = NIL;
         self.len = 0;
+        self.weight = 0;
         drained
     }
 
@@ -745,6 +1020,11 @@ impl<K, V> LruShard<K, V> {
     pub fn stats(&self) -> Stats {
         Stats {
             size: self.len as u64,
+            weight: if self.opts.weighted {
+                self.weight
+            } else {
+                self.len as u64
+            },
             max_size: self.capacity as u64,
             ..self.stats
         }
@@ -777,6 +1057,29 @@ impl<K, V> LruShard<K, V> {
             free += 1;
         }
         assert_eq!(free + self.len, self.slots.len());
+        if self.has_meta {
+            assert_eq!(self.meta.len(), self.slots.len());
+        } else {
+            assert!(self.meta.is_empty());
+        }
+        if self.opts.weighted {
+            let mut w = 0u64;
+            let mut cur = self.head;
+            while cur != NIL {
+                w += u64::from(self.meta[cur as usize].weight);
+                cur = self.slots[cur as usize].next;
+            }
+            assert_eq!(w, self.weight);
+            assert!(self.weight <= self.capacity as u64);
+        }
+        for (i, s) in self.slots.iter().enumerate() {
+            if let (Some(e), Some(m)) = (s.entry.as_ref(), self.meta.get(i)) {
+                assert!(
+                    e.expires <= m.deadline,
+                    "the idle deadline never extends the own"
+                );
+            }
+        }
         for (i, &idx) in self.heap.iter().enumerate() {
             assert_eq!(self.slots[idx as usize].heap_pos as usize, i);
             if i > 0 {
@@ -854,6 +1157,7 @@ impl std::error::Error for CacheError {}
 pub struct ShardedCache<K, V> {
     shards: Vec<Padded<Mutex<LruShard<K, V>>>>,
     max_size: usize,
+    opts: Options,
 }
 
 /// The answer of [`ShardedCache::get_fast`].
@@ -869,6 +1173,17 @@ impl<K, V> ShardedCache<K, V> {
     /// Validates both (`1 <= max_size <= MAX_SIZE`, `1 <= shards <= min(max_size,
     /// MAX_SHARDS)`) and allocates only the shards' locks.
     pub fn new(max_size: usize, shards: Option<usize>, cpus: usize) -> Result<Self, CacheError> {
+        Self::with_options(max_size, shards, cpus, Options::default())
+    }
+
+    /// [`new`](Self::new) with [`Options`]: a weighted cache bounds each shard's weight
+    /// by its capacity too, so `max_size` bounds the total weight.
+    pub fn with_options(
+        max_size: usize,
+        shards: Option<usize>,
+        cpus: usize,
+        opts: Options,
+    ) -> Result<Self, CacheError> {
         if max_size == 0 {
             return Err(CacheError::MaxSize);
         }
@@ -884,11 +1199,19 @@ impl<K, V> ShardedCache<K, V> {
         let mut v = Vec::new();
         v.try_reserve_exact(n)
             .map_err(|_| CacheError::OutOfMemory)?;
-        v.extend(shard_capacities(max_size, n).map(|c| Padded(Mutex::new(LruShard::new(c)))));
+        v.extend(
+            shard_capacities(max_size, n)
+                .map(|c| Padded(Mutex::new(LruShard::with_options(c, opts)))),
+        );
         Ok(Self {
             shards: v,
             max_size,
+            opts,
         })
+    }
+
+    pub fn options(&self) -> Options {
+        self.opts
     }
 
     pub fn max_size(&self) -> usize {
@@ -980,8 +1303,7 @@ impl<K, V> ShardedCache<K, V> {
                     return Fast::Slow;
                 };
                 if count {
-                    g.touch_idx(h.idx);
-                    g.stats.hits += 1;
+                    g.read_hit(h.idx, now);
                 }
                 Fast::Hit(v)
             }
@@ -995,44 +1317,49 @@ impl<K, V> ShardedCache<K, V> {
         }
     }
 
-    /// Value for the key if live; counts a hit or a miss and refreshes recency when
-    /// `count` is set (a lookup through `in` neither counts nor refreshes). An expired
-    /// entry found on the way is removed (and dropped after the lock is released).
+    /// Value for the key if live; counts a hit or a miss and refreshes recency (and idle
+    /// time) when `count` is set (a lookup through `in` or `peek` does neither). An
+    /// expired entry found on the way is removed into `grave`.
     pub fn get<Q: KeyQuery<K, V>>(
         &self,
         hash: u64,
         q: &Q,
         now: i64,
         count: bool,
+        grave: &mut Grave<K, V>,
     ) -> Result<Option<V>, Q::Error> {
-        let (value, dead) = self.with_key(hash, q, |s, h| {
+        let value = self.with_key(hash, q, |s, h| {
             let found = h.map(|h| (h, s.live_value(h, now).map(|v| q.clone_value(v))));
             match found {
                 Some((h, Some(v))) => {
                     if count {
-                        s.touch_idx(h.idx);
-                        s.stats.hits += 1;
+                        s.read_hit(h.idx, now);
                     }
-                    (Some(v), None)
+                    Ok(Some(v))
                 }
                 Some((h, None)) => {
-                    let dead = s.remove(h);
-                    s.stats.expirations += u64::from(dead.is_some());
+                    // Room first, so that running out of memory changes nothing.
+                    if grave.len() == grave.capacity() && grave.try_reserve(1).is_err() {
+                        return Err(AllocError);
+                    }
+                    if let Some((k, v)) = s.remove(h) {
+                        grave.push((k, v, Cause::Expired));
+                        s.stats.expirations += 1;
+                    }
                     if count {
                         s.stats.misses += 1;
                     }
-                    (None, dead)
+                    Ok(None)
                 }
                 None => {
                     if count {
                         s.stats.misses += 1;
                     }
-                    (None, None)
+                    Ok(None)
                 }
             }
         })?;
-        drop(dead);
-        Ok(value)
+        Ok(value?)
     }
 
     /// Sets the key's value and deadline (inserting, or replacing the existing entry).
@@ -1040,6 +1367,7 @@ impl<K, V> ShardedCache<K, V> {
     /// operation), though a later one is handled too: a replaced entry whose deadline has
     /// already passed is simply reclaimed. Evicted and expired entries go to `grave`; the
     /// replaced value is dropped here, after the lock is released.
+    #[allow(clippy::too_many_arguments)] // the entry, its deadline and where removals go
     pub fn set<Q: KeyQuery<K, V>>(
         &self,
         hash: u64,
@@ -1048,16 +1376,22 @@ impl<K, V> ShardedCache<K, V> {
         value: V,
         expires: i64,
         now: i64,
-        grave: &mut Vec<(K, V)>,
+        grave: &mut Grave<K, V>,
     ) -> Result<(), Q::Error> {
-        self.set_if(hash, q, key, value, expires, now, grave, || true)
+        self.set_if(hash, q, key, value, expires, 1, now, grave, || true)
             .map(drop)
     }
 
-    /// [`set`](Self::set), done only if `keep()`, asked under the shard lock in the same
-    /// critical section as the write, says so (a single-flight leader checks there that
-    /// no `clear` began since its flight did; see `core::flight`). True if it was set; a
-    /// value not set is dropped after the lock is released.
+    /// [`set`](Self::set) of an entry of `weight` (ignored unless the cache is weighted),
+    /// done only if `keep()`, asked under the shard lock in the same critical section as
+    /// the write, says so (a single-flight leader checks there that no `clear` began
+    /// since its flight did; see `core::flight`). True if it was set; a value not set is
+    /// dropped after the lock is released.
+    ///
+    /// A weighted write heavier than its shard's capacity is *rejected*: counted, not
+    /// stored, and an existing entry for the key is removed (cause `Replaced`), so a read
+    /// never returns the value that write superseded. With
+    /// [`Options::report_replaced`] a replaced value goes to `grave` with its stored key.
     #[allow(clippy::too_many_arguments)] // set's arguments and the condition
     pub fn set_if<Q: KeyQuery<K, V>>(
         &self,
@@ -1066,8 +1400,9 @@ impl<K, V> ShardedCache<K, V> {
         key: impl FnOnce() -> K,
         value: V,
         expires: i64,
+        weight: u64,
         now: i64,
-        grave: &mut Vec<(K, V)>,
+        grave: &mut Grave<K, V>,
         keep: impl FnOnce() -> bool,
     ) -> Result<bool, Q::Error> {
         // Filled under the lock, dropped here after it is released: the replaced value,
@@ -1075,24 +1410,54 @@ impl<K, V> ShardedCache<K, V> {
         let mut old: Option<V> = None;
         let mut unstored: Option<(Option<K>, V)> = None;
         let mut refused: Option<V> = None;
+        let report = self.opts.report_replaced;
         self.with_key(hash, q, |s, h| {
             if !keep() {
                 refused = Some(value);
                 return;
             }
+            if !s.admits(weight) {
+                match s.reject(h, now, grave) {
+                    Ok(()) => refused = Some(value),
+                    Err(AllocError) => unstored = Some((None, value)),
+                }
+                return;
+            }
+            // Admitted: at most the capacity, which fits in u32.
+            let weight = u32::try_from(weight).unwrap_or(u32::MAX);
             match h {
-                Some(h) => match s.replace(h, value, expires) {
-                    Ok(v) => {
-                        old = Some(v);
-                        s.stats.inserts += 1;
-                        // After the replace: the entry itself may be among the expired.
-                        s.reclaim(now, RECLAIM_BUDGET, grave);
+                Some(h) => {
+                    let key = if report {
+                        if grave.len() == grave.capacity() && grave.try_reserve(1).is_err() {
+                            unstored = Some((None, value));
+                            return;
+                        }
+                        s.key(h).map(|k| q.clone_key(k))
+                    } else {
+                        None
+                    };
+                    match s.replace(h, value, expires, weight, now) {
+                        Ok(v) => {
+                            match key {
+                                Some(k) => grave.push((k, v, Cause::Replaced)), // room above
+                                None => old = Some(v),
+                            }
+                            s.stats.inserts += 1;
+                            // After the replace: the entry itself may be among the expired.
+                            s.reclaim(now, RECLAIM_BUDGET, grave);
+                            if s.opts.weighted {
+                                // Its new weight may not fit beside the others. Running out
+                                // of memory here leaves the shard over its weight until
+                                // the next write, never over its count.
+                                let _ = s.shed(0, 0, now, grave);
+                            }
+                        }
+                        Err(v) => unstored = Some((None, v)),
                     }
-                    Err(v) => unstored = Some((None, v)),
-                },
+                }
                 None => {
                     s.reclaim(now, RECLAIM_BUDGET, grave);
-                    match s.insert(hash, key(), value, expires, now, grave) {
+                    match s.insert_weighted(hash, key(), value, expires, weight, now, grave) {
                         Ok(_) => s.stats.inserts += 1,
                         Err((k, v)) => unstored = Some((Some(k), v)),
                     }
@@ -1112,68 +1477,93 @@ impl<K, V> ShardedCache<K, V> {
         }
     }
 
-    /// Removes the key; returns its value if it was live (an expired entry is removed
-    /// too, and counted as an expiration).
+    /// Removes the key; returns its entry with the cause: `Deleted` if it was live, else
+    /// `Expired` (removed too, and counted as an expiration).
     pub fn remove<Q: KeyQuery<K, V>>(
         &self,
         hash: u64,
         q: &Q,
         now: i64,
-    ) -> Result<Option<V>, Q::Error> {
-        let taken = self.with_key(hash, q, |s, h| {
+    ) -> Result<Option<(K, V, Cause)>, Q::Error> {
+        self.with_key(hash, q, |s, h| {
             let h = h?;
             let live = s.is_live(h, now);
-            let kv = s.remove(h)?;
-            if !live {
+            let (k, v) = s.remove(h)?;
+            if live {
+                Some((k, v, Cause::Deleted))
+            } else {
                 s.stats.expirations += 1;
+                Some((k, v, Cause::Expired))
             }
-            Some((kv, live))
-        })?;
-        Ok(match taken {
-            Some(((_key, value), true)) => Some(value),
-            _ => None,
         })
     }
 
-    /// Removes every expired entry of one shard, [`BULK_BATCH`] per lock hold, dropping
-    /// each batch (via `grave`) between holds; returns how many and the shard's size.
+    /// Removes every expired entry of one shard, [`BULK_BATCH`] per lock hold, handing
+    /// each batch to `bury` (with the lock released) between holds; returns how many and
+    /// the shard's size.
     fn drain_expired(
         shard: &Mutex<LruShard<K, V>>,
         now: i64,
-        grave: &mut Vec<(K, V)>,
+        grave: &mut Grave<K, V>,
+        bury: &mut dyn FnMut(&mut Grave<K, V>),
     ) -> Result<(usize, usize), AllocError> {
         let mut total = 0;
         loop {
             let mut g = shard.lock();
             total += g.reclaim(now, BULK_BATCH, grave);
             if !g.has_expired(now) {
-                return Ok((total, g.len()));
+                let len = g.len();
+                drop(g);
+                bury(grave);
+                grave.clear();
+                return Ok((total, len));
             }
             drop(g);
             if grave.is_empty() {
                 // Not even one place for a removed entry.
                 return Err(AllocError);
             }
+            bury(grave);
             grave.clear();
         }
     }
 
     /// Removes every expired entry now; returns how many.
-    pub fn expire(&self, now: i64, grave: &mut Vec<(K, V)>) -> Result<usize, AllocError> {
+    pub fn expire(&self, now: i64, grave: &mut Grave<K, V>) -> Result<usize, AllocError> {
+        self.expire_with(now, grave, &mut |_| {})
+    }
+
+    /// [`expire`](Self::expire), handing each batch of removed entries to `bury` with no
+    /// lock held.
+    pub fn expire_with(
+        &self,
+        now: i64,
+        grave: &mut Grave<K, V>,
+        bury: &mut dyn FnMut(&mut Grave<K, V>),
+    ) -> Result<usize, AllocError> {
         let mut total = 0;
         for s in &self.shards {
-            total += Self::drain_expired(&s.0, now, grave)?.0;
-            grave.clear();
+            total += Self::drain_expired(&s.0, now, grave, bury)?.0;
         }
         Ok(total)
     }
 
     /// Live entries; reclaims expired ones first.
-    pub fn len(&self, now: i64, grave: &mut Vec<(K, V)>) -> Result<usize, AllocError> {
+    pub fn len(&self, now: i64, grave: &mut Grave<K, V>) -> Result<usize, AllocError> {
+        self.len_with(now, grave, &mut |_| {})
+    }
+
+    /// [`len`](Self::len), handing each batch of reclaimed entries to `bury` with no lock
+    /// held.
+    pub fn len_with(
+        &self,
+        now: i64,
+        grave: &mut Grave<K, V>,
+        bury: &mut dyn FnMut(&mut Grave<K, V>),
+    ) -> Result<usize, AllocError> {
         let mut total = 0;
         for s in &self.shards {
-            total += Self::drain_expired(&s.0, now, grave)?.1;
-            grave.clear();
+            total += Self::drain_expired(&s.0, now, grave, bury)?.1;
         }
         Ok(total)
     }
@@ -1181,9 +1571,15 @@ impl<K, V> ShardedCache<K, V> {
     /// Removes every entry: each shard's slab is swapped out under its lock and dropped
     /// after it is released. Allocates nothing.
     pub fn clear(&self) {
+        self.clear_with(drop);
+    }
+
+    /// [`clear`](Self::clear), handing each shard's former contents to `f` after its lock
+    /// is released.
+    pub fn clear_with(&self, mut f: impl FnMut(Drained<K, V>)) {
         for s in &self.shards {
             let drained = s.0.lock().take_all();
-            drop(drained);
+            f(drained);
         }
     }
 
@@ -1237,7 +1633,8 @@ impl<K, V> ShardedCache<K, V> {
 /// skip the clock: `now` is `i64::MIN`, before every deadline. `uses_ttl` only ever turns
 /// on, before the first write with a deadline takes its lock; an operation concurrent
 /// with that write that still sees it off treats every entry as live, which orders the
-/// operation before the write.
+/// operation before the write. A cache with a time to idle reads the clock on every
+/// operation (every entry has a deadline).
 pub struct TimedCache<K, V> {
     entries: ShardedCache<K, V>,
     clock: Clock,
@@ -1247,10 +1644,11 @@ pub struct TimedCache<K, V> {
 
 impl<K, V> TimedCache<K, V> {
     pub fn new(entries: ShardedCache<K, V>, clock: Clock, default_ttl: Option<i64>) -> Self {
+        let uses_ttl = default_ttl.is_some() || entries.opts.tti.is_some();
         Self {
             entries,
             clock,
-            uses_ttl: AtomicBool::new(default_ttl.is_some()),
+            uses_ttl: AtomicBool::new(uses_ttl),
             default_ttl,
         }
     }
@@ -1301,17 +1699,39 @@ impl<K, V> TimedCache<K, V> {
         hash: u64,
         q: &Q,
         count: bool,
+        grave: &mut Grave<K, V>,
     ) -> Result<Option<V>, Q::Error> {
-        let now = self.now();
-        match self.entries.get_fast(hash, q, now, count) {
-            Fast::Hit(v) => Ok(Some(v)),
-            Fast::Miss => Ok(None),
-            Fast::Slow => self.entries.get(hash, q, now, count),
+        match self.get_fast(hash, q, count) {
+            (Fast::Hit(v), _) => Ok(Some(v)),
+            (Fast::Miss, _) => Ok(None),
+            (Fast::Slow, now) => self.get_slow(hash, q, now, count, grave),
         }
     }
 
+    /// The first half of [`get`](Self::get), for a caller that keeps its slow path (and
+    /// its grave) out of line: [`ShardedCache::get_fast`] at this operation's clock
+    /// reading, which `get_slow` must then use.
+    #[inline]
+    pub fn get_fast<Q: KeyQuery<K, V>>(&self, hash: u64, q: &Q, count: bool) -> (Fast<V>, i64) {
+        let now = self.now();
+        (self.entries.get_fast(hash, q, now, count), now)
+    }
+
+    /// The second half of [`get`](Self::get): [`ShardedCache::get`] at `now`.
+    pub fn get_slow<Q: KeyQuery<K, V>>(
+        &self,
+        hash: u64,
+        q: &Q,
+        now: i64,
+        count: bool,
+        grave: &mut Grave<K, V>,
+    ) -> Result<Option<V>, Q::Error> {
+        self.entries.get(hash, q, now, count, grave)
+    }
+
     /// [`ShardedCache::set_if`] with the deadline of `ttl` (or the default); what the
-    /// write evicts or reclaims is dropped here, after the lock is released.
+    /// write removes goes to `grave`.
+    #[allow(clippy::too_many_arguments)] // set_if's arguments
     pub fn set_if<Q: KeyQuery<K, V>>(
         &self,
         hash: u64,
@@ -1319,29 +1739,36 @@ impl<K, V> TimedCache<K, V> {
         key: impl FnOnce() -> K,
         value: V,
         ttl: Option<i64>,
+        weight: u64,
+        grave: &mut Grave<K, V>,
         keep: impl FnOnce() -> bool,
     ) -> Result<bool, Q::Error> {
-        let mut grave = Vec::new();
         let (now, expires) = self.stamp(ttl);
         self.entries
-            .set_if(hash, q, key, value, expires, now, &mut grave, keep)
+            .set_if(hash, q, key, value, expires, weight, now, grave, keep)
     }
 
-    pub fn remove<Q: KeyQuery<K, V>>(&self, hash: u64, q: &Q) -> Result<Option<V>, Q::Error> {
+    /// [`ShardedCache::remove`] at this operation's clock reading.
+    pub fn remove<Q: KeyQuery<K, V>>(
+        &self,
+        hash: u64,
+        q: &Q,
+    ) -> Result<Option<(K, V, Cause)>, Q::Error> {
         self.entries.remove(hash, q, self.now())
     }
 
-    /// Live entries, reclaiming expired ones first.
-    pub fn live_len(&self) -> Result<usize, AllocError> {
-        self.entries.len(self.now(), &mut Vec::new())
+    /// Live entries, reclaiming expired ones first (each batch handed to `bury`).
+    pub fn live_len(&self, bury: &mut dyn FnMut(&mut Grave<K, V>)) -> Result<usize, AllocError> {
+        self.entries.len_with(self.now(), &mut Vec::new(), bury)
     }
 
-    /// Removes expired entries now; returns how many.
-    pub fn expire(&self) -> Result<usize, AllocError> {
+    /// Removes expired entries now (each batch handed to `bury`); returns how many.
+    pub fn expire(&self, bury: &mut dyn FnMut(&mut Grave<K, V>)) -> Result<usize, AllocError> {
         if !self.uses_ttl.load(Ordering::Acquire) {
             return Ok(0);
         }
-        self.entries.expire(self.clock.now_nanos(), &mut Vec::new())
+        self.entries
+            .expire_with(self.clock.now_nanos(), &mut Vec::new(), bury)
     }
 
     pub fn snapshot<T>(&self, f: impl FnMut(&K, &V) -> T) -> Result<Vec<T>, AllocError> {
@@ -1349,9 +1776,9 @@ impl<K, V> TimedCache<K, V> {
     }
 
     /// The counters, with `size` counting live entries only (expired ones are reclaimed
-    /// first).
-    pub fn stats(&self) -> Result<Stats, AllocError> {
-        self.expire()?;
+    /// first, each batch handed to `bury`).
+    pub fn stats(&self, bury: &mut dyn FnMut(&mut Grave<K, V>)) -> Result<Stats, AllocError> {
+        self.expire(bury)?;
         Ok(self.entries.stats())
     }
 }
@@ -1448,7 +1875,7 @@ mod tests {
     }
 
     fn get(c: &ShardedCache<String, u64>, k: &str, now: i64) -> Option<u64> {
-        c.get(h(&k), &Q(k), now, true).unwrap()
+        c.get(h(&k), &Q(k), now, true, &mut Vec::new()).unwrap()
     }
 
     fn len(c: &ShardedCache<String, u64>, now: i64) -> usize {
@@ -1494,8 +1921,18 @@ mod tests {
         let c = ShardedCache::new(4, Some(1), 1).unwrap();
         let set_if = |k: &str, v: u64, keep: bool| {
             let mut g = Vec::new();
-            c.set_if(h(&k), &Q(k), || k.to_string(), v, NEVER, 0, &mut g, || keep)
-                .unwrap()
+            c.set_if(
+                h(&k),
+                &Q(k),
+                || k.to_string(),
+                v,
+                NEVER,
+                1,
+                0,
+                &mut g,
+                || keep,
+            )
+            .unwrap()
         };
         assert!(!set_if("a", 1, false));
         assert_eq!((get(&c, "a", 0), c.stats().inserts), (None, 0));
@@ -1511,18 +1948,40 @@ mod tests {
         let entries = ShardedCache::new(8, Some(1), 1).unwrap();
         let c = TimedCache::new(entries, Clock::Manual(clock.clone()), Some(10));
         let set = |k: &str, ttl: Option<i64>| {
-            c.set_if(h(&k), &Q(k), || k.to_string(), 1, ttl, || true)
-                .unwrap()
+            c.set_if(
+                h(&k),
+                &Q(k),
+                || k.to_string(),
+                1,
+                ttl,
+                1,
+                &mut Vec::new(),
+                || true,
+            )
+            .unwrap()
         };
-        let live = |k: &str| c.get(h(&k), &Q(k), false).unwrap().is_some();
+        let live = |k: &str| {
+            c.get(h(&k), &Q(k), false, &mut Vec::new())
+                .unwrap()
+                .is_some()
+        };
         assert!(set("default", None) && set("own", Some(20)));
         clock.advance(9).unwrap();
         assert!(live("default") && live("own"));
         clock.advance(1).unwrap(); // t + d: no longer live
         assert!(!live("default") && live("own"));
-        assert_eq!((c.live_len(), c.stats().map(|s| s.size)), (Ok(1), Ok(1)));
+        assert_eq!(
+            (
+                c.live_len(&mut |_| {}),
+                c.stats(&mut |_| {}).map(|s| s.size)
+            ),
+            (Ok(1), Ok(1))
+        );
         clock.advance(10).unwrap();
-        assert_eq!((c.expire(), c.live_len()), (Ok(1), Ok(0)));
+        assert_eq!(
+            (c.expire(&mut |_| {}), c.live_len(&mut |_| {})),
+            (Ok(1), Ok(0))
+        );
         // A deadline beyond i64 saturates to NEVER rather than wrapping into the past.
         clock.set(MAX_READING).unwrap();
         assert!(set("far", Some(i64::MAX)) && live("far"));
@@ -1535,11 +1994,23 @@ mod tests {
         let entries = ShardedCache::new(8, Some(1), 1).unwrap();
         let c = TimedCache::new(entries, Clock::Manual(clock.clone()), None);
         assert!(c
-            .set_if(h(&"k"), &Q("k"), || "k".to_owned(), 1, None, || true)
+            .set_if(
+                h(&"k"),
+                &Q("k"),
+                || "k".to_owned(),
+                1,
+                None,
+                1,
+                &mut Vec::new(),
+                || true
+            )
             .unwrap());
         clock.advance(1 << 40).unwrap();
-        assert_eq!(c.expire(), Ok(0));
-        assert_eq!(c.remove(h(&"k"), &Q("k")), Ok(Some(1)));
+        assert_eq!(c.expire(&mut |_| {}), Ok(0));
+        assert_eq!(
+            c.remove(h(&"k"), &Q("k")),
+            Ok(Some(("k".to_owned(), 1, Cause::Deleted)))
+        );
         assert_eq!(c.default_ttl(), None);
     }
 
@@ -1665,7 +2136,7 @@ mod tests {
             c.set(7, &q, || Rc::from(k), 1, NEVER, 0, &mut g).unwrap();
         }
         let q = Slow("y", Cell::new(0));
-        assert_eq!(c.get(7, &q, 0, true).unwrap(), Some(1));
+        assert_eq!(c.get(7, &q, 0, true, &mut Vec::new()).unwrap(), Some(1));
         assert_eq!(
             q.1.get(),
             3,
@@ -1682,7 +2153,7 @@ mod tests {
         )
         .unwrap();
         let q = Slow("w", Cell::new(0));
-        assert_eq!(c.get(7, &q, 0, true), Err(SlowErr::Boom));
+        assert_eq!(c.get(7, &q, 0, true, &mut Vec::new()), Err(SlowErr::Boom));
         assert_eq!(c.len(0, &mut Vec::new()), Ok(4));
     }
 
@@ -1793,7 +2264,7 @@ mod tests {
         assert_ne!(before.gen, after.gen);
         assert_eq!(s.key(before), None, "a stale handle reads as absent");
         assert_eq!(s.remove(before), None);
-        assert_eq!(s.replace(before, 5, NEVER), Err(5));
+        assert_eq!(s.replace(before, 5, NEVER, 1, 0), Err(5));
         assert_eq!(s.key(after), Some(&1));
         s.check();
     }
@@ -1896,6 +2367,7 @@ mod tests {
                 || key,
                 w(),
                 NEVER,
+                1,
                 0,
                 &mut grave,
                 || i % 2 == 0,
@@ -1976,7 +2448,7 @@ mod tests {
                 if seed % 2 == 0 {
                     s.remove(h);
                 } else {
-                    let _ = s.replace(h, i, exp);
+                    let _ = s.replace(h, i, exp, 1, now);
                 }
             } else {
                 handles.push(s.insert(mix(i), i, i, exp, now, &mut grave).unwrap());
@@ -2008,6 +2480,247 @@ mod tests {
             t.join().unwrap();
         }
         assert_eq!(len(&c, 0), 256);
+    }
+
+    fn opts_cache(max: usize, opts: Options) -> ShardedCache<String, u64> {
+        ShardedCache::with_options(max, Some(1), 1, opts).unwrap()
+    }
+
+    /// A weighted, time-to-idle or listening write: what it removed, as (key, cause).
+    #[allow(clippy::too_many_arguments)]
+    fn put(
+        c: &ShardedCache<String, u64>,
+        k: &str,
+        v: u64,
+        w: u64,
+        exp: i64,
+        now: i64,
+    ) -> Vec<(String, Cause)> {
+        let mut g = Vec::new();
+        c.set_if(
+            h(&k),
+            &Q(k),
+            || k.to_string(),
+            v,
+            exp,
+            w,
+            now,
+            &mut g,
+            || true,
+        )
+        .unwrap();
+        g.into_iter().map(|(k, _, c)| (k, c)).collect()
+    }
+
+    fn check_all(c: &ShardedCache<String, u64>) {
+        for s in &c.shards {
+            s.0.lock().check();
+        }
+    }
+
+    #[test]
+    fn weights_bound_the_total_and_evict_lru_until_the_new_entry_fits() {
+        let c = opts_cache(
+            10,
+            Options {
+                weighted: true,
+                ..Options::default()
+            },
+        );
+        assert!(put(&c, "a", 1, 4, NEVER, 0).is_empty());
+        assert!(put(&c, "b", 2, 4, NEVER, 0).is_empty());
+        assert!(put(&c, "c", 3, 2, NEVER, 0).is_empty());
+        assert_eq!(get(&c, "a", 0), Some(1)); // b is now the LRU
+        let gone = put(&c, "d", 4, 5, NEVER, 0);
+        assert_eq!(
+            gone,
+            vec![("b".into(), Cause::Size), ("c".into(), Cause::Size)]
+        );
+        let st = c.stats();
+        assert_eq!((st.size, st.weight, st.evictions), (2, 9, 2));
+        check_all(&c);
+        // Growing an entry's weight in place evicts others, never the entry itself.
+        assert_eq!(
+            put(&c, "d", 5, 10, NEVER, 0),
+            vec![("a".into(), Cause::Size)]
+        );
+        assert_eq!((c.stats().weight, get(&c, "d", 0)), (10, Some(5)));
+        // Zero weights are free, but the count stays bounded by max_size.
+        for i in 0..20 {
+            put(&c, &format!("z{i}"), i, 0, NEVER, 0);
+            check_all(&c);
+        }
+        let st = c.stats();
+        assert_eq!((st.size, st.weight), (10, 0), "d went as the LRU entry");
+    }
+
+    #[test]
+    fn a_value_heavier_than_its_shard_is_rejected_and_supersedes_the_old_one() {
+        let c = opts_cache(
+            10,
+            Options {
+                weighted: true,
+                report_replaced: true,
+                ..Options::default()
+            },
+        );
+        put(&c, "a", 1, 3, NEVER, 0);
+        put(&c, "b", 2, 3, NEVER, 0);
+        assert_eq!(
+            put(&c, "a", 9, 11, NEVER, 0),
+            vec![("a".into(), Cause::Replaced)]
+        );
+        assert_eq!(put(&c, "x", 9, u64::MAX, NEVER, 0), vec![]);
+        assert_eq!((get(&c, "a", 0), get(&c, "b", 0)), (None, Some(2)));
+        let st = c.stats();
+        assert_eq!((st.rejected, st.inserts, st.size, st.weight), (2, 2, 1, 3));
+        // An unweighted cache takes any weight argument as one entry.
+        let plain = opts_cache(2, Options::default());
+        put(&plain, "a", 1, u64::MAX, NEVER, 0);
+        assert_eq!((plain.stats().rejected, plain.stats().weight), (0, 1));
+        check_all(&c);
+    }
+
+    #[test]
+    fn replaced_values_are_reported_with_their_stored_key_only_when_asked() {
+        let c = opts_cache(
+            4,
+            Options {
+                report_replaced: true,
+                ..Options::default()
+            },
+        );
+        put(&c, "a", 1, 1, NEVER, 0);
+        let mut g = Vec::new();
+        c.set(h(&"a"), &Q("a"), || unreachable!(), 2, NEVER, 0, &mut g)
+            .unwrap();
+        assert_eq!(g, vec![("a".to_string(), 1, Cause::Replaced)]);
+        let quiet = opts_cache(4, Options::default());
+        put(&quiet, "a", 1, 1, NEVER, 0);
+        assert_eq!(put(&quiet, "a", 2, 1, NEVER, 0), vec![]);
+    }
+
+    #[test]
+    fn time_to_idle_expires_unread_entries_and_reads_refresh_it() {
+        let c = opts_cache(
+            4,
+            Options {
+                tti: Some(10),
+                ..Options::default()
+            },
+        );
+        put(&c, "a", 1, 1, NEVER, 0);
+        put(&c, "b", 2, 1, 25, 0); // own deadline 25: idle 10 comes first
+        put(&c, "c", 3, 1, NEVER, 0);
+        assert_eq!(get(&c, "a", 9), Some(1)); // read at 9: idle until 19
+        assert_eq!(get(&c, "b", 9), Some(2)); // until 19 too
+                                              // A peek (uncounted) neither reads nor refreshes.
+        let peek = |k: &str, now| c.get(h(&k), &Q(k), now, false, &mut Vec::new()).unwrap();
+        assert_eq!(peek("c", 9), Some(3));
+        assert_eq!(peek("c", 10), None, "idle since 0");
+        assert_eq!(get(&c, "a", 18), Some(1));
+        assert_eq!(get(&c, "b", 18), Some(2)); // min(25, 28) = 25
+        assert_eq!(get(&c, "a", 27), Some(1));
+        assert_eq!(get(&c, "b", 24), Some(2));
+        assert_eq!(
+            get(&c, "b", 25),
+            None,
+            "its own deadline bounds the idle one"
+        );
+        // A reader with an older clock reading never shortens the idle time.
+        assert_eq!(get(&c, "a", 20), Some(1));
+        assert_eq!(get(&c, "a", 36), Some(1));
+        let mut g = Vec::new();
+        assert_eq!(c.expire(50, &mut g), Ok(1));
+        assert_eq!((c.stats().expirations, len(&c, 50)), (3, 0));
+        check_all(&c);
+    }
+
+    #[test]
+    fn time_to_idle_prefers_idle_entries_when_full() {
+        let c = opts_cache(
+            2,
+            Options {
+                tti: Some(10),
+                ..Options::default()
+            },
+        );
+        put(&c, "a", 1, 1, NEVER, 0);
+        put(&c, "b", 2, 1, NEVER, 5);
+        assert_eq!(get(&c, "a", 9), Some(1)); // a most recent, b least
+        let gone = put(&c, "c", 3, 1, NEVER, 16); // b idle since 5 + 10 = 15 <= 16
+        assert_eq!(gone, vec![("b".into(), Cause::Expired)]);
+        assert_eq!(get(&c, "a", 16), Some(1));
+        check_all(&c);
+    }
+
+    #[test]
+    fn removal_and_clear_say_why() {
+        let c = opts_cache(4, Options::default());
+        set(&c, "live", 1, NEVER, 0);
+        set(&c, "old", 2, 5, 0);
+        assert_eq!(
+            c.remove(h(&"live"), &Q("live"), 0),
+            Ok(Some(("live".into(), 1, Cause::Deleted)))
+        );
+        assert_eq!(
+            c.remove(h(&"old"), &Q("old"), 5),
+            Ok(Some(("old".into(), 2, Cause::Expired)))
+        );
+        set(&c, "x", 3, 5, 0);
+        let mut g = Vec::new();
+        assert_eq!(c.get(h(&"x"), &Q("x"), 5, true, &mut g), Ok(None));
+        assert_eq!(g, vec![("x".to_string(), 3, Cause::Expired)]);
+        set(&c, "y", 4, NEVER, 0);
+        set(&c, "z", 5, NEVER, 0);
+        let mut seen = Vec::new();
+        c.clear_with(|d| seen.extend(d.into_entries()));
+        seen.sort();
+        assert_eq!(seen, vec![("y".to_string(), 4), ("z".to_string(), 5)]);
+        // Bulk expiry hands over each batch, outside the lock.
+        for i in 0..(BULK_BATCH + 3) {
+            set(&c, &i.to_string(), i as u64, 1, 0);
+        }
+        let mut batches = Vec::new();
+        let n = c.expire_with(1, &mut Vec::new(), &mut |g| {
+            assert!(!c.shards[0].0.is_locked());
+            batches.push(g.len());
+            assert!(g.iter().all(|e| e.2 == Cause::Expired));
+        });
+        assert_eq!(n, Ok(4), "the shard holds four entries");
+        assert_eq!(batches.iter().sum::<usize>(), 4);
+    }
+
+    #[test]
+    fn weighted_time_to_idle_shards_keep_their_invariants_under_churn() {
+        let c = opts_cache(
+            64,
+            Options {
+                weighted: true,
+                tti: Some(50),
+                report_replaced: true,
+            },
+        );
+        let mut seed = 99u64;
+        for i in 0..5000i64 {
+            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            let k = ((seed >> 33) % 40).to_string();
+            let now = i / 3;
+            match seed % 4 {
+                0 => {
+                    get(&c, &k, now);
+                }
+                1 => {
+                    c.remove(h(&k), &Q(&k), now).unwrap();
+                }
+                _ => {
+                    let exp = if seed % 3 == 0 { now + 30 } else { NEVER };
+                    put(&c, &k, i as u64, (seed >> 20) % 20, exp, now);
+                }
+            }
+            check_all(&c);
+            assert!(c.stats().weight <= 64);
+        }
     }
 
     #[test]

@@ -29,23 +29,38 @@
 //! key's flight led by a task of the event loop running on its own thread raises
 //! RuntimeError: waiting would stop the loop that task needs.
 //!
+//! Options (`core::cache::Options`, fixed at construction, each an `Option` checked once
+//! per operation): a `weigher` runs before the write takes any lock, and its result
+//! becomes the entry's weight (an int, bool refused, >= 0; larger than any shard
+//! saturates, so it is rejected); `tti` is the core's; `on_evict` makes every operation
+//! that removed entries (a [`Grave`] filled under the lock, a removed entry returned,
+//! each batch of a bulk operation, each drained shard of `clear`) call it per entry after
+//! the lock is released, on the calling thread, its errors reported by [`notify`].
+//!
 //! Garbage collection: `Cache` visits every key and value it holds (and the keys of
-//! flights in progress), skipping a shard whose lock is held rather than waiting for it;
-//! `__clear__` is `clear()`: every shard's contents are swapped out under its lock and
-//! dropped after it is released.
+//! flights in progress), its weigher and listener, skipping a shard (or callback) whose
+//! lock is held rather than waiting for it; `__clear__` lets the weigher and listener go
+//! and then swaps every shard's contents out under its lock, dropping them after it is
+//! released, without reporting them (the listener may be part of the garbage).
 
 use std::sync::Arc;
 
-use pyo3::exceptions::{PyException, PyKeyError, PyRuntimeError, PyTypeError};
+use pyo3::exceptions::{
+    PyAttributeError, PyException, PyKeyError, PyRuntimeError, PyTypeError, PyValueError,
+};
 use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyInt, PyList, PyString, PyTuple};
-use pyo3::{PyTraverseError, PyVisit};
+use pyo3::types::{PyBool, PyBytes, PyDict, PyInt, PyList, PyString, PyTuple};
+use pyo3::{intern, PyTraverseError, PyVisit};
 
-use crate::core::cache::{hit_ratio, mix, KeyQuery, Match, ShardedCache, Stats, TimedCache};
+use crate::core::cache::{
+    hit_ratio, mix, Cause, Fast, Grave, KeyQuery, Match, Options, ShardedCache, Stats, TimedCache,
+};
 use crate::core::clock::nanos_to_secs;
 use crate::core::flight::{Flight, Join, Leader, Outcome, SingleFlight};
 use crate::errors::wrong_type;
+use crate::py::args::Held;
+use crate::py::lookup::lookup;
 use crate::py::{args, cache_async, wait};
 
 /// Flights a shard of the flight table holds at most: one per leader running a factory on
@@ -77,6 +92,59 @@ fn size_arg(obj: &Bound<'_, PyAny>, arg: &str) -> PyResult<usize> {
         o if o > 0 => usize::MAX,
         _ => 0,
     })
+}
+
+/// A weigher's result: an int (bool refused) >= 0, saturated to `u64::MAX` (heavier than
+/// any cache, so rejected) when larger.
+fn weight_of(obj: &Bound<'_, PyAny>) -> PyResult<u64> {
+    const ARG: &str = "weigher's result";
+    if !obj.is_instance_of::<PyInt>() || obj.is_instance_of::<PyBool>() {
+        return Err(wrong_type(ARG, "an int", obj));
+    }
+    let mut overflow = 0;
+    // SAFETY: `obj` is a live int (or subclass; its value is read without calling
+    // Python); overflow is reported through `overflow`, not as an exception.
+    let v = unsafe { ffi::PyLong_AsLongLongAndOverflow(obj.as_ptr(), &raw mut overflow) };
+    if v == -1 && overflow == 0 {
+        if let Some(e) = PyErr::take(obj.py()) {
+            return Err(e);
+        }
+    }
+    match (overflow, u64::try_from(v)) {
+        (0, Ok(w)) => Ok(w),
+        (o, _) if o > 0 => Ok(u64::MAX),
+        _ => Err(PyValueError::new_err(format!("{ARG} must be >= 0"))),
+    }
+}
+
+/// The cause as the listener sees it.
+fn cause_str(py: Python<'_>, cause: Cause) -> &Bound<'_, PyString> {
+    match cause {
+        Cause::Size => intern!(py, "size"),
+        Cause::Expired => intern!(py, "expired"),
+        Cause::Replaced => intern!(py, "replaced"),
+        Cause::Deleted => intern!(py, "deleted"),
+    }
+}
+
+/// Calls `on_evict(key, value, cause)`; what it raises is never raised into the caller
+/// (the removal it reports has happened): an `Exception` is logged (logger
+/// `ferrule.cache`, through `ferrule._cached._report_evict_error`); any other
+/// BaseException (`KeyboardInterrupt`, `SystemExit`), and a failure to log, goes to
+/// `sys.unraisablehook`, as from a `__del__` (`wait::report`).
+fn notify(py: Python<'_>, listener: &Bound<'_, PyAny>, key: PyKey, value: Py<PyAny>, cause: Cause) {
+    let cause = cause_str(py, cause);
+    if let Err(e) = wait::call1(listener, (key.obj, value, cause)) {
+        if !e.is_instance_of::<PyException>(py) {
+            wait::report(py, e, Some(listener));
+            return;
+        }
+        let logged = lookup!(py, "ferrule._cached", "_report_evict_error")
+            .and_then(|f| wait::call1(f, (cause, e.into_value(py))));
+        if let Err(e) = logged {
+            wait::report(py, e, Some(listener));
+        }
+    }
 }
 
 /// A stored key: the object and how it compares.
@@ -379,6 +447,11 @@ pub struct Cache {
     inner: TimedCache<PyKey, Py<PyAny>>,
     /// In an `Arc`: an async leader holds it (see `core::flight`).
     pub(crate) flights: Arc<SingleFlight<PyKey, Shared>>,
+    /// `weigher(key, value) -> int`, for a weighted cache (`None`: unweighted, decided at
+    /// construction; an empty `Held` once the collector cleared it).
+    weigher: Option<Held<Py<PyAny>>>,
+    /// `on_evict(key, value, cause)`, likewise.
+    on_evict: Option<Held<Py<PyAny>>>,
 }
 
 /// Ends a leader's flight with what its caller got: a value is shared, and so is an
@@ -401,12 +474,31 @@ pub(crate) fn end_flight(
 }
 
 impl Cache {
+    /// The live value (`count`: a hit or a miss, and a read that refreshes recency and
+    /// idle time). An expired entry found on the way is removed and reported.
     #[inline]
     pub(crate) fn lookup(&self, q: &Query<'_, '_>, count: bool) -> PyResult<Option<Py<PyAny>>> {
-        self.inner.get(q.hash, q, count)
+        match self.inner.get_fast(q.hash, q, count) {
+            (Fast::Hit(v), _) => Ok(Some(v)),
+            (Fast::Miss, _) => Ok(None),
+            (Fast::Slow, now) => self.lookup_slow(q, count, now),
+        }
     }
 
-    /// Stores unless `keep()`, asked under the shard lock, refuses.
+    /// `lookup` past the fast path (an expired entry, a key whose `__eq__` is user code),
+    /// out of line so that a hit carries no grave.
+    #[inline(never)]
+    fn lookup_slow(&self, q: &Query<'_, '_>, count: bool, now: i64) -> PyResult<Option<Py<PyAny>>> {
+        let mut grave = Vec::new();
+        let found = self.inner.get_slow(q.hash, q, now, count, &mut grave);
+        if !grave.is_empty() {
+            self.bury(q.py(), grave);
+        }
+        found
+    }
+
+    /// Stores unless `keep()`, asked under the shard lock, refuses. A weighted cache
+    /// weighs the entry first, with no lock held.
     pub(crate) fn store_if(
         &self,
         q: &Query<'_, '_>,
@@ -414,14 +506,78 @@ impl Cache {
         ttl: Option<i64>,
         keep: impl FnOnce() -> bool,
     ) -> PyResult<()> {
-        let stored = self
-            .inner
-            .set_if(q.hash, q, || q.stored(), value, ttl, keep);
+        let weight = match &self.weigher {
+            None => 1,
+            Some(w) => Self::weigh(w, q, &value)?,
+        };
+        let mut grave = Vec::new();
+        let stored = self.inner.set_if(
+            q.hash,
+            q,
+            || q.stored(),
+            value,
+            ttl,
+            weight,
+            &mut grave,
+            keep,
+        );
+        if !grave.is_empty() {
+            self.bury(q.py(), grave);
+        }
         stored.map(drop)
     }
 
+    /// `weigher(key, value)`, run with no lock held, as a weight.
+    #[inline(never)]
+    fn weigh(weigher: &Held<Py<PyAny>>, q: &Query<'_, '_>, value: &Py<PyAny>) -> PyResult<u64> {
+        let py = q.py();
+        // Cleared by the collector: the cache is garbage, any weight will do.
+        let Some(w) = weigher.with(|w| w.map(|w| w.clone_ref(py))) else {
+            return Ok(1);
+        };
+        weight_of(&wait::call1(w.bind(py), (q.key, value.bind(py)))?)
+    }
+
+    /// The eviction listener, if there is one (and the collector has not cleared it).
+    fn listener(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.on_evict.as_ref()?.with(|l| l.map(|l| l.clone_ref(py)))
+    }
+
+    /// Reports removed entries to the listener, one call each, with no lock held; without
+    /// a listener they are just dropped (here, after the lock).
+    #[inline(never)]
+    fn bury(&self, py: Python<'_>, grave: impl IntoIterator<Item = (PyKey, Py<PyAny>, Cause)>) {
+        let Some(listener) = self.listener(py) else {
+            return;
+        };
+        let listener = listener.bind(py);
+        for (k, v, cause) in grave {
+            notify(py, listener, k, v, cause);
+        }
+    }
+
+    /// For the core's bulk operations: a batch of removed entries, reported and emptied.
+    fn bury_batch(&self, py: Python<'_>, grave: &mut Grave<PyKey, Py<PyAny>>) {
+        self.bury(py, grave.drain(..));
+    }
+
+    /// Removes the key: its value if it was live (reported as `deleted`); an expired entry
+    /// is removed too (reported as `expired`).
     fn take(&self, q: &Query<'_, '_>) -> PyResult<Option<Py<PyAny>>> {
-        self.inner.remove(q.hash, q)
+        let py = q.py();
+        Ok(match self.inner.remove(q.hash, q)? {
+            None => None,
+            Some((k, v, Cause::Deleted)) => {
+                if self.on_evict.is_some() {
+                    self.bury(py, [(k, v.clone_ref(py), Cause::Deleted)]);
+                }
+                Some(v)
+            }
+            Some(dead) => {
+                self.bury(py, [dead]);
+                None
+            }
+        })
     }
 
     /// `get_or_set`; `count` says whether its first look counts a hit or a miss.
@@ -503,10 +659,16 @@ impl Cache {
 #[pymethods]
 impl Cache {
     #[new]
-    #[pyo3(signature = (max_size, *, ttl = None, shards = None, clock = None))]
+    #[pyo3(signature = (
+        max_size, *, ttl = None, tti = None, weigher = None, on_evict = None, shards = None,
+        clock = None
+    ))]
     fn new(
         max_size: &Bound<'_, PyAny>,
         ttl: Option<&Bound<'_, PyAny>>,
+        tti: Option<&Bound<'_, PyAny>>,
+        weigher: Option<&Bound<'_, PyAny>>,
+        on_evict: Option<&Bound<'_, PyAny>>,
         shards: Option<&Bound<'_, PyAny>>,
         clock: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
@@ -522,8 +684,20 @@ impl Cache {
         } else {
             shards.or(Some(1))
         };
+        let callback = |obj: Option<&Bound<'_, PyAny>>, arg| match obj {
+            Some(o) if o.is_callable() => Ok(Some(Held::new(Some(o.clone().unbind())))),
+            Some(o) if !o.is_none() => Err(wrong_type(arg, "callable or None", o)),
+            _ => Ok(None),
+        };
+        let weigher = callback(weigher, "weigher")?;
+        let on_evict = callback(on_evict, "on_evict")?;
+        let opts = Options {
+            weighted: weigher.is_some(),
+            tti: args::opt_positive_nanos(tti, "tti")?,
+            report_replaced: on_evict.is_some(),
+        };
         let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-        let entries = ShardedCache::new(max_size, shards, cpus)?;
+        let entries = ShardedCache::with_options(max_size, shards, cpus, opts)?;
         // At most MAX_SHARDS shards, so the flights table stays far below MAX_SIZE.
         let flights = Arc::new(SingleFlight::new(entries.shard_count(), FLIGHTS_PER_SHARD)?);
         let default_ttl = args::opt_positive_nanos(ttl, "ttl")?;
@@ -531,6 +705,8 @@ impl Cache {
         Ok(Self {
             inner: TimedCache::new(entries, clock, default_ttl),
             flights,
+            weigher,
+            on_evict,
         })
     }
 
@@ -628,15 +804,105 @@ impl Cache {
 
     /// Remove every entry (and release the memory they used). A `get_or_set` factory that
     /// began before `clear()` still answers its callers, but its result is not stored.
-    fn clear(&self) {
+    fn clear(&self, py: Python<'_>) {
         // The flights first: see "Generations" in core::flight.
         self.flights.clear();
-        self.inner.entries().clear();
+        match self.listener(py) {
+            None => self.inner.entries().clear(),
+            Some(listener) => {
+                let listener = listener.bind(py);
+                // Each shard's entries are reported after its lock is released.
+                self.inner.entries().clear_with(|drained| {
+                    for (k, v) in drained.into_entries() {
+                        notify(py, listener, k, v, Cause::Deleted);
+                    }
+                });
+            }
+        }
     }
 
     /// Remove expired entries now; returns how many.
-    fn expire(&self) -> PyResult<usize> {
-        Ok(self.inner.expire()?)
+    fn expire(&self, py: Python<'_>) -> PyResult<usize> {
+        Ok(self.inner.expire(&mut |g| self.bury_batch(py, g))?)
+    }
+
+    /// The live value for `key`, else `default`, without counting a hit or a miss and
+    /// without refreshing its recency or idle time.
+    #[pyo3(signature = (key, default = None))]
+    fn peek(
+        &self,
+        py: Python<'_>,
+        key: &Bound<'_, PyAny>,
+        default: Option<Py<PyAny>>,
+    ) -> PyResult<Py<PyAny>> {
+        match self.lookup(&Query::new(key)?, false)? {
+            Some(v) => Ok(v),
+            None => Ok(default.unwrap_or_else(|| py.None())),
+        }
+    }
+
+    /// A dict of the live entries among `keys` (absent keys are left out).
+    fn get_many<'py>(
+        &self,
+        py: Python<'py>,
+        keys: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        const WHAT: &str = "an iterable of keys";
+        // A str is an iterable of its characters: never what a caller means here.
+        if keys.is_instance_of::<PyString>() || keys.is_instance_of::<PyBytes>() {
+            return Err(wrong_type("keys", WHAT, keys));
+        }
+        let found = PyDict::new(py);
+        for key in args::iterate(keys, "keys", WHAT)? {
+            let key = key?;
+            let q = Query::new(&key)?;
+            if let Some(v) = self.lookup(&q, true)? {
+                if q.kind == KeyKind::User {
+                    // The dict hashes and compares the key again: user code, run under
+                    // the exit guard like every other call of it.
+                    let setitem = found.as_any().getattr(intern!(py, "__setitem__"))?;
+                    wait::call1(&setitem, (key, v))?;
+                } else {
+                    found.set_item(key, v)?;
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// Set every `(key, value)` pair of `mapping`, in its order, as `set` does.
+    #[pyo3(signature = (mapping, *, ttl = None))]
+    fn set_many(
+        &self,
+        py: Python<'_>,
+        mapping: &Bound<'_, PyAny>,
+        ttl: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let ttl = args::opt_positive_nanos(ttl, "ttl")?;
+        // An exact dict's pairs are copied out first (a weigher or listener may change
+        // it); any other mapping's `items()` is user code.
+        let items = if let Ok(d) = mapping.cast_exact::<PyDict>() {
+            d.items().into_any()
+        } else {
+            match mapping.getattr(intern!(py, "items")) {
+                Ok(items) => wait::call0(&items)?,
+                Err(e) if e.is_instance_of::<PyAttributeError>(py) => {
+                    return Err(wrong_type("mapping", "a mapping", mapping));
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        for item in args::iterate(&items, "mapping.items()", "an iterable of pairs")? {
+            let item = item?;
+            let pair = item
+                .cast::<PyTuple>()
+                .ok()
+                .filter(|t| t.len() == 2)
+                .ok_or_else(|| wrong_type("each item of mapping", "a (key, value) pair", &item))?;
+            let key = pair.get_item(0)?;
+            self.store_if(&Query::new(&key)?, pair.get_item(1)?.unbind(), ttl, || true)?;
+        }
+        Ok(())
     }
 
     /// A snapshot list of the live keys.
@@ -657,8 +923,10 @@ impl Cache {
     }
 
     /// Counters; see `CacheStats`.
-    fn stats(&self) -> PyResult<CacheStats> {
-        Ok(CacheStats::from(self.inner.stats()?))
+    fn stats(&self, py: Python<'_>) -> PyResult<CacheStats> {
+        Ok(CacheStats::from(
+            self.inner.stats(&mut |g| self.bury_batch(py, g))?,
+        ))
     }
 
     #[getter]
@@ -672,14 +940,20 @@ impl Cache {
         self.inner.default_ttl().map(nanos_to_secs)
     }
 
+    /// The time to idle in seconds, or None.
+    #[getter]
+    fn tti(&self) -> Option<f64> {
+        self.inner.entries().options().tti.map(nanos_to_secs)
+    }
+
     /// The number of shards (each with its own lock and LRU order).
     #[getter]
     fn shards(&self) -> usize {
         self.inner.entries().shard_count()
     }
 
-    fn __len__(&self) -> PyResult<usize> {
-        Ok(self.inner.live_len()?)
+    fn __len__(&self, py: Python<'_>) -> PyResult<usize> {
+        Ok(self.inner.live_len(&mut |g| self.bury_batch(py, g))?)
     }
 
     fn __contains__(&self, key: &Bound<'_, PyAny>) -> PyResult<bool> {
@@ -709,30 +983,48 @@ impl Cache {
         Ok(keys.as_any().try_iter()?.into_any().unbind())
     }
 
-    /// Visits every key and value (and the keys of flights in progress). Never blocks:
-    /// a shard whose lock is held is skipped, which only makes the collector keep more.
+    /// Visits every key and value (and the keys of flights in progress), the weigher
+    /// and the listener. Never blocks: a shard (or callback) whose lock is held is
+    /// skipped, which only makes the collector keep more.
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         self.inner.entries().try_for_each(|k, v| {
             visit.call(&k.obj)?;
             visit.call(v)
         })?;
-        self.flights.try_for_each_key(|k| visit.call(&k.obj))
+        self.flights.try_for_each_key(|k| visit.call(&k.obj))?;
+        for held in [&self.weigher, &self.on_evict].into_iter().flatten() {
+            held.try_visit(|f| visit.call(f))?;
+        }
+        Ok(())
     }
 
-    /// Breaks reference cycles: every shard's contents are swapped out under its lock and
-    /// dropped after it is released. A flight in progress stays with its leader and
-    /// waiters (they hold it), so they still finish.
+    /// Breaks reference cycles: the weigher and listener are let go of (the listener is
+    /// not told: it may be garbage itself), then every shard's contents are swapped out
+    /// under its lock and dropped after it is released. A flight in progress stays with
+    /// its leader and waiters (they hold it), so they still finish.
     fn __clear__(&self) {
-        self.clear();
+        let weigher = self.weigher.as_ref().and_then(Held::take);
+        let on_evict = self.on_evict.as_ref().and_then(Held::take);
+        self.flights.clear();
+        self.inner.entries().clear();
+        drop((weigher, on_evict)); // every lock is released: dropping may run Python
     }
 
     fn __repr__(&self) -> String {
-        let ttl = self
-            .ttl()
-            .map_or_else(|| "None".to_owned(), |t| t.to_string());
+        let secs = |t: Option<f64>| t.map_or_else(|| "None".to_owned(), |t| t.to_string());
+        let tti = match self.tti() {
+            None => String::new(),
+            t => format!(", tti={}", secs(t)),
+        };
+        let weighted = if self.weigher.is_some() {
+            ", weighted"
+        } else {
+            ""
+        };
         format!(
-            "Cache(max_size={}, ttl={ttl}, shards={})",
+            "Cache(max_size={}, ttl={}{tti}, shards={}{weighted})",
             self.max_size(),
+            secs(self.ttl()),
             self.shards()
         )
     }
@@ -746,8 +1038,12 @@ pub struct CacheStats {
     inserts: u64,
     evictions: u64,
     expirations: u64,
+    /// Writes not stored because the value weighed more than its shard may hold.
+    rejected: u64,
     /// Live entries now. Expired ones are reclaimed before the counters are read.
     size: u64,
+    /// The sum of the live entries' weights (`size` without a weigher).
+    weight: u64,
     max_size: u64,
 }
 
@@ -759,7 +1055,9 @@ impl From<Stats> for CacheStats {
             inserts: s.inserts,
             evictions: s.evictions,
             expirations: s.expirations,
+            rejected: s.rejected,
             size: s.size,
+            weight: s.weight,
             max_size: s.max_size,
         }
     }
@@ -775,8 +1073,8 @@ impl CacheStats {
 
     fn __repr__(&self) -> String {
         format!(
-            "CacheStats(hits={}, misses={}, inserts={}, evictions={}, expirations={}, size={}, max_size={})",
-            self.hits, self.misses, self.inserts, self.evictions, self.expirations, self.size, self.max_size
+            "CacheStats(hits={}, misses={}, inserts={}, evictions={}, expirations={}, rejected={}, size={}, weight={}, max_size={})",
+            self.hits, self.misses, self.inserts, self.evictions, self.expirations, self.rejected, self.size, self.weight, self.max_size
         )
     }
 }
