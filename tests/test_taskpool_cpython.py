@@ -6,17 +6,14 @@ class is rebuilt with a TaskPool in place of ``ThreadPoolExecutor``: once with t
 default ``max_queue``, and the map and cancellation tests once more with ``max_queue=1``
 (where ``map`` must stay lazy and cancellation must reach a small queue). The tests
 excluded, and why, are in ``EXCLUDED`` and ``EXCLUDED_SMALL_QUEUE``; they are reported
-as skipped. Needs the stdlib ``test.support`` package (skipped without it).
+as skipped. Without the stdlib ``test`` package the pieces of ``test.support`` they use
+come from ``tests/cpython/support.py``.
 """
 
 from __future__ import annotations
 
 import unittest
 from typing import Any
-
-import pytest
-
-pytest.importorskip("test.support.script_helper")
 
 from ferrule import TaskPool
 

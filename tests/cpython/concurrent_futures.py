@@ -14,7 +14,8 @@
 #     define `sleep_and_print` inline (the stdlib test package may be absent there);
 #   - the default thread name pattern is TaskPool's (`TaskPool-N_k`);
 #   - `os.process_cpu_count` falls back to `os.cpu_count` before 3.13, and 3.13's
-#     `support.Py_GIL_DISABLED` / `support.requires_gil_enabled` get local equivalents.
+#     `support.Py_GIL_DISABLED` / `support.requires_gil_enabled` get local equivalents;
+#   - without the stdlib test package, test.support's pieces come from tests/cpython/support.py.
 # Not collected by pytest itself (no test_ prefix). ruff and mypy skip this directory.
 # fmt: off
 # ruff: noqa
@@ -40,9 +41,12 @@ from concurrent.futures._base import (
 import itertools
 from logging.handlers import QueueHandler
 
-from test import support
-from test.support import threading_helper
-from test.support.script_helper import assert_python_ok
+try:
+    from test import support
+    from test.support import threading_helper
+    from test.support.script_helper import assert_python_ok
+except ImportError:  # no stdlib test package (the 3.13t built for the suite has none)
+    from tests.cpython.support import assert_python_ok, support, threading_helper
 
 Py_GIL_DISABLED = bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
 
