@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import sys
 from typing import Any
 
@@ -968,3 +969,34 @@ def test_stats_are_exact_under_threads(threads: int, stress_scale: int) -> None:
     for s in snapshots:
         assert s.calls == s.successes + s.give_ups + s.failures
         assert s.attempts == s.calls + s.retries
+
+
+def test_attempts_is_the_count_and_called_iterates_the_policy() -> None:
+    """``policy.attempts`` stays the int it always was; ``policy.attempts()`` gives the
+    attempt blocks (``for attempt in policy.attempts(): with attempt: ...``)."""
+    import pickle
+
+    clock = ManualClock()
+    policy = retry(attempts=3, backoff=0.0, clock=clock, sleep=clock.advance)
+    assert policy.attempts == 3 and isinstance(policy.attempts, int)
+    assert repr(policy.attempts) == "3" and pickle.loads(pickle.dumps(policy.attempts)) == 3
+    failures = []
+    for attempt in policy.attempts():
+        with attempt:
+            if attempt.number < 3:
+                failures.append(attempt.number)
+                raise ConnectionError("flaky")
+    assert failures == [1, 2]
+
+    async def blocks(p: Retry) -> int:
+        async for a in p.attempts():
+            with a:
+                return a.number
+        return 0
+
+    assert asyncio.run(blocks(policy)) == 1
+    count = policy.attempts
+    del policy, attempt  # an Attempt refers to its policy
+    gc.collect()
+    with pytest.raises(RuntimeError, match="gone"):
+        count()

@@ -38,6 +38,7 @@ import random
 import sys
 import threading
 import time
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, Literal, ParamSpec, TypeVar, cast
 
@@ -272,6 +273,37 @@ class Attempt:
         return f"<ferrule.Attempt number={self.number}>"
 
 
+class AttemptCount(int):
+    """``Retry.attempts``: the most attempts a call makes, an ``int``; called, the
+    policy's attempt blocks, so that ``for attempt in policy.attempts(): with attempt:``
+    (and ``async for``) reads as tenacity users write it. ``policy.attempts()`` is the
+    policy itself, which iterates the same way.
+
+    >>> policy = retry(attempts=2, backoff=0.0)
+    >>> policy.attempts == 2, policy.attempts() is policy
+    (True, True)
+    """
+
+    _policy: weakref.ref[Retry]
+
+    def __new__(cls, value: int, policy: Retry) -> AttemptCount:
+        self = super().__new__(cls, value)
+        self._policy = weakref.ref(policy)
+        return self
+
+    def __call__(self) -> Retry:
+        policy = self._policy()
+        if policy is None:  # only reachable through a count kept past its policy
+            raise RuntimeError("the policy of this attempt count is gone")
+        return policy
+
+    def __repr__(self) -> str:
+        return int.__repr__(self)
+
+    def __reduce__(self) -> tuple[type[int], tuple[int]]:
+        return (int, (int(self),))
+
+
 class Retry:
     """A retry policy; call it on a function to decorate it, use :meth:`call`, or
     iterate it to retry a code block.
@@ -288,6 +320,7 @@ class Retry:
     """
 
     __slots__ = (
+        "__weakref__",
         "_after_attempt",
         "_before_sleep",
         "_catch",
@@ -336,7 +369,7 @@ class Retry:
             raise TypeError(f"attempts must be an int, not '{_type_name(attempts)}'")
         if attempts < 1:
             raise ValueError("attempts must be >= 1")
-        self.attempts = attempts
+        self.attempts = AttemptCount(attempts, self)
         self.backoff = _seconds(backoff, "backoff")
         self.max_backoff = _seconds(max_backoff, "max_backoff")
         if not isinstance(jitter, bool):
