@@ -290,6 +290,42 @@ def test_owner_refused_and_values_must_be_json(redis_client: Any) -> None:
         RedisRegistry(redis_client, ttl=None)  # type: ignore[arg-type]
 
 
+def test_values_resized_by_other_threads_are_encoded_as_one_snapshot(redis_client: Any) -> None:
+    """A value or metadata that another thread resizes while it is encoded: each stored
+    JSON is one state it had (CPython 3.13t's C encoder crashed walking such a dict), a
+    cycle is still refused, and nothing crashes."""
+    reg = RedisRegistry(redis_client)
+    shared: dict[str, Any] = {"items": [], "nested": {"n": 0}}
+    stop = threading.Event()
+
+    def resize() -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+            shared[f"k{n % 64}"] = n
+            shared.pop(f"k{(n + 32) % 64}", None)
+            shared["items"].append(n)
+            if len(shared["items"]) > 64:
+                shared["items"].clear()
+            shared["nested"][n % 16] = [n]
+
+    mutator = threading.Thread(target=resize)
+    mutator.start()
+    try:
+        for i in range(300):
+            reg.register(f"a{i}", shared, metadata={"m": shared})
+            got = reg.get(f"a{i}")
+            assert got is not None and isinstance(got.value, dict) and "items" in got.value
+            reg.unregister(f"a{i}")
+    finally:
+        stop.set()
+        mutator.join()
+    loop: dict[str, Any] = {}
+    loop["self"] = loop
+    with pytest.raises(TypeError, match=r"^value must be JSON-serialisable: Circular"):
+        reg.register("c", loop)
+
+
 def test_every_key_has_the_prefix_and_none_stays_after_unregister(redis_client: Any) -> None:
     reg = RedisRegistry(redis_client, prefix="app:")
     for i in range(50):

@@ -95,9 +95,32 @@ def _agent(row: list[Any]) -> RedisAgent:
     return _agent_and_metadata(row)[0]
 
 
+def _snapshot(obj: object, path: set[int]) -> object:
+    """A private copy of ``obj``'s dicts, lists and tuples, each taken in one step
+    (``dict.copy``, ``list``), so that what is encoded is what was there at one moment:
+    CPython 3.13t's C JSON encoder crashes on a container another thread resizes while it
+    walks it. ``path`` holds the containers being copied, to refuse a cycle as the
+    encoder does."""
+    if isinstance(obj, dict):
+        items: Iterable[tuple[object, object]] = dict.copy(obj).items()
+    elif isinstance(obj, (list, tuple)):
+        items = enumerate(list(obj))
+    else:
+        return obj
+    if id(obj) in path:
+        raise ValueError("Circular reference detected")
+    path.add(id(obj))
+    try:
+        if isinstance(obj, dict):
+            return {k: _snapshot(v, path) for k, v in items}
+        return [_snapshot(v, path) for _, v in items]
+    finally:
+        path.discard(id(obj))
+
+
 def _json(obj: object, arg: str) -> str:
     try:
-        return json.dumps(obj, allow_nan=False, separators=(",", ":"))
+        return json.dumps(_snapshot(obj, set()), allow_nan=False, separators=(",", ":"))
     except (TypeError, ValueError) as e:
         raise TypeError(f"{arg} must be JSON-serialisable: {e}") from None
 
