@@ -2292,7 +2292,7 @@ THREAD_CLASSES = [
     "cached_wrapper",
 ]  # fmt: skip
 # With a server (``redis_url``), these join them.
-REDIS_THREAD_CLASSES = ["RedisRateLimiter", "RedisRegistry"]
+REDIS_THREAD_CLASSES = ["RedisRateLimiter", "RedisRegistry", "InvalidatingCache"]
 # Parameters that take a container: in the threaded phase half their hostile values are
 # the containers the mutator thread keeps resizing.
 CONTAINER_PARAMS = {
