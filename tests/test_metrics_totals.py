@@ -42,7 +42,7 @@ def test_a_value_equal_to_a_bound_is_in_that_bounds_bucket() -> None:
     d = Metrics()  # the default bounds, most of which are not exact binary fractions
     for b in DEFAULT:
         d.record("op", b)
-    assert d.totals("op").buckets == tuple(range(1, 17)) + (16,)
+    assert d.totals("op").buckets == (*range(1, 17), 16)
 
 
 @pytest.mark.parametrize("bound", [0.00025, 0.001, 0.1, 1.0, 2.5])
@@ -190,10 +190,10 @@ def test_every_read_is_consistent_and_only_grows_under_eight_writers() -> None:
         while not done.is_set():
             t = m.totals("op")
             b = t.buckets
-            assert all(x <= y for x, y in zip(b, b[1:])), b
+            assert all(x <= y for x, y in itertools.pairwise(b)), b
             assert b[-1] == t.count and t.errors <= t.count
             assert t.count >= last[0] and t.errors >= last[1] and t.sum >= last[2]
-            assert all(x >= y for x, y in zip(b, last[3])), (b, last[3])
+            assert all(x >= y for x, y in zip(b, last[3], strict=True)), (b, last[3])
             last = (t.count, t.errors, t.sum, b)
             reads[0] += 1
 
