@@ -18,8 +18,8 @@
 //! # Recording
 //! `record` reads the clock once (time `t`, slot `s = floor(t / L)`), takes a *read*
 //! guard on the map shard (no write lock for existing names) and adds to the slot's
-//! atomics and to the totals (one `Relaxed` add to the bucket `le` the latency, one to the
-//! sum, one to the errors on failure). Each ring entry has one state word: `epoch << 16 |
+//! atomics and to the totals (`Relaxed` adds: one to the first bucket whose bound is `>=`
+//! the latency, one to the sum, one to the errors on failure). Each ring entry has one state word: `epoch << 16 |
 //! CLEARING | writers`, where
 //! `epoch = s - base + 1` (0 = never used) and `writers` counts recordings in flight. A
 //! recorder enters by a CAS that increments `writers` only while the word holds its own
@@ -407,7 +407,9 @@ struct Totals {
 impl Totals {
     fn new(bounds: usize) -> Self {
         Self {
-            words: (0..COUNTS + bounds + 1).map(|_| AtomicU64::new(0)).collect(),
+            words: std::iter::repeat_with(|| AtomicU64::new(0))
+                .take(COUNTS + bounds + 1)
+                .collect(),
         }
     }
 
@@ -921,7 +923,10 @@ mod tests {
         assert_eq!((m.rings(), m.tracked()), (0, 1));
         assert_eq!(m.totals("b").count, 1);
         m.record("b", 1, true);
-        assert_eq!((m.rings(), m.snapshot("b").count, m.totals("b").count), (1, 1, 2));
+        assert_eq!(
+            (m.rings(), m.snapshot("b").count, m.totals("b").count),
+            (1, 1, 2)
+        );
         m.record("c", 1, true);
         m.reset_all();
         assert_eq!((m.tracked(), m.rings()), (0, 0));
@@ -930,15 +935,22 @@ mod tests {
     fn with_bounds(bounds: &[f64], max_ops: usize) -> (Arc<ManualClock>, Metrics) {
         let c = Arc::new(ManualClock::new(0));
         let b = Bounds::new(bounds).unwrap();
-        let m = Metrics::with_limits(10_000_000_000, Clock::Manual(c.clone()), b, max_ops)
-            .unwrap();
+        let m = Metrics::with_limits(10_000_000_000, Clock::Manual(c.clone()), b, max_ops).unwrap();
         (c, m)
     }
 
     #[test]
     fn totals_use_le_buckets_at_nanosecond_resolution() {
         let (_, m) = with_bounds(&[0.001, 0.01], 10);
-        for ns in [0, 999_999, 1_000_000, 1_000_001, 10_000_000, 10_000_001, u64::MAX] {
+        for ns in [
+            0,
+            999_999,
+            1_000_000,
+            1_000_001,
+            10_000_000,
+            10_000_001,
+            u64::MAX,
+        ] {
             m.record("op", ns, ns != 0);
         }
         let t = m.totals("op");
@@ -956,7 +968,10 @@ mod tests {
         let e = |b: &[f64]| Bounds::new(b).unwrap_err().to_string();
         assert_eq!(e(&[]), "buckets must hold at least 1 bound");
         assert_eq!(e(&[1.0; 65]), "buckets must hold at most 64 bounds");
-        assert_eq!(e(&[1.0, f64::INFINITY]), "buckets must be finite (+Inf is implied)");
+        assert_eq!(
+            e(&[1.0, f64::INFINITY]),
+            "buckets must be finite (+Inf is implied)"
+        );
         assert_eq!(e(&[f64::NAN]), "buckets must be finite (+Inf is implied)");
         assert_eq!(e(&[0.0, 1.0]), "buckets must be > 0");
         assert_eq!(e(&[1.0, 1.0]), "buckets must be strictly increasing");

@@ -58,9 +58,7 @@ impl Metrics {
         let max_ops = usize::try_from(args::at_least(max_ops, "max_ops", 1)?)
             .map_err(|_| args::out_of_range("max_ops"))?;
         Ok(Self {
-            inner: Arc::new(core::Metrics::with_limits(
-                window, clock, bounds, max_ops,
-            )?),
+            inner: Arc::new(core::Metrics::with_limits(window, clock, bounds, max_ops)?),
         })
     }
 
