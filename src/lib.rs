@@ -23,7 +23,7 @@ mod _native {
     #[pymodule_export]
     use crate::py::error_store::{ErrorRecord, ErrorStore, ErrorStoreStats};
     #[pymodule_export]
-    use crate::py::metrics::{Metrics, OpStats, Timer};
+    use crate::py::metrics::{Metrics, OpStats, OpTotals, Timer};
     #[pymodule_export]
     use crate::py::pool::{Pool, PoolCheckout, PoolStats};
     #[pymodule_export]

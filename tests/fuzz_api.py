@@ -985,6 +985,7 @@ BASELINE: dict[str, Any] = {
     # sizes and counts
     "max_size": 16, "maxsize": 8, "max_items": 4, "max_batch": 100, "max_workers": 2,
     "max_queue": 8, "max_per_agent": 4, "max_agents": 8, "min_size": 0, "shards": 1,
+    "max_ops": 8, "buckets": None,
     "burst": 4, "cost": 1, "amount": 1, "limit": 10, "failure_threshold": 3,
     "half_open_max_calls": 1, "attempts": 2, "n": 1, "queued": 0, "chunksize": 1,
     # durations and rates
@@ -1385,6 +1386,7 @@ OBJECTS: dict[str, dict[str, Callable[[Ctx], Any]]] = {
     "Metrics": {"ready": _metrics},
     "Timer": {"ready": lambda ctx: _metrics(ctx).time("op")},
     "OpStats": {"ready": lambda ctx: _metrics(ctx).snapshot("op")},
+    "OpTotals": {"ready": lambda ctx: _metrics(ctx).totals("op")},
     "ErrorStore": {"ready": _errors},
     "ErrorRecord": {"ready": lambda ctx: _errors(ctx).history("a1")[0]},
     "ErrorStoreStats": {"ready": lambda ctx: _errors(ctx).stats()},
@@ -1580,7 +1582,7 @@ PROBES: dict[str, Callable[[Any], None]] = {
     "Registry": _probe_registry,
     "ManualClock": _probe_clock,
     "RateLimiter": lambda r: (r.peek(BASELINE_KEY), len(r), r.sweep(), r.stats()),
-    "Metrics": lambda m: (m.snapshot("op"), m.ops()),
+    "Metrics": lambda m: (m.snapshot("op"), m.ops(), m.totals("op")),
     "ErrorStore": lambda s: (s.agents(), s.count("a1"), s.stats()),
     "CircuitBreaker": lambda b: (b.state, b.stats()),
     "SignalBus": lambda b: b.publish("a.p", 1),

@@ -30,6 +30,7 @@ NOT_TRACKED = {
     "ManualClock": "an atomic counter",
     "Metrics": "Rust-owned names and counters, no Python objects",
     "OpStats": "numbers only",
+    "OpTotals": "numbers only (its buckets tuple is built on each access)",
     "PoolStats": "numbers only",
     "QueueStats": "numbers only",
     "SubscriptionStats": "numbers only",

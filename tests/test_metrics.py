@@ -106,8 +106,9 @@ def test_window_slides_slot_by_slot() -> None:
     assert (s.count, s.errors, s.max) == (1, 0, pytest.approx(0.3))
     clock.set(15.0)
     assert fields(m.snapshot("op")) == ZERO
-    assert m.ops() == []  # idle for a whole window: reclaimed
-    m.record("op", 0.4)  # the ring is reused from zero
+    assert m.ops() == ["op"]  # idle for a whole window: its ring goes, its totals stay
+    assert m.totals("op").count == 3
+    m.record("op", 0.4)  # a new ring, from zero
     assert (m.snapshot("op").count, m.snapshot("op").max) == (1, pytest.approx(0.4))
 
 

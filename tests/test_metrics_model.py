@@ -1,4 +1,5 @@
-"""Hypothesis stateful test: Metrics against a small pure-Python model."""
+"""Hypothesis stateful test: Metrics (window and lifetime totals) against a small
+pure-Python model."""
 
 from __future__ import annotations
 
@@ -10,18 +11,29 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 
 class MetricsMachine(RuleBasedStateMachine):
-    """Counts, errors and max against a list of (t, seconds, ok) with the slot rule."""
+    """Counts, errors and max against a list of (t, seconds, ok) with the slot rule; the
+    totals against every row since the op's last reset."""
 
     WINDOW = 10.0
     SLOT = 1.0
+    BOUNDS_US = (1_000, 500_000, 2_000_000)  # the buckets, in microseconds
 
     def __init__(self) -> None:
         super().__init__()
         self.clock = ManualClock()
-        self.m = Metrics(window=self.WINDOW, clock=self.clock)
+        self.m = Metrics(
+            window=self.WINDOW, clock=self.clock, buckets=[b / 1e6 for b in self.BOUNDS_US]
+        )
         self.rows: list[tuple[str, int, int, bool]] = []  # (op, slot, micros, ok)
 
-    @rule(op=st.sampled_from(["x", "y"]), micros=st.integers(0, 5_000_000), ok=st.booleans())
+    @rule(
+        op=st.sampled_from(["x", "y"]),
+        micros=st.one_of(
+            st.sampled_from([0, 999, 1_000, 1_001, 500_000, 2_000_000, 2_000_001]),
+            st.integers(0, 5_000_000),
+        ),
+        ok=st.booleans(),
+    )
     def record(self, op: str, micros: int, ok: bool) -> None:
         self.m.record(op, micros / 1e6, ok)
         self.rows.append((op, int(self.clock.now() // self.SLOT), micros, ok))
@@ -45,7 +57,13 @@ class MetricsMachine(RuleBasedStateMachine):
             assert s.errors == sum(1 for r in live if not r[3])
             assert s.max == pytest.approx(max((r[2] for r in live), default=0) / 1e6)
             assert s.rate == pytest.approx(len(live) / self.WINDOW)
-        assert self.m.ops() == sorted({r[0] for r in self.rows if cur - r[1] < 10})
+            rows = [r for r in self.rows if r[0] == op]
+            t = self.m.totals(op)
+            assert (t.count, t.errors) == (len(rows), sum(1 for r in rows if not r[3]))
+            assert t.sum == pytest.approx(sum(r[2] for r in rows) / 1e6, abs=1e-9)
+            cumulative = [sum(1 for r in rows if r[2] <= b) for b in self.BOUNDS_US]
+            assert t.buckets == (*cumulative, len(rows))
+        assert self.m.ops() == sorted({r[0] for r in self.rows})
 
 
 TestMetricsModel = MetricsMachine.TestCase

@@ -12,6 +12,7 @@ from collections.abc import (
     Iterable,
     Iterator,
     Mapping,
+    Sequence,
 )
 from contextlib import AbstractAsyncContextManager
 from types import GenericAlias, TracebackType
@@ -2178,19 +2179,64 @@ class Timer:
         """Wrap ``func`` (sync or async) so that every call is recorded."""
 
 @final
+class OpTotals:
+    """Lifetime figures of one operation of a :class:`Metrics`, since it was first
+    recorded (or reset); ``sum`` in seconds.
+
+    ``count`` calls, ``errors`` of them failed, ``sum`` of their durations; ``buckets``
+    holds cumulative counts, one per bound of :attr:`Metrics.buckets` (calls that took at
+    most that long: Prometheus ``le``) and a last one for ``+Inf``, equal to ``count``.
+    The figures only grow until :meth:`Metrics.reset` (or eviction beyond ``max_ops``)
+    drops the operation; an unknown operation gives all zeros. Each read is
+    self-consistent: the cumulative counts never decrease and the last is ``count``, also
+    while other threads record (the count is derived from the same per-bucket loads).
+
+    >>> m = Metrics(buckets=(0.01, 0.1))
+    >>> for ms in (5, 10, 50, 200):
+    ...     m.record("db", ms / 1000)
+    >>> t = m.totals("db")
+    >>> t.count, t.errors, round(t.sum, 3), t.buckets
+    (4, 0, 0.265, (2, 3, 4))
+    """
+
+    @property
+    def count(self) -> int: ...
+    @property
+    def errors(self) -> int: ...
+    @property
+    def sum(self) -> float: ...
+    @property
+    def buckets(self) -> tuple[int, ...]:
+        """Cumulative counts: one per bound of ``Metrics.buckets``, then ``+Inf`` (==
+        ``count``)."""
+
+@final
 class Metrics:
     """Latency and outcome per operation name over a sliding window, in fixed memory per
-    operation.
+    operation, and lifetime totals in a fixed histogram.
 
     Each operation has a ring of 10 time slots of ``window / 10`` seconds; each slot holds
     a log-scale latency histogram (32 buckets per power of two from 16 ns to ~275 s, so
     quantiles are within 2% of exact), the error count, the sum and the maximum, all
     updated with atomics: ``record`` takes no lock and allocates nothing for a known
-    operation. Memory per operation is fixed (~75 KiB); operations with no recording in
-    the window are reclaimed. A snapshot at time ``now`` covers the slots ``floor(now /
-    L) - 9 ..= floor(now / L)`` (``L = window / 10``): every recording younger than
-    ``window - L`` is in it, none older than ``window``. ``clock`` (a :class:`ManualClock`)
-    drives the slots and the durations measured by :meth:`time`.
+    operation. A snapshot at time ``now`` covers the slots ``floor(now / L) - 9 ..=
+    floor(now / L)`` (``L = window / 10``): every recording younger than ``window - L``
+    is in it, none older than ``window``. ``clock`` (a :class:`ManualClock`) drives the
+    slots and the durations measured by :meth:`time`.
+
+    Beside the window, each operation keeps lifetime totals (:meth:`totals`): count,
+    errors, sum and a count per bucket of ``buckets`` (upper bounds in seconds, ``+Inf``
+    implied; default 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+    0.1, 0.25, 0.5, 1, 2.5, 5, 10), for a Prometheus histogram whose ``_count`` and
+    ``_sum`` never go down. ``record`` adds to them with one or two more atomic adds.
+
+    Memory: the ring (~75 KiB) is dropped once the operation has no recording in the
+    window; its totals (``len(buckets) + 3`` words) stay, so an idle operation keeps its
+    series. At most ``max_ops`` operations are kept: when a new name makes more, the
+    longest-idle ones (oldest last recording, at the resolution of a slot; never the new
+    name) are dropped, totals and all, until ``max_ops - max_ops // 8`` remain (briefly
+    more while several threads add new names at once). A dropped operation, like a reset
+    one, starts again from zero: Prometheus reads that as a counter reset.
 
     >>> clock = ManualClock()
     >>> m = Metrics(window=60.0, clock=clock)
@@ -2201,22 +2247,45 @@ class Metrics:
     (2, 1, 0.03333333333333333)
     >>> clock.advance(60.0)
     60.0
-    >>> m.snapshot("db.query").count
-    0
+    >>> m.snapshot("db.query").count, m.totals("db.query").count
+    (0, 2)
     """
 
-    def __new__(cls, *, window: float = 60.0, clock: ManualClock | None = None) -> Metrics:
-        """``window`` seconds (>= 0.001); ``clock`` None means monotonic time."""
+    def __new__(
+        cls,
+        *,
+        window: float = 60.0,
+        clock: ManualClock | None = None,
+        buckets: Sequence[float] | None = None,
+        max_ops: int = 10_000,
+    ) -> Metrics:
+        """``window`` seconds (>= 0.001); ``clock`` None means monotonic time;
+        ``buckets`` None (the default bounds) or 1 to 64 finite, positive, strictly
+        increasing upper bounds in seconds, ``+Inf`` implied and not given (else
+        TypeError or ValueError naming ``buckets``); ``max_ops`` >= 1."""
 
     @property
     def window(self) -> float:
         """The window in seconds."""
 
+    @property
+    def buckets(self) -> tuple[float, ...]:
+        """The upper bounds of the lifetime histogram in seconds, without ``+Inf``.
+
+        >>> Metrics(buckets=[0.1, 1]).buckets
+        (0.1, 1.0)
+        """
+
+    @property
+    def max_ops(self) -> int:
+        """Most operations kept (see the class docs)."""
+
     def record(self, op: str, seconds: float, ok: bool = True) -> None:
         """Record one call of ``op`` that took ``seconds`` (>= 0, finite, at most 4e9:
         else ValueError; an int too large for a float: OverflowError); ``ok=False`` counts
         it as an error. ``op`` must be a str (else TypeError). Durations above 10**6 s are
-        recorded as 10**6 s."""
+        recorded as 10**6 s. A duration equal to a bound of ``buckets`` counts in that
+        bound's bucket (compared at nanosecond resolution)."""
 
     def time(self, op: str) -> Timer:
         """A :class:`Timer` for ``op``: ``with m.time("op"): ...`` or ``@m.time("op")``.
@@ -2238,8 +2307,19 @@ class Metrics:
         0
         """
 
+    def totals(self, op: str) -> OpTotals:
+        """Lifetime figures of ``op`` since it was first recorded or reset (all zeros if
+        unknown, reset or evicted).
+
+        >>> m = Metrics(buckets=[0.1])
+        >>> m.record("a", 0.1); m.record("a", 0.2, ok=False)
+        >>> m.totals("a")
+        OpTotals(count=2, errors=1, sum=0.3, buckets=(1, 2))
+        """
+
     def ops(self) -> list[str]:
-        """Sorted names of the operations with a recording in the window.
+        """Sorted names of every operation with totals (recorded since its last reset and
+        not evicted), idle in the window or not.
 
         >>> m = Metrics()
         >>> m.record("b", 0.1); m.record("a", 0.1)
@@ -2248,13 +2328,14 @@ class Metrics:
         """
 
     def reset(self, op: str | None = None) -> None:
-        """Forget ``op`` (its recordings vanish), or every operation when None.
+        """Forget ``op`` (its recordings and totals vanish), or every operation when None.
+        Its totals start again from zero: Prometheus reads that as a counter reset.
 
         >>> m = Metrics()
         >>> m.record("a", 0.1)
         >>> m.reset("a")
-        >>> m.snapshot("a").count
-        0
+        >>> m.snapshot("a").count, m.totals("a").count
+        (0, 0)
         """
 
 @final

@@ -215,7 +215,7 @@ pub mod named {
         opt_seconds -> Option<f64>: timeout;
         number -> f64: alert_threshold, severe_threshold;
         int -> i64: cost, amount, limit, maxsize, max_batch, max_per_agent, max_agents,
-            min_size, half_open_max_calls, success_threshold;
+            min_size, half_open_max_calls, success_threshold, max_ops;
         boolean -> bool: weak;
         overflow_name -> &'static str: overflow;
     }

@@ -1,13 +1,15 @@
-//! `Metrics`, `OpStats` and `Timer`: the Python face of `core::metrics::Metrics`.
+//! `Metrics`, `OpStats`, `OpTotals` and `Timer`: the Python face of
+//! `core::metrics::Metrics`.
 //!
 //! `record` converts its arguments and calls the core with the GIL held (it is a few
-//! atomics); `snapshot` reads every slot's histogram (about 10k words) with the GIL
-//! released. `time(op)` returns a `Timer`: a context manager that measures with the
+//! atomics), and so does `totals` (at most 65 words); `snapshot` reads every slot's
+//! histogram (about 10k words) and `ops` sweeps idle rings, both with the GIL released. `time(op)` returns a `Timer`: a context manager that measures with the
 //! metrics' clock, and a decorator (sync or async) built by `ferrule._metrics.timed`.
 //!
-//! Garbage collection: neither class can be part of a reference cycle, so neither needs
+//! Garbage collection: no class here can be part of a reference cycle, so none needs
 //! to be tracked. A `Metrics` holds no Python object at all (names are Rust strings, the
-//! clock a Rust `Arc`); a `Timer` holds its `Metrics` and an exact `str` copy of the
+//! clock a Rust `Arc`), nor do `OpStats` and `OpTotals` (numbers; `OpTotals.buckets`
+//! builds its tuple on each access); a `Timer` holds its `Metrics` and an exact `str` copy of the
 //! operation name (a `str` subclass instance could hold references; an exact `str`
 //! cannot), and neither leads anywhere.
 
@@ -16,7 +18,7 @@ use std::sync::Arc;
 
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
-use pyo3::types::{PyString, PyType};
+use pyo3::types::{PyString, PyTuple, PyType};
 
 use crate::core::clock::{self, nanos_to_secs};
 use crate::core::metrics::{self as core, MetricsError};
@@ -31,7 +33,7 @@ fn op_str<'a>(op: &'a Bound<'_, PyAny>) -> PyResult<&'a Bound<'a, PyString>> {
 }
 
 /// Latency and outcome per operation name over a sliding window, in fixed memory per
-/// operation.
+/// operation, and lifetime totals in a fixed histogram.
 #[pyclass(frozen, module = "ferrule", name = "Metrics")]
 pub struct Metrics {
     inner: Arc<core::Metrics>,
@@ -40,14 +42,23 @@ pub struct Metrics {
 #[pymethods]
 impl Metrics {
     #[new]
-    #[pyo3(signature = (*, window = 60.0, clock = None))]
+    #[pyo3(signature = (*, window = 60.0, clock = None, buckets = None, max_ops = 10_000))]
     fn new(
         #[pyo3(from_py_with = args::named::window)] window: f64,
         clock: Option<&Bound<'_, PyAny>>,
+        buckets: Option<&Bound<'_, PyAny>>,
+        #[pyo3(from_py_with = args::named::max_ops)] max_ops: i64,
     ) -> PyResult<Self> {
         let window = clock::positive_nanos(window, "window").map_err(MetricsError::from)?;
+        let clock = args::clock(clock)?;
+        let bounds = match buckets {
+            Some(b) if !b.is_none() => bounds(b)?,
+            _ => core::Bounds::default(),
+        };
+        let max_ops = usize::try_from(args::at_least(max_ops, "max_ops", 1)?)
+            .map_err(|_| args::out_of_range("max_ops"))?;
         Ok(Self {
-            inner: Arc::new(core::Metrics::new(window, args::clock(clock)?)?),
+            inner: Arc::new(core::Metrics::with_limits(window, clock, bounds, max_ops)?),
         })
     }
 
@@ -99,13 +110,26 @@ impl Metrics {
         })
     }
 
-    /// Sorted names of the operations with a recording in the window.
+    /// Lifetime figures of `op` since it was first recorded or reset (all zeros if
+    /// unknown, reset or evicted).
+    fn totals(&self, op: &Bound<'_, PyAny>) -> PyResult<OpTotals> {
+        let t = self.inner.totals(op_str(op)?.to_str()?);
+        Ok(OpTotals {
+            count: t.count,
+            errors: t.errors,
+            sum: t.sum_ns as f64 / clock::NANOS_PER_SEC,
+            buckets: t.cumulative,
+        })
+    }
+
+    /// Sorted names of every operation with totals (recorded since its last reset and
+    /// not evicted), idle in the window or not.
     fn ops(&self, py: Python<'_>) -> Vec<String> {
         let inner = &self.inner;
         wait::detach(py, || inner.ops())
     }
 
-    /// Forget `op` (its recordings vanish), or every operation when None.
+    /// Forget `op` (its recordings and totals vanish), or every operation when None.
     #[pyo3(signature = (op = None))]
     fn reset(&self, op: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
         match op {
@@ -123,6 +147,18 @@ impl Metrics {
         nanos_to_secs(self.inner.window_ns())
     }
 
+    /// The upper bounds of the lifetime histogram in seconds, without `+Inf`.
+    #[getter]
+    fn buckets<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+        PyTuple::new(py, self.inner.bounds().secs())
+    }
+
+    /// Most operations kept (see the class docs).
+    #[getter]
+    fn max_ops(&self) -> usize {
+        self.inner.max_ops()
+    }
+
     fn __repr__(&self) -> String {
         format!(
             "Metrics(window={:?}, ops={})",
@@ -130,6 +166,19 @@ impl Metrics {
             self.inner.tracked()
         )
     }
+}
+
+/// `buckets`: an iterable of numbers of seconds (at most `MAX_BOUNDS + 1` items are
+/// taken, so an endless iterator is refused rather than consumed), checked by the core.
+fn bounds(obj: &Bound<'_, PyAny>) -> PyResult<core::Bounds> {
+    let mut secs = Vec::new();
+    for item in args::iterate(obj, "buckets", "a sequence of numbers of seconds")? {
+        secs.push(args::seconds(&item?, "buckets")?);
+        if secs.len() > core::MAX_BOUNDS {
+            break;
+        }
+    }
+    Ok(core::Bounds::new(&secs)?)
 }
 
 const IDLE: i64 = i64::MIN;
@@ -221,6 +270,43 @@ impl OpStats {
         format!(
             "OpStats(count={}, errors={}, rate={:?}, mean={:?}, p50={:?}, p90={:?}, p99={:?}, max={:?})",
             self.count, self.errors, self.rate, self.mean, self.p50, self.p90, self.p99, self.max
+        )
+    }
+}
+
+/// Lifetime figures of one operation of a `Metrics`, since it was first recorded (or
+/// reset); `sum` in seconds.
+///
+/// Counters that only grow until `reset`; `buckets` cumulative (`le`), the last one
+/// `+Inf`.
+#[pyclass(frozen, module = "ferrule", name = "OpTotals")]
+pub struct OpTotals {
+    #[pyo3(get)]
+    count: u64,
+    #[pyo3(get)]
+    errors: u64,
+    #[pyo3(get)]
+    sum: f64,
+    buckets: Vec<u64>,
+}
+
+#[pymethods]
+impl OpTotals {
+    /// Cumulative counts: one per bound of `Metrics.buckets`, then `+Inf` (== `count`).
+    #[getter]
+    fn buckets<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+        PyTuple::new(py, &self.buckets)
+    }
+
+    fn __repr__(&self) -> String {
+        let buckets: Vec<String> = self.buckets.iter().map(u64::to_string).collect();
+        format!(
+            "OpTotals(count={}, errors={}, sum={:?}, buckets=({}{}))",
+            self.count,
+            self.errors,
+            self.sum,
+            buckets.join(", "),
+            if buckets.len() == 1 { "," } else { "" }
         )
     }
 }
