@@ -13,13 +13,15 @@ mod _native {
     #[pymodule_export]
     use crate::py::budget::{Lease, ResourceManager, Usage};
     #[pymodule_export]
-    use crate::py::bus::{_run_subscription, Signal, SignalBus, Subscription, SubscriptionStats};
+    use crate::py::bus::{
+        _run_subscription, BusStats, Signal, SignalBus, Subscription, SubscriptionStats,
+    };
     #[pymodule_export]
     use crate::py::cache::{Cache, CacheStats};
     #[pymodule_export]
     use crate::py::clock::ManualClock;
     #[pymodule_export]
-    use crate::py::error_store::{ErrorRecord, ErrorStore};
+    use crate::py::error_store::{ErrorRecord, ErrorStore, ErrorStoreStats};
     #[pymodule_export]
     use crate::py::metrics::{Metrics, OpStats, Timer};
     #[pymodule_export]
@@ -27,7 +29,7 @@ mod _native {
     #[pymodule_export]
     use crate::py::queue::{QueueStats, WorkQueue};
     #[pymodule_export]
-    use crate::py::ratelimit::{Decision, RateLimiter};
+    use crate::py::ratelimit::{Decision, LimiterStats, RateLimiter};
     #[pymodule_export]
     use crate::py::redis::{
         _agent_id, _already_registered, _changes, _check_cost, _criteria, _gcra_params,

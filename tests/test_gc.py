@@ -22,7 +22,10 @@ Py_TPFLAGS_HAVE_GC = 1 << 14
 # (numbers and strings the class made itself) or references only to such classes.
 NOT_TRACKED = {
     "BreakerStats": "numbers only",
+    "BusStats": "numbers only",
     "CacheStats": "numbers only",
+    "ErrorStoreStats": "numbers only",
+    "LimiterStats": "numbers only",
     "Decision": "numbers only",
     "ManualClock": "an atomic counter",
     "Metrics": "Rust-owned names and counters, no Python objects",

@@ -1179,6 +1179,32 @@ class Decision:
         """Seconds until the bucket is full again."""
 
 @final
+class LimiterStats:
+    """What a :class:`RateLimiter` has decided, from :meth:`RateLimiter.stats`. Immutable.
+
+    ``allowed`` and ``denied`` count decisions since the limiter was made and only ever
+    grow: one per ``try_acquire`` and ``check``, and one per ``acquire``,
+    ``acquire_async`` or ``limit`` entry (its outcome: granted, or given up at the
+    timeout), however long it waited. ``keys`` is how many keys are tracked now.
+
+    >>> rl = RateLimiter(1, clock=ManualClock())
+    >>> rl.try_acquire("a"), rl.try_acquire("a"), rl.try_acquire("b")
+    (True, False, True)
+    >>> rl.stats()
+    LimiterStats(allowed=2, denied=1, keys=2)
+    """
+
+    @property
+    def allowed(self) -> int:
+        """Decisions that granted the tokens."""
+    @property
+    def denied(self) -> int:
+        """Decisions that refused them."""
+    @property
+    def keys(self) -> int:
+        """Keys tracked now (``len(limiter)``)."""
+
+@final
 class RateLimiter:
     """A keyed token-bucket rate limiter: capacity ``burst``, refilled at ``rate`` tokens
     per ``per`` seconds, one bucket per key; or several such limits on every key, all of
@@ -1416,6 +1442,13 @@ class RateLimiter:
         (2, 0)
         """
 
+    def stats(self) -> LimiterStats:
+        """Decisions made so far and keys tracked now; see :class:`LimiterStats`. The
+        counters are striped by key, so threads deciding on distinct keys do not share a
+        counter's cache line."""
+
+    def _decide(self, key: _Key = None, cost: int = 1) -> Decision: ...
+    def _count(self, key: _Key, allowed: bool) -> None: ...
     def __len__(self) -> int:
         """The number of keys tracked (one per class of equal keys)."""
 
@@ -1912,6 +1945,42 @@ class Subscription:
     def __hash__(self) -> int: ...
 
 @final
+class BusStats:
+    """What a :class:`SignalBus` has carried, from :meth:`SignalBus.stats`. Immutable;
+    the counters only ever grow.
+
+    ``published`` counts ``publish`` calls (with a valid type) and ``unrouted`` those no
+    subscription matched; ``delivered`` counts signals a subscription's mailbox took (a
+    signal taken by three subscriptions counts three: the sum of ``publish``'s results)
+    and ``dropped`` those a matching subscription did not take (a full ``reject`` or
+    ``drop_newest`` mailbox, or one cancelled meanwhile). Items a ``drop_oldest`` mailbox
+    pushes out later are in that subscription's own ``stats().dropped``.
+
+    >>> bus = SignalBus()
+    >>> sub = bus.subscribe("job.*")
+    >>> bus.publish("job.done"), bus.publish("other")
+    (1, 0)
+    >>> bus.stats()
+    BusStats(published=2, unrouted=1, delivered=1, dropped=0, subscriptions=1)
+    """
+
+    @property
+    def published(self) -> int:
+        """``publish`` calls with a valid signal type."""
+    @property
+    def unrouted(self) -> int:
+        """Publishes that no subscription matched."""
+    @property
+    def delivered(self) -> int:
+        """Signals taken into a subscription's mailbox (one per subscription)."""
+    @property
+    def dropped(self) -> int:
+        """Signals a matching subscription's mailbox did not take."""
+    @property
+    def subscriptions(self) -> int:
+        """Live subscriptions now."""
+
+@final
 class SignalBus:
     """Publish/subscribe with AMQP-style pattern routing and a bounded mailbox per
     subscription.
@@ -2025,6 +2094,11 @@ class SignalBus:
     def subscriptions(self) -> list[Subscription]:
         """A snapshot of the live subscriptions (the same objects ``subscribe``
         returned), for inspection."""
+
+    def stats(self) -> BusStats:
+        """Counters since the bus was made and the live subscriptions; see
+        :class:`BusStats`. Each publishing thread counts in its own stripe, so publishers
+        do not share a counter's cache line."""
 
 def _run_subscription(worker: Any) -> None:
     """Internal: a handler subscription's worker loop, given the native worker object
@@ -2205,6 +2279,32 @@ class ErrorRecord:
     def timestamp(self) -> float: ...
 
 @final
+class ErrorStoreStats:
+    """What an :class:`ErrorStore` has seen, from :meth:`ErrorStore.stats`. Immutable.
+
+    ``recorded`` and ``evicted_agents`` only ever grow: records stored, and agents
+    dropped (with their records) to make room for another under ``max_agents``. ``agents``
+    is how many agents hold records now (one whose records all expired may still count
+    until a call touches it or a later record sweeps its shard).
+
+    >>> s = ErrorStore(max_agents=1)
+    >>> s.record("a", ValueError()), s.record("b", ValueError())
+    (True, True)
+    >>> s.stats()
+    ErrorStoreStats(recorded=2, agents=1, evicted_agents=1)
+    """
+
+    @property
+    def recorded(self) -> int:
+        """Records stored since the store was made."""
+    @property
+    def agents(self) -> int:
+        """Agents holding records now."""
+    @property
+    def evicted_agents(self) -> int:
+        """Agents evicted to make room under ``max_agents``."""
+
+@final
 class ErrorStore:
     """Recent errors per agent, bounded per agent, by age and by number of agents.
 
@@ -2272,6 +2372,10 @@ class ErrorStore:
 
     def agents(self) -> list[str]:
         """Sorted ids of the agents with errors held."""
+
+    def stats(self) -> ErrorStoreStats:
+        """Counters since the store was made and the agents held now; see
+        :class:`ErrorStoreStats`."""
 
 # ---------------------------------------------------------------------------------------
 # Resource limits and pools

@@ -2,7 +2,8 @@
 
 ``acquire_async`` is the asyncio glue: no thread is parked per waiter. The native method
 validates its arguments and returns the coroutine made here. The coroutine asks the
-limiter for a decision and, when refused, sleeps on the event loop for exactly the
+limiter for a decision (``_decide``, which ``stats()`` does not count: the outcome is
+counted once, by ``_count``) and, when refused, sleeps on the event loop for exactly the
 ``retry_after`` the decision reported (in naps of ``nap`` seconds when the limiter runs on
 a ManualClock, whose time does not pass by itself), then asks again.
 
@@ -56,11 +57,13 @@ async def acquire_async(
     loop = asyncio.get_running_loop()
     deadline = None if timeout is None else loop.time() + timeout
     while True:
-        decision = limiter.check(key, cost)
+        decision = limiter._decide(key, cost)  # the outcome is counted once, below
         if decision.allowed:
+            limiter._count(key, True)
             return True
         wait = decision.retry_after
         if deadline is not None and wait > deadline - loop.time():
+            limiter._count(key, False)
             return False
         await asyncio.sleep(wait if nap is None else min(wait, nap))
 
@@ -98,9 +101,11 @@ class Limit:
         return f"<Limit key={self._key!r} cost={self._cost} timeout={self._timeout!r}>"
 
     # The decision on a refusal; the Redis tier overrides the async one (its async client
-    # has no synchronous check).
+    # has no synchronous check). A native limiter's uncounted `_decide`: the refused
+    # `acquire` has already counted this entry in its stats.
     def _check(self, key: Any) -> Decision:
-        return self._limiter.check(key, self._cost)
+        decide = getattr(self._limiter, "_decide", self._limiter.check)
+        return cast("Decision", decide(key, self._cost))
 
     async def _check_async(self, key: Any) -> Decision:
         return self._check(key)

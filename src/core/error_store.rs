@@ -231,7 +231,10 @@ pub struct ErrorStore<E> {
     max_agents: usize,
     /// Places taken by agents (present, or being inserted): never above `max_agents`.
     places: AtomicUsize,
+    /// Records stored so far (each takes the next number: also their recency order).
     seq: AtomicU64,
+    /// Agents evicted to make room for another (not those that expired).
+    evicted: AtomicU64,
 }
 
 impl<E> ErrorStore<E> {
@@ -256,6 +259,7 @@ impl<E> ErrorStore<E> {
             max_agents,
             places: AtomicUsize::new(0),
             seq: AtomicU64::new(0),
+            evicted: AtomicU64::new(0),
         })
     }
 
@@ -394,7 +398,16 @@ impl<E> ErrorStore<E> {
         sh.remove(h, grave);
         drop(sh);
         self.free_places(1);
+        self.evicted.fetch_add(1, Ordering::Relaxed);
         true
+    }
+
+    /// `(records stored, agents evicted to make room)` since the store was made.
+    pub fn counts(&self) -> (u64, u64) {
+        (
+            self.seq.load(Ordering::Relaxed),
+            self.evicted.load(Ordering::Relaxed),
+        )
     }
 
     /// Live entries of `agent` (0 when unknown).

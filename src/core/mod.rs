@@ -6,6 +6,7 @@ pub mod budget;
 pub mod bus;
 pub mod cache;
 pub mod clock;
+pub mod counter;
 pub mod error_store;
 pub mod flight;
 pub mod metrics;

@@ -54,6 +54,7 @@ use pyo3::types::{PyString, PyTuple};
 use pyo3::{intern, PyTraverseError, PyVisit};
 
 use crate::core::bus::{thread_token, Router, Sub, SubStats};
+use crate::core::counter::{self, Tally};
 use crate::core::queue::{GetError, Overflow, PutError};
 use crate::errors::wrong_type;
 use crate::py::args;
@@ -533,6 +534,10 @@ impl Worker {
 #[pyclass(frozen, module = "ferrule", name = "SignalBus")]
 pub struct SignalBus {
     router: Arc<Router<Item, Waker, Handle>>,
+    /// (published, unrouted) publishes, striped by the publishing thread.
+    publishes: Tally,
+    /// (delivered, dropped) offers to mailboxes.
+    offers: Tally,
 }
 
 impl SignalBus {
@@ -551,6 +556,8 @@ impl SignalBus {
     fn new() -> Self {
         Self {
             router: Router::new(),
+            publishes: Tally::default(),
+            offers: Tally::default(),
         }
     }
 
@@ -657,7 +664,10 @@ impl SignalBus {
         };
         let mut subs: Vec<Arc<CoreSub>> = Vec::new();
         self.router.route(ty.to_str()?, &mut subs)?;
+        let thread = counter::thread_hash();
+        self.publishes.add(thread, true);
         if subs.is_empty() {
+            self.publishes.add(thread, false);
             return Ok(0);
         }
         let kind = if signal_type.is_exact_instance_of::<PyString>() {
@@ -675,12 +685,34 @@ impl SignalBus {
         )?
         .into_any();
         let mut accepted = 0;
+        let mut refused = 0;
+        let mut result = Ok(());
         for sub in &subs {
-            if offer(py, sub, signal.clone_ref(py))? {
-                accepted += 1;
+            match offer(py, sub, signal.clone_ref(py)) {
+                Ok(true) => accepted += 1,
+                Ok(false) => refused += 1,
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
             }
         }
-        Ok(accepted)
+        self.offers
+            .add_counts(thread, accepted as u64, refused as u64);
+        result.map(|()| accepted)
+    }
+
+    /// Counters since the bus was made and the live subscriptions; see `BusStats`.
+    fn stats(&self) -> BusStats {
+        let (published, unrouted) = self.publishes.totals();
+        let (delivered, dropped) = self.offers.totals();
+        BusStats {
+            published,
+            unrouted,
+            delivered,
+            dropped,
+            subscriptions: self.router.len(),
+        }
     }
 
     /// A snapshot of the live subscriptions (the same objects `subscribe` returned), for
@@ -703,6 +735,37 @@ impl SignalBus {
 
     fn __repr__(&self) -> String {
         format!("SignalBus(subscriptions={})", self.router.len())
+    }
+}
+
+/// What a `SignalBus` has carried, from `SignalBus.stats`. Immutable; the counters only
+/// ever grow. `published` counts `publish` calls (with a valid type), `unrouted` those no
+/// subscription matched; `delivered` counts signals a subscription's mailbox took (one
+/// signal taken by three subscriptions counts three: the sum of `publish`'s results), and
+/// `dropped` those a matching subscription did not take (a full `reject` or `drop_newest`
+/// mailbox, or one cancelled meanwhile). Items a `drop_oldest` mailbox pushes out later are
+/// in that subscription's own `stats().dropped`. `subscriptions` is how many are live now.
+#[pyclass(frozen, get_all, module = "ferrule", name = "BusStats")]
+pub struct BusStats {
+    /// `publish` calls with a valid signal type.
+    published: u64,
+    /// Publishes that no subscription matched.
+    unrouted: u64,
+    /// Signals taken into a subscription's mailbox (one per subscription).
+    delivered: u64,
+    /// Signals a matching subscription's mailbox did not take.
+    dropped: u64,
+    /// Live subscriptions now.
+    subscriptions: usize,
+}
+
+#[pymethods]
+impl BusStats {
+    fn __repr__(&self) -> String {
+        format!(
+            "BusStats(published={}, unrouted={}, delivered={}, dropped={}, subscriptions={})",
+            self.published, self.unrouted, self.delivered, self.dropped, self.subscriptions
+        )
     }
 }
 

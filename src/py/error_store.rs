@@ -26,6 +26,31 @@ fn agent_str<'a>(agent_id: &'a Bound<'_, PyAny>) -> PyResult<&'a Bound<'a, PyStr
         .map_err(|_| wrong_type("agent_id", "a str", agent_id))
 }
 
+/// What an `ErrorStore` has seen, from `ErrorStore.stats`. Immutable. `recorded` and
+/// `evicted_agents` only ever grow: records stored, and agents dropped (with their
+/// records) to make room for another under `max_agents`; `agents` is how many agents
+/// hold records now (an agent whose records all expired may still count until a call
+/// touches it or a record sweeps its shard).
+#[pyclass(frozen, get_all, module = "ferrule", name = "ErrorStoreStats")]
+pub struct ErrorStoreStats {
+    /// Records stored since the store was made.
+    recorded: u64,
+    /// Agents holding records now.
+    agents: usize,
+    /// Agents evicted to make room under `max_agents`.
+    evicted_agents: u64,
+}
+
+#[pymethods]
+impl ErrorStoreStats {
+    fn __repr__(&self) -> String {
+        format!(
+            "ErrorStoreStats(recorded={}, agents={}, evicted_agents={})",
+            self.recorded, self.agents, self.evicted_agents
+        )
+    }
+}
+
 /// Recent errors per agent, bounded per agent, by age and by number of agents.
 #[pyclass(frozen, module = "ferrule", name = "ErrorStore")]
 pub struct ErrorStore {
@@ -125,6 +150,16 @@ impl ErrorStore {
     #[getter]
     fn max_agents(&self) -> usize {
         self.inner.max_agents()
+    }
+
+    /// Counters since the store was made and the agents held now; see `ErrorStoreStats`.
+    fn stats(&self) -> ErrorStoreStats {
+        let (recorded, evicted_agents) = self.inner.counts();
+        ErrorStoreStats {
+            recorded,
+            agents: self.inner.len(),
+            evicted_agents,
+        }
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {

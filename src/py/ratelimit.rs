@@ -26,6 +26,7 @@ use pyo3::types::{PyString, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 
 use crate::core::clock::{self, nanos_to_secs};
+use crate::core::counter::Tally;
 use crate::core::ratelimit::{
     self, parse_spec, Gcra, KeyRef, Limiter, Policy, Query, SpecLimit, Windows, MAX_LIMITS,
 };
@@ -304,6 +305,8 @@ pub struct RateLimiter {
     /// The smallest burst: the largest cost.
     burst: u64,
     manual: bool,
+    /// Decisions made: (allowed, denied), striped by the key's hash.
+    tally: Tally,
 }
 
 type Core<G> = Limiter<Py<PyAny>, G>;
@@ -329,6 +332,7 @@ impl RateLimiter {
             limits: limits.iter().map(|r| (r.rate, r.per)).collect(),
             burst,
             manual,
+            tally: Tally::default(),
         })
     }
 
@@ -457,7 +461,7 @@ impl RateLimiter {
             Inner::One(l) => l,
             // Out of line and first, so that the single-limit fast path below compiles
             // as it did alone (measured: see `try_acquire_many`).
-            Inner::Many(l) => return try_acquire_many(l, py, key, cost),
+            Inner::Many(l) => return try_acquire_many(l, py, key, cost, &self.tally),
         };
         // Each kind of key in a local of its own (see `exact_str`).
         let (str_q, other_q);
@@ -468,7 +472,9 @@ impl RateLimiter {
             other_q = prepare(py, key)?;
             &other_q
         };
-        try_acquire_in(l, py, key, q, cost)
+        let ok = try_acquire_in(l, py, key, q, cost)?;
+        self.tally.add(q.hash(), ok);
+        Ok(ok)
     }
 
     /// Like `try_acquire`, returning the whole `Decision`.
@@ -489,7 +495,46 @@ impl RateLimiter {
             &other_q
         };
         let d = with_inner!(&self.inner, l => decision(l, py, key, q, cost)?);
+        self.tally.add(q.hash(), d.allowed);
         Ok(d.into())
+    }
+
+    /// `check` without counting it in `stats()`: the decisions of a waiting
+    /// `acquire_async` and of a refused `limit`, which count their outcome once.
+    #[pyo3(signature = (key = None, cost = 1))]
+    fn _decide(
+        &self,
+        py: Python<'_>,
+        key: Option<&Bound<'_, PyAny>>,
+        #[pyo3(from_py_with = args::named::cost)] cost: i64,
+    ) -> PyResult<Decision> {
+        let cost = self.cost(cost)?;
+        let q = prepare(py, key)?;
+        let d = with_inner!(&self.inner, l => decision(l, py, key, &q, cost)?);
+        Ok(d.into())
+    }
+
+    /// Counts the outcome of a waiting `acquire_async` in `stats()`.
+    #[pyo3(signature = (key, allowed))]
+    fn _count(
+        &self,
+        py: Python<'_>,
+        key: Option<&Bound<'_, PyAny>>,
+        allowed: bool,
+    ) -> PyResult<()> {
+        let q = prepare(py, key)?;
+        self.tally.add(q.hash(), allowed);
+        Ok(())
+    }
+
+    /// Decisions made so far and keys tracked now; see `LimiterStats`.
+    fn stats(&self) -> LimiterStats {
+        let (allowed, denied) = self.tally.totals();
+        LimiterStats {
+            allowed,
+            denied,
+            keys: self.__len__(),
+        }
     }
 
     /// Wait until `cost` tokens are granted; True then. Returns False when `timeout`
@@ -511,11 +556,13 @@ impl RateLimiter {
         loop {
             let d = with_inner!(&self.inner, l => decision(l, py, key, &q, cost)?);
             if d.allowed {
+                self.tally.add(q.hash(), true);
                 return Ok(true);
             }
             let wait = Duration::from_nanos(d.retry_after);
             if let Some(t) = timeout {
                 if wait > t.saturating_sub(start.elapsed()) {
+                    self.tally.add(q.hash(), false);
                     return Ok(false);
                 }
             }
@@ -688,7 +735,36 @@ fn try_acquire_many(
     py: Python<'_>,
     key: Option<&Bound<'_, PyAny>>,
     cost: u64,
+    tally: &Tally,
 ) -> PyResult<bool> {
     let q = prepare(py, key)?;
-    try_acquire_in(l, py, key, &q, cost)
+    let ok = try_acquire_in(l, py, key, &q, cost)?;
+    tally.add(q.hash(), ok);
+    Ok(ok)
+}
+
+/// What a `RateLimiter` has decided, from `RateLimiter.stats`. Immutable.
+///
+/// `allowed` and `denied` count decisions since the limiter was made, each only ever
+/// growing: one per `try_acquire` and `check`, and one per `acquire`, `acquire_async` or
+/// `limit` entry (its outcome: granted, or given up at the timeout), however long it
+/// waited. `keys` is how many keys the limiter tracks now (`len(limiter)`).
+#[pyclass(frozen, get_all, module = "ferrule", name = "LimiterStats")]
+pub struct LimiterStats {
+    /// Decisions that granted the tokens.
+    allowed: u64,
+    /// Decisions that refused them.
+    denied: u64,
+    /// Keys tracked now (`len(limiter)`).
+    keys: usize,
+}
+
+#[pymethods]
+impl LimiterStats {
+    fn __repr__(&self) -> String {
+        format!(
+            "LimiterStats(allowed={}, denied={}, keys={})",
+            self.allowed, self.denied, self.keys
+        )
+    }
 }
