@@ -246,7 +246,15 @@ POOL = _figures(
     _f("pool", "factory_errors", "counter", "{call}", "Factory calls that raised"),
 )
 ERROR_STORE = _figures(
+    _f("error_store", "recorded", "counter", "{error}", "Errors stored"),
     _f("error_store", "agents", "updown", "{agent}", "Agents with errors held"),
+    _f(
+        "error_store",
+        "evicted_agents",
+        "counter",
+        "{agent}",
+        "Agents evicted to make room under max_agents",
+    ),
     _f(
         "error_store",
         "agent_errors",
@@ -301,9 +309,15 @@ RETRY = _figures(
     _f("retry", "failures", "counter", "{call}", "Calls ended by an exception not retried"),
 )
 RATE_LIMITER = _figures(
+    _f("rate_limiter", "allowed", "counter", "{decision}", "Decisions that granted the tokens"),
+    _f("rate_limiter", "denied", "counter", "{decision}", "Decisions that refused them"),
     _f("rate_limiter", "keys", "updown", "{key}", "Keys tracked"),
 )
 BUS = _figures(
+    _f("bus", "published", "counter", "{signal}", "publish calls"),
+    _f("bus", "unrouted", "counter", "{signal}", "Publishes no subscription matched"),
+    _f("bus", "delivered", "counter", "{signal}", "Signals a mailbox took (one per subscription)"),
+    _f("bus", "dropped", "counter", "{signal}", "Signals a matching mailbox did not take"),
     _f("bus", "subscriptions", "updown", "{subscription}", "Live subscriptions"),
 )
 REGISTRY = _figures(
@@ -375,8 +389,10 @@ def _read_pool(pool: Pool[Any], options: Options) -> list[Reading]:
 
 
 def _read_error_store(store: ErrorStore, options: Options) -> list[Reading]:
+    out = _attrs({k: f for k, f in ERROR_STORE.items() if k != "agent_errors"}, store.stats())
+    if not options.max_agents:
+        return out
     agents = store.agents()
-    out = [Reading(ERROR_STORE["agents"], (), len(agents))]
     if len(agents) > options.max_agents:
         # The agents with most errors held (ties by id): what an operator looks for.
         counted = sorted(((-store.count(a), a) for a in agents))[: options.max_agents]
@@ -433,11 +449,11 @@ def _read_retry(policy: Retry, options: Options) -> list[Reading]:
 
 
 def _read_rate_limiter(limiter: RateLimiter, options: Options) -> list[Reading]:
-    return [Reading(RATE_LIMITER["keys"], (), len(limiter))]
+    return _attrs(RATE_LIMITER, limiter.stats())
 
 
 def _read_bus(bus: SignalBus, options: Options) -> list[Reading]:
-    return [Reading(BUS["subscriptions"], (), len(bus.subscriptions()))]
+    return _attrs(BUS, bus.stats())
 
 
 def _read_registry(registry: Registry, options: Options) -> list[Reading]:
