@@ -3,6 +3,7 @@ figures, read back with prometheus_client's own parsers (text and OpenMetrics)."
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import math
@@ -182,9 +183,7 @@ def test_task_pool_subscription_breaker_pool_and_resources() -> None:
     assert got[("ferrule_pool_max_size", named("conns"))] == 3
     assert got[("ferrule_resource_used", named("budget", resource="db"))] == 10
     assert got[("ferrule_resource_limit", named("budget", resource="gpu"))] == 2
-    pressure = {
-        (k[1], v) for k, v in got.items() if k[0] == "ferrule_resource_pressure" and v == 1
-    }
+    pressure = {(k[1], v) for k, v in got.items() if k[0] == "ferrule_resource_pressure" and v == 1}
     assert pressure == {
         (named("budget", resource="db", state="severe"), 1),
         (named("budget", resource="gpu", state="normal"), 1),
@@ -226,9 +225,7 @@ def test_error_store_and_health_per_agent_series_are_bounded() -> None:
         dict(k[1])["agent"]: v for k, v in got.items() if k[0] == "ferrule_error_store_agent_errors"
     }
     assert per_agent == {"a9": 9, "a8": 8, "a7": 7}  # the three with most errors
-    by_state = {
-        dict(k[1])["state"]: v for k, v in got.items() if k[0] == "ferrule_health_agents"
-    }
+    by_state = {dict(k[1])["state"]: v for k, v in got.items() if k[0] == "ferrule_health_agents"}
     assert by_state == {"healthy": 3, "degraded": 1, "unhealthy": 1, "unresponsive": 1}
     shown = {
         dict(k[1])["agent"]: dict(k[1])["state"]
@@ -440,10 +437,8 @@ def test_counters_never_go_down_across_scrapes() -> None:
             m.record(op, rng.expovariate(100), ok=rng.random() > 0.1)
             cache.get(rng.randrange(20)) or cache.set(rng.randrange(20), 1)
             q.put_nowait(1) if rng.random() < 0.6 or q.empty() else q.get_nowait()
-            try:
+            with contextlib.suppress(ZeroDivisionError, ferrule.CircuitOpen):
                 breaker.call(lambda: 1 / rng.choice([0, 1]))
-            except (ZeroDivisionError, ferrule.CircuitOpen):
-                pass
         clock.advance(rng.uniform(0, 0.6))  # windows slide, entries expire
         after = counters(generate_latest(registry).decode())
         assert set(before) <= set(after)
@@ -561,3 +556,14 @@ def test_histogram_quantile_over_two_processes_is_right_within_a_bucket() -> Non
         lower = 0.0 if i == 0 else bounds[i - 1]
         assert lower <= got <= bounds[i], (q, exact, got, lower, bounds[i])
 
+
+def test_every_figure_is_documented() -> None:
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "observability.md").read_text()
+    for part in ferrule._export.PARTS:
+        for f in part.figures:
+            if f.prom is not None:
+                assert f"`{f.prometheus_name()}" in text, f.prometheus_name()
+            if f.otel:
+                assert f"`{f.otel_name}`" in text, f.otel_name

@@ -206,7 +206,9 @@ TASK_POOL = _figures(
 )
 SUBSCRIPTION = _figures(
     _f("subscription", "accepted", "counter", "{signal}", "Signals its mailbox took"),
-    _f("subscription", "delivered", "counter", "{signal}", "Signals handed to the handler or a get"),
+    _f(
+        "subscription", "delivered", "counter", "{signal}", "Signals handed to the handler or a get"
+    ),
     _f("subscription", "dropped", "counter", "{signal}", "Signals accepted, then lost"),
     _f("subscription", "rejected", "counter", "{signal}", "Signals its full mailbox refused"),
     _f("subscription", "errors", "counter", "{error}", "Handler calls that raised"),
@@ -395,7 +397,7 @@ def _read_error_store(store: ErrorStore, options: Options) -> list[Reading]:
     agents = store.agents()
     if len(agents) > options.max_agents:
         # The agents with most errors held (ties by id): what an operator looks for.
-        counted = sorted(((-store.count(a), a) for a in agents))[: options.max_agents]
+        counted = sorted((-store.count(a), a) for a in agents)[: options.max_agents]
         rows = [(a, -n) for n, a in counted]
     else:
         rows = [(a, store.count(a)) for a in agents]
@@ -613,7 +615,9 @@ class Exports:
                     first = name not in self._failing
                     self._failing.add(name)
                 _log.warning(
-                    "cannot read %s %r for export; skipped", type(obj).__name__, name,
+                    "cannot read %s %r for export; skipped",
+                    type(obj).__name__,
+                    name,
                     exc_info=first,
                 )
                 continue

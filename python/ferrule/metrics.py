@@ -24,9 +24,11 @@ True
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 try:
+    from prometheus_client import utils as _prometheus_utils
     from prometheus_client.core import (
         CounterMetricFamily,
         GaugeMetricFamily,
@@ -34,7 +36,6 @@ try:
         Metric,
     )
     from prometheus_client.registry import Collector
-    from prometheus_client.utils import floatToGoString
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError(
         "ferrule.metrics needs prometheus_client: pip install 'ferrule[prometheus]'"
@@ -52,6 +53,13 @@ from ferrule._export import (
 from ferrule._native import Metrics
 
 __all__ = ["PrometheusCollector"]
+
+
+def _le(bound: float) -> str:
+    """A bucket bound as prometheus_client's own histograms write it (``0.005``,
+    ``1e-06``, ``1.0``): the ``le`` label must be the same text everywhere."""
+    to_text: Callable[[float], str] = _prometheus_utils.floatToGoString
+    return to_text(bound)
 
 
 class PrometheusCollector(Collector):
@@ -126,7 +134,7 @@ class PrometheusCollector(Collector):
         >>> c.add(object())
         Traceback (most recent call last):
         ...
-        TypeError: cannot export a 'object'; supported: Metrics, Cache, RateLimiter, WorkQueue, TaskPool, SignalBus, Subscription, CircuitBreaker, Retry, ResourceManager, Pool, ErrorStore, HealthMonitor, Registry
+        TypeError: cannot export a 'object'; supported: Metrics, Cache, RateLimiter, WorkQueue, ...
         """
         return self._exports.add(obj, name)
 
@@ -141,7 +149,7 @@ class PrometheusCollector(Collector):
     def _stem(self, part: Part) -> str | None:
         return self._prefix if part.key == "op" else None
 
-    def _family(self, figure: Figure, stem: str | None) -> Metric | None:
+    def _family(self, figure: Figure, stem: str | None) -> Any:
         if figure.prom is None:
             return None
         name = figure.prometheus_name(stem)
@@ -166,7 +174,7 @@ class PrometheusCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         """Read every object once; one family per figure, objects as series."""
-        families: dict[Figure, Metric | None] = {}
+        families: dict[Figure, Any] = {}
         for name, readings in self._exports.read_all(self._options):
             for r in readings:
                 figure = r.figure
@@ -182,13 +190,12 @@ class PrometheusCollector(Collector):
                 value = r.value
                 if isinstance(value, HistogramValue):
                     buckets = [
-                        (floatToGoString(b), n)
-                        for b, n in zip(value.bounds, value.buckets, strict=False)
+                        (_le(b), n) for b, n in zip(value.bounds, value.buckets, strict=False)
                     ]
                     buckets.append(("+Inf", value.buckets[-1]))
-                    family.add_metric(values, buckets, value.sum)  # type: ignore[call-arg]
+                    family.add_metric(values, buckets, value.sum)
                 else:
-                    family.add_metric(values, value)  # type: ignore[call-arg]
+                    family.add_metric(values, value)
         for family in families.values():
             if family is not None:
                 yield family

@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any
 
@@ -106,6 +106,7 @@ class _Hub:
         meter = self.meter
         for figure in new:
             callback = _Callback(self, figure)
+            create: Callable[..., object]
             if figure.kind == "counter":
                 create = meter.create_observable_counter
             elif figure.kind == "updown":
