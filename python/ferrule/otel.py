@@ -190,11 +190,22 @@ class Instrumentation:
     ``remove`` or ``close``. The provider's meter holds the handle until ``close()``.
     """
 
-    def __init__(self, hub: _Hub, options: Options) -> None:
+    _hub: _Hub
+    _options: Options
+    _exports: Exports
+    _closed: bool
+
+    def __init__(self) -> None:
+        raise TypeError("Instrumentation objects are made by ferrule.otel.instrument()")
+
+    @classmethod
+    def _make(cls, hub: _Hub, options: Options) -> Instrumentation:
+        self = object.__new__(cls)
         self._hub = hub
         self._options = options
         self._exports = Exports()
         self._closed = False
+        return self
 
     def add(self, obj: object, name: str | None = None) -> str:
         """Export ``obj`` under ``name`` (attribute ``ferrule.name``); returns the name.
@@ -284,7 +295,7 @@ def instrument(
             f"not {type(meter_provider).__name__!r}"
         )
     options = Options(max_agents=check_max_agents(max_agents), window_quantiles=window_quantiles)
-    handle = Instrumentation(_hub(meter_provider), options)
+    handle = Instrumentation._make(_hub(meter_provider), options)
     try:
         for obj in objects:
             handle.add(obj)
