@@ -1705,10 +1705,8 @@ def _cleanup(obj: Any, ctx: Ctx) -> None:
         ctx.cleanups.append(lambda: obj.shutdown(wait=True, cancel_futures=True))
     elif isinstance(obj, ferrule.HealthMonitor):
         ctx.cleanups.append(obj.stop)
-    elif isinstance(obj, native.Pool):
-        ctx.cleanups.append(obj.close)
-    elif type(obj).__name__ == "Instrumentation":  # ferrule.otel's handle
-        ctx.cleanups.append(obj.close)
+    elif isinstance(obj, native.Pool) or type(obj).__name__ == "Instrumentation":
+        ctx.cleanups.append(obj.close)  # a Pool, or ferrule.otel's handle
 
 
 # ---------------------------------------------------------------------------------------
