@@ -1024,6 +1024,10 @@ BASELINE: dict[str, Any] = {
     "client": Fresh(lambda ctx, obj: redis_client()),
     "metrics": Fresh(lambda ctx, obj: native.Metrics()),
     "obj": Fresh(lambda ctx, obj: native.Cache(4)),  # what an exporter adds
+    # RedisInvalidation / InvalidatingCache
+    "channel": Fresh(lambda ctx, obj: redis_prefix()), "reconnect": (0.05, 2.0),
+    "connect_timeout": 1.0, "cache": Fresh(lambda ctx, obj: native.Cache(16)),
+    "invalidation": Fresh(lambda ctx, obj: _invalidation(ctx)),
 }  # fmt: skip
 
 
@@ -1323,6 +1327,26 @@ def _redis_rate(ctx: Ctx, client: Any = None, drained: bool = False) -> Any:
     return rl
 
 
+def _key_codec() -> Any:
+    from ferrule.redis import KeyCodec
+
+    return KeyCodec()
+
+
+def _invalidation(ctx: Ctx) -> Any:
+    from ferrule.redis import RedisInvalidation
+
+    inv = RedisInvalidation(redis_client(), redis_prefix(), connect_timeout=1.0)
+    ctx.cleanups.append(inv.close)
+    return inv
+
+
+def _invalidating(ctx: Ctx) -> Any:
+    w = _invalidation(ctx).wrap(native.Cache(16))
+    w.set(BASELINE_KEY, 1)
+    return w
+
+
 def _redis_registry(ctx: Ctx) -> Any:
     from ferrule.redis import RedisRegistry
 
@@ -1394,6 +1418,9 @@ OBJECTS: dict[str, dict[str, Callable[[Ctx], Any]]] = {
     },
     "RedisRegistry": {"ready": _redis_registry},
     "RedisAgent": {"ready": lambda ctx: _redis_registry(ctx).get("a1")},
+    "RedisInvalidation": {"ready": _invalidation},
+    "InvalidatingCache": {"ready": _invalidating},
+    "KeyCodec": {"ready": lambda ctx: _key_codec()},
 }
 
 # Calls that block (or register a waker), and the variant in which they must wait (or
@@ -2218,7 +2245,10 @@ def waits_long(h: Hostile) -> bool:
 # Each case of a Redis class costs a few round trips to the server: the bounded sweep gives
 # them a small share, one hostile value of every group (two of "base") instead of all core ones
 # (plus each parameter's EXTRA; the randomized run and the threads draw from all of them).
-REDIS_OWNERS = {"RedisRateLimiter", "RedisRegistry", "RedisAgent"}
+REDIS_OWNERS = {
+    "RedisRateLimiter", "RedisRegistry", "RedisAgent", "RedisInvalidation", "InvalidatingCache",
+    "KeyCodec",
+}  # fmt: skip
 REDIS_SWEEP = [
     "object", "none", "nan", "int_2_64", "true", "str_1mb", "str_surrogate", "str_hostile",
     "raise_hash", "raise_iter_ki", "call_raises", "call_ki", "eq_always", "reenter", "cycle",
@@ -2286,7 +2316,7 @@ THREAD_CLASSES = [
     "cached_wrapper",
 ]  # fmt: skip
 # With a server (``redis_url``), these join them.
-REDIS_THREAD_CLASSES = ["RedisRateLimiter", "RedisRegistry"]
+REDIS_THREAD_CLASSES = ["RedisRateLimiter", "RedisRegistry", "InvalidatingCache"]
 # Parameters that take a container: in the threaded phase half their hostile values are
 # the containers the mutator thread keeps resizing.
 CONTAINER_PARAMS = {

@@ -43,17 +43,36 @@ Registry:
     deadline plus one lease of grace, so after everything goes idle no key stays behind
     even if nobody ever calls ``expire()``. Redis deletes a set the moment it is empty.
 
+Cache invalidation: ``RedisInvalidation(client, channel).wrap(cache)`` publishes each
+write's keys on a Pub/Sub channel and evicts other processes' writes locally (see
+``_invalidation``); nothing is stored in Redis.
+
 Importing ``ferrule`` never imports this package; it needs the ``redis`` package
 (``pip install 'ferrule[redis]'``) and a Redis >= 6.2 server.
 """
 
+from ferrule.redis._invalidation import InvalidatingCache, KeyCodec, RedisInvalidation
 from ferrule.redis._ratelimit import OnError as OnError
 from ferrule.redis._ratelimit import RedisRateLimiter
 from ferrule.redis._registry import RedisAgent, RedisRegistry
 
-__all__ = ["RedisAgent", "RedisRateLimiter", "RedisRegistry"]
+__all__ = [
+    "InvalidatingCache",
+    "KeyCodec",
+    "RedisAgent",
+    "RedisInvalidation",
+    "RedisRateLimiter",
+    "RedisRegistry",
+]
 
 # The public classes report the import path users write (reprs, pickling, docs).
-for _cls in (RedisAgent, RedisRateLimiter, RedisRegistry):
+for _cls in (
+    InvalidatingCache,
+    KeyCodec,
+    RedisAgent,
+    RedisInvalidation,
+    RedisRateLimiter,
+    RedisRegistry,
+):
     _cls.__module__ = __name__
 del _cls
