@@ -125,6 +125,7 @@ NOT_APPLICABLE: dict[tuple[str, ...], str] = {
 # TypeError, as calling a native class without a constructor does (not fuzzed, as those).
 NO_CONSTRUCTOR: dict[str, str] = {
     "Attempt": "made by iterating a Retry policy (tests/test_retry.py tests Attempt())",
+    "Instrumentation": "made by ferrule.otel.instrument (tests/test_otel.py)",
 }
 
 EXCLUDED: dict[str, str] = {
@@ -1023,6 +1024,7 @@ BASELINE: dict[str, Any] = {
     "registry": Fresh(lambda ctx, obj: native.Registry()),
     "client": Fresh(lambda ctx, obj: redis_client()),
     "metrics": Fresh(lambda ctx, obj: native.Metrics()),
+    "obj": Fresh(lambda ctx, obj: native.Cache(4)),  # what an exporter adds
     # RedisInvalidation / InvalidatingCache
     "channel": Fresh(lambda ctx, obj: redis_prefix()), "reconnect": (0.05, 2.0),
     "connect_timeout": 1.0, "cache": Fresh(lambda ctx, obj: native.Cache(16)),
@@ -1051,6 +1053,7 @@ def _enter(obj: Any, ctx: Ctx) -> None:
 
 
 SPECIAL: dict[str, Special] = {
+    "ferrule.span_events": Special({"bus": Fresh(lambda ctx, obj: native.SignalBus())}),
     "Registry.register": Special({"agent_id": "new"}),
     "Registry.register_many": Special({"items": Fresh(lambda ctx, obj: [{"agent_id": "b1"}])}),
     "ferrule._registrations": Special({"items": Fresh(lambda ctx, obj: [{"agent_id": "b1"}])}),
@@ -1240,6 +1243,12 @@ def _prometheus(ctx: Ctx) -> Any:
     return PrometheusCollector(_metrics(ctx))
 
 
+def _instrumentation(ctx: Ctx) -> Any:
+    from ferrule.otel import instrument
+
+    return instrument(None, _metrics(ctx))  # the API's global (no-op unless set) provider
+
+
 def _attempt(ctx: Ctx) -> Any:
     """The first attempt of a block loop (the loop kept alive, as a for statement does)."""
     attempts = iter(ferrule.retry(attempts=2, backoff=0.0, jitter=False))
@@ -1401,6 +1410,7 @@ OBJECTS: dict[str, dict[str, Callable[[Ctx], Any]]] = {
     "PoolStats": {"ready": lambda ctx: _pool(ctx).stats()},
     "HealthMonitor": {"ready": _health},
     "PrometheusCollector": {"ready": _prometheus},
+    "Instrumentation": {"ready": _instrumentation},
     "cached_wrapper": {"ready": lambda ctx: ferrule.cached(8)(lambda *a, **k: a)},
     "RedisRateLimiter": {
         "ready": _redis_rate,
@@ -1724,8 +1734,8 @@ def _cleanup(obj: Any, ctx: Ctx) -> None:
         ctx.cleanups.append(lambda: obj.shutdown(wait=True, cancel_futures=True))
     elif isinstance(obj, ferrule.HealthMonitor):
         ctx.cleanups.append(obj.stop)
-    elif isinstance(obj, native.Pool):
-        ctx.cleanups.append(obj.close)
+    elif isinstance(obj, native.Pool) or type(obj).__name__ == "Instrumentation":
+        ctx.cleanups.append(obj.close)  # a Pool, or ferrule.otel's handle
 
 
 # ---------------------------------------------------------------------------------------
@@ -2049,13 +2059,27 @@ def invoke(target: Target, case: Case, ctx: Ctx, obj: Any, await_timeout: float)
     if target.kind == "new":
         fn: Any = _class(target.owner)
     elif target.kind == "function":
-        fn = getattr(ferrule, target.name, None) or getattr(native, target.name)
+        fn = _function(target.name)
     elif target.kind == "classmethod":
         fn = getattr(type(obj), target.name)
     else:
         fn = getattr(obj, target.name)
     result = fn(*args, **kwargs)
     consume(target, result, ctx, await_timeout, obj)
+
+
+# Public submodules with module-level functions (their ids are ferrule.<name> too).
+FUNCTION_MODULES = ("ferrule.otel",)
+
+
+def _function(name: str) -> Any:
+    fn = getattr(ferrule, name, None) or getattr(native, name, None)
+    for modname in FUNCTION_MODULES:
+        if fn is None:
+            fn = getattr(importlib.import_module(modname), name, None)
+    if fn is None:
+        raise AttributeError(f"no public function {name!r}")
+    return fn
 
 
 def _class(owner: str) -> type:

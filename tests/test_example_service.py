@@ -108,8 +108,30 @@ def test_metrics_are_prometheus_text(http: httpx.Client) -> None:
     response = http.get("/metrics")
     assert response.headers["content-type"].startswith("text/plain")
     families = {f.name: f for f in text_string_to_metric_families(response.text)}
-    latency = families["agent_service_op_latency_seconds"]
+    latency = families["agent_service_op_seconds"]
+    assert latency.type == "histogram"
     assert {s.labels["op"] for s in latency.samples} >= {"task.search", "upstream.call"}
+    # Every ferrule part of the service, one name each.
+    names = {
+        "ferrule_rate_limiter_allowed": "clients",
+        "ferrule_breaker_calls": "upstream",
+        "ferrule_retry_calls": "upstream_retry",
+        "ferrule_bus_published": "signals",
+        "ferrule_error_store_recorded": "agent_errors",
+        "ferrule_registry_agents": "agents",
+        "ferrule_pool_size": "upstream_connections",
+        "ferrule_health_rounds": "agent_health",
+    }
+    for family, name in names.items():
+        assert [s.labels["name"] for s in families[family].samples] == [name], family
+    assert families["ferrule_rate_limiter_allowed"].type == "counter"
+    assert families["ferrule_rate_limiter_allowed"].samples[0].value >= 1
+    assert {s.labels["name"] for s in families["ferrule_subscription_delivered"].samples} == {
+        "dashboard_task",
+        "dashboard_agent",
+        "dashboard_breaker",
+    }
+    assert {s.labels["agent"] for s in families["ferrule_health_status"].samples} == set(AGENTS)
     assert {s.labels["agent"] for s in families["agent_service_agent_health"].samples} == set(
         AGENTS
     )

@@ -39,3 +39,11 @@ def test_metrics_module_names() -> None:
         obj = getattr(metrics, name)
         if isinstance(obj, type):
             assert obj.__module__ in {"ferrule", "ferrule.metrics"}, name
+
+
+def test_otel_module_names() -> None:
+    pytest.importorskip("opentelemetry")
+    from ferrule import otel
+
+    for name in otel.__all__:
+        assert getattr(otel, name).__module__ == "ferrule.otel", name

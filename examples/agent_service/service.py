@@ -18,8 +18,12 @@ Structure (one ``Service`` per process, owned by the Starlette app's lifespan):
 - The ``SignalBus`` carries ``task.<capability>.done`` (from the agents),
   ``agent.<id>.health`` (from the monitor) and ``breaker.upstream.state`` (from the
   breaker); the ``Dashboard``'s async handlers count them on the event loop.
-- ``GET /metrics``: Prometheus text (``ferrule.metrics.PrometheusCollector`` over the
-  ``Metrics`` plus the ``ServiceCollector`` gauges); ``GET /health``: JSON, one row per
+- ``GET /metrics``: Prometheus text: ``ferrule.metrics.PrometheusCollector`` over the
+  ``Metrics`` (the ``agent_service_op_seconds`` histogram) and every other ferrule part
+  (``ferrule_<part>_<figure>``, labelled ``name``: the limiter ``clients``, the breaker
+  and retry policy ``upstream``, the bus ``signals`` and its subscriptions, the error
+  store, registry, connection pool and health monitor), plus the ``ServiceCollector``
+  gauges; ``GET /health``: JSON, one row per
   agent. ``POST /admin/upstream`` switches the upstream's failure rate.
 
 Every request gets an answer: 200, 429, or 503 with ``reason`` one of ``no_agent`` (no
@@ -165,9 +169,12 @@ class Service:
         )
         # Retry outside, breaker inside: an open circuit fails fast (CircuitOpen is not
         # an UpstreamError, so it is not retried).
-        self.call_upstream: Callable[[object], Awaitable[Any]] = ferrule.retry(
+        self.retry = ferrule.retry(
             attempts=s.retry_attempts, backoff=0.005, max_backoff=0.05, retry_on=(UpstreamError,)
-        )(self.breaker(self._call_upstream_once))
+        )
+        self.call_upstream: Callable[[object], Awaitable[Any]] = self.retry(
+            self.breaker(self._call_upstream_once)
+        )
         self.upstream = FlakyUpstream(fail_rate=s.fail_rate, latency=s.upstream_latency)
         self.dashboard = Dashboard()
         self.agents = {
@@ -419,7 +426,17 @@ class ServiceCollector(Collector):
 def build_app(service: Service) -> Starlette:
     """The ASGI app; its lifespan starts and stops ``service``."""
     prometheus = CollectorRegistry()
-    prometheus.register(PrometheusCollector(service.metrics, prefix="agent_service_op"))
+    parts = PrometheusCollector(service.metrics, prefix="agent_service_op")
+    for name, part in (
+        ("clients", service.limiter),
+        ("upstream", service.breaker),
+        ("upstream_retry", service.retry),
+        ("signals", service.bus),
+        ("agent_errors", service.errors),
+        ("agents", service.registry),
+    ):
+        parts.add(part, name=name)
+    prometheus.register(parts)
     prometheus.register(ServiceCollector(service))
 
     async def tasks(request: Request) -> Response:
@@ -461,6 +478,12 @@ def build_app(service: Service) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await service.start()
+        # Made by start(); held weakly by the collector (the service keeps them).
+        assert service.pool is not None and service.monitor is not None
+        parts.add(service.pool, name="upstream_connections")
+        parts.add(service.monitor, name="agent_health")
+        for sub in service._subscriptions:
+            parts.add(sub, name="dashboard_" + sub.pattern.split(".")[0])
         try:
             yield
         finally:
