@@ -1,5 +1,10 @@
 """ferrule.redis beside its peers, all on one local redis-server started for the run.
 
+Circuit breaker: ``RedisCircuitBreaker.call`` against pybreaker with its Redis storage
+(``pybreaker.CircuitRedisStorage``), on a closed breaker (one script call per outcome) and
+on an open one (ferrule refuses from its local view, with no request);
+``test_breaker_round_trips_per_call`` prints the requests per protected call.
+
 Rate limit: ``RedisRateLimiter.try_acquire`` against ``limits`` with its Redis storage
 (MovingWindow and FixedWindow strategies), one decision per call, from one process and
 from four processes at once (a pool of spawned workers, each on its own keys). The
@@ -31,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).parent.parent))
 from tests.redis_server import RedisServer, server_or_skip
 
 redis = pytest.importorskip("redis")
-from ferrule.redis import RedisRateLimiter, RedisRegistry  # noqa: E402
+from ferrule.redis import RedisCircuitBreaker, RedisRateLimiter, RedisRegistry  # noqa: E402
 
 RATE = 1000
 CALLS = 200  # decisions per benchmark round (1 process)
@@ -245,3 +250,108 @@ def test_registry_find(benchmark: Any, client: Any, kind: str) -> None:
     else:
         found = benchmark(lambda: hand.find("code", "n1"))
     assert len(found) == 167
+
+
+# ---- circuit breaker --------------------------------------------------------------------
+
+BREAKER_CALLS = 200  # protected calls per benchmark round
+
+
+def make_breaker(kind: str, url: str, name: str, open_: bool = False) -> Callable[[], Any]:
+    """``call(f)`` on a shared breaker of the given kind (closed, or opened first)."""
+    client = redis.Redis.from_url(url)
+    if kind == "ferrule":
+        cb = RedisCircuitBreaker(client, name, 5, 3600.0)
+        call = cb.call
+        if open_:
+            cb.force_open()
+            call = _rejected(call)
+        else:
+            call(len, "warm")  # the view: closed
+        return lambda: call(len, "x")
+    pybreaker = pytest.importorskip("pybreaker")
+    storage = pybreaker.CircuitRedisStorage(pybreaker.STATE_CLOSED, client, namespace=name)
+    pb = pybreaker.CircuitBreaker(fail_max=5, reset_timeout=3600, state_storage=storage)
+    pcall = pb.call
+    if open_:
+        pb.open()
+        pcall = _rejected(pcall, pybreaker.CircuitBreakerError)
+    return lambda: pcall(len, "x")
+
+
+def _rejected(
+    call: Callable[..., Any], exc: type[BaseException] | None = None
+) -> Callable[..., Any]:
+    from ferrule import CircuitOpen
+
+    caught = exc or CircuitOpen
+
+    def run(*args: Any) -> None:
+        try:
+            call(*args)
+        except caught:
+            return
+        raise AssertionError("the breaker let a call through")
+
+    return run
+
+
+BREAKERS = ["ferrule", "pybreaker"]
+
+
+@pytest.mark.parametrize("kind", BREAKERS)
+def test_breaker_call_closed(benchmark: Any, server: RedisServer, kind: str) -> None:
+    benchmark.group = "redis breaker call(f), closed"
+    server.client().flushall()
+    call = make_breaker(kind, server.url, f"{kind}-closed")
+
+    def run() -> None:
+        for _ in range(BREAKER_CALLS):
+            call()
+
+    benchmark.extra_info["calls_per_round"] = BREAKER_CALLS
+    benchmark(run)
+
+
+@pytest.mark.parametrize("kind", BREAKERS)
+def test_breaker_call_open(benchmark: Any, server: RedisServer, kind: str) -> None:
+    benchmark.group = "redis breaker call(f), open (rejected)"
+    server.client().flushall()
+    call = make_breaker(kind, server.url, f"{kind}-open", open_=True)
+
+    def run() -> None:
+        for _ in range(BREAKER_CALLS):
+            call()
+
+    benchmark.extra_info["calls_per_round"] = BREAKER_CALLS
+    benchmark(run)
+
+
+def test_breaker_round_trips_per_call(server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    from redis.connection import Connection
+
+    sent = 0
+    original = Connection.send_packed_command
+
+    def counting(self: Any, command: Any, check_health: bool = True) -> None:
+        nonlocal sent
+        sent += 1
+        original(self, command, check_health)
+
+    monkeypatch.setattr(Connection, "send_packed_command", counting)
+    report = {}
+    for kind in BREAKERS:
+        for open_ in (False, True):
+            try:
+                call = make_breaker(kind, server.url, f"{kind}-rt-{open_}", open_)
+            except pytest.skip.Exception:
+                continue
+            call()
+            sent = 0
+            for _ in range(100):
+                call()
+            report[f"{kind} {'open' if open_ else 'closed'}"] = sent / 100
+    print(f"\nrequests per protected call: {report}")
+    assert report["ferrule closed"] == 1.0
+    assert report["ferrule open"] == 0.0
+    server.client().flushall()

@@ -1052,6 +1052,12 @@ def _enter(obj: Any, ctx: Ctx) -> None:
     obj.__enter__()
 
 
+def _closed_permit(obj: Any, ctx: Ctx) -> None:
+    """A RedisCircuitBreaker permit of a closed period, as ``__aenter__`` would push it,
+    pushed in this context (the coroutine ``__aexit__`` returns runs in a copy of it)."""
+    obj._push((0, "", 0.0))
+
+
 SPECIAL: dict[str, Special] = {
     "ferrule.span_events": Special({"bus": Fresh(lambda ctx, obj: native.SignalBus())}),
     "Registry.register": Special({"agent_id": "new"}),
@@ -1129,6 +1135,43 @@ SPECIAL: dict[str, Special] = {
     "RedisRegistry.register_many": Special({"items": Fresh(lambda c, o: [{"agent_id": "b1"}])}),
     "RedisRegistry.update": Special({"health": "degraded"}),
     "RedisAgent.__new__": Special({"registered_at": 1.0, "expires_at": None}),
+    # As CircuitBreaker.__new__: the failure-rate rule, so that every argument is fuzzed
+    # in a valid call; each breaker under its own prefix.
+    "RedisCircuitBreaker.__new__": Special(
+        {
+            "name": "db",
+            "prefix": Fresh(lambda ctx, obj: redis_prefix()),
+            "failure_threshold": None,
+            "failure_rate": 0.5,
+            "min_calls": 2,
+            "window": 10.0,
+            "window_calls": None,
+            "slow_call": 1.0,
+            "success_threshold": 2,
+            "probe_timeout": 5.0,
+        }
+    ),
+    "RedisCircuitBreaker.__exit__": Special(setup=_enter),
+    "RedisCircuitBreaker.__aexit__": Special(variant="async", setup=_closed_permit),
+    "RedisCircuitBreaker.__aenter__": Special(variant="async"),
+    "RedisBreakerStats.__new__": Special(
+        {
+            "state": "closed",
+            **dict.fromkeys(
+                [
+                    "slow_calls",
+                    "ignored",
+                    "rejections",
+                    "state_changes",
+                    "consecutive_failures",
+                    "window_calls",
+                    "window_failures",
+                    "backend_errors",
+                ],
+                0,
+            ),
+        }
+    ),
 }
 
 
@@ -1348,6 +1391,12 @@ def _invalidating(ctx: Ctx) -> Any:
     return w
 
 
+def _redis_breaker(ctx: Ctx, client: Any = None) -> Any:
+    from ferrule.redis import RedisCircuitBreaker
+
+    return RedisCircuitBreaker(client or redis_client(), "db", 3, 1.0, prefix=redis_prefix())
+
+
 def _redis_registry(ctx: Ctx) -> Any:
     from ferrule.redis import RedisRegistry
 
@@ -1423,6 +1472,11 @@ OBJECTS: dict[str, dict[str, Callable[[Ctx], Any]]] = {
     "RedisInvalidation": {"ready": _invalidation},
     "InvalidatingCache": {"ready": _invalidating},
     "KeyCodec": {"ready": lambda ctx: _key_codec()},
+    "RedisCircuitBreaker": {
+        "ready": _redis_breaker,
+        "async": lambda ctx: _redis_breaker(ctx, _async_client(ctx)),
+    },
+    "RedisBreakerStats": {"ready": lambda ctx: _redis_breaker(ctx).stats()},
 }
 
 # Calls that block (or register a waker), and the variant in which they must wait (or
@@ -1486,6 +1540,7 @@ REENTER: dict[str, list[Callable[[Any], Any]]] = {
     "HealthMonitor": [lambda m: m.rounds],
     "RedisRateLimiter": [lambda r: r.peek("r")],
     "RedisRegistry": [lambda r: r.get("a1"), lambda r: r.count(capability="c")],
+    "RedisCircuitBreaker": [lambda b: b.call(len, "ab"), lambda b: b.stats()],
     "Retry": [lambda p: p.stats(), lambda p: p.call(len, "ab")],
 }
 
@@ -1581,6 +1636,14 @@ def _probe_redis_registry(r: Any) -> None:
     _check(len(r) == len(ids), "len != len(ids())")
 
 
+def _probe_redis_breaker(b: Any) -> None:
+    if b._async:  # an asyncio client: the synchronous calls refuse it (TypeError)
+        return
+    s = b.stats()
+    _check(s.calls >= s.successes + s.failures + s.ignored, f"counts: {s}")
+    _check(s.slow_calls <= s.failures, f"slow calls beyond failures: {s}")
+
+
 # Class -> check run after every call on an object of that class.
 PROBES: dict[str, Callable[[Any], None]] = {
     "Cache": _probe_cache,
@@ -1601,6 +1664,7 @@ PROBES: dict[str, Callable[[Any], None]] = {
     ),
     "RedisRateLimiter": _probe_redis_rate,
     "RedisRegistry": _probe_redis_registry,
+    "RedisCircuitBreaker": _probe_redis_breaker,
     "Retry": lambda p: _check(
         (s := p.stats()).calls == s.successes + s.give_ups + s.failures
         and s.attempts == s.calls + s.retries,
@@ -1708,6 +1772,7 @@ DRIVE: dict[str, Callable[[Any], Any]] = {
     "PrometheusCollector": lambda c: list(c.collect()),
     "RedisRateLimiter": lambda r: (r.try_acquire("d"), r.check("d"), r.peek("d"), r.reset("d")),
     "RedisRegistry": lambda r: (r.register("d", ttl=1.0), r.find(capability="c"), r.expire()),
+    "RedisCircuitBreaker": lambda b: None if b._async else _drive_breaker(b),
 }
 
 # Calls that return a callable: what to do with it.
@@ -1716,6 +1781,7 @@ DECORATORS: dict[str, Callable[[Any], Any]] = {
     "ferrule.retry": _drive_retry,
     "Retry.__call__": lambda wrapper: wrapper(),
     "CircuitBreaker.__call__": lambda wrapper: wrapper(),
+    "RedisCircuitBreaker.__call__": lambda wrapper: wrapper(),
     "Timer.__call__": lambda wrapper: wrapper(),
 }
 
@@ -2249,7 +2315,7 @@ def waits_long(h: Hostile) -> bool:
 # (plus each parameter's EXTRA; the randomized run and the threads draw from all of them).
 REDIS_OWNERS = {
     "RedisRateLimiter", "RedisRegistry", "RedisAgent", "RedisInvalidation", "InvalidatingCache",
-    "KeyCodec",
+    "KeyCodec", "RedisCircuitBreaker", "RedisBreakerStats",
 }  # fmt: skip
 REDIS_SWEEP = [
     "object", "none", "nan", "int_2_64", "true", "str_1mb", "str_surrogate", "str_hostile",
@@ -2318,7 +2384,9 @@ THREAD_CLASSES = [
     "cached_wrapper",
 ]  # fmt: skip
 # With a server (``redis_url``), these join them.
-REDIS_THREAD_CLASSES = ["RedisRateLimiter", "RedisRegistry", "InvalidatingCache"]
+REDIS_THREAD_CLASSES = [
+    "RedisRateLimiter", "RedisRegistry", "InvalidatingCache", "RedisCircuitBreaker",
+]  # fmt: skip
 # Parameters that take a container: in the threaded phase half their hostile values are
 # the containers the mutator thread keeps resizing.
 CONTAINER_PARAMS = {

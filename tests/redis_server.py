@@ -8,6 +8,7 @@ binary cannot be had; ``make test`` installs the binary (Debian's ``redis-server
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -189,3 +190,62 @@ def lease_holder(port: int, agent_id: str, ttl: float, beats: int, gap: float) -
         time.sleep(gap)
         ok += reg.heartbeat(agent_id)
     return ok
+
+
+def breaker_fail(port: int, name: str, failures: int) -> str:
+    """Fail ``failures`` calls through the shared breaker ``name`` (threshold
+    ``failures``, an hour's reset timeout); return the state this process then sees."""
+    import redis
+    from ferrule.redis import RedisCircuitBreaker
+
+    cb = RedisCircuitBreaker(
+        redis.Redis(host="127.0.0.1", port=port), name, failures, 3600.0, expected=OSError
+    )
+
+    def down() -> None:
+        raise OSError("down")
+
+    for _ in range(failures):
+        with contextlib.suppress(OSError):
+            cb.call(down)
+    return cb.state
+
+
+def breaker_call(port: int, name: str) -> str:
+    """One call through the shared breaker ``name`` from a new process: "ran" or "open"."""
+    import redis
+    from ferrule import CircuitOpen
+    from ferrule.redis import RedisCircuitBreaker
+
+    cb = RedisCircuitBreaker(redis.Redis(host="127.0.0.1", port=port), name, 5, 3600.0)
+    try:
+        cb.call(len, "x")
+    except CircuitOpen:
+        return "open"
+    return "ran"
+
+
+def breaker_probe(port: int, name: str, start: float, hold: float, after: float) -> tuple[str, str]:
+    """At ``start`` (wall clock) try to enter the shared half-open breaker ``name``: a
+    probe holds its slot for ``hold`` seconds, then succeeds. At ``after``, call again.
+    Returns ("probe" or "rejected", then "ran" or "open")."""
+    import redis
+    from ferrule import CircuitOpen
+    from ferrule.redis import RedisCircuitBreaker
+
+    cb = RedisCircuitBreaker(redis.Redis(host="127.0.0.1", port=port), name, 1, 1.0)
+    while time.time() < start:
+        time.sleep(0.001)
+    try:
+        with cb:
+            first = "probe"
+            time.sleep(hold)
+    except CircuitOpen:
+        first = "rejected"
+    while time.time() < after:
+        time.sleep(0.005)
+    try:
+        cb.call(len, "x")
+    except CircuitOpen:
+        return first, "open"
+    return first, "ran"

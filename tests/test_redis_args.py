@@ -35,6 +35,7 @@ from ferrule.redis import (  # noqa: E402
     RedisAgent,
     RedisRateLimiter,
     RedisRegistry,
+    _breaker,
     _common,
     _ratelimit,
     _registry,
@@ -445,8 +446,18 @@ def test_public_names_report_module_ferrule_redis(name: str) -> None:
 
 
 def test_the_package_exports_what_the_module_did() -> None:
-    assert ferrule.redis.__all__ == ["RedisAgent", "RedisRateLimiter", "RedisRegistry"]
+    assert ferrule.redis.__all__ == [
+        "InvalidatingCache",
+        "KeyCodec",
+        "RedisAgent",
+        "RedisBreakerStats",
+        "RedisCircuitBreaker",
+        "RedisInvalidation",
+        "RedisRateLimiter",
+        "RedisRegistry",
+    ]
     assert ferrule.redis.OnError is _ratelimit.OnError
+    assert ferrule.redis.BreakerOnError is _breaker.BreakerOnError
     assert RedisAgent.__dataclass_fields__.keys() == {
         "agent_id",
         "value",
@@ -460,6 +471,7 @@ def test_the_package_exports_what_the_module_did() -> None:
 
 
 LUA = {
+    "breaker",
     "common",
     "registry",
     "gcra",
@@ -478,12 +490,13 @@ def test_scripts_are_package_resources() -> None:
     folder = importlib.resources.files("ferrule.redis").joinpath("lua")
     shipped = {p.name.removesuffix(".lua") for p in folder.iterdir() if p.name.endswith(".lua")}
     assert shipped == LUA
+    alone = {"gcra": _ratelimit._GCRA, "breaker": _breaker._BREAKER}
     scripts = {
-        "gcra": _ratelimit._GCRA,
-        **{n: getattr(_registry, f"_{n.upper()}") for n in LUA - {"common", "registry", "gcra"}},
+        **alone,
+        **{n: getattr(_registry, f"_{n.upper()}") for n in LUA - {"common", "registry", *alone}},
     }
     for name, script in scripts.items():
-        parts = ["gcra"] if name == "gcra" else ["common", "registry", name]
+        parts = [name] if name in alone else ["common", "registry", name]
         src = "".join(folder.joinpath(f"{p}.lua").read_text("utf-8") for p in parts)
         assert script.src == src == _common.lua(*parts)
         assert script.sha == hashlib.sha1(src.encode()).hexdigest()

@@ -1,7 +1,9 @@
-"""The distributed tier: a rate limiter and an agent registry whose state lives in Redis.
+"""The distributed tier: a rate limiter, an agent registry and a circuit breaker whose
+state lives in Redis.
 
-``RedisRateLimiter`` and ``RedisRegistry`` mirror :class:`ferrule.RateLimiter` and
-:class:`ferrule.Registry` for services that run as many processes or hosts. Every
+``RedisRateLimiter``, ``RedisRegistry`` and ``RedisCircuitBreaker`` mirror
+:class:`ferrule.RateLimiter`, :class:`ferrule.Registry` and
+:class:`ferrule.CircuitBreaker` for services that run as many processes or hosts. Every
 decision or change is ONE server-side Lua script (sent once with ``SCRIPT LOAD``
 semantics, then called by ``EVALSHA``; reloaded when the server answers ``NOSCRIPT``), so
 what one call reads and what it writes can never interleave with another process's
@@ -43,6 +45,20 @@ Registry:
     deadline plus one lease of grace, so after everything goes idle no key stays behind
     even if nobody ever calls ``expire()``. Redis deletes a set the moment it is empty.
 
+Circuit breaker:
+  * one hash ``<prefix><name>`` (prefix ``ferrule:breaker:``) holds the state, its
+    generation (bumped by every change and by ``reset``), the end of an open period, the
+    run of failures or the failure-rate window (20 time buckets, or a ring of the last
+    ``window_calls`` outcomes with running counts) and the half-open probes, each a
+    field ``p:<token>`` holding its lease deadline;
+  * an admission the process cannot decide from its view, each outcome and each read or
+    change is one script run (``lua/breaker.lua``) on the server's clock; an outcome
+    counts only if its permit's generation is the current one (and a probe's only if
+    its lease was not reclaimed), so stale views never miscount;
+  * every write sets the hash's expiry to ``reset_timeout + probe_timeout`` (plus the
+    window of a time window) past now, or past the end of an open period; a forced
+    state has no expiry. A consecutive-rule breaker that only succeeds writes nothing.
+
 Cache invalidation: ``RedisInvalidation(client, channel).wrap(cache)`` publishes each
 write's keys on a Pub/Sub channel and evicts other processes' writes locally (see
 ``_invalidation``); nothing is stored in Redis.
@@ -52,6 +68,8 @@ Importing ``ferrule`` never imports this package; it needs the ``redis`` package
 """
 
 from ferrule.redis._invalidation import InvalidatingCache, KeyCodec, RedisInvalidation
+from ferrule.redis._breaker import BreakerOnError as BreakerOnError
+from ferrule.redis._breaker import RedisBreakerStats, RedisCircuitBreaker
 from ferrule.redis._ratelimit import OnError as OnError
 from ferrule.redis._ratelimit import RedisRateLimiter
 from ferrule.redis._registry import RedisAgent, RedisRegistry
@@ -60,6 +78,8 @@ __all__ = [
     "InvalidatingCache",
     "KeyCodec",
     "RedisAgent",
+    "RedisBreakerStats",
+    "RedisCircuitBreaker",
     "RedisInvalidation",
     "RedisRateLimiter",
     "RedisRegistry",
@@ -70,6 +90,8 @@ for _cls in (
     InvalidatingCache,
     KeyCodec,
     RedisAgent,
+    RedisBreakerStats,
+    RedisCircuitBreaker,
     RedisInvalidation,
     RedisRateLimiter,
     RedisRegistry,
