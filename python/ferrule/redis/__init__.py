@@ -67,9 +67,9 @@ Importing ``ferrule`` never imports this package; it needs the ``redis`` package
 (``pip install 'ferrule[redis]'``) and a Redis >= 6.2 server.
 """
 
-from ferrule.redis._invalidation import InvalidatingCache, KeyCodec, RedisInvalidation
 from ferrule.redis._breaker import BreakerOnError as BreakerOnError
 from ferrule.redis._breaker import RedisBreakerStats, RedisCircuitBreaker
+from ferrule.redis._invalidation import InvalidatingCache, KeyCodec, RedisInvalidation
 from ferrule.redis._ratelimit import OnError as OnError
 from ferrule.redis._ratelimit import RedisRateLimiter
 from ferrule.redis._registry import RedisAgent, RedisRegistry
