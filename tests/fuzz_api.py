@@ -1015,6 +1015,8 @@ BASELINE: dict[str, Any] = {
     "factory": noop, "fn": noop, "func": noop, "callback": noop, "wake": noop, "waker": noop,
     "handler": None, "validate": None, "check": None, "on_state_change": None, "sleep": None,
     "weigher": None, "on_evict": None, "tti": 60.0,  # Cache's options
+    "event_interval": 1.0, "deny_threshold": 1, "low_water": None,  # events (bus=)
+    "logger": None, "level": 20,  # ferrule.events.log_events
     "clock": None, "bus": None, "owner": None, "where": None, "exc": None, "exc_type": None,
     "loop": None, "tb": None, "_exc_type": None, "_exc": None, "_tb": None, "exc_val": None,
     "exc_tb": None, "deadline": None, "expected": (Exception,), "retry_on": (Exception,),

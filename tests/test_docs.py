@@ -198,10 +198,12 @@ _DIRECTIVE = re.compile(r"^::: ([\w.]+)\s*$", re.M)
 
 
 def public_names() -> set[str]:
+    import ferrule.events
     import ferrule.metrics
     import ferrule.redis
 
     names = {f"ferrule.{n}" for n in ferrule.__all__}
+    names |= {f"ferrule.events.{n}" for n in ferrule.events.__all__}
     names |= {f"ferrule.metrics.{n}" for n in ferrule.metrics.__all__}
     names |= {f"ferrule.redis.{n}" for n in ferrule.redis.__all__}
     return names

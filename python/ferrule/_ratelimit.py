@@ -4,7 +4,9 @@
 validates its arguments and returns the coroutine made here. The coroutine asks the
 limiter for a decision and, when refused, sleeps on the event loop for exactly the
 ``retry_after`` the decision reported (in naps of ``nap`` seconds when the limiter runs on
-a ManualClock, whose time does not pass by itself), then asks again.
+a ManualClock, whose time does not pass by itself), then asks again. Its decisions go
+through ``_decide``, which counts no denial for the limiter's events (``bus=``); giving
+up counts one (``_denied``).
 
 ``_equal`` is how the native limiter compares keys that may run user code: called through
 the limiter's exit guard, and never while it holds a lock.
@@ -56,11 +58,12 @@ async def acquire_async(
     loop = asyncio.get_running_loop()
     deadline = None if timeout is None else loop.time() + timeout
     while True:
-        decision = limiter.check(key, cost)
+        decision = limiter._decide(key, cost)
         if decision.allowed:
             return True
         wait = decision.retry_after
         if deadline is not None and wait > deadline - loop.time():
+            limiter._denied(key)
             return False
         await asyncio.sleep(wait if nap is None else min(wait, nap))
 
@@ -98,9 +101,12 @@ class Limit:
         return f"<Limit key={self._key!r} cost={self._cost} timeout={self._timeout!r}>"
 
     # The decision on a refusal; the Redis tier overrides the async one (its async client
-    # has no synchronous check).
+    # has no synchronous check). ``acquire`` counted the refusal for the limiter's events
+    # already, so the native limiter's uncounted ``_decide`` is used where there is one.
     def _check(self, key: Any) -> Decision:
-        return self._limiter.check(key, self._cost)
+        decide = getattr(self._limiter, "_decide", self._limiter.check)
+        decision: Decision = decide(key, self._cost)
+        return decision
 
     async def _check_async(self, key: Any) -> Decision:
         return self._check(key)
