@@ -186,7 +186,11 @@ def log_events(
 
     def handle(signal: Signal) -> None:
         if log.isEnabledFor(level):
-            extra = {"event": signal.type, "event_data": signal.data, "event_time": signal.timestamp}
+            extra = {
+                "event": signal.type,
+                "event_data": signal.data,
+                "event_time": signal.timestamp,
+            }
             log.log(level, "%s %s", signal.type, signal.data, extra=extra)
 
     return bus.subscribe(pattern, handle)
