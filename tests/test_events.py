@@ -6,6 +6,7 @@ holding its bus: tests/test_gc.py; a handler at interpreter exit: tests/test_exi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sys
 import threading
@@ -183,10 +184,8 @@ def test_queue_overflow_begins_once_and_ends_at_the_low_water_mark() -> None:
     bus = Bus()
     q: ferrule.WorkQueue[int] = ferrule.WorkQueue(4, overflow="reject", name="jobs", bus=bus)
     for i in range(1000):
-        try:
+        with contextlib.suppress(ferrule.QueueFull):
             q.put_nowait(i)
-        except ferrule.QueueFull:
-            pass
     assert bus.got == [
         ("queue.jobs.overflow", {"state": "begin", "rejected": 1, "dropped": 0, "size": 4})
     ]
@@ -527,5 +526,5 @@ def test_log_events_bad_arguments() -> None:
         events.log_events(object())  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="level must be an int"):
         events.log_events(bus, level="INFO")  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match="logger must be a logging.Logger"):
+    with pytest.raises(TypeError, match=r"logger must be a logging\.Logger"):
         events.log_events(bus, logger=print)  # type: ignore[arg-type]
