@@ -131,6 +131,8 @@ EXCLUDED: dict[str, str] = {
     "ferrule._close_gate": "the atexit hook: calling it makes every later wait park forever",
     "ferrule._run_subscription": "its only argument, a _SubscriptionWorker, exists only inside"
     " SignalBus.subscribe, which runs it on the subscription's own thread",
+    "ferrule.EventKind": "ferrule.events' frozen dataclass describing an event (strings made by"
+    " the module itself): no argument of a part, nothing to check",
 }
 
 # ``ferrule.redis`` is fuzzed against a real server: ``supervise`` starts a throwaway
@@ -247,6 +249,16 @@ def parse_stubs(path: Path = STUBS) -> dict[str, dict[str, tuple[str, tuple[Para
             defs(node.body, out[node.name], meth=True)
     defs(tree.body, out[""], meth=False)
     return out
+
+
+def _submodule_function(name: str) -> Any:
+    """A module-level function of a public submodule (``ferrule.events.log_events``)."""
+    for modname, names in public_modules().items():
+        if name in names and modname != "ferrule":
+            fn = getattr(importlib.import_module(modname), name, None)
+            if callable(fn):
+                return fn
+    raise AttributeError(f"no public function {name!r}")
 
 
 def public_modules(with_redis: bool | None = None) -> dict[str, list[str]]:
@@ -1063,6 +1075,7 @@ SPECIAL: dict[str, Special] = {
     "WorkQueue.join_async": Special(variant="empty"),
     "Subscription._get_or_wait": Special({"waker": None}),
     "TaskPool.__new__": Special({"overflow": "block", "name": "fz"}),
+    "ferrule.log_events": Special({"bus": Fresh(lambda ctx, obj: native.SignalBus())}),
     "TaskPool.map": Special({"fn": abs}, star=([1, 2],)),
     "Cache.get_or_set": Special({"key": "missing"}),
     "Cache.get_many": Special(variant="weighted"),
@@ -2019,7 +2032,11 @@ def invoke(target: Target, case: Case, ctx: Ctx, obj: Any, await_timeout: float)
     if target.kind == "new":
         fn: Any = _class(target.owner)
     elif target.kind == "function":
-        fn = getattr(ferrule, target.name, None) or getattr(native, target.name)
+        fn = (
+            getattr(ferrule, target.name, None)
+            or getattr(native, target.name, None)
+            or _submodule_function(target.name)
+        )
     elif target.kind == "classmethod":
         fn = getattr(type(obj), target.name)
     else:

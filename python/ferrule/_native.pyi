@@ -285,8 +285,8 @@ class Cache:
         ``event_interval`` seconds (by ``clock``) passed since the last signal publishes
         ``cache.<name>.evicting`` with data ``{"evicted": n, "size", "max_size"}``, ``n``
         the evictions since the last signal. So 10,000 evictions within one interval
-        make one signal; a burst's tail is published by the first write after the
-        interval. ``publish`` runs with no lock held (it may use the cache); what it
+        make one signal; a burst's tail is published by a write (the clock is read
+        once per 64) after the interval. ``publish`` runs with no lock held (it may use the cache); what it
         raises goes to ``sys.unraisablehook``. See ``ferrule.events``."""
 
     @property
@@ -1324,8 +1324,9 @@ class RateLimiter:
         ``bus`` (a :class:`SignalBus`, or anything with ``publish(type, data)``; ``name``
         is required with it) is told of denials, aggregated: a refused ``try_acquire`` or
         ``check``, and an ``acquire`` or ``acquire_async`` that gives up, count one each
-        (their waits count nothing). The first decision after ``event_interval`` seconds
-        (by ``clock``) since the last window closed closes the next one and, if it
+        (their waits count nothing). A decision after ``event_interval`` seconds (by
+        ``clock``; read once per 64 decisions) since the last window closed closes the
+        next one and, if it
         counted ``deny_threshold`` (>= 1) denials or more, publishes
         ``ratelimit.<name>.denied`` with data ``{"denied": n, "keys": [...],
         "interval"}``: ``keys`` holds up to 8 distinct ``repr``s (cut to 100 characters)

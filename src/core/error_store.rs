@@ -569,6 +569,7 @@ mod tests {
         s.record("a", 1); // b is now the least recently recorded
         let g = s.record("d", 2);
         assert_eq!(g.len(), 1);
+        assert_eq!(g.evicted(), [Box::from("b")]);
         assert_eq!(s.agents(&mut Grave::default()), vec!["a", "c", "d"]);
         assert_eq!(s.count("d", &mut Grave::default()), 1);
     }
@@ -584,6 +585,7 @@ mod tests {
         let mut g = Grave::default();
         assert!(s.agents(&mut g).is_empty());
         assert_eq!(g.len(), 100);
+        assert!(g.evicted().is_empty(), "expired agents are not evictions");
         assert_eq!(s.len(), 0);
         assert_eq!(s.places.load(Ordering::Relaxed), 0);
     }

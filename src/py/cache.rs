@@ -40,8 +40,10 @@
 //! Events (`bus=`, see `crate::py::events`): evictions by size or weight are counted in
 //! [`bury`](Cache::bury), which a write that removed entries calls anyway, and published
 //! as `cache.<name>.evicting` at most once per `event_interval` by the write that finds
-//! the interval over; a write while evictions are pending publishes the rest once the
-//! interval is over. Without a bus, a write pays one test of an `Option`.
+//! the interval over (the clock is read by the first eviction of a count and then every
+//! `events::STRIDE` evictions or writes: see `events::Tally`); a write while evictions
+//! are pending publishes the rest once the interval is over. Without a bus, a write pays
+//! one test of an `Option`.
 //!
 //! Garbage collection: `Cache` visits every key and value it holds (and the keys of
 //! flights in progress), its weigher, listener and bus, skipping a shard (or callback) whose
@@ -535,7 +537,7 @@ impl Cache {
             self.bury(q.py(), grave);
         }
         if let Some(ev) = &self.events {
-            if ev.1.pending() {
+            if ev.1.tick() {
                 self.publish_evictions(q.py(), ev);
             }
         }
@@ -600,7 +602,9 @@ impl Cache {
             }
         }
         if let (Some(ev), true) = (&self.events, evicted > 0) {
-            ev.1.add(evicted);
+            if Tally::crossed(ev.1.add(evicted), evicted) {
+                self.publish_evictions(py, ev);
+            }
         }
     }
 

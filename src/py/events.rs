@@ -268,17 +268,28 @@ impl Events {
 /// compare-and-swap: exactly one caller wins each interval) takes the count. A count
 /// added while that call takes it lands in this event or the next; none is lost or
 /// counted twice.
+///
+/// Reading the clock can cost more than the operation (about 100 ns where
+/// `clock_gettime` is a system call), so it is read only by the add that starts a count
+/// or crosses a multiple of [`STRIDE`] ([`Tally::crossed`]), and, while a count is
+/// pending, by every [`STRIDE`]-th other operation ([`Tally::tick`]). The first event of
+/// a burst is published at once; its tail within `STRIDE` operations after the interval.
 pub struct Tally {
     count: AtomicU64,
+    ticks: AtomicU64,
     due: AtomicI64,
     interval: i64,
     clock: Clock,
 }
 
+/// Operations between two clock readings of a [`Tally`], at most.
+pub const STRIDE: u64 = 64;
+
 impl Tally {
     pub fn new(interval: i64, clock: Clock) -> Self {
         Self {
             count: AtomicU64::new(0),
+            ticks: AtomicU64::new(0),
             due: AtomicI64::new(i64::MIN),
             interval,
             clock,
@@ -291,10 +302,19 @@ impl Tally {
         self.count.fetch_add(n, Ordering::Relaxed)
     }
 
-    /// True if something was counted and not yet taken.
+    /// True if an add of `n` that found `prev` should look at the clock: it starts a
+    /// count, or crosses a multiple of [`STRIDE`].
     #[inline]
-    pub fn pending(&self) -> bool {
+    pub fn crossed(prev: u64, n: u64) -> bool {
+        prev == 0 || prev / STRIDE != prev.saturating_add(n) / STRIDE
+    }
+
+    /// True, for an operation that added nothing, if something is pending and this is
+    /// the [`STRIDE`]-th such operation: time to look at the clock.
+    #[inline]
+    pub fn tick(&self) -> bool {
         self.count.load(Ordering::Relaxed) > 0
+            && self.ticks.fetch_add(1, Ordering::Relaxed) % STRIDE == 0
     }
 
     /// The count to publish, if the interval since the last event is over and this call

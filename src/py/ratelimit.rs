@@ -17,13 +17,15 @@
 //! With `bus=` (see `crate::py::events`), denials (a refused `try_acquire` or `check`,
 //! an `acquire` or `acquire_async` that gives up) are counted in a [`Tally`] and
 //! published as `ratelimit.<name>.denied` by the first decision after `event_interval`
-//! that finds denials counted, if there were at least `deny_threshold` of them. The
+//! that finds denials counted (the clock is read by the first denial of a window and
+//! then every `events::STRIDE` denials or decisions: see `events::Tally`), if there
+//! were at least `deny_threshold` of them. The
 //! first [`SAMPLE_TRIES`] denials of each window offer their key's `repr` (cut to
 //! [`SAMPLE_LEN`] characters) as a sample, of which [`SAMPLES`] distinct ones are kept:
 //! strings, so no key is kept alive. A decision without a bus pays one test of an
-//! `Option`; with one, a refused decision pays a relaxed add and a clock read (a `repr`
-//! for the sampled ones) and an allowed one a relaxed load (and a clock read while
-//! denials are pending). The waits inside `acquire` and `acquire_async` count nothing
+//! `Option`; with one, a refused decision pays a relaxed add (a `repr` for the sampled
+//! ones) and an allowed one a relaxed load (and a relaxed add while denials are
+//! pending), each with a clock read one time in `STRIDE`. The waits inside `acquire` and `acquire_async` count nothing
 //! (they use `_decide`); giving up counts one denial.
 //!
 //! # Garbage collection
@@ -365,7 +367,7 @@ impl DenyEvents {
     fn after(&self, py: Python<'_>, key: Option<&Bound<'_, PyAny>>, allowed: bool) {
         if !allowed {
             self.denied(py, key);
-        } else if self.denials.pending() {
+        } else if self.denials.tick() {
             self.publish(py);
         }
     }
@@ -373,14 +375,17 @@ impl DenyEvents {
     #[cold]
     #[inline(never)]
     fn denied(&self, py: Python<'_>, key: Option<&Bound<'_, PyAny>>) {
-        if self.denials.add(1) < SAMPLE_TRIES {
+        let prev = self.denials.add(1);
+        if prev < SAMPLE_TRIES {
             let text = sample_repr(py, key);
             let mut s = self.samples.lock();
             if s.len() < SAMPLES && !s.contains(&text) {
                 s.push(text);
             }
         }
-        self.publish(py);
+        if Tally::crossed(prev, 1) {
+            self.publish(py);
+        }
     }
 
     /// Ends the window if `event_interval` has passed: publishes it when it counted
