@@ -132,6 +132,8 @@ EXCLUDED: dict[str, str] = {
     "ferrule._close_gate": "the atexit hook: calling it makes every later wait park forever",
     "ferrule._run_subscription": "its only argument, a _SubscriptionWorker, exists only inside"
     " SignalBus.subscribe, which runs it on the subscription's own thread",
+    "ferrule.EventKind": "ferrule.events' frozen dataclass describing an event (strings made by"
+    " the module itself): no argument of a part, nothing to check",
 }
 
 # ``ferrule.redis`` is fuzzed against a real server: ``supervise`` starts a throwaway
@@ -248,6 +250,16 @@ def parse_stubs(path: Path = STUBS) -> dict[str, dict[str, tuple[str, tuple[Para
             defs(node.body, out[node.name], meth=True)
     defs(tree.body, out[""], meth=False)
     return out
+
+
+def _submodule_function(name: str) -> Any:
+    """A module-level function of a public submodule (``ferrule.events.log_events``)."""
+    for modname, names in public_modules().items():
+        if name in names and modname != "ferrule":
+            fn = getattr(importlib.import_module(modname), name, None)
+            if callable(fn):
+                return fn
+    raise AttributeError(f"no public function {name!r}")
 
 
 def public_modules(with_redis: bool | None = None) -> dict[str, list[str]]:
@@ -1017,6 +1029,8 @@ BASELINE: dict[str, Any] = {
     "factory": noop, "fn": noop, "func": noop, "callback": noop, "wake": noop, "waker": noop,
     "handler": None, "validate": None, "check": None, "on_state_change": None, "sleep": None,
     "weigher": None, "on_evict": None, "tti": 60.0,  # Cache's options
+    "event_interval": 1.0, "deny_threshold": 1, "low_water": None,  # events (bus=)
+    "logger": None, "level": 20,  # ferrule.events.log_events
     "clock": None, "bus": None, "owner": None, "where": None, "exc": None, "exc_type": None,
     "loop": None, "tb": None, "_exc_type": None, "_exc": None, "_tb": None, "exc_val": None,
     "exc_tb": None, "deadline": None, "expected": (Exception,), "retry_on": (Exception,),
@@ -1075,6 +1089,7 @@ SPECIAL: dict[str, Special] = {
     "WorkQueue.join_async": Special(variant="empty"),
     "Subscription._get_or_wait": Special({"waker": None}),
     "TaskPool.__new__": Special({"overflow": "block", "name": "fz"}),
+    "ferrule.log_events": Special({"bus": Fresh(lambda ctx, obj: native.SignalBus())}),
     "TaskPool.map": Special({"fn": abs}, star=([1, 2],)),
     "Cache.get_or_set": Special({"key": "missing"}),
     "Cache.get_many": Special(variant="weighted"),
@@ -2135,17 +2150,8 @@ def invoke(target: Target, case: Case, ctx: Ctx, obj: Any, await_timeout: float)
 
 
 # Public submodules with module-level functions (their ids are ferrule.<name> too).
-FUNCTION_MODULES = ("ferrule.otel",)
-
-
 def _function(name: str) -> Any:
-    fn = getattr(ferrule, name, None) or getattr(native, name, None)
-    for modname in FUNCTION_MODULES:
-        if fn is None:
-            fn = getattr(importlib.import_module(modname), name, None)
-    if fn is None:
-        raise AttributeError(f"no public function {name!r}")
-    return fn
+    return getattr(ferrule, name, None) or getattr(native, name, None) or _submodule_function(name)
 
 
 def _class(owner: str) -> type:

@@ -198,11 +198,13 @@ _DIRECTIVE = re.compile(r"^::: ([\w.]+)\s*$", re.M)
 
 
 def public_names() -> set[str]:
+    import ferrule.events
     import ferrule.metrics
     import ferrule.otel
     import ferrule.redis
 
     names = {f"ferrule.{n}" for n in ferrule.__all__}
+    names |= {f"ferrule.events.{n}" for n in ferrule.events.__all__}
     names |= {f"ferrule.metrics.{n}" for n in ferrule.metrics.__all__}
     names |= {f"ferrule.otel.{n}" for n in ferrule.otel.__all__}
     names |= {f"ferrule.redis.{n}" for n in ferrule.redis.__all__}

@@ -226,6 +226,24 @@ SCENARIOS = {
                 time.sleep(0.001)
         daemon(forever(take), 4)
     """,
+    # A part's bus handler (called by the thread whose put overflowed the queue)
+    # sleeps while the interpreter exits.
+    "events_bus_publish_sleeping": """
+        class SlowBus:
+            def publish(self, topic, data):
+                time.sleep(0.002)
+        q = ferrule.WorkQueue(1, overflow="reject", name="q", bus=SlowBus())
+        def churn():
+            try:
+                q.put_nowait(1)
+            except ferrule.QueueFull:
+                pass
+            try:
+                q.get_nowait()
+            except ferrule.QueueEmpty:
+                pass
+        daemon(forever(churn), 4)
+    """,
     "breaker_call": """
         cb = ferrule.CircuitBreaker(on_state_change=lambda a, b: time.sleep(0.001))
         daemon(forever(lambda: cb.call(time.sleep, 0.002)), 4)

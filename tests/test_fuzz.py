@@ -53,7 +53,7 @@ def test_every_public_callable_is_covered(api: dict[str, fz.Target]) -> None:
                 continue
             if isinstance(obj, type):
                 assert obj.__name__ in owners, f"{module}.{name} is not fuzzed"
-            else:
+            elif callable(obj):  # constants (ferrule.events' topics) take no arguments
                 assert name in functions, f"{module}.{name} is not fuzzed"
 
     for cls, members in fz.parse_stubs().items():

@@ -231,6 +231,9 @@ class Cache:
         | None = None,
         shards: int | None = None,
         clock: ManualClock | None = None,
+        name: str | None = None,
+        bus: _Bus | None = None,
+        event_interval: float = 1.0,
     ) -> Cache:
         """``1 <= max_size <= 2**32 - 2`` (4294967294; OverflowError above); ``ttl`` > 0
         seconds, at most 4e9 (default: entries never expire); ``tti`` likewise (default:
@@ -276,7 +279,16 @@ class Cache:
         >>> sized.set("a", "xxxx"); sized.set("b", "yyyyyy"); sized.set("c", "z")
         >>> sorted(sized.keys()), sized.stats().weight
         (['b', 'c'], 7)
-        """
+
+        ``bus`` (a :class:`SignalBus`, or anything with ``publish(type, data)``; ``name``
+        is required with it) is told of evictions under pressure, aggregated: entries
+        pushed out by the bound (cause ``"size"``) are counted, and the write that finds
+        ``event_interval`` seconds (by ``clock``) passed since the last signal publishes
+        ``cache.<name>.evicting`` with data ``{"evicted": n, "size", "max_size"}``, ``n``
+        the evictions since the last signal. So 10,000 evictions within one interval
+        make one signal; a burst's tail is published by a write (the clock is read
+        once per 64) after the interval. ``publish`` runs with no lock held (it may use the cache); what it
+        raises goes to ``sys.unraisablehook``. See ``ferrule.events``."""
 
     @property
     def max_size(self) -> int: ...
@@ -289,6 +301,9 @@ class Cache:
     @property
     def shards(self) -> int:
         """The number of shards (each with its own lock and LRU order)."""
+    @property
+    def name(self) -> str | None:
+        """The name given (the topics' middle segment), or None."""
 
     @overload
     def get(self, key: Hashable) -> Any | None:
@@ -782,12 +797,29 @@ class WorkQueue(Generic[_T]):
     ['job-2']
     """
 
-    def __new__(cls, maxsize: int, *, overflow: str = "block") -> WorkQueue[_T]:
+    def __new__(
+        cls,
+        maxsize: int,
+        *,
+        overflow: str = "block",
+        name: str | None = None,
+        bus: _Bus | None = None,
+    ) -> WorkQueue[_T]:
         """``maxsize`` >= 1 (up to ``2**63 - 1``; memory grows with the items, not the
         bound), or ``0`` or less for ``queue.Queue``'s "no bound": a bound of ``2**31``
         items at which a put is refused with :class:`QueueFull` rather than waiting
         (``"block"`` acts as ``"reject"`` there); ``overflow`` one of ``"block"``,
-        ``"reject"``, ``"drop_oldest"``, ``"drop_newest"``."""
+        ``"reject"``, ``"drop_oldest"``, ``"drop_newest"``.
+
+        ``bus`` (with ``name``) is told when an overflow begins and ends:
+        ``queue.<name>.overflow`` with data ``{"state": "begin" | "end", "rejected",
+        "dropped", "size"}``. It begins at the first put refused or dropped for lack of
+        room (reject, ``drop_newest``, a full ``put_nowait``, a timed-out put, an item
+        evicted by ``drop_oldest``) and ends when a get leaves at most half the bound
+        queued (``maxsize // 2``: the low-water mark); ``rejected`` and ``dropped`` count
+        since the previous end (at ``end``, the episode's totals). A put that waits under
+        ``"block"`` is not an overflow. ``publish`` runs with no lock held; what it
+        raises goes to ``sys.unraisablehook``. See ``ferrule.events``."""
 
     def put(self, item: _T, block: bool = True, timeout: float | None = None) -> None:
         """Add ``item``. Block policy: wait up to ``timeout`` for room, then raise
@@ -1019,6 +1051,9 @@ class WorkQueue(Generic[_T]):
     @property
     def overflow(self) -> str:
         """The overflow policy's name."""
+    @property
+    def name(self) -> str | None:
+        """The name given (the topics' middle segment), or None."""
 
     def stats(self) -> QueueStats:
         """Counters; see :class:`QueueStats`."""
@@ -1100,8 +1135,21 @@ class TaskCounters:
     (0, 2, 1)
     """
 
-    def __new__(cls, limit: int | None = None) -> TaskCounters:
-        """``limit`` >= 1 (up to ``2**63 - 1``, the default)."""
+    def __new__(
+        cls,
+        limit: int | None = None,
+        *,
+        name: str | None = None,
+        bus: _Bus | None = None,
+        low_water: int | None = None,
+    ) -> TaskCounters:
+        """``limit`` >= 1 (up to ``2**63 - 1``, the default). With ``bus`` (and
+        ``name``), ``taskpool.<name>.saturated`` begins when an admission finds no room
+        and ends when a task's end leaves at most ``low_water`` outstanding (default
+        ``limit // 2``)."""
+    def _view(self) -> TaskCounters:
+        """The same counters, referring to the events (the bus) only weakly: for the
+        pool's worker threads and finalizer (see the module documentation)."""
     def admit(self, timeout: float | None = None) -> int:
         """Admit a task if fewer than ``limit`` are outstanding, waiting up to
         ``timeout`` seconds for room (``None``: no limit; GIL released, interruptible):
@@ -1283,6 +1331,10 @@ class RateLimiter:
         burst: int | None = None,
         limits: Iterable[tuple[float, float] | tuple[float, float, int | None]] | None = None,
         clock: ManualClock | None = None,
+        name: str | None = None,
+        bus: _Bus | None = None,
+        event_interval: float = 1.0,
+        deny_threshold: int = 1,
     ) -> RateLimiter:
         """``rate`` > 0 tokens per ``per`` > 0 seconds; ``burst`` >= 1 (default
         ``max(1, ceil(rate))``); ``clock`` a :class:`ManualClock` or None (monotonic).
@@ -1296,6 +1348,19 @@ class RateLimiter:
         ``burst``) or ``limits``: both, or neither, is a TypeError. One limit in
         ``limits`` makes the same limiter as ``rate``.
 
+        ``bus`` (a :class:`SignalBus`, or anything with ``publish(type, data)``; ``name``
+        is required with it) is told of denials, aggregated: a refused ``try_acquire`` or
+        ``check``, and an ``acquire`` or ``acquire_async`` that gives up, count one each
+        (their waits count nothing). A decision after ``event_interval`` seconds (by
+        ``clock``; read once per 64 decisions) since the last window closed closes the
+        next one and, if it
+        counted ``deny_threshold`` (>= 1) denials or more, publishes
+        ``ratelimit.<name>.denied`` with data ``{"denied": n, "keys": [...],
+        "interval"}``: ``keys`` holds up to 8 distinct ``repr``s (cut to 100 characters)
+        of the window's first denied keys, so no key object is kept. ``publish`` runs with
+        no lock held; what it raises goes to ``sys.unraisablehook``. See
+        ``ferrule.events``.
+
         >>> RateLimiter(1, per=60.0, burst=5)   # 5 at once, then one a minute
         RateLimiter(rate=1.0, per=60.0, burst=5)
         >>> RateLimiter(limits=[(10, 1.0), (100, 60.0, 20)])
@@ -1303,7 +1368,16 @@ class RateLimiter:
         """
 
     @classmethod
-    def parse(cls, spec: str, *, clock: ManualClock | None = None) -> RateLimiter:
+    def parse(
+        cls,
+        spec: str,
+        *,
+        clock: ManualClock | None = None,
+        name: str | None = None,
+        bus: _Bus | None = None,
+        event_interval: float = 1.0,
+        deny_threshold: int = 1,
+    ) -> RateLimiter:
         """A limiter from a spec in the ``limits`` library's notation: one or more limits
         separated by ``;`` or ``,``, each ``"<amount>/<unit>"`` or ``"<amount> per
         <unit>"`` with an optional multiplier (``"100/5 minutes"``), unit second, minute,
@@ -1311,6 +1385,7 @@ class RateLimiter:
 
         Units may be plural and in any case, whitespace around the parts is ignored; the
         amount and multiplier are whole numbers >= 1. Each limit's burst is its amount.
+        The keywords are the constructor's.
         A bad spec raises ValueError naming the item and what is wrong in it; a spec that
         is not a str, TypeError.
 
@@ -1339,6 +1414,9 @@ class RateLimiter:
         >>> RateLimiter(5).limits
         ((5.0, 1.0, 5),)
         """
+    @property
+    def name(self) -> str | None:
+        """The name given (the topics' middle segment), or None."""
 
     def try_acquire(self, key: _Key = None, cost: int = 1) -> bool:
         """Take ``cost`` tokens from ``key``'s bucket if they are there; True if taken.
@@ -1445,11 +1523,15 @@ class RateLimiter:
 
     def stats(self) -> LimiterStats:
         """Decisions made so far and keys tracked now; see :class:`LimiterStats`. The
-        counters are striped by key, so threads deciding on distinct keys do not share a
-        counter's cache line."""
+        counters are striped by thread, so threads deciding at once do not share a counter's
+        cache line."""
 
-    def _decide(self, key: _Key = None, cost: int = 1) -> Decision: ...
-    def _count(self, key: _Key, allowed: bool) -> None: ...
+    def _decide(self, key: _Key = None, cost: int = 1) -> Decision:
+        """``check`` for the waits of ``acquire_async`` and ``Limit``: counted neither in
+        ``stats()`` nor as a denial event (their outcome is counted once, by ``_count``)."""
+    def _count(self, key: _Key, allowed: bool) -> None:
+        """Counts the outcome of a waiting ``acquire_async`` (in ``stats()`` and the
+        events)."""
     def __len__(self) -> int:
         """The number of keys tracked (one per class of equal keys)."""
 
@@ -2424,8 +2506,15 @@ class ErrorStore:
         max_age: float = 86400.0,
         max_agents: int = 100000,
         clock: ManualClock | None = None,
+        name: str | None = None,
+        bus: _Bus | None = None,
     ) -> ErrorStore:
-        """Bounds: ``max_per_agent`` and ``max_agents`` >= 1, ``max_age`` > 0 seconds."""
+        """Bounds: ``max_per_agent`` and ``max_agents`` >= 1, ``max_age`` > 0 seconds.
+
+        ``bus`` (with ``name``) is told of each agent evicted to make room at
+        ``max_agents`` (not of agents whose errors aged out): ``errors.<name>.agent_evicted``
+        with data ``{"agent_id": ...}``, published after the record, with no lock held;
+        what ``publish`` raises goes to ``sys.unraisablehook``. See ``ferrule.events``."""
 
     @property
     def max_per_agent(self) -> int: ...
@@ -2433,6 +2522,9 @@ class ErrorStore:
     def max_age(self) -> float: ...
     @property
     def max_agents(self) -> int: ...
+    @property
+    def name(self) -> str | None:
+        """The name given (the topics' middle segment), or None."""
     def record(self, agent_id: str, error: Any) -> bool:
         """Store ``error`` for ``agent_id`` (a str); returns True once it is stored."""
 
@@ -2745,9 +2837,19 @@ class Pool(Generic[_T]):
         max_idle: float | None = None,
         discard_on_error: bool = False,
         clock: ManualClock | None = None,
+        name: str | None = None,
+        bus: _Bus | None = None,
     ) -> Pool[_T]:
         """``max_size`` >= 1; ``0 <= min_size <= max_size``; ``timeout`` >= 0 or None;
-        ``max_idle`` > 0 seconds or None; ``clock`` governs ``max_idle``."""
+        ``max_idle`` > 0 seconds or None; ``clock`` governs ``max_idle``.
+
+        ``bus`` (with ``name``) is told when the pool is exhausted: ``pool.<name>.exhausted``
+        with data ``{"state": "begin" | "end", "waited", "timeouts", "max_size"}``. It
+        begins when a checkout finds no idle item and no room to create one (it must
+        wait), and ends when a returned item goes back to idle (or a discarded item's
+        slot is freed) with nobody waiting; ``waited`` and ``timeouts`` count the
+        episode's checkouts that waited and that timed out. ``publish`` runs with no lock
+        held; what it raises goes to ``sys.unraisablehook``. See ``ferrule.events``."""
 
     def acquire(self, timeout: float | None = None) -> PoolCheckout[_T]:
         """``with pool.acquire() as item:``; ``timeout`` overrides the pool's default.
@@ -2782,6 +2884,9 @@ class Pool(Generic[_T]):
 
     @property
     def closed(self) -> bool: ...
+    @property
+    def name(self) -> str | None:
+        """The name given (the topics' middle segment), or None."""
     @property
     def max_size(self) -> int: ...
     @property

@@ -2,10 +2,11 @@
 
 ``acquire_async`` is the asyncio glue: no thread is parked per waiter. The native method
 validates its arguments and returns the coroutine made here. The coroutine asks the
-limiter for a decision (``_decide``, which ``stats()`` does not count: the outcome is
-counted once, by ``_count``) and, when refused, sleeps on the event loop for exactly the
-``retry_after`` the decision reported (in naps of ``nap`` seconds when the limiter runs on
-a ManualClock, whose time does not pass by itself), then asks again.
+limiter for a decision (``_decide``, counted neither in ``stats()`` nor as a denial for
+the limiter's events, ``bus=``: the outcome is counted once, by ``_count``) and, when
+refused, sleeps on the event loop for exactly the ``retry_after`` the decision reported
+(in naps of ``nap`` seconds when the limiter runs on a ManualClock, whose time does not
+pass by itself), then asks again.
 
 ``_equal`` is how the native limiter compares keys that may run user code: called through
 the limiter's exit guard, and never while it holds a lock.
@@ -101,11 +102,12 @@ class Limit:
         return f"<Limit key={self._key!r} cost={self._cost} timeout={self._timeout!r}>"
 
     # The decision on a refusal; the Redis tier overrides the async one (its async client
-    # has no synchronous check). A native limiter's uncounted `_decide`: the refused
-    # `acquire` has already counted this entry in its stats.
+    # has no synchronous check). ``acquire`` counted the refusal for the limiter's events
+    # already, so the native limiter's uncounted ``_decide`` is used where there is one.
     def _check(self, key: Any) -> Decision:
         decide = getattr(self._limiter, "_decide", self._limiter.check)
-        return cast("Decision", decide(key, self._cost))
+        decision: Decision = decide(key, self._cost)
+        return decision
 
     async def _check_async(self, key: Any) -> Decision:
         return self._check(key)

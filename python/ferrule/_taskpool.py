@@ -34,6 +34,13 @@ room wakes with ``RuntimeError``, and each worker drains what is left and exits.
 interpreter exit every live pool is closed that way (before non-daemon threads are
 joined), so a forgotten pool does not hang the exit; a pool that is garbage-collected
 is closed too.
+
+With ``bus=``, the native counters publish ``taskpool.<name>.saturated``: ``begin`` when
+an admission finds no room (every worker busy and the queue full), ``end`` when a task's
+end leaves at most ``max_workers + max_queue // 2`` tasks outstanding (see
+``ferrule.events``). The pool's counters hold the bus (and take part in garbage
+collection); the workers and the finalizer get a view of them (``_view()``) that refers
+to the bus only weakly, so a bus that refers back to the pool does not keep it alive.
 """
 
 from __future__ import annotations
@@ -50,7 +57,7 @@ from concurrent.futures import Executor, Future
 from concurrent.futures import TimeoutError as FuturesTimeout
 from concurrent.futures.thread import BrokenThreadPool
 from functools import partial
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from ferrule._native import (
     QueueClosed,
@@ -61,6 +68,9 @@ from ferrule._native import (
     WorkQueue,
     _run_worker,
 )
+
+if TYPE_CHECKING:
+    from ferrule._native import _Bus
 
 __all__ = ["TaskPool"]
 
@@ -246,6 +256,13 @@ class TaskPool(Executor):
     raise ``concurrent.futures.thread.BrokenThreadPool``. Worker threads are named
     ``f"{thread_name_prefix}_{n}"``; the prefix defaults to the pool's ``name``.
 
+    With ``bus`` (a :class:`ferrule.SignalBus`, or anything with ``publish(type,
+    data)``), saturation is published as ``taskpool.<name>.saturated`` with data
+    ``{"state": "begin" | "end", "rejected", "active", "queued"}``: it begins when a
+    submit finds every worker busy and the queue full (it waits or is refused) and ends
+    once at most ``max_workers + max_queue // 2`` tasks are outstanding. An exception
+    from ``publish`` goes to ``sys.unraisablehook``. See ``ferrule.events``.
+
     >>> with TaskPool(4, max_queue=100, name="resize") as pool:
     ...     futures = [pool.submit(pow, n, 2) for n in range(10)]
     ...     [f.result() for f in futures][:4]
@@ -277,6 +294,7 @@ class TaskPool(Executor):
         initializer: Callable[..., object] | None = None,
         initargs: Iterable[Any] = (),
         thread_name_prefix: str = "",
+        bus: _Bus | None = None,
     ) -> None:
         if max_workers is None:
             max_workers = _default_workers()
@@ -326,11 +344,18 @@ class TaskPool(Executor):
         # an admitted task (module docs).
         self._limit = min(max_workers + max_queue, _MAX_LIMIT)
         self._queue: WorkQueue[_Task] = WorkQueue(self._limit)
-        self._counters = TaskCounters(self._limit)
+        self._counters = TaskCounters(
+            self._limit,
+            name=self._name,
+            bus=bus,
+            low_water=min(max_workers + max_queue // 2, self._limit),
+        )
         self._threads: list[threading.Thread] = []
         self._spawn_lock = threading.Lock()
+        # What the workers and the finalizer hold: the same counters, the bus held weakly.
+        self._view = self._counters._view()
         _live.add(self)
-        weakref.finalize(self, _close, self._queue, self._counters)
+        weakref.finalize(self, _close, self._queue, self._view)
 
     @property
     def max_workers(self) -> int:
@@ -447,7 +472,7 @@ class TaskPool(Executor):
             n = len(self._threads)
             if n >= self._max_workers or self._counters.outstanding <= n:
                 return
-            q, c = self._queue, self._counters
+            q, c = self._queue, self._view
             if self._initializer is None:
                 target: Callable[..., None] = _run_worker
                 args: tuple[Any, ...] = (q, c)

@@ -1,9 +1,9 @@
 //! Striped event counters: monotonic totals that many threads bump on a hot path without
 //! all writing one cache line.
 //!
-//! A [`Tally`] holds `STRIPES` padded slots of two counters each (e.g. allowed / denied).
-//! A caller picks the slot from a hash it already has (the key's, so that threads working
-//! on distinct keys write distinct lines) and adds with one relaxed `fetch_add`; a read
+//! A [`Striped`] holds `STRIPES` padded slots of two counters each (e.g. allowed / denied).
+//! A caller picks the slot from a hash (a key's it already has, or [`thread_hash`], so that
+//! threads write distinct lines) and adds with one relaxed `fetch_add`; a read
 //! sums the slots. Counts are exact (no update is lost); a read concurrent with updates
 //! sees each update either in full or not at all, and two reads by one thread never go
 //! down. These are statistics, not synchronisation: nothing is ordered by them.
@@ -22,11 +22,11 @@ struct Slot {
 }
 
 /// Two monotonic counters, striped by a caller-chosen hash.
-pub struct Tally {
+pub struct Striped {
     slots: Box<[Slot]>,
 }
 
-impl Default for Tally {
+impl Default for Striped {
     fn default() -> Self {
         Self {
             slots: (0..STRIPES).map(|_| Slot::default()).collect(),
@@ -34,7 +34,7 @@ impl Default for Tally {
     }
 }
 
-impl Tally {
+impl Striped {
     #[inline]
     fn slot(&self, hash: u64) -> &Slot {
         // STRIPES is a power of two; the high bits of a hash are its best mixed.
@@ -91,7 +91,7 @@ mod tests {
 
     #[test]
     fn counts_every_event_from_many_threads() {
-        let t = Tally::default();
+        let t = Striped::default();
         std::thread::scope(|s| {
             for i in 0..4u64 {
                 let t = &t;
@@ -110,7 +110,7 @@ mod tests {
 
     #[test]
     fn counts_in_bulk() {
-        let t = Tally::default();
+        let t = Striped::default();
         t.add_counts(thread_hash(), 3, 0);
         t.add_counts(thread_hash(), 2, 5);
         assert_eq!(t.totals(), (5, 5));
@@ -118,7 +118,7 @@ mod tests {
 
     #[test]
     fn every_hash_has_a_slot() {
-        let t = Tally::default();
+        let t = Striped::default();
         for h in [0, 1, u64::MAX, 1 << 63, 0xF << 60] {
             t.add(h, true);
         }

@@ -73,6 +73,8 @@ impl std::error::Error for ErrorStoreError {}
 pub struct Grave<E> {
     entries: Vec<(E, i64)>,
     queues: Vec<VecDeque<(E, i64)>>,
+    /// Ids of the agents evicted to make room (not those that expired).
+    evicted: Vec<Box<str>>,
 }
 
 impl<E> Default for Grave<E> {
@@ -80,11 +82,17 @@ impl<E> Default for Grave<E> {
         Self {
             entries: Vec::new(),
             queues: Vec::new(),
+            evicted: Vec::new(),
         }
     }
 }
 
 impl<E> Grave<E> {
+    /// Ids of the agents evicted to make room, oldest first.
+    pub fn evicted(&self) -> &[Box<str>] {
+        &self.evicted
+    }
+
     /// Entries held (for tests).
     pub fn len(&self) -> usize {
         self.entries.len() + self.queues.iter().map(VecDeque::len).sum::<usize>()
@@ -155,14 +163,15 @@ impl<E> Shard<E> {
         self.tail = i;
     }
 
-    /// Unlinks and frees node `i`, moving its entries into `grave`.
-    fn remove(&mut self, i: u32, grave: &mut Grave<E>) {
+    /// Unlinks and frees node `i`, moving its entries into `grave`; returns its key.
+    fn remove(&mut self, i: u32, grave: &mut Grave<E>) -> Box<str> {
         self.unlink(i);
         let n = &mut self.nodes[i as usize];
         let key = std::mem::take(&mut n.key);
         grave.queues.push(std::mem::take(&mut n.entries));
         self.index.remove(&key);
         self.free.push(i);
+        key
     }
 
     fn insert(&mut self, key: &str) -> u32 {
@@ -395,7 +404,8 @@ impl<E> ErrorStore<E> {
             return true; // emptied meanwhile: a place may be free now
         }
         let h = sh.head;
-        sh.remove(h, grave);
+        let key = sh.remove(h, grave);
+        grave.evicted.push(key); // moved, not copied: it was going to be dropped
         drop(sh);
         self.free_places(1);
         self.evicted.fetch_add(1, Ordering::Relaxed);
@@ -572,6 +582,7 @@ mod tests {
         s.record("a", 1); // b is now the least recently recorded
         let g = s.record("d", 2);
         assert_eq!(g.len(), 1);
+        assert_eq!(g.evicted(), [Box::from("b")]);
         assert_eq!(s.agents(&mut Grave::default()), vec!["a", "c", "d"]);
         assert_eq!(s.count("d", &mut Grave::default()), 1);
     }
@@ -587,6 +598,7 @@ mod tests {
         let mut g = Grave::default();
         assert!(s.agents(&mut g).is_empty());
         assert_eq!(g.len(), 100);
+        assert!(g.evicted().is_empty(), "expired agents are not evictions");
         assert_eq!(s.len(), 0);
         assert_eq!(s.places.load(Ordering::Relaxed), 0);
     }

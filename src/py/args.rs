@@ -211,11 +211,11 @@ pub mod named {
     }
 
     named! {
-        seconds -> f64: start, window, per, reset_timeout, max_age;
+        seconds -> f64: start, window, per, reset_timeout, max_age, event_interval;
         opt_seconds -> Option<f64>: timeout;
         number -> f64: alert_threshold, severe_threshold;
         int -> i64: cost, amount, limit, maxsize, max_batch, max_per_agent, max_agents,
-            min_size, half_open_max_calls, success_threshold, max_ops;
+            min_size, half_open_max_calls, success_threshold, max_ops, deny_threshold;
         boolean -> bool: weak;
         overflow_name -> &'static str: overflow;
     }

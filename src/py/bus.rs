@@ -54,7 +54,7 @@ use pyo3::types::{PyString, PyTuple};
 use pyo3::{intern, PyTraverseError, PyVisit};
 
 use crate::core::bus::{thread_token, Router, Sub, SubStats};
-use crate::core::counter::{self, Tally};
+use crate::core::counter::{self, Striped};
 use crate::core::queue::{GetError, Overflow, PutError};
 use crate::errors::wrong_type;
 use crate::py::args;
@@ -535,9 +535,9 @@ impl Worker {
 pub struct SignalBus {
     router: Arc<Router<Item, Waker, Handle>>,
     /// (published, unrouted) publishes, striped by the publishing thread.
-    publishes: Tally,
+    publishes: Striped,
     /// (delivered, dropped) offers to mailboxes.
-    offers: Tally,
+    offers: Striped,
 }
 
 impl SignalBus {
@@ -556,8 +556,8 @@ impl SignalBus {
     fn new() -> Self {
         Self {
             router: Router::new(),
-            publishes: Tally::default(),
-            offers: Tally::default(),
+            publishes: Striped::default(),
+            offers: Striped::default(),
         }
     }
 

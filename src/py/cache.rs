@@ -37,9 +37,17 @@
 //! each batch of a bulk operation, each drained shard of `clear`) call it per entry after
 //! the lock is released, on the calling thread, its errors reported by [`notify`].
 //!
+//! Events (`bus=`, see `crate::py::events`): evictions by size or weight are counted in
+//! [`bury`](Cache::bury), which a write that removed entries calls anyway, and published
+//! as `cache.<name>.evicting` at most once per `event_interval` by the write that finds
+//! the interval over (the clock is read by the first eviction of a count and then every
+//! `events::STRIDE` evictions or writes: see `events::Tally`); a write while evictions
+//! are pending publishes the rest once the interval is over. Without a bus, a write pays
+//! one test of an `Option`.
+//!
 //! Garbage collection: `Cache` visits every key and value it holds (and the keys of
-//! flights in progress), its weigher and listener, skipping a shard (or callback) whose
-//! lock is held rather than waiting for it; `__clear__` lets the weigher and listener go
+//! flights in progress), its weigher, listener and bus, skipping a shard (or callback) whose
+//! lock is held rather than waiting for it; `__clear__` lets the weigher, listener and bus go
 //! and then swaps every shard's contents out under its lock, dropping them after it is
 //! released, without reporting them (the listener may be part of the garbage).
 
@@ -60,6 +68,7 @@ use crate::core::clock::nanos_to_secs;
 use crate::core::flight::{Flight, Join, Leader, Outcome, SingleFlight};
 use crate::errors::wrong_type;
 use crate::py::args::Held;
+use crate::py::events::{self, Event, Events, Tally, Val};
 use crate::py::lookup::lookup;
 use crate::py::{args, cache_async, wait};
 
@@ -452,6 +461,9 @@ pub struct Cache {
     weigher: Option<Held<Py<PyAny>>>,
     /// `on_evict(key, value, cause)`, likewise.
     on_evict: Option<Held<Py<PyAny>>>,
+    name: Option<Py<PyString>>,
+    /// With a bus: the outbox and the evictions not yet published.
+    events: Option<Box<(Events, Tally)>>,
 }
 
 /// Ends a leader's flight with what its caller got: a value is shared, and so is an
@@ -524,7 +536,37 @@ impl Cache {
         if !grave.is_empty() {
             self.bury(q.py(), grave);
         }
+        if let Some(ev) = &self.events {
+            if ev.1.tick() {
+                self.publish_evictions(q.py(), ev);
+            }
+        }
         stored.map(drop)
+    }
+
+    /// Publishes the evictions counted so far if `event_interval` has passed since the
+    /// last event (module docs).
+    #[cold]
+    #[inline(never)]
+    fn publish_evictions(&self, py: Python<'_>, ev: &(Events, Tally)) {
+        let Some(n) = ev.1.take_due() else {
+            return;
+        };
+        if n == 0 {
+            return;
+        }
+        let s = self.inner.entries().stats();
+        ev.0.emit(
+            py,
+            Event::new(
+                "evicting",
+                vec![
+                    ("evicted", Val::Int(n)),
+                    ("size", Val::Int(s.size)),
+                    ("max_size", Val::Int(s.max_size)),
+                ],
+            ),
+        );
     }
 
     /// `weigher(key, value)`, run with no lock held, as a weight.
@@ -545,14 +587,24 @@ impl Cache {
 
     /// Reports removed entries to the listener, one call each, with no lock held; without
     /// a listener they are just dropped (here, after the lock).
+    /// With a bus, evictions by size are counted for `cache.<name>.evicting`.
     #[inline(never)]
     fn bury(&self, py: Python<'_>, grave: impl IntoIterator<Item = (PyKey, Py<PyAny>, Cause)>) {
-        let Some(listener) = self.listener(py) else {
+        let listener = self.listener(py);
+        if listener.is_none() && self.events.is_none() {
             return;
-        };
-        let listener = listener.bind(py);
+        }
+        let mut evicted = 0;
         for (k, v, cause) in grave {
-            notify(py, listener, k, v, cause);
+            evicted += u64::from(cause == Cause::Size);
+            if let Some(l) = &listener {
+                notify(py, l.bind(py), k, v, cause);
+            }
+        }
+        if let (Some(ev), true) = (&self.events, evicted > 0) {
+            if Tally::crossed(ev.1.add(evicted), evicted) {
+                self.publish_evictions(py, ev);
+            }
         }
     }
 
@@ -661,9 +713,11 @@ impl Cache {
     #[new]
     #[pyo3(signature = (
         max_size, *, ttl = None, tti = None, weigher = None, on_evict = None, shards = None,
-        clock = None
+        clock = None, name = None, bus = None, event_interval = 1.0
     ))]
+    #[allow(clippy::too_many_arguments)] // the Python signature
     fn new(
+        py: Python<'_>,
         max_size: &Bound<'_, PyAny>,
         ttl: Option<&Bound<'_, PyAny>>,
         tti: Option<&Bound<'_, PyAny>>,
@@ -671,6 +725,9 @@ impl Cache {
         on_evict: Option<&Bound<'_, PyAny>>,
         shards: Option<&Bound<'_, PyAny>>,
         clock: Option<&Bound<'_, PyAny>>,
+        name: Option<&Bound<'_, PyAny>>,
+        bus: Option<&Bound<'_, PyAny>>,
+        #[pyo3(from_py_with = args::named::event_interval)] event_interval: f64,
     ) -> PyResult<Self> {
         let max_size = size_arg(max_size, "max_size")?;
         let shards = match shards {
@@ -702,11 +759,17 @@ impl Cache {
         let flights = Arc::new(SingleFlight::new(entries.shard_count(), FLIGHTS_PER_SHARD)?);
         let default_ttl = args::opt_positive_nanos(ttl, "ttl")?;
         let clock = args::clock(clock)?;
+        let name = events::name_arg(py, name)?;
+        let interval = events::interval_arg(event_interval)?;
+        let events = Events::from_args(py, "cache", bus, name.as_ref())?
+            .map(|e| Box::new((e, Tally::new(interval, clock.clone()))));
         Ok(Self {
             inner: TimedCache::new(entries, clock, default_ttl),
             flights,
             weigher,
             on_evict,
+            name,
+            events,
         })
     }
 
@@ -952,6 +1015,12 @@ impl Cache {
         self.inner.entries().shard_count()
     }
 
+    /// The name given (the topics' middle segment), or None.
+    #[getter]
+    fn name(&self, py: Python<'_>) -> Option<Py<PyString>> {
+        self.name.as_ref().map(|n| n.clone_ref(py))
+    }
+
     fn __len__(&self, py: Python<'_>) -> PyResult<usize> {
         Ok(self.inner.live_len(&mut |g| self.bury_batch(py, g))?)
     }
@@ -995,6 +1064,9 @@ impl Cache {
         for held in [&self.weigher, &self.on_evict].into_iter().flatten() {
             held.try_visit(|f| visit.call(f))?;
         }
+        if let Some(ev) = &self.events {
+            ev.0.visit(&visit)?;
+        }
         Ok(())
     }
 
@@ -1005,9 +1077,10 @@ impl Cache {
     fn __clear__(&self) {
         let weigher = self.weigher.as_ref().and_then(Held::take);
         let on_evict = self.on_evict.as_ref().and_then(Held::take);
+        let bus = self.events.as_ref().and_then(|ev| ev.0.clear());
         self.flights.clear();
         self.inner.entries().clear();
-        drop((weigher, on_evict)); // every lock is released: dropping may run Python
+        drop((weigher, on_evict, bus)); // every lock is released: dropping may run Python
     }
 
     fn __repr__(&self) -> String {

@@ -9,7 +9,12 @@
 //! Garbage collection: a stored error's traceback may refer back to whatever holds the
 //! store, so the store visits every error it holds (each shard with `try_lock`, never
 //! blocking) and its `__clear__` empties it; an `ErrorRecord` visits and can drop its
-//! error. Agent ids are exact `str`s, which cannot lead anywhere.
+//! error. Agent ids are exact `str`s, which cannot lead anywhere. The bus (`bus=`, see
+//! `crate::py::events`) is visited and let go of likewise.
+//!
+//! Events: each agent evicted to make room (`max_agents`) is published as
+//! `errors.<name>.agent_evicted`, after the grave is dropped; without a bus a record pays
+//! one test of an `Option`.
 
 use pyo3::prelude::*;
 use pyo3::types::PyString;
@@ -19,6 +24,7 @@ use crate::core::clock::nanos_to_secs;
 use crate::core::error_store::{self as core, Grave};
 use crate::errors::wrong_type;
 use crate::py::args::{self, Held};
+use crate::py::events::{self, Event, Events, Val};
 
 fn agent_str<'a>(agent_id: &'a Bound<'_, PyAny>) -> PyResult<&'a Bound<'a, PyString>> {
     agent_id
@@ -55,17 +61,22 @@ impl ErrorStoreStats {
 #[pyclass(frozen, module = "ferrule", name = "ErrorStore")]
 pub struct ErrorStore {
     inner: core::ErrorStore<Py<PyAny>>,
+    name: Option<Py<PyString>>,
+    events: Option<Events>,
 }
 
 #[pymethods]
 impl ErrorStore {
     #[new]
-    #[pyo3(signature = (*, max_per_agent = 1000, max_age = 86400.0, max_agents = 100_000, clock = None))]
+    #[pyo3(signature = (*, max_per_agent = 1000, max_age = 86400.0, max_agents = 100_000, clock = None, name = None, bus = None))]
     fn new(
+        py: Python<'_>,
         #[pyo3(from_py_with = args::named::max_per_agent)] max_per_agent: i64,
         #[pyo3(from_py_with = args::named::max_age)] max_age: f64,
         #[pyo3(from_py_with = args::named::max_agents)] max_agents: i64,
         clock: Option<&Bound<'_, PyAny>>,
+        name: Option<&Bound<'_, PyAny>>,
+        bus: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let max_per_agent = args::at_least(max_per_agent, "max_per_agent", 1)?;
         let max_agents = args::at_least(max_agents, "max_agents", 1)?;
@@ -76,14 +87,30 @@ impl ErrorStore {
             max_agents as usize,
             args::clock(clock)?,
         )?;
-        Ok(Self { inner })
+        let name = events::name_arg(py, name)?;
+        let events = Events::from_args(py, "errors", bus, name.as_ref())?;
+        Ok(Self {
+            inner,
+            name,
+            events,
+        })
     }
 
     /// Store `error` for `agent_id` (a str); returns True once it is stored.
     fn record(&self, agent_id: &Bound<'_, PyAny>, error: Py<PyAny>) -> PyResult<bool> {
         let agent = agent_str(agent_id)?;
         let grave = self.inner.record(agent.to_str()?, error);
-        drop(grave);
+        match &self.events {
+            Some(ev) if !grave.evicted().is_empty() => {
+                let ids: Vec<String> = grave.evicted().iter().map(ToString::to_string).collect();
+                drop(grave);
+                for id in ids {
+                    let e = Event::new("agent_evicted", vec![("agent_id", Val::Text(id))]);
+                    ev.emit(agent_id.py(), e);
+                }
+            }
+            _ => drop(grave),
+        }
         Ok(true)
     }
 
@@ -162,14 +189,24 @@ impl ErrorStore {
         }
     }
 
+    /// The name given (the topics' middle segment), or None.
+    #[getter]
+    fn name(&self, py: Python<'_>) -> Option<Py<PyString>> {
+        self.name.as_ref().map(|n| n.clone_ref(py))
+    }
+
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        if let Some(ev) = &self.events {
+            ev.visit(&visit)?;
+        }
         self.inner.try_for_each(|e| visit.call(e))
     }
 
     fn __clear__(&self) {
+        let bus = self.events.as_ref().and_then(Events::clear);
         let mut grave = Grave::default();
         self.inner.clear(&mut grave);
-        drop(grave); // every shard lock is released: dropping may run Python
+        drop((bus, grave)); // every shard lock is released: dropping may run Python
     }
 
     fn __repr__(&self) -> String {

@@ -8,6 +8,7 @@ pub mod cache;
 pub mod cache_async;
 pub mod clock;
 pub mod error_store;
+pub mod events;
 pub mod lookup;
 pub mod mailbox;
 pub mod metrics;

@@ -11,9 +11,17 @@
 //! `ferrule._pool`; it uses the hidden methods below and waits on futures, so a waiting
 //! coroutine costs no thread.
 //!
+//! # Events
+//! With `bus=` (see `crate::py::events`), `pool.<name>.exhausted` begins when a checkout
+//! finds no idle item and no room to create one (it must wait) and ends when a returned
+//! item goes back to idle, or a discarded item's slot is freed, with nobody waiting. Both
+//! edges are on paths that take the pool's lock anyway; without a bus they pay one test
+//! of an `Option`. The checkouts that waited and those that timed out are counted (only
+//! with a bus) for the episode's payload.
+//!
 //! # Garbage collection
 //! Each Python object visits only references it owns alone: a pool visits its `factory`,
-//! `validate` and idle items, and the wake-up hook and granted item of each queued waiter
+//! `validate`, bus and idle items, and the wake-up hook and granted item of each queued waiter
 //! that no `_PoolWaiter` shares; a `_PoolWaiter` visits them once the pool's queue has let
 //! go of it; a `PoolCheckout` visits its pool and its item, and its `__clear__` returns
 //! the item to the pool.
@@ -26,7 +34,7 @@ use parking_lot::Mutex;
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::PyTuple;
+use pyo3::types::{PyString, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 
 use crate::core::clock::Clock;
@@ -34,6 +42,7 @@ use crate::core::pool::{Checkout, Grant, PoolCore, Returned, Waiter};
 use crate::core::wait::slice_until;
 use crate::errors::{wrong_type, Exc};
 use crate::py::args::{self, Held};
+use crate::py::events::{self, Episode, Event, Events, Val};
 use crate::py::lookup::lookup;
 use crate::py::wait;
 
@@ -68,6 +77,16 @@ pub struct Pool {
     clock: Clock,
     /// Tells this pool's `_PoolWaiter`s from another pool's.
     id: u64,
+    name: Option<Py<PyString>>,
+    events: Option<Box<PoolEvents>>,
+}
+
+/// A pool's bus, its exhaustion episode and the episode's counts.
+struct PoolEvents {
+    events: Events,
+    exhausted: Episode,
+    waited: AtomicU64,
+    timeouts: AtomicU64,
 }
 
 /// Source of `Pool::id`.
@@ -84,6 +103,53 @@ fn not_checked_out() -> PyErr {
 impl Pool {
     fn now(&self) -> i64 {
         self.clock.now_nanos()
+    }
+
+    /// A checkout must wait: exhaustion begins unless it is under way.
+    #[cold]
+    #[inline(never)]
+    fn must_wait(&self, py: Python<'_>) {
+        if let Some(ev) = &self.events {
+            ev.waited.fetch_add(1, Ordering::Relaxed);
+            if !ev.exhausted.is_active() {
+                self.edge(py, ev, true);
+            }
+        }
+    }
+
+    /// An item or a slot became free with nobody waiting: exhaustion ends.
+    #[inline]
+    fn freed(&self, py: Python<'_>) {
+        if let Some(ev) = &self.events {
+            if ev.exhausted.is_active() {
+                self.edge(py, ev, false);
+            }
+        }
+    }
+
+    fn edge(&self, py: Python<'_>, ev: &PoolEvents, begin: bool) {
+        ev.events.edge(py, &ev.exhausted, begin, || {
+            let (waited, timeouts) = if begin {
+                (
+                    ev.waited.load(Ordering::Relaxed),
+                    ev.timeouts.load(Ordering::Relaxed),
+                )
+            } else {
+                (
+                    ev.waited.swap(0, Ordering::Relaxed),
+                    ev.timeouts.swap(0, Ordering::Relaxed),
+                )
+            };
+            Event::new(
+                "exhausted",
+                vec![
+                    ("state", Val::Str(if begin { "begin" } else { "end" })),
+                    ("waited", Val::Int(waited)),
+                    ("timeouts", Val::Int(timeouts)),
+                    ("max_size", Val::Int(self.core.max_size() as u64)),
+                ],
+            )
+        });
     }
 
     /// The factory, cloned out of its lock; "pool is closed" once cleared.
@@ -156,8 +222,9 @@ impl Pool {
     /// pool back up to `min_size`.
     fn discard(&self, py: Python<'_>, item: Item) {
         Self::close_items(py, vec![item]);
-        if let Some(w) = self.core.release_slot(true) {
-            Self::wake(py, &w);
+        match self.core.release_slot(true) {
+            Some(w) => Self::wake(py, &w),
+            None => self.freed(py),
         }
         if let Some(e) = self.warm(py) {
             match self.factory(py) {
@@ -185,7 +252,10 @@ impl Pool {
     fn put_back(&self, py: Python<'_>, item: Item) -> bool {
         let mut reaped = Vec::new();
         let ok = match self.core.put_back(item, self.now(), &mut reaped) {
-            Returned::Idle => true,
+            Returned::Idle => {
+                self.freed(py);
+                true
+            }
             Returned::Handed(w) => {
                 Self::wake(py, &w);
                 true
@@ -256,7 +326,10 @@ impl Pool {
                     match c {
                         Checkout::Item(x) => Grant::Item(x),
                         Checkout::Create => Grant::Create,
-                        Checkout::Wait(w) => return Ok(Outcome::Wait(w)),
+                        Checkout::Wait(w) => {
+                            self.must_wait(py);
+                            return Ok(Outcome::Wait(w));
+                        }
                         Checkout::Closed => Grant::Closed,
                     }
                 }
@@ -298,6 +371,9 @@ impl Pool {
 
     fn timeout_err(&self, py: Python<'_>, timeout: Option<Duration>) -> PyErr {
         self.core.count_timeout();
+        if let Some(ev) = &self.events {
+            ev.timeouts.fetch_add(1, Ordering::Relaxed);
+        }
         Exc::PoolTimeout.err(
             py,
             format!(
@@ -357,7 +433,8 @@ impl Pool {
 #[pymethods]
 impl Pool {
     #[new]
-    #[pyo3(signature = (factory, *, max_size, min_size = 0, timeout = 30.0, validate = None, max_idle = None, discard_on_error = false, clock = None))]
+    #[pyo3(signature = (factory, *, max_size, min_size = 0, timeout = 30.0, validate = None, max_idle = None, discard_on_error = false, clock = None, name = None, bus = None))]
+    #[allow(clippy::too_many_arguments)] // the Python signature
     fn new(
         py: Python<'_>,
         factory: Py<PyAny>,
@@ -368,6 +445,8 @@ impl Pool {
         max_idle: Option<&Bound<'_, PyAny>>,
         discard_on_error: bool,
         clock: Option<&Bound<'_, PyAny>>,
+        name: Option<&Bound<'_, PyAny>>,
+        bus: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         if !factory.bind(py).is_callable() {
             return Err(wrong_type("factory", "callable", factory.bind(py)));
@@ -387,6 +466,15 @@ impl Pool {
             .map(|ns| Duration::from_nanos(ns as u64));
         let max_idle = args::opt_positive_nanos(max_idle, "max_idle")?;
         let clock = args::clock(clock)?;
+        let name = events::name_arg(py, name)?;
+        let events = Events::from_args(py, "pool", bus, name.as_ref())?.map(|events| {
+            Box::new(PoolEvents {
+                events,
+                exhausted: Episode::default(),
+                waited: AtomicU64::new(0),
+                timeouts: AtomicU64::new(0),
+            })
+        });
         let pool = Self {
             core: PoolCore::new(max_size, min_size, max_idle)?,
             hooks: Held::new(Some(PoolHooks { factory, validate })),
@@ -394,6 +482,8 @@ impl Pool {
             timeout,
             clock,
             id: POOL_IDS.fetch_add(1, Ordering::Relaxed),
+            name,
+            events,
         };
         match pool.warm(py) {
             Some(e) => Err(e),
@@ -451,6 +541,12 @@ impl Pool {
     #[getter]
     fn min_size(&self) -> usize {
         self.core.min_size()
+    }
+
+    /// The name given (the topics' middle segment), or None.
+    #[getter]
+    fn name(&self, py: Python<'_>) -> Option<Py<PyString>> {
+        self.name.as_ref().map(|n| n.clone_ref(py))
     }
 
     /// The default checkout timeout in seconds (None: wait forever).
@@ -557,6 +653,9 @@ impl Pool {
             visit.call(&h.factory)?;
             visit.call(h.validate.as_ref())
         })?;
+        if let Some(ev) = &self.events {
+            ev.events.visit(&visit)?;
+        }
         // Idle items and queued waiters are visited only if the pool lock is free right
         // now; skipping them only makes the collector more conservative. A queued
         // waiter's hook belongs to the pool alone once no `_PoolWaiter` shares it. The
@@ -578,8 +677,9 @@ impl Pool {
     /// garbage, as are its waiters) and the queue; the pool is closed afterwards.
     fn __clear__(&self) {
         let hooks = self.hooks.take();
+        let bus = self.events.as_ref().and_then(|ev| ev.events.clear());
         let (items, waiters) = self.core.close();
-        drop((hooks, items, waiters)); // every lock is released: dropping may run Python
+        drop((hooks, bus, items, waiters)); // every lock is released: dropping may run Python
     }
 
     fn __repr__(&self) -> String {

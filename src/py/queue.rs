@@ -18,17 +18,27 @@
 //! called under the queue's lock, how asyncio waiters are woken and forgotten without
 //! losing an item, and what the collector visits. The `TaskPool` binding over a
 //! `WorkQueue` is in `crate::py::taskpool`.
+//!
+//! Events (`bus=`, see `crate::py::events`): `queue.<name>.overflow` begins at the first
+//! put refused or dropped for lack of room (reject, `drop_newest`, a timed-out or
+//! `put_nowait` put, an item evicted by `drop_oldest`) and ends when a get (or a
+//! `shutdown`) leaves at most `low_water` items, half of the bound. Those puts are the
+//! cold paths already; a get pays one test of an `Option` without a bus, and a relaxed
+//! load with one. The bus is visited and cleared with the items.
 
 use std::collections::VecDeque;
 use std::time::Duration;
 
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyInt, PyList, PyType};
+use pyo3::types::{PyBool, PyInt, PyList, PyString, PyType};
 use pyo3::{PyTraverseError, PyVisit};
 
-use crate::core::queue::{queue_bound, GetError, Overflow, PutError, Stats, Stop, WaitError};
+use crate::core::queue::{
+    queue_bound, Accepted, GetError, Overflow, PutError, Stats, Stop, WaitError,
+};
 use crate::errors::{wrong_type, Exc};
 use crate::py::args;
+use crate::py::events::{self, Episode, Event, Events, Val};
 use crate::py::lookup::lookup;
 use crate::py::mailbox::{self, run_wait, size_at_least, Item, Mailbox, Waker, Words};
 use crate::py::wait::check_signals;
@@ -81,59 +91,161 @@ pub struct WorkQueue {
     maxsize: i64,
     /// As asked for (a queue with the implicit bound runs `Block` as `Reject`).
     overflow: Overflow,
+    name: Option<Py<PyString>>,
+    events: Option<Box<QueueEvents>>,
+}
+
+/// A work queue's bus and its overflow episode.
+struct QueueEvents {
+    events: Events,
+    overflow: Episode,
+    /// An overflow ends once at most this many items are queued.
+    low_water: usize,
+    /// `rejected` and `dropped` when the last overflow ended (0, 0 at first).
+    base: parking_lot::Mutex<(u64, u64)>,
+}
+
+impl QueueEvents {
+    /// The episode's edge, with the counts since the previous end.
+    fn edge(&self, py: Python<'_>, q: &Mailbox, begin: bool) {
+        self.events.edge(py, &self.overflow, begin, || {
+            let s = q.stats();
+            let mut base = self.base.lock();
+            let (r, d) = (s.rejected - base.0, s.dropped - base.1);
+            if !begin {
+                *base = (s.rejected, s.dropped);
+            }
+            Event::new(
+                "overflow",
+                vec![
+                    ("state", Val::Str(if begin { "begin" } else { "end" })),
+                    ("rejected", Val::Int(r)),
+                    ("dropped", Val::Int(d)),
+                    ("size", Val::Int(s.size as u64)),
+                ],
+            )
+        });
+    }
 }
 
 impl WorkQueue {
+    /// A put was refused or dropped an item for lack of room: an overflow begins unless
+    /// one is under way.
+    #[cold]
+    #[inline(never)]
+    fn overflowed(&self, py: Python<'_>) {
+        if let Some(ev) = &self.events {
+            if !ev.overflow.is_active() {
+                ev.edge(py, &self.q, true);
+            }
+        }
+    }
+
+    /// After items left: an overflow ends at the low-water mark.
+    #[inline]
+    fn drained(&self, py: Python<'_>) {
+        if let Some(ev) = &self.events {
+            if ev.overflow.is_active() && self.q.len() <= ev.low_water {
+                ev.edge(py, &self.q, false);
+            }
+        }
+    }
+
+    /// `mailbox::accepted`, noting a `drop_oldest` eviction.
+    fn accepted(&self, py: Python<'_>, a: Accepted<Item, Py<PyAny>>) {
+        if a.evicted.is_some() && self.events.is_some() {
+            mailbox::accepted(py, &self.q, a);
+            self.overflowed(py);
+        } else {
+            mailbox::accepted(py, &self.q, a);
+        }
+    }
+
+    /// `not_entered`, noting a put refused for lack of room.
+    fn not_entered(&self, py: Python<'_>, e: PutError<Item>) -> PyResult<()> {
+        if !matches!(e, PutError::Closed(_)) {
+            self.overflowed(py);
+        }
+        not_entered(py, e)
+    }
+
     fn do_put(&self, py: Python<'_>, item: Item, timeout: Option<Duration>) -> PyResult<()> {
         // The common case first, without the blocking loop's machinery.
         let item = match self.q.put_or_wait(item, None) {
             Ok(a) => {
-                mailbox::accepted(py, &self.q, a);
+                self.accepted(py, a);
                 return Ok(());
             }
             Err(PutError::WouldBlock(item)) => item,
-            Err(e) => return not_entered(py, e),
+            Err(e) => return self.not_entered(py, e),
         };
         match self
             .q
             .put_until(item, timeout, check_signals, |w| run_wait(py, timeout, w))
         {
             Ok(a) => {
-                mailbox::accepted(py, &self.q, a);
+                self.accepted(py, a);
                 Ok(())
             }
-            // drop_newest: refused without an error (counted in `rejected`).
-            Err(PutError::Discarded(_)) => Ok(()),
-            Err(PutError::Full(_) | PutError::WouldBlock(_)) => Err(full(py)),
-            Err(PutError::Timeout(_)) => {
-                Err(Exc::QueueFull.err(py, "queue is full (put timed out)"))
+            Err(e @ (PutError::Discarded(_) | PutError::Full(_) | PutError::Timeout(_)))
+                if self.events.is_some() =>
+            {
+                self.overflowed(py);
+                Self::put_error(py, e)
             }
-            Err(PutError::Closed(_)) => Err(WORDS.closed(py)),
-            Err(PutError::Interrupted(_, e)) => Err(e),
+            Err(e) => Self::put_error(py, e),
+        }
+    }
+
+    /// What a blocking put that did not enter raises.
+    fn put_error(py: Python<'_>, e: PutError<Item, PyErr>) -> PyResult<()> {
+        match e {
+            // drop_newest: refused without an error (counted in `rejected`).
+            PutError::Discarded(_) => Ok(()),
+            PutError::Full(_) | PutError::WouldBlock(_) => Err(full(py)),
+            PutError::Timeout(_) => Err(Exc::QueueFull.err(py, "queue is full (put timed out)")),
+            PutError::Closed(_) => Err(WORDS.closed(py)),
+            PutError::Interrupted(_, e) => Err(e),
         }
     }
 
     /// A blocking get for `TaskPool`'s workers (`crate::py::taskpool`).
     pub(crate) fn take(&self, py: Python<'_>) -> Result<Item, GetError<PyErr>> {
-        mailbox::take(py, &self.q, None)
+        let r = mailbox::take(py, &self.q, None);
+        self.drained(py);
+        r
     }
 }
 
 #[pymethods]
 impl WorkQueue {
     #[new]
-    #[pyo3(signature = (maxsize, *, overflow = "block"))]
+    #[pyo3(signature = (maxsize, *, overflow = "block", name = None, bus = None))]
     fn new(
+        py: Python<'_>,
         #[pyo3(from_py_with = args::named::maxsize)] maxsize: i64,
         #[pyo3(from_py_with = args::named::overflow)] overflow: &str,
+        name: Option<&Bound<'_, PyAny>>,
+        bus: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let asked = Overflow::parse(overflow)?;
         let (bound, policy) = queue_bound(maxsize, asked);
         let q = Mailbox::new(bound, policy)?;
+        let name = events::name_arg(py, name)?;
+        let events = Events::from_args(py, "queue", bus, name.as_ref())?.map(|events| {
+            Box::new(QueueEvents {
+                events,
+                overflow: Episode::default(),
+                low_water: bound / 2,
+                base: parking_lot::Mutex::new((0, 0)),
+            })
+        });
         Ok(Self {
             q,
             maxsize,
             overflow: asked,
+            name,
+            events,
         })
     }
 
@@ -159,10 +271,10 @@ impl WorkQueue {
     fn put_nowait(&self, py: Python<'_>, item: Item) -> PyResult<()> {
         match self.q.try_put(item) {
             Ok(a) => {
-                mailbox::accepted(py, &self.q, a);
+                self.accepted(py, a);
                 Ok(())
             }
-            Err(e) => not_entered(py, e),
+            Err(e) => self.not_entered(py, e),
         }
     }
 
@@ -176,16 +288,20 @@ impl WorkQueue {
         timeout: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Item> {
         let timeout = args::opt_timeout(timeout, "timeout")?;
-        if block {
+        let r = if block {
             mailbox::get(py, &self.q, timeout, &WORDS)
         } else {
             mailbox::get_nowait(py, &self.q, &WORDS)
-        }
+        };
+        self.drained(py);
+        r
     }
 
     /// The oldest item without waiting; `QueueEmpty` if there is none.
     fn get_nowait(&self, py: Python<'_>) -> PyResult<Item> {
-        mailbox::get_nowait(py, &self.q, &WORDS)
+        let r = mailbox::get_nowait(py, &self.q, &WORDS);
+        self.drained(py);
+        r
     }
 
     /// Add the items in order under as few lock holds as possible; returns how many
@@ -216,8 +332,13 @@ impl WorkQueue {
                 }
             },
         );
+        let overflowed =
+            !batch.evicted.is_empty() || matches!(batch.stopped, Some(Stop::Full | Stop::Timeout));
         drop(batch.evicted);
         drop(pending);
+        if overflowed {
+            self.overflowed(py);
+        }
         match batch.stopped {
             Some(Stop::Interrupted(e)) => Err(e),
             Some(Stop::Closed) if batch.accepted == 0 => Err(WORDS.closed(py)),
@@ -244,6 +365,7 @@ impl WorkQueue {
                 for w in wake {
                     mailbox::wake_putter(py, &self.q, Some(w));
                 }
+                self.drained(py);
                 PyList::new(py, items)
             }
             Err(GetError::Timeout | GetError::Empty) => Ok(PyList::empty(py)),
@@ -268,17 +390,19 @@ impl WorkQueue {
         let waker = waker.filter(|w| !w.is_none(py));
         match self.q.put_or_wait(item, waker) {
             Ok(a) => {
-                mailbox::accepted(py, &self.q, a);
+                self.accepted(py, a);
                 Ok(true)
             }
             Err(PutError::WouldBlock(_)) => Ok(false),
-            Err(e) => not_entered(py, e).map(|()| true),
+            Err(e) => self.not_entered(py, e).map(|()| true),
         }
     }
 
     /// asyncio glue: an item, or `pending` after registering `waker` (if not None).
     fn _get_or_wait(&self, py: Python<'_>, waker: Option<Waker>, pending: Item) -> PyResult<Item> {
-        mailbox::get_or_wait(py, &self.q, waker, pending, &WORDS)
+        let r = mailbox::get_or_wait(py, &self.q, waker, pending, &WORDS);
+        self.drained(py);
+        r
     }
 
     /// asyncio glue: a getter's task gave up; an unused wake-up passes on.
@@ -304,6 +428,7 @@ impl WorkQueue {
         let (drained, wake) = self.q.shutdown(immediate);
         drop(drained);
         mailbox::wake_all(py, wake);
+        self.drained(py);
     }
 
     /// True once `close()` or `shutdown()` was called.
@@ -382,6 +507,12 @@ impl WorkQueue {
         self.overflow.name()
     }
 
+    /// The name given (the topics' middle segment), or None.
+    #[getter]
+    fn name(&self, py: Python<'_>) -> Option<Py<PyString>> {
+        self.name.as_ref().map(|n| n.clone_ref(py))
+    }
+
     /// Counters; see `QueueStats`.
     fn stats(&self) -> QueueStats {
         QueueStats::from(self.q.stats())
@@ -392,7 +523,9 @@ impl WorkQueue {
     }
 
     fn __next__(&self, py: Python<'_>) -> PyResult<Item> {
-        mailbox::next(py, &self.q, &WORDS)
+        let r = mailbox::next(py, &self.q, &WORDS);
+        self.drained(py);
+        r
     }
 
     fn __aiter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
@@ -405,14 +538,20 @@ impl WorkQueue {
         mailbox::anext(slf.as_any())
     }
 
-    /// Visits the queued items and the asyncio wakers.
+    /// Visits the queued items, the asyncio wakers and the bus.
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        mailbox::traverse(&self.q, &visit)
+        mailbox::traverse(&self.q, &visit)?;
+        match &self.events {
+            Some(ev) => ev.events.visit(&visit),
+            None => Ok(()),
+        }
     }
 
-    /// Takes the items (counted as dropped) and the wakers out.
+    /// Takes the items (counted as dropped), the wakers and the bus out.
     fn __clear__(&self) {
+        let bus = self.events.as_ref().and_then(|ev| ev.events.clear());
         mailbox::clear(&self.q);
+        drop(bus);
     }
 
     #[classmethod]

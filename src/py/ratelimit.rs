@@ -13,10 +13,25 @@
 //! here and returns `ferrule._ratelimit.Limit`, whose `with`, `async with` and decorator
 //! uses call `acquire` and `acquire_async`.
 //!
+//! # Events
+//! With `bus=` (see `crate::py::events`), denials (a refused `try_acquire` or `check`,
+//! an `acquire` or `acquire_async` that gives up) are counted in a [`Tally`] and
+//! published as `ratelimit.<name>.denied` by the first decision after `event_interval`
+//! that finds denials counted (the clock is read by the first denial of a window and
+//! then every `events::STRIDE` denials or decisions: see `events::Tally`), if there
+//! were at least `deny_threshold` of them. The
+//! first [`SAMPLE_TRIES`] denials of each window offer their key's `repr` (cut to
+//! [`SAMPLE_LEN`] characters) as a sample, of which [`SAMPLES`] distinct ones are kept:
+//! strings, so no key is kept alive. A decision without a bus pays one test of an
+//! `Option`; with one, a refused decision pays a relaxed add (a `repr` for the sampled
+//! ones) and an allowed one a relaxed load (and a relaxed add while denials are
+//! pending), each with a clock read one time in `STRIDE`. The waits inside `acquire` and `acquire_async` count nothing
+//! (they use `_decide`); giving up counts one denial.
+//!
 //! # Garbage collection
 //! The limiter holds opaque keys, so it takes part in GC: `__traverse__` visits every
 //! stored key whose side-table shard is free (a held shard is skipped, never waited for),
-//! and `__clear__` takes them all out and drops them after unlocking.
+//! and the bus; `__clear__` takes them all out and drops them after unlocking.
 
 use std::time::{Duration, Instant};
 
@@ -26,11 +41,12 @@ use pyo3::types::{PyString, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 
 use crate::core::clock::{self, nanos_to_secs};
-use crate::core::counter::Tally;
+use crate::core::counter::{self, Striped};
 use crate::core::ratelimit::{
     self, parse_spec, Gcra, KeyRef, Limiter, Policy, Query, SpecLimit, Windows, MAX_LIMITS,
 };
 use crate::py::args;
+use crate::py::events::{self, Event, Events, Tally, Val};
 use crate::py::lookup::lookup;
 use crate::py::ratelimit_key::{exact_str, prepare, release, Caller};
 use crate::py::wait::{self, SLICE};
@@ -305,15 +321,130 @@ pub struct RateLimiter {
     /// The smallest burst: the largest cost.
     burst: u64,
     manual: bool,
-    /// Decisions made: (allowed, denied), striped by the key's hash.
-    tally: Tally,
+    /// Decisions made: (allowed, denied), striped by the deciding thread.
+    stats: Striped,
+    name: Option<Py<PyString>>,
+    events: Option<Box<DenyEvents>>,
+}
+
+/// Denials offered as samples per window, at most.
+const SAMPLE_TRIES: u64 = 32;
+/// Distinct sample keys kept per window, at most.
+const SAMPLES: usize = 8;
+/// Characters of a sample key's `repr`, at most.
+const SAMPLE_LEN: usize = 100;
+
+/// A limiter's bus, its denials and their sample keys.
+struct DenyEvents {
+    events: Events,
+    denials: Tally,
+    threshold: u64,
+    samples: parking_lot::Mutex<Vec<String>>,
+}
+
+/// `repr(key)`, cut to [`SAMPLE_LEN`] characters; a `repr` that raises gives
+/// `<TypeName>`. User code, run through `wait::call1`.
+fn sample_repr(py: Python<'_>, key: Option<&Bound<'_, PyAny>>) -> String {
+    let Some(key) = key else {
+        return "None".to_owned();
+    };
+    let text = lookup!(py, "builtins", "repr")
+        .and_then(|r| wait::call1(r, (key,)))
+        .and_then(|s| Ok(s.cast_into::<PyString>()?.to_str()?.to_owned()));
+    let text = text.unwrap_or_else(|_| {
+        let t = key
+            .get_type()
+            .name()
+            .map_or_else(|_| "?".to_owned(), |n| n.to_string());
+        format!("<{t}>")
+    });
+    match text.char_indices().nth(SAMPLE_LEN) {
+        Some((i, _)) => format!("{}...", &text[..i]),
+        None => text,
+    }
+}
+
+impl DenyEvents {
+    /// After a decision for a caller (module docs).
+    #[inline]
+    fn after(&self, py: Python<'_>, key: Option<&Bound<'_, PyAny>>, allowed: bool) {
+        if !allowed {
+            self.denied(py, key);
+        } else if self.denials.tick() {
+            self.publish(py);
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn denied(&self, py: Python<'_>, key: Option<&Bound<'_, PyAny>>) {
+        let prev = self.denials.add(1);
+        if prev < SAMPLE_TRIES {
+            let text = sample_repr(py, key);
+            let mut s = self.samples.lock();
+            if s.len() < SAMPLES && !s.contains(&text) {
+                s.push(text);
+            }
+        }
+        if Tally::crossed(prev, 1) {
+            self.publish(py);
+        }
+    }
+
+    /// Ends the window if `event_interval` has passed: publishes it when it counted
+    /// `deny_threshold` denials or more.
+    fn publish(&self, py: Python<'_>) {
+        let Some(n) = self.denials.take_due() else {
+            return;
+        };
+        let keys = std::mem::take(&mut *self.samples.lock());
+        if n == 0 || n < self.threshold {
+            return;
+        }
+        self.events.emit(
+            py,
+            Event::new(
+                "denied",
+                vec![
+                    ("denied", Val::Int(n)),
+                    ("keys", Val::Texts(keys)),
+                    ("interval", Val::Float(self.denials.interval_secs())),
+                ],
+            ),
+        );
+    }
+}
+
+/// The event arguments of `RateLimiter` and `RateLimiter.parse`.
+struct EventArgs<'a, 'py> {
+    name: Option<&'a Bound<'py, PyAny>>,
+    bus: Option<&'a Bound<'py, PyAny>>,
+    event_interval: f64,
+    deny_threshold: i64,
 }
 
 type Core<G> = Limiter<Py<PyAny>, G>;
 
 impl RateLimiter {
-    fn build(limits: &[RateArgs], clock: Option<&Bound<'_, PyAny>>) -> PyResult<Self> {
+    fn build(
+        py: Python<'_>,
+        limits: &[RateArgs],
+        clock: Option<&Bound<'_, PyAny>>,
+        ev: &EventArgs<'_, '_>,
+    ) -> PyResult<Self> {
         let clock = args::clock(clock)?;
+        let name = events::name_arg(py, ev.name)?;
+        let interval = events::interval_arg(ev.event_interval)?;
+        // >= 1, so the cast is exact.
+        let threshold = args::at_least(ev.deny_threshold, "deny_threshold", 1)? as u64;
+        let events = Events::from_args(py, "ratelimit", ev.bus, name.as_ref())?.map(|events| {
+            Box::new(DenyEvents {
+                events,
+                denials: Tally::new(interval, clock.clone()),
+                threshold,
+                samples: parking_lot::Mutex::new(Vec::new()),
+            })
+        });
         let gcras = limits
             .iter()
             .map(RateArgs::gcra)
@@ -332,8 +463,65 @@ impl RateLimiter {
             limits: limits.iter().map(|r| (r.rate, r.per)).collect(),
             burst,
             manual,
-            tally: Tally::default(),
+            stats: Striped::default(),
+            name,
+            events,
         })
+    }
+
+    /// `try_acquire` without events (the body measured for the fast path).
+    #[allow(clippy::inline_always)] // the fast path: as `Bucket::take`
+    #[inline(always)]
+    fn try_acquire_quiet(
+        &self,
+        py: Python<'_>,
+        key: Option<&Bound<'_, PyAny>>,
+        cost: u64,
+    ) -> PyResult<bool> {
+        let l = match &self.inner {
+            Inner::One(l) => l,
+            // Out of line and first, so that the single-limit fast path below compiles
+            // as it did alone (measured: see `try_acquire_many`).
+            Inner::Many(l) => return try_acquire_many(l, py, key, cost),
+        };
+        // Each kind of key in a local of its own (see `exact_str`).
+        let (str_q, other_q);
+        let q = if let Some((s, h)) = exact_str(key) {
+            str_q = Query::with_hash(KeyRef::Str(s), h);
+            &str_q
+        } else {
+            other_q = prepare(py, key)?;
+            &other_q
+        };
+        try_acquire_in(l, py, key, q, cost)
+    }
+
+    /// `check` without events.
+    #[inline]
+    fn decide_quiet(
+        &self,
+        py: Python<'_>,
+        key: Option<&Bound<'_, PyAny>>,
+        cost: u64,
+    ) -> PyResult<ratelimit::Decision> {
+        let (str_q, other_q); // see `try_acquire`
+        let q = if let Some((s, h)) = exact_str(key) {
+            str_q = Query::with_hash(KeyRef::Str(s), h);
+            &str_q
+        } else {
+            other_q = prepare(py, key)?;
+            &other_q
+        };
+        with_inner!(&self.inner, l => decision(l, py, key, q, cost))
+    }
+
+    /// Events after a decision made for a caller.
+    #[inline]
+    fn after(&self, py: Python<'_>, key: Option<&Bound<'_, PyAny>>, allowed: bool) {
+        self.stats.add(counter::thread_hash(), allowed);
+        if let Some(ev) = &self.events {
+            ev.after(py, key, allowed);
+        }
     }
 
     fn cost(&self, cost: i64) -> PyResult<u64> {
@@ -416,20 +604,33 @@ fn decision<G: Policy>(
 impl RateLimiter {
     #[new]
     #[pyo3(
-        signature = (rate = None, per = None, *, burst = None, limits = None, clock = None),
+        signature = (rate = None, per = None, *, burst = None, limits = None, clock = None,
+                     name = None, bus = None, event_interval = 1.0, deny_threshold = 1),
         // `per`'s default is 1.0; `per_given` tells "not given" apart, to refuse it
         // beside `limits`.
-        text_signature = "(rate=None, per=1.0, *, burst=None, limits=None, clock=None)"
+        text_signature = "(rate=None, per=1.0, *, burst=None, limits=None, clock=None, name=None, bus=None, event_interval=1.0, deny_threshold=1)"
     )]
+    #[allow(clippy::too_many_arguments)] // the Python signature
     fn new(
+        py: Python<'_>,
         rate: Option<&Bound<'_, PyAny>>,
         #[pyo3(from_py_with = per_given)] per: Option<f64>,
         burst: Option<&Bound<'_, PyAny>>,
         limits: Option<&Bound<'_, PyAny>>,
         clock: Option<&Bound<'_, PyAny>>,
+        name: Option<&Bound<'_, PyAny>>,
+        bus: Option<&Bound<'_, PyAny>>,
+        #[pyo3(from_py_with = args::named::event_interval)] event_interval: f64,
+        #[pyo3(from_py_with = args::named::deny_threshold)] deny_threshold: i64,
     ) -> PyResult<Self> {
         let limits = limit_args(rate, per, burst, limits)?;
-        Self::build(&limits, clock)
+        let ev = EventArgs {
+            name,
+            bus,
+            event_interval,
+            deny_threshold,
+        };
+        Self::build(py, &limits, clock, &ev)
     }
 
     /// A limiter from a spec in the `limits` library's notation: one or more limits
@@ -437,14 +638,25 @@ impl RateLimiter {
     /// with an optional multiplier (`"100/5 minutes"`), unit second, minute, hour or day.
     /// Each limit's burst is its amount.
     #[classmethod]
-    #[pyo3(signature = (spec, *, clock = None))]
+    #[pyo3(signature = (spec, *, clock = None, name = None, bus = None, event_interval = 1.0, deny_threshold = 1))]
+    #[allow(clippy::too_many_arguments)] // the Python signature
     fn parse(
-        _cls: &Bound<'_, pyo3::types::PyType>,
+        cls: &Bound<'_, pyo3::types::PyType>,
         spec: &Bound<'_, PyAny>,
         clock: Option<&Bound<'_, PyAny>>,
+        name: Option<&Bound<'_, PyAny>>,
+        bus: Option<&Bound<'_, PyAny>>,
+        #[pyo3(from_py_with = args::named::event_interval)] event_interval: f64,
+        #[pyo3(from_py_with = args::named::deny_threshold)] deny_threshold: i64,
     ) -> PyResult<Self> {
         let limits = spec_args(spec)?;
-        Self::build(&limits, clock)
+        let ev = EventArgs {
+            name,
+            bus,
+            event_interval,
+            deny_threshold,
+        };
+        Self::build(cls.py(), &limits, clock, &ev)
     }
 
     /// Take `cost` tokens from `key`'s bucket if they are there; True if taken. `cost` must
@@ -457,24 +669,9 @@ impl RateLimiter {
         #[pyo3(from_py_with = args::named::cost)] cost: i64,
     ) -> PyResult<bool> {
         let cost = self.cost(cost)?;
-        let l = match &self.inner {
-            Inner::One(l) => l,
-            // Out of line and first, so that the single-limit fast path below compiles
-            // as it did alone (measured: see `try_acquire_many`).
-            Inner::Many(l) => return try_acquire_many(l, py, key, cost, &self.tally),
-        };
-        // Each kind of key in a local of its own (see `exact_str`).
-        let (str_q, other_q);
-        let q = if let Some((s, h)) = exact_str(key) {
-            str_q = Query::with_hash(KeyRef::Str(s), h);
-            &str_q
-        } else {
-            other_q = prepare(py, key)?;
-            &other_q
-        };
-        let ok = try_acquire_in(l, py, key, q, cost)?;
-        self.tally.add(q.hash(), ok);
-        Ok(ok)
+        let allowed = self.try_acquire_quiet(py, key, cost)?;
+        self.after(py, key, allowed);
+        Ok(allowed)
     }
 
     /// Like `try_acquire`, returning the whole `Decision`.
@@ -486,21 +683,13 @@ impl RateLimiter {
         #[pyo3(from_py_with = args::named::cost)] cost: i64,
     ) -> PyResult<Decision> {
         let cost = self.cost(cost)?;
-        let (str_q, other_q); // see `try_acquire`
-        let q = if let Some((s, h)) = exact_str(key) {
-            str_q = Query::with_hash(KeyRef::Str(s), h);
-            &str_q
-        } else {
-            other_q = prepare(py, key)?;
-            &other_q
-        };
-        let d = with_inner!(&self.inner, l => decision(l, py, key, q, cost)?);
-        self.tally.add(q.hash(), d.allowed);
+        let d = self.decide_quiet(py, key, cost)?;
+        self.after(py, key, d.allowed);
         Ok(d.into())
     }
 
-    /// `check` without counting it in `stats()`: the decisions of a waiting
-    /// `acquire_async` and of a refused `limit`, which count their outcome once.
+    /// `check` for the waits of `acquire_async` and `Limit`: counted neither in `stats()`
+    /// nor as a denial event (their outcome is counted once, by `_count`).
     #[pyo3(signature = (key = None, cost = 1))]
     fn _decide(
         &self,
@@ -509,27 +698,18 @@ impl RateLimiter {
         #[pyo3(from_py_with = args::named::cost)] cost: i64,
     ) -> PyResult<Decision> {
         let cost = self.cost(cost)?;
-        let q = prepare(py, key)?;
-        let d = with_inner!(&self.inner, l => decision(l, py, key, &q, cost)?);
-        Ok(d.into())
+        Ok(self.decide_quiet(py, key, cost)?.into())
     }
 
-    /// Counts the outcome of a waiting `acquire_async` in `stats()`.
+    /// Counts the outcome of a waiting `acquire_async` (in `stats()` and the events).
     #[pyo3(signature = (key, allowed))]
-    fn _count(
-        &self,
-        py: Python<'_>,
-        key: Option<&Bound<'_, PyAny>>,
-        allowed: bool,
-    ) -> PyResult<()> {
-        let q = prepare(py, key)?;
-        self.tally.add(q.hash(), allowed);
-        Ok(())
+    fn _count(&self, py: Python<'_>, key: Option<&Bound<'_, PyAny>>, allowed: bool) {
+        self.after(py, key, allowed);
     }
 
     /// Decisions made so far and keys tracked now; see `LimiterStats`.
     fn stats(&self) -> LimiterStats {
-        let (allowed, denied) = self.tally.totals();
+        let (allowed, denied) = self.stats.totals();
         LimiterStats {
             allowed,
             denied,
@@ -556,13 +736,13 @@ impl RateLimiter {
         loop {
             let d = with_inner!(&self.inner, l => decision(l, py, key, &q, cost)?);
             if d.allowed {
-                self.tally.add(q.hash(), true);
+                self.after(py, key, true);
                 return Ok(true);
             }
             let wait = Duration::from_nanos(d.retry_after);
             if let Some(t) = timeout {
                 if wait > t.saturating_sub(start.elapsed()) {
-                    self.tally.add(q.hash(), false);
+                    self.after(py, key, false);
                     return Ok(false);
                 }
             }
@@ -665,6 +845,12 @@ impl RateLimiter {
         self.bursts().first().copied().unwrap_or(self.burst)
     }
 
+    /// The name given (the topics' middle segment), or None.
+    #[getter]
+    fn name(&self, py: Python<'_>) -> Option<Py<PyString>> {
+        self.name.as_ref().map(|n| n.clone_ref(py))
+    }
+
     /// Every limit as `(rate, per, burst)`, in order.
     #[getter]
     fn limits<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
@@ -695,12 +881,17 @@ impl RateLimiter {
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        if let Some(ev) = &self.events {
+            ev.events.visit(&visit)?;
+        }
         with_inner!(&self.inner, l => l.try_for_each_stored(|obj| visit.call(obj)))
     }
 
     fn __clear__(&self, py: Python<'_>) -> PyResult<()> {
+        let bus = self.events.as_ref().and_then(|ev| ev.events.clear());
         let mut grave = Vec::new();
         with_inner!(&self.inner, l => l.clear(&mut grave));
+        drop(bus);
         release(py, grave) // after unlocking
     }
 }
@@ -735,12 +926,9 @@ fn try_acquire_many(
     py: Python<'_>,
     key: Option<&Bound<'_, PyAny>>,
     cost: u64,
-    tally: &Tally,
 ) -> PyResult<bool> {
     let q = prepare(py, key)?;
-    let ok = try_acquire_in(l, py, key, &q, cost)?;
-    tally.add(q.hash(), ok);
-    Ok(ok)
+    try_acquire_in(l, py, key, &q, cost)
 }
 
 /// What a `RateLimiter` has decided, from `RateLimiter.stats`. Immutable.
