@@ -16,7 +16,7 @@ import ferrule
 import pytest
 from ferrule import Agent, HealthMonitor, ManualClock, QueueEmpty, Registry, SignalBus, Subscription
 
-from tests.conftest import run_doctests
+from tests.conftest import run_doctests, wait_until
 
 
 def drain(sub: Subscription) -> list[dict[str, Any]]:
@@ -164,6 +164,71 @@ def test_hanging_check_does_not_delay_the_others(release: threading.Event) -> No
         assert mon.check_now()["a7"] == "healthy"
         assert calls["a7"] == 2
         assert drain(sub) == [{"agent_id": "a7", "health": "healthy", "previous": "unresponsive"}]
+    finally:
+        mon.stop()
+
+
+def test_instant_checks_run_back_to_back_on_one_worker() -> None:
+    reg = Registry()
+    for i in range(200):
+        reg.register(f"a{i}", health="degraded" if i % 2 else "healthy")
+    threads: set[str] = set()
+
+    def check(agent: Agent) -> str:
+        threads.add(threading.current_thread().name)
+        return "healthy" if agent.agent_id != "a5" else "unhealthy"
+
+    mon = HealthMonitor(reg, check=check, timeout=5.0, max_workers=8)
+    try:
+        for _ in range(3):
+            result = mon.check_now()
+            assert result == {f"a{i}": "unhealthy" if i == 5 else "healthy" for i in range(200)}
+            assert reg.count(health="healthy") == 199
+        # One hand-off per round, not one per agent.
+        pool = mon._pool
+        assert pool is not None
+        assert pool.stats().submitted == 3
+        assert len(threads) == 1 and threading.current_thread().name not in threads
+    finally:
+        mon.stop()
+
+
+def test_the_checks_after_a_hanging_one_move_to_another_worker(
+    release: threading.Event,
+) -> None:
+    reg = Registry()
+    for i in range(30):
+        reg.register(f"a{i}")
+    order = [a.agent_id for a in reg.find()]  # the order a round checks them in
+    hang, fail = order[10], order[20]
+    ran_on: dict[str, str] = {}
+
+    def check(agent: Agent) -> str:
+        ran_on[agent.agent_id] = threading.current_thread().name
+        if agent.agent_id == hang:
+            release.wait(30.0)
+        if agent.agent_id == fail:
+            raise RuntimeError("down")
+        return "healthy"
+
+    timeout = 0.3
+    mon = HealthMonitor(reg, check=check, timeout=timeout, max_workers=4)
+    try:
+        t0 = time.monotonic()
+        result = mon.check_now()
+        elapsed = time.monotonic() - t0
+        assert timeout * 0.9 <= elapsed < timeout + 1.0  # bounded by the timeout
+        expected = dict.fromkeys(order, "healthy")
+        expected.update({hang: "unresponsive", fail: "unhealthy"})
+        assert result == expected
+        # Every check ran; those after the hanging one on other workers.
+        assert set(ran_on) == set(order)
+        assert len({ran_on[aid] for aid in order[:10]}) == 1
+        assert all(ran_on[aid] != ran_on[hang] for aid in order[11:])
+        assert hang in mon._inflight
+        release.set()
+        assert wait_until(lambda: all(f.done() for f in mon._inflight.values()))
+        assert mon.check_now()[hang] == "healthy"
     finally:
         mon.stop()
 

@@ -1170,3 +1170,84 @@ def test_declared_index_memory_tracks_live_values_only() -> None:
     for a in reg.ids():
         reg.unregister(a)
     assert reg._declared_index_sizes() == {"k": (0, 0), "deep.k": (0, 0)}
+
+
+# ---- repeated queries of one capability, node or health -------------------------------
+
+BIG = 40  # results this large are kept ready-made between queries
+
+
+def test_repeated_ids_and_count_see_every_change_between_them() -> None:
+    clock = ManualClock()
+    reg = Registry(clock=clock)
+    for i in range(BIG):
+        reg.register(f"a{i}", capabilities=["x"], node="n", health="healthy")
+    everyone = {f"a{i}" for i in range(BIG)}
+    for _ in range(2):  # the second answer may be the first one's, kept
+        assert set(reg.ids(capability="x")) == everyone
+        assert reg.count(capability="x") == BIG
+        assert set(reg.ids(node="n")) == everyone
+        assert set(reg.ids(health="healthy")) == everyone
+    results = reg.ids(capability="x")
+    results.append("not in the registry")  # a copy: the next answer is unaffected
+    assert len(reg.ids(capability="x")) == BIG
+
+    reg.register("new", capabilities=["x"])
+    everyone.add("new")
+    assert set(reg.ids(capability="x")) == everyone
+    assert reg.count(capability="x") == BIG + 1
+
+    reg.unregister("a0")
+    everyone.discard("a0")
+    assert set(reg.ids(capability="x")) == everyone
+    assert reg.count(capability="x") == BIG
+
+    reg.update("a1", capabilities=["y"], node="m", health="degraded")
+    everyone.discard("a1")
+    assert set(reg.ids(capability="x")) == everyone
+    assert "a1" not in reg.ids(node="n") and "a1" not in reg.ids(health="healthy")
+    assert reg.count(node="n") == BIG - 2  # "new" has no node
+    assert reg.count(health="healthy") == BIG - 1
+
+    # Updates that keep the value leave the answer as it was, with fresh agents.
+    reg.update("a2", metadata={"k": 1})
+    assert set(reg.ids(capability="x")) == everyone
+    assert {a.agent_id: a.metadata for a in reg.find(capability="x")}["a2"] == {"k": 1}
+
+    # limit applies to a kept answer too.
+    assert len(reg.ids(capability="x", limit=3)) == 3
+    assert reg.count(capability="x", limit=3) == 3
+    assert reg.ids(capability="x", limit=0) == []
+
+
+def test_repeated_queries_never_return_an_expired_lease() -> None:
+    clock = ManualClock()
+    reg = Registry(clock=clock)
+    for i in range(BIG):
+        reg.register(f"a{i}", capabilities=["x"], ttl=100.0 if i else 10.0)
+    assert reg.count(capability="x") == BIG
+    assert len(reg.ids(capability="x")) == BIG
+    clock.advance(10.0)  # a0's lease ends: nobody wrote anything
+    assert "a0" not in reg.ids(capability="x")
+    assert reg.count(capability="x") == BIG - 1
+    # A heartbeat that brings a deadline forward is seen as well.
+    assert len(reg.ids(capability="x")) == BIG - 1
+    assert reg.heartbeat("a1", ttl=1.0)
+    clock.advance(1.0)
+    assert "a1" not in reg.ids(capability="x")
+    assert reg.count(capability="x") == BIG - 2
+
+
+def test_repeated_queries_judge_thread_owners_every_time() -> None:
+    reg = Registry()
+    done = threading.Event()
+    owner = threading.Thread(target=done.wait)
+    owner.start()
+    for i in range(BIG):
+        reg.register(f"a{i}", capabilities=["x"], owner=owner if i == 0 else None)
+    assert len(reg.ids(capability="x")) == BIG
+    assert len(reg.ids(capability="x")) == BIG
+    done.set()
+    owner.join()
+    assert "a0" not in reg.ids(capability="x")
+    assert reg.count(capability="x") == BIG - 1

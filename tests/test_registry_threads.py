@@ -454,3 +454,60 @@ def test_indexed_where_only_returns_agents_that_matched_when_read(
     for a in agents:
         assert reg.unregister(a.agent_id)
     assert reg._declared_index_sizes() == {"region": (0, 0), "hw.kind": (0, 0)}
+
+
+def test_agents_moved_to_another_capability_never_leak_into_repeated_queries(
+    threads: int, stress_scale: int
+) -> None:
+    """Agents leave capability "x" for "y" for good (re-registered, or updated) while
+    readers repeat ids/count/find on "x": an agent whose move had finished before a
+    query started is never in its result, however often the same query ran before."""
+    reg = Registry()
+    stable = [f"s{i}" for i in range(40)]
+    movers = [f"m{i}" for i in range(300 * stress_scale)]
+    for aid in stable + movers:
+        reg.register(aid, capabilities=["x"])
+    moved: set[str] = set()
+    lock = threading.Lock()
+    stop = threading.Event()
+    errors: list[str] = []
+    writers = max(1, threads // 4)
+    readers = max(2, threads - writers)
+
+    def writer(w: int) -> None:
+        for i, aid in enumerate(movers[w::writers]):
+            if i % 2:
+                reg.update(aid, capabilities=["y"])
+            else:
+                reg.unregister(aid)
+                reg.register(aid, capabilities=["y"])
+            with lock:
+                moved.add(aid)
+
+    def reader() -> None:
+        while not stop.is_set():
+            with lock:
+                banned = set(moved)
+            got = set(reg.ids(capability="x"))
+            if got & banned:
+                errors.append(f"ids leaked {sorted(got & banned)[:3]}")
+            if not set(stable) <= got:
+                errors.append("ids lost a stable agent")
+            found = {a.agent_id for a in reg.find(capability="x")}
+            if found & banned:
+                errors.append(f"find leaked {sorted(found & banned)[:3]}")
+            if reg.count(capability="x") > len(stable) + len(movers) - len(banned):
+                errors.append("count includes a moved agent")
+
+    rs = [threading.Thread(target=reader) for _ in range(readers)]
+    ws = [threading.Thread(target=writer, args=(w,)) for w in range(writers)]
+    for t in rs + ws:
+        t.start()
+    for t in ws:
+        t.join()
+    stop.set()
+    for t in rs:
+        t.join()
+    assert errors == []
+    assert sorted(reg.ids(capability="x")) == sorted(stable)
+    assert sorted(reg.ids(capability="y")) == sorted(movers)

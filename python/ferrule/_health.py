@@ -16,15 +16,18 @@ runs one synchronously):
 3. Each agent's check is its watch's, else the monitor's ``check``. An agent whose
    watch has an ``interval`` is checked only on a round at least ``interval`` minus half
    the monitor's ``interval`` after the round that last checked it (the round nearest
-   its due time; the monitor's clock measures it). Sync checks are submitted at once to
-   a bounded :class:`~ferrule.TaskPool`; ``async`` checks (a coroutine function, or a
-   check whose result is awaitable) run as tasks on the monitor's event loop: the
-   ``loop`` it was given, or one of its own on a thread started at the first async check.
-   The round waits for them together, each at most its ``timeout`` from submission. A
-   sync check still running then is ``"unresponsive"`` (and is not resubmitted while it
-   runs: the agent stays ``"unresponsive"``); one still queued is cancelled, also
-   ``"unresponsive"``; an async one is cancelled, ``"unresponsive"``, and not resubmitted
-   until its task has ended (at once, unless it resists the cancellation).
+   its due time; the monitor's clock measures it). Sync checks sharing a check and a
+   timeout go to a bounded :class:`~ferrule.TaskPool` as one batch (``_Batch``): a worker
+   calls them back to back, and the round's thread, watching, moves the checks after
+   one that ran ``_STALL`` seconds without returning to another worker (one hand-off per
+   round while checks are instant). ``async`` checks (a coroutine function, or a sync
+   check's awaitable result) run as tasks on the monitor's event loop: the ``loop`` it
+   was given, or one of its own on a thread started at the first async check. The round
+   waits for them together, each at most its ``timeout`` from the round's start. A sync
+   check still running then is ``"unresponsive"`` (and is not resubmitted while it runs:
+   the agent stays ``"unresponsive"``); one not started never runs, also
+   ``"unresponsive"``; an async one is cancelled, ``"unresponsive"``, and not
+   resubmitted until its task has ended (at once, unless it resists the cancellation).
 4. Each agent whose new status differs from its ``health`` in the registry is updated
    (``registry.update(agent_id, health=...)``), then its transition is published as
    ``agent.<id>.health`` with ``{"agent_id", "health", "previous"}``.
@@ -56,6 +59,7 @@ import contextlib
 import inspect
 import logging
 import math
+import operator
 import threading
 import time
 import weakref
@@ -63,7 +67,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import Future, wait
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 from ferrule._native import Agent, ManualClock, QueueFull, Registry, SignalBus
 from ferrule._queue import is_async_callable
@@ -82,6 +86,8 @@ _MAX_QUEUE = 65536
 _MAX_SECONDS = 4e9
 
 Check = Callable[[Agent], object]
+#: A batch of sync checks to run: ``(check, timeout, agents, their ids or None)``.
+_BatchJob = tuple[Check, float, list[Agent], list[str] | None]
 
 
 def _type_name(obj: object) -> str:
@@ -363,39 +369,175 @@ class _AsyncRunner:
             pass  # the loop is closed
 
 
-class _Handoff:
-    """A sync check returned an awaitable: ``_call_sync`` scheduled it on the loop."""
+#: Seconds a batch of sync checks may go without finishing one before the checks after
+#: the one running move to another worker.
+_STALL = 0.005
 
-    __slots__ = ("call",)
-
-    def __init__(self, call: _AsyncCall) -> None:
-        self.call = call
-
-
-def _call_sync(
-    check: Check, agent: Agent, runner: _AsyncRunner, handoffs: list[tuple[str, _AsyncCall]]
-) -> object:
-    """A sync check on a pool worker. An awaitable result is awaited on the monitor's
-    loop (within the same timeout), and listed in the round's ``handoffs`` (so the
-    round looks only at those); one the runner refuses is closed, and fails."""
-    result = check(agent)
-    if type(result) is not str and inspect.isawaitable(result):
-        try:
-            call = runner.submit(_await, result)
-        except BaseException:
-            _close_awaitable(result)
-            raise
-        handoffs.append((agent.agent_id, call))
-        return _Handoff(call)
-    return result
+_agent_id = operator.attrgetter("agent_id")
+_health = operator.attrgetter("health")
 
 
-def _discard_late(fut: Future[object]) -> None:
-    """A sync check outlived its round and ended: a late awaitable is not awaited."""
-    if not fut.cancelled() and fut.exception() is None:
-        value = fut.result()
-        if isinstance(value, _Handoff):
-            value.call.cancel()
+class _Failed:
+    """What ``_Batch.run`` records for a check that raised."""
+
+    __slots__ = ()
+
+
+_FAILED = _Failed()
+
+
+def _is_awaitable(value: object) -> bool:
+    return type(value) is not str and inspect.isawaitable(value)
+
+
+def _status(value: object) -> str:
+    """A check's result as a status: one of the three, else ``"unhealthy"``."""
+    return value if isinstance(value, str) and value in CHECK_RESULTS else "unhealthy"
+
+
+class _Chunk:
+    """A run of one batch's agents that one worker checks in turn.
+
+    ``out`` holds the results in ``agents`` order (a check that raised: ``_FAILED``);
+    ``it`` is the iterator the worker takes agents from, which the round may drain:
+    what it drains is moved to a new chunk (``stolen``) or never runs (``cancelled``).
+    ``cut`` is ``len(out)`` when the round stopped waiting: results beyond it are late.
+    """
+
+    __slots__ = ("agents", "cancelled", "cut", "done", "it", "out", "runner", "seen", "stolen")
+
+    def __init__(self, agents: list[Agent]) -> None:
+        self.agents = agents
+        self.it = iter(agents)
+        self.out: list[object] = []
+        self.runner: _Runner | None = None  # the worker that took it
+        self.seen = 0  # len(out) at the round's last look
+        self.stolen = 0
+        self.cancelled: list[Agent] = []
+        self.cut = 0
+        self.done = False
+
+
+class _Runner:
+    """One pool task working on a batch; ``future`` is its pool future: done once the
+    check it is running (if any) has returned."""
+
+    __slots__ = ("future",)
+
+    def __init__(self) -> None:
+        self.future: Future[object] | None = None
+
+
+class _Batch:
+    """The sync checks of one round that share a check and a timeout, run back to back
+    on a pool worker: one hand-off per round instead of one per agent.
+
+    The worker takes a chunk from ``work`` and calls the check on each of its agents
+    (``list.extend(map(check, it))``: no per-agent bookkeeping); the round thread
+    watches (``_Batch.watch``): when a claimed chunk shows no progress for ``_STALL``
+    seconds, the agents after the one running are moved to a new chunk for another
+    worker (up to ``max_workers``), so a slow or hanging check holds up only itself.
+    At the deadline (``finish``) the round stops waiting: the check still running is
+    ``"unresponsive"`` (its worker's future marks it in flight), chunks not taken are
+    never run. ``lock`` orders ``finish`` against a worker ending a chunk, so a result
+    either counts or is late, and a late awaitable is closed by the worker.
+    """
+
+    __slots__ = (
+        "check",
+        "chunks",
+        "deadline",
+        "done",
+        "ids",
+        "left",
+        "lock",
+        "over",
+        "runners",
+        "work",
+    )
+
+    def __init__(
+        self, check: Check, deadline: float, agents: list[Agent], ids: list[str] | None
+    ) -> None:
+        first = _Chunk(agents)
+        self.ids = ids  # of ``agents``, if known: the first chunk's, in order
+        self.check = check
+        self.deadline = deadline
+        self.chunks = [first]
+        self.work: deque[_Chunk] = deque([first])
+        self.left = 1  # chunks not done
+        self.over = False
+        self.lock = threading.Lock()
+        self.done = threading.Event()
+        self.runners: list[_Runner] = []
+
+    def run(self, runner: _Runner) -> None:
+        """On a pool worker: check the agents of each chunk taken from ``work``."""
+        check, work = self.check, self.work
+        while not self.over:
+            try:
+                chunk = work.popleft()
+            except IndexError:
+                return
+            chunk.runner = runner
+            out, it = chunk.out, chunk.it
+            while True:
+                try:
+                    out.extend(map(check, it))
+                    break
+                except BaseException:  # like a pool task's exception: "unhealthy"
+                    out.append(_FAILED)
+            with self.lock:
+                chunk.done = True
+                self.left -= 1
+                if self.left == 0:
+                    self.done.set()
+                late: list[object] = chunk.out[chunk.cut :] if self.over else []
+            for value in late:
+                if _is_awaitable(value):
+                    _close_awaitable(value)
+
+    def add_runner(self, pool: TaskPool) -> None:
+        """Start one more worker on the batch (QueueFull or RuntimeError propagate)."""
+        runner = _Runner()
+        runner.future = pool.submit(self.run, runner)
+        self.runners.append(runner)
+
+    def steal_stalled(self, pool: TaskPool, max_workers: int) -> None:
+        """Move the agents after a stalled check to a new chunk for another worker."""
+        moved = False
+        with self.lock:
+            for chunk in list(self.chunks):
+                n = len(chunk.out)
+                stalled = chunk.runner is not None and not chunk.done and n == chunk.seen
+                chunk.seen = n
+                if not stalled:
+                    continue
+                tail = list(chunk.it)
+                if tail:
+                    chunk.stolen += len(tail)
+                    new = _Chunk(tail)
+                    self.chunks.append(new)
+                    self.left += 1
+                    self.work.appendleft(new)
+                    moved = True
+        if moved:
+            busy = sum(1 for r in self.runners if r.future is not None and not r.future.done())
+            if busy < max_workers:
+                with contextlib.suppress(QueueFull, RuntimeError):
+                    self.add_runner(pool)
+
+    def finish(self) -> None:
+        """Stop waiting: no chunk starts or goes on; results from now on are late."""
+        with self.lock:
+            self.over = True
+            self.work.clear()
+            for chunk in self.chunks:
+                chunk.cancelled.extend(chunk.it)
+                chunk.cut = len(chunk.out)
+        for runner in self.runners:
+            if runner.future is not None:
+                runner.future.cancel()  # one not started never runs
 
 
 class _Watch:
@@ -779,89 +921,119 @@ class HealthMonitor:
             self._pool = pool
         return pool
 
-    def _run_checks(self, jobs: list[tuple[Agent, Check, bool, float]]) -> dict[str, str]:
-        """Submit each ``(agent, check, is_async, timeout)`` job at once and wait for
-        them; each check's deadline is its timeout after submission."""
+    def _run_checks(
+        self,
+        batches: list[_BatchJob],
+        jobs: list[tuple[Agent, Check, float]],
+    ) -> dict[str, str]:
+        """Run each sync ``(check, timeout, agents, ids)`` batch on the pool (``_Batch``;
+        ``ids``, the agents' ids when the caller has them, or None)
+        and each async ``(agent, check, timeout)`` job on the loop, at once, and wait for
+        them; each check's deadline is its timeout after the round started them."""
         statuses: dict[str, str] = {}
-        submitted: dict[str, Future[object]] = {}
-        calls: dict[str, _AsyncCall] = {}  # the async ones: cancelled, never Future.cancel()
-        groups: dict[float, list[str]] = {}  # timeout -> agents
+        calls: dict[str, _AsyncCall] = {}  # async checks and sync checks' awaitables
+        deadlines: dict[str, float] = {}
         runner = self._runner
-        handoffs: list[tuple[str, _AsyncCall]] = []  # appended to by the workers
-        pool: TaskPool | None = None
-        # Only rounds touch _inflight, and they hold the round lock: no other lock needed.
         inflight = self._inflight
-        for aid in [aid for aid, fut in inflight.items() if fut.done()]:
-            del inflight[aid]  # returned since: checked again below, or reclaimed if gone
-        for agent, check, is_async, timeout in jobs:
-            aid = agent.agent_id
-            if aid in inflight:
-                statuses[aid] = "unresponsive"  # its last check is still running
-                continue
-            if is_async:
-                try:
-                    call = runner.submit(_invoke, check, agent)
-                except RuntimeError:  # the loop is closed, or the interpreter exiting
-                    statuses[aid] = "unresponsive"
-                    continue
-                calls[aid] = call
-                submitted[aid] = call.future
-            else:
-                if pool is None:
-                    pool = self._get_pool()
-                try:
-                    submitted[aid] = pool.submit(_call_sync, check, agent, runner, handoffs)
-                except QueueFull:
-                    statuses[aid] = agent.health  # no room this round: leave it as it is
-                    continue
-                except RuntimeError:  # the pool is shut down: the interpreter is exiting
-                    statuses[aid] = "unresponsive"
-                    continue
-            groups.setdefault(timeout, []).append(aid)
         start = time.monotonic()
-        seen = 0  # handoffs taken over
-        # Shortest timeout first; the later groups' checks run meanwhile.
-        for timeout in sorted(groups):
-            group = groups[timeout]
-            deadline = start + timeout
-            while True:
-                wait(
-                    [submitted[aid] for aid in group],
-                    timeout=max(0.0, deadline - time.monotonic()),
-                )
-                handed = False
-                while seen < len(handoffs):  # now wait for their awaitables instead
-                    aid, call = handoffs[seen]
-                    seen += 1
-                    if aid not in statuses:  # else decided already: _discard_late cancels it
-                        calls[aid] = call
-                        submitted[aid] = call.future
-                        handed = True
-                if not handed or time.monotonic() >= deadline:
-                    break
+        for agent, check, timeout in jobs:
+            aid = agent.agent_id
+            try:
+                calls[aid] = runner.submit(_invoke, check, agent)
+            except RuntimeError:  # the loop is closed, or the interpreter exiting
+                statuses[aid] = "unresponsive"
+                continue
+            deadlines[aid] = start + timeout
+        pending: list[_Batch] = []
+        for check, timeout, agents, ids in batches:
+            batch = _Batch(check, start + timeout, agents, ids)
+            try:
+                batch.add_runner(self._get_pool())
+            except QueueFull:  # no room this round: leave them as they are
+                statuses.update(zip(map(_agent_id, agents), map(_health, agents), strict=True))
+                continue
+            except RuntimeError:  # the pool is shut down: the interpreter is exiting
+                statuses.update(dict.fromkeys(map(_agent_id, agents), "unresponsive"))
+                continue
+            pending.append(batch)
+        pending.sort(key=operator.attrgetter("deadline"))
+        while pending:
+            now = time.monotonic()
+            for batch in [b for b in pending if b.done.is_set() or now >= b.deadline]:
+                pending.remove(batch)
+                batch.finish()
+                self._batch_statuses(batch, statuses, calls, deadlines)
+            if not pending:
+                break
+            first = pending[0]
+            if not first.done.wait(min(_STALL, max(0.0, first.deadline - now))):
+                for batch in pending:
+                    batch.steal_stalled(self._get_pool(), self._max_workers)
+        # Async checks and the awaitables sync checks returned: shortest deadline first.
+        groups: dict[float, list[str]] = {}
+        for aid, deadline in deadlines.items():
+            groups.setdefault(deadline, []).append(aid)
+        for deadline in sorted(groups):
+            group = groups[deadline]
+            wait(
+                [calls[aid].future for aid in group],
+                timeout=max(0.0, deadline - time.monotonic()),
+            )
             for aid in group:
-                fut = submitted[aid]
+                call = calls[aid]
+                fut = call.future
                 if not fut.done():
-                    running = calls.get(aid)
-                    if running is not None:
-                        running.cancel()  # its future completes once the task has ended
-                        inflight[aid] = fut
-                    elif not fut.cancel():  # queued: never runs; running: result ignored
-                        inflight[aid] = fut
-                        fut.add_done_callback(_discard_late)
+                    call.cancel()  # its future completes once the task has ended
+                    inflight[aid] = fut
                     statuses[aid] = "unresponsive"
                 elif fut.cancelled() or fut.exception() is not None:
                     statuses[aid] = "unhealthy"
                 else:
-                    value = fut.result()
-                    if isinstance(value, _Handoff):  # returned after the last look
-                        value.call.cancel()
-                        statuses[aid] = "unresponsive"
-                        continue
-                    statuses[aid] = (
-                        value if isinstance(value, str) and value in CHECK_RESULTS else "unhealthy"
-                    )
+                    statuses[aid] = _status(fut.result())
         return statuses
+
+    def _batch_statuses(
+        self,
+        batch: _Batch,
+        statuses: dict[str, str],
+        calls: dict[str, _AsyncCall],
+        deadlines: dict[str, float],
+    ) -> None:
+        """The statuses of a finished batch; awaitables its checks returned are handed to
+        the loop (``calls``) within the batch's deadline."""
+        inflight = self._inflight
+        for chunk in batch.chunks:
+            cut = chunk.cut
+            values = chunk.out[:cut]
+            if chunk is batch.chunks[0] and batch.ids is not None:
+                ids = batch.ids[:cut]
+            else:
+                ids = list(map(_agent_id, chunk.agents[:cut]))
+            # All three statuses, as plain str: the usual case, decided without a loop.
+            if set(map(type, values)) <= {str} and CHECK_RESULTS.issuperset(values):
+                statuses.update(zip(ids, cast("list[str]", values), strict=True))
+            else:
+                for aid, value in zip(ids, values, strict=True):
+                    if value is _FAILED:
+                        statuses[aid] = "unhealthy"
+                    elif _is_awaitable(value):
+                        try:
+                            calls[aid] = self._runner.submit(_await, value)
+                        except BaseException:  # refused: the awaitable is closed, and fails
+                            _close_awaitable(value)
+                            statuses[aid] = "unhealthy"
+                            continue
+                        deadlines[aid] = batch.deadline
+                    else:
+                        statuses[aid] = _status(value)
+            ran = len(chunk.agents) - chunk.stolen - len(chunk.cancelled)
+            if ran > cut and chunk.runner is not None and chunk.runner.future is not None:
+                # Still running: "unresponsive", and not resubmitted while it runs.
+                aid = chunk.agents[cut].agent_id
+                statuses[aid] = "unresponsive"
+                inflight[aid] = chunk.runner.future
+            for agent in chunk.cancelled:
+                statuses[agent.agent_id] = "unresponsive"
 
     def _round(self) -> dict[str, str]:
         started = self._now()
@@ -872,59 +1044,89 @@ class HealthMonitor:
             watches = dict(self._watches)
         registry.expire()
         agents = registry.find()
-        live = {a.agent_id: a for a in agents}
-        vanished = [aid for aid in watches if aid not in live]
+        ids = list(map(_agent_id, agents))
+        if watches:
+            live = set(ids)
+            vanished = [aid for aid in watches if aid not in live]
+        else:
+            vanished = []
         if vanished:
             with self._lock:
                 for aid in vanished:
                     if self._watches.get(aid) is watches[aid]:
                         del self._watches[aid]
-        statuses: dict[str, str] = {}
-        jobs: list[tuple[Agent, Check, bool, float]] = []
-        default, default_async, timeout = self._check, self._check_async, self._timeout
-        slack = self._interval / 2
+        # Only rounds touch _inflight, and they hold the round lock: no other lock needed.
         inflight = self._inflight
-        for agent in agents:
-            aid = agent.agent_id
-            w = watches.get(aid)
-            if w is None:
-                if default is None:
-                    statuses[aid] = agent.health
+        for aid in [aid for aid, fut in inflight.items() if fut.done()]:
+            del inflight[aid]  # returned since: checked again below, or reclaimed if gone
+        statuses: dict[str, str] = {}
+        batches: dict[tuple[int, float], _BatchJob] = {}
+        jobs: list[tuple[Agent, Check, float]] = []
+        default, default_async, timeout = self._check, self._check_async, self._timeout
+        if not watches and not inflight:
+            # Every agent gets the monitor's check (or keeps its health).
+            if default is None:
+                statuses = dict(zip(ids, map(_health, agents), strict=True))
+            elif default_async:
+                jobs = [(agent, default, timeout) for agent in agents]
+            elif agents:
+                batches[id(default), timeout] = (default, timeout, agents, ids)
+        else:
+            slack = self._interval / 2
+            for agent in agents:
+                aid = agent.agent_id
+                w = watches.get(aid)
+                if w is None:
+                    if default is None:
+                        statuses[aid] = agent.health
+                        continue
+                    check, is_async, t = default, default_async, timeout
                 else:
-                    jobs.append((agent, default, default_async, timeout))
-                continue
-            if (
-                w.interval is not None
-                and w.last is not None
-                and started < w.last + w.interval - slack
-            ):
-                statuses[aid] = agent.health  # not due: left as it is
-                continue
-            fut = inflight.get(aid)
-            if fut is None or fut.done():
-                w.last = started  # submitted now (a check still running is not)
-            jobs.append((agent, w.check, w.is_async, timeout if w.timeout is None else w.timeout))
-        if jobs:
-            statuses.update(self._run_checks(jobs))
+                    if (
+                        w.interval is not None
+                        and w.last is not None
+                        and started < w.last + w.interval - slack
+                    ):
+                        statuses[aid] = agent.health  # not due: left as it is
+                        continue
+                    if aid not in inflight:
+                        w.last = started  # submitted now (a check still running is not)
+                    check, is_async = w.check, w.is_async
+                    t = timeout if w.timeout is None else w.timeout
+                if aid in inflight:
+                    statuses[aid] = "unresponsive"  # its last check is still running
+                elif is_async:
+                    jobs.append((agent, check, t))
+                else:
+                    # Checks are grouped by identity (a check need not be hashable).
+                    batches.setdefault((id(check), t), (check, t, [], None))[2].append(agent)
+        if batches or jobs:
+            statuses.update(self._run_checks(list(batches.values()), jobs))
 
         transitions: list[tuple[str, str, str]] = []
-        known: dict[str, str] = {}
-        for aid, status in statuses.items():
-            previous = live[aid].health
-            known[aid] = previous
-            if status == previous:
-                continue
-            try:
-                registry.update(aid, health=status)
-            except KeyError:
-                continue  # vanished meanwhile: the next round reports it "gone"
-            known[aid] = status
-            transitions.append((aid, status, previous))
-        result = dict(statuses)
-        for aid, previous in self._known.items():
-            if aid not in live:
-                transitions.append((aid, "gone", previous))
-                result[aid] = "gone"
+        previous_health = dict(zip(ids, map(_health, agents), strict=True))
+        if statuses == previous_health:  # nothing changed: the usual round
+            known = previous_health
+        else:
+            known = {}
+            for aid, status in statuses.items():
+                previous = previous_health[aid]
+                known[aid] = previous
+                if status == previous:
+                    continue
+                try:
+                    registry.update(aid, health=status)
+                except KeyError:
+                    continue  # vanished meanwhile: the next round reports it "gone"
+                known[aid] = status
+                transitions.append((aid, status, previous))
+        result = statuses
+        gone = self._known.keys() - statuses.keys()  # statuses: every live agent
+        if gone:
+            for aid, previous in self._known.items():
+                if aid in gone:
+                    transitions.append((aid, "gone", previous))
+                    result[aid] = "gone"
         self._known = known
         if self._bus is not None and transitions:
             with self._lock:

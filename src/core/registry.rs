@@ -32,6 +32,20 @@
 //! therefore never delete each other's rows, and at rest each index holds exactly what
 //! the entries say. Updates only touch rows that differ between the two versions.
 //!
+//! # Row versions
+//! Each row of the built-in indexes (one value's ids in one part) carries a version, a
+//! process-unique number replaced by every change to the row, and also by every writer
+//! about to make an entry stop matching it, before the entry changes
+//! ([`Registry::touch_rows`]: unregister, owner cleanup, an update that drops the
+//! value, a heartbeat that brings the deadline forward). Expiry needs no touch: a
+//! reader keeps the earliest deadline with the versions. So a query of one value that
+//! found every candidate matching, with the versions the same after its reads as
+//! before, read the row's exact content ([`Clean`]), and that answer holds while the
+//! versions ([`Stamp`]) stay equal and the clock is before the deadline: every id in
+//! it still matched when the versions were read. The host keeps such answers to skip
+//! the per-candidate check ([`Registry::stamp`]). Declared rows have versions but no
+//! touches, and no stamp is taken of them.
+//!
 //! # Declared indexes
 //! An index declared on a metadata path files each entry under the keys of the value
 //! there ([`entry_keys`]): a scalar's key, or each item's of a list or tuple, since `eq`
@@ -610,11 +624,38 @@ impl std::error::Error for RegistryError {}
 /// one part, so a value's parts never list an id twice. `K` is `str` for the built-in
 /// indexes and `[u8]` (an encoded key: see [`push_key`]) for declared ones.
 struct Index<K: ?Sized> {
-    parts: Box<[Map<Arc<K>, HashMap<Arc<str>, u32>>]>,
+    parts: Box<[Map<Arc<K>, Row>]>,
     hasher: DefaultHashBuilder,
 }
 
 const INDEX_PARTS: usize = 8;
+
+/// One value's ids in one part of an index, and the version of that set.
+///
+/// `version` is a process-unique number ([`next_token`]), replaced by every change to
+/// `ids` (under the part's write guard) and by every [`Index::touch`] (under its read
+/// guard, hence atomic). Unique rather than counted: a row that empties is removed, and
+/// one created again later never repeats a version an earlier reader saw. Absent rows
+/// read as version 0, which no present row has (a row is created and given its first
+/// version under one write guard). `SeqCst` on both sides: a reader that does not see a
+/// touch is ordered before it, hence before the entry change the touch announces.
+#[derive(Default)]
+struct Row {
+    ids: HashMap<Arc<str>, u32>,
+    version: AtomicU64,
+}
+
+impl Row {
+    fn bump(&self) {
+        self.version.store(next_token(), Ordering::SeqCst);
+    }
+}
+
+/// The versions of one value's rows, one per part (0 for an absent row): equal stamps
+/// taken at two instants mean no id joined or left that value's rows in between, and
+/// no entry there left it (see [`Registry::stamp`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stamp([u64; INDEX_PARTS]);
 
 impl<K: ?Sized + Hash + Eq> Index<K> {
     fn new(shards: usize) -> Self {
@@ -629,17 +670,18 @@ impl<K: ?Sized + Hash + Eq> Index<K> {
         }
     }
 
-    fn part(&self, id: &str) -> &Map<Arc<K>, HashMap<Arc<str>, u32>> {
+    fn part(&self, id: &str) -> &Map<Arc<K>, Row> {
         &self.parts[(self.hasher.hash_one(id) as usize) % INDEX_PARTS]
     }
 
     /// Adds a row; returns the index's own copy of `value`, so that entries with this
     /// value share its string (interned: queries compare hot, shared strings).
     fn add(&self, value: &Arc<K>, id: &Arc<str>) -> Arc<K> {
-        let mut set = self.part(id).entry(value.clone()).or_default();
+        let mut row = self.part(id).entry(value.clone()).or_default();
         // At most one per writer of this id in flight, plus one: far below u32::MAX.
-        *set.entry(id.clone()).or_insert(0) += 1;
-        set.key().clone()
+        *row.ids.entry(id.clone()).or_insert(0) += 1;
+        row.bump();
+        row.key().clone()
     }
 
     /// Adds a row for a borrowed value (copied only when the index lacks it).
@@ -648,58 +690,79 @@ impl<K: ?Sized + Hash + Eq> Index<K> {
         Arc<K>: for<'k> From<&'k K>,
     {
         let part = self.part(id);
-        if let Some(mut set) = part.get_mut(value) {
-            *set.entry(id.clone()).or_insert(0) += 1;
+        if let Some(mut row) = part.get_mut(value) {
+            *row.ids.entry(id.clone()).or_insert(0) += 1;
+            row.bump();
             return;
         }
         // Absent a moment ago: `entry` settles a race with another writer of the value.
-        *part
-            .entry(Arc::from(value))
-            .or_default()
-            .entry(id.clone())
-            .or_insert(0) += 1;
+        let mut row = part.entry(Arc::from(value)).or_default();
+        *row.ids.entry(id.clone()).or_insert(0) += 1;
+        row.bump();
     }
 
     fn remove(&self, value: &K, id: &str) {
         let part = self.part(id);
         let now_empty = match part.get_mut(value) {
-            Some(mut set) => {
-                if let Some(c) = set.get_mut(id) {
+            Some(mut row) => {
+                if let Some(c) = row.ids.get_mut(id) {
                     // Every removal matches an earlier add, so `c >= 1`; saturating all
                     // the same, so that a broken invariant can only leave a row behind.
                     *c = c.saturating_sub(1);
                     if *c == 0 {
-                        set.remove(id);
+                        row.ids.remove(id);
                     }
                 }
-                set.is_empty()
+                row.bump();
+                row.ids.is_empty()
             }
             None => false,
         };
         // The guard is gone; re-check under a fresh one (a writer may have added since).
         if now_empty {
-            part.remove_if(value, |_, s| s.is_empty());
+            part.remove_if(value, |_, row| row.ids.is_empty());
         }
     }
 
+    /// Moves the version of `id`'s row under `value` without changing it: announces
+    /// that the entry there is about to leave it (see [`Registry::touch_rows`]).
+    fn touch(&self, value: &K, id: &str) {
+        if let Some(row) = self.part(id).get(value) {
+            row.bump();
+        }
+    }
+
+    /// The stamp of one value's rows and how many ids they hold.
+    fn stamp(&self, value: &K) -> (Stamp, usize) {
+        let mut stamp = Stamp::default();
+        let mut n = 0;
+        for (v, p) in stamp.0.iter_mut().zip(&*self.parts) {
+            if let Some(row) = p.get(value) {
+                *v = row.version.load(Ordering::SeqCst);
+                n += row.ids.len();
+            }
+        }
+        (stamp, n)
+    }
+
     fn size(&self, value: &K) -> usize {
-        self.parts
-            .iter()
-            .map(|p| p.get(value).map_or(0, |s| s.len()))
-            .sum()
+        self.stamp(value).1
     }
 
     /// Copies the ids of one value into `buf` (bytes, not reference counts: touching
-    /// every id's count would write to as many shared cache lines); returns how many.
-    fn ids_into(&self, value: &K, buf: &mut IdBuf) -> usize {
+    /// every id's count would write to as many shared cache lines), each part's version
+    /// with its ids into `stamp`; returns how many.
+    fn ids_into(&self, value: &K, buf: &mut IdBuf, stamp: &mut Stamp) -> usize {
         let mut n = 0;
-        for p in &*self.parts {
-            if let Some(s) = p.get(value) {
-                buf.reserve(s.len(), s.keys().map(|k| k.len()).sum());
-                for k in s.keys() {
+        for (v, p) in stamp.0.iter_mut().zip(&*self.parts) {
+            *v = 0;
+            if let Some(row) = p.get(value) {
+                *v = row.version.load(Ordering::SeqCst);
+                buf.reserve(row.ids.len(), row.ids.keys().map(|k| k.len()).sum());
+                for k in row.ids.keys() {
                     buf.push(k);
                 }
-                n += s.len();
+                n += row.ids.len();
             }
         }
         n
@@ -718,7 +781,7 @@ impl<K: ?Sized + Hash + Eq> Index<K> {
     fn rows(&self) -> usize {
         self.parts
             .iter()
-            .map(|p| p.iter().map(|r| r.value().len()).sum::<usize>())
+            .map(|p| p.iter().map(|r| r.value().ids.len()).sum::<usize>())
             .sum()
     }
 
@@ -734,7 +797,7 @@ impl<K: ?Sized + Hash + Eq> Index<K> {
         for p in &*self.parts {
             for r in p {
                 let e = out.entry(r.key().clone()).or_default();
-                for (k, v) in r.value() {
+                for (k, v) in &r.value().ids {
                     assert!(e.insert(k.to_string(), *v).is_none(), "id in two parts");
                 }
             }
@@ -920,6 +983,18 @@ pub struct Found<R, P> {
 pub struct Selected<R, P> {
     pub sure: usize,
     pub deferred: Vec<Hit<R, P>>,
+    /// Set when the sure matches were the whole of a stamped row (see
+    /// [`Registry::stamp`]).
+    pub clean: Option<Clean>,
+}
+
+/// A query's answer that was one built-in row's exact content: it stays exact while the
+/// row's [`Stamp`] equals `stamp` and the clock reads before `deadline` (the earliest
+/// deadline of its entries; [`NEVER`] without leases).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Clean {
+    pub stamp: Stamp,
+    pub deadline: i64,
 }
 
 /// Where a query starts (see [`Registry::plan`]), with the size of its candidate set.
@@ -1325,6 +1400,41 @@ impl<R, P> Registry<R, P> {
         }
     }
 
+    /// Moves the version of every built-in row `a` has and `b` lacks (all of `a`'s
+    /// when `b` is None), before `a` is replaced by `b` or removed: a row's version
+    /// moves before any entry in it stops matching it (see [`Registry::stamp`]).
+    /// Declared rows are left alone: no stamp is taken of them.
+    fn touch_rows(&self, a: &Entry<R, P>, b: Option<&Entry<R, P>>) {
+        let id = &a.id;
+        for c in a.caps.iter().filter(|c| b.is_none_or(|b| !b.has_cap(c))) {
+            self.caps.touch(c, id);
+        }
+        if let Some(n) = &a.node {
+            if b.is_none_or(|b| b.node.as_ref() != Some(n)) {
+                self.nodes.touch(n, id);
+            }
+        }
+        if b.is_none_or(|b| b.health != a.health) {
+            self.health.touch(&a.health, id);
+        }
+    }
+
+    /// Removes the live-or-not entry of `id` if `f(entry)`, its rows touched first
+    /// ([`Registry::touch_rows`]); retried if the entry changed meanwhile.
+    fn remove_touched(
+        &self,
+        id: &str,
+        f: impl Fn(&Entry<R, P>) -> bool,
+    ) -> Option<Arc<Entry<R, P>>> {
+        loop {
+            let cur = self.raw(id).filter(|e| f(e))?;
+            self.touch_rows(&cur, None);
+            if let Some(old) = self.entries.remove_if(id, |e| e.version == cur.version) {
+                return Some(old);
+            }
+        }
+    }
+
     /// Called for every entry leaving the map by any path but the lease heap.
     fn forget(&self, e: &Entry<R, P>) {
         self.remove_rows(e);
@@ -1424,7 +1534,7 @@ impl<R, P> Registry<R, P> {
 
     /// Removes the entry; returns it (live or not) for the caller to drop.
     pub fn unregister(&self, id: &str, grave: &mut Grave<R, P>) -> Option<Arc<Entry<R, P>>> {
-        let old = self.entries.remove_if(id, |_| true)?;
+        let old = self.remove_touched(id, |_| true)?;
         self.forget(&old);
         self.reclaim_some(old.token, grave);
         Some(old)
@@ -1433,7 +1543,7 @@ impl<R, P> Registry<R, P> {
     /// Removes the entry only if it is still the registration `token` (owner cleanup:
     /// a watch never removes a later registration of the same id).
     pub fn remove_token(&self, id: &str, token: u64) -> Option<Arc<Entry<R, P>>> {
-        let old = self.entries.remove_if(id, |e| e.token == token)?;
+        let old = self.remove_touched(id, |e| e.token == token)?;
         self.forget(&old);
         Some(old)
     }
@@ -1478,6 +1588,7 @@ impl<R, P> Registry<R, P> {
                 new.meta = m.clone();
             }
             self.add_diff(&mut new, &cur);
+            self.touch_rows(&cur, Some(&new));
             let new = Arc::new(new);
             if let Some(old) = self.swap(&cur, &new) {
                 self.remove_diff(&old, &new);
@@ -1509,6 +1620,10 @@ impl<R, P> Registry<R, P> {
             let mut new = cur.next_version(next_token());
             new.expires_at = now.saturating_add(d);
             new.lease = Some(d);
+            if new.expires_at < cur.expires_at {
+                // An earlier deadline than a stamp's holder may have noted.
+                self.touch_rows(&cur, None);
+            }
             let new = Arc::new(new);
             if let Some(old) = self.swap(&cur, &new) {
                 if old.lease.is_none() {
@@ -1695,6 +1810,35 @@ impl<R, P> Registry<R, P> {
         self.plan(q).size().unwrap_or_else(|| self.entries.len())
     }
 
+    /// The built-in row a query reads whole: exactly one of capability, node and health,
+    /// and no condition.
+    fn row<'s, 'a>(&'s self, q: &Query<'a>) -> Option<(&'s Index<str>, &'a str)> {
+        if !q.conds.is_empty() {
+            return None;
+        }
+        match (q.capability, q.node, q.health) {
+            (Some(c), None, None) => Some((&self.caps, c)),
+            (None, Some(n), None) => Some((&self.nodes, n)),
+            (None, None, Some(h)) => Some((&self.health, h)),
+            _ => None,
+        }
+    }
+
+    /// For a query of one capability, node or health and nothing else: the stamp of
+    /// that value's rows now, and how many ids they hold (what [`Registry::estimate`]
+    /// gives). `None` for any other query.
+    ///
+    /// A [`Clean`] answer of [`Registry::select`] holds for as long as the stamp equals
+    /// its own and the clock is before its deadline: writers add rows before an entry
+    /// joins a value (moving the row's version), and move the version of an entry's
+    /// rows before it leaves them ([`Registry::touch_rows`]: removal, an update that
+    /// drops the value, a heartbeat that brings the deadline forward); an entry that
+    /// expires needs no touch, as the deadline was the earliest of the answer's. So
+    /// each id of the answer still matched when the version of its row was read.
+    pub fn stamp(&self, q: &Query<'_>) -> Option<(Stamp, usize)> {
+        self.row(q).map(|(idx, v)| idx.stamp(v))
+    }
+
     fn check(e: &Entry<R, P>, q: &Query<'_>, now: i64) -> Tri {
         if !e.is_live(now)
             || q.capability.is_some_and(|c| !e.has_cap(c))
@@ -1712,27 +1856,58 @@ impl<R, P> Registry<R, P> {
     /// guard released); each is then checked against its entry. `sink` runs under the
     /// entry's shard read guard: it may clone the `Arc` (never drop a last reference)
     /// and must not touch the registry.
+    ///
+    /// For a query that reads one built-in row whole ([`Registry::stamp`]), `clean` is
+    /// set when every candidate matched, none was left out, and the row's stamp after
+    /// the reads equals the one copied with the ids: the entries passed on were then the
+    /// row's exact content at that instant.
     pub fn scan(
         &self,
         q: &Query<'_>,
         mut sink: impl FnMut(&Arc<Entry<R, P>>, Tri) -> bool,
+        clean: &mut Option<Clean>,
     ) -> bool {
         let now = self.now();
-        let mut visit = |e: &Arc<Entry<R, P>>| match Self::check(e, q, now) {
-            Tri::No => false,
-            t => sink(e, t),
-        };
         let mut buf = IdBuf::default();
         match self.plan(q) {
             Plan::Value(idx, v, _) => {
-                idx.ids_into(v, &mut buf);
+                let mut stamp = Stamp::default();
+                idx.ids_into(v, &mut buf, &mut stamp);
+                // Whether every candidate matched, and their earliest deadline.
+                let mut exact = true;
+                let mut deadline = NEVER;
+                let stopped = buf.iter().any(|id| {
+                    let seen = self.entries.with(id, |e| match Self::check(e, q, now) {
+                        Tri::No => {
+                            exact = false;
+                            false
+                        }
+                        t => {
+                            deadline = deadline.min(e.expires_at);
+                            sink(e, t)
+                        }
+                    });
+                    seen.unwrap_or_else(|| {
+                        exact = false;
+                        false
+                    })
+                });
+                if exact && !stopped && self.row(q).is_some() && idx.stamp(v).0 == stamp {
+                    *clean = Some(Clean { stamp, deadline });
+                }
+                stopped
             }
             Plan::Keys(idx, keys, _) => {
+                let mut visit = |e: &Arc<Entry<R, P>>| match Self::check(e, q, now) {
+                    Tri::No => false,
+                    t => sink(e, t),
+                };
                 // Sets of several keys (and the host's) may share an id: each candidate
                 // is read once.
                 let mut sets = 0;
+                let mut stamp = Stamp::default();
                 for k in keys.sorted().into_iter().chain([K_HOST]) {
-                    sets += usize::from(idx.ids_into(k, &mut buf) > 0);
+                    sets += usize::from(idx.ids_into(k, &mut buf, &mut stamp) > 0);
                 }
                 if sets > 1 {
                     let mut seen = hashbrown::HashSet::with_capacity(buf.ends.len());
@@ -1740,13 +1915,16 @@ impl<R, P> Registry<R, P> {
                         seen.insert(id) && self.entries.with(id, &mut visit) == Some(true)
                     });
                 }
+                let stopped = buf
+                    .iter()
+                    .any(|id| self.entries.with(id, &mut visit) == Some(true));
+                stopped
             }
-            Plan::Scan => return self.entries.any(visit),
+            Plan::Scan => self.entries.any(|e| match Self::check(e, q, now) {
+                Tri::No => false,
+                t => sink(e, t),
+            }),
         }
-        let stopped = buf
-            .iter()
-            .any(|id| self.entries.with(id, &mut visit) == Some(true));
-        stopped
     }
 
     /// Entries matching every criterion when read (see [`Registry::scan`]), stopping
@@ -1775,7 +1953,8 @@ impl<R, P> Registry<R, P> {
     /// condition left undecided here, are returned for the caller to judge. Stops once
     /// `q.limit` entries went to `sure` (at once for a limit of 0). `host` and `sure` run
     /// under the entry's shard read guard (see [`Registry::scan`]): `sure` may clone the
-    /// `Arc`, or just count.
+    /// `Arc`, or just count. The answer is [`Clean`] when `sure` got the whole of a
+    /// stamped row ([`Registry::stamp`]) and nothing was deferred.
     pub fn select(
         &self,
         q: &Query<'_>,
@@ -1785,24 +1964,33 @@ impl<R, P> Registry<R, P> {
         let mut sel = Selected {
             sure: 0,
             deferred: Vec::new(),
+            clean: None,
         };
         let cap = q.limit.unwrap_or(usize::MAX);
         if cap == 0 {
             return sel;
         }
-        self.scan(q, |e, t| {
-            let unsure = t == Tri::Unknown;
-            if unsure || host(e) {
-                sel.deferred.push(Hit {
-                    entry: e.clone(),
-                    unsure,
-                });
-                return false;
-            }
-            sure(e);
-            sel.sure += 1;
-            sel.sure >= cap
-        });
+        let mut clean = None;
+        let stopped = self.scan(
+            q,
+            |e, t| {
+                let unsure = t == Tri::Unknown;
+                if unsure || host(e) {
+                    sel.deferred.push(Hit {
+                        entry: e.clone(),
+                        unsure,
+                    });
+                    return false;
+                }
+                sure(e);
+                sel.sure += 1;
+                sel.sure >= cap
+            },
+            &mut clean,
+        );
+        if !stopped && sel.deferred.is_empty() {
+            sel.clean = clean;
+        }
         sel
     }
 
@@ -2521,6 +2709,251 @@ mod tests {
             .collect();
         for t in threads {
             t.join().unwrap();
+        }
+        assert_consistent(&r);
+    }
+
+    fn cap(c: &str) -> Query<'_> {
+        Query {
+            capability: Some(c),
+            ..Query::default()
+        }
+    }
+
+    /// `select` with every match sure: the clean answer, if any, and the ids.
+    fn clean_select(r: &Reg, q: &Query<'_>) -> (Option<Clean>, Vec<String>) {
+        let mut out = Vec::new();
+        let sel = r.select(q, |_| false, |e| out.push(e.id.to_string()));
+        out.sort();
+        (sel.clean, out)
+    }
+
+    #[test]
+    fn a_row_stamp_moves_with_every_change_to_the_row() {
+        let r = Reg::new(Clock::Monotonic, 2);
+        let mut g = Vec::new();
+        let st = |c: &str| r.stamp(&cap(c)).unwrap();
+        assert_eq!(st("x"), (Stamp::default(), 0));
+        r.register(spec(&r, "a", &["x"], Some("n"), None), &mut g)
+            .unwrap();
+        let s1 = st("x");
+        assert_eq!(s1.1, 1);
+        assert_ne!(s1.0, Stamp::default());
+        // Another value's rows, or fields the row does not hold, leave it alone.
+        r.register(spec(&r, "b", &["y"], None, None), &mut g)
+            .unwrap();
+        let health = Changes {
+            caps: None,
+            node: Some(None),
+            health: Some(s("degraded")),
+            meta: None,
+        };
+        r.update("a", &health, &mut g).unwrap();
+        assert!(r.heartbeat("a", None, &mut g));
+        assert_eq!(st("x"), s1);
+        // A failed register adds and takes back its rows: the row moved, same ids.
+        assert!(r
+            .register(spec(&r, "a", &["x"], None, None), &mut g)
+            .is_err());
+        let s2 = st("x");
+        assert_ne!(s2.0, s1.0);
+        assert_eq!(s2.1, 1);
+        // Joining and leaving by update, by register and by unregister.
+        let to_x = Changes {
+            caps: Some(normalize_caps(vec![s("x")])),
+            node: None,
+            health: None,
+            meta: None,
+        };
+        r.update("b", &to_x, &mut g).unwrap();
+        let s3 = st("x");
+        assert_ne!(s3.0, s2.0);
+        assert_eq!(s3.1, 2);
+        r.unregister("a", &mut g);
+        let s4 = st("x");
+        assert_ne!(s4.0, s3.0);
+        r.unregister("b", &mut g);
+        assert_eq!(st("x"), (Stamp::default(), 0));
+        // Created again, the row never repeats a version.
+        r.register(spec(&r, "a", &["x"], None, None), &mut g)
+            .unwrap();
+        assert!(![s1.0, s2.0, s3.0, s4.0].contains(&st("x").0));
+        // Only a query of one built-in value and nothing else has a stamp.
+        let two = Query {
+            capability: Some("x"),
+            node: Some("n"),
+            ..Query::default()
+        };
+        assert!(r.stamp(&two).is_none());
+        assert!(r.stamp(&Query::default()).is_none());
+        let conds = [Cond::new("k", Op::Eq, Value::Int(1), false)];
+        let with_where = Query {
+            capability: Some("x"),
+            conds: &conds,
+            ..Query::default()
+        };
+        assert!(r.stamp(&with_where).is_none());
+        assert!(r
+            .stamp(&Query {
+                health: Some("healthy"),
+                ..Query::default()
+            })
+            .is_some());
+    }
+
+    #[test]
+    fn touches_move_the_stamp_before_an_entry_leaves_its_row() {
+        let r = Reg::new(Clock::Monotonic, 2);
+        let mut g = Vec::new();
+        r.register(spec(&r, "a", &["x", "y"], Some("n"), None), &mut g)
+            .unwrap();
+        let a = r.get("a").unwrap();
+        let (before, _) = r.stamp(&cap("x")).unwrap();
+        let node = Query {
+            node: Some("n"),
+            ..Query::default()
+        };
+        let (node_before, _) = r.stamp(&node).unwrap();
+        // What unregister, an update dropping "x" or a shortened lease do first: the
+        // entry is still in the row, but the row's version has moved.
+        r.touch_rows(&a, None);
+        assert_ne!(r.stamp(&cap("x")).unwrap().0, before);
+        assert_ne!(r.stamp(&node).unwrap().0, node_before);
+        assert_eq!(ids(&r, &cap("x")), ["a"]);
+        // Rows the next version keeps are not touched.
+        let mut next = a.next_version(r.next_token());
+        next.caps = normalize_caps(vec![s("y")]);
+        let (x0, _) = r.stamp(&cap("x")).unwrap();
+        let (y0, _) = r.stamp(&cap("y")).unwrap();
+        r.touch_rows(&a, Some(&next));
+        assert_ne!(r.stamp(&cap("x")).unwrap().0, x0);
+        assert_eq!(r.stamp(&cap("y")).unwrap().0, y0);
+    }
+
+    #[test]
+    fn a_clean_answer_is_the_rows_exact_content() {
+        let m = Arc::new(ManualClock::new(0));
+        let r = Reg::new(Clock::Manual(m.clone()), 2);
+        let mut g = Vec::new();
+        for (id, ttl) in [("a", None), ("b", Some(50)), ("c", Some(20))] {
+            r.register(spec(&r, id, &["x"], None, ttl), &mut g).unwrap();
+        }
+        let (clean, got) = clean_select(&r, &cap("x"));
+        assert_eq!(got, ["a", "b", "c"]);
+        let clean = clean.unwrap();
+        assert_eq!(clean.stamp, r.stamp(&cap("x")).unwrap().0);
+        assert_eq!(clean.deadline, 20, "the earliest deadline of its entries");
+        // Without leases, no deadline.
+        let r2 = Reg::new(Clock::Monotonic, 2);
+        r2.register(spec(&r2, "a", &["x"], None, None), &mut g)
+            .unwrap();
+        assert_eq!(clean_select(&r2, &cap("x")).0.unwrap().deadline, NEVER);
+        // A heartbeat that brings a deadline forward moves the stamp; one that pushes
+        // it back does not.
+        let (s0, _) = r.stamp(&cap("x")).unwrap();
+        assert!(r.heartbeat("b", Some(60), &mut g));
+        assert_eq!(r.stamp(&cap("x")).unwrap().0, s0);
+        assert!(r.heartbeat("b", Some(5), &mut g));
+        assert_ne!(r.stamp(&cap("x")).unwrap().0, s0);
+        assert_eq!(clean_select(&r, &cap("x")).0.unwrap().deadline, 5);
+        // A candidate that does not match (expired, or a row of a writer in flight)
+        // leaves the answer unclean.
+        m.advance(5).unwrap();
+        let (clean, got) = clean_select(&r, &cap("x"));
+        assert_eq!(got, ["a", "c"]);
+        assert!(clean.is_none());
+        r.expire(&mut g);
+        assert!(clean_select(&r, &cap("x")).0.is_some());
+        let ghost = s("ghost");
+        r.caps.add(&s("x"), &ghost);
+        assert!(clean_select(&r, &cap("x")).0.is_none());
+        r.caps.remove("x", &ghost);
+        assert!(clean_select(&r, &cap("x")).0.is_some());
+        // So do a limit that stopped the read and an entry the host judges.
+        let limited = Query {
+            capability: Some("x"),
+            limit: Some(1),
+            ..Query::default()
+        };
+        assert!(clean_select(&r, &limited).0.is_none());
+        let roomy = Query {
+            capability: Some("x"),
+            limit: Some(10),
+            ..Query::default()
+        };
+        assert!(clean_select(&r, &roomy).0.is_some());
+        let sel = r.select(&cap("x"), |e| &*e.id == "a", |_| {});
+        assert_eq!(sel.deferred.len(), 1);
+        assert!(sel.clean.is_none());
+        // A query on two values is never clean.
+        let two = Query {
+            capability: Some("x"),
+            health: Some("healthy"),
+            ..Query::default()
+        };
+        assert!(clean_select(&r, &two).0.is_none());
+    }
+
+    /// The guarantee a stamp holder relies on, under writers: while the stamp read
+    /// equals a clean answer's, every id of the answer still matches. Checked the only
+    /// way a racing reader can: an id whose entry no longer matches when read must
+    /// come with a stamp that has moved by the time it is read again.
+    #[test]
+    fn an_equal_stamp_never_vouches_for_an_entry_that_left() {
+        let r: Arc<Reg> = Arc::new(Reg::new(Clock::Monotonic, 4));
+        let stop = Arc::new(AtomicBool::new(false));
+        let writers: Vec<_> = (0..3u64)
+            .map(|t| {
+                let (r, stop) = (r.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    let mut g = Vec::new();
+                    let mut i = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        let id = format!("a{}", (i * 5 + t) % 40);
+                        let to = if i % 2 == 0 { "x" } else { "z" };
+                        match i % 3 {
+                            0 => {
+                                let _ = r.register(spec(&r, &id, &[to], None, None), &mut g);
+                            }
+                            1 => {
+                                let ch = Changes {
+                                    caps: Some(normalize_caps(vec![s(to)])),
+                                    node: None,
+                                    health: None,
+                                    meta: None,
+                                };
+                                let _ = r.update(&id, &ch, &mut g);
+                            }
+                            _ => {
+                                r.unregister(&id, &mut g);
+                            }
+                        }
+                        g.clear();
+                        i += 1;
+                    }
+                })
+            })
+            .collect();
+        let mut memo: Option<(Clean, Vec<String>)> = None;
+        for _ in 0..20_000 {
+            let (now, _) = r.stamp(&cap("x")).unwrap();
+            match &memo {
+                Some((c, ids)) if c.stamp == now => {
+                    for id in ids {
+                        if r.get(id).is_none_or(|e| !e.has_cap("x")) {
+                            assert_ne!(r.stamp(&cap("x")).unwrap().0, now, "{id} left unseen");
+                        }
+                    }
+                }
+                _ => {
+                    let (clean, ids) = clean_select(&r, &cap("x"));
+                    memo = clean.map(|c| (c, ids));
+                }
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        for w in writers {
+            w.join().unwrap();
         }
         assert_consistent(&r);
     }

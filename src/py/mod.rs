@@ -20,6 +20,7 @@ pub mod redis;
 pub mod registry;
 pub mod registry_agent;
 pub mod registry_args;
+pub mod registry_memo;
 pub mod registry_owner;
 pub mod registry_query;
 pub mod taskpool;

@@ -9,7 +9,9 @@
 //! The binding, by file: this one holds the class and its writes; `registry_args`
 //! converts arguments (and copies a caller's containers before reading them);
 //! `registry_owner` turns `owner=` into a watch or a sweep; `registry_query` parses and
-//! runs the criteria of `find`, `count` and `ids`; `registry_agent` is the `Agent` view.
+//! runs the criteria of `find`, `count` and `ids`; `registry_memo` keeps ready-made
+//! answers of `ids` and `count` for one capability, node or health; `registry_agent` is
+//! the `Agent` view.
 //! Errors of the core map to exceptions in `crate::errors`.
 //!
 //! Garbage collection: every Python reference an entry version holds (value, owner,
@@ -19,7 +21,8 @@
 //! progress on this registry (which keeps the registry reachable). An Agent visits the
 //! version's references as well only when it is the version's sole holder (it left the
 //! map, and no other Agent or call has it). Nothing is ever visited twice; a reference
-//! nobody may visit counts as held from outside, which only keeps objects alive.
+//! nobody may visit counts as held from outside, which only keeps objects alive. The
+//! memo's tuples of ids are the registry's alone (queries hand out copies).
 //!
 //! Everything the core removes is handed back and dropped here, with the GIL held and
 //! no guard held.
@@ -28,7 +31,7 @@ use std::sync::Arc;
 
 use pyo3::exceptions::PyKeyError;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyString, PyTuple};
+use pyo3::types::{PyDict, PyList, PyString, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 
 use crate::core::registry::{self as core, Entry, RegistryError, Spec};
@@ -38,6 +41,7 @@ pub use crate::py::registry_agent::Agent;
 use crate::py::registry_args::{
     changes_arg, id_arg, indexes_arg, max_batch_arg, register_items, Fields,
 };
+use crate::py::registry_memo::Memo;
 use crate::py::registry_owner::{self as owner, Owner};
 use crate::py::registry_query::Criteria;
 
@@ -70,6 +74,7 @@ type Grave = Vec<Arc<E>>;
 #[pyclass(frozen, module = "ferrule", name = "Registry")]
 pub struct Registry {
     core: Arc<Core>,
+    memo: Memo,
     max_batch: usize,
     /// The declared index paths, in the order given.
     indexes: Box<[Box<str>]>,
@@ -223,6 +228,7 @@ impl Registry {
         let paths: Vec<&str> = indexes.iter().map(|p| &**p).collect();
         Ok(Self {
             core: Arc::new(Core::with_indexes(clock, cpus, &paths)),
+            memo: Memo::default(),
             max_batch,
             indexes: indexes.into(),
         })
@@ -395,27 +401,22 @@ impl Registry {
         limit: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<usize> {
         let c = Criteria::from_args(capability, node, health, r#where, limit)?;
-        // Counted as the core passes them on: no list is built.
-        c.run(py, &self.core, |_| {})
+        c.count(py, &self.core, &self.memo)
     }
 
     /// The ids of the agents `find` would return.
     #[pyo3(signature = (*, capability = None, node = None, health = None, r#where = None, limit = None))]
-    fn ids(
+    fn ids<'py>(
         &self,
-        py: Python<'_>,
+        py: Python<'py>,
         capability: Option<&Bound<'_, PyAny>>,
         node: Option<&Bound<'_, PyAny>>,
         health: Option<&Bound<'_, PyAny>>,
         r#where: Option<&Bound<'_, PyAny>>,
         limit: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<Vec<Py<PyString>>> {
+    ) -> PyResult<Bound<'py, PyList>> {
         let c = Criteria::from_args(capability, node, health, r#where, limit)?;
-        Ok(self
-            .select(py, &c)?
-            .iter()
-            .map(|e| e.reg.id.clone_ref(py))
-            .collect())
+        c.ids(py, &self.core, &self.memo)
     }
 
     #[getter]
@@ -471,12 +472,14 @@ impl Registry {
                 e.reg.traverse(&visit)?;
                 visit.call(e.meta.extra.as_ref())
             })
-            .map(|_complete| ())
+            .map(|_complete| ())?;
+        self.memo.traverse(&visit)
     }
 
     fn __clear__(&self) {
         let mut grave = Grave::new();
         self.core.clear(&mut grave);
+        self.memo.clear();
         // After unlocking: dropping entries may run finalizers. Done-callbacks stay on
         // their futures, each matching no registration any more.
         drop(grave);

@@ -9,6 +9,10 @@
 //! [`py_cond`], which gives Python's own answer), a callable `where`, and whether a
 //! thread owner is still running. So `count` copies out only the entries that need
 //! Python, and a result never holds an agent that did not match when it was read.
+//!
+//! `ids` and `count` of one capability, node or health and nothing else answer from the
+//! registry's [`Memo`] while the core's stamp of that value's rows says its answer
+//! still holds, and store the answer of a read the core calls clean.
 
 use std::sync::Arc;
 
@@ -18,11 +22,12 @@ use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyFrozenSet, PyInt, PyList, PySet, PyTuple};
 
-use crate::core::registry::{self as core, Cond, Op, Value};
+use crate::core::registry::{self as core, Clean, Cond, Op, Value};
 use crate::errors::wrong_type;
 use crate::py::registry::{Core, MetaPy, E};
 use crate::py::registry_agent::Agent;
 use crate::py::registry_args::{opt_str, snapshot, tname, to_value};
+use crate::py::registry_memo::{Kind, Memo, MEMO_AT};
 use crate::py::registry_owner::{drop_if_dead, is_thread};
 use crate::py::{args, wait};
 
@@ -66,22 +71,9 @@ impl Criteria {
         })
     }
 
-    /// Calls `emit` on each matching entry, at most `limit` of them; returns how many.
-    /// `emit` runs under a shard guard of the core for the matches the core decides (see
-    /// [`core::Registry::select`]): it may clone the `Arc` or count, nothing more.
-    pub fn run<F>(&self, py: Python<'_>, core: &Core, mut emit: F) -> PyResult<usize>
-    where
-        F: FnMut(&Arc<E>) + Send,
-    {
-        let cap = self.limit.unwrap_or(usize::MAX);
-        if cap == 0 {
-            return Ok(0);
-        }
-        let callable = match &self.wh {
-            Where::Callable(f) => Some(f),
-            _ => None,
-        };
-        let q = core::Query {
+    /// The core's form of these criteria.
+    fn query(&self) -> core::Query<'_> {
+        core::Query {
             capability: self.capability.as_deref(),
             node: self.node.as_deref(),
             health: self.health.as_deref(),
@@ -90,7 +82,108 @@ impl Criteria {
                 _ => &[],
             },
             limit: self.limit,
+        }
+    }
+
+    /// Where the memo keeps these criteria's answer: the one value of a query the core
+    /// can stamp (no `where`, exactly one of capability, node and health).
+    fn memo_key(&self) -> Option<(Kind, &Arc<str>)> {
+        if !matches!(self.wh, Where::None) {
+            return None;
+        }
+        match (&self.capability, &self.node, &self.health) {
+            (Some(c), None, None) => Some((Kind::Capability, c)),
+            (None, Some(n), None) => Some((Kind::Node, n)),
+            (None, None, Some(h)) => Some((Kind::Health, h)),
+            _ => None,
+        }
+    }
+
+    /// The memo's key and the stamp of its rows now, for a query big enough to keep.
+    fn stamped(&self, core: &Core) -> Option<((Kind, &Arc<str>), core::Stamp)> {
+        let key = self.memo_key()?;
+        match core.stamp(&self.query()) {
+            Some((stamp, n)) if n >= MEMO_AT => Some((key, stamp)),
+            _ => None,
+        }
+    }
+
+    /// `ids`: the memo's answer while it holds (a copy, cut to `limit`); otherwise the
+    /// entries are read, and the answer kept when the read was clean.
+    pub fn ids<'py>(
+        &self,
+        py: Python<'py>,
+        core: &Core,
+        memo: &Memo,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let stamped = self.stamped(core);
+        if let Some(((kind, value), stamp)) = stamped {
+            if let Some(t) = memo.ids(py, kind, value, stamp, core.now()) {
+                let t = match self.limit {
+                    Some(l) if l < t.len() => t.get_slice(0, l),
+                    _ => t,
+                };
+                return t.as_sequence().to_list();
+            }
+        }
+        let mut out = Vec::new();
+        let (n, clean) = self.run_noting(py, core, |e| out.push(e.clone()))?;
+        let ids = out.iter().map(|e| e.reg.id.bind(py));
+        if let (Some(((kind, value), _)), Some(clean)) = (stamped, clean) {
+            let t = PyTuple::new(py, ids)?;
+            let list = t.as_sequence().to_list()?;
+            memo.put(kind, value, clean, n, Some(t.unbind()));
+            return Ok(list);
+        }
+        PyList::new(py, ids)
+    }
+
+    /// `count`: the memo's count while it holds; otherwise counted as the core passes
+    /// the matches on (no list is built), and kept when the read was clean.
+    pub fn count(&self, py: Python<'_>, core: &Core, memo: &Memo) -> PyResult<usize> {
+        let stamped = self.stamped(core);
+        if let Some(((kind, value), stamp)) = stamped {
+            if let Some(n) = memo.count(kind, value, stamp, core.now()) {
+                return Ok(n.min(self.limit.unwrap_or(usize::MAX)));
+            }
+        }
+        let (n, clean) = self.run_noting(py, core, |_| {})?;
+        if let (Some(((kind, value), _)), Some(clean)) = (stamped, clean) {
+            memo.put(kind, value, clean, n, None);
+        }
+        Ok(n)
+    }
+
+    /// Calls `emit` on each matching entry, at most `limit` of them; returns how many.
+    /// `emit` runs under a shard guard of the core for the matches the core decides (see
+    /// [`core::Registry::select`]): it may clone the `Arc` or count, nothing more.
+    pub fn run<F>(&self, py: Python<'_>, core: &Core, emit: F) -> PyResult<usize>
+    where
+        F: FnMut(&Arc<E>) + Send,
+    {
+        self.run_noting(py, core, emit).map(|(n, _)| n)
+    }
+
+    /// [`Criteria::run`], with the core's word on whether the matches were the whole of
+    /// a stamped row ([`core::Selected::clean`]; never when Python judged any).
+    fn run_noting<F>(
+        &self,
+        py: Python<'_>,
+        core: &Core,
+        mut emit: F,
+    ) -> PyResult<(usize, Option<Clean>)>
+    where
+        F: FnMut(&Arc<E>) + Send,
+    {
+        let cap = self.limit.unwrap_or(usize::MAX);
+        if cap == 0 {
+            return Ok((0, None));
+        }
+        let callable = match &self.wh {
+            Where::Callable(f) => Some(f),
+            _ => None,
         };
+        let q = self.query();
         // Python judges every match of a callable `where`, and each thread-owned one.
         let by_python = callable.is_some();
         let host = |e: &E| by_python || (core.host_checks() && is_thread(e));
@@ -100,6 +193,7 @@ impl Criteria {
             core.select(&q, host, &mut emit)
         };
         let mut n = sel.sure;
+        let clean = sel.clean;
         for hit in sel.deferred {
             if n >= cap {
                 break;
@@ -120,7 +214,7 @@ impl Criteria {
             emit(e);
             n += 1;
         }
-        Ok(n)
+        Ok((n, clean))
     }
 
     /// Whether an entry the core was unsure about meets every condition.
