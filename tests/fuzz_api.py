@@ -1062,6 +1062,7 @@ SPECIAL: dict[str, Special] = {
     "Subscription._get_or_wait": Special({"waker": None}),
     "TaskPool.__new__": Special({"overflow": "block", "name": "fz"}),
     "TaskPool.map": Special({"fn": abs}, star=([1, 2],)),
+    "Cache.__new__": Special({"policy": "tinylfu"}),
     "Cache.get_or_set": Special({"key": "missing"}),
     "Cache.get_many": Special(variant="weighted"),
     "Cache.set_many": Special(variant="weighted"),

@@ -54,7 +54,8 @@ use pyo3::types::{PyBool, PyBytes, PyDict, PyInt, PyList, PyString, PyTuple};
 use pyo3::{intern, PyTraverseError, PyVisit};
 
 use crate::core::cache::{
-    hit_ratio, mix, Cause, Fast, Grave, KeyQuery, Match, Options, ShardedCache, Stats, TimedCache,
+    hit_ratio, mix, Cause, Fast, Grave, KeyQuery, Match, Options, Policy, ShardedCache, Stats,
+    TimedCache,
 };
 use crate::core::clock::nanos_to_secs;
 use crate::core::flight::{Flight, Join, Leader, Outcome, SingleFlight};
@@ -115,6 +116,12 @@ fn weight_of(obj: &Bound<'_, PyAny>) -> PyResult<u64> {
         (o, _) if o > 0 => Ok(u64::MAX),
         _ => Err(PyValueError::new_err(format!("{ARG} must be >= 0"))),
     }
+}
+
+/// The `policy` argument: a str naming a policy, as the policy's own `&'static str`.
+fn policy_name(obj: &Bound<'_, PyAny>) -> PyResult<&'static str> {
+    let name = args::string(obj, "policy")?;
+    Ok(Policy::parse(name.to_str()?)?.as_str())
 }
 
 /// The cause as the listener sees it.
@@ -661,7 +668,7 @@ impl Cache {
     #[new]
     #[pyo3(signature = (
         max_size, *, ttl = None, tti = None, weigher = None, on_evict = None, shards = None,
-        clock = None
+        clock = None, policy = "lru"
     ))]
     fn new(
         max_size: &Bound<'_, PyAny>,
@@ -671,6 +678,7 @@ impl Cache {
         on_evict: Option<&Bound<'_, PyAny>>,
         shards: Option<&Bound<'_, PyAny>>,
         clock: Option<&Bound<'_, PyAny>>,
+        #[pyo3(from_py_with = policy_name)] policy: &str,
     ) -> PyResult<Self> {
         let max_size = size_arg(max_size, "max_size")?;
         let shards = match shards {
@@ -692,6 +700,7 @@ impl Cache {
         let weigher = callback(weigher, "weigher")?;
         let on_evict = callback(on_evict, "on_evict")?;
         let opts = Options {
+            policy: Policy::parse(policy)?,
             weighted: weigher.is_some(),
             tti: args::opt_positive_nanos(tti, "tti")?,
             report_replaced: on_evict.is_some(),
@@ -952,6 +961,12 @@ impl Cache {
         self.inner.entries().shard_count()
     }
 
+    /// The eviction policy: ``"lru"`` or ``"tinylfu"``.
+    #[getter]
+    fn policy(&self) -> &'static str {
+        self.inner.entries().options().policy.as_str()
+    }
+
     fn __len__(&self, py: Python<'_>) -> PyResult<usize> {
         Ok(self.inner.live_len(&mut |g| self.bury_batch(py, g))?)
     }
@@ -1021,8 +1036,12 @@ impl Cache {
         } else {
             ""
         };
+        let policy = match self.inner.entries().options().policy {
+            Policy::Lru => String::new(),
+            p @ Policy::TinyLfu => format!(", policy='{}'", p.as_str()),
+        };
         format!(
-            "Cache(max_size={}, ttl={}{tti}, shards={}{weighted})",
+            "Cache(max_size={}, ttl={}{tti}, shards={}{weighted}{policy})",
             self.max_size(),
             secs(self.ttl()),
             self.shards()
