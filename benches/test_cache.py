@@ -38,6 +38,11 @@ def _ferrule_1shard() -> tuple[Get, Set, object]:
     return c.get, c.set, c
 
 
+def _ferrule_tinylfu() -> tuple[Get, Set, object]:
+    c = ferrule.Cache(CAPACITY, policy="tinylfu")
+    return c.get, c.set, c
+
+
 def _cachebox() -> tuple[Get, Set, object]:
     cachebox = pytest.importorskip("cachebox")
     c = cachebox.LRUCache(CAPACITY)
@@ -80,6 +85,7 @@ def _dict() -> tuple[Get, Set, object]:
 IMPLS: dict[str, Callable[[], tuple[Get, Set, object]]] = {
     "ferrule": _ferrule,
     "ferrule-1shard": _ferrule_1shard,
+    "ferrule-tinylfu": _ferrule_tinylfu,
     "cachebox": _cachebox,
     "lru-dict": _lru_dict,
     "moka-py": _moka,

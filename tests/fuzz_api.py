@@ -1091,6 +1091,7 @@ SPECIAL: dict[str, Special] = {
     "TaskPool.__new__": Special({"overflow": "block", "name": "fz"}),
     "ferrule.log_events": Special({"bus": Fresh(lambda ctx, obj: native.SignalBus())}),
     "TaskPool.map": Special({"fn": abs}, star=([1, 2],)),
+    "Cache.__new__": Special({"policy": "tinylfu"}),
     "Cache.get_or_set": Special({"key": "missing"}),
     "Cache.get_many": Special(variant="weighted"),
     "Cache.set_many": Special(variant="weighted"),

@@ -21,6 +21,10 @@ from tests.conftest import run_doctests
 
 from .conftest import FREE_THREADED
 
+# The eviction policies; tests of behaviour that must not depend on the policy run with
+# each.
+POLICIES = ["lru", "tinylfu"]
+
 # ---- construction and bad input -------------------------------------------------------
 
 
@@ -162,7 +166,8 @@ def test_user_keys_use_eq() -> None:
     assert len(c) == 3
 
 
-def test_hash_and_eq_exceptions_propagate_and_leave_cache_consistent() -> None:
+@pytest.mark.parametrize("policy", POLICIES)
+def test_hash_and_eq_exceptions_propagate_and_leave_cache_consistent(policy: str) -> None:
     class BadHash:
         def __hash__(self) -> int:
             raise RuntimeError("no hash")
@@ -174,7 +179,7 @@ def test_hash_and_eq_exceptions_propagate_and_leave_cache_consistent() -> None:
         def __eq__(self, other: object) -> bool:
             raise ValueError("no eq")
 
-    c = Cache(10)
+    c = Cache(10, policy=policy)
     with pytest.raises(RuntimeError, match="no hash"):
         c[BadHash()] = 1
     bad = BadEq()
@@ -832,11 +837,12 @@ def _assert_no_equal_keys(c: Cache) -> None:
             assert a != b, f"two equal keys: {a!r} and {b!r}"
 
 
+@pytest.mark.parametrize("policy", POLICIES)
 @pytest.mark.parametrize("op", ["set", "get_or_set", "setitem"])
-def test_eq_that_clears_and_reinserts_never_leaves_two_equal_keys(op: str) -> None:
+def test_eq_that_clears_and_reinserts_never_leaves_two_equal_keys(op: str, policy: str) -> None:
     """Guards against a stale comparison result being applied to another entry after
     clear() (slot generations restarted at 0), which let the cache hold two equal keys."""
-    c = Cache(10, shards=1)
+    c = Cache(10, shards=1, policy=policy)
     c[_Hostile(1, c)] = "first"
     key = _Hostile(1)
     if op == "set":
@@ -850,10 +856,11 @@ def test_eq_that_clears_and_reinserts_never_leaves_two_equal_keys(op: str) -> No
     assert c[_Hostile(1)] in ("second", "reinserted")
 
 
-def test_eq_that_clears_and_reinserts_repeatedly() -> None:
+@pytest.mark.parametrize("policy", POLICIES)
+def test_eq_that_clears_and_reinserts_repeatedly(policy: str) -> None:
     """The same hostile comparison, over many keys and rounds: the cache never holds two
     equal keys, and len() always matches keys()."""
-    c = Cache(64, shards=1)
+    c = Cache(64, shards=1, policy=policy)
     for round_ in range(50):
         c[_Hostile(round_ % 5, c)] = round_
         c[_Hostile(round_ % 5)] = -round_
@@ -1160,8 +1167,9 @@ def test_deadlines_near_the_largest_clock_time() -> None:
         c.set("k", 1, ttl=4.1e9)
 
 
+@pytest.mark.parametrize("policy", POLICIES)
 @pytest.mark.parametrize("h", [2**100, -(2**100), -1, sys.maxsize, -sys.maxsize - 1, 0])
-def test_hostile_hash_values(h: int) -> None:
+def test_hostile_hash_values(h: int, policy: str) -> None:
     """`__hash__` may return any int: Python reduces it, the cache mixes it; no panic."""
 
     class H:
@@ -1174,7 +1182,7 @@ def test_hostile_hash_values(h: int) -> None:
         def __eq__(self, other: object) -> bool:
             return isinstance(other, H) and other.v == self.v
 
-    c = Cache(100, shards=4)  # one shard of 25 takes every key
+    c = Cache(100, shards=4, policy=policy)  # one shard of 25 takes every key
     for i in range(5):
         c[H(i)] = i
     assert [c[H(i)] for i in range(5)] == list(range(5))
@@ -1228,10 +1236,11 @@ class _BadBoolEq:
         lambda c, k: c.__delitem__(k),
     ],
 )
-def test_eq_that_raises_propagates_from_every_operation(stored: type, op: Any) -> None:
+@pytest.mark.parametrize("policy", POLICIES)
+def test_eq_that_raises_propagates_from_every_operation(stored: type, op: Any, policy: str) -> None:
     """An exception from `__eq__` (or from the truth value it returns) propagates from
     every operation and leaves the cache consistent."""
-    c = Cache(10)
+    c = Cache(10, policy=policy)
     k = stored()
     c[k] = "kept"
 
@@ -1270,12 +1279,15 @@ class _Plain:
         return isinstance(other, _Plain) and other.v == self.v
 
 
+@pytest.mark.parametrize("policy", POLICIES)
 @pytest.mark.parametrize("action", list(_REENTER))
 @pytest.mark.parametrize("op", ["get", "set", "delete", "get_or_set", "contains"])
-def test_eq_may_reenter_the_same_cache_with_any_operation(action: str, op: str) -> None:
+def test_eq_may_reenter_the_same_cache_with_any_operation(
+    action: str, op: str, policy: str
+) -> None:
     """`__eq__` runs with no lock held, so it may call any method of the same cache on
     the same shard: no deadlock, no panic, and the invariants hold afterwards."""
-    c = Cache(10, shards=1)
+    c = Cache(10, shards=1, policy=policy)
     count = 0
 
     class Reentrant(_Plain):

@@ -9,14 +9,16 @@ from collections import Counter
 from typing import Any
 
 import ferrule
+import pytest
 from ferrule import Cache, ManualClock
 
 from tests.conftest import run_threads
 
 
-def test_random_operations_keep_invariants(threads: int, stress_scale: int) -> None:
+@pytest.mark.parametrize("policy", ["lru", "tinylfu"])
+def test_random_operations_keep_invariants(threads: int, stress_scale: int, policy: str) -> None:
     max_size = 257
-    c = Cache(max_size, ttl=0.05, shards=4)
+    c = Cache(max_size, ttl=0.05, shards=4, policy=policy)
     factory_calls: Counter[int] = Counter()
     calls_lock = threading.Lock()
     stop = threading.Event()
@@ -280,14 +282,15 @@ def test_factory_results_resized_by_other_threads_are_stored_by_reference(
     assert all(v is boxes[k][w] for (k, w), v in lookup.cache.items())
 
 
+@pytest.mark.parametrize("policy", ["lru", "tinylfu"])
 def test_weights_stay_within_the_bound_under_concurrent_writers(
-    threads: int, stress_scale: int
+    threads: int, stress_scale: int, policy: str
 ) -> None:
     """Each shard sheds within the critical section of the write that made it too heavy,
     so the total weight (a sum of per-shard weights, each within its share) never exceeds
     max_size, and after quiescence it is exactly the weigher's sum over the entries."""
     max_size, shards = 400, 4
-    c = Cache(max_size, shards=shards, weigher=lambda k, v: v[1], ttl=0.5)
+    c = Cache(max_size, shards=shards, weigher=lambda k, v: v[1], ttl=0.5, policy=policy)
     stop = threading.Event()
     errors: list[str] = []
 
@@ -328,7 +331,10 @@ def test_weights_stay_within_the_bound_under_concurrent_writers(
     assert st.rejected > 0
 
 
-def test_on_evict_is_called_exactly_once_per_removed_entry(threads: int, stress_scale: int) -> None:
+@pytest.mark.parametrize("policy", ["lru", "tinylfu"])
+def test_on_evict_is_called_exactly_once_per_removed_entry(
+    threads: int, stress_scale: int, policy: str
+) -> None:
     """Every value that entered the cache is reported exactly once, by whichever thread
     removed it (evicted, expired, replaced, deleted), or stays in the cache; after a final
     clear() the reports equal the inserts. Values are unique, so each is counted."""
@@ -354,6 +360,7 @@ def test_on_evict_is_called_exactly_once_per_removed_entry(threads: int, stress_
         clock=clock,
         weigher=lambda k, v: v[0] % 7,
         on_evict=on_evict,
+        policy=policy,
     )
 
     def body(seed: int) -> None:

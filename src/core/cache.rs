@@ -1,4 +1,4 @@
-//! A sharded, bounded LRU cache with per-entry TTL.
+//! A sharded, bounded cache with per-entry TTL, evicting by LRU or W-TinyLFU.
 //!
 //! # Structure
 //! The cache is `n` shards (`1 <= n <= MAX_SHARDS`); a key's shard is chosen from its
@@ -16,6 +16,37 @@
 //! an entry's weight and own deadline live in `meta`, a vector beside the slab
 //! (`meta[i]` belongs to `slots[i]`), allocated only for a weighted or tti shard.
 //!
+//! # Policies
+//! [`Policy::Lru`] keeps every entry of a shard on one recency list and evicts its tail.
+//! [`Policy::TinyLfu`] is W-TinyLFU (Einziger, Friedman and Manes, "TinyLFU: a highly
+//! efficient cache admission policy", 2017; as Caffeine and moka use it, with a fixed
+//! window): the same slots sit on three lists, the *window* (LRU, about 1% of the
+//! shard's capacity, at least one entry), *probation* and *protected* (together the
+//! main space, a segmented LRU; protected holds at most 80% of it). Each entry's list is
+//! in its `meta` (so a TinyLFU shard always has the side array). A
+//! [`FrequencySketch`](crate::core::sketch::FrequencySketch) per shard counts accesses:
+//! a counted read or a write of a key is one.
+//! - An access moves the entry to the front of its list; an entry on probation moves to
+//!   protected, whose least recent entries go back to probation's front while it holds
+//!   more than its share.
+//! - A new entry enters the window's front. Before it does, the window gives its least
+//!   recent entries to probation's front until the new one fits (the *candidates*).
+//! - While the shard is over its bound (after expired entries, which still go first),
+//!   the oldest undecided candidate (else the window's tail) is weighed against
+//!   probation's tail (the *victim*): the candidate stays, and the victim goes, only if
+//!   the sketch estimates it more frequent, or, one time in 128, if it is warm
+//!   (estimate >= 6: Caffeine's answer to an adversary who keeps victims' estimates high
+//!   by hash collisions); otherwise the candidate goes. One of the two missing, the
+//!   other goes; neither, protected's tail. Refused candidates are evictions like any
+//!   other ([`Cause::Size`], counted in `evictions`).
+//! - Loads: a list's load is its entry count, or its weight in a weighted shard; the
+//!   window's and protected's limits are in the same unit. The count and weight bounds
+//!   of the whole shard are those of an LRU shard, enforced by the same `shed` loop, so
+//!   the invariants below hold for both policies.
+//!
+//! The policy is per shard: a sharded cache runs one W-TinyLFU per shard over the keys
+//! its hash sends there.
+//!
 //! # Invariants
 //! - Shard capacities sum to exactly `max_size` (`1 <= max_size <= MAX_SIZE`) and a shard
 //!   never holds more than its capacity, so `len <= max_size` at every instant, also under
@@ -23,8 +54,13 @@
 //! - An entry stamped at `t` with ttl `d` is live while `now < t + d`; a lookup never
 //!   returns an entry whose deadline has passed (it is removed instead).
 //! - Inserting into a full shard removes an expired entry if one exists (the earliest
-//!   deadline), else the least recently used one. With one shard this is exact LRU over
-//!   live entries.
+//!   deadline), else the policy's choice: the least recently used one (LRU; with one
+//!   shard this is exact LRU over live entries) or the loser of the admission test
+//!   (TinyLFU, see "Policies").
+//! - Lists: every occupied slot is on exactly one recency list (`WINDOW` for an LRU
+//!   shard), `meta[i].region` names it in a TinyLFU shard, and the TinyLFU loads equal
+//!   the sums over the lists; protected's load never exceeds its limit after an
+//!   operation.
 //! - Weighted shards: the capacity bounds the sum of the weights as well as the count
 //!   (so zero weights stay bounded). A write removes entries (expired first, else LRU)
 //!   until it fits, in its own critical section, so the bound holds at every instant; a
@@ -46,7 +82,9 @@
 //!
 //! # Memory
 //! Nothing is reserved in proportion to `max_size`: the slab, table and heap grow on
-//! demand (the slab never beyond its shard's capacity). Every growth whose size a caller
+//! demand (the slab never beyond its shard's capacity); a TinyLFU shard's sketch grows
+//! with its slab (16 bytes per slot, rounded up to a power of two) and is released by
+//! `take_all`. Every growth whose size a caller
 //! drives (entries, colliding keys, snapshots) goes through `try_reserve` *before* the
 //! structure changes, so running out of memory is an [`AllocError`] with the shard
 //! unchanged, never an abort.
@@ -86,6 +124,7 @@ use hashbrown::HashTable;
 use parking_lot::Mutex;
 
 use crate::core::clock::Clock;
+use crate::core::sketch::FrequencySketch;
 
 /// Deadline of an entry without TTL.
 pub const NEVER: i64 = i64::MAX;
@@ -186,10 +225,40 @@ impl Cause {
 /// released.
 pub type Grave<K, V> = Vec<(K, V, Cause)>;
 
+/// Which entry a full shard gives up (see "Policies" in the module docs).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Policy {
+    /// Least recently used.
+    #[default]
+    Lru,
+    /// W-TinyLFU: a small LRU window, a segmented LRU main space, and a frequency
+    /// sketch deciding which of the window's and the main space's victims stays.
+    TinyLfu,
+}
+
+impl Policy {
+    pub fn parse(name: &str) -> Result<Self, CacheError> {
+        match name {
+            "lru" => Ok(Self::Lru),
+            "tinylfu" => Ok(Self::TinyLfu),
+            other => Err(CacheError::Policy(other.to_owned())),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Lru => "lru",
+            Self::TinyLfu => "tinylfu",
+        }
+    }
+}
+
 /// What a cache does beyond counting entries; the default is a plain LRU cache with
 /// TTL, and every option left off costs nothing on its operations.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Options {
+    /// The eviction policy.
+    pub policy: Policy,
     /// Each entry has a weight (`0..=capacity`); a shard's capacity bounds the sum of its
     /// weights as well as its number of entries.
     pub weighted: bool,
@@ -260,6 +329,83 @@ struct Meta {
     /// later than `expires` allows for, and is refreshed from this one on a read.
     deadline: i64,
     weight: u32,
+    /// The list the entry is on (TinyLFU shards; always `WINDOW` otherwise).
+    region: u8,
+}
+
+/// The lists of a shard. An LRU shard keeps every entry on `WINDOW` (its one recency
+/// list); a TinyLFU shard uses all three.
+const WINDOW: usize = 0;
+const PROBATION: usize = 1;
+const PROTECTED: usize = 2;
+
+/// Ends of an intrusive list (`NIL` when empty); `head` is the most recent.
+#[derive(Debug, Clone, Copy)]
+struct Ends {
+    head: u32,
+    tail: u32,
+}
+
+const EMPTY: Ends = Ends {
+    head: NIL,
+    tail: NIL,
+};
+
+/// A candidate whose estimated frequency is at least this, and not above its victim's,
+/// is still admitted once in [`ADMIT_RANDOM_ONE_IN`] (Caffeine's defence against an
+/// adversary who keeps the victims' estimates high by hash collisions: a warm candidate
+/// cannot be locked out for good, and a cold one, the common case, is never admitted by
+/// chance).
+const ADMIT_RANDOM_FREQUENCY: u8 = 6;
+const ADMIT_RANDOM_ONE_IN: u64 = 128;
+
+/// What a TinyLFU shard keeps beyond the LRU shard's fields.
+#[derive(Debug)]
+struct Lfu {
+    sketch: FrequencySketch,
+    /// Target load of the window (about 1% of the capacity, at least 1) and the largest
+    /// of the protected segment (80% of the rest). A load is a weight in a weighted
+    /// shard, else an entry count.
+    window_cap: u64,
+    protected_cap: u64,
+    /// Load on each list.
+    loads: [u64; 3],
+    /// xorshift state for the random admission.
+    rng: u64,
+}
+
+impl Lfu {
+    fn new(capacity: usize) -> Self {
+        let cap = capacity as u64;
+        let window_cap = (cap - cap * 99 / 100).max(1);
+        let main = cap.saturating_sub(window_cap);
+        Self {
+            sketch: FrequencySketch::new(),
+            window_cap,
+            protected_cap: main * 4 / 5,
+            loads: [0; 3],
+            // Fixed: a cache's behaviour is reproducible; the state moves with every
+            // random admission, which an outsider does not see.
+            rng: 0x853C_49E6_748F_EA9B ^ cap,
+        }
+    }
+
+    /// The admission rule: a candidate estimated more frequent than the victim is
+    /// admitted; a warm one that is not, by chance.
+    fn admits(&mut self, candidate: u8, victim: u8) -> bool {
+        candidate > victim
+            || (candidate >= ADMIT_RANDOM_FREQUENCY && self.one_in(ADMIT_RANDOM_ONE_IN))
+    }
+
+    /// One in `n`, from the xorshift64 generator.
+    fn one_in(&mut self, n: u64) -> bool {
+        let mut x = self.rng;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.rng = x;
+        x % n == 0
+    }
 }
 
 /// Aligned to a cache line so that one lookup touches one line of the slab (a slot
@@ -298,8 +444,8 @@ pub struct LruShard<K, V> {
     slots: Vec<Slot<K, V>>,
     /// Head of the free list (empty slots, linked through `next`).
     free: u32,
-    head: u32,
-    tail: u32,
+    /// The recency lists (`WINDOW` only, for an LRU shard).
+    lists: [Ends; 3],
     heap: Vec<u32>,
     len: usize,
     capacity: usize,
@@ -312,6 +458,8 @@ pub struct LruShard<K, V> {
     meta: Vec<Meta>,
     has_meta: bool,
     opts: Options,
+    /// The TinyLFU state (`Some` exactly when `opts.policy` is TinyLfu).
+    lfu: Option<Lfu>,
 }
 
 impl<K, V> LruShard<K, V> {
@@ -328,8 +476,7 @@ impl<K, V> LruShard<K, V> {
             table: HashTable::new(),
             slots: Vec::new(),
             free: NIL,
-            head: NIL,
-            tail: NIL,
+            lists: [EMPTY; 3],
             heap: Vec::new(),
             len: 0,
             capacity: capacity.clamp(1, MAX_SIZE),
@@ -337,8 +484,9 @@ impl<K, V> LruShard<K, V> {
             stats: Stats::default(),
             weight: 0,
             meta: Vec::new(),
-            has_meta: opts.weighted || opts.tti.is_some(),
+            has_meta: opts.weighted || opts.tti.is_some() || opts.policy == Policy::TinyLfu,
             opts,
+            lfu: (opts.policy == Policy::TinyLfu).then(|| Lfu::new(capacity.clamp(1, MAX_SIZE))),
         }
     }
 
@@ -472,62 +620,156 @@ impl<K, V> LruShard<K, V> {
         })
     }
 
-    // ---- recency list (indices from the list itself or from a checked handle) ----
+    // ---- recency lists (indices from a list itself or from a checked handle) ----
 
-    fn unlink(&mut self, idx: u32) {
+    /// Takes the occupied slot `idx` off `list`, the list it is on.
+    fn unlink(&mut self, idx: u32, list: usize) {
         let (prev, next) = {
             let s = &self.slots[idx as usize];
             (s.prev, s.next)
         };
         if prev == NIL {
-            self.head = next;
+            self.lists[list].head = next;
         } else {
             self.slots[prev as usize].next = next;
         }
         if next == NIL {
-            self.tail = prev;
+            self.lists[list].tail = prev;
         } else {
             self.slots[next as usize].prev = prev;
         }
     }
 
-    fn push_front(&mut self, idx: u32) {
-        let old = self.head;
+    /// Puts the occupied slot `idx`, on no list, at the front (most recent) of `list`.
+    fn push_front(&mut self, idx: u32, list: usize) {
+        let old = self.lists[list].head;
         {
             let s = &mut self.slots[idx as usize];
             s.prev = NIL;
             s.next = old;
         }
         if old == NIL {
-            self.tail = idx;
+            self.lists[list].tail = idx;
         } else {
             self.slots[old as usize].prev = idx;
         }
-        self.head = idx;
+        self.lists[list].head = idx;
     }
 
-    /// Marks the occupied slot `idx` most recently used.
+    /// Marks the occupied slot `idx`, on `list`, most recently used there.
     #[inline]
-    fn touch_idx(&mut self, idx: u32) {
-        if self.head != idx {
-            self.unlink(idx);
-            self.push_front(idx);
+    fn touch_idx(&mut self, idx: u32, list: usize) {
+        if self.lists[list].head != idx {
+            self.unlink(idx, list);
+            self.push_front(idx, list);
         }
     }
 
-    /// Marks the entry most recently used (nothing if the handle is stale).
+    /// The list the occupied slot `idx` is on.
+    #[inline]
+    fn region(&self, idx: u32) -> usize {
+        if self.lfu.is_some() {
+            self.meta
+                .get(idx as usize)
+                .map_or(WINDOW, |m| m.region as usize)
+        } else {
+            WINDOW
+        }
+    }
+
+    /// What the occupied slot `idx` adds to its list's load (TinyLFU): its weight in a
+    /// weighted shard, else 1.
+    #[inline]
+    fn load(&self, idx: u32) -> u64 {
+        if self.opts.weighted {
+            self.meta
+                .get(idx as usize)
+                .map_or(0, |m| u64::from(m.weight))
+        } else {
+            1
+        }
+    }
+
+    /// Moves the occupied slot `idx` from its list to the front of `to` (TinyLFU),
+    /// keeping the loads.
+    fn move_to(&mut self, idx: u32, to: usize) {
+        let from = self.region(idx);
+        let load = self.load(idx);
+        self.unlink(idx, from);
+        self.push_front(idx, to);
+        if let Some(m) = self.meta.get_mut(idx as usize) {
+            m.region = to as u8;
+        }
+        if let Some(lfu) = self.lfu.as_mut() {
+            lfu.loads[from] = lfu.loads[from].saturating_sub(load);
+            lfu.loads[to] = lfu.loads[to].saturating_add(load);
+        }
+    }
+
+    /// Marks the entry most recently used (nothing if the handle is stale). In a TinyLFU
+    /// shard this is an access: counted in the sketch, and promoted.
     #[inline]
     pub fn touch(&mut self, h: Handle) {
         if self.entry(h).is_some() {
-            self.touch_idx(h.idx);
+            self.access(h.idx);
         }
     }
 
-    /// A counted read of the live entry in slot `idx`: a hit, most recently used, and
-    /// (with a time to idle) idle from `now`.
+    /// An access to the occupied slot `idx` (a counted read, or a write that replaces
+    /// its value): most recently used, and in a TinyLFU shard counted and promoted.
+    #[inline]
+    fn access(&mut self, idx: u32) {
+        if self.lfu.is_some() {
+            self.lfu_access(idx);
+        } else {
+            self.touch_idx(idx, WINDOW);
+        }
+    }
+
+    /// TinyLFU access: the sketch counts it; an entry on probation moves to the protected
+    /// segment (which then gives its least recent entries back to probation while it
+    /// holds more than its share); any other moves to the front of its list.
+    #[inline(never)]
+    fn lfu_access(&mut self, idx: u32) {
+        let hash = self.slots[idx as usize].hash;
+        if let Some(lfu) = self.lfu.as_mut() {
+            lfu.sketch.increment(hash);
+        }
+        match self.region(idx) {
+            PROBATION => {
+                self.move_to(idx, PROTECTED);
+                self.demote_protected();
+            }
+            PROTECTED => {
+                self.touch_idx(idx, PROTECTED);
+                // A write may have made it heavier.
+                self.demote_protected();
+            }
+            list => self.touch_idx(idx, list),
+        }
+    }
+
+    /// Moves the protected segment's least recent entries to the front of probation
+    /// while the segment holds more than its share.
+    fn demote_protected(&mut self) {
+        loop {
+            let Some(lfu) = self.lfu.as_ref() else { return };
+            if lfu.loads[PROTECTED] <= lfu.protected_cap {
+                return;
+            }
+            let tail = self.lists[PROTECTED].tail;
+            if tail == NIL {
+                return;
+            }
+            self.move_to(tail, PROBATION);
+        }
+    }
+
+    /// A counted read of the live entry in slot `idx`: a hit, an access, and (with a
+    /// time to idle) idle from `now`.
     #[inline]
     fn read_hit(&mut self, idx: u32, now: i64) {
-        self.touch_idx(idx);
+        self.access(idx);
         self.stats.hits += 1;
         if let Some(tti) = self.opts.tti {
             self.refresh_idle(idx, now, tti);
@@ -688,7 +930,14 @@ impl<K, V> LruShard<K, V> {
         if let Ok(e) = self.table.find_entry(hash, |&i| i == idx) {
             e.remove();
         }
-        self.unlink(idx);
+        let list = self.region(idx);
+        if self.lfu.is_some() {
+            let load = self.load(idx);
+            if let Some(lfu) = self.lfu.as_mut() {
+                lfu.loads[list] = lfu.loads[list].saturating_sub(load);
+            }
+        }
+        self.unlink(idx, list);
         self.heap_remove(idx);
         if self.opts.weighted {
             let w = self.meta.get(idx as usize).map_or(0, |m| m.weight);
@@ -770,18 +1019,18 @@ impl<K, V> LruShard<K, V> {
         let old = std::mem::replace(&mut e.value, value);
         if let Some(m) = self.meta.get_mut(idx as usize) {
             if self.opts.weighted {
-                self.weight = self
-                    .weight
-                    .saturating_sub(u64::from(m.weight))
-                    .saturating_add(u64::from(weight));
+                let (was, now) = (u64::from(m.weight), u64::from(weight));
+                self.weight = self.weight.saturating_sub(was).saturating_add(now);
+                if let Some(lfu) = self.lfu.as_mut() {
+                    let list = m.region as usize;
+                    lfu.loads[list] = lfu.loads[list].saturating_sub(was).saturating_add(now);
+                }
             }
-            *m = Meta {
-                deadline: expires,
-                weight,
-            };
+            m.deadline = expires;
+            m.weight = weight;
         }
         self.heap_update(idx, effective);
-        self.touch_idx(idx);
+        self.access(idx);
         Ok(old)
     }
 
@@ -811,6 +1060,12 @@ impl<K, V> LruShard<K, V> {
                     .try_reserve_exact(grow(have).saturating_sub(have).max(1))?;
             }
         }
+        if let Some(lfu) = self.lfu.as_mut() {
+            // The sketch grows with the slab (keeping its counts), never past the
+            // capacity: memory follows the entries stored.
+            lfu.sketch
+                .ensure(self.slots.capacity().clamp(1, self.capacity))?;
+        }
         let slots = &self.slots;
         // Index invariant: the table holds indices of occupied slots only.
         self.table.try_reserve(1, |&i| slots[i as usize].hash)?;
@@ -832,17 +1087,37 @@ impl<K, V> LruShard<K, V> {
         now: i64,
         grave: &mut Grave<K, V>,
     ) -> Result<(), AllocError> {
+        // TinyLFU: the window makes room for the incoming load first; what it gives up
+        // goes to probation as this write's admission candidates, oldest first.
+        let mut cand = if self.lfu.is_some() {
+            let incoming = if self.opts.weighted {
+                extra_weight
+            } else {
+                extra_len as u64
+            };
+            self.spill_window(incoming)
+        } else {
+            NIL
+        };
         while self.len + extra_len > self.capacity
             || (self.opts.weighted
                 && self.weight.saturating_add(extra_weight) > self.capacity as u64)
         {
             let (idx, cause) = match self.earliest_expired(now) {
                 Some(idx) => (idx, Cause::Expired),
-                None if self.tail != NIL => (self.tail, Cause::Size),
+                None if self.lfu.is_some() => match self.lfu_victim(&mut cand) {
+                    Some(idx) => (idx, Cause::Size),
+                    None => break,
+                },
+                None if self.lists[WINDOW].tail != NIL => (self.lists[WINDOW].tail, Cause::Size),
                 None => break,
             };
             if grave.len() == grave.capacity() {
                 grave.try_reserve(1)?;
+            }
+            if idx == cand {
+                // An expired candidate: the next one takes its place.
+                cand = self.slots[idx as usize].prev;
             }
             if let Some((k, v)) = self.remove_idx(idx) {
                 grave.push((k, v, cause)); // room checked above
@@ -853,6 +1128,72 @@ impl<K, V> LruShard<K, V> {
             }
         }
         Ok(())
+    }
+
+    /// Moves the window's least recent entries to the front of probation until `incoming`
+    /// more load fits in the window (or it is empty); returns the first moved (the
+    /// oldest), or `NIL`.
+    fn spill_window(&mut self, incoming: u64) -> u32 {
+        let mut first = NIL;
+        loop {
+            let Some(lfu) = self.lfu.as_ref() else {
+                return first;
+            };
+            if lfu.loads[WINDOW].saturating_add(incoming) <= lfu.window_cap {
+                return first;
+            }
+            let tail = self.lists[WINDOW].tail;
+            if tail == NIL {
+                return first;
+            }
+            self.move_to(tail, PROBATION);
+            if first == NIL {
+                first = tail;
+            }
+        }
+    }
+
+    /// The entry a full TinyLFU shard gives up. The candidate is `cand` (the oldest entry
+    /// the window gave up in this write not yet decided on) or, when there is none, the
+    /// window's least recent entry; the victim is probation's least recent entry. If
+    /// only one of them exists, it goes; if they are the same entry (probation holds
+    /// only this write's candidates), it goes. Otherwise the candidate is admitted, and
+    /// the victim goes, if the sketch estimates the candidate more frequent than the
+    /// victim, or, by chance (one in [`ADMIT_RANDOM_ONE_IN`]), if the candidate is warm
+    /// (estimate at least [`ADMIT_RANDOM_FREQUENCY`]); else the candidate goes. With
+    /// neither, the protected segment's least recent entry goes.
+    ///
+    /// A candidate of this write, once decided on (admitted, or going), gives way to the
+    /// next one the window gave up, the one in front of it on probation: `cand` is moved
+    /// on before anything is removed.
+    fn lfu_victim(&mut self, cand: &mut u32) -> Option<u32> {
+        let victim = self.lists[PROBATION].tail;
+        let c = if *cand == NIL {
+            self.lists[WINDOW].tail
+        } else {
+            *cand
+        };
+        if c == NIL {
+            return if victim == NIL {
+                let p = self.lists[PROTECTED].tail;
+                (p != NIL).then_some(p)
+            } else {
+                Some(victim)
+            };
+        }
+        if *cand != NIL {
+            *cand = self.slots[c as usize].prev;
+        }
+        if victim == NIL || victim == c {
+            return Some(c);
+        }
+        let (ch, vh) = (
+            self.slots[c as usize].hash,
+            self.slots[victim as usize].hash,
+        );
+        let lfu = self.lfu.as_mut()?;
+        let (cf, vf) = (lfu.sketch.frequency(ch), lfu.sketch.frequency(vh));
+        Some(if lfu.admits(cf, vf) { victim } else { c })
     }
 
     /// Inserts a key known to be absent (looked up under this same lock). When the shard
@@ -903,6 +1244,7 @@ impl<K, V> LruShard<K, V> {
         let meta = Meta {
             deadline: expires,
             weight,
+            region: WINDOW as u8,
         };
         let idx = if self.free == NIL {
             // Room reserved above: this push does not allocate, and the new index is
@@ -936,13 +1278,21 @@ impl<K, V> LruShard<K, V> {
         let slots = &self.slots;
         self.table
             .insert_unique(hash, idx, |&i| slots[i as usize].hash);
-        self.push_front(idx);
+        self.push_front(idx, WINDOW);
         if effective != NEVER {
             self.heap_insert(idx);
         }
         self.len += 1;
         if self.opts.weighted {
             self.weight += u64::from(weight);
+        }
+        if self.lfu.is_some() {
+            let load = self.load(idx);
+            if let Some(lfu) = self.lfu.as_mut() {
+                // A write is an access: new entries start in the window, counted.
+                lfu.loads[WINDOW] = lfu.loads[WINDOW].saturating_add(load);
+                lfu.sketch.increment(hash);
+            }
         }
         Ok(Handle { idx, gen })
     }
@@ -988,18 +1338,27 @@ impl<K, V> LruShard<K, V> {
         // Plain numbers: freed here, no user code runs.
         self.meta = Vec::new();
         self.free = NIL;
-        self.head = NIL;
-        self.tail = NIL;
+        self.lists = [EMPTY; 3];
         self.len = 0;
         self.weight = 0;
+        if let Some(lfu) = self.lfu.as_mut() {
+            // The history goes with the entries (and so does its memory).
+            lfu.sketch.reset();
+            lfu.loads = [0; 3];
+        }
         drained
     }
 
-    /// Live entries, most recently used first.
+    /// Live entries, list by list (an LRU shard has one), most recently used first.
     pub fn iter_live(&self, now: i64) -> impl Iterator<Item = (&K, &V)> + '_ {
-        let mut cur = self.head;
+        let mut list = WINDOW;
+        let mut cur = self.lists[WINDOW].head;
         std::iter::from_fn(move || loop {
-            // Index invariant: the recency list links occupied slots.
+            while cur == NIL && list < PROTECTED {
+                list += 1;
+                cur = self.lists[list].head;
+            }
+            // Index invariant: the recency lists link occupied slots.
             let s = self.slots.get(cur as usize)?;
             cur = s.next;
             if let Some(e) = s.entry.as_ref() {
@@ -1034,17 +1393,31 @@ impl<K, V> LruShard<K, V> {
     #[cfg(test)]
     fn check(&self) {
         let mut n = 0;
-        let mut cur = self.head;
-        let mut prev = NIL;
-        while cur != NIL {
-            let s = &self.slots[cur as usize];
-            assert!(s.entry.is_some());
-            assert_eq!(s.prev, prev);
-            prev = cur;
-            cur = s.next;
-            n += 1;
+        let mut loads = [0u64; 3];
+        for (list, ends) in self.lists.iter().enumerate() {
+            let mut cur = ends.head;
+            let mut prev = NIL;
+            while cur != NIL {
+                let s = &self.slots[cur as usize];
+                assert!(s.entry.is_some());
+                assert_eq!(s.prev, prev);
+                assert_eq!(self.region(cur), list);
+                loads[list] += self.load(cur);
+                prev = cur;
+                cur = s.next;
+                n += 1;
+            }
+            assert_eq!(ends.tail, prev);
+            if self.lfu.is_none() && list != WINDOW {
+                assert_eq!(ends.head, NIL, "an LRU shard has one list");
+            }
         }
-        assert_eq!(self.tail, prev);
+        if let Some(lfu) = self.lfu.as_ref() {
+            assert_eq!(loads, lfu.loads);
+            assert!(lfu.loads[PROTECTED] <= lfu.protected_cap);
+            assert!(lfu.window_cap >= 1);
+            assert!(lfu.window_cap + lfu.protected_cap <= self.capacity as u64);
+        }
         assert_eq!(n, self.len);
         assert_eq!(self.table.len(), self.len);
         assert!(self.len <= self.capacity);
@@ -1063,12 +1436,13 @@ impl<K, V> LruShard<K, V> {
             assert!(self.meta.is_empty());
         }
         if self.opts.weighted {
-            let mut w = 0u64;
-            let mut cur = self.head;
-            while cur != NIL {
-                w += u64::from(self.meta[cur as usize].weight);
-                cur = self.slots[cur as usize].next;
-            }
+            let w: u64 = self
+                .slots
+                .iter()
+                .zip(&self.meta)
+                .filter(|(s, _)| s.entry.is_some())
+                .map(|(_, m)| u64::from(m.weight))
+                .sum();
             assert_eq!(w, self.weight);
             assert!(self.weight <= self.capacity as u64);
         }
@@ -1134,6 +1508,8 @@ pub enum CacheError {
     Shards { max_size: usize },
     /// Memory for the shards could not be had.
     OutOfMemory,
+    /// An eviction policy's name that is not one.
+    Policy(String),
 }
 
 impl std::fmt::Display for CacheError {
@@ -1147,6 +1523,7 @@ impl std::fmt::Display for CacheError {
             }
             Self::Shards { .. } => write!(f, "shards must be between 1 and {MAX_SHARDS}"),
             Self::OutOfMemory => write!(f, "out of memory for the cache"),
+            Self::Policy(name) => write!(f, "policy must be 'lru' or 'tinylfu', not '{name}'"),
         }
     }
 }
@@ -1297,8 +1674,19 @@ impl<K, V> ShardedCache<K, V> {
     #[inline]
     pub fn get_fast<Q: KeyQuery<K, V>>(&self, hash: u64, q: &Q, now: i64, count: bool) -> Fast<V> {
         let mut g = self.shard(hash).lock();
+        if count {
+            // TinyLFU: the sketch's and the entry's side data load while the lookup runs.
+            if let Some(lfu) = g.lfu.as_ref() {
+                lfu.sketch.prefetch(hash);
+            }
+        }
         match g.find_quick(hash, q) {
             Some(Some(h)) => {
+                if count && g.lfu.is_some() {
+                    if let Some(m) = g.meta.get(h.idx as usize) {
+                        crate::core::sketch::prefetch(m);
+                    }
+                }
                 let Some(v) = g.live_value(h, now).map(|v| q.clone_value(v)) else {
                     return Fast::Slow;
                 };
@@ -2693,9 +3081,16 @@ mod tests {
 
     #[test]
     fn weighted_time_to_idle_shards_keep_their_invariants_under_churn() {
+        for policy in [Policy::Lru, Policy::TinyLfu] {
+            weighted_tti_churn(policy);
+        }
+    }
+
+    fn weighted_tti_churn(policy: Policy) {
         let c = opts_cache(
             64,
             Options {
+                policy,
                 weighted: true,
                 tti: Some(50),
                 report_replaced: true,
@@ -2730,5 +3125,263 @@ mod tests {
         set(&c, "b", 2, NEVER, 0);
         let live = c.snapshot(5, |k, v| (k.clone(), *v)).unwrap();
         assert_eq!(live, vec![("b".to_string(), 2)]);
+    }
+
+    // ---- TinyLFU ----
+
+    fn lfu_cache(max: usize) -> ShardedCache<String, u64> {
+        opts_cache(
+            max,
+            Options {
+                policy: Policy::TinyLfu,
+                ..Options::default()
+            },
+        )
+    }
+
+    /// A read, and a write on a miss (how a cache in front of a loader is used).
+    fn load(c: &ShardedCache<String, u64>, k: &str) -> bool {
+        let hit = get(c, k, 0).is_some();
+        if !hit {
+            set(c, k, 1, NEVER, 0);
+        }
+        hit
+    }
+
+    #[test]
+    fn tinylfu_regions_follow_the_capacity() {
+        for (cap, window, protected) in [(1, 1, 0), (10, 1, 7), (100, 1, 79), (10_000, 100, 7920)] {
+            let l = Lfu::new(cap);
+            assert_eq!(
+                (l.window_cap, l.protected_cap),
+                (window, protected),
+                "{cap}"
+            );
+        }
+    }
+
+    #[test]
+    fn tinylfu_frequent_entries_survive_a_scan_that_flushes_lru() {
+        for policy in [Policy::Lru, Policy::TinyLfu] {
+            let c = opts_cache(
+                100,
+                Options {
+                    policy,
+                    ..Options::default()
+                },
+            );
+            let hot: Vec<String> = (0..50).map(|i| format!("hot{i}")).collect();
+            for _ in 0..4 {
+                for k in &hot {
+                    load(&c, k);
+                }
+            }
+            for i in 0..1000 {
+                load(&c, &format!("scan{i}"));
+                check_all(&c);
+            }
+            let kept = hot.iter().filter(|k| get(&c, k, 0).is_some()).count();
+            match policy {
+                Policy::Lru => assert_eq!(kept, 0),
+                Policy::TinyLfu => assert_eq!(kept, 50),
+            }
+            let st = c.stats();
+            assert_eq!(st.size, 100);
+            assert_eq!(
+                st.inserts - st.evictions,
+                100,
+                "every removal is an eviction"
+            );
+        }
+    }
+
+    #[test]
+    fn tinylfu_one_hit_wonders_do_not_evict_hot_entries() {
+        let c = lfu_cache(100);
+        let hot: Vec<String> = (0..100).map(|i| format!("hot{i}")).collect();
+        // Hot: counted 8 times each, far above what collisions in the sketch give a key
+        // seen once.
+        for _ in 0..8 {
+            for k in &hot {
+                load(&c, k);
+            }
+        }
+        let mut gone = Vec::new();
+        for i in 0..500 {
+            let k = format!("once{i}");
+            gone.extend(put(&c, &k, 1, 1, NEVER, 0));
+        }
+        // The first wonder pushes the window's hot entry out against an equally hot
+        // victim (a tie keeps the victim); every later wonder is refused in its turn,
+        // but for one whose counters the sketch shares with hot keys (collisions only
+        // ever raise an estimate).
+        let hot_gone: Vec<_> = gone.iter().filter(|(k, _)| k.starts_with("hot")).collect();
+        assert!(!hot_gone.is_empty() && hot_gone.len() <= 2, "{hot_gone:?}");
+        assert!(gone.iter().all(|(_, cause)| *cause == Cause::Size));
+        assert_eq!(gone.len(), 500);
+        assert!(
+            get(&c, "once499", 0).is_some(),
+            "the newest is in the window"
+        );
+        let st = c.stats();
+        assert_eq!((st.size, st.evictions), (100, 500));
+        check_all(&c);
+    }
+
+    #[test]
+    fn tinylfu_a_new_entry_in_a_full_cache_is_readable_until_it_leaves_the_window() {
+        let c = lfu_cache(100);
+        for i in 0..100 {
+            for _ in 0..3 {
+                load(&c, &format!("hot{i}"));
+            }
+        }
+        set(&c, "new", 1, NEVER, 0);
+        assert_eq!(get(&c, "new", 0), Some(1));
+        // Read often enough while in the window, it is admitted when it leaves it.
+        for _ in 0..5 {
+            get(&c, "new", 0);
+        }
+        set(&c, "next", 2, NEVER, 0);
+        assert_eq!(get(&c, "new", 0), Some(1));
+        check_all(&c);
+    }
+
+    #[test]
+    fn tinylfu_aging_lets_a_new_hot_set_replace_an_old_one() {
+        // 100 entries: the sketch ages every 1000 counted increments.
+        let c = lfu_cache(100);
+        let old: Vec<String> = (0..90).map(|i| format!("old{i}")).collect();
+        let new: Vec<String> = (0..90).map(|i| format!("new{i}")).collect();
+        for _ in 0..20 {
+            for k in &old {
+                load(&c, k);
+            }
+        }
+        let resident = |set: &[String]| {
+            set.iter()
+                .filter(|k| c.with_key(h(k), &Q(k), |_, h| h.is_some()).unwrap())
+                .count()
+        };
+        assert_eq!(resident(&old), 90);
+        // Without aging the old set, saturated, would refuse the new one for ever (a
+        // tie keeps the victim); with it, the old counts halve while the new ones grow.
+        for _ in 0..40 {
+            for k in &new {
+                load(&c, k);
+            }
+        }
+        assert_eq!(resident(&new), 90);
+        assert!(resident(&old) <= 10);
+        check_all(&c);
+    }
+
+    #[test]
+    fn tinylfu_warm_candidates_are_admitted_by_chance_cold_ones_never() {
+        let mut l = Lfu::new(100);
+        let admitted = |l: &mut Lfu, c, v| (0..12_800).filter(|_| l.admits(c, v)).count();
+        assert_eq!(admitted(&mut l, 5, 15), 0);
+        assert_eq!(admitted(&mut l, 2, 1), 12_800);
+        let warm = admitted(&mut l, 6, 15);
+        assert!(
+            (40..=250).contains(&warm),
+            "{warm} of 12800, about 100 expected"
+        );
+    }
+
+    #[test]
+    fn tinylfu_weights_bound_the_total_and_heavy_entries_get_room() {
+        let c = opts_cache(
+            100,
+            Options {
+                policy: Policy::TinyLfu,
+                weighted: true,
+                ..Options::default()
+            },
+        );
+        for i in 0..100 {
+            put(&c, &format!("k{i}"), i, 3, NEVER, 0);
+            check_all(&c);
+        }
+        assert!(c.stats().weight <= 100);
+        // Heavier than the window: it still enters, and what leaves makes room.
+        let gone = put(&c, "heavy", 0, 60, NEVER, 0);
+        assert!(!gone.is_empty());
+        assert_eq!(get(&c, "heavy", 0), Some(0));
+        assert!(c.stats().weight <= 100);
+        check_all(&c);
+        // Growing an entry in place sheds others (or it), never past the bound.
+        put(&c, "heavy", 1, 95, NEVER, 0);
+        assert!(c.stats().weight <= 100);
+        check_all(&c);
+        // Zero weights: the count bound still holds.
+        for i in 0..300 {
+            put(&c, &format!("z{i}"), i, 0, NEVER, 0);
+        }
+        assert!(c.stats().size <= 100);
+        check_all(&c);
+    }
+
+    #[test]
+    fn tinylfu_expired_entries_go_first_and_clear_forgets_the_history() {
+        let c = lfu_cache(10);
+        for i in 0..10 {
+            for _ in 0..3 {
+                get(&c, &format!("k{i}"), 0);
+            }
+            set(&c, &format!("k{i}"), i, if i == 4 { 5 } else { NEVER }, 0);
+        }
+        let gone = put(&c, "x", 1, 1, NEVER, 5);
+        assert_eq!(gone, vec![("k4".to_string(), Cause::Expired)]);
+        check_all(&c);
+        c.clear();
+        check_all(&c);
+        for s in &c.shards {
+            let g = s.0.lock();
+            assert!(!g.lfu.as_ref().unwrap().sketch.is_sized());
+        }
+        for i in 0..20 {
+            set(&c, &format!("n{i}"), i, NEVER, 0);
+        }
+        assert_eq!(len(&c, 0), 10);
+        check_all(&c);
+    }
+
+    #[test]
+    fn tinylfu_shards_keep_their_invariants_under_churn() {
+        let c = ShardedCache::<String, u64>::with_options(
+            300,
+            Some(3),
+            1,
+            Options {
+                policy: Policy::TinyLfu,
+                ..Options::default()
+            },
+        )
+        .unwrap();
+        let mut seed = 7u64;
+        for i in 0..30_000i64 {
+            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            let r = (seed >> 33) % 2000;
+            let k = (r * r / 2000).to_string(); // skewed
+            match seed % 10 {
+                0 => {
+                    c.remove(h(&k), &Q(&k), i).unwrap();
+                }
+                1 => set(&c, &k, 1, i + 50, i),
+                2 if i % 1000 == 0 => c.clear(),
+                _ => {
+                    if get(&c, &k, i).is_none() {
+                        set(&c, &k, 1, NEVER, i);
+                    }
+                }
+            }
+            if i % 97 == 0 {
+                check_all(&c);
+            }
+        }
+        check_all(&c);
+        let st = c.stats();
+        assert!(st.size <= 300);
     }
 }

@@ -14,6 +14,7 @@ pub mod pool;
 pub mod queue;
 pub mod ratelimit;
 pub mod registry;
+pub mod sketch;
 pub mod sync;
 pub mod taskpool;
 pub mod topic;

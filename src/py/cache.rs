@@ -62,7 +62,8 @@ use pyo3::types::{PyBool, PyBytes, PyDict, PyInt, PyList, PyString, PyTuple};
 use pyo3::{intern, PyTraverseError, PyVisit};
 
 use crate::core::cache::{
-    hit_ratio, mix, Cause, Fast, Grave, KeyQuery, Match, Options, ShardedCache, Stats, TimedCache,
+    hit_ratio, mix, Cause, Fast, Grave, KeyQuery, Match, Options, Policy, ShardedCache, Stats,
+    TimedCache,
 };
 use crate::core::clock::nanos_to_secs;
 use crate::core::flight::{Flight, Join, Leader, Outcome, SingleFlight};
@@ -124,6 +125,12 @@ fn weight_of(obj: &Bound<'_, PyAny>) -> PyResult<u64> {
         (o, _) if o > 0 => Ok(u64::MAX),
         _ => Err(PyValueError::new_err(format!("{ARG} must be >= 0"))),
     }
+}
+
+/// The `policy` argument: a str naming a policy, as the policy's own `&'static str`.
+fn policy_name(obj: &Bound<'_, PyAny>) -> PyResult<&'static str> {
+    let name = args::string(obj, "policy")?;
+    Ok(Policy::parse(name.to_str()?)?.as_str())
 }
 
 /// The cause as the listener sees it.
@@ -713,7 +720,7 @@ impl Cache {
     #[new]
     #[pyo3(signature = (
         max_size, *, ttl = None, tti = None, weigher = None, on_evict = None, shards = None,
-        clock = None, name = None, bus = None, event_interval = 1.0
+        clock = None, name = None, bus = None, event_interval = 1.0, policy = "lru"
     ))]
     #[allow(clippy::too_many_arguments)] // the Python signature
     fn new(
@@ -728,6 +735,7 @@ impl Cache {
         name: Option<&Bound<'_, PyAny>>,
         bus: Option<&Bound<'_, PyAny>>,
         #[pyo3(from_py_with = args::named::event_interval)] event_interval: f64,
+        #[pyo3(from_py_with = policy_name)] policy: &str,
     ) -> PyResult<Self> {
         let max_size = size_arg(max_size, "max_size")?;
         let shards = match shards {
@@ -749,6 +757,7 @@ impl Cache {
         let weigher = callback(weigher, "weigher")?;
         let on_evict = callback(on_evict, "on_evict")?;
         let opts = Options {
+            policy: Policy::parse(policy)?,
             weighted: weigher.is_some(),
             tti: args::opt_positive_nanos(tti, "tti")?,
             report_replaced: on_evict.is_some(),
@@ -1021,6 +1030,12 @@ impl Cache {
         self.name.as_ref().map(|n| n.clone_ref(py))
     }
 
+    /// The eviction policy: ``"lru"`` or ``"tinylfu"``.
+    #[getter]
+    fn policy(&self) -> &'static str {
+        self.inner.entries().options().policy.as_str()
+    }
+
     fn __len__(&self, py: Python<'_>) -> PyResult<usize> {
         Ok(self.inner.live_len(&mut |g| self.bury_batch(py, g))?)
     }
@@ -1094,8 +1109,12 @@ impl Cache {
         } else {
             ""
         };
+        let policy = match self.inner.entries().options().policy {
+            Policy::Lru => String::new(),
+            p @ Policy::TinyLfu => format!(", policy='{}'", p.as_str()),
+        };
         format!(
-            "Cache(max_size={}, ttl={}{tti}, shards={}{weighted})",
+            "Cache(max_size={}, ttl={}{tti}, shards={}{weighted}{policy})",
             self.max_size(),
             secs(self.ttl()),
             self.shards()
