@@ -57,3 +57,13 @@ __all__ = ["RedisAgent", "RedisRateLimiter", "RedisRegistry"]
 for _cls in (RedisAgent, RedisRateLimiter, RedisRegistry):
     _cls.__module__ = __name__
 del _cls
+
+# ---- the signal bus across processes (ferrule.redis._bus) --------------------------------
+from ferrule.redis._bus import BusOnError as BusOnError  # noqa: E402
+from ferrule.redis._bus import Codec, JsonCodec, PickleCodec, RedisBus  # noqa: E402
+from ferrule.redis._bus import Mode as Mode  # noqa: E402
+
+__all__ += ["Codec", "JsonCodec", "PickleCodec", "RedisBus"]
+for _cls in (Codec, JsonCodec, PickleCodec, RedisBus):
+    _cls.__module__ = __name__
+del _cls
