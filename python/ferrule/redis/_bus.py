@@ -336,12 +336,16 @@ class RedisBus:
             raise TypeError(f"client must be a redis.Redis, not '{type(client).__name__}'")
         self._prefix = _prefix(prefix)
         if local is not None and not isinstance(local, SignalBus):
-            raise TypeError(f"local must be a ferrule.SignalBus or None, not '{type(local).__name__}'")
+            raise TypeError(
+                f"local must be a ferrule.SignalBus or None, not '{type(local).__name__}'"
+            )
         if mode not in ("broadcast", "stream"):
             raise ValueError(f"mode must be 'broadcast' or 'stream', not {mode!r}")
         if codec is None:
             codec = JsonCodec()
-        elif not (callable(getattr(codec, "encode", None)) and callable(getattr(codec, "decode", None))):
+        elif not (
+            callable(getattr(codec, "encode", None)) and callable(getattr(codec, "decode", None))
+        ):
             raise TypeError(
                 "codec must have encode(obj) -> bytes and decode(bytes) -> obj, "
                 f"not '{type(codec).__name__}'"
@@ -599,22 +603,24 @@ class RedisBus:
             raise TypeError(f"handler must be callable or None, not '{type(handler).__name__}'")
         private = SignalBus()
         flow: _Flow | None = None
+        acking: _Acking | None = None
         target: Callable[[Signal], object] | None = handler
         if group is not None and handler is not None:
             flow = _Flow()
-            target = _acking(flow, handler, weak, loop)
+            target = acking = _acking(flow, handler, weak, loop)
             weak = False
         sub = private.subscribe(
             pattern, target, maxsize=maxsize, overflow=overflow, weak=weak, loop=loop, owner=owner
         )
-        if flow is not None:
-            flow.sub = sub
+        if acking is not None:
+            acking.sub = sub
         record = _Private(private, sub, flow)
+        number = next(self._seq)  # unique in this bus (subscription ids are per SignalBus)
         names = _StreamNames(
             self._raw,
             self._stream_key,
             None if group is None else f"{group}/{sub.pattern}".encode(),
-            f"{self._link.origin.hex()}:{sub._id}".encode(),
+            f"{self._link.origin.hex()}:{number}".encode(),
             start_id or ("$" if group is not None else "0"),
             min(maxsize, _BATCH),
             self._claim_after,
@@ -630,7 +636,7 @@ class RedisBus:
                 raise backend(e) from e
         with self._lock:
             self._private = {k: v for k, v in self._private.items() if not v.sub.cancelled}
-            self._private[sub._id] = record
+            self._private[number] = record
             self._stops[:] = [p.stop for p in self._private.values()]
         t = threading.Thread(
             target=_read_group if group is not None else _read_replay,
@@ -774,7 +780,7 @@ def _listen_broadcast(link: _Link, ref: weakref.ref[RedisBus]) -> None:
                         return
                     _deliver(bus, msg["channel"][start:], raw[_HEAD.size :], bus._local)
                     del bus
-            except (RedisError, OSError) as e:
+            except Exception as e:  # a lost or closed connection
                 with link.cond:
                     link.connected = False
                     link.confirmed = set()
@@ -832,7 +838,7 @@ def _listen_stream(link: _Link, ref: weakref.ref[RedisBus]) -> None:
         try:
             reply = link.client.xread({key: link.position}, count=100, block=_BLOCK_MS)
             link.backoff.reset()
-        except (RedisError, OSError) as e:
+        except Exception as e:  # a lost or closed connection
             logger.debug("bus listener lost its connection: %s", e)
             link.nap()
             continue
@@ -914,7 +920,7 @@ class _Flow:
     handler made of them. The reader appends, the wrapped handler pops (on another
     thread); the lock guards only these containers and no Python code runs under it."""
 
-    __slots__ = ("acks", "done", "fifo", "lock", "outstanding", "sub")
+    __slots__ = ("acks", "done", "fifo", "lock", "outstanding")
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -923,7 +929,6 @@ class _Flow:
         self.outstanding = 0
         self.done = threading.Event()
         self.done.set()
-        self.sub: Subscription | None = None
 
     def offered(self, entry_id: bytes) -> None:
         with self.lock:
@@ -974,10 +979,13 @@ class _Acking:
     method weakly with ``weak=True`` (the subscription cancels when its object goes), as
     SignalBus would."""
 
-    __slots__ = ("__weakref__", "flow", "target", "weak")
+    __slots__ = ("__weakref__", "flow", "sub", "target", "weak")
 
     def __init__(self, flow: _Flow, handler: Callable[[Signal], object], weak: bool) -> None:
         self.flow = flow
+        # Set once subscribed. The reader thread holds the flow, never this wrapper or
+        # the subscription, so nothing it holds leads to the user's handler.
+        self.sub: Subscription | None = None
         self.weak = weak and isinstance(handler, types.MethodType)
         self.target: Any = handler
         if self.weak:
@@ -991,7 +999,7 @@ class _Acking:
                 ) from None
 
     def _gone(self, _ref: object) -> None:
-        sub = self.flow.sub
+        sub = self.sub
         if sub is not None:
             sub.cancel()
 
@@ -1096,11 +1104,11 @@ def _read_group(
                 # stream's start if nothing yet).
                 try:
                     names.create_group(position or "0")
-                except (RedisError, OSError) as e2:
+                except Exception as e2:
                     logger.debug("bus group reader could not recreate its group: %s", e2)
                     stop.wait(names.backoff.next())
                 continue
-            except (RedisError, OSError) as e:
+            except Exception as e:  # a lost or closed connection
                 logger.debug("bus group reader lost its connection: %s", e)
                 stop.wait(names.backoff.next())
                 continue
@@ -1188,7 +1196,7 @@ def _leave_group(names: _StreamNames, flow: _Flow) -> None:
             client.xack(key, group, *acks)
         if not client.xpending_range(key, group, "-", "+", 1, consumername=names.consumer):
             client.xgroup_delconsumer(key, group, names.consumer)
-    except (RedisError, OSError) as e:
+    except Exception as e:
         logger.debug("bus group member could not leave its group: %s", e)
 
 
@@ -1208,7 +1216,7 @@ def _read_replay(
         try:
             reply = names.client.xread({names.key: position}, count=names.batch, block=_BLOCK_MS)
             names.backoff.reset()
-        except (RedisError, OSError) as e:
+        except Exception as e:  # a lost or closed connection
             logger.debug("bus replay reader lost its connection: %s", e)
             stop.wait(names.backoff.next())
             continue
