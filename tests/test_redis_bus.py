@@ -261,7 +261,7 @@ def test_bad_constructor_arguments() -> None:
         RedisBus(c, on_error="allow")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="local must be a ferrule.SignalBus"):
         RedisBus(c, local=object())  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="maxlen must be >= 1"):
+    with pytest.raises(ValueError, match="maxlen must be 1..2\*\*63-1"):
         RedisBus(c, maxlen=0)
     with pytest.raises(ValueError, match="claim_after must be a finite number"):
         RedisBus(c, claim_after=float("nan"))

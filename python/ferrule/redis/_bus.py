@@ -89,6 +89,7 @@ _BLOCK_MS = 500  # ms a stream read blocks on the server
 _RECONCILE = 1.0  # s between reconciliations of a broadcast listener's channels
 _BATCH = 16  # signals a group reader fetches at most at once
 _JOIN = 2.0  # s close() waits for each thread
+_MAX_I64 = 2**63 - 1  # Redis's integer arguments
 _HEAD = struct.Struct("!8sQd")  # origin, sequence, timestamp: a Pub/Sub message's head
 _GLOB = str.maketrans({c: "\\" + c for c in "*?[]\\"})
 
@@ -152,13 +153,27 @@ class PickleCodec:
     __slots__ = ("protocol",)
 
     def __init__(self, protocol: int = pickle.HIGHEST_PROTOCOL) -> None:
+        if isinstance(protocol, bool) or not isinstance(protocol, int):
+            raise TypeError(f"protocol must be an int, not '{type(protocol).__name__}'")
+        if not -1 <= protocol <= pickle.HIGHEST_PROTOCOL:
+            raise ValueError(f"protocol must be -1..{pickle.HIGHEST_PROTOCOL}, got {protocol}")
         self.protocol = protocol
 
     def encode(self, obj: Any) -> bytes:
-        return pickle.dumps(obj, protocol=self.protocol)
+        """``obj`` pickled; ``TypeError`` (chained) for an object pickle refuses, as
+        :class:`JsonCodec` refuses what JSON cannot hold."""
+        try:
+            return pickle.dumps(obj, protocol=self.protocol)
+        except (pickle.PicklingError, AttributeError) as e:
+            raise TypeError(f"cannot pickle {type(obj).__name__!r} object: {e}") from e
 
     def decode(self, data: bytes) -> Any:
-        return pickle.loads(data)  # noqa: S301 - documented: trusted publishers only
+        """The object ``data`` pickles; ``ValueError`` (chained) if it is not a pickle
+        this process can load."""
+        try:
+            return pickle.loads(data)  # noqa: S301 - documented: trusted publishers only
+        except Exception as e:
+            raise ValueError(f"data is not a pickle this process can load: {e}") from e
 
     def __repr__(self) -> str:
         return f"PickleCodec(protocol={self.protocol})"
@@ -354,8 +369,8 @@ class RedisBus:
             raise ValueError(f"on_error must be 'raise' or 'local', not {on_error!r}")
         if isinstance(maxlen, bool) or not isinstance(maxlen, int):
             raise TypeError(f"maxlen must be an int, not '{type(maxlen).__name__}'")
-        if maxlen < 1:
-            raise ValueError(f"maxlen must be >= 1, got {maxlen}")
+        if not 1 <= maxlen <= _MAX_I64:
+            raise ValueError(f"maxlen must be 1..2**63-1, got {maxlen}")
         self._claim_after = _seconds(claim_after, "claim_after")
         first = _seconds(backoff, "backoff")
         most = _seconds(max_backoff, "max_backoff")
@@ -904,7 +919,7 @@ class _StreamNames:
         self.consumer = consumer
         self.start = start
         self.batch = batch
-        self.claim_ms = max(1, int(claim_after * 1000))
+        self.claim_ms = max(1, min(int(claim_after * 1000), _MAX_I64))
         self.backoff = _Backoff(backoff, max_backoff)
 
     def create_group(self, start: str) -> None:
