@@ -445,7 +445,15 @@ def test_public_names_report_module_ferrule_redis(name: str) -> None:
 
 
 def test_the_package_exports_what_the_module_did() -> None:
-    assert ferrule.redis.__all__ == ["RedisAgent", "RedisRateLimiter", "RedisRegistry"]
+    assert ferrule.redis.__all__ == [
+        "RedisAgent",
+        "RedisRateLimiter",
+        "RedisRegistry",
+        "Codec",
+        "JsonCodec",
+        "PickleCodec",
+        "RedisBus",
+    ]
     assert ferrule.redis.OnError is _ratelimit.OnError
     assert RedisAgent.__dataclass_fields__.keys() == {
         "agent_id",

@@ -20,7 +20,6 @@ import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import ferrule
 import pytest
 from ferrule import BackendError, QueueEmpty, Signal, SignalBus
 
@@ -233,7 +232,7 @@ def test_codecs(buses: Any) -> None:
         def decode(self, data: bytes) -> Any:
             return data
 
-    with pytest.raises(TypeError, match="codec.encode must return bytes, not 'str'"):
+    with pytest.raises(TypeError, match=r"codec\.encode must return bytes, not 'str'"):
         buses(codec=Bad()).publish("p", 1)
     with pytest.raises(TypeError, match="codec must have encode"):
         RedisBus(redis.Redis(), codec=object())  # type: ignore[arg-type]
@@ -253,15 +252,15 @@ def test_undecodable_messages_are_skipped(buses: Any, redis_client: Any) -> None
 
 def test_bad_constructor_arguments() -> None:
     c = redis.Redis()
-    with pytest.raises(TypeError, match="client must be a redis.Redis, not 'int'"):
+    with pytest.raises(TypeError, match=r"client must be a redis\.Redis, not 'int'"):
         RedisBus(1)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="mode must be 'broadcast' or 'stream'"):
         RedisBus(c, mode="fast")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="on_error must be 'raise' or 'local'"):
         RedisBus(c, on_error="allow")  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match="local must be a ferrule.SignalBus"):
+    with pytest.raises(TypeError, match=r"local must be a ferrule\.SignalBus"):
         RedisBus(c, local=object())  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="maxlen must be 1..2\*\*63-1"):
+    with pytest.raises(ValueError, match=r"maxlen must be 1..2\*\*63-1"):
         RedisBus(c, maxlen=0)
     with pytest.raises(ValueError, match="claim_after must be a finite number"):
         RedisBus(c, claim_after=float("nan"))
@@ -428,15 +427,16 @@ def test_close_leaves_only_the_stream_and_its_groups(buses: Any, redis_client: A
 
 
 def test_clients_that_decode_responses_work_too(redis_server: RedisServer, clients: Any) -> None:
-    with RedisBus(clients(redis_server, decode_responses=True), mode="stream") as a:
-        with RedisBus(clients(redis_server, decode_responses=True)) as b:
-            sub = a.subscribe("d")
-            plain = b.subscribe("d")
-            a.publish("d", "é")
-            RedisBus(clients(redis_server), mode="stream").publish("d", 1)
-            assert [s.data for s in drain(sub, 2)] == ["é", 1]
-            b.publish("d", 2)
-            assert drain(plain, 1)[0].data == 2
+    decoding = clients(redis_server, decode_responses=True)
+    with RedisBus(decoding, mode="stream") as a, RedisBus(decoding) as b:
+        sub = a.subscribe("d")
+        plain = b.subscribe("d")
+        a.publish("d", "é")
+        with RedisBus(clients(redis_server), mode="stream") as other:
+            other.publish("d", 1)
+        assert [s.data for s in drain(sub, 2)] == ["é", 1]
+        b.publish("d", 2)
+        assert drain(plain, 1)[0].data == 2
 
 
 # ---- several processes -------------------------------------------------------------------
@@ -446,7 +446,6 @@ def fan_worker(port: int, me: int, n: int, ready: Any, go: Any, out: Any) -> Non
     """Subscribe ``fan.#`` and ``only.*``, then publish ``fan.<me>``; report everything
     received once every process's signal is there (and a little longer)."""
     import redis as r
-
     from ferrule.redis import RedisBus
 
     bus = RedisBus(r.Redis(port=port))
@@ -493,7 +492,6 @@ def test_fan_out_across_processes(redis_server: RedisServer, clients: Any) -> No
 
 def group_worker(port: int, name: str, ready: Any, out: Any, stop: Any) -> None:
     import redis as r
-
     from ferrule.redis import RedisBus
 
     bus = RedisBus(r.Redis(port=port), mode="stream")
@@ -533,7 +531,6 @@ def test_group_delivers_to_exactly_one_member_across_processes(
 
 def crashing_member(port: int, ready: Any) -> None:
     import redis as r
-
     from ferrule.redis import RedisBus
 
     bus = RedisBus(r.Redis(port=port), mode="stream")

@@ -64,6 +64,6 @@ from ferrule.redis._bus import Codec, JsonCodec, PickleCodec, RedisBus  # noqa: 
 from ferrule.redis._bus import Mode as Mode  # noqa: E402
 
 __all__ += ["Codec", "JsonCodec", "PickleCodec", "RedisBus"]
-for _cls in (Codec, JsonCodec, PickleCodec, RedisBus):
-    _cls.__module__ = __name__
-del _cls
+for _bus_cls in (Codec, JsonCodec, PickleCodec, RedisBus):
+    _bus_cls.__module__ = __name__
+del _bus_cls
