@@ -36,7 +36,12 @@ sys.path.insert(0, str(Path(__file__).parent.parent))
 from tests.redis_server import RedisServer, server_or_skip
 
 redis = pytest.importorskip("redis")
-from ferrule.redis import RedisCircuitBreaker, RedisRateLimiter, RedisRegistry  # noqa: E402
+from ferrule.redis import (  # noqa: E402
+    RedisBus,
+    RedisCircuitBreaker,
+    RedisRateLimiter,
+    RedisRegistry,
+)
 
 RATE = 1000
 CALLS = 200  # decisions per benchmark round (1 process)
@@ -355,3 +360,160 @@ def test_breaker_round_trips_per_call(server: RedisServer, monkeypatch: pytest.M
     assert report["ferrule closed"] == 1.0
     assert report["ferrule open"] == 0.0
     server.client().flushall()
+
+
+# ---- signal bus across processes (RedisBus) -------------------------------------------
+#
+# Publish: one call sends one signal; RedisBus (broadcast: PUBLISH; stream: XADD MAXLEN ~)
+# beside the same request written by hand with redis-py and json. End to end: a ping-pong
+# with an echo process (spawned): the parent publishes "ping", the child's subscription
+# publishes "pong" back, the parent waits for it; a round is PINGS such round trips (two
+# one-way deliveries each). The hand-written peers: a Pub/Sub listener thread, and an
+# XREADGROUP/XACK loop answering with XADD.
+
+
+BUS_CALLS = 200  # publishes per benchmark round
+PINGS = 20  # round trips per benchmark round
+BUS_KINDS = ["ferrule-broadcast", "redis-py-pubsub", "ferrule-stream", "redis-py-streams"]
+
+
+def _bus_publisher(kind: str, client: Any) -> Callable[[str, Any], Any]:
+    if kind == "ferrule-broadcast":
+        return RedisBus(client, prefix="bench:").publish
+    if kind == "ferrule-stream":
+        return RedisBus(client, prefix="bench:", mode="stream").publish
+    if kind == "redis-py-pubsub":
+        return lambda t, d: client.publish(f"hand:{t}", json.dumps(d))
+    return lambda t, d: client.xadd(
+        "hand:stream", {"t": t, "d": json.dumps(d)}, maxlen=10_000, approximate=True
+    )
+
+
+@pytest.mark.parametrize("kind", BUS_KINDS)
+def test_bus_publish(benchmark: Any, client: Any, kind: str) -> None:
+    benchmark.group = "redis bus publish"
+    publish = _bus_publisher(kind, client)
+    data = {"job": 7, "state": "done"}
+
+    def run() -> None:
+        for _ in range(BUS_CALLS):
+            publish("job.done", data)
+
+    benchmark.extra_info["publishes_per_round"] = BUS_CALLS
+    benchmark(run)
+
+
+def _echo(kind: str, url: str, ready: Any, stop: Any) -> None:
+    """The echo process: answers every ping with a pong carrying the same data."""
+    import redis as r
+
+    client = r.Redis.from_url(url)
+    if kind.startswith("ferrule"):
+        mode = "stream" if kind == "ferrule-stream" else "broadcast"
+        bus = RedisBus(client, prefix="echo:", mode=mode)
+        group = "echo" if mode == "stream" else None
+        bus.subscribe("ping", lambda s: bus.publish("pong", s.data), weak=False, group=group)
+        ready.set()
+        stop.wait()
+        bus.close()
+    elif kind == "redis-py-pubsub":
+        ps = client.pubsub(ignore_subscribe_messages=True)
+        ps.subscribe("hand:ping")
+        ps.get_message(timeout=1.0)  # the subscription's confirmation
+        ready.set()
+        while not stop.is_set():
+            msg = ps.get_message(timeout=0.25)
+            if msg is not None:
+                client.publish("hand:pong", msg["data"])
+        ps.close()
+    else:
+        client.xgroup_create("hand:ping", "echo", id="$", mkstream=True)
+        ready.set()
+        while not stop.is_set():
+            reply = client.xreadgroup("echo", "c1", {"hand:ping": ">"}, count=16, block=250)
+            for _key, entries in reply or []:
+                for entry_id, fields in entries:
+                    client.xadd("hand:pong", fields, maxlen=10_000, approximate=True)
+                    client.xack("hand:ping", "echo", entry_id)
+
+
+@pytest.mark.parametrize("kind", BUS_KINDS)
+def test_bus_end_to_end_two_processes(benchmark: Any, server: RedisServer, kind: str) -> None:
+    benchmark.group = "redis bus ping-pong, 2 processes"
+    c = server.client()
+    c.flushall()
+    ctx = multiprocessing.get_context("spawn")
+    ready, stop = ctx.Event(), ctx.Event()
+    child = ctx.Process(target=_echo, args=(kind, server.url, ready, stop))
+    child.start()
+    try:
+        assert ready.wait(30)
+        if kind.startswith("ferrule"):
+            mode = "stream" if kind == "ferrule-stream" else "broadcast"
+            bus = RedisBus(c, prefix="echo:", mode=mode)
+            pong = bus.subscribe("pong")
+
+            def ping(i: int) -> None:
+                bus.publish("ping", i)
+                assert pong.get(timeout=5.0).data == i
+
+        elif kind == "redis-py-pubsub":
+            ps = c.pubsub(ignore_subscribe_messages=True)
+            ps.subscribe("hand:pong")
+            ps.get_message(timeout=1.0)
+
+            def ping(i: int) -> None:
+                c.publish("hand:ping", json.dumps(i))
+                msg = None
+                while msg is None:
+                    msg = ps.get_message(timeout=5.0)
+                assert json.loads(msg["data"]) == i
+
+        else:
+            last = ["0-0"]  # the pong stream is empty (flushed)
+
+            def ping(i: int) -> None:
+                c.xadd("hand:ping", {"t": "ping", "d": json.dumps(i)}, maxlen=10_000)
+                reply = c.xread({"hand:pong": last[0]}, count=1, block=2000)
+                entry_id, fields = reply[0][1][0]
+                last[0] = entry_id
+                assert json.loads(fields[b"d"]) == i
+
+        counter = itertools.count()
+        ping(next(counter))  # warm: connections, the stream's first id
+
+        def run() -> None:
+            for _ in range(PINGS):
+                ping(next(counter))
+
+        benchmark.extra_info["round_trips_per_round"] = PINGS
+        benchmark(run)
+        if kind.startswith("ferrule"):
+            bus.close()
+    finally:
+        stop.set()
+        child.join(10)
+        c.close()
+
+
+def test_bus_requests_per_publish(server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    from redis.connection import Connection
+
+    sent = 0
+    original = Connection.send_packed_command
+
+    def counting(self: Any, command: Any, check_health: bool = True) -> None:
+        nonlocal sent
+        sent += 1
+        original(self, command, check_health)
+
+    monkeypatch.setattr(Connection, "send_packed_command", counting)
+    for mode in ("broadcast", "stream"):
+        bus = RedisBus(redis.Redis.from_url(server.url), prefix="count:", mode=mode)  # type: ignore[arg-type]
+        bus.publish("warm")
+        sent = 0
+        for i in range(100):
+            bus.publish("job.done", i)
+        print(f"\nrequests per RedisBus.publish ({mode}): {sent / 100}")
+        assert sent == 100
+        bus.close()

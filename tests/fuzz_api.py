@@ -2940,6 +2940,81 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if report.failures or treport.failures else 0
 
 
+# ---- ferrule.redis.RedisBus and its codecs ------------------------------------------------
+# Appended here (the tables above are read only when cases run). A bus is closed by the
+# case's cleanups; each has its own key prefix, as every Redis object of the fuzz.
+
+
+def _redis_bus(ctx: Ctx, mode: str = "broadcast") -> Any:
+    from ferrule.redis import RedisBus
+
+    bus = RedisBus(redis_client(), prefix=redis_prefix(), mode=mode, backoff=0.01, max_backoff=0.1)
+    ctx.cleanups.append(bus.close)
+    return bus
+
+
+def _drive_redis_bus(bus: Any) -> None:
+    try:
+        sub = bus.subscribe("d.#", maxsize=4)
+        bus.publish("d.x", {"n": 1})
+        sub.get(timeout=5.0)
+    finally:
+        bus.close()
+
+
+def _probe_redis_bus(bus: Any) -> None:
+    if bus.closed:
+        return
+    sub = bus.subscribe("probe.#", maxsize=4)
+    try:
+        _check(bus.publish("probe.x", 1) >= 1, "the bus's own subscription did not take it")
+        _check(sub.get(timeout=5.0).data == 1, "probe signal lost")
+    finally:
+        sub.cancel()
+
+
+def _pickle_of_1(ctx: Ctx, obj: Any) -> bytes:
+    import pickle
+
+    return pickle.dumps(1)
+
+
+OBJECTS.update(
+    {
+        "RedisBus": {"ready": _redis_bus, "stream": lambda ctx: _redis_bus(ctx, "stream")},
+        "Codec": {"ready": lambda ctx: importlib.import_module("ferrule.redis").JsonCodec()},
+        "JsonCodec": {"ready": lambda ctx: importlib.import_module("ferrule.redis").JsonCodec()},
+        "PickleCodec": {
+            "ready": lambda ctx: importlib.import_module("ferrule.redis").PickleCodec()
+        },
+    }
+)
+NO_CONSTRUCTOR["Codec"] = "a typing.Protocol: calling it raises TypeError by design"
+SPECIAL.update(
+    {
+        "RedisBus.__new__": Special(
+            {
+                "prefix": Fresh(lambda ctx, obj: redis_prefix()),
+                "backoff": 0.01,
+                "max_backoff": 0.1,
+                "timeout": 5.0,
+            }
+        ),
+        "RedisBus.subscribe": Special({"maxsize": 8}),
+        "RedisBus.__exit__": Special(setup=_enter),
+        "Codec.encode": Special({"obj": 1}),
+        "Codec.decode": Special({"data": b"1"}),
+        "JsonCodec.encode": Special({"obj": 1}),
+        "JsonCodec.decode": Special({"data": b"1"}),
+        "PickleCodec.encode": Special({"obj": 1}),
+        "PickleCodec.decode": Special({"data": Fresh(_pickle_of_1)}),
+    }
+)
+REENTER["RedisBus"] = [lambda b: b.publish("a.r", 1), lambda b: b.prefix]
+PROBES["RedisBus"] = _probe_redis_bus
+DRIVE["RedisBus"] = _drive_redis_bus
+REDIS_OWNERS |= {"RedisBus", "Codec", "JsonCodec", "PickleCodec"}
+
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     sys.exit(main())

@@ -110,6 +110,14 @@ SCENARIOS = {
         sub = bus.subscribe("a", slow, maxsize=1, overflow="block", weak=False)
         daemon(forever(lambda: bus.publish("a", 1)), 4)
     """,
+    # Handler subscriptions of two buses: their subscription ids coincide (each bus
+    # numbers its own), and the exit hook must still cancel both (it once missed one,
+    # and the exit waited for it forever).
+    "bus_handlers_on_two_buses": """
+        first, second = ferrule.SignalBus(), ferrule.SignalBus()
+        first.subscribe("a", lambda s: None, weak=False)
+        second.subscribe("a", lambda s: None, weak=False)
+    """,
     "bus_handler_sleeping": """
         bus = ferrule.SignalBus()
         bus.subscribe("a", lambda s: time.sleep(0.02), weak=False)

@@ -36,6 +36,7 @@ from ferrule.redis import (  # noqa: E402
     RedisRateLimiter,
     RedisRegistry,
     _breaker,
+    _bus,
     _common,
     _ratelimit,
     _registry,
@@ -447,10 +448,14 @@ def test_public_names_report_module_ferrule_redis(name: str) -> None:
 
 def test_the_package_exports_what_the_module_did() -> None:
     assert ferrule.redis.__all__ == [
+        "Codec",
         "InvalidatingCache",
+        "JsonCodec",
         "KeyCodec",
+        "PickleCodec",
         "RedisAgent",
         "RedisBreakerStats",
+        "RedisBus",
         "RedisCircuitBreaker",
         "RedisInvalidation",
         "RedisRateLimiter",
@@ -458,6 +463,8 @@ def test_the_package_exports_what_the_module_did() -> None:
     ]
     assert ferrule.redis.OnError is _ratelimit.OnError
     assert ferrule.redis.BreakerOnError is _breaker.BreakerOnError
+    assert ferrule.redis.BusOnError is _bus.BusOnError
+    assert ferrule.redis.Mode is _bus.Mode
     assert RedisAgent.__dataclass_fields__.keys() == {
         "agent_id",
         "value",

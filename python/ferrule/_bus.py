@@ -43,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import inspect
+import itertools
 import logging
 import threading
 import time
@@ -61,9 +62,11 @@ __all__: list[str] = []
 
 logger = logging.getLogger("ferrule.bus")
 
-# The native worker objects of the running worker threads, by subscription id; each
+# The native worker objects of the running worker threads and tasks, each under a key
+# of its own (subscription ids are numbered per bus, so two buses share them); each
 # worker removes its own. They hold no Python object (see ferrule._native).
 _workers: dict[int, Any] = {}
+_keys = itertools.count()
 
 
 def _cancel_all() -> None:
@@ -77,19 +80,19 @@ if _register is not None:
     _register(_cancel_all)
 
 
-def _cancel_worker(sub_id: int, _ref: object) -> None:
-    """A weak handler's object was collected: cancel its subscription (by id, so that
+def _cancel_worker(key: int, _ref: object) -> None:
+    """A weak handler's object was collected: cancel its subscription (by key, so that
     the weak reference's callback refers to nothing)."""
-    worker = _workers.get(sub_id)
+    worker = _workers.get(key)
     if worker is not None:
         worker.cancel()
 
 
-def _work(worker: Any) -> None:
+def _work(worker: Any, key: int) -> None:
     try:
         _run_subscription(worker)
     finally:
-        _workers.pop(worker.id, None)
+        _workers.pop(key, None)
 
 
 def _start(
@@ -112,9 +115,10 @@ def _start(
             ) from None
     target: Callable[..., Any] = handler
     held_weakly = False
+    key = next(_keys)
     if weak and isinstance(handler, types.MethodType):
         try:
-            target = weakref.WeakMethod(handler, partial(_cancel_worker, worker.id))
+            target = weakref.WeakMethod(handler, partial(_cancel_worker, key))
         except TypeError:
             name = type(handler.__self__).__name__
             raise TypeError(
@@ -123,19 +127,19 @@ def _start(
             ) from None
         held_weakly = True
     worker._hold(target, held_weakly)
-    _workers[worker.id] = worker
+    _workers[key] = worker
     try:
         if loop is None:
             name = f"ferrule-bus {worker.pattern}"
-            threading.Thread(target=_work, args=(worker,), name=name).start()
+            threading.Thread(target=_work, args=(worker, key), name=name).start()
         else:
-            _start_task(worker, loop)
+            _start_task(worker, loop, key)
     except BaseException:
-        _workers.pop(worker.id, None)
+        _workers.pop(key, None)
         raise
 
 
-def _start_task(worker: Any, loop: asyncio.AbstractEventLoop) -> None:
+def _start_task(worker: Any, loop: asyncio.AbstractEventLoop, key: int) -> None:
     try:
         running = asyncio.get_running_loop()
     except RuntimeError:
@@ -143,14 +147,14 @@ def _start_task(worker: Any, loop: asyncio.AbstractEventLoop) -> None:
     if running is loop:
         # Bound now: this thread may publish before the task first runs.
         worker._bind_thread()
-        _create_task(worker, loop)
+        _create_task(worker, loop, key)
     else:
         # RuntimeError if the loop is closed: the subscription is then not made.
-        loop.call_soon_threadsafe(_create_task, worker, loop)
+        loop.call_soon_threadsafe(_create_task, worker, loop, key)
 
 
-def _create_task(worker: Any, loop: asyncio.AbstractEventLoop) -> None:
-    task = loop.create_task(_deliver(worker, loop), name=f"ferrule-bus {worker.pattern}")
+def _create_task(worker: Any, loop: asyncio.AbstractEventLoop, key: int) -> None:
+    task = loop.create_task(_deliver(worker, loop, key), name=f"ferrule-bus {worker.pattern}")
     # A loop closed while the task waits is an ordinary end (see the module docstring).
     task._log_destroy_pending = False  # type: ignore[attr-defined]
 
@@ -174,7 +178,7 @@ def _cancelling() -> bool:
     return cancelling is None or bool(cancelling())
 
 
-async def _deliver(worker: Any, loop: asyncio.AbstractEventLoop) -> None:
+async def _deliver(worker: Any, loop: asyncio.AbstractEventLoop, key: int) -> None:
     """The task of an async handler subscription: delivers its signals one at a time."""
     worker._bind_thread()
     try:
@@ -213,7 +217,7 @@ async def _deliver(worker: Any, loop: asyncio.AbstractEventLoop) -> None:
     finally:
         worker.cancel()
         worker._release()
-        _workers.pop(worker.id, None)
+        _workers.pop(key, None)
 
 
 # ---- owners ------------------------------------------------------------------------------

@@ -69,16 +69,23 @@ Importing ``ferrule`` never imports this package; it needs the ``redis`` package
 
 from ferrule.redis._breaker import BreakerOnError as BreakerOnError
 from ferrule.redis._breaker import RedisBreakerStats, RedisCircuitBreaker
+from ferrule.redis._bus import BusOnError as BusOnError
+from ferrule.redis._bus import Codec, JsonCodec, PickleCodec, RedisBus
+from ferrule.redis._bus import Mode as Mode
 from ferrule.redis._invalidation import InvalidatingCache, KeyCodec, RedisInvalidation
 from ferrule.redis._ratelimit import OnError as OnError
 from ferrule.redis._ratelimit import RedisRateLimiter
 from ferrule.redis._registry import RedisAgent, RedisRegistry
 
 __all__ = [
+    "Codec",
     "InvalidatingCache",
+    "JsonCodec",
     "KeyCodec",
+    "PickleCodec",
     "RedisAgent",
     "RedisBreakerStats",
+    "RedisBus",
     "RedisCircuitBreaker",
     "RedisInvalidation",
     "RedisRateLimiter",
@@ -87,10 +94,14 @@ __all__ = [
 
 # The public classes report the import path users write (reprs, pickling, docs).
 for _cls in (
+    Codec,
     InvalidatingCache,
+    JsonCodec,
     KeyCodec,
+    PickleCodec,
     RedisAgent,
     RedisBreakerStats,
+    RedisBus,
     RedisCircuitBreaker,
     RedisInvalidation,
     RedisRateLimiter,
@@ -98,3 +109,4 @@ for _cls in (
 ):
     _cls.__module__ = __name__
 del _cls
+
