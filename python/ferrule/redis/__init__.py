@@ -109,4 +109,3 @@ for _cls in (
 ):
     _cls.__module__ = __name__
 del _cls
-
