@@ -1006,7 +1006,7 @@ BASELINE: dict[str, Any] = {
     "window": 10.0, "seconds": 0.01, "max_age": 60.0, "interval": 60.0, "backoff": 0.0,
     "max_backoff": 0.01, "start": 1.0, "alert_threshold": 0.9, "severe_threshold": 0.95,
     "retry_after": 0.0, "reset_after": 0.0, "max_idle": 60.0, "elapsed": 0.0,
-    "next_delay": None, "attempt_timeout": None,
+    "next_delay": None, "attempt_timeout": None, "timestamp": 1.5,
     # counts (RetryState, RetryStats)
     "attempt": 1, "calls": 1, "retries": 0, "successes": 1, "give_ups": 0, "failures": 0,
     "exception": None, "result": None,

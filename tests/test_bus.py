@@ -182,6 +182,24 @@ def test_signal_fields_and_shared_object() -> None:
     assert a.get_nowait().data is None
 
 
+def test_publish_at_stamps_the_signal_with_the_given_time() -> None:
+    """`_publish_at` (what RedisBus delivers through) is `publish` but for the stamp."""
+    bus = SignalBus()
+    a = bus.subscribe("x.*")
+    b = bus.subscribe("x.#")
+    data = {"k": 1}
+    assert bus._publish_at("x.y", data, 1_700_000_000.125) == 2
+    sa, sb = a.get_nowait(), b.get_nowait()
+    assert sa is sb and sa.data is data and sa.type == "x.y"
+    assert sa.timestamp == 1_700_000_000.125
+    assert repr(sa) == "Signal(type='x.y', data={'k': 1}, timestamp=1700000000.125)"
+    assert bus._publish_at("x.z", None, 0) == 2  # the epoch itself; an int is a time too
+    assert a.get_nowait().timestamp == 0.0 and b.get_nowait().data is None
+    assert bus._publish_at("nobody.listens", 1, 5.0) == 0
+    s = bus.stats()
+    assert (s.published, s.unrouted, s.delivered, s.dropped) == (3, 1, 4, 0)
+
+
 def test_get_get_nowait_and_iteration() -> None:
     bus = SignalBus()
     sub = bus.subscribe("t")
@@ -403,36 +421,50 @@ def test_overflow_policies(
     )
 
 
-def test_publish_counts_only_the_mailboxes_that_took_the_signal() -> None:
+# The two ways in: `publish`, and `_publish_at` (a given timestamp, for RedisBus), which
+# must route, count and wait exactly like it.
+PUBLISHERS: dict[str, Callable[[SignalBus, str, Any], int]] = {
+    "publish": lambda bus, t, d: bus.publish(t, d),
+    "_publish_at": lambda bus, t, d: bus._publish_at(t, d, 1234.5),
+}
+
+
+@pytest.mark.parametrize("how", PUBLISHERS)
+def test_publish_counts_only_the_mailboxes_that_took_the_signal(how: str) -> None:
     """Guards publish()'s count: a full drop_newest mailbox does not take the signal, so
     it is not counted (it used to be, and its stats counted it as accepted and dropped);
     it counts in `rejected`, like reject's refusals."""
+    publish = PUBLISHERS[how]
     bus = SignalBus()
     newest = bus.subscribe("t", maxsize=1, overflow="drop_newest")
     oldest = bus.subscribe("t", maxsize=1, overflow="drop_oldest")
     reject = bus.subscribe("t", maxsize=1, overflow="reject")
-    assert bus.publish("t", 0) == 3
-    assert bus.publish("t", 1) == 1  # only drop_oldest takes it, evicting 0
+    assert publish(bus, "t", 0) == 3
+    assert publish(bus, "t", 1) == 1  # only drop_oldest takes it, evicting 0
     assert [s.get_nowait().data for s in (newest, oldest, reject)] == [0, 1, 0]
     stats = [
         (s.accepted, s.delivered, s.dropped, s.rejected, s.queued)
         for s in (newest.stats(), oldest.stats(), reject.stats())
     ]
     assert stats == [(1, 1, 0, 1, 0), (2, 1, 1, 0, 0), (1, 1, 0, 1, 0)]
+    b = bus.stats()
+    assert (b.published, b.unrouted, b.delivered, b.dropped) == (2, 0, 4, 2)
 
 
-def test_block_policy_waits_for_room_and_is_woken_by_cancel() -> None:
+@pytest.mark.parametrize("how", PUBLISHERS)
+def test_block_policy_waits_for_room_and_is_woken_by_cancel(how: str) -> None:
+    publish = PUBLISHERS[how]
     bus = SignalBus()
     sub = bus.subscribe("t", maxsize=1, overflow="block")
     free = bus.subscribe("t", maxsize=1)  # never blocks the publisher
-    assert bus.publish("t", 0) == 2
+    assert publish(bus, "t", 0) == 2
     threading.Timer(0.05, sub.get).start()
-    assert bus.publish("t", 1) == 2  # waited until the getter made room
+    assert publish(bus, "t", 1) == 2  # waited until the getter made room
     assert sub.get_nowait().data == 1
     assert free.get_nowait().data == 1
-    assert bus.publish("t", 2) == 2
+    assert publish(bus, "t", 2) == 2
     threading.Timer(0.05, sub.cancel).start()
-    assert bus.publish("t", 3) == 1  # woken by the cancellation: not accepted there
+    assert publish(bus, "t", 3) == 1  # woken by the cancellation: not accepted there
 
 
 def test_slow_handler_does_not_slow_the_publisher(no_thread_leak: None) -> None:
@@ -997,6 +1029,32 @@ def test_publish_bad_input(signal_type: Any, exc: type[Exception], message: str)
     with pytest.raises(exc) as info:
         bus.publish(signal_type)
     assert str(info.value) == message
+    with pytest.raises(exc) as info:
+        bus._publish_at(signal_type, None, 1.0)
+    assert str(info.value) == message
+
+
+@pytest.mark.parametrize(
+    ("timestamp", "exc", "message"),
+    [
+        ("1.0", TypeError, "timestamp must be a number of seconds, not 'str'"),
+        (None, TypeError, "timestamp must be a number of seconds, not 'NoneType'"),
+        (True, TypeError, "timestamp must be a number of seconds, not 'bool'"),
+        (float("nan"), ValueError, "timestamp must be a finite number of seconds"),
+        (float("inf"), ValueError, "timestamp must be a finite number of seconds"),
+        (float("-inf"), ValueError, "timestamp must be a finite number of seconds"),
+        (-0.001, ValueError, "timestamp must be >= 0"),
+        (-1, ValueError, "timestamp must be >= 0"),
+        (10**400, OverflowError, "timestamp is out of range"),
+    ],
+)
+def test_publish_at_bad_timestamp(timestamp: Any, exc: type[Exception], message: str) -> None:
+    bus = SignalBus()
+    sub = bus.subscribe("#")
+    with pytest.raises(exc) as info:
+        bus._publish_at("a.b", 1, timestamp)
+    assert str(info.value) == message
+    assert bus.stats().published == 0 and sub.qsize() == 0  # refused before routing
 
 
 def test_get_bad_timeout() -> None:

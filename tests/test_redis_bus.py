@@ -1,8 +1,9 @@
 """RedisBus against a real redis-server: SignalBus's API across processes (fan-out,
-exactly-once for the publisher's own subscriptions, pattern routing), both modes, consumer
-groups (one member per signal, acknowledgement, redelivery after a crash, catching up
-after being offline), replay, codecs, a server killed and restarted, what stays in Redis,
-and garbage collection and interpreter exit.
+exactly-once for the publisher's own subscriptions, pattern routing, the publisher's
+timestamp everywhere), both modes, consumer groups (one member per signal,
+acknowledgement, redelivery after a crash, catching up after being offline), replay,
+codecs and the wire format, a server killed and restarted, what stays in Redis, and
+garbage collection and interpreter exit.
 
 Multi-process tests run workers in spawned processes (the functions below); they report
 through multiprocessing queues and wait on events, never on sleeps for ordering.
@@ -14,6 +15,7 @@ import gc
 import multiprocessing
 import os
 import queue
+import struct
 import threading
 import time
 import weakref
@@ -96,9 +98,13 @@ def test_publisher_and_other_buses_each_get_a_signal_once(buses: Any, mode: str)
     exact = b.subscribe("job.done")  # overlaps job.*: a separate Redis subscription
     before = time.time()
     assert a.publish("job.done", {"n": 1}) == 1  # this process's subscriptions
+    after = time.time()
     got = [drain(mine, 1)[0], drain(theirs, 1)[0], drain(exact, 1)[0]]
     assert [(s.type, s.data) for s in got] == [("job.done", {"n": 1})] * 3
-    assert all(before <= s.timestamp <= time.time() for s in got)
+    # One timestamp in every bus: the publisher's clock read in publish, not each bus's
+    # delivery time.
+    assert len({s.timestamp for s in got}) == 1
+    assert before <= got[0].timestamp <= after
     assert nothing_more(mine) and nothing_more(theirs, 0.01) and nothing_more(exact, 0.01)
 
 
@@ -247,6 +253,45 @@ def test_undecodable_messages_are_skipped(buses: Any, redis_client: Any) -> None
     assert [s.data for s in drain(sub, 1)] == ["ok"]
 
 
+def _head(origin: bytes, stamp: float) -> bytes:
+    """A Pub/Sub message's head as RedisBus writes it: origin, sequence, publish time."""
+    return struct.pack("!8sQd", origin, 1, stamp)
+
+
+@pytest.mark.parametrize("mode", ["broadcast", "stream"])
+def test_the_time_on_the_wire_is_the_signals_timestamp(
+    buses: Any, redis_client: Any, mode: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A received signal carries the publish time its message holds, whatever the
+    receiver's clock says; a message whose time is missing or not a time is skipped."""
+    a, b = buses(mode=mode), buses(mode=mode)
+    sub = b.subscribe("x")
+    if mode == "broadcast":
+        channel = b"ferrule:bus:s:x"
+        redis_client.publish(channel, _head(b"foreign1", 1000.5) + b'"then"')
+        bad = [_head(b"foreign2", float("nan")), _head(b"foreign3", -5.0)]
+        for i, head in enumerate(bad):
+            redis_client.publish(channel, head + str(i).encode())
+    else:
+        key = b"ferrule:bus:stream"
+        redis_client.xadd(key, {b"t": b"x", b"d": b'"then"', b"ts": b"1000.5", b"o": b"foreign1"})
+        bad = [b"nan", b"-5", b"soon", None]
+        for stamp in bad:
+            entry = {b"t": b"x", b"d": b"0", b"o": b"foreign2"}
+            if stamp is not None:
+                entry[b"ts"] = stamp
+            redis_client.xadd(key, entry)
+    before = time.time()
+    a.publish("x", "now")
+    got = drain(sub, 2)
+    assert [s.data for s in got] == ["then", "now"]
+    assert got[0].timestamp == 1000.5
+    assert got[1].timestamp >= before
+    assert nothing_more(sub)
+    skipped = [r for r in caplog.records if "could not be delivered" in r.getMessage()]
+    assert len(skipped) == len(bad)
+
+
 # ---- bad input ---------------------------------------------------------------------------
 
 
@@ -332,13 +377,16 @@ def test_handler_that_raises_leaves_the_signal_for_redelivery(buses: Any) -> Non
     calls: queue.Queue[Any] = queue.Queue()
 
     def flaky(sig: Signal) -> None:
-        calls.put(sig.data)
+        calls.put((sig.data, sig.timestamp))
         if calls.qsize() == 1:
             raise RuntimeError("first try fails")
 
     a.subscribe("t", flaky, group="g")
+    mine = pub.local.subscribe("t")
     pub.publish("t", "x")
-    assert [calls.get(timeout=5), calls.get(timeout=5)] == ["x", "x"]
+    stamp = mine.get_nowait().timestamp
+    # Redelivered with its publish time, not the time of the second delivery.
+    assert [calls.get(timeout=5), calls.get(timeout=5)] == [("x", stamp), ("x", stamp)]
 
 
 def test_offline_group_catches_up(buses: Any) -> None:
@@ -366,6 +414,23 @@ def test_replay_from_an_id(buses: Any, redis_client: Any) -> None:
     assert [s.data for s in drain(after_first, 2)] == [1, 2]
     pub.publish("r.x", 3)  # then they follow the stream
     assert drain(everything, 1)[0].data == 3 and drain(after_first, 1)[0].data == 3
+
+
+def test_replayed_and_caught_up_signals_keep_their_publish_time(
+    buses: Any, redis_client: Any
+) -> None:
+    pub = buses(mode="stream")
+    mine = pub.local.subscribe("r.#")
+    pub.publish("r.x", 0)
+    stamp = mine.get_nowait().timestamp
+    ((_id, entry),) = redis_client.xrange(b"ferrule:bus:stream")
+    assert float(entry[b"ts"]) == stamp  # what the stream holds
+    reader = buses(mode="stream")
+    replay = reader.subscribe("r.#", start_id="0")
+    late: queue.Queue[float] = queue.Queue()
+    reader.subscribe("r.*", lambda s: late.put(s.timestamp), group="late", start_id="0")
+    assert drain(replay, 1)[0].timestamp == stamp
+    assert late.get(timeout=5) == stamp
 
 
 def test_stream_is_trimmed_to_about_maxlen(buses: Any, redis_client: Any) -> None:
@@ -488,6 +553,35 @@ def test_fan_out_across_processes(redis_server: RedisServer, clients: Any) -> No
     for _me, got, only in results:
         assert sorted(got, key=str) == expected  # every signal once, its own included
         assert only == ["only.one"]
+
+
+def stamp_worker(port: int, mode: str, out: Any) -> None:
+    """Publish ``stamp.x`` once; report the pid and the timestamp this process's own
+    subscription got."""
+    import redis as r
+    from ferrule.redis import RedisBus
+
+    with RedisBus(r.Redis(port=port), mode=mode) as bus:
+        mine = bus.local.subscribe("stamp.#")
+        bus.publish("stamp.x", os.getpid())
+        out.put((os.getpid(), mine.get(timeout=10).timestamp))
+
+
+@pytest.mark.parametrize("mode", ["broadcast", "stream"])
+def test_a_signal_from_another_process_keeps_its_publish_time(
+    redis_server: RedisServer, clients: Any, mode: str
+) -> None:
+    out = MP.Queue()
+    with RedisBus(clients(redis_server), mode=mode) as bus:
+        sub = bus.subscribe("stamp.#")
+        proc = MP.Process(target=stamp_worker, args=(redis_server.port, mode, out))
+        proc.start()
+        pid, stamp = out.get(timeout=30)
+        sig = sub.get(timeout=10)
+    proc.join(10)
+    assert proc.exitcode == 0
+    assert sig.data == pid != os.getpid()
+    assert sig.timestamp == stamp
 
 
 def group_worker(port: int, name: str, ready: Any, out: Any, stop: Any) -> None:

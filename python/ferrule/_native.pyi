@@ -1869,7 +1869,9 @@ class Signal:
         """What was published with it (``None`` by default)."""
     @property
     def timestamp(self) -> float:
-        """Wall-clock seconds (``time.time()``) at publication, for logs."""
+        """Wall-clock seconds (``time.time()``) at publication, for logs. Through a
+        :class:`ferrule.redis.RedisBus`, the publisher's clock, in whichever process it
+        published."""
 
 @final
 class SubscriptionStats:
@@ -2195,6 +2197,22 @@ class SignalBus:
         >>> bus = SignalBus()
         >>> bus.publish("nobody.listens")
         0
+        """
+    def _publish_at(self, signal_type: str, data: Any, timestamp: float) -> int:
+        """Internal (``ferrule.redis.RedisBus``): :meth:`publish`, with the
+        :class:`Signal` stamped ``timestamp`` (wall-clock seconds, as ``time.time()``)
+        instead of now. Routing, counting in :meth:`stats`, backpressure, errors and the
+        result are ``publish``'s. ``TypeError`` for a ``timestamp`` that is not an int or
+        float (bool refused), ``ValueError`` for NaN, an infinity or a negative one,
+        ``OverflowError`` for an int no float can hold; each before anything is routed
+        or counted.
+
+        >>> bus = SignalBus()
+        >>> sub = bus.subscribe("job.*")
+        >>> bus._publish_at("job.done", {"id": 7}, 1700000000.25)
+        1
+        >>> sub.get_nowait().timestamp
+        1700000000.25
         """
     def subscriptions(self) -> list[Subscription]:
         """A snapshot of the live subscriptions (the same objects ``subscribe``

@@ -65,6 +65,20 @@ pub fn seconds(obj: &Bound<'_, PyAny>, arg: &str) -> PyResult<f64> {
     float(obj, arg, "a number of seconds")
 }
 
+/// A finite number of seconds >= 0 (a wait, or a time since the Unix epoch).
+pub fn finite_seconds(obj: &Bound<'_, PyAny>, arg: &str) -> PyResult<f64> {
+    let secs = seconds(obj, arg)?;
+    if !secs.is_finite() {
+        return Err(PyValueError::new_err(format!(
+            "{arg} must be a finite number of seconds"
+        )));
+    }
+    if secs < 0.0 {
+        return Err(PyValueError::new_err(format!("{arg} must be >= 0")));
+    }
+    Ok(secs)
+}
+
 /// A number (int or float; bool refused).
 pub fn number(obj: &Bound<'_, PyAny>, arg: &str) -> PyResult<f64> {
     float(obj, arg, "a number")

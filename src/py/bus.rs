@@ -11,7 +11,9 @@
 //! `publish` runs attached and never releases the GIL except to wait on a full `block`
 //! mailbox: the route (a read-locked trie walk) and each push are short critical
 //! sections. It builds one frozen `Signal` per publication, only when something matches,
-//! and shares it between the matching mailboxes.
+//! and shares it between the matching mailboxes. `_publish_at` is `publish` with the
+//! `Signal`'s timestamp given (`ferrule.redis.RedisBus` delivers a signal stamped with its
+//! publisher's time, from whichever process); both are `publish_stamped`.
 //!
 //! Locks and Python: no Python code runs and no Python object is dropped under the
 //! router's lock or a mailbox's lock. The core hands back what must be dropped or called
@@ -149,7 +151,8 @@ impl Signal {
         }
     }
 
-    /// Wall-clock seconds (`time.time()`) at publication, for logs.
+    /// Wall-clock seconds (`time.time()`) at publication, for logs. Through a
+    /// `ferrule.redis.RedisBus`, the publisher's clock, in whichever process it published.
     #[getter]
     fn timestamp(&self) -> f64 {
         self.timestamp
@@ -541,6 +544,58 @@ pub struct SignalBus {
 }
 
 impl SignalBus {
+    /// `publish` and `_publish_at`: routes, stamps (`timestamp`, or the wall clock now;
+    /// read only when something matches), offers to each matching mailbox and counts.
+    fn publish_stamped(
+        &self,
+        py: Python<'_>,
+        signal_type: &Bound<'_, PyAny>,
+        data: Option<Py<PyAny>>,
+        timestamp: Option<f64>,
+    ) -> PyResult<usize> {
+        let Ok(ty) = signal_type.cast::<PyString>() else {
+            return Err(wrong_type("signal_type", "a str", signal_type));
+        };
+        let mut subs: Vec<Arc<CoreSub>> = Vec::new();
+        self.router.route(ty.to_str()?, &mut subs)?;
+        let thread = counter::thread_hash();
+        self.publishes.add(thread, true);
+        if subs.is_empty() {
+            self.publishes.add(thread, false);
+            return Ok(0);
+        }
+        let kind = if signal_type.is_exact_instance_of::<PyString>() {
+            ty.clone().unbind()
+        } else {
+            PyString::new(py, ty.to_str()?).unbind()
+        };
+        let signal = Py::new(
+            py,
+            Signal {
+                kind,
+                data: Mutex::new(Some(data.unwrap_or_else(|| py.None()))),
+                timestamp: timestamp.unwrap_or_else(wall_clock),
+            },
+        )?
+        .into_any();
+        let mut accepted = 0;
+        let mut refused = 0;
+        let mut result = Ok(());
+        for sub in &subs {
+            match offer(py, sub, signal.clone_ref(py)) {
+                Ok(true) => accepted += 1,
+                Ok(false) => refused += 1,
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        self.offers
+            .add_counts(thread, accepted as u64, refused as u64);
+        result.map(|()| accepted)
+    }
+
     /// Empties the router and cancels what it routed, with no lock held.
     fn cancel_all(&self, py: Python<'_>) {
         for entry in self.router.take_all() {
@@ -659,47 +714,20 @@ impl SignalBus {
         signal_type: &Bound<'_, PyAny>,
         data: Option<Py<PyAny>>,
     ) -> PyResult<usize> {
-        let Ok(ty) = signal_type.cast::<PyString>() else {
-            return Err(wrong_type("signal_type", "a str", signal_type));
-        };
-        let mut subs: Vec<Arc<CoreSub>> = Vec::new();
-        self.router.route(ty.to_str()?, &mut subs)?;
-        let thread = counter::thread_hash();
-        self.publishes.add(thread, true);
-        if subs.is_empty() {
-            self.publishes.add(thread, false);
-            return Ok(0);
-        }
-        let kind = if signal_type.is_exact_instance_of::<PyString>() {
-            ty.clone().unbind()
-        } else {
-            PyString::new(py, ty.to_str()?).unbind()
-        };
-        let signal = Py::new(
-            py,
-            Signal {
-                kind,
-                data: Mutex::new(Some(data.unwrap_or_else(|| py.None()))),
-                timestamp: wall_clock(),
-            },
-        )?
-        .into_any();
-        let mut accepted = 0;
-        let mut refused = 0;
-        let mut result = Ok(());
-        for sub in &subs {
-            match offer(py, sub, signal.clone_ref(py)) {
-                Ok(true) => accepted += 1,
-                Ok(false) => refused += 1,
-                Err(e) => {
-                    result = Err(e);
-                    break;
-                }
-            }
-        }
-        self.offers
-            .add_counts(thread, accepted as u64, refused as u64);
-        result.map(|()| accepted)
+        self.publish_stamped(py, signal_type, data, None)
+    }
+
+    /// Internal (`ferrule.redis.RedisBus`): `publish`, with the `Signal` stamped
+    /// `timestamp` (wall-clock seconds, as `time.time()`) instead of now.
+    fn _publish_at(
+        &self,
+        py: Python<'_>,
+        signal_type: &Bound<'_, PyAny>,
+        data: Py<PyAny>,
+        timestamp: &Bound<'_, PyAny>,
+    ) -> PyResult<usize> {
+        let timestamp = args::finite_seconds(timestamp, "timestamp")?;
+        self.publish_stamped(py, signal_type, Some(data), Some(timestamp))
     }
 
     /// Counters since the bus was made and the live subscriptions; see `BusStats`.

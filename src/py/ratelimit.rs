@@ -69,20 +69,6 @@ fn secs(ns: u64) -> f64 {
     nanos_to_secs(i64::try_from(ns).unwrap_or(i64::MAX))
 }
 
-/// A wait given in seconds: a finite number >= 0.
-fn wait_seconds(obj: &Bound<'_, PyAny>, arg: &str) -> PyResult<f64> {
-    let secs = args::seconds(obj, arg)?;
-    if !secs.is_finite() {
-        return Err(PyValueError::new_err(format!(
-            "{arg} must be a finite number of seconds"
-        )));
-    }
-    if secs < 0.0 {
-        return Err(PyValueError::new_err(format!("{arg} must be >= 0")));
-    }
-    Ok(secs)
-}
-
 impl From<ratelimit::Decision> for Decision {
     fn from(d: ratelimit::Decision) -> Self {
         Self {
@@ -110,8 +96,8 @@ impl Decision {
             allowed,
             // >= 0, so the cast is exact.
             remaining: args::int_at_least(remaining, "remaining", 0)? as u64,
-            retry_after: wait_seconds(retry_after, "retry_after")?,
-            reset_after: wait_seconds(reset_after, "reset_after")?,
+            retry_after: args::finite_seconds(retry_after, "retry_after")?,
+            reset_after: args::finite_seconds(reset_after, "reset_after")?,
         })
     }
 

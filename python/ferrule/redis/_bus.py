@@ -5,15 +5,23 @@ them in each process, so mailboxes, overflow policies, weak, async and owned han
 are SignalBus's own:
 
 - ``publish`` validates the type (by the native router's rule, on an empty SignalBus),
-  encodes the data with the codec, sends ONE request (``PUBLISH`` in broadcast mode,
-  ``XADD ... MAXLEN ~`` in stream mode), then publishes on the local bus. A signal a bus
-  sent itself is skipped when it comes back, so the publisher's own subscriptions get
-  it exactly once (by its origin: 8 random bytes per RedisBus).
+  encodes the data with the codec, reads the wall clock once, sends ONE request
+  (``PUBLISH`` in broadcast mode, ``XADD ... MAXLEN ~`` in stream mode), then publishes
+  on the local bus. A signal a bus sent itself is skipped when it comes back, so the
+  publisher's own subscriptions get it exactly once (by its origin: 8 random bytes per
+  RedisBus).
+- Wire format: the type is the channel name (broadcast) or the field ``t`` (stream); the
+  data, encoded by the codec, follows a 24-byte head (``_HEAD``: origin, sequence, the
+  publish time as a big-endian double) or is the field ``d``, beside the fields ``ts``
+  (the publish time, ``repr`` of a float) and ``o`` (the origin). Every process delivers
+  through ``SignalBus._publish_at`` with that publish time, the publisher's own
+  subscriptions included, so a ``Signal`` has one timestamp in every process (and in a
+  replay). A message whose data or time cannot be read is logged and skipped.
 - One listener thread per RedisBus (a daemon, started by the first ``subscribe``) turns
-  what the server sends into ``local.publish`` calls. Broadcast: one Pub/Sub connection,
-  ``SUBSCRIBE``/``PSUBSCRIBE`` to what the local bus's subscriptions need (reconciled
-  from ``local.subscriptions()`` at each subscribe and every second). Stream: ``XREAD
-  BLOCK`` from the position it has delivered up to.
+  what the server sends into ``local._publish_at`` calls. Broadcast: one Pub/Sub
+  connection, ``SUBSCRIBE``/``PSUBSCRIBE`` to what the local bus's subscriptions need
+  (reconciled from ``local.subscriptions()`` at each subscribe and every second).
+  Stream: ``XREAD BLOCK`` from the position it has delivered up to.
 - A stream subscription with ``group=`` or ``start_id=`` has its own reader thread and
   its own private SignalBus with that one subscription (a group's share of the signals
   must reach that subscription only, a replay must not reach the others). A group reader
@@ -287,7 +295,10 @@ class RedisBus:
     handlers are SignalBus's own; Redis only carries the signals between processes.
     Every subscription of the local bus (made here, or on ``local`` directly once this
     bus has a listener) receives the signals other processes publish; signals published
-    on ``local`` directly stay in the process.
+    on ``local`` directly stay in the process. A signal's ``timestamp`` is its
+    publisher's wall-clock time (``time.time()``) at ``publish``, in every process that
+    receives it and also when it is redelivered or replayed later; on another host it
+    compares with that host's ``time.time()`` as well as the two clocks agree.
 
     ``mode="broadcast"``: Redis Pub/Sub, at most once, nothing stored. ``mode="stream"``:
     one Redis stream (bounded by ``maxlen``, trimmed approximately); subscriptions may
@@ -469,7 +480,7 @@ class RedisBus:
             if self._on_error == "raise":
                 raise backend(e) from e
             logger.warning("signal %r reached this process only: redis: %s", signal_type, e)
-        return self._local.publish(signal_type, data)
+        return self._local._publish_at(signal_type, data, ts)
 
     @property
     def _stream_key(self) -> bytes:
@@ -736,17 +747,21 @@ def _valid_id(s: str, allow_dollar: bool) -> bool:
     return ms.isascii() and ms.isdigit() and (not _ or (seq.isascii() and seq.isdigit()))
 
 
-def _deliver(bus: RedisBus, kind: bytes, payload: bytes, target: SignalBus) -> None:
-    """Decodes one received signal and publishes it on ``target``; a signal that cannot
-    be decoded or published (a foreign writer's) is logged and skipped."""
+def _deliver(
+    bus: RedisBus, kind: bytes, payload: bytes, stamp: float | bytes, target: SignalBus
+) -> None:
+    """Decodes one received signal and publishes it on ``target`` stamped with its
+    publish time ``stamp`` (a float, or its text); a signal that cannot be decoded or
+    published (a foreign writer's: a time that is missing, NaN or negative too) is
+    logged and skipped."""
     try:
-        target.publish(kind.decode(), bus._codec.decode(payload))
+        target._publish_at(kind.decode(), bus._codec.decode(payload), float(stamp))
     except Exception:
         logger.exception("received signal %r could not be delivered; skipped", kind)
 
 
 def _listen_broadcast(link: _Link, ref: weakref.ref[RedisBus]) -> None:
-    """A broadcast bus's listener: Pub/Sub messages into ``local.publish``."""
+    """A broadcast bus's listener: Pub/Sub messages into ``local._publish_at``."""
     ps: Any = None
     last: tuple[bytes, int] | None = None
     start = len(link.prefix.encode()) + 2  # "<prefix>s:"
@@ -784,7 +799,7 @@ def _listen_broadcast(link: _Link, ref: weakref.ref[RedisBus]) -> None:
                     if len(raw) < _HEAD.size:
                         logger.error("malformed message on %r skipped", msg["channel"])
                         continue
-                    origin, seq, _ts = _HEAD.unpack_from(raw)
+                    origin, seq, stamp = _HEAD.unpack_from(raw)
                     # One PUBLISH reaches a connection once per subscription it matches,
                     # consecutively: deliver the first only. Our own were delivered at once.
                     if (origin, seq) == last or origin == link.origin:
@@ -793,7 +808,7 @@ def _listen_broadcast(link: _Link, ref: weakref.ref[RedisBus]) -> None:
                     bus = ref()
                     if bus is None:
                         return
-                    _deliver(bus, msg["channel"][start:], raw[_HEAD.size :], bus._local)
+                    _deliver(bus, msg["channel"][start:], raw[_HEAD.size :], stamp, bus._local)
                     del bus
             except Exception as e:  # a lost or closed connection
                 with link.cond:
@@ -846,8 +861,13 @@ def _close_quietly(ps: Any) -> None:
         logger.debug("closing a Pub/Sub connection failed", exc_info=True)
 
 
+def _fields(fields: dict[bytes, bytes]) -> tuple[bytes, bytes, bytes]:
+    """A stream entry's type, encoded data and publish time (``b""`` where absent)."""
+    return fields.get(b"t", b""), fields.get(b"d", b""), fields.get(b"ts", b"")
+
+
 def _listen_stream(link: _Link, ref: weakref.ref[RedisBus]) -> None:
-    """A stream bus's listener: ``XREAD`` from its position into ``local.publish``."""
+    """A stream bus's listener: ``XREAD`` from its position into ``local._publish_at``."""
     key = f"{link.prefix}stream".encode()
     while not link.stop.is_set():
         try:
@@ -866,7 +886,7 @@ def _listen_stream(link: _Link, ref: weakref.ref[RedisBus]) -> None:
         for entry_id, fields in entries:
             link.position = _text_id(entry_id)
             if fields and fields.get(b"o") != link.origin:
-                _deliver(bus, fields.get(b"t", b""), fields.get(b"d", b""), bus._local)
+                _deliver(bus, *_fields(fields), bus._local)
         del bus
 
 
@@ -1169,6 +1189,7 @@ def _offer_batch(
         try:
             kind = fields[b"t"].decode()
             data = bus._codec.decode(fields[b"d"])
+            stamp = float(fields[b"ts"])
         except Exception:
             # Trimmed while pending (no fields), or not a signal this bus can read.
             if fields:
@@ -1177,7 +1198,7 @@ def _offer_batch(
             continue
         flow.offered(entry_id)
         try:
-            taken = record.bus.publish(kind, data)
+            taken = record.bus._publish_at(kind, data, stamp)
         except Exception:
             logger.exception("stream entry %r could not be delivered; acknowledged", entry_id)
             taken = 0
@@ -1243,5 +1264,5 @@ def _read_replay(
         for entry_id, fields in entries:
             position = _text_id(entry_id)
             if fields:
-                _deliver(bus, fields.get(b"t", b""), fields.get(b"d", b""), record.bus)
+                _deliver(bus, *_fields(fields), record.bus)
         del record, bus
