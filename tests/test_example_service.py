@@ -1,9 +1,12 @@
 """The example agent service (examples/agent_service) under real HTTP load.
 
-One service process (``python -m examples.agent_service --port 0``) serves the whole
+One service process (``python -m examples.agent_service --port 0``) serves most of the
 module; the tests drive it with ``httpx`` and switch its upstream and agents through its
 admin endpoints. Each test reads the server's counters before and after its own load,
 so the tests do not depend on one another's traffic.
+
+With a real redis-server (``tests/redis_server.py``): the ``python -m ferrule`` demo's
+Redis step shows every part and leaves nothing.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from examples.agent_service.load import start_service
+from tests.conftest import wait_until
+from tests.redis_server import RedisServer
 
 RATE, BURST, POOL, THRESHOLD, RESET = 10, 10, 4, 3, 1.0
 AGENTS = ["agent-1", "agent-2", "agent-3", "agent-4"]
@@ -216,3 +221,34 @@ def test_breaker_opens_under_upstream_failure_and_recovers(http: httpx.Client) -
     assert h["breaker"]["state"] == "half_open"
     assert outcome(task()) == "200 ok"  # the probe closes it
     assert health(http)["breaker"]["state"] == "closed"
+
+
+def test_the_demo_redis_step_shows_every_part_and_leaves_nothing(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ferrule._demos import redis as step
+
+    monkeypatch.setenv("REDIS_URL", redis_server.url)
+    started = time.monotonic()
+    step.run()
+    elapsed = time.monotonic() - started
+    out = capsys.readouterr().out
+    assert "skipped" not in out
+    for line in (
+        "10 of 11 granted",
+        "after unregistering all three: 0 registry keys left",
+        "breaker: 3 failures in process A open it for B too",
+        "B refuses 10000 of 10000 calls in",
+        ", 0 requests; after A.reset(), B reads 'closed'",
+        "invalidation: a set in A evicts the key from B's cache in",
+        "stale in B: 0, kept by the writer A: 20",
+        "bus, broadcast: A.publish('job.done') reaches B's 'job.*' in",
+        "A's own 'job.#' got 20 of 20",
+        "20 handled, 20 distinct",
+        "finds 0, 0 channels subscribed",
+    ):
+        assert line in out, line
+    assert elapsed < 5.0  # about 1 s; generous for a loaded machine
+    with redis_server.client() as client:
+        assert list(client.scan_iter(match="ferrule-demo:*")) == []
+        assert wait_until(lambda: client.pubsub_channels("ferrule-demo:*") == [])
