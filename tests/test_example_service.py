@@ -1,14 +1,19 @@
 """The example agent service (examples/agent_service) under real HTTP load.
 
-One service process (``python -m examples.agent_service --port 0``) serves the whole
+One service process (``python -m examples.agent_service --port 0``) serves most of the
 module; the tests drive it with ``httpx`` and switch its upstream and agents through its
 admin endpoints. Each test reads the server's counters before and after its own load,
 so the tests do not depend on one another's traffic.
+
+With a real redis-server (``tests/redis_server.py``): two service processes on one
+server and prefix act as one service (the Redis tier, ``examples/agent_service/shared.py``),
+and the ``python -m ferrule`` demo's Redis step shows every part and leaves nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -19,6 +24,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from examples.agent_service.load import start_service
+from examples.agent_service.service import CLIENT_SETTINGS_TTL
+from tests.conftest import wait_until
+from tests.redis_server import RedisServer
 
 RATE, BURST, POOL, THRESHOLD, RESET = 10, 10, 4, 3, 1.0
 AGENTS = ["agent-1", "agent-2", "agent-3", "agent-4"]
@@ -30,6 +38,7 @@ DOCUMENTED = {
     "503 circuit_open",
     "503 upstream_failed",
     "503 pool_timeout",
+    "403 client_blocked",
 }
 
 
@@ -216,3 +225,133 @@ def test_breaker_opens_under_upstream_failure_and_recovers(http: httpx.Client) -
     assert h["breaker"]["state"] == "half_open"
     assert outcome(task()) == "200 ok"  # the probe closes it
     assert health(http)["breaker"]["state"] == "closed"
+
+
+def test_a_blocked_client_is_refused(http: httpx.Client) -> None:
+    def task() -> str:
+        return outcome(http.post("/tasks/search", json={}, headers={"X-Client": "blocked"}))
+
+    assert task() == "200 ok"
+    answer = http.post("/admin/clients/blocked", json={"blocked": True}).json()
+    assert answer == {"client_id": "blocked", "blocked": True}
+    assert task() == "403 client_blocked"
+    http.post("/admin/clients/blocked", json={"blocked": False})
+    assert task() == "200 ok"
+
+
+# ---- the Redis tier: two processes on one server ------------------------------------
+
+
+def test_two_processes_on_redis_share_limit_settings_breaker_and_directory(
+    redis_server: RedisServer,
+) -> None:
+    prefix = f"svc-{time.monotonic_ns()}:"
+    rate, burst, threshold = 2, 4, 3
+    args = [
+        "--agents", "2",
+        "--rate", str(rate),
+        "--burst", str(burst),
+        "--failure-threshold", str(threshold),
+        "--reset-timeout", "30",
+        "--fail-rate", "0.0",
+        "--health-interval", "0.2",
+        "--redis-url", redis_server.url,
+        "--redis-prefix", prefix,
+    ]  # fmt: skip
+    redis = redis_server.client()
+    with contextlib.ExitStack() as stack:
+        a = stack.enter_context(
+            httpx.Client(base_url=stack.enter_context(start_service(*args, "--node", "A")))
+        )
+        b = stack.enter_context(
+            httpx.Client(base_url=stack.enter_context(start_service(*args, "--node", "B")))
+        )
+
+        def task(http: httpx.Client, client: str) -> str:
+            return outcome(http.post("/tasks/search", json={}, headers={"X-Client": client}))
+
+        # The agent directory (RedisRegistry) holds both processes' agents.
+        assert health(a)["redis"]["directory"]["nodes"] == {"A": 2, "B": 2}
+
+        # The limit is the fleet's (RedisRateLimiter): one bucket across both processes.
+        started = time.monotonic()
+        seen = Counter(task((a, b)[i % 2], "limited") for i in range(2 * burst))
+        elapsed = time.monotonic() - started
+        assert burst <= seen["200 ok"] <= burst + rate * elapsed < 2 * burst
+        assert seen["200 ok"] + seen["429 rate_limited"] == 2 * burst
+
+        # Client settings (RedisInvalidation): B caches c1's, A blocks c1, B refuses it
+        # at once, not CLIENT_SETTINGS_TTL later.
+        assert task(b, "c1") == "200 ok"
+        blocked = a.post("/admin/clients/c1", json={"blocked": True})
+        changed = time.monotonic()
+        assert blocked.json() == {"client_id": "c1", "blocked": True}
+        assert wait_until(lambda: task(b, "c1") == "403 client_blocked", timeout=2.0)
+        assert time.monotonic() - changed < CLIENT_SETTINGS_TTL / 10
+
+        # Health transitions reach the directory, read from the other process.
+        a.post("/admin/agents/agent-1", json={"sick": True})
+        assert wait_until(
+            lambda: health(b)["redis"]["directory"]["health"] == {"healthy": 3, "unhealthy": 1}
+        )
+        a.post("/admin/agents/agent-1", json={"sick": False})
+
+        # The upstream switch crosses on the RedisBus; failures seen by A open the breaker
+        # (RedisCircuitBreaker) for B, whose dashboard counts the trip off the bus.
+        a.post("/admin/upstream", json={"fail_rate": 1.0})
+        assert wait_until(lambda: health(b)["upstream"]["fail_rate"] == 1.0)
+        trips = health(b)["breaker"]["trips"]
+        assert [task(a, "trip") for _ in range(2)] == ["503 upstream_failed", "503 circuit_open"]
+        assert wait_until(lambda: health(b)["breaker"]["trips"] == trips + 1)
+        assert health(b)["breaker"]["state"] == "open"  # read from Redis
+        # B admits at most one call from its stale view (its outcome tells it the state);
+        # then it refuses without calling its upstream.
+        assert task(b, "open") == "503 circuit_open"
+        before = health(b)["upstream"]["requests"]
+        assert [task(b, "open") for _ in range(2)] == ["503 circuit_open"] * 2
+        assert health(b)["upstream"]["requests"] == before
+        b.post("/admin/upstream", json={"fail_rate": 0.0})
+        assert wait_until(lambda: health(a)["upstream"]["fail_rate"] == 0.0)
+
+        # What the processes keep in Redis, all under the prefix.
+        keys = {k.decode() for k in redis.scan_iter(match=prefix + "*")}
+        assert {prefix + "breaker:upstream", prefix + "clients", prefix + "fleet:d"} <= keys
+        assert redis.hget(prefix + "clients", "c1") == b'{"blocked": true}'
+        channels = {c.decode() for c in redis.pubsub_channels(prefix + "*")}
+        assert {prefix + "clients", prefix + "bus:s:upstream.switch"} <= channels
+        assert health(a)["breaker"]["rejections"] == 1
+    # Stopped: each process took its agents out of the directory and unsubscribed.
+    assert list(redis.scan_iter(match=prefix + "fleet:*")) == []
+    assert wait_until(lambda: redis.pubsub_channels(prefix + "*") == [])
+    redis.close()
+
+
+def test_the_demo_redis_step_shows_every_part_and_leaves_nothing(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ferrule._demos import redis as step
+
+    monkeypatch.setenv("REDIS_URL", redis_server.url)
+    started = time.monotonic()
+    step.run()
+    elapsed = time.monotonic() - started
+    out = capsys.readouterr().out
+    assert "skipped" not in out
+    for line in (
+        "10 of 11 granted",
+        "after unregistering all three: 0 registry keys left",
+        "breaker: 3 failures in process A open it for B too",
+        "B refuses 10000 of 10000 calls in",
+        ", 0 requests; after A.reset(), B reads 'closed'",
+        "invalidation: a set in A evicts the key from B's cache in",
+        "stale in B: 0, kept by the writer A: 20",
+        "bus, broadcast: A.publish('job.done') reaches B's 'job.*' in",
+        "A's own 'job.#' got 20 of 20",
+        "20 handled, 20 distinct",
+        "finds 0, 0 channels subscribed",
+    ):
+        assert line in out, line
+    assert elapsed < 5.0  # about 1 s; generous for a loaded machine
+    with redis_server.client() as client:
+        assert list(client.scan_iter(match="ferrule-demo:*")) == []
+        assert wait_until(lambda: client.pubsub_channels("ferrule-demo:*") == [])

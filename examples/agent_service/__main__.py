@@ -1,5 +1,9 @@
 """``python -m examples.agent_service [--port 8000] [--agents 6] ...``: run the service.
 
+With ``--redis-url redis://HOST:PORT/0`` (and ``--redis-prefix``, ``--node``) the
+processes on one server and prefix share the limiter, the breaker, the client settings
+and an agent directory, and pass signals to one another (``shared.py``).
+
 Once it accepts connections it prints one line, ``listening on http://HOST:PORT`` (with
 ``--port 0`` the port the system chose), which ``load.py`` and the tests wait for.
 SIGINT or SIGTERM shut it down gracefully (uvicorn), which stops the service's parts.
@@ -26,7 +30,7 @@ def parse_settings(argv: list[str] | None = None) -> tuple[str, int, Settings]:
             f"--{field.name.replace('_', '-')}",
             type=type(field.default),
             default=field.default,
-            help=f"(default {field.default})",
+            help=f"(default {field.default!r})",
         )
     args = vars(parser.parse_args(argv))
     host, port = args.pop("host"), args.pop("port")

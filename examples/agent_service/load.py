@@ -8,6 +8,12 @@ limit. Chaos, at fixed fractions of the run: the upstream fails every request fo
 while (the breaker opens, then recovers once the upstream is healthy again), and one
 agent is switched sick for a while (the monitor marks it unhealthy; nothing is routed
 to it until it is well). Exit status 1 if any request got no HTTP answer.
+
+With a Redis server (``--redis-url``, default ``$REDIS_URL``) it starts ``--processes``
+service processes (default 2) sharing it under a prefix of the run's own, spreads the
+clients over them, switches things through the first one only (the upstream switch
+reaches every process over the bus; the sick agent is the first process's), and deletes
+what the run left in Redis at the end.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import socket
 import statistics
 import subprocess
 import sys
@@ -25,10 +32,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import httpx
 
-from examples.agent_service.service import CAPABILITIES
+from examples.agent_service.service import CAPABILITIES, Settings
 
 SICK_AGENT = "agent-2"
 ROOT = Path(__file__).resolve().parents[2]  # where `python -m examples.agent_service` runs
@@ -71,10 +79,12 @@ class Tally:
     lost: list[str] = field(default_factory=list)
     served_by: Counter[str] = field(default_factory=Counter)
     sick_window: tuple[float, float] | None = None
+    sick_base: str = ""  # the process whose agent is switched sick
     served_by_sick_agent_while_sick: int = 0
     sick_agent_seen_after_heal: bool = False
+    greedy: Counter[str] = field(default_factory=Counter)
 
-    def add(self, t0: float, t1: float, response: httpx.Response) -> None:
+    def add(self, t0: float, t1: float, response: httpx.Response, base: str) -> None:
         body = response.json()
         reason = body.get("reason", "ok")
         self.statuses[f"{response.status_code} {reason}"] += 1
@@ -82,7 +92,7 @@ class Tally:
         agent = body.get("agent")
         if response.status_code == 200:
             self.served_by[agent] += 1
-            if agent == SICK_AGENT and self.sick_window is not None:
+            if agent == SICK_AGENT and base == self.sick_base and self.sick_window is not None:
                 begin, end = self.sick_window
                 # Requests sent after the sick switch was acknowledged and answered
                 # before the heal was requested: none may reach the sick agent.
@@ -109,7 +119,9 @@ async def worker(
                 tally.lost.append(repr(exc))
                 continue
             t1 = time.perf_counter()
-            tally.add(t0, t1, response)
+            tally.add(t0, t1, response, base)
+            if not polite:
+                tally.greedy[str(response.status_code)] += 1
             if response.status_code != 200:
                 wait = float(response.json().get("retry_after", 0.01)) if polite else 0.005
                 await asyncio.sleep(min(wait, 1.0))
@@ -144,22 +156,34 @@ async def chaos(base: str, duration: float, tally: Tally, log: list[str]) -> Non
         note(f"{SICK_AGENT} well again: health {r.json()['health']}")
 
 
-async def drive(base: str, args: argparse.Namespace) -> tuple[Tally, dict[str, Any], list[str]]:
-    tally = Tally()
+async def drive(
+    bases: list[str], args: argparse.Namespace
+) -> tuple[Tally, list[dict[str, Any]], list[str]]:
+    """Clients spread over ``bases`` (round robin); chaos through the first."""
+    tally = Tally(sick_base=bases[0])
     log: list[str] = []
     stop_at = tally.started + args.duration
+
+    def at(n: int) -> str:
+        return bases[n % len(bases)]
+
     workers = [
-        worker(base, f"client-{n % args.clients}", n, tally, stop_at, polite=True)
+        worker(at(n), f"client-{n % args.clients}", n, tally, stop_at, polite=True)
         for n in range(args.workers)
     ]
-    workers += [worker(base, "greedy", n, tally, stop_at, polite=False) for n in range(args.greedy)]
-    await asyncio.gather(chaos(base, args.duration, tally, log), *workers)
-    async with httpx.AsyncClient(base_url=base, timeout=30.0) as http:
-        health = (await http.get("/health")).json()
-    return tally, health, log
+    workers += [
+        worker(at(n), "greedy", n, tally, stop_at, polite=False) for n in range(args.greedy)
+    ]
+    await asyncio.gather(chaos(bases[0], args.duration, tally, log), *workers)
+    healths = []
+    for base in bases:
+        async with httpx.AsyncClient(base_url=base, timeout=30.0) as http:
+            healths.append((await http.get("/health")).json())
+    return tally, healths, log
 
 
-def report(tally: Tally, health: dict[str, Any], log: list[str], duration: float) -> None:
+def report(tally: Tally, healths: list[dict[str, Any]], log: list[str], duration: float) -> None:
+    health = healths[0]
     answered = len(tally.latencies)
     ms = sorted(x * 1000 for x in tally.latencies)
     q = statistics.quantiles(ms, n=100) if len(ms) >= 2 else [ms[0] if ms else 0.0] * 99
@@ -176,29 +200,80 @@ def report(tally: Tally, health: dict[str, Any], log: list[str], duration: float
     print(f"latency: p50 {q[49]:.1f} ms, p99 {q[98]:.1f} ms, max {ms[-1] if ms else 0:.1f} ms")
     print(f"429s: {limited}")
     print("by status: " + ", ".join(f"{k}: {n}" for k, n in sorted(tally.statuses.items())))
-    b, p, u = health["breaker"], health["pool"], health["upstream"]
-    print(f"breaker: {b['trips']} trip(s), now {b['state']}; {b['rejections']} calls failed fast")
+    settings = Settings()
+    greedy_ok, greedy_sent = tally.greedy["200"], sum(tally.greedy.values())
     print(
-        f"pool: max_size {p['max_size']}, created {p['created']}, discarded {p['discarded']}; "
-        f"upstream saw at most {u['peak_connections']} connections open at once"
+        f"greedy client over {len(healths)} process(es): {greedy_ok} of {greedy_sent} answered "
+        f"200, at most {settings.burst + settings.rate * duration:.0f} allowed "
+        f"(burst {settings.burst} + {settings.rate:g}/s x {duration:g} s)"
     )
+    b = health["breaker"]
+    trips = ", ".join(str(h["breaker"]["trips"]) for h in healths)
+    trips = f"trips seen by each process {trips}" if len(healths) > 1 else f"{trips} trip(s)"
     print(
-        f"{SICK_AGENT} served {tally.served_by_sick_agent_while_sick} requests while unhealthy, "
+        f"breaker: {trips}, now {b['state']}; "
+        f"{sum(h['breaker']['rejections'] for h in healths)} calls failed fast"
+    )
+    for h in healths:
+        p, u = h["pool"], h["upstream"]
+        print(
+            f"pool{_node(h)}: max_size {p['max_size']}, created {p['created']}, discarded "
+            f"{p['discarded']}; upstream saw at most {u['peak_connections']} connections open "
+            "at once"
+        )
+    print(
+        f"{SICK_AGENT}{_node(health)} served {tally.served_by_sick_agent_while_sick} requests "
+        "while unhealthy, "
         f"{'and was routed to again' if tally.sick_agent_seen_after_heal else 'not yet since'} "
         "once well"
     )
-    print("health:")
-    print(
-        f"  {'agent':9} {'capabilities':20} {'health':10} {'served':>7} {'on bus':>7} {'errors':>6}"
-    )
-    for row in health["agents"]:
-        caps = ",".join(row["capabilities"])
+    if health["redis"] is not None:
+        d = health["redis"]["directory"] or {"agents": "?", "nodes": {}}
         print(
-            f"  {row['agent_id']:9} {caps:20} {row['health']:10} {row['served']:7} "
-            f"{row['tasks_done_seen_on_bus']:7} {row['recent_errors']:6}"
+            f"redis: {len(healths)} process(es) sharing {health['redis']['url']} under "
+            f"{health['redis']['prefix']!r}; the agent directory held {d['agents']} agents "
+            f"on nodes {sorted(d['nodes'])}"
         )
+    for h in healths:
+        print(f"health{_node(h)}:")
+        print(
+            f"  {'agent':9} {'capabilities':20} {'health':10} {'served':>7} {'on bus':>7} "
+            f"{'errors':>6}"
+        )
+        for row in h["agents"]:
+            caps = ",".join(row["capabilities"])
+            print(
+                f"  {row['agent_id']:9} {caps:20} {row['health']:10} {row['served']:7} "
+                f"{row['tasks_done_seen_on_bus']:7} {row['recent_errors']:6}"
+            )
     for error in tally.lost[:5]:
         print(f"lost: {error}")
+
+
+def _node(health: dict[str, Any]) -> str:
+    """`` (node A)`` for a process sharing Redis, else nothing."""
+    return f" ({health['redis']['node']})" if health["redis"] is not None else ""
+
+
+def _reachable(url: str) -> bool:
+    u = urlparse(url)
+    try:
+        with socket.create_connection((u.hostname or "127.0.0.1", u.port or 6379), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _drop_keys(url: str, prefix: str) -> str:
+    """Delete every key under ``prefix``; what there was, by kind (``rl: 17, ...``)."""
+    import redis
+
+    with redis.Redis.from_url(url) as client:
+        keys = list(client.scan_iter(match=prefix + "*"))
+        if keys:
+            client.delete(*keys)
+    kinds = Counter(k.decode()[len(prefix) :].split(":")[0] for k in keys)
+    return ", ".join(f"{kind}: {n}" for kind, n in sorted(kinds.items())) or "none"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -208,12 +283,39 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=16, help="client ids they share")
     parser.add_argument("--greedy", type=int, default=4, help="workers of one greedy client")
     parser.add_argument("--url", help="drive a service already running there instead")
+    parser.add_argument(
+        "--redis-url",
+        default=os.environ.get("REDIS_URL", ""),
+        help="run the service processes on this Redis server (default $REDIS_URL; '': none)",
+    )
+    parser.add_argument(
+        "--processes", type=int, default=2, help="service processes sharing Redis (default 2)"
+    )
     args = parser.parse_args(argv)
+    redis_url = "" if args.url else args.redis_url
+    if redis_url and not _reachable(redis_url):
+        print(f"no Redis server at {redis_url}: one process, every part in-process")
+        redis_url = ""
+    prefix = f"agent-service:{os.getpid()}:"
     with contextlib.ExitStack() as stack:
-        base = args.url or stack.enter_context(start_service())
-        print(f"service at {base}; driving load for {args.duration:g} s ...", flush=True)
-        tally, health, log = asyncio.run(drive(base, args))
-    report(tally, health, log, args.duration)
+        if args.url:
+            bases = [args.url]
+        elif redis_url:
+            shared = ("--redis-url", redis_url, "--redis-prefix", prefix)
+            bases = [
+                stack.enter_context(start_service(*shared, "--node", f"p{i + 1}"))
+                for i in range(max(1, args.processes))
+            ]
+        else:
+            bases = [stack.enter_context(start_service())]
+        print(
+            f"service at {', '.join(bases)}; driving load for {args.duration:g} s ...",
+            flush=True,
+        )
+        tally, healths, log = asyncio.run(drive(bases, args))
+    report(tally, healths, log, args.duration)
+    if redis_url:
+        print(f"redis: keys the run left, deleted: {_drop_keys(redis_url, prefix)}")
     return 1 if tally.lost else 0
 
 

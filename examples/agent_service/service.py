@@ -2,8 +2,10 @@
 
 Structure (one ``Service`` per process, owned by the Starlette app's lifespan):
 
-- ``POST /tasks/{capability}`` (header ``X-Client``): the client's ``RateLimiter`` bucket
-  is charged first (``limiter.limit(client, timeout=0)``); a refusal answers 429 with
+- ``POST /tasks/{capability}`` (header ``X-Client``): the client's settings come first,
+  from a ``Cache`` in front of the ``ClientStore`` (a blocked client is answered 403;
+  ``POST /admin/clients/{id}`` changes them); then the client's ``RateLimiter`` bucket
+  is charged (``limiter.limit(client, timeout=0)``); a refusal answers 429 with
   ``Retry-After`` from the refused ``Decision``. The task then goes to the least busy
   agent that has the capability and whose registry health is ``healthy`` (``degraded``
   ones only when no healthy one is left; ``unhealthy`` and ``unresponsive`` never). The
@@ -18,21 +20,31 @@ Structure (one ``Service`` per process, owned by the Starlette app's lifespan):
 - The ``SignalBus`` carries ``task.<capability>.done`` (from the agents),
   ``agent.<id>.health`` (from the monitor) and ``breaker.upstream.state`` (from the
   breaker); the ``Dashboard``'s async handlers count them on the event loop.
+- With ``--redis-url`` (``shared.py``), the processes given the same server and prefix
+  are one service: the limiter, the breaker, the client settings (a Redis hash, and an
+  invalidating cache) and an agent directory are shared, and the breaker's changes and
+  the ``/admin/upstream`` switch (``upstream.switch``) cross between processes on a
+  ``RedisBus`` over the ``SignalBus``. Without it, everything is in-process.
 - ``GET /metrics``: Prometheus text: ``ferrule.metrics.PrometheusCollector`` over the
   ``Metrics`` (the ``agent_service_op_seconds`` histogram) and every other ferrule part
   (``ferrule_<part>_<figure>``, labelled ``name``: the limiter ``clients``, the breaker
   and retry policy ``upstream``, the bus ``signals`` and its subscriptions, the error
   store, registry, connection pool and health monitor), plus the ``ServiceCollector``
-  gauges; ``GET /health``: JSON, one row per
-  agent. ``POST /admin/upstream`` switches the upstream's failure rate.
+  gauges (with Redis, the limiter and the breaker are not among the parts: they have no
+  export, and the breaker's shared state is a ``ServiceCollector`` gauge); ``GET
+  /health``: JSON, one row per agent. ``POST /admin/upstream`` switches the upstream's
+  failure rate.
 
-Every request gets an answer: 200, 429, or 503 with ``reason`` one of ``no_agent`` (no
+Every request gets an answer: 200, 403 (``client_blocked``), 429, or 503 with ``reason``
+one of ``no_agent`` (no
 capable agent is healthy or degraded), ``circuit_open`` (the breaker fails fast; with
 ``Retry-After``), ``upstream_failed`` (still failing after the retries) or
 ``pool_timeout`` (no upstream connection within ``pool_timeout`` seconds).
 
 Everything runs on the event loop's thread, the monitor's async checks included; only
-the monitor's round itself (which waits for the checks) runs on its own thread.
+the monitor's round itself (which waits for the checks) runs on its own thread, and with
+Redis the listeners of the ``RedisBus`` and the ``RedisInvalidation``, which only hand
+signals to the ``SignalBus`` (whose handlers run on the loop) and evict cache entries.
 """
 
 from __future__ import annotations
@@ -45,7 +57,7 @@ import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ferrule
 from ferrule.metrics import PrometheusCollector
@@ -58,6 +70,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from examples.agent_service.upstream import FlakyUpstream, UpstreamConnection, UpstreamError
+
+if TYPE_CHECKING:  # shared.py needs the redis package: imported only with --redis-url
+    from ferrule.redis import InvalidatingCache, RedisCircuitBreaker, RedisRateLimiter
+
+    from examples.agent_service.shared import Fleet, RedisClientStore, RedisTier
 
 CAPABILITIES = ("summarize", "translate", "search")
 # Upstream failures held in the ErrorStore (its max_age window) that make an agent degraded.
@@ -82,6 +99,30 @@ class Settings:
     lease: float = 3.0
     health_interval: float = 0.5
     error_window: float = 10.0
+    # The Redis tier (shared.py): "" keeps every part in-process.
+    redis_url: str = ""
+    redis_prefix: str = "agent-service:"
+    node: str = ""  # this process in the agent directory; "": <host>:<pid>
+
+
+# How long a client's settings stay cached. Without Redis, a change made through another
+# process would show here only this much later; with it, at once (RedisInvalidation).
+CLIENT_SETTINGS_TTL = 30.0
+
+
+class ClientStore:
+    """The clients' settings (``{"blocked": true}``), standing for the service's database:
+    a dict here, a Redis hash every process reads (``shared.RedisClientStore``) with
+    ``--redis-url``. Read through the service's cache; written by the admin endpoint."""
+
+    def __init__(self) -> None:
+        self._settings: dict[str, dict[str, Any]] = {}
+
+    async def load(self, client_id: str) -> dict[str, Any]:
+        return dict(self._settings.get(client_id, {}))
+
+    def save(self, client_id: str, settings: dict[str, Any]) -> None:
+        self._settings[client_id] = dict(settings)
 
 
 class AgentWorker:
@@ -108,13 +149,18 @@ class AgentWorker:
         )
 
     async def heartbeat(self) -> None:
-        """Renew the lease three times per lease period; join again if it lapsed."""
-        registry = self.service.registry
+        """Renew the lease three times per lease period; join again if it lapsed. The
+        entry in the agent directory (with Redis) follows the same lease."""
+        registry, fleet = self.service.registry, self.service.fleet
         while True:
             await asyncio.sleep(self.service.settings.lease / 3)
-            if self.heartbeating and not registry.heartbeat(self.agent_id):
+            if not self.heartbeating:
+                continue
+            if not registry.heartbeat(self.agent_id):
                 self.register()
                 self.rejoined += 1
+            if fleet is not None:
+                fleet.beat(self.agent_id, self.capabilities)
 
     async def handle(self, capability: str, payload: object) -> Any:
         self.inflight += 1
@@ -159,14 +205,42 @@ class Service:
         self.bus = ferrule.SignalBus()
         self.metrics = ferrule.Metrics(window=60.0)
         self.errors = ferrule.ErrorStore(max_per_agent=100, max_age=s.error_window)
-        self.limiter = ferrule.RateLimiter(s.rate, burst=s.burst)
-        self.breaker = ferrule.CircuitBreaker(
-            failure_threshold=s.failure_threshold,
-            reset_timeout=s.reset_timeout,
-            expected=(UpstreamError,),
-            name="upstream",
-            bus=self.bus,
+        self.clients: ferrule.Cache | InvalidatingCache = ferrule.Cache(
+            10_000, ttl=CLIENT_SETTINGS_TTL
         )
+        breaker_args: dict[str, Any] = {
+            "failure_threshold": s.failure_threshold,
+            "reset_timeout": s.reset_timeout,
+            "expected": (UpstreamError,),
+        }
+        # With --redis-url, the parts every process shares, from shared.py's RedisTier;
+        # otherwise their in-process counterparts.
+        self.redis: RedisTier | None = None
+        self.fleet: Fleet | None = None  # the agent directory, with Redis only
+        self.limiter: ferrule.RateLimiter | RedisRateLimiter
+        # The breaker the calls go through, and the one its state is read from: one
+        # object in-process; with Redis, the same breaker on a sync client.
+        self.breaker: ferrule.CircuitBreaker | RedisCircuitBreaker
+        self.breaker_reads: ferrule.CircuitBreaker | RedisCircuitBreaker
+        # What is published for every process: the local bus, or a RedisBus over it.
+        self.signals: Any
+        self.client_store: ClientStore | RedisClientStore
+        if s.redis_url:
+            from examples.agent_service.shared import RedisTier
+
+            self.redis = r = RedisTier(s.redis_url, s.redis_prefix, s.node)
+            self.signals = r.signal_bus(self.bus)
+            self.limiter = r.limiter(s.rate, s.burst)
+            self.breaker, self.breaker_reads = r.breakers(self.signals, **breaker_args)
+            self.client_store = r.client_store()
+            self.fleet = r.fleet(s.lease)
+        else:
+            self.signals = self.bus
+            self.limiter = ferrule.RateLimiter(s.rate, burst=s.burst)
+            self.breaker = self.breaker_reads = ferrule.CircuitBreaker(
+                name="upstream", bus=self.bus, **breaker_args
+            )
+            self.client_store = ClientStore()
         # Retry outside, breaker inside: an open circuit fails fast (CircuitOpen is not
         # an UpstreamError, so it is not retried).
         self.retry = ferrule.retry(
@@ -188,13 +262,18 @@ class Service:
         self.responses: Counter[tuple[int, str]] = Counter()
         self.pool: ferrule.Pool[UpstreamConnection] | None = None
         self.monitor: ferrule.HealthMonitor | None = None
-        self._subscriptions: list[ferrule.Subscription] = []
+        self.subscriptions: dict[str, ferrule.Subscription] = {}  # by their /metrics name
         self._tasks: list[asyncio.Task[None]] = []  # the agents' heartbeats
 
     # ---- lifecycle ------------------------------------------------------------------
 
     async def start(self) -> None:
         s = self.settings
+        if self.redis is not None:
+            self.redis.check()  # fail now, with the reason, if the server is not there
+            # Evicts in every process what this one writes; waits until it listens.
+            assert isinstance(self.clients, ferrule.Cache)
+            self.clients = self.redis.invalidating(self.clients)
         await self.upstream.start()
         port = self.upstream.port
         self.pool = ferrule.Pool(
@@ -204,14 +283,22 @@ class Service:
             validate=lambda conn: not conn.broken,
         )
         d = self.dashboard
-        for pattern, handler in (
-            ("task.*.done", d.on_task_done),
-            ("agent.*.health", d.on_health),
-            ("breaker.upstream.state", d.on_breaker),
-        ):
-            self._subscribe(pattern, handler)
+        handlers = [
+            ("dashboard_task", "task.*.done", d.on_task_done),
+            ("dashboard_agent", "agent.*.health", d.on_health),
+            ("dashboard_breaker", "breaker.upstream.state", d.on_breaker),
+        ]
+        if self.redis is not None:
+            handlers += [
+                ("upstream_switch", "upstream.switch", self._on_upstream_switch),
+                ("agent_directory", "agent.*.health", self._on_agent_health),
+            ]
+        for name, pattern, handler in handlers:
+            self._subscribe(name, pattern, handler)
         for agent in self.agents.values():
             agent.register()
+            if self.fleet is not None:
+                self.fleet.join(agent.agent_id, agent.capabilities)
             self._tasks.append(asyncio.create_task(agent.heartbeat()))
         self.monitor = ferrule.HealthMonitor(
             self.registry,
@@ -229,19 +316,63 @@ class Service:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.monitor is not None:
             await asyncio.to_thread(self.monitor.stop)  # joins its thread: not on the loop
-        for sub in self._subscriptions:
+        for sub in self.subscriptions.values():
             sub.cancel()
         if self.pool is not None:
             self.pool.close()
         await self.upstream.stop()
+        if self.redis is not None:
+            assert self.fleet is not None
+            self.fleet.leave(list(self.agents))
+            await asyncio.to_thread(self.redis.close)  # joins the listener threads
+            await self.redis.aclose()
 
     def _subscribe(
-        self, pattern: str, handler: Callable[[ferrule.Signal], Awaitable[None]]
+        self, name: str, pattern: str, handler: Callable[[ferrule.Signal], Awaitable[None]]
     ) -> None:
-        """Deliver the signals matching ``pattern`` to an async handler: one task on this
-        (the running) loop per subscription, no thread. The Dashboard's handlers are bound
-        methods, held weakly: the Service keeps the Dashboard alive."""
-        self._subscriptions.append(self.bus.subscribe(pattern, handler, maxsize=65536))
+        """Deliver the signals matching ``pattern`` (from every process, with Redis) to
+        an async handler: one task on this (the running) loop per subscription, no
+        thread. The handlers are bound methods, held weakly: the Service keeps their
+        objects alive."""
+        self.subscriptions[name] = self.signals.subscribe(pattern, handler, maxsize=65536)
+
+    def switch_upstream(self, fail_rate: float) -> None:
+        """Set the upstream's failure rate here and, with Redis, in every process (the
+        upstream stands for one dependency every process calls)."""
+        self.upstream.fail_rate = fail_rate
+        if self.redis is not None:
+            self.signals.publish("upstream.switch", {"fail_rate": fail_rate, "node": self.node})
+
+    async def _on_upstream_switch(self, signal: ferrule.Signal) -> None:
+        if signal.data["node"] != self.node:  # this process switched already
+            self.upstream.fail_rate = float(signal.data["fail_rate"])
+
+    async def _on_agent_health(self, signal: ferrule.Signal) -> None:
+        """The monitor's transitions, copied into the agent directory."""
+        assert self.fleet is not None
+        self.fleet.health(signal.data["agent_id"], signal.data["health"])
+
+    @property
+    def node(self) -> str:
+        return self.redis.node if self.redis is not None else "local"
+
+    async def client_settings(self, client: str) -> dict[str, Any]:
+        """The client's settings: the cache's, else loaded from the store (one load per
+        client at a time, shared by its concurrent requests). A store that cannot be
+        read (Redis down) lets the client through, and nothing is cached."""
+        try:
+            settings: dict[str, Any] = await self.clients.get_or_set_async(
+                client, lambda: self.client_store.load(client)
+            )
+        except ferrule.BackendError:
+            return {}
+        return settings
+
+    def set_client_settings(self, client: str, settings: dict[str, Any]) -> None:
+        """Write the store, then the cache (with Redis, that evicts the client's entry
+        from every other process's cache)."""
+        self.client_store.save(client, settings)
+        self.clients.set(client, settings)
 
     # ---- the agents' work -----------------------------------------------------------
 
@@ -282,6 +413,8 @@ class Service:
         self, client: str, capability: str, payload: object
     ) -> tuple[int, dict[str, Any], dict[str, str]]:
         """(status, JSON body, headers) for one task request."""
+        if (await self.client_settings(client)).get("blocked"):
+            return 403, {"reason": "client_blocked", "client": client}, {}
         try:
             async with self.limiter.limit(client, timeout=0):
                 agent = self.pick(capability)
@@ -323,26 +456,46 @@ class Service:
             )
         return rows
 
+    def breaker_figures(self) -> dict[str, Any]:
+        """The breaker's state (shared by every process, with Redis) and this process's
+        calls through it."""
+        figures: dict[str, Any] = {"trips": self.dashboard.breaker_trips}
+        try:  # an open breaker past its timeout reads half_open
+            figures["state"] = self.breaker_reads.state
+            figures["retry_after"] = self.breaker_reads.retry_after
+        except ferrule.BackendError:  # Redis is down: the calls fail open meanwhile
+            figures["state"], figures["retry_after"] = "unknown", None
+        if isinstance(self.breaker, ferrule.CircuitBreaker):
+            stats = self.breaker.stats()
+            return {**figures, **{k: getattr(stats, k) for k in _BREAKER_COUNTS}}
+        # A RedisCircuitBreaker on an asyncio client reads nothing synchronously, its
+        # counters included; the calls it admitted are the timed upstream calls, and what
+        # it refused is what was answered circuit_open.
+        calls = self.metrics.totals("upstream.call")
+        rejected = self.responses[(503, "circuit_open")]
+        return {**figures, "calls": calls.count, "failures": calls.errors, "rejections": rejected}
+
     def health(self) -> dict[str, Any]:
         assert self.pool is not None
         rows = self.agent_rows()
-        stats = self.breaker.stats()
         pool = self.pool.stats()
         responses: Counter[str] = Counter()
         for (status, _), n in self.responses.items():
             responses[str(status)] += n
-        state = self.breaker.state  # an open breaker past its timeout reads half_open
-        ok = state == "closed" and all(r["health"] == "healthy" for r in rows)
+        breaker = self.breaker_figures()
+        ok = breaker["state"] == "closed" and all(r["health"] == "healthy" for r in rows)
+        shared = None
+        if self.redis is not None and self.fleet is not None:
+            shared = {
+                "url": self.redis.url,
+                "prefix": self.redis.prefix,
+                "node": self.node,
+                "directory": self.fleet.summary(),
+            }
         return {
             "status": "ok" if ok else "degraded",
-            "breaker": {
-                "state": state,
-                "trips": self.dashboard.breaker_trips,
-                "retry_after": self.breaker.retry_after,
-                "calls": stats.calls,
-                "failures": stats.failures,
-                "rejections": stats.rejections,
-            },
+            "redis": shared,
+            "breaker": breaker,
             "pool": {
                 "max_size": self.pool.max_size,
                 "size": pool.size,
@@ -358,6 +511,9 @@ class Service:
             "health_transitions": len(self.dashboard.transitions),
             "agents": rows,
         }
+
+
+_BREAKER_COUNTS = ("calls", "failures", "rejections")
 
 
 def _after(seconds: float) -> dict[str, str]:
@@ -379,12 +535,12 @@ class ServiceCollector(Collector):
         for (status, reason), n in sorted(svc.responses.items()):
             responses.add_metric([str(status), reason], n)
         yield responses
-        stats = svc.breaker.stats()
+        shared_state = svc.breaker_figures()["state"]
         state = GaugeMetricFamily(
             "agent_service_breaker_state", "1 for the upstream breaker's state", labels=["state"]
         )
         for name in ("closed", "open", "half_open"):
-            state.add_metric([name], 1.0 if stats.state == name else 0.0)
+            state.add_metric([name], 1.0 if shared_state == name else 0.0)
         yield state
         yield CounterMetricFamily(
             "agent_service_breaker_trips",
@@ -427,14 +583,15 @@ def build_app(service: Service) -> Starlette:
     """The ASGI app; its lifespan starts and stops ``service``."""
     prometheus = CollectorRegistry()
     parts = PrometheusCollector(service.metrics, prefix="agent_service_op")
-    for name, part in (
-        ("clients", service.limiter),
-        ("upstream", service.breaker),
+    exported: list[tuple[str, object]] = [
         ("upstream_retry", service.retry),
         ("signals", service.bus),
         ("agent_errors", service.errors),
         ("agents", service.registry),
-    ):
+    ]
+    if service.redis is None:  # the Redis parts have no PrometheusCollector export
+        exported += [("clients", service.limiter), ("upstream", service.breaker)]
+    for name, part in exported:
         parts.add(part, name=name)
     prometheus.register(parts)
     prometheus.register(ServiceCollector(service))
@@ -460,8 +617,15 @@ def build_app(service: Service) -> Starlette:
 
     async def admin_upstream(request: Request) -> Response:
         body = await request.json()
-        service.upstream.fail_rate = float(body["fail_rate"])
+        service.switch_upstream(float(body["fail_rate"]))
         return JSONResponse(service.upstream.stats())
+
+    async def admin_client(request: Request) -> Response:
+        client = request.path_params["client_id"]
+        body = await request.json()
+        settings = {"blocked": bool(body.get("blocked", False))}
+        service.set_client_settings(client, settings)
+        return JSONResponse({"client_id": client, **settings})
 
     async def admin_agent(request: Request) -> Response:
         agent = service.agents.get(request.path_params["agent_id"])
@@ -482,8 +646,8 @@ def build_app(service: Service) -> Starlette:
         assert service.pool is not None and service.monitor is not None
         parts.add(service.pool, name="upstream_connections")
         parts.add(service.monitor, name="agent_health")
-        for sub in service._subscriptions:
-            parts.add(sub, name="dashboard_" + sub.pattern.split(".")[0])
+        for name, sub in service.subscriptions.items():
+            parts.add(sub, name=name)
         try:
             yield
         finally:
@@ -496,6 +660,7 @@ def build_app(service: Service) -> Starlette:
             Route("/metrics", metrics),
             Route("/admin/upstream", admin_upstream, methods=["POST"]),
             Route("/admin/agents/{agent_id}", admin_agent, methods=["POST"]),
+            Route("/admin/clients/{client_id}", admin_client, methods=["POST"]),
         ],
         lifespan=lifespan,
     )
