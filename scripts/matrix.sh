@@ -51,7 +51,10 @@ while IFS=$'\t' read -r tag py; do
   if [ -z "$py" ]; then
     log "$tag: SKIPPED (no such interpreter on this machine)"; skipped+=("$tag"); continue
   fi
-  whl=$(ls "$DIST"/ferrule-*-"$tag"-*.whl 2>/dev/null | head -n1 || true)
+  whl=
+  for w in "$DIST"/ferrule-*.whl; do  # ferrule-VER-PYTAG-ABITAG-PLAT.whl: the ABI tag is $tag
+    if [ -e "$w" ] && [ "$(basename "$w" | cut -d- -f4)" = "$tag" ]; then whl=$w; break; fi
+  done
   if [ -z "$whl" ]; then
     log "$tag: FAILED: no $tag wheel in dist/ (make dist)"; failed+=("$tag"); continue
   fi

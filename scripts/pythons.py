@@ -11,7 +11,8 @@ versions directory ($PYENV_ROOT, ~/.pyenv), in /usr/local/bin and /usr/bin, and 
 where scripts/free-threaded.sh builds it. A candidate counts only if it runs, is that
 version, has the GIL setting its tag says, and can make a venv with pip (Debian's
 python3.X without python3.X-venv cannot); a pyenv shim is resolved to the interpreter
-it runs. Run it with any Python 3.9+.
+it runs, and a venv's interpreter to the one it was made from. Run it with any
+Python 3.9+.
 """
 
 from __future__ import annotations
@@ -25,9 +26,11 @@ import sys
 VERSIONS = [("cp310", "3.10", False), ("cp311", "3.11", False), ("cp312", "3.12", False),
             ("cp313", "3.13", False), ("cp313t", "3.13", True)]  # fmt: skip
 
+# A venv's interpreter stands for the one it was made from (a venv may lack pip).
 PROBE = (
     "import sys, sysconfig, venv, ensurepip; "
-    "print(sys.executable, '%d.%d' % sys.version_info[:2], "
+    "exe = sys.executable if sys.prefix == sys.base_prefix else sys._base_executable; "
+    "print(exe, '%d.%d' % sys.version_info[:2], "
     "int(bool(sysconfig.get_config_var('Py_GIL_DISABLED'))), sys.implementation.name)"
 )
 

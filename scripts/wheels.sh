@@ -88,7 +88,7 @@ sdist=$(ls "$DIST"/ferrule-*.tar.gz 2>/dev/null | head -n1 || true)
 if [ -z "$sdist" ]; then
   log "sdist: missing from dist/"; failed+=(sdist); status=1
 else
-  py=$(python3 -c 'import sys; print(sys.executable)')
+  py=$(python3 -c 'import sys; print(sys.executable if sys.prefix == sys.base_prefix else sys._base_executable)')
   log "sdist: building a wheel from $(basename "$sdist") with $py"
   start=$SECONDS
   "$py" -m venv "$WORK/build"
