@@ -11,6 +11,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.test-installed
 BENCH_STAMP := $(VENV)/.bench-installed
 LINT_STAMP := $(VENV)/.lint-installed
+DIST_STAMP := $(VENV)/.dist-installed
 EXAMPLES_STAMP := $(VENV)/.examples-installed
 DOCS_VENV := .venv-docs
 DOCS_STAMP := $(DOCS_VENV)/.installed
@@ -35,6 +36,9 @@ $(BENCH_STAMP): requirements/bench.txt $(STAMP)
 
 $(LINT_STAMP): requirements/lint.txt $(STAMP)
 	$(call install,$(VENV),requirements/lint.txt)
+
+$(DIST_STAMP): requirements/dist.txt $(STAMP)
+	$(call install,$(VENV),requirements/dist.txt)
 
 $(EXAMPLES_STAMP): requirements/examples.txt $(STAMP)
 	$(call install,$(VENV),requirements/examples.txt)
@@ -119,6 +123,9 @@ lock: ## regenerate the hashed locks requirements/*.txt from requirements/*.in (
 	$(COMPILE) --python-version 3.10 requirements/examples.in -c requirements/test.txt \
 	  -o requirements/examples.txt
 	$(COMPILE) --python-version 3.10 requirements/docs.in -o requirements/docs.txt
+	$(COMPILE) --python-version 3.10 requirements/smoke.in -o requirements/smoke.txt
+	$(COMPILE) --python-version 3.10 requirements/dist.in -c requirements/test.txt \
+	  -o requirements/dist.txt
 	$(COMPILE) --python-version 3.13 --only-binary cachebox --emit-build-options \
 	  requirements/ft.in -o requirements/ft.txt
 
@@ -126,15 +133,23 @@ lock: ## regenerate the hashed locks requirements/*.txt from requirements/*.in (
 check: dev lint docs cargo-test loom ## every static check, the docs build, the Rust tests and the loom models
 
 .PHONY: free-threaded
-free-threaded: redis-server ## the whole pytest suite on a free-threaded CPython 3.13t, GIL off
+free-threaded: redis-server ## the whole pytest suite on free-threaded 3.13t from a dev build (.venv-ft), GIL off
 	bash scripts/free-threaded.sh test
 
+.PHONY: dist
+dist: $(DIST_STAMP) ## manylinux2014 wheels for each supported CPython found (3.10-3.13, 3.13t) and the sdist, into dist/
+	bash scripts/dist.sh
+
 .PHONY: wheels
-wheels: $(STAMP) ## build the GIL and cp313t wheels and smoke-test each in a clean venv
+wheels: dist ## each wheel of dist/, and one built from the sdist, in a clean venv: import, demo, smoke tests
 	bash scripts/wheels.sh
 
+.PHONY: matrix
+matrix: dist redis-server ## the whole pytest suite (and benchmark smoke run) on each CPython found, from its dist/ wheel
+	bash scripts/matrix.sh
+
 .PHONY: test
-test: check pytest free-threaded wheels ## everything CI runs: lints, cargo test, pytest (GIL and free-threaded), wheels
+test: check wheels matrix ## everything CI runs: lints, docs, cargo test, loom, the wheels, the suite on every interpreter
 
 .PHONY: bench
 bench: dev $(BENCH_STAMP) ## the real benchmark run (release build, peers side by side)
@@ -146,4 +161,4 @@ scaling: ## the 1-vs-2-thread scaling benchmark on free-threaded 3.13t
 
 .PHONY: clean
 clean: ## remove build products and venvs
-	rm -rf target site $(VENV) .venv-ft $(DOCS_VENV) $(LOCK_VENV)
+	rm -rf target site dist $(VENV) .venv-ft .venv-matrix $(DOCS_VENV) $(LOCK_VENV)

@@ -59,6 +59,7 @@ from __future__ import annotations
 import argparse
 import ast
 import asyncio
+import concurrent.futures
 import contextlib
 import dataclasses
 import faulthandler
@@ -1833,6 +1834,10 @@ ALLOWED: tuple[type[BaseException], ...] = (
     RuntimeError,  # includes RecursionError and NotImplementedError
     MemoryError,
     TimeoutError,  # includes PoolTimeout and asyncio's TimeoutError
+    # The timeouts of asyncio and concurrent.futures (TaskPool raises the latter, as
+    # ThreadPoolExecutor does): the builtin TimeoutError from 3.11 on, own classes on 3.10.
+    asyncio.TimeoutError,
+    concurrent.futures.TimeoutError,
     ferrule.FerruleError,
     queue.Full,
     queue.Empty,

@@ -201,6 +201,7 @@ def test_bad_call_arguments() -> None:
 # ---- the state machine ----------------------------------------------------------------
 
 
+@pytest.mark.smoke
 def test_trips_after_consecutive_expected_failures() -> None:
     cb = CircuitBreaker(3, 10.0, clock=ManualClock())
     fail(cb, 2)
@@ -213,6 +214,7 @@ def test_trips_after_consecutive_expected_failures() -> None:
     assert cb.state == "open"
 
 
+@pytest.mark.smoke
 def test_open_rejects_without_calling_until_the_deadline() -> None:
     clock = ManualClock(100.0)
     cb = CircuitBreaker(1, 10.0, clock=clock, name="db")

@@ -42,6 +42,7 @@ class FakeBus:
 # ---- basics ----------------------------------------------------------------------------
 
 
+@pytest.mark.smoke
 def test_acquire_release_and_usage() -> None:
     rm = ResourceManager({"cpu": 10, "mem": 4})
     assert rm.limits == {"cpu": 10, "mem": 4}
@@ -114,6 +115,7 @@ def test_acquire_times_out_with_pool_timeout() -> None:
     assert rm.acquire("x", 2, timeout=0).amount == 2
 
 
+@pytest.mark.smoke
 def test_blocked_acquire_wakes_on_release() -> None:
     rm = ResourceManager({"x": 1})
     held = rm.acquire("x")

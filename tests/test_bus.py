@@ -162,6 +162,7 @@ def test_many_subscriptions_route_exactly() -> None:
 # ---- pull subscriptions ----------------------------------------------------------------
 
 
+@pytest.mark.smoke
 def test_signal_fields_and_shared_object() -> None:
     bus = SignalBus()
     a = bus.subscribe("x.*")
@@ -226,6 +227,7 @@ def test_get_get_nowait_and_iteration() -> None:
         sub.get_nowait()
 
 
+@pytest.mark.smoke
 def test_blocked_get_is_woken_by_publish_and_by_cancel() -> None:
     bus = SignalBus()
     sub = bus.subscribe("t")

@@ -81,6 +81,7 @@ def test_bad_call_arguments() -> None:
 # ---- mapping behaviour ----------------------------------------------------------------
 
 
+@pytest.mark.smoke
 def test_get_set_delete_pop() -> None:
     c = Cache(10)
     assert c.get("a") is None

@@ -98,6 +98,7 @@ class Gate:
 # ---- basics ----------------------------------------------------------------------------
 
 
+@pytest.mark.smoke
 def test_a_miss_runs_the_factory_and_a_hit_does_not() -> None:
     c = Cache(10)
     calls = 0

@@ -11,6 +11,7 @@ from ferrule import Cache, ManualClock
 MAX_READING = 2**62 / 1e9
 
 
+@pytest.mark.smoke
 def test_starts_where_told_and_moves_forward() -> None:
     c = ManualClock(1.5)
     assert c.now() == 1.5

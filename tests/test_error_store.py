@@ -9,6 +9,7 @@ import pytest
 from ferrule import ErrorRecord, ErrorStore, ManualClock
 
 
+@pytest.mark.smoke
 def test_record_count_and_history_newest_first() -> None:
     clock = ManualClock(100.0)
     store = ErrorStore(clock=clock)

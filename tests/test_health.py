@@ -48,6 +48,7 @@ def test_docstring_examples() -> None:
     assert result.failed == 0
 
 
+@pytest.mark.smoke
 def test_statuses_and_transitions_published_once() -> None:
     reg, bus = Registry(), SignalBus()
     status = {"a": "healthy", "b": "degraded", "c": "healthy"}

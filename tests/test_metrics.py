@@ -20,6 +20,7 @@ def fields(s: OpStats) -> tuple[float, ...]:
     return (s.count, s.errors, s.rate, s.mean, s.p50, s.p90, s.p99, s.max)
 
 
+@pytest.mark.smoke
 def test_record_and_snapshot() -> None:
     m = Metrics(window=10.0, clock=ManualClock())
     for ms in (10, 20, 30, 40):

@@ -64,6 +64,7 @@ def wait_until(cond: Any, timeout: float = 5.0) -> None:
 # ---- basics ----------------------------------------------------------------------------------
 
 
+@pytest.mark.smoke
 def test_checkout_reuses_items() -> None:
     f = Factory()
     pool = Pool(f, max_size=2)

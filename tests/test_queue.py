@@ -32,6 +32,7 @@ def test_exceptions_subclass_the_stdlib_ones() -> None:
         q.put_nowait(2)
 
 
+@pytest.mark.smoke
 def test_fifo_and_introspection() -> None:
     q: WorkQueue[int] = WorkQueue(3)
     assert (q.maxsize, q.overflow, q.closed) == (3, "block", False)
@@ -148,6 +149,7 @@ def test_close_semantics() -> None:
     assert (s.put, s.got, s.rejected) == (3, 3, 0)
 
 
+@pytest.mark.smoke
 def test_close_wakes_blocked_putters_and_getters() -> None:
     full: WorkQueue[int] = WorkQueue(1)
     full.put(0)

@@ -32,6 +32,7 @@ def limiter(rate: float = 10.0, **kw: object) -> tuple[ManualClock, RateLimiter]
 # ---- exact GCRA --------------------------------------------------------------------------
 
 
+@pytest.mark.smoke
 def test_ten_per_second_is_exact() -> None:
     clock, rl = limiter(10)
     assert [rl.try_acquire() for _ in range(10)] == [True] * 10
@@ -100,6 +101,7 @@ def test_fractional_interval_rounds_up() -> None:
 # ---- keys --------------------------------------------------------------------------------
 
 
+@pytest.mark.smoke
 def test_keys_are_independent_and_compare_by_value() -> None:
     _, rl = limiter(1)
     keys = [None, "a", b"a", 1, -(2**100), ("a", 1, (None, b"x")), ()]

@@ -15,6 +15,7 @@ import pytest
 from ferrule import Agent, AlreadyRegistered, FerruleError, ManualClock, Registry
 
 
+@pytest.mark.smoke
 def test_register_get_lookup_and_agent_fields() -> None:
     clock = ManualClock(5.0)
     reg = Registry(clock=clock)
@@ -109,6 +110,7 @@ def test_unregister_and_update() -> None:
         reg.update("b", colour="red")
 
 
+@pytest.mark.smoke
 def test_find_count_ids_and_limit() -> None:
     reg = Registry()
     for i in range(20):

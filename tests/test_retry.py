@@ -46,6 +46,7 @@ def test_success_needs_one_call_and_no_sleep() -> None:
     assert (f.calls, slept) == (1, [])
 
 
+@pytest.mark.smoke
 def test_retries_until_success() -> None:
     slept: list[float] = []
     f = Flaky(2)
@@ -54,6 +55,7 @@ def test_retries_until_success() -> None:
     assert len(slept) == 2
 
 
+@pytest.mark.smoke
 def test_gives_up_with_the_last_exception_unchanged() -> None:
     raised: list[BaseException] = []
 

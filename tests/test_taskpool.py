@@ -30,6 +30,7 @@ def wait_until(cond: Any, timeout: float = 5.0) -> None:
         time.sleep(0.001)
 
 
+@pytest.mark.smoke
 def test_is_an_executor_and_runs_tasks() -> None:
     with TaskPool(2, name="unit") as pool:
         assert isinstance(pool, cf.Executor)
@@ -130,6 +131,7 @@ def test_reject_policy_raises_queue_full_and_counts_it() -> None:
         assert running.result() is True and queued.result() == 0
 
 
+@pytest.mark.smoke
 def test_block_policy_waits_for_room() -> None:
     gate = threading.Event()
     with TaskPool(1, max_queue=1) as pool:

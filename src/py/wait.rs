@@ -33,6 +33,19 @@
 //! `PASSING`. In the single total order either the thread sees the gate closed, or the
 //! hook sees the thread counted and waits for it.
 //!
+//! # A crash at exit that no extension can prevent (CPython 3.10)
+//! CPython 3.10 can crash (SIGSEGV) by itself at exit, with or without ferrule. A daemon
+//! thread waiting for the GIL that timed out once before finalization began has asked the
+//! holder to drop it. If its next timeout comes after `Py_FinalizeEx` freed the main
+//! interpreter while the process is still exiting (in OpenSSL's exit-time cleanup, for
+//! one: `asyncio` imports `ssl`), `take_gil` withdraws that request through the freed
+//! `PyInterpreterState`. This is `RESET_GIL_DROP_REQUEST(interp)` before
+//! `PyThread_exit_thread`, which the 3.10 backport of gh-96387 added. The waiter can be
+//! anywhere: at a switch interval in plain Python code, or `time.sleep` returning. No
+//! ferrule frame is involved, and no extension code runs then. A pure-Python program whose
+//! daemon threads compete for the GIL at exit crashes the same way. From 3.11 the main
+//! interpreter is allocated statically, so that late write lands in live memory.
+//!
 //! # Calls into Python
 //! Python code that ferrule calls (a factory, a protected function, a handler, a waker)
 //! can itself detach and re-attach (a sleep, I/O, a lock). If the interpreter finalizes

@@ -15,7 +15,9 @@
 #   - the default thread name pattern is TaskPool's (`TaskPool-N_k`);
 #   - `os.process_cpu_count` falls back to `os.cpu_count` before 3.13, and 3.13's
 #     `support.Py_GIL_DISABLED` / `support.requires_gil_enabled` get local equivalents;
-#   - without the stdlib test package, test.support's pieces come from tests/cpython/support.py.
+#   - without the stdlib test package, test.support's pieces come from tests/cpython/support.py,
+#     and so they do on 3.10, whose test.support lacks some of them (requires_fork);
+#   - on 3.10 a bare `TimeoutError` means `futures.TimeoutError` (the builtin only from 3.11).
 # Not collected by pytest itself (no test_ prefix). ruff and mypy skip this directory.
 # fmt: off
 # ruff: noqa
@@ -42,6 +44,8 @@ import itertools
 from logging.handlers import QueueHandler
 
 try:
+    if sys.version_info < (3, 11):
+        raise ImportError("3.10's test.support lacks pieces these tests use")
     from test import support
     from test.support import threading_helper
     from test.support.script_helper import assert_python_ok
@@ -49,6 +53,9 @@ except ImportError:  # no stdlib test package (the 3.13t built for the suite has
     from tests.cpython.support import assert_python_ok, support, threading_helper
 
 Py_GIL_DISABLED = bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
+
+if sys.version_info < (3, 11):  # futures.TimeoutError became the builtin in 3.11
+    TimeoutError = futures.TimeoutError
 
 
 def requires_gil_enabled(msg):
