@@ -410,10 +410,12 @@ class RedisBus:
 
     @property
     def prefix(self) -> str:
+        """What every channel and key of this bus in Redis starts with."""
         return self._prefix
 
     @property
     def mode(self) -> Mode:
+        """``"broadcast"`` (Pub/Sub) or ``"stream"`` (a capped Redis stream)."""
         return self._mode
 
     @property
@@ -423,14 +425,17 @@ class RedisBus:
 
     @property
     def codec(self) -> Codec:
+        """The codec that turns signal data into bytes and back."""
         return self._codec
 
     @property
     def on_error(self) -> BusOnError:
+        """When Redis fails: ``"raise"`` (BackendError) or ``"local"`` (this process only)."""
         return self._on_error
 
     @property
     def closed(self) -> bool:
+        """Whether ``close()`` has run."""
         return self._closed
 
     def __repr__(self) -> str:
