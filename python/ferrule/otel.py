@@ -251,6 +251,7 @@ class Instrumentation:
 
     @property
     def closed(self) -> bool:
+        """Whether ``close()`` has run (this handle's objects are no longer exported)."""
         return self._closed
 
     def __enter__(self) -> Instrumentation:

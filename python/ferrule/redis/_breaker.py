@@ -284,6 +284,7 @@ class RedisCircuitBreaker:
 
     @property
     def name(self) -> str:
+        """The name shared by every process (the key ``<prefix><name>``)."""
         return self._name
 
     @property
@@ -293,6 +294,7 @@ class RedisCircuitBreaker:
 
     @property
     def on_error(self) -> BreakerOnError:
+        """When Redis fails: ``"raise"``, ``"allow"`` or ``"deny"``."""
         return self._on_error
 
     @property
@@ -312,34 +314,42 @@ class RedisCircuitBreaker:
 
     @property
     def min_calls(self) -> int | None:
+        """Calls in the window before the rate rule can open the breaker (rate rule), or None."""
         return self._spec.min_calls
 
     @property
     def window(self) -> float | None:
+        """The rate rule's window in seconds, or None."""
         return self._spec.window
 
     @property
     def window_calls(self) -> int | None:
+        """The rate rule's window in calls, or None."""
         return self._spec.window_calls
 
     @property
     def slow_call(self) -> float | None:
+        """Seconds after which a call counts as a failure, or None."""
         return self._spec.slow_call
 
     @property
     def success_threshold(self) -> int:
+        """Successful probes that close a half-open breaker."""
         return self._spec.success_threshold
 
     @property
     def reset_timeout(self) -> float:
+        """Seconds an open breaker refuses calls before it half-opens."""
         return self._spec.reset_timeout
 
     @property
     def half_open_max_calls(self) -> int:
+        """Probes let through at once while half-open (across processes)."""
         return self._spec.half_open_max_calls
 
     @property
     def expected(self) -> tuple[type[BaseException], ...]:
+        """Exception types that count as failures."""
         return self._expected
 
     def __repr__(self) -> str:

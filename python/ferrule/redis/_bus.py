@@ -122,8 +122,13 @@ class Codec(Protocol):
     True
     """
 
-    def encode(self, obj: Any) -> bytes: ...
-    def decode(self, data: bytes) -> Any: ...
+    def encode(self, obj: Any) -> bytes:
+        """The bytes that carry ``obj``."""
+        ...
+
+    def decode(self, data: bytes) -> Any:
+        """The object ``data`` carries."""
+        ...
 
 
 class JsonCodec:
@@ -140,9 +145,11 @@ class JsonCodec:
     __slots__ = ()
 
     def encode(self, obj: Any) -> bytes:
+        """``obj`` as compact UTF-8 JSON."""
         return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
 
     def decode(self, data: bytes) -> Any:
+        """The object the JSON in ``data`` stands for."""
         return json.loads(data)
 
     def __repr__(self) -> str:

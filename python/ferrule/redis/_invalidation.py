@@ -58,6 +58,7 @@ class KeyCodec:
     else raises TypeError naming the key's type."""
 
     def encode(self, key: object) -> Any:
+        """``key`` as tagged JSON (TypeError for a key type it cannot carry)."""
         if key is None or type(key) in (str, int, float, bool):
             return key
         if type(key) is bytes:
@@ -70,6 +71,7 @@ class KeyCodec:
         )
 
     def decode(self, value: Any) -> Hashable:
+        """The key a value made by ``encode`` stands for."""
         if value is None or type(value) in (str, int, float, bool):
             return value  # type: ignore[no-any-return]
         if type(value) is dict and len(value) == 1:
@@ -131,6 +133,7 @@ class RedisInvalidation:
 
     @property
     def channel(self) -> str:
+        """The Pub/Sub channel the invalidations travel on."""
         return self._channel
 
     def __repr__(self) -> str:
@@ -303,10 +306,12 @@ class InvalidatingCache:
 
     @property
     def cache(self) -> Cache:
+        """The wrapped cache (its writes here are not published)."""
         return self._cache
 
     @property
     def invalidation(self) -> RedisInvalidation:
+        """The RedisInvalidation that publishes and listens."""
         return self._inv
 
     def set(self, key: Hashable, value: Any, *, ttl: float | None = None) -> None:
@@ -371,6 +376,7 @@ class InvalidatingCache:
         return iter(self._cache)
 
     def stats(self) -> CacheStats:
+        """The wrapped cache's ``stats()``."""
         return self._cache.stats()
 
     def __repr__(self) -> str:

@@ -173,10 +173,12 @@ class RedisRateLimiter:
 
     @property
     def prefix(self) -> str:
+        """What every key of this limiter in Redis starts with."""
         return self._prefix.decode()
 
     @property
     def on_error(self) -> OnError:
+        """When Redis fails: ``"raise"``, ``"allow"`` or ``"deny"``."""
         return self._on_error
 
     def __repr__(self) -> str:

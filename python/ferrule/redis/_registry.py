@@ -179,6 +179,7 @@ class RedisRegistry:
 
     @property
     def prefix(self) -> str:
+        """What every key of this registry in Redis starts with."""
         return self._prefix
 
     @property
@@ -188,6 +189,7 @@ class RedisRegistry:
 
     @property
     def max_batch(self) -> int:
+        """The most agents one ``register_many`` call takes."""
         return self._max_batch
 
     def __repr__(self) -> str:
