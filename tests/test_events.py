@@ -287,9 +287,16 @@ def test_queue_edges_alternate_under_threads() -> None:
         t.start()
     for t in threads:
         t.join()
-    states = [d["state"] for _, d in bus.got]
-    assert len(states) > 2, "the queue overflowed, several times"
-    assert states == ["begin", "end"] * (len(states) // 2) + ["begin"] * (len(states) % 2)
+    assert len(bus.got) > 2, "the queue overflowed, several times"
+    # The edges alternate as queued. A publisher descheduled while the others queue more
+    # than the outbox holds (1024) drops the oldest, and the next event says how many
+    # ("lost"): an odd number lost repeats the previous state.
+    expected = "begin"
+    for n, (_, d) in enumerate(bus.got):
+        if d.get("lost", 0) % 2:
+            expected = "end" if expected == "begin" else "begin"
+        assert d["state"] == expected, (n, d)
+        expected = "end" if expected == "begin" else "begin"
 
 
 def test_queue_raising_bus(unraisable: list[Any]) -> None:

@@ -712,7 +712,10 @@ def test_monitor_with_an_async_bound_method_check_is_collected(no_leaks: None) -
         def __init__(self) -> None:
             self.canary = Canary()
             self.checked = threading.Event()
-            self.monitor = HealthMonitor(reg, interval=0.01, check=self.check, timeout=0.05)
+            # Rounds (at most `timeout`) shorter than `interval`: the monitor thread holds
+            # the monitor only during a round, so there are gaps to collect in (with
+            # rounds back to back, a loaded machine may never give one).
+            self.monitor = HealthMonitor(reg, interval=0.2, check=self.check, timeout=0.05)
             # Not a method: a check still running keeps its own object alive (as a hanging
             # sync check does), so a hanging method would hold the service between rounds.
             self.monitor.watch("a2", _hang)
