@@ -63,6 +63,7 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import faulthandler
+import functools
 import gc
 import importlib
 import inspect
@@ -225,9 +226,11 @@ def _stub_params(args: ast.arguments, drop_first: bool) -> tuple[Param, ...]:
     return tuple(out)
 
 
+@functools.cache
 def parse_stubs(path: Path = STUBS) -> dict[str, dict[str, tuple[str, tuple[Param, ...]]]]:
     """``{class name ("" for the module): {member: (kind, params)}}`` from the stub file;
-    of several ``@overload``s the one with the most parameters."""
+    of several ``@overload``s the one with the most parameters. Parsed once per process
+    (the sweep asks for it per case); callers do not change it."""
     out: dict[str, dict[str, tuple[str, tuple[Param, ...]]]] = {"": {}}
 
     def defs(body: list[ast.stmt], into: dict[str, tuple[str, tuple[Param, ...]]], meth: bool):
@@ -253,6 +256,7 @@ def parse_stubs(path: Path = STUBS) -> dict[str, dict[str, tuple[str, tuple[Para
     return out
 
 
+@functools.cache
 def _submodule_function(name: str) -> Any:
     """A module-level function of a public submodule (``ferrule.events.log_events``)."""
     for modname, names in public_modules().items():

@@ -224,9 +224,10 @@ def test_shutdown_wakes_a_blocked_submit() -> None:
 
     t = threading.Thread(target=blocked)
     t.start()
-    time.sleep(0.05)
+    wait_until(lambda: pool._counters.waiting == 1)
     pool.shutdown(wait=False)
     t.join(5)
+    assert not t.is_alive(), "shutdown woke the submit while the task still ran"
     gate.set()
     pool.shutdown(wait=True)
     assert [type(e) for e in errors] == [RuntimeError]

@@ -488,7 +488,7 @@ class TaskPool(Executor):
         """Stop accepting tasks (a blocked ``submit`` wakes with ``RuntimeError``); with
         ``cancel_futures`` cancel what is still queued; with ``wait`` join the workers
         once they have run everything else."""
-        self._queue.close()
+        _close(self._queue, self._counters)
         if cancel_futures:
             while True:
                 try:

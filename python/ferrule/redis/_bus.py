@@ -54,6 +54,7 @@ after a server restart lost it starts after the last id this reader delivered).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import itertools
 import json
@@ -708,7 +709,14 @@ class RedisBus:
             for s in self._local.subscriptions():
                 s.cancel()
         me = threading.current_thread()
-        for t in [self._link.thread, *(p.thread for p in privates)]:
+        link = self._link
+        if link.thread is not None and link.thread.is_alive() and self._mode == "broadcast":
+            # The listener waits on its socket up to _POLL; a message on its wake channel
+            # ends the wait now (best effort: a server that is down leaves it napping on
+            # the stop event, which is already set).
+            with contextlib.suppress(RedisError, OSError):
+                self._raw.publish(link.wake, b"")
+        for t in [link.thread, *(p.thread for p in privates)]:
             if t is not None and t is not me:
                 t.join(_JOIN)
         if self._owns_raw:
