@@ -704,7 +704,7 @@ def test_threads_share_a_multi_limit_limiter_exactly(redis_client: Any, threads:
 
 
 def test_on_error_with_several_limits() -> None:
-    dead = redis.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=0.2)
+    dead = dead_client()
     allow = RedisRateLimiter(dead, limits=[(10, 1.0), (2, 60.0)], on_error="allow")
     d = allow.check("k", 2)
     assert (d.allowed, d.remaining, d.reset_after) == (True, 0, 60.0)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import multiprocessing
+import sys
 import threading
 import time
 import types
@@ -310,6 +311,9 @@ def test_values_resized_by_other_threads_are_encoded_as_one_snapshot(redis_clien
             shared["nested"][n % 16] = [n]
 
     mutator = threading.Thread(target=resize)
+    # With the GIL, each reply waits for the mutator's switch interval: shorten it.
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(0.0005)
     mutator.start()
     try:
         for i in range(300):
@@ -320,6 +324,7 @@ def test_values_resized_by_other_threads_are_encoded_as_one_snapshot(redis_clien
     finally:
         stop.set()
         mutator.join()
+        sys.setswitchinterval(interval)
     loop: dict[str, Any] = {}
     loop["self"] = loop
     with pytest.raises(TypeError, match=r"^value must be JSON-serialisable: Circular"):

@@ -156,7 +156,9 @@ class RedisInvalidation:
         )
         self._thread.start()
         if not self._subscribed.wait(self._connect_timeout):
-            self.close()
+            # Not close(): that waits for the listener, which may be inside the client's
+            # own connection retries for longer than connect_timeout. It ends once they do.
+            self._closed.set()
             raise backend(RedisError(f"could not subscribe to {self._channel!r} in time"))
         return wrapper
 
