@@ -775,6 +775,22 @@ def test_threads_inside_the_bus_at_exit(redis_server: RedisServer) -> None:
         assert marker not in proc.stderr, proc.stderr[-2000:]
 
 
+def test_close_wakes_a_broadcast_listener_at_once(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """close() does not wait out the listener's socket read: with a read timeout far
+    longer than close's join, the thread is gone when close returns."""
+    import ferrule.redis._bus as mod
+
+    monkeypatch.setattr(mod, "_POLL", 60.0)
+    bus = RedisBus(redis_server.client(), prefix="wake:")
+    bus.subscribe("a", maxsize=1)
+    listener = bus._link.thread
+    assert listener is not None and listener.is_alive()
+    bus.close()
+    assert not listener.is_alive()
+
+
 def test_public_names() -> None:
     import ferrule.redis
 

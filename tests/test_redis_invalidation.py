@@ -218,6 +218,24 @@ def test_unreachable_server_at_wrap_raises_backend_error() -> None:
         inv.wrap(ferrule.Cache(1))
 
 
+def test_close_wakes_the_listener_at_once(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """close() does not wait out the listener's read: with a read timeout far longer
+    than close's join, the thread is still gone when close returns."""
+    import ferrule.redis._invalidation as mod
+
+    monkeypatch.setattr(mod, "_POLL", 60.0)
+    inv = RedisInvalidation(redis_server.client(), "wake")
+    w = inv.wrap(ferrule.Cache(4))
+    thread = inv._thread
+    assert thread is not None and thread.is_alive()
+    w.set("k", 1)  # a message on the channel itself is still applied, not taken for a wake
+    inv.close()
+    assert not thread.is_alive()
+    assert redis_server.client().pubsub_channels("wake*") == []
+
+
 def test_a_collected_wrapper_ends_its_listener(redis_server: RedisServer) -> None:
     w = RedisInvalidation(redis_server.client(), "gc").wrap(ferrule.Cache(1))
     thread = w.invalidation._thread

@@ -121,6 +121,8 @@ class RedisInvalidation:
         self._backoff = (first, cap)
         self._connect_timeout = float(connect_timeout)
         self._origin = secrets.token_hex(8)
+        # The listener's own channel: close() publishes there to end its wait at once.
+        self._wake = f"{channel}:wake:{self._origin}"
         self._codec = KeyCodec()
         self._lock = threading.Lock()
         self._wrapped = False
@@ -167,6 +169,11 @@ class RedisInvalidation:
         self._closed.set()
         t = self._thread
         if t is not None and t is not threading.current_thread():
+            if t.is_alive():
+                # Best effort: a server that is down leaves the listener on its backoff
+                # wait, which the closed event already ends.
+                with contextlib.suppress(RedisError, OSError):
+                    self._client.publish(self._wake, b"")
             t.join(timeout=5.0)
 
     # -- publishing -----------------------------------------------------------------
@@ -208,7 +215,7 @@ def _listen(inv: RedisInvalidation, ref: weakref.ref[InvalidatingCache]) -> None
     while not inv._closed.is_set():
         pubsub = inv._client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
         try:
-            pubsub.subscribe(inv._channel)
+            pubsub.subscribe(inv._channel, inv._wake)
             # Anything cached before this subscription may have missed an invalidation.
             if (w := ref()) is None:
                 return
@@ -220,7 +227,11 @@ def _listen(inv: RedisInvalidation, ref: weakref.ref[InvalidatingCache]) -> None
                 msg = pubsub.get_message(timeout=_POLL)
                 if (w := ref()) is None:
                     return
-                if msg is not None and msg.get("type") == "message":
+                if (
+                    msg is not None
+                    and msg.get("type") == "message"
+                    and msg["channel"] in (inv._channel, inv._channel.encode())
+                ):
                     _apply(inv, w._cache, msg["data"])
                 del w
             return
