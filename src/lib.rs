@@ -50,6 +50,7 @@ mod _native {
         // The one wait slice, for the Python waits that poll (seconds).
         m.add("_WAIT_SLICE", crate::py::wait::SLICE.as_secs_f64())?;
         crate::errors::register(m)?;
+        crate::core::clock::init_monotonic();
         crate::py::wait::register(m)
     }
 }

@@ -649,6 +649,34 @@ def test_cached_async_cancelled_awaiter_does_not_cancel_the_call() -> None:
     assert asyncio.run(main()) == "done"
 
 
+STR_KEYS = [
+    "", "a", "ab", "ba", "user:1", "user:2", "é", "e", "ü" * 3, "\u0100", "\u0101",
+    "a\u0100", "\U0001f600", "\U0001f601", "x" * 1000, "x" * 999 + "y",
+    "\x00", "\x00\x00", "ab\u0100"[:2],
+]
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_str_keys_match_by_value_across_kinds_and_lengths(policy: str) -> None:
+    """Guards the str comparison of lookups: a key found by an equal but distinct str
+    object, never by a different one, for every width of code unit (1, 2, 4 bytes), the
+    empty str, long strs and one sliced down to a narrower one."""
+    c = ferrule.Cache(100, shards=1, policy=policy)
+    for i, k in enumerate(STR_KEYS):
+        c[k] = i
+    assert len(c) == len(set(STR_KEYS))
+    for k in STR_KEYS:
+        copy = "".join(list(k))  # equal, another object
+        assert copy is not k or len(k) <= 1
+        assert c.get(copy) == max(i for i, j in enumerate(STR_KEYS) if j == k)
+    for missing in ["abc", "user:3", "\u0102", "\U0001f602", "x" * 1001, "b", "\x00" * 3]:
+        assert c.get("".join(list(missing))) is None
+    # Tuples of strs compare their items the same way.
+    c[("é", "\u0100")] = "t"
+    assert c.get(("".join(["é"]), "".join(["\u0100"]))) == "t"
+    assert c.get(("é", "\u0101")) is None
+
+
 def test_str_and_bytes_keys_never_reach_bytes_warning() -> None:
     # hash("x") == hash(b"x"): they collide, and under `python -b` comparing them emits a
     # BytesWarning. The cache never asks Python to compare them (that would run the

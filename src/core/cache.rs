@@ -122,6 +122,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use hashbrown::HashTable;
 use parking_lot::Mutex;
+use smallvec::SmallVec;
 
 use crate::core::clock::Clock;
 use crate::core::sketch::FrequencySketch;
@@ -176,6 +177,12 @@ impl From<std::collections::TryReserveError> for AllocError {
     }
 }
 
+impl From<smallvec::CollectionAllocErr> for AllocError {
+    fn from(_: smallvec::CollectionAllocErr) -> Self {
+        Self
+    }
+}
+
 impl From<hashbrown::TryReserveError> for AllocError {
     fn from(_: hashbrown::TryReserveError) -> Self {
         Self
@@ -222,8 +229,9 @@ impl Cause {
 }
 
 /// Removed entries with the reason, to be dropped (or reported) after the lock is
-/// released.
-pub type Grave<K, V> = Vec<(K, V, Cause)>;
+/// released. A single write removes at most a couple (the replaced or evicted entry, an
+/// expired one): those fit inline, so the common write allocates nothing for its grave.
+pub type Grave<K, V> = SmallVec<[(K, V, Cause); 2]>;
 
 /// Which entry a full shard gives up (see "Policies" in the module docs).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -2147,7 +2155,7 @@ impl<K, V> TimedCache<K, V> {
 
     /// Live entries, reclaiming expired ones first (each batch handed to `bury`).
     pub fn live_len(&self, bury: &mut dyn FnMut(&mut Grave<K, V>)) -> Result<usize, AllocError> {
-        self.entries.len_with(self.now(), &mut Vec::new(), bury)
+        self.entries.len_with(self.now(), &mut Grave::new(), bury)
     }
 
     /// Removes expired entries now (each batch handed to `bury`); returns how many.
@@ -2156,7 +2164,7 @@ impl<K, V> TimedCache<K, V> {
             return Ok(0);
         }
         self.entries
-            .expire_with(self.clock.now_nanos(), &mut Vec::new(), bury)
+            .expire_with(self.clock.now_nanos(), &mut Grave::new(), bury)
     }
 
     pub fn snapshot<T>(&self, f: impl FnMut(&K, &V) -> T) -> Result<Vec<T>, AllocError> {
@@ -2257,17 +2265,17 @@ mod tests {
     }
 
     fn set(c: &ShardedCache<String, u64>, k: &str, v: u64, exp: i64, now: i64) {
-        let mut g = Vec::new();
+        let mut g = Grave::new();
         c.set(h(&k), &Q(k), || k.to_string(), v, exp, now, &mut g)
             .unwrap();
     }
 
     fn get(c: &ShardedCache<String, u64>, k: &str, now: i64) -> Option<u64> {
-        c.get(h(&k), &Q(k), now, true, &mut Vec::new()).unwrap()
+        c.get(h(&k), &Q(k), now, true, &mut Grave::new()).unwrap()
     }
 
     fn len(c: &ShardedCache<String, u64>, now: i64) -> usize {
-        c.len(now, &mut Vec::new()).unwrap()
+        c.len(now, &mut Grave::new()).unwrap()
     }
 
     #[test]
@@ -2308,7 +2316,7 @@ mod tests {
     fn set_if_writes_nothing_when_refused() {
         let c = ShardedCache::new(4, Some(1), 1).unwrap();
         let set_if = |k: &str, v: u64, keep: bool| {
-            let mut g = Vec::new();
+            let mut g = Grave::new();
             c.set_if(
                 h(&k),
                 &Q(k),
@@ -2343,13 +2351,13 @@ mod tests {
                 1,
                 ttl,
                 1,
-                &mut Vec::new(),
+                &mut Grave::new(),
                 || true,
             )
             .unwrap()
         };
         let live = |k: &str| {
-            c.get(h(&k), &Q(k), false, &mut Vec::new())
+            c.get(h(&k), &Q(k), false, &mut Grave::new())
                 .unwrap()
                 .is_some()
         };
@@ -2389,7 +2397,7 @@ mod tests {
                 1,
                 None,
                 1,
-                &mut Vec::new(),
+                &mut Grave::new(),
                 || true
             )
             .unwrap());
@@ -2424,7 +2432,7 @@ mod tests {
             set(&c, &i.to_string(), i, if i % 2 == 0 { 5 } else { NEVER }, 0);
         }
         assert_eq!(len(&c, 0), 100);
-        let mut grave = Vec::new();
+        let mut grave = Grave::new();
         assert_eq!(c.expire(5, &mut grave), Ok(50));
         assert!(grave.is_empty(), "expire drops what it removes");
         assert_eq!(len(&c, 5), 50);
@@ -2438,7 +2446,7 @@ mod tests {
         for i in 0..n {
             set(&c, &i.to_string(), i as u64, 5, 0);
         }
-        let mut grave = Vec::new();
+        let mut grave = Grave::new();
         assert_eq!(c.expire(5, &mut grave), Ok(n));
         assert!(grave.capacity() <= 2 * BULK_BATCH, "one batch at a time");
         assert_eq!(len(&c, 5), 0);
@@ -2500,7 +2508,7 @@ mod tests {
     fn the_slab_grows_on_demand_and_never_past_capacity() {
         let mut s: LruShard<u64, u64> = LruShard::new(MAX_SIZE);
         assert_eq!(s.slots.capacity(), 0, "nothing reserved up front");
-        let mut grave = Vec::new();
+        let mut grave = Grave::new();
         for i in 0..100u64 {
             s.insert(mix(i), i, i, NEVER, 0, &mut grave).unwrap();
         }
@@ -2518,13 +2526,13 @@ mod tests {
     fn slow_comparisons_happen_outside_and_errors_propagate() {
         let c: ShardedCache<Rc<str>, u64> = ShardedCache::new(10, Some(1), 1).unwrap();
         // Force collisions: every key under one hash.
-        let mut g = Vec::new();
+        let mut g = Grave::new();
         for k in ["x", "y", "z"] {
             let q = Slow(k, Cell::new(0));
             c.set(7, &q, || Rc::from(k), 1, NEVER, 0, &mut g).unwrap();
         }
         let q = Slow("y", Cell::new(0));
-        assert_eq!(c.get(7, &q, 0, true, &mut Vec::new()).unwrap(), Some(1));
+        assert_eq!(c.get(7, &q, 0, true, &mut Grave::new()).unwrap(), Some(1));
         assert_eq!(
             q.1.get(),
             3,
@@ -2541,8 +2549,8 @@ mod tests {
         )
         .unwrap();
         let q = Slow("w", Cell::new(0));
-        assert_eq!(c.get(7, &q, 0, true, &mut Vec::new()), Err(SlowErr::Boom));
-        assert_eq!(c.len(0, &mut Vec::new()), Ok(4));
+        assert_eq!(c.get(7, &q, 0, true, &mut Grave::new()), Err(SlowErr::Boom));
+        assert_eq!(c.len(0, &mut Grave::new()), Ok(4));
     }
 
     #[test]
@@ -2551,7 +2559,7 @@ mod tests {
         // `now`), then read its key through the now-empty handle and panicked.
         let c = ShardedCache::<String, u64>::new(4, Some(1), 1).unwrap();
         set(&c, "k", 1, NEVER, 100);
-        let mut grave = Vec::new();
+        let mut grave = Grave::new();
         c.set(h(&"k"), &Q("k"), || "k".into(), 2, 100, 100, &mut grave)
             .unwrap();
         assert_eq!(grave.len(), 1, "the replaced entry, reclaimed at once");
@@ -2582,7 +2590,7 @@ mod tests {
             if !self.fired.replace(true) {
                 self.cache.clear();
                 let q = Ident;
-                let mut g = Vec::new();
+                let mut g = Grave::new();
                 self.cache
                     .set(1, &q, || Rc::from(self.key), 99, NEVER, 0, &mut g)?;
                 return Ok(false);
@@ -2626,7 +2634,7 @@ mod tests {
         // equal" for the compared key was applied to the equal key re-inserted into the
         // same slot, and the cache ended up holding two equal keys.
         let c: ShardedCache<Rc<str>, u64> = ShardedCache::new(10, Some(1), 1).unwrap();
-        let mut g = Vec::new();
+        let mut g = Grave::new();
         c.set(1, &Ident, || Rc::from("a"), 1, NEVER, 0, &mut g)
             .unwrap();
         let q = Clearing {
@@ -2644,7 +2652,7 @@ mod tests {
     #[test]
     fn generations_keep_counting_across_clear() {
         let mut s: LruShard<u64, u64> = LruShard::new(4);
-        let mut grave = Vec::new();
+        let mut grave = Grave::new();
         let before = s.insert(mix(1), 1, 1, NEVER, 0, &mut grave).unwrap();
         drop(s.take_all());
         let after = s.insert(mix(1), 1, 1, NEVER, 0, &mut grave).unwrap();
@@ -2710,7 +2718,7 @@ mod tests {
         };
         let mut made = 0;
         for i in 0..50u64 {
-            let mut grave = Vec::new();
+            let mut grave = Grave::new();
             let exp = if i % 3 == 0 { i as i64 + 1 } else { NEVER };
             c.set(
                 mix(i % 7),
@@ -2728,13 +2736,13 @@ mod tests {
                 c.remove(mix(i % 7), &U(i % 7), i as i64).unwrap();
             }
             if i % 11 == 0 {
-                c.expire(i as i64, &mut Vec::new()).unwrap();
+                c.expire(i as i64, &mut Grave::new()).unwrap();
             }
             if i % 17 == 0 {
                 c.clear();
             }
             // Replacing with a deadline that has already passed.
-            let mut grave = Vec::new();
+            let mut grave = Grave::new();
             c.set(
                 mix(i % 7),
                 &U(i % 7),
@@ -2747,7 +2755,7 @@ mod tests {
             .unwrap();
             made += 1;
             // A write its condition refuses drops the value after the lock, too.
-            let mut grave = Vec::new();
+            let mut grave = Grave::new();
             let key = i % 7;
             c.set_if(
                 mix(key),
@@ -2771,7 +2779,7 @@ mod tests {
     }
 
     fn len_u(c: &ShardedCache<u64, Watched>) -> usize {
-        c.len(0, &mut Vec::new()).unwrap()
+        c.len(0, &mut Grave::new()).unwrap()
     }
 
     #[test]
@@ -2789,7 +2797,7 @@ mod tests {
         assert_eq!(get(&c, "k", now), Some(1));
         assert_eq!(get(&c, "s", now), Some(2));
         assert_eq!(get(&c, "s", now + 1), None);
-        assert_eq!(c.expire(NEVER - 1, &mut Vec::new()), Ok(1));
+        assert_eq!(c.expire(NEVER - 1, &mut Grave::new()), Ok(1));
     }
 
     #[test]
@@ -2819,7 +2827,7 @@ mod tests {
     #[test]
     fn heap_stays_ordered_under_churn() {
         let mut s: LruShard<u64, u64> = LruShard::new(50);
-        let mut grave = Vec::new();
+        let mut grave = Grave::new();
         let mut seed = 12345u64;
         let mut handles = Vec::new();
         for i in 0..2000u64 {
@@ -2884,7 +2892,7 @@ mod tests {
         exp: i64,
         now: i64,
     ) -> Vec<(String, Cause)> {
-        let mut g = Vec::new();
+        let mut g = Grave::new();
         c.set_if(
             h(&k),
             &Q(k),
@@ -2979,10 +2987,10 @@ mod tests {
             },
         );
         put(&c, "a", 1, 1, NEVER, 0);
-        let mut g = Vec::new();
+        let mut g = Grave::new();
         c.set(h(&"a"), &Q("a"), || unreachable!(), 2, NEVER, 0, &mut g)
             .unwrap();
-        assert_eq!(g, vec![("a".to_string(), 1, Cause::Replaced)]);
+        assert_eq!(g.to_vec(), vec![("a".to_string(), 1, Cause::Replaced)]);
         let quiet = opts_cache(4, Options::default());
         put(&quiet, "a", 1, 1, NEVER, 0);
         assert_eq!(put(&quiet, "a", 2, 1, NEVER, 0), vec![]);
@@ -3003,7 +3011,7 @@ mod tests {
         assert_eq!(get(&c, "a", 9), Some(1)); // read at 9: idle until 19
         assert_eq!(get(&c, "b", 9), Some(2)); // until 19 too
                                               // A peek (uncounted) neither reads nor refreshes.
-        let peek = |k: &str, now| c.get(h(&k), &Q(k), now, false, &mut Vec::new()).unwrap();
+        let peek = |k: &str, now| c.get(h(&k), &Q(k), now, false, &mut Grave::new()).unwrap();
         assert_eq!(peek("c", 9), Some(3));
         assert_eq!(peek("c", 10), None, "idle since 0");
         assert_eq!(get(&c, "a", 18), Some(1));
@@ -3018,7 +3026,7 @@ mod tests {
         // A reader with an older clock reading never shortens the idle time.
         assert_eq!(get(&c, "a", 20), Some(1));
         assert_eq!(get(&c, "a", 36), Some(1));
-        let mut g = Vec::new();
+        let mut g = Grave::new();
         assert_eq!(c.expire(50, &mut g), Ok(1));
         assert_eq!((c.stats().expirations, len(&c, 50)), (3, 0));
         check_all(&c);
@@ -3056,9 +3064,9 @@ mod tests {
             Ok(Some(("old".into(), 2, Cause::Expired)))
         );
         set(&c, "x", 3, 5, 0);
-        let mut g = Vec::new();
+        let mut g = Grave::new();
         assert_eq!(c.get(h(&"x"), &Q("x"), 5, true, &mut g), Ok(None));
-        assert_eq!(g, vec![("x".to_string(), 3, Cause::Expired)]);
+        assert_eq!(g.to_vec(), vec![("x".to_string(), 3, Cause::Expired)]);
         set(&c, "y", 4, NEVER, 0);
         set(&c, "z", 5, NEVER, 0);
         let mut seen = Vec::new();
@@ -3070,7 +3078,7 @@ mod tests {
             set(&c, &i.to_string(), i as u64, 1, 0);
         }
         let mut batches = Vec::new();
-        let n = c.expire_with(1, &mut Vec::new(), &mut |g| {
+        let n = c.expire_with(1, &mut Grave::new(), &mut |g| {
             assert!(!c.shards[0].0.is_locked());
             batches.push(g.len());
             assert!(g.iter().all(|e| e.2 == Cause::Expired));

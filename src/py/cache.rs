@@ -242,6 +242,12 @@ unsafe fn plain_eq(a: *mut ffi::PyObject, b: *mut ffi::PyObject, depth: u32) -> 
                 || ffi::PyBool_Check(p) != 0
         };
         let same_type = ffi::Py_TYPE(a) == ffi::Py_TYPE(b);
+        #[cfg(not(Py_3_14))]
+        if same_type && ffi::PyUnicode_CheckExact(a) != 0 {
+            if let Some(eq) = compact_str_eq(a, b) {
+                return eq;
+            }
+        }
         let comparable = (same_type
             && (ffi::PyUnicode_CheckExact(a) != 0 || ffi::PyBytes_CheckExact(a) != 0))
             || (numeric(a) && numeric(b));
@@ -269,6 +275,35 @@ unsafe fn plain_eq(a: *mut ffi::PyObject, b: *mut ffi::PyObject, depth: u32) -> 
         }
     }
     false
+}
+
+/// Two exact strs compared by their code units, as CPython's own `str ==` does for
+/// strings in canonical (compact) form, whose kind is the narrowest that fits: equal
+/// strings have equal lengths, kinds and bytes. `None` for a string in another form
+/// (only the legacy APIs of 3.10 and 3.11 make one), left to `PyObject_RichCompareBool`.
+/// Saves the rich comparison's dispatch on every str key a lookup matches by value.
+///
+/// # Safety
+/// `a` and `b` must be live exact `str` objects.
+#[cfg(not(Py_3_14))]
+#[inline]
+unsafe fn compact_str_eq(a: *mut ffi::PyObject, b: *mut ffi::PyObject) -> Option<bool> {
+    // SAFETY: the caller guarantees live exact strs; compact ones hold their `len * kind`
+    // bytes of code units inline, at PyUnicode_DATA.
+    unsafe {
+        if ffi::PyUnicode_IS_COMPACT(a) == 0 || ffi::PyUnicode_IS_COMPACT(b) == 0 {
+            return None;
+        }
+        let n = ffi::PyUnicode_GET_LENGTH(a);
+        let kind = ffi::PyUnicode_KIND(a);
+        if n != ffi::PyUnicode_GET_LENGTH(b) || kind != ffi::PyUnicode_KIND(b) {
+            return Some(false);
+        }
+        let bytes = n as usize * kind as usize;
+        let da = std::slice::from_raw_parts(ffi::PyUnicode_DATA(a).cast::<u8>(), bytes);
+        let db = std::slice::from_raw_parts(ffi::PyUnicode_DATA(b).cast::<u8>(), bytes);
+        Some(da == db)
+    }
 }
 
 #[inline]
@@ -508,7 +543,7 @@ impl Cache {
     /// out of line so that a hit carries no grave.
     #[inline(never)]
     fn lookup_slow(&self, q: &Query<'_, '_>, count: bool, now: i64) -> PyResult<Option<Py<PyAny>>> {
-        let mut grave = Vec::new();
+        let mut grave = Grave::new();
         let found = self.inner.get_slow(q.hash, q, now, count, &mut grave);
         if !grave.is_empty() {
             self.bury(q.py(), grave);
@@ -529,7 +564,7 @@ impl Cache {
             None => 1,
             Some(w) => Self::weigh(w, q, &value)?,
         };
-        let mut grave = Vec::new();
+        let mut grave = Grave::new();
         let stored = self.inner.set_if(
             q.hash,
             q,
