@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod pool;
 pub mod queue;
 pub mod ratelimit;
+pub mod readmap;
 pub mod registry;
 pub mod sketch;
 pub mod sync;

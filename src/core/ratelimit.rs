@@ -38,7 +38,9 @@
 //! nothing.
 //!
 //! # Keys
-//! Keys live in a `DashMap` (sharded `RwLock`ed tables) from [`Key`] to [`Bucket`]. A key is
+//! Keys live in a [`ReadMap`] (sharded tables, each behind a lock whose readers take only
+//! their own thread's stripe, so reads of different keys by different threads write no
+//! shared line) from [`Key`] to [`Bucket`]. A key is
 //! one of two kinds:
 //! - *native*: a Rust copy of a value whose equality is decided by value alone (the binding
 //!   uses it for exact builtins: None, str, int, bytes, tuples of those). An existing
@@ -122,11 +124,11 @@ use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
 use std::sync::atomic::{AtomicU64 as StdAtomicU64, AtomicUsize};
 use std::sync::OnceLock;
 
-use dashmap::mapref::entry::Entry;
-use dashmap::DashMap;
+use hashbrown::hash_map::Entry;
 use parking_lot::Mutex;
 
 use crate::core::clock::Clock;
+use crate::core::readmap::ReadMap;
 use crate::core::sync::{AtomicU64, Mutex as KeyLock, Ordering};
 
 /// Keys examined per reclaim step, at most.
@@ -935,7 +937,7 @@ impl Key {
 }
 
 /// What both a stored [`Key`] and a borrowed [`Query`] can be looked up as, so that
-/// `DashMap<Key, _>::get` accepts a `Query` without building a `Key` (no allocation on the
+/// `ReadMap<Key, _>::read` accepts a `Query` without building a `Key` (no allocation on the
 /// hit path). Both hash as their precomputed `u64`.
 pub trait Lookup {
     fn hash64(&self) -> u64;
@@ -1136,7 +1138,7 @@ pub struct Limiter<P, G: Policy = Gcra> {
     gcra: G,
     clock: Clock,
     epoch: i64,
-    map: DashMap<Key, G::Bucket, KeyHashBuilder>,
+    map: ReadMap<Key, G::Bucket, KeyHashBuilder>,
     /// Reclamation queues: exactly [`QUEUES`]; every index into them (and into `gens`
     /// and `stored`, likewise sized) is taken modulo that length.
     queues: Box<[Mutex<VecDeque<Key>>]>,
@@ -1166,7 +1168,7 @@ impl<P, G: Policy> Limiter<P, G> {
             gcra,
             clock,
             epoch,
-            map: DashMap::with_hasher(KeyHashBuilder::default()),
+            map: ReadMap::with_hasher(KeyHashBuilder::default()),
             queues: (0..QUEUES).map(|_| Mutex::new(VecDeque::new())).collect(),
             cursor: AtomicUsize::new(0),
             gens: (0..STRIPES).map(|_| StdAtomicU64::new(0)).collect(),
@@ -1213,10 +1215,8 @@ impl<P, G: Policy> Limiter<P, G> {
         if q.is_opaque() {
             return None;
         }
-        let bucket = self.map.get(q as &dyn Lookup)?;
-        let o = self.take(&bucket, cost);
-        drop(bucket);
-        Some(o)
+        self.map
+            .read(q as &dyn Lookup, |bucket| self.take(bucket, cost))
     }
 
     /// The decision for `cost` tokens on any key, consuming them if allowed (inserting the
@@ -1235,17 +1235,13 @@ impl<P, G: Policy> Limiter<P, G> {
         for _ in 0..MAX_ATTEMPTS {
             let g0 = stripe.load(Ordering::Acquire);
             if !key.is_opaque() {
-                if let Some(b) = self.map.get(key as &dyn Lookup) {
-                    let o = self.take(&b, cost);
-                    drop(b);
+                if let Some(o) = self.map.read(key as &dyn Lookup, |b| self.take(b, cost)) {
                     self.tick(grave);
                     return Ok(o);
                 }
             }
             if let Some(found) = self.resolve(key, r, &mut known)? {
-                if let Some(b) = self.map.get(&found) {
-                    let o = self.take(&b, cost);
-                    drop(b);
+                if let Some(o) = self.map.read(&found, |b| self.take(b, cost)) {
                     self.tick(grave);
                     return Ok(o);
                 }
@@ -1318,9 +1314,9 @@ impl<P, G: Policy> Limiter<P, G> {
             opaque_only,
             found: RefCell::new(Vec::new()),
         };
-        // A Probe never matches, so this is always None and holds no guard.
-        let none = self.map.get(&probe as &dyn Collect);
-        drop(none);
+        // A Probe never matches, so this is always None.
+        let none = self.map.read(&probe as &dyn Collect, |_| ());
+        debug_assert!(none.is_none());
         probe.found.into_inner()
     }
 
@@ -1336,8 +1332,10 @@ impl<P, G: Policy> Limiter<P, G> {
         cost: u64,
         grave: &mut Vec<P>,
     ) -> Option<(G::Outcome, bool)> {
-        let (o, queued) = match self.map.entry(key) {
-            Entry::Occupied(e) => (self.take(e.get(), cost), None),
+        // The shard of `key`: a `u64` hashes as a `Key` with that hash does (PassThrough).
+        let hash = key.hash;
+        let (o, queued) = self.map.write(&hash, |table| match table.entry(key) {
+            Entry::Occupied(e) => Some((self.take(e.get(), cost), None)),
             Entry::Vacant(v) => {
                 // Under the shard's write lock: see "Keys" in the module docs.
                 if stripe
@@ -1352,14 +1350,14 @@ impl<P, G: Policy> Limiter<P, G> {
                 if G::allowed(&o) {
                     let copy = v.key().clone();
                     v.insert(bucket);
-                    (o, Some(copy))
+                    Some((o, Some(copy)))
                 } else {
                     // A fresh bucket refuses only a cost above burst, which callers
                     // rule out; nothing to store either way.
-                    (o, None)
+                    Some((o, None))
                 }
             }
-        };
+        })?;
         let inserted = queued.is_some();
         if let Some(copy) = queued {
             let n = self.live.fetch_add(1, Ordering::Relaxed) + 1;
@@ -1435,8 +1433,8 @@ impl<P, G: Policy> Limiter<P, G> {
         f: impl Fn(&G::Bucket) -> T,
     ) -> Result<Option<T>, R::Error> {
         if !key.is_opaque() {
-            if let Some(b) = self.map.get(key as &dyn Lookup) {
-                return Ok(Some(f(&b)));
+            if let Some(t) = self.map.read(key as &dyn Lookup, &f) {
+                return Ok(Some(t));
             }
         }
         let mut known = Vec::new();
@@ -1444,8 +1442,8 @@ impl<P, G: Policy> Limiter<P, G> {
             match self.resolve(key, r, &mut known)? {
                 None => return Ok(None),
                 Some(found) => {
-                    if let Some(b) = self.map.get(&found) {
-                        return Ok(Some(f(&b)));
+                    if let Some(t) = self.map.read(&found, &f) {
+                        return Ok(Some(t));
                     }
                 }
             }
@@ -1517,11 +1515,10 @@ impl<P, G: Policy> Limiter<P, G> {
         let mut removed = 0;
         let mut keep: Vec<Key> = Vec::new();
         for k in keys {
-            let full = match self.map.get(&k) {
-                Some(b) => self.gcra.is_full(&b, now),
-                // Unreachable while the one-entry-per-key invariant holds (or after a
-                // `clear`); dropping the entry is the safe answer either way.
-                None => continue,
+            // None is unreachable while the one-entry-per-key invariant holds (or after a
+            // `clear`); dropping the entry is the safe answer either way.
+            let Some(full) = self.map.read(&k, |b| self.gcra.is_full(b, now)) else {
+                continue;
             };
             if full {
                 // Re-checked under the write lock: no CAS can run on the bucket meanwhile.
@@ -1574,7 +1571,6 @@ impl<P, G: Policy> Limiter<P, G> {
     /// Forgets every key; the objects go to `grave` (for the garbage collector's clear).
     pub fn clear(&self, grave: &mut Vec<P>) {
         self.map.clear();
-        self.map.shrink_to_fit();
         for q in &*self.queues {
             *q.lock() = VecDeque::new();
         }
@@ -2551,8 +2547,9 @@ mod multi_tests {
         m.advance(SEC as i64).unwrap();
         assert_eq!(round(&l), 3);
         assert_eq!(
-            l.policy()
-                .remaining(&l.map.get(&q as &dyn Lookup).unwrap(), SEC),
+            l.map
+                .read(&q as &dyn Lookup, |b| l.policy().remaining(b, SEC))
+                .unwrap(),
             0
         );
     }
