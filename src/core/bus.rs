@@ -3,7 +3,9 @@
 //!
 //! # Structure
 //! A [`Router`] keeps its subscriptions in a segment [`Trie`] (see `topic`) behind one
-//! `parking_lot::RwLock`. Each trie entry is the subscription (`Arc<Sub>`) and a *handle*
+//! [`ReadMostly`] lock (a publisher read-locks only its own thread's stripe, so
+//! publishers on different threads write no shared lock word; a subscribe or cancel
+//! write-locks every stripe). Each trie entry is the subscription (`Arc<Sub>`) and a *handle*
 //! `H`, whatever the caller wants the router to own for it (the Python binding: the one
 //! `Subscription` object that stands for it). Publishing takes the read lock only for the
 //! walk that collects the matching subscriptions (cloned `Arc`s), releases it, and only
@@ -44,9 +46,8 @@ use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, Weak};
 
-use parking_lot::RwLock;
-
 use crate::core::queue::{Overflow, QueueError, WorkQueue};
+use crate::core::readmap::ReadMostly;
 use crate::core::topic::{parse_pattern, Seg, TopicError, Trie, TypeSegments};
 
 /// Why a subscription or a publication was refused.
@@ -234,14 +235,14 @@ impl<T, W, H> fmt::Debug for Sub<T, W, H> {
 
 /// Routes signal types to subscriptions; see the module documentation.
 pub struct Router<T, W, H> {
-    trie: RwLock<Trie<Entry<T, W, H>>>,
+    trie: ReadMostly<Trie<Entry<T, W, H>>>,
     next_id: AtomicU64,
 }
 
 impl<T, W, H> Router<T, W, H> {
     pub fn new() -> Arc<Self> {
         Arc::new(Self {
-            trie: RwLock::new(Trie::new()),
+            trie: ReadMostly::new(Trie::new()),
             next_id: AtomicU64::new(1),
         })
     }

@@ -1,4 +1,6 @@
-//! A sharded hash map whose reads write no cache line that another thread's reads write.
+//! Data read on every operation by many threads at once: a sharded hash map
+//! ([`ReadMap`]) and a lock ([`ReadMostly`]) whose reads write no cache line that another
+//! thread's reads write.
 //!
 //! `DashMap` guards each shard with one reader-writer lock: a read increments the lock's
 //! reader count, so two threads reading different keys of one shard (or of any shard, in
@@ -20,9 +22,38 @@ use std::borrow::Borrow;
 use std::hash::{BuildHasher, Hash};
 use std::sync::PoisonError;
 
-use crossbeam_utils::sync::ShardedLock;
+use crossbeam_utils::sync::{ShardedLock, ShardedLockReadGuard, ShardedLockWriteGuard};
 use crossbeam_utils::CachePadded;
 use hashbrown::HashMap;
+
+/// A reader-writer lock whose readers lock only their own thread's stripe (crossbeam's
+/// [`ShardedLock`]), for data read on every operation and written rarely (the signal
+/// bus's routing trie). Poisoning is ignored: nothing here panics while holding it.
+pub struct ReadMostly<T>(ShardedLock<T>);
+
+impl<T> ReadMostly<T> {
+    pub fn new(value: T) -> Self {
+        Self(ShardedLock::new(value))
+    }
+
+    #[inline]
+    pub fn read(&self) -> ShardedLockReadGuard<'_, T> {
+        self.0.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn write(&self) -> ShardedLockWriteGuard<'_, T> {
+        self.0.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The read lock if it can be had without waiting.
+    pub fn try_read(&self) -> Option<ShardedLockReadGuard<'_, T>> {
+        match self.0.try_read() {
+            Ok(g) => Some(g),
+            Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
+    }
+}
 
 /// Most shards a map has: writes to different shards proceed in parallel, and each shard
 /// costs about a kilobyte (eight padded lock stripes).
