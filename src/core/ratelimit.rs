@@ -1127,6 +1127,30 @@ pub trait Resolve<P> {
 
 // ---- the limiter -------------------------------------------------------------------------
 
+/// How the map holds a key's bucket. With the GIL, inline: one thread decides at a time.
+/// On a free-threaded build, boxed: a decision's CAS writes its bucket, and inline that
+/// line holds other keys' buckets too (entries are 40 bytes), keys other threads decide
+/// on, so two threads on distinct keys would still pass lines between their cores. A box
+/// comes from the inserting thread's allocator arena, beside that thread's other buckets,
+/// and the table's entries are then only read after insertion. Costs a pointer and an
+/// allocation per key there.
+#[cfg(Py_GIL_DISABLED)]
+type Held<B> = Box<B>;
+#[cfg(not(Py_GIL_DISABLED))]
+type Held<B> = B;
+
+#[cfg(Py_GIL_DISABLED)]
+#[inline]
+#[allow(clippy::unnecessary_box_returns)] // the box is the point (see `Held`)
+fn hold<B>(b: B) -> Held<B> {
+    Box::new(b)
+}
+#[cfg(not(Py_GIL_DISABLED))]
+#[inline]
+fn hold<B>(b: B) -> Held<B> {
+    b
+}
+
 thread_local! {
     /// Decisions this thread made since its last reclaim step (any limiter).
     static TICKS: Cell<u32> = const { Cell::new(0) };
@@ -1138,7 +1162,7 @@ pub struct Limiter<P, G: Policy = Gcra> {
     gcra: G,
     clock: Clock,
     epoch: i64,
-    map: ReadMap<Key, G::Bucket, KeyHashBuilder>,
+    map: ReadMap<Key, Held<G::Bucket>, KeyHashBuilder>,
     /// Reclamation queues: exactly [`QUEUES`]; every index into them (and into `gens`
     /// and `stored`, likewise sized) is taken modulo that length.
     queues: Box<[Mutex<VecDeque<Key>>]>,
@@ -1349,7 +1373,7 @@ impl<P, G: Policy> Limiter<P, G> {
                 let o = self.take(&bucket, cost);
                 if G::allowed(&o) {
                     let copy = v.key().clone();
-                    v.insert(bucket);
+                    v.insert(hold(bucket));
                     Some((o, Some(copy)))
                 } else {
                     // A fresh bucket refuses only a cost above burst, which callers
@@ -1433,7 +1457,7 @@ impl<P, G: Policy> Limiter<P, G> {
         f: impl Fn(&G::Bucket) -> T,
     ) -> Result<Option<T>, R::Error> {
         if !key.is_opaque() {
-            if let Some(t) = self.map.read(key as &dyn Lookup, &f) {
+            if let Some(t) = self.map.read(key as &dyn Lookup, |b| f(b)) {
                 return Ok(Some(t));
             }
         }
@@ -1442,7 +1466,7 @@ impl<P, G: Policy> Limiter<P, G> {
             match self.resolve(key, r, &mut known)? {
                 None => return Ok(None),
                 Some(found) => {
-                    if let Some(t) = self.map.read(&found, &f) {
+                    if let Some(t) = self.map.read(&found, |b| f(b)) {
                         return Ok(Some(t));
                     }
                 }
