@@ -1133,23 +1133,11 @@ pub trait Resolve<P> {
 /// on, so two threads on distinct keys would still pass lines between their cores. A box
 /// comes from the inserting thread's allocator arena, beside that thread's other buckets,
 /// and the table's entries are then only read after insertion. Costs a pointer and an
-/// allocation per key there.
+/// allocation per key there. `Held::from` stores a bucket either way.
 #[cfg(Py_GIL_DISABLED)]
 type Held<B> = Box<B>;
 #[cfg(not(Py_GIL_DISABLED))]
 type Held<B> = B;
-
-#[cfg(Py_GIL_DISABLED)]
-#[inline]
-#[allow(clippy::unnecessary_box_returns)] // the box is the point (see `Held`)
-fn hold<B>(b: B) -> Held<B> {
-    Box::new(b)
-}
-#[cfg(not(Py_GIL_DISABLED))]
-#[inline]
-fn hold<B>(b: B) -> Held<B> {
-    b
-}
 
 thread_local! {
     /// Decisions this thread made since its last reclaim step (any limiter).
@@ -1356,32 +1344,37 @@ impl<P, G: Policy> Limiter<P, G> {
         cost: u64,
         grave: &mut Vec<P>,
     ) -> Option<(G::Outcome, bool)> {
-        // The shard of `key`: a `u64` hashes as a `Key` with that hash does (PassThrough).
-        let hash = key.hash;
-        let (o, queued) = self.map.write(&hash, |table| match table.entry(key) {
-            Entry::Occupied(e) => Some((self.take(e.get(), cost), None)),
-            Entry::Vacant(v) => {
-                // Under the shard's write lock: see "Keys" in the module docs.
-                if stripe
-                    .compare_exchange(g0, g0.wrapping_add(1), Ordering::AcqRel, Ordering::Acquire)
-                    .is_err()
-                {
-                    return None;
+        let (o, queued) = self
+            .map
+            .write_owned(key, |table, key| match table.entry(key) {
+                Entry::Occupied(e) => Some((self.take(e.get(), cost), None)),
+                Entry::Vacant(v) => {
+                    // Under the shard's write lock: see "Keys" in the module docs.
+                    if stripe
+                        .compare_exchange(
+                            g0,
+                            g0.wrapping_add(1),
+                            Ordering::AcqRel,
+                            Ordering::Acquire,
+                        )
+                        .is_err()
+                    {
+                        return None;
+                    }
+                    // The step on a fresh bucket that no other thread can see yet.
+                    let bucket = self.gcra.fresh();
+                    let o = self.take(&bucket, cost);
+                    if G::allowed(&o) {
+                        let copy = v.key().clone();
+                        v.insert(Held::from(bucket));
+                        Some((o, Some(copy)))
+                    } else {
+                        // A fresh bucket refuses only a cost above burst, which callers
+                        // rule out; nothing to store either way.
+                        Some((o, None))
+                    }
                 }
-                // The step on a fresh bucket that no other thread can see yet.
-                let bucket = self.gcra.fresh();
-                let o = self.take(&bucket, cost);
-                if G::allowed(&o) {
-                    let copy = v.key().clone();
-                    v.insert(hold(bucket));
-                    Some((o, Some(copy)))
-                } else {
-                    // A fresh bucket refuses only a cost above burst, which callers
-                    // rule out; nothing to store either way.
-                    Some((o, None))
-                }
-            }
-        })?;
+            })?;
         let inserted = queued.is_some();
         if let Some(copy) = queued {
             let n = self.live.fetch_add(1, Ordering::Relaxed) + 1;

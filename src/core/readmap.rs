@@ -20,7 +20,7 @@
 
 use std::borrow::Borrow;
 use std::hash::{BuildHasher, Hash};
-use std::sync::PoisonError;
+use std::sync::{PoisonError, TryLockError};
 
 use crossbeam_utils::sync::{ShardedLock, ShardedLockReadGuard, ShardedLockWriteGuard};
 use crossbeam_utils::CachePadded;
@@ -49,8 +49,8 @@ impl<T> ReadMostly<T> {
     pub fn try_read(&self) -> Option<ShardedLockReadGuard<'_, T>> {
         match self.0.try_read() {
             Ok(g) => Some(g),
-            Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
-            Err(std::sync::TryLockError::WouldBlock) => None,
+            Err(TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
         }
     }
 }
@@ -60,7 +60,7 @@ impl<T> ReadMostly<T> {
 const MAX_SHARDS: usize = 64;
 
 pub struct ReadMap<K, V, S> {
-    shards: Box<[CachePadded<ShardedLock<HashMap<K, V, S>>>]>,
+    shards: Box<[CachePadded<ReadMostly<HashMap<K, V, S>>>]>,
     hasher: S,
     /// Right shift that turns a hash into a shard index (`64 - log2(shards)`).
     shift: u32,
@@ -79,7 +79,7 @@ impl<K: Eq + Hash, V, S: BuildHasher + Clone> ReadMap<K, V, S> {
         let n = n.max(1).next_power_of_two();
         Self {
             shards: (0..n)
-                .map(|_| CachePadded::new(ShardedLock::new(HashMap::with_hasher(hasher.clone()))))
+                .map(|_| CachePadded::new(ReadMostly::new(HashMap::with_hasher(hasher.clone()))))
                 .collect(),
             hasher,
             shift: 64 - n.trailing_zeros(),
@@ -87,7 +87,7 @@ impl<K: Eq + Hash, V, S: BuildHasher + Clone> ReadMap<K, V, S> {
     }
 
     #[inline]
-    fn shard<Q: Hash + ?Sized>(&self, key: &Q) -> &ShardedLock<HashMap<K, V, S>> {
+    fn shard<Q: Hash + ?Sized>(&self, key: &Q) -> &ReadMostly<HashMap<K, V, S>> {
         // The bits below the top seven: hashbrown files entries by the top seven (its
         // control bytes) and the lowest ones (the bucket), so the shard index stays
         // independent of both (as in DashMap).
@@ -107,11 +107,15 @@ impl<K: Eq + Hash, V, S: BuildHasher + Clone> ReadMap<K, V, S> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let table = self
-            .shard(key)
-            .read()
-            .unwrap_or_else(PoisonError::into_inner);
+        let table = self.shard(key).read();
         table.get(key).map(f)
+    }
+
+    /// `f` of the table of `key`'s shard and `key` itself (to insert it, say), under the
+    /// shard's write lock.
+    pub fn write_owned<R>(&self, key: K, f: impl FnOnce(&mut HashMap<K, V, S>, K) -> R) -> R {
+        let mut table = self.shard(&key).write();
+        f(&mut table, key)
     }
 
     /// `f` of the table of `key`'s shard under its write lock.
@@ -119,10 +123,7 @@ impl<K: Eq + Hash, V, S: BuildHasher + Clone> ReadMap<K, V, S> {
     where
         Q: Hash + ?Sized,
     {
-        let mut table = self
-            .shard(key)
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut table = self.shard(key).write();
         f(&mut table)
     }
 
@@ -144,32 +145,22 @@ impl<K: Eq + Hash, V, S: BuildHasher + Clone> ReadMap<K, V, S> {
 
     /// Entries now, summed shard by shard (each under its read lock).
     pub fn len(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.read().unwrap_or_else(PoisonError::into_inner).len())
-            .sum()
+        self.shards.iter().map(|s| s.read().len()).sum()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.shards
-            .iter()
-            .all(|s| s.read().unwrap_or_else(PoisonError::into_inner).is_empty())
+        self.shards.iter().all(|s| s.read().is_empty())
     }
 
     /// Entries the shards have room for without growing.
     pub fn capacity(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.read().unwrap_or_else(PoisonError::into_inner).capacity())
-            .sum()
+        self.shards.iter().map(|s| s.read().capacity()).sum()
     }
 
     /// Gives each shard's spare capacity back, one shard at a time.
     pub fn shrink_to_fit(&self) {
         for s in &*self.shards {
-            s.write()
-                .unwrap_or_else(PoisonError::into_inner)
-                .shrink_to_fit();
+            s.write().shrink_to_fit();
         }
     }
 
@@ -178,7 +169,7 @@ impl<K: Eq + Hash, V, S: BuildHasher + Clone> ReadMap<K, V, S> {
     pub fn clear(&self) {
         for s in &*self.shards {
             let old = {
-                let mut table = s.write().unwrap_or_else(PoisonError::into_inner);
+                let mut table = s.write();
                 let empty = HashMap::with_hasher(self.hasher.clone());
                 std::mem::replace(&mut *table, empty)
             };

@@ -223,15 +223,12 @@ def _listen(inv: RedisInvalidation, ref: weakref.ref[InvalidatingCache]) -> None
             del w
             inv._subscribed.set()
             delay = inv._backoff[0]
+            channels = (inv._channel, inv._channel.encode())  # as the client decodes or not
             while not inv._closed.is_set():
                 msg = pubsub.get_message(timeout=_POLL)
                 if (w := ref()) is None:
                     return
-                if (
-                    msg is not None
-                    and msg.get("type") == "message"
-                    and msg["channel"] in (inv._channel, inv._channel.encode())
-                ):
+                if msg is not None and msg.get("type") == "message" and msg["channel"] in channels:
                     _apply(inv, w._cache, msg["data"])
                 del w
             return
