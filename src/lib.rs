@@ -37,7 +37,7 @@ mod _native {
         _registrations, _spec_windows, _timeout, _ttl, ParsedWhere,
     };
     #[pymodule_export]
-    use crate::py::registry::{Agent, Registry};
+    use crate::py::registry::{_health_statuses, Agent, Registry};
     #[pymodule_export]
     use crate::py::taskpool::{_run_worker, TaskCounters, TaskPoolStats};
     #[pymodule_export]

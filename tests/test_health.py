@@ -122,6 +122,72 @@ def test_failing_and_invalid_checks_are_unhealthy() -> None:
     assert sorted(reg.ids(health="unhealthy")) == ["bad", "boom", "none"]
 
 
+class Healthy(str):
+    """A str subclass equal to "healthy": not a plain result."""
+
+    def __eq__(self, other: object) -> bool:
+        return True
+
+    __hash__ = str.__hash__
+
+
+def test_round_reads_ids_and_healths_in_one_pass() -> None:
+    reg = Registry()
+    for i, health in enumerate(["healthy", "degraded", "unhealthy", "odd", "healthy"]):
+        reg.register(f"a{i}", i, health=health)
+    agents, ids, healths = reg._health_round()
+    assert ids == [a.agent_id for a in agents] and healths == [a.health for a in agents]
+    assert sorted(ids) == [f"a{i}" for i in range(5)]
+    # Equal healths are one (interned) str, so a check returning a literal matches by identity.
+    firsts = {h: h for h in healths}
+    assert all(h is firsts[h] for h in healths) and "healthy" in firsts
+    assert firsts["healthy"] is "healthy"  # noqa: F632 - identity is the point
+
+
+def test_plain_statuses_are_decided_in_one_pass_or_left_to_the_general_path() -> None:
+    from ferrule._native import _health_statuses
+
+    ids, healths = ["a", "b", "c"], ["healthy", "healthy", "degraded"]
+    got = _health_statuses(ids, ["healthy", "unhealthy", "degraded"], healths)
+    assert got == ({"a": "healthy", "b": "unhealthy", "c": "degraded"}, [1])
+    # Anything but an exact str among the three results: None (nothing decided).
+    for odd in ("fine", None, Healthy("healthy"), b"healthy", 1):
+        assert _health_statuses(ids, ["healthy", odd, "degraded"], healths) is None
+    # A health that is not a plain str (or not equal) counts as changed.
+    assert _health_statuses(["a"], ["healthy"], [Healthy("x")])[1] == [0]  # type: ignore[index]
+    with pytest.raises(ValueError, match="same length"):
+        _health_statuses(ids, ["healthy"], healths)
+    with pytest.raises(TypeError):
+        _health_statuses(tuple(ids), ["healthy"] * 3, healths)  # type: ignore[arg-type]
+
+
+def test_a_result_that_only_pretends_to_be_a_status_is_not_taken_as_one() -> None:
+    reg = Registry()
+    reg.register("a", health="degraded")
+    reg.register("b")
+    with HealthMonitor(reg, check=lambda agent: Healthy("nope"), interval=60.0) as mon:
+        assert mon.check_now() == {"a": "unhealthy", "b": "unhealthy"}
+    assert sorted(reg.ids(health="unhealthy")) == ["a", "b"]
+
+
+def test_reregistered_agents_in_a_new_order_are_not_gone() -> None:
+    reg, bus = Registry(), SignalBus()
+    for aid in "abcdef":
+        reg.register(aid)
+    sub = bus.subscribe("agent.*.health")
+    with HealthMonitor(reg, check=lambda agent: "healthy", bus=bus, interval=60.0) as mon:
+        assert mon.check_now() == dict.fromkeys("abcdef", "healthy")
+        for aid in "fedcba":  # same agents, fresh entries: the registry's order may change
+            reg.unregister(aid)
+            reg.register(aid)
+        assert mon.check_now() == dict.fromkeys("abcdef", "healthy")
+        reg.unregister("c")
+        assert mon.check_now() == {**dict.fromkeys("abdef", "healthy"), "c": "gone"}
+        assert drain(sub) == [{"agent_id": "c", "health": "gone", "previous": "healthy"}]
+        assert mon.check_now() == dict.fromkeys("abdef", "healthy")
+        assert sorted(mon._known[0]) == list("abdef")
+
+
 def test_hanging_check_does_not_delay_the_others(release: threading.Event) -> None:
     reg, bus = Registry(), SignalBus()
     for i in range(50):
@@ -523,7 +589,7 @@ def test_churn_while_the_monitor_runs(threads: int, stress_scale: int) -> None:
             assert aid in removed
     for aid in live:
         assert last.get(aid, "healthy") == final[aid]
-    assert not mon._known.keys() - live
+    assert not set(mon._known[0]) - live
     assert "gone" in last.values()
 
 

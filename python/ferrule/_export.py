@@ -410,10 +410,11 @@ _SEVERITY = {"unresponsive": 0, "unhealthy": 1, "degraded": 2, "healthy": 3}
 
 
 def _read_health(monitor: HealthMonitor, options: Options) -> list[Reading]:
-    # The last round's statuses: the monitor swaps in a new dict after each round and
-    # never mutates one it has published, so this reads a consistent round without
-    # taking the round lock (a round may take up to its timeout).
-    statuses: dict[str, str] = dict(monitor._known)
+    # The last round's statuses: the monitor swaps in a new pair of lists after each
+    # round and never mutates one it has published, so this reads a consistent round
+    # without taking the round lock (a round may take up to its timeout).
+    ids, health = monitor._known
+    statuses = dict(zip(ids, health, strict=True))
     out = [Reading(HEALTH["rounds"], (), monitor.rounds)]
     counts = dict.fromkeys(HEALTH_STATES, 0)
     for status in statuses.values():

@@ -35,10 +35,11 @@ runs one synchronously):
 Invariants: rounds never overlap (a round lock); transitions are published after the
 registry update, in the order the rounds made them, by whichever thread drains the
 pending list, never under a lock; ``_known`` holds one entry per agent the last round
-saw (reclaimed when it vanishes), ``_watches`` one per watched agent (reclaimed by the
-first round that finds it gone), ``_inflight`` one per check that outlived its round's
-deadline (reclaimed by the first round after it ends), and the async runner one per
-async check still running, so memory is bounded by the registry's size.
+saw (reclaimed when it vanishes), ``_watches`` one per watched
+agent (reclaimed by the first round that finds it gone), ``_inflight`` one per check
+that outlived its round's deadline (reclaimed by the first round after it ends), and the
+async runner one per async check still running, so memory is bounded by the registry's
+size.
 
 Ownership: the monitor thread holds the monitor only through a weak reference (and
 strongly only during a round), so a monitor dropped without ``stop()`` -- say one made
@@ -69,7 +70,7 @@ from concurrent.futures import Future, wait
 from types import TracebackType
 from typing import Any, cast
 
-from ferrule._native import Agent, ManualClock, QueueFull, Registry, SignalBus
+from ferrule._native import Agent, ManualClock, QueueFull, Registry, SignalBus, _health_statuses
 from ferrule._queue import is_async_callable
 from ferrule._taskpool import TaskPool
 
@@ -681,7 +682,9 @@ class HealthMonitor:
         # Serialises rounds (and stop()'s pool shutdown against a round); guards _known,
         # _inflight, _pool and the watches' ``last``.
         self._round_lock = threading.Lock()
-        self._known: dict[str, str] = {}
+        # The agents the last round saw, and the health it left each with (same order).
+        # Replaced whole after each round, never mutated: readers take it without a lock.
+        self._known: tuple[list[str], list[str]] = ([], [])
         self._inflight: dict[str, Future[object]] = {}
         self._pool: TaskPool | None = None
         self._runner = _AsyncRunner(loop)
@@ -925,12 +928,18 @@ class HealthMonitor:
         self,
         batches: list[_BatchJob],
         jobs: list[tuple[Agent, Check, float]],
-    ) -> dict[str, str]:
+        healths: list[str] | None = None,
+    ) -> tuple[dict[str, str], list[int] | None]:
         """Run each sync ``(check, timeout, agents, ids)`` batch on the pool (``_Batch``;
         ``ids``, the agents' ids when the caller has them, or None)
         and each async ``(agent, check, timeout)`` job on the loop, at once, and wait for
-        them; each check's deadline is its timeout after the round started them."""
+        them; each check's deadline is its timeout after the round started them.
+
+        Returns the statuses, and, when ``healths`` (the registry's, in ``ids`` order) was
+        given for the one batch and its every check returned a plain status in time, the
+        positions in ``ids`` whose status differs from it (else None)."""
         statuses: dict[str, str] = {}
+        changed: list[int] | None = None
         calls: dict[str, _AsyncCall] = {}  # async checks and sync checks' awaitables
         deadlines: dict[str, float] = {}
         runner = self._runner
@@ -962,6 +971,10 @@ class HealthMonitor:
             for batch in [b for b in pending if b.done.is_set() or now >= b.deadline]:
                 pending.remove(batch)
                 batch.finish()
+                if healths is not None and not statuses and not calls:
+                    changed = self._plain_statuses(batch, statuses, healths)
+                    if changed is not None:
+                        continue
                 self._batch_statuses(batch, statuses, calls, deadlines)
             if not pending:
                 break
@@ -990,7 +1003,25 @@ class HealthMonitor:
                     statuses[aid] = "unhealthy"
                 else:
                     statuses[aid] = _status(fut.result())
-        return statuses
+        return statuses, changed
+
+    @staticmethod
+    def _plain_statuses(
+        batch: _Batch, statuses: dict[str, str], healths: list[str]
+    ) -> list[int] | None:
+        """The usual round, decided in one native pass: if every agent of ``batch`` (in
+        one chunk) was checked in time and each check returned one of the three statuses
+        as a plain str, ``statuses`` gets them (it is empty) and the positions whose status
+        differs from ``healths`` are returned; else None and nothing is changed."""
+        first = batch.chunks[0]
+        if batch.ids is None or len(batch.chunks) != 1 or first.cut != len(batch.ids):
+            return None
+        fast = _health_statuses(batch.ids, first.out, healths)
+        if fast is None:
+            return None
+        got, changed = fast
+        statuses.update(got)  # into an empty dict: a copy of the table
+        return changed
 
     def _batch_statuses(
         self,
@@ -1043,8 +1074,7 @@ class HealthMonitor:
         with self._lock:
             watches = dict(self._watches)
         registry.expire()
-        agents = registry.find()
-        ids = list(map(_agent_id, agents))
+        agents, ids, healths = registry._health_round()
         if watches:
             live = set(ids)
             vanished = [aid for aid in watches if aid not in live]
@@ -1060,13 +1090,16 @@ class HealthMonitor:
         for aid in [aid for aid, fut in inflight.items() if fut.done()]:
             del inflight[aid]  # returned since: checked again below, or reclaimed if gone
         statuses: dict[str, str] = {}
+        changed: list[int] | None = None  # where statuses differ from healths, if known
         batches: dict[tuple[int, float], _BatchJob] = {}
         jobs: list[tuple[Agent, Check, float]] = []
         default, default_async, timeout = self._check, self._check_async, self._timeout
-        if not watches and not inflight:
+        plain = not watches and not inflight
+        if plain:
             # Every agent gets the monitor's check (or keeps its health).
             if default is None:
-                statuses = dict(zip(ids, map(_health, agents), strict=True))
+                statuses = dict(zip(ids, healths, strict=True))
+                changed = []
             elif default_async:
                 jobs = [(agent, default, timeout) for agent in agents]
             elif agents:
@@ -1101,33 +1134,36 @@ class HealthMonitor:
                     # Checks are grouped by identity (a check need not be hashable).
                     batches.setdefault((id(check), t), (check, t, [], None))[2].append(agent)
         if batches or jobs:
-            statuses.update(self._run_checks(list(batches.values()), jobs))
+            got, changed = self._run_checks(
+                list(batches.values()), jobs, healths if plain and not jobs else None
+            )
+            statuses.update(got)
 
+        # statuses has every live agent: those of ids, each once.
+        if changed is None:
+            pairs = enumerate(zip(ids, healths, strict=True))
+            changed = [i for i, (aid, h) in pairs if statuses[aid] != h]
         transitions: list[tuple[str, str, str]] = []
-        previous_health = dict(zip(ids, map(_health, agents), strict=True))
-        if statuses == previous_health:  # nothing changed: the usual round
-            known = previous_health
-        else:
-            known = {}
-            for aid, status in statuses.items():
-                previous = previous_health[aid]
-                known[aid] = previous
-                if status == previous:
-                    continue
+        known = healths  # the health each agent is left with (ours: not the caller's)
+        if changed:
+            known = list(healths)
+            for i in changed:
+                aid, previous = ids[i], healths[i]
+                status = statuses[aid]
                 try:
                     registry.update(aid, health=status)
                 except KeyError:
                     continue  # vanished meanwhile: the next round reports it "gone"
-                known[aid] = status
+                known[i] = status
                 transitions.append((aid, status, previous))
         result = statuses
-        gone = self._known.keys() - statuses.keys()  # statuses: every live agent
-        if gone:
-            for aid, previous in self._known.items():
-                if aid in gone:
+        known_ids, known_health = self._known
+        if ids != known_ids:  # fast when equal: the same str objects, in order
+            for aid, previous in zip(known_ids, known_health, strict=True):
+                if aid not in statuses:
                     transitions.append((aid, "gone", previous))
                     result[aid] = "gone"
-        self._known = known
+        self._known = (ids, known)
         if self._bus is not None and transitions:
             with self._lock:
                 self._pending.extend(transitions)

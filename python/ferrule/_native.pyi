@@ -97,6 +97,13 @@ class RateLimited(FerruleError):
 # Clock
 # ---------------------------------------------------------------------------------------
 
+def _health_statuses(
+    ids: list[str], values: list[object], healths: list[str], /
+) -> tuple[dict[str, str], list[int]] | None:
+    """Internal (``HealthMonitor``'s round): ``{ids[i]: values[i]}`` and the positions
+    where ``values[i] != healths[i]``, if every value is an exact ``str`` among the three
+    check results; else None. ValueError if the lengths differ."""
+
 def _close_gate() -> None:
     """Internal: the ``atexit`` hook that keeps daemon threads waiting inside ferrule from
     re-attaching while the interpreter exits (they park instead; see ``src/py/wait.rs``).
@@ -740,6 +747,10 @@ class Registry:
         limit: int | None = None,
     ) -> list[str]:
         """The ids of the agents :meth:`find` would return."""
+
+    def _health_round(self) -> tuple[list[Agent], list[str], list[str]]:
+        """Internal (``HealthMonitor``'s round): every live agent, with its id and its
+        health in the same order, read in one pass."""
 
     def __contains__(self, key: object, /) -> bool:
         """True if a live agent has this id (False for non-str)."""

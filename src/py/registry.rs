@@ -419,6 +419,38 @@ impl Registry {
         c.ids(py, &self.core, &self.memo)
     }
 
+    /// Internal (`HealthMonitor`'s round): every live agent, with its id and its health
+    /// in the same order, read in one pass. Equal healths share one str.
+    fn _health_round<'py>(
+        &self,
+        py: Python<'py>,
+    ) -> PyResult<(Bound<'py, PyList>, Bound<'py, PyList>, Bound<'py, PyList>)> {
+        let entries = self.select(py, &Criteria::from_args(None, None, None, None, None)?)?;
+        let ids = PyList::new(py, entries.iter().map(|e| e.reg.id.bind(py)))?;
+        // Few distinct values: one str each, found by pointer (the index interns them),
+        // and interned, so a check returning a literal is compared by identity.
+        let mut seen: Vec<(Arc<str>, Bound<'py, PyString>)> = Vec::new();
+        let mut health = |h: &Arc<str>| {
+            if let Some((_, s)) = seen.iter().find(|(k, _)| Arc::ptr_eq(k, h) || **k == **h) {
+                return s.clone();
+            }
+            let s = PyString::intern(py, h);
+            if seen.len() < 16 {
+                seen.push((h.clone(), s.clone()));
+            }
+            s
+        };
+        let healths = PyList::new(py, entries.iter().map(|e| health(&e.health)))?;
+        let agents = PyList::new(
+            py,
+            entries
+                .into_iter()
+                .map(|e| Bound::new(py, Agent::new(py, e)))
+                .collect::<PyResult<Vec<_>>>()?,
+        )?;
+        Ok((agents, ids, healths))
+    }
+
     #[getter]
     fn max_batch(&self) -> usize {
         self.max_batch
@@ -484,4 +516,45 @@ impl Registry {
         // their futures, each matching no registration any more.
         drop(grave);
     }
+}
+
+/// Internal (`HealthMonitor`'s round): `{ids[i]: values[i]}` and the indexes where
+/// `values[i] != healths[i]`, if every value is an exact `str` among the three check
+/// results; else None (the caller takes its general path). The lists are the caller's
+/// own, of equal length (ValueError otherwise).
+#[pyfunction]
+#[pyo3(signature = (ids, values, healths, /))]
+pub fn _health_statuses<'py>(
+    py: Python<'py>,
+    ids: &Bound<'py, PyList>,
+    values: &Bound<'py, PyList>,
+    healths: &Bound<'py, PyList>,
+) -> PyResult<Option<(Bound<'py, PyDict>, Vec<usize>)>> {
+    let n = ids.len();
+    if values.len() != n || healths.len() != n {
+        return Err(pyo3::exceptions::PyValueError::new_err(
+            "ids, values and healths must have the same length",
+        ));
+    }
+    let out = PyDict::new(py);
+    let mut changed = Vec::new();
+    for i in 0..n {
+        let v = values.get_item(i)?;
+        let Ok(s) = v.cast_exact::<PyString>() else {
+            return Ok(None);
+        };
+        let text = s.to_str()?;
+        if !matches!(text, "healthy" | "degraded" | "unhealthy") {
+            return Ok(None);
+        }
+        let h = healths.get_item(i)?;
+        let same = h
+            .cast_exact::<PyString>()
+            .is_ok_and(|h| h.is(s) || h.to_str().is_ok_and(|h| h == text));
+        if !same {
+            changed.push(i);
+        }
+        out.set_item(ids.get_item(i)?, s)?;
+    }
+    Ok(Some((out, changed)))
 }
