@@ -111,3 +111,12 @@ def test_round_hanging_sequential(benchmark: Any) -> None:
     check = hanging_check(threading.Event())
     result = benchmark.pedantic(sequential_round, args=(reg, check), rounds=5, iterations=1)
     assert len(result) == 100
+
+
+def test_handoff_script_measures_a_nonnegative_cost(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A smoke run of ``benches/handoff.py`` (the docs' figure for the hand-off)."""
+    import handoff
+
+    monkeypatch.setattr(handoff, "ROUNDS", 20)
+    for work in (handoff.nothing, handoff.spin, handoff.sleep):
+        assert handoff.overhead(work) >= 0.0  # wall time covers the worker's own time
