@@ -51,6 +51,8 @@ mod _native {
         m.add("_WAIT_SLICE", crate::py::wait::SLICE.as_secs_f64())?;
         crate::errors::register(m)?;
         crate::core::clock::init_monotonic();
-        crate::py::wait::register(m)
+        crate::py::wait::register(m)?;
+        crate::py::immortal::make_types_immortal(m);
+        Ok(())
     }
 }
