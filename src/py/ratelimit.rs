@@ -556,7 +556,7 @@ fn decide<G: Policy>(
 #[inline(never)]
 fn reclaim_step<G: Policy>(l: &Core<G>, py: Python<'_>) -> PyResult<()> {
     let mut grave = Vec::new();
-    l.reclaim_step(ratelimit::RECLAIM_BUDGET, &mut grave);
+    l.periodic_step(&mut grave);
     release(py, grave)
 }
 
