@@ -150,6 +150,10 @@ def test_plain_statuses_are_decided_in_one_pass_or_left_to_the_general_path() ->
     ids, healths = ["a", "b", "c"], ["healthy", "healthy", "degraded"]
     got = _health_statuses(ids, ["healthy", "unhealthy", "degraded"], healths)
     assert got == ({"a": "healthy", "b": "unhealthy", "c": "degraded"}, [1])
+    from ferrule._health import CHECK_RESULTS
+
+    for result in CHECK_RESULTS:  # the native list is the monitor's
+        assert _health_statuses(["a"], [result], [result]) == ({"a": result}, [])
     # Anything but an exact str among the three results: None (nothing decided).
     for odd in ("fine", None, Healthy("healthy"), b"healthy", 1):
         assert _health_statuses(ids, ["healthy", odd, "degraded"], healths) is None

@@ -35,11 +35,10 @@ runs one synchronously):
 Invariants: rounds never overlap (a round lock); transitions are published after the
 registry update, in the order the rounds made them, by whichever thread drains the
 pending list, never under a lock; ``_known`` holds one entry per agent the last round
-saw (reclaimed when it vanishes), ``_watches`` one per watched
-agent (reclaimed by the first round that finds it gone), ``_inflight`` one per check
-that outlived its round's deadline (reclaimed by the first round after it ends), and the
-async runner one per async check still running, so memory is bounded by the registry's
-size.
+saw (reclaimed when it vanishes), ``_watches`` one per watched agent (reclaimed by the
+first round that finds it gone), ``_inflight`` one per check that outlived its round's
+deadline (reclaimed by the first round after it ends), and the async runner one per
+async check still running, so memory is bounded by the registry's size.
 
 Ownership: the monitor thread holds the monitor only through a weak reference (and
 strongly only during a round), so a monitor dropped without ``stop()`` -- say one made

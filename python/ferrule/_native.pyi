@@ -97,13 +97,6 @@ class RateLimited(FerruleError):
 # Clock
 # ---------------------------------------------------------------------------------------
 
-def _health_statuses(
-    ids: list[str], values: list[object], healths: list[str], /
-) -> tuple[dict[str, str], list[int]] | None:
-    """Internal (``HealthMonitor``'s round): ``{ids[i]: values[i]}`` and the positions
-    where ``values[i] != healths[i]``, if every value is an exact ``str`` among the three
-    check results; else None. ValueError if the lengths differ."""
-
 def _close_gate() -> None:
     """Internal: the ``atexit`` hook that keeps daemon threads waiting inside ferrule from
     re-attaching while the interpreter exits (they park instead; see ``src/py/wait.rs``).
@@ -757,6 +750,13 @@ class Registry:
 
     def __len__(self) -> int:
         """Registered agents (expired and orphaned ones are reclaimed first)."""
+
+def _health_statuses(
+    ids: list[str], values: list[object], healths: list[str], /
+) -> tuple[dict[str, str], list[int]] | None:
+    """Internal (``HealthMonitor``'s round): ``{ids[i]: values[i]}`` and the positions
+    where ``values[i] != healths[i]``, if every value is an exact ``str`` among the three
+    check results; else None. ValueError if the lengths differ."""
 
 # WorkQueue and the TaskPool counters
 # ---------------------------------------------------------------------------------------

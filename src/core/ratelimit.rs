@@ -90,12 +90,12 @@
 //! takes the next queue in round-robin order: the work per call is bounded and
 //! amortised, with no background thread, a thread's steps find its own oldest keys
 //! first, and every queue is visited (also those of threads that are gone); `sweep` runs
-//! the step over every queued key. The home queue keeps
-//! the periodic steps of threads on distinct keys apart: a step reads the buckets of the
-//! keys it pops and writes its queue's lock, and with one shared rotation both threads'
-//! steps read each other's hot buckets (on 3.13t: CPU per decision with two threads 1.17x
-//! one thread's with it, 1.07x with no periodic steps at all). Opaque keys are
-//! reclaimed the same way; their object leaves the side table right after the map entry.
+//! the step over every queued key. The home queue keeps the steps of threads on distinct
+//! keys apart: a step reads the buckets of the keys it pops and writes its queue's lock,
+//! and with one shared rotation both threads' steps read each other's hot buckets (on
+//! 3.13t: CPU per decision with two threads 1.17x one thread's with it, 1.07x with no
+//! periodic steps at all). Opaque keys are reclaimed the same way; their object leaves
+//! the side table right after the map entry.
 //!
 //! Automatic steps remove a key only once its bucket has been full for a grace period of
 //! `max(tau, 1 s)`, so a key used every few milliseconds is not removed and re-inserted
@@ -147,7 +147,7 @@ pub const RECLAIM_EVERY: u32 = 64;
 /// Every this many periodic steps of a thread, one takes the next queue in round-robin
 /// order instead of the thread's home queue.
 pub const ROUND_ROBIN_EVERY: u32 = 4;
-/// Number of reclamation queues (a key's queue is chosen from its hash).
+/// Number of reclamation queues (a key's is its inserting thread's home queue).
 pub const QUEUES: usize = 16;
 /// Shortest time a bucket stays full before an automatic step may remove its key.
 pub const MIN_IDLE_GRACE: u64 = 1_000_000_000;
@@ -1505,7 +1505,8 @@ impl<P, G: Policy> Limiter<P, G> {
 
     /// The step a thread runs after an insertion and every [`RECLAIM_EVERY`] decisions
     /// ([`due`]): on its home queue, or on every [`ROUND_ROBIN_EVERY`]-th one the next
-    /// queue in round-robin order. Returns how many keys were removed; removed objects go to `grave`.
+    /// queue in round-robin order. Returns how many keys were removed; removed objects go
+    /// to `grave`.
     pub fn periodic_step(&self, grave: &mut Vec<P>) -> usize {
         let turn = STEPS
             .try_with(|s| {

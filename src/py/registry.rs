@@ -544,6 +544,7 @@ pub fn _health_statuses<'py>(
             return Ok(None);
         };
         let text = s.to_str()?;
+        // `ferrule._health.CHECK_RESULTS` (a test holds the two together).
         if !matches!(text, "healthy" | "degraded" | "unhealthy") {
             return Ok(None);
         }
