@@ -4,8 +4,11 @@ Not a timing benchmark: each cache sees every access of a trace as `get(key)` an
 miss, `set(key, key)` (functools.lru_cache: one call of a wrapped function that counts
 its own misses), and the table reports hits / accesses. The caches: ferrule's `lru` and
 `tinylfu` policies, cachebox.LRUCache, lru-dict, functools.lru_cache, moka-py (TinyLFU)
-and theine (adaptive W-TinyLFU), whichever are installed, and Belady's OPT (evict the
-entry used furthest in the future), the ceiling for any cache of that size.
+and theine (adaptive W-TinyLFU), whichever are installed; and two references that are
+not caches one could use: Belady's OPT (evict the entry used furthest in the future),
+the ceiling for any cache of that size, and an exact-count LFU (what W-TinyLFU
+approximates with its sketch: exact counts over the whole trace, the same admission
+rule), which shows what frequency alone can reach on each trace.
 
 The traces (seeded, so every run replays the same accesses):
 
@@ -236,8 +239,44 @@ def belady(capacity: int) -> Replay:
     return run
 
 
+def exact_lfu(capacity: int) -> Replay:
+    """What W-TinyLFU approximates, without its approximations: exact access counts over
+    the whole trace (an evicted key keeps its count), no aging and no window. On a miss
+    in a full cache the least counted entry is the victim, and the missed key replaces
+    it only if counted more (TinyLFU's admission rule; ties keep the victim)."""
+
+    def run(trace: Sequence[int], capacity: int) -> int:
+        count: dict[int, int] = {}
+        resident: set[int] = set()
+        heap: list[tuple[int, int]] = []  # (count when pushed, key), stale rows skipped
+        hits = 0
+        for k in trace:
+            c = count.get(k, 0) + 1
+            count[k] = c
+            if k in resident:
+                hits += 1
+            elif len(resident) < capacity:
+                resident.add(k)
+            else:
+                while True:  # the least counted resident key (lazy deletion)
+                    vc, victim = heap[0]
+                    if victim in resident and count[victim] == vc:
+                        break
+                    heapq.heappop(heap)
+                if c <= vc:
+                    continue
+                heapq.heappop(heap)
+                resident.discard(victim)
+                resident.add(k)
+            heapq.heappush(heap, (c, k))
+        return hits
+
+    return run
+
+
 CACHES: dict[str, Callable[[int], Replay]] = {
     "OPT (Belady)": belady,
+    "exact LFU": exact_lfu,
     "ferrule tinylfu": ferrule_cache("tinylfu"),
     "ferrule lru": ferrule_cache("lru"),
     "cachebox LRUCache": cachebox_lru,
