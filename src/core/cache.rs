@@ -23,7 +23,8 @@
 //! window): the same slots sit on three lists, the *window* (LRU, about 1% of the
 //! shard's capacity, at least one entry), *probation* and *protected* (together the
 //! main space, a segmented LRU; protected holds at most 80% of it). Each entry's list is
-//! in its `meta` (so a TinyLFU shard always has the side array). A
+//! in two bits of its slot's `tag`, beside the generation, so a hit reads it from the
+//! line it reads anyway (no side array for TinyLFU alone). A
 //! [`FrequencySketch`](crate::core::sketch::FrequencySketch) per shard counts accesses:
 //! a counted read or a write of a key is one.
 //! - An access moves the entry to the front of its list; an entry on probation moves to
@@ -58,7 +59,7 @@
 //!   shard this is exact LRU over live entries) or the loser of the admission test
 //!   (TinyLFU, see "Policies").
 //! - Lists: every occupied slot is on exactly one recency list (`WINDOW` for an LRU
-//!   shard), `meta[i].region` names it in a TinyLFU shard, and the TinyLFU loads equal
+//!   shard), the slot's `tag` names it, and the TinyLFU loads equal
 //!   the sums over the lists; protected's load never exceeds its limit after an
 //!   operation.
 //! - Weighted shards: the capacity bounds the sum of the weights as well as the count
@@ -103,7 +104,7 @@
 //! # Generations
 //! A slot's generation is drawn from a per-shard counter each time the slot is filled;
 //! `clear` does not reset the counter, so a handle taken before a clear never matches an
-//! entry stored after it (until the 32-bit counter wraps, which the identity rule above
+//! entry stored after it (until the 30-bit counter wraps, which the identity rule above
 //! makes harmless).
 //!
 //! # Dropping and reporting
@@ -337,8 +338,6 @@ struct Meta {
     /// later than `expires` allows for, and is refreshed from this one on a read.
     deadline: i64,
     weight: u32,
-    /// The list the entry is on (TinyLFU shards; always `WINDOW` otherwise).
-    region: u8,
 }
 
 /// The lists of a shard. An LRU shard keeps every entry on `WINDOW` (its one recency
@@ -422,12 +421,36 @@ impl Lfu {
 struct Slot<K, V> {
     entry: Option<Entry<K, V>>,
     hash: u64,
-    gen: u32,
+    /// The generation (low [`GEN_BITS`] bits) and, above it, the list the entry is on
+    /// (`WINDOW` in an LRU shard): a TinyLFU hit reads its list with the slot's line.
+    tag: u32,
     prev: u32,
     /// Next in the recency list; for an empty slot, next in the free list.
     next: u32,
     /// Position in the deadline heap, or NIL when the entry has no deadline.
     heap_pos: u32,
+}
+
+/// Bits of a slot's `tag` that hold its generation; the two above hold its list.
+const GEN_BITS: u32 = 30;
+const GEN_MASK: u32 = (1 << GEN_BITS) - 1;
+
+impl<K, V> Slot<K, V> {
+    #[inline]
+    fn gen(&self) -> u32 {
+        self.tag & GEN_MASK
+    }
+
+    /// The list of an occupied slot.
+    #[inline]
+    fn list(&self) -> usize {
+        (self.tag >> GEN_BITS) as usize
+    }
+
+    #[inline]
+    fn set_list(&mut self, list: usize) {
+        self.tag = (self.tag & GEN_MASK) | ((list as u32) << GEN_BITS);
+    }
 }
 
 /// Everything a shard held before `take_all`, to be dropped after the lock is released.
@@ -492,7 +515,7 @@ impl<K, V> LruShard<K, V> {
             stats: Stats::default(),
             weight: 0,
             meta: Vec::new(),
-            has_meta: opts.weighted || opts.tti.is_some() || opts.policy == Policy::TinyLfu,
+            has_meta: opts.weighted || opts.tti.is_some(),
             opts,
             lfu: (opts.policy == Policy::TinyLfu).then(|| Lfu::new(capacity.clamp(1, MAX_SIZE))),
         }
@@ -514,7 +537,7 @@ impl<K, V> LruShard<K, V> {
     #[inline]
     fn entry(&self, h: Handle) -> Option<&Entry<K, V>> {
         let slot = self.slots.get(h.idx as usize)?;
-        if slot.gen == h.gen {
+        if slot.gen() == h.gen {
             slot.entry.as_ref()
         } else {
             None
@@ -560,7 +583,10 @@ impl<K, V> LruShard<K, V> {
                 Match::Unknown => {
                     // The number of colliding user keys is the caller's to choose.
                     if unknown.try_reserve(1).is_ok() {
-                        unknown.push(Handle { idx, gen: slot.gen });
+                        unknown.push(Handle {
+                            idx,
+                            gen: slot.gen(),
+                        });
                     } else {
                         oom = true;
                     }
@@ -571,7 +597,7 @@ impl<K, V> LruShard<K, V> {
         match found {
             Some(&idx) => Probe::Found(Handle {
                 idx,
-                gen: slots[idx as usize].gen,
+                gen: slots[idx as usize].gen(),
             }),
             None if oom => Probe::OutOfMemory,
             None if unknown.is_empty() => Probe::Absent,
@@ -607,7 +633,7 @@ impl<K, V> LruShard<K, V> {
         match found {
             Some(&idx) => Some(Some(Handle {
                 idx,
-                gen: slots[idx as usize].gen,
+                gen: slots[idx as usize].gen(),
             })),
             None if unknown => None,
             None => Some(None),
@@ -624,7 +650,7 @@ impl<K, V> LruShard<K, V> {
         })?;
         Some(Handle {
             idx,
-            gen: slots[idx as usize].gen,
+            gen: slots[idx as usize].gen(),
         })
     }
 
@@ -676,13 +702,7 @@ impl<K, V> LruShard<K, V> {
     /// The list the occupied slot `idx` is on.
     #[inline]
     fn region(&self, idx: u32) -> usize {
-        if self.lfu.is_some() {
-            self.meta
-                .get(idx as usize)
-                .map_or(WINDOW, |m| m.region as usize)
-        } else {
-            WINDOW
-        }
+        self.slots[idx as usize].list()
     }
 
     /// What the occupied slot `idx` adds to its list's load (TinyLFU): its weight in a
@@ -705,9 +725,7 @@ impl<K, V> LruShard<K, V> {
         let load = self.load(idx);
         self.unlink(idx, from);
         self.push_front(idx, to);
-        if let Some(m) = self.meta.get_mut(idx as usize) {
-            m.region = to as u8;
-        }
+        self.slots[idx as usize].set_list(to);
         if let Some(lfu) = self.lfu.as_mut() {
             lfu.loads[from] = lfu.loads[from].saturating_sub(load);
             lfu.loads[to] = lfu.loads[to].saturating_add(load);
@@ -1030,7 +1048,7 @@ impl<K, V> LruShard<K, V> {
                 let (was, now) = (u64::from(m.weight), u64::from(weight));
                 self.weight = self.weight.saturating_sub(was).saturating_add(now);
                 if let Some(lfu) = self.lfu.as_mut() {
-                    let list = m.region as usize;
+                    let list = self.slots[idx as usize].list();
                     lfu.loads[list] = lfu.loads[list].saturating_sub(was).saturating_add(now);
                 }
             }
@@ -1243,7 +1261,9 @@ impl<K, V> LruShard<K, V> {
             return Err((key, value));
         }
         let gen = self.next_gen;
-        self.next_gen = gen.wrapping_add(1);
+        self.next_gen = gen.wrapping_add(1) & GEN_MASK;
+        // A new entry enters the window (`WINDOW` is 0: the tag is the generation).
+        let tag = gen | ((WINDOW as u32) << GEN_BITS);
         let entry = Some(Entry {
             key,
             value,
@@ -1252,7 +1272,6 @@ impl<K, V> LruShard<K, V> {
         let meta = Meta {
             deadline: expires,
             weight,
-            region: WINDOW as u8,
         };
         let idx = if self.free == NIL {
             // Room reserved above: this push does not allocate, and the new index is
@@ -1261,7 +1280,7 @@ impl<K, V> LruShard<K, V> {
             self.slots.push(Slot {
                 entry,
                 hash,
-                gen,
+                tag,
                 prev: NIL,
                 next: NIL,
                 heap_pos: NIL,
@@ -1276,7 +1295,7 @@ impl<K, V> LruShard<K, V> {
             self.free = s.next;
             s.entry = entry;
             s.hash = hash;
-            s.gen = gen;
+            s.tag = tag;
             s.heap_pos = NIL;
             if let Some(m) = self.meta.get_mut(idx as usize) {
                 *m = meta;
@@ -1683,18 +1702,13 @@ impl<K, V> ShardedCache<K, V> {
     pub fn get_fast<Q: KeyQuery<K, V>>(&self, hash: u64, q: &Q, now: i64, count: bool) -> Fast<V> {
         let mut g = self.shard(hash).lock();
         if count {
-            // TinyLFU: the sketch's and the entry's side data load while the lookup runs.
+            // TinyLFU: the sketch's line loads while the lookup runs.
             if let Some(lfu) = g.lfu.as_ref() {
                 lfu.sketch.prefetch(hash);
             }
         }
         match g.find_quick(hash, q) {
             Some(Some(h)) => {
-                if count && g.lfu.is_some() {
-                    if let Some(m) = g.meta.get(h.idx as usize) {
-                        crate::core::sketch::prefetch(m);
-                    }
-                }
                 let Some(v) = g.live_value(h, now).map(|v| q.clone_value(v)) else {
                     return Fast::Slow;
                 };
@@ -3154,6 +3168,41 @@ mod tests {
             set(c, k, 1, NEVER, 0);
         }
         hit
+    }
+
+    #[test]
+    fn generations_wrap_within_their_bits_and_leave_the_list_alone() {
+        let mut s: LruShard<u64, u64> = LruShard::with_options(
+            8,
+            Options {
+                policy: Policy::TinyLfu,
+                ..Options::default()
+            },
+        );
+        // A TinyLFU shard without weights or tti keeps everything in its slots.
+        assert!(!s.has_meta);
+        let mut grave = Grave::new();
+        s.next_gen = GEN_MASK;
+        let last = s.insert(mix(1), 1, 1, NEVER, 0, &mut grave).unwrap();
+        let first = s.insert(mix(2), 2, 2, NEVER, 0, &mut grave).unwrap();
+        assert_eq!((last.gen, first.gen), (GEN_MASK, 0));
+        // Fill past the window so entries move to probation and, when read, to protected.
+        let mut handles = vec![last, first];
+        for k in 3..=8u64 {
+            handles.push(s.insert(mix(k), k, k, NEVER, 0, &mut grave).unwrap());
+        }
+        for &h in &handles {
+            s.touch(h);
+            s.touch(h);
+        }
+        s.check();
+        assert!(s.meta.is_empty());
+        let lists: Vec<usize> = handles.iter().map(|h| s.region(h.idx)).collect();
+        assert!(lists.contains(&PROTECTED), "{lists:?}");
+        for (k, &h) in (1..=8u64).zip(&handles) {
+            // Moving between lists kept every generation: each handle still finds its key.
+            assert_eq!(s.key(h), Some(&k));
+        }
     }
 
     #[test]
