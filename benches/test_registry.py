@@ -82,6 +82,12 @@ class DictRegistry:
         with self._lock:
             return len(self._by_cap.get(capability, ()))
 
+    def find(self, *, capability: str) -> list[Any]:
+        """The entries (not copies) of the agents with ``capability``."""
+        with self._lock:
+            entries = self._entries
+            return [entries[a] for a in self._by_cap.get(capability, ())]
+
     def ids_where_eq(self, key: str, value: Any) -> list[str]:
         """`ids(where=[(key, "eq", value)])` for a top-level scalar: a scan under the lock."""
         with self._lock:
@@ -137,6 +143,14 @@ def test_ids_by_capability(benchmark: Any, impl: str) -> None:
     benchmark.group = f"registry ids(capability=...) ({HITS} hits of 10k)"
     reg = filled(IMPLS[impl], 10_000)
     result = benchmark(reg.ids, capability="rare")
+    assert len(result) == HITS
+
+
+@pytest.mark.parametrize("impl", list(IMPLS))
+def test_find_by_capability(benchmark: Any, impl: str) -> None:
+    benchmark.group = f"registry find(capability=...) ({HITS} hits of 10k)"
+    reg = filled(IMPLS[impl], 10_000)
+    result = benchmark(reg.find, capability="rare")
     assert len(result) == HITS
 
 

@@ -960,6 +960,48 @@ def test_a_cycle_through_an_agent_is_collected() -> None:
     assert _collected(ref)
 
 
+def test_only_agents_that_can_be_in_a_cycle_are_tracked_by_the_collector() -> None:
+    """An Agent whose value the collector does not track and that has no metadata and no
+    owner cannot be in a collectable cycle: it is created untracked (a query returning
+    thousands of them then sets off no collection). Any other Agent is tracked."""
+    reg = Registry()
+    reg.register("plain-int", 7, capabilities=["x"])
+    reg.register("plain-str", "v", capabilities=["x"])
+    reg.register("none", capabilities=["x"])
+    reg.register("obj", Node(), capabilities=["x"])
+    reg.register("empty-dict", {}, capabilities=["x"])
+    reg.register("meta", 7, capabilities=["x"], metadata={"k": 1})
+    done = threading.Event()
+    t = threading.Thread(target=done.wait)
+    t.start()
+    try:
+        reg.register("owned", 7, capabilities=["x"], owner=t)
+        untracked = {"plain-int", "plain-str", "none"}
+        agents = {a.agent_id: a for a in reg.find(capability="x")}
+        assert set(agents) == untracked | {"obj", "empty-dict", "meta", "owned"}
+        for aid, a in agents.items():
+            assert gc.is_tracked(a) is (aid not in untracked), aid
+            got = reg.get(aid)
+            assert got is not None and gc.is_tracked(got) is (aid not in untracked), aid
+        # An untracked Agent reads as any other.
+        a = agents["plain-int"]
+        assert (a.value, a.capabilities, dict(a.metadata)) == (7, frozenset({"x"}), {})
+        del agents, a, got
+        # A value that may later refer back to its Agent keeps the Agent in the graph.
+        agent = reg.get("empty-dict")
+        assert agent is not None
+        marker = Node()
+        agent.value["self"] = agent
+        agent.value["marker"] = marker
+        reg.unregister("empty-dict")
+        ref = weakref.ref(marker)
+        del agent, marker
+        assert _collected(ref)
+    finally:
+        done.set()
+        t.join()
+
+
 def test_a_cycle_through_a_registry_and_its_agents_is_collected() -> None:
     """A cycle through a registry and Agents of its entries (the current version and
     an older one) is collected."""

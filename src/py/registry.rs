@@ -22,7 +22,9 @@
 //! version's references as well only when it is the version's sole holder (it left the
 //! map, and no other Agent or call has it). Nothing is ever visited twice; a reference
 //! nobody may visit counts as held from outside, which only keeps objects alive. The
-//! memo's tuples of ids are the registry's alone (queries hand out copies).
+//! memo's tuples of ids are the registry's alone (queries hand out copies). An Agent
+//! whose references all go to objects the collector does not track (see
+//! [`Agent::object`]) is itself untracked: it visits nothing the collector could use.
 //!
 //! Everything the core removes is handed back and dropped here, with the GIL held and
 //! no guard held.
@@ -324,8 +326,14 @@ impl Registry {
     }
 
     /// The agent, or None if absent, expired or orphaned.
-    fn get(&self, py: Python<'_>, agent_id: &Bound<'_, PyAny>) -> PyResult<Option<Agent>> {
-        Ok(self.live(py, agent_id)?.map(|e| Agent::new(py, e)))
+    fn get<'py>(
+        &self,
+        py: Python<'py>,
+        agent_id: &Bound<'py, PyAny>,
+    ) -> PyResult<Option<Bound<'py, Agent>>> {
+        self.live(py, agent_id)?
+            .map(|e| Agent::object(py, e))
+            .transpose()
     }
 
     /// The agent's value; KeyError if absent.
@@ -372,21 +380,22 @@ impl Registry {
     /// index): a callable on `Agent`, or a list of `(path, op, value)` triples over
     /// `metadata`; `limit` caps the result.
     #[pyo3(signature = (*, capability = None, node = None, health = None, r#where = None, limit = None))]
-    fn find(
+    fn find<'py>(
         &self,
-        py: Python<'_>,
+        py: Python<'py>,
         capability: Option<&Bound<'_, PyAny>>,
         node: Option<&Bound<'_, PyAny>>,
         health: Option<&Bound<'_, PyAny>>,
         r#where: Option<&Bound<'_, PyAny>>,
         limit: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<Vec<Agent>> {
+    ) -> PyResult<Bound<'py, PyList>> {
         let c = Criteria::from_args(capability, node, health, r#where, limit)?;
-        Ok(self
+        let agents = self
             .select(py, &c)?
             .into_iter()
-            .map(|e| Agent::new(py, e))
-            .collect())
+            .map(|e| Agent::object(py, e))
+            .collect::<PyResult<Vec<_>>>()?;
+        PyList::new(py, agents)
     }
 
     /// How many agents `find` would return (without building the list).
@@ -445,7 +454,7 @@ impl Registry {
             py,
             entries
                 .into_iter()
-                .map(|e| Bound::new(py, Agent::new(py, e)))
+                .map(|e| Agent::object(py, e))
                 .collect::<PyResult<Vec<_>>>()?,
         )?;
         Ok((agents, ids, healths))

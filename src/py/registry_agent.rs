@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 use pyo3::exceptions::PyRuntimeError;
+use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyFrozenSet, PyString};
@@ -68,6 +69,27 @@ impl Agent {
         Self {
             refs: Mutex::new(Some(refs)),
         }
+    }
+
+    /// A new Agent object for `e`. One that cannot be part of a reference cycle the
+    /// collector could take -- its value's type is not one the collector tracks (an int,
+    /// a str, None, ...), and it has no metadata and no owner -- is untracked at once, as
+    /// CPython untracks a tuple of such values: then a query that returns thousands of
+    /// Agents sets off no collection, and no collection walks them. Such an Agent refers
+    /// only to objects whose own references the collector never sees, so a cycle
+    /// through it could not be collected with it tracked either.
+    pub fn object(py: Python<'_>, e: Arc<E>) -> PyResult<Bound<'_, Self>> {
+        // SAFETY: `value` is a live object (the entry holds it); only its type is read.
+        let value_untracked = unsafe { ffi::PyObject_IS_GC(e.reg.value.as_ptr()) == 0 };
+        let acyclic = value_untracked && e.meta.extra.is_none() && e.reg.owner.object().is_none();
+        let obj = Bound::new(py, Self::new(py, e))?;
+        if acyclic {
+            // SAFETY: `obj` is a new, live, GC-capable object (Agent has `__traverse__`)
+            // that nothing else references yet; untracking an object only takes it off
+            // the collector's lists (its deallocation untracks it again harmlessly).
+            unsafe { ffi::PyObject_GC_UnTrack(obj.as_ptr().cast()) };
+        }
+        Ok(obj)
     }
 
     /// `f` of the refs; RuntimeError once cleared (only a finalizer that runs during a

@@ -206,7 +206,7 @@ impl Criteria {
                 continue;
             }
             if let Some(f) = callable {
-                let agent = Agent::new(py, e.clone());
+                let agent = Agent::object(py, e.clone())?;
                 if !wait::call1(f.bind(py), (agent,))?.is_truthy()? {
                     continue;
                 }
