@@ -152,6 +152,70 @@ def _cache_peer_name() -> str:
         return "dict + Lock"
 
 
+# ---- cache: reads only, each thread hitting its own keys ----------------------------------
+
+
+def _hits(getter: Callable[[], Callable[[int], object]], ops: int) -> Work:
+    """Each thread reads its own 10,000 keys (all present) through its own bound method
+    (``getter()``: a method object both threads called would be a shared count)."""
+    keyspace = 10_000
+
+    def work(i: int) -> None:
+        ks, get = own(keyspace), getter()
+        base = i * ks
+        for n in range(ops):
+            get(base + n % ks)
+
+    return work
+
+
+def cache_hits_ferrule(ops: int) -> Work:
+    cache = ferrule.Cache(4 * ops)
+    for k in range(2 * 10_000):
+        cache.set(k, k)
+    return _hits(lambda: cache.get, ops)
+
+
+def cache_peek_ferrule(ops: int) -> Work:
+    """Reads that take the shard's lock and change nothing (no recency, no counts): the
+    floor for any read path that locks."""
+    cache = ferrule.Cache(4 * ops)
+    for k in range(2 * 10_000):
+        cache.set(k, k)
+    return _hits(lambda: cache.peek, ops)
+
+
+def cache_peek_peer(ops: int) -> Work:
+    try:
+        import cachebox
+
+        cache = cachebox.LRUCache(4 * ops)
+        for k in range(2 * 10_000):
+            cache.insert(k, k)
+        return _hits(lambda: cache.peek, ops)
+    except ImportError:
+        return cache_hits_peer(ops)
+
+
+def cache_hits_peer(ops: int) -> Work:
+    try:
+        import cachebox
+
+        cache = cachebox.LRUCache(4 * ops)
+        for k in range(2 * 10_000):
+            cache.insert(k, k)
+        return _hits(lambda: cache.get, ops)
+    except ImportError:
+        lock = threading.Lock()
+        d = {k: k for k in range(2 * 10_000)}
+
+        def get(k: int) -> int | None:
+            with lock:
+                return d.get(k)
+
+        return _hits(lambda: get, ops)
+
+
 # ---- queue: put+get round trips, each thread on its own queue ----------------------------
 
 
@@ -392,6 +456,20 @@ def budget_peer(ops: int) -> Work:
 
 ROWS: list[Row] = [
     Row("Cache get/set, distinct keys", 200_000, cache_ferrule, _cache_peer_name(), cache_peer),
+    Row(
+        "Cache get hits, distinct keys",
+        200_000,
+        cache_hits_ferrule,
+        _cache_peer_name(),
+        cache_hits_peer,
+    ),
+    Row(
+        "Cache peek (no recency), distinct keys",
+        200_000,
+        cache_peek_ferrule,
+        _cache_peer_name(),
+        cache_peek_peer,
+    ),
     Row("WorkQueue put+get, own queue", 200_000, queue_ferrule, "queue.Queue", queue_peer),
     Row(
         "RateLimiter try_acquire, distinct keys",
