@@ -155,13 +155,15 @@ def _cache_peer_name() -> str:
 # ---- cache: reads only, each thread hitting its own keys ----------------------------------
 
 
+HIT_KEYS = 10_000  # per thread
+
+
 def _hits(getter: Callable[[], Callable[[int], object]], ops: int) -> Work:
-    """Each thread reads its own 10,000 keys (all present) through its own bound method
+    """Each thread reads its own HIT_KEYS keys (all present) through its own bound method
     (``getter()``: a method object both threads called would be a shared count)."""
-    keyspace = 10_000
 
     def work(i: int) -> None:
-        ks, get = own(keyspace), getter()
+        ks, get = own(HIT_KEYS), getter()
         base = i * ks
         for n in range(ops):
             get(base + n % ks)
@@ -169,51 +171,48 @@ def _hits(getter: Callable[[], Callable[[int], object]], ops: int) -> Work:
     return work
 
 
-def cache_hits_ferrule(ops: int) -> Work:
+def _read_ferrule(ops: int, method: str) -> Work:
     cache = ferrule.Cache(4 * ops)
-    for k in range(2 * 10_000):
+    for k in range(2 * HIT_KEYS):
         cache.set(k, k)
-    return _hits(lambda: cache.get, ops)
+    return _hits(lambda: getattr(cache, method), ops)
 
 
-def cache_peek_ferrule(ops: int) -> Work:
-    """Reads that take the shard's lock and change nothing (no recency, no counts): the
-    floor for any read path that locks."""
-    cache = ferrule.Cache(4 * ops)
-    for k in range(2 * 10_000):
-        cache.set(k, k)
-    return _hits(lambda: cache.peek, ops)
-
-
-def cache_peek_peer(ops: int) -> Work:
+def _read_peer(ops: int, method: str) -> Work:
+    """cachebox's `method` on a filled cache; without cachebox, a dict read under a lock."""
     try:
         import cachebox
-
-        cache = cachebox.LRUCache(4 * ops)
-        for k in range(2 * 10_000):
-            cache.insert(k, k)
-        return _hits(lambda: cache.peek, ops)
-    except ImportError:
-        return cache_hits_peer(ops)
-
-
-def cache_hits_peer(ops: int) -> Work:
-    try:
-        import cachebox
-
-        cache = cachebox.LRUCache(4 * ops)
-        for k in range(2 * 10_000):
-            cache.insert(k, k)
-        return _hits(lambda: cache.get, ops)
     except ImportError:
         lock = threading.Lock()
-        d = {k: k for k in range(2 * 10_000)}
+        d = {k: k for k in range(2 * HIT_KEYS)}
 
         def get(k: int) -> int | None:
             with lock:
                 return d.get(k)
 
         return _hits(lambda: get, ops)
+    cache = cachebox.LRUCache(4 * ops)
+    for k in range(2 * HIT_KEYS):
+        cache.insert(k, k)
+    return _hits(lambda: getattr(cache, method), ops)
+
+
+def cache_hits_ferrule(ops: int) -> Work:
+    return _read_ferrule(ops, "get")
+
+
+def cache_hits_peer(ops: int) -> Work:
+    return _read_peer(ops, "get")
+
+
+def cache_peek_ferrule(ops: int) -> Work:
+    """Reads that take the shard's lock and change nothing (no recency, no counts): the
+    floor for any read path that locks."""
+    return _read_ferrule(ops, "peek")
+
+
+def cache_peek_peer(ops: int) -> Work:
+    return _read_peer(ops, "peek")
 
 
 # ---- queue: put+get round trips, each thread on its own queue ----------------------------
