@@ -1,4 +1,5 @@
-"""Registry under threads: every result matches its criteria; at rest the indexes are exact."""
+"""Registry under threads: every result matches its criteria and holds each agent once; at
+rest the indexes are exact."""
 
 from __future__ import annotations
 
@@ -61,9 +62,15 @@ def test_readers_only_see_matching_agents_while_writers_churn(
         barrier.wait()
         while not stop.is_set():
             cap, node, health = rng.choice(CAPS), rng.choice(NODES), rng.choice(HEALTH)
-            for a in reg.find(capability=cap):
+            found = reg.find(capability=cap)
+            for a in found:
                 if cap not in a.capabilities:
                     errors.append(f"{a} lacks {cap}")
+            # Each writer thread files its registrations apart: an id re-registered by
+            # another writer while this query reads is still answered once.
+            for ids in ([a.agent_id for a in found], reg.ids(capability=cap)):
+                if len(set(ids)) != len(ids):
+                    errors.append(f"an agent twice in {sorted(ids)}")
             for a in reg.find(node=node, health=health):
                 if a.node != node or a.health != health:
                     errors.append(f"{a} is not on {node}/{health}")
@@ -95,6 +102,44 @@ def test_readers_only_see_matching_agents_while_writers_churn(
     for aid in agents:
         assert reg.unregister(aid)
     assert reg._index_sizes() == (0, 0, 0, 0)
+
+
+def test_agents_registered_on_many_threads_are_each_found_once(threads: int) -> None:
+    reg = Registry()
+    per_thread = 300
+    barrier = threading.Barrier(threads)
+
+    def register(t: int) -> None:
+        barrier.wait()
+        for n in range(per_thread):
+            reg.register(f"t{t}-{n}", n, capabilities=["x", f"c{n % 3}"], node=f"n{n % 2}")
+
+    ts = [threading.Thread(target=register, args=(t,)) for t in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    everyone = {f"t{t}-{n}" for t in range(threads) for n in range(per_thread)}
+    ids = reg.ids(capability="x")
+    assert len(ids) == len(everyone) and set(ids) == everyone
+    assert reg.count(capability="x") == len(everyone)
+    assert sorted(a.agent_id for a in reg.find(capability="x")) == sorted(everyone)
+    c1 = {i for i in everyone if int(i.split("-")[1]) % 3 == 1}
+    assert sorted(reg.ids(capability="c1")) == sorted(c1)
+    assert reg.count(capability="c1", node="n0") == len(
+        [i for i in c1 if int(i.split("-")[1]) % 2 == 0]
+    )
+    # Unregistered from other threads than registered them: every row leaves.
+    half = sorted(everyone)
+    ts = [
+        threading.Thread(target=lambda part=half[k::threads]: [reg.unregister(i) for i in part])
+        for k in range(threads)
+    ]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert len(reg) == 0 and reg._index_sizes() == (0, 0, 0, 0)
 
 
 def test_racing_registrations_one_winner_and_losers_leave_no_watch(threads: int) -> None:

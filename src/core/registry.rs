@@ -523,6 +523,9 @@ pub struct Entry<R, P> {
     pub token: u64,
     /// Identifies this version (changes on every update and heartbeat).
     pub version: u64,
+    /// The index part holding the registration's rows (see [`Index`]): the
+    /// registering thread's, kept by updates.
+    pub part: u8,
     /// Sorted and free of duplicates.
     pub caps: Arc<[Arc<str>]>,
     pub node: Option<Arc<str>>,
@@ -557,6 +560,7 @@ impl<R, P> Entry<R, P> {
             id: self.id.clone(),
             token: self.token,
             version,
+            part: self.part,
             caps: self.caps.clone(),
             node: self.node.clone(),
             health: self.health.clone(),
@@ -619,16 +623,31 @@ impl std::error::Error for RegistryError {}
 // ---- indexes --------------------------------------------------------------------------
 
 /// value -> {id: number of in-flight or published versions with this row}, split into
-/// [`INDEX_PARTS`] parts by id hash so that writers of different ids rarely share a lock
-/// even when they share a value (every agent is "healthy"). All rows of one id live in
-/// one part, so a value's parts never list an id twice. `K` is `str` for the built-in
-/// indexes and `[u8]` (an encoded key: see [`push_key`]) for declared ones.
+/// [`INDEX_PARTS`] parts so that writers on different threads do not share a row's
+/// lock and lines even when they share a value (every agent is "healthy"). A
+/// registration's rows all live in the part of the thread that registered it
+/// ([`home_part`]), recorded in its entry ([`Entry::part`]) and kept by its updates, so
+/// at rest a value's parts never list an id twice. Two threads registering one id at
+/// once each add rows in their own part until the loser takes its rows back: a reader
+/// may meanwhile find the id in two parts, and keeps only the part its entry names.
+/// `K` is `str` for the built-in indexes and `[u8]` (an encoded key: see [`push_key`])
+/// for declared ones.
 struct Index<K: ?Sized> {
     parts: Box<[Map<Arc<K>, Row>]>,
-    hasher: DefaultHashBuilder,
 }
 
 const INDEX_PARTS: usize = 8;
+
+/// The index part of registrations made on this thread: threads take parts in turn,
+/// so up to [`INDEX_PARTS`] writing threads each have their own.
+fn home_part() -> u8 {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static PART: u8 = (NEXT.fetch_add(1, Ordering::Relaxed) % INDEX_PARTS) as u8;
+    }
+    // During thread teardown the slot is gone: any part will do, the entry records it.
+    PART.try_with(|p| *p).unwrap_or(0)
+}
 
 /// One value's ids in one part of an index, and the version of that set.
 ///
@@ -666,18 +685,17 @@ impl<K: ?Sized + Hash + Eq> Index<K> {
                     DashMap::with_hasher_and_shard_amount(DefaultHashBuilder::default(), per_part)
                 })
                 .collect(),
-            hasher: DefaultHashBuilder::default(),
         }
     }
 
-    fn part(&self, id: &str) -> &Map<Arc<K>, Row> {
-        &self.parts[(self.hasher.hash_one(id) as usize) % INDEX_PARTS]
+    fn part(&self, part: u8) -> &Map<Arc<K>, Row> {
+        &self.parts[usize::from(part) % INDEX_PARTS]
     }
 
     /// Adds a row; returns the index's own copy of `value`, so that entries with this
     /// value share its string (interned: queries compare hot, shared strings).
-    fn add(&self, value: &Arc<K>, id: &Arc<str>) -> Arc<K> {
-        let mut row = self.part(id).entry(value.clone()).or_default();
+    fn add(&self, value: &Arc<K>, id: &Arc<str>, part: u8) -> Arc<K> {
+        let mut row = self.part(part).entry(value.clone()).or_default();
         // At most one per writer of this id in flight, plus one: far below u32::MAX.
         *row.ids.entry(id.clone()).or_insert(0) += 1;
         row.bump();
@@ -685,11 +703,11 @@ impl<K: ?Sized + Hash + Eq> Index<K> {
     }
 
     /// Adds a row for a borrowed value (copied only when the index lacks it).
-    fn add_borrowed(&self, value: &K, id: &Arc<str>)
+    fn add_borrowed(&self, value: &K, id: &Arc<str>, part: u8)
     where
         Arc<K>: for<'k> From<&'k K>,
     {
-        let part = self.part(id);
+        let part = self.part(part);
         if let Some(mut row) = part.get_mut(value) {
             *row.ids.entry(id.clone()).or_insert(0) += 1;
             row.bump();
@@ -701,8 +719,8 @@ impl<K: ?Sized + Hash + Eq> Index<K> {
         row.bump();
     }
 
-    fn remove(&self, value: &K, id: &str) {
-        let part = self.part(id);
+    fn remove(&self, value: &K, id: &str, part: u8) {
+        let part = self.part(part);
         let now_empty = match part.get_mut(value) {
             Some(mut row) => {
                 if let Some(c) = row.ids.get_mut(id) {
@@ -724,10 +742,10 @@ impl<K: ?Sized + Hash + Eq> Index<K> {
         }
     }
 
-    /// Moves the version of `id`'s row under `value` without changing it: announces
+    /// Moves the version of the row under `value` in `part` without changing it: announces
     /// that the entry there is about to leave it (see [`Registry::touch_rows`]).
-    fn touch(&self, value: &K, id: &str) {
-        if let Some(row) = self.part(id).get(value) {
+    fn touch(&self, value: &K, part: u8) {
+        if let Some(row) = self.part(part).get(value) {
             row.bump();
         }
     }
@@ -750,17 +768,17 @@ impl<K: ?Sized + Hash + Eq> Index<K> {
     }
 
     /// Copies the ids of one value into `buf` (bytes, not reference counts: touching
-    /// every id's count would write to as many shared cache lines), each part's version
-    /// with its ids into `stamp`; returns how many.
+    /// every id's count would write to as many shared cache lines) with the part each
+    /// was in, each part's version with its ids into `stamp`; returns how many.
     fn ids_into(&self, value: &K, buf: &mut IdBuf, stamp: &mut Stamp) -> usize {
         let mut n = 0;
-        for (v, p) in stamp.0.iter_mut().zip(&*self.parts) {
+        for ((v, p), part) in stamp.0.iter_mut().zip(&*self.parts).zip(0u8..) {
             *v = 0;
             if let Some(row) = p.get(value) {
                 *v = row.version.load(Ordering::SeqCst);
                 buf.reserve(row.ids.len(), row.ids.keys().map(|k| k.len()).sum());
                 for k in row.ids.keys() {
-                    buf.push(k);
+                    buf.push(k, part);
                 }
                 n += row.ids.len();
             }
@@ -806,33 +824,66 @@ impl<K: ?Sized + Hash + Eq> Index<K> {
     }
 }
 
-/// Candidate ids copied out of an index set.
+/// Candidate ids copied out of an index set, each with the part it was found in.
 #[derive(Default)]
 struct IdBuf {
     bytes: String,
     ends: Vec<usize>,
+    parts: Vec<u8>,
 }
 
 impl IdBuf {
     fn reserve(&mut self, n: usize, bytes: usize) {
         self.ends.reserve(n);
+        self.parts.reserve(n);
         self.bytes.reserve(bytes);
     }
 
-    fn push(&mut self, id: &str) {
+    fn push(&mut self, id: &str, part: u8) {
         self.bytes.push_str(id);
         self.ends.push(self.bytes.len());
+        self.parts.push(part);
     }
 
-    fn iter(&self) -> impl Iterator<Item = &str> {
+    fn iter(&self) -> impl Iterator<Item = (&str, u8)> {
         let mut start = 0;
-        self.ends.iter().map(move |&end| {
+        self.ends.iter().zip(&self.parts).map(move |(&end, &part)| {
             // `ends` only grows, and each end follows a whole `&str` pushed onto
             // `bytes`: every range is in bounds and on character boundaries.
             let s = self.bytes.get(start..end).unwrap_or_default();
             start = end;
-            s
+            (s, part)
         })
+    }
+}
+
+/// Passes each id of a query's answer on once. Needed only when the candidates came
+/// from more than one part (or set): an id is in one part at rest, but a reader may
+/// find it in two (a writer's rows in flight beside a published entry's) and, if the
+/// id is registered again between its two reads, match both registrations.
+struct Once<'a> {
+    seen: Option<hashbrown::HashSet<&'a str>>,
+}
+
+impl<'a> Once<'a> {
+    /// For the candidates of one set (copied part by part, in order).
+    fn new(buf: &IdBuf) -> Self {
+        if buf.parts.first() == buf.parts.last() {
+            Self { seen: None }
+        } else {
+            Self::always(buf)
+        }
+    }
+
+    fn always(buf: &IdBuf) -> Self {
+        Self {
+            seen: Some(hashbrown::HashSet::with_capacity(buf.ends.len())),
+        }
+    }
+
+    /// False if `id` was passed on before.
+    fn first(&mut self, id: &'a str) -> bool {
+        self.seen.as_mut().is_none_or(|s| s.insert(id))
     }
 }
 
@@ -1303,16 +1354,17 @@ impl<R, P> Registry<R, P> {
         caps: &[Arc<str>],
         node: Option<&Arc<str>>,
         health: &Arc<str>,
+        part: u8,
     ) -> (Arc<[Arc<str>]>, Option<Arc<str>>, Arc<str>) {
-        let caps: Vec<Arc<str>> = caps.iter().map(|c| self.caps.add(c, id)).collect();
-        let node = node.map(|n| self.nodes.add(n, id));
-        let health = self.health.add(health, id);
+        let caps: Vec<Arc<str>> = caps.iter().map(|c| self.caps.add(c, id, part)).collect();
+        let node = node.map(|n| self.nodes.add(n, id, part));
+        let health = self.health.add(health, id, part);
         (caps.into(), node, health)
     }
 
     /// Adds (`add`) or removes the declared-index rows of an entry with metadata `a`
     /// that one with metadata `b` lacks (all of them when `b` is None).
-    fn meta_rows(&self, add: bool, id: &Arc<str>, a: &Value, b: Option<&Value>) {
+    fn meta_rows(&self, add: bool, id: &Arc<str>, part: u8, a: &Value, b: Option<&Value>) {
         let (mut ka, mut kb) = (KeyBuf::default(), KeyBuf::default());
         for d in &*self.declared {
             ka.bytes.clear();
@@ -1330,9 +1382,9 @@ impl<R, P> Registry<R, P> {
             for k in ka.sorted() {
                 if theirs.binary_search(&k).is_err() {
                     if add {
-                        d.index.add_borrowed(k, id);
+                        d.index.add_borrowed(k, id, part);
                     } else {
-                        d.index.remove(k, id);
+                        d.index.remove(k, id, part);
                     }
                 }
             }
@@ -1341,62 +1393,62 @@ impl<R, P> Registry<R, P> {
 
     /// Adds the rows `new` has and `old` lacks, interning the new values in `new`.
     fn add_diff(&self, new: &mut Entry<R, P>, old: &Entry<R, P>) {
-        let id = &new.id;
+        let (id, part) = (&new.id, new.part);
         if !Arc::ptr_eq(&new.caps, &old.caps) {
             let caps: Vec<Arc<str>> = new
                 .caps
                 .iter()
                 .map(|c| match old.caps.iter().find(|o| **o == *c) {
                     Some(o) => o.clone(),
-                    None => self.caps.add(c, id),
+                    None => self.caps.add(c, id, part),
                 })
                 .collect();
             new.caps = caps.into();
         }
         if new.node != old.node {
             if let Some(n) = &new.node {
-                new.node = Some(self.nodes.add(n, id));
+                new.node = Some(self.nodes.add(n, id, part));
             }
         }
         if new.health != old.health {
-            new.health = self.health.add(&new.health, id);
+            new.health = self.health.add(&new.health, id, part);
         }
         if !self.declared.is_empty() && !Arc::ptr_eq(&new.meta, &old.meta) {
-            self.meta_rows(true, id, &new.meta.tree, Some(&old.meta.tree));
+            self.meta_rows(true, id, part, &new.meta.tree, Some(&old.meta.tree));
         }
     }
 
     fn remove_rows(&self, e: &Entry<R, P>) {
         for c in e.caps.iter() {
-            self.caps.remove(c, &e.id);
+            self.caps.remove(c, &e.id, e.part);
         }
         if let Some(n) = &e.node {
-            self.nodes.remove(n, &e.id);
+            self.nodes.remove(n, &e.id, e.part);
         }
-        self.health.remove(&e.health, &e.id);
+        self.health.remove(&e.health, &e.id, e.part);
         if !self.declared.is_empty() {
-            self.meta_rows(false, &e.id, &e.meta.tree, None);
+            self.meta_rows(false, &e.id, e.part, &e.meta.tree, None);
         }
     }
 
     /// Removes the rows `a` has and `b` lacks.
     fn remove_diff(&self, a: &Entry<R, P>, b: &Entry<R, P>) {
-        let id = &a.id;
+        let (id, part) = (&a.id, a.part);
         if !Arc::ptr_eq(&a.caps, &b.caps) {
             for c in a.caps.iter().filter(|c| !b.has_cap(c)) {
-                self.caps.remove(c, id);
+                self.caps.remove(c, id, part);
             }
         }
         if a.node != b.node {
             if let Some(n) = &a.node {
-                self.nodes.remove(n, id);
+                self.nodes.remove(n, id, part);
             }
         }
         if a.health != b.health {
-            self.health.remove(&a.health, id);
+            self.health.remove(&a.health, id, part);
         }
         if !self.declared.is_empty() && !Arc::ptr_eq(&a.meta, &b.meta) {
-            self.meta_rows(false, id, &a.meta.tree, Some(&b.meta.tree));
+            self.meta_rows(false, id, part, &a.meta.tree, Some(&b.meta.tree));
         }
     }
 
@@ -1405,17 +1457,17 @@ impl<R, P> Registry<R, P> {
     /// moves before any entry in it stops matching it (see [`Registry::stamp`]).
     /// Declared rows are left alone: no stamp is taken of them.
     fn touch_rows(&self, a: &Entry<R, P>, b: Option<&Entry<R, P>>) {
-        let id = &a.id;
+        let part = a.part;
         for c in a.caps.iter().filter(|c| b.is_none_or(|b| !b.has_cap(c))) {
-            self.caps.touch(c, id);
+            self.caps.touch(c, part);
         }
         if let Some(n) = &a.node {
             if b.is_none_or(|b| b.node.as_ref() != Some(n)) {
-                self.nodes.touch(n, id);
+                self.nodes.touch(n, part);
             }
         }
         if b.is_none_or(|b| b.health != a.health) {
-            self.health.touch(&a.health, id);
+            self.health.touch(&a.health, part);
         }
     }
 
@@ -1487,19 +1539,22 @@ impl<R, P> Registry<R, P> {
         if spec.ttl.is_some() {
             self.uses_ttl.store(true, Ordering::Release);
         }
+        let part = home_part();
         let (caps, node, health) = self.add_rows(
             &spec.id,
             &normalize_caps(spec.caps),
             spec.node.as_ref(),
             &spec.health,
+            part,
         );
         if !self.declared.is_empty() {
-            self.meta_rows(true, &spec.id, &spec.meta.tree, None);
+            self.meta_rows(true, &spec.id, part, &spec.meta.tree, None);
         }
         let e = Arc::new(Entry {
             id: spec.id,
             token: spec.token,
             version: spec.token,
+            part,
             caps,
             node,
             health,
@@ -1876,16 +1931,22 @@ impl<R, P> Registry<R, P> {
                 // Whether every candidate matched, and their earliest deadline.
                 let mut exact = true;
                 let mut deadline = NEVER;
-                let stopped = buf.iter().any(|id| {
-                    let seen = self.entries.with(id, |e| match Self::check(e, q, now) {
-                        Tri::No => {
+                let mut once = Once::new(&buf);
+                let stopped = buf.iter().any(|(id, part)| {
+                    let seen = self.entries.with(id, |e| {
+                        // A row in another part than the entry's is a writer's in flight;
+                        // an id passed on before was registered again meanwhile.
+                        let t = if e.part == part {
+                            Self::check(e, q, now)
+                        } else {
+                            Tri::No
+                        };
+                        if t == Tri::No || !once.first(id) {
                             exact = false;
-                            false
+                            return false;
                         }
-                        t => {
-                            deadline = deadline.min(e.expires_at);
-                            sink(e, t)
-                        }
+                        deadline = deadline.min(e.expires_at);
+                        sink(e, t)
                     });
                     seen.unwrap_or_else(|| {
                         exact = false;
@@ -1898,26 +1959,26 @@ impl<R, P> Registry<R, P> {
                 stopped
             }
             Plan::Keys(idx, keys, _) => {
-                let mut visit = |e: &Arc<Entry<R, P>>| match Self::check(e, q, now) {
-                    Tri::No => false,
-                    t => sink(e, t),
-                };
-                // Sets of several keys (and the host's) may share an id: each candidate
-                // is read once.
                 let mut sets = 0;
                 let mut stamp = Stamp::default();
                 for k in keys.sorted().into_iter().chain([K_HOST]) {
                     sets += usize::from(idx.ids_into(k, &mut buf, &mut stamp) > 0);
                 }
-                if sets > 1 {
-                    let mut seen = hashbrown::HashSet::with_capacity(buf.ends.len());
-                    return buf.iter().any(|id| {
-                        seen.insert(id) && self.entries.with(id, &mut visit) == Some(true)
-                    });
-                }
-                let stopped = buf
-                    .iter()
-                    .any(|id| self.entries.with(id, &mut visit) == Some(true));
+                // Sets of several keys (and the host's) may share an id.
+                let mut once = if sets > 1 {
+                    Once::always(&buf)
+                } else {
+                    Once::new(&buf)
+                };
+                let stopped = buf.iter().any(|(id, part)| {
+                    self.entries.with(id, |e| {
+                        e.part == part
+                            && match Self::check(e, q, now) {
+                                Tri::No => false,
+                                t => once.first(id) && sink(e, t),
+                            }
+                    }) == Some(true)
+                });
                 stopped
             }
             Plan::Scan => self.entries.any(|e| match Self::check(e, q, now) {
@@ -2146,8 +2207,23 @@ mod tests {
         let mut nodes: Rows<str> = BTreeMap::new();
         let mut health: Rows<str> = BTreeMap::new();
         let mut declared: Vec<Rows<[u8]>> = vec![BTreeMap::new(); r.declared.len()];
+        // Each of an entry's rows is in its entry's part (the snapshots below check
+        // that no id is in two parts).
+        let in_part = |idx: &Index<str>, v: &str, e: &Entry<u32, ()>| {
+            let row = idx.part(e.part).get(v);
+            assert!(
+                row.is_some_and(|r| r.ids.contains_key(&*e.id)),
+                "{} {v}",
+                e.id
+            );
+        };
         r.entries.any(|e| {
+            in_part(&r.health, &e.health, e);
+            if let Some(n) = &e.node {
+                in_part(&r.nodes, n, e);
+            }
             for c in e.caps.iter() {
+                in_part(&r.caps, c, e);
                 caps.entry(c.clone())
                     .or_default()
                     .insert(e.id.to_string(), 1);
@@ -2693,6 +2769,7 @@ mod tests {
                                 r.unregister(&id, &mut g);
                             }
                         }
+                        let mut seen = std::collections::HashSet::new();
                         for h in r
                             .find(&Query {
                                 capability: Some("x"),
@@ -2701,6 +2778,7 @@ mod tests {
                             .hits
                         {
                             assert!(h.entry.has_cap("x"));
+                            assert!(seen.insert(h.entry.id.clone()), "{} twice", h.entry.id);
                         }
                         g.clear();
                     }
@@ -2865,9 +2943,18 @@ mod tests {
         r.expire(&mut g);
         assert!(clean_select(&r, &cap("x")).0.is_some());
         let ghost = s("ghost");
-        r.caps.add(&s("x"), &ghost);
+        r.caps.add(&s("x"), &ghost, home_part());
         assert!(clean_select(&r, &cap("x")).0.is_none());
-        r.caps.remove("x", &ghost);
+        r.caps.remove("x", &ghost, home_part());
+        assert!(clean_select(&r, &cap("x")).0.is_some());
+        // A writer of "a" in flight on another thread lists it in that thread's part
+        // too: "a" is passed on once (from its entry's part) and the answer is unclean.
+        let other = (home_part() + 1) % INDEX_PARTS as u8;
+        r.caps.add(&s("x"), &s("a"), other);
+        let (clean, got) = clean_select(&r, &cap("x"));
+        assert_eq!(got, ["a", "c"]);
+        assert!(clean.is_none());
+        r.caps.remove("x", "a", other);
         assert!(clean_select(&r, &cap("x")).0.is_some());
         // So do a limit that stopped the read and an entry the host judges.
         let limited = Query {
@@ -3171,6 +3258,55 @@ mod tests {
     }
 
     #[test]
+    fn a_declared_row_in_flight_in_another_part_is_read_once() {
+        let r = Reg::with_indexes(Clock::Monotonic, 2, &["region"]);
+        let mut g = Vec::new();
+        let eu = || Value::Str("eu".into());
+        let trees = [
+            map(vec![("region", eu())]),
+            // Filed under "eu" and the host's key: the query reads both sets.
+            map(vec![(
+                "region",
+                Value::Seq(vec![eu(), Value::Opaque].into(), false),
+            )]),
+        ];
+        for (i, t) in trees.iter().enumerate() {
+            r.register(meta_spec(&r, &format!("a{i}"), t.clone()), &mut g)
+                .unwrap();
+        }
+        let conds = [cond("region", "eq", eu())];
+        let q = Query {
+            conds: &conds,
+            ..Query::default()
+        };
+        assert_eq!(ids(&r, &q), ["a0", "a1"]);
+        // Writers of both ids in flight on another thread file them in its part too.
+        let other = (home_part() + 1) % INDEX_PARTS as u8;
+        let keys: Vec<KeyBuf> = trees
+            .iter()
+            .map(|t| {
+                let mut kb = KeyBuf::default();
+                entry_keys(t, &r.declared[0].path, &mut kb);
+                kb
+            })
+            .collect();
+        for (i, kb) in keys.iter().enumerate() {
+            for k in kb.sorted() {
+                r.declared[0]
+                    .index
+                    .add_borrowed(k, &s(&format!("a{i}")), other);
+            }
+        }
+        assert_eq!(ids(&r, &q), ["a0", "a1"]);
+        for (i, kb) in keys.iter().enumerate() {
+            for k in kb.sorted() {
+                r.declared[0].index.remove(k, &format!("a{i}"), other);
+            }
+        }
+        assert_consistent(&r);
+    }
+
+    #[test]
     fn declared_rows_leave_with_leases_failed_writes_and_clear() {
         let m = Arc::new(ManualClock::new(0));
         let r = Reg::with_indexes(Clock::Manual(m.clone()), 2, &["k"]);
@@ -3226,11 +3362,13 @@ mod tests {
                                 r.unregister(&id, &mut g);
                             }
                         }
+                        let mut seen = std::collections::HashSet::new();
                         for h in r.find(&q).hits {
                             assert_eq!(
                                 at_path(&h.entry.meta.tree, &conds[0].path),
                                 Ok(Some(&Value::Int(1)))
                             );
+                            assert!(seen.insert(h.entry.id.clone()), "{} twice", h.entry.id);
                         }
                         g.clear();
                     }
