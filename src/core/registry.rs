@@ -1076,9 +1076,10 @@ struct LeaseShard {
 
 // ---- the entry map --------------------------------------------------------------------
 
-/// One shard of the entry map, alone on its cache lines.
+/// One shard of the entry map, alone on its cache lines, and its table's length (set
+/// under the write guard, read without it: [`Entries::len`] takes no lock).
 #[repr(align(128))]
-struct Shard<T>(RwLock<HashTable<T>>);
+struct Shard<T>(RwLock<HashTable<T>>, AtomicUsize);
 
 /// id -> the current version of its entry: hash tables behind `RwLock`s, the shard
 /// chosen by the id's hash (no global lock). Written here rather than taken from
@@ -1103,19 +1104,19 @@ impl<R, P> Entries<R, P> {
         let n = shards.next_power_of_two().max(2);
         Self {
             shards: (0..n)
-                .map(|_| Shard(RwLock::new(HashTable::new())))
+                .map(|_| Shard(RwLock::new(HashTable::new()), AtomicUsize::new(0)))
                 .collect(),
             hasher: DefaultHashBuilder::default(),
             shift: 64 - n.trailing_zeros(),
         }
     }
 
-    fn locate(&self, id: &str) -> (u64, &RwLock<HashTable<Arc<Entry<R, P>>>>) {
+    fn locate(&self, id: &str) -> (u64, &Shard<Arc<Entry<R, P>>>) {
         let h = self.hasher.hash_one(id);
         // `(h << 7) >> shift` has log2(len) significant bits (len >= 2, so shift <= 63):
         // always in range; the mask only makes that evident.
         let i = ((h << 7) >> self.shift) as usize & (self.shards.len() - 1);
-        (h, &self.shards[i].0)
+        (h, &self.shards[i])
     }
 
     fn rehash(&self) -> impl Fn(&Arc<Entry<R, P>>) -> u64 + '_ {
@@ -1125,7 +1126,7 @@ impl<R, P> Entries<R, P> {
     /// `f(entry)` under the shard's read guard.
     fn with<T>(&self, id: &str, f: impl FnOnce(&Arc<Entry<R, P>>) -> T) -> Option<T> {
         let (h, shard) = self.locate(id);
-        let t = shard.read();
+        let t = shard.0.read();
         t.find(h, |e| *e.id == *id).map(f)
     }
 
@@ -1141,10 +1142,11 @@ impl<R, P> Entries<R, P> {
         keep: impl FnOnce(&Entry<R, P>) -> bool,
     ) -> Result<Option<Arc<Entry<R, P>>>, ()> {
         let (h, shard) = self.locate(&e.id);
-        let mut t = shard.write();
+        let mut t = shard.0.write();
         match t.entry(h, |x| x.id == e.id, self.rehash()) {
             HashEntry::Vacant(v) => {
                 v.insert(e.clone());
+                shard.1.store(t.len(), Ordering::Relaxed);
                 Ok(None)
             }
             HashEntry::Occupied(mut o) => {
@@ -1164,7 +1166,7 @@ impl<R, P> Entries<R, P> {
         new: impl FnOnce(&Entry<R, P>) -> Option<Arc<Entry<R, P>>>,
     ) -> Option<Arc<Entry<R, P>>> {
         let (h, shard) = self.locate(id);
-        let mut t = shard.write();
+        let mut t = shard.0.write();
         let slot = t.find_mut(h, |e| *e.id == *id)?;
         let new = new(slot)?;
         Some(std::mem::replace(slot, new))
@@ -1177,15 +1179,24 @@ impl<R, P> Entries<R, P> {
         f: impl FnOnce(&Entry<R, P>) -> bool,
     ) -> Option<Arc<Entry<R, P>>> {
         let (h, shard) = self.locate(id);
-        let mut t = shard.write();
+        let mut t = shard.0.write();
         match t.find_entry(h, |e| *e.id == *id) {
-            Ok(o) if f(o.get()) => Some(o.remove().0),
+            Ok(o) if f(o.get()) => {
+                let e = o.remove().0;
+                shard.1.store(t.len(), Ordering::Relaxed);
+                Some(e)
+            }
             _ => None,
         }
     }
 
+    /// Entries held: each shard's length when last written (no guard taken, so a
+    /// registry with many shards counts as fast as one with few).
     fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.0.read().len()).sum()
+        self.shards
+            .iter()
+            .map(|s| s.1.load(Ordering::Relaxed))
+            .sum()
     }
 
     /// Calls `f` on entries, shard by shard under its read guard, until it returns true;
@@ -1215,7 +1226,10 @@ impl<R, P> Entries<R, P> {
     fn take_all(&self) -> Vec<Arc<Entry<R, P>>> {
         let mut out = Vec::new();
         for s in &*self.shards {
-            let t = std::mem::take(&mut *s.0.write());
+            let mut guard = s.0.write();
+            let t = std::mem::take(&mut *guard);
+            s.1.store(0, Ordering::Relaxed);
+            drop(guard);
             out.extend(t);
         }
         out
@@ -1302,7 +1316,10 @@ impl<R, P> Registry<R, P> {
     pub fn with_indexes(clock: Clock, cpus: usize, paths: &[&str]) -> Self {
         let shards = (cpus.max(1) * 8).next_power_of_two().max(16);
         Self {
-            entries: Entries::new(shards),
+            // Four times more entry shards than index shards: two threads writing their
+            // own agents then rarely write the same shard's lock and table lines (more
+            // shards measured no better on two threads and cost single-thread lookups).
+            entries: Entries::new(shards * 4),
             caps: Index::new(shards),
             nodes: Index::new(shards),
             health: Index::new(shards),
@@ -2705,21 +2722,30 @@ mod tests {
         );
         assert_eq!(seen, 100);
         // A shard held by a writer is skipped, not waited for.
-        let held = r.entries.shards[0].0.write();
+        let shard = r
+            .entries
+            .shards
+            .iter()
+            .find(|s| s.1.load(Ordering::Relaxed) > 0)
+            .unwrap();
+        let held = shard.0.write();
         let n = held.len();
+        assert!(n > 0);
         let mut seen = 0;
         assert_eq!(
             r.try_for_each(|_| {
                 seen += 1;
                 Ok::<_, ()>(())
             }),
-            Ok(n == 0)
+            Ok(false)
         );
         assert_eq!(seen, 100 - n);
         drop(held);
+        assert_eq!(r.len(), 100);
         let mut grave = Vec::new();
         r.clear(&mut grave);
         assert_eq!(grave.len(), 100);
+        assert_eq!(r.len(), 0);
         assert_eq!(r.len(), 0);
         assert_eq!(
             r.index_sizes(),
