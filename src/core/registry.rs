@@ -35,10 +35,14 @@
 //! # Row versions
 //! Each row of the built-in indexes (one value's ids in one part) carries a version, a
 //! process-unique number replaced by every change to the row, and also by every writer
-//! about to make an entry stop matching it, before the entry changes
-//! ([`Registry::touch_rows`]: unregister, owner cleanup, an update that drops the
-//! value, a heartbeat that brings the deadline forward). Expiry needs no touch: a
-//! reader keeps the earliest deadline with the versions. So a query of one value that
+//! that makes an entry stop matching it, under the entry's write guard as it changes
+//! the entry ([`Registry::touch_rows`]: unregister, owner cleanup, an update that drops
+//! the value, a heartbeat that brings the deadline forward). So whoever sees the entry
+//! changed (under a later guard) then sees the version moved: a touch made before the
+//! change, outside the guard, would leave a window in which a query copied the touched
+//! version, read the entry before it changed, and kept an answer that no later version
+//! move would invalidate until the rows were removed. Expiry needs no touch: a reader
+//! keeps the earliest deadline with the versions. So a query of one value that
 //! found every candidate matching, with the versions the same after its reads as
 //! before, read the row's exact content ([`Clean`]), and that answer holds while the
 //! versions ([`Stamp`]) stay equal and the clock is before the deadline: every id in
@@ -65,8 +69,10 @@
 //!
 //! # Locks
 //! No shard guard is held across another access to the same map (shard locks are not
-//! reentrant). Entry guards are never held while an index is touched, and index
-//! guards are never held while an entry is read. Removed entries are handed back to the
+//! reentrant). An entry's write guard is held across an index access only to touch
+//! rows (a read guard of an index shard, version stores); index guards are never held
+//! while an entry is read or written, so no thread waits for an entry guard while
+//! holding an index guard, and the order is acyclic. Removed entries are handed back to the
 //! caller and dropped after every guard is released, because dropping one may drop the
 //! last reference to a Python object.
 //!
@@ -1488,20 +1494,20 @@ impl<R, P> Registry<R, P> {
         }
     }
 
-    /// Removes the live-or-not entry of `id` if `f(entry)`, its rows touched first
-    /// ([`Registry::touch_rows`]); retried if the entry changed meanwhile.
+    /// Removes the live-or-not entry of `id` if `f(entry)`, its rows touched under the
+    /// entry's write guard ([`Registry::touch_rows`]).
     fn remove_touched(
         &self,
         id: &str,
         f: impl Fn(&Entry<R, P>) -> bool,
     ) -> Option<Arc<Entry<R, P>>> {
-        loop {
-            let cur = self.raw(id).filter(|e| f(e))?;
-            self.touch_rows(&cur, None);
-            if let Some(old) = self.entries.remove_if(id, |e| e.version == cur.version) {
-                return Some(old);
+        self.entries.remove_if(id, |e| {
+            let leaves = f(e);
+            if leaves {
+                self.touch_rows(e, None);
             }
-        }
+            leaves
+        })
     }
 
     /// Called for every entry leaving the map by any path but the lease heap.
@@ -1626,10 +1632,19 @@ impl<R, P> Registry<R, P> {
     }
 
     /// Publishes `new` if the entry is still at `expected`'s version; returns the
-    /// replaced entry.
-    fn swap(&self, expected: &Entry<R, P>, new: &Arc<Entry<R, P>>) -> Option<Arc<Entry<R, P>>> {
+    /// replaced entry. `touch(old)` runs under the entry's write guard before it is
+    /// replaced (to touch the rows it leaves: [`Registry::touch_rows`]).
+    fn swap(
+        &self,
+        expected: &Entry<R, P>,
+        new: &Arc<Entry<R, P>>,
+        touch: impl FnOnce(&Entry<R, P>),
+    ) -> Option<Arc<Entry<R, P>>> {
         self.entries.replace(&expected.id, |cur| {
-            (cur.version == expected.version).then(|| new.clone())
+            (cur.version == expected.version).then(|| {
+                touch(cur);
+                new.clone()
+            })
         })
     }
 
@@ -1660,9 +1675,8 @@ impl<R, P> Registry<R, P> {
                 new.meta = m.clone();
             }
             self.add_diff(&mut new, &cur);
-            self.touch_rows(&cur, Some(&new));
             let new = Arc::new(new);
-            if let Some(old) = self.swap(&cur, &new) {
+            if let Some(old) = self.swap(&cur, &new, |old| self.touch_rows(old, Some(&new))) {
                 self.remove_diff(&old, &new);
                 grave.push(old);
                 self.reclaim_some(new.token, grave);
@@ -1692,12 +1706,15 @@ impl<R, P> Registry<R, P> {
             let mut new = cur.next_version(next_token());
             new.expires_at = now.saturating_add(d);
             new.lease = Some(d);
-            if new.expires_at < cur.expires_at {
-                // An earlier deadline than a stamp's holder may have noted.
-                self.touch_rows(&cur, None);
-            }
+            let earlier = new.expires_at < cur.expires_at;
             let new = Arc::new(new);
-            if let Some(old) = self.swap(&cur, &new) {
+            let touch = |old: &Entry<R, P>| {
+                // An earlier deadline than a stamp's holder may have noted.
+                if earlier {
+                    self.touch_rows(old, None);
+                }
+            };
+            if let Some(old) = self.swap(&cur, &new, touch) {
                 if old.lease.is_none() {
                     self.push_lease(new.expires_at, new.token, new.id.clone());
                 }
@@ -2918,8 +2935,8 @@ mod tests {
             ..Query::default()
         };
         let (node_before, _) = r.stamp(&node).unwrap();
-        // What unregister, an update dropping "x" or a shortened lease do first: the
-        // entry is still in the row, but the row's version has moved.
+        // What unregister, an update dropping "x" or a shortened lease do under the
+        // entry's guard as they change it: the entry is in the row, the version moved.
         r.touch_rows(&a, None);
         assert_ne!(r.stamp(&cap("x")).unwrap().0, before);
         assert_ne!(r.stamp(&node).unwrap().0, node_before);
