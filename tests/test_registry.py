@@ -1264,6 +1264,69 @@ def test_repeated_ids_and_count_see_every_change_between_them() -> None:
     assert reg.ids(capability="x", limit=0) == []
 
 
+def test_repeated_find_hands_out_kept_agents_only_while_each_is_current() -> None:
+    clock = ManualClock()
+    reg = Registry(clock=clock)
+    for i in range(BIG):
+        reg.register(f"a{i}", i, capabilities=["x"], health="healthy", ttl=100.0)
+    first = reg.find(capability="x")
+    again = reg.find(capability="x")
+    assert again is not first and len(again) == BIG
+    assert all(a is b for a, b in zip(first, again, strict=True))  # kept, not rebuilt
+    again.clear()  # a copy: the next answer is unaffected
+    assert len(reg.find(capability="x")) == BIG
+    assert [a.agent_id for a in reg.find(capability="x", limit=3)] == [
+        a.agent_id for a in first[:3]
+    ]
+
+    # Changes the capability's row does not see (its stamp stays) still show.
+    reg.update("a1", health="degraded", metadata={"k": 1})
+    clock.advance(1.0)
+    assert reg.heartbeat("a2")
+    assert reg.lookup("a3") == 3
+    now = {a.agent_id: a for a in reg.find(capability="x")}
+    assert now["a1"].health == "degraded" and now["a1"].metadata == {"k": 1}
+    assert now["a2"].expires_at == 101.0
+    assert len(now) == BIG
+    # And what the row sees.
+    reg.unregister("a0")
+    reg.update("a4", capabilities=["y"])
+    reg.register("new", capabilities=["x"])
+    ids = {a.agent_id for a in reg.find(capability="x")}
+    assert ids == {f"a{i}" for i in range(1, BIG) if i != 4} | {"new"}
+    clock.advance(99.5)  # every lease but a2's (renewed at 1.0) and new's has ended
+    assert {a.agent_id for a in reg.find(capability="x")} == {"a2", "new"}
+
+
+def test_kept_agents_do_not_keep_a_removed_agents_value() -> None:
+    reg = Registry()
+    values = [Node() for _ in range(BIG)]
+    for i, v in enumerate(values):
+        reg.register(f"a{i}", v, capabilities=["x"], node="n")
+    assert len(reg.find(capability="x")) == BIG
+    assert len(reg.find(node="n")) == BIG
+    refs = [weakref.ref(v) for v in values[:2]]
+    del values[:2]
+    reg.unregister("a0")
+    reg.update("a1", capabilities=["y"], node="m")
+    reg.unregister("a1")
+    assert all(_collected(r) for r in refs)
+    assert len(reg.find(capability="x")) == BIG - 2
+
+
+def test_a_cycle_through_kept_agents_is_collected() -> None:
+    reg = Registry()
+    obj = Node()
+    obj.reg = reg
+    for i in range(BIG):
+        reg.register(f"a{i}", obj, capabilities=["c"])
+    obj.agents = reg.find(capability="c")
+    assert reg.find(capability="c")[0] is obj.agents[0]
+    ref = weakref.ref(obj)
+    del reg, obj
+    assert _collected(ref)
+
+
 def test_repeated_queries_never_return_an_expired_lease() -> None:
     clock = ManualClock()
     reg = Registry(clock=clock)

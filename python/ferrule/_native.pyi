@@ -710,6 +710,10 @@ class Registry:
         released; other values fall back to Python comparisons. ``limit`` (an int >= 0,
         any size) caps the result.
 
+        A query of one capability, node or health and nothing else keeps its answer
+        (32 matches or more): repeated, it returns the same :class:`Agent` objects for
+        entries unchanged since, and new ones for entries updated since.
+
         >>> reg = Registry()
         >>> reg.register("a", metadata={"zone": "eu", "tags": ["gpu", "ssd"]})
         >>> reg.register("b", metadata={"zone": "us", "tags": ["ssd"]})

@@ -1835,6 +1835,18 @@ impl<R, P> Registry<R, P> {
         self.raw(id).filter(|e| e.is_live(now))
     }
 
+    /// The registration token of `id`'s entry as stored (live or not).
+    pub fn token(&self, id: &str) -> Option<u64> {
+        self.entries.with(id, |e| e.token)
+    }
+
+    /// Whether `id`'s entry as stored (live or not) is another version than `version`:
+    /// `None` without an entry, `Some(None)` for the same version, else the entry.
+    pub fn changed(&self, id: &str, version: u64) -> Option<Option<Arc<Entry<R, P>>>> {
+        self.entries
+            .with(id, |e| (e.version != version).then(|| e.clone()))
+    }
+
     /// Entries in the map (expired ones not yet reclaimed included).
     pub fn len(&self) -> usize {
         self.entries.len()

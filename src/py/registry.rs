@@ -22,7 +22,9 @@
 //! version's references as well only when it is the version's sole holder (it left the
 //! map, and no other Agent or call has it). Nothing is ever visited twice; a reference
 //! nobody may visit counts as held from outside, which only keeps objects alive. The
-//! memo's tuples of ids are the registry's alone (queries hand out copies). An Agent
+//! memo's tuples (of ids, and of the Agents `find` kept) are the registry's alone
+//! (queries hand out copies; the Agents in them are shared with callers and visited
+//! through the tuple like any Agent). An Agent
 //! whose references all go to objects the collector does not track (see
 //! [`Agent::object`]) is itself untracked: it visits nothing the collector could use.
 //!
@@ -43,7 +45,7 @@ pub use crate::py::registry_agent::Agent;
 use crate::py::registry_args::{
     changes_arg, id_arg, indexes_arg, max_batch_arg, register_items, Fields,
 };
-use crate::py::registry_memo::Memo;
+use crate::py::registry_memo::{Kind, Memo};
 use crate::py::registry_owner::{self as owner, Owner};
 use crate::py::registry_query::Criteria;
 
@@ -191,6 +193,14 @@ impl Registry {
     /// registrations that ended by other means than their future (not `keep`'s).
     fn bury(&self, py: Python<'_>, grave: Grave, keep: Option<u64>) {
         for e in grave {
+            // Kept `find` answers of a removed registration's values may hold its value
+            // (a version replaced by an update or heartbeat shares its registration's).
+            if self.memo.holds_agents() && self.core.token(&e.id) != Some(e.token) {
+                let caps = e.caps.iter().map(|c| (Kind::Capability, &**c));
+                let node = e.node.as_deref().map(|n| (Kind::Node, n));
+                self.memo
+                    .release(caps.chain(node).chain([(Kind::Health, &*e.health)]));
+            }
             if Some(e.token) != keep {
                 owner::unwatch(py, &self.core, &e);
             }
@@ -390,12 +400,7 @@ impl Registry {
         limit: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Bound<'py, PyList>> {
         let c = Criteria::from_args(capability, node, health, r#where, limit)?;
-        let agents = self
-            .select(py, &c)?
-            .into_iter()
-            .map(|e| Agent::object(py, e))
-            .collect::<PyResult<Vec<_>>>()?;
-        PyList::new(py, agents)
+        c.find(py, &self.core, &self.memo)
     }
 
     /// How many agents `find` would return (without building the list).

@@ -27,7 +27,7 @@ use crate::errors::wrong_type;
 use crate::py::registry::{Core, MetaPy, E};
 use crate::py::registry_agent::Agent;
 use crate::py::registry_args::{opt_str, snapshot, tname, to_value};
-use crate::py::registry_memo::{Kind, Memo, MEMO_AT};
+use crate::py::registry_memo::{Kept, KeptNow, Kind, Memo, MEMO_AT};
 use crate::py::registry_owner::{drop_if_dead, is_thread};
 use crate::py::{args, wait};
 
@@ -132,10 +132,106 @@ impl Criteria {
         if let (Some(((kind, value), _)), Some(clean)) = (stamped, clean) {
             let t = PyTuple::new(py, ids)?;
             let list = t.as_sequence().to_list()?;
-            memo.put(kind, value, clean, n, Some(t.unbind()));
+            memo.put(kind, value, clean, n, Some(t.unbind()), None);
             return Ok(list);
         }
         PyList::new(py, ids)
+    }
+
+    /// `find`: the memo's Agents while its answer holds (a copy, cut to `limit`), each
+    /// still showing its entry's version or replaced by a new Agent of the entry's
+    /// current one; otherwise the entries are read, new Agents made, and the answer
+    /// kept when the read was clean.
+    pub fn find<'py>(
+        &self,
+        py: Python<'py>,
+        core: &Core,
+        memo: &Memo,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let stamped = self.stamped(core);
+        if let Some(((kind, value), stamp)) = stamped {
+            if let Some(kept) = memo.agents(py, kind, value, stamp, core.now()) {
+                if let Some(list) = self.kept_find(py, core, memo, (kind, value), kept)? {
+                    return Ok(list);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        let (n, clean) = self.run_noting(py, core, |e| out.push(e.clone()))?;
+        let kept = match (stamped, clean) {
+            (Some((key, _)), Some(clean)) if n >= MEMO_AT => {
+                let versions: Arc<[(Arc<str>, u64)]> =
+                    out.iter().map(|e| (e.id.clone(), e.version)).collect();
+                Some((key, clean, versions))
+            }
+            _ => None,
+        };
+        let agents = out
+            .into_iter()
+            .map(|e| Agent::object(py, e))
+            .collect::<PyResult<Vec<_>>>()?;
+        if let Some(((kind, value), clean, versions)) = kept {
+            let t = PyTuple::new(py, &agents)?;
+            let list = t.as_sequence().to_list()?;
+            let k = Kept {
+                agents: t.unbind(),
+                versions,
+            };
+            memo.put(kind, value, clean, n, None, Some(k));
+            return Ok(list);
+        }
+        PyList::new(py, agents)
+    }
+
+    /// The kept answer of `find`, its Agents of entries updated since (by a write the
+    /// row's stamp does not see: health, metadata, a lease renewed) made again; `None`
+    /// when an entry is gone or the stamp moved meanwhile (then read the entries).
+    fn kept_find<'py>(
+        &self,
+        py: Python<'py>,
+        core: &Core,
+        memo: &Memo,
+        (kind, value): (Kind, &Arc<str>),
+        kept: KeptNow<'py>,
+    ) -> PyResult<Option<Bound<'py, PyList>>> {
+        let t = &kept.agents;
+        let n = self.limit.map_or(t.len(), |l| l.min(t.len()));
+        let mut changed: Vec<(usize, Arc<E>)> = Vec::new();
+        for (i, (id, v)) in kept.versions.iter().take(n).enumerate() {
+            match core.changed(id, *v) {
+                None => return Ok(None),
+                Some(None) => {}
+                Some(Some(e)) => changed.push((i, e)),
+            }
+        }
+        if changed.is_empty() {
+            let t = if n < t.len() {
+                t.get_slice(0, n)
+            } else {
+                t.clone()
+            };
+            return t.as_sequence().to_list().map(Some);
+        }
+        // The stamp read before these entries is still theirs: each of them still
+        // matched (a writer moves it before an entry leaves the row).
+        if core.stamp(&self.query()).map(|(s, _)| s) != Some(kept.clean.stamp) {
+            return Ok(None);
+        }
+        let mut agents: Vec<Bound<'py, PyAny>> = t.iter().take(n).collect();
+        let mut versions: Vec<(Arc<str>, u64)> = kept.versions[..n].to_vec();
+        for (i, e) in changed {
+            versions[i].1 = e.version;
+            agents[i] = Agent::object(py, e)?.into_any();
+        }
+        let list = PyList::new(py, &agents)?;
+        if n == t.len() {
+            let k = Kept {
+                agents: PyTuple::new(py, &agents)?.unbind(),
+                versions: versions.into(),
+            };
+            memo.put(kind, value, kept.clean, kept.count, None, Some(k));
+        }
+        Ok(Some(list))
     }
 
     /// `count`: the memo's count while it holds; otherwise counted as the core passes
@@ -149,7 +245,7 @@ impl Criteria {
         }
         let (n, clean) = self.run_noting(py, core, |_| {})?;
         if let (Some(((kind, value), _)), Some(clean)) = (stamped, clean) {
-            memo.put(kind, value, clean, n, None);
+            memo.put(kind, value, clean, n, None, None);
         }
         Ok(n)
     }
