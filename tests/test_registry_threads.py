@@ -142,6 +142,73 @@ def test_agents_registered_on_many_threads_are_each_found_once(threads: int) -> 
     assert len(reg) == 0 and reg._index_sizes() == (0, 0, 0, 0)
 
 
+def test_repeated_find_under_writers_shows_current_agents(threads: int, stress_scale: int) -> None:
+    # Enough agents of one capability for find to keep its answer between calls.
+    reg = Registry()
+    ids = [f"a{i}" for i in range(48)]
+    for i, aid in enumerate(ids):
+        reg.register(aid, i, capabilities=["x"], metadata={"n": 0}, ttl=600.0)
+    writers = max(1, threads // 2)
+    readers = max(1, threads - writers)
+    rounds = 400 * stress_scale
+    stop = threading.Event()
+    errors: list[str] = []
+    barrier = threading.Barrier(writers + readers)
+
+    def writer(w: int) -> None:
+        rng = random.Random(w)
+        barrier.wait()
+        for n in range(rounds):
+            aid = rng.choice(ids)
+            op = rng.random()
+            try:
+                if op < 0.5:
+                    reg.update(aid, health=rng.choice(HEALTH), metadata={"n": n})
+                elif op < 0.8:
+                    reg.heartbeat(aid)
+                elif op < 0.9:
+                    reg.unregister(aid)
+                else:
+                    reg.register(aid, w, capabilities=["x"], metadata={"n": n}, ttl=600.0)
+            except (AlreadyRegistered, KeyError):
+                pass
+
+    def reader() -> None:
+        barrier.wait()
+        while not stop.is_set():
+            found = reg.find(capability="x")
+            seen = [a.agent_id for a in found]
+            if len(set(seen)) != len(seen):
+                errors.append(f"an agent twice in {sorted(seen)}")
+            for a in found:
+                if "x" not in a.capabilities or a.health not in HEALTH:
+                    errors.append(f"{a} does not match")
+
+    ws = [threading.Thread(target=writer, args=(i,)) for i in range(writers)]
+    rs = [threading.Thread(target=reader) for _ in range(readers)]
+    for t in ws + rs:
+        t.start()
+    for t in ws:
+        t.join()
+    stop.set()
+    for t in rs:
+        t.join()
+    assert errors == []
+    # At rest, kept or not, every Agent shows its entry as it is now.
+    for _ in range(2):
+        found = {a.agent_id: a for a in reg.find(capability="x")}
+        assert set(found) == {aid for aid in ids if aid in reg}
+        for aid, a in found.items():
+            now = reg.get(aid)
+            assert now is not None
+            assert (a.health, dict(a.metadata), a.expires_at, a.value) == (
+                now.health,
+                dict(now.metadata),
+                now.expires_at,
+                now.value,
+            )
+
+
 def test_racing_registrations_one_winner_and_losers_leave_no_watch(threads: int) -> None:
     class Owner:
         pass
