@@ -74,6 +74,13 @@ class DictRegistry:
         with self._lock:
             return self._entries[agent_id][0]
 
+    def update(self, agent_id: str, *, health: str) -> None:
+        with self._lock:
+            value, caps, node, old, metadata = self._entries[agent_id]
+            self._entries[agent_id] = (value, caps, node, health, metadata)
+            self._drop(self._by_health, old, agent_id)
+            self._by_health.setdefault(health, set()).add(agent_id)
+
     def ids(self, *, capability: str) -> list[str]:
         with self._lock:
             return list(self._by_cap.get(capability, ()))
@@ -87,6 +94,12 @@ class DictRegistry:
         with self._lock:
             entries = self._entries
             return [entries[a] for a in self._by_cap.get(capability, ())]
+
+    def count_two(self, *, capability: str, health: str) -> int:
+        """`count(capability=..., health=...)`: the capability's set, each entry checked."""
+        with self._lock:
+            entries = self._entries
+            return sum(1 for a in self._by_cap.get(capability, ()) if entries[a][3] == health)
 
     def ids_where_eq(self, key: str, value: Any) -> list[str]:
         """`ids(where=[(key, "eq", value)])` for a top-level scalar: a scan under the lock."""
@@ -152,6 +165,51 @@ def test_find_by_capability(benchmark: Any, impl: str) -> None:
     reg = filled(IMPLS[impl], 10_000)
     result = benchmark(reg.find, capability="rare")
     assert len(result) == HITS
+
+
+@pytest.mark.parametrize("impl", list(IMPLS))
+def test_find_after_an_update(benchmark: Any, impl: str) -> None:
+    # One match changes between two finds (its health): a kept answer is patched, not
+    # rebuilt.
+    benchmark.group = f"registry update one match + find(capability=...) ({HITS} hits of 10k)"
+    reg = filled(IMPLS[impl], 10_000)
+    update, find = reg.update, reg.find
+    healths = itertools.cycle(["degraded", "healthy"])
+
+    def op() -> list[Any]:
+        update("agent-7", health=next(healths))
+        found: list[Any] = find(capability="rare")
+        return found
+
+    assert len(benchmark(op)) == HITS
+
+
+def filled_by_threads(make: Callable[[], Any], n: int, threads: int) -> Any:
+    """`filled`'s registry, registered from `threads` threads (ids dealt in turn)."""
+    reg = make()
+
+    def register(t: int) -> None:
+        for i in range(t, n, threads):
+            caps = ["rare"] if i < HITS else ["search"]
+            reg.register(f"agent-{i}", i, capabilities=caps, node=f"n{i % 16}")
+
+    ts = [threading.Thread(target=register, args=(t,)) for t in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    return reg
+
+
+@pytest.mark.parametrize("threads", [1, 4])
+@pytest.mark.parametrize("impl", list(IMPLS))
+def test_count_two_criteria(benchmark: Any, impl: str, threads: int) -> None:
+    # Two criteria: never a kept answer, every candidate read. Agents registered on
+    # several threads sit in several index parts, and each id is then answered once.
+    benchmark.group = f"registry count(capability=..., health=...) ({HITS} hits of 10k)"
+    reg = filled_by_threads(IMPLS[impl], 10_000, threads)
+    count = reg.count if impl == "ferrule" else reg.count_two
+    assert benchmark(count, capability="rare", health="healthy") == HITS
 
 
 @pytest.mark.parametrize("impl", list(IMPLS))

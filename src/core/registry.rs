@@ -868,7 +868,38 @@ impl IdBuf {
 /// find it in two (a writer's rows in flight beside a published entry's) and, if the
 /// id is registered again between its two reads, match both registrations.
 struct Once<'a> {
-    seen: Option<hashbrown::HashSet<&'a str>>,
+    seen: Option<hashbrown::HashSet<Seen<'a>, std::hash::BuildHasherDefault<Passed>>>,
+}
+
+/// An id with the hash the entry map computed for it: hashed as that number (not
+/// again), compared as both (so two ids with one hash stay two).
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Seen<'a>(u64, &'a str);
+
+impl Hash for Seen<'_> {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(self.0);
+    }
+}
+
+/// A hasher that passes on a number already hashed ([`Seen`]).
+#[derive(Default)]
+struct Passed(u64);
+
+impl std::hash::Hasher for Passed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
 }
 
 impl<'a> Once<'a> {
@@ -883,13 +914,16 @@ impl<'a> Once<'a> {
 
     fn always(buf: &IdBuf) -> Self {
         Self {
-            seen: Some(hashbrown::HashSet::with_capacity(buf.ends.len())),
+            seen: Some(hashbrown::HashSet::with_capacity_and_hasher(
+                buf.ends.len(),
+                std::hash::BuildHasherDefault::default(),
+            )),
         }
     }
 
-    /// False if `id` was passed on before.
-    fn first(&mut self, id: &'a str) -> bool {
-        self.seen.as_mut().is_none_or(|s| s.insert(id))
+    /// False if `id` (whose hash in the entry map is `h`) was passed on before.
+    fn first(&mut self, h: u64, id: &'a str) -> bool {
+        self.seen.as_mut().is_none_or(|s| s.insert(Seen(h, id)))
     }
 }
 
@@ -1134,6 +1168,13 @@ impl<R, P> Entries<R, P> {
         let (h, shard) = self.locate(id);
         let t = shard.0.read();
         t.find(h, |e| *e.id == *id).map(f)
+    }
+
+    /// [`Entries::with`], also passing `id`'s hash in the map.
+    fn with_hash<T>(&self, id: &str, f: impl FnOnce(u64, &Arc<Entry<R, P>>) -> T) -> Option<T> {
+        let (h, shard) = self.locate(id);
+        let t = shard.0.read();
+        t.find(h, |e| *e.id == *id).map(|e| f(h, e))
     }
 
     fn get(&self, id: &str) -> Option<Arc<Entry<R, P>>> {
@@ -1979,7 +2020,7 @@ impl<R, P> Registry<R, P> {
                 let mut deadline = NEVER;
                 let mut once = Once::new(&buf);
                 let stopped = buf.iter().any(|(id, part)| {
-                    let seen = self.entries.with(id, |e| {
+                    let seen = self.entries.with_hash(id, |h, e| {
                         // A row in another part than the entry's is a writer's in flight;
                         // an id passed on before was registered again meanwhile.
                         let t = if e.part == part {
@@ -1987,7 +2028,7 @@ impl<R, P> Registry<R, P> {
                         } else {
                             Tri::No
                         };
-                        if t == Tri::No || !once.first(id) {
+                        if t == Tri::No || !once.first(h, id) {
                             exact = false;
                             return false;
                         }
@@ -2017,11 +2058,11 @@ impl<R, P> Registry<R, P> {
                     Once::new(&buf)
                 };
                 let stopped = buf.iter().any(|(id, part)| {
-                    self.entries.with(id, |e| {
+                    self.entries.with_hash(id, |h, e| {
                         e.part == part
                             && match Self::check(e, q, now) {
                                 Tri::No => false,
-                                t => once.first(id) && sink(e, t),
+                                t => once.first(h, id) && sink(e, t),
                             }
                     }) == Some(true)
                 });
@@ -3310,6 +3351,24 @@ mod tests {
         }
         assert_consistent(&r);
         assert_eq!(r.declared_sizes(), [(0, 0), (0, 0)]);
+    }
+
+    #[test]
+    fn ids_answered_once_are_told_apart_by_name_when_their_hashes_meet() {
+        let mut buf = IdBuf::default();
+        buf.push("a", 0);
+        buf.push("b", 1);
+        let mut once = Once::new(&buf);
+        assert!(once.first(7, "a"));
+        assert!(once.first(7, "b"), "another id with the same hash");
+        assert!(!once.first(7, "a"));
+        assert!(once.first(8, "c"));
+        // Candidates of one part need no set: every id is answered.
+        let mut single = IdBuf::default();
+        single.push("a", 3);
+        single.push("b", 3);
+        let mut once = Once::new(&single);
+        assert!(once.first(7, "a") && once.first(7, "a"));
     }
 
     #[test]
