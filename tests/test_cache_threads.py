@@ -71,6 +71,52 @@ def test_random_operations_keep_invariants(threads: int, stress_scale: int, poli
     assert st.hits + st.misses > 0
 
 
+def test_tinylfu_readers_count_every_lookup_and_keep_their_hot_entries(
+    threads: int, stress_scale: int
+) -> None:
+    # On free-threaded builds these reads take a shared lock and log their effect on
+    # the policy for the next write to replay; on GIL builds they apply it at once.
+    # Either way every lookup is counted once, and entries read all the time win their
+    # admission contests against the writer's one-off keys.
+    c = Cache(1024, shards=1, policy="tinylfu")
+    hot = list(range(64))
+    for k in hot:
+        c.set(k, -k)
+    for _ in range(20):  # warm: the hot keys are known frequent before the churn
+        for k in hot:
+            assert c.get(k) == -k
+    base = c.stats()
+    reads = 5_000 * stress_scale
+    peeks = 0
+    peek_lock = threading.Lock()
+
+    def body(i: int) -> None:
+        nonlocal peeks
+        if i == 0:  # the writer: one-off keys, many times the capacity
+            for n in range(8 * 1024):
+                c.set(("one-off", n), n)
+            return
+        rng = random.Random(i)
+        mine = 0
+        for _ in range(reads):
+            k = rng.choice(hot)
+            assert c.get(k) in (-k, None)
+            if rng.random() < 0.1:
+                assert c.peek(k) in (-k, None)  # not counted
+                mine += 1
+        with peek_lock:
+            peeks += mine
+
+    run_threads(max(threads, 2), body)
+    st = c.stats()
+    readers = max(threads, 2) - 1
+    assert (st.hits - base.hits) + (st.misses - base.misses) == readers * reads
+    assert peeks > 0
+    kept = [k for k in hot if c.peek(k) == -k]
+    assert len(kept) >= len(hot) - 2, f"hot entries lost to one-off keys: {len(hot) - len(kept)}"
+    assert len(c) <= 1024
+
+
 def test_single_flight_counts_under_contention(threads: int) -> None:
     # Every thread asks for the same keys in the same order; each key's factory must run
     # exactly once as long as no entry is evicted.

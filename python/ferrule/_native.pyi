@@ -282,7 +282,12 @@ class Cache:
         entry refused admission leaves with cause ``"size"`` and counts in
         ``stats().evictions``, like any entry pushed out by the bound. Everything else
         (bounds, TTL, ``tti``, weights, the listener, the counters) is as with ``"lru"``.
-        Any other value raises ValueError (TypeError if not a str).
+        On free-threaded builds a ``"tinylfu"`` cache without ``tti`` reads (``get``, ``[]``,
+        ``peek``, ``in``) under a lock shared by threads that each write only their
+        own cache line, and a hit's effect on the policy is logged and applied by the
+        next write (or after some hundreds of reads): hits and misses are still
+        counted exactly, and two threads reading one cache nearly double one's
+        throughput. Any other value raises ValueError (TypeError if not a str).
 
         >>> Cache(100_000, shards=8).shards
         8

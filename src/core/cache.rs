@@ -10,6 +10,22 @@
 //! [`TimedCache`] puts a [`ShardedCache`] on a clock with a default TTL (one clock
 //! reading per operation, none while nothing can expire).
 //!
+//! The shard's lock is a [`ShardLock`]: a plain exclusive lock (no reader stripes) for
+//! every cache but the next. A TinyLFU cache without `tti` built with
+//! [`Options::read_stripes`] (ferrule's free-threaded build does so) reads through
+//! [`ShardedCache::get_fast`] under a shared lock of its thread's stripe: the lookup,
+//! the liveness test and the clone of the value only read the shard. A counted hit
+//! bumps the key's counters in the sketch at once
+//! ([`FrequencySketch::increment_shared`]: relaxed loads and stores, an increment may be
+//! lost to a concurrent one of the same word) and leaves its handle in the stripe's read
+//! log; a miss bumps the stripe's count (statistics sum them). The exclusive lock
+//! replays the log (each still-valid handle's move in the lists, and the reads' count
+//! towards the sketch's aging) before anything else, so every write, eviction and
+//! statistics read sees the reads before it. Hits and misses are counted exactly, and so
+//! (up to such lost increments) are frequencies; a hit's move in the lists may be lost
+//! when many reads pass with no write (see `core::shardlock`), as in Caffeine's and
+//! moka's read buffers.
+//!
 //! [`Options`] turn on what a plain cache does without: weights, a time to idle (tti),
 //! and handing replaced values out for an eviction listener. A plain cache pays one flag
 //! test per option, under the lock it holds anyway, and its slot stays one cache line:
@@ -84,8 +100,8 @@
 //! # Memory
 //! Nothing is reserved in proportion to `max_size`: the slab, table and heap grow on
 //! demand (the slab never beyond its shard's capacity); a TinyLFU shard's sketch grows
-//! with its slab (16 bytes per slot, rounded up to a power of two) and is released by
-//! `take_all`. Every growth whose size a caller
+//! with its slab (16 bytes per slot, rounded up to a power of two, times its lanes) and
+//! is released by `take_all`. Every growth whose size a caller
 //! drives (entries, colliding keys, snapshots) goes through `try_reserve` *before* the
 //! structure changes, so running out of memory is an [`AllocError`] with the shard
 //! unchanged, never an abort.
@@ -122,11 +138,11 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use hashbrown::HashTable;
-use parking_lot::Mutex;
 use smallvec::SmallVec;
 
 use crate::core::clock::Clock;
-use crate::core::sketch::FrequencySketch;
+use crate::core::shardlock::{Read, ShardLock, Write};
+use crate::core::sketch::{prefetch, FrequencySketch};
 
 /// Deadline of an entry without TTL.
 pub const NEVER: i64 = i64::MAX;
@@ -149,6 +165,26 @@ const NIL: u32 = u32::MAX;
 pub struct Handle {
     idx: u32,
     gen: u32,
+}
+
+/// A read-log record's flag: the read raised a sketch counter (it counts towards the
+/// sketch's aging period). Generations use 30 bits, so bit 31 is free.
+const BUMPED: u64 = 1 << 31;
+
+impl Handle {
+    /// One word, for a read log.
+    #[inline]
+    fn packed(self) -> u64 {
+        (u64::from(self.idx) << 32) | u64::from(self.gen)
+    }
+
+    #[inline]
+    fn unpack(w: u64) -> Self {
+        Self {
+            idx: (w >> 32) as u32,
+            gen: (w & !BUMPED) as u32,
+        }
+    }
 }
 
 /// The answer of a key comparison made under the lock.
@@ -276,6 +312,18 @@ pub struct Options {
     /// A replaced value goes to the grave with (a reference to) its stored key, cause
     /// [`Cause::Replaced`]; otherwise it is just dropped after the lock.
     pub report_replaced: bool,
+    /// TinyLFU without `tti` only: when above 0, hits and misses through
+    /// [`ShardedCache::get_fast`] take a shared lock of this many stripes (see
+    /// [`ShardLock`]) and leave their effect on the policy in its read log, replayed by the
+    /// next exclusive holder. 0: every read takes the exclusive lock.
+    pub read_stripes: usize,
+}
+
+impl Options {
+    /// True if `get_fast` reads under a shared lock (see [`Options::read_stripes`]).
+    pub fn shared_reads(&self) -> bool {
+        self.read_stripes > 0 && self.policy == Policy::TinyLfu && self.tti.is_none()
+    }
 }
 
 /// Counters of one shard, kept under its lock (never a global one). `u64` counters are
@@ -382,12 +430,12 @@ struct Lfu {
 }
 
 impl Lfu {
-    fn new(capacity: usize) -> Self {
+    fn new(capacity: usize, lanes: usize) -> Self {
         let cap = capacity as u64;
         let window_cap = (cap - cap * 99 / 100).max(1);
         let main = cap.saturating_sub(window_cap);
         Self {
-            sketch: FrequencySketch::new(),
+            sketch: FrequencySketch::with_lanes(lanes),
             window_cap,
             protected_cap: main * 4 / 5,
             loads: [0; 3],
@@ -517,7 +565,15 @@ impl<K, V> LruShard<K, V> {
             meta: Vec::new(),
             has_meta: opts.weighted || opts.tti.is_some(),
             opts,
-            lfu: (opts.policy == Policy::TinyLfu).then(|| Lfu::new(capacity.clamp(1, MAX_SIZE))),
+            lfu: (opts.policy == Policy::TinyLfu).then(|| {
+                // A lane per reading stripe (see `core::sketch`, "Lanes").
+                let lanes = if opts.shared_reads() {
+                    opts.read_stripes
+                } else {
+                    1
+                };
+                Lfu::new(capacity.clamp(1, MAX_SIZE), lanes)
+            }),
         }
     }
 
@@ -761,6 +817,22 @@ impl<K, V> LruShard<K, V> {
         if let Some(lfu) = self.lfu.as_mut() {
             lfu.sketch.increment(hash);
         }
+        self.lfu_reorder(idx);
+    }
+
+    /// An access's move in the lists, without the count (a replayed read was counted
+    /// when it happened).
+    fn reorder(&mut self, idx: u32) {
+        if self.lfu.is_some() {
+            self.lfu_reorder(idx);
+        } else {
+            self.touch_idx(idx, WINDOW);
+        }
+    }
+
+    /// TinyLFU's move of an accessed entry (see [`lfu_access`](Self::lfu_access)).
+    #[inline]
+    fn lfu_reorder(&mut self, idx: u32) {
         match self.region(idx) {
             PROBATION => {
                 self.move_to(idx, PROTECTED);
@@ -794,6 +866,34 @@ impl<K, V> LruShard<K, V> {
     /// A counted read of the live entry in slot `idx`: a hit, an access, and (with a
     /// time to idle) idle from `now`.
     #[inline]
+    /// Applies hits recorded in a shared read log ([`Handle::packed`]): the policy's
+    /// access for each handle that still names an entry (a record may be stale, or lost,
+    /// never another entry's: generations tell them apart). The hits were counted when
+    /// read, and their sketch counters raised then. The slots are prefetched for the
+    /// whole batch first: the entries were read a while ago, and their lines may have
+    /// left the cache.
+    fn replay_reads(&mut self, records: &[u64], reads: u64) {
+        for &r in records {
+            if let Some(slot) = self.slots.get(Handle::unpack(r).idx as usize) {
+                prefetch(slot);
+            }
+        }
+        if let Some(lfu) = self.lfu.as_mut() {
+            // The reads raised their counters as they happened; the aging period learns
+            // of those that did here: the flagged records, in proportion when the ring
+            // overflowed (`reads` > records).
+            let bumped = records.iter().filter(|&&r| r & BUMPED != 0).count() as u64;
+            let n = (records.len() as u64).max(1);
+            lfu.sketch.add_counted(bumped.saturating_mul(reads) / n);
+        }
+        for &r in records {
+            let h = Handle::unpack(r);
+            if self.entry(h).is_some() {
+                self.reorder(h.idx);
+            }
+        }
+    }
+
     fn read_hit(&mut self, idx: u32, now: i64) {
         self.access(idx);
         self.stats.hits += 1;
@@ -1519,9 +1619,6 @@ pub fn default_shards(max_size: usize, cpus: usize) -> usize {
     want.min(max_size / MIN_SHARD_CAPACITY).clamp(1, MAX_SHARDS)
 }
 
-#[repr(align(128))]
-struct Padded<T>(T);
-
 /// Why a cache could not be built.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CacheError {
@@ -1559,9 +1656,11 @@ impl std::error::Error for CacheError {}
 
 /// The sharded cache. Keys are found through a [`KeyQuery`] and a precomputed hash.
 pub struct ShardedCache<K, V> {
-    shards: Vec<Padded<Mutex<LruShard<K, V>>>>,
+    shards: Vec<ShardLock<LruShard<K, V>>>,
     max_size: usize,
     opts: Options,
+    /// `get_fast` reads under a shared lock (see [`Options::read_stripes`]).
+    shared_reads: bool,
 }
 
 /// The answer of [`ShardedCache::get_fast`].
@@ -1603,14 +1702,17 @@ impl<K, V> ShardedCache<K, V> {
         let mut v = Vec::new();
         v.try_reserve_exact(n)
             .map_err(|_| CacheError::OutOfMemory)?;
+        let shared_reads = opts.shared_reads();
+        let stripes = if shared_reads { opts.read_stripes } else { 0 };
         v.extend(
             shard_capacities(max_size, n)
-                .map(|c| Padded(Mutex::new(LruShard::with_options(c, opts)))),
+                .map(|c| ShardLock::new(LruShard::with_options(c, opts), stripes)),
         );
         Ok(Self {
             shards: v,
             max_size,
             opts,
+            shared_reads,
         })
     }
 
@@ -1627,14 +1729,25 @@ impl<K, V> ShardedCache<K, V> {
     }
 
     #[inline]
-    fn shard(&self, hash: u64) -> &Mutex<LruShard<K, V>> {
+    fn shard(&self, hash: u64) -> &ShardLock<LruShard<K, V>> {
         // Multiply-shift range reduction on bits 24..56: the table inside the shard uses
         // the low bits for the position and the top 7 bits as its tag, so both keep their
         // full entropy within a shard. `mid < 2^32`, so `mid * n >> 32 < n`: the index is
         // in range (and `n >= 1`).
         let mid = (hash >> 24) as u32;
         let i = ((u64::from(mid) * self.shards.len() as u64) >> 32) as usize;
-        &self.shards[i].0
+        &self.shards[i]
+    }
+
+    /// The shard's exclusive lock, with the reads its read log holds applied first (a
+    /// shard without shared reads has none: one comparison).
+    #[inline]
+    fn exclusive(shard: &ShardLock<LruShard<K, V>>) -> Write<'_, LruShard<K, V>> {
+        let mut g = shard.lock();
+        if g.pending() {
+            g.replay(LruShard::replay_reads);
+        }
+        g
     }
 
     /// Finds `hash`/`q` in its shard, resolving comparisons that need user code outside
@@ -1651,7 +1764,7 @@ impl<K, V> ShardedCache<K, V> {
     {
         let shard = self.shard(hash);
         {
-            let mut g = shard.lock();
+            let mut g = Self::exclusive(shard);
             if let Some(h) = g.find_quick(hash, q) {
                 return Ok(f(&mut g, h));
             }
@@ -1661,7 +1774,7 @@ impl<K, V> ShardedCache<K, V> {
         // guard, so it is dropped after the lock is released.
         let mut known: Vec<(K, bool)> = Vec::new();
         loop {
-            let mut g = shard.lock();
+            let mut g = Self::exclusive(shard);
             let probe = g.find(hash, |k| {
                 if let Some((_, eq)) = known.iter().find(|(seen, _)| q.same_key(seen, k)) {
                     return if *eq { Match::Equal } else { Match::NotEqual };
@@ -1700,11 +1813,17 @@ impl<K, V> ShardedCache<K, V> {
     /// caller takes `get`. The result is two words, returned in registers.
     #[inline]
     pub fn get_fast<Q: KeyQuery<K, V>>(&self, hash: u64, q: &Q, now: i64, count: bool) -> Fast<V> {
-        let mut g = self.shard(hash).lock();
+        let shard = self.shard(hash);
+        if self.shared_reads {
+            if let Some(g) = shard.read() {
+                return Self::get_shared(shard, g, hash, q, now, count);
+            }
+        }
+        let mut g = Self::exclusive(shard);
         if count {
             // TinyLFU: the sketch's line loads while the lookup runs.
             if let Some(lfu) = g.lfu.as_ref() {
-                lfu.sketch.prefetch(hash);
+                lfu.sketch.prefetch(hash, 0);
             }
         }
         match g.find_quick(hash, q) {
@@ -1725,6 +1844,55 @@ impl<K, V> ShardedCache<K, V> {
             }
             None => Fast::Slow,
         }
+    }
+
+    /// [`get_fast`](Self::get_fast) under the shard's shared lock: a hit clones the value
+    /// and, when counted, leaves its handle in the read log (whose count is the hit
+    /// count); a full log is replayed at once if the exclusive lock is free. The lookup,
+    /// the liveness test and the clone only read the shard.
+    #[inline]
+    fn get_shared<Q: KeyQuery<K, V>>(
+        shard: &ShardLock<LruShard<K, V>>,
+        g: Read<'_, LruShard<K, V>>,
+        hash: u64,
+        q: &Q,
+        now: i64,
+        count: bool,
+    ) -> Fast<V> {
+        if count {
+            if let Some(lfu) = g.lfu.as_ref() {
+                lfu.sketch.prefetch(hash, g.stripe());
+            }
+        }
+        let (fast, full) = match g.find_quick(hash, q) {
+            Some(Some(h)) => {
+                let Some(v) = g.live_value(h, now).map(|v| q.clone_value(v)) else {
+                    return Fast::Slow;
+                };
+                let full = count && {
+                    let bumped = g
+                        .lfu
+                        .as_ref()
+                        .is_some_and(|lfu| lfu.sketch.increment_shared(hash, g.stripe()));
+                    g.record(h.packed() | if bumped { BUMPED } else { 0 })
+                };
+                (Fast::Hit(v), full)
+            }
+            Some(None) => {
+                if count {
+                    g.miss();
+                }
+                (Fast::Miss, false)
+            }
+            None => return Fast::Slow,
+        };
+        drop(g);
+        if full {
+            if let Some(mut w) = shard.try_lock() {
+                w.replay(LruShard::replay_reads);
+            }
+        }
+        fast
     }
 
     /// Value for the key if live; counts a hit or a miss and refreshes recency (and idle
@@ -1912,14 +2080,14 @@ impl<K, V> ShardedCache<K, V> {
     /// each batch to `bury` (with the lock released) between holds; returns how many and
     /// the shard's size.
     fn drain_expired(
-        shard: &Mutex<LruShard<K, V>>,
+        shard: &ShardLock<LruShard<K, V>>,
         now: i64,
         grave: &mut Grave<K, V>,
         bury: &mut dyn FnMut(&mut Grave<K, V>),
     ) -> Result<(usize, usize), AllocError> {
         let mut total = 0;
         loop {
-            let mut g = shard.lock();
+            let mut g = Self::exclusive(shard);
             total += g.reclaim(now, BULK_BATCH, grave);
             if !g.has_expired(now) {
                 let len = g.len();
@@ -1953,7 +2121,7 @@ impl<K, V> ShardedCache<K, V> {
     ) -> Result<usize, AllocError> {
         let mut total = 0;
         for s in &self.shards {
-            total += Self::drain_expired(&s.0, now, grave, bury)?.0;
+            total += Self::drain_expired(s, now, grave, bury)?.0;
         }
         Ok(total)
     }
@@ -1973,7 +2141,7 @@ impl<K, V> ShardedCache<K, V> {
     ) -> Result<usize, AllocError> {
         let mut total = 0;
         for s in &self.shards {
-            total += Self::drain_expired(&s.0, now, grave, bury)?.1;
+            total += Self::drain_expired(s, now, grave, bury)?.1;
         }
         Ok(total)
     }
@@ -1988,7 +2156,7 @@ impl<K, V> ShardedCache<K, V> {
     /// is released.
     pub fn clear_with(&self, mut f: impl FnMut(Drained<K, V>)) {
         for s in &self.shards {
-            let drained = s.0.lock().take_all();
+            let drained = Self::exclusive(s).take_all();
             f(drained);
         }
     }
@@ -2001,7 +2169,7 @@ impl<K, V> ShardedCache<K, V> {
     ) -> Result<Vec<T>, AllocError> {
         let mut out = Vec::new();
         for s in &self.shards {
-            let g = s.0.lock();
+            let g = Self::exclusive(s);
             out.try_reserve(g.len())?;
             out.extend(g.iter_live(now).map(|(k, v)| f(k, v)));
         }
@@ -2012,7 +2180,7 @@ impl<K, V> ShardedCache<K, V> {
     /// garbage collector's traversal, which must not block); stops at the first error.
     pub fn try_for_each<E>(&self, mut f: impl FnMut(&K, &V) -> Result<(), E>) -> Result<(), E> {
         for s in &self.shards {
-            if let Some(g) = s.0.try_lock() {
+            if let Some(g) = s.try_lock() {
                 for (k, v) in g.iter_all() {
                     f(k, v)?;
                 }
@@ -2024,14 +2192,19 @@ impl<K, V> ShardedCache<K, V> {
     pub fn stats(&self) -> Stats {
         let mut total = Stats::default();
         for s in &self.shards {
-            total.add(&s.0.lock().stats());
+            let mut st = Self::exclusive(s).stats();
+            // Reads through the shared lock are counted in its stripes.
+            let (hits, misses) = s.counts();
+            st.hits = st.hits.saturating_add(hits);
+            st.misses = st.misses.saturating_add(misses);
+            total.add(&st);
         }
         total
     }
 
     /// Runs `f` on the key's shard under its lock (single-flight bookkeeping lives there).
     pub fn with_shard<T>(&self, hash: u64, f: impl FnOnce(&mut LruShard<K, V>) -> T) -> T {
-        f(&mut self.shard(hash).lock())
+        f(&mut Self::exclusive(self.shard(hash)))
     }
 }
 
@@ -2689,7 +2862,7 @@ mod tests {
         fn drop(&mut self) {
             use std::sync::atomic::Ordering::SeqCst;
             self.drops.fetch_add(1, SeqCst);
-            if self.shard.shards.iter().any(|s| s.0.is_locked()) {
+            if self.shard.shards.iter().any(ShardLock::is_locked) {
                 self.locked_drops.fetch_add(1, SeqCst);
             }
         }
@@ -2827,7 +3000,7 @@ mod tests {
         })
         .unwrap();
         assert_eq!(n, 6);
-        let guard = c.shards[0].0.lock();
+        let guard = c.shards[0].lock();
         let held = guard.len();
         let mut m = 0;
         c.try_for_each(|_, _| -> Result<(), ()> {
@@ -2892,6 +3065,174 @@ mod tests {
         assert_eq!(len(&c, 0), 256);
     }
 
+    fn shared_reads_cache(max: usize, shards: usize, stripes: usize) -> ShardedCache<String, u64> {
+        let opts = Options {
+            policy: Policy::TinyLfu,
+            read_stripes: stripes,
+            ..Options::default()
+        };
+        ShardedCache::with_options(max, Some(shards), 1, opts).unwrap()
+    }
+
+    fn fast(c: &ShardedCache<String, u64>, k: &str, count: bool) -> Option<u64> {
+        match c.get_fast(h(&k), &Q(k), 0, count) {
+            Fast::Hit(v) => Some(v),
+            Fast::Miss => None,
+            Fast::Slow => unreachable!("plain keys, no deadlines"),
+        }
+    }
+
+    #[test]
+    fn shared_reads_are_taken_only_for_tinylfu_without_tti() {
+        assert!(shared_reads_cache(100, 1, 2).shared_reads);
+        let no = |opts: Options| {
+            !ShardedCache::<String, u64>::with_options(100, None, 1, opts)
+                .unwrap()
+                .shared_reads
+        };
+        assert!(
+            no(Options {
+                read_stripes: 2,
+                ..Options::default()
+            }),
+            "lru"
+        );
+        assert!(
+            no(Options {
+                policy: Policy::TinyLfu,
+                ..Options::default()
+            }),
+            "no stripes"
+        );
+        assert!(
+            no(Options {
+                policy: Policy::TinyLfu,
+                read_stripes: 2,
+                tti: Some(5),
+                ..Options::default()
+            }),
+            "tti"
+        );
+    }
+
+    #[test]
+    fn shared_reads_count_exactly_and_reach_the_policy_at_the_next_write() {
+        let c = shared_reads_cache(64, 1, 2);
+        for i in 0..64u64 {
+            set(&c, &i.to_string(), i, NEVER, 0);
+        }
+        // "7" is read often: logged, not yet applied, then replayed by a write's lock.
+        for _ in 0..40 {
+            assert_eq!(fast(&c, "7", true), Some(7));
+        }
+        assert_eq!(fast(&c, "nope", true), None);
+        assert_eq!(fast(&c, "7", false), Some(7), "a peek counts nothing");
+        let st = c.stats();
+        assert_eq!((st.hits, st.misses), (40, 1));
+        // Fill with new keys: a frequently read entry survives admission, now that the
+        // writes replayed its reads into the sketch.
+        for i in 100..400u64 {
+            set(&c, &i.to_string(), i, NEVER, 0);
+        }
+        assert_eq!(fast(&c, "7", false), Some(7), "the read entry was kept");
+        for s in &c.shards {
+            let g = s.lock();
+            assert!(!g.pending(), "every write replayed the log");
+            g.check();
+        }
+    }
+
+    #[test]
+    fn reads_of_a_saturated_key_do_not_age_the_sketch() {
+        let c = shared_reads_cache(64, 1, 1);
+        set(&c, "hot", 1, NEVER, 0);
+        for _ in 0..2000 {
+            assert_eq!(fast(&c, "hot", true), Some(1));
+        }
+        let w = c.shards[0].lock();
+        let lfu = w.lfu.as_ref().unwrap();
+        assert_eq!(lfu.sketch.frequency(h(&"hot")), 15);
+        drop(w);
+        c.stats(); // an exclusive hold: replays what is left
+        let w = c.shards[0].lock();
+        let added = w.lfu.as_ref().unwrap().sketch.additions();
+        // The insert and the first 14 reads raised the counters; the rest were
+        // saturated. Overflowed rings count in proportion to their flagged records.
+        assert!(added <= 16, "{added} increments counted for 15 raises");
+    }
+
+    #[test]
+    fn a_logged_read_of_an_entry_that_left_is_dropped_at_replay() {
+        // Every exclusive hold through the cache replays the log first, so records are
+        // current when applied; a raw hold that changes the shard first shows the check.
+        let c = shared_reads_cache(8, 1, 1);
+        set(&c, "a", 1, NEVER, 0);
+        assert_eq!(fast(&c, "a", true), Some(1)); // logs (slot 0, a's generation)
+        let mut w = c.shards[0].lock();
+        assert!(w.pending());
+        drop(w.take_all());
+        let mut grave = Grave::new();
+        for k in ["b", "c"] {
+            w.insert(h(&k), k.to_string(), 2, NEVER, 0, &mut grave)
+                .unwrap();
+        }
+        // "b" took slot 0 and went on probation when "c" entered the one-entry window;
+        // a replayed read of it would promote it to protected.
+        assert_eq!(w.region(0), PROBATION);
+        w.replay(LruShard::replay_reads);
+        assert_eq!(
+            w.region(0),
+            PROBATION,
+            "the record named the old generation"
+        );
+        assert!(!w.pending());
+        w.check();
+        assert_eq!(w.len(), 2);
+    }
+
+    #[test]
+    fn shared_readers_and_writers_keep_the_invariants_and_count_every_lookup() {
+        let c = Arc::new(shared_reads_cache(512, 4, 4));
+        for i in 0..512u64 {
+            set(&c, &i.to_string(), i, NEVER, 0);
+        }
+        let base = c.stats();
+        let readers: Vec<_> = (0..4u64)
+            .map(|t| {
+                let c = Arc::clone(&c);
+                std::thread::spawn(move || {
+                    let mut seed = t + 1;
+                    for _ in 0..30_000 {
+                        seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                        let k = ((seed >> 33) % 2048).to_string();
+                        if let Some(v) = fast(&c, &k, true) {
+                            assert_eq!(v.to_string(), k, "a hit returns its key's value");
+                        }
+                    }
+                })
+            })
+            .collect();
+        let writer = {
+            let c = Arc::clone(&c);
+            std::thread::spawn(move || {
+                for i in 0..20_000u64 {
+                    let k = (i * 7 % 2048).to_string();
+                    set(&c, &k, i * 7 % 2048, NEVER, 0);
+                    assert!(len(&c, 0) <= 512);
+                }
+            })
+        };
+        for r in readers {
+            r.join().unwrap();
+        }
+        writer.join().unwrap();
+        let st = c.stats();
+        assert_eq!(st.hits + st.misses - base.hits - base.misses, 4 * 30_000);
+        for s in &c.shards {
+            s.lock().check();
+        }
+    }
+
     fn opts_cache(max: usize, opts: Options) -> ShardedCache<String, u64> {
         ShardedCache::with_options(max, Some(1), 1, opts).unwrap()
     }
@@ -2924,7 +3265,7 @@ mod tests {
 
     fn check_all(c: &ShardedCache<String, u64>) {
         for s in &c.shards {
-            s.0.lock().check();
+            s.lock().check();
         }
     }
 
@@ -3093,7 +3434,7 @@ mod tests {
         }
         let mut batches = Vec::new();
         let n = c.expire_with(1, &mut Grave::new(), &mut |g| {
-            assert!(!c.shards[0].0.is_locked());
+            assert!(!c.shards[0].is_locked());
             batches.push(g.len());
             assert!(g.iter().all(|e| e.2 == Cause::Expired));
         });
@@ -3116,6 +3457,7 @@ mod tests {
                 weighted: true,
                 tti: Some(50),
                 report_replaced: true,
+                read_stripes: 0,
             },
         );
         let mut seed = 99u64;
@@ -3208,7 +3550,7 @@ mod tests {
     #[test]
     fn tinylfu_regions_follow_the_capacity() {
         for (cap, window, protected) in [(1, 1, 0), (10, 1, 7), (100, 1, 79), (10_000, 100, 7920)] {
-            let l = Lfu::new(cap);
+            let l = Lfu::new(cap, 1);
             assert_eq!(
                 (l.window_cap, l.protected_cap),
                 (window, protected),
@@ -3335,7 +3677,7 @@ mod tests {
 
     #[test]
     fn tinylfu_warm_candidates_are_admitted_by_chance_cold_ones_never() {
-        let mut l = Lfu::new(100);
+        let mut l = Lfu::new(100, 1);
         let admitted = |l: &mut Lfu, c, v| (0..12_800).filter(|_| l.admits(c, v)).count();
         assert_eq!(admitted(&mut l, 5, 15), 0);
         assert_eq!(admitted(&mut l, 2, 1), 12_800);
@@ -3394,7 +3736,7 @@ mod tests {
         c.clear();
         check_all(&c);
         for s in &c.shards {
-            let g = s.0.lock();
+            let g = s.lock();
             assert!(!g.lfu.as_ref().unwrap().sketch.is_sized());
         }
         for i in 0..20 {

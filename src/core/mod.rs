@@ -15,6 +15,7 @@ pub mod queue;
 pub mod ratelimit;
 pub mod readmap;
 pub mod registry;
+pub mod shardlock;
 pub mod sketch;
 pub mod sync;
 pub mod taskpool;

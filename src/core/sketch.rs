@@ -28,11 +28,39 @@
 //! [`AllocError`] with the sketch unchanged. An empty sketch (never sized, or reset by
 //! `clear`) counts nothing and estimates 0.
 //!
+//! # Increments from readers that share the cache's lock
+//! The counters are `AtomicU64` words. An exclusive holder (`&mut self`) reads and writes
+//! them as plain words (`get_mut`). [`increment_shared`](FrequencySketch::increment_shared)
+//! counts from readers holding the cache shard's shared lock: each word it changes is
+//! one relaxed load and one relaxed store of the value computed from it (no atomic
+//! read-modify-write, so no lock prefix on the hot path). Two readers changing one word
+//! at the same instant may lose one of the two increments, never carry into a
+//! neighbouring counter (each new value is computed from a whole loaded word, with the
+//! saturation check), which a sketch that approximates anyway can afford. Shared
+//! increments are not counted towards the aging period one by one (that count would be
+//! a word every reader writes): the cache adds them in bulk under its exclusive lock
+//! ([`add_counted`](FrequencySketch::add_counted)).
+//!
+//! # Lanes
+//! Readers on different threads that bump the counters of their own keys still write
+//! the same lines (every key's block is anywhere in the table), and a line two cores
+//! write in turn moves between them on nearly every write. A sketch of `lanes` lanes
+//! keeps that many copies of every block side by side; a reader bumps only its own
+//! lane's copy (the exclusive holder, lane 0), and an estimate is the sum of the key's
+//! estimates over the lanes (each lane's is at least the true count of the accesses it
+//! took), at most 15. Each lane saturates and ages like a one-lane sketch. The lanes lie
+//! one after another (a block's copies in different lanes never share a line, or the
+//! pair of lines the CPU prefetches together). Memory is
+//! `lanes` times that of one lane; a cache gives lanes only to sketches its readers
+//! share.
+//!
 //! # Hashing
 //! The input is the cache's 64-bit hash of the key, remixed here (multiply and
 //! xor-shift) so that the sketch's bits are independent of those the cache uses for
 //! its shards and table. Keys that an adversary makes collide can only raise estimates;
 //! the cache's admission rule answers that with a little randomness (see `core::cache`).
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use crate::core::cache::AllocError;
 
@@ -42,16 +70,23 @@ const BLOCK_WORDS: usize = 8;
 const MAX_COUNT: u64 = 15;
 /// Words (16 counters) per entry the sketch is sized for: 16 bytes.
 const WORDS_PER_ENTRY: usize = 2;
+/// Most lanes a sketch has.
+pub const MAX_LANES: usize = 4;
 /// Counted increments between two agings, per entry the sketch is sized for.
 pub const SAMPLE_FACTOR: u64 = 20;
 
 /// Approximate access counts with aging; see the module docs.
 #[derive(Debug, Default)]
 pub struct FrequencySketch {
-    /// `blocks * BLOCK_WORDS` words, `blocks` a power of two (or empty).
-    table: Vec<u64>,
+    /// `lanes * blocks * BLOCK_WORDS` words, `blocks` a power of two (or empty): lane
+    /// after lane, so that two lanes never share a line or an adjacent-line pair
+    /// (block `b` of lane `l` at `(l * blocks + b) * BLOCK_WORDS`).
+    table: Vec<AtomicU64>,
     /// `blocks - 1`.
     block_mask: u64,
+    /// Copies of the counters that readers sharing the sketch write apart (a power of
+    /// two, `1..=MAX_LANES`); see "Lanes".
+    lanes: usize,
     /// Counted increments since the last aging.
     additions: u64,
     /// Counted increments that trigger an aging.
@@ -59,9 +94,23 @@ pub struct FrequencySketch {
 }
 
 impl FrequencySketch {
-    /// An empty sketch: it counts nothing until [`ensure`](Self::ensure) sizes it.
+    /// An empty sketch of one lane: it counts nothing until [`ensure`](Self::ensure)
+    /// sizes it.
     pub fn new() -> Self {
-        Self::default()
+        Self::with_lanes(1)
+    }
+
+    /// An empty sketch of `lanes` lanes (rounded up to a power of two, clamped to
+    /// `1..=MAX_LANES`).
+    pub fn with_lanes(lanes: usize) -> Self {
+        Self {
+            lanes: lanes.clamp(1, MAX_LANES).next_power_of_two(),
+            ..Self::default()
+        }
+    }
+
+    pub fn lanes(&self) -> usize {
+        self.lanes
     }
 
     /// True once sized (it counts).
@@ -82,22 +131,31 @@ impl FrequencySketch {
     /// Sizes the sketch for at least `entries` entries, keeping every estimate. Does
     /// nothing if it is already that large.
     pub fn ensure(&mut self, entries: usize) -> Result<(), AllocError> {
-        let want = Self::words_for(entries);
+        let lane_words = Self::words_for(entries);
+        let want = lane_words.saturating_mul(self.lanes);
         let have = self.table.len();
         if have >= want {
             return Ok(());
         }
-        self.table.try_reserve_exact(want - have)?;
         if have == 0 {
-            self.table.resize(want, 0);
+            self.table.try_reserve_exact(want)?;
+            self.table.resize_with(want, || AtomicU64::new(0));
         } else {
-            // Doubling, as often as needed: block b's counters are those of every block
-            // b + k * have / 8 (the index is the hash's low bits), so copy them there.
-            while self.table.len() < want {
-                self.table.extend_from_within(..);
+            // Each lane doubles, as often as needed: block b's counters are those of
+            // every block b + k * (old blocks) (the index is the hash's low bits), so
+            // each lane's old words are copied there. Lanes are laid out one after
+            // another, so the table is rebuilt.
+            let mut table = Vec::new();
+            table.try_reserve_exact(want)?;
+            let old = have / self.lanes;
+            for lane in self.table.chunks_exact_mut(old) {
+                for _ in 0..lane_words / old {
+                    table.extend(lane.iter_mut().map(|w| AtomicU64::new(*w.get_mut())));
+                }
             }
+            self.table = table;
         }
-        let blocks = (self.table.len() / BLOCK_WORDS) as u64;
+        let blocks = (lane_words / BLOCK_WORDS) as u64;
         self.block_mask = blocks - 1;
         self.period = SAMPLE_FACTOR.saturating_mul(entries.max(1) as u64);
         Ok(())
@@ -105,14 +163,16 @@ impl FrequencySketch {
 
     /// Forgets every count and releases the table (memory back to nothing).
     pub fn reset(&mut self) {
-        *self = Self::new();
+        *self = Self::with_lanes(self.lanes);
     }
 
-    /// The block's first word and, per row, (word offset, bit shift) of the key's counter.
+    /// The first word of the key's block in `lane` (`< lanes`) and, per row, (word
+    /// offset, bit shift) of the key's counter.
     #[inline]
-    fn locate(&self, hash: u64) -> (usize, [(usize, u32); 4]) {
+    fn locate(&self, hash: u64, lane: usize) -> (usize, [(usize, u32); 4]) {
         let h = spread(hash);
-        let block = ((h >> 32) & self.block_mask) as usize * BLOCK_WORDS;
+        let lane_words = (self.block_mask as usize + 1) * BLOCK_WORDS;
+        let block = lane * lane_words + ((h >> 32) & self.block_mask) as usize * BLOCK_WORDS;
         let mut at = [(0, 0); 4];
         for (i, slot) in at.iter_mut().enumerate() {
             let bits = (h >> (8 * i)) as usize;
@@ -123,34 +183,43 @@ impl FrequencySketch {
         (block, at)
     }
 
-    /// Starts loading the cache line of `hash`'s counters, so that an increment a little
-    /// later (after the cache's own lookup) does not wait for memory.
+    /// Starts loading the cache line of `hash`'s counters in `lane` (taken modulo the
+    /// lanes), so that an increment a little later (after the cache's own lookup) does
+    /// not wait for memory.
     #[inline]
-    pub fn prefetch(&self, hash: u64) {
+    pub fn prefetch(&self, hash: u64, lane: usize) {
         if self.table.is_empty() {
             return;
         }
-        let block = ((spread(hash) >> 32) & self.block_mask) as usize * BLOCK_WORDS;
+        let blocks = self.block_mask as usize + 1;
+        let block = ((lane & (self.lanes - 1)) * blocks
+            + ((spread(hash) >> 32) & self.block_mask) as usize)
+            * BLOCK_WORDS;
         if let Some(word) = self.table.get(block) {
             prefetch(word);
         }
     }
 
-    /// The estimated count of `hash`'s key, `0..=15`.
+    /// The estimated count of `hash`'s key, `0..=15`: the sum of its estimates in every
+    /// lane (each at least that lane's true count), at most 15.
     #[inline]
     pub fn frequency(&self, hash: u64) -> u8 {
         if self.table.is_empty() {
             return 0;
         }
-        let (block, at) = self.locate(hash);
-        let mut min = MAX_COUNT;
-        for (word, shift) in at {
-            // block + word < block + BLOCK_WORDS <= table.len(): the block index is
-            // masked to the table's block count.
-            let c = (self.table[block + word] >> shift) & 15;
-            min = min.min(c);
+        let mut sum = 0;
+        for lane in 0..self.lanes {
+            let (block, at) = self.locate(hash, lane);
+            let mut min = MAX_COUNT;
+            for (word, shift) in at {
+                // block + word < block + BLOCK_WORDS <= table.len(): the block index is
+                // masked to the table's block count, the lane is below `lanes`.
+                let c = (self.table[block + word].load(Relaxed) >> shift) & 15;
+                min = min.min(c);
+            }
+            sum += min;
         }
-        min as u8
+        sum.min(MAX_COUNT) as u8
     }
 
     /// Counts one access of `hash`'s key (conservatively: only the counters at the
@@ -160,22 +229,58 @@ impl FrequencySketch {
         if self.table.is_empty() {
             return;
         }
-        let (block, at) = self.locate(hash);
+        let (block, at) = self.locate(hash, 0);
         let words = &mut self.table[block..block + BLOCK_WORDS];
         let mut min = MAX_COUNT;
         for &(word, shift) in &at {
-            min = min.min((words[word] >> shift) & 15);
+            min = min.min((*words[word].get_mut() >> shift) & 15);
         }
         if min == MAX_COUNT {
             return;
         }
         for &(word, shift) in &at {
-            if (words[word] >> shift) & 15 == min {
-                words[word] += 1 << shift;
+            let w = words[word].get_mut();
+            if (*w >> shift) & 15 == min {
+                *w += 1 << shift;
             }
         }
-        self.additions += 1;
-        if self.additions >= self.period {
+        self.add_counted(1);
+    }
+
+    /// [`increment`](Self::increment) in `lane` (taken modulo the lanes) by a reader
+    /// that shares the sketch (see "Increments from readers"), without counting towards
+    /// the aging period; true if a counter went up (false when the key's counters in the
+    /// lane are saturated: such an increment does not count towards the period).
+    #[inline]
+    pub fn increment_shared(&self, hash: u64, lane: usize) -> bool {
+        if self.table.is_empty() {
+            return false;
+        }
+        let (block, at) = self.locate(hash, lane & (self.lanes - 1));
+        let words = &self.table[block..block + BLOCK_WORDS];
+        let mut min = MAX_COUNT;
+        for &(word, shift) in &at {
+            min = min.min((words[word].load(Relaxed) >> shift) & 15);
+        }
+        if min == MAX_COUNT {
+            return false;
+        }
+        for &(word, shift) in &at {
+            // Loaded again: another reader may have changed the word since.
+            let w = words[word].load(Relaxed);
+            if (w >> shift) & 15 == min {
+                words[word].store(w + (1 << shift), Relaxed);
+            }
+        }
+        true
+    }
+
+    /// Counts `n` increments towards the aging period (shared ones, in bulk); ages the
+    /// sketch once the period is reached.
+    #[inline]
+    pub fn add_counted(&mut self, n: u64) {
+        self.additions = self.additions.saturating_add(n);
+        if self.additions >= self.period && self.is_sized() {
             self.age();
         }
     }
@@ -184,6 +289,7 @@ impl FrequencySketch {
     #[cold]
     fn age(&mut self) {
         for w in &mut self.table {
+            let w = w.get_mut();
             *w = (*w >> 1) & 0x7777_7777_7777_7777;
         }
         self.additions /= 2;
@@ -191,7 +297,7 @@ impl FrequencySketch {
 
     /// Counted increments since the last aging (tests).
     #[cfg(test)]
-    fn additions(&self) -> u64 {
+    pub(crate) fn additions(&self) -> u64 {
         self.additions
     }
 }
@@ -222,6 +328,83 @@ fn spread(hash: u64) -> u64 {
 mod tests {
     use super::*;
     use crate::core::cache::mix;
+
+    #[test]
+    fn shared_increments_from_many_threads_saturate_without_carrying() {
+        let mut s = FrequencySketch::with_lanes(2);
+        s.ensure(64).unwrap();
+        let keys: Vec<u64> = (1..=4u64)
+            .map(|k| k.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+            .collect();
+        let s = std::sync::Arc::new(s);
+        // Four threads, two to a lane.
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let (s, keys) = (std::sync::Arc::clone(&s), keys.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..20_000 {
+                        for &k in &keys {
+                            s.increment_shared(k, t);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let mut s = std::sync::Arc::try_unwrap(s).unwrap();
+        // Each key's four counters sit at 15 in both lanes; every other counter is
+        // untouched (a carry out of a saturated counter would have raised a neighbour).
+        let mut expected = vec![0u64; s.table.len()];
+        for &k in &keys {
+            assert_eq!(s.frequency(k), 15);
+            for lane in 0..2 {
+                let (block, at) = s.locate(k, lane);
+                for (word, shift) in at {
+                    expected[block + word] |= 15 << shift;
+                }
+            }
+        }
+        let words: Vec<u64> = s.table.iter_mut().map(|w| *w.get_mut()).collect();
+        assert_eq!(words, expected);
+        assert_eq!(s.additions(), 0, "shared increments are counted in bulk");
+        s.add_counted(s.period);
+        assert_eq!(
+            s.frequency(keys[0]),
+            14,
+            "a bulk count reaching the period ages (7 in each lane)"
+        );
+    }
+
+    #[test]
+    fn lanes_add_up_saturate_together_and_survive_growth() {
+        let mut s = FrequencySketch::with_lanes(3);
+        assert_eq!(s.lanes(), 4, "a power of two");
+        assert_eq!(FrequencySketch::with_lanes(64).lanes(), MAX_LANES);
+        s.ensure(8).unwrap();
+        let words = s.table.len();
+        assert_eq!(words, 4 * FrequencySketch::words_for(8));
+        let k = 0xDEAD_BEEF_u64;
+        s.increment(k); // lane 0
+        s.increment_shared(k, 1);
+        s.increment_shared(k, 6); // lane 2
+        assert_eq!(s.frequency(k), 3, "the sum over the lanes");
+        for _ in 0..10 {
+            s.increment_shared(k, 3);
+            s.increment_shared(k, 1);
+        }
+        assert_eq!(s.frequency(k), 15, "the sum is capped");
+        s.ensure(4096).unwrap();
+        assert!(s.table.len() > words);
+        assert_eq!(s.frequency(k), 15, "growth keeps every lane's counts");
+        s.reset();
+        assert_eq!(
+            (s.lanes(), s.frequency(k)),
+            (4, 0),
+            "a reset keeps the lanes"
+        );
+    }
 
     #[test]
     fn an_empty_sketch_counts_nothing() {
