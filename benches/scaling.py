@@ -92,8 +92,8 @@ def ratio(make: Callable[[int], Work], ops: int) -> tuple[float, float]:
 # ---- cache: get and set on distinct keys per thread ------------------------------------
 
 
-def cache_ferrule(ops: int) -> Work:
-    cache = ferrule.Cache(4 * ops)
+def cache_ferrule(ops: int, policy: str = "lru") -> Work:
+    cache = ferrule.Cache(4 * ops, policy=policy)
     keyspace = 10_000
 
     def work(i: int) -> None:
@@ -171,8 +171,8 @@ def _hits(getter: Callable[[], Callable[[int], object]], ops: int) -> Work:
     return work
 
 
-def _read_ferrule(ops: int, method: str) -> Work:
-    cache = ferrule.Cache(4 * ops)
+def _read_ferrule(ops: int, method: str, policy: str = "lru") -> Work:
+    cache = ferrule.Cache(4 * ops, policy=policy)
     for k in range(2 * HIT_KEYS):
         cache.set(k, k)
     return _hits(lambda: getattr(cache, method), ops)
@@ -213,6 +213,15 @@ def cache_peek_ferrule(ops: int) -> Work:
 
 def cache_peek_peer(ops: int) -> Work:
     return _read_peer(ops, "peek")
+
+
+def cache_tinylfu_hits_ferrule(ops: int) -> Work:
+    """W-TinyLFU hits: on 3.13t they read under a shared lock and log their recency."""
+    return _read_ferrule(ops, "get", "tinylfu")
+
+
+def cache_tinylfu_ferrule(ops: int) -> Work:
+    return cache_ferrule(ops, "tinylfu")
 
 
 # ---- queue: put+get round trips, each thread on its own queue ----------------------------
@@ -468,6 +477,20 @@ ROWS: list[Row] = [
         cache_peek_ferrule,
         _cache_peer_name(),
         cache_peek_peer,
+    ),
+    Row(
+        "Cache tinylfu get hits, distinct keys",
+        200_000,
+        cache_tinylfu_hits_ferrule,
+        _cache_peer_name(),
+        cache_hits_peer,
+    ),
+    Row(
+        "Cache tinylfu get/set, distinct keys",
+        200_000,
+        cache_tinylfu_ferrule,
+        _cache_peer_name(),
+        cache_peer,
     ),
     Row("WorkQueue put+get, own queue", 200_000, queue_ferrule, "queue.Queue", queue_peer),
     Row(
