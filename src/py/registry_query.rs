@@ -108,6 +108,14 @@ impl Criteria {
         }
     }
 
+    /// A list of a kept answer's first `limit` items (all without a limit).
+    fn cut<'py>(&self, t: &Bound<'py, PyTuple>) -> PyResult<Bound<'py, PyList>> {
+        match self.limit {
+            Some(l) if l < t.len() => t.get_slice(0, l).as_sequence().to_list(),
+            _ => t.as_sequence().to_list(),
+        }
+    }
+
     /// `ids`: the memo's answer while it holds (a copy, cut to `limit`); otherwise the
     /// entries are read, and the answer kept when the read was clean.
     pub fn ids<'py>(
@@ -119,11 +127,7 @@ impl Criteria {
         let stamped = self.stamped(core);
         if let Some(((kind, value), stamp)) = stamped {
             if let Some(t) = memo.ids(py, kind, value, stamp, core.now()) {
-                let t = match self.limit {
-                    Some(l) if l < t.len() => t.get_slice(0, l),
-                    _ => t,
-                };
-                return t.as_sequence().to_list();
+                return self.cut(&t);
             }
         }
         let mut out = Vec::new();
@@ -205,12 +209,7 @@ impl Criteria {
             }
         }
         if changed.is_empty() {
-            let t = if n < t.len() {
-                t.get_slice(0, n)
-            } else {
-                t.clone()
-            };
-            return t.as_sequence().to_list().map(Some);
+            return self.cut(t).map(Some);
         }
         // The stamp read before these entries is still theirs: each of them still
         // matched (a writer moves it before an entry leaves the row).
