@@ -115,9 +115,9 @@ pub struct ShardLock<T> {
     value: UnsafeCell<T>,
 }
 
-// SAFETY: the value is reached only through the guards: `&mut T` under `lock` and every
-// stripe held exclusively (one thread at a time), `&T` under a stripe held shared, which
-// excludes the exclusive holder; so sending the lock needs `T: Send`, sharing it
+// SAFETY: the value is reached only through the guards: `&mut T` under the exclusive lock
+// (the plain lock, or every stripe: one thread at a time), `&T` under a stripe held
+// shared, which excludes the exclusive holder; so sending the lock needs `T: Send`, sharing it
 // `T: Send + Sync`, as for `std::sync::RwLock`.
 unsafe impl<T: Send> Send for ShardLock<T> {}
 // SAFETY: as above.
@@ -211,7 +211,7 @@ impl<T> ShardLock<T> {
     }
 }
 
-/// Every stripe's exclusive lock.
+/// The exclusive lock (the plain lock, or every stripe).
 pub struct Write<'a, T> {
     lock: &'a ShardLock<T>,
 }
@@ -231,8 +231,8 @@ impl<T> Write<'_, T> {
     /// recorded since its last replay (the batch's length, or more if the ring
     /// overflowed), and marks them replayed.
     pub fn replay(&mut self, mut f: impl FnMut(&mut T, &[u64], u64)) {
-        // SAFETY: this guard holds every stripe exclusively, so no other reference to the
-        // value exists while `f` runs.
+        // SAFETY: this guard holds the exclusive lock, so no other reference to the value
+        // exists while `f` runs.
         let value = unsafe { &mut *self.lock.value.get() };
         let mut batch = [0u64; LOG];
         for s in &*self.lock.stripes {
@@ -257,7 +257,7 @@ impl<T> Deref for Write<'_, T> {
 
     #[inline]
     fn deref(&self) -> &T {
-        // SAFETY: every stripe is held exclusively by this guard.
+        // SAFETY: this guard holds the exclusive lock.
         unsafe { &*self.lock.value.get() }
     }
 }
@@ -265,7 +265,7 @@ impl<T> Deref for Write<'_, T> {
 impl<T> DerefMut for Write<'_, T> {
     #[inline]
     fn deref_mut(&mut self) -> &mut T {
-        // SAFETY: every stripe is held exclusively by this guard, borrowed mutably here.
+        // SAFETY: this guard holds the exclusive lock, borrowed mutably here.
         unsafe { &mut *self.lock.value.get() }
     }
 }
