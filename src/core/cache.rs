@@ -798,30 +798,22 @@ impl<K, V> LruShard<K, V> {
     }
 
     /// An access to the occupied slot `idx` (a counted read, or a write that replaces
-    /// its value): most recently used, and in a TinyLFU shard counted and promoted.
+    /// its value): in a TinyLFU shard counted by the sketch, then moved (see
+    /// [`reorder`](Self::reorder)).
     #[inline]
     fn access(&mut self, idx: u32) {
-        if self.lfu.is_some() {
-            self.lfu_access(idx);
-        } else {
-            self.touch_idx(idx, WINDOW);
-        }
-    }
-
-    /// TinyLFU access: the sketch counts it; an entry on probation moves to the protected
-    /// segment (which then gives its least recent entries back to probation while it
-    /// holds more than its share); any other moves to the front of its list.
-    #[inline(never)]
-    fn lfu_access(&mut self, idx: u32) {
-        let hash = self.slots[idx as usize].hash;
         if let Some(lfu) = self.lfu.as_mut() {
-            lfu.sketch.increment(hash);
+            lfu.sketch.increment(self.slots[idx as usize].hash);
         }
-        self.lfu_reorder(idx);
+        self.reorder(idx);
     }
 
     /// An access's move in the lists, without the count (a replayed read was counted
-    /// when it happened).
+    /// when it happened): most recently used; in a TinyLFU shard an entry on probation
+    /// moves to the protected segment (which then gives its least recent entries back
+    /// to probation while it holds more than its share), any other to the front of its
+    /// list.
+    #[inline]
     fn reorder(&mut self, idx: u32) {
         if self.lfu.is_some() {
             self.lfu_reorder(idx);
@@ -830,8 +822,8 @@ impl<K, V> LruShard<K, V> {
         }
     }
 
-    /// TinyLFU's move of an accessed entry (see [`lfu_access`](Self::lfu_access)).
-    #[inline]
+    /// TinyLFU's move of an accessed entry (see [`reorder`](Self::reorder)).
+    #[inline(never)]
     fn lfu_reorder(&mut self, idx: u32) {
         match self.region(idx) {
             PROBATION => {
