@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import _thread
+import decimal
+import fractions
 import gc
 import subprocess
 import sys
@@ -136,6 +138,45 @@ def test_dict_key_semantics() -> None:
     c[b"x"] = "bytes"
     assert c[None] == "none" and c[b"x"] == "bytes"
     assert "x" not in c  # str and bytes differ
+
+
+@pytest.mark.parametrize(
+    "v",
+    [
+        0,
+        1,
+        -1,
+        -2,
+        2**61 - 2,
+        2**61 - 1,
+        2**61,
+        2**62 + 5,
+        2**63 - 1,
+        -(2**61 - 1),
+        -(2**61),
+        -(2**63),
+        10**18 + 7,
+        -(10**18 + 7),
+    ],
+)
+def test_int_keys_meet_every_equal_key_of_another_type(v: int) -> None:
+    # An exact int is hashed by the cache itself; an int subclass, a float, a Decimal or a
+    # Fraction equal to it is hashed by Python: both must file the key under one hash.
+    class Int(int):
+        pass
+
+    equal: list[object] = [Int(v), decimal.Decimal(v), fractions.Fraction(v)]
+    if float(v) == v:
+        equal.append(float(v))
+    for other in equal:
+        c = Cache(10, shards=4)
+        c[v] = "int"
+        assert c.get(other) == "int", other
+        assert other in c
+        c2 = Cache(10, shards=4)
+        c2[other] = "other"
+        assert c2.get(v) == "other", other
+        assert c2.pop(v) == "other" and len(c2) == 0
 
 
 class Key:
