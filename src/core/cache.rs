@@ -1042,6 +1042,17 @@ impl<K, V> LruShard<K, V> {
     }
 
     fn remove_idx(&mut self, idx: u32) -> Option<(K, V)> {
+        self.remove_idx_with(idx, |k, v| (k, v))
+    }
+
+    /// Removes the entry in slot `idx` and hands its key and value to `put`, which an
+    /// eviction inlines as a push onto its grave: the pair then goes from the slot to
+    /// the grave directly. (Returned through memory and then pushed, it was read back
+    /// with wider loads than the stores that had just written it, and stalled store
+    /// forwarding on every evicting write.)
+    #[allow(clippy::inline_always)] // see above: the point is the inlining
+    #[inline(always)]
+    fn remove_idx_with<R>(&mut self, idx: u32, put: impl FnOnce(K, V) -> R) -> Option<R> {
         let slot = self.slots.get(idx as usize)?;
         slot.entry.as_ref()?;
         let hash = slot.hash;
@@ -1069,7 +1080,7 @@ impl<K, V> LruShard<K, V> {
         self.free = idx;
         debug_assert!(self.len > 0);
         self.len = self.len.saturating_sub(1);
-        Some((entry.key, entry.value))
+        Some(put(entry.key, entry.value))
     }
 
     /// True if an entry of `weight` can be stored at all (weighted shards: not heavier
@@ -1237,9 +1248,8 @@ impl<K, V> LruShard<K, V> {
                 // An expired candidate: the next one takes its place.
                 cand = self.slots[idx as usize].prev;
             }
-            if let Some((k, v)) = self.remove_idx(idx) {
-                grave.push((k, v, cause)); // room checked above
-            }
+            // Room checked above.
+            self.remove_idx_with(idx, |k, v| grave.push((k, v, cause)));
             match cause {
                 Cause::Expired => self.stats.expirations += 1,
                 _ => self.stats.evictions += 1,
@@ -1356,11 +1366,6 @@ impl<K, V> LruShard<K, V> {
         self.next_gen = gen.wrapping_add(1) & GEN_MASK;
         // A new entry enters the window (`WINDOW` is 0: the tag is the generation).
         let tag = gen | ((WINDOW as u32) << GEN_BITS);
-        let entry = Some(Entry {
-            key,
-            value,
-            expires: effective,
-        });
         let meta = Meta {
             deadline: expires,
             weight,
@@ -1370,7 +1375,11 @@ impl<K, V> LruShard<K, V> {
             // below capacity <= MAX_SIZE < NIL.
             let idx = self.slots.len() as u32;
             self.slots.push(Slot {
-                entry,
+                entry: Some(Entry {
+                    key,
+                    value,
+                    expires: effective,
+                }),
                 hash,
                 tag,
                 prev: NIL,
@@ -1385,7 +1394,16 @@ impl<K, V> LruShard<K, V> {
             let idx = self.free;
             let s = &mut self.slots[idx as usize];
             self.free = s.next;
-            s.entry = entry;
+            // Written in place: an entry built in a local first went through the stack,
+            // copied with wider loads than the stores that had just written it (a stall
+            // on store forwarding, on every write to a full cache). Free-list invariant:
+            // a free slot is empty, so there is nothing to drop.
+            debug_assert!(s.entry.is_none());
+            std::mem::forget(s.entry.replace(Entry {
+                key,
+                value,
+                expires: effective,
+            }));
             s.hash = hash;
             s.tag = tag;
             s.heap_pos = NIL;
@@ -1437,9 +1455,8 @@ impl<K, V> LruShard<K, V> {
             if grave.len() == grave.capacity() && grave.try_reserve(1).is_err() {
                 break;
             }
-            if let Some((k, v)) = self.remove_idx(idx) {
-                grave.push((k, v, Cause::Expired)); // room checked above
-            }
+            // Room checked above.
+            self.remove_idx_with(idx, |k, v| grave.push((k, v, Cause::Expired)));
             n += 1;
         }
         self.stats.expirations += n as u64;
