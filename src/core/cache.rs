@@ -1725,6 +1725,21 @@ impl<K, V> ShardedCache<K, V> {
         })
     }
 
+    /// Makes every shard's lock serialized (`ShardLock::serialize`): no lock word is
+    /// taken. Shards that read shared keep their locks.
+    ///
+    /// # Safety
+    /// From now on every call on this cache must be made by threads that hold one and
+    /// the same global lock, and that do not release it during the call (ferrule's GIL
+    /// builds: the cache is called only with the GIL held, and runs no Python code and
+    /// releases nothing while it holds a shard).
+    pub unsafe fn serialize(&mut self) {
+        for s in &mut self.shards {
+            // SAFETY: this function's contract is `serialize`'s.
+            unsafe { s.serialize() };
+        }
+    }
+
     pub fn options(&self) -> Options {
         self.opts
     }
@@ -3240,6 +3255,43 @@ mod tests {
         for s in &c.shards {
             s.lock().check();
         }
+    }
+
+    #[test]
+    fn a_serialized_cache_behaves_as_a_locked_one() {
+        let mut c: ShardedCache<String, u64> =
+            ShardedCache::with_options(64, Some(4), 1, Options::default()).unwrap();
+        // SAFETY: this thread makes every call on the cache.
+        unsafe { c.serialize() };
+        assert!(c.shards.iter().all(ShardLock::is_serialized));
+        for i in 0..200u64 {
+            let k = i.to_string();
+            set(&c, &k, i, NEVER, 0);
+            assert_eq!(fast(&c, &k, true).map(|v| v.to_string()), Some(k));
+            assert!(len(&c, 0) <= 64);
+        }
+        assert!(
+            c.shards.iter().all(|s| !s.is_locked()),
+            "every guard was dropped"
+        );
+        check_all(&c);
+        let st = c.stats();
+        assert_eq!((st.hits, st.size), (200, 64));
+        // A TinyLFU cache that reads shared keeps its stripes' locks.
+        let mut striped: ShardedCache<String, u64> = ShardedCache::with_options(
+            64,
+            Some(1),
+            1,
+            Options {
+                policy: Policy::TinyLfu,
+                read_stripes: 2,
+                ..Options::default()
+            },
+        )
+        .unwrap();
+        // SAFETY: as above.
+        unsafe { striped.serialize() };
+        assert!(!striped.shards[0].is_serialized());
     }
 
     fn opts_cache(max: usize, opts: Options) -> ShardedCache<String, u64> {

@@ -44,6 +44,18 @@
 //! reads per second, both threads): replaying at every full ring 9.3, every 4 rings
 //! 11.0, every 16 rings 12.4; with the exclusive lock on every read, 7.3.
 
+//! # Serialized locks
+//! A lock made [`serialized`](ShardLock::serialize) takes no lock word at all: its
+//! caller promises that every guard is taken and dropped by threads holding one global
+//! lock, for the guard's whole life (the GIL of a CPython built with one: the cache
+//! runs no Python code and never releases the GIL while it holds a shard). That lock
+//! already excludes them from one another, and an uncontended lock word costs two
+//! atomic read-modify-writes per operation, the second of which also waits for the
+//! operation's stores to drain (measured on CPython 3.11: 5 ns of a 72 ns get-hit,
+//! 12 ns of a 125 ns evicting write). A plain flag, written with ordinary stores, still
+//! marks a guard out, so that a thread taking the lock twice panics in `lock` (and
+//! `try_lock` refuses) instead of aliasing the value.
+
 //! # Orderings
 //! Every log field is read and written under the stripe's lock (shared for readers,
 //! exclusive for the writer), whose acquire/release orders them; the atomics only let
@@ -58,7 +70,10 @@
 
 use std::cell::UnsafeCell;
 use std::ops::{Deref, DerefMut};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicBool, AtomicU64,
+    Ordering::{Acquire, Relaxed, Release},
+};
 
 use parking_lot::lock_api::RawRwLock as _;
 use parking_lot::RawRwLock;
@@ -109,6 +124,10 @@ pub struct ShardLock<T> {
     /// stripes, all taken in order, exclude writers from each other), so nothing writes
     /// the value's first line on a read or a write lock.
     lock: RawRwLock,
+    /// A serialized lock (see the module docs) takes neither `lock` nor stripes (it has
+    /// none): `held` marks a guard out, with plain loads and stores.
+    serialized: bool,
+    held: AtomicBool,
     /// The readers' stripes, each taken shared by its threads and exclusively by every
     /// writer. Empty for a plain lock.
     stripes: Box<[Stripe]>,
@@ -116,7 +135,8 @@ pub struct ShardLock<T> {
 }
 
 // SAFETY: the value is reached only through the guards: `&mut T` under the exclusive lock
-// (the plain lock, or every stripe: one thread at a time), `&T` under a stripe held
+// (the plain lock, every stripe, or for a serialized lock the global lock its caller
+// holds by `serialize`'s contract: one thread at a time), `&T` under a stripe held
 // shared, which excludes the exclusive holder; so sending the lock needs `T: Send`, sharing it
 // `T: Send + Sync`, as for `std::sync::RwLock`.
 unsafe impl<T: Send> Send for ShardLock<T> {}
@@ -134,9 +154,40 @@ impl<T> ShardLock<T> {
         };
         Self {
             lock: RawRwLock::INIT,
+            serialized: false,
+            held: AtomicBool::new(false),
             stripes: (0..n).map(|_| Stripe::new()).collect(),
             value: UnsafeCell::new(value),
         }
+    }
+
+    /// Makes this lock serialized (see the module docs): from now on it takes no lock
+    /// word, and only marks a guard out. A lock with stripes is left as it is (its
+    /// readers share it by design).
+    ///
+    /// # Safety
+    /// Every guard of this lock, from now on, must be taken and dropped by threads that
+    /// hold one and the same global lock for the guard's whole life, and that do not
+    /// release it while they hold the guard: that lock is what excludes them from one
+    /// another.
+    pub unsafe fn serialize(&mut self) {
+        self.serialized = self.stripes.is_empty();
+    }
+
+    /// True if [`serialize`](Self::serialize) made this lock serialized.
+    pub fn is_serialized(&self) -> bool {
+        self.serialized
+    }
+
+    /// A serialized lock's guard mark: set if it was clear (plain loads and stores: the
+    /// caller's global lock orders them).
+    #[inline]
+    fn mark(&self) -> bool {
+        if self.held.load(Acquire) {
+            return false;
+        }
+        self.held.store(true, Relaxed);
+        true
     }
 
     pub fn stripes(&self) -> usize {
@@ -146,6 +197,15 @@ impl<T> ShardLock<T> {
     /// The exclusive lock: the plain lock, or every stripe in order.
     #[inline]
     pub fn lock(&self) -> Write<'_, T> {
+        if self.serialized {
+            // Only the thread holding a guard can see the mark set (the safety contract
+            // of `serialize`): it is taking the lock a second time.
+            assert!(
+                self.mark(),
+                "a serialized shard lock taken twice by one thread"
+            );
+            return Write { lock: self };
+        }
         if self.stripes.is_empty() {
             self.lock.lock_exclusive();
         }
@@ -158,6 +218,9 @@ impl<T> ShardLock<T> {
     /// The exclusive lock if it is free now (the plain lock, or every stripe); never
     /// waits.
     pub fn try_lock(&self) -> Option<Write<'_, T>> {
+        if self.serialized {
+            return self.mark().then_some(Write { lock: self });
+        }
         if self.stripes.is_empty() {
             return self
                 .lock
@@ -197,7 +260,9 @@ impl<T> ShardLock<T> {
 
     /// True if the lock or any stripe is held (tests and diagnostics).
     pub fn is_locked(&self) -> bool {
-        self.lock.is_locked() || self.stripes.iter().any(|s| s.lock.is_locked())
+        self.held.load(Relaxed)
+            || self.lock.is_locked()
+            || self.stripes.iter().any(|s| s.lock.is_locked())
     }
 
     /// `(recorded reads, counted misses)` summed over the stripes, with no lock.
@@ -273,6 +338,10 @@ impl<T> DerefMut for Write<'_, T> {
 impl<T> Drop for Write<'_, T> {
     #[inline]
     fn drop(&mut self) {
+        if self.lock.serialized {
+            self.lock.held.store(false, Release);
+            return;
+        }
         if self.lock.stripes.is_empty() {
             // SAFETY: this guard took the plain lock exclusively and releases it once.
             unsafe { self.lock.lock.unlock_exclusive() };
@@ -346,6 +415,41 @@ mod tests {
         assert_eq!(ShardLock::new((), 1).stripes(), 1);
         assert_eq!(ShardLock::new((), 3).stripes(), 4);
         assert_eq!(ShardLock::new((), 100).stripes(), MAX_STRIPES);
+    }
+
+    #[test]
+    fn a_serialized_lock_marks_its_guard_and_refuses_a_second_one() {
+        let mut l = ShardLock::new(0u32, 0);
+        // SAFETY: one thread takes every guard of this lock.
+        unsafe { l.serialize() };
+        assert!(l.is_serialized() && !l.is_locked());
+        {
+            let mut w = l.lock();
+            *w += 1;
+            assert!(l.is_locked());
+            assert!(l.try_lock().is_none(), "a second guard while one is out");
+        }
+        assert!(!l.is_locked());
+        let w = l.try_lock().expect("free again");
+        assert_eq!(*w, 1);
+        drop(w);
+        let taken_twice = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _w = l.lock();
+            let _again = l.lock();
+        }));
+        assert!(
+            taken_twice.is_err(),
+            "taking it twice panics instead of aliasing"
+        );
+        assert!(
+            !l.is_locked(),
+            "the first guard was dropped by the unwinding"
+        );
+        // A lock with stripes keeps them: its readers share it by design.
+        let mut striped = ShardLock::new((), 2);
+        // SAFETY: no guard of it is ever taken.
+        unsafe { striped.serialize() };
+        assert!(!striped.is_serialized());
     }
 
     #[test]
