@@ -326,6 +326,7 @@ fn int_hash(v: i64) -> i64 {
 ///
 /// # Safety
 /// `p` must be a live exact `str`.
+#[allow(clippy::inline_always)] // the get-hit path: measured
 #[inline(always)]
 unsafe fn str_hash(p: *mut ffi::PyObject) -> ffi::Py_hash_t {
     // SAFETY: the caller guarantees a live str; `hash` is a word-aligned field of it.
@@ -333,10 +334,10 @@ unsafe fn str_hash(p: *mut ffi::PyObject) -> ffi::Py_hash_t {
         let field = &raw mut (*p.cast::<ffi::PyASCIIObject>()).hash;
         let cached = (*field.cast::<std::sync::atomic::AtomicIsize>())
             .load(std::sync::atomic::Ordering::Relaxed);
-        if cached != -1 {
-            cached
-        } else {
+        if cached == -1 {
             ffi::PyObject_Hash(p)
+        } else {
+            cached
         }
     }
 }
@@ -405,6 +406,7 @@ impl<'a, 'py> Query<'a, 'py> {
     /// Hashes the key once; an unhashable key gives a TypeError naming `key`.
     ///
     /// The hot methods build theirs with `query!` instead, in their own frame.
+    #[allow(clippy::inline_always)] // see `query!`
     #[inline(always)]
     pub fn new(key: &'a Bound<'py, PyAny>) -> PyResult<Self> {
         match Self::fast_parts(key) {
@@ -415,6 +417,7 @@ impl<'a, 'py> Query<'a, 'py> {
 
     /// The kind and hash of an exact str, or of an exact int that fits 64 bits (hashed
     /// here, as Python does); None for any other key.
+    #[allow(clippy::inline_always)] // see `query!`
     #[inline(always)]
     fn fast_parts(key: &Bound<'_, PyAny>) -> Option<(KeyKind, u64)> {
         let p = key.as_ptr();
@@ -617,6 +620,7 @@ pub(crate) fn end_flight(
 impl Cache {
     /// The live value (`count`: a hit or a miss, and a read that refreshes recency and
     /// idle time). An expired entry found on the way is removed and reported.
+    #[allow(clippy::inline_always)] // see `query!`
     #[inline(always)]
     pub(crate) fn lookup(&self, q: &Query<'_, '_>, count: bool) -> PyResult<Option<Py<PyAny>>> {
         match self.inner.get_fast(q.hash, q, count) {
