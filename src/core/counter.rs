@@ -52,6 +52,18 @@ impl Striped {
         }
     }
 
+    /// [`add`](Self::add) for a caller that makes every update of this counter under one
+    /// global lock (the GIL of a CPython built with one): a load and a store on the first
+    /// slot, not an atomic read-modify-write (which costs as much as a lock word) and
+    /// no thread hash. Exact under that lock; without it, concurrent updates could be
+    /// lost (never torn: the slot is still atomic).
+    #[inline]
+    pub fn add_serialized(&self, first: bool) {
+        let s = &self.slots[0];
+        let c = if first { &s.first } else { &s.second };
+        c.store(c.load(Relaxed).wrapping_add(1), Relaxed);
+    }
+
     /// Counts `first` events on the first counter and `second` on the second.
     #[inline]
     pub fn add_counts(&self, hash: u64, first: u64, second: u64) {
@@ -132,6 +144,24 @@ mod tests {
         let (a, b) = t.totals();
         assert_eq!(a + b, 40_000);
         assert_eq!(b, 4 * (0..10_000u64).filter(|n| n % 3 == 0).count() as u64);
+    }
+
+    #[test]
+    fn serialized_adds_count_exactly_under_one_lock_beside_striped_ones() {
+        let t = Striped::default();
+        let lock = std::sync::Mutex::new(());
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    for n in 0..5_000u64 {
+                        let _held = lock.lock().unwrap();
+                        t.add_serialized(n % 2 == 0);
+                    }
+                });
+            }
+        });
+        t.add(thread_hash(), true);
+        assert_eq!(t.totals(), (10_001, 10_000));
     }
 
     #[test]

@@ -504,7 +504,13 @@ impl RateLimiter {
     /// Events after a decision made for a caller.
     #[inline]
     fn after(&self, py: Python<'_>, key: Option<&Bound<'_, PyAny>>, allowed: bool) {
-        self.stats.add(counter::thread_hash(), allowed);
+        if cfg!(Py_GIL_DISABLED) {
+            self.stats.add(counter::thread_hash(), allowed);
+        } else {
+            // `py` is held: with the GIL, every update of `stats` is made under it (this
+            // is its only writer), so a load and a store count exactly.
+            self.stats.add_serialized(allowed);
+        }
         if let Some(ev) = &self.events {
             ev.after(py, key, allowed);
         }
