@@ -901,8 +901,9 @@ impl Cache {
             // SAFETY: with the GIL every call on the cache holds it, and no call releases
             // it or runs Python code while it holds a shard (user code runs between
             // shard holds: `__hash__` before, `__eq__` and `weigher` out of the lock,
-            // drops after it); the GIL excludes the callers from one another, so the
-            // shards' lock words would only cost their atomic operations.
+            // drops after it); the GIL excludes the callers from one another (one GIL:
+            // PyO3 refuses to load the module into a second interpreter), so the shards'
+            // lock words would only cost their atomic operations.
             unsafe { entries.serialize() };
         }
         // At most MAX_SHARDS shards, so the flights table stays far below MAX_SIZE.
