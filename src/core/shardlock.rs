@@ -46,9 +46,9 @@
 //! every 16 rings 12.4; with the exclusive lock on every read, 7.3. Past 16 rings the
 //! figure that moves is the CPU time per read, two threads over one: a replay writes
 //! the list links of entries the other thread reads, and takes its stripe's line, so
-//! every 16 rings it measured 1.06-1.08x, every 256 rings 1.03-1.05x, never 1.04x
-//! (three alternated runs of 7; the throughput ratio 1.81-1.83x, 1.80-1.89x and
-//! 1.75-1.90x, within the noise).
+//! every 16 rings it measured 1.06-1.08x, every 256 rings 1.03-1.05x, and with no
+//! reader replay at all 1.04x (three alternated runs of 7; the throughput ratio
+//! 1.81-1.83x, 1.80-1.89x and 1.75-1.90x, within the noise).
 
 //! # Serialized locks
 //! A lock made [`serialized`](ShardLock::serialize) takes no lock word at all: its

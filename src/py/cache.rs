@@ -380,7 +380,8 @@ fn classify(obj: &Bound<'_, PyAny>) -> KeyKind {
 /// Binds `$q` to a `&Query` of `$key` (`?` on an unhashable key). Built in the caller's
 /// own frame: a `Query` returned through a `PyResult` and then moved is copied with
 /// wider loads than the stores that wrote it, and that copy stalls a get-hit's path
-/// on store forwarding (a fifth of an int hit's time, measured).
+/// on store forwarding (measured at 1,000 int entries, where nothing misses the CPU's
+/// cache: 47 -> 40 ns a hit).
 macro_rules! query {
     ($q:ident = $key:expr) => {
         let key = $key;
