@@ -42,7 +42,13 @@
 //! in two bits of its slot's `tag`, beside the generation, so a hit reads it from the
 //! line it reads anyway (no side array for TinyLFU alone). A
 //! [`FrequencySketch`](crate::core::sketch::FrequencySketch) per shard counts accesses:
-//! a counted read or a write of a key is one.
+//! a counted read or a write of a key is one. A cached entry's accesses are counted in
+//! four more bits of its slot's `tag` (up to 15, as a sketch counter), not in the
+//! sketch, whose line a hit would otherwise fetch from a table of 16 bytes per entry;
+//! the entry's estimate is the sketch's plus its slot's, the slot's count goes into the
+//! sketch when the entry leaves, and it halves with the sketch's counters at each aging
+//! (one pass over the slab). Reads under a shared lock (below) raise the sketch's
+//! counters directly: they may not write the slot.
 //! - An access moves the entry to the front of its list; an entry on probation moves to
 //!   protected, whose least recent entries go back to probation's front while it holds
 //!   more than its share.
@@ -120,8 +126,9 @@
 //! # Generations
 //! A slot's generation is drawn from a per-shard counter each time the slot is filled;
 //! `clear` does not reset the counter, so a handle taken before a clear never matches an
-//! entry stored after it (until the 30-bit counter wraps, which the identity rule above
-//! makes harmless).
+//! entry stored after it (until the 26-bit counter wraps, which the identity rule above
+//! makes harmless; a stale read-log record that meets a wrapped generation only moves
+//! an entry in the policy's lists).
 //!
 //! # Dropping and reporting
 //! Removed keys and values are dropped only after the lock is released, because dropping
@@ -168,7 +175,7 @@ pub struct Handle {
 }
 
 /// A read-log record's flag: the read raised a sketch counter (it counts towards the
-/// sketch's aging period). Generations use 30 bits, so bit 31 is free.
+/// sketch's aging period). Generations use 26 bits, so bit 31 is free.
 const BUMPED: u64 = 1 << 31;
 
 impl Handle {
@@ -469,8 +476,10 @@ impl Lfu {
 struct Slot<K, V> {
     entry: Option<Entry<K, V>>,
     hash: u64,
-    /// The generation (low [`GEN_BITS`] bits) and, above it, the list the entry is on
-    /// (`WINDOW` in an LRU shard): a TinyLFU hit reads its list with the slot's line.
+    /// The generation (low [`GEN_BITS`] bits), above it the entry's uncounted accesses
+    /// ([`HITS_BITS`] bits, TinyLFU only: see `LruShard::count_access`), and above those
+    /// the list the entry is on (`WINDOW` in an LRU shard): a TinyLFU hit reads and
+    /// counts with the slot's own line.
     tag: u32,
     prev: u32,
     /// Next in the recency list; for an empty slot, next in the free list.
@@ -479,9 +488,16 @@ struct Slot<K, V> {
     heap_pos: u32,
 }
 
-/// Bits of a slot's `tag` that hold its generation; the two above hold its list.
-const GEN_BITS: u32 = 30;
+/// Bits of a slot's `tag` that hold its generation; the [`HITS_BITS`] above hold its
+/// access count, the two above those its list.
+const GEN_BITS: u32 = 26;
 const GEN_MASK: u32 = (1 << GEN_BITS) - 1;
+/// Bits of a slot's `tag` that count its entry's accesses not yet in the sketch: up to
+/// 15, a sketch counter's largest value.
+const HITS_BITS: u32 = 4;
+const HITS_SHIFT: u32 = GEN_BITS;
+const HITS_MAX: u32 = (1 << HITS_BITS) - 1;
+const LIST_SHIFT: u32 = GEN_BITS + HITS_BITS;
 
 impl<K, V> Slot<K, V> {
     #[inline]
@@ -492,12 +508,35 @@ impl<K, V> Slot<K, V> {
     /// The list of an occupied slot.
     #[inline]
     fn list(&self) -> usize {
-        (self.tag >> GEN_BITS) as usize
+        (self.tag >> LIST_SHIFT) as usize
     }
 
     #[inline]
     fn set_list(&mut self, list: usize) {
-        self.tag = (self.tag & GEN_MASK) | ((list as u32) << GEN_BITS);
+        self.tag = (self.tag & !(3 << LIST_SHIFT)) | ((list as u32) << LIST_SHIFT);
+    }
+
+    /// The entry's accesses not yet in the sketch, `0..=HITS_MAX`.
+    #[inline]
+    fn hits(&self) -> u32 {
+        (self.tag >> HITS_SHIFT) & HITS_MAX
+    }
+
+    /// Counts one access (saturating); true if the count went up.
+    #[inline]
+    fn add_hit(&mut self) -> bool {
+        let up = self.hits() < HITS_MAX;
+        if up {
+            self.tag += 1 << HITS_SHIFT;
+        }
+        up
+    }
+
+    /// Halves the access count (the sketch's aging).
+    #[inline]
+    fn halve_hits(&mut self) {
+        let hits = self.hits() >> 1;
+        self.tag = (self.tag & !(HITS_MAX << HITS_SHIFT)) | (hits << HITS_SHIFT);
     }
 }
 
@@ -798,14 +837,63 @@ impl<K, V> LruShard<K, V> {
     }
 
     /// An access to the occupied slot `idx` (a counted read, or a write that replaces
-    /// its value): in a TinyLFU shard counted by the sketch, then moved (see
+    /// its value): in a TinyLFU shard counted (see
+    /// [`count_access`](Self::count_access)), then moved (see
     /// [`reorder`](Self::reorder)).
     #[inline]
     fn access(&mut self, idx: u32) {
-        if let Some(lfu) = self.lfu.as_mut() {
-            lfu.sketch.increment(self.slots[idx as usize].hash);
+        if self.lfu.is_some() {
+            self.count_access(idx);
         }
         self.reorder(idx);
+    }
+
+    /// Counts an access to the cached entry in slot `idx` in the slot's own tag, not in
+    /// the sketch: the lookup has just read the slot's line, while the key's counters in
+    /// the sketch are one more line from a table of 16 bytes per entry, which a hit on
+    /// a large cache waited for (about a third of a TinyLFU hit's time, by `perf` and by
+    /// taking it out). The entry's estimate is the sketch's plus its slot's count
+    /// ([`estimate`](Self::estimate)); the count goes into the sketch when the entry
+    /// leaves the shard (`remove_idx_with`), and halves with the sketch at each aging.
+    /// A count that is saturated does not count towards the aging period, as a
+    /// saturated counter's increment does not.
+    #[inline]
+    fn count_access(&mut self, idx: u32) {
+        if self.slots[idx as usize].add_hit() {
+            self.count_towards_aging(1);
+        }
+    }
+
+    /// Counts `n` accesses towards the sketch's aging period; when the sketch ages
+    /// (halves its counters), every slot's count halves with it.
+    #[inline]
+    fn count_towards_aging(&mut self, n: u64) {
+        if let Some(lfu) = self.lfu.as_mut() {
+            if lfu.sketch.add_counted(n) {
+                self.halve_hits();
+            }
+        }
+    }
+
+    /// Halves every occupied slot's access count: one pass over the slab, in slab order,
+    /// as often as the sketch ages (after `SAMPLE_FACTOR` counted accesses per entry).
+    #[cold]
+    #[inline(never)]
+    fn halve_hits(&mut self) {
+        for s in &mut self.slots {
+            s.halve_hits();
+        }
+    }
+
+    /// TinyLFU's estimate of how often the cached entry in slot `idx` was accessed
+    /// (`0..=15`): the sketch's count for its key, plus the accesses counted in its slot.
+    fn estimate(&self, idx: u32) -> u8 {
+        let slot = &self.slots[idx as usize];
+        let sketch = self
+            .lfu
+            .as_ref()
+            .map_or(0, |lfu| u32::from(lfu.sketch.frequency(slot.hash)));
+        (sketch + slot.hits()).min(HITS_MAX) as u8
     }
 
     /// An access's move in the lists, without the count (a replayed read was counted
@@ -855,9 +943,6 @@ impl<K, V> LruShard<K, V> {
         }
     }
 
-    /// A counted read of the live entry in slot `idx`: a hit, an access, and (with a
-    /// time to idle) idle from `now`.
-    #[inline]
     /// Applies hits recorded in a shared read log ([`Handle::packed`]): the policy's
     /// access for each handle that still names an entry (a record may be stale, or lost,
     /// never another entry's: generations tell them apart). The hits were counted when
@@ -870,13 +955,13 @@ impl<K, V> LruShard<K, V> {
                 prefetch(slot);
             }
         }
-        if let Some(lfu) = self.lfu.as_mut() {
+        if self.lfu.is_some() {
             // The reads raised their counters as they happened; the aging period learns
             // of those that did here: the flagged records, in proportion when the ring
             // overflowed (`reads` > records).
             let bumped = records.iter().filter(|&&r| r & BUMPED != 0).count() as u64;
             let n = (records.len() as u64).max(1);
-            lfu.sketch.add_counted(bumped.saturating_mul(reads) / n);
+            self.count_towards_aging(bumped.saturating_mul(reads) / n);
         }
         for &r in records {
             let h = Handle::unpack(r);
@@ -886,6 +971,9 @@ impl<K, V> LruShard<K, V> {
         }
     }
 
+    /// A counted read of the live entry in slot `idx`: a hit, an access, and (with a
+    /// time to idle) idle from `now`.
+    #[inline]
     fn read_hit(&mut self, idx: u32, now: i64) {
         self.access(idx);
         self.stats.hits += 1;
@@ -1062,8 +1150,12 @@ impl<K, V> LruShard<K, V> {
         let list = self.region(idx);
         if self.lfu.is_some() {
             let load = self.load(idx);
+            let hits = self.slots[idx as usize].hits();
             if let Some(lfu) = self.lfu.as_mut() {
                 lfu.loads[list] = lfu.loads[list].saturating_sub(load);
+                // The accesses counted in the slot go to the sketch, which keeps the
+                // key's history once the entry is gone (already counted towards aging).
+                lfu.sketch.add(hash, hits);
             }
         }
         self.unlink(idx, list);
@@ -1315,12 +1407,8 @@ impl<K, V> LruShard<K, V> {
         if victim == NIL || victim == c {
             return Some(c);
         }
-        let (ch, vh) = (
-            self.slots[c as usize].hash,
-            self.slots[victim as usize].hash,
-        );
+        let (cf, vf) = (self.estimate(c), self.estimate(victim));
         let lfu = self.lfu.as_mut()?;
-        let (cf, vf) = (lfu.sketch.frequency(ch), lfu.sketch.frequency(vh));
         Some(if lfu.admits(cf, vf) { victim } else { c })
     }
 
@@ -1364,8 +1452,10 @@ impl<K, V> LruShard<K, V> {
         }
         let gen = self.next_gen;
         self.next_gen = gen.wrapping_add(1) & GEN_MASK;
-        // A new entry enters the window (`WINDOW` is 0: the tag is the generation).
-        let tag = gen | ((WINDOW as u32) << GEN_BITS);
+        // A new entry enters the window (`WINDOW` is 0: the tag is the generation and,
+        // in a TinyLFU shard, this write as its first access, counted below).
+        let first = u32::from(self.lfu.is_some());
+        let tag = gen | (first << HITS_SHIFT) | ((WINDOW as u32) << LIST_SHIFT);
         let meta = Meta {
             deadline: expires,
             weight,
@@ -1426,10 +1516,11 @@ impl<K, V> LruShard<K, V> {
         if self.lfu.is_some() {
             let load = self.load(idx);
             if let Some(lfu) = self.lfu.as_mut() {
-                // A write is an access: new entries start in the window, counted.
+                // A write is an access: new entries start in the window, counted (in
+                // the slot's tag, above).
                 lfu.loads[WINDOW] = lfu.loads[WINDOW].saturating_add(load);
-                lfu.sketch.increment(hash);
             }
+            self.count_towards_aging(1);
         }
         Ok(Handle { idx, gen })
     }
@@ -1546,6 +1637,12 @@ impl<K, V> LruShard<K, V> {
             assert_eq!(ends.tail, prev);
             if self.lfu.is_none() && list != WINDOW {
                 assert_eq!(ends.head, NIL, "an LRU shard has one list");
+            }
+            if self.lfu.is_none() {
+                assert!(
+                    self.slots.iter().all(|s| s.hits() == 0),
+                    "an LRU shard counts no accesses"
+                );
             }
         }
         if let Some(lfu) = self.lfu.as_ref() {
@@ -1844,12 +1941,6 @@ impl<K, V> ShardedCache<K, V> {
             }
         }
         let mut g = Self::exclusive(shard);
-        if count {
-            // TinyLFU: the sketch's line loads while the lookup runs.
-            if let Some(lfu) = g.lfu.as_ref() {
-                lfu.sketch.prefetch(hash, 0);
-            }
-        }
         match g.find_quick(hash, q) {
             Some(Some(h)) => {
                 let Some(v) = g.live_value(h, now).map(|v| q.clone_value(v)) else {
@@ -3606,6 +3697,76 @@ mod tests {
             // Moving between lists kept every generation: each handle still finds its key.
             assert_eq!(s.key(h), Some(&k));
         }
+    }
+
+    #[test]
+    fn tinylfu_counts_a_cached_entrys_accesses_in_its_slot_until_it_leaves() {
+        let mut s: LruShard<u64, u64> = LruShard::with_options(
+            64,
+            Options {
+                policy: Policy::TinyLfu,
+                ..Options::default()
+            },
+        );
+        let mut grave = Grave::new();
+        let sketch = |s: &LruShard<u64, u64>| s.lfu.as_ref().unwrap().sketch.frequency(mix(1));
+        let a = s.insert(mix(1), 1, 1, NEVER, 0, &mut grave).unwrap();
+        // The write is the first access: in the slot, not in the sketch.
+        assert_eq!(
+            (
+                s.slots[a.idx as usize].hits(),
+                sketch(&s),
+                s.estimate(a.idx)
+            ),
+            (1, 0, 1)
+        );
+        for _ in 0..3 {
+            s.touch(a);
+        }
+        assert_eq!(
+            (
+                s.slots[a.idx as usize].hits(),
+                sketch(&s),
+                s.estimate(a.idx)
+            ),
+            (4, 0, 4)
+        );
+        // The generation and the list are untouched by the count (and it by them).
+        assert_eq!(s.key(a), Some(&1));
+        let list = s.region(a.idx);
+        s.slots[a.idx as usize].set_list(list);
+        assert_eq!(s.slots[a.idx as usize].hits(), 4);
+        // Aging halves the slot's count with the sketch's counters.
+        s.count_towards_aging(1 << 40);
+        assert_eq!(s.estimate(a.idx), 2);
+        for _ in 0..30 {
+            s.touch(a);
+        }
+        assert_eq!(
+            (s.slots[a.idx as usize].hits(), s.estimate(a.idx)),
+            (15, 15)
+        );
+        s.check();
+        // Leaving, the entry hands its count to the sketch, which keeps the key's history.
+        assert_eq!(s.remove(a), Some((1, 1)));
+        assert_eq!(sketch(&s), 15);
+        let b = s.insert(mix(1), 1, 2, NEVER, 0, &mut grave).unwrap();
+        assert_eq!((s.slots[b.idx as usize].hits(), s.estimate(b.idx)), (1, 15));
+        // A key never cached is estimated from the sketch alone.
+        assert_eq!(s.lfu.as_ref().unwrap().sketch.frequency(mix(2)), 0);
+        s.check();
+    }
+
+    #[test]
+    fn lru_shards_count_no_accesses_in_their_slots() {
+        let mut s: LruShard<u64, u64> = LruShard::new(8);
+        let mut grave = Grave::new();
+        let a = s.insert(mix(1), 1, 1, NEVER, 0, &mut grave).unwrap();
+        for _ in 0..5 {
+            s.touch(a);
+        }
+        assert_eq!(s.slots[a.idx as usize].hits(), 0);
+        s.check();
     }
 
     #[test]

@@ -13,10 +13,18 @@
 //! keeps the estimates of rare keys (the admission candidates) close to the truth.
 //!
 //! # Aging
-//! Counters saturate at 15. Every `period` increments (ten per entry the sketch is sized
-//! for; an increment that changes nothing because the key is saturated does not count)
-//! every counter is halved, so old popularity fades and a key that was hot yesterday
-//! cannot keep today's keys out forever (TinyLFU's "reset", Einziger et al. 2017).
+//! Counters saturate at 15. Every `period` increments ([`SAMPLE_FACTOR`] per entry the
+//! sketch is sized for; an increment that changes nothing because the key is saturated
+//! does not count) every counter is halved, so old popularity fades and a key that was
+//! hot yesterday cannot keep today's keys out forever (TinyLFU's "reset", Einziger et
+//! al. 2017).
+//!
+//! # Counts kept outside
+//! The cache counts a cached entry's accesses in the entry's own slot (the line its
+//! lookup reads) and gives them to the sketch when the entry leaves
+//! ([`add`](FrequencySketch::add): `n` conservative increments at once, already counted
+//! towards the period by [`add_counted`](FrequencySketch::add_counted), which tells the
+//! cache when the sketch ages so it halves its counts too).
 //!
 //! # Sizing and memory
 //! The table is sized for a number of entries (one word, 16 counters, per entry,
@@ -223,11 +231,31 @@ impl FrequencySketch {
     }
 
     /// Counts one access of `hash`'s key (conservatively: only the counters at the
-    /// minimum go up); ages the sketch once `period` increments were counted.
+    /// minimum go up); ages the sketch once `period` increments were counted. True if
+    /// it aged.
+    #[cfg(test)]
+    pub fn increment(&mut self, hash: u64) -> bool {
+        self.raise(hash, 1) && self.add_counted(1)
+    }
+
+    /// Adds `n` accesses of `hash`'s key that were counted towards the aging period
+    /// already (a cache counts a cached entry's accesses in the entry's slot, and adds
+    /// them here when the entry leaves). Conservative, as an increment: each of the
+    /// key's counters becomes at least its smallest plus `n` (at most 15), so none
+    /// exceeds the key's new estimate unless another key's count put it higher.
     #[inline]
-    pub fn increment(&mut self, hash: u64) {
+    pub fn add(&mut self, hash: u64, n: u32) {
+        if n > 0 {
+            self.raise(hash, u64::from(n));
+        }
+    }
+
+    /// Raises `hash`'s counters in lane 0 conservatively by `n` (saturating); true if
+    /// one went up.
+    #[inline]
+    fn raise(&mut self, hash: u64, n: u64) -> bool {
         if self.table.is_empty() {
-            return;
+            return false;
         }
         let (block, at) = self.locate(hash, 0);
         let words = &mut self.table[block..block + BLOCK_WORDS];
@@ -236,15 +264,17 @@ impl FrequencySketch {
             min = min.min((*words[word].get_mut() >> shift) & 15);
         }
         if min == MAX_COUNT {
-            return;
+            return false;
         }
+        let to = (min + n).min(MAX_COUNT);
         for &(word, shift) in &at {
             let w = words[word].get_mut();
-            if (*w >> shift) & 15 == min {
-                *w += 1 << shift;
+            let c = (*w >> shift) & 15;
+            if c < to {
+                *w += (to - c) << shift;
             }
         }
-        self.add_counted(1);
+        true
     }
 
     /// [`increment`](Self::increment) in `lane` (taken modulo the lanes) by a reader
@@ -275,24 +305,29 @@ impl FrequencySketch {
         true
     }
 
-    /// Counts `n` increments towards the aging period (shared ones, in bulk); ages the
-    /// sketch once the period is reached.
+    /// Counts `n` increments towards the aging period (shared ones in bulk, and those a
+    /// cache counts outside the sketch); ages the sketch once the period is reached.
+    /// True if it aged (the caller halves the counts it keeps outside the sketch).
     #[inline]
-    pub fn add_counted(&mut self, n: u64) {
+    pub fn add_counted(&mut self, n: u64) -> bool {
         self.additions = self.additions.saturating_add(n);
-        if self.additions >= self.period && self.is_sized() {
+        let age = self.additions >= self.period && self.is_sized();
+        if age {
             self.age();
         }
+        age
     }
 
-    /// Halves every counter (and the count of additions since the last aging).
+    /// Halves every counter (and the count of additions since the last aging, at most
+    /// half a period: a burst of many counted at once ages once, not again at every
+    /// later addition).
     #[cold]
     fn age(&mut self) {
         for w in &mut self.table {
             let w = w.get_mut();
             *w = (*w >> 1) & 0x7777_7777_7777_7777;
         }
-        self.additions /= 2;
+        self.additions = (self.additions / 2).min(self.period / 2);
     }
 
     /// Counted increments since the last aging (tests).
@@ -452,6 +487,47 @@ mod tests {
         assert_eq!(s.additions(), 500);
         // A key counted once before the aging is at 0 now.
         assert_eq!(s.frequency(mix(1000)), 0);
+    }
+
+    #[test]
+    fn a_burst_of_counted_additions_ages_once() {
+        let mut s = FrequencySketch::new();
+        s.ensure(50).unwrap(); // period: 1000
+        for _ in 0..8 {
+            s.increment(mix(1));
+        }
+        assert!(s.add_counted(1 << 40));
+        assert_eq!((s.frequency(mix(1)), s.additions()), (4, 500));
+        // The next additions do not age again until the period is reached anew.
+        assert!(!s.add_counted(499));
+        assert!(s.add_counted(1));
+        assert_eq!(s.frequency(mix(1)), 2);
+    }
+
+    #[test]
+    fn adding_counted_accesses_raises_every_counter_to_the_new_estimate() {
+        let mut s = FrequencySketch::new();
+        s.ensure(50).unwrap();
+        s.add(mix(1), 4);
+        assert_eq!((s.frequency(mix(1)), s.additions()), (4, 0));
+        s.add(mix(1), 0);
+        assert_eq!(s.frequency(mix(1)), 4);
+        s.add(mix(1), 9);
+        assert_eq!(s.frequency(mix(1)), 13);
+        s.add(mix(1), 9); // saturates
+        assert_eq!(s.frequency(mix(1)), 15);
+        // Adding is an increment of n: the same counters as n increments of one.
+        let mut t = FrequencySketch::new();
+        t.ensure(50).unwrap();
+        for k in 0..200u64 {
+            s.add(mix(k + 10), 3);
+            for _ in 0..3 {
+                t.increment(mix(k + 10));
+            }
+        }
+        for k in 0..200u64 {
+            assert_eq!(s.frequency(mix(k + 10)), t.frequency(mix(k + 10)));
+        }
     }
 
     #[test]
