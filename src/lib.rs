@@ -52,6 +52,8 @@ mod _native {
         crate::errors::register(m)?;
         crate::core::clock::init_monotonic();
         crate::py::wait::register(m)?;
+        crate::py::cache::install_fast_methods(m.py())?;
+        crate::py::ratelimit::install_fast_methods(m.py())?;
         crate::py::immortal::make_types_immortal(m);
         Ok(())
     }

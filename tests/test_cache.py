@@ -80,6 +80,87 @@ def test_bad_call_arguments() -> None:
     assert len(c) == 0
 
 
+def test_get_answers_every_shape_of_call_as_its_signature_says() -> None:
+    # `get(key)` and `get(key, default)` with an exact int or str key are answered in
+    # front of the general method; every other call goes to it. Both must agree.
+    import inspect
+
+    assert str(inspect.signature(Cache.get)) == "(self, /, key, default=None)"
+    assert Cache.get.__doc__ and Cache.get.__doc__.startswith("The live value for `key`")
+    c = Cache(10)
+    c[1] = "one"
+    c["s"] = "ess"
+    sentinel = object()
+    assert c.get(1) == "one" and c.get("s") == "ess"
+    assert c.get(2) is None and c.get("t") is None
+    assert c.get(2, sentinel) is sentinel and c.get("t", sentinel) is sentinel
+    assert c.get(1, sentinel) == "one"
+    assert c.get(key=1) == "one" and c.get(1, default=sentinel) == "one"
+    assert c.get(key="t", default=sentinel) is sentinel
+    assert c.get(1.0) == "one" and c.get(True) == "one" and c.get((1,), 5) == 5
+    assert c.get(2**70, sentinel) is sentinel
+    st = c.stats()
+    assert (st.hits, st.misses) == (7, 7)
+    with pytest.raises(TypeError, match="missing 1 required positional argument: 'key'"):
+        c.get()  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="takes from 1 to 2 positional arguments but 3"):
+        c.get(1, 2, 3)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="unexpected keyword argument 'nope'"):
+        c.get(1, nope=2)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="got multiple values for argument 'key'"):
+        c.get(1, key=1)  # type: ignore[misc]
+    with pytest.raises(TypeError, match="doesn't apply to a 'object' object"):
+        Cache.get(object(), 1)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="key must be hashable"):
+        c.get([1])
+    # Bound and unbound forms, and a bound method kept across calls.
+    get = c.get
+    assert get(1) == "one" and Cache.get(c, "s") == "ess" and Cache.get(c, 9, 0) == 0
+
+
+def test_get_keeps_reference_counts_on_hits_misses_and_defaults() -> None:
+    c = Cache(10)
+    value, default = object(), object()
+    c["k"] = value
+    c[10**12] = value
+    before = (sys.getrefcount(value), sys.getrefcount(default))
+    for _ in range(1000):
+        assert c.get("k") is value and c.get(10**12, default) is value
+        assert c.get("missing", default) is default and c.get(7, default) is default
+        assert c.get("missing") is None
+    assert (sys.getrefcount(value), sys.getrefcount(default)) == before
+
+
+def test_get_of_an_expired_entry_takes_the_general_path_and_reports_it() -> None:
+    clock = ManualClock()
+    evicted: list[tuple[object, object, str]] = []
+    c = Cache(10, ttl=1.0, clock=clock, on_evict=lambda k, v, why: evicted.append((k, v, why)))
+    c[1] = "a"
+    c["s"] = "b"
+    clock.advance(2.0)
+    assert c.get(1) is None and c.get("s", 0) == 0
+    assert set(evicted) == {(1, "a", "expired"), ("s", "b", "expired")}
+    assert len(c) == 0 and c.stats().misses == 2
+
+
+def test_get_with_a_user_key_still_compares_outside_the_lock() -> None:
+    # A key whose class runs `__eq__` never takes the fast path (it is not an exact int
+    # or str), however it was stored.
+    calls = []
+
+    class K:
+        def __hash__(self) -> int:
+            return hash("s")
+
+        def __eq__(self, other: object) -> bool:
+            calls.append(other)
+            return other == "s"
+
+    c = Cache(10)
+    c["s"] = 1
+    assert c.get(K()) == 1 and calls == ["s"]
+
+
 # ---- mapping behaviour ----------------------------------------------------------------
 
 

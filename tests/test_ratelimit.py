@@ -19,6 +19,7 @@ from decimal import Decimal
 from fractions import Fraction
 from typing import NamedTuple
 
+import ferrule
 import pytest
 from ferrule import Decision, FerruleError, ManualClock, RateLimited, RateLimiter
 from ferrule._ratelimit import Limit
@@ -542,6 +543,91 @@ def test_hot_key_traffic_reclaims_other_idle_keys() -> None:
         rl.try_acquire("hot")
     # Every 64th decision runs a bounded reclaim step.
     assert len(rl) < 2_000
+
+
+def test_try_acquire_answers_every_shape_of_call_as_its_signature_says() -> None:
+    # `try_acquire(key)` with a tracked exact str key is decided in front of the general
+    # method; every other call goes to it. Both must agree, and count alike.
+    import inspect
+
+    assert str(inspect.signature(RateLimiter.try_acquire)) == "(self, /, key=None, cost=1)"
+    assert RateLimiter.try_acquire.__doc__
+    assert RateLimiter.try_acquire.__doc__.startswith("Take `cost` tokens")
+    clock, rl = limiter(1, burst=3)
+    assert rl.try_acquire("k") is True  # untracked: the general path tracks it
+    assert rl.try_acquire("k") is True and rl.try_acquire("k") is True  # tracked
+    assert rl.try_acquire("k") is False
+    assert rl.try_acquire(key="k") is False and rl.try_acquire("k", 1) is False
+    assert rl.try_acquire() is True and rl.try_acquire(None) is True
+    assert rl.try_acquire(7) is True and rl.try_acquire(7) is True
+    clock.advance(1.0)
+    assert rl.try_acquire("k") is True and rl.try_acquire("k") is False
+    st = rl.stats()
+    assert (st.allowed, st.denied) == (8, 4)
+    assert RateLimiter.try_acquire(rl, "other") is True
+    with pytest.raises(ValueError, match="cost"):
+        rl.try_acquire("k", 4)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'nope'"):
+        rl.try_acquire("k", nope=1)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="takes from 0 to 2 positional arguments but 3"):
+        rl.try_acquire("k", 1, 2)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="doesn't apply to a 'object' object"):
+        RateLimiter.try_acquire(object(), "k")  # type: ignore[arg-type]
+
+
+def test_try_acquire_of_tracked_str_keys_on_several_limits_or_with_a_bus() -> None:
+    # Limiters whose decisions do more than one bucket's CAS take the general path.
+    clock = ManualClock()
+    two = RateLimiter.parse("2/second; 3/minute", clock=clock)
+    assert [two.try_acquire("k") for _ in range(3)] == [True, True, False]
+    clock.advance(1.0)
+    assert [two.try_acquire("k") for _ in range(2)] == [True, False]
+    bus = ferrule.SignalBus()
+    sub = bus.subscribe("ratelimit.*.denied")
+    rl = RateLimiter(1, burst=1, clock=clock, bus=bus, name="api", deny_threshold=1)
+    assert rl.try_acquire("k") is True and rl.try_acquire("k") is False
+    sig = sub.get(timeout=5.0)
+    assert sig.data["denied"] == 1 and sig.data["keys"] == ["'k'"]
+
+
+def test_try_acquire_of_a_hot_str_key_releases_reclaimed_keys_at_once() -> None:
+    # The reclaim step a decision runs every 64th time drops the key objects it removes
+    # then, not later.
+    class Key:
+        def __init__(self, i: int) -> None:
+            self.i = i
+
+        def __hash__(self) -> int:
+            return self.i
+
+        def __eq__(self, other: object) -> bool:
+            return isinstance(other, Key) and other.i == self.i
+
+    clock, rl = limiter(1e9)
+    keys = [Key(i) for i in range(500)]
+    refs = [weakref.ref(k) for k in keys]
+    for k in keys:
+        rl.try_acquire(k)
+    del keys, k
+    clock.advance(10.0)
+    rl.try_acquire("hot")
+    for _ in range(20_000):
+        rl.try_acquire("hot")
+    alive = sum(r() is not None for r in refs)
+    assert len(rl) < 500 and alive == len(rl) - 1
+
+
+def test_try_acquire_keeps_reference_counts() -> None:
+    _, rl = limiter(1e9)
+    key = "a key of its own"
+    rl.try_acquire(key)
+    before = (sys.getrefcount(key), sys.getrefcount(True), sys.getrefcount(False))
+    for _ in range(1000):
+        rl.try_acquire(key)
+    after = (sys.getrefcount(key), sys.getrefcount(True), sys.getrefcount(False))
+    assert after[0] == before[0]
+    if sys.version_info < (3, 12):  # immortal since 3.12
+        assert after[1:] == before[1:]
 
 
 # ---- acquire -----------------------------------------------------------------------------

@@ -840,7 +840,8 @@ impl<K, V> LruShard<K, V> {
     /// its value): in a TinyLFU shard counted (see
     /// [`count_access`](Self::count_access)), then moved (see
     /// [`reorder`](Self::reorder)).
-    #[inline]
+    #[allow(clippy::inline_always)]
+    #[inline(always)]
     fn access(&mut self, idx: u32) {
         if self.lfu.is_some() {
             self.count_access(idx);
@@ -1862,7 +1863,8 @@ impl<K, V> ShardedCache<K, V> {
 
     /// The shard's exclusive lock, with the reads its read log holds applied first (a
     /// shard without shared reads has none: one comparison).
-    #[inline]
+    #[allow(clippy::inline_always)]
+    #[inline(always)]
     fn exclusive(shard: &ShardLock<LruShard<K, V>>) -> Write<'_, LruShard<K, V>> {
         let mut g = shard.lock();
         if g.pending() {

@@ -71,7 +71,7 @@ use crate::errors::wrong_type;
 use crate::py::args::Held;
 use crate::py::events::{self, Event, Events, Tally, Val};
 use crate::py::lookup::lookup;
-use crate::py::{args, cache_async, wait};
+use crate::py::{args, cache_async, fastcall, wait};
 
 /// Flights a shard of the flight table holds at most: one per leader running a factory on
 /// that shard, so the bound is a backstop (at most `MAX_SHARDS * FLIGHTS_PER_SHARD =
@@ -1320,5 +1320,53 @@ impl CacheStats {
             "CacheStats(hits={}, misses={}, inserts={}, evictions={}, expirations={}, rejected={}, size={}, weight={}, max_size={})",
             self.hits, self.misses, self.inserts, self.evictions, self.expirations, self.rejected, self.size, self.weight, self.max_size
         )
+    }
+}
+
+/// `Cache.get` in front of PyO3's (see `crate::py::fastcall`): `get(key)` or
+/// `get(key, default)` with an exact int or str key, answered by
+/// [`TimedCache::get_fast`] when it decides (a live hit, or a plain miss); every other
+/// call (keywords, another kind of key, an expired entry) is PyO3's `get`.
+static GET: fastcall::Method = fastcall::Method::new(c"get");
+
+/// Installs the fast methods of `Cache` (module initialisation).
+pub(crate) fn install_fast_methods(py: Python<'_>) -> PyResult<()> {
+    fastcall::install(&py.get_type::<Cache>(), &GET, get_fastcall)
+}
+
+unsafe extern "C" fn get_fastcall(
+    slf: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: CPython's arguments for the method `GET` was installed as; the closure
+    // runs no Python code and drops no Python object (a hit's value and a miss's default
+    // are new references for the caller).
+    unsafe {
+        fastcall::dispatch(&GET, slf, args, nargs, kwnames, 1..=2, |py| {
+            let cache = pyo3::Borrowed::from_ptr(py, slf).cast_unchecked::<Cache>();
+            let cache: &Cache = cache.get();
+            let key = pyo3::Borrowed::from_ptr(py, *args);
+            let (kind, hash) = Query::fast_parts(&key)?;
+            let q = Query {
+                key: &key,
+                kind,
+                hash,
+            };
+            match cache.inner.get_fast(hash, &q, true).0 {
+                Fast::Hit(v) => Some(v.into_ptr()),
+                Fast::Miss => {
+                    let d = if nargs == 2 {
+                        *args.add(1)
+                    } else {
+                        ffi::Py_None()
+                    };
+                    ffi::Py_IncRef(d);
+                    Some(d)
+                }
+                Fast::Slow => None,
+            }
+        })
     }
 }

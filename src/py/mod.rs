@@ -9,6 +9,7 @@ pub mod cache_async;
 pub mod clock;
 pub mod error_store;
 pub mod events;
+pub mod fastcall;
 pub mod immortal;
 pub mod lookup;
 pub mod mailbox;

@@ -36,6 +36,7 @@
 use std::time::{Duration, Instant};
 
 use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyString, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
@@ -45,11 +46,11 @@ use crate::core::counter::{self, Striped};
 use crate::core::ratelimit::{
     self, parse_spec, Gcra, KeyRef, Limiter, Policy, Query, SpecLimit, Windows, MAX_LIMITS,
 };
-use crate::py::args;
 use crate::py::events::{self, Event, Events, Tally, Val};
 use crate::py::lookup::lookup;
 use crate::py::ratelimit_key::{exact_str, prepare, release, Caller};
 use crate::py::wait::{self, SLICE};
+use crate::py::{args, fastcall};
 
 /// The outcome of `RateLimiter.check`. Immutable.
 #[pyclass(frozen, get_all, module = "ferrule", name = "Decision")]
@@ -921,6 +922,70 @@ fn try_acquire_many(
 ) -> PyResult<bool> {
     let q = prepare(py, key)?;
     try_acquire_in(l, py, key, &q, cost)
+}
+
+/// `RateLimiter.try_acquire` in front of PyO3's (see `crate::py::fastcall`):
+/// `try_acquire(key)` with an exact str key that the limiter already tracks, on a limiter
+/// of one limit without a bus, is decided here (one bucket read and CAS); every other
+/// call (another key, cost or shape, an untracked key, several limits, a bus to publish
+/// denials on) is PyO3's `try_acquire`.
+static TRY_ACQUIRE: fastcall::Method = fastcall::Method::new(c"try_acquire");
+
+/// Installs the fast methods of `RateLimiter` (module initialisation).
+pub(crate) fn install_fast_methods(py: Python<'_>) -> PyResult<()> {
+    fastcall::install(
+        &py.get_type::<RateLimiter>(),
+        &TRY_ACQUIRE,
+        try_acquire_fastcall,
+    )
+}
+
+unsafe extern "C" fn try_acquire_fastcall(
+    slf: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: CPython's arguments for the method `TRY_ACQUIRE` was installed as. The
+    // closure decides only before it changed anything to hand the call on, runs no
+    // Python code, and drops Python objects (a reclaim step's) only inside
+    // `wait::attach` (PyO3's attach of an attached thread), where PyO3 knows the thread
+    // is attached.
+    unsafe {
+        fastcall::dispatch(&TRY_ACQUIRE, slf, args, nargs, kwnames, 1..=1, |py| {
+            let rl = pyo3::Borrowed::from_ptr(py, slf).cast_unchecked::<RateLimiter>();
+            let rl: &RateLimiter = rl.get();
+            let (Inner::One(l), None) = (&rl.inner, &rl.events) else {
+                return None;
+            };
+            let key = pyo3::Borrowed::from_ptr(py, *args);
+            let (s, h) = exact_str(Some(&key))?;
+            let cost = rl.cost(1).ok()?;
+            let q = Query::with_hash(KeyRef::Str(s), h);
+            let o = l.hit(&q, cost)?;
+            if ratelimit::due() {
+                if let Err(e) = wait::attach(|py| reclaim_step(l, py)) {
+                    e.restore(py);
+                    return Some(std::ptr::null_mut());
+                }
+            }
+            let allowed = allowed_by(l, &o);
+            rl.after(py, Some(&key), allowed);
+            let out = if allowed {
+                ffi::Py_True()
+            } else {
+                ffi::Py_False()
+            };
+            ffi::Py_IncRef(out);
+            Some(out)
+        })
+    }
+}
+
+/// Whether `l`'s outcome `o` grants the tokens (names `l`'s policy for the compiler).
+#[inline]
+fn allowed_by<G: Policy>(_l: &Core<G>, o: &G::Outcome) -> bool {
+    G::allowed(o)
 }
 
 /// What a `RateLimiter` has decided, from `RateLimiter.stats`. Immutable.
