@@ -161,6 +161,115 @@ def test_get_with_a_user_key_still_compares_outside_the_lock() -> None:
     assert c.get(K()) == 1 and calls == ["s"]
 
 
+def test_set_answers_every_shape_of_call_as_its_signature_says() -> None:
+    # `set(key, value)` with an exact int or str key is written in front of the general
+    # method; a `ttl`, keywords and other keys go to it. Both must agree.
+    import inspect
+
+    assert str(inspect.signature(Cache.set)) == "(self, /, key, value, *, ttl=None)"
+    assert Cache.set.__doc__ and Cache.set.__doc__.startswith("Insert or replace")
+    clock = ManualClock()
+    c = Cache(10, clock=clock)
+    assert c.set(1, "one") is None and c.set("s", "ess") is None
+    assert c.set(2**70, "big") is None and c.set((1,), "tuple") is None
+    assert c.set(key=3, value="three") is None and c.set(4, value="four") is None
+    assert c.set(5, "five", ttl=1.0) is None
+    assert c.set(1.0, "one again") is None  # equal to the int key 1: replaces it
+    assert dict(c.items()) == {
+        1: "one again",
+        "s": "ess",
+        2**70: "big",
+        (1,): "tuple",
+        3: "three",
+        4: "four",
+        5: "five",
+    }
+    clock.advance(2.0)
+    assert 5 not in c and len(c) == 6
+    assert c.stats().inserts == 8
+    with pytest.raises(TypeError, match="missing 1 required positional argument: 'value'"):
+        c.set(1)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="takes 2 positional arguments but 3"):
+        c.set(1, 2, 3)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="unexpected keyword argument 'nope'"):
+        c.set(1, 2, nope=3)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="doesn't apply to a 'object' object"):
+        Cache.set(object(), 1, 2)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="key must be hashable"):
+        c.set([1], 2)
+    put = c.set
+    put(7, "seven")
+    Cache.set(c, "t", "tee")
+    assert c[7] == "seven" and c["t"] == "tee"
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_set_releases_what_it_replaces_and_evicts_at_once(policy: str) -> None:
+    class V:
+        pass
+
+    c = Cache(4, shards=1, policy=policy)
+    first = V()
+    gone = weakref.ref(first)
+    c.set("k", first)
+    del first
+    c.set("k", V())  # replaces: the old value is released by the call itself
+    assert gone() is None
+    refs = []
+    for i in range(100):
+        v = V()
+        refs.append(weakref.ref(v))
+        c.set(i, v)
+        del v
+    # No collection needed: only what the cache still holds is alive.
+    assert sum(r() is not None for r in refs) + ("k" in c) == len(c) == 4
+    value, key = V(), "x" * 50
+    before = (sys.getrefcount(value), sys.getrefcount(key))
+    for i in range(1000):
+        c.set(key, value)
+        c.set(i, value)
+    c.clear()
+    assert (sys.getrefcount(value), sys.getrefcount(key)) == before
+
+
+def test_set_with_ttl_by_default_or_a_listener_keeps_its_semantics() -> None:
+    clock = ManualClock()
+    evicted: list[tuple[object, object, str]] = []
+    c = Cache(2, shards=1, ttl=1.0, clock=clock)
+    c.set(1, "a")
+    clock.advance(2.0)
+    assert 1 not in c  # the default ttl applies to the fast write too
+    c = Cache(2, shards=1, on_evict=lambda k, v, why: evicted.append((k, v, why)))
+    c.set(1, "a")
+    c.set(1, "b")
+    c.set(2, "c")
+    c.set(3, "d")
+    assert evicted == [(1, "a", "replaced"), (1, "b", "size")]
+    w = Cache(10, weigher=lambda k, v: len(v))
+    w.set(1, "abc")
+    assert w.stats().weight == 3
+
+
+def test_set_with_a_user_key_stored_compares_outside_the_lock() -> None:
+    # An int or str key meeting a stored key whose class runs `__eq__` takes the general
+    # path, which compares without the lock (and may run that `__eq__`).
+    calls = []
+
+    class K:
+        def __hash__(self) -> int:
+            return hash(7)
+
+        def __eq__(self, other: object) -> bool:
+            calls.append(other)
+            return other == 7
+
+    c = Cache(10, shards=1)
+    k = K()
+    c.set(k, "user")
+    c.set(7, "int")
+    assert calls == [7] and len(c) == 1 and c[k] == "int"
+
+
 # ---- mapping behaviour ----------------------------------------------------------------
 
 

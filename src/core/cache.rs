@@ -1210,6 +1210,77 @@ impl<K, V> LruShard<K, V> {
         Ok(())
     }
 
+    /// The write of [`ShardedCache::set_if`] once its key (hashed `hash`) is found (`h`)
+    /// or known absent:
+    /// stores `value()` under the key (the existing entry's, else `key()`) and reclaims
+    /// and evicts into `grave` what the write pushes out. A weighted write heavier than
+    /// the capacity is rejected (see [`reject`](Self::reject)); with `report` a replaced
+    /// value goes to `grave` with its stored key.
+    #[allow(clippy::too_many_arguments)] // set's arguments
+    #[inline]
+    fn write<Q: KeyQuery<K, V>>(
+        &mut self,
+        hash: u64,
+        h: Option<Handle>,
+        q: &Q,
+        key: impl FnOnce() -> K,
+        value: impl FnOnce() -> V,
+        expires: i64,
+        weight: u64,
+        now: i64,
+        report: bool,
+        grave: &mut Grave<K, V>,
+    ) -> Written<K, V> {
+        if !self.admits(weight) {
+            return match self.reject(h, now, grave) {
+                Ok(()) => Written::Refused(value()),
+                Err(AllocError) => Written::Unstored(None, value()),
+            };
+        }
+        // Admitted: at most the capacity, which fits in u32.
+        let weight = u32::try_from(weight).unwrap_or(u32::MAX);
+        let Some(h) = h else {
+            self.reclaim(now, RECLAIM_BUDGET, grave);
+            return match self.insert_weighted(hash, key(), value(), expires, weight, now, grave) {
+                Ok(_) => {
+                    self.stats.inserts += 1;
+                    Written::Stored(None)
+                }
+                Err((k, v)) => Written::Unstored(Some(k), v),
+            };
+        };
+        let stored_key = if report {
+            if grave.len() == grave.capacity() && grave.try_reserve(1).is_err() {
+                return Written::Unstored(None, value());
+            }
+            self.key(h).map(|k| q.clone_key(k))
+        } else {
+            None
+        };
+        match self.replace(h, value(), expires, weight, now) {
+            Ok(v) => {
+                let old = match stored_key {
+                    Some(k) => {
+                        grave.push((k, v, Cause::Replaced)); // room above
+                        None
+                    }
+                    None => Some(v),
+                };
+                self.stats.inserts += 1;
+                // After the replace: the entry itself may be among the expired.
+                self.reclaim(now, RECLAIM_BUDGET, grave);
+                if self.opts.weighted {
+                    // Its new weight may not fit beside the others. Running out of memory
+                    // here leaves the shard over its weight until the next write, never
+                    // over its count.
+                    let _ = self.shed(0, 0, now, grave);
+                }
+                Written::Stored(old)
+            }
+            Err(v) => Written::Unstored(None, v),
+        }
+    }
+
     /// Replaces the value, deadline (`expires`: the entry's own, before any time to idle)
     /// and weight of an existing entry and marks it most recent. Returns the old value;
     /// gives `value` back if the handle is stale or the deadline heap cannot grow (then
@@ -1770,6 +1841,17 @@ pub struct ShardedCache<K, V> {
     shared_reads: bool,
 }
 
+/// What a write leaves for its caller to drop once the shard lock is released (see
+/// [`ShardedCache::set_quick`]).
+pub enum Written<K, V> {
+    /// Stored; the value it replaced, unless that went to the grave.
+    Stored(Option<V>),
+    /// Refused: not stored (a weighted write heavier than the capacity, or a condition).
+    Refused(V),
+    /// Not stored for want of memory (with the key made for it, if any); nothing changed.
+    Unstored(Option<K>, V),
+}
+
 /// The answer of [`ShardedCache::get_fast`].
 pub enum Fast<V> {
     Hit(V),
@@ -2100,76 +2182,64 @@ impl<K, V> ShardedCache<K, V> {
         grave: &mut Grave<K, V>,
         keep: impl FnOnce() -> bool,
     ) -> Result<bool, Q::Error> {
-        // Filled under the lock, dropped here after it is released: the replaced value,
-        // what could not be stored for want of memory, or what `keep` refused.
-        let mut old: Option<V> = None;
-        let mut unstored: Option<(Option<K>, V)> = None;
-        let mut refused: Option<V> = None;
         let report = self.opts.report_replaced;
-        self.with_key(hash, q, |s, h| {
+        // Dropped here, after the lock is released.
+        let written = self.with_key(hash, q, |s, h| {
             if !keep() {
-                refused = Some(value);
-                return;
+                return Written::Refused(value);
             }
-            if !s.admits(weight) {
-                match s.reject(h, now, grave) {
-                    Ok(()) => refused = Some(value),
-                    Err(AllocError) => unstored = Some((None, value)),
-                }
-                return;
-            }
-            // Admitted: at most the capacity, which fits in u32.
-            let weight = u32::try_from(weight).unwrap_or(u32::MAX);
-            match h {
-                Some(h) => {
-                    let key = if report {
-                        if grave.len() == grave.capacity() && grave.try_reserve(1).is_err() {
-                            unstored = Some((None, value));
-                            return;
-                        }
-                        s.key(h).map(|k| q.clone_key(k))
-                    } else {
-                        None
-                    };
-                    match s.replace(h, value, expires, weight, now) {
-                        Ok(v) => {
-                            match key {
-                                Some(k) => grave.push((k, v, Cause::Replaced)), // room above
-                                None => old = Some(v),
-                            }
-                            s.stats.inserts += 1;
-                            // After the replace: the entry itself may be among the expired.
-                            s.reclaim(now, RECLAIM_BUDGET, grave);
-                            if s.opts.weighted {
-                                // Its new weight may not fit beside the others. Running out
-                                // of memory here leaves the shard over its weight until
-                                // the next write, never over its count.
-                                let _ = s.shed(0, 0, now, grave);
-                            }
-                        }
-                        Err(v) => unstored = Some((None, v)),
-                    }
-                }
-                None => {
-                    s.reclaim(now, RECLAIM_BUDGET, grave);
-                    match s.insert_weighted(hash, key(), value, expires, weight, now, grave) {
-                        Ok(_) => s.stats.inserts += 1,
-                        Err((k, v)) => unstored = Some((Some(k), v)),
-                    }
-                }
-            }
+            s.write(
+                hash,
+                h,
+                q,
+                key,
+                || value,
+                expires,
+                weight,
+                now,
+                report,
+                grave,
+            )
         })?;
-        drop(old);
-        if refused.is_some() {
-            return Ok(false);
-        }
-        match unstored {
-            None => Ok(true),
-            Some(unstored) => {
-                drop(unstored);
+        match written {
+            Written::Stored(old) => {
+                drop(old);
+                Ok(true)
+            }
+            Written::Refused(v) => {
+                drop(v);
+                Ok(false)
+            }
+            Written::Unstored(k, v) => {
+                drop((k, v));
                 Err(AllocError.into())
             }
         }
+    }
+
+    /// [`set_if`](Self::set_if) of an entry of weight 1, for a caller that disposes of
+    /// what the write leaves itself (see [`Written`]): done only if finding the key needs
+    /// no [`KeyQuery::slow_eq`]; `None` (and nothing made, nothing changed) if it does.
+    /// `value()` is made under the shard lock, once the write is decided.
+    #[allow(clippy::too_many_arguments)] // set's arguments
+    #[inline]
+    pub fn set_quick<Q: KeyQuery<K, V>>(
+        &self,
+        hash: u64,
+        q: &Q,
+        key: impl FnOnce() -> K,
+        value: impl FnOnce() -> V,
+        expires: i64,
+        now: i64,
+        grave: &mut Grave<K, V>,
+    ) -> Option<Written<K, V>> {
+        let report = self.opts.report_replaced;
+        let shard = self.shard(hash);
+        let mut g = Self::exclusive(shard);
+        let h = g.find_quick(hash, q)?;
+        let written = g.write(hash, h, q, key, value, expires, 1, now, report, grave);
+        drop(g);
+        Some(written)
     }
 
     /// Removes the key; returns its entry with the cause: `Deleted` if it was live, else
@@ -2448,6 +2518,21 @@ impl<K, V> TimedCache<K, V> {
             .set_if(hash, q, key, value, expires, weight, now, grave, keep)
     }
 
+    /// [`ShardedCache::set_quick`] with the default deadline.
+    #[inline]
+    pub fn set_quick<Q: KeyQuery<K, V>>(
+        &self,
+        hash: u64,
+        q: &Q,
+        key: impl FnOnce() -> K,
+        value: impl FnOnce() -> V,
+        grave: &mut Grave<K, V>,
+    ) -> Option<Written<K, V>> {
+        let (now, expires) = self.stamp(None);
+        self.entries
+            .set_quick(hash, q, key, value, expires, now, grave)
+    }
+
     /// [`ShardedCache::remove`] at this operation's clock reading.
     pub fn remove<Q: KeyQuery<K, V>>(
         &self,
@@ -2639,6 +2724,81 @@ mod tests {
         assert!(set_if("a", 1, true));
         assert!(!set_if("a", 2, false));
         assert_eq!((get(&c, "a", 0), c.stats().inserts), (Some(1), 1));
+    }
+
+    #[test]
+    fn set_quick_hands_back_what_it_leaves_and_declines_slow_comparisons() {
+        let c: ShardedCache<String, u64> = ShardedCache::new(2, Some(1), 1).unwrap();
+        let quick = |k: &str, v: u64, g: &mut Grave<String, u64>| {
+            let made = Cell::new(false);
+            let w = c.set_quick(
+                h(&k),
+                &Q(k),
+                || k.to_string(),
+                || {
+                    made.set(true);
+                    v
+                },
+                NEVER,
+                0,
+                g,
+            );
+            (w, made.get())
+        };
+        let mut g = Grave::new();
+        assert!(matches!(
+            quick("a", 1, &mut g),
+            (Some(Written::Stored(None)), true)
+        ));
+        assert!(matches!(
+            quick("a", 2, &mut g),
+            (Some(Written::Stored(Some(1))), true)
+        ));
+        assert!(matches!(
+            quick("b", 3, &mut g),
+            (Some(Written::Stored(None)), true)
+        ));
+        assert!(g.is_empty());
+        assert!(matches!(
+            quick("c", 4, &mut g),
+            (Some(Written::Stored(None)), true)
+        ));
+        assert_eq!(
+            g.drain(..).collect::<Vec<_>>(),
+            vec![("a".to_string(), 2, Cause::Size)]
+        );
+        assert_eq!((get(&c, "b", 0), get(&c, "c", 0)), (Some(3), Some(4)));
+        assert_eq!(c.stats().inserts, 4);
+
+        // A comparison that needs user code: nothing made, nothing changed.
+        let s: ShardedCache<Rc<str>, u64> = ShardedCache::new(4, Some(1), 1).unwrap();
+        let mut g = Grave::new();
+        s.set(
+            7,
+            &Slow("x", Cell::new(0)),
+            || Rc::from("x"),
+            1,
+            NEVER,
+            0,
+            &mut g,
+        )
+        .unwrap();
+        let q = Slow("x", Cell::new(0));
+        let made = Cell::new(false);
+        let w = s.set_quick(
+            7,
+            &q,
+            || Rc::from("x"),
+            || {
+                made.set(true);
+                2
+            },
+            NEVER,
+            0,
+            &mut g,
+        );
+        assert!(w.is_none() && !made.get() && q.1.get() == 0);
+        assert_eq!((s.stats().inserts, s.stats().size), (1, 1));
     }
 
     #[test]

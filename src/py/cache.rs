@@ -62,8 +62,8 @@ use pyo3::types::{PyBool, PyBytes, PyDict, PyInt, PyList, PyString, PyTuple};
 use pyo3::{intern, PyTraverseError, PyVisit};
 
 use crate::core::cache::{
-    hit_ratio, mix, Cause, Fast, Grave, KeyQuery, Match, Options, Policy, ShardedCache, Stats,
-    TimedCache,
+    hit_ratio, mix, AllocError, Cause, Fast, Grave, KeyQuery, Match, Options, Policy, ShardedCache,
+    Stats, TimedCache, Written,
 };
 use crate::core::clock::nanos_to_secs;
 use crate::core::flight::{Flight, Join, Leader, Outcome, SingleFlight};
@@ -1329,12 +1329,71 @@ impl CacheStats {
 /// call (keywords, another kind of key, an expired entry) is PyO3's `get`.
 static GET: fastcall::Method = fastcall::Method::new(c"get");
 
+/// `Cache.set` in front of PyO3's: `set(key, value)` with an exact int or str key on a
+/// cache with no `weigher`, `on_evict` or `bus` (whose code a write may run), written by
+/// [`TimedCache::set_quick`] when finding the key needs no user `__eq__`; every other call
+/// (a `ttl`, another kind of key) is PyO3's `set`.
+static SET: fastcall::Method = fastcall::Method::new(c"set");
+
 /// Installs the fast methods of `Cache` (module initialisation).
 pub(crate) fn install_fast_methods(py: Python<'_>) -> PyResult<()> {
-    fastcall::install(&py.get_type::<Cache>(), &GET, get_fastcall)
+    let ty = py.get_type::<Cache>();
+    fastcall::install(&ty, &GET, get_fastcall)?;
+    fastcall::install(&ty, &SET, set_fastcall)
 }
 
 fastcall::entry!(get_fastcall, GET, Cache, 1..=2, get_fast_path);
+fastcall::entry!(set_fastcall, SET, Cache, 2..=2, set_fast_path);
+
+/// `set(key, value)` with an exact int or str key, on a cache whose writes run no Python
+/// code, when [`TimedCache::set_quick`] decides. What the write removes or replaces is
+/// released here as `Bound`s (see `crate::py::fastcall`), after the shard lock.
+#[allow(clippy::inline_always)] // the body of the entry point: measured, as `dispatch`
+#[inline(always)]
+fn set_fast_path<'py>(
+    py: Python<'py>,
+    cache: &Cache,
+    args: fastcall::Args<'_, 'py>,
+) -> fastcall::Answer<'py> {
+    if cache.weigher.is_some() || cache.on_evict.is_some() || cache.events.is_some() {
+        return None;
+    }
+    let key = args.get(0)?;
+    let value = args.get(1)?;
+    let (kind, hash) = Query::fast_parts(&key)?;
+    let q = Query {
+        key: &key,
+        kind,
+        hash,
+    };
+    let mut grave = Grave::new();
+    let written = cache.inner.set_quick(
+        hash,
+        &q,
+        || q.stored(),
+        || value.to_owned().unbind(),
+        &mut grave,
+    )?;
+    for (k, v, _) in grave.drain(..) {
+        drop(k.obj.into_bound(py));
+        drop(v.into_bound(py));
+    }
+    Some(match written {
+        Written::Stored(old) => {
+            drop(old.map(|v| v.into_bound(py)));
+            Ok(py.None().into_bound(py))
+        }
+        Written::Refused(v) => {
+            drop(v.into_bound(py));
+            Ok(py.None().into_bound(py))
+        }
+        Written::Unstored(k, v) => {
+            drop(k.map(|k| k.obj.into_bound(py)));
+            drop(v.into_bound(py));
+            Err(AllocError.into())
+        }
+    })
+}
 
 /// `get(key)` / `get(key, default)` with an exact int or str key, when
 /// [`TimedCache::get_fast`] decides. Runs no Python code and drops no Python object.

@@ -20,11 +20,12 @@
 //! its caller is attached to the interpreter (it holds the GIL on builds with one). A
 //! fast path gets the receiver and its positional arguments as references ([`Args`])
 //! and answers with a new reference (a `Bound`), an error, or `None` to hand the call to
-//! PyO3's method, which it may only do before it changed anything. It must not run
+//! PyO3's method, which it may only do before it changed anything. It must not call
 //! Python code, release the GIL, or drop a `Py` (PyO3 does not know the thread is
 //! attached: a `Py` dropped here would have its reference count lowered later, by the
-//! next PyO3 call; a `Bound` is released at once, as anywhere); code that must, runs
-//! inside `crate::py::wait::attach`. A panic is caught and raised as PyO3's
+//! next PyO3 call); what it releases it releases as a `Bound`, at once, as anywhere (a
+//! finalizer that runs then runs as it would in PyO3's method, with no lock held). Code
+//! that must do more runs inside `crate::py::wait::attach`. A panic is caught and raised as PyO3's
 //! `PanicException`, as PyO3 would.
 
 use std::ffi::{CStr, CString};
