@@ -129,7 +129,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::fmt;
 use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
-use std::sync::atomic::{AtomicU64 as StdAtomicU64, AtomicUsize};
+use std::sync::atomic::{AtomicU32, AtomicU64 as StdAtomicU64, AtomicUsize};
 use std::sync::OnceLock;
 
 use hashbrown::hash_map::Entry;
@@ -137,7 +137,7 @@ use parking_lot::Mutex;
 
 use crate::core::clock::Clock;
 use crate::core::counter;
-use crate::core::readmap::ReadMap;
+use crate::core::readmap::{Announced, ReadMap};
 use crate::core::sync::{AtomicU64, Mutex as KeyLock, Ordering};
 
 /// Keys examined per reclaim step, at most.
@@ -846,13 +846,34 @@ impl KeyRef<'_> {
             (Self::None, KeyKind::None) => true,
             (Self::Int(a), KeyKind::Int(b)) => a == b,
             (Self::BigInt(a), KeyKind::BigInt(b)) => a.as_str() == &**b,
-            (Self::Str(a), KeyKind::Str(b)) => *a == &**b,
-            (Self::Bytes(a), KeyKind::Bytes(b)) => *a == &**b,
+            (Self::Str(a), KeyKind::Str(b)) => bytes_eq(a.as_bytes(), b.as_bytes()),
+            (Self::Bytes(a), KeyKind::Bytes(b)) => bytes_eq(a, b),
             (Self::Tuple(a), KeyKind::Tuple(b)) => {
                 a.len() == b.len() && a.iter().zip(b.iter()).all(|(x, y)| x.matches(y))
             }
             _ => false,
         }
+    }
+}
+
+/// `a == b`, without a call to `memcmp` for the short keys a limiter usually has (up to
+/// 16 bytes: two overlapping word loads from each side).
+#[inline]
+fn bytes_eq(a: &[u8], b: &[u8]) -> bool {
+    #[inline]
+    fn word<const N: usize>(s: &[u8], at: usize) -> [u8; N] {
+        s[at..at + N].try_into().unwrap_or([0; N])
+    }
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    match n {
+        0 => true,
+        1..=3 => a[0] == b[0] && a[n / 2] == b[n / 2] && a[n - 1] == b[n - 1],
+        4..=7 => word::<4>(a, 0) == word::<4>(b, 0) && word::<4>(a, n - 4) == word::<4>(b, n - 4),
+        8..=16 => word::<8>(a, 0) == word::<8>(b, 0) && word::<8>(a, n - 8) == word::<8>(b, n - 8),
+        _ => a == b,
     }
 }
 
@@ -948,36 +969,20 @@ impl Key {
     }
 }
 
-/// What both a stored [`Key`] and a borrowed [`Query`] can be looked up as, so that
-/// `ReadMap<Key, _>::read` accepts a `Query` without building a `Key` (no allocation on the
-/// hit path). Both hash as their precomputed `u64`.
-pub trait Lookup {
-    fn hash64(&self) -> u64;
-    fn matches(&self, stored: &Key) -> bool;
-    fn as_key(&self) -> Option<&Key>;
-}
-
-impl Lookup for Key {
-    fn hash64(&self) -> u64 {
-        self.hash
-    }
-    fn matches(&self, stored: &Key) -> bool {
-        self == stored
-    }
-    fn as_key(&self) -> Option<&Key> {
-        Some(self)
+/// A borrowed [`Query`] is looked up in `ReadMap<Key, _>` as the stored key it equals
+/// (hashbrown's `Equivalent`): no `Key` is built (no allocation on the hit path) and the
+/// table's hashing and comparisons are direct calls. Both hash as their precomputed `u64`.
+impl Hash for Query<'_> {
+    #[inline]
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        h.write_u64(self.hash);
     }
 }
 
-impl Lookup for Query<'_> {
-    fn hash64(&self) -> u64 {
-        self.hash
-    }
-    fn matches(&self, stored: &Key) -> bool {
+impl hashbrown::Equivalent<Key> for Query<'_> {
+    #[inline]
+    fn equivalent(&self, stored: &Key) -> bool {
         self.hash == stored.hash && self.kind.matches(&stored.kind)
-    }
-    fn as_key(&self) -> Option<&Key> {
-        None
     }
 }
 
@@ -991,8 +996,8 @@ pub struct Probe {
     found: RefCell<Vec<Key>>,
 }
 
-/// [`Lookup`] for a [`Probe`]: a trait-object type of its own, so that the map's lookup
-/// code for `dyn Lookup` (the fast path) serves `Query` alone and keeps direct calls.
+/// What a [`Probe`] is looked up as (a trait object: a probe and a stored key meet in
+/// one lookup type, which the map's code for a [`Query`], the fast path, never sees).
 pub trait Collect {
     fn hash64(&self) -> u64;
     /// False always for a probe (it collects instead); equality for a stored key.
@@ -1064,30 +1069,6 @@ impl Eq for Key {}
 impl Hash for Key {
     fn hash<H: Hasher>(&self, h: &mut H) {
         h.write_u64(self.hash);
-    }
-}
-
-impl Hash for dyn Lookup + '_ {
-    fn hash<H: Hasher>(&self, h: &mut H) {
-        h.write_u64(self.hash64());
-    }
-}
-
-impl PartialEq for dyn Lookup + '_ {
-    fn eq(&self, other: &Self) -> bool {
-        match (self.as_key(), other.as_key()) {
-            (_, Some(k)) => self.matches(k),
-            (Some(k), None) => other.matches(k),
-            (None, None) => false,
-        }
-    }
-}
-
-impl Eq for dyn Lookup + '_ {}
-
-impl<'a> std::borrow::Borrow<dyn Lookup + 'a> for Key {
-    fn borrow(&self) -> &(dyn Lookup + 'a) {
-        self
     }
 }
 
@@ -1179,6 +1160,10 @@ pub struct Limiter<P, G: Policy = Gcra> {
     /// Keys in the map, and the most it held since it was last shrunk.
     live: AtomicUsize,
     peak: AtomicUsize,
+    /// Made serialized ([`Limiter::serialize`]): decisions are then counted in `ticks`.
+    serialized: bool,
+    /// A serialized limiter's decisions since its last reclaim step (see [`Limiter::due`]).
+    ticks: AtomicU32,
 }
 
 impl<P> Limiter<P, Gcra> {
@@ -1205,7 +1190,44 @@ impl<P, G: Policy> Limiter<P, G> {
             opaque: AtomicUsize::new(0),
             live: AtomicUsize::new(0),
             peak: AtomicUsize::new(0),
+            serialized: false,
+            ticks: AtomicU32::new(0),
         }
+    }
+
+    /// Makes the key map serialized: a decision on a tracked key then reads the map
+    /// without its read lock while no writer is announced (see "Serialized maps" in
+    /// `core::readmap`).
+    ///
+    /// # Safety
+    /// [`ReadMap::serialize`]'s contract, for every call on this limiter: each is made
+    /// holding one and the same global lock, except the calls made while an
+    /// [`announce_detached`](Self::announce_detached) announcement stands.
+    pub unsafe fn serialize(&mut self) {
+        // SAFETY: the caller's contract is the map's.
+        unsafe { self.map.serialize() };
+        self.serialized = true;
+    }
+
+    /// Counts a decision; true every [`RECLAIM_EVERY`]-th time (then a reclaim step is
+    /// due). A serialized limiter counts its own decisions, with a plain load and store
+    /// (the global lock orders them; no thread-local lookup); any other counts the
+    /// calling thread's decisions, on every limiter ([`due`]).
+    #[inline]
+    pub fn due(&self) -> bool {
+        if !self.serialized {
+            return due();
+        }
+        let n = self.ticks.load(Ordering::Relaxed) + 1;
+        let due = n >= RECLAIM_EVERY;
+        self.ticks.store(if due { 0 } else { n }, Ordering::Relaxed);
+        due
+    }
+
+    /// Announces calls made without the global lock of [`serialize`](Self::serialize)
+    /// (made while holding it) until the announcement is dropped.
+    pub fn announce_detached(&self) -> Announced<'_> {
+        self.map.announce_detached()
     }
 
     /// The windows every key has.
@@ -1241,8 +1263,16 @@ impl<P, G: Policy> Limiter<P, G> {
         if q.is_opaque() {
             return None;
         }
-        self.map
-            .read(q as &dyn Lookup, |bucket| self.take(bucket, cost))
+        if self.serialized {
+            // One caller at a time (see `serialize`): no grant can land between this
+            // reading and the bucket's load, so reading the clock first is the same
+            // decision, and the reading's latency overlaps the table's probe.
+            let now = self.now();
+            return self
+                .map
+                .read(q, |bucket| self.gcra.take(bucket, cost, || now));
+        }
+        self.map.read(q, |bucket| self.take(bucket, cost))
     }
 
     /// The decision for `cost` tokens on any key, consuming them if allowed (inserting the
@@ -1261,7 +1291,7 @@ impl<P, G: Policy> Limiter<P, G> {
         for _ in 0..MAX_ATTEMPTS {
             let g0 = stripe.load(Ordering::Acquire);
             if !key.is_opaque() {
-                if let Some(o) = self.map.read(key as &dyn Lookup, |b| self.take(b, cost)) {
+                if let Some(o) = self.map.read(key, |b| self.take(b, cost)) {
                     self.tick(grave);
                     return Ok(o);
                 }
@@ -1463,7 +1493,7 @@ impl<P, G: Policy> Limiter<P, G> {
         f: impl Fn(&G::Bucket) -> T,
     ) -> Result<Option<T>, R::Error> {
         if !key.is_opaque() {
-            if let Some(t) = self.map.read(key as &dyn Lookup, |b| f(b)) {
+            if let Some(t) = self.map.read(key, |b| f(b)) {
                 return Ok(Some(t));
             }
         }
@@ -1498,7 +1528,7 @@ impl<P, G: Policy> Limiter<P, G> {
     /// Counts a decision; every `RECLAIM_EVERY`-th one of this thread runs a reclaim step.
     #[inline]
     fn tick(&self, grave: &mut Vec<P>) {
-        if due() {
+        if self.due() {
             self.periodic_step(grave);
         }
     }
@@ -1703,6 +1733,23 @@ mod tests {
 
     /// Opaque key objects in these tests: a name.
     type L = Limiter<String>;
+
+    #[test]
+    fn bytes_eq_agrees_with_slice_equality_at_every_length() {
+        let base: Vec<u8> = (0..40u8).map(|i| i.wrapping_mul(37)).collect();
+        for n in 0..=base.len() {
+            let a = &base[..n];
+            assert!(bytes_eq(a, a));
+            for i in 0..n {
+                let mut b = a.to_vec();
+                b[i] ^= 1;
+                assert!(!bytes_eq(a, &b), "length {n}, byte {i}");
+            }
+            if n > 0 {
+                assert!(!bytes_eq(a, &a[..n - 1]));
+            }
+        }
+    }
 
     #[test]
     #[cfg(target_pointer_width = "64")]
@@ -2606,12 +2653,7 @@ mod multi_tests {
         assert_eq!(round(&l), 4);
         m.advance(SEC as i64).unwrap();
         assert_eq!(round(&l), 3);
-        assert_eq!(
-            l.map
-                .read(&q as &dyn Lookup, |b| l.policy().remaining(b, SEC))
-                .unwrap(),
-            0
-        );
+        assert_eq!(l.map.read(&q, |b| l.policy().remaining(b, SEC)).unwrap(), 0);
     }
 
     #[test]

@@ -17,14 +17,27 @@
 //! only for the closure's duration; closures must not call back into the map (the write
 //! lock is not reentrant) and run no user code here. Locks are never poisoned in
 //! practice (nothing here panics while holding one); a poisoned lock is used anyway.
+//!
+//! # Serialized maps
+//! Under a global lock that every user of the map holds (the GIL of a Python build that
+//! has one), a read needs no lock of its own: no write can run beside it. A map made
+//! serialized ([`ReadMap::serialize`]) reads without its read lock (two atomic
+//! read-modify-writes and a thread-local lookup fewer per read) while no writer has
+//! announced that it works without the global lock ([`ReadMap::announce_detached`]).
+//! Writes always take the write lock, so an announced writer excludes the readers, which
+//! see its announcement and take their read locks, and every other writer. An
+//! announcement is made while holding the global lock, so a reader that holds it either
+//! sees the announcement or runs before the announcing writer can take any lock.
 
 use std::borrow::Borrow;
+use std::cell::UnsafeCell;
 use std::hash::{BuildHasher, Hash};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{PoisonError, TryLockError};
 
 use crossbeam_utils::sync::{ShardedLock, ShardedLockReadGuard, ShardedLockWriteGuard};
 use crossbeam_utils::CachePadded;
-use hashbrown::HashMap;
+use hashbrown::{Equivalent, HashMap};
 
 /// A reader-writer lock whose readers lock only their own thread's stripe (crossbeam's
 /// [`ShardedLock`]), for data read on every operation and written rarely (the signal
@@ -59,11 +72,68 @@ impl<T> ReadMostly<T> {
 /// costs about a kilobyte (eight padded lock stripes).
 const MAX_SHARDS: usize = 64;
 
+/// One shard of a [`ReadMap`]: its table, and the lock that guards it (held apart from
+/// the table so that a serialized map can read the table without it).
+struct Shard<T> {
+    lock: ShardedLock<()>,
+    table: UnsafeCell<T>,
+}
+
+// SAFETY: the table is reached only through `read` and `write`, under the lock (or, for a
+// serialized map's reads, under the global lock of `ReadMap::serialize`'s contract).
+unsafe impl<T: Send + Sync> Sync for Shard<T> {}
+
+impl<T> Shard<T> {
+    fn new(table: T) -> Self {
+        Self {
+            lock: ShardedLock::new(()),
+            table: UnsafeCell::new(table),
+        }
+    }
+
+    /// `f` of the table under the read lock, or without it if `unlocked` (which the
+    /// caller may say only as `ReadMap::read` does).
+    #[inline]
+    fn read<R>(&self, unlocked: bool, f: impl FnOnce(&T) -> R) -> R {
+        if unlocked {
+            // SAFETY: no writer can run (see `ReadMap::unlocked_reads`).
+            return f(unsafe { &*self.table.get() });
+        }
+        let _guard = self.lock.read().unwrap_or_else(PoisonError::into_inner);
+        // SAFETY: the read lock excludes every writer.
+        f(unsafe { &*self.table.get() })
+    }
+
+    /// `f` of the table under the write lock.
+    #[inline]
+    fn write<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
+        let _guard = self.lock.write().unwrap_or_else(PoisonError::into_inner);
+        // SAFETY: the write lock excludes every other reader and writer that takes a
+        // lock, and a serialized map's unlocked readers too (see `ReadMap::serialize`).
+        f(unsafe { &mut *self.table.get() })
+    }
+}
+
 pub struct ReadMap<K, V, S> {
-    shards: Box<[CachePadded<ReadMostly<HashMap<K, V, S>>>]>,
+    shards: Box<[CachePadded<Shard<HashMap<K, V, S>>>]>,
     hasher: S,
     /// Right shift that turns a hash into a shard index (`64 - log2(shards)`).
     shift: u32,
+    /// Reads take no lock while no writer is announced (see "Serialized maps").
+    serialized: bool,
+    /// Writers working without the global lock now ([`ReadMap::announce_detached`]).
+    detached: AtomicUsize,
+}
+
+/// A writer's announcement that it works without the global lock of a serialized map;
+/// withdrawn when dropped.
+pub struct Announced<'a>(&'a AtomicUsize);
+
+impl Drop for Announced<'_> {
+    fn drop(&mut self) {
+        // Release: a reader that then sees no writer sees this one's writes.
+        self.0.fetch_sub(1, Ordering::Release);
+    }
 }
 
 impl<K: Eq + Hash, V, S: BuildHasher + Clone> ReadMap<K, V, S> {
@@ -79,15 +149,46 @@ impl<K: Eq + Hash, V, S: BuildHasher + Clone> ReadMap<K, V, S> {
         let n = n.max(1).next_power_of_two();
         Self {
             shards: (0..n)
-                .map(|_| CachePadded::new(ReadMostly::new(HashMap::with_hasher(hasher.clone()))))
+                .map(|_| CachePadded::new(Shard::new(HashMap::with_hasher(hasher.clone()))))
                 .collect(),
             hasher,
             shift: 64 - n.trailing_zeros(),
+            serialized: false,
+            detached: AtomicUsize::new(0),
         }
     }
 
+    /// Makes the map serialized (see "Serialized maps" in the module docs): from now on
+    /// a read takes no lock while no writer is announced.
+    ///
+    /// # Safety
+    /// From now on every call on the map must be made by a thread that holds one and
+    /// the same global lock for the call's whole life (closures included), except the
+    /// calls of a writer that announced itself ([`announce_detached`](Self::announce_detached))
+    /// while holding that lock, and made them while its announcement stands.
+    pub unsafe fn serialize(&mut self) {
+        self.serialized = true;
+    }
+
+    /// Announces a writer that will call the map without the global lock of
+    /// [`serialize`](Self::serialize) (call it while holding that lock): until the
+    /// returned announcement is dropped, every read takes its read lock. Harmless on a
+    /// map that is not serialized.
+    pub fn announce_detached(&self) -> Announced<'_> {
+        self.detached.fetch_add(1, Ordering::SeqCst);
+        Announced(&self.detached)
+    }
+
+    /// True if a read may skip its lock now: the map is serialized and no writer is
+    /// announced. (A writer announces itself holding the global lock the caller holds,
+    /// so none can appear before the caller's read ends.)
     #[inline]
-    fn shard<Q: Hash + ?Sized>(&self, key: &Q) -> &ReadMostly<HashMap<K, V, S>> {
+    fn unlocked_reads(&self) -> bool {
+        self.serialized && self.detached.load(Ordering::Acquire) == 0
+    }
+
+    #[inline]
+    fn shard<Q: Hash + ?Sized>(&self, key: &Q) -> &Shard<HashMap<K, V, S>> {
         // The bits below the top seven: hashbrown files entries by the top seven (its
         // control bytes) and the lowest ones (the bucket), so the shard index stays
         // independent of both (as in DashMap).
@@ -104,18 +205,16 @@ impl<K: Eq + Hash, V, S: BuildHasher + Clone> ReadMap<K, V, S> {
     #[inline]
     pub fn read<Q, R>(&self, key: &Q, f: impl FnOnce(&V) -> R) -> Option<R>
     where
-        K: Borrow<Q>,
-        Q: Hash + Eq + ?Sized,
+        Q: Hash + Equivalent<K> + ?Sized,
     {
-        let table = self.shard(key).read();
-        table.get(key).map(f)
+        self.shard(key)
+            .read(self.unlocked_reads(), |table| table.get(key).map(f))
     }
 
     /// `f` of the table of `key`'s shard and `key` itself (to insert it, say), under the
     /// shard's write lock.
     pub fn write_owned<R>(&self, key: K, f: impl FnOnce(&mut HashMap<K, V, S>, K) -> R) -> R {
-        let mut table = self.shard(&key).write();
-        f(&mut table, key)
+        self.shard(&key).write(|table| f(table, key))
     }
 
     /// `f` of the table of `key`'s shard under its write lock.
@@ -123,8 +222,7 @@ impl<K: Eq + Hash, V, S: BuildHasher + Clone> ReadMap<K, V, S> {
     where
         Q: Hash + ?Sized,
     {
-        let mut table = self.shard(key).write();
-        f(&mut table)
+        self.shard(key).write(f)
     }
 
     /// Removes `key` if `pred` of its entry says so, under the write lock; the entry.
@@ -145,22 +243,28 @@ impl<K: Eq + Hash, V, S: BuildHasher + Clone> ReadMap<K, V, S> {
 
     /// Entries now, summed shard by shard (each under its read lock).
     pub fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.read().len()).sum()
+        self.shards
+            .iter()
+            .map(|s| s.read(false, HashMap::len))
+            .sum()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.shards.iter().all(|s| s.read().is_empty())
+        self.shards.iter().all(|s| s.read(false, HashMap::is_empty))
     }
 
     /// Entries the shards have room for without growing.
     pub fn capacity(&self) -> usize {
-        self.shards.iter().map(|s| s.read().capacity()).sum()
+        self.shards
+            .iter()
+            .map(|s| s.read(false, HashMap::capacity))
+            .sum()
     }
 
     /// Gives each shard's spare capacity back, one shard at a time.
     pub fn shrink_to_fit(&self) {
         for s in &*self.shards {
-            s.write().shrink_to_fit();
+            s.write(HashMap::shrink_to_fit);
         }
     }
 
@@ -168,11 +272,8 @@ impl<K: Eq + Hash, V, S: BuildHasher + Clone> ReadMap<K, V, S> {
     /// shard's lock is released.
     pub fn clear(&self) {
         for s in &*self.shards {
-            let old = {
-                let mut table = s.write();
-                let empty = HashMap::with_hasher(self.hasher.clone());
-                std::mem::replace(&mut *table, empty)
-            };
+            let empty = HashMap::with_hasher(self.hasher.clone());
+            let old = s.write(|table| std::mem::replace(table, empty));
             drop(old);
         }
     }
@@ -279,5 +380,50 @@ mod tests {
             .sum();
         assert_eq!(total, 80_000);
         assert_eq!(m.len(), 64);
+    }
+
+    #[test]
+    fn serialized_reads_skip_the_lock_until_a_detached_writer_is_announced() {
+        // A mutex plays the global lock: readers and ordinary writers hold it for every
+        // call; one writer announces itself holding it, then works without it.
+        let mut m = map(4);
+        // SAFETY: every call below holds `global`, except the announced writer's.
+        unsafe { m.serialize() };
+        let global = std::sync::Mutex::new(());
+        for k in 0..64u64 {
+            let _g = global.lock().unwrap();
+            m.write(&k, |t| t.insert(k, AtomicU64::new(0)));
+        }
+        assert!(m.unlocked_reads());
+        std::thread::scope(|s| {
+            let (m, global) = (&m, &global);
+            let announced = {
+                let _g = global.lock().unwrap();
+                m.announce_detached()
+            };
+            assert!(!m.unlocked_reads());
+            s.spawn(move || {
+                let _announced = announced;
+                for n in 0..20_000u64 {
+                    let extra = 1000 + n;
+                    m.write(&extra, |tb| tb.insert(extra, AtomicU64::new(0)));
+                    assert!(m.remove_if(&extra, |_, _| true).is_some());
+                }
+            });
+            for _ in 0..2 {
+                s.spawn(move || {
+                    for n in 0..20_000u64 {
+                        let _g = global.lock().unwrap();
+                        m.read(&(n % 64), |v| v.fetch_add(1, Ordering::Relaxed))
+                            .unwrap();
+                    }
+                });
+            }
+        });
+        assert!(m.unlocked_reads());
+        let total: u64 = (0..64u64)
+            .map(|k| m.read(&k, |v| v.load(Ordering::Relaxed)).unwrap())
+            .sum();
+        assert_eq!((total, m.len()), (40_000, 64));
     }
 }

@@ -437,13 +437,26 @@ impl RateLimiter {
             .collect::<PyResult<Vec<_>>>()?;
         let burst = gcras.iter().map(Gcra::burst).min().unwrap_or(1);
         let manual = clock.is_manual();
-        let inner = match Windows::new(gcras.clone()) {
+        let mut inner = match Windows::new(gcras.clone()) {
             Some(w) => Inner::Many(Limiter::new(w, clock)),
             None => match gcras.first() {
                 Some(&g) => Inner::One(Limiter::new(g, clock)),
                 None => return Err(PyValueError::new_err("limits must hold at least one limit")),
             },
         };
+        if cfg!(not(Py_GIL_DISABLED)) {
+            // SAFETY: with the GIL every call on the limiter holds it and none releases it
+            // while it is inside the limiter (user code -- a key's `__hash__` or `__eq__`,
+            // a bus listener -- runs between the limiter's calls, `acquire` sleeps between
+            // its decisions), except `sweep`, which announces itself before it releases
+            // the GIL. One GIL: PyO3 refuses to load the module into a second interpreter.
+            unsafe {
+                match &mut inner {
+                    Inner::One(l) => l.serialize(),
+                    Inner::Many(l) => l.serialize(),
+                }
+            }
+        }
         Ok(Self {
             inner,
             limits: limits.iter().map(|r| (r.rate, r.per)).collect(),
@@ -549,7 +562,7 @@ fn decide<G: Policy>(
     cost: u64,
 ) -> PyResult<G::Outcome> {
     if let Some(o) = l.hit(q, cost) {
-        if ratelimit::due() {
+        if l.due() {
             reclaim_step(l, py)?;
         }
         return Ok(o);
@@ -810,10 +823,14 @@ impl RateLimiter {
     /// Drop every key whose bucket is full again (kept key objects included); returns how
     /// many. Releases the GIL.
     fn sweep(&self, py: Python<'_>) -> PyResult<usize> {
-        let (n, grave) = wait::detach(py, || {
-            let mut grave = Vec::new();
-            let n = with_inner!(&self.inner, l => l.sweep(&mut grave));
-            (n, grave)
+        let (n, grave) = with_inner!(&self.inner, l => {
+            // Made with the GIL held: the limiter's readers take their locks meanwhile.
+            let _announced = l.announce_detached();
+            wait::detach(py, || {
+                let mut grave = Vec::new();
+                let n = l.sweep(&mut grave);
+                (n, grave)
+            })
         });
         release(py, grave)?;
         Ok(n)
@@ -900,7 +917,7 @@ fn try_acquire_in<G: Policy>(
     cost: u64,
 ) -> PyResult<bool> {
     if let Some(o) = l.hit(q, cost) {
-        if ratelimit::due() {
+        if l.due() {
             reclaim_step(l, py)?;
         }
         return Ok(G::allowed(&o));
@@ -964,9 +981,11 @@ fn try_acquire_fast_path<'py>(
     let key = args.get(0)?;
     let (s, h) = exact_str(Some(&key))?;
     let cost = rl.cost(1).ok()?;
-    let q = Query::with_hash(KeyRef::Str(s), h);
+    // Borrows only (a `KeyRef::Str`): nothing to drop, and no call to the drop glue of
+    // every kind of key.
+    let q = std::mem::ManuallyDrop::new(Query::with_hash(KeyRef::Str(s), h));
     let o = l.hit(&q, cost)?;
-    if ratelimit::due() {
+    if l.due() {
         if let Err(e) = wait::attach(|py| reclaim_step(l, py)) {
             return Some(Err(e));
         }

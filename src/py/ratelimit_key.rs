@@ -194,7 +194,8 @@ fn key_ptr(key: Option<&Bound<'_, PyAny>>) -> *mut ffi::PyObject {
 /// through memory, or moved out of a `Result` that another path also fills, is copied
 /// field by field at odd offsets: a store-forwarding stall per field, measured at ~5% of
 /// a `try_acquire`.)
-#[inline]
+#[allow(clippy::inline_always)] // the fast path: measured
+#[inline(always)]
 pub fn exact_str<'a>(key: Option<&'a Bound<'_, PyAny>>) -> Option<(&'a str, u64)> {
     let p = key?.as_ptr();
     // SAFETY: `p` is borrowed for `'a`, and so is the UTF-8 buffer cached on a str; the
@@ -203,6 +204,24 @@ pub fn exact_str<'a>(key: Option<&'a Bound<'_, PyAny>>) -> Option<(&'a str, u64)
     unsafe {
         if ffi::PyUnicode_CheckExact(p) == 0 {
             return None;
+        }
+        // A compact ASCII str (most keys) is its own UTF-8, inline; its hash is cached
+        // once computed (read as CPython reads it: free-threaded builds store it racily).
+        #[cfg(not(Py_3_14))]
+        if ffi::PyUnicode_IS_COMPACT_ASCII(p) != 0 {
+            let field = &raw mut (*p.cast::<ffi::PyASCIIObject>()).hash;
+            let cached = (*field.cast::<std::sync::atomic::AtomicIsize>())
+                .load(std::sync::atomic::Ordering::Relaxed);
+            let h = if cached == -1 {
+                ffi::PyObject_Hash(p)
+            } else {
+                cached
+            };
+            if h != -1 {
+                let len = ffi::PyUnicode_GET_LENGTH(p).unsigned_abs();
+                let bytes = std::slice::from_raw_parts(ffi::PyUnicode_DATA(p).cast::<u8>(), len);
+                return Some((std::str::from_utf8_unchecked(bytes), mixed(h)));
+            }
         }
         let mut len: ffi::Py_ssize_t = 0;
         let data = ffi::PyUnicode_AsUTF8AndSize(p, &raw mut len);
