@@ -971,8 +971,9 @@ class HealthMonitor:
                 pending.remove(batch)
                 batch.finish()
                 if healths is not None and not statuses and not calls:
-                    changed = self._plain_statuses(batch, statuses, healths)
-                    if changed is not None:
+                    plain = self._plain_statuses(batch, healths)
+                    if plain is not None:
+                        statuses, changed = plain  # the only batch: nothing to merge
                         continue
                 self._batch_statuses(batch, statuses, calls, deadlines)
             if not pending:
@@ -1006,21 +1007,16 @@ class HealthMonitor:
 
     @staticmethod
     def _plain_statuses(
-        batch: _Batch, statuses: dict[str, str], healths: list[str]
-    ) -> list[int] | None:
+        batch: _Batch, healths: list[str]
+    ) -> tuple[dict[str, str], list[int]] | None:
         """The usual round, decided in one native pass: if every agent of ``batch`` (in
         one chunk) was checked in time and each check returned one of the three statuses
-        as a plain str, ``statuses`` gets them (it is empty) and the positions whose status
-        differs from ``healths`` are returned; else None and nothing is changed."""
+        as a plain str, their statuses (a new dict) and the positions whose status differs
+        from ``healths``; else None."""
         first = batch.chunks[0]
         if batch.ids is None or len(batch.chunks) != 1 or first.cut != len(batch.ids):
             return None
-        fast = _health_statuses(batch.ids, first.out, healths)
-        if fast is None:
-            return None
-        got, changed = fast
-        statuses.update(got)  # into an empty dict: a copy of the table
-        return changed
+        return _health_statuses(batch.ids, first.out, healths)
 
     def _batch_statuses(
         self,
@@ -1136,7 +1132,10 @@ class HealthMonitor:
             got, changed = self._run_checks(
                 list(batches.values()), jobs, healths if plain and not jobs else None
             )
-            statuses.update(got)
+            if statuses:
+                statuses.update(got)
+            else:
+                statuses = got  # ours: no copy of a table of every agent
 
         # statuses has every live agent: those of ids, each once.
         if changed is None:
