@@ -17,7 +17,7 @@ mod _native {
         _run_subscription, BusStats, Signal, SignalBus, Subscription, SubscriptionStats,
     };
     #[pymodule_export]
-    use crate::py::cache::{Cache, CacheStats};
+    use crate::py::cache::{Cache, CacheStats, CachedCall};
     #[pymodule_export]
     use crate::py::clock::ManualClock;
     #[pymodule_export]

@@ -1127,6 +1127,14 @@ SPECIAL: dict[str, Special] = {
         {"queue": Fresh(_closed_queue), "counters": Fresh(lambda c, o: native.TaskCounters())}
     ),
     "ferrule.cached": Special({"max_size": 8, "ttl": None}),
+    "_CachedCall.__new__": Special(
+        {
+            "cache": Fresh(lambda ctx, obj: native.Cache(8)),
+            "func": lambda key: key,
+            "slow": lambda args, kwargs: args,
+        }
+    ),
+    "_CachedCall.__get__": Special({"instance": Fresh(lambda ctx, obj: object())}),
     "HealthMonitor.__new__": Special({"check": lambda agent: "healthy", "timeout": 0.05}),
     "HealthMonitor.watch": Special({"check": lambda agent: "healthy"}),
     # The failure-rate rule, so that every one of its arguments is fuzzed in a valid
@@ -1489,6 +1497,11 @@ OBJECTS: dict[str, dict[str, Callable[[Ctx], Any]]] = {
     "PrometheusCollector": {"ready": _prometheus},
     "Instrumentation": {"ready": _instrumentation},
     "cached_wrapper": {"ready": lambda ctx: ferrule.cached(8)(lambda *a, **k: a)},
+    "_CachedCall": {
+        "ready": lambda ctx: native._CachedCall(
+            native.Cache(8), lambda key: key, lambda args, kwargs: args
+        )
+    },
     "RedisRateLimiter": {
         "ready": _redis_rate,
         "drained": lambda ctx: _redis_rate(ctx, drained=True),

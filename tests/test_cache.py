@@ -774,6 +774,159 @@ def test_cached_counts_one_hit_or_one_miss_per_call() -> None:
     assert (stats().hits, stats().misses, stats().inserts) == (1, 3, 3)
 
 
+@ferrule.cached(4)
+def _square_at_module_level(x: int) -> int:
+    """Squares."""
+    return x * x
+
+
+def test_cached_wrapper_carries_what_a_function_wrapper_does() -> None:
+    """Guards the attributes `functools.update_wrapper` gives, the signature, weak
+    references, and pickling and copying by qualified name (as lru_cache's wrapper)."""
+    import copy
+    import inspect
+    import pickle
+
+    def f(a: int, b: str = "x") -> str:
+        """Doc of f."""
+        return b * a
+
+    f.marker = "kept"  # type: ignore[attr-defined]
+    w = ferrule.cached(4)(f)
+    assert (w.__name__, w.__qualname__, w.__doc__, w.__module__) == (
+        f.__name__,
+        f.__qualname__,
+        "Doc of f.",
+        f.__module__,
+    )
+    assert w.__wrapped__ is f  # type: ignore[attr-defined]
+    assert w.marker == "kept"  # type: ignore[attr-defined]
+    assert inspect.signature(w) == inspect.signature(f)
+    w.extra = 1  # type: ignore[attr-defined]
+    assert w.extra == 1  # type: ignore[attr-defined]
+    assert weakref.ref(w)() is w
+    assert "f" in repr(w)
+    g = _square_at_module_level
+    assert pickle.loads(pickle.dumps(g)) is g
+    assert copy.copy(g) is g and copy.deepcopy(g) is g
+    assert g(3) == 9
+
+
+def test_cached_methods_bind_like_functions() -> None:
+    """Guards `__get__`: on an instance the wrapper binds as a method (the instance is
+    part of the key), on the class it is the wrapper itself."""
+
+    class Box:
+        def __init__(self, n: int) -> None:
+            self.n = n
+
+        @ferrule.cached(8)
+        def times(self, k: int) -> int:
+            return self.n * k
+
+        @staticmethod
+        @ferrule.cached(8)
+        def static(k: int) -> int:
+            return -k
+
+    a, b = Box(2), Box(3)
+    assert (a.times(5), b.times(5), a.times(5)) == (10, 15, 10)
+    assert Box.times(a, 5) == 10
+    assert Box.__dict__["times"].__get__(None, Box) is Box.__dict__["times"]
+    assert a.times.__self__ is a  # type: ignore[attr-defined]
+    assert Box.static(4) == -4 and a.static(4) == -4
+    stats = Box.__dict__["times"].cache.stats()
+    assert (stats.hits, stats.misses) == (2, 2)
+
+
+def test_cached_fast_path_misses_raise_and_recurse_like_the_general_path() -> None:
+    """Guards the native call: a miss on the fast path (one int or str argument) runs the
+    function with no lock held, so it may call itself; what it raises propagates, is not
+    cached, and counts one miss."""
+
+    @ferrule.cached(64)
+    def fib(n: int) -> int:
+        return n if n < 2 else fib(n - 1) + fib(n - 2)
+
+    assert fib(40) == 102334155
+    assert len(fib.cache) == 41  # type: ignore[attr-defined]
+    calls = 0
+
+    @ferrule.cached(8)
+    def fails(key: object) -> object:
+        nonlocal calls
+        calls += 1
+        raise ValueError(key)
+
+    for key in (7, "seven", 2**70, 7.0):  # fast int, fast str, big int, a float
+        with pytest.raises(ValueError):
+            fails(key)
+    assert calls == 4 and len(fails.cache) == 0  # type: ignore[attr-defined]
+    stats = fails.cache.stats()  # type: ignore[attr-defined]
+    assert (stats.hits, stats.misses, stats.inserts) == (0, 4, 0)
+
+    @ferrule.cached(8)
+    def interrupted(key: int) -> int:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        interrupted(1)
+
+
+def test_cached_keys_of_subclasses_and_user_eq_take_the_general_path() -> None:
+    """Guards the fast path's key test: only exact int and str keys are looked up
+    natively; a str subclass with its own `__eq__`/`__hash__`, and a bool (equal to 1 but
+    keyed as a tuple, as before), are keyed by the general path."""
+
+    class Loud(str):
+        eqs = 0
+
+        def __eq__(self, other: object) -> bool:
+            Loud.eqs += 1
+            return str.__eq__(self, other)
+
+        __hash__ = str.__hash__
+
+    seen: list[object] = []
+
+    @ferrule.cached(8)
+    def ident(x: object) -> object:
+        seen.append(x)
+        return x
+
+    assert ident(Loud("k")) == "k" and ident(Loud("k")) == "k"
+    assert ident(1) == 1 and ident(True) is True and ident(1) == 1
+    assert seen == ["k", 1, True]
+
+
+def test_cached_expired_entry_is_computed_again() -> None:
+    """Guards the fast path's hand-off: an expired entry (which the native lookup leaves
+    to the general one) is a miss, and the function runs again."""
+    calls: list[int] = []
+
+    @ferrule.cached(8, ttl=0.02)
+    def stamp(k: int) -> int:
+        calls.append(k)
+        return len(calls)
+
+    assert stamp(1) == 1 and stamp(1) == 1
+    time.sleep(0.05)
+    assert stamp(1) == 2 and stamp(1) == 2
+    stats = stamp.cache.stats()  # type: ignore[attr-defined]
+    assert (stats.hits, stats.misses) == (2, 2)
+
+
+def test_cached_call_refuses_callbacks_that_are_not_callable() -> None:
+    from ferrule._native import _CachedCall
+
+    with pytest.raises(TypeError, match="func must be callable"):
+        _CachedCall(Cache(2), 1, lambda args, kwargs: None)
+    with pytest.raises(TypeError, match="slow must be callable"):
+        _CachedCall(Cache(2), lambda key: key, None)
+    with pytest.raises(TypeError):
+        _CachedCall(object(), lambda key: key, lambda args, kwargs: None)
+
+
 def test_cached_decorator() -> None:
     calls: list[tuple[object, ...]] = []
 

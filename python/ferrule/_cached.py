@@ -15,7 +15,7 @@ import logging
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Any, TypeVar, cast
 
-from ferrule._native import Cache
+from ferrule._native import Cache, _CachedCall
 
 __all__ = ["cached"]
 
@@ -63,6 +63,13 @@ def cached(max_size: int, *, ttl: float | None = None) -> Callable[[F], F]:
     ``.cache_clear()``; reference cycles through it (a result that refers to the
     function, say) are collected.
 
+    For a plain function the wrapper is, like ``functools.lru_cache``'s, an object rather
+    than a function: it carries what ``functools.update_wrapper`` copies (``__name__``,
+    ``__doc__``, ``__wrapped__``, ...), binds as a method in a class, takes attributes,
+    and pickles and copies by its qualified name. A call with one int or str argument
+    (exactly those types) and no keywords is answered natively: a hit runs no Python
+    code, and a miss runs the key's single-flight call in native code up to the function.
+
     >>> @cached(100)
     ... def square(x: int) -> int:
     ...     return x * x
@@ -74,24 +81,48 @@ def cached(max_size: int, *, ttl: float | None = None) -> Callable[[F], F]:
     def decorate(fn: F) -> F:
         if inspect.iscoroutinefunction(fn):
             return cast(F, _async_wrapper(fn, cache))
-
-        # The wrapper's own `get` counts the hit or the miss; after a miss the single-flight
-        # call counts nothing more, so one call is one hit or one miss in `cache.stats()`.
-        get_or_set_after_miss = cache._get_or_set_after_miss  # type: ignore[attr-defined]
-
-        @functools.wraps(fn)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            key = _make_key(args, kwargs)
-            value = cache.get(key, _MISSING)
-            if value is not _MISSING:
-                return value
-            return get_or_set_after_miss(key, functools.partial(fn, *args, **kwargs))
-
-        wrapper.cache = cache  # type: ignore[attr-defined]
-        wrapper.cache_clear = cache.clear  # type: ignore[attr-defined]
-        return cast(F, wrapper)
+        return cast(F, _sync_wrapper(fn, cache))
 
     return decorate
+
+
+class _CachedFunction(_CachedCall):
+    """A function memoised by :func:`cached`.
+
+    Calls are the native ``_CachedCall``'s: a call with one exact int or str argument and
+    no keywords is answered from the cache without running Python code when it hits.
+    This class adds what a function wrapper carries: ``__dict__`` (for
+    ``functools.update_wrapper``, ``cache`` and ``cache_clear``), weak references, and
+    pickling and copying by qualified name, as ``functools.lru_cache``'s wrapper does.
+    """
+
+    def __reduce__(self) -> str:
+        return cast(str, self.__qualname__)  # type: ignore[attr-defined]
+
+    def __repr__(self) -> str:
+        name = getattr(self, "__qualname__", "?")
+        return f"<ferrule.cached function {name} at {id(self):#x}>"
+
+
+def _sync_wrapper(fn: Callable[..., Any], cache: Cache) -> _CachedFunction:
+    # One call is one hit or one miss in `cache.stats()`: the native call counts its own
+    # lookup and then flies uncounted, as does `slow` (its `get`, then the flight).
+    get = cache.get
+    get_or_set_after_miss = cache._get_or_set_after_miss  # type: ignore[attr-defined]
+
+    def slow(args: tuple[Any, ...], kwargs: dict[str, Any] | None) -> Any:
+        kwargs = kwargs or {}
+        key = _make_key(args, kwargs)
+        value = get(key, _MISSING)
+        if value is not _MISSING:
+            return value
+        return get_or_set_after_miss(key, functools.partial(fn, *args, **kwargs))
+
+    wrapper = _CachedFunction(cache, fn, slow)
+    functools.update_wrapper(wrapper, fn)
+    wrapper.cache = cache  # type: ignore[attr-defined]
+    wrapper.cache_clear = cache.clear  # type: ignore[attr-defined]
+    return wrapper
 
 
 def _async_wrapper(fn: Callable[..., Awaitable[Any]], cache: Cache) -> Callable[..., Any]:

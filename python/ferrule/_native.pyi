@@ -18,6 +18,8 @@ from contextlib import AbstractAsyncContextManager
 from types import GenericAlias, TracebackType
 from typing import Any, Generic, Literal, ParamSpec, Protocol, TypeVar, final, overload
 
+from typing_extensions import disjoint_base
+
 from ferrule._ratelimit import Limit
 
 __version__: str
@@ -491,6 +493,23 @@ class Cache:
 
     def __iter__(self) -> Iterator[Any]:
         """Iterate over a snapshot of the live keys."""
+
+@disjoint_base
+class _CachedCall:
+    """Internal: the call of a function memoised by ``ferrule.cached`` (the base of
+    ``ferrule._cached._CachedFunction``). A call with one exact int or str argument and
+    no keywords is looked up in ``cache`` natively (a hit runs no Python code; a miss is
+    ``cache.get_or_set``'s flight, its leader calling ``func(key)``); every other call is
+    ``slow(args, kwargs)``."""
+
+    def __new__(
+        cls,
+        cache: Cache,
+        func: Callable[[Any], Any],
+        slow: Callable[[tuple[Any, ...], dict[str, Any] | None], Any],
+    ) -> _CachedCall: ...
+    def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
+    def __get__(self, instance: object, owner: type | None = None, /) -> Any: ...
 
 # ---------------------------------------------------------------------------------------
 # Registry

@@ -783,22 +783,24 @@ impl Cache {
         query!(q = key);
         match self.lookup(q, count)? {
             Some(v) => Ok(v),
-            None => self.fly(q, factory, ttl),
+            None => self.fly(q, factory, &PyTuple::empty(q.py()), ttl),
         }
     }
 
     /// The miss path of `get_or_set`: lead the key's flight or follow it, and look again
-    /// (uncounted: it is the same call) after a flight that was abandoned.
+    /// (uncounted: it is the same call) after a flight that was abandoned. A leader calls
+    /// `factory(*args)` (`get_or_set`: no arguments; `cached`: the key).
     #[inline(never)]
-    fn fly(
+    fn fly<'py>(
         &self,
-        q: &Query<'_, '_>,
-        factory: &Bound<'_, PyAny>,
+        q: &Query<'_, 'py>,
+        factory: &Bound<'py, PyAny>,
+        args: &Bound<'py, PyTuple>,
         ttl: Option<i64>,
     ) -> PyResult<Py<PyAny>> {
         loop {
             match self.flights.join(q.hash, q, || q.stored())? {
-                Join::Lead(leader) => return self.lead(q, factory, ttl, leader),
+                Join::Lead(leader) => return self.lead(q, factory, args, ttl, leader),
                 Join::Follow(flight) => {
                     if flight.led_by_current_thread() {
                         return Err(PyRuntimeError::new_err(if flight.led_asynchronously() {
@@ -822,17 +824,18 @@ impl Cache {
     /// The leader's part: look once more (another flight may have stored the value since
     /// our miss), run the factory with no lock held, store unless a `clear()` began since
     /// the flight did, and end the flight with what the followers share.
-    fn lead(
+    fn lead<'py>(
         &self,
-        q: &Query<'_, '_>,
-        factory: &Bound<'_, PyAny>,
+        q: &Query<'_, 'py>,
+        factory: &Bound<'py, PyAny>,
+        args: &Bound<'py, PyTuple>,
         ttl: Option<i64>,
         leader: Leader<'_, PyKey, Shared>,
     ) -> PyResult<Py<PyAny>> {
         let py = q.py();
         let r = match self.lookup(q, false) {
             Ok(Some(v)) => Ok(v),
-            Ok(None) => wait::call0(factory).and_then(|v| {
+            Ok(None) => wait::call(factory, args, None).and_then(|v| {
                 let v = v.unbind();
                 self.store_if(q, v.clone_ref(py), ttl, || leader.is_current())?;
                 Ok(v)
@@ -1339,7 +1342,8 @@ static SET: fastcall::Method = fastcall::Method::new(c"set");
 pub(crate) fn install_fast_methods(py: Python<'_>) -> PyResult<()> {
     let ty = py.get_type::<Cache>();
     fastcall::install(&ty, &GET, get_fastcall)?;
-    fastcall::install(&ty, &SET, set_fastcall)
+    fastcall::install(&ty, &SET, set_fastcall)?;
+    fastcall::install_call(&py.get_type::<CachedCall>(), &CACHED_CALL, cached_call)
 }
 
 fastcall::entry!(get_fastcall, GET, Cache, 1..=2, get_fast_path);
@@ -1418,5 +1422,123 @@ fn get_fast_path<'py>(
             None => py.None().into_bound(py),
         })),
         Fast::Slow => None,
+    }
+}
+
+extern "C" {
+    /// `types.MethodType(func, self)`: a new bound method.
+    fn PyMethod_New(func: *mut ffi::PyObject, self_: *mut ffi::PyObject) -> *mut ffi::PyObject;
+}
+
+/// The call of a function memoised by `ferrule.cached` (`ferrule._cached._CachedFunction`
+/// derives from it, for the attributes a function wrapper carries). A call with one
+/// positional argument, an exact int or str, and no keywords is looked up by the fast
+/// `tp_call` ([`cached_call_fast_path`]), counting the hit or miss: a hit returns the
+/// cached value without running Python code, a miss leads or follows the key's flight
+/// as `get_or_set` does, its leader calling `func(key)`. Every other call, and a lookup
+/// the fast path leaves to the general one (an expired entry), is `slow(args, kwargs)`,
+/// a Python function of the wrapper. Python code is called with no lock held.
+///
+/// Its references are visited by the collector and never cleared: each cycle through it
+/// passes through an object that clears (the cache clears its entries, the subclass's
+/// `__dict__` is cleared, and the callbacks are functions), as a tuple's do.
+#[pyclass(frozen, subclass, module = "ferrule._native", name = "_CachedCall")]
+pub struct CachedCall {
+    cache: Py<Cache>,
+    func: Py<PyAny>,
+    slow: Py<PyAny>,
+}
+
+/// `CachedCall`'s `tp_call` in front of PyO3's (see `crate::py::fastcall`).
+static CACHED_CALL: fastcall::Call = fastcall::Call::new();
+
+fastcall::call_entry!(cached_call, CACHED_CALL, CachedCall, cached_call_fast_path);
+
+/// A call with one exact int or str argument: a hit, or a miss, whose flight (led or
+/// followed as `get_or_set`'s) runs attached through `wait::attach`, since it runs
+/// Python code. None for every other call.
+#[allow(clippy::inline_always)] // the body of the entry point, as `get_fast_path`
+#[inline(always)]
+fn cached_call_fast_path<'py>(
+    py: Python<'py>,
+    f: &CachedCall,
+    args: fastcall::Args<'_, 'py>,
+) -> fastcall::Answer<'py> {
+    if args.len() != 1 {
+        return None;
+    }
+    let key = args.get(0)?;
+    let (kind, hash) = Query::fast_parts(&key)?;
+    let q = Query {
+        key: &key,
+        kind,
+        hash,
+    };
+    match f.cache.get().inner.get_fast(hash, &q, true).0 {
+        Fast::Hit(v) => Some(Ok(v.into_bound(py))),
+        Fast::Miss => {
+            let key = key.as_unbound();
+            let got = wait::attach(|py| {
+                let key = key.bind(py);
+                let q = Query { key, kind, hash };
+                let args = PyTuple::new(py, [key])?;
+                f.cache.get().fly(&q, f.func.bind(py), &args, None)
+            });
+            Some(got.map(|v| v.into_bound(py)))
+        }
+        Fast::Slow => None,
+    }
+}
+
+#[pymethods]
+impl CachedCall {
+    #[new]
+    fn new(cache: Py<Cache>, func: Bound<'_, PyAny>, slow: Bound<'_, PyAny>) -> PyResult<Self> {
+        for (arg, f) in [("func", &func), ("slow", &slow)] {
+            if !f.is_callable() {
+                return Err(wrong_type(arg, "callable", f));
+            }
+        }
+        Ok(Self {
+            cache,
+            func: func.unbind(),
+            slow: slow.unbind(),
+        })
+    }
+
+    /// The general call (the fast `tp_call` answers the usual one first):
+    /// `slow(args, kwargs)`.
+    #[pyo3(signature = (*args, **kwargs))]
+    fn __call__<'py>(
+        &self,
+        args: &Bound<'py, PyTuple>,
+        kwargs: Option<&Bound<'py, PyDict>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        wait::call1(self.slow.bind(args.py()), (args, kwargs))
+    }
+
+    /// Bound to an instance as a method, as a function is.
+    fn __get__<'py>(
+        slf: &Bound<'py, Self>,
+        obj: Option<&Bound<'py, PyAny>>,
+        owner: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let _ = owner;
+        match obj {
+            Some(obj) if !obj.is_none() => {
+                // SAFETY: both pointers are live; PyMethod_New returns a new reference or
+                // NULL with an exception set.
+                unsafe {
+                    Bound::from_owned_ptr_or_err(slf.py(), PyMethod_New(slf.as_ptr(), obj.as_ptr()))
+                }
+            }
+            _ => Ok(slf.clone().into_any()),
+        }
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.cache)?;
+        visit.call(&self.func)?;
+        visit.call(&self.slow)
     }
 }

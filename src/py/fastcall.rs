@@ -15,6 +15,11 @@
 //! PyO3's. `inspect.signature` and the docstring are PyO3's too (copied into the new
 //! method's definition).
 //!
+//! A class's `__call__` is answered the same way ([`install_call`], [`Call`]): its slot
+//! wrapper is replaced by one for a `tp_call` that answers calls without keywords when
+//! it can and hands every other to PyO3's `tp_call`, which it keeps. A subclass made
+//! afterwards (in Python) inherits the fast `tp_call`.
+//!
 //! # What a fast path may do
 //! The method descriptor that calls a fast function has checked the receiver's type, and
 //! its caller is attached to the interpreter (it holds the GIL on builds with one). A
@@ -114,6 +119,12 @@ impl<'a, 'py> Args<'a, 'py> {
         // SAFETY: `dispatch` made `args` from CPython's argument vector: live objects,
         // borrowed for the call, which outlives `'a`.
         Some(unsafe { Borrowed::from_ptr(self.py, p) })
+    }
+
+    /// How many there are.
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.args.len()
     }
 }
 
@@ -237,6 +248,145 @@ unsafe fn general(
             all.extend_from_slice(std::slice::from_raw_parts(args, total));
         }
         ffi::PyObject_Vectorcall(general.as_ptr(), all.as_ptr(), npos + 1, kwnames)
+    }
+}
+
+/// A fast `__call__`: a class's `tp_call` in front of PyO3's, which it keeps.
+pub struct Call {
+    general: OnceLock<ffi::ternaryfunc>,
+}
+
+impl Call {
+    pub const fn new() -> Self {
+        Self {
+            general: OnceLock::new(),
+        }
+    }
+}
+
+extern "C" {
+    /// A slot wrapper (`wrapper_descriptor`) for `wrapped`, as CPython makes for a slot.
+    fn PyDescr_NewWrapper(
+        ty: *mut ffi::PyTypeObject,
+        base: *mut ffi::wrapperbase,
+        wrapped: *mut std::ffi::c_void,
+    ) -> *mut ffi::PyObject;
+}
+
+/// Installs `fast` as `ty`'s `__call__`, in front of PyO3's: the class's `__call__` slot
+/// wrapper is replaced by one for `fast` (with the same slot definition, so the same
+/// signature and doc), which also sets `tp_call`; a subclass made later inherits `fast`
+/// as it would PyO3's. Done once, while the module initialises.
+pub fn install_call(
+    ty: &Bound<'_, PyType>,
+    c: &'static Call,
+    fast: ffi::ternaryfunc,
+) -> PyResult<()> {
+    if c.general.get().is_some() {
+        return Ok(());
+    }
+    let py = ty.py();
+    let descr = ty.getattr("__dict__")?.get_item("__call__")?;
+    // SAFETY: reading a type object's fields and, once checked to be a slot wrapper, the
+    // descriptor's; `PyDescr_NewWrapper` returns a new reference or NULL with an error.
+    unsafe {
+        if ffi::Py_TYPE(descr.as_ptr()) != &raw mut ffi::PyWrapperDescr_Type {
+            return Err(PyRuntimeError::new_err("__call__ is not a slot wrapper"));
+        }
+        let d = descr.as_ptr().cast::<ffi::PyWrapperDescrObject>();
+        let Some(general) = (*ty.as_type_ptr()).tp_call else {
+            return Err(PyRuntimeError::new_err("the class has no tp_call"));
+        };
+        let new = Bound::from_owned_ptr_or_err(
+            py,
+            PyDescr_NewWrapper(ty.as_type_ptr(), (*d).d_base, fast as *mut std::ffi::c_void),
+        )?;
+        if c.general.set(general).is_err() {
+            return Ok(());
+        }
+        ty.setattr("__call__", new)
+    }
+}
+
+/// Defines `$entry`, the `tp_call` of the frozen class `$class` installed for `$call` (a
+/// [`Call`]): `$fast(py, receiver, args)` answers a call with positional arguments only
+/// (see [`dispatch_call`]).
+macro_rules! call_entry {
+    ($entry:ident, $call:expr, $class:ty, $fast:expr) => {
+        unsafe extern "C" fn $entry(
+            slf: *mut pyo3::ffi::PyObject,
+            args: *mut pyo3::ffi::PyObject,
+            kwargs: *mut pyo3::ffi::PyObject,
+        ) -> *mut pyo3::ffi::PyObject {
+            // SAFETY: CPython calls this as the `tp_call` of a `$class` (see
+            // `dispatch_call`).
+            unsafe {
+                $crate::py::fastcall::dispatch_call::<$class>(&$call, slf, args, kwargs, $fast)
+            }
+        }
+    };
+}
+pub(crate) use call_entry;
+
+/// The body of a fast `tp_call`: `fast(py, receiver, args)` for a call without keywords
+/// (its answer, or `None` to take PyO3's `__call__`), PyO3's for any other.
+///
+/// # Safety
+/// The arguments are those CPython passes the `tp_call` that [`install_call`] gave the
+/// class `T` (or a subclass) for `c`: `args` a tuple, `kwargs` a dict or null. `fast`
+/// keeps the rules in the module docs.
+#[allow(clippy::inline_always)] // one copy per fast call: the point is the inlining
+#[inline(always)]
+pub unsafe fn dispatch_call<T>(
+    c: &Call,
+    slf: *mut ffi::PyObject,
+    args: *mut ffi::PyObject,
+    kwargs: *mut ffi::PyObject,
+    fast: impl for<'a, 'py> FnOnce(Python<'py>, &'a T, Args<'a, 'py>) -> Answer<'py>,
+) -> *mut ffi::PyObject
+where
+    T: PyClass<Frozen = pyo3::pyclass::boolean_struct::True> + Sync,
+{
+    // SAFETY: `kwargs` is null or a dict, `args` a tuple (the caller's contract).
+    if kwargs.is_null() || unsafe { ffi::PyDict_Size(kwargs) } == 0 {
+        // SAFETY: the caller is attached (it called an object).
+        let py = unsafe { Python::assume_attached() };
+        match catch_unwind(AssertUnwindSafe(|| {
+            // SAFETY: `slf` is a `T` (a subclass's instance starts as a `T`'s); `args`
+            // is a tuple, whose items are live for the call.
+            let (receiver, args) = unsafe {
+                let n = ffi::PyTuple_GET_SIZE(args).unsigned_abs();
+                let items = (*args.cast::<ffi::PyTupleObject>()).ob_item.as_ptr();
+                (
+                    Borrowed::from_ptr(py, slf).cast_unchecked::<T>(),
+                    std::slice::from_raw_parts(items, n),
+                )
+            };
+            match fast(py, receiver.get(), Args { py, args })? {
+                Ok(out) => Some(out.into_ptr()),
+                Err(e) => {
+                    e.restore(py);
+                    Some(std::ptr::null_mut())
+                }
+            }
+        })) {
+            Ok(Some(out)) => return out,
+            Ok(None) => {}
+            Err(payload) => {
+                raise_panic(py, payload);
+                return std::ptr::null_mut();
+            }
+        }
+    }
+    match c.general.get() {
+        // SAFETY: PyO3's `tp_call` of `T`, with the arguments CPython gave this one.
+        Some(general) => unsafe { general(slf, args, kwargs) },
+        None => {
+            // SAFETY: attached (see above).
+            let py = unsafe { Python::assume_attached() };
+            PyRuntimeError::new_err("__call__ not initialised").restore(py);
+            std::ptr::null_mut()
+        }
     }
 }
 
