@@ -702,7 +702,8 @@ impl<K, V> LruShard<K, V> {
 
     /// `find` for the common case: no remembered answers and no candidate list. Returns
     /// `None` when some comparison needs user code (the caller then takes the slow path).
-    #[inline]
+    #[allow(clippy::inline_always)] // measured: returned through memory otherwise
+    #[inline(always)]
     #[allow(clippy::option_option)] // None = undecided, Some(None) = absent; private
     fn find_quick<Q: KeyQuery<K, V>>(&self, hash: u64, q: &Q) -> Option<Option<Handle>> {
         let slots = &self.slots;
@@ -2222,7 +2223,8 @@ impl<K, V> ShardedCache<K, V> {
     /// no [`KeyQuery::slow_eq`]; `None` (and nothing made, nothing changed) if it does.
     /// `value()` is made under the shard lock, once the write is decided.
     #[allow(clippy::too_many_arguments)] // set's arguments
-    #[inline]
+    #[allow(clippy::inline_always)] // measured: its answer was copied through memory
+    #[inline(always)]
     pub fn set_quick<Q: KeyQuery<K, V>>(
         &self,
         hash: u64,
@@ -2519,7 +2521,8 @@ impl<K, V> TimedCache<K, V> {
     }
 
     /// [`ShardedCache::set_quick`] with the default deadline.
-    #[inline]
+    #[allow(clippy::inline_always)] // measured: its answer was copied through memory
+    #[inline(always)]
     pub fn set_quick<Q: KeyQuery<K, V>>(
         &self,
         hash: u64,
