@@ -416,6 +416,15 @@ impl<'a, 'py> Query<'a, 'py> {
         }
     }
 
+    /// The query of an exact str, or of an exact int that fits 64 bits; None for any
+    /// other key (see [`fast_parts`](Self::fast_parts)). For the fast paths.
+    #[allow(clippy::inline_always)] // see `query!`
+    #[inline(always)]
+    fn quick(key: &'a Bound<'py, PyAny>) -> Option<Self> {
+        let (kind, hash) = Self::fast_parts(key)?;
+        Some(Self { key, kind, hash })
+    }
+
     /// The kind and hash of an exact str, or of an exact int that fits 64 bits (hashed
     /// here, as Python does); None for any other key.
     #[allow(clippy::inline_always)] // see `query!`
@@ -1364,15 +1373,10 @@ fn set_fast_path<'py>(
     }
     let key = args.get(0)?;
     let value = args.get(1)?;
-    let (kind, hash) = Query::fast_parts(&key)?;
-    let q = Query {
-        key: &key,
-        kind,
-        hash,
-    };
+    let q = Query::quick(&key)?;
     let mut grave = Grave::new();
     let written = cache.inner.set_quick(
-        hash,
+        q.hash,
         &q,
         || q.stored(),
         || value.to_owned().unbind(),
@@ -1409,13 +1413,8 @@ fn get_fast_path<'py>(
     args: fastcall::Args<'_, 'py>,
 ) -> fastcall::Answer<'py> {
     let key = args.get(0)?;
-    let (kind, hash) = Query::fast_parts(&key)?;
-    let q = Query {
-        key: &key,
-        kind,
-        hash,
-    };
-    match cache.inner.get_fast(hash, &q, true).0 {
+    let q = Query::quick(&key)?;
+    match cache.inner.get_fast(q.hash, &q, true).0 {
         Fast::Hit(v) => Some(Ok(v.into_bound(py))),
         Fast::Miss => Some(Ok(match args.get(1) {
             Some(d) => d.to_owned(),
@@ -1468,16 +1467,11 @@ fn cached_call_fast_path<'py>(
         return None;
     }
     let key = args.get(0)?;
-    let (kind, hash) = Query::fast_parts(&key)?;
-    let q = Query {
-        key: &key,
-        kind,
-        hash,
-    };
-    match f.cache.get().inner.get_fast(hash, &q, true).0 {
+    let q = Query::quick(&key)?;
+    match f.cache.get().inner.get_fast(q.hash, &q, true).0 {
         Fast::Hit(v) => Some(Ok(v.into_bound(py))),
         Fast::Miss => {
-            let key = key.as_unbound();
+            let (key, kind, hash) = (key.as_unbound(), q.kind, q.hash);
             let got = wait::attach(|py| {
                 let key = key.bind(py);
                 let q = Query { key, kind, hash };

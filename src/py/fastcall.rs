@@ -177,39 +177,63 @@ where
     T: PyClass<Frozen = pyo3::pyclass::boolean_struct::True> + Sync,
 {
     if kwnames.is_null() && nargs >= 0 && range.contains(&nargs.unsigned_abs()) {
-        // SAFETY: the caller is attached (it called a method).
-        let py = unsafe { Python::assume_attached() };
-        // The answer leaves the closure as one pointer (null: an error, raised): what
-        // `catch_unwind` returns goes through memory. The receiver and the arguments are
-        // made inside the closure: made outside and captured, they went through memory
-        // too (measured: 2-4 ns more per `Cache.get`).
-        match catch_unwind(AssertUnwindSafe(|| {
-            // SAFETY: the method descriptor checked that `slf` is a `T`; `args` holds
-            // `nargs` (>= 0) live arguments.
-            let (receiver, args) = unsafe {
-                (
-                    Borrowed::from_ptr(py, slf).cast_unchecked::<T>(),
-                    std::slice::from_raw_parts(args, nargs.unsigned_abs()),
-                )
-            };
-            match fast(py, receiver.get(), Args { py, args })? {
-                Ok(out) => Some(out.into_ptr()),
-                Err(e) => {
-                    e.restore(py);
-                    Some(std::ptr::null_mut())
-                }
-            }
-        })) {
-            Ok(Some(out)) => return out,
-            Ok(None) => {}
-            Err(payload) => {
-                raise_panic(py, payload);
-                return std::ptr::null_mut();
-            }
+        // SAFETY: the method descriptor checked that `slf` is a `T`; `args` holds `nargs`
+        // (>= 0) live arguments; the caller is attached (it called a method).
+        if let Some(out) = unsafe { answer::<T>(slf, args, nargs.unsigned_abs(), fast) } {
+            return out;
         }
     }
     // SAFETY: as this function's.
     unsafe { general(m, slf, args, nargs, kwnames) }
+}
+
+/// The common body of [`dispatch`] and [`dispatch_call`]: `fast(py, receiver, args)` on
+/// the `n` positional arguments at `items`, a panic caught and raised as PyO3 would. The
+/// answer (a new reference, or null with the error raised), or `None` to take PyO3's
+/// wrapper.
+///
+/// # Safety
+/// The caller is attached, `slf` is a live `T` (or an instance of a subclass of it) and
+/// `items` points at `n` live objects, all borrowed for the call.
+#[allow(clippy::inline_always)] // the body of every fast entry point: measured, as `dispatch`
+#[inline(always)]
+unsafe fn answer<T>(
+    slf: *mut ffi::PyObject,
+    items: *const *mut ffi::PyObject,
+    n: usize,
+    fast: impl for<'a, 'py> FnOnce(Python<'py>, &'a T, Args<'a, 'py>) -> Answer<'py>,
+) -> Option<*mut ffi::PyObject>
+where
+    T: PyClass<Frozen = pyo3::pyclass::boolean_struct::True> + Sync,
+{
+    // SAFETY: the caller is attached.
+    let py = unsafe { Python::assume_attached() };
+    // The answer leaves the closure as one pointer (null: an error, raised): what
+    // `catch_unwind` returns goes through memory. The receiver and the arguments are
+    // made inside the closure: made outside and captured, they went through memory too
+    // (measured: 2-4 ns more per `Cache.get`).
+    match catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: as this function's.
+        let (receiver, args) = unsafe {
+            (
+                Borrowed::from_ptr(py, slf).cast_unchecked::<T>(),
+                std::slice::from_raw_parts(items, n),
+            )
+        };
+        match fast(py, receiver.get(), Args { py, args })? {
+            Ok(out) => Some(out.into_ptr()),
+            Err(e) => {
+                e.restore(py);
+                Some(std::ptr::null_mut())
+            }
+        }
+    })) {
+        Ok(out) => out,
+        Err(payload) => {
+            raise_panic(py, payload);
+            Some(std::ptr::null_mut())
+        }
+    }
 }
 
 /// Calls PyO3's method with the same arguments, the receiver first.
@@ -349,33 +373,15 @@ where
 {
     // SAFETY: `kwargs` is null or a dict, `args` a tuple (the caller's contract).
     if kwargs.is_null() || unsafe { ffi::PyDict_Size(kwargs) } == 0 {
-        // SAFETY: the caller is attached (it called an object).
-        let py = unsafe { Python::assume_attached() };
-        match catch_unwind(AssertUnwindSafe(|| {
-            // SAFETY: `slf` is a `T` (a subclass's instance starts as a `T`'s); `args`
-            // is a tuple, whose items are live for the call.
-            let (receiver, args) = unsafe {
-                let n = ffi::PyTuple_GET_SIZE(args).unsigned_abs();
-                let items = (*args.cast::<ffi::PyTupleObject>()).ob_item.as_ptr();
-                (
-                    Borrowed::from_ptr(py, slf).cast_unchecked::<T>(),
-                    std::slice::from_raw_parts(items, n),
-                )
-            };
-            match fast(py, receiver.get(), Args { py, args })? {
-                Ok(out) => Some(out.into_ptr()),
-                Err(e) => {
-                    e.restore(py);
-                    Some(std::ptr::null_mut())
-                }
-            }
-        })) {
-            Ok(Some(out)) => return out,
-            Ok(None) => {}
-            Err(payload) => {
-                raise_panic(py, payload);
-                return std::ptr::null_mut();
-            }
+        // SAFETY: `slf` is a `T` (a subclass's instance starts as a `T`'s); a tuple's
+        // items are live for the call; the caller is attached (it called an object).
+        let out = unsafe {
+            let n = ffi::PyTuple_GET_SIZE(args).unsigned_abs();
+            let items = (*args.cast::<ffi::PyTupleObject>()).ob_item.as_ptr();
+            answer::<T>(slf, items, n, fast)
+        };
+        if let Some(out) = out {
+            return out;
         }
     }
     match c.general.get() {
